@@ -1,0 +1,80 @@
+"""Values too large to travel inline go to the Object Store, by reference.
+
+NATS caps a message at ``max_payload`` (1 MiB by default) and KV values with it. A
+task input or output whose JSON encoding exceeds ``BusSettings.inline_max_bytes``
+(64 KiB by default) is stored in the Object Store ``<p>_blobs`` under a name derived
+from the task id, and the message carries a ``BlobRef`` (bucket, name, size, SHA-256)
+with the inline value ``null``. Readers fetch it and check the digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from typing import Any, TypeVar
+
+import msgspec
+import nats.js.errors
+
+from agentbus.bus import Bus
+from agentbus.errors import ContractError, NotFoundError
+from agentbus.messages import NULL, BlobRef, encode
+
+T = TypeVar("T")
+
+
+async def put_blob(bus: Bus, name: str, data: bytes) -> BlobRef:
+    """Store ``data`` under ``name`` (replacing any object of that name)."""
+    obs = await bus.object_store()
+    await obs.put(name, data)
+    return BlobRef(
+        bucket=bus.names.blobs_bucket,
+        name=name,
+        size_bytes=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+    )
+
+
+async def get_blob(bus: Bus, ref: BlobRef) -> bytes:
+    """Fetch the bytes ``ref`` points to and verify their SHA-256.
+
+    Raises:
+        NotFoundError: the object is gone (expired or deleted).
+        ContractError: the bytes do not match ``ref.sha256``.
+    """
+    obs = await bus.object_store()
+    buf = io.BytesIO()
+    try:
+        await obs.get(ref.name, writeinto=buf)
+    except nats.js.errors.ObjectNotFoundError as exc:
+        raise NotFoundError(f"blob {ref.name!r} not found in {ref.bucket!r}") from exc
+    data = buf.getvalue()
+    if hashlib.sha256(data).hexdigest() != ref.sha256:
+        raise ContractError(f"blob {ref.name!r} fails its SHA-256 check")
+    return data
+
+
+async def pack(bus: Bus, value: Any, *, name: str) -> tuple[msgspec.Raw, BlobRef | None]:
+    """Encode ``value`` as JSON; inline if small, else into the Object Store as ``name``.
+
+    Returns:
+        ``(raw, None)`` for an inline value, or ``(NULL, ref)`` for a stored one.
+    """
+    data = value if isinstance(value, msgspec.Raw) else encode(value)
+    if len(data) <= bus.settings.inline_max_bytes:
+        return msgspec.Raw(data), None
+    return NULL, await put_blob(bus, name, bytes(data))
+
+
+async def unpack(bus: Bus, raw: msgspec.Raw, ref: BlobRef | None, type_: type[T]) -> T:
+    """Decode a value packed by ``pack`` as ``type_``.
+
+    Raises:
+        ContractError: the value does not decode as ``type_`` or fails its digest.
+        NotFoundError: the referenced blob is gone.
+    """
+    data = await get_blob(bus, ref) if ref is not None else bytes(raw)
+    try:
+        return msgspec.json.decode(data, type=type_)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ContractError(f"value is not a valid {getattr(type_, '__name__', type_)}: {exc}") from exc

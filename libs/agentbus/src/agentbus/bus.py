@@ -1,0 +1,235 @@
+"""One NATS connection plus the agentbus streams, buckets and typed requests.
+
+Every service, agent and client holds one ``Bus`` per process (one connection per
+process is the nats-py performance advice). ``Bus.ensure()`` creates the streams and
+buckets of the contract if they are missing; it is idempotent and every service calls
+it on start, so the services can start in any order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TypeVar
+
+import msgspec
+import nats
+import nats.errors
+import nats.js.errors
+from loguru import logger
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import (
+    KeyValueConfig,
+    ObjectStoreConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.kv import KeyValue
+from nats.js.object_store import ObjectStore
+
+from agentbus.errors import (
+    ContractError,
+    RequestTimeoutError,
+    UnavailableError,
+    error_from_code,
+)
+from agentbus.messages import Message, encode
+from agentbus.names import Names
+from agentbus.settings import BusSettings
+
+R = TypeVar("R", bound=Message)
+
+REGISTRY_TTL_S = 10.0
+"""Agents and nodes that miss heartbeats for this long drop out of the registry."""
+TASK_RECORD_TTL_S = 7 * 24 * 3600.0
+"""Task records and blobs are kept this long after their last write."""
+EVENTS_MAX_AGE_S = 7 * 24 * 3600.0
+LOGS_MAX_AGE_S = 24 * 3600.0
+LOGS_MAX_BYTES = 256 * 1024 * 1024
+ERROR_CODE_HEADER = "Nats-Service-Error-Code"
+ERROR_HEADER = "Nats-Service-Error"
+_DAY_S = 24 * 3600.0
+
+
+class Bus:
+    """A connected NATS client with the agentbus names and helpers.
+
+    Attributes:
+        nc: the nats-py client.
+        js: its JetStream context.
+        names: names derived from ``settings.prefix``.
+        settings: the bus settings it was built from.
+    """
+
+    def __init__(self, nc: Client, settings: BusSettings) -> None:
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream(timeout=settings.request_timeout_s)
+        self.settings = settings
+        self.names = Names(settings.prefix)
+        self._kv: dict[str, KeyValue] = {}
+        self._obs: ObjectStore | None = None
+
+    @classmethod
+    async def connect(cls, settings: BusSettings | None = None, *, name: str = "agentbus") -> Bus:
+        """Connect to ``settings.nats_url`` and return a ``Bus``.
+
+        Reconnects forever after a lost connection (nats-py's own reconnect loop).
+
+        Raises:
+            UnavailableError: no server answered the first connect.
+        """
+        settings = settings or BusSettings()
+
+        async def _on_error(exc: Exception) -> None:
+            logger.warning("nats connection error", error=repr(exc))
+
+        try:
+            nc = await nats.connect(
+                settings.nats_url.split(","),
+                name=name,
+                connect_timeout=2,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                error_cb=_on_error,
+            )
+        except (OSError, nats.errors.NoServersError) as exc:
+            raise UnavailableError(f"cannot connect to NATS at {settings.nats_url}: {exc}") from exc
+        return cls(nc, settings)
+
+    async def close(self) -> None:
+        """Flush and close the connection (pending subscriptions are drained)."""
+        if not self.nc.is_closed:
+            try:
+                await self.nc.drain()
+            except (nats.errors.ConnectionClosedError, asyncio.CancelledError):
+                pass
+
+    # -- provisioning ---------------------------------------------------------------
+    async def ensure(self) -> None:
+        """Create every stream, bucket and object store of the contract if missing."""
+        n = self.names
+        await self._ensure_stream(
+            StreamConfig(
+                name=n.tasks_stream,
+                subjects=[n.tasks_all()],
+                retention=RetentionPolicy.WORK_QUEUE,
+                storage=StorageType.FILE,
+                duplicate_window=120.0,
+            )
+        )
+        await self._ensure_stream(
+            StreamConfig(
+                name=n.results_stream,
+                subjects=[n.results_all()],
+                retention=RetentionPolicy.WORK_QUEUE,
+                storage=StorageType.FILE,
+                duplicate_window=120.0,
+            )
+        )
+        await self._ensure_stream(
+            StreamConfig(
+                name=n.events_stream,
+                subjects=[n.events_all()],
+                retention=RetentionPolicy.LIMITS,
+                storage=StorageType.FILE,
+                max_age=EVENTS_MAX_AGE_S,
+            )
+        )
+        await self._ensure_stream(
+            StreamConfig(
+                name=n.logs_stream,
+                subjects=[n.logs_all()],
+                retention=RetentionPolicy.LIMITS,
+                storage=StorageType.FILE,
+                max_age=LOGS_MAX_AGE_S,
+                max_bytes=LOGS_MAX_BYTES,
+            )
+        )
+        await self._ensure_kv(KeyValueConfig(n.tasks_bucket, history=1, ttl=TASK_RECORD_TTL_S))
+        for bucket in (n.agents_bucket, n.nodes_bucket):
+            await self._ensure_kv(
+                KeyValueConfig(bucket, history=1, ttl=REGISTRY_TTL_S, limit_marker_ttl=5.0)
+            )
+        await self._ensure_kv(KeyValueConfig(n.deployments_bucket, history=5))
+        await self._ensure_kv(KeyValueConfig(n.placements_bucket, history=1))
+        await self._ensure_kv(KeyValueConfig(n.checkpoints_bucket, history=64))
+        try:
+            self._obs = await self.js.object_store(n.blobs_bucket)
+        except nats.js.errors.NotFoundError:
+            self._obs = await self.js.create_object_store(
+                n.blobs_bucket, config=ObjectStoreConfig(ttl=TASK_RECORD_TTL_S)
+            )
+
+    async def _ensure_stream(self, config: StreamConfig) -> None:
+        assert config.name is not None
+        try:
+            await self.js.stream_info(config.name)
+        except nats.js.errors.NotFoundError:
+            try:
+                await self.js.add_stream(config)
+            except nats.js.errors.BadRequestError:
+                await self.js.stream_info(config.name)  # created concurrently
+
+    async def _ensure_kv(self, config: KeyValueConfig) -> None:
+        try:
+            self._kv[config.bucket] = await self.js.key_value(config.bucket)
+        except nats.js.errors.BucketNotFoundError:
+            try:
+                config.direct = True
+                self._kv[config.bucket] = await self.js.create_key_value(config)
+            except nats.js.errors.BadRequestError:
+                self._kv[config.bucket] = await self.js.key_value(config.bucket)
+
+    async def kv(self, bucket: str) -> KeyValue:
+        """The KV bucket ``bucket`` (cached per connection).
+
+        Raises:
+            UnavailableError: the bucket does not exist (nobody ran ``ensure()``).
+        """
+        if (kv := self._kv.get(bucket)) is None:
+            try:
+                kv = self._kv[bucket] = await self.js.key_value(bucket)
+            except nats.js.errors.BucketNotFoundError as exc:
+                raise UnavailableError(f"KV bucket {bucket!r} does not exist yet") from exc
+        return kv
+
+    async def object_store(self) -> ObjectStore:
+        """The blobs Object Store (cached per connection)."""
+        if self._obs is None:
+            try:
+                self._obs = await self.js.object_store(self.names.blobs_bucket)
+            except nats.js.errors.NotFoundError as exc:
+                raise UnavailableError(f"{self.names.blobs_bucket!r} does not exist") from exc
+        return self._obs
+
+    # -- messaging ------------------------------------------------------------------
+    async def request(
+        self, subject: str, payload: Message, reply: type[R], *, timeout_s: float | None = None
+    ) -> R:
+        """Send ``payload`` to a service endpoint and decode the reply as ``reply``.
+
+        Raises:
+            UnavailableError: no service is subscribed to ``subject``.
+            RequestTimeoutError: no reply within ``timeout_s`` (default from settings).
+            ContractError: the reply did not decode as ``reply``, or the service
+                rejected the request as invalid.
+            AgentBusError: the error the service reported (mapped by its code).
+        """
+        timeout = timeout_s or self.settings.request_timeout_s
+        try:
+            msg = await self.nc.request(subject, encode(payload), timeout=timeout)
+        except nats.errors.NoRespondersError as exc:
+            raise UnavailableError(f"no service answers on {subject!r}") from exc
+        except nats.errors.TimeoutError as exc:
+            raise RequestTimeoutError(subject, timeout) from exc
+        if msg.headers and (code := msg.headers.get(ERROR_CODE_HEADER)):
+            raise error_from_code(code, msg.headers.get(ERROR_HEADER, ""))
+        try:
+            return msgspec.json.decode(msg.data, type=reply)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise ContractError(f"reply on {subject!r} is not a {reply.__name__}: {exc}") from exc
+
+    async def publish_event(self, entity: str, kind: str, event: Message) -> None:
+        """Append ``event`` to the events stream on ``<p>.events.<entity>.<kind>``."""
+        await self.js.publish(self.names.event_subject(entity, kind), encode(event))

@@ -1,0 +1,273 @@
+"""The caller's side: submit tasks, wait for results, query agents and deployments.
+
+Waiting never polls: one task is followed through a KV watch on its record, many
+tasks through the task events (a core subscription on ``<p>.events.task.>``) with a
+record read per finished task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterable, Sequence
+from typing import Any, TypeVar
+
+import msgspec
+import nats.js.errors
+
+from agentbus.blobs import pack, unpack
+from agentbus.bus import Bus
+from agentbus.errors import NotFoundError, RequestTimeoutError
+from agentbus.messages import (
+    TERMINAL_STATUSES,
+    AgentInfo,
+    AgentsReply,
+    DeleteDeployment,
+    Deploy,
+    Deployment,
+    DeployReply,
+    ListAgents,
+    ListNodes,
+    NodeInfo,
+    NodesReply,
+    SubmitReply,
+    SubmitTask,
+    SubmitTasks,
+    SubmitTasksReply,
+    TaskEvent,
+    TaskRecord,
+    decode_record,
+)
+from agentbus.names import check_token
+from agentbus.settings import BusSettings
+
+T = TypeVar("T")
+_BATCH_MAX_BYTES = 512 * 1024
+_decode_event = msgspec.json.Decoder(TaskEvent).decode
+
+
+def new_task_id() -> str:
+    """A fresh task id (32 hex characters)."""
+    return uuid.uuid4().hex
+
+
+class Client:
+    """Submit tasks and wait for them over a ``Bus``."""
+
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+        self.names = bus.names
+
+    @classmethod
+    async def connect(cls, settings: BusSettings | None = None) -> Client:
+        """Connect a new ``Bus`` and wrap it (close with ``await client.close()``)."""
+        return cls(await Bus.connect(settings, name="agentbus-client"))
+
+    async def close(self) -> None:
+        """Close the underlying connection."""
+        await self.bus.close()
+
+    # -- submit -------------------------------------------------------------------
+    async def task(
+        self,
+        capability: str,
+        input: Any = None,
+        *,
+        task_id: str | None = None,
+        priority: int = 0,
+        max_attempts: int = 3,
+        timeout_s: float | None = None,
+        parent_id: str | None = None,
+        tenant: str | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> SubmitTask:
+        """Build a ``SubmitTask``: encodes ``input`` and offloads it when large.
+
+        ``input`` is any msgspec-encodable value (Structs, dicts, lists, bytes, ...).
+
+        Raises:
+            ContractError: ``capability`` is not a valid token.
+        """
+        check_token("capability", capability)
+        task_id = task_id or new_task_id()
+        raw, ref = await pack(self.bus, input, name=f"tasks/{task_id}/input")
+        return SubmitTask(
+            capability=capability,
+            input=raw,
+            input_ref=ref,
+            task_id=task_id,
+            priority=priority,
+            max_attempts=max_attempts,
+            timeout_s=timeout_s,
+            parent_id=parent_id,
+            tenant=tenant,
+            metadata=metadata or {},
+        )
+
+    async def submit(self, capability: str, input: Any = None, **options: Any) -> TaskRecord:
+        """Submit one task and return its record (status ``queued`` or later).
+
+        ``options`` are those of ``task()``. Submitting an existing ``task_id`` returns
+        the existing record unchanged (idempotency).
+
+        Raises:
+            ContractError: the scheduler rejected the task.
+            UnavailableError: no scheduler is running.
+            RequestTimeoutError: the scheduler did not answer in time.
+        """
+        request = await self.task(capability, input, **options)
+        reply = await self.bus.request(
+            self.names.endpoint("scheduler", "submit"), request, SubmitReply
+        )
+        return reply.task
+
+    async def submit_many(self, tasks: Sequence[SubmitTask]) -> list[SubmitReply]:
+        """Submit many tasks in as few batch requests as fit under 512 KiB each."""
+        replies: list[SubmitReply] = []
+        for batch in _batches(tasks):
+            reply = await self.bus.request(
+                self.names.endpoint("scheduler", "submit_batch"),
+                SubmitTasks(tasks=batch),
+                SubmitTasksReply,
+                timeout_s=max(self.bus.settings.request_timeout_s, 30.0),
+            )
+            replies.extend(reply.results)
+        return replies
+
+    # -- read and wait ------------------------------------------------------------
+    async def get(self, task_id: str) -> TaskRecord:
+        """The current record of ``task_id``.
+
+        Raises:
+            NotFoundError: no such task.
+        """
+        kv = await self.bus.kv(self.names.tasks_bucket)
+        try:
+            entry = await kv.get(task_id)
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError) as exc:
+            raise NotFoundError(f"task {task_id!r} not found") from exc
+        assert entry.value is not None
+        return decode_record(entry.value)
+
+    async def wait(self, task_id: str, *, timeout_s: float = 60.0) -> TaskRecord:
+        """Wait until ``task_id`` is terminal and return its record (KV watch).
+
+        Raises:
+            RequestTimeoutError: not terminal within ``timeout_s`` seconds.
+        """
+        kv = await self.bus.kv(self.names.tasks_bucket)
+        watcher = await kv.watch(task_id)
+        try:
+            async with asyncio.timeout(timeout_s):
+                async for entry in watcher:
+                    if entry is None or entry.value is None or entry.operation is not None:
+                        continue
+                    record = decode_record(entry.value)
+                    if record.terminal:
+                        return record
+        except TimeoutError as exc:
+            raise RequestTimeoutError(f"task {task_id}", timeout_s) from exc
+        finally:
+            await watcher.stop()
+        raise RequestTimeoutError(f"task {task_id}", timeout_s)
+
+    async def wait_many(
+        self, task_ids: Iterable[str], *, timeout_s: float = 600.0, recheck_s: float = 5.0
+    ) -> AsyncIterator[TaskRecord]:
+        """Yield each task's terminal record as it finishes, in completion order.
+
+        Follows the task events; if no event arrives for ``recheck_s`` seconds the
+        remaining records are read once more, so a missed event only delays a result.
+
+        Raises:
+            RequestTimeoutError: some tasks were not terminal within ``timeout_s``.
+        """
+        pending = set(task_ids)
+        queue: asyncio.Queue[str] = asyncio.Queue()
+
+        async def _on_event(msg: Any) -> None:
+            try:
+                event = _decode_event(msg.data)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                return
+            if event.status in TERMINAL_STATUSES and event.task_id in pending:
+                queue.put_nowait(event.task_id)
+
+        sub = await self.bus.nc.subscribe(self.names.events_all("task"), cb=_on_event)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        try:
+            for record in await self._terminal_records(list(pending)):
+                pending.discard(record.task_id)
+                yield record
+            while pending:
+                left = deadline - loop.time()
+                if left <= 0:
+                    raise RequestTimeoutError(f"{len(pending)} tasks", timeout_s)
+                try:
+                    task_id = await asyncio.wait_for(queue.get(), min(recheck_s, left))
+                except TimeoutError:
+                    for record in await self._terminal_records(list(pending)):
+                        pending.discard(record.task_id)
+                        yield record
+                    continue
+                if task_id in pending:
+                    record = await self.get(task_id)
+                    if record.terminal:
+                        pending.discard(task_id)
+                        yield record
+        finally:
+            await sub.unsubscribe()
+
+    async def _terminal_records(self, task_ids: list[str]) -> list[TaskRecord]:
+        done = []
+        for i in range(0, len(task_ids), 64):
+            chunk = task_ids[i : i + 64]
+            records = await asyncio.gather(*(self.get(t) for t in chunk), return_exceptions=True)
+            done.extend(r for r in records if isinstance(r, TaskRecord) and r.terminal)
+        return done
+
+    async def output(self, record: TaskRecord, type_: type[T] = Any) -> T:  # type: ignore[assignment]
+        """Decode a succeeded task's output as ``type_`` (fetching it if stored by ref)."""
+        return await unpack(self.bus, record.output, record.output_ref, type_)
+
+    # -- registry and fleet -------------------------------------------------------
+    async def agents(self, capability: str | None = None) -> list[AgentInfo]:
+        """Live agents (optionally only those with ``capability``), from the registry."""
+        reply = await self.bus.request(
+            self.names.endpoint("registry", "agents"), ListAgents(capability=capability), AgentsReply
+        )
+        return reply.agents
+
+    async def nodes(self) -> list[NodeInfo]:
+        """Live nodes, from the registry."""
+        reply = await self.bus.request(
+            self.names.endpoint("registry", "nodes"), ListNodes(), NodesReply
+        )
+        return reply.nodes
+
+    async def deploy(self, deployment: Deployment) -> DeployReply:
+        """Create or update a deployment; the scheduler places its replicas."""
+        return await self.bus.request(
+            self.names.endpoint("scheduler", "deploy"), Deploy(deployment=deployment), DeployReply
+        )
+
+    async def delete_deployment(self, name: str) -> DeployReply:
+        """Delete a deployment; its replicas are stopped by their supervisors."""
+        return await self.bus.request(
+            self.names.endpoint("scheduler", "delete"), DeleteDeployment(name=name), DeployReply
+        )
+
+
+def _batches(tasks: Sequence[SubmitTask]) -> Iterable[list[SubmitTask]]:
+    batch: list[SubmitTask] = []
+    size = 0
+    for task in tasks:
+        n = len(task.input) + 512
+        if batch and size + n > _BATCH_MAX_BYTES:
+            yield batch
+            batch, size = [], 0
+        batch.append(task)
+        size += n
+    if batch:
+        yield batch

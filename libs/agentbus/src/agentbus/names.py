@@ -1,0 +1,152 @@
+"""Every subject, stream, consumer, KV bucket and Object Store name on the bus.
+
+All names derive from one prefix (default ``agentbus``) so that several fleets, or
+several tests, can share one nats-server without seeing each other. See
+``docs/protocol.md`` for the table a non-Python agent implements against.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from agentbus.errors import ContractError
+
+_PREFIX_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+_TOKEN_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
+
+def check_token(kind: str, value: str) -> str:
+    """Validate one subject token (capability, node id, agent id, deployment name).
+
+    Tokens are lowercase ``[a-z0-9][a-z0-9_-]*`` (at most 64 characters): no dots,
+    wildcards or spaces, so they are safe as a NATS subject token, a KV key part and
+    a consumer name part.
+
+    Raises:
+        ContractError: the value is not a valid token.
+    """
+    if not _TOKEN_RE.match(value):
+        raise ContractError(
+            f"{kind} {value!r} is not a valid token: use 1-64 characters of [a-z0-9_-], "
+            "starting with a letter or digit"
+        )
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Names:
+    """Names of every NATS object agentbus uses, derived from ``prefix``.
+
+    Attributes:
+        prefix: lowercase ``[a-z][a-z0-9_]*``; ``agentbus`` by default.
+    """
+
+    prefix: str = "agentbus"
+
+    def __post_init__(self) -> None:
+        if not _PREFIX_RE.match(self.prefix):
+            raise ContractError(f"prefix {self.prefix!r} must match {_PREFIX_RE.pattern}")
+
+    # -- streams ------------------------------------------------------------------
+    @property
+    def tasks_stream(self) -> str:
+        """WorkQueue stream holding queued tasks, subjects ``<p>.tasks.<capability>``."""
+        return f"{self.prefix.upper()}_TASKS"
+
+    @property
+    def results_stream(self) -> str:
+        """WorkQueue stream of agent reports, subjects ``<p>.results.<capability>``."""
+        return f"{self.prefix.upper()}_RESULTS"
+
+    @property
+    def events_stream(self) -> str:
+        """Limits stream of events, subjects ``<p>.events.<entity>.<kind>``."""
+        return f"{self.prefix.upper()}_EVENTS"
+
+    @property
+    def logs_stream(self) -> str:
+        """Limits stream of container output, subjects ``<p>.logs.<agent_id>``."""
+        return f"{self.prefix.upper()}_LOGS"
+
+    # -- subjects -----------------------------------------------------------------
+    def task_subject(self, capability: str) -> str:
+        """Subject a task for ``capability`` is published on."""
+        return f"{self.prefix}.tasks.{capability}"
+
+    def result_subject(self, capability: str) -> str:
+        """Subject agents report task progress and results for ``capability`` on."""
+        return f"{self.prefix}.results.{capability}"
+
+    def event_subject(self, entity: str, kind: str) -> str:
+        """Subject of an event, e.g. ``agentbus.events.task.succeeded``."""
+        return f"{self.prefix}.events.{entity}.{kind}"
+
+    def log_subject(self, agent_id: str) -> str:
+        """Subject the supervisor ships an agent's container output on."""
+        return f"{self.prefix}.logs.{agent_id}"
+
+    def tasks_all(self) -> str:
+        """Wildcard over every task subject."""
+        return f"{self.prefix}.tasks.>"
+
+    def results_all(self) -> str:
+        """Wildcard over every result subject."""
+        return f"{self.prefix}.results.>"
+
+    def events_all(self, entity: str | None = None) -> str:
+        """Wildcard over every event subject, or those of one ``entity``."""
+        return f"{self.prefix}.events.{entity}.>" if entity else f"{self.prefix}.events.>"
+
+    def logs_all(self) -> str:
+        """Wildcard over every log subject."""
+        return f"{self.prefix}.logs.>"
+
+    # -- consumers ----------------------------------------------------------------
+    @staticmethod
+    def task_consumer(capability: str) -> str:
+        """Durable pull consumer shared by every agent that has ``capability``."""
+        return f"cap-{capability}"
+
+    RESULTS_CONSUMER = "scheduler-results"
+
+    # -- KV buckets and object store ----------------------------------------------
+    @property
+    def tasks_bucket(self) -> str:
+        """KV of task records, key = task id; single writer: the scheduler."""
+        return f"{self.prefix}_tasks"
+
+    @property
+    def agents_bucket(self) -> str:
+        """KV of live agents, key = agent id; heartbeat puts, entries expire by TTL."""
+        return f"{self.prefix}_agents"
+
+    @property
+    def nodes_bucket(self) -> str:
+        """KV of live nodes, key = node id; heartbeat puts, entries expire by TTL."""
+        return f"{self.prefix}_nodes"
+
+    @property
+    def deployments_bucket(self) -> str:
+        """KV of deployment specs, key = deployment name."""
+        return f"{self.prefix}_deployments"
+
+    @property
+    def placements_bucket(self) -> str:
+        """KV of replica placements, key = ``<deployment>.<replica>``, value = node."""
+        return f"{self.prefix}_placements"
+
+    @property
+    def checkpoints_bucket(self) -> str:
+        """KV of agent checkpoints."""
+        return f"{self.prefix}_checkpoints"
+
+    @property
+    def blobs_bucket(self) -> str:
+        """Object Store for values larger than the inline limit."""
+        return f"{self.prefix}_blobs"
+
+    # -- service endpoints (nats.micro, request/reply) -----------------------------
+    def endpoint(self, service: str, verb: str) -> str:
+        """Request subject of a service endpoint: ``<p>.<service>.<verb>``."""
+        return f"{self.prefix}.{service}.{verb}"

@@ -1,0 +1,210 @@
+"""Scaffolding shared by the five services: typed ``nats.micro`` endpoints, bad-input
+handling, metrics and the process entry point.
+
+A service is a ``nats.micro`` service (``nats micro ls`` lists it) whose endpoints
+decode requests into ``agentbus.messages`` Structs, call a typed handler and encode
+the reply. Errors travel back in the ``Nats-Service-Error-Code`` and
+``Nats-Service-Error`` headers, and are counted in ``agentbus_service_requests_total``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import msgspec
+from loguru import logger
+from nats.micro import add_service
+from nats.micro.request import Request
+from nats.micro.service import Service
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
+
+from agentbus import __version__
+from agentbus.bus import Bus
+from agentbus.errors import AgentBusError, UnavailableError
+from agentbus.log import configure_logging
+from agentbus.messages import ErrorEvent, Message, encode, utcnow
+from agentbus.settings import BusSettings
+
+Req = TypeVar("Req", bound=Message)
+
+
+class ServiceMetrics:
+    """Metrics every service exports, on its own ``CollectorRegistry``."""
+
+    def __init__(self, service: str, registry: CollectorRegistry) -> None:
+        self.service = service
+        self.registry = registry
+        self.requests = Counter(
+            "agentbus_service_requests_total",
+            "Service requests handled, by endpoint and outcome (ok or an error code).",
+            ["service", "endpoint", "outcome"],
+            registry=registry,
+        )
+        self.request_duration = Histogram(
+            "agentbus_service_request_duration_seconds",
+            "Time to handle one service request.",
+            ["service", "endpoint"],
+            registry=registry,
+        )
+        self.bad_messages = Counter(
+            "agentbus_bad_messages_total",
+            "Messages that did not decode or validate, by where they came from.",
+            ["service", "source"],
+            registry=registry,
+        )
+
+
+async def report_bad_message(
+    bus: Bus, metrics: ServiceMetrics, *, source: str, subject: str, reason: str
+) -> None:
+    """Log, count and publish an ``ErrorEvent`` for a message that could not be used.
+
+    ``source`` is a low-cardinality label (an endpoint or stream name); ``subject`` is
+    the message's subject. Publishing the event is best effort: a bus outage must not
+    turn one bad message into a crash.
+    """
+    metrics.bad_messages.labels(metrics.service, source).inc()
+    logger.warning("bad message", source=source, subject=subject, reason=reason)
+    event = ErrorEvent(service=metrics.service, subject=subject, reason=reason, at=utcnow())
+    try:
+        await bus.publish_event("error", metrics.service, event)
+    except Exception as exc:
+        logger.warning("could not publish error event", error=repr(exc))
+
+
+class MicroService:
+    """A ``nats.micro`` service whose endpoints take and return typed messages."""
+
+    def __init__(self, bus: Bus, name: str, metrics: ServiceMetrics, *, description: str = ""):
+        self.bus = bus
+        self.name = name
+        self.metrics = metrics
+        self.description = description
+        self._svc: Service | None = None
+
+    async def start(self) -> None:
+        """Register the service; ``$SRV.PING``/``INFO``/``STATS`` answer from now on."""
+        self._svc = await add_service(
+            self.bus.nc,
+            name=self.name,
+            version=__version__,
+            description=self.description or f"agentbus {self.name}",
+            metadata={"prefix": self.bus.names.prefix},
+        )
+
+    async def stop(self) -> None:
+        """Unsubscribe every endpoint."""
+        if self._svc is not None:
+            await self._svc.stop()
+
+    async def endpoint(
+        self,
+        verb: str,
+        request_type: type[Req],
+        handler: Callable[[Req], Awaitable[Message]],
+        *,
+        subject: str | None = None,
+    ) -> None:
+        """Serve ``handler`` on ``<prefix>.<service>.<verb>`` (or ``subject``).
+
+        A request that does not decode as ``request_type`` gets error code 400 and is
+        counted; an ``AgentBusError`` is returned with its code; any other exception
+        is logged with its traceback and returned as code 500.
+        """
+        assert self._svc is not None, "call start() first"
+        decoder = msgspec.json.Decoder(request_type)
+        service, metrics = self.name, self.metrics
+        subject = subject or self.bus.names.endpoint(self.name, verb)
+
+        async def _handle(req: Request) -> None:
+            started = time.perf_counter()
+            try:
+                payload = decoder.decode(req.data)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                reason = f"request is not a valid {request_type.__name__}: {exc}"
+                await report_bad_message(
+                    self.bus, metrics, source=verb, subject=req.subject, reason=reason
+                )
+                metrics.requests.labels(service, verb, "400").inc()
+                await req.respond_error("400", reason)
+                return
+            try:
+                reply = await handler(payload)
+            except AgentBusError as exc:
+                metrics.requests.labels(service, verb, exc.code).inc()
+                logger.info("request refused", endpoint=verb, code=exc.code, error=str(exc))
+                await req.respond_error(exc.code, str(exc))
+                return
+            except Exception as exc:
+                metrics.requests.labels(service, verb, "500").inc()
+                logger.exception("request failed", endpoint=verb)
+                await req.respond_error("500", f"{type(exc).__name__}: {exc}")
+                return
+            await req.respond(encode(reply))
+            metrics.requests.labels(service, verb, "ok").inc()
+            metrics.request_duration.labels(service, verb).observe(time.perf_counter() - started)
+
+        await self._svc.add_endpoint(name=verb, subject=subject, handler=_handle)
+
+
+async def connect_with_retry(settings: BusSettings, *, name: str, timeout_s: float = 60.0) -> Bus:
+    """Connect and provision the bus, retrying with exponential backoff for ``timeout_s``.
+
+    Services started by compose may come up before nats-server accepts connections.
+
+    Raises:
+        UnavailableError: NATS did not answer within ``timeout_s`` seconds.
+    """
+    async for attempt in AsyncRetrying(
+        retry=retry_if_exception_type(UnavailableError),
+        wait=wait_exponential(multiplier=0.2, max=5.0),
+        stop=stop_after_delay(timeout_s),
+        reraise=True,
+    ):
+        with attempt:
+            bus = await Bus.connect(settings, name=name)
+    await bus.ensure()
+    return bus
+
+
+ServiceBody = Callable[[Bus, asyncio.Event], Awaitable[None]]
+
+
+def run_service(
+    name: str,
+    body: ServiceBody,
+    *,
+    metrics_port: int | None = None,
+    registry: CollectorRegistry | None = None,
+    bus_settings: BusSettings | None = None,
+) -> None:
+    """Entry point of a service process: logging, metrics, bus, signals, ``body``.
+
+    ``body(bus, stop)`` runs until ``stop`` is set (SIGTERM or SIGINT) and must then
+    return after cleaning up. ``metrics_port`` 0 or None disables the ``/metrics``
+    HTTP server.
+    """
+    settings = bus_settings or BusSettings()
+    configure_logging(name, level=settings.log_level, json=settings.log_json)
+    if metrics_port:
+        start_http_server(metrics_port, registry=registry or CollectorRegistry())
+
+    async def _main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        bus = await connect_with_retry(settings, name=f"agentbus-{name}")
+        logger.info("service started", nats_url=settings.nats_url, prefix=settings.prefix)
+        try:
+            await body(bus, stop)
+        finally:
+            await bus.close()
+            logger.info("service stopped")
+
+    asyncio.run(_main())

@@ -1,0 +1,55 @@
+"""Settings shared by every agentbus process.
+
+Precedence: explicit keyword argument, then environment (``AGENTBUS_*``), then the
+default. Build settings in ``main()`` and pass them down; never at import time.
+"""
+
+from __future__ import annotations
+
+from pydantic import PositiveFloat, PositiveInt
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class BusSettings(BaseSettings):
+    """How to reach the bus. Env: ``AGENTBUS_*``."""
+
+    model_config = SettingsConfigDict(env_prefix="AGENTBUS_", frozen=True, extra="ignore")
+
+    nats_url: str = "nats://127.0.0.1:4222"
+    """Comma-separated NATS server URLs."""
+    prefix: str = "agentbus"
+    """Prefix of every subject, stream and bucket (see ``agentbus.names``)."""
+    request_timeout_s: PositiveFloat = 5.0
+    """Default timeout of a service request."""
+    inline_max_bytes: PositiveInt = 64 * 1024
+    """Task inputs/outputs larger than this travel through the Object Store."""
+    log_level: str = "INFO"
+    log_json: bool = False
+    """Write logs as one JSON object per line (for containers)."""
+
+
+class AgentSettings(BaseSettings):
+    """Identity and behaviour of one agent process. Env: ``AGENTBUS_AGENT_*``.
+
+    A supervisor sets ``agent_id``, ``node_id``, ``deployment`` and ``replica`` for the
+    replicas it starts; an agent started by hand gets a random id.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="AGENTBUS_AGENT_", frozen=True, extra="ignore")
+
+    agent_id: str | None = None
+    node_id: str | None = None
+    deployment: str | None = None
+    replica: int | None = None
+    capabilities: str | None = None
+    """Comma-separated capabilities overriding the agent's own declaration."""
+    max_concurrency: PositiveInt | None = None
+    """Tasks handled at once by this agent (default: the agent's declaration)."""
+    heartbeat_s: PositiveFloat = 2.0
+    """Interval between registry heartbeats; the entry expires after the registry TTL."""
+    lease_s: PositiveFloat = 30.0
+    """AckWait of the capability consumers: a task's lease. Renewed every lease/3."""
+    fetch_timeout_s: PositiveFloat = 2.0
+    """Long-poll time of one pull request."""
+    stop_grace_s: PositiveFloat = 10.0
+    """On SIGTERM, how long in-flight tasks may run before they are returned."""

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Idempotent machine setup shared by the README quickstart and CI (.ci/run).
+# Installs: uv + just (PyPI), docker.io + docker-compose + mmdebstrap (Debian),
+# starts dockerd when no engine answers, builds the local base image, syncs the workspace.
+# Safe to run twice: every step checks before it acts.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+BASE_IMAGE="${AGENTBUS_BASE_IMAGE:-agentbus/base:bookworm}"
+log() { printf '[setup] %s\n' "$*" >&2; }
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# 1. uv and just (PyPI wheels; the PyPI package named "just" is something else).
+if ! command -v uv >/dev/null 2>&1; then
+  log "installing uv"
+  python3 -m pip install --quiet --disable-pip-version-check uv
+fi
+if ! command -v just >/dev/null 2>&1; then
+  log "installing just (rust-just)"
+  python3 -m pip install --quiet --disable-pip-version-check rust-just
+fi
+
+# 2. Debian packages: Docker engine, compose v1, mmdebstrap for the base image.
+need_pkgs=()
+command -v dockerd >/dev/null 2>&1 || need_pkgs+=(docker.io)
+command -v docker-compose >/dev/null 2>&1 || need_pkgs+=(docker-compose)
+command -v mmdebstrap >/dev/null 2>&1 || need_pkgs+=(mmdebstrap)
+if [ "${#need_pkgs[@]}" -gt 0 ]; then
+  log "installing ${need_pkgs[*]}"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+fi
+
+# 3. A running Docker engine.
+if ! docker info >/dev/null 2>&1; then
+  log "starting dockerd"
+  as_root mkdir -p /var/log
+  as_root nohup dockerd >/var/log/agentbus-dockerd.log 2>&1 &
+  for _ in $(seq 1 60); do
+    docker info >/dev/null 2>&1 && break
+    sleep 0.5
+  done
+  docker info >/dev/null 2>&1 || { log "dockerd did not start; see /var/log/agentbus-dockerd.log"; exit 1; }
+fi
+
+# 4. Local base image (no registry here): Debian bookworm with python3 + venv.
+if ! docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
+  log "building base image $BASE_IMAGE with mmdebstrap (~25 s)"
+  tmp=$(mktemp -d)
+  as_root mmdebstrap --quiet --variant=apt --include=python3,python3-venv,ca-certificates bookworm "$tmp/base.tar"
+  docker import "$tmp/base.tar" "$BASE_IMAGE" >/dev/null
+  rm -rf "$tmp"
+fi
+
+# 5. The workspace.
+log "syncing the uv workspace"
+uv sync --all-packages --quiet
+log "done"

