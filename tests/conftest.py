@@ -1,0 +1,53 @@
+"""Shared fixtures: one real nats-server per session, a fresh prefix per test.
+
+Servers are sync and session-scoped; clients are async and per test. Each test gets
+its own subject/stream/bucket prefix, so tests share one server without interfering.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from agentbus.bus import Bus
+from agentbus.settings import BusSettings
+from tests._nats_server import NatsServer
+
+_ENV_PREFIXES = ("AGENTBUS_", "SCHEDULER_", "REGISTRY_", "SUPERVISOR_", "CHECKPOINT_", "GATEWAY_")
+
+
+@pytest.fixture(autouse=True)
+def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in list(os.environ):
+        if key.startswith(_ENV_PREFIXES) and not key.startswith("AGENTBUS_TEST_"):
+            monkeypatch.delenv(key)
+
+
+@pytest.fixture(scope="session")
+def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if url := os.environ.get("AGENTBUS_TEST_NATS_URL"):
+        yield url
+        return
+    with NatsServer(tmp_path_factory.mktemp("js")) as srv:
+        yield srv.client_url
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def bus_settings(nats_url: str, prefix: str) -> BusSettings:
+    return BusSettings(nats_url=nats_url, prefix=prefix, request_timeout_s=5.0)
+
+
+@pytest.fixture
+async def bus(bus_settings: BusSettings) -> AsyncIterator[Bus]:
+    b = await Bus.connect(bus_settings, name="test")
+    await b.ensure()
+    yield b
+    await b.close()
