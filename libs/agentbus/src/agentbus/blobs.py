@@ -77,4 +77,6 @@ async def unpack(bus: Bus, raw: msgspec.Raw, ref: BlobRef | None, type_: type[T]
     try:
         return msgspec.json.decode(data, type=type_)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise ContractError(f"value is not a valid {getattr(type_, '__name__', type_)}: {exc}") from exc
+        raise ContractError(
+            f"value is not a valid {getattr(type_, '__name__', type_)}: {exc}"
+        ) from exc

@@ -92,6 +92,7 @@ class Bus:
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=0.5,
                 error_cb=_on_error,
+                drain_timeout=5,
             )
         except (OSError, nats.errors.NoServersError) as exc:
             raise UnavailableError(f"cannot connect to NATS at {settings.nats_url}: {exc}") from exc

@@ -235,7 +235,9 @@ class Client:
     async def agents(self, capability: str | None = None) -> list[AgentInfo]:
         """Live agents (optionally only those with ``capability``), from the registry."""
         reply = await self.bus.request(
-            self.names.endpoint("registry", "agents"), ListAgents(capability=capability), AgentsReply
+            self.names.endpoint("registry", "agents"),
+            ListAgents(capability=capability),
+            AgentsReply,
         )
         return reply.agents
 

@@ -239,6 +239,17 @@ class ErrorEvent(Message):
     at: datetime
 
 
+class NodeEvent(Message):
+    """Event on ``<p>.events.node.<kind>``: a node joined, left or was lost.
+
+    ``left``: its supervisor deleted its entry; ``lost``: the entry expired (TTL).
+    """
+
+    node_id: str
+    kind: Literal["joined", "left", "lost"]
+    at: datetime
+
+
 # -------------------------------------------------------------------------- registry
 class AgentInfo(Message):
     """An agent's heartbeat entry in KV ``<p>_agents`` (key = agent id)."""
@@ -343,6 +354,40 @@ class DeployReply(Message):
     placements: list[Placement] = []
 
 
+class GetNodeStatus(Message):
+    """Request to one supervisor (``<p>.supervisor.<node_id>.status``)."""
+
+
+ReplicaState = Literal["starting", "running", "backoff", "exited", "failed", "stopping"]
+
+
+class ReplicaStatus(Message):
+    """One replica a supervisor runs, as its ``status`` endpoint reports it.
+
+    ``state``: ``backoff`` waits ``backoff_s`` seconds before a restart; ``exited``
+    ended and its restart policy does not restart it; ``failed`` could not be
+    started (e.g. a missing image). ``runtime_id`` is the container id or the pid.
+    """
+
+    deployment: str
+    replica: int
+    agent_id: str
+    state: ReplicaState
+    runtime_id: str = ""
+    restarts: int = 0
+    exit_code: int | None = None
+    backoff_s: float | None = None
+    started_at: datetime | None = None
+    reason: str = ""
+
+
+class NodeStatusReply(Message):
+    """Reply of a supervisor's ``status`` endpoint: its node entry and replicas."""
+
+    node: NodeInfo
+    replicas: list[ReplicaStatus] = []
+
+
 # ------------------------------------------------------------------------ checkpoint
 class PutCheckpoint(Message):
     """Command to the checkpoint service (``<p>.checkpoint.put``)."""
@@ -352,6 +397,9 @@ class PutCheckpoint(Message):
     data: bytes
     parent_id: str | None = None
     metadata: dict[str, str] = {}
+    data_ref: BlobRef | None = None
+    """A value too large for one request: upload it first with ``blobs.put_blob`` under
+    ``checkpoints/sha256/<hex digest>`` and send ``data`` empty with this reference."""
 
 
 class GetCheckpoint(Message):
@@ -383,6 +431,30 @@ class CheckpointReply(Message):
     checkpoint: Checkpoint
 
 
+class CheckpointHead(Message):
+    """KV ``<p>_checkpoints`` value at ``<agent>.<thread>.latest``: the thread's head."""
+
+    checkpoint_id: str
+    version: int
+    updated_at: datetime
+
+
+# -------------------------------------------------------------------------- services
+class GetHealth(Message):
+    """Request to a service's ``<p>.<service>.health`` endpoint (no fields)."""
+
+
+class HealthReply(Message):
+    """A service's health: ``ok`` when it can do its work, else ``degraded``.
+
+    ``details`` holds short, low-cardinality facts, e.g. ``{"nats": "connected"}``.
+    """
+
+    service: str
+    status: Literal["ok", "degraded"] = "ok"
+    details: dict[str, str] = {}
+
+
 # ---------------------------------------------------------------------------- codecs
 encoder = msgspec.json.Encoder()
 encode = encoder.encode
@@ -396,4 +468,7 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     AgentEvent, ReplicaEvent, ErrorEvent, AgentInfo, NodeInfo, ListAgents, AgentsReply,
     ListNodes, NodesReply, Deployment, Deploy, DeleteDeployment, Placement, DeployReply,
     PutCheckpoint, GetCheckpoint, Checkpoint, CheckpointReply,
+    NodeEvent, CheckpointHead,
+    GetNodeStatus, ReplicaStatus, NodeStatusReply,
+    GetHealth, HealthReply,
 )  # fmt: skip

@@ -1,5 +1,6 @@
-"""Scaffolding shared by the five services: typed ``nats.micro`` endpoints, bad-input
-handling, metrics and the process entry point.
+"""Scaffolding shared by the five services.
+
+Typed ``nats.micro`` endpoints, bad-input handling, metrics and the process entry point.
 
 A service is a ``nats.micro`` service (``nats micro ls`` lists it) whose endpoints
 decode requests into ``agentbus.messages`` Structs, call a typed handler and encode

@@ -1,0 +1,1 @@
+"""Agents shipped with agentbus: ``echo`` (tests, benchmarks) and ``reviewer`` (the demo)."""

@@ -1,0 +1,369 @@
+"""The agent runtime: register, heartbeat, pull tasks, run handlers, report, ack.
+
+An agent declares a name and one async handler per capability::
+
+    agent = Agent("summarizer", max_concurrency=4)
+
+    @agent.handler("summarize")
+    async def summarize(ctx: TaskContext, doc: Document) -> Summary: ...
+
+    agent.main()   # process entry point: logging, SIGTERM, asyncio.run
+
+For each capability the agent binds the durable pull consumer ``cap-<capability>``
+shared by every agent with that capability (JetStream spreads tasks among them). A
+delivered task holds a lease (the consumer's AckWait, ``AgentSettings.lease_s``) that
+the runtime renews with ``in_progress()`` every lease/3 while the handler runs. The
+runtime reports ``TaskStarted`` and then ``TaskResult`` on ``<p>.results.<capability>``
+and acks the task only after the result is stored, so a crash at any point leads to a
+redelivery, never a lost task (the scheduler drops duplicate results). A handler
+exception becomes a failed result carrying the exception type and message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import typing
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import nats.errors
+from loguru import logger
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig
+
+from agentbus import __version__
+from agentbus.blobs import pack, unpack
+from agentbus.bus import Bus
+from agentbus.client import Client
+from agentbus.errors import AgentBusError, ContractError
+from agentbus.log import configure_logging
+from agentbus.messages import (
+    AgentInfo,
+    ErrorEvent,
+    ErrorInfo,
+    Task,
+    TaskResult,
+    TaskStarted,
+    decode_task,
+    encode,
+    utcnow,
+)
+from agentbus.names import Names, check_token
+from agentbus.service import connect_with_retry
+from agentbus.settings import AgentSettings, BusSettings
+
+Handler = Callable[["TaskContext", Any], Awaitable[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    capability: str
+    fn: Handler
+    input_type: Any
+
+
+@dataclass(frozen=True, slots=True)
+class TaskContext:
+    """What a handler gets besides its input.
+
+    Attributes:
+        task: the task message (id, capability, metadata, ...).
+        attempt: delivery number of this attempt, from 1.
+        agent_id: id of the agent running the handler.
+        bus: the agent's connection.
+        client: a ``Client`` on that connection (submit subtasks, read records).
+    """
+
+    task: Task
+    attempt: int
+    agent_id: str
+    bus: Bus
+    client: Client
+
+    @property
+    def task_id(self) -> str:
+        """The task's id."""
+        return self.task.task_id
+
+
+def _one_line(text: str, limit: int = 500) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def error_info(exc: BaseException) -> ErrorInfo:
+    """The wire form of ``exc``: its type name, a one-line message, retryability."""
+    return ErrorInfo(
+        error_type=type(exc).__name__,
+        message=_one_line(str(exc)) or type(exc).__name__,
+        retryable=bool(getattr(exc, "retryable", False)),
+    )
+
+
+class Agent:
+    """An agent process: a name, capabilities with handlers, and the run loop.
+
+    Settings come from ``AgentSettings`` (env ``AGENTBUS_AGENT_*``), which a supervisor
+    fills for the replicas it starts; keyword arguments here are the agent's own
+    defaults, overridden by those settings.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        max_concurrency: int = 1,
+        settings: AgentSettings | None = None,
+        bus_settings: BusSettings | None = None,
+    ) -> None:
+        self.name = check_token("agent name", name)
+        self.settings = settings or AgentSettings()
+        self.bus_settings = bus_settings
+        self.max_concurrency = self.settings.max_concurrency or max_concurrency
+        self.agent_id = check_token(
+            "agent id", self.settings.agent_id or f"{name}-{uuid.uuid4().hex[:8]}"
+        )
+        self._routes: dict[str, _Route] = {}
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._slots = asyncio.Semaphore(self.max_concurrency)
+        self._stopping = False
+        self.started_at = utcnow()
+
+    # -- declaration ----------------------------------------------------------------
+    def handler(self, capability: str) -> Callable[[Handler], Handler]:
+        """Register the decorated ``async def fn(ctx, input) -> output`` for ``capability``.
+
+        The input is decoded as the annotation of the handler's second parameter (a
+        msgspec Struct, a builtin type, or ``Any`` for plain JSON); the return value is
+        encoded with msgspec.
+
+        Raises:
+            ContractError: ``capability`` is not a valid token or already has a handler.
+        """
+        check_token("capability", capability)
+        if capability in self._routes:
+            raise ContractError(f"capability {capability!r} already has a handler")
+
+        def register(fn: Handler) -> Handler:
+            hints = typing.get_type_hints(fn)
+            params = [p for p in fn.__code__.co_varnames[: fn.__code__.co_argcount]]
+            input_type = hints.get(params[1], Any) if len(params) > 1 else Any
+            self._routes[capability] = _Route(capability, fn, input_type)
+            return fn
+
+        return register
+
+    @property
+    def capabilities(self) -> list[str]:
+        """Capabilities served: ``AGENTBUS_AGENT_CAPABILITIES`` if set, else all handlers."""
+        if self.settings.capabilities:
+            return [c.strip() for c in self.settings.capabilities.split(",") if c.strip()]
+        return sorted(self._routes)
+
+    # -- running --------------------------------------------------------------------
+    def main(self) -> None:
+        """Process entry point: configure logging, run until SIGTERM/SIGINT."""
+        bus_settings = self.bus_settings or BusSettings()
+        configure_logging(self.agent_id, level=bus_settings.log_level, json=bus_settings.log_json)
+
+        async def _main() -> None:
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
+            bus = await connect_with_retry(bus_settings, name=f"agentbus-agent-{self.agent_id}")
+            try:
+                await self.run(bus, stop)
+            finally:
+                await bus.close()
+
+        asyncio.run(_main())
+
+    async def run(self, bus: Bus, stop: asyncio.Event) -> None:
+        """Serve tasks on ``bus`` until ``stop`` is set, then stop gracefully.
+
+        On stop the agent stops fetching, lets in-flight tasks finish for up to
+        ``stop_grace_s`` seconds, returns (naks) the rest, and leaves the registry.
+
+        Raises:
+            ContractError: a served capability has no handler.
+        """
+        missing = [c for c in self.capabilities if c not in self._routes]
+        if missing:
+            raise ContractError(f"agent {self.name!r} has no handler for {missing}")
+        client = Client(bus)
+        subs = [await self._bind(bus, cap) for cap in self.capabilities]
+        heartbeat = asyncio.create_task(self._heartbeat(bus))
+        loops = [
+            asyncio.create_task(self._fetch_loop(bus, client, cap, sub))
+            for cap, sub in zip(self.capabilities, subs, strict=True)
+        ]
+        logger.info("agent started", agent_id=self.agent_id, capabilities=self.capabilities)
+        await stop.wait()
+        self._stopping = True
+        logger.info("agent stopping", in_flight=len(self._in_flight))
+        await asyncio.gather(*loops, return_exceptions=True)
+        if self._in_flight:
+            _, late = await asyncio.wait(self._in_flight, timeout=self.settings.stop_grace_s)
+            for t in late:
+                t.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+        heartbeat.cancel()
+        await asyncio.gather(heartbeat, return_exceptions=True)
+        for sub in subs:
+            try:
+                await sub.unsubscribe()
+            except Exception as exc:
+                logger.debug("unsubscribe failed", error=repr(exc))
+        try:
+            kv = await bus.kv(bus.names.agents_bucket)
+            await kv.delete(self.agent_id)
+        except Exception as exc:
+            logger.warning("could not leave the registry", error=repr(exc))
+        logger.info("agent stopped")
+
+    async def _bind(self, bus: Bus, capability: str) -> Any:
+        names = bus.names
+        durable = Names.task_consumer(capability)
+        await bus.js.add_consumer(
+            names.tasks_stream,
+            ConsumerConfig(
+                name=durable,
+                durable_name=durable,
+                filter_subject=names.task_subject(capability),
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=self.settings.lease_s,
+                max_ack_pending=-1,
+            ),
+        )
+        return await bus.js.pull_subscribe_bind(durable, stream=names.tasks_stream)
+
+    def _info(self) -> AgentInfo:
+        busy = len(self._in_flight) >= self.max_concurrency
+        return AgentInfo(
+            agent_id=self.agent_id,
+            name=self.name,
+            capabilities=self.capabilities,
+            started_at=self.started_at,
+            heartbeat_at=utcnow(),
+            status="stopping" if self._stopping else ("busy" if busy else "ready"),
+            in_flight=len(self._in_flight),
+            max_concurrency=self.max_concurrency,
+            node_id=self.settings.node_id,
+            deployment=self.settings.deployment,
+            replica=self.settings.replica,
+            pid=os.getpid(),
+            hostname=socket.gethostname(),
+            version=__version__,
+        )
+
+    async def _heartbeat(self, bus: Bus) -> None:
+        kv = await bus.kv(bus.names.agents_bucket)
+        while True:
+            try:
+                await kv.put(self.agent_id, encode(self._info()))
+            except Exception as exc:
+                logger.warning("heartbeat failed", error=repr(exc))
+            await asyncio.sleep(self.settings.heartbeat_s)
+
+    async def _fetch_loop(self, bus: Bus, client: Client, capability: str, sub: Any) -> None:
+        while not self._stopping:
+            await self._slots.acquire()
+            n = 1
+            while n < self.max_concurrency and not self._slots.locked():
+                await self._slots.acquire()
+                n += 1
+            try:
+                msgs = await sub.fetch(batch=n, timeout=self.settings.fetch_timeout_s)
+            except nats.errors.TimeoutError:
+                msgs = []
+            except Exception as exc:  # connection lost: nats-py reconnects by itself
+                logger.warning("fetch failed", capability=capability, error=repr(exc))
+                msgs = []
+                await asyncio.sleep(0.5)
+            for _ in range(n - len(msgs)):
+                self._slots.release()
+            for msg in msgs:
+                if self._stopping:
+                    await msg.nak()
+                    self._slots.release()
+                    continue
+                t = asyncio.create_task(self._handle(bus, client, capability, msg))
+                self._in_flight.add(t)
+                t.add_done_callback(self._done)
+
+    def _done(self, t: asyncio.Task[None]) -> None:
+        self._in_flight.discard(t)
+        self._slots.release()
+
+    async def _renew_lease(self, msg: Msg) -> None:
+        while True:
+            await asyncio.sleep(self.settings.lease_s / 3)
+            try:
+                await msg.in_progress()
+            except Exception as exc:
+                logger.warning("lease renewal failed", error=repr(exc))
+
+    async def _handle(self, bus: Bus, client: Client, capability: str, msg: Msg) -> None:
+        try:
+            task = decode_task(msg.data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            await self._reject(bus, msg, f"task does not decode: {exc}")
+            return
+        attempt = msg.metadata.num_delivered or 1
+        started_at = utcnow()
+        subject = bus.names.result_subject(capability)
+        renew = asyncio.create_task(self._renew_lease(msg))
+        with logger.contextualize(task_id=task.task_id, attempt=attempt):
+            try:
+                await bus.js.publish(
+                    subject,
+                    encode(TaskStarted(task_id=task.task_id, agent_id=self.agent_id,
+                                       attempt=attempt, started_at=started_at)),
+                )  # fmt: skip
+                result = await self._run_handler(bus, client, task, attempt, started_at)
+                await bus.js.publish(subject, encode(result))
+                await msg.ack()
+            except asyncio.CancelledError:
+                await msg.nak()  # stopping: let another agent take it now
+                raise
+            except Exception as exc:  # bus trouble: no ack, the lease lapses, redelivery
+                logger.warning("could not report result", error=repr(exc))
+            finally:
+                renew.cancel()
+
+    async def _run_handler(
+        self, bus: Bus, client: Client, task: Task, attempt: int, started_at: Any
+    ) -> TaskResult:
+        route = self._routes[task.capability]
+        ctx = TaskContext(task=task, attempt=attempt, agent_id=self.agent_id, bus=bus,
+                          client=client)  # fmt: skip
+        common = {"task_id": task.task_id, "agent_id": self.agent_id, "attempt": attempt,
+                  "started_at": started_at}  # fmt: skip
+        try:
+            value = await unpack(bus, task.input, task.input_ref, route.input_type)
+            output = await asyncio.wait_for(route.fn(ctx, value), task.timeout_s)
+            raw, ref = await pack(bus, output, name=f"tasks/{task.task_id}/output")
+        except Exception as exc:
+            if not isinstance(exc, AgentBusError):
+                logger.opt(exception=exc).info("handler failed")
+            return TaskResult(status="failed", finished_at=utcnow(), error=error_info(exc),
+                              **common)  # fmt: skip
+        return TaskResult(status="succeeded", finished_at=utcnow(), output=raw, output_ref=ref,
+                          **common)  # fmt: skip
+
+    async def _reject(self, bus: Bus, msg: Msg, reason: str) -> None:
+        logger.warning("poison task terminated", subject=msg.subject, reason=reason)
+        await msg.term()
+        event = ErrorEvent(service=f"agent:{self.agent_id}", subject=msg.subject, reason=reason,
+                           at=utcnow())  # fmt: skip
+        try:
+            await bus.publish_event("error", "agent", event)
+        except Exception as exc:
+            logger.warning("could not publish error event", error=repr(exc))
