@@ -6,7 +6,7 @@ default. Build settings in ``main()`` and pass them down; never at import time.
 
 from __future__ import annotations
 
-from pydantic import PositiveFloat, PositiveInt
+from pydantic import AliasChoices, Field, PositiveFloat, PositiveInt
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -37,7 +37,10 @@ class AgentSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="AGENTBUS_AGENT_", frozen=True, extra="ignore")
 
-    agent_id: str | None = None
+    agent_id: str | None = Field(
+        default=None, validation_alias=AliasChoices("agent_id", "AGENTBUS_AGENT_ID")
+    )
+    """Env ``AGENTBUS_AGENT_ID``; a random ``<name>-<hex>`` when unset."""
     node_id: str | None = None
     deployment: str | None = None
     replica: int | None = None

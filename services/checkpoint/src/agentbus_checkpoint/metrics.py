@@ -1,0 +1,32 @@
+"""Prometheus metrics of the checkpoint service, on the registry passed to ``serve``."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter
+
+
+class CheckpointMetrics:
+    """Counters of stored checkpoints, conflicts and corruption."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.puts = Counter(
+            "agentbus_checkpoint_puts_total",
+            "Checkpoints stored, by where the data went (inline or blob).",
+            ["storage"],
+            registry=registry,
+        )
+        self.put_bytes = Counter(
+            "agentbus_checkpoint_put_bytes_total",
+            "Bytes of checkpoint data stored.",
+            registry=registry,
+        )
+        self.conflicts = Counter(
+            "agentbus_checkpoint_conflicts_total",
+            "Puts refused because parent_id was not the thread's latest checkpoint.",
+            registry=registry,
+        )
+        self.corrupted = Counter(
+            "agentbus_checkpoint_corrupted_total",
+            "Reads that found a record or blob failing to decode or its SHA-256 check.",
+            registry=registry,
+        )

@@ -1,0 +1,221 @@
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import msgspec
+import pytest
+
+from agentbus.bus import Bus
+from agentbus.messages import AgentEvent, ErrorEvent, NodeEvent, encode, utcnow
+from agentbus_registry.settings import RegistrySettings
+from tests.registry.conftest import (
+    Registry,
+    agent_info,
+    eventually,
+    heartbeat,
+    next_event,
+    node_info,
+    start_registry,
+)
+
+
+async def test_agents_found_by_capability(bus: Bus, registry_service: Registry) -> None:
+    client = registry_service.client
+    await heartbeat(bus, agent_info("b-agent", ["echo"]))
+    await heartbeat(bus, agent_info("a-agent", ["echo", "review"], status="busy"))
+
+    async def both_listed() -> bool:
+        return len(await client.agents()) == 2
+
+    await eventually(both_listed, what="two agents listed")
+    assert [a.agent_id for a in await client.agents()] == ["a-agent", "b-agent"]
+    assert [a.agent_id for a in await client.agents(capability="echo")] == [
+        "a-agent",
+        "b-agent",
+    ]
+    review = await client.agents(capability="review")
+    assert [a.agent_id for a in review] == ["a-agent"]
+    assert review[0].status == "busy"
+    assert review[0].name == "name-a-agent"
+    assert await client.agents(capability="nope") == []
+
+    joined = await next_event(bus, "agent", "joined", AgentEvent, timeout_s=5)
+    assert isinstance(joined, AgentEvent)
+    assert joined.kind == "joined"
+    assert joined.agent_id in {"a-agent", "b-agent"}
+    assert registry_service.metric("agentbus_registry_joins_total", {"entity": "agent"}) == 2
+
+    async def gauges_set() -> bool:
+        m = registry_service.metric
+        return (
+            m("agentbus_registry_agents", {"status": "busy"}) == 1
+            and m("agentbus_registry_agents", {"status": "ready"}) == 1
+        )
+
+    await eventually(gauges_set, what="agent gauges by status")
+
+
+async def test_heartbeats_refresh_without_new_join(bus: Bus, registry_service: Registry) -> None:
+    info = agent_info("a1", ["echo"])
+    for _ in range(3):
+        await heartbeat(bus, info)
+
+    async def listed() -> bool:
+        return [a.agent_id for a in await registry_service.client.agents()] == ["a1"]
+
+    await eventually(listed, what="a1 listed")
+    await asyncio.sleep(0.2)
+    assert registry_service.metric("agentbus_registry_joins_total", {"entity": "agent"}) == 1
+
+
+@pytest.mark.timeout(60)
+async def test_silent_agent_is_lost(bus: Bus, registry_service: Registry) -> None:
+    await heartbeat(bus, agent_info("quiet", ["echo"]))
+
+    async def listed() -> bool:
+        return len(await registry_service.client.agents()) == 1
+
+    await eventually(listed, what="agent listed")
+    # No more heartbeats: the 10 s bucket TTL expires the key and the marker says so.
+    lost = await next_event(bus, "agent", "lost", AgentEvent, timeout_s=40)
+    assert isinstance(lost, AgentEvent)
+    assert (lost.agent_id, lost.kind, lost.node_id) == ("quiet", "lost", "node-a")
+    assert await registry_service.client.agents() == []
+    assert (
+        registry_service.metric(
+            "agentbus_registry_departures_total", {"entity": "agent", "kind": "lost"}
+        )
+        == 1
+    )
+
+
+async def test_deleted_agent_has_left(bus: Bus, registry_service: Registry) -> None:
+    await heartbeat(bus, agent_info("leaver", ["echo"]))
+
+    async def listed() -> bool:
+        return len(await registry_service.client.agents()) == 1
+
+    await eventually(listed, what="agent listed")
+    kv = await bus.kv(bus.names.agents_bucket)
+    await kv.delete("leaver")
+    left = await next_event(bus, "agent", "left", AgentEvent, timeout_s=5)
+    assert isinstance(left, AgentEvent)
+    assert (left.agent_id, left.kind) == ("leaver", "left")
+    assert await registry_service.client.agents() == []
+
+
+async def test_stale_heartbeat_is_not_listed(bus: Bus) -> None:
+    stop = asyncio.Event()
+    reg = await start_registry(bus, RegistrySettings(stale_after_s=2.0), stop)
+    try:
+        kv = await bus.kv(bus.names.agents_bucket)
+        old = agent_info("old", ["echo"], heartbeat_at=utcnow() - timedelta(seconds=60))
+        fresh = agent_info("fresh", ["echo"])
+        # Written "now" by KV, but the agent claims an old heartbeat; it stays hidden
+        # only once the KV write itself is older than stale_after_s as well.
+        await kv.put("old", encode(old))
+        await kv.put("fresh", encode(fresh))
+
+        async def both_listed() -> bool:
+            return len(await reg.client.agents()) == 2
+
+        await eventually(both_listed, what="both agents listed")
+
+        async def only_fresh() -> bool:
+            return [a.agent_id for a in await reg.client.agents()] == ["fresh"]
+
+        async def beat_fresh() -> None:
+            while True:
+                await heartbeat(bus, fresh)
+                await asyncio.sleep(0.3)
+
+        beating = asyncio.create_task(beat_fresh())
+        try:
+            # "old" is hidden after 2 s, long before its TTL (10 s) expires the key.
+            await eventually(only_fresh, timeout_s=6, what="stale agent hidden")
+            assert (await kv.get("old")).value is not None
+        finally:
+            beating.cancel()
+    finally:
+        stop.set()
+        await asyncio.wait_for(reg.task, 10)
+
+
+async def test_garbage_entry_is_reported_and_skipped(bus: Bus, registry_service: Registry) -> None:
+    kv = await bus.kv(bus.names.agents_bucket)
+    await kv.put("junk", b"\x00 not json")
+    await kv.put("liar", encode(agent_info("someone-else", ["echo"])))
+    await heartbeat(bus, agent_info("good", ["echo"]))
+
+    async def good_listed() -> bool:
+        return [a.agent_id for a in await registry_service.client.agents()] == ["good"]
+
+    await eventually(good_listed, what="valid agent listed")
+    assert (
+        registry_service.metric(
+            "agentbus_bad_messages_total", {"service": "registry", "source": "agents_kv"}
+        )
+        == 2
+    )
+    error = await next_event(bus, "error", "registry", ErrorEvent, timeout_s=5)
+    assert isinstance(error, ErrorEvent)
+    assert error.subject == f"$KV.{bus.names.agents_bucket}.junk"
+    # still serving and still watching
+    await heartbeat(bus, agent_info("later", ["echo"]))
+
+    async def later_listed() -> bool:
+        return len(await registry_service.client.agents()) == 2
+
+    await eventually(later_listed, what="agent after garbage listed")
+
+
+async def test_nodes_endpoint_and_events(bus: Bus, registry_service: Registry) -> None:
+    kv = await bus.kv(bus.names.nodes_bucket)
+    await kv.put("node-b", encode(node_info("node-b")))
+    await kv.put("node-a", encode(node_info("node-a")))
+
+    async def both_listed() -> bool:
+        return len(await registry_service.client.nodes()) == 2
+
+    await eventually(both_listed, what="two nodes listed")
+    nodes = await registry_service.client.nodes()
+    assert [n.node_id for n in nodes] == ["node-a", "node-b"]
+    assert nodes[0].runtime == "process"
+
+    async def gauge_set() -> bool:
+        return registry_service.metric("agentbus_registry_nodes") == 2
+
+    await eventually(gauge_set, what="nodes gauge")
+    joined = await next_event(bus, "node", "joined", NodeEvent, timeout_s=5)
+    assert isinstance(joined, NodeEvent)
+    assert joined.node_id in {"node-a", "node-b"}
+
+    await kv.delete("node-a")
+    left = await next_event(bus, "node", "left", NodeEvent, timeout_s=5)
+    assert isinstance(left, NodeEvent)
+    assert (left.node_id, left.kind) == ("node-a", "left")
+    assert [n.node_id for n in await registry_service.client.nodes()] == ["node-b"]
+
+
+async def test_restarted_registry_sees_existing_entries_without_rejoining(bus: Bus) -> None:
+    info = agent_info("steady", ["echo"])
+    await heartbeat(bus, info)
+    for _ in range(2):
+        stop = asyncio.Event()
+        reg = await start_registry(bus, RegistrySettings(), stop)
+        try:
+            assert [a.agent_id for a in await reg.client.agents()] == ["steady"]
+        finally:
+            stop.set()
+            await asyncio.wait_for(reg.task, 10)
+    # Both runs announced the same incarnation with the same Nats-Msg-Id: one event.
+    info_stream = await bus.js.stream_info(
+        bus.names.events_stream, subjects_filter=bus.names.event_subject("agent", "joined")
+    )
+    assert info_stream.state.messages == 1
+
+
+async def test_ping_answers(bus: Bus, registry_service: Registry) -> None:
+    reply = await bus.nc.request("$SRV.PING.registry", b"", timeout=2)
+    assert msgspec.json.decode(reply.data)["name"] == "registry"
