@@ -1,0 +1,39 @@
+"""The Litestar application of the gateway, wrapped in the HTTP metrics middleware."""
+
+from __future__ import annotations
+
+from litestar import Litestar
+from litestar.di import Provide
+from litestar.openapi.config import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin
+
+from agentbus import __version__
+from agentbus_gateway.errors import exception_handlers
+from agentbus_gateway.metrics import HttpMetricsMiddleware
+from agentbus_gateway.routes import ROUTES, GatewayContext
+
+
+def create_app(ctx: GatewayContext) -> HttpMetricsMiddleware:
+    """The gateway's ASGI application for ``ctx`` (serve it with uvicorn).
+
+    Routes: ``POST /v1/tasks``, ``GET /v1/tasks/{task_id}?wait_s=``,
+    ``GET /v1/agents?capability=``, ``GET /v1/nodes``, ``GET /healthz``,
+    ``GET /metrics``, ``GET /openapi.json`` (and ``/schema/openapi.json``).
+    """
+
+    def _ctx() -> GatewayContext:
+        return ctx
+
+    app = Litestar(
+        route_handlers=ROUTES,
+        dependencies={"ctx": Provide(_ctx, sync_to_thread=False)},
+        exception_handlers=exception_handlers(ctx.bus, ctx.metrics),  # type: ignore[arg-type]
+        openapi_config=OpenAPIConfig(
+            title="agentbus gateway",
+            version=__version__,
+            description="HTTP access to agentbus: submit and follow tasks, list agents and nodes.",
+            render_plugins=[JsonRenderPlugin()],
+        ),
+        logging_config=None,
+    )
+    return HttpMetricsMiddleware(app, ctx.metrics)  # type: ignore[arg-type]

@@ -1,0 +1,122 @@
+"""Exception handlers: every error becomes ``{"error": {"code", "message", "field"}}``.
+
+- Litestar's validation errors (a body or query parameter that does not fit its
+  model) and malformed JSON → 400 ``bad_request`` naming the field; logged, counted
+  in ``agentbus_bad_messages_total{service="gateway",source=<route>}`` and published
+  as an ``ErrorEvent`` (best effort, in the background).
+- agentbus errors → their code's status (ContractError 400, NotFoundError 404,
+  ConflictError 409, UnavailableError 503, RequestTimeoutError 504).
+- Anything else → 500 ``internal``, logged with its traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Callable
+from typing import Any
+
+from litestar import MediaType, Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+from loguru import logger
+
+from agentbus.bus import Bus
+from agentbus.errors import AgentBusError
+from agentbus.messages import ErrorEvent, utcnow
+from agentbus_gateway.metrics import UNMATCHED_ROUTE, GatewayMetrics
+from agentbus_gateway.models import ErrorBody, ErrorDetail
+
+_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    503: "unavailable",
+    504: "timeout",
+    500: "internal",
+}
+_FIELD_IN_MESSAGE = re.compile(r"field `([^`]+)`")
+_STATUSES = frozenset(_CODES)
+
+Handler = Callable[[Request[Any, Any, Any], Exception], Response[ErrorBody]]
+
+
+def error_response(status: int, message: str, field: str | None = None) -> Response[ErrorBody]:
+    """The JSON error response for ``status``."""
+    code = _CODES.get(status, f"http_{status}")
+    body = ErrorBody(error=ErrorDetail(code=code, message=message, field=field))
+    return Response(body, status_code=status, media_type=MediaType.JSON)
+
+
+def _route(request: Request[Any, Any, Any]) -> str:
+    return str(request.scope.get("path_template") or UNMATCHED_ROUTE)
+
+
+def _bad_field(exc: ValidationException) -> tuple[str | None, str]:
+    """The offending field and message of a Litestar validation error."""
+    extra = exc.extra
+    if isinstance(extra, list) and extra and isinstance(extra[0], dict):
+        first = extra[0]
+        message = str(first.get("message", exc.detail))
+        key = first.get("key")
+        if key in (None, "data"):  # whole body: the field is named in the message
+            match = _FIELD_IN_MESSAGE.search(message)
+            key = match.group(1) if match else "body"
+        return str(key), f"{key}: {message}"
+    return None, str(exc.detail)
+
+
+def exception_handlers(bus: Bus, metrics: GatewayMetrics) -> dict[type[Exception], Handler]:
+    """Litestar ``exception_handlers`` for the gateway app (by exception class)."""
+    background: set[asyncio.Task[None]] = set()
+
+    def _report_bad_input(request: Request[Any, Any, Any], reason: str) -> None:
+        route = _route(request)
+        metrics.service.bad_messages.labels("gateway", route).inc()
+        logger.warning("bad request", method=request.method, route=route, reason=reason)
+        subject = f"{request.method} {route}"
+        event = ErrorEvent(service="gateway", subject=subject, reason=reason, at=utcnow())
+
+        async def _publish() -> None:
+            try:
+                await bus.publish_event("error", "gateway", event)
+            except Exception as exc:
+                logger.warning("could not publish error event", error=repr(exc))
+
+        task = asyncio.get_running_loop().create_task(_publish())
+        background.add(task)
+        task.add_done_callback(background.discard)
+
+    def _on_validation(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
+        assert isinstance(exc, ValidationException)
+        field, message = _bad_field(exc)
+        _report_bad_input(request, message)
+        return error_response(400, message, field)
+
+    def _on_http(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
+        assert isinstance(exc, HTTPException)
+        if exc.status_code == 400:  # malformed JSON and the like
+            message = f"body: {exc.detail}"
+            _report_bad_input(request, message)
+            return error_response(400, message, "body")
+        return error_response(exc.status_code, str(exc.detail))
+
+    def _on_agentbus(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
+        assert isinstance(exc, AgentBusError)
+        status = int(exc.code) if exc.code.isdigit() and int(exc.code) in _STATUSES else 500
+        if status == 400:
+            _report_bad_input(request, str(exc))
+        else:
+            logger.info("request refused", route=_route(request), code=exc.code, error=str(exc))
+        return error_response(status, str(exc))
+
+    def _on_other(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
+        logger.opt(exception=exc).error("request failed", route=_route(request))
+        return error_response(500, f"{type(exc).__name__}: {exc}")
+
+    return {
+        ValidationException: _on_validation,
+        HTTPException: _on_http,
+        AgentBusError: _on_agentbus,
+        Exception: _on_other,
+    }

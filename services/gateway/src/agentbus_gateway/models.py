@@ -1,0 +1,118 @@
+"""HTTP request and response bodies of the gateway (JSON, msgspec Structs).
+
+These are the gateway's HTTP contract, not wire messages: they are untagged, and
+``TaskView`` carries a task's input and output as decoded JSON values where the
+bus record (``agentbus.messages.TaskRecord``) keeps them as raw JSON.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+import msgspec
+
+from agentbus.messages import (
+    AgentInfo,
+    Attempt,
+    BlobRef,
+    ErrorInfo,
+    NodeInfo,
+    TaskRecord,
+    TaskStatus,
+    encode,
+)
+
+Capability = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
+TaskId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,128}$")]
+
+
+class CreateTask(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Body of ``POST /v1/tasks``: one task for agents with ``capability``.
+
+    ``task_id`` is the idempotency key: posting the same id again returns the
+    existing task (200) instead of creating one (201).
+    """
+
+    capability: Capability
+    input: Any = None
+    task_id: TaskId | None = None
+    priority: Annotated[int, msgspec.Meta(ge=0, le=9)] = 0
+    max_attempts: Annotated[int, msgspec.Meta(ge=1, le=100)] = 3
+    timeout_s: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    parent_id: str | None = None
+    tenant: str | None = None
+    metadata: dict[str, str] = {}
+
+
+class TaskView(msgspec.Struct, kw_only=True):
+    """A task record as the gateway returns it (``input``/``output`` decoded).
+
+    A value too large to travel inline is null with its ``*_ref`` set (a blob in
+    the Object Store).
+    """
+
+    task_id: str
+    capability: str
+    status: TaskStatus
+    created_at: datetime
+    updated_at: datetime
+    input: Any = None
+    input_ref: BlobRef | None = None
+    priority: int = 0
+    max_attempts: int = 3
+    timeout_s: float | None = None
+    parent_id: str | None = None
+    tenant: str | None = None
+    metadata: dict[str, str] = {}
+    attempts: list[Attempt] = []
+    agent_id: str | None = None
+    output: Any = None
+    output_ref: BlobRef | None = None
+    error: ErrorInfo | None = None
+    finished_at: datetime | None = None
+
+
+_decode_view = msgspec.json.Decoder(TaskView).decode
+
+
+def task_view(record: TaskRecord) -> TaskView:
+    """The HTTP view of ``record`` (fields it does not know are dropped)."""
+    return _decode_view(encode(record))
+
+
+class AgentList(msgspec.Struct, kw_only=True):
+    """Body of ``GET /v1/agents``: live agents, sorted by agent id."""
+
+    agents: list[AgentInfo]
+
+
+class NodeList(msgspec.Struct, kw_only=True):
+    """Body of ``GET /v1/nodes``: live nodes, sorted by node id."""
+
+    nodes: list[NodeInfo]
+
+
+class Health(msgspec.Struct, kw_only=True):
+    """Body of ``GET /healthz``: ``status`` ok with ``nats`` connected, else 503."""
+
+    status: str
+    nats: str
+
+
+class ErrorDetail(msgspec.Struct, kw_only=True):
+    """What went wrong: a stable ``code``, a message and the offending field if any.
+
+    Codes: ``bad_request``, ``not_found``, ``method_not_allowed``, ``conflict``,
+    ``unavailable``, ``timeout``, ``internal`` (else ``http_<status>``).
+    """
+
+    code: str
+    message: str
+    field: str | None = None
+
+
+class ErrorBody(msgspec.Struct, kw_only=True):
+    """Body of every error response: ``{"error": {"code": ..., "message": ...}}``."""
+
+    error: ErrorDetail

@@ -1,0 +1,164 @@
+"""HTTP route handlers: tasks, agents, nodes, health, metrics, OpenAPI alias.
+
+Handlers get the shared ``GatewayContext`` by dependency injection (``ctx``), so
+they hold no module-level state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from litestar import MediaType, Request, Response, get, post
+from litestar.di import NamedDependency
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from agentbus.bus import Bus
+from agentbus.client import Client
+from agentbus.errors import RequestTimeoutError
+from agentbus.messages import SubmitReply
+from agentbus_gateway.metrics import GatewayMetrics
+from agentbus_gateway.models import (
+    AgentList,
+    CreateTask,
+    ErrorBody,
+    Health,
+    NodeList,
+    TaskView,
+    task_view,
+)
+from agentbus_gateway.settings import GatewaySettings
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayContext:
+    """What the handlers share: the bus, a client on it, settings, metrics, stop."""
+
+    bus: Bus
+    client: Client
+    settings: GatewaySettings
+    metrics: GatewayMetrics
+    stop: asyncio.Event
+
+
+Ctx = NamedDependency[GatewayContext]
+"""A handler parameter ``ctx: Ctx`` receives the app's ``GatewayContext``."""
+
+
+def _errors(*statuses: int) -> dict[int, ResponseSpec]:
+    return {
+        s: ResponseSpec(data_container=ErrorBody, description="error", generate_examples=False)
+        for s in statuses
+    }
+
+
+@post(
+    "/v1/tasks",
+    status_code=201,
+    summary="Submit a task",
+    description="201 with the new record, 200 with the existing one for a repeated task_id.",
+    responses=_errors(400, 503, 504),
+    tags=["tasks"],
+)
+async def create_task(data: JSONBody[CreateTask], ctx: Ctx) -> Response[TaskView]:
+    """Submit one task through the scheduler; idempotent by ``task_id``."""
+    client = ctx.client
+    request = await client.task(
+        data.capability,
+        data.input,
+        task_id=data.task_id,
+        priority=data.priority,
+        max_attempts=data.max_attempts,
+        timeout_s=data.timeout_s,
+        parent_id=data.parent_id,
+        tenant=data.tenant,
+        metadata=data.metadata,
+    )
+    reply = await ctx.bus.request(
+        ctx.bus.names.endpoint("scheduler", "submit"), request, SubmitReply
+    )
+    return Response(task_view(reply.task), status_code=201 if reply.created else 200)
+
+
+@get(
+    "/v1/tasks/{task_id:str}",
+    summary="Get a task",
+    description=(
+        "The task record. With wait_s > 0, waits until the task is terminal or wait_s "
+        "elapses (clamped to the gateway's max_wait_s), then returns the current record."
+    ),
+    responses=_errors(400, 404, 503),
+    tags=["tasks"],
+)
+async def get_task(
+    task_id: FromPath[str],
+    ctx: Ctx,
+    wait_s: Annotated[
+        float, QueryParameter(ge=0, description="Seconds to wait for the result")
+    ] = 0.0,
+) -> TaskView:
+    """The current record of ``task_id``, optionally after waiting for it to finish."""
+    client = ctx.client
+    record = await client.get(task_id)  # NotFoundError -> 404
+    wait_s = min(wait_s, ctx.settings.max_wait_s)
+    if record.terminal or wait_s <= 0 or ctx.stop.is_set():
+        return task_view(record)
+    waiter = asyncio.ensure_future(client.wait(task_id, timeout_s=wait_s))
+    stopping = asyncio.ensure_future(ctx.stop.wait())
+    try:
+        await asyncio.wait({waiter, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:  # a cancelled wait still stops its KV watcher before we go on
+        waiter.cancel()
+        stopping.cancel()
+        await asyncio.gather(waiter, stopping, return_exceptions=True)
+    if not waiter.cancelled():
+        if (exc := waiter.exception()) is None:
+            return task_view(waiter.result())
+        if not isinstance(exc, RequestTimeoutError):
+            raise exc
+    return task_view(await client.get(task_id))
+
+
+@get(
+    "/v1/agents",
+    summary="List live agents",
+    responses=_errors(503, 504),
+    tags=["registry"],
+)
+async def list_agents(ctx: Ctx, capability: FromQuery[str | None] = None) -> AgentList:
+    """Live agents from the registry, optionally only those with ``capability``."""
+    return AgentList(agents=await ctx.client.agents(capability))
+
+
+@get("/v1/nodes", summary="List live nodes", responses=_errors(503, 504), tags=["registry"])
+async def list_nodes(ctx: Ctx) -> NodeList:
+    """Live nodes from the registry."""
+    return NodeList(nodes=await ctx.client.nodes())
+
+
+@get("/healthz", summary="Health", responses={503: ResponseSpec(Health)}, tags=["ops"])
+async def healthz(ctx: Ctx) -> Response[Health]:
+    """200 while the NATS connection is up, else 503."""
+    nc = ctx.bus.nc
+    if nc.is_connected:
+        return Response(Health(status="ok", nats="connected"))
+    state = "reconnecting" if nc.is_reconnecting else "closed" if nc.is_closed else "disconnected"
+    return Response(Health(status="unavailable", nats=state), status_code=503)
+
+
+@get("/metrics", include_in_schema=False, media_type=CONTENT_TYPE_LATEST)
+async def metrics(ctx: Ctx) -> Response[bytes]:
+    """Prometheus text exposition of the gateway's registry."""
+    return Response(generate_latest(ctx.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@get("/openapi.json", include_in_schema=False, media_type=MediaType.JSON)
+async def openapi_json(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    """The OpenAPI document (also served at ``/schema/openapi.json``)."""
+    return request.app.openapi_schema.to_schema()
+
+
+ROUTES = [create_task, get_task, list_agents, list_nodes, healthz, metrics, openapi_json]

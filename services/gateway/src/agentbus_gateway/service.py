@@ -1,0 +1,114 @@
+"""The gateway process body: a uvicorn server for the HTTP app plus a micro service.
+
+The HTTP app (``agentbus_gateway.app``) talks to the bus only through
+``agentbus.client.Client`` and typed requests; the ``nats.micro`` service named
+``gateway`` answers ``$SRV.PING|INFO|STATS`` and ``<p>.gateway.health``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import socket
+from collections.abc import Iterator
+
+import uvicorn
+from loguru import logger
+from prometheus_client import CollectorRegistry
+
+from agentbus.bus import Bus
+from agentbus.client import Client
+from agentbus.errors import UnavailableError
+from agentbus.messages import GetHealth, HealthReply
+from agentbus.service import MicroService
+from agentbus_gateway.app import create_app
+from agentbus_gateway.metrics import GatewayMetrics
+from agentbus_gateway.routes import GatewayContext
+from agentbus_gateway.settings import GatewaySettings
+
+
+class _Server(uvicorn.Server):
+    """A uvicorn server that leaves signal handling to its host process.
+
+    ``agentbus.service.run_service`` turns SIGTERM/SIGINT into the ``stop`` event;
+    uvicorn's own handlers would otherwise replace those while it serves.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """Install no signal handlers."""
+        yield
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A non-blocking TCP socket bound to ``host:port`` (port 0: any free port).
+
+    Binding before uvicorn starts turns "address in use" into an exception here,
+    where uvicorn would call ``sys.exit``.
+
+    Raises:
+        UnavailableError: the address cannot be bound.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise UnavailableError(f"cannot listen on {host}:{port}: {exc}") from exc
+    sock.setblocking(False)
+    return sock
+
+
+async def serve(
+    bus: Bus, stop: asyncio.Event, settings: GatewaySettings, registry: CollectorRegistry
+) -> None:
+    """Serve HTTP on ``settings.host:settings.port`` until ``stop`` is set.
+
+    On stop, long-polling ``GET /v1/tasks/{id}?wait_s=`` requests return the current
+    record, other requests get ``settings.shutdown_grace_s`` seconds to finish, then
+    the micro service is removed. The caller closes ``bus``.
+
+    Raises:
+        UnavailableError: the HTTP address cannot be bound.
+    """
+    metrics = GatewayMetrics(registry)
+    ctx = GatewayContext(bus, Client(bus), settings, metrics, stop)
+    sock = bind_socket(settings.host, settings.port)
+    port = int(sock.getsockname()[1])
+    micro = MicroService(bus, "gateway", metrics.service, description="agentbus HTTP gateway")
+
+    async def _health(_: GetHealth) -> HealthReply:
+        nats_state = "connected" if bus.nc.is_connected else "disconnected"
+        return HealthReply(
+            service="gateway", details={"nats": nats_state, "http": f"{settings.host}:{port}"}
+        )
+
+    config = uvicorn.Config(
+        create_app(ctx),
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_s),
+    )
+    server = _Server(config)
+    try:
+        await micro.start()
+        await micro.endpoint("health", GetHealth, _health)
+        http = asyncio.create_task(server.serve(sockets=[sock]), name="gateway-http")
+        stopping = asyncio.create_task(stop.wait(), name="gateway-stop")
+        logger.info("gateway listening", host=settings.host, port=port)
+        done, _ = await asyncio.wait({http, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if http in done:
+            http.result()  # re-raises what ended the server
+            raise UnavailableError("the gateway's HTTP server ended before stop was set")
+        server.should_exit = True
+        await http
+    finally:
+        server.should_exit = True
+        await micro.stop()
+        sock.close()
+        logger.info("gateway stopped")

@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+from prometheus_client import CollectorRegistry
+
+from agentbus.bus import Bus
+from agentbus.errors import NotFoundError, UnavailableError
+from agentbus.messages import GetTask, TaskReply
+from agentbus_gateway.service import serve
+from agentbus_gateway.settings import GatewaySettings
+from agentbus_scheduler.service import serve as serve_scheduler
+from agentbus_scheduler.settings import SchedulerSettings
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Gateway:
+    http: httpx.AsyncClient
+    registry: CollectorRegistry
+    stop: asyncio.Event
+    task: asyncio.Task[None]
+
+    def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
+        return self.registry.get_sample_value(name, labels or {}) or 0.0
+
+
+async def start_gateway(bus: Bus, **settings: object) -> Gateway:
+    stop = asyncio.Event()
+    registry = CollectorRegistry()
+    port = free_port()
+    gw_settings = GatewaySettings(port=port, shutdown_grace_s=2.0, **settings)  # type: ignore[arg-type]
+    task = asyncio.create_task(serve(bus, stop, gw_settings, registry))
+    http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30.0)
+    for _ in range(200):
+        if task.done():
+            task.result()
+        try:
+            await http.get("/healthz")
+            break
+        except httpx.TransportError:
+            await asyncio.sleep(0.05)
+    return Gateway(http=http, registry=registry, stop=stop, task=task)
+
+
+async def stop_gateway(gw: Gateway) -> None:
+    gw.stop.set()
+    await asyncio.wait_for(gw.task, 15)
+    await gw.http.aclose()
+
+
+@pytest.fixture
+async def scheduler(bus: Bus) -> AsyncIterator[None]:
+    stop = asyncio.Event()
+    settings = SchedulerSettings(place_interval_s=0.5, results_fetch_timeout_s=0.2)
+    task = asyncio.create_task(serve_scheduler(bus, stop, settings, CollectorRegistry()))
+    for _ in range(200):  # ready once its get endpoint answers on this prefix
+        if task.done():
+            task.result()
+        try:
+            await bus.request(
+                bus.names.endpoint("scheduler", "get"), GetTask(task_id="x"), TaskReply
+            )
+        except NotFoundError:
+            break
+        except UnavailableError:
+            await asyncio.sleep(0.05)
+    yield
+    stop.set()
+    await asyncio.wait_for(task, 15)
+
+
+@pytest.fixture
+async def gateway(bus: Bus) -> AsyncIterator[Gateway]:
+    gw = await start_gateway(bus)
+    yield gw
+    await stop_gateway(gw)
