@@ -1,0 +1,204 @@
+"""Replicas as local processes (asyncio subprocesses), for laptops without Docker.
+
+Each replica runs ``command`` in a new session (its own process group), so ``stop``
+signals the whole group: SIGTERM, then SIGKILL after the grace period. stdout and
+stderr are read line by line into a bounded buffer (oldest lines kept, new ones
+dropped when it is full) that ``logs`` drains.
+
+Adoption is not possible: a process runtime does not find the processes an earlier
+supervisor started (``list_own`` is empty), so ``close`` stops every child it
+started rather than leaving orphans behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+from loguru import logger
+
+from agentbus.errors import ContractError, UnavailableError
+from agentbus.messages import utcnow
+from agentbus_supervisor.runtime import ExitInfo, ReplicaHandle, ReplicaSpec, Runtime
+
+_STRIPPED_ENV = ("SUPERVISOR_", "AGENTBUS_")
+"""The supervisor's own settings are not inherited; the spec sets the agent's."""
+
+
+@dataclass
+class _Child:
+    process: asyncio.subprocess.Process
+    lines: asyncio.Queue[str | None]
+    readers: list[asyncio.Task[None]] = field(default_factory=list)
+    dropped: int = 0
+
+
+def exit_info(returncode: int) -> ExitInfo:
+    """``ExitInfo`` of a return code (negative = killed by a signal: 128 + n)."""
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = str(-returncode)
+        return ExitInfo(exit_code=128 - returncode, reason=f"killed by {name}")
+    return ExitInfo(exit_code=returncode, reason=f"exit code {returncode}")
+
+
+class ProcessRuntime(Runtime):
+    """Runs replicas as child processes of the supervisor."""
+
+    kind: Literal["docker", "process"] = "process"
+
+    def __init__(
+        self,
+        *,
+        queue_lines: int = 1000,
+        line_max_bytes: int = 8192,
+        close_grace_s: float = 5.0,
+    ) -> None:
+        self._children: dict[str, _Child] = {}
+        self.queue_lines = queue_lines
+        self.line_max_bytes = line_max_bytes
+        self.close_grace_s = close_grace_s
+
+    async def start(self, spec: ReplicaSpec) -> ReplicaHandle:
+        """Spawn ``spec.command`` with the agent environment.
+
+        Raises:
+            ContractError: the spec has no command, or it cannot be executed.
+            UnavailableError: the process could not be spawned for another reason.
+        """
+        if not spec.command:
+            raise ContractError(f"deployment {spec.deployment!r} has no command for processes")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(_STRIPPED_ENV)}
+        env.update(spec.env)
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *spec.command,
+                env=env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                start_new_session=True,
+                limit=self.line_max_bytes,
+            )
+        except (FileNotFoundError, PermissionError) as exc:
+            raise ContractError(f"cannot execute {spec.command[0]!r}: {exc}") from exc
+        except OSError as exc:
+            raise UnavailableError(f"cannot spawn {spec.command[0]!r}: {exc}") from exc
+        child = _Child(process, asyncio.Queue(maxsize=self.queue_lines))
+        streams = [s for s in (process.stdout, process.stderr) if s is not None]
+        child.readers = [asyncio.create_task(self._read(child, s)) for s in streams]
+        asyncio.create_task(self._close_lines(child))  # noqa: RUF006 - ends with the readers
+        handle_id = str(process.pid)
+        self._children[handle_id] = child
+        return ReplicaHandle(
+            runtime_id=handle_id,
+            name=spec.agent_id,
+            deployment=spec.deployment,
+            replica=spec.replica,
+            agent_id=spec.agent_id,
+            digest=spec.digest,
+            running=True,
+            started_at=utcnow(),
+        )
+
+    async def _read(self, child: _Child, stream: asyncio.StreamReader) -> None:
+        while True:
+            try:
+                raw = await stream.readline()
+            except ValueError:  # a line longer than the limit: take a piece of it
+                raw = await stream.read(self.line_max_bytes)
+            if not raw:
+                return
+            line = raw.decode(errors="replace").rstrip("\r\n")
+            try:
+                child.lines.put_nowait(line)
+            except asyncio.QueueFull:
+                child.dropped += 1
+
+    async def _close_lines(self, child: _Child) -> None:
+        await asyncio.gather(*child.readers, return_exceptions=True)
+        # Make room for the end marker: a reader that lags must still see the end.
+        while True:
+            try:
+                child.lines.put_nowait(None)
+                return
+            except asyncio.QueueFull:
+                child.lines.get_nowait()
+
+    def _child(self, handle: ReplicaHandle) -> _Child | None:
+        return self._children.get(handle.runtime_id)
+
+    @staticmethod
+    def _signal_group(child: _Child, sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(child.process.pid, sig)
+
+    async def stop(self, handle: ReplicaHandle, grace_s: float) -> None:
+        """SIGTERM the process group, SIGKILL it after ``grace_s`` seconds, forget it."""
+        child = self._children.get(handle.runtime_id)
+        if child is None:
+            return
+        if child.process.returncode is None:
+            self._signal_group(child, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(child.process.wait(), grace_s)
+            except TimeoutError:
+                logger.info("replica ignored SIGTERM; killing", agent_id=handle.agent_id)
+        # SIGKILL whatever is left of the group (the leader, or its own children).
+        self._signal_group(child, signal.SIGKILL)
+        await child.process.wait()
+        self._children.pop(handle.runtime_id, None)
+
+    async def kill(self, handle: ReplicaHandle) -> None:
+        """SIGKILL the process group."""
+        if (child := self._child(handle)) is not None:
+            self._signal_group(child, signal.SIGKILL)
+
+    async def wait(self, handle: ReplicaHandle) -> ExitInfo:
+        """Wait for the process to exit.
+
+        Raises:
+            ContractError: the handle is not one of this runtime's children.
+        """
+        child = self._child(handle)
+        if child is None:
+            raise ContractError(f"process {handle.runtime_id} is not a child of this runtime")
+        returncode = await child.process.wait()
+        return exit_info(returncode)
+
+    async def logs(self, handle: ReplicaHandle) -> AsyncIterator[str]:
+        """Output lines until the process has closed stdout and stderr."""
+        child = self._child(handle)
+        if child is None:
+            return
+        while (line := await child.lines.get()) is not None:
+            yield line
+
+    def dropped_lines(self, handle: ReplicaHandle) -> int:
+        """Lines lost because nobody drained the buffer fast enough."""
+        child = self._child(handle)
+        return child.dropped if child else 0
+
+    async def list_own(self) -> list[ReplicaHandle]:
+        """Always empty: processes of an earlier supervisor cannot be adopted."""
+        return []
+
+    async def close(self) -> None:
+        """Stop every child still running (SIGTERM, then SIGKILL after the grace)."""
+        children = list(self._children.items())
+        await asyncio.gather(
+            *(
+                self.stop(
+                    ReplicaHandle(runtime_id=pid, name=pid, deployment="", replica=0, agent_id=pid),
+                    self.close_grace_s,
+                )
+                for pid, _ in children
+            )
+        )

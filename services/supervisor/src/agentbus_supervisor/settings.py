@@ -1,0 +1,66 @@
+"""Settings of the supervisor. Env: ``SUPERVISOR_*``.
+
+Precedence: explicit keyword argument, then environment, then the default.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from typing import Literal
+
+from pydantic import Field, PositiveFloat, PositiveInt
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_node_id() -> str:
+    """A subject-safe token derived from the hostname (``[a-z0-9][a-z0-9_-]*``)."""
+    token = re.sub(r"[^a-z0-9_-]+", "-", socket.gethostname().lower()).strip("-_")
+    return (token or "node")[:64]
+
+
+class SupervisorSettings(BaseSettings):
+    """How one node's supervisor runs its replicas. Env: ``SUPERVISOR_*``."""
+
+    model_config = SettingsConfigDict(env_prefix="SUPERVISOR_", frozen=True, extra="ignore")
+
+    node_id: str = Field(default_factory=default_node_id)
+    """This node's id: a token, unique in the fleet; placements name it."""
+    runtime: Literal["docker", "process", "auto"] = "auto"
+    """``auto``: docker if the engine answers, else local processes."""
+    labels: dict[str, str] = {}
+    """Node labels for placement (JSON object in the environment)."""
+    capacity_replicas: PositiveInt = 64
+    """Replicas this node accepts; published in its ``NodeInfo``."""
+    heartbeat_s: PositiveFloat = 2.0
+    """Interval between ``NodeInfo`` puts into KV ``<p>_nodes``."""
+    agent_nats_url: str | None = None
+    """NATS URL given to agents (default: the supervisor's own URL)."""
+    stop_grace_s: PositiveFloat = 10.0
+    """SIGTERM-to-SIGKILL grace when a replica is stopped."""
+    stop_replicas_on_exit: bool = True
+    """Stop the replicas when the supervisor stops. Off (docker only): leave the
+    containers running so that the next supervisor of this node adopts them."""
+    healthy_uptime_s: PositiveFloat = 10.0
+    """A replica that ran this long before exiting restarts with the initial backoff."""
+    docker_url: str | None = None
+    """Docker Engine API address (default: ``DOCKER_HOST`` or the local socket)."""
+    docker_network: str = "host"
+    """Network mode of agent containers: ``host``, or a network name (compose)."""
+    docker_default_image: str | None = None
+    """Image for deployments that give only a ``command`` (docker runtime)."""
+    docker_memory_bytes: PositiveInt = 512 * 1024 * 1024
+    """Memory limit of each agent container."""
+    docker_nano_cpus: int = 1_000_000_000
+    """CPU limit of each agent container in 1e-9 CPUs (0 = unlimited)."""
+    docker_pids_limit: PositiveInt = 256
+    """Process limit of each agent container."""
+    docker_labels: dict[str, str] = {}
+    """Extra labels on every agent container (JSON object in the environment)."""
+    docker_read_only: bool = False
+    """Run agent containers with a read-only root filesystem."""
+    log_line_max_bytes: PositiveInt = 8192
+    """Longer output lines are truncated before they are shipped."""
+    log_queue_lines: PositiveInt = 1000
+    """Lines buffered per replica before new ones are dropped."""
+    metrics_port: int | None = None

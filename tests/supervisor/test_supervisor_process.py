@@ -1,0 +1,178 @@
+"""The supervisor service with the process runtime: reconcile, restarts, backoff, logs."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from typing import Any
+
+import msgspec
+import nats.js.errors
+import pytest
+
+from agentbus.bus import Bus
+from agentbus.messages import (
+    Deployment,
+    NodeInfo,
+)
+from agentbus_supervisor.settings import SupervisorSettings
+from tests.supervisor._helpers import (
+    EventLog,
+    eventually,
+    place,
+    put_deployment,
+    replica_where,
+    returns,
+    running_supervisor,
+    status_of,
+    unplace,
+)
+
+pytestmark = pytest.mark.timeout(90)
+SLEEP = [sys.executable, "-c", "import time; time.sleep(600)"]
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def settings(node_id: str, **kw: Any) -> SupervisorSettings:
+    return SupervisorSettings(
+        node_id=node_id, runtime="process", heartbeat_s=0.2, stop_grace_s=2.0, **kw
+    )
+
+
+async def test_reconcile_start_restart_and_stop(bus: Bus, events: EventLog, node_id: str) -> None:
+    await put_deployment(bus, Deployment(name="sleeper", command=SLEEP, backoff_initial_s=0.1))
+    await place(bus, "sleeper", 0, node_id)
+    await place(bus, "sleeper", 1, "some-other-node")
+    async with running_supervisor(bus, settings(node_id, labels={"zone": "a"})):
+        running = await eventually(replica_where(bus, node_id, lambda r: r.state == "running"))
+        assert running.agent_id == "sleeper-0"
+        status = await status_of(bus, node_id)()
+        assert [r.agent_id for r in status.replicas] == ["sleeper-0"]  # not the other node's
+        assert status.node.runtime == "process"
+        assert status.node.labels == {"zone": "a"}
+        nodes = await bus.kv(bus.names.nodes_bucket)
+
+        async def _node_info() -> NodeInfo:
+            entry = await nodes.get(node_id)
+            return msgspec.json.decode(entry.value or b"", type=NodeInfo)
+
+        info = await eventually(_node_info)
+        assert info.capacity_replicas == 64
+
+        async def _counts_one() -> bool:
+            return (await _node_info()).replicas == 1
+
+        await eventually(_counts_one)
+        pid = int(running.runtime_id)
+        assert alive(pid)
+
+        os.killpg(pid, signal.SIGKILL)  # the agent crashes
+        again = await eventually(
+            replica_where(bus, node_id, lambda r: r.state == "running" and r.restarts == 1)
+        )
+        assert again.runtime_id != running.runtime_id
+        restarting = await eventually(lambda: returns(events.of("restarting", "sleeper-0")))
+        assert restarting[0].restarts == 1
+        assert restarting[0].exit_code == 137
+        exited = events.of("exited", "sleeper-0")
+        assert exited[0].exit_code == 137
+        assert "SIGKILL" in exited[0].reason
+
+        await unplace(bus, "sleeper", 0)  # placement removed: graceful stop
+        await eventually(lambda: returns(events.of("stopped", "sleeper-0")))
+        assert (await status_of(bus, node_id)()).replicas == []
+        assert not alive(int(again.runtime_id))
+    with pytest.raises(nats.js.errors.KeyNotFoundError):
+        await nodes.get(node_id)  # the node left the registry
+
+
+async def test_backoff_grows_on_repeated_crashes(bus: Bus, events: EventLog, node_id: str) -> None:
+    crash = [sys.executable, "-c", "import sys; sys.exit(1)"]
+    dep = Deployment(
+        name="crasher",
+        command=crash,
+        backoff_initial_s=0.2,
+        backoff_factor=2.0,
+        backoff_max_s=30.0,
+    )
+    await put_deployment(bus, dep)
+    await place(bus, "crasher", 0, node_id)
+    async with running_supervisor(bus, settings(node_id)):
+        seen: list[float] = []
+
+        async def _probe() -> bool:
+            for r in (await status_of(bus, node_id)()).replicas:
+                if r.state == "backoff" and r.backoff_s and (not seen or seen[-1] != r.backoff_s):
+                    seen.append(r.backoff_s)
+            return len(seen) >= 4
+
+        await eventually(_probe, timeout_s=30, every_s=0.02)
+        assert seen == sorted(seen)
+        assert seen[-1] > 2 * seen[0]
+        assert 0.18 <= seen[0] <= 0.22  # initial backoff, ±10 % jitter
+        restarting = events.of("restarting", "crasher-0")
+        assert [e.restarts for e in restarting[:3]] == [1, 2, 3]
+        assert all(e.exit_code == 1 for e in restarting)
+
+
+async def test_restart_policies_never_and_on_failure(
+    bus: Bus, events: EventLog, node_id: str
+) -> None:
+    ok = [sys.executable, "-c", "print('done')"]
+    fail = [sys.executable, "-c", "import sys; sys.exit(2)"]
+    await put_deployment(bus, Deployment(name="job", command=ok, restart_policy="on-failure"))
+    await put_deployment(bus, Deployment(name="once", command=fail, restart_policy="never"))
+    await place(bus, "job", 0, node_id)
+    await place(bus, "once", 0, node_id)
+    async with running_supervisor(bus, settings(node_id)):
+        exited = await eventually(
+            replica_where(bus, node_id, lambda r: r.agent_id == "job-0" and r.state == "exited")
+        )
+        assert exited.exit_code == 0
+        once = await eventually(
+            replica_where(bus, node_id, lambda r: r.agent_id == "once-0" and r.state == "exited")
+        )
+        assert once.exit_code == 2
+        await asyncio.sleep(1.0)  # longer than the initial backoff: no restart may follow
+        assert events.of("restarting") == []
+        assert len(events.of("started")) == 2
+
+
+async def test_logs_are_shipped(bus: Bus, node_id: str) -> None:
+    code = "import sys, time; print('hello from agent', flush=True); time.sleep(600)"
+    await put_deployment(bus, Deployment(name="talker", command=[sys.executable, "-c", code]))
+    got: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def _on(msg: object) -> None:
+        await got.put(msg.data)  # type: ignore[attr-defined]
+
+    await bus.nc.subscribe(bus.names.log_subject("talker-0"), cb=_on)
+    await place(bus, "talker", 0, node_id)
+    async with running_supervisor(bus, settings(node_id)):
+        assert await asyncio.wait_for(got.get(), 20) == b"hello from agent"
+
+
+async def test_bad_entries_are_reported_and_skipped(bus: Bus, node_id: str) -> None:
+    errors: list[bytes] = []
+
+    async def _on(msg: object) -> None:
+        errors.append(msg.data)  # type: ignore[attr-defined]
+
+    await bus.nc.subscribe(bus.names.events_all("error"), cb=_on)
+    deployments = await bus.kv(bus.names.deployments_bucket)
+    await deployments.put("broken", b"{not json")
+    async with running_supervisor(bus, settings(node_id)):
+        await put_deployment(bus, Deployment(name="fine", command=SLEEP))
+        await place(bus, "fine", 0, node_id)
+        await eventually(replica_where(bus, node_id, lambda r: r.state == "running"))
+        await eventually(lambda: returns(errors))
+        assert b"deployments" in errors[0] or b"broken" in errors[0]
