@@ -273,9 +273,10 @@ class EmbeddedStack:
         log = (self.log_dir / f"{name}.log").open("wb")
         self._logs.append(log)
         # A new session: Ctrl-C in the terminal reaches only us; we stop children in order.
+        # On Linux each child also gets SIGTERM if we die without stopping it (SIGKILL).
         self._procs[name] = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
-            start_new_session=True,
+            start_new_session=True, preexec_fn=_die_with_parent,
         )  # fmt: skip
 
     async def _start_nats(self) -> None:
@@ -359,6 +360,14 @@ async def _node_registered(client: Client) -> bool:
         return any(node.node_id == NODE_ID for node in await client.nodes())
     except (UnavailableError, TimeoutError):
         return False
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    if sys.platform == "linux":
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def _terminate(procs: list[subprocess.Popen[bytes]], grace_s: float) -> None:

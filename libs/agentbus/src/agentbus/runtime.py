@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
-import nats.errors
 from loguru import logger
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
@@ -281,7 +280,7 @@ class Agent:
                 n += 1
             try:
                 msgs = await sub.fetch(batch=n, timeout=self.settings.fetch_timeout_s)
-            except nats.errors.TimeoutError:
+            except TimeoutError:  # nats-py raises its own or the builtin one
                 msgs = []
             except Exception as exc:  # connection lost: nats-py reconnects by itself
                 logger.warning("fetch failed", capability=capability, error=repr(exc))

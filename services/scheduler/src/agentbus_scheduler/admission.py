@@ -1,0 +1,193 @@
+"""Task admission: validate, record (idempotently) and enqueue tasks.
+
+A task is accepted once its ``TaskRecord`` (status ``queued``) is in KV ``<p>_tasks``
+and its ``Task`` message is on the work stream with ``Nats-Msg-Id`` = task id. The KV
+``create`` is the idempotency check: a repeat of an existing id returns the stored
+record. If that record is still ``queued`` the task is published again, which heals a
+crash between the KV write and the publish; the stream's duplicate window drops the
+copy when the first publish did land.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import nats.errors
+import nats.js.errors
+from loguru import logger
+
+from agentbus.bus import Bus
+from agentbus.errors import ContractError, NotFoundError, UnavailableError
+from agentbus.messages import (
+    NULL,
+    GetTask,
+    SubmitReply,
+    SubmitTask,
+    SubmitTasks,
+    SubmitTasksReply,
+    Task,
+    TaskEvent,
+    TaskRecord,
+    TaskReply,
+    decode_record,
+    encode,
+    utcnow,
+)
+from agentbus.names import check_token
+from agentbus_scheduler.metrics import SchedulerMetrics
+
+MAX_BATCH = 10_000
+"""Most tasks one ``submit_batch`` request may carry."""
+
+
+def validate(task: SubmitTask) -> None:
+    """Check what the message types cannot express.
+
+    Raises:
+        ContractError: the capability is not a token, or both ``input`` and
+            ``input_ref`` are given.
+    """
+    check_token("capability", task.capability)
+    if task.input_ref is not None and task.input != NULL:
+        raise ContractError(f"task {task.task_id!r}: give either input or input_ref, not both")
+
+
+def new_record(task: SubmitTask, task_id: str) -> TaskRecord:
+    """The ``queued`` record of a newly admitted task."""
+    now = utcnow()
+    return TaskRecord(
+        task_id=task_id,
+        capability=task.capability,
+        status="queued",
+        created_at=now,
+        updated_at=now,
+        input=task.input,
+        input_ref=task.input_ref,
+        priority=task.priority,
+        max_attempts=task.max_attempts,
+        timeout_s=task.timeout_s,
+        parent_id=task.parent_id,
+        tenant=task.tenant,
+        metadata=task.metadata,
+    )
+
+
+def task_message(record: TaskRecord) -> Task:
+    """The work-stream message of a recorded task."""
+    return Task(
+        task_id=record.task_id,
+        capability=record.capability,
+        input=record.input,
+        input_ref=record.input_ref,
+        priority=record.priority,
+        timeout_s=record.timeout_s,
+        parent_id=record.parent_id,
+        metadata=record.metadata,
+    )
+
+
+class Admission:
+    """Handlers of the ``submit``, ``submit_batch`` and ``get`` endpoints."""
+
+    def __init__(self, bus: Bus, metrics: SchedulerMetrics, *, concurrency: int = 128) -> None:
+        self.bus = bus
+        self.metrics = metrics
+        self._concurrency = concurrency
+
+    async def submit(self, task: SubmitTask) -> SubmitReply:
+        """Admit one task (idempotent on ``task_id``).
+
+        Raises:
+            ContractError: the task is invalid.
+            UnavailableError: the KV write or the publish failed; retrying with the
+                same ``task_id`` is safe.
+        """
+        validate(task)
+        return await self._admit(task)
+
+    async def submit_batch(self, batch: SubmitTasks) -> SubmitTasksReply:
+        """Admit every task of ``batch``; replies are in request order.
+
+        The whole batch is validated first: one invalid task rejects the batch before
+        anything is written.
+
+        Raises:
+            ContractError: a task is invalid or the batch exceeds ``MAX_BATCH`` tasks.
+            UnavailableError: a write failed (some tasks may be admitted; resubmitting
+                the same batch with the same ids is safe).
+        """
+        if len(batch.tasks) > MAX_BATCH:
+            raise ContractError(f"batch of {len(batch.tasks)} tasks exceeds {MAX_BATCH}")
+        for index, task in enumerate(batch.tasks):
+            try:
+                validate(task)
+            except ContractError as exc:
+                raise ContractError(f"task #{index}: {exc}") from exc
+        gate = asyncio.Semaphore(self._concurrency)
+
+        async def _one(task: SubmitTask) -> SubmitReply:
+            async with gate:
+                return await self._admit(task)
+
+        results = await asyncio.gather(*(_one(t) for t in batch.tasks))
+        return SubmitTasksReply(results=list(results))
+
+    async def get(self, request: GetTask) -> TaskReply:
+        """The current record of a task.
+
+        Raises:
+            NotFoundError: no record with that id.
+        """
+        record = await self.read(request.task_id)
+        if record is None:
+            raise NotFoundError(f"task {request.task_id!r} not found")
+        return TaskReply(task=record)
+
+    async def read(self, task_id: str) -> TaskRecord | None:
+        """The stored record of ``task_id``, or None."""
+        kv = await self.bus.kv(self.bus.names.tasks_bucket)
+        try:
+            entry = await kv.get(task_id)
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+            return None
+        if entry.value is None:
+            return None
+        return decode_record(entry.value)
+
+    async def _admit(self, task: SubmitTask) -> SubmitReply:
+        task_id = task.task_id or uuid.uuid4().hex
+        record = new_record(task, task_id)
+        kv = await self.bus.kv(self.bus.names.tasks_bucket)
+        try:
+            try:
+                await kv.create(task_id, encode(record))
+            except nats.js.errors.KeyWrongLastSequenceError:
+                existing = await self.read(task_id)
+                if existing is None:  # deleted between create and read: try once more
+                    await kv.create(task_id, encode(record))
+                else:
+                    self.metrics.submitted.labels("existing").inc()
+                    if existing.status == "queued":
+                        await self._publish(existing)
+                    return SubmitReply(task=existing, created=False)
+            await self._publish(record)
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise UnavailableError(f"could not admit task {task_id!r}: {exc!r}") from exc
+        self.metrics.submitted.labels("created").inc()
+        event = TaskEvent(
+            task_id=task_id, capability=record.capability, status="queued", at=record.created_at
+        )
+        try:
+            await self.bus.publish_event("task", "queued", event)
+        except (nats.errors.Error, TimeoutError) as exc:
+            logger.warning("could not publish task event", task_id=task_id, error=repr(exc))
+        return SubmitReply(task=record, created=True)
+
+    async def _publish(self, record: TaskRecord) -> None:
+        # publish() mutates the headers dict it is given: always pass a fresh one.
+        await self.bus.js.publish(
+            self.bus.names.task_subject(record.capability),
+            encode(task_message(record)),
+            headers={"Nats-Msg-Id": record.task_id},
+        )

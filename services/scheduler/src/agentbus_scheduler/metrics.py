@@ -1,0 +1,54 @@
+"""Prometheus metrics of the scheduler, on the registry passed to ``serve``."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+
+class SchedulerMetrics:
+    """Counters and gauges of task admission, result application and placement."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.submitted = Counter(
+            "agentbus_scheduler_tasks_submitted_total",
+            "Tasks submitted, by outcome (created, or existing for an idempotent repeat).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.results_applied = Counter(
+            "agentbus_scheduler_results_applied_total",
+            "Agent reports applied to task records, by resulting status.",
+            ["status"],
+            registry=registry,
+        )
+        self.duplicate_results = Counter(
+            "agentbus_scheduler_duplicate_results_total",
+            "Task results dropped because the task was already terminal (first wins).",
+            registry=registry,
+        )
+        self.orphan_reports = Counter(
+            "agentbus_scheduler_orphan_reports_total",
+            "Agent reports for a task id that has no record; acked and dropped.",
+            registry=registry,
+        )
+        self.record_conflicts = Counter(
+            "agentbus_scheduler_record_write_conflicts_total",
+            "Task record updates that lost a compare-and-set race and were re-applied.",
+            registry=registry,
+        )
+        self.placement_passes = Counter(
+            "agentbus_scheduler_placement_passes_total",
+            "Placement computations run.",
+            registry=registry,
+        )
+        self.placement_writes = Counter(
+            "agentbus_scheduler_placement_writes_total",
+            "Placement KV writes, by operation (put or delete).",
+            ["op"],
+            registry=registry,
+        )
+        self.unplaced = Gauge(
+            "agentbus_scheduler_unplaced_replicas",
+            "Replicas that no live compatible node with capacity could take.",
+            registry=registry,
+        )

@@ -1,0 +1,82 @@
+"""The scheduler service: task admission, result application and replica placement.
+
+Endpoints (``nats.micro`` service ``scheduler``, subjects ``<p>.scheduler.<verb>``):
+
+=============  ================  ==================  ===============================
+verb           request           reply               errors
+=============  ================  ==================  ===============================
+submit         SubmitTask        SubmitReply         400, 503
+submit_batch   SubmitTasks       SubmitTasksReply    400, 503
+get            GetTask           TaskReply           404
+deploy         Deploy            DeployReply         400, 503
+delete         DeleteDeployment  DeployReply         404, 503
+=============  ================  ==================  ===============================
+
+Background work: the results consumer (``scheduler-results`` on ``<P>_RESULTS``) and
+the placement loop (KV ``<p>_deployments`` + ``<p>_nodes`` → ``<p>_placements``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from loguru import logger
+from prometheus_client import CollectorRegistry
+
+from agentbus.bus import Bus
+from agentbus.messages import DeleteDeployment, Deploy, GetTask, SubmitTask, SubmitTasks
+from agentbus.service import MicroService, ServiceMetrics
+from agentbus_scheduler.admission import Admission
+from agentbus_scheduler.fleet import Fleet
+from agentbus_scheduler.metrics import SchedulerMetrics
+from agentbus_scheduler.results import ResultsConsumer
+from agentbus_scheduler.settings import SchedulerSettings
+
+SERVICE = "scheduler"
+
+
+async def serve(
+    bus: Bus, stop: asyncio.Event, settings: SchedulerSettings, registry: CollectorRegistry
+) -> None:
+    """Run the scheduler on ``bus`` until ``stop`` is set, then clean up.
+
+    Creates the streams and buckets of the contract if missing (``bus.ensure()``).
+    """
+    await bus.ensure()
+    service_metrics = ServiceMetrics(SERVICE, registry)
+    metrics = SchedulerMetrics(registry)
+    admission = Admission(bus, metrics, concurrency=settings.submit_concurrency)
+    results = ResultsConsumer(bus, settings, metrics, service_metrics)
+    fleet = Fleet(bus, settings, metrics, service_metrics)
+    await results.setup()
+    await fleet.start()
+
+    micro = MicroService(bus, SERVICE, service_metrics, description="agentbus tasks and placement")
+    await micro.start()
+    await micro.endpoint("submit", SubmitTask, admission.submit)
+    await micro.endpoint("submit_batch", SubmitTasks, admission.submit_batch)
+    await micro.endpoint("get", GetTask, admission.get)
+    await micro.endpoint("deploy", Deploy, fleet.deploy)
+    await micro.endpoint("delete", DeleteDeployment, fleet.delete)
+
+    loops = [
+        asyncio.create_task(results.run(stop), name="scheduler results"),
+        asyncio.create_task(fleet.run(stop), name="scheduler placement"),
+    ]
+    logger.info("scheduler ready", prefix=bus.names.prefix)
+    try:
+        await stop.wait()
+    finally:
+        with contextlib.suppress(Exception):
+            await micro.stop()
+        done, pending = await asyncio.wait(loops, timeout=settings.results_fetch_timeout_s + 2.0)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*loops, return_exceptions=True)
+        for task in done:
+            if not task.cancelled() and (exc := task.exception()) is not None:
+                logger.opt(exception=exc).error("scheduler loop failed", loop=task.get_name())
+        await results.close()
+        await fleet.close()
+        logger.info("scheduler stopped")

@@ -1,0 +1,34 @@
+"""Settings of the scheduler service.
+
+Precedence: explicit keyword argument, then environment (``SCHEDULER_*``), then the
+default. Build them in ``main()`` (or a test) and pass them down.
+"""
+
+from __future__ import annotations
+
+from pydantic import PositiveFloat, PositiveInt
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class SchedulerSettings(BaseSettings):
+    """How the scheduler admits tasks, applies results and places replicas.
+
+    Env: ``SCHEDULER_*`` (e.g. ``SCHEDULER_PLACE_INTERVAL_S=2``).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="SCHEDULER_", frozen=True, extra="ignore")
+
+    metrics_port: int | None = None
+    """Port of the Prometheus ``/metrics`` HTTP server; None or 0 disables it."""
+    submit_concurrency: PositiveInt = 128
+    """Tasks of one batch submit admitted concurrently (KV write + publish each)."""
+    results_batch: PositiveInt = 256
+    """Agent reports fetched per pull request from the results stream."""
+    results_fetch_timeout_s: PositiveFloat = 1.0
+    """Long-poll time of one pull request on the results stream."""
+    results_ack_wait_s: PositiveFloat = 30.0
+    """AckWait of the results consumer: an unacked report is redelivered after this."""
+    place_interval_s: PositiveFloat = 5.0
+    """Placement runs on every deployment/node change and at least this often."""
+    ready_timeout_s: PositiveFloat = 10.0
+    """How long deploy/delete wait for the initial KV replay before answering 503."""
