@@ -44,7 +44,7 @@ async def test_start_sets_labels_limits_and_env_then_stop_removes(
 ) -> None:
     handle = await runtime.start(spec(node_id, SLEEP_CMD))
     info = await docker.containers.container(handle.runtime_id).show()
-    assert info["Name"] == f"/agentbus-{node_id}-sleepy-0"
+    assert info["Name"] == f"/{PREFIX}-{node_id}-sleepy-0"
     assert info["State"]["Running"]
     labels = info["Config"]["Labels"]
     assert labels["agentbus.managed"] == "1"

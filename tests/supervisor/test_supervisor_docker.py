@@ -60,7 +60,7 @@ async def test_reconcile_restart_after_kill_and_unplace(
     async with running_supervisor(bus, settings(node_id)):
         first = await eventually(replica_where(bus, node_id, lambda r: r.state == "running"))
         info = await docker.containers.container(first.runtime_id).show()
-        assert info["Name"] == f"/agentbus-{node_id}-sleeper-0"
+        assert info["Name"] == f"/{bus.names.prefix}-{node_id}-sleeper-0"
         assert info["State"]["Running"]
         env = dict(e.split("=", 1) for e in info["Config"]["Env"])
         assert env["AGENTBUS_PREFIX"] == bus.names.prefix

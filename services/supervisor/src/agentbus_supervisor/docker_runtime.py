@@ -1,6 +1,6 @@
 """Replicas as Docker containers, through the Docker Engine API (aiodocker).
 
-Containers are named ``agentbus-<node_id>-<deployment>-<replica>`` and carry the
+Containers are named ``<prefix>-<node_id>-<deployment>-<replica>`` and carry the
 labels ``agentbus.managed=1``, ``agentbus.node``, ``agentbus.prefix``,
 ``agentbus.deployment``, ``agentbus.replica``, ``agentbus.agent_id`` and
 ``agentbus.spec``. The runtime lists and touches only containers carrying its own
@@ -105,8 +105,8 @@ class DockerRuntime(Runtime):
         return cls(docker, **kwargs)
 
     def container_name(self, deployment: str, replica: int) -> str:
-        """``agentbus-<node_id>-<deployment>-<replica>``."""
-        return f"agentbus-{self.node_id}-{deployment}-{replica}"
+        """``<prefix>-<node_id>-<deployment>-<replica>`` (unique per fleet and node)."""
+        return f"{self.prefix}-{self.node_id}-{deployment}-{replica}"
 
     def _is_mine(self, labels: dict[str, str] | None) -> bool:
         labels = labels or {}
