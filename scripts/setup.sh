@@ -7,6 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 BASE_IMAGE="${AGENTBUS_BASE_IMAGE:-agentbus/base:bookworm}"
+export PIP_BREAK_SYSTEM_PACKAGES=1  # Debian 12 marks its python3 externally managed
 log() { printf '[setup] %s\n' "$*" >&2; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 

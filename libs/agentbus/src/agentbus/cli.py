@@ -44,7 +44,7 @@ app = typer.Typer(
 )
 demo_app = typer.Typer(help="Demonstrations on a real stack.", no_args_is_help=True)
 app.add_typer(demo_app, name="demo")
-console = Console()
+console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
 
 NatsUrl = Annotated[

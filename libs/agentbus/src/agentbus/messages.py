@@ -309,8 +309,9 @@ class NodesReply(Message):
 class Deployment(Message):
     """A set of identical agent replicas (KV ``<p>_deployments``, key = name).
 
-    ``image`` is run by the docker runtime, ``command`` (argv) by the process
-    runtime; a deployment may give both, and then runs on either kind of node.
+    ``image`` is run by the docker runtime (with its own CMD, or ``image_command``),
+    ``command`` (argv) by the process runtime; a deployment may give both, and then
+    runs on either kind of node.
     """
 
     name: Token
@@ -324,6 +325,8 @@ class Deployment(Message):
     backoff_factor: Annotated[float, msgspec.Meta(ge=1)] = 2.0
     backoff_max_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
     max_concurrency: Annotated[int, msgspec.Meta(ge=1)] = 1
+    image_command: list[str] | None = None
+    """Overrides the image's CMD on docker nodes (``command`` is for processes)."""
 
 
 class Deploy(Message):

@@ -146,12 +146,16 @@ def build_spec(
     node_id: str,
     prefix: str,
     nats_url: str,
+    runtime: str,
     default_image: str | None = None,
 ) -> ReplicaSpec:
     """The ``ReplicaSpec`` of replica ``replica`` of ``deployment`` on this node.
 
     The environment is the deployment's ``env`` overlaid with the agent settings
-    (``AGENTBUS_NATS_URL``, ``AGENTBUS_PREFIX`` and ``AGENTBUS_AGENT_*``).
+    (``AGENTBUS_NATS_URL``, ``AGENTBUS_PREFIX`` and ``AGENTBUS_AGENT_*``). On a
+    ``docker`` node the container runs ``image_command`` (or the image's CMD); with no
+    image it runs ``command`` in ``default_image``. On a ``process`` node it runs
+    ``command``.
     """
     agent_id = f"{deployment.name}-{replica}"
     env = dict(deployment.env)
@@ -160,8 +164,6 @@ def build_spec(
             "AGENTBUS_NATS_URL": nats_url,
             "AGENTBUS_PREFIX": prefix,
             "AGENTBUS_AGENT_ID": agent_id,
-            # AgentSettings' field ``agent_id`` under its env prefix ``AGENTBUS_AGENT_``.
-            "AGENTBUS_AGENT_AGENT_ID": agent_id,
             "AGENTBUS_AGENT_NODE_ID": node_id,
             "AGENTBUS_AGENT_DEPLOYMENT": deployment.name,
             "AGENTBUS_AGENT_REPLICA": str(replica),
@@ -170,12 +172,16 @@ def build_spec(
     )
     if deployment.capabilities:
         env["AGENTBUS_AGENT_CAPABILITIES"] = ",".join(deployment.capabilities)
+    if runtime == "docker" and deployment.image:
+        command = deployment.image_command
+    else:
+        command = deployment.command
     spec = ReplicaSpec(
         deployment=deployment.name,
         replica=replica,
         agent_id=agent_id,
         image=deployment.image or default_image,
-        command=tuple(deployment.command) if deployment.command else None,
+        command=tuple(command) if command else None,
         env=env,
     )
     labels = {

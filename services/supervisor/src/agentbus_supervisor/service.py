@@ -204,6 +204,7 @@ class Supervisor:
             node_id=self.node_id,
             prefix=self.bus.names.prefix,
             nats_url=self.settings.agent_nats_url or self.bus.settings.nats_url,
+            runtime=self.runtime.kind,
             default_image=self.settings.docker_default_image,
         )
 

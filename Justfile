@@ -1,0 +1,157 @@
+# agentbus tasks. `just` lists them. Install just with `uv tool install rust-just`
+# (or `bash scripts/setup.sh`, which also installs uv, Docker and the local base image).
+
+set positional-arguments
+
+# Ryuk (testcontainers' reaper) cannot be pulled here: no image registry.
+export TESTCONTAINERS_RYUK_DISABLED := "true"
+
+# The `docker compose` plugin when present, else Debian's docker-compose v1 (1.29).
+compose_cli := if `docker compose version >/dev/null 2>&1 && echo plugin || true` == "plugin" { "docker compose" } else { "docker-compose" }
+compose := compose_cli + " -f compose/compose.yaml -p agentbus"
+
+# Built by scripts/setup.sh with mmdebstrap; images build offline on it when it exists.
+local_base := env("AGENTBUS_BASE_IMAGE", "agentbus/base:bookworm")
+
+[doc('List the recipes')]
+default:
+    @{{ just_executable() }} --justfile {{ justfile() }} --list --unsorted
+
+[doc('Install uv, just, Docker, compose and the base image; sync the workspace (idempotent)')]
+[group('dev')]
+setup:
+    bash scripts/setup.sh
+
+[doc('Install every workspace package and the dev tools into .venv')]
+[group('dev')]
+sync:
+    uv sync --all-packages
+
+[doc('Run the tests, e.g. `just test -m "not slow" -x`')]
+[group('dev')]
+test *args:
+    uv run pytest "$@"
+
+[doc('Check formatting, lint and types')]
+[group('dev')]
+lint:
+    uv run ruff format --check
+    uv run ruff check
+    uv run mypy
+
+[doc('Format and apply safe lint fixes')]
+[group('dev')]
+fmt:
+    uv run ruff format
+    uv run ruff check --fix
+
+[doc('Regenerate libs/agentbus/schema/messages.json from the msgspec Structs')]
+[group('dev')]
+schema:
+    mkdir -p libs/agentbus/schema
+    uv run python -m agentbus.schema > libs/agentbus/schema/messages.json.tmp
+    mv libs/agentbus/schema/messages.json.tmp libs/agentbus/schema/messages.json
+
+[doc('Build .wheels/ for offline image builds (workspace + locked third-party wheels)')]
+[group('images')]
+wheelhouse:
+    bash scripts/wheelhouse.sh
+
+[doc('Build agentbus/{nats,services,agent}:dev; BASE=image overrides the base image')]
+[group('images')]
+images: wheelhouse
+    #!/usr/bin/env bash
+    set -euo pipefail
+    # The local base has no index to reach: install from .wheels only.
+    if [ -n "${BASE:-}" ]; then base=$BASE
+    elif docker image inspect {{ local_base }} >/dev/null 2>&1; then base={{ local_base }}
+    else base=python:3.12-slim
+    fi
+    no_index=0
+    if [ "$base" = {{ local_base }} ]; then no_index=1; fi
+    log=$(mktemp)
+    trap 'rm -f "$log"' EXIT
+    for img in nats services agent; do
+      start=$SECONDS
+      if ! docker build -f images/$img.Dockerfile -t agentbus/$img:dev \
+          --build-arg BASE="$base" --build-arg PIP_NO_INDEX=$no_index .wheels >"$log" 2>&1; then
+        cat "$log" >&2
+        echo "error: building agentbus/$img:dev failed (BASE=$base PIP_NO_INDEX=$no_index)" >&2
+        exit 1
+      fi
+      echo "built agentbus/$img:dev in $((SECONDS - start)) s (BASE=$base PIP_NO_INDEX=$no_index)"
+    done
+    # Drop the untagged images these tags replaced. Build stages carry no agentbus.image
+    # label and stay: they are the layer cache.
+    docker image prune --force --filter label=agentbus.image >/dev/null
+
+[doc('Start nats + the five services; wait for the gateway (AGENTBUS_UP_TIMEOUT_S, default 90)')]
+[group('stack')]
+up: images
+    #!/usr/bin/env bash
+    set -euo pipefail
+    {{ compose }} up -d --remove-orphans
+    timeout_s=${AGENTBUS_UP_TIMEOUT_S:-90}
+    want=$({{ compose }} config --services | sort | tr '\n' ' ')
+    deadline=$((SECONDS + timeout_s))
+    prev=
+    while :; do
+      # "service status health restarts" per container of the project
+      ids=$(docker ps -aq --filter label=com.docker.compose.project=agentbus)
+      states=$(docker inspect -f '{{{{index .Config.Labels "com.docker.compose.service"}} {{{{.State.Status}} {{{{if .State.Health}}{{{{.State.Health.Status}}{{{{else}}none{{{{end}} {{{{.RestartCount}}' $ids 2>/dev/null | sort || true)
+      running=$(awk '$2 == "running" && ($3 == "none" || $3 == "healthy") {print $1}' <<<"$states" | tr '\n' ' ')
+      # Ready: everything up on two polls in a row with no restart between (no crash loop),
+      # and the gateway answering on the published port.
+      if [ "$running" = "$want" ] && [ "$states" = "$prev" ] \
+          && python3 -c "import urllib.request as u; u.urlopen('http://127.0.0.1:8080/healthz', timeout=2)" 2>/dev/null; then
+        echo "agentbus is up: gateway http://127.0.0.1:8080  nats nats://127.0.0.1:4222"
+        exit 0
+      fi
+      prev=$states
+      if [ "$SECONDS" -ge "$deadline" ]; then
+        {{ compose }} logs --no-color --tail=10 >&2 || true
+        echo "error: the stack was not ready within ${timeout_s} s (AGENTBUS_UP_TIMEOUT_S)" >&2
+        echo "  want running and healthy: $want" >&2
+        echo "  ready: ${running:-none}" >&2
+        echo "  containers (service status health restarts):" >&2
+        sed 's/^/    /' <<<"${states:-none}" >&2
+        echo "  or GET http://127.0.0.1:8080/healthz did not answer 2xx" >&2
+        echo "see \`just logs <service>\` (above: the last 10 lines each); clean up with \`just down\`" >&2
+        exit 1
+      fi
+      sleep 1
+    done
+
+[doc('Stop the stack, drop its volumes, remove agents its supervisor started')]
+[group('stack')]
+down:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    # Supervisor first, so it starts no agent while its agents are removed.
+    {{ compose }} stop supervisor >/dev/null 2>&1 || true
+    agents=$(docker ps -aq --filter label=agentbus.node=compose-node-1)
+    if [ -n "$agents" ]; then
+      echo "removing $(wc -w <<<"$agents") agent container(s)"
+      docker rm -f -v $agents >/dev/null
+    fi
+    {{ compose }} down -v --remove-orphans
+
+[doc('Follow logs, e.g. `just logs gateway supervisor`')]
+[group('stack')]
+logs *svc:
+    {{ compose }} logs -f --tail=200 "$@"
+
+[doc('Run the review demo against the compose stack, e.g. `just demo --help`')]
+[group('run')]
+demo *args: images
+    uv run agentbus demo review "$@"
+
+[doc('Run agentbus in one process with an embedded nats-server')]
+[group('run')]
+embedded *args:
+    uv run agentbus embedded "$@"
+
+[doc('Run the benchmarks, e.g. `just bench --help`')]
+[group('run')]
+bench *args:
+    uv run python -m bench "$@"
