@@ -51,3 +51,22 @@ async def bus(bus_settings: BusSettings) -> AsyncIterator[Bus]:
     await b.ensure()
     yield b
     await b.close()
+
+
+AGENT_IMAGE = "agentbus/agent:dev"
+
+
+@pytest.fixture(scope="session")
+def agent_image() -> str:
+    """The locally built agent image; a missing engine or image fails, never skips."""
+    import subprocess
+
+    probe = subprocess.run(["docker", "info"], capture_output=True, check=False)
+    if probe.returncode != 0:
+        pytest.fail(
+            "no Docker engine answers: run `bash scripts/setup.sh` to install and start one"
+        )
+    image = subprocess.run(["docker", "image", "inspect", AGENT_IMAGE], capture_output=True)
+    if image.returncode != 0:
+        pytest.fail(f"image {AGENT_IMAGE} is missing: run `just images`")
+    return AGENT_IMAGE

@@ -36,7 +36,14 @@ def spec(
     node_id: str, command: list[str], *, name: str = "sleepy", replica: int = 0
 ) -> ReplicaSpec:
     dep = Deployment(name=name, image=BASE_IMAGE, image_command=command, capabilities=["echo", "x"])
-    return build_spec(dep, replica, node_id=node_id, prefix=PREFIX, nats_url="nats://127.0.0.1:1", runtime="docker")
+    return build_spec(
+        dep,
+        replica,
+        node_id=node_id,
+        prefix=PREFIX,
+        nats_url="nats://127.0.0.1:1",
+        runtime="docker",
+    )
 
 
 async def test_start_sets_labels_limits_and_env_then_stop_removes(
@@ -127,7 +134,9 @@ async def test_oom_kill_is_reported(runtime: DockerRuntime, node_id: str) -> Non
 
 async def test_missing_image_is_a_contract_error(runtime: DockerRuntime, node_id: str) -> None:
     dep = Deployment(name="ghost", image="agentbus-test/does-not-exist:never")
-    bad = build_spec(dep, 0, node_id=node_id, prefix=PREFIX, nats_url="nats://x:1", runtime="docker")
+    bad = build_spec(
+        dep, 0, node_id=node_id, prefix=PREFIX, nats_url="nats://x:1", runtime="docker"
+    )
     with pytest.raises(ContractError, match="not found"):
         await runtime.start(bad)
 

@@ -26,7 +26,9 @@ async def runtime() -> AsyncIterator[ProcessRuntime]:
 
 def spec(code: str, *, name: str = "proc") -> ReplicaSpec:
     dep = Deployment(name=name, command=[sys.executable, "-c", code], env={"EXTRA": "yes"})
-    return build_spec(dep, 2, node_id="n1", prefix="tp", nats_url="nats://127.0.0.1:1", runtime="process")
+    return build_spec(
+        dep, 2, node_id="n1", prefix="tp", nats_url="nats://127.0.0.1:1", runtime="process"
+    )
 
 
 def alive(pid: int) -> bool:
@@ -89,7 +91,14 @@ async def test_exit_code_env_and_output(runtime: ProcessRuntime) -> None:
 async def test_missing_command_and_executable_are_contract_errors(
     runtime: ProcessRuntime,
 ) -> None:
-    no_cmd = build_spec(Deployment(name="img", image="x"), 0, node_id="n", prefix="p", nats_url="u", runtime="process")
+    no_cmd = build_spec(
+        Deployment(name="img", image="x"),
+        0,
+        node_id="n",
+        prefix="p",
+        nats_url="u",
+        runtime="process",
+    )
     with pytest.raises(ContractError):
         await runtime.start(no_cmd)
     bad = build_spec(
@@ -97,7 +106,8 @@ async def test_missing_command_and_executable_are_contract_errors(
         0,
         node_id="n",
         prefix="p",
-        nats_url="u", runtime="process",
+        nats_url="u",
+        runtime="process",
     )
     with pytest.raises(ContractError):
         await runtime.start(bad)
@@ -124,7 +134,9 @@ async def test_agent_settings_read_the_replica_env(runtime: ProcessRuntime) -> N
         max_concurrency=4,
     )  # fmt: skip
     handle = await runtime.start(
-        build_spec(dep, 1, node_id="n7", prefix="tp", nats_url="nats://127.0.0.1:9", runtime="process")
+        build_spec(
+            dep, 1, node_id="n7", prefix="tp", nats_url="nats://127.0.0.1:9", runtime="process"
+        )
     )
     lines = [line async for line in runtime.logs(handle)]
     assert (await runtime.wait(handle)).exit_code == 0

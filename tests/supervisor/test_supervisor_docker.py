@@ -48,7 +48,9 @@ async def containers_of(docker: aiodocker.Docker, node_id: str) -> list[dict[str
 
 
 def sleeper() -> Deployment:
-    return Deployment(name="sleeper", image=BASE_IMAGE, image_command=SLEEP_CMD, backoff_initial_s=0.1)
+    return Deployment(
+        name="sleeper", image=BASE_IMAGE, image_command=SLEEP_CMD, backoff_initial_s=0.1
+    )
 
 
 async def test_reconcile_restart_after_kill_and_unplace(
@@ -115,7 +117,9 @@ async def test_changed_spec_is_not_adopted(
     await place(bus, "sleeper", 0, node_id)
     async with running_supervisor(bus, settings(node_id, stop_replicas_on_exit=False)):
         first = await eventually(replica_where(bus, node_id, lambda r: r.state == "running"))
-    changed = Deployment(name="sleeper", image=BASE_IMAGE, image_command=SLEEP_CMD, env={"VERSION": "2"})
+    changed = Deployment(
+        name="sleeper", image=BASE_IMAGE, image_command=SLEEP_CMD, env={"VERSION": "2"}
+    )
     await put_deployment(bus, changed)
     async with running_supervisor(bus, settings(node_id)):
         now = await eventually(replica_where(bus, node_id, lambda r: r.state == "running"))
@@ -146,7 +150,9 @@ async def test_only_own_containers_are_touched(
         node_id=node_id, prefix=prefix, network="none", extra_labels=TEST_LABELS
     )
     try:
-        spec = build_spec(sleeper(), 5, node_id=node_id, prefix=prefix, nats_url="nats://x:1", runtime="docker")
+        spec = build_spec(
+            sleeper(), 5, node_id=node_id, prefix=prefix, nats_url="nats://x:1", runtime="docker"
+        )
         stale = await runtime.start(spec)
     finally:
         await runtime.close()

@@ -10,6 +10,7 @@ Expected failures print one line on stderr and exit non-zero: 2 for invalid inpu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shlex
 import signal
 import sys
@@ -325,7 +326,8 @@ async def _embedded(
                 )
                 code = 1
                 break
-            await asyncio.wait([asyncio.ensure_future(stop.wait())], timeout=1.0)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
     finally:
         with console.status("stopping"):
             await stack.stop()

@@ -1,0 +1,158 @@
+"""The review demo end to end, checked file by file against metrics computed here."""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import tokenize
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agentbus.demo import _report, python_files
+from agentbus.embedded import EmbeddedStack, free_port
+from agentbus.messages import ErrorInfo, TaskRecord
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+CLI = [sys.executable, "-m", "agentbus.cli"]
+STDLIB = Path(sysconfig.get_paths()["stdlib"])
+
+
+def expected_report(path: str, content: bytes) -> dict[str, Any]:
+    """The metrics of the spec, computed independently of the reviewer agent."""
+    try:
+        source = content.decode("utf-8")
+        tree = ast.parse(source)
+    except (UnicodeDecodeError, SyntaxError, ValueError):
+        return {"path": path, "status": "error"}
+    nodes = list(ast.walk(tree))
+    tokens = tokenize.generate_tokens(io.StringIO(source).readline)
+    return {
+        "path": path,
+        "status": "ok",
+        "lines": len(source.splitlines()),
+        "functions": sum(isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) for n in nodes),
+        "classes": sum(isinstance(n, ast.ClassDef) for n in nodes),
+        "todos": sum(
+            t.type == tokenize.COMMENT and any(m in t.string for m in ("TODO", "FIXME", "XXX"))
+            for t in tokens
+        ),
+    }
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    """The stdlib ``json`` package plus bad files, a site-packages folder and symlinks."""
+    root = tmp_path / "tree"
+    shutil.copytree(STDLIB / "json", root / "json", ignore=shutil.ignore_patterns("__pycache__"))
+    (root / "bad_encoding.py").write_bytes(b"x = '\xff\xfe caf\xe9'\n")
+    (root / "bad_syntax.py").write_text("def broken(:\n    pass  # TODO never counted\n")
+    (root / "todo.py").write_text("# TODO: one\nx = 1  # FIXME two\ns = '# TODO not a comment'\n")
+    (root / "site-packages").mkdir()
+    (root / "site-packages" / "skipped.py").write_text("def skipped(): pass\n")
+    (root / "linked.py").symlink_to(root / "json" / "encoder.py")
+    (root / "linked_dir").symlink_to(root / "json", target_is_directory=True)
+    (root / "notes.txt").write_text("not python\n")
+    return root
+
+
+def expected_files(root: Path) -> list[dict[str, Any]]:
+    rels = sorted(
+        [f"json/{p.name}" for p in (root / "json").glob("*.py")]
+        + ["bad_encoding.py", "bad_syntax.py", "todo.py"]
+    )
+    return [expected_report(rel, (root / rel).read_bytes()) for rel in rels]
+
+
+def check_report(doc: dict[str, Any], root: Path) -> None:
+    expected = expected_files(root)
+    got = doc["files"]
+    assert [f["path"] for f in got] == [e["path"] for e in expected]
+    for g, e in zip(got, expected, strict=True):
+        if e["status"] == "error":
+            assert g["status"] == "error", g
+            assert g["error"], g
+            assert set(g) == {"path", "status", "error"}, g
+        else:
+            assert g == e
+    assert doc["summary"]["files"] == len(expected)
+    assert doc["summary"]["errors"] == 2
+    assert doc["summary"]["ok"] == len(expected) - 2
+    assert doc["summary"]["wall_s"] > 0
+
+
+def test_python_files_skips_site_packages_and_symlinks(tree: Path) -> None:
+    rels = [rel for rel, _ in python_files(tree)]
+    assert rels == [e["path"] for e in expected_files(tree)]
+    assert "todo.py" in rels
+
+
+async def test_failed_task_becomes_an_error_entry() -> None:
+    now = datetime.now(UTC)
+    record = TaskRecord(
+        task_id="t", capability="review", status="dead", created_at=now, updated_at=now,
+        error=ErrorInfo(error_type="RuntimeError", message="agent crashed\nbadly"),
+    )  # fmt: skip
+    report = await _report(None, record, "a/b.py")  # type: ignore[arg-type]
+    assert report.path == "a/b.py"
+    assert report.status == "error"
+    assert report.error == "task dead: agent crashed badly"
+    assert report.lines is None
+
+
+async def test_demo_on_an_embedded_stack(tree: Path, tmp_path: Path) -> None:
+    out = tmp_path / "report.json"
+    async with EmbeddedStack(runtime="process", prefix="e2edemo") as stack:
+        env = {**os.environ, "AGENTBUS_NATS_URL": stack.nats_url, "AGENTBUS_PREFIX": "e2edemo"}
+        proc = await asyncio.create_subprocess_exec(
+            *CLI, "demo", "review", str(tree), "--replicas", "2", "--runtime", "process",
+            "--json", str(out), "--timeout-s", "120",
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        stdout, _ = await asyncio.wait_for(proc.communicate(), 180)
+        text = stdout.decode()
+        assert proc.returncode == 0, text
+        assert "stack: existing" in text
+        n = len(expected_files(tree))
+        assert f"files: {n}  ok: {n - 2}  errors: 2" in text
+        check_report(json.loads(out.read_text()), tree)
+        # the deployment is gone and its agents stopped
+        from agentbus.bus import Bus
+        from agentbus.client import Client
+
+        client = Client(await Bus.connect(stack.settings))
+        try:
+            assert [a for a in await client.agents("review") if a.deployment == "reviewer"] == []
+        finally:
+            await client.close()
+
+
+def test_demo_starts_its_own_stack(tree: Path, tmp_path: Path, agentbus_home: Path) -> None:
+    out = tmp_path / "report.json"
+    env = {**os.environ, "AGENTBUS_NATS_URL": f"nats://127.0.0.1:{free_port()}"}
+    env["AGENTBUS_HOME"] = str(agentbus_home)
+    proc = subprocess.Popen(
+        [*CLI, "demo", "review", str(tree), "--replicas", "1", "--runtime", "process",
+         "--json", str(out), "--timeout-s", "120"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        text, _ = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:  # Ctrl-C stops the demo's embedded stack
+            proc.send_signal(signal.SIGINT)
+            proc.communicate(timeout=30)
+    assert proc.returncode == 0, text
+    assert "starting an embedded stack" in text
+    assert "runtime: process (requested with --runtime process)" in text
+    check_report(json.loads(out.read_text()), tree)
