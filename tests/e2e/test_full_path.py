@@ -28,11 +28,11 @@ SHORT_LEASE = {"AGENTBUS_AGENT_LEASE_S": "3", "AGENTBUS_AGENT_FETCH_TIMEOUT_S": 
 
 
 def echo_deployment(runtime: str, image: str, replicas: int) -> Deployment:
+    common = {"name": "echo", "replicas": replicas, "capabilities": ["echo"],
+              "env": SHORT_LEASE, "backoff_initial_s": 0.2}  # fmt: skip
     if runtime == "docker":
-        return Deployment(name="echo", replicas=replicas, image=image, image_command=ECHO,
-                          capabilities=["echo"], env=SHORT_LEASE, backoff_initial_s=0.2)  # fmt: skip
-    return Deployment(name="echo", replicas=replicas, command=[sys.executable, *ECHO[1:]],
-                      capabilities=["echo"], env=SHORT_LEASE, backoff_initial_s=0.2)  # fmt: skip
+        return Deployment(image=image, image_command=ECHO, **common)  # type: ignore[arg-type]
+    return Deployment(command=[sys.executable, *ECHO[1:]], **common)  # type: ignore[arg-type]
 
 
 async def wait_for_agents(

@@ -168,7 +168,7 @@ class Client:
         except TimeoutError as exc:
             raise RequestTimeoutError(f"task {task_id}", timeout_s) from exc
         finally:
-            await watcher.stop()
+            await watcher.stop()  # type: ignore[no-untyped-call]
         raise RequestTimeoutError(f"task {task_id}", timeout_s)
 
     async def wait_many(
@@ -220,7 +220,7 @@ class Client:
             await sub.unsubscribe()
 
     async def _terminal_records(self, task_ids: list[str]) -> list[TaskRecord]:
-        done = []
+        done: list[TaskRecord] = []
         for i in range(0, len(task_ids), 64):
             chunk = task_ids[i : i + 64]
             records = await asyncio.gather(*(self.get(t) for t in chunk), return_exceptions=True)

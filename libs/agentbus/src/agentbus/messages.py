@@ -37,7 +37,7 @@ class Message(msgspec.Struct, frozen=True, tag=True, kw_only=True):
 
 
 # ---------------------------------------------------------------------------- shared
-class ErrorInfo(Message):
+class ErrorInfo(Message, frozen=True, kw_only=True):
     """Why something failed: the exception type name and a one-line message."""
 
     error_type: str
@@ -45,7 +45,7 @@ class ErrorInfo(Message):
     retryable: bool = False
 
 
-class BlobRef(Message):
+class BlobRef(Message, frozen=True, kw_only=True):
     """A value stored in the Object Store instead of inline (over the inline limit)."""
 
     bucket: str
@@ -55,7 +55,7 @@ class BlobRef(Message):
 
 
 # ---------------------------------------------------------------------------- tasks
-class SubmitTask(Message):
+class SubmitTask(Message, frozen=True, kw_only=True):
     """Command to the scheduler (``<p>.scheduler.submit``): queue one task.
 
     ``task_id`` is the idempotency key: submitting the same id again returns the
@@ -75,13 +75,13 @@ class SubmitTask(Message):
     metadata: dict[str, str] = {}
 
 
-class SubmitTasks(Message):
+class SubmitTasks(Message, frozen=True, kw_only=True):
     """Command to the scheduler (``<p>.scheduler.submit_batch``): queue many tasks."""
 
     tasks: list[SubmitTask]
 
 
-class Attempt(Message):
+class Attempt(Message, frozen=True, kw_only=True):
     """One delivery of a task to an agent, as recorded by the scheduler."""
 
     number: int
@@ -92,7 +92,7 @@ class Attempt(Message):
     error: ErrorInfo | None = None
 
 
-class TaskRecord(Message):
+class TaskRecord(Message, frozen=True, kw_only=True):
     """The task's state of record in KV ``<p>_tasks`` (key = task id)."""
 
     task_id: str
@@ -121,32 +121,32 @@ class TaskRecord(Message):
         return self.status in TERMINAL_STATUSES
 
 
-class SubmitReply(Message):
+class SubmitReply(Message, frozen=True, kw_only=True):
     """Reply to a submit: the task record and whether this call created it."""
 
     task: TaskRecord
     created: bool
 
 
-class SubmitTasksReply(Message):
+class SubmitTasksReply(Message, frozen=True, kw_only=True):
     """Reply to a batch submit, one entry per submitted task, in order."""
 
     results: list[SubmitReply]
 
 
-class GetTask(Message):
+class GetTask(Message, frozen=True, kw_only=True):
     """Request to the scheduler (``<p>.scheduler.get``): one task record."""
 
     task_id: str
 
 
-class TaskReply(Message):
+class TaskReply(Message, frozen=True, kw_only=True):
     """Reply carrying one task record."""
 
     task: TaskRecord
 
 
-class Task(Message):
+class Task(Message, frozen=True, kw_only=True):
     """A unit of work on the work stream ``<p>.tasks.<capability>``.
 
     Header ``Nats-Msg-Id`` = ``task_id``. The delivery count (attempt number) is the
@@ -163,7 +163,7 @@ class Task(Message):
     metadata: dict[str, str] = {}
 
 
-class TaskStarted(Message):
+class TaskStarted(Message, frozen=True, kw_only=True):
     """Agent report on ``<p>.results.<capability>``: a handler started the task."""
 
     task_id: str
@@ -172,7 +172,7 @@ class TaskStarted(Message):
     started_at: datetime
 
 
-class TaskResult(Message):
+class TaskResult(Message, frozen=True, kw_only=True):
     """Agent report on ``<p>.results.<capability>``: the attempt finished.
 
     ``status`` ``succeeded`` carries ``output`` (or ``output_ref``); ``failed`` carries
@@ -194,7 +194,7 @@ AgentReport = TaskStarted | TaskResult
 
 
 # ---------------------------------------------------------------------------- events
-class TaskEvent(Message):
+class TaskEvent(Message, frozen=True, kw_only=True):
     """Event on ``<p>.events.task.<status>``: a task changed status."""
 
     task_id: str
@@ -206,7 +206,7 @@ class TaskEvent(Message):
     error: ErrorInfo | None = None
 
 
-class AgentEvent(Message):
+class AgentEvent(Message, frozen=True, kw_only=True):
     """Event on ``<p>.events.agent.<kind>``: an agent joined, left or was lost."""
 
     agent_id: str
@@ -216,7 +216,7 @@ class AgentEvent(Message):
     node_id: str | None = None
 
 
-class ReplicaEvent(Message):
+class ReplicaEvent(Message, frozen=True, kw_only=True):
     """Event on ``<p>.events.replica.<kind>``: a supervisor acted on a replica."""
 
     node_id: str
@@ -230,7 +230,7 @@ class ReplicaEvent(Message):
     reason: str = ""
 
 
-class ErrorEvent(Message):
+class ErrorEvent(Message, frozen=True, kw_only=True):
     """Event on ``<p>.events.error.<service>``: a message could not be processed."""
 
     service: str
@@ -239,7 +239,7 @@ class ErrorEvent(Message):
     at: datetime
 
 
-class NodeEvent(Message):
+class NodeEvent(Message, frozen=True, kw_only=True):
     """Event on ``<p>.events.node.<kind>``: a node joined, left or was lost.
 
     ``left``: its supervisor deleted its entry; ``lost``: the entry expired (TTL).
@@ -251,7 +251,7 @@ class NodeEvent(Message):
 
 
 # -------------------------------------------------------------------------- registry
-class AgentInfo(Message):
+class AgentInfo(Message, frozen=True, kw_only=True):
     """An agent's heartbeat entry in KV ``<p>_agents`` (key = agent id)."""
 
     agent_id: str
@@ -270,7 +270,7 @@ class AgentInfo(Message):
     version: str = ""
 
 
-class NodeInfo(Message):
+class NodeInfo(Message, frozen=True, kw_only=True):
     """A supervisor's heartbeat entry in KV ``<p>_nodes`` (key = node id)."""
 
     node_id: str
@@ -283,30 +283,30 @@ class NodeInfo(Message):
     hostname: str = ""
 
 
-class ListAgents(Message):
+class ListAgents(Message, frozen=True, kw_only=True):
     """Request to the registry (``<p>.registry.agents``), optionally by capability."""
 
     capability: str | None = None
 
 
-class AgentsReply(Message):
+class AgentsReply(Message, frozen=True, kw_only=True):
     """Live agents, sorted by agent id."""
 
     agents: list[AgentInfo]
 
 
-class ListNodes(Message):
+class ListNodes(Message, frozen=True, kw_only=True):
     """Request to the registry (``<p>.registry.nodes``)."""
 
 
-class NodesReply(Message):
+class NodesReply(Message, frozen=True, kw_only=True):
     """Live nodes, sorted by node id."""
 
     nodes: list[NodeInfo]
 
 
 # ----------------------------------------------------------------------------- fleet
-class Deployment(Message):
+class Deployment(Message, frozen=True, kw_only=True):
     """A set of identical agent replicas (KV ``<p>_deployments``, key = name).
 
     ``image`` is run by the docker runtime (with its own CMD, or ``image_command``),
@@ -329,19 +329,19 @@ class Deployment(Message):
     """Overrides the image's CMD on docker nodes (``command`` is for processes)."""
 
 
-class Deploy(Message):
+class Deploy(Message, frozen=True, kw_only=True):
     """Command to the scheduler (``<p>.scheduler.deploy``): create or update."""
 
     deployment: Deployment
 
 
-class DeleteDeployment(Message):
+class DeleteDeployment(Message, frozen=True, kw_only=True):
     """Command to the scheduler (``<p>.scheduler.delete``): remove every replica."""
 
     name: str
 
 
-class Placement(Message):
+class Placement(Message, frozen=True, kw_only=True):
     """KV ``<p>_placements`` entry (key ``<deployment>.<replica>``): where it runs."""
 
     deployment: str
@@ -350,21 +350,21 @@ class Placement(Message):
     placed_at: datetime
 
 
-class DeployReply(Message):
+class DeployReply(Message, frozen=True, kw_only=True):
     """Reply to deploy: the stored spec and its current placements."""
 
     deployment: Deployment
     placements: list[Placement] = []
 
 
-class GetNodeStatus(Message):
+class GetNodeStatus(Message, frozen=True, kw_only=True):
     """Request to one supervisor (``<p>.supervisor.<node_id>.status``)."""
 
 
 ReplicaState = Literal["starting", "running", "backoff", "exited", "failed", "stopping"]
 
 
-class ReplicaStatus(Message):
+class ReplicaStatus(Message, frozen=True, kw_only=True):
     """One replica a supervisor runs, as its ``status`` endpoint reports it.
 
     ``state``: ``backoff`` waits ``backoff_s`` seconds before a restart; ``exited``
@@ -384,7 +384,7 @@ class ReplicaStatus(Message):
     reason: str = ""
 
 
-class NodeStatusReply(Message):
+class NodeStatusReply(Message, frozen=True, kw_only=True):
     """Reply of a supervisor's ``status`` endpoint: its node entry and replicas."""
 
     node: NodeInfo
@@ -392,7 +392,7 @@ class NodeStatusReply(Message):
 
 
 # ------------------------------------------------------------------------ checkpoint
-class PutCheckpoint(Message):
+class PutCheckpoint(Message, frozen=True, kw_only=True):
     """Command to the checkpoint service (``<p>.checkpoint.put``)."""
 
     agent_id: str
@@ -405,7 +405,7 @@ class PutCheckpoint(Message):
     ``checkpoints/sha256/<hex digest>`` and send ``data`` empty with this reference."""
 
 
-class GetCheckpoint(Message):
+class GetCheckpoint(Message, frozen=True, kw_only=True):
     """Request to the checkpoint service (``<p>.checkpoint.get``): latest or by id."""
 
     agent_id: str
@@ -413,7 +413,7 @@ class GetCheckpoint(Message):
     checkpoint_id: str | None = None
 
 
-class Checkpoint(Message):
+class Checkpoint(Message, frozen=True, kw_only=True):
     """One version of an agent's state on a thread."""
 
     checkpoint_id: str
@@ -428,13 +428,13 @@ class Checkpoint(Message):
     metadata: dict[str, str] = {}
 
 
-class CheckpointReply(Message):
+class CheckpointReply(Message, frozen=True, kw_only=True):
     """Reply carrying one checkpoint."""
 
     checkpoint: Checkpoint
 
 
-class CheckpointHead(Message):
+class CheckpointHead(Message, frozen=True, kw_only=True):
     """KV ``<p>_checkpoints`` value at ``<agent>.<thread>.latest``: the thread's head."""
 
     checkpoint_id: str
@@ -443,11 +443,11 @@ class CheckpointHead(Message):
 
 
 # -------------------------------------------------------------------------- services
-class GetHealth(Message):
+class GetHealth(Message, frozen=True, kw_only=True):
     """Request to a service's ``<p>.<service>.health`` endpoint (no fields)."""
 
 
-class HealthReply(Message):
+class HealthReply(Message, frozen=True, kw_only=True):
     """A service's health: ``ok`` when it can do its work, else ``degraded``.
 
     ``details`` holds short, low-cardinality facts, e.g. ``{"nats": "connected"}``.
