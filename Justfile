@@ -27,9 +27,9 @@ setup:
 sync:
     uv sync --all-packages
 
-[doc('Run the tests, e.g. `just test -m "not slow" -x`')]
+[doc('Build the images, then run every test, e.g. `just test -m "not slow" -x`')]
 [group('dev')]
-test *args:
+test *args: images
     uv run pytest "$@"
 
 [doc('Check formatting, lint and types')]

@@ -210,6 +210,9 @@ def deploy(
     command: Annotated[
         str | None, typer.Option(help="Command line (process runtime), shell-quoted.")
     ] = None,
+    image_command: Annotated[
+        str | None, typer.Option(help="Overrides the image's CMD (docker), shell-quoted.")
+    ] = None,
     replicas: Annotated[int, typer.Option(min=0, max=1000)] = 1,
     capability: Annotated[
         list[str] | None, typer.Option("--capability", "-c", help="Repeatable.")
@@ -236,6 +239,7 @@ def deploy(
         replicas=replicas,
         image=image,
         command=shlex.split(command) if command else None,
+        image_command=shlex.split(image_command) if image_command else None,
         capabilities=list(capability or []),
         env={k: v for k, _, v in pairs},
         restart_policy=_policy(restart_policy),
