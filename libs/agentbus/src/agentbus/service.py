@@ -22,6 +22,7 @@ from nats.micro import add_service
 from nats.micro.request import Request
 from nats.micro.service import Service
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from pydantic_settings import BaseSettings
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from agentbus import __version__
@@ -173,37 +174,35 @@ async def connect_with_retry(settings: BusSettings, *, name: str, timeout_s: flo
     return bus
 
 
-ServiceBody = Callable[[Bus, asyncio.Event], Awaitable[None]]
+S = TypeVar("S", bound=BaseSettings)
+Serve = Callable[[Bus, asyncio.Event, S, CollectorRegistry], Awaitable[None]]
+"""A service's ``serve(bus, stop, settings, registry)``: runs until ``stop`` is set."""
 
 
 def run_service(
-    name: str,
-    body: ServiceBody,
-    *,
-    metrics_port: int | None = None,
-    registry: CollectorRegistry | None = None,
-    bus_settings: BusSettings | None = None,
+    name: str, serve: Serve[S], settings: S, *, bus_settings: BusSettings | None = None
 ) -> None:
-    """Entry point of a service process: logging, metrics, bus, signals, ``body``.
+    """Entry point of a service process: logging, metrics, bus, signals, ``serve``.
 
-    ``body(bus, stop)`` runs until ``stop`` is set (SIGTERM or SIGINT) and must then
-    return after cleaning up. ``metrics_port`` 0 or None disables the ``/metrics``
-    HTTP server.
+    ``serve(bus, stop, settings, registry)`` runs until ``stop`` is set (SIGTERM or
+    SIGINT) and must then return after cleaning up. Metrics go to a fresh
+    ``CollectorRegistry``, served over HTTP when ``settings.metrics_port`` is set.
     """
-    settings = bus_settings or BusSettings()
-    configure_logging(name, level=settings.log_level, json=settings.log_json)
-    if metrics_port:
-        start_http_server(metrics_port, registry=registry or CollectorRegistry())
+    bus_settings = bus_settings or BusSettings()
+    configure_logging(name, level=bus_settings.log_level, json=bus_settings.log_json)
+    registry = CollectorRegistry()
+    if metrics_port := getattr(settings, "metrics_port", None):
+        start_http_server(metrics_port, registry=registry)
 
     async def _main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        bus = await connect_with_retry(settings, name=f"agentbus-{name}")
-        logger.info("service started", nats_url=settings.nats_url, prefix=settings.prefix)
+        bus = await connect_with_retry(bus_settings, name=f"agentbus-{name}")
+        logger.info("service started", nats_url=bus_settings.nats_url, prefix=bus_settings.prefix)
         try:
-            await body(bus, stop)
+            await serve(bus, stop, settings, registry)
         finally:
             await bus.close()
             logger.info("service stopped")

@@ -2,25 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-
-from prometheus_client import CollectorRegistry
-
-from agentbus.bus import Bus
 from agentbus.service import run_service
 from agentbus_registry.service import serve
 from agentbus_registry.settings import RegistrySettings
 
 
 def main() -> None:
-    """Run the registry service until SIGTERM or SIGINT."""
-    settings = RegistrySettings()
-    registry = CollectorRegistry()
-
-    async def body(bus: Bus, stop: asyncio.Event) -> None:
-        await serve(bus, stop, settings, registry)
-
-    run_service("registry", body, metrics_port=settings.metrics_port, registry=registry)
+    """Run the registry service until SIGTERM or SIGINT (settings from the environment)."""
+    run_service("registry", serve, RegistrySettings())
 
 
 if __name__ == "__main__":
