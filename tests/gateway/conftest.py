@@ -10,12 +10,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from agentbus.bus import Bus
-from agentbus.errors import NotFoundError, UnavailableError
-from agentbus.messages import GetTask, TaskReply
 from agentbus_gateway.service import serve
 from agentbus_gateway.settings import GatewaySettings
-from agentbus_scheduler.service import serve as serve_scheduler
-from agentbus_scheduler.settings import SchedulerSettings
+from tests._helpers import running_scheduler
 
 
 def free_port() -> int:
@@ -61,23 +58,8 @@ async def stop_gateway(gw: Gateway) -> None:
 
 @pytest.fixture
 async def scheduler(bus: Bus) -> AsyncIterator[None]:
-    stop = asyncio.Event()
-    settings = SchedulerSettings(place_interval_s=0.5, results_fetch_timeout_s=0.2)
-    task = asyncio.create_task(serve_scheduler(bus, stop, settings, CollectorRegistry()))
-    for _ in range(200):  # ready once its get endpoint answers on this prefix
-        if task.done():
-            task.result()
-        try:
-            await bus.request(
-                bus.names.endpoint("scheduler", "get"), GetTask(task_id="x"), TaskReply
-            )
-        except NotFoundError:
-            break
-        except UnavailableError:
-            await asyncio.sleep(0.05)
-    yield
-    stop.set()
-    await asyncio.wait_for(task, 15)
+    async with running_scheduler(bus):
+        yield
 
 
 @pytest.fixture

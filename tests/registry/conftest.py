@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -50,18 +50,6 @@ async def registry_service(bus: Bus) -> AsyncIterator[Registry]:
     yield reg
     stop.set()
     await asyncio.wait_for(reg.task, 10)
-
-
-async def eventually(
-    check: Callable[[], Awaitable[bool]], *, timeout_s: float = 10.0, what: str = "condition"
-) -> None:
-    """Poll ``check`` until it is true; fail the test after ``timeout_s``."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not await check():
-        if loop.time() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 def agent_info(

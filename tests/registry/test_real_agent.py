@@ -10,7 +10,8 @@ import pytest
 from agentbus.bus import Bus
 from agentbus.messages import AgentEvent
 from agentbus.settings import BusSettings
-from tests.registry.conftest import Registry, eventually, next_event
+from tests._helpers import eventually
+from tests.registry.conftest import Registry, next_event
 
 
 @pytest.mark.timeout(60)

@@ -9,10 +9,10 @@ import pytest
 from agentbus.bus import Bus
 from agentbus.messages import AgentEvent, ErrorEvent, NodeEvent, encode, utcnow
 from agentbus_registry.settings import RegistrySettings
+from tests._helpers import eventually
 from tests.registry.conftest import (
     Registry,
     agent_info,
-    eventually,
     heartbeat,
     next_event,
     node_info,

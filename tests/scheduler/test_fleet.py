@@ -11,7 +11,8 @@ import pytest
 from agentbus.bus import Bus
 from agentbus.errors import ContractError, NotFoundError
 from agentbus.messages import Deployment, NodeInfo, Placement, RuntimeKind, encode, utcnow
-from tests.scheduler.conftest import Scheduler, eventually
+from tests._helpers import eventually
+from tests.scheduler.conftest import Scheduler
 
 
 class Heartbeats:

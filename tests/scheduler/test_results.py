@@ -25,7 +25,8 @@ from agentbus.messages import (
 from agentbus.names import Names
 from agentbus_scheduler.service import serve
 from agentbus_scheduler.settings import SchedulerSettings
-from tests.scheduler.conftest import Scheduler, eventually
+from tests._helpers import eventually
+from tests.scheduler.conftest import Scheduler
 
 
 def _started(task_id: str, *, agent: str = "a1", attempt: int = 1) -> TaskStarted:

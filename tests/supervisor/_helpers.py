@@ -24,23 +24,9 @@ from agentbus.messages import (
 )
 from agentbus_supervisor.service import serve
 from agentbus_supervisor.settings import SupervisorSettings
+from tests._helpers import eventually
 
 T = TypeVar("T")
-
-
-async def eventually(
-    probe: Callable[[], Awaitable[T | None]], *, timeout_s: float = 20.0, every_s: float = 0.05
-) -> T:
-    """Poll ``probe`` until it returns something truthy; fail after ``timeout_s``."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    last: T | None = None
-    while loop.time() < deadline:
-        last = await probe()
-        if last:
-            return last
-        await asyncio.sleep(every_s)
-    raise AssertionError(f"condition not met within {timeout_s} s (last: {last!r})")
 
 
 class EventLog:
