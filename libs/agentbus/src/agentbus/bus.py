@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 import msgspec
 import nats
@@ -52,6 +53,27 @@ ERROR_HEADER = "Nats-Service-Error"
 _DAY_S = 24 * 3600.0
 
 
+async def _any_server_listens(nats_url: str, timeout_s: float) -> bool:
+    """Whether some server of ``nats_url`` accepts TCP connections.
+
+    A refused URL then fails at once instead of running nats-py's retry loop until the
+    connect timeout.
+    """
+    for server in nats_url.split(","):
+        server = server.strip()
+        parts = urlsplit(server if "://" in server else f"nats://{server}")
+        try:
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection(parts.hostname or "127.0.0.1", parts.port or 4222),
+                timeout_s,
+            )
+        except (OSError, TimeoutError, ValueError):
+            continue
+        writer.close()
+        return True
+    return False
+
+
 class Bus:
     """A connected NATS client with the agentbus names and helpers.
 
@@ -74,28 +96,35 @@ class Bus:
     async def connect(cls, settings: BusSettings | None = None, *, name: str = "agentbus") -> Bus:
         """Connect to ``settings.nats_url`` and return a ``Bus``.
 
-        Reconnects forever after a lost connection (nats-py's own reconnect loop).
+        Once connected, reconnects forever after a lost connection (nats-py's own
+        reconnect loop); the first connect is bounded by ``connect_timeout_s``.
 
         Raises:
-            UnavailableError: no server answered the first connect.
+            UnavailableError: no server accepted the first connect in time.
         """
         settings = settings or BusSettings()
 
         async def _on_error(exc: Exception) -> None:
             logger.warning("nats connection error", error=repr(exc))
 
+        if not await _any_server_listens(settings.nats_url, settings.connect_timeout_s):
+            raise UnavailableError(f"no NATS server reachable at {settings.nats_url}")
         try:
-            nc = await nats.connect(
-                settings.nats_url.split(","),
-                name=name,
-                connect_timeout=2,
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5,
-                error_cb=_on_error,
-                drain_timeout=5,
-            )
-        except (OSError, nats.errors.NoServersError) as exc:
-            raise UnavailableError(f"cannot connect to NATS at {settings.nats_url}: {exc}") from exc
+            async with asyncio.timeout(settings.connect_timeout_s):
+                nc = await nats.connect(
+                    settings.nats_url.split(","),
+                    name=name,
+                    connect_timeout=2,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.5,
+                    error_cb=_on_error,
+                    drain_timeout=5,
+                )
+        except (OSError, TimeoutError, nats.errors.NoServersError) as exc:
+            raise UnavailableError(
+                f"no NATS server reachable at {settings.nats_url} within "
+                f"{settings.connect_timeout_s:.1f} s"
+            ) from exc
         return cls(nc, settings)
 
     async def close(self) -> None:

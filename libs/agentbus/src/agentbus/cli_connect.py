@@ -7,13 +7,9 @@ the state file of a running embedded stack, then the defaults of ``BusSettings``
 
 from __future__ import annotations
 
-import asyncio
-from urllib.parse import urlsplit
-
 from agentbus.bus import Bus
 from agentbus.client import Client
 from agentbus.embedded import read_state
-from agentbus.errors import UnavailableError
 from agentbus.settings import BusSettings
 
 
@@ -29,35 +25,11 @@ def resolve_settings(nats_url: str | None = None, prefix: str | None = None) -> 
     return BusSettings(**values)  # type: ignore[arg-type]
 
 
-async def _tcp_reachable(nats_url: str, timeout_s: float) -> bool:
-    for server in nats_url.split(","):
-        parts = urlsplit(server.strip() if "://" in server else f"nats://{server.strip()}")
-        try:
-            _, writer = await asyncio.wait_for(
-                asyncio.open_connection(parts.hostname or "127.0.0.1", parts.port or 4222),
-                timeout_s,
-            )
-        except (OSError, TimeoutError, ValueError):
-            continue
-        writer.close()
-        return True
-    return False
-
-
 async def connect_client(settings: BusSettings, *, timeout_s: float = 5.0) -> Client:
-    """A ``Client`` on ``settings``, failing fast when no server listens.
-
-    ``Bus.connect`` retries the first connect forever; this checks that some server
-    accepts TCP connections first and bounds the whole connect by ``timeout_s``.
+    """A ``Client`` on ``settings``, failing after ``timeout_s`` when no server answers.
 
     Raises:
         UnavailableError: no NATS server reachable at ``settings.nats_url``.
     """
-    unavailable = UnavailableError(f"no NATS server reachable at {settings.nats_url}")
-    if not await _tcp_reachable(settings.nats_url, min(timeout_s, 2.0)):
-        raise unavailable
-    try:
-        bus = await asyncio.wait_for(Bus.connect(settings, name="agentbus-cli"), timeout_s)
-    except TimeoutError as exc:
-        raise unavailable from exc
-    return Client(bus)
+    bounded = settings.model_copy(update={"connect_timeout_s": timeout_s})
+    return Client(await Bus.connect(bounded, name="agentbus-cli"))

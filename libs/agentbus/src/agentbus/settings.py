@@ -21,6 +21,8 @@ class BusSettings(BaseSettings):
     """Prefix of every subject, stream and bucket (see ``agentbus.names``)."""
     request_timeout_s: PositiveFloat = 5.0
     """Default timeout of a service request."""
+    connect_timeout_s: PositiveFloat = 5.0
+    """How long the first connect may take; later reconnects retry forever."""
     inline_max_bytes: PositiveInt = 64 * 1024
     """Task inputs/outputs larger than this travel through the Object Store."""
     log_level: str = "INFO"
