@@ -146,12 +146,7 @@ logs *svc:
 demo *args: images
     uv run agentbus demo review "$@"
 
-[doc('Run agentbus in one process with an embedded nats-server')]
+[doc('Run nats-server (from the wheel) and the five services as local processes')]
 [group('run')]
 embedded *args:
     uv run agentbus embedded "$@"
-
-[doc('Run the benchmarks, e.g. `just bench --help`')]
-[group('run')]
-bench *args:
-    uv run python -m bench "$@"
