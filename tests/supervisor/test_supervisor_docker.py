@@ -183,3 +183,29 @@ async def test_missing_image_is_reported_failed(
         assert "not found" in failed.reason
         assert failed.runtime_id == ""
         await eventually(lambda: returns(events.of("failed", "ghost-0")))
+
+
+async def test_supervisor_stopping_mid_reconcile_still_removes_the_container(
+    bus: Bus, docker: aiodocker.Docker, node_containers: str
+) -> None:
+    node_id = node_containers
+    # Ignores SIGTERM, so `docker stop` runs its whole grace period (2 s).
+    ignore_term = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN)"
+    stubborn = ["python3", "-c", f"{ignore_term}; time.sleep(600)"]
+    await put_deployment(bus, Deployment(name="stubborn", image=BASE_IMAGE, image_command=stubborn))
+    await place(bus, "stubborn", 0, node_id)
+    async with running_supervisor(bus, settings(node_id)):
+        await eventually(replica_where(bus, node_id, lambda r: r.state == "running"))
+        await unplace(bus, "stubborn", 0)
+        # Stop the supervisor while the reconcile's `docker stop` is still waiting.
+        await eventually(status_of_empty(bus, node_id))
+    assert await containers_of(docker, node_id) == []
+
+
+def status_of_empty(bus: Bus, node_id: str) -> Callable[[], Awaitable[bool]]:
+    status = status_of(bus, node_id)
+
+    async def _empty() -> bool:
+        return (await status()).replicas == []
+
+    return _empty

@@ -114,6 +114,7 @@ class Supervisor:
         self.adoptable: dict[ReplicaKey, ReplicaHandle] = {}
         self._dirty = asyncio.Event()
         self._beat = asyncio.Event()
+        self._pending_stops: set[asyncio.Future[list[None]]] = set()
 
     # -- node info and status ---------------------------------------------------------
     def node_info(self) -> NodeInfo:
@@ -224,10 +225,17 @@ class Supervisor:
                 runner.deployment = dep
         leftovers = [h for k, h in self.adoptable.items() if k not in wanted]
         self.adoptable = {k: h for k, h in self.adoptable.items() if k in wanted}
-        await asyncio.gather(
-            *(r.stop(grace_s) for r in stopping),
-            *(self._stop_handle(h, grace_s) for h in leftovers),
+        # Shielded and tracked: a supervisor stopping mid-reconcile still finishes
+        # these stops (container removal included) in shutdown().
+        stops = asyncio.ensure_future(
+            asyncio.gather(
+                *(r.stop(grace_s) for r in stopping),
+                *(self._stop_handle(h, grace_s) for h in leftovers),
+            )
         )
+        self._pending_stops.add(stops)
+        stops.add_done_callback(self._pending_stops.discard)
+        await asyncio.shield(stops)
         for key, dep in sorted(wanted.items()):
             if key in self.runners:
                 continue
@@ -323,6 +331,7 @@ class Supervisor:
     async def shutdown(self) -> None:
         """Stop every replica gracefully (or leave containers for adoption)."""
         runners, self.runners = list(self.runners.values()), {}
+        await asyncio.gather(*self._pending_stops, return_exceptions=True)
         if self.settings.stop_replicas_on_exit or self.runtime.kind == "process":
             await asyncio.gather(
                 *(r.stop(self.settings.stop_grace_s, reason="supervisor stopped") for r in runners)
