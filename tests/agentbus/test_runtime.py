@@ -14,6 +14,7 @@ from agentbus.bus import Bus
 from agentbus.messages import ErrorEvent, Task, TaskResult, TaskStarted, decode_report, encode
 from agentbus.runtime import Agent, TaskContext
 from agentbus.settings import AgentSettings
+from tests._helpers import eventually
 
 pytestmark = pytest.mark.nats
 
@@ -31,6 +32,8 @@ def make_agent(**settings: Any) -> Agent:
             raise ValueError(f"negative input {value.n}")
         if value.n == 999:
             await asyncio.sleep(3.0)
+        if value.n == 998:
+            await asyncio.sleep(600.0)
         return value.n * 2
 
     return agent
@@ -137,3 +140,28 @@ async def test_agent_registers_and_leaves(bus: Bus) -> None:
     await asyncio.wait_for(task, 10)
     with pytest.raises(KeyNotFoundError):
         await kv.get("calc-1")
+
+
+async def test_stop_returns_a_task_that_outlives_the_grace_period(bus: Bus) -> None:
+    agent = make_agent(fetch_timeout_s=0.5, stop_grace_s=0.5)
+    stop = asyncio.Event()
+    run = asyncio.create_task(agent.run(bus, stop))
+    await publish_task(bus, "t-endless", {"n": 998})
+    consumer = bus.names.tasks_stream, "cap-double"
+
+    async def started() -> bool:
+        return (await bus.js.consumer_info(*consumer)).num_ack_pending == 1
+
+    await eventually(started, what="task delivered")
+    stop.set()
+    await asyncio.wait_for(run, 10)  # the 600 s handler does not hold the stop
+
+    # Returned with a nak: the next pull gets it at once (delivery 2), long before
+    # its 30 s lease would have lapsed.
+    sub = await bus.js.pull_subscribe_bind("cap-double", stream=bus.names.tasks_stream)
+    try:
+        (msg,) = await sub.fetch(1, timeout=5)
+        assert msg.metadata.num_delivered == 2
+        await msg.ack()
+    finally:
+        await sub.unsubscribe()

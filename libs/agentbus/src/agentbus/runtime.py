@@ -273,7 +273,13 @@ class Agent:
 
     async def _fetch_loop(self, bus: Bus, client: Client, capability: str, sub: Any) -> None:
         while not self._stopping:
-            await self._slots.acquire()
+            try:  # bounded, so a stop is noticed while every slot is busy
+                await asyncio.wait_for(self._slots.acquire(), self.settings.fetch_timeout_s)
+            except TimeoutError:
+                continue
+            if self._stopping:
+                self._slots.release()
+                break
             n = 1
             while n < self.max_concurrency and not self._slots.locked():
                 await self._slots.acquire()
