@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent machine setup shared by the README quickstart and CI (.ci/run).
-# Installs: uv + just (PyPI), docker.io + docker-compose + mmdebstrap (Debian),
+# Installs: uv + just (PyPI), docker.io + docker-compose + mmdebstrap (+ nodejs/npm if
+# missing) (Debian), the Node.js example agent's npm packages,
 # starts dockerd when no engine answers, builds the local base image, syncs the workspace.
 # Safe to run twice: every step checks before it acts.
 set -euo pipefail
@@ -26,6 +27,7 @@ need_pkgs=()
 command -v dockerd >/dev/null 2>&1 || need_pkgs+=(docker.io)
 command -v docker-compose >/dev/null 2>&1 || need_pkgs+=(docker-compose)
 command -v mmdebstrap >/dev/null 2>&1 || need_pkgs+=(mmdebstrap)
+command -v npm >/dev/null 2>&1 || need_pkgs+=(nodejs npm)
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
   log "installing ${need_pkgs[*]}"
   as_root apt-get update -qq
@@ -56,4 +58,13 @@ fi
 # 5. The workspace.
 log "syncing the uv workspace"
 uv sync --all-packages --quiet
+
+# 6. The Node.js example agent (written from docs/protocol.md alone; tests/e2e runs it).
+node_agent=examples/node-agent
+if [ -f "$node_agent/package-lock.json" ] &&
+  { [ ! -d "$node_agent/node_modules" ] || [ "$node_agent/package-lock.json" -nt "$node_agent/node_modules" ]; }; then
+  log "installing the Node.js example agent's packages"
+  npm ci --prefix "$node_agent" --silent --no-audit --no-fund
+  touch "$node_agent/node_modules"
+fi
 log "done"

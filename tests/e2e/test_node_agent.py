@@ -1,0 +1,160 @@
+"""A Node.js agent written from docs/protocol.md alone serves tasks of the Python stack.
+
+The agent is examples/node-agent/agent.mjs (capability ``upper``); this test runs it
+against an embedded stack (nats-server and the five services as processes) and checks
+the whole agent contract: registry heartbeat, results, failures, large values through
+the Object Store, poison messages, and a clean SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agentbus.bus import Bus
+from agentbus.client import Client
+from agentbus.embedded import EmbeddedStack
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
+
+ROOT = Path(__file__).resolve().parents[2]
+AGENT_DIR = ROOT / "examples" / "node-agent"
+SETUP_HINT = "run `bash scripts/setup.sh` (it runs `npm ci --prefix examples/node-agent`)"
+
+
+@pytest.fixture
+def node() -> str:
+    """The node binary; a missing node or node_modules fails, never skips."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail(f"`node` is not on PATH: {SETUP_HINT}")
+    if not (AGENT_DIR / "node_modules" / "nats").is_dir():
+        pytest.fail(f"{AGENT_DIR / 'node_modules'} is missing: {SETUP_HINT}")
+    return node
+
+
+async def eventually(probe: Callable[[], Awaitable[Any]], what: str, timeout_s: float = 30) -> Any:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not (result := await probe()):
+        assert asyncio.get_running_loop().time() < deadline, f"{what} within {timeout_s} s"
+        await asyncio.sleep(0.2)
+    return result
+
+
+def start_agent(node: str, env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """``node agent.mjs`` with its output (stdout and stderr) in ``log_path``."""
+    with log_path.open("wb") as log:
+        return subprocess.Popen(
+            [node, str(AGENT_DIR / "agent.mjs")], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+
+
+@pytest.fixture
+async def stack() -> AsyncIterator[EmbeddedStack]:
+    async with EmbeddedStack(runtime="process", prefix=f"node{uuid.uuid4().hex[:8]}") as s:
+        yield s
+
+
+async def test_node_agent_serves_tasks(node: str, stack: EmbeddedStack, tmp_path: Path) -> None:
+    agent_id = f"node-upper-{uuid.uuid4().hex[:6]}"
+    env = {
+        **os.environ,
+        "AGENTBUS_NATS_URL": stack.nats_url,
+        "AGENTBUS_PREFIX": stack.prefix,
+        "AGENTBUS_AGENT_ID": agent_id,
+        "AGENTBUS_AGENT_CAPABILITIES": "upper",
+        "AGENTBUS_AGENT_MAX_CONCURRENCY": "2",
+    }
+    log_path = tmp_path / "agent.log"
+    proc = start_agent(node, env, log_path)
+    bus = await Bus.connect(stack.settings, name="test-node-agent")
+    client = Client(bus)
+
+    def agent_log() -> str:
+        return log_path.read_text(errors="replace")
+
+    async def listed() -> bool:
+        assert proc.poll() is None, f"agent exited {proc.returncode}:\n{agent_log()}"
+        return agent_id in {a.agent_id for a in await client.agents("upper")}
+
+    try:
+        await eventually(listed, "the node agent in the registry")
+        info = next(a for a in await client.agents("upper") if a.agent_id == agent_id)
+        assert info.capabilities == ["upper"]
+        assert info.pid == proc.pid
+
+        # successes, two at a time (max concurrency 2)
+        words = ["hello", "wire protocol", "ünïcode"]
+        submitted = [await client.submit("upper", w) for w in words]
+        for word, sub in zip(words, submitted, strict=True):
+            record = await client.wait(sub.task_id, timeout_s=30)
+            assert record.status == "succeeded", (record, agent_log())
+            assert await client.output(record, str) == word.upper()
+            assert record.agent_id == agent_id
+            assert [a.number for a in record.attempts] == [1]
+
+        # a handler error is a failed result with ErrorInfo
+        bad = await client.submit("upper", {"fail": "why"})
+        failed = await client.wait(bad.task_id, timeout_s=30)
+        assert failed.status == "failed", (failed, agent_log())
+        assert failed.error is not None
+        assert failed.error.error_type == "ValueError"
+        assert failed.error.message == "why"
+
+        # over 64 KiB: input and output travel through the Object Store
+        big = "abc" * 30_000
+        large = await client.submit("upper", big)
+        assert large.input_ref is not None
+        done = await client.wait(large.task_id, timeout_s=30)
+        assert done.status == "succeeded", (done, agent_log())
+        assert done.output_ref is not None
+        assert done.output is None or bytes(done.output) == b"null"  # msgspec.Raw
+        assert await client.output(done, str) == big.upper()
+
+        # heartbeats every 2 s keep the entry alive past the 10 s TTL of <p>_agents
+        await asyncio.sleep(11)
+        assert await listed(), f"the agent expired from the registry:\n{agent_log()}"
+
+        # a poison message is termed and reported as an ErrorEvent, never retried
+        errors: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+        async def on_error(msg: Any) -> None:
+            await errors.put(json.loads(msg.data))
+
+        sub = await bus.nc.subscribe(f"{stack.prefix}.events.error.agent", cb=on_error)
+        await bus.js.publish(f"{stack.prefix}.tasks.upper", b"not json at all")
+        event = await asyncio.wait_for(errors.get(), timeout=15)
+        await sub.unsubscribe()
+        assert event["type"] == "ErrorEvent"
+        assert event["subject"] == f"{stack.prefix}.tasks.upper"
+
+        async def drained() -> bool:
+            ci = await bus.js.consumer_info(f"{stack.prefix.upper()}_TASKS", "cap-upper")
+            return ci.num_pending == 0 and ci.num_ack_pending == 0
+
+        await eventually(drained, "the poison message gone from cap-upper", timeout_s=10)
+
+        # SIGTERM: exit 0 and leave the registry
+        proc.send_signal(signal.SIGTERM)
+        rc = await asyncio.to_thread(proc.wait, 20)
+        assert rc == 0, agent_log()
+
+        async def gone() -> bool:
+            return agent_id not in {a.agent_id for a in await client.agents("upper")}
+
+        await eventually(gone, "the node agent gone from the registry", timeout_s=5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        await bus.close()
