@@ -22,6 +22,7 @@ exception becomes a failed result carrying the exception type and message.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -198,7 +199,8 @@ class Agent:
             raise ContractError(f"agent {self.name!r} has no handler for {missing}")
         client = Client(bus)
         subs = [await self._bind(bus, cap) for cap in self.capabilities]
-        heartbeat = asyncio.create_task(self._heartbeat(bus))
+        leaving = asyncio.Event()
+        heartbeat = asyncio.create_task(self._heartbeat(bus, leaving))
         loops = [
             asyncio.create_task(self._fetch_loop(bus, client, cap, sub))
             for cap, sub in zip(self.capabilities, subs, strict=True)
@@ -213,7 +215,7 @@ class Agent:
             for t in late:
                 t.cancel()
             await asyncio.gather(*late, return_exceptions=True)
-        heartbeat.cancel()
+        leaving.set()
         await asyncio.gather(heartbeat, return_exceptions=True)
         for sub in subs:
             try:
@@ -262,14 +264,17 @@ class Agent:
             version=__version__,
         )
 
-    async def _heartbeat(self, bus: Bus) -> None:
+    async def _heartbeat(self, bus: Bus, leaving: asyncio.Event) -> None:
+        # Ends on ``leaving``, not by cancellation: nats-py may turn a cancellation
+        # inside ``kv.put`` into a TimeoutError, which this loop must survive.
         kv = await bus.kv(bus.names.agents_bucket)
-        while True:
+        while not leaving.is_set():
             try:
                 await kv.put(self.agent_id, encode(self._info()))
             except Exception as exc:
                 logger.warning("heartbeat failed", error=repr(exc))
-            await asyncio.sleep(self.settings.heartbeat_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(leaving.wait(), self.settings.heartbeat_s)
 
     async def _fetch_loop(self, bus: Bus, client: Client, capability: str, sub: Any) -> None:
         while not self._stopping:
@@ -307,9 +312,13 @@ class Agent:
         self._in_flight.discard(t)
         self._slots.release()
 
-    async def _renew_lease(self, msg: Msg) -> None:
-        while True:
-            await asyncio.sleep(self.settings.lease_s / 3)
+    async def _renew_lease(self, msg: Msg, done: asyncio.Event) -> None:
+        # Ends on ``done`` (set when the attempt ends), for the reason given in _heartbeat.
+        while not done.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), self.settings.lease_s / 3)
+            if done.is_set():
+                return
             try:
                 await msg.in_progress()
             except Exception as exc:
@@ -324,7 +333,8 @@ class Agent:
         attempt = msg.metadata.num_delivered or 1
         started_at = utcnow()
         subject = bus.names.result_subject(capability)
-        renew = asyncio.create_task(self._renew_lease(msg))
+        attempt_done = asyncio.Event()
+        renew = asyncio.create_task(self._renew_lease(msg, attempt_done))
         with logger.contextualize(task_id=task.task_id, attempt=attempt):
             try:
                 await bus.js.publish(
@@ -341,7 +351,8 @@ class Agent:
             except Exception as exc:  # bus trouble: no ack, the lease lapses, redelivery
                 logger.warning("could not report result", error=repr(exc))
             finally:
-                renew.cancel()
+                attempt_done.set()
+                await asyncio.gather(renew, return_exceptions=True)
 
     async def _run_handler(
         self, bus: Bus, client: Client, task: Task, attempt: int, started_at: Any

@@ -90,6 +90,9 @@ class KvMirror(Generic[T]):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                if (task := asyncio.current_task()) and task.cancelling():
+                    # Python 3.11's wait_for inside nats-py can turn our cancel into an error.
+                    raise asyncio.CancelledError from exc
                 logger.warning("kv watch failed", bucket=self.bucket, error=repr(exc))
                 await asyncio.sleep(1.0)
 
