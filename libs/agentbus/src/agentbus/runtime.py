@@ -206,28 +206,30 @@ class Agent:
             for cap, sub in zip(self.capabilities, subs, strict=True)
         ]
         logger.info("agent started", agent_id=self.agent_id, capabilities=self.capabilities)
-        await stop.wait()
-        self._stopping = True
-        logger.info("agent stopping", in_flight=len(self._in_flight))
-        await asyncio.gather(*loops, return_exceptions=True)
-        if self._in_flight:
-            _, late = await asyncio.wait(self._in_flight, timeout=self.settings.stop_grace_s)
-            for t in late:
-                t.cancel()
-            await asyncio.gather(*late, return_exceptions=True)
-        leaving.set()
-        await asyncio.gather(heartbeat, return_exceptions=True)
-        for sub in subs:
-            try:
-                await sub.unsubscribe()
-            except Exception as exc:
-                logger.debug("unsubscribe failed", error=repr(exc))
         try:
-            kv = await bus.kv(bus.names.agents_bucket)
-            await kv.delete(self.agent_id)
-        except Exception as exc:
-            logger.warning("could not leave the registry", error=repr(exc))
-        logger.info("agent stopped")
+            await stop.wait()
+        finally:  # also when run() itself is cancelled: never leave tasks behind
+            self._stopping = True
+            logger.info("agent stopping", in_flight=len(self._in_flight))
+            await asyncio.gather(*loops, return_exceptions=True)
+            if self._in_flight:
+                _, late = await asyncio.wait(self._in_flight, timeout=self.settings.stop_grace_s)
+                for t in late:
+                    t.cancel()
+                await asyncio.gather(*late, return_exceptions=True)
+            leaving.set()
+            await asyncio.gather(heartbeat, return_exceptions=True)
+            for sub in subs:
+                try:
+                    await sub.unsubscribe()
+                except Exception as exc:
+                    logger.debug("unsubscribe failed", error=repr(exc))
+            try:
+                kv = await bus.kv(bus.names.agents_bucket)
+                await kv.delete(self.agent_id)
+            except Exception as exc:
+                logger.warning("could not leave the registry", error=repr(exc))
+            logger.info("agent stopped")
 
     async def _bind(self, bus: Bus, capability: str) -> Any:
         names = bus.names
