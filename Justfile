@@ -141,6 +141,11 @@ down:
 logs *svc:
     {{ compose }} logs -f --tail=200 "$@"
 
+[doc('Run a benchmark: `just bench tasks|fleet|state [--json FILE]` (figures, not tests)')]
+[group('run')]
+bench name *args: images
+    uv run python -m bench.{{ name }} "${@:2}"
+
 [doc('Run the review demo against the compose stack, e.g. `just demo --help`')]
 [group('run')]
 demo *args: images

@@ -22,12 +22,15 @@ if ! command -v just >/dev/null 2>&1; then
   python3 -m pip install --quiet --disable-pip-version-check rust-just
 fi
 
-# 2. Debian packages: Docker engine, compose v1, mmdebstrap for the base image.
+# 2. Debian packages: Docker engine, compose v1, mmdebstrap for the base image; redis-server
+#    (the Celery peer of `just bench tasks`); podman with runc (the Podman runtime path).
 need_pkgs=()
 command -v dockerd >/dev/null 2>&1 || need_pkgs+=(docker.io)
 command -v docker-compose >/dev/null 2>&1 || need_pkgs+=(docker-compose)
 command -v mmdebstrap >/dev/null 2>&1 || need_pkgs+=(mmdebstrap)
 command -v npm >/dev/null 2>&1 || need_pkgs+=(nodejs npm)
+command -v redis-server >/dev/null 2>&1 || need_pkgs+=(redis-server)
+command -v podman >/dev/null 2>&1 || need_pkgs+=(podman runc)
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
   log "installing ${need_pkgs[*]}"
   as_root apt-get update -qq

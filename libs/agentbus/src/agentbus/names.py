@@ -142,6 +142,11 @@ class Names:
         return f"{self.prefix}_checkpoints"
 
     @property
+    def leases_bucket(self) -> str:
+        """KV of singleton leases (key = duty name), entries expire by per-message TTL."""
+        return f"{self.prefix}_leases"
+
+    @property
     def blobs_bucket(self) -> str:
         """Object Store for values larger than the inline limit."""
         return f"{self.prefix}_blobs"

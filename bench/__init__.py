@@ -1,0 +1,1 @@
+"""Benchmarks: ``just bench tasks|fleet|state [--json FILE]`` (figures, not timed tests)."""

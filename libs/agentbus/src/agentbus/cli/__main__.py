@@ -1,0 +1,5 @@
+"""``python -m agentbus.cli``."""
+
+from agentbus.cli import main
+
+main()

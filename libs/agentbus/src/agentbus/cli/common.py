@@ -1,0 +1,91 @@
+"""Shared pieces of the ``agentbus`` command: the app, options, error handling."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable, Coroutine
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal, TypeVar
+
+import msgspec
+import typer
+from rich.console import Console
+
+from agentbus.cli_connect import connect_client, resolve_settings
+from agentbus.client import Client
+from agentbus.errors import AgentBusError, ContractError
+from agentbus.names import check_token
+
+T = TypeVar("T")
+Runtime = Literal["auto", "docker", "process"]
+
+app = typer.Typer(
+    name="agentbus",
+    help="Run fleets of AI agents over NATS JetStream.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+demo_app = typer.Typer(help="Demonstrations on a real stack.", no_args_is_help=True)
+app.add_typer(demo_app, name="demo")
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
+
+NatsUrl = Annotated[
+    str | None,
+    typer.Option("--nats-url", envvar="AGENTBUS_NATS_URL", help="NATS server URL(s)."),
+]
+Prefix = Annotated[
+    str | None,
+    typer.Option("--prefix", envvar="AGENTBUS_PREFIX", help="Prefix of every bus name."),
+]
+
+
+def fail(message: str, code: int) -> typer.Exit:
+    """An exit with ``code`` after printing ``message`` on stderr."""
+    err_console.print(f"[bold red]error:[/bold red] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def token(kind: str, value: str) -> str:
+    """``value`` checked as a subject-safe token, or exit 2 naming ``kind``."""
+    try:
+        return check_token(kind, value)
+    except ContractError as exc:
+        raise fail(str(exc), 2) from None
+
+
+def run(main: Coroutine[Any, Any, T]) -> T:
+    """Run ``main``; turn expected errors into a message and an exit code."""
+    try:
+        return asyncio.run(main)
+    except ContractError as exc:
+        raise fail(str(exc), 2) from None
+    except AgentBusError as exc:
+        raise fail(str(exc), 1) from None
+    except OSError as exc:
+        raise fail(f"{type(exc).__name__}: {exc}", 1) from None
+    except KeyboardInterrupt:
+        raise fail("interrupted", 130) from None
+
+
+async def with_client(
+    nats_url: str | None, prefix: str | None, fn: Callable[[Client], Awaitable[T]]
+) -> T:
+    """Run ``main``; turn expected errors into a message and an exit code."""
+    client = await connect_client(resolve_settings(nats_url, prefix))
+    try:
+        return await fn(client)
+    finally:
+        await client.close()
+
+
+def print_json(data: bytes) -> None:
+    """Run ``fn`` with a client connected per ``--nats-url``/``--prefix``, then close it."""
+    sys.stdout.write(msgspec.json.format(data, indent=2).decode() + "\n")
+
+
+def age(when: datetime) -> str:
+    """Print JSON ``data`` indented on stdout."""
+    return f"{(datetime.now(UTC) - when).total_seconds():.1f} s"

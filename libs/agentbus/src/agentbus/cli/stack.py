@@ -1,0 +1,116 @@
+"""``agentbus schema|embedded|demo``: the contract, a local stack, the demo."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from agentbus.cli.common import (
+    NatsUrl,
+    Prefix,
+    Runtime,
+    app,
+    console,
+    demo_app,
+    err_console,
+    fail,
+    run,
+)
+from agentbus.cli_connect import resolve_settings
+from agentbus.demo_runtime import choose_runtime
+from agentbus.embedded import EmbeddedStack, read_state, state_file_path
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of every wire message."""
+    from agentbus.schema import render
+
+    sys.stdout.write(render())
+
+
+@app.command()
+def embedded(
+    store_dir: Annotated[Path | None, typer.Option(help="JetStream store (default: temp).")] = None,
+    port: Annotated[int | None, typer.Option(help="NATS port (default: a free one).")] = None,
+    gateway_port: Annotated[int | None, typer.Option(help="Gateway HTTP port.")] = None,
+    runtime: Annotated[Runtime, typer.Option(help="Where agents run.")] = "auto",
+    prefix: Annotated[str, typer.Option(help="Prefix of every bus name.")] = "agentbus",
+    log_level: Annotated[str, typer.Option(help="Services' log level.")] = "INFO",
+) -> None:
+    """Run nats-server and the five services locally until Ctrl-C."""
+    if (state := read_state()) is not None:
+        raise fail(
+            f"an embedded stack is already running at {state.nats_url} "
+            f"(pid {state.pids.get('nats-server')}); state file {state_file_path()}",
+            1,
+        )
+    code = run(_embedded(store_dir, port, gateway_port, runtime, prefix, log_level))
+    raise typer.Exit(code)
+
+
+async def _embedded(
+    store_dir: Path | None, port: int | None, gateway_port: int | None,
+    runtime: Runtime, prefix: str, log_level: str,
+) -> int:  # fmt: skip
+    chosen, why = await choose_runtime(runtime, "agentbus/agent:dev")
+    console.print(f"runtime: {chosen} ({why})")
+    stack = EmbeddedStack(
+        store_dir=store_dir, nats_port=port, gateway_port=gateway_port, prefix=prefix,
+        runtime=chosen, log_level=log_level, write_state=True,  # type: ignore[arg-type]
+    )  # fmt: skip
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    with console.status("starting nats-server and the five services"):
+        await stack.start()
+    code = 0
+    try:
+        console.print(f"NATS:    {stack.nats_url}  (prefix {prefix})")
+        console.print(f"gateway: {stack.gateway_url}")
+        console.print(f"logs:    {stack.log_dir}")
+        console.print(f"state:   {state_file_path()}")
+        console.print("ready; Ctrl-C stops the stack")
+        while not stop.is_set():
+            if failed := stack.failed():
+                name, rc = next(iter(failed.items()))
+                err_console.print(
+                    f"[red]{name} exited with code {rc}[/red]\n{stack.log_tail(name)}"
+                )
+                code = 1
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
+    finally:
+        with console.status("stopping"):
+            await stack.stop()
+    console.print("stopped")
+    return code
+
+
+@demo_app.command("review")
+def demo_review(
+    path: Annotated[Path | None, typer.Argument(help="Tree to review (default: stdlib).")] = None,
+    replicas: Annotated[int, typer.Option(min=1, max=1000)] = 4,
+    runtime: Annotated[Runtime, typer.Option(help="Runtime of an embedded stack.")] = "auto",
+    json_file: Annotated[Path | None, typer.Option("--json", help="Write the report.")] = None,
+    image: Annotated[
+        str, typer.Option(help="Agent image (docker runtime).")
+    ] = "agentbus/agent:dev",
+    timeout_s: Annotated[float, typer.Option(min=1, help="Wait this long for results.")] = 3600.0,
+    nats_url: NatsUrl = None,
+    prefix: Prefix = None,
+) -> None:
+    """Review every *.py file under PATH with a fleet of reviewer agents."""
+    from agentbus.demo import review
+
+    settings = resolve_settings(nats_url, prefix)
+    run(review(path, settings=settings, replicas=replicas, runtime=runtime, image=image,
+                json_path=json_file, console=console, timeout_s=timeout_s))  # fmt: skip

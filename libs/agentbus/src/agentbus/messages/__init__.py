@@ -1,0 +1,158 @@
+"""The wire contract: every payload on the bus, as tagged, frozen msgspec Structs.
+
+Every message is JSON with a ``"type"`` member naming its class, so ``nats sub`` and
+``nats kv get`` show readable payloads and a reader can dispatch on the type. Rules
+(msgspec's schema-evolution guide): new fields get defaults, a field's type never
+changes, unknown fields are ignored by readers. Times are RFC 3339 UTC strings.
+``docs/protocol.md`` says which message goes on which subject; the JSON Schema in
+``libs/agentbus/schema/messages.json`` is generated from this module.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from agentbus.messages import checkpoint as _checkpoint
+from agentbus.messages import common as _common
+from agentbus.messages import events as _events
+from agentbus.messages import fleet as _fleet
+from agentbus.messages import registry as _registry
+from agentbus.messages import services as _services
+from agentbus.messages import tasks as _tasks
+from agentbus.messages.checkpoint import (
+    Checkpoint,
+    CheckpointHead,
+    CheckpointReply,
+    GetCheckpoint,
+    PutCheckpoint,
+)
+from agentbus.messages.common import (
+    NULL,
+    TERMINAL_STATUSES,
+    BlobRef,
+    ErrorInfo,
+    Message,
+    RestartPolicy,
+    RuntimeKind,
+    TaskStatus,
+    Token,
+    utcnow,
+)
+from agentbus.messages.events import (
+    AgentEvent,
+    ErrorEvent,
+    NodeEvent,
+    ReplicaEvent,
+    TaskEvent,
+)
+from agentbus.messages.fleet import (
+    DeleteDeployment,
+    Deploy,
+    Deployment,
+    DeployReply,
+    GetNodeStatus,
+    NodeStatusReply,
+    Placement,
+    ReplicaState,
+    ReplicaStatus,
+)
+from agentbus.messages.registry import (
+    AgentInfo,
+    AgentsReply,
+    ListAgents,
+    ListNodes,
+    NodeInfo,
+    NodesReply,
+)
+from agentbus.messages.services import (
+    GetHealth,
+    HealthReply,
+)
+from agentbus.messages.tasks import (
+    AgentReport,
+    Attempt,
+    GetTask,
+    SubmitReply,
+    SubmitTask,
+    SubmitTasks,
+    SubmitTasksReply,
+    Task,
+    TaskRecord,
+    TaskReply,
+    TaskResult,
+    TaskStarted,
+)
+
+encoder = msgspec.json.Encoder()
+encode = encoder.encode
+decode_report = msgspec.json.Decoder(AgentReport).decode
+decode_task = msgspec.json.Decoder(Task).decode
+decode_record = msgspec.json.Decoder(TaskRecord).decode
+
+ALL_MESSAGES: tuple[type[Message], ...] = (
+    *_common.MESSAGES,
+    *_tasks.MESSAGES,
+    *_events.MESSAGES,
+    *_registry.MESSAGES,
+    *_fleet.MESSAGES,
+    *_checkpoint.MESSAGES,
+    *_services.MESSAGES,
+)
+
+__all__ = [
+    "ALL_MESSAGES",
+    "NULL",
+    "TERMINAL_STATUSES",
+    "AgentEvent",
+    "AgentInfo",
+    "AgentReport",
+    "AgentsReply",
+    "Attempt",
+    "BlobRef",
+    "Checkpoint",
+    "CheckpointHead",
+    "CheckpointReply",
+    "DeleteDeployment",
+    "Deploy",
+    "DeployReply",
+    "Deployment",
+    "ErrorEvent",
+    "ErrorInfo",
+    "GetCheckpoint",
+    "GetHealth",
+    "GetNodeStatus",
+    "GetTask",
+    "HealthReply",
+    "ListAgents",
+    "ListNodes",
+    "Message",
+    "NodeEvent",
+    "NodeInfo",
+    "NodeStatusReply",
+    "NodesReply",
+    "Placement",
+    "PutCheckpoint",
+    "ReplicaEvent",
+    "ReplicaState",
+    "ReplicaStatus",
+    "RestartPolicy",
+    "RuntimeKind",
+    "SubmitReply",
+    "SubmitTask",
+    "SubmitTasks",
+    "SubmitTasksReply",
+    "Task",
+    "TaskEvent",
+    "TaskRecord",
+    "TaskReply",
+    "TaskResult",
+    "TaskStarted",
+    "TaskStatus",
+    "Token",
+    "decode_record",
+    "decode_report",
+    "decode_task",
+    "encode",
+    "encoder",
+    "utcnow",
+]

@@ -1,0 +1,51 @@
+"""Shared pieces of the wire contract: the base class, identifiers, errors, blob refs."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+
+import msgspec
+
+Token = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
+"""A subject-safe identifier: capability, agent id, node id, deployment name."""
+
+TaskStatus = Literal["queued", "running", "succeeded", "failed", "cancelled", "expired", "dead"]
+TERMINAL_STATUSES: frozenset[str] = frozenset(
+    {"succeeded", "failed", "cancelled", "expired", "dead"}
+)
+RuntimeKind = Literal["docker", "process"]
+RestartPolicy = Literal["always", "on-failure", "never"]
+NULL = msgspec.Raw(b"null")
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+class Message(msgspec.Struct, frozen=True, tag=True, kw_only=True):
+    """Base of every payload on the bus; encodes with ``"type": "<ClassName>"``."""
+
+
+class ErrorInfo(Message, frozen=True, kw_only=True):
+    """Why something failed: the exception type name and a one-line message."""
+
+    error_type: str
+    message: str
+    retryable: bool = False
+
+
+class BlobRef(Message, frozen=True, kw_only=True):
+    """A value stored in the Object Store instead of inline (over the inline limit)."""
+
+    bucket: str
+    name: str
+    size_bytes: int
+    sha256: str
+
+
+MESSAGES: tuple[type[Message], ...] = (
+    ErrorInfo,
+    BlobRef,
+)

@@ -1,0 +1,77 @@
+"""Events on the events stream: task, agent, replica, node and error events."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from agentbus.messages.common import (
+    ErrorInfo,
+    Message,
+    TaskStatus,
+)
+
+
+class TaskEvent(Message, frozen=True, kw_only=True):
+    """Event on ``<p>.events.task.<status>``: a task changed status."""
+
+    task_id: str
+    capability: str
+    status: TaskStatus
+    at: datetime
+    attempt: int = 0
+    agent_id: str | None = None
+    error: ErrorInfo | None = None
+
+
+class AgentEvent(Message, frozen=True, kw_only=True):
+    """Event on ``<p>.events.agent.<kind>``: an agent joined, left or was lost."""
+
+    agent_id: str
+    kind: Literal["joined", "left", "lost"]
+    at: datetime
+    name: str = ""
+    node_id: str | None = None
+
+
+class ReplicaEvent(Message, frozen=True, kw_only=True):
+    """Event on ``<p>.events.replica.<kind>``: a supervisor acted on a replica."""
+
+    node_id: str
+    deployment: str
+    replica: int
+    kind: Literal["started", "exited", "restarting", "stopped", "failed"]
+    at: datetime
+    agent_id: str = ""
+    exit_code: int | None = None
+    restarts: int = 0
+    reason: str = ""
+
+
+class ErrorEvent(Message, frozen=True, kw_only=True):
+    """Event on ``<p>.events.error.<service>``: a message could not be processed."""
+
+    service: str
+    subject: str
+    reason: str
+    at: datetime
+
+
+class NodeEvent(Message, frozen=True, kw_only=True):
+    """Event on ``<p>.events.node.<kind>``: a node joined, left or was lost.
+
+    ``left``: its supervisor deleted its entry; ``lost``: the entry expired (TTL).
+    """
+
+    node_id: str
+    kind: Literal["joined", "left", "lost"]
+    at: datetime
+
+
+MESSAGES: tuple[type[Message], ...] = (
+    TaskEvent,
+    AgentEvent,
+    ReplicaEvent,
+    ErrorEvent,
+    NodeEvent,
+)

@@ -1,0 +1,75 @@
+"""Registry entries (agents, nodes) and the registry's requests and replies."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from agentbus.messages.common import (
+    Message,
+    RuntimeKind,
+)
+
+
+class AgentInfo(Message, frozen=True, kw_only=True):
+    """An agent's heartbeat entry in KV ``<p>_agents`` (key = agent id)."""
+
+    agent_id: str
+    name: str
+    capabilities: list[str]
+    started_at: datetime
+    heartbeat_at: datetime
+    status: Literal["ready", "busy", "stopping"] = "ready"
+    in_flight: int = 0
+    max_concurrency: int = 1
+    node_id: str | None = None
+    deployment: str | None = None
+    replica: int | None = None
+    pid: int | None = None
+    hostname: str = ""
+    version: str = ""
+
+
+class NodeInfo(Message, frozen=True, kw_only=True):
+    """A supervisor's heartbeat entry in KV ``<p>_nodes`` (key = node id)."""
+
+    node_id: str
+    runtime: RuntimeKind
+    started_at: datetime
+    heartbeat_at: datetime
+    labels: dict[str, str] = {}
+    capacity_replicas: int = 64
+    replicas: int = 0
+    hostname: str = ""
+
+
+class ListAgents(Message, frozen=True, kw_only=True):
+    """Request to the registry (``<p>.registry.agents``), optionally by capability."""
+
+    capability: str | None = None
+
+
+class AgentsReply(Message, frozen=True, kw_only=True):
+    """Live agents, sorted by agent id."""
+
+    agents: list[AgentInfo]
+
+
+class ListNodes(Message, frozen=True, kw_only=True):
+    """Request to the registry (``<p>.registry.nodes``)."""
+
+
+class NodesReply(Message, frozen=True, kw_only=True):
+    """Live nodes, sorted by node id."""
+
+    nodes: list[NodeInfo]
+
+
+MESSAGES: tuple[type[Message], ...] = (
+    AgentInfo,
+    NodeInfo,
+    ListAgents,
+    AgentsReply,
+    ListNodes,
+    NodesReply,
+)

@@ -1,0 +1,171 @@
+"""Tasks: submit commands, the task record, the work item and agent reports."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+import msgspec
+
+from agentbus.messages.common import (
+    NULL,
+    TERMINAL_STATUSES,
+    BlobRef,
+    ErrorInfo,
+    Message,
+    TaskStatus,
+    Token,
+)
+
+
+class SubmitTask(Message, frozen=True, kw_only=True):
+    """Command to the scheduler (``<p>.scheduler.submit``): queue one task.
+
+    ``task_id`` is the idempotency key: submitting the same id again returns the
+    existing task unchanged. ``input`` is any JSON value; inputs over the inline limit
+    travel as ``input_ref`` into the Object Store with ``input`` null.
+    """
+
+    capability: Token
+    input: msgspec.Raw = NULL
+    input_ref: BlobRef | None = None
+    task_id: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,128}$")] | None = None
+    priority: Annotated[int, msgspec.Meta(ge=0, le=9)] = 0
+    max_attempts: Annotated[int, msgspec.Meta(ge=1, le=100)] = 3
+    timeout_s: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    parent_id: str | None = None
+    tenant: str | None = None
+    metadata: dict[str, str] = {}
+
+
+class SubmitTasks(Message, frozen=True, kw_only=True):
+    """Command to the scheduler (``<p>.scheduler.submit_batch``): queue many tasks."""
+
+    tasks: list[SubmitTask]
+
+
+class Attempt(Message, frozen=True, kw_only=True):
+    """One delivery of a task to an agent, as recorded by the scheduler."""
+
+    number: int
+    agent_id: str
+    started_at: datetime
+    finished_at: datetime | None = None
+    status: Literal["running", "succeeded", "failed"] = "running"
+    error: ErrorInfo | None = None
+
+
+class TaskRecord(Message, frozen=True, kw_only=True):
+    """The task's state of record in KV ``<p>_tasks`` (key = task id)."""
+
+    task_id: str
+    capability: str
+    status: TaskStatus
+    created_at: datetime
+    updated_at: datetime
+    input: msgspec.Raw = NULL
+    input_ref: BlobRef | None = None
+    priority: int = 0
+    max_attempts: int = 3
+    timeout_s: float | None = None
+    parent_id: str | None = None
+    tenant: str | None = None
+    metadata: dict[str, str] = {}
+    attempts: list[Attempt] = []
+    agent_id: str | None = None
+    output: msgspec.Raw = NULL
+    output_ref: BlobRef | None = None
+    error: ErrorInfo | None = None
+    finished_at: datetime | None = None
+
+    @property
+    def terminal(self) -> bool:
+        """Whether the task has reached a final status."""
+        return self.status in TERMINAL_STATUSES
+
+
+class SubmitReply(Message, frozen=True, kw_only=True):
+    """Reply to a submit: the task record and whether this call created it."""
+
+    task: TaskRecord
+    created: bool
+
+
+class SubmitTasksReply(Message, frozen=True, kw_only=True):
+    """Reply to a batch submit, one entry per submitted task, in order."""
+
+    results: list[SubmitReply]
+
+
+class GetTask(Message, frozen=True, kw_only=True):
+    """Request to the scheduler (``<p>.scheduler.get``): one task record."""
+
+    task_id: str
+
+
+class TaskReply(Message, frozen=True, kw_only=True):
+    """Reply carrying one task record."""
+
+    task: TaskRecord
+
+
+class Task(Message, frozen=True, kw_only=True):
+    """A unit of work on the work stream ``<p>.tasks.<capability>``.
+
+    Header ``Nats-Msg-Id`` = ``task_id``. The delivery count (attempt number) is the
+    JetStream metadata ``num_delivered``.
+    """
+
+    task_id: str
+    capability: str
+    input: msgspec.Raw = NULL
+    input_ref: BlobRef | None = None
+    priority: int = 0
+    timeout_s: float | None = None
+    parent_id: str | None = None
+    metadata: dict[str, str] = {}
+
+
+class TaskStarted(Message, frozen=True, kw_only=True):
+    """Agent report on ``<p>.results.<capability>``: a handler started the task."""
+
+    task_id: str
+    agent_id: str
+    attempt: int
+    started_at: datetime
+
+
+class TaskResult(Message, frozen=True, kw_only=True):
+    """Agent report on ``<p>.results.<capability>``: the attempt finished.
+
+    ``status`` ``succeeded`` carries ``output`` (or ``output_ref``); ``failed`` carries
+    ``error``. The scheduler applies the first result per task id and drops the rest.
+    """
+
+    task_id: str
+    agent_id: str
+    attempt: int
+    status: Literal["succeeded", "failed"]
+    started_at: datetime
+    finished_at: datetime
+    output: msgspec.Raw = NULL
+    output_ref: BlobRef | None = None
+    error: ErrorInfo | None = None
+
+
+AgentReport = TaskStarted | TaskResult
+
+
+MESSAGES: tuple[type[Message], ...] = (
+    SubmitTask,
+    SubmitTasks,
+    Attempt,
+    TaskRecord,
+    SubmitReply,
+    SubmitTasksReply,
+    GetTask,
+    TaskReply,
+    Task,
+    TaskStarted,
+    TaskResult,
+)
