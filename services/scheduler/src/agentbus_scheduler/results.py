@@ -102,7 +102,7 @@ def apply_report(
         agent_id=report.agent_id,
         started_at=report.started_at,
         finished_at=report.finished_at,
-        status=report.status,
+        status="failed" if report.status == "dead" else report.status,
         error=report.error,
     )
     updated = msgspec.structs.replace(

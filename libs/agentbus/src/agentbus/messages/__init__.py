@@ -29,6 +29,7 @@ from agentbus.messages.checkpoint import (
 from agentbus.messages.common import (
     NULL,
     TERMINAL_STATUSES,
+    Backoff,
     BlobRef,
     ErrorInfo,
     Message,
@@ -108,6 +109,7 @@ __all__ = [
     "AgentReport",
     "AgentsReply",
     "Attempt",
+    "Backoff",
     "BlobRef",
     "Checkpoint",
     "CheckpointHead",

@@ -45,7 +45,22 @@ class BlobRef(Message, frozen=True, kw_only=True):
     sha256: str
 
 
+class Backoff(Message, frozen=True, kw_only=True):
+    """Exponential backoff with jitter between retries (tasks) or restarts (replicas).
+
+    Delay before retry ``n`` (1-based): ``min(max_s, initial_s * factor**(n-1))``, then
+    "equal jitter" (AWS Architecture Blog, "Exponential Backoff And Jitter", 2015): a
+    uniform draw in ``[d * (1 - jitter), d]``. ``agentbus.retry.backoff_s`` computes it.
+    """
+
+    initial_s: Annotated[float, msgspec.Meta(ge=0)] = 1.0
+    factor: Annotated[float, msgspec.Meta(ge=1)] = 2.0
+    max_s: Annotated[float, msgspec.Meta(ge=0)] = 60.0
+    jitter: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.5
+
+
 MESSAGES: tuple[type[Message], ...] = (
     ErrorInfo,
     BlobRef,
+    Backoff,
 )

@@ -10,6 +10,7 @@ import msgspec
 from agentbus.messages.common import (
     NULL,
     TERMINAL_STATUSES,
+    Backoff,
     BlobRef,
     ErrorInfo,
     Message,
@@ -36,6 +37,10 @@ class SubmitTask(Message, frozen=True, kw_only=True):
     parent_id: str | None = None
     tenant: str | None = None
     metadata: dict[str, str] = {}
+    deadline: datetime | None = None
+    """Absolute time after which the task never starts (it ends ``expired``)."""
+    backoff: Backoff | None = None
+    """Delay between attempts; ``None`` takes ``Backoff()``'s defaults."""
 
 
 class SubmitTasks(Message, frozen=True, kw_only=True):
@@ -51,7 +56,7 @@ class Attempt(Message, frozen=True, kw_only=True):
     agent_id: str
     started_at: datetime
     finished_at: datetime | None = None
-    status: Literal["running", "succeeded", "failed"] = "running"
+    status: Literal["running", "succeeded", "failed", "lost", "cancelled", "expired"] = "running"
     error: ErrorInfo | None = None
 
 
@@ -77,6 +82,14 @@ class TaskRecord(Message, frozen=True, kw_only=True):
     output_ref: BlobRef | None = None
     error: ErrorInfo | None = None
     finished_at: datetime | None = None
+    deadline: datetime | None = None
+    backoff: Backoff | None = None
+    children: list[str] = []
+    """Ids of the subtasks submitted with this task as ``parent_id``, in order."""
+    stream_seq: int | None = None
+    """Sequence of the task's message in ``<P>_TASKS`` (to delete it on cancel/expiry)."""
+    next_attempt_at: datetime | None = None
+    """When a ``queued`` task that failed retryably becomes deliverable again."""
 
     @property
     def terminal(self) -> bool:
@@ -124,6 +137,10 @@ class Task(Message, frozen=True, kw_only=True):
     timeout_s: float | None = None
     parent_id: str | None = None
     metadata: dict[str, str] = {}
+    max_attempts: int = 3
+    deadline: datetime | None = None
+    backoff: Backoff | None = None
+    tenant: str | None = None
 
 
 class TaskStarted(Message, frozen=True, kw_only=True):
@@ -145,12 +162,14 @@ class TaskResult(Message, frozen=True, kw_only=True):
     task_id: str
     agent_id: str
     attempt: int
-    status: Literal["succeeded", "failed"]
+    status: Literal["succeeded", "failed", "cancelled", "expired", "dead"]
     started_at: datetime
     finished_at: datetime
     output: msgspec.Raw = NULL
     output_ref: BlobRef | None = None
     error: ErrorInfo | None = None
+    retry_in_s: float | None = None
+    """Set on a retryable failure the agent returned (nak) with this delay."""
 
 
 AgentReport = TaskStarted | TaskResult
