@@ -10,7 +10,7 @@ import aiodocker
 import pytest
 
 from agentbus.bus import Bus
-from agentbus.messages import Deployment
+from agentbus.messages import Backoff, Deployment
 from agentbus_supervisor.docker_runtime import DockerRuntime
 from agentbus_supervisor.runtime import build_spec
 from agentbus_supervisor.settings import SupervisorSettings
@@ -49,7 +49,7 @@ async def containers_of(docker: aiodocker.Docker, node_id: str) -> list[dict[str
 
 def sleeper() -> Deployment:
     return Deployment(
-        name="sleeper", image=BASE_IMAGE, image_command=SLEEP_CMD, backoff_initial_s=0.1
+        name="sleeper", image=BASE_IMAGE, image_command=SLEEP_CMD, backoff=Backoff(initial_s=0.1)
     )
 
 

@@ -14,6 +14,7 @@ import pytest
 
 from agentbus.bus import Bus
 from agentbus.messages import (
+    Backoff,
     Deployment,
     NodeInfo,
 )
@@ -49,7 +50,9 @@ def settings(node_id: str, **kw: Any) -> SupervisorSettings:
 
 
 async def test_reconcile_start_restart_and_stop(bus: Bus, events: EventLog, node_id: str) -> None:
-    await put_deployment(bus, Deployment(name="sleeper", command=SLEEP, backoff_initial_s=0.1))
+    await put_deployment(
+        bus, Deployment(name="sleeper", command=SLEEP, backoff=Backoff(initial_s=0.1))
+    )
     await place(bus, "sleeper", 0, node_id)
     await place(bus, "sleeper", 1, "some-other-node")
     async with running_supervisor(bus, settings(node_id, labels={"zone": "a"})):
@@ -100,9 +103,7 @@ async def test_backoff_grows_on_repeated_crashes(bus: Bus, events: EventLog, nod
     dep = Deployment(
         name="crasher",
         command=crash,
-        backoff_initial_s=0.2,
-        backoff_factor=2.0,
-        backoff_max_s=30.0,
+        backoff=Backoff(initial_s=0.2, factor=2.0, max_s=30.0),
     )
     await put_deployment(bus, dep)
     await place(bus, "crasher", 0, node_id)
@@ -118,7 +119,7 @@ async def test_backoff_grows_on_repeated_crashes(bus: Bus, events: EventLog, nod
         await eventually(_probe, timeout_s=30, every_s=0.02)
         assert seen == sorted(seen)
         assert seen[-1] > 2 * seen[0]
-        assert 0.18 <= seen[0] <= 0.22  # initial backoff, ±10 % jitter
+        assert 0.1 <= seen[0] <= 0.2  # initial backoff 0.2 s, equal jitter 0.5
         restarting = events.of("restarting", "crasher-0")
         assert [e.restarts for e in restarting[:3]] == [1, 2, 3]
         assert all(e.exit_code == 1 for e in restarting)

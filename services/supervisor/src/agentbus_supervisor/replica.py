@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from agentbus.bus import Bus
 from agentbus.errors import AgentBusError, ContractError
+from agentbus.retry import backoff_s
 from agentbus.messages import Deployment, ReplicaEvent, ReplicaState, ReplicaStatus, utcnow
 from agentbus_supervisor.runtime import ExitInfo, ReplicaHandle, ReplicaSpec, Runtime
 
@@ -81,11 +82,9 @@ class RunnerContext:
     log_line_max_bytes: int = 8192
 
 
-def backoff_delay_s(deployment: Deployment, n: int, *, jitter: float = 0.1) -> float:
+def backoff_delay_s(deployment: Deployment, n: int) -> float:
     """Delay before the ``n``-th consecutive restart (n = 0 for the first), seconds."""
-    base = deployment.backoff_initial_s * deployment.backoff_factor**n
-    factor = 1.0 + random.uniform(-jitter, jitter)
-    return min(base, deployment.backoff_max_s) * factor
+    return backoff_s(deployment.backoff, n + 1)
 
 
 class ReplicaRunner:
@@ -188,7 +187,7 @@ class ReplicaRunner:
                     )
                     await self._event("failed", reason=str(exc))
                     # Retry slowly: the image may yet be built or loaded on this node.
-                    await asyncio.sleep(self.deployment.backoff_max_s)
+                    await asyncio.sleep(self.deployment.backoff.max_s)
                     continue
                 except AgentBusError as exc:
                     self.ctx.metrics.starts.labels("failed").inc()

@@ -8,11 +8,52 @@ from typing import Annotated, Literal
 import msgspec
 
 from agentbus.messages.common import (
+    Backoff,
     Message,
     RestartPolicy,
     Token,
 )
 from agentbus.messages.registry import NodeInfo
+
+
+class Limits(Message, frozen=True, kw_only=True):
+    """Hard limits of one replica, enforced by the runtime (cgroups on docker/podman).
+
+    ``memory_bytes``: past it the replica is OOM-killed (and restarted by policy);
+    ``cpus``: CPU quota in cores (0.5 = half a core); ``pids``: max processes/threads.
+    """
+
+    memory_bytes: Annotated[int, msgspec.Meta(ge=4 * 1024 * 1024)] | None = None
+    cpus: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    pids: Annotated[int, msgspec.Meta(ge=8)] | None = None
+
+
+class Resources(Message, frozen=True, kw_only=True):
+    """What one replica declares it needs; placement fits it into node capacity."""
+
+    cpus: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    memory_bytes: Annotated[int, msgspec.Meta(ge=0)] = 0
+
+
+class HealthCheck(Message, frozen=True, kw_only=True):
+    """A command run inside the replica every ``interval_s``; exit 0 = healthy.
+
+    ``retries`` consecutive failures (each bounded by ``timeout_s``) after
+    ``start_period_s`` make the replica unhealthy, and the supervisor restarts it.
+    """
+
+    command: list[str]
+    interval_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 5.0
+    retries: Annotated[int, msgspec.Meta(ge=1)] = 3
+    start_period_s: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+
+
+class CrashLoop(Message, frozen=True, kw_only=True):
+    """``max_restarts`` restarts within ``window_s`` mark a replica ``crash-loop``."""
+
+    max_restarts: Annotated[int, msgspec.Meta(ge=1)] = 5
+    window_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0
 
 
 class Deployment(Message, frozen=True, kw_only=True):
@@ -30,12 +71,25 @@ class Deployment(Message, frozen=True, kw_only=True):
     capabilities: list[str] = []
     env: dict[str, str] = {}
     restart_policy: RestartPolicy = "always"
-    backoff_initial_s: Annotated[float, msgspec.Meta(gt=0)] = 0.5
-    backoff_factor: Annotated[float, msgspec.Meta(ge=1)] = 2.0
-    backoff_max_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    backoff: Backoff = Backoff(initial_s=0.5, factor=2.0, max_s=30.0)
+    backoff_reset_s: Annotated[float, msgspec.Meta(ge=0)] = 10.0
+    """Uptime after which a replica counts as healthy and its backoff starts over."""
+    crash_loop: CrashLoop = CrashLoop()
     max_concurrency: Annotated[int, msgspec.Meta(ge=1)] = 1
     image_command: list[str] | None = None
     """Overrides the image's CMD on docker nodes (``command`` is for processes)."""
+    limits: Limits = Limits()
+    resources: Resources = Resources()
+    health: HealthCheck | None = None
+    heartbeat_timeout_s: Annotated[float, msgspec.Meta(gt=0)] | None = 15.0
+    """A running replica whose agent has not heartbeated for this long is restarted
+    (hung process); ``None`` disables the check."""
+    node_selector: dict[str, str] = {}
+    """Placement constraint: only nodes whose labels include all these pairs."""
+    spread: Literal["node", "none"] = "node"
+    """``node``: spread replicas evenly over eligible nodes; ``none``: pack."""
+    stop_grace_s: Annotated[float, msgspec.Meta(ge=0)] = 10.0
+    """SIGTERM, then this long to finish or return the task, then SIGKILL."""
 
 
 class Deploy(Message, frozen=True, kw_only=True):
@@ -70,7 +124,9 @@ class GetNodeStatus(Message, frozen=True, kw_only=True):
     """Request to one supervisor (``<p>.supervisor.<node_id>.status``)."""
 
 
-ReplicaState = Literal["starting", "running", "backoff", "exited", "failed", "stopping"]
+ReplicaState = Literal[
+    "starting", "running", "backoff", "crash-loop", "exited", "failed", "stopping"
+]
 
 
 class ReplicaStatus(Message, frozen=True, kw_only=True):

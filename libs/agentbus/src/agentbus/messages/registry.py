@@ -39,6 +39,10 @@ class NodeInfo(Message, frozen=True, kw_only=True):
     heartbeat_at: datetime
     labels: dict[str, str] = {}
     capacity_replicas: int = 64
+    capacity_cpus: float = 0.0
+    """CPUs replicas may declare in total (``Resources.cpus``); 0 = not limited."""
+    capacity_memory_bytes: int = 0
+    """Memory replicas may declare in total; 0 = not limited."""
     replicas: int = 0
     hostname: str = ""
 
