@@ -41,6 +41,7 @@ from agentbus import __version__
 from agentbus.blobs import pack, unpack
 from agentbus.bus import Bus
 from agentbus.client import Client
+from agentbus.context import TaskContext as TaskContext  # re-exported
 from agentbus.errors import AgentBusError, ContractError
 from agentbus.log import configure_logging
 from agentbus.messages import (
@@ -58,7 +59,7 @@ from agentbus.names import Names, check_token
 from agentbus.service import connect_with_retry
 from agentbus.settings import AgentSettings, BusSettings
 
-Handler = Callable[["TaskContext", Any], Awaitable[Any]]
+Handler = Callable[[TaskContext, Any], Awaitable[Any]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,30 +67,6 @@ class _Route:
     capability: str
     fn: Handler
     input_type: Any
-
-
-@dataclass(frozen=True, slots=True)
-class TaskContext:
-    """What a handler gets besides its input.
-
-    Attributes:
-        task: the task message (id, capability, metadata, ...).
-        attempt: delivery number of this attempt, from 1.
-        agent_id: id of the agent running the handler.
-        bus: the agent's connection.
-        client: a ``Client`` on that connection (submit subtasks, read records).
-    """
-
-    task: Task
-    attempt: int
-    agent_id: str
-    bus: Bus
-    client: Client
-
-    @property
-    def task_id(self) -> str:
-        """The task's id."""
-        return self.task.task_id
 
 
 def _one_line(text: str, limit: int = 500) -> str:

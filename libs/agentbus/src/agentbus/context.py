@@ -1,0 +1,38 @@
+"""What a task handler gets besides its input: ``TaskContext``.
+
+A handler is ``async def fn(ctx: TaskContext, input) -> output``. The context names
+the task and the attempt and carries the agent's connection, so a handler can submit
+subtasks and read records without opening a connection of its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from agentbus.bus import Bus
+from agentbus.client import Client
+from agentbus.messages import Task
+
+
+@dataclass(frozen=True, slots=True)
+class TaskContext:
+    """What a handler gets besides its input.
+
+    Attributes:
+        task: the task message (id, capability, metadata, ...).
+        attempt: delivery number of this attempt, from 1.
+        agent_id: id of the agent running the handler.
+        bus: the agent's connection.
+        client: a ``Client`` on that connection (submit subtasks, read records).
+    """
+
+    task: Task
+    attempt: int
+    agent_id: str
+    bus: Bus
+    client: Client
+
+    @property
+    def task_id(self) -> str:
+        """The task's id."""
+        return self.task.task_id
