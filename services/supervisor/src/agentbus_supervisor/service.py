@@ -126,6 +126,8 @@ class Supervisor:
             heartbeat_at=utcnow(),
             labels=dict(self.settings.labels),
             capacity_replicas=self.settings.capacity_replicas,
+            capacity_cpus=self.settings.capacity_cpus,
+            capacity_memory_bytes=self.settings.capacity_memory_bytes,
             replicas=len(self.runners),
             hostname=socket.gethostname(),
         )

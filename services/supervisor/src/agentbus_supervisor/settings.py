@@ -9,7 +9,7 @@ import re
 import socket
 from typing import Literal
 
-from pydantic import Field, PositiveFloat, PositiveInt
+from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -32,6 +32,10 @@ class SupervisorSettings(BaseSettings):
     """Node labels for placement (JSON object in the environment)."""
     capacity_replicas: PositiveInt = 64
     """Replicas this node accepts; published in its ``NodeInfo``."""
+    capacity_cpus: NonNegativeFloat = 0.0
+    """CPUs that placed replicas may declare in total (``resources.cpus``); 0 = no limit."""
+    capacity_memory_bytes: NonNegativeInt = 0
+    """Memory placed replicas may declare in total (``resources.memory_bytes``); 0 = no limit."""
     heartbeat_s: PositiveFloat = 2.0
     """Interval between ``NodeInfo`` puts into KV ``<p>_nodes``."""
     agent_nats_url: str | None = None

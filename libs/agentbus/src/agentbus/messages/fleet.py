@@ -113,11 +113,60 @@ class Placement(Message, frozen=True, kw_only=True):
     placed_at: datetime
 
 
+class UnplacedReplica(Message, frozen=True, kw_only=True):
+    """A replica that no live node can take now; placement retries on every change.
+
+    ``reason`` names the rule that excluded the last candidates, e.g. ``no live node
+    matches node_selector {'gpu': 'yes'}`` or ``no eligible node has 2.0 cpus free``.
+    """
+
+    deployment: str
+    replica: int
+    reason: str
+
+
 class DeployReply(Message, frozen=True, kw_only=True):
-    """Reply to deploy: the stored spec and its current placements."""
+    """Reply to deploy: the stored spec, its current placements and unplaced replicas."""
 
     deployment: Deployment
     placements: list[Placement] = []
+    unplaced: list[UnplacedReplica] = []
+
+
+class ListPlacements(Message, frozen=True, kw_only=True):
+    """Request to the scheduler (``<p>.scheduler.placements``), optionally of one deployment."""
+
+    deployment: str | None = None
+
+
+class PlacementsReply(Message, frozen=True, kw_only=True):
+    """Placements (by deployment, replica) and the replicas that could not be placed."""
+
+    placements: list[Placement] = []
+    unplaced: list[UnplacedReplica] = []
+
+
+PlacementKind = Literal["placed", "moved", "removed", "unplaced"]
+
+
+class PlacementEvent(Message, frozen=True, kw_only=True):
+    """Event on ``<p>.events.placement.<kind>``: the placing scheduler changed a placement.
+
+    ``placed``: a replica got a node; ``moved``: it left ``previous_node_id`` (lost,
+    ineligible or over capacity, see ``reason``) for ``node_id``; ``removed``: scaled
+    down, deleted, or its node was lost with no other node to take it; ``unplaced``:
+    no node can take it now (emitted when the reason changes, not on every pass).
+    ``scheduler_id`` is the instance holding the placement lease.
+    """
+
+    deployment: str
+    replica: int
+    kind: PlacementKind
+    at: datetime
+    node_id: str | None = None
+    previous_node_id: str | None = None
+    reason: str = ""
+    scheduler_id: str = ""
 
 
 class GetNodeStatus(Message, frozen=True, kw_only=True):
@@ -161,7 +210,11 @@ MESSAGES: tuple[type[Message], ...] = (
     Deploy,
     DeleteDeployment,
     Placement,
+    UnplacedReplica,
     DeployReply,
+    ListPlacements,
+    PlacementsReply,
+    PlacementEvent,
     GetNodeStatus,
     ReplicaStatus,
     NodeStatusReply,
