@@ -48,6 +48,8 @@ TASK_RECORD_TTL_S = 7 * 24 * 3600.0
 EVENTS_MAX_AGE_S = 7 * 24 * 3600.0
 LOGS_MAX_AGE_S = 24 * 3600.0
 LOGS_MAX_BYTES = 256 * 1024 * 1024
+LOGS_MAX_MSGS_PER_AGENT = 10_000
+"""Lines kept per ``<p>.logs.<agent_id>`` subject: one chatty agent cannot evict the others."""
 ERROR_CODE_HEADER = "Nats-Service-Error-Code"
 ERROR_HEADER = "Nats-Service-Error"
 _DAY_S = 24 * 3600.0
@@ -174,6 +176,7 @@ class Bus:
                 storage=StorageType.FILE,
                 max_age=LOGS_MAX_AGE_S,
                 max_bytes=LOGS_MAX_BYTES,
+                max_msgs_per_subject=LOGS_MAX_MSGS_PER_AGENT,
             )
         )
         await self._ensure_kv(KeyValueConfig(n.tasks_bucket, history=1, ttl=TASK_RECORD_TTL_S))

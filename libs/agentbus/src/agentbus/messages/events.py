@@ -35,17 +35,27 @@ class AgentEvent(Message, frozen=True, kw_only=True):
 
 
 class ReplicaEvent(Message, frozen=True, kw_only=True):
-    """Event on ``<p>.events.replica.<kind>``: a supervisor acted on a replica."""
+    """Event on ``<p>.events.replica.<kind>``: a supervisor acted on a replica.
+
+    ``reason`` is a token: for ``exited``, ``restarting`` and ``crash-loop`` the cause
+    (``exit``, ``oom``, ``unhealthy``, ``heartbeat``); for ``started`` ``placed``,
+    ``restarted`` or ``adopted``; for ``stopped`` ``unplaced``, ``replaced`` or
+    ``supervisor-stopped``; for ``failed`` ``start-failed`` or ``bad-spec``. ``detail``
+    is one human-readable line (exit status, health check output, engine error).
+    ``crash-loop``: the restart that exceeded ``CrashLoop.max_restarts`` within
+    ``window_s``; restarts go on at the backoff cap.
+    """
 
     node_id: str
     deployment: str
     replica: int
-    kind: Literal["started", "exited", "restarting", "stopped", "failed"]
+    kind: Literal["started", "exited", "restarting", "crash-loop", "stopped", "failed"]
     at: datetime
     agent_id: str = ""
     exit_code: int | None = None
     restarts: int = 0
     reason: str = ""
+    detail: str = ""
 
 
 class ErrorEvent(Message, frozen=True, kw_only=True):

@@ -205,6 +205,25 @@ class NodeStatusReply(Message, frozen=True, kw_only=True):
     replicas: list[ReplicaStatus] = []
 
 
+class LogLine(Message, frozen=True, kw_only=True):
+    """One output line of a replica on ``<p>.logs.<agent_id>`` (stream ``<P>_LOGS``).
+
+    Shipped by the supervisor of ``node_id``: ``stream`` is ``stdout`` or ``stderr``,
+    ``at`` when the runtime read it (Docker's own timestamp for containers), ``line``
+    the text without its newline (cut at the supervisor's ``log_line_max_bytes``;
+    ``truncated`` then true). ``runtime_id`` is the container id or pid, so lines of
+    successive instances of one agent can be told apart.
+    """
+
+    agent_id: str
+    node_id: str
+    stream: Literal["stdout", "stderr"]
+    at: datetime
+    line: str
+    runtime_id: str = ""
+    truncated: bool = False
+
+
 MESSAGES: tuple[type[Message], ...] = (
     Deployment,
     Deploy,
@@ -218,4 +237,5 @@ MESSAGES: tuple[type[Message], ...] = (
     GetNodeStatus,
     ReplicaStatus,
     NodeStatusReply,
+    LogLine,
 )
