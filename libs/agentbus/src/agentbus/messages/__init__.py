@@ -50,6 +50,7 @@ from agentbus.messages.fleet import (
     DeleteDeployment,
     Deploy,
     Deployment,
+    DeploymentChange,
     DeployReply,
     GetNodeStatus,
     ListPlacements,
@@ -61,6 +62,7 @@ from agentbus.messages.fleet import (
     PlacementsReply,
     ReplicaState,
     ReplicaStatus,
+    ScaleDeployment,
     UnplacedReplica,
 )
 from agentbus.messages.registry import (
@@ -124,6 +126,7 @@ __all__ = [
     "Deploy",
     "DeployReply",
     "Deployment",
+    "DeploymentChange",
     "ErrorEvent",
     "ErrorInfo",
     "GetCheckpoint",
@@ -150,6 +153,7 @@ __all__ = [
     "ReplicaStatus",
     "RestartPolicy",
     "RuntimeKind",
+    "ScaleDeployment",
     "SubmitReply",
     "SubmitTask",
     "SubmitTasks",

@@ -104,6 +104,17 @@ class DeleteDeployment(Message, frozen=True, kw_only=True):
     name: str
 
 
+class ScaleDeployment(Message, frozen=True, kw_only=True):
+    """Command to the scheduler (``<p>.scheduler.scale``): set ``replicas`` only.
+
+    A compare-and-set on the stored spec, so a concurrent ``deploy`` of other fields
+    is never undone (the scale is retried on the newer spec).
+    """
+
+    name: str
+    replicas: Annotated[int, msgspec.Meta(ge=0, le=1000)]
+
+
 class Placement(Message, frozen=True, kw_only=True):
     """KV ``<p>_placements`` entry (key ``<deployment>.<replica>``): where it runs."""
 
@@ -125,12 +136,17 @@ class UnplacedReplica(Message, frozen=True, kw_only=True):
     reason: str
 
 
+DeploymentChange = Literal["created", "updated", "unchanged", "deleted"]
+
+
 class DeployReply(Message, frozen=True, kw_only=True):
     """Reply to deploy: the stored spec, its current placements and unplaced replicas."""
 
     deployment: Deployment
     placements: list[Placement] = []
     unplaced: list[UnplacedReplica] = []
+    change: DeploymentChange | None = None
+    """What the request did to the stored spec (None from older schedulers)."""
 
 
 class ListPlacements(Message, frozen=True, kw_only=True):
@@ -228,6 +244,7 @@ MESSAGES: tuple[type[Message], ...] = (
     Deployment,
     Deploy,
     DeleteDeployment,
+    ScaleDeployment,
     Placement,
     UnplacedReplica,
     DeployReply,
