@@ -26,10 +26,15 @@ from agentbus.messages import (
     Deploy,
     Deployment,
     DeployReply,
+    GetNodeStatus,
     ListAgents,
     ListNodes,
+    ListPlacements,
     NodeInfo,
     NodesReply,
+    NodeStatusReply,
+    PlacementsReply,
+    ScaleDeployment,
     SubmitReply,
     SubmitTask,
     SubmitTasks,
@@ -42,6 +47,7 @@ from agentbus.names import check_token
 from agentbus.settings import BusSettings
 
 T = TypeVar("T")
+S = TypeVar("S", bound=msgspec.Struct)
 _BATCH_MAX_BYTES = 512 * 1024
 _decode_event = msgspec.json.Decoder(TaskEvent).decode
 
@@ -259,6 +265,71 @@ class Client:
         return await self.bus.request(
             self.names.endpoint("scheduler", "delete"), DeleteDeployment(name=name), DeployReply
         )
+
+    async def scale(self, name: str, replicas: int) -> DeployReply:
+        """Set the replica count of deployment ``name`` (other fields stay as stored).
+
+        Raises:
+            NotFoundError: no such deployment.
+            ConflictError: the spec kept changing under the scheduler's compare-and-set.
+        """
+        return await self.bus.request(
+            self.names.endpoint("scheduler", "scale"),
+            ScaleDeployment(name=name, replicas=replicas),
+            DeployReply,
+        )
+
+    async def placements(self, deployment: str | None = None) -> PlacementsReply:
+        """Placements and unplaced replicas (with reasons) of one deployment, or all."""
+        return await self.bus.request(
+            self.names.endpoint("scheduler", "placements"),
+            ListPlacements(deployment=deployment),
+            PlacementsReply,
+        )
+
+    async def deployments(self) -> dict[str, Deployment]:
+        """Stored deployment specs by name (read from KV ``<p>_deployments``)."""
+        return await self.bucket_values(self.names.deployments_bucket, Deployment)
+
+    async def node_status(self, node_id: str, *, timeout_s: float | None = None) -> NodeStatusReply:
+        """What node ``node_id``'s supervisor runs (``<p>.supervisor.<node_id>.status``).
+
+        Raises:
+            UnavailableError: no supervisor of that node answers.
+            RequestTimeoutError: no reply within ``timeout_s`` (default from settings).
+        """
+        return await self.bus.request(
+            f"{self.names.prefix}.supervisor.{node_id}.status",
+            GetNodeStatus(),
+            NodeStatusReply,
+            timeout_s=timeout_s,
+        )
+
+    async def bucket_values(self, bucket: str, type_: type[S]) -> dict[str, S]:
+        """Every current entry of KV ``bucket`` decoded as ``type_``, by key.
+
+        One watch replay (not ``keys()`` plus a get per key, which can end early under
+        concurrent writes, nats.py #995); entries that do not decode are skipped.
+
+        Raises:
+            UnavailableError: the bucket does not exist.
+        """
+        kv = await self.bus.kv(bucket)
+        decoder = msgspec.json.Decoder(type_)
+        found: dict[str, S] = {}
+        watcher = await kv.watchall(ignore_deletes=True)
+        try:
+            async for entry in watcher:
+                if entry is None:
+                    break
+                if entry.operation is None and entry.value:
+                    try:
+                        found[entry.key] = decoder.decode(entry.value)
+                    except (msgspec.DecodeError, msgspec.ValidationError):
+                        continue
+        finally:
+            await watcher.stop()  # type: ignore[no-untyped-call]
+        return dict(sorted(found.items()))
 
 
 def _batches(tasks: Sequence[SubmitTask]) -> Iterable[list[SubmitTask]]:

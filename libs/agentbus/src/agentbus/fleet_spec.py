@@ -1,0 +1,503 @@
+"""Fleet files: a YAML declaration of deployments, validated into ``Deployment`` Structs.
+
+Shape (``docs/operations.md``, "Fleet files", has a full example)::
+
+    version: 1                        # optional; 1 is the only version
+    deployments:                      # deployment name -> spec
+      echo:
+        image: agentbus/agent:dev
+        image_command: python -m agentbus.agents.echo
+        replicas: 2
+        limits: {memory: 256Mi, cpus: 0.5, pids: 128}
+        backoff: {initial: 500ms, max: 30s}
+
+The fields are those of ``agentbus.messages.Deployment`` and its nested Structs, with
+one rule for quantities: a field whose Struct name ends in ``_s`` (seconds) or
+``_bytes`` may drop the suffix, and its value may carry a unit. Durations: ``500ms``,
+``30s``, ``2m``, ``1h30m`` (a bare number is seconds). Sizes: ``512Mi``, ``1Gi``
+(binary), ``500M``, ``1G`` (decimal), optional trailing ``B`` (a bare number is
+bytes); ``512m``/``1g`` are refused as ambiguous. ``cpus``: ``0.5`` or ``500m``
+(millicores, as in Kubernetes). Commands: an argv list or one shell-quoted string.
+Unknown fields, duplicate keys and impossible combinations are errors; every error
+names the file, line and field path (``deployments.echo.limits.memory``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+import shlex
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple, get_args
+
+import msgspec
+import yaml
+
+from agentbus.errors import ContractError
+from agentbus.messages import Deployment
+from agentbus.names import check_token
+
+YamlPath = tuple[str | int, ...]
+_DURATION_RE = re.compile(r"(?:(\d+(?:\.\d+)?)(ms|s|m|h))+")
+_DURATION_PART_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_SIZE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([A-Za-z]*)")
+_SIZE_UNITS = {"": 1, "B": 1} | {
+    f"{p}{suffix}": base**exp
+    for exp, p in enumerate("KMGT", start=1)
+    for base, suffix in ((1000, ""), (1000, "B"), (1024, "i"), (1024, "iB"))
+}
+_SIZE_UNITS |= {"k": 1000, "kB": 1000}
+_ENV_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+RESERVED_ENV = frozenset(
+    {"AGENTBUS_NATS_URL", "AGENTBUS_PREFIX", "AGENTBUS_AGENT_ID", "AGENTBUS_AGENT_NODE_ID",
+     "AGENTBUS_AGENT_DEPLOYMENT", "AGENTBUS_AGENT_REPLICA", "AGENTBUS_AGENT_MAX_CONCURRENCY",
+     "AGENTBUS_AGENT_CAPABILITIES"}
+)  # fmt: skip
+"""Set by the supervisor for every replica (use ``capabilities``, ``max_concurrency``)."""
+
+
+class SpecIssue(NamedTuple):
+    """One problem in a spec: the dotted field path, what is wrong, the line if known."""
+
+    field: str
+    message: str
+    line: int | None = None
+
+
+class SpecError(ContractError):
+    """A fleet file or deployment spec is invalid; ``issues`` lists every problem found.
+
+    ``str()`` gives one line per issue: ``<source>:<line>: <field>: <message>``.
+    """
+
+    def __init__(self, source: str, issues: Iterable[SpecIssue]) -> None:
+        self.source = source
+        self.issues = list(issues)
+        super().__init__(
+            "\n".join(
+                f"{source}:{i.line}: {i.field}: {i.message}"
+                if i.line
+                else f"{source}: {i.field}: {i.message}"
+                for i in self.issues
+            )
+        )
+
+
+@dataclass(frozen=True)
+class FleetSpec:
+    """A validated fleet file: its deployments in file order."""
+
+    source: str
+    deployments: list[Deployment]
+
+
+# -- units ------------------------------------------------------------------------------
+def parse_duration_s(value: object) -> float:
+    """Seconds from ``30``, ``1.5``, ``"500ms"``, ``"30s"``, ``"2m"``, ``"1h30m"``.
+
+    Raises:
+        ValueError: not a non-negative duration (message says what was expected).
+    """
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if math.isfinite(value) and value >= 0:
+            return float(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        if re.fullmatch(r"\d+(?:\.\d+)?", text):
+            return float(text)
+        if _DURATION_RE.fullmatch(text):
+            return sum(float(n) * _DURATION_UNITS[u] for n, u in _DURATION_PART_RE.findall(text))
+    raise ValueError(f"expected a duration like 500ms, 30s or 2m, got {value!r}")
+
+
+def parse_size_bytes(value: object) -> int:
+    """Bytes from ``1048576``, ``"512Mi"``, ``"1Gi"``, ``"500M"``, ``"1G"``, ``"64KiB"``.
+
+    ``Ki/Mi/Gi/Ti`` are powers of 1024, ``K/M/G/T`` powers of 1000 (Kubernetes
+    quantities); a fractional result is rounded down to whole bytes.
+
+    Raises:
+        ValueError: not a non-negative size (``512m`` is refused as ambiguous).
+    """
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str) and (m := _SIZE_RE.fullmatch(value.strip())):
+        number, unit = m.groups()
+        if unit in _SIZE_UNITS:
+            return int(float(number) * _SIZE_UNITS[unit])
+        if unit.lower() in ("m", "mb", "g", "gb", "t", "tb"):
+            raise ValueError(
+                f"{value!r} is ambiguous: write {number}{unit[0].upper()}i "
+                f"(powers of 1024) or {number}{unit[0].upper()} (powers of 1000)"
+            )
+    raise ValueError(f"expected a size like 512Mi or 1G, got {value!r}")
+
+
+def parse_cpus(value: object) -> float:
+    """CPU cores from ``0.5``, ``2``, ``"0.5"`` or ``"500m"`` (millicores).
+
+    Raises:
+        ValueError: not a non-negative number of cores.
+    """
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if math.isfinite(value) and value >= 0:
+            return float(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        if re.fullmatch(r"\d+(?:\.\d+)?", text):
+            return float(text)
+        if re.fullmatch(r"\d+m", text):
+            return int(text[:-1]) / 1000
+    raise ValueError(f"expected CPU cores like 0.5 or 500m, got {value!r}")
+
+
+# -- semantic checks (also run by the scheduler on every deploy) ---------------------------
+def check_deployment(d: Deployment) -> list[SpecIssue]:
+    """Problems of a well-typed spec that its types cannot express.
+
+    Fields are dotted Struct paths (``backoff.initial_s``). Empty if the spec is fine.
+    """
+    issues: list[SpecIssue] = []
+
+    def bad(field: str, message: str) -> None:
+        issues.append(SpecIssue(field, message))
+
+    tokens = [("name", "deployment name", d.name)]
+    tokens += [(f"capabilities[{i}]", "capability", c) for i, c in enumerate(d.capabilities)]
+    for field, kind, value in tokens:
+        try:
+            check_token(kind, value)
+        except ContractError as exc:
+            bad(field, str(exc))
+    if not d.image and not d.command:
+        bad("image", "give image (docker nodes), command (process nodes) or both")
+    if d.command is not None and not d.command:
+        bad("command", "must not be empty")
+    if d.image_command is not None and not (d.image and d.image_command):
+        bad("image_command", "needs an image and must not be empty")
+    if d.backoff.initial_s > d.backoff.max_s:
+        cap_s = d.backoff.max_s
+        bad("backoff.initial_s", f"{d.backoff.initial_s:g} s is above the cap max_s = {cap_s:g} s")
+    lim, res = d.limits, d.resources
+    if lim.cpus is not None and res.cpus > lim.cpus:
+        bad("resources.cpus", f"{res.cpus:g} declared is above limits.cpus = {lim.cpus:g}")
+    if lim.memory_bytes is not None and res.memory_bytes > lim.memory_bytes:
+        limit = lim.memory_bytes
+        bad("resources.memory_bytes", f"{res.memory_bytes} is above limits.memory_bytes = {limit}")
+    if d.health is not None and not d.health.command:
+        bad("health.command", "must not be empty")
+    for key in d.env:
+        if not _ENV_KEY_RE.fullmatch(key):
+            bad(f"env.{key}", "is not a valid environment variable name")
+        elif key in RESERVED_ENV:
+            bad(f"env.{key}", "is set by the supervisor for every replica")
+    for key, value in d.node_selector.items():
+        if not key or not value:
+            bad(f"node_selector.{key}", "label keys and values must not be empty")
+    return issues
+
+
+def validate_deployment(d: Deployment) -> Deployment:
+    """Return ``d`` if ``check_deployment`` finds nothing.
+
+    Raises:
+        SpecError: every problem found, the source naming the deployment.
+    """
+    if issues := check_deployment(d):
+        raise SpecError(f"deployment {d.name!r}", issues)
+    return d
+
+
+# -- loading ----------------------------------------------------------------------------
+def load_fleet(path: str | Path) -> FleetSpec:
+    """Read and validate the fleet file at ``path``.
+
+    Raises:
+        SpecError: unreadable file, bad YAML or invalid spec (every issue found).
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(str(path), [SpecIssue("file", f"cannot read it: {exc}")]) from exc
+    return parse_fleet(text, source=str(path))
+
+
+def parse_fleet(text: str, *, source: str = "<fleet>") -> FleetSpec:
+    """Validate fleet YAML ``text``; ``source`` names it in errors.
+
+    Raises:
+        SpecError: bad YAML or invalid spec (every issue found).
+    """
+    lines: dict[YamlPath, int] = {}
+    issues: list[SpecIssue] = []
+    data = _load_yaml(text, source, lines, issues)
+    deployments: list[Deployment] = []
+    if not any(i.field == "yaml" for i in issues):
+        deployments = _Converter(lines, issues).fleet(data)
+    if issues:
+        raise SpecError(source, issues)
+    return FleetSpec(source=source, deployments=deployments)
+
+
+def _load_yaml(text: str, source: str, lines: dict[YamlPath, int], issues: list[SpecIssue]) -> Any:
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _index(node, (), lines, issues)
+        return loader.construct_document(node)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        problem = getattr(exc, "problem", None) or str(exc)
+        issues.append(SpecIssue("yaml", f"not valid YAML: {problem}", line))
+        return None
+    finally:
+        loader.dispose()
+
+
+def _index(
+    node: yaml.Node, path: YamlPath, lines: dict[YamlPath, int], issues: list[SpecIssue]
+) -> None:
+    """Record the line of every path and report duplicate keys (safe_load keeps the last)."""
+    lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            if key == "<<":
+                continue
+            if key in seen:
+                line = key_node.start_mark.line + 1
+                issues.append(SpecIssue(_dotted((*path, key)), "duplicate key", line))
+            seen.add(key)
+            _index(value_node, (*path, key), lines, issues)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _index(item, (*path, i), lines, issues)
+
+
+def _dotted(path: YamlPath) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _kind(value: object) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", type(None): "null"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _struct_type(tp: Any) -> type[msgspec.Struct] | None:
+    """The Struct class of ``tp`` (``S`` or ``S | None``), else None."""
+    if isinstance(tp, type) and issubclass(tp, msgspec.Struct):
+        return tp
+    found = [t for t in get_args(tp) if isinstance(t, type) and issubclass(t, msgspec.Struct)]
+    return found[0] if len(found) == 1 else None
+
+
+_SPEC_PATH_RE = re.compile(r"\.(\w+)|\[(\d+)\]|\[\.\.\.\]")
+
+
+class _Converter:
+    """Turns the YAML tree into ``Deployment``s, collecting issues with YAML paths."""
+
+    def __init__(self, lines: dict[YamlPath, int], issues: list[SpecIssue]) -> None:
+        self.lines = lines
+        self.issues = issues
+        self.paths: dict[YamlPath, YamlPath] = {}  # Struct path -> YAML path
+
+    def issue(self, path: YamlPath, message: str) -> None:
+        line = next((self.lines[path[:n]] for n in range(len(path), -1, -1)
+                     if path[:n] in self.lines), None)  # fmt: skip
+        self.issues.append(SpecIssue(_dotted(path), message, line))
+
+    def fleet(self, data: Any) -> list[Deployment]:
+        if not isinstance(data, dict):
+            self.issue((), f"expected a mapping with 'deployments', got {_kind(data)}")
+            return []
+        for key in data:
+            if key not in ("version", "deployments"):
+                self.issue((key,), "unknown top-level key (expected version, deployments)")
+        if data.get("version", 1) != 1:
+            self.issue(("version",), f"unsupported version {data['version']!r} (expected 1)")
+        if "deployments" not in data:
+            self.issue(("deployments",), "missing (use 'deployments: {}' for an empty fleet)")
+            return []
+        entries = data["deployments"]
+        if entries is None:
+            entries = {}
+        if not isinstance(entries, dict):
+            got = _kind(entries)
+            self.issue(("deployments",), f"expected a mapping of name -> spec, got {got}")
+            return []
+        out = []
+        for name, raw in entries.items():
+            if (d := self.deployment(str(name), raw)) is not None:
+                out.append(d)
+        return out
+
+    def deployment(self, name: str, raw: Any) -> Deployment | None:
+        at: YamlPath = ("deployments", name)
+        self.paths = {(): at}
+        if raw is None:
+            raw = {}
+        if isinstance(raw, dict) and "name" in raw and str(raw["name"]) != name:
+            self.issue((*at, "name"), f"{raw['name']!r} differs from the key {name!r}")
+            return None
+        before = len(self.issues)
+        try:
+            check_token("deployment name", name)
+        except ContractError as exc:
+            self.issue(at, str(exc))
+        fields = self.struct(Deployment, raw, at, ())
+        if fields is None or len(self.issues) > before:
+            return None
+        fields["name"] = name
+        self.paths[("name",)] = at
+        try:
+            d = msgspec.convert(fields, Deployment)
+        except msgspec.ValidationError as exc:
+            message, _, where = str(exc).partition(" - at `$")
+            spath = tuple(a or int(b) if (a or b) else "..." for a, b in
+                          _SPEC_PATH_RE.findall(where.rstrip("`")))  # fmt: skip
+            message = message[:1].lower() + message[1:].replace("`", "")
+            if not message.startswith("object missing") and "got" not in message:
+                message += f", got {_lookup(fields, spath)!r}"
+            self.issue(self.yaml_path(spath), message)
+            return None
+        for problem in check_deployment(d):
+            spath = tuple(a or int(b) for a, b in _SPEC_PATH_RE.findall("." + problem.field))
+            self.issue(self.yaml_path(spath), problem.message)
+        return d if len(self.issues) == before else None
+
+    def yaml_path(self, spath: tuple[str | int, ...]) -> YamlPath:
+        """The YAML path of a Struct path (longest known prefix, rest appended)."""
+        for n in range(len(spath), -1, -1):
+            if (known := self.paths.get(spath[:n])) is not None:
+                return (*known, *(p for p in spath[n:] if p != "..."))
+        return ("deployments",)
+
+    def struct(
+        self, cls: type[msgspec.Struct], raw: Any, at: YamlPath, spath: tuple[str, ...]
+    ) -> dict[str, Any] | None:
+        if not isinstance(raw, dict):
+            self.issue(at, f"expected a mapping, got {_kind(raw)}")
+            return None
+        fields = {f.name: f for f in msgspec.structs.fields(cls) if f.name != "name"}
+        out: dict[str, Any] = {}
+        for key, value in raw.items():
+            key = str(key)
+            if cls is Deployment and key == "name":
+                continue
+            name = next((n for n in (key, f"{key}_s", f"{key}_bytes") if n in fields), None)
+            if name is None:
+                self.issue((*at, key), self.unknown(key, fields))
+                continue
+            if name in out:
+                self.issue((*at, key), f"given twice (also as {name!r} or its short form)")
+                continue
+            self.paths[(*spath, name)] = (*at, key)
+            try:
+                out[name] = self.value(name, fields[name].type, value, (*at, key), (*spath, name))
+            except ValueError as exc:
+                self.issue((*at, key), str(exc))
+        return out
+
+    @staticmethod
+    def unknown(key: str, fields: dict[str, Any]) -> str:
+        known = sorted({n.removesuffix("_s").removesuffix("_bytes") for n in fields} | set(fields))
+        close = difflib.get_close_matches(key, known, n=1)
+        if close:
+            return f"unknown field (did you mean {close[0]!r}?)"
+        return f"unknown field; known: {', '.join(sorted(fields))}"
+
+    def value(self, name: str, tp: Any, value: Any, at: YamlPath, spath: tuple[str, ...]) -> Any:
+        if value is None:
+            return None
+        if (sub := _struct_type(tp)) is not None:
+            return self.struct(sub, value, at, spath)
+        if name.endswith("_s"):
+            return parse_duration_s(value)
+        if name.endswith("_bytes"):
+            return parse_size_bytes(value)
+        if name == "cpus":
+            return parse_cpus(value)
+        if name in ("command", "image_command"):
+            return _argv(value)
+        if name in ("env", "node_selector"):
+            return _string_map(value)
+        return value
+
+
+def _lookup(data: Any, path: tuple[str | int, ...]) -> Any:
+    for part in path:
+        try:
+            data = data[part]
+        except (KeyError, IndexError, TypeError):
+            return "?"
+    return data
+
+
+def _argv(value: Any) -> list[str]:
+    if isinstance(value, str):
+        try:
+            return shlex.split(value)
+        except ValueError as exc:
+            raise ValueError(f"cannot split the command line: {exc}") from None
+    if isinstance(value, list) and all(_plain_scalar(v) for v in value):
+        return [str(v) for v in value]
+    raise ValueError(f"expected an argv list or a shell-quoted string, got {_kind(value)}")
+
+
+def _plain_scalar(value: object) -> bool:
+    return isinstance(value, str | int | float) and not isinstance(value, bool)
+
+
+def _string_map(value: Any) -> dict[str, str]:
+    """A mapping (or list of ``KEY=VALUE``) of strings; numbers become strings."""
+    if isinstance(value, list):
+        pairs = [str(v).partition("=") for v in value]
+        if bad := [k for k, sep, _ in pairs if not sep or not k]:
+            raise ValueError(f"expected KEY=VALUE items, got {bad[0]!r}")
+        return {k: v for k, _, v in pairs}
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a mapping of strings, got {_kind(value)}")
+    out = {}
+    for k, v in value.items():
+        if isinstance(v, bool) or v is None:
+            raise ValueError(f"value of {k!r} is {v!r}: quote it (YAML reads yes/no/on as bool)")
+        if not _plain_scalar(v):
+            raise ValueError(f"value of {k!r} must be a string, got {_kind(v)}")
+        out[str(k)] = str(v)
+    return out
+
+
+# -- writing ----------------------------------------------------------------------------
+def dump_fleet(deployments: Iterable[Deployment]) -> str:
+    """Fleet YAML that ``parse_fleet`` reads back to the same deployments.
+
+    Fields equal to their default are left out; quantities keep their unit-suffixed
+    names with plain numbers (seconds, bytes).
+    """
+    out: dict[str, Any] = {}
+    for d in deployments:
+        spec = _strip_tags(msgspec.to_builtins(d))
+        default = _strip_tags(msgspec.to_builtins(Deployment(name=d.name)))
+        out[d.name] = {k: v for k, v in spec.items() if k != "name" and v != default.get(k)}
+    return yaml.safe_dump({"version": 1, "deployments": out}, sort_keys=False)
+
+
+def _strip_tags(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _strip_tags(v) for k, v in value.items() if k != "type"}
+    if isinstance(value, list):
+        return [_strip_tags(v) for v in value]
+    return value
