@@ -1,82 +1,29 @@
 from __future__ import annotations
 
-import asyncio
-from collections import Counter
-from collections.abc import AsyncIterator
-
 import msgspec
 import nats.js.errors
 import pytest
+from nats.aio.msg import Msg
 
 from agentbus.bus import Bus
 from agentbus.errors import ContractError, NotFoundError
-from agentbus.messages import Deployment, NodeInfo, Placement, RuntimeKind, encode, utcnow
+from agentbus.lease import LeaseRecord
+from agentbus.messages import (
+    Deployment,
+    DeployReply,
+    ListPlacements,
+    NodeInfo,
+    PlacementEvent,
+    PlacementsReply,
+    ScaleDeployment,
+    encode,
+    utcnow,
+)
 from tests._helpers import eventually
+from tests.scheduler._fleet import Heartbeats, heartbeats, per_node, read_placements
 from tests.scheduler.conftest import Scheduler
 
-
-class Heartbeats:
-    """Keeps fake supervisor heartbeats alive in KV ``<p>_nodes`` (entries have a TTL)."""
-
-    def __init__(self, bus: Bus) -> None:
-        self.bus = bus
-        self.nodes: dict[str, NodeInfo] = {}
-        self._task: asyncio.Task[None] | None = None
-
-    async def add(self, node_id: str, runtime: RuntimeKind = "docker", capacity: int = 64) -> None:
-        now = utcnow()
-        info = NodeInfo(
-            node_id=node_id,
-            runtime=runtime,
-            started_at=now,
-            heartbeat_at=now,
-            capacity_replicas=capacity,
-        )
-        self.nodes[node_id] = info
-        await self._put(info)
-
-    async def remove(self, node_id: str) -> None:
-        del self.nodes[node_id]
-        kv = await self.bus.kv(self.bus.names.nodes_bucket)
-        await kv.delete(node_id)
-
-    async def _put(self, info: NodeInfo) -> None:
-        kv = await self.bus.kv(self.bus.names.nodes_bucket)
-        await kv.put(info.node_id, encode(msgspec.structs.replace(info, heartbeat_at=utcnow())))
-
-    async def run(self) -> None:
-        while True:
-            await asyncio.sleep(1.0)
-            for info in list(self.nodes.values()):
-                await self._put(info)
-
-
-@pytest.fixture
-async def heartbeats(bus: Bus) -> AsyncIterator[Heartbeats]:
-    hb = Heartbeats(bus)
-    task = asyncio.create_task(hb.run())
-    yield hb
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
-
-
-async def _placements(bus: Bus) -> dict[str, Placement]:
-    kv = await bus.kv(bus.names.placements_bucket)
-    try:
-        keys = await kv.keys()
-    except nats.js.errors.NoKeysError:
-        return {}
-    result = {}
-    for key in keys:
-        entry = await kv.get(key)
-        assert entry.value is not None
-        result[key] = msgspec.json.decode(entry.value, type=Placement)
-    return result
-
-
-def _per_node(placements: dict[str, Placement] | list[Placement]) -> Counter[str]:
-    values = placements.values() if isinstance(placements, dict) else placements
-    return Counter(p.node_id for p in values)
+__all__ = ["heartbeats"]  # the fixture
 
 
 async def test_deploy_places_replicas(
@@ -96,9 +43,9 @@ async def test_deploy_places_replicas(
     reply = await scheduler.client.deploy(Deployment(name="web", replicas=4, image="agent:1"))
     assert reply.deployment.name == "web"
     assert [p.replica for p in reply.placements] == [0, 1, 2, 3]
-    assert _per_node(reply.placements) == {"n1": 2, "n2": 2}
+    assert per_node(reply.placements) == {"n1": 2, "n2": 2}
 
-    stored = await _placements(bus)
+    stored = await read_placements(bus)
     assert {k for k in stored if k.startswith("web.")} == {"web.0", "web.1", "web.2", "web.3"}
     kv = await bus.kv(bus.names.deployments_bucket)
     entry = await kv.get("web")
@@ -108,10 +55,10 @@ async def test_deploy_places_replicas(
     # Scale down, then delete.
     reply = await scheduler.client.deploy(Deployment(name="web", replicas=1, image="agent:1"))
     assert [p.replica for p in reply.placements] == [0]
-    assert set(await _placements(bus)) == {"web.0"}
+    assert set(await read_placements(bus)) == {"web.0"}
     reply = await scheduler.client.delete_deployment("web")
     assert reply.placements == []
-    assert await _placements(bus) == {}
+    assert await read_placements(bus) == {}
     with pytest.raises(NotFoundError):
         await scheduler.client.delete_deployment("web")
 
@@ -135,19 +82,19 @@ async def test_lost_node_replicas_move(
 
     async def spread() -> bool:
         reply = await scheduler.client.deploy(Deployment(name="web", replicas=4, image="i"))
-        return _per_node(reply.placements) == {"n1": 2, "n2": 2}
+        return per_node(reply.placements) == {"n1": 2, "n2": 2}
 
     await eventually(spread, what="replicas spread over both nodes")
-    before = await _placements(bus)
+    before = await read_placements(bus)
     kept = {k for k, p in before.items() if p.node_id == "n1"}
 
     await heartbeats.remove("n2")
 
     async def moved() -> bool:
-        return _per_node(await _placements(bus)) == {"n1": 4}
+        return per_node(await read_placements(bus)) == {"n1": 4}
 
     await eventually(moved, what="replicas moved off the lost node")
-    after = await _placements(bus)
+    after = await read_placements(bus)
     assert all(after[k] == before[k] for k in kept)  # untouched replicas stay put
 
 
@@ -169,7 +116,7 @@ async def test_unplaced_replicas_wait_for_a_node(
     await heartbeats.add("proc", runtime="process")
 
     async def placed() -> bool:
-        return _per_node(await _placements(bus)) == {"proc": 2}
+        return per_node(await read_placements(bus)) == {"proc": 2}
 
     await eventually(placed, what="replicas placed on the new process node")
 
@@ -188,11 +135,124 @@ async def test_expired_heartbeat_moves_replicas(
 
     async def spread() -> bool:
         reply = await scheduler.client.deploy(Deployment(name="web", replicas=2, image="i"))
-        return _per_node(reply.placements) == {"alive": 1, "silent": 1}
+        return per_node(reply.placements) == {"alive": 1, "silent": 1}
 
     await eventually(spread, what="replicas on both nodes")
 
     async def moved() -> bool:
-        return _per_node(await _placements(bus)) == {"alive": 2}
+        return per_node(await read_placements(bus)) == {"alive": 2}
 
     await eventually(moved, timeout_s=30, what="replicas moved off the expired node")
+
+
+class PlacementEvents:
+    def __init__(self) -> None:
+        self.events: list[PlacementEvent] = []
+
+    async def start(self, bus: Bus) -> None:
+        async def _on(msg: Msg) -> None:
+            self.events.append(msgspec.json.decode(msg.data, type=PlacementEvent))
+
+        await bus.nc.subscribe(bus.names.events_all("placement"), cb=_on)
+        await bus.nc.flush()
+
+    def of(self, kind: str) -> list[PlacementEvent]:
+        return [e for e in self.events if e.kind == kind]
+
+
+async def _placements(bus: Bus, deployment: str | None = None) -> PlacementsReply:
+    return await bus.request(
+        bus.names.endpoint("scheduler", "placements"),
+        ListPlacements(deployment=deployment),
+        PlacementsReply,
+    )
+
+
+@pytest.mark.timeout(60)
+async def test_unplaced_reported_then_placed_with_events(
+    bus: Bus, heartbeats: Heartbeats, scheduler: Scheduler
+) -> None:
+    events = PlacementEvents()
+    await events.start(bus)
+    await heartbeats.add("plain")
+    spec = Deployment(name="gpu", replicas=2, image="i", node_selector={"gpu": "yes"})
+    assert (await scheduler.client.deploy(spec)).change == "created"
+
+    async def selector_blocks() -> DeployReply | None:
+        reply = await scheduler.client.deploy(spec)
+        return reply if reply.unplaced and "selector" in reply.unplaced[0].reason else None
+
+    reply = await eventually(selector_blocks, what="scheduler sees the unlabelled node")
+    assert reply.change == "unchanged"
+    assert reply.placements == []
+    assert [(u.replica, u.reason) for u in reply.unplaced] == [
+        (0, "no live node matches node_selector {'gpu': 'yes'}"),
+        (1, "no live node matches node_selector {'gpu': 'yes'}"),
+    ]
+    listed = await _placements(bus, "gpu")
+    assert listed.unplaced == reply.unplaced
+    await eventually(lambda: returns(len(events.of("unplaced")) == 2), what="unplaced events")
+    assert scheduler.metric("agentbus_scheduler_unplaced_replicas") == 2
+
+    await heartbeats.add("gpu-node", labels={"gpu": "yes"})
+
+    async def placed() -> bool:
+        return per_node(await read_placements(bus)) == {"gpu-node": 2}
+
+    await eventually(placed, what="replicas placed on the labelled node")
+    await eventually(lambda: returns(len(events.of("placed")) == 2), what="placed events")
+    assert {e.node_id for e in events.of("placed")} == {"gpu-node"}
+    lease = await (await bus.kv(bus.names.leases_bucket)).get("scheduler-placement")
+    holder = msgspec.json.decode(lease.value or b"", type=LeaseRecord).holder
+    assert {e.scheduler_id for e in events.events} == {holder}
+    assert (await _placements(bus, "gpu")).unplaced == []
+
+
+@pytest.mark.timeout(60)
+async def test_moved_events_name_the_lost_node(
+    bus: Bus, heartbeats: Heartbeats, scheduler: Scheduler
+) -> None:
+    events = PlacementEvents()
+    await events.start(bus)
+    await heartbeats.add("n1")
+    await heartbeats.add("n2")
+
+    async def spread() -> bool:
+        reply = await scheduler.client.deploy(Deployment(name="web", replicas=4, image="i"))
+        return per_node(reply.placements) == {"n1": 2, "n2": 2}
+
+    await eventually(spread, what="replicas spread over both nodes")
+    await heartbeats.remove("n2")
+    await eventually(lambda: returns(len(events.of("moved")) == 2), what="moved events")
+    for e in events.of("moved"):
+        assert (e.previous_node_id, e.node_id, e.reason) == ("n2", "n1", "node n2 lost")
+
+
+async def test_scale_and_list_placements(
+    bus: Bus, heartbeats: Heartbeats, scheduler: Scheduler
+) -> None:
+    await heartbeats.add("n1")
+
+    async def placed() -> bool:
+        reply = await scheduler.client.deploy(Deployment(name="web", replicas=1, image="i"))
+        return len(reply.placements) == 1
+
+    await eventually(placed, what="scheduler sees the node")
+    scale = bus.names.endpoint("scheduler", "scale")
+    reply = await bus.request(scale, ScaleDeployment(name="web", replicas=3), DeployReply)
+    assert (reply.change, reply.deployment.replicas) == ("updated", 3)
+    assert [p.replica for p in reply.placements] == [0, 1, 2]
+    reply = await bus.request(scale, ScaleDeployment(name="web", replicas=3), DeployReply)
+    assert reply.change == "unchanged"
+    listed = await _placements(bus)
+    assert [(p.deployment, p.replica) for p in listed.placements] == [
+        ("web", 0),
+        ("web", 1),
+        ("web", 2),
+    ]
+    with pytest.raises(NotFoundError):
+        await bus.request(scale, ScaleDeployment(name="nope", replicas=1), DeployReply)
+
+
+async def returns(value: bool) -> bool:
+    return value

@@ -49,6 +49,16 @@ class SchedulerMetrics:
         )
         self.unplaced = Gauge(
             "agentbus_scheduler_unplaced_replicas",
-            "Replicas that no live compatible node with capacity could take.",
+            "Replicas that no live eligible node with room could take (set by the lease holder).",
+            registry=registry,
+        )
+        self.placement_conflicts = Counter(
+            "agentbus_scheduler_placement_write_conflicts_total",
+            "Placement writes refused by compare-and-set (a stale view; re-placed next pass).",
+            registry=registry,
+        )
+        self.placement_lease_held = Gauge(
+            "agentbus_scheduler_placement_lease_held",
+            "1 while this instance holds the placement lease and places, else 0.",
             registry=registry,
         )

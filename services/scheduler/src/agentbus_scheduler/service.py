@@ -9,11 +9,14 @@ submit         SubmitTask        SubmitReply         400, 503
 submit_batch   SubmitTasks       SubmitTasksReply    400, 503
 get            GetTask           TaskReply           404
 deploy         Deploy            DeployReply         400, 503
+scale          ScaleDeployment   DeployReply         404, 409, 503
 delete         DeleteDeployment  DeployReply         404, 503
+placements     ListPlacements    PlacementsReply     503
 =============  ================  ==================  ===============================
 
 Background work: the results consumer (``scheduler-results`` on ``<P>_RESULTS``) and
-the placement loop (KV ``<p>_deployments`` + ``<p>_nodes`` → ``<p>_placements``).
+the placement loop (KV ``<p>_deployments`` + ``<p>_nodes`` → ``<p>_placements``), run
+only by the instance holding the KV lease ``scheduler-placement``.
 """
 
 from __future__ import annotations
@@ -25,7 +28,15 @@ from loguru import logger
 from prometheus_client import CollectorRegistry
 
 from agentbus.bus import Bus
-from agentbus.messages import DeleteDeployment, Deploy, GetTask, SubmitTask, SubmitTasks
+from agentbus.messages import (
+    DeleteDeployment,
+    Deploy,
+    GetTask,
+    ListPlacements,
+    ScaleDeployment,
+    SubmitTask,
+    SubmitTasks,
+)
 from agentbus.service import MicroService, ServiceMetrics
 from agentbus_scheduler.admission import Admission
 from agentbus_scheduler.fleet import Fleet
@@ -59,6 +70,8 @@ async def serve(
     await micro.endpoint("get", GetTask, admission.get)
     await micro.endpoint("deploy", Deploy, fleet.deploy)
     await micro.endpoint("delete", DeleteDeployment, fleet.delete)
+    await micro.endpoint("scale", ScaleDeployment, fleet.scale)
+    await micro.endpoint("placements", ListPlacements, fleet.list_placements)
 
     loops = [
         asyncio.create_task(results.run(stop), name="scheduler results"),

@@ -6,8 +6,17 @@ default. Build them in ``main()`` (or a test) and pass them down.
 
 from __future__ import annotations
 
-from pydantic import PositiveFloat, PositiveInt
+import os
+import socket
+import uuid
+
+from pydantic import Field, PositiveFloat, PositiveInt
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_instance_id() -> str:
+    """``<hostname>-<pid>-<6 hex>``: unique per process, readable in the lease KV."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
 class SchedulerSettings(BaseSettings):
@@ -32,3 +41,12 @@ class SchedulerSettings(BaseSettings):
     """Placement runs on every deployment/node change and at least this often."""
     ready_timeout_s: PositiveFloat = 10.0
     """How long deploy/delete wait for the initial KV replay before answering 503."""
+    instance_id: str = Field(default_factory=default_instance_id)
+    """This instance's id (unique per running scheduler): the placement lease holder."""
+    placement_lease_ttl_s: int = Field(default=6, ge=2)
+    """Lease ``scheduler-placement`` length, whole seconds: a crashed holder's duty
+    passes to another instance within about ``ttl * 4/3``; a clean stop hands it over
+    at once."""
+    deploy_wait_s: PositiveFloat = 5.0
+    """On an instance that does not hold the lease: how long deploy/delete/scale wait
+    for the holder to place the change before replying with what is placed so far."""
