@@ -188,6 +188,11 @@ class Bus:
         await self._ensure_kv(KeyValueConfig(n.placements_bucket, history=1))
         await self._ensure_kv(KeyValueConfig(n.checkpoints_bucket, history=64))
         await self._ensure_kv(KeyValueConfig(n.leases_bucket, history=1, limit_marker_ttl=1.0))
+        # Trace claims expire by per-message TTL (agentbus.traces); trace kinds make their
+        # own counter streams on first use.
+        await self._ensure_kv(
+            KeyValueConfig(n.trace_claims_bucket, history=1, limit_marker_ttl=1.0)
+        )
         try:
             self._obs = await self.js.object_store(n.blobs_bucket)
         except nats.js.errors.NotFoundError:

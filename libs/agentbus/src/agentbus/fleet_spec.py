@@ -3,9 +3,10 @@
 Shape (``docs/operations.md``, "Fleet files", has a full example)::
 
     version: 1                        # optional; 1 is the only version
+    x-common: &common {image: agentbus/agent:dev}   # x-*: free, for YAML anchors
     deployments:                      # deployment name -> spec
       echo:
-        image: agentbus/agent:dev
+        <<: *common
         image_command: python -m agentbus.agents.echo
         replicas: 2
         limits: {memory: 256Mi, cpus: 0.5, pids: 128}
@@ -153,6 +154,28 @@ def parse_cpus(value: object) -> float:
         if re.fullmatch(r"\d+m", text):
             return int(text[:-1]) / 1000
     raise ValueError(f"expected CPU cores like 0.5 or 500m, got {value!r}")
+
+
+def format_size_bytes(size_bytes: int) -> str:
+    """``536870912`` -> ``512Mi``, ``1610612736`` -> ``1.5Gi`` (the largest binary unit)."""
+    value, unit = float(size_bytes), ""
+    for next_unit in ("Ki", "Mi", "Gi", "Ti"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, next_unit
+    return f"{value:.0f}{unit}" if value == int(value) else f"{value:.1f}{unit}"
+
+
+def format_duration_s(seconds: float) -> str:
+    """``42`` -> ``42s``, ``192`` -> ``3m12s``, ``7500`` -> ``2h05m``, ``273600`` -> ``3d04h``."""
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
 
 
 # -- semantic checks (also run by the scheduler on every deploy) ---------------------------
@@ -324,8 +347,8 @@ class _Converter:
             self.issue((), f"expected a mapping with 'deployments', got {_kind(data)}")
             return []
         for key in data:
-            if key not in ("version", "deployments"):
-                self.issue((key,), "unknown top-level key (expected version, deployments)")
+            if key not in ("version", "deployments") and not str(key).startswith("x-"):
+                self.issue((key,), "unknown top-level key (expected version, deployments, x-*)")
         if data.get("version", 1) != 1:
             self.issue(("version",), f"unsupported version {data['version']!r} (expected 1)")
         if "deployments" not in data:

@@ -151,7 +151,90 @@ class Names:
         """Object Store for values larger than the inline limit."""
         return f"{self.prefix}_blobs"
 
+    # -- stigmergy traces (agentbus.traces) ------------------------------------------
+    def trace_stream(self, kind: str) -> str:
+        """Counter stream of one trace kind: ``<P>_TRACES_<KIND>``."""
+        return f"{self.prefix.upper()}_TRACES_{kind.upper()}"
+
+    def trace_subject(self, kind: str, epoch: int, location_key: str) -> str:
+        """Counter of ``kind`` at a location in one epoch: ``<p>.traces.<kind>.<epoch>.<key>``.
+
+        ``location_key`` is ``encode_location(location)`` (one or more tokens).
+        """
+        return f"{self.prefix}.traces.{kind}.{epoch}.{location_key}"
+
+    def traces_all(self, kind: str | None = None) -> str:
+        """Wildcard over every trace subject, or those of one ``kind``."""
+        return f"{self.prefix}.traces.{kind}.>" if kind else f"{self.prefix}.traces.>"
+
+    @property
+    def trace_claims_bucket(self) -> str:
+        """KV of trace claims, key = ``encode_location(location)``, per-message TTL."""
+        return f"{self.prefix}_trace_claims"
+
     # -- service endpoints (nats.micro, request/reply) -----------------------------
     def endpoint(self, service: str, verb: str) -> str:
         """Request subject of a service endpoint: ``<p>.<service>.<verb>``."""
         return f"{self.prefix}.{service}.{verb}"
+
+
+# -- trace locations ---------------------------------------------------------------
+LOCATION_MAX_BYTES = 1024
+_LOCATION_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+
+
+def encode_location(location: str) -> str:
+    """Encode any location string as dot-separated subject/KV-key tokens, reversibly.
+
+    The location is split on ``/``; each segment becomes one token: its UTF-8 bytes in
+    ``[A-Za-z0-9_-]`` stay, every other byte becomes ``=XX`` (upper-case hex), and an
+    empty segment becomes ``=``. So ``src/a b.py`` is ``src.a=20b=2Epy`` and a prefix of
+    whole segments is a prefix of tokens (``<p>.traces.<kind>.*.src.>`` selects
+    ``src/...``). The tokens are valid NATS subject tokens and KV key parts.
+
+    Raises:
+        ContractError: ``location`` is empty or longer than ``LOCATION_MAX_BYTES`` in UTF-8.
+    """
+    raw = location.encode("utf-8")
+    if not raw or len(raw) > LOCATION_MAX_BYTES:
+        raise ContractError(
+            f"a trace location must be 1-{LOCATION_MAX_BYTES} bytes of UTF-8, got {len(raw)}"
+        )
+    return ".".join(
+        "".join(chr(b) if b in _LOCATION_SAFE else f"={b:02X}" for b in seg) or "="
+        for seg in raw.split(b"/")
+    )
+
+
+def decode_location(key: str) -> str:
+    """The location ``encode_location`` turned into ``key``.
+
+    Raises:
+        ContractError: ``key`` is not an encoded location.
+    """
+    segments = []
+    for token in key.split("."):
+        if token == "=":
+            segments.append(b"")
+            continue
+        out, i = bytearray(), 0
+        while i < len(token):
+            c = token[i]
+            if c == "=":
+                hex_ = token[i + 1 : i + 3]
+                if len(hex_) != 2 or any(h not in "0123456789ABCDEF" for h in hex_):
+                    raise ContractError(f"bad escape in location key {key!r}")
+                out.append(int(hex_, 16))
+                i += 3
+            elif ord(c) in _LOCATION_SAFE:
+                out.append(ord(c))
+                i += 1
+            else:
+                raise ContractError(f"character {c!r} cannot appear in location key {key!r}")
+        if not out:
+            raise ContractError(f"empty token in location key {key!r}")
+        segments.append(bytes(out))
+    try:
+        return b"/".join(segments).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ContractError(f"location key {key!r} is not UTF-8: {exc}") from None

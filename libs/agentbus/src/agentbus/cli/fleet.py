@@ -1,75 +1,154 @@
-"""``agentbus agents|nodes|ping|deploy|undeploy``: the fleet."""
+"""``agentbus apply|deploy|scale|delete``: change the fleet.
+
+``apply -f fleet.yaml`` is the declarative way (``agentbus.fleet_spec`` describes the
+file); ``deploy`` creates or replaces one deployment from options; ``scale`` changes
+only replica counts (a compare-and-set in the scheduler, safe against a concurrent
+``apply``); ``delete`` (alias ``undeploy``) removes deployments.
+"""
 
 from __future__ import annotations
 
 import shlex
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
+import msgspec
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from agentbus.cli.common import (
     NatsUrl,
     Prefix,
-    age,
     app,
     console,
+    err_console,
     fail,
     run,
     token,
     with_client,
 )
-from agentbus.cli_connect import resolve_settings
-from agentbus.embedded import ping_services
-from agentbus.messages import Deployment, RestartPolicy
+from agentbus.client import Client
+from agentbus.errors import NotFoundError
+from agentbus.fleet_spec import FleetSpec, SpecError, load_fleet
+from agentbus.messages import Deployment, DeploymentChange, DeployReply, RestartPolicy
+
+_MARK = {
+    "created": "[green]+[/green]",
+    "updated": "[yellow]~[/yellow]",
+    "unchanged": "[dim]=[/dim]",
+    "deleted": "[red]-[/red]",
+}
 
 
 @app.command()
-def agents(
-    capability: Annotated[str | None, typer.Option(help="Only agents with it.")] = None,
+def apply(
+    file: Annotated[
+        Path, typer.Option("--file", "-f", help="Fleet file (YAML), see docs/operations.md.")
+    ],
+    prune: Annotated[
+        bool, typer.Option("--prune", help="Delete deployments that the file does not name.")
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Validate and show the changes; change nothing.")
+    ] = False,
     nats_url: NatsUrl = None,
     prefix: Prefix = None,
 ) -> None:
-    """List live agents."""
-    found = run(with_client(nats_url, prefix, lambda c: c.agents(capability)))
-    table = Table(title=f"{len(found)} agents")
-    for col in ("agent", "name", "capabilities", "node", "deployment", "status", "load", "seen"):
-        table.add_column(col)
-    for a in found:
-        replica = f"{a.deployment}/{a.replica}" if a.deployment else "-"
-        load = f"{a.in_flight}/{a.max_concurrency}"
-        caps = ",".join(a.capabilities)
-        table.add_row(a.agent_id, a.name, caps, a.node_id or "-", replica, a.status, load,
-                      age(a.heartbeat_at))  # fmt: skip
-    console.print(table)
+    """Create, update (and with --prune delete) deployments to match a fleet file."""
+    try:
+        spec = load_fleet(file)
+    except SpecError as exc:
+        for line in str(exc).splitlines():
+            err_console.print(f"[bold red]error:[/bold red] {escape(line)}", highlight=False)
+        raise typer.Exit(2) from None
+    counts = run(with_client(nats_url, prefix, lambda c: _apply(c, spec, prune, dry_run)))
+    summary = ", ".join(f"{n} {change}" for change, n in counts.items() if n)
+    console.print(f"{'dry run: ' if dry_run else ''}{summary or 'nothing to do'}")
 
 
-@app.command()
-def nodes(nats_url: NatsUrl = None, prefix: Prefix = None) -> None:
-    """List live nodes (one supervisor each)."""
-    found = run(with_client(nats_url, prefix, lambda c: c.nodes()))
-    table = Table(title=f"{len(found)} nodes")
-    for col in ("node", "runtime", "replicas", "labels", "host", "seen"):
-        table.add_column(col)
-    for n in found:
-        labels = ",".join(f"{k}={v}" for k, v in sorted(n.labels.items()))
-        table.add_row(n.node_id, n.runtime, f"{n.replicas}/{n.capacity_replicas}", labels,
-                      n.hostname, age(n.heartbeat_at))  # fmt: skip
-    console.print(table)
+async def _apply(
+    client: Client, spec: FleetSpec, prune: bool, dry_run: bool
+) -> dict[DeploymentChange, int]:
+    counts: dict[DeploymentChange, int] = dict.fromkeys(_MARK, 0)  # type: ignore[arg-type]
+    before = await client.deployments()
+    for d in spec.deployments:
+        old = before.get(d.name)
+        if dry_run:
+            change: DeploymentChange = (
+                "created" if old is None else ("unchanged" if old == d else "updated")
+            )
+            _print_change(d.name, change, old, d, None)
+        else:
+            reply = await client.deploy(d)
+            change = reply.change or ("created" if old is None else "updated")
+            _print_change(d.name, change, old, reply.deployment, reply)
+        counts[change] += 1
+    if prune:
+        wanted = {d.name for d in spec.deployments}
+        for name in sorted(set(before) - wanted):
+            if not dry_run:
+                try:
+                    await client.delete_deployment(name)
+                except NotFoundError:
+                    continue  # deleted meanwhile
+            _print_change(name, "deleted", before[name], None, None)
+            counts["deleted"] += 1
+    return counts
 
 
-@app.command()
-def ping(nats_url: NatsUrl = None, prefix: Prefix = None) -> None:
-    """List the services that answer $SRV.PING (exit 1 if one of the five is missing)."""
-    settings = resolve_settings(nats_url, prefix)
-    names = run(
-        with_client(nats_url, prefix, lambda c: ping_services(c.bus.nc, prefix=settings.prefix))
-    )
-    expected = {"registry", "scheduler", "supervisor", "checkpoint", "gateway"}
-    for name in sorted(names | expected):
-        console.print(f"{name:<12} {'ok' if name in names else '[red]missing[/red]'}")
-    if not expected <= names:
-        raise typer.Exit(1)
+def _print_change(
+    name: str,
+    change: DeploymentChange,
+    old: Deployment | None,
+    new: Deployment | None,
+    reply: DeployReply | None,
+) -> None:
+    if change == "updated" and old is not None and new is not None:
+        detail = "; ".join(changed_fields(old, new)) or "respecified"
+    elif change == "created" and new is not None:
+        detail = f"{new.replicas} replicas"
+    else:
+        detail = ""
+    console.print(f"{_MARK[change]} {name:<24} {change:<9} {escape(detail)}".rstrip())
+    for u in reply.unplaced if reply else []:
+        err_console.print(
+            f"  [yellow]![/yellow] {u.deployment}/{u.replica} unplaced: {escape(u.reason)}"
+        )
+
+
+def changed_fields(old: Deployment, new: Deployment, *, width: int = 40) -> list[str]:
+    """What differs between two specs, one ``path: old → new`` per changed field.
+
+    Nested Structs are compared field by field (``limits.memory_bytes``), lists as a
+    whole; ``env`` values are never shown (they may be secrets), only their keys.
+    """
+    a, b = _flat(msgspec.to_builtins(old)), _flat(msgspec.to_builtins(new))
+    out = []
+    for path in [*a, *(p for p in b if p not in a)]:
+        if a.get(path) == b.get(path):
+            continue
+        if path.startswith("env."):
+            verb = "added" if path not in a else ("removed" if path not in b else "changed")
+            out.append(f"{path} {verb}")
+            continue
+        was, now = repr(a.get(path)), repr(b.get(path))
+        if len(was) + len(now) > width:
+            out.append(path)
+        else:
+            out.append(f"{path}: {was} → {now}")
+    return out
+
+
+def _flat(value: Any, path: str = "") -> dict[str, Any]:
+    if isinstance(value, dict) and (not path or path in ("env", "node_selector") or
+                                    "type" in value):  # fmt: skip
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            if k != "type":
+                out.update(_flat(v, f"{path}.{k}" if path else k))
+        return out
+    return {path: value}
 
 
 @app.command()
@@ -92,7 +171,7 @@ def deploy(
     nats_url: NatsUrl = None,
     prefix: Prefix = None,
 ) -> None:
-    """Create or update a deployment and print its placements."""
+    """Create or replace one deployment from options and print its placements."""
     if not image and not command:
         raise fail("give --image, --command or both", 2)
     if restart_policy not in ("always", "on-failure", "never"):
@@ -120,6 +199,8 @@ def deploy(
     table.add_column("node")
     for p in reply.placements:
         table.add_row(str(p.replica), p.node_id)
+    for u in reply.unplaced:
+        table.add_row(str(u.replica), f"[yellow]unplaced[/yellow]: {escape(u.reason)}")
     console.print(table)
 
 
@@ -128,11 +209,69 @@ def _policy(value: str) -> RestartPolicy:
 
 
 @app.command()
+def scale(
+    targets: Annotated[
+        list[str], typer.Argument(metavar="NAME=N...", help="Deployments and replica counts.")
+    ],
+    nats_url: NatsUrl = None,
+    prefix: Prefix = None,
+) -> None:
+    """Set the replica count of deployments; nothing else in their spec changes."""
+    wanted: list[tuple[str, int]] = []
+    for target in targets:
+        name, sep, count = target.partition("=")
+        if not sep or not count.isdigit() or not 0 <= int(count) <= 1000:
+            raise fail(f"{target!r}: expected NAME=N with N in 0..1000", 2)
+        wanted.append((token("deployment name", name), int(count)))
+
+    async def go(client: Client) -> None:
+        for name, count in wanted:
+            reply = await client.scale(name, count)
+            placed = len(reply.placements)
+            if reply.change == "unchanged":
+                console.print(f"{name}: already {count} replicas ({placed} placed)")
+            else:
+                console.print(f"{name}: scaled to {count} replicas ({placed} placed)")
+            for u in reply.unplaced:
+                err_console.print(
+                    f"  [yellow]![/yellow] {name}/{u.replica} unplaced: {escape(u.reason)}"
+                )
+
+    run(with_client(nats_url, prefix, go))
+
+
+@app.command()
+def delete(
+    names: Annotated[list[str], typer.Argument(metavar="NAME...", help="Deployment names.")],
+    nats_url: NatsUrl = None,
+    prefix: Prefix = None,
+) -> None:
+    """Delete deployments; their supervisors stop the replicas gracefully."""
+    for name in names:
+        token("deployment name", name)
+
+    async def go(client: Client) -> list[str]:
+        missing = []
+        for name in names:
+            try:
+                reply = await client.delete_deployment(name)
+            except NotFoundError:
+                missing.append(name)
+                continue
+            console.print(
+                f"deleted deployment {name} ({reply.deployment.replicas} replicas stopping)"
+            )
+        return missing
+
+    if missing := run(with_client(nats_url, prefix, go)):
+        raise fail(f"deployment {', '.join(map(repr, missing))} not found", 1)
+
+
+@app.command(hidden=True)
 def undeploy(
     name: Annotated[str, typer.Argument(help="Deployment name.")],
     nats_url: NatsUrl = None,
     prefix: Prefix = None,
 ) -> None:
-    """Delete a deployment; its replicas are stopped."""
-    run(with_client(nats_url, prefix, lambda c: c.delete_deployment(name)))
-    console.print(f"deleted deployment {name}")
+    """Delete a deployment (alias of ``delete``)."""
+    delete([name], nats_url, prefix)

@@ -19,6 +19,7 @@ from agentbus.messages import fleet as _fleet
 from agentbus.messages import registry as _registry
 from agentbus.messages import services as _services
 from agentbus.messages import tasks as _tasks
+from agentbus.messages import traces as _traces
 from agentbus.messages.checkpoint import (
     Checkpoint,
     CheckpointHead,
@@ -91,6 +92,7 @@ from agentbus.messages.tasks import (
     TaskResult,
     TaskStarted,
 )
+from agentbus.messages.traces import TraceClaim, TraceKind
 
 encoder = msgspec.json.Encoder()
 encode = encoder.encode
@@ -106,6 +108,7 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     *_fleet.MESSAGES,
     *_checkpoint.MESSAGES,
     *_services.MESSAGES,
+    *_traces.MESSAGES,
 )
 
 __all__ = [
@@ -166,6 +169,8 @@ __all__ = [
     "TaskStarted",
     "TaskStatus",
     "Token",
+    "TraceClaim",
+    "TraceKind",
     "UnplacedReplica",
     "decode_record",
     "decode_report",

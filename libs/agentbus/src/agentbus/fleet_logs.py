@@ -1,0 +1,133 @@
+"""Read and follow replica output from the logs stream (``agentbus logs``).
+
+Supervisors publish each output line of a replica as a ``LogLine`` on
+``<p>.logs.<agent_id>`` (stream ``<P>_LOGS``, bounded by age, bytes and lines per
+agent), whatever node it runs on, so one ordered consumer on the stream follows a
+replica across restarts and moves between nodes. The agent id of replica ``r`` of
+deployment ``d`` is ``d-r`` (the supervisor's ``build_spec``). One replica is read with
+a consumer filtered on its subject; a whole deployment with a consumer on
+``<p>.logs.>`` filtered here by agent id (a subject wildcard cannot match ``d-*``),
+which also picks up replicas added by a scale-up while following.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
+
+import msgspec
+import nats.errors
+from nats.aio.msg import Msg
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from agentbus.bus import Bus
+from agentbus.fleet_spec import parse_duration_s
+from agentbus.messages import LogLine, utcnow
+
+_POLL_S = 0.25
+"""How often a follow checks ``stop`` while no line arrives."""
+_decode_line = msgspec.json.Decoder(LogLine).decode
+
+
+def replica_agent_id(deployment: str, replica: int) -> str:
+    """The agent id a supervisor gives replica ``replica`` of ``deployment``."""
+    return f"{deployment}-{replica}"
+
+
+def agent_matcher(deployment: str, replica: int | None = None) -> re.Pattern[str]:
+    """A pattern matching the agent ids of ``deployment`` (or of one replica)."""
+    index = str(replica) if replica is not None else r"\d+"
+    return re.compile(rf"{re.escape(deployment)}-{index}")
+
+
+def to_line(msg: Msg) -> LogLine:
+    """A stream message as a ``LogLine``; a plain-text line (an older supervisor) too."""
+    try:
+        return _decode_line(msg.data)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        headers = msg.headers or {}
+        return LogLine(
+            agent_id=msg.subject.rpartition(".")[2],
+            node_id=headers.get("Agentbus-Node", ""),
+            stream="stdout",
+            at=msg.metadata.timestamp,
+            line=msg.data.decode(errors="replace").rstrip("\n"),
+            runtime_id=headers.get("Agentbus-Runtime-Id", ""),
+        )
+
+
+async def read_logs(
+    bus: Bus,
+    deployment: str,
+    replica: int | None = None,
+    *,
+    follow: bool = False,
+    since: datetime | None = None,
+    stop: asyncio.Event | None = None,
+) -> AsyncIterator[LogLine]:
+    """Yield the retained lines of a deployment's replicas (or one replica) in order.
+
+    Args:
+        bus: a connected bus.
+        deployment: deployment name.
+        replica: only this replica.
+        follow: after the retained lines, keep yielding new ones until ``stop`` is set.
+        since: only lines stored at or after this time (UTC).
+        stop: ends a follow (checked at least every 0.25 s).
+
+    Raises:
+        UnavailableError: the logs stream does not exist.
+    """
+    names = bus.names
+    if replica is not None:
+        subject = names.log_subject(replica_agent_id(deployment, replica))
+    else:
+        subject = names.logs_all()
+    wanted = agent_matcher(deployment, replica)
+    last_seq = (await bus.js.stream_info(names.logs_stream)).state.last_seq
+    config = ConsumerConfig()
+    if since is not None:
+        config.deliver_policy = DeliverPolicy.BY_START_TIME
+        config.opt_start_time = since
+    sub = await bus.js.subscribe(
+        subject, stream=names.logs_stream, ordered_consumer=True, config=config,
+        inactive_threshold=30.0,
+    )  # fmt: skip
+    stop = stop or asyncio.Event()
+    bounded = not follow
+    try:
+        while not stop.is_set():
+            try:
+                msg = await sub.next_msg(timeout=_POLL_S)
+            except (TimeoutError, nats.errors.TimeoutError):
+                if bounded and (await sub.consumer_info()).num_pending == 0:
+                    return  # nothing (more) retained
+                continue
+            meta = msg.metadata
+            if wanted.fullmatch(msg.subject.rpartition(".")[2]):
+                yield to_line(msg)
+            if bounded and (meta.num_pending == 0 or meta.sequence.stream >= last_seq):
+                return
+    finally:
+        await sub.unsubscribe()
+
+
+def since_time(value: str) -> datetime:
+    """A ``--since`` value: a duration back from now (``10m``) or an RFC 3339 time.
+
+    Raises:
+        ValueError: neither.
+    """
+    try:
+        return utcnow() - timedelta(seconds=parse_duration_s(value))
+    except ValueError:
+        pass
+    try:
+        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(
+            f"expected a duration like 10m or a time like 2026-01-02T15:04:05Z, got {value!r}"
+        ) from None
+    return when if when.tzinfo else when.astimezone()
