@@ -1,4 +1,4 @@
-"""ProcessRuntime: real child processes, process groups, exit codes, logs."""
+"""ProcessRuntime: real child processes, process groups, exit codes, logs, exec."""
 
 from __future__ import annotations
 
@@ -46,7 +46,8 @@ async def test_start_stop_sends_sigterm(runtime: ProcessRuntime) -> None:
     assert os.getpgid(pid) == pid  # its own process group
     waiter = asyncio.create_task(runtime.wait(handle))
     lines = runtime.logs(handle)
-    assert await anext(lines) == "up"
+    first = await anext(lines)
+    assert (first.stream, first.text) == ("stdout", "up")
     await runtime.stop(handle, grace_s=5)
     info = await waiter
     assert info.exit_code == 128 + 15
@@ -62,7 +63,7 @@ async def test_stop_kills_after_grace_when_sigterm_is_ignored(runtime: ProcessRu
         "time.sleep(600)\n"
     )
     handle = await runtime.start(spec(code))
-    assert await anext(runtime.logs(handle)) == "ready"
+    assert (await anext(runtime.logs(handle))).text == "ready"
     waiter = asyncio.create_task(runtime.wait(handle))
     await runtime.stop(handle, grace_s=0.3)
     info = await waiter
@@ -84,7 +85,10 @@ async def test_exit_code_env_and_output(runtime: ProcessRuntime) -> None:
     lines = [line async for line in runtime.logs(handle)]
     info = await runtime.wait(handle)
     assert info.exit_code == 3
-    assert sorted(lines) == ["proc-2 2", "yes -"]
+    assert sorted((x.stream, x.text) for x in lines) == [
+        ("stderr", "yes -"),
+        ("stdout", "proc-2 2"),
+    ]
     await runtime.stop(handle, grace_s=1)
 
 
@@ -138,6 +142,24 @@ async def test_agent_settings_read_the_replica_env(runtime: ProcessRuntime) -> N
             dep, 1, node_id="n7", prefix="tp", nats_url="nats://127.0.0.1:9", runtime="process"
         )
     )
-    lines = [line async for line in runtime.logs(handle)]
+    lines = [line.text async for line in runtime.logs(handle)]
     assert (await runtime.wait(handle)).exit_code == 0
     assert lines == ["agent-1 n7 agent 1 a,b 4 tp nats://127.0.0.1:9"]
+
+
+async def test_exec_runs_with_the_replica_env_and_times_out(runtime: ProcessRuntime) -> None:
+    handle = await runtime.start(spec("import time; time.sleep(600)"))
+    ok = await runtime.exec(
+        handle, [sys.executable, "-c", "import os; print(os.environ['EXTRA'])"], timeout_s=10
+    )
+    assert (ok.exit_code, ok.output) == (0, "yes")
+    bad = await runtime.exec(handle, [sys.executable, "-c", "raise SystemExit(4)"], timeout_s=10)
+    assert bad.exit_code == 4
+    slow = await runtime.exec(
+        handle, [sys.executable, "-c", "import time; time.sleep(60)"], timeout_s=0.5
+    )
+    assert slow.exit_code is None
+    assert "timed out" in slow.output
+    missing = await runtime.exec(handle, ["/nonexistent/probe"], timeout_s=5)
+    assert missing.exit_code is None
+    await runtime.stop(handle, grace_s=1)

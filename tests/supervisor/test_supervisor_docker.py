@@ -14,9 +14,9 @@ from agentbus.messages import Backoff, Deployment
 from agentbus_supervisor.docker_runtime import DockerRuntime
 from agentbus_supervisor.runtime import build_spec
 from agentbus_supervisor.settings import SupervisorSettings
+from tests._helpers import eventually
 from tests.supervisor._helpers import (
     EventLog,
-    eventually,
     place,
     put_deployment,
     replica_where,

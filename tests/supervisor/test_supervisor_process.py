@@ -11,17 +11,20 @@ from typing import Any
 import msgspec
 import nats.js.errors
 import pytest
+from nats.aio.msg import Msg
 
-from agentbus.bus import Bus
+from agentbus.bus import LOGS_MAX_MSGS_PER_AGENT, Bus
 from agentbus.messages import (
     Backoff,
     Deployment,
+    LogLine,
     NodeInfo,
+    utcnow,
 )
 from agentbus_supervisor.settings import SupervisorSettings
+from tests._helpers import eventually
 from tests.supervisor._helpers import (
     EventLog,
-    eventually,
     place,
     put_deployment,
     replica_where,
@@ -88,7 +91,8 @@ async def test_reconcile_start_restart_and_stop(bus: Bus, events: EventLog, node
         assert restarting[0].exit_code == 137
         exited = events.of("exited", "sleeper-0")
         assert exited[0].exit_code == 137
-        assert "SIGKILL" in exited[0].reason
+        assert exited[0].reason == "exit"
+        assert "SIGKILL" in exited[0].detail
 
         await unplace(bus, "sleeper", 0)  # placement removed: graceful stop
         await eventually(lambda: returns(events.of("stopped", "sleeper-0")))
@@ -148,18 +152,36 @@ async def test_restart_policies_never_and_on_failure(
         assert len(events.of("started")) == 2
 
 
-async def test_logs_are_shipped(bus: Bus, node_id: str) -> None:
-    code = "import sys, time; print('hello from agent', flush=True); time.sleep(600)"
+async def test_logs_are_shipped_as_log_lines(bus: Bus, node_id: str) -> None:
+    code = (
+        "import sys, time\n"
+        "print('hello from agent', flush=True)\n"
+        "print('warning here', file=sys.stderr, flush=True)\n"
+        "time.sleep(600)\n"
+    )
     await put_deployment(bus, Deployment(name="talker", command=[sys.executable, "-c", code]))
-    got: asyncio.Queue[bytes] = asyncio.Queue()
+    got: asyncio.Queue[LogLine] = asyncio.Queue()
 
-    async def _on(msg: object) -> None:
-        await got.put(msg.data)  # type: ignore[attr-defined]
+    async def _on(msg: Msg) -> None:
+        await got.put(msgspec.json.decode(msg.data, type=LogLine))
 
     await bus.nc.subscribe(bus.names.log_subject("talker-0"), cb=_on)
     await place(bus, "talker", 0, node_id)
+    before = utcnow()
     async with running_supervisor(bus, settings(node_id)):
-        assert await asyncio.wait_for(got.get(), 20) == b"hello from agent"
+        lines = [await asyncio.wait_for(got.get(), 20) for _ in range(2)]
+        by_stream = {x.stream: x for x in lines}
+        assert by_stream["stdout"].line == "hello from agent"
+        assert by_stream["stderr"].line == "warning here"
+        for x in lines:
+            assert (x.agent_id, x.node_id) == ("talker-0", node_id)
+            assert before <= x.at <= utcnow()
+            assert x.runtime_id
+        # Stored in the LOGS stream too, bounded per agent.
+        info = await bus.js.stream_info(bus.names.logs_stream)
+        assert info.config.max_msgs_per_subject == LOGS_MAX_MSGS_PER_AGENT
+        stored = await bus.js.get_last_msg(bus.names.logs_stream, bus.names.log_subject("talker-0"))
+        assert msgspec.json.decode(stored.data or b"", type=LogLine).agent_id == "talker-0"
 
 
 async def test_bad_entries_are_reported_and_skipped(bus: Bus, node_id: str) -> None:

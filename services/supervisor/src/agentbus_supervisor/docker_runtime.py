@@ -4,8 +4,14 @@ Containers are named ``<prefix>-<node_id>-<deployment>-<replica>`` and carry the
 labels ``agentbus.managed=1``, ``agentbus.node``, ``agentbus.prefix``,
 ``agentbus.deployment``, ``agentbus.replica``, ``agentbus.agent_id`` and
 ``agentbus.spec``. The runtime lists and touches only containers carrying its own
-node and prefix labels. They run with every capability dropped, ``no-new-privileges``,
-an init process (so SIGTERM reaches the agent), and memory, CPU and PID limits.
+node and prefix labels. They run unprivileged: a non-root user (the image's own
+``USER`` unless that is root, else ``65534:65534``, "nobody"), every capability
+dropped, ``no-new-privileges``, no mounts (so no Docker socket), an init process (so
+SIGTERM reaches the agent), and the memory (swap included), CPU (``NanoCpus``) and PID
+limits of the ``ReplicaSpec``.
+
+The same code drives Podman through its Docker-compatible API socket
+(``podman system service``); see docs/operations.md, "Podman".
 
 ``aiodocker.DockerError`` never leaves this module: a missing image becomes a
 ``ContractError``, anything else an ``UnavailableError``.
@@ -18,14 +24,14 @@ import json
 import math
 import time
 from collections.abc import AsyncIterator
-from datetime import datetime
 from typing import Any, Literal
 
 import aiodocker
-from aiodocker.containers import DockerContainer
+import aiohttp
 from loguru import logger
 
 from agentbus.errors import ConflictError, ContractError, UnavailableError
+from agentbus_supervisor._docker_stream import LogFrameDecoder, parse_docker_time
 from agentbus_supervisor.runtime import (
     LABEL_AGENT_ID,
     LABEL_DEPLOYMENT,
@@ -34,22 +40,18 @@ from agentbus_supervisor.runtime import (
     LABEL_PREFIX,
     LABEL_REPLICA,
     LABEL_SPEC,
+    ExecResult,
     ExitInfo,
+    OutputLine,
     ReplicaHandle,
     ReplicaSpec,
     Runtime,
 )
 
-
-def _parse_time(value: str | None) -> datetime | None:
-    """Docker's RFC 3339 nanosecond timestamps, cut to microseconds."""
-    if not value or value.startswith("0001-"):
-        return None
-    head, _, frac = value.rstrip("Z").partition(".")
-    try:
-        return datetime.fromisoformat(f"{head}.{(frac + '000000')[:6]}+00:00")
-    except ValueError:
-        return None
+NOBODY = "65534:65534"
+"""The user of containers whose image runs as root (or names no user)."""
+_EXEC_OUTPUT_CHARS = 400
+_ROOT_USERS = ("", "root", "0")
 
 
 class DockerRuntime(Runtime):
@@ -64,21 +66,20 @@ class DockerRuntime(Runtime):
         node_id: str,
         prefix: str,
         network: str = "host",
-        memory_bytes: int = 512 * 1024 * 1024,
-        nano_cpus: int = 1_000_000_000,
-        pids_limit: int = 256,
         read_only: bool = False,
+        user: str | None = None,
         extra_labels: dict[str, str] | None = None,
+        log_line_max_bytes: int = 8192,
     ) -> None:
         self._docker = docker
         self.node_id = node_id
         self.prefix = prefix
         self.network = network
-        self.memory_bytes = memory_bytes
-        self.nano_cpus = nano_cpus
-        self.pids_limit = pids_limit
         self.read_only = read_only
+        self.user = user
         self.extra_labels = dict(extra_labels or {})
+        self.log_line_max_bytes = log_line_max_bytes
+        self._image_users: dict[str, str] = {}
         # Each replica holds two long requests (wait and logs): lift aiohttp's cap of 100.
         connector: Any = docker.connector
         if hasattr(connector, "_limit"):
@@ -116,23 +117,44 @@ class DockerRuntime(Runtime):
             and labels.get(LABEL_PREFIX) == self.prefix
         )
 
-    def _config(self, spec: ReplicaSpec) -> dict[str, Any]:
+    async def _user_for(self, image: str) -> str:
+        """``user`` if set, else the image's ``USER`` unless it is root, else ``NOBODY``."""
+        if self.user is not None:
+            return self.user
+        if (cached := self._image_users.get(image)) is not None:
+            return cached
+        try:
+            info = await self._docker.images.inspect(image)
+        except aiodocker.DockerError as exc:
+            if exc.status == 404:
+                raise ContractError(f"image {image!r} not found: {exc.message}") from exc
+            raise UnavailableError(f"cannot inspect image {image!r}: {exc.message}") from exc
+        own = (info.get("Config") or {}).get("User") or ""
+        user = NOBODY if own.split(":")[0] in _ROOT_USERS else own
+        self._image_users[image] = user
+        return user
+
+    def _config(self, spec: ReplicaSpec, user: str) -> dict[str, Any]:
         host: dict[str, Any] = {
             "NetworkMode": self.network,
             "Privileged": False,
             "CapDrop": ["ALL"],
             "SecurityOpt": ["no-new-privileges"],
-            "PidsLimit": self.pids_limit,
-            "Memory": self.memory_bytes,
-            "MemorySwap": self.memory_bytes,
             "Init": True,
             "ReadonlyRootfs": self.read_only,
             "RestartPolicy": {"Name": "no"},
         }
-        if self.nano_cpus:
-            host["NanoCpus"] = self.nano_cpus
+        limits = spec.limits
+        if limits.memory_bytes:
+            host["Memory"] = limits.memory_bytes
+            host["MemorySwap"] = limits.memory_bytes  # no swap beyond the limit
+        if limits.cpus:
+            host["NanoCpus"] = int(limits.cpus * 1e9)
+        if limits.pids:
+            host["PidsLimit"] = limits.pids
         config: dict[str, Any] = {
             "Image": spec.image,
+            "User": user,
             "Env": [f"{k}={v}" for k, v in sorted(spec.env.items())],
             "Labels": {**self.extra_labels, **spec.labels},
             "HostConfig": host,
@@ -147,7 +169,7 @@ class DockerRuntime(Runtime):
         state = info.get("State")
         if isinstance(state, dict):
             running = bool(state.get("Running"))
-            started_at = _parse_time(state.get("StartedAt"))
+            started_at = parse_docker_time(state.get("StartedAt"))
         else:  # the list endpoint gives State as a string
             running = state == "running"
             started_at = None
@@ -192,9 +214,10 @@ class DockerRuntime(Runtime):
         if not spec.image:
             raise ContractError(f"deployment {spec.deployment!r} has no image for docker")
         name = self.container_name(spec.deployment, spec.replica)
+        user = await self._user_for(spec.image)
         await self._remove_previous(name)
         try:
-            container = await self._docker.containers.create(self._config(spec), name=name)
+            container = await self._docker.containers.create(self._config(spec, user), name=name)
         except aiodocker.DockerError as exc:
             if exc.status == 404:
                 raise ContractError(f"image {spec.image!r} not found: {exc.message}") from exc
@@ -264,24 +287,61 @@ class DockerRuntime(Runtime):
             reason = f"{reason}: {state['Error']}"
         return ExitInfo(exit_code=code, oom_killed=oom, reason=reason)
 
-    async def logs(self, handle: ReplicaHandle) -> AsyncIterator[str]:
-        """Output lines of the container (only new ones for an adopted container)."""
-        container: DockerContainer = self._docker.containers.container(handle.runtime_id)
-        since = int(time.time()) if handle.adopted else 0
-        buffer = ""
+    async def logs(self, handle: ReplicaHandle) -> AsyncIterator[OutputLine]:
+        """Output lines of the container with their stream and the engine's timestamp.
+
+        Follows until the container stops; an adopted container yields only lines
+        written from now on. Reads the raw multiplexed stream (``_docker_stream``)
+        because aiodocker's ``log()`` drops which stream a line came from.
+        """
+        params = {"stdout": "1", "stderr": "1", "follow": "1", "timestamps": "1"}
+        if handle.adopted:
+            params["since"] = str(int(time.time()))
+        decoder = LogFrameDecoder(max_line_bytes=self.log_line_max_bytes)
         try:
-            async for chunk in container.log(
-                stdout=True, stderr=True, follow=True, since=since, timeout=None
-            ):
-                buffer += chunk
-                *lines, buffer = buffer.split("\n")
-                for line in lines:
-                    yield line
+            async with self._docker._query(
+                f"containers/{handle.runtime_id}/logs",
+                params=params,
+                timeout=aiohttp.ClientTimeout(total=None, sock_read=None),
+            ) as response:
+                async for chunk in response.content.iter_any():
+                    for line in decoder.feed(chunk):
+                        yield line
         except aiodocker.DockerError as exc:
             if exc.status != 404:
                 logger.warning("log stream failed", container=handle.name, error=exc.message)
-        if buffer:
-            yield buffer
+        except aiohttp.ClientError as exc:
+            logger.warning("log stream ended", container=handle.name, error=repr(exc))
+        for line in decoder.flush():
+            yield line
+
+    async def exec(self, handle: ReplicaHandle, command: list[str], timeout_s: float) -> ExecResult:
+        """``docker exec`` ``command`` in the container; its exit code and output tail.
+
+        Docker cannot kill an exec'd process: one that outlives ``timeout_s`` is
+        reported as failed (``exit_code`` None) and left to end by itself (the PID
+        limit bounds how many can pile up).
+
+        Raises:
+            UnavailableError: the engine refused (e.g. the container is not running).
+        """
+        container = self._docker.containers.container(handle.runtime_id)
+        output = bytearray()
+        try:
+            async with asyncio.timeout(timeout_s):
+                execution = await container.exec(command, stdout=True, stderr=True)
+                async with execution.start(detach=False) as stream:
+                    while (msg := await stream.read_out()) is not None:
+                        output += msg.data
+                        del output[: max(0, len(output) - _EXEC_OUTPUT_CHARS)]
+                info = await execution.inspect()
+        except TimeoutError:
+            return ExecResult(exit_code=None, output=f"timed out after {timeout_s:g} s")
+        except (aiodocker.DockerError, aiohttp.ClientError) as exc:
+            message = exc.message if isinstance(exc, aiodocker.DockerError) else repr(exc)
+            raise UnavailableError(f"cannot exec in {handle.name}: {message}") from exc
+        text = output.decode("utf-8", "replace").strip()
+        return ExecResult(exit_code=info.get("ExitCode"), output=text)
 
     async def list_own(self) -> list[ReplicaHandle]:
         """Containers (running or not) with this node's and prefix's labels.

@@ -3,7 +3,11 @@
 Each replica runs ``command`` in a new session (its own process group), so ``stop``
 signals the whole group: SIGTERM, then SIGKILL after the grace period. stdout and
 stderr are read line by line into a bounded buffer (oldest lines kept, new ones
-dropped when it is full) that ``logs`` drains.
+dropped when it is full) that ``logs`` drains. A health check command runs as a
+separate subprocess with the replica's environment (killed at its timeout).
+
+Limits (``Limits``) are not enforced: that needs cgroups, i.e. root or a container
+engine. The supervisor logs a warning when a deployment declares limits here.
 
 Adoption is not possible: a process runtime does not find the processes an earlier
 supervisor started (``list_own`` is empty), so ``close`` stops every child it
@@ -18,22 +22,32 @@ import os
 import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, cast
 
 from loguru import logger
 
 from agentbus.errors import ContractError, UnavailableError
 from agentbus.messages import utcnow
-from agentbus_supervisor.runtime import ExitInfo, ReplicaHandle, ReplicaSpec, Runtime
+from agentbus_supervisor.runtime import (
+    ExecResult,
+    ExitInfo,
+    OutputLine,
+    ReplicaHandle,
+    ReplicaSpec,
+    Runtime,
+)
 
 _STRIPPED_ENV = ("SUPERVISOR_", "AGENTBUS_")
 """The supervisor's own settings are not inherited; the spec sets the agent's."""
+_EXEC_OUTPUT_CHARS = 400
+Stream = Literal["stdout", "stderr"]
 
 
 @dataclass
 class _Child:
     process: asyncio.subprocess.Process
-    lines: asyncio.Queue[str | None]
+    lines: asyncio.Queue[OutputLine | None]
+    env: dict[str, str]
     readers: list[asyncio.Task[None]] = field(default_factory=list)
     dropped: int = 0
 
@@ -91,9 +105,12 @@ class ProcessRuntime(Runtime):
             raise ContractError(f"cannot execute {spec.command[0]!r}: {exc}") from exc
         except OSError as exc:
             raise UnavailableError(f"cannot spawn {spec.command[0]!r}: {exc}") from exc
-        child = _Child(process, asyncio.Queue(maxsize=self.queue_lines))
-        streams = [s for s in (process.stdout, process.stderr) if s is not None]
-        child.readers = [asyncio.create_task(self._read(child, s)) for s in streams]
+        child = _Child(process, asyncio.Queue(maxsize=self.queue_lines), env)
+        streams = cast(
+            list[tuple[Stream, asyncio.StreamReader]],
+            [("stdout", process.stdout), ("stderr", process.stderr)],
+        )
+        child.readers = [asyncio.create_task(self._read(child, n, s)) for n, s in streams]
         asyncio.create_task(self._close_lines(child))  # noqa: RUF006 - ends with the readers
         handle_id = str(process.pid)
         self._children[handle_id] = child
@@ -108,7 +125,7 @@ class ProcessRuntime(Runtime):
             started_at=utcnow(),
         )
 
-    async def _read(self, child: _Child, stream: asyncio.StreamReader) -> None:
+    async def _read(self, child: _Child, name: Stream, stream: asyncio.StreamReader) -> None:
         while True:
             try:
                 raw = await stream.readline()
@@ -116,9 +133,9 @@ class ProcessRuntime(Runtime):
                 raw = await stream.read(self.line_max_bytes)
             if not raw:
                 return
-            line = raw.decode(errors="replace").rstrip("\r\n")
+            text = raw.decode(errors="replace").rstrip("\r\n")
             try:
-                child.lines.put_nowait(line)
+                child.lines.put_nowait(OutputLine(stream=name, at=utcnow(), text=text))
             except asyncio.QueueFull:
                 child.dropped += 1
 
@@ -173,13 +190,46 @@ class ProcessRuntime(Runtime):
         returncode = await child.process.wait()
         return exit_info(returncode)
 
-    async def logs(self, handle: ReplicaHandle) -> AsyncIterator[str]:
+    async def logs(self, handle: ReplicaHandle) -> AsyncIterator[OutputLine]:
         """Output lines until the process has closed stdout and stderr."""
         child = self._child(handle)
         if child is None:
             return
         while (line := await child.lines.get()) is not None:
             yield line
+
+    async def exec(self, handle: ReplicaHandle, command: list[str], timeout_s: float) -> ExecResult:
+        """Run ``command`` as a subprocess with the replica's environment.
+
+        Killed (its whole process group) when it outlives ``timeout_s`` seconds.
+
+        Raises:
+            UnavailableError: the replica is not a running child of this runtime, or
+                the command could not be spawned.
+        """
+        child = self._child(handle)
+        if child is None or child.process.returncode is not None:
+            raise UnavailableError(f"replica {handle.agent_id} is not running")
+        try:
+            probe = await asyncio.create_subprocess_exec(
+                *command,
+                env=child.env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            return ExecResult(exit_code=None, output=f"cannot execute {command[0]!r}: {exc}")
+        try:
+            out, _ = await asyncio.wait_for(probe.communicate(), timeout_s)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(probe.pid, signal.SIGKILL)
+            await probe.wait()
+            return ExecResult(exit_code=None, output=f"timed out after {timeout_s:g} s")
+        text = out.decode(errors="replace").strip()[-_EXEC_OUTPUT_CHARS:]
+        return ExecResult(exit_code=probe.returncode, output=text)
 
     def dropped_lines(self, handle: ReplicaHandle) -> int:
         """Lines lost because nobody drained the buffer fast enough."""

@@ -1,90 +1,65 @@
-"""One supervised replica: start it, watch it exit, restart it with backoff, ship its logs.
+"""One supervised replica: start it, watch it, restart it by policy, ship its logs.
 
 A ``ReplicaRunner`` owns one replica from placement to removal. Its loop starts the
-replica (or adopts a container left running by an earlier supervisor), waits for it
-to exit, and applies the deployment's restart policy: ``always`` restarts, ``on-failure``
-restarts after a non-zero exit, ``never`` leaves it exited. The n-th consecutive
-restart waits ``backoff_initial_s * backoff_factor**n`` seconds (capped at
-``backoff_max_s``, ±10 % jitter); a replica that ran for ``healthy_uptime_s`` before it
-exited starts the sequence again at n = 0. Each transition is a ``ReplicaEvent``.
+replica (or adopts a container left running by an earlier supervisor) and watches
+it until it ends: by itself (``exit``), by the kernel's OOM killer (``oom``), or
+killed by the supervisor because its health check failed (``unhealthy``) or its
+agent stopped heartbeating (``heartbeat``); see ``health``. ``restart_policy``
+decides whether and when it starts again (policy, exponential backoff with jitter,
+crash-loop window). Every transition is a ``ReplicaEvent`` on
+``<p>.events.replica.<kind>`` with the cause in ``reason`` and the exit code.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
 from loguru import logger
-from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from agentbus.bus import Bus
 from agentbus.errors import AgentBusError, ContractError
+from agentbus.messages import (
+    AgentInfo,
+    Deployment,
+    ReplicaEvent,
+    ReplicaState,
+    ReplicaStatus,
+    utcnow,
+)
 from agentbus.retry import backoff_s
-from agentbus.messages import Deployment, ReplicaEvent, ReplicaState, ReplicaStatus, utcnow
+from agentbus_supervisor.health import watchdog
+from agentbus_supervisor.logs import ship_logs
+from agentbus_supervisor.metrics import SupervisorMetrics
+from agentbus_supervisor.restart_policy import Cause, RestartTracker
 from agentbus_supervisor.runtime import ExitInfo, ReplicaHandle, ReplicaSpec, Runtime
+from agentbus_supervisor.watch import KvMirror
 
 _LOG_DRAIN_S = 2.0
 """After an exit, how long the log shipper may take to send the last lines."""
 _WAIT_RETRY_S = 1.0
-EventKind = Literal["started", "exited", "restarting", "stopped", "failed"]
-
-
-class SupervisorMetrics:
-    """Metrics of the supervisor, on the registry given to ``serve``."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.replicas = Gauge(
-            "agentbus_supervisor_replicas", "Replicas this node supervises.", registry=registry
-        )
-        self.starts = Counter(
-            "agentbus_supervisor_replica_starts_total",
-            "Replica starts, by outcome (started, adopted, failed).",
-            ["outcome"],
-            registry=registry,
-        )
-        self.exits = Counter(
-            "agentbus_supervisor_replica_exits_total",
-            "Replica exits, by kind (ok, error, oom).",
-            ["kind"],
-            registry=registry,
-        )
-        self.restarts = Counter(
-            "agentbus_supervisor_replica_restarts_total",
-            "Restarts scheduled by the restart policy.",
-            registry=registry,
-        )
-        self.log_lines = Counter(
-            "agentbus_supervisor_log_lines_total",
-            "Output lines shipped to the logs stream.",
-            registry=registry,
-        )
-        self.log_errors = Counter(
-            "agentbus_supervisor_log_errors_total",
-            "Output lines that could not be published.",
-            registry=registry,
-        )
+_KILL_RETRY_S = 5.0
+EventKind = Literal["started", "exited", "restarting", "crash-loop", "stopped", "failed"]
 
 
 @dataclass(frozen=True)
 class RunnerContext:
-    """What every runner of one supervisor shares."""
+    """What every runner of one supervisor shares.
+
+    Attributes:
+        agents: the mirror of KV ``<p>_agents`` (heartbeat checks); None disables them.
+    """
 
     bus: Bus
     runtime: Runtime
     node_id: str
     metrics: SupervisorMetrics
-    healthy_uptime_s: float = 10.0
+    agents: KvMirror[AgentInfo] | None = None
     log_line_max_bytes: int = 8192
-
-
-def backoff_delay_s(deployment: Deployment, n: int) -> float:
-    """Delay before the ``n``-th consecutive restart (n = 0 for the first), seconds."""
-    return backoff_s(deployment.backoff, n + 1)
 
 
 class ReplicaRunner:
@@ -92,7 +67,7 @@ class ReplicaRunner:
 
     Attributes:
         spec: what the replica runs.
-        deployment: the current deployment spec (restart policy and backoff).
+        deployment: the current deployment spec (restart policy, backoff, checks).
         handle: the runtime's handle of the current (or last) instance.
         restarts: restarts done by the restart policy so far.
     """
@@ -110,6 +85,7 @@ class ReplicaRunner:
         self.deployment = deployment
         self.handle: ReplicaHandle | None = adopted
         self.restarts = 0
+        self.tracker = RestartTracker()
         self.state: ReplicaState = "starting"
         self.exit_code: int | None = None
         self.backoff_s: float | None = None
@@ -138,9 +114,15 @@ class ReplicaRunner:
         """Launch the supervision loop as a task."""
         self._task = asyncio.create_task(self._run(), name=f"replica-{self.spec.agent_id}")
 
-    async def stop(self, grace_s: float, *, reason: str = "unplaced") -> None:
-        """Stop supervising, stop the replica (SIGTERM, SIGKILL after ``grace_s``)."""
+    async def stop(self, grace_s: float | None = None, *, reason: str = "unplaced") -> None:
+        """Stop supervising, then stop the replica gracefully.
+
+        SIGTERM, then SIGKILL after ``grace_s`` seconds (default: the deployment's
+        ``stop_grace_s``). An agentbus agent uses that time to finish its tasks or
+        return them to the queue and leave the registry (``runtime.agent_stop_grace_s``).
+        """
         self.state = "stopping"
+        grace_s = self.deployment.stop_grace_s if grace_s is None else grace_s
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -168,7 +150,6 @@ class ReplicaRunner:
 
     # -- the loop -------------------------------------------------------------------------
     async def _run(self) -> None:
-        n = 0
         handle = self.handle
         if handle is not None:
             self._running(handle)
@@ -176,56 +157,69 @@ class ReplicaRunner:
             await self._event("started", reason="adopted")
         while True:
             if handle is None:
-                self.state = "starting"
-                try:
-                    handle = await self._start_once()
-                except ContractError as exc:
-                    self.state, self.reason = "failed", str(exc)
-                    self.ctx.metrics.starts.labels("failed").inc()
-                    logger.error(
-                        "replica cannot start", agent_id=self.spec.agent_id, error=str(exc)
-                    )
-                    await self._event("failed", reason=str(exc))
-                    # Retry slowly: the image may yet be built or loaded on this node.
-                    await asyncio.sleep(self.deployment.backoff.max_s)
-                    continue
-                except AgentBusError as exc:
-                    self.ctx.metrics.starts.labels("failed").inc()
-                    logger.warning(
-                        "replica start failed", agent_id=self.spec.agent_id, error=str(exc)
-                    )
-                    await self._event("failed", reason=str(exc))
-                    await self._backoff(n, reason=str(exc))
-                    n += 1
-                    continue
-                self._running(handle)
-                self.ctx.metrics.starts.labels("started").inc()
-                await self._event("started", reason="restarted" if self.restarts else "placed")
-            began = time.monotonic()
-            info = await self._wait(handle)
-            uptime_s = time.monotonic() - began
-            self.state, self.exit_code, self.reason = "exited", info.exit_code, info.reason
-            kind = "oom" if info.oom_killed else ("ok" if info.exit_code == 0 else "error")
-            self.ctx.metrics.exits.labels(kind).inc()
+                handle = await self._start_until_up()
+            cause, info, uptime_s, detail = await self._watch(handle)
+            self.state, self.exit_code, self.reason = "exited", info.exit_code, detail
+            self.ctx.metrics.exits.labels(cause).inc()
             await self._stop_logs(_LOG_DRAIN_S)
-            logger.info("replica exited", agent_id=self.spec.agent_id, reason=info.reason)
-            await self._event("exited", exit_code=info.exit_code, reason=info.reason)
-            policy = self.deployment.restart_policy
-            if policy == "never" or (policy == "on-failure" and info.exit_code == 0):
+            logger.info("replica ended", agent_id=self.spec.agent_id, cause=cause, detail=detail)
+            await self._event("exited", exit_code=info.exit_code, reason=cause, detail=detail)
+            decision = self.tracker.decide(
+                self.deployment,
+                cause=cause,
+                exit_code=info.exit_code,
+                uptime_s=uptime_s,
+                now=time.monotonic(),
+            )
+            if not decision.restart:
                 return  # stays exited until unplaced; ``stop`` removes it
-            if uptime_s >= self.ctx.healthy_uptime_s:
-                n = 0
             self.restarts += 1
-            self.ctx.metrics.restarts.inc()
-            await self._backoff(n, reason=info.reason, exit_code=info.exit_code)
-            n += 1
+            self.ctx.metrics.restarts.labels(cause).inc()
+            if decision.entered_crash_loop:
+                self.ctx.metrics.crash_loops.inc()
+                logger.warning("replica in crash loop", agent_id=self.spec.agent_id)
+                await self._event("crash-loop", exit_code=info.exit_code, reason=cause,
+                                  detail=detail)  # fmt: skip
+            self.state = "crash-loop" if decision.crash_loop else "backoff"
+            self.backoff_s = decision.delay_s
+            await self._event("restarting", exit_code=info.exit_code, reason=cause,
+                              detail=f"{detail}; restart in {decision.delay_s:.2f} s")  # fmt: skip
+            await asyncio.sleep(decision.delay_s)
             try:
-                await self.ctx.runtime.stop(handle, 0)  # forget / remove the exited instance
+                await self.ctx.runtime.stop(handle, 0)  # forget / remove the ended instance
             except AgentBusError as exc:
-                logger.warning(
-                    "exited replica not removed", agent_id=handle.agent_id, error=str(exc)
-                )
+                logger.warning("ended replica not removed", agent_id=handle.agent_id,
+                               error=str(exc))  # fmt: skip
             handle = self.handle = None
+
+    async def _start_until_up(self) -> ReplicaHandle:
+        """Start an instance, retrying failed starts (slowly for a spec that cannot run)."""
+        failures = 0
+        while True:
+            self.state = "starting"
+            try:
+                handle = await self._start_once()
+            except ContractError as exc:
+                self.state, self.reason = "failed", str(exc)
+                self.ctx.metrics.starts.labels("failed").inc()
+                logger.error("replica cannot start", agent_id=self.spec.agent_id, error=str(exc))
+                await self._event("failed", reason="bad-spec", detail=str(exc))
+                # Retry slowly: the image may yet be built or loaded on this node.
+                await asyncio.sleep(self.deployment.backoff.max_s)
+                continue
+            except AgentBusError as exc:
+                failures += 1
+                delay_s = backoff_s(self.deployment.backoff, failures)
+                self.state, self.reason, self.backoff_s = "backoff", str(exc), delay_s
+                self.ctx.metrics.starts.labels("failed").inc()
+                logger.warning("replica start failed", agent_id=self.spec.agent_id, error=str(exc))
+                await self._event("failed", reason="start-failed", detail=str(exc))
+                await asyncio.sleep(delay_s)
+                continue
+            self._running(handle)
+            self.ctx.metrics.starts.labels("started").inc()
+            await self._event("started", reason="restarted" if self.restarts else "placed")
+            return handle
 
     async def _start_once(self) -> ReplicaHandle:
         # Shielded: a stop() during start still learns the handle and stops it.
@@ -236,9 +230,55 @@ class ReplicaRunner:
 
     def _running(self, handle: ReplicaHandle) -> None:
         self.handle = handle
-        self.state, self.backoff_s, self.exit_code = "running", None, None
+        self.state, self.backoff_s, self.exit_code, self.reason = "running", None, None, ""
         self.started_at = handle.started_at or utcnow()
-        self._log_task = asyncio.create_task(self._ship_logs(handle))
+        self._log_task = asyncio.create_task(
+            ship_logs(
+                self.ctx.bus,
+                self.ctx.runtime,
+                handle,
+                node_id=self.ctx.node_id,
+                metrics=self.ctx.metrics,
+                line_max_bytes=self.ctx.log_line_max_bytes,
+            )
+        )
+
+    async def _watch(self, handle: ReplicaHandle) -> tuple[Cause, ExitInfo, float, str]:
+        """Until the instance ends: (cause, exit info, uptime in s, one-line detail)."""
+        began = time.monotonic()
+        waiter = asyncio.create_task(self._wait(handle))
+        dog = asyncio.create_task(
+            watchdog(
+                self.ctx.runtime,
+                handle,
+                lambda: self.deployment,
+                agents=self.ctx.agents,
+                node_id=self.ctx.node_id,
+                metrics=self.ctx.metrics,
+                is_connected=lambda: self.ctx.bus.nc.is_connected,
+            )
+        )
+        try:
+            await asyncio.wait({waiter, dog}, return_when=asyncio.FIRST_COMPLETED)
+            if waiter.done():
+                info = waiter.result()
+                cause: Cause = "oom" if info.oom_killed else "exit"
+                return cause, info, time.monotonic() - began, info.reason
+            cause, detail = dog.result()
+            logger.warning("killing replica", agent_id=handle.agent_id, cause=cause,
+                           detail=detail)  # fmt: skip
+            while not waiter.done():
+                try:
+                    await self.ctx.runtime.kill(handle)
+                except AgentBusError as exc:
+                    logger.warning("kill failed", agent_id=handle.agent_id, error=str(exc))
+                await asyncio.wait({waiter}, timeout=_KILL_RETRY_S)
+            info = waiter.result()
+            return cause, info, time.monotonic() - began, f"{detail} ({info.reason})"
+        finally:
+            for task in (waiter, dog):
+                task.cancel()
+            await asyncio.gather(waiter, dog, return_exceptions=True)
 
     async def _wait(self, handle: ReplicaHandle) -> ExitInfo:
         while True:
@@ -248,16 +288,9 @@ class ReplicaRunner:
                 logger.warning("replica wait failed", agent_id=handle.agent_id, error=str(exc))
                 await asyncio.sleep(_WAIT_RETRY_S)
 
-    async def _backoff(self, n: int, *, reason: str, exit_code: int | None = None) -> None:
-        delay_s = backoff_delay_s(self.deployment, n)
-        self.state, self.backoff_s = "backoff", delay_s
-        logger.info("replica restarting", agent_id=self.spec.agent_id, delay_s=round(delay_s, 3))
-        await self._event("restarting", exit_code=exit_code, reason=reason)
-        await asyncio.sleep(delay_s)
-
     # -- events and logs ------------------------------------------------------------------
     async def _event(
-        self, kind: EventKind, *, exit_code: int | None = None, reason: str = ""
+        self, kind: EventKind, *, exit_code: int | None = None, reason: str = "", detail: str = ""
     ) -> None:
         event = ReplicaEvent(
             node_id=self.ctx.node_id,
@@ -269,28 +302,12 @@ class ReplicaRunner:
             exit_code=exit_code,
             restarts=self.restarts,
             reason=reason,
+            detail=detail,
         )
         try:
             await self.ctx.bus.publish_event("replica", kind, event)
         except Exception as exc:  # best effort: an outage must not stop supervision
             logger.warning("replica event not published", kind=kind, error=repr(exc))
-
-    async def _ship_logs(self, handle: ReplicaHandle) -> None:
-        subject = self.ctx.bus.names.log_subject(handle.agent_id)
-        headers = {"Agentbus-Node": self.ctx.node_id, "Agentbus-Runtime-Id": handle.runtime_id}
-        limit = self.ctx.log_line_max_bytes
-        try:
-            async for line in self.ctx.runtime.logs(handle):
-                data = line.encode()[:limit]
-                try:
-                    await self.ctx.bus.nc.publish(subject, data, headers=dict(headers))
-                    self.ctx.metrics.log_lines.inc()
-                except Exception:
-                    self.ctx.metrics.log_errors.inc()
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            logger.warning("log shipping ended", agent_id=handle.agent_id, error=repr(exc))
 
     async def _stop_logs(self, drain_s: float) -> None:
         task = self._log_task

@@ -1,9 +1,9 @@
 """What a runtime (Docker containers or local processes) does for the supervisor.
 
 A runtime starts one replica from a ``ReplicaSpec``, waits for it to exit, stops it
-gracefully (SIGTERM, then SIGKILL after a grace period), streams its output lines
-and, where it can, lists the replicas it left running before a supervisor restart
-(adoption).
+gracefully (SIGTERM, then SIGKILL after a grace period), runs a command inside it
+(health checks), streams its output lines (with stream and timestamp) and, where it
+can, lists the replicas it left running before a supervisor restart (adoption).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Literal
 
 from agentbus.messages import Deployment
+from agentbus.messages.fleet import Limits
 
 LABEL_MANAGED = "agentbus.managed"
 LABEL_NODE = "agentbus.node"
@@ -26,7 +27,17 @@ LABEL_DEPLOYMENT = "agentbus.deployment"
 LABEL_REPLICA = "agentbus.replica"
 LABEL_AGENT_ID = "agentbus.agent_id"
 LABEL_SPEC = "agentbus.spec"
-"""Digest of image, command and env: an adopted replica must match its current spec."""
+"""Digest of image, command, env and limits: an adopted replica must match its spec."""
+NO_LIMITS = Limits()
+STOP_RETURN_MARGIN_S = 2.0
+"""Of a deployment's ``stop_grace_s``, at most this much (half of short graces) is kept
+for the agent to return its unfinished tasks and leave the registry: the agent's own
+grace (``AGENTBUS_AGENT_STOP_GRACE_S``) is the rest, so SIGKILL never comes first."""
+
+
+def agent_stop_grace_s(stop_grace_s: float) -> float:
+    """The agent's in-flight grace inside a replica stop grace of ``stop_grace_s`` s."""
+    return max(stop_grace_s - min(STOP_RETURN_MARGIN_S, stop_grace_s / 2), 0.1)
 
 
 @dataclass(frozen=True, eq=True)
@@ -41,6 +52,7 @@ class ReplicaSpec:
         command: argv (process runtime; the container command for docker).
         env: the complete agent environment (deployment env + ``AGENTBUS_*``).
         labels: ``agentbus.*`` labels identifying node, prefix and replica.
+        limits: memory/CPU/PID limits in effect (the deployment's, else the node's).
     """
 
     deployment: str
@@ -50,11 +62,13 @@ class ReplicaSpec:
     command: tuple[str, ...] | None
     env: dict[str, str] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
+    limits: Limits = NO_LIMITS
 
     @property
     def digest(self) -> str:
-        """Short SHA-256 of what the replica runs (image, command, env)."""
-        body = json.dumps([self.image, self.command, sorted(self.env.items())])
+        """Short SHA-256 of what the replica runs (image, command, env, limits)."""
+        limits = [self.limits.memory_bytes, self.limits.cpus, self.limits.pids]
+        body = json.dumps([self.image, self.command, sorted(self.env.items()), limits])
         return hashlib.sha256(body.encode()).hexdigest()[:16]
 
 
@@ -83,6 +97,34 @@ class ReplicaHandle:
     running: bool = True
     started_at: datetime | None = None
     adopted: bool = False
+
+
+@dataclass(frozen=True)
+class OutputLine:
+    """One line a replica wrote.
+
+    Attributes:
+        stream: ``stdout`` or ``stderr``.
+        at: when the runtime read it (Docker: the engine's own timestamp), UTC.
+        text: the line without its newline.
+    """
+
+    stream: Literal["stdout", "stderr"]
+    at: datetime
+    text: str
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    """How a command run inside a replica ended (health checks).
+
+    Attributes:
+        exit_code: its exit status; None when it timed out or could not run.
+        output: the end of its output (at most a few hundred characters).
+    """
+
+    exit_code: int | None
+    output: str = ""
 
 
 @dataclass(frozen=True)
@@ -127,8 +169,18 @@ class Runtime(ABC):
         """Block until the replica has exited and tell how."""
 
     @abstractmethod
-    def logs(self, handle: ReplicaHandle) -> AsyncIterator[str]:
+    def logs(self, handle: ReplicaHandle) -> AsyncIterator[OutputLine]:
         """Output lines (stdout and stderr) from now until the replica exits."""
+
+    @abstractmethod
+    async def exec(self, handle: ReplicaHandle, command: list[str], timeout_s: float) -> ExecResult:
+        """Run ``command`` inside the replica (its user, env and namespaces).
+
+        A command still running after ``timeout_s`` seconds gives ``exit_code`` None.
+
+        Raises:
+            UnavailableError: the runtime could not run it (engine error, replica gone).
+        """
 
     @abstractmethod
     async def list_own(self) -> list[ReplicaHandle]:
@@ -148,14 +200,16 @@ def build_spec(
     nats_url: str,
     runtime: str,
     default_image: str | None = None,
+    default_limits: Limits = NO_LIMITS,
 ) -> ReplicaSpec:
     """The ``ReplicaSpec`` of replica ``replica`` of ``deployment`` on this node.
 
     The environment is the deployment's ``env`` overlaid with the agent settings
-    (``AGENTBUS_NATS_URL``, ``AGENTBUS_PREFIX`` and ``AGENTBUS_AGENT_*``). On a
-    ``docker`` node the container runs ``image_command`` (or the image's CMD); with no
-    image it runs ``command`` in ``default_image``. On a ``process`` node it runs
-    ``command``.
+    (``AGENTBUS_NATS_URL``, ``AGENTBUS_PREFIX`` and ``AGENTBUS_AGENT_*``, including
+    ``AGENTBUS_AGENT_STOP_GRACE_S`` from ``agent_stop_grace_s``). On a ``docker`` node
+    the container runs ``image_command`` (or the image's CMD); with no image it runs
+    ``command`` in ``default_image``. On a ``process`` node it runs ``command``. Each
+    limit the deployment leaves unset comes from ``default_limits`` (the node's).
     """
     agent_id = f"{deployment.name}-{replica}"
     env = dict(deployment.env)
@@ -170,6 +224,8 @@ def build_spec(
             "AGENTBUS_AGENT_MAX_CONCURRENCY": str(deployment.max_concurrency),
         }
     )
+    if deployment.stop_grace_s > 0:
+        env["AGENTBUS_AGENT_STOP_GRACE_S"] = f"{agent_stop_grace_s(deployment.stop_grace_s):g}"
     if deployment.capabilities:
         env["AGENTBUS_AGENT_CAPABILITIES"] = ",".join(deployment.capabilities)
     if runtime == "docker" and deployment.image:
@@ -183,6 +239,11 @@ def build_spec(
         image=deployment.image or default_image,
         command=tuple(command) if command else None,
         env=env,
+        limits=Limits(
+            memory_bytes=deployment.limits.memory_bytes or default_limits.memory_bytes,
+            cpus=deployment.limits.cpus or default_limits.cpus,
+            pids=deployment.limits.pids or default_limits.pids,
+        ),
     )
     labels = {
         LABEL_MANAGED: "1",

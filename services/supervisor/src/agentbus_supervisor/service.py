@@ -3,11 +3,15 @@
 One supervisor runs per node. It
 
 - heartbeats a ``NodeInfo`` into KV ``<p>_nodes`` (key = node id) every ``heartbeat_s``;
-- watches KV ``<p>_placements`` (``Placement``, key ``<deployment>.<replica>``) and
-  KV ``<p>_deployments`` (``Deployment``, key = name); the desired replicas are the
-  placements naming this node whose deployment exists;
-- starts missing replicas, stops (gracefully) those no longer placed here, and
-  replaces a replica whose spec (image, command, env) changed;
+- mirrors KV ``<p>_placements`` (``Placement``, key ``<deployment>.<replica>``),
+  KV ``<p>_deployments`` (``Deployment``, key = name) and KV ``<p>_agents`` (agent
+  heartbeats) through ``KvMirror`` watches that start over after errors and NATS
+  reconnects; the desired replicas are the placements naming this node whose
+  deployment exists;
+- starts missing replicas, stops (gracefully, within the deployment's
+  ``stop_grace_s``) those no longer placed here, and replaces a replica whose spec
+  (image, command, env, limits) changed; each replica's ``ReplicaRunner`` restarts it
+  by policy (``replica``, ``restart_policy``, ``health``);
 - on start, adopts the containers an earlier supervisor of this node left running
   (docker only) instead of starting duplicates;
 - serves ``nats.micro`` service ``supervisor`` with ``<p>.supervisor.<node_id>.status``
@@ -20,8 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 from collections.abc import Callable
+from typing import TypeVar
 
 import msgspec
 from loguru import logger
@@ -31,6 +37,7 @@ from prometheus_client import CollectorRegistry
 from agentbus.bus import Bus
 from agentbus.errors import AgentBusError, UnavailableError
 from agentbus.messages import (
+    AgentInfo,
     Deployment,
     GetNodeStatus,
     NodeInfo,
@@ -39,41 +46,56 @@ from agentbus.messages import (
     encode,
     utcnow,
 )
+from agentbus.messages.fleet import Limits
 from agentbus.names import check_token
 from agentbus.service import MicroService, ServiceMetrics, report_bad_message
 from agentbus_supervisor.docker_runtime import DockerRuntime
+from agentbus_supervisor.metrics import SupervisorMetrics
 from agentbus_supervisor.process_runtime import ProcessRuntime
-from agentbus_supervisor.replica import ReplicaRunner, RunnerContext, SupervisorMetrics
+from agentbus_supervisor.replica import ReplicaRunner, RunnerContext
 from agentbus_supervisor.runtime import ReplicaHandle, ReplicaSpec, Runtime, build_spec
 from agentbus_supervisor.settings import SupervisorSettings
+from agentbus_supervisor.watch import KvMirror
 
+T = TypeVar("T")
 SERVICE = "supervisor"
 ReplicaKey = tuple[str, int]
 _decode_deployment = msgspec.json.Decoder(Deployment).decode
 _decode_placement = msgspec.json.Decoder(Placement).decode
+_decode_agent = msgspec.json.Decoder(AgentInfo).decode
+
+
+def podman_socket_url() -> str:
+    """Podman's API socket: rootless ``$XDG_RUNTIME_DIR/podman/podman.sock``, else rootful."""
+    runtime_dir = os.environ.get("XDG_RUNTIME_DIR")
+    if os.geteuid() != 0 and runtime_dir:
+        return f"unix://{runtime_dir}/podman/podman.sock"
+    return "unix:///run/podman/podman.sock"
 
 
 async def make_runtime(settings: SupervisorSettings, prefix: str) -> Runtime:
     """The runtime ``settings.runtime`` asks for (``auto``: docker if it answers).
 
     Raises:
-        UnavailableError: ``docker`` was asked for and no engine answers.
+        UnavailableError: ``docker`` or ``podman`` was asked for and no engine answers.
     """
-    if settings.runtime in ("docker", "auto"):
+    if settings.runtime in ("docker", "podman", "auto"):
+        url = settings.docker_url
+        if settings.runtime == "podman" and url is None:
+            url = podman_socket_url()
         try:
             return await DockerRuntime.connect(
-                settings.docker_url,
+                url,
                 node_id=settings.node_id,
                 prefix=prefix,
                 network=settings.docker_network,
-                memory_bytes=settings.docker_memory_bytes,
-                nano_cpus=settings.docker_nano_cpus,
-                pids_limit=settings.docker_pids_limit,
                 read_only=settings.docker_read_only,
+                user=settings.docker_user,
                 extra_labels=settings.docker_labels,
+                log_line_max_bytes=settings.log_line_max_bytes,
             )
         except UnavailableError as exc:
-            if settings.runtime == "docker":
+            if settings.runtime != "auto":
                 raise
             logger.info("no Docker engine; running replicas as processes", error=str(exc))
     return ProcessRuntime(
@@ -99,20 +121,33 @@ class Supervisor:
         self.node_id = check_token("node id", settings.node_id)
         self.metrics = SupervisorMetrics(registry)
         self.service_metrics = ServiceMetrics(SERVICE, registry)
+        self._dirty = asyncio.Event()
+        names = bus.names
+        self.deployments = self._mirror(names.deployments_bucket, "deployments", _decode_deployment)
+        self.placements = self._mirror(names.placements_bucket, "placements", _decode_placement)
+        self.agents: KvMirror[AgentInfo] = KvMirror(
+            bus,
+            names.agents_bucket,
+            _decode_agent,
+            on_restart=self.metrics.watch_restarts.labels(names.agents_bucket).inc,
+            check_s=settings.watch_check_s,
+        )
         self.ctx = RunnerContext(
             bus=bus,
             runtime=runtime,
             node_id=self.node_id,
             metrics=self.metrics,
-            healthy_uptime_s=settings.healthy_uptime_s,
+            agents=self.agents,
             log_line_max_bytes=settings.log_line_max_bytes,
         )
+        self.default_limits = Limits(
+            memory_bytes=settings.docker_memory_bytes,
+            cpus=settings.docker_nano_cpus / 1e9 if settings.docker_nano_cpus else None,
+            pids=settings.docker_pids_limit,
+        )
         self.started_at = utcnow()
-        self.deployments: dict[str, Deployment] = {}
-        self.placements: dict[str, Placement] = {}
         self.runners: dict[ReplicaKey, ReplicaRunner] = {}
         self.adoptable: dict[ReplicaKey, ReplicaHandle] = {}
-        self._dirty = asyncio.Event()
         self._beat = asyncio.Event()
         self._pending_stops: set[asyncio.Future[list[None]]] = set()
 
@@ -149,54 +184,33 @@ class Supervisor:
             self._beat.clear()
 
     # -- watching the fleet buckets -----------------------------------------------------
-    async def _watch(
-        self,
-        bucket: str,
-        source: str,
-        apply: Callable[[str, bytes | None], None],
-        ready: asyncio.Event,
-    ) -> None:
-        watcher = await (await self.bus.kv(bucket)).watchall()
-        try:
-            async for entry in watcher:
-                if entry is None:
-                    ready.set()
-                    continue
-                deleted = entry.operation in ("DEL", "PURGE")
-                try:
-                    apply(entry.key, None if deleted else (entry.value or b""))
-                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                    await report_bad_message(
-                        self.bus,
-                        self.service_metrics,
-                        source=source,
-                        subject=f"$KV.{bucket}.{entry.key}",
-                        reason=str(exc),
-                    )
-                    continue
-                self._dirty.set()
-        finally:
-            with contextlib.suppress(Exception):
-                await watcher.stop()  # type: ignore[no-untyped-call]
+    def _mirror(self, bucket: str, source: str, decode: Callable[[bytes], T]) -> KvMirror[T]:
+        async def _bad(key: str, reason: str) -> None:
+            await report_bad_message(
+                self.bus,
+                self.service_metrics,
+                source=source,
+                subject=f"$KV.{bucket}.{key}",
+                reason=reason,
+            )
 
-    def _apply_deployment(self, key: str, value: bytes | None) -> None:
-        if value is None:
-            self.deployments.pop(key, None)
-        else:
-            self.deployments[key] = _decode_deployment(value)
-
-    def _apply_placement(self, key: str, value: bytes | None) -> None:
-        if value is None:
-            self.placements.pop(key, None)
-        else:
-            self.placements[key] = _decode_placement(value)
+        return KvMirror(
+            self.bus,
+            bucket,
+            decode,
+            on_change=self._dirty.set,
+            on_bad=_bad,
+            on_restart=self.metrics.watch_restarts.labels(bucket).inc,
+            check_s=self.settings.watch_check_s,
+        )
 
     # -- reconciling --------------------------------------------------------------------
     def desired(self) -> dict[ReplicaKey, Deployment]:
         """Replicas placed on this node whose deployment exists, with that deployment."""
         wanted: dict[ReplicaKey, Deployment] = {}
-        for p in self.placements.values():
-            if p.node_id == self.node_id and (dep := self.deployments.get(p.deployment)):
+        deployments = self.deployments.values
+        for p in self.placements.values.values():
+            if p.node_id == self.node_id and (dep := deployments.get(p.deployment)):
                 wanted[(p.deployment, p.replica)] = dep
         return wanted
 
@@ -209,20 +223,21 @@ class Supervisor:
             nats_url=self.settings.agent_nats_url or self.bus.settings.nats_url,
             runtime=self.runtime.kind,
             default_image=self.settings.docker_default_image,
+            default_limits=self.default_limits,
         )
 
     async def reconcile(self) -> None:
         """Start, stop and replace replicas until they match ``desired()``."""
         wanted = self.desired()
         grace_s = self.settings.stop_grace_s
-        stopping: list[ReplicaRunner] = []
+        stopping: list[tuple[ReplicaRunner, str]] = []
         for key, runner in list(self.runners.items()):
             dep = wanted.get(key)
             if dep is None:
-                stopping.append(self.runners.pop(key))
+                stopping.append((self.runners.pop(key), "unplaced"))
             elif self._spec(dep, key[1]) != runner.spec:
                 logger.info("replica spec changed; replacing", agent_id=runner.spec.agent_id)
-                stopping.append(self.runners.pop(key))
+                stopping.append((self.runners.pop(key), "replaced"))
             else:
                 runner.deployment = dep
         leftovers = [h for k, h in self.adoptable.items() if k not in wanted]
@@ -231,7 +246,7 @@ class Supervisor:
         # these stops (container removal included) in shutdown().
         stops = asyncio.ensure_future(
             asyncio.gather(
-                *(r.stop(grace_s) for r in stopping),
+                *(r.stop(reason=why) for r, why in stopping),
                 *(self._stop_handle(h, grace_s) for h in leftovers),
             )
         )
@@ -247,8 +262,10 @@ class Supervisor:
             spec = self._spec(dep, key[1])
             adopted = self.adoptable.pop(key, None)
             if adopted is not None and not (adopted.running and adopted.digest == spec.digest):
-                await self._stop_handle(adopted, grace_s)
+                await self._stop_handle(adopted, dep.stop_grace_s)
                 adopted = None
+            if self.runtime.kind == "process" and dep.limits != Limits():
+                logger.warning("the process runtime does not enforce limits", replica=key)
             runner = ReplicaRunner(self.ctx, spec, dep, adopted=adopted)
             self.runners[key] = runner
             runner.start()
@@ -289,34 +306,23 @@ class Supervisor:
         await micro.endpoint(
             "status", GetNodeStatus, self.status, subject=self.status_subject(names.prefix)
         )
-        ready_d, ready_p = asyncio.Event(), asyncio.Event()
+        # The loops end on ``ending`` (not only by cancellation: nats-py may turn a
+        # cancellation inside a request into a TimeoutError that a loop survives).
+        ending = asyncio.Event()
+        mirrors = (self.deployments, self.placements, self.agents)
         tasks = [
-            asyncio.create_task(self._heartbeat(nodes_kv, stop)),
-            asyncio.create_task(
-                self._watch(
-                    names.deployments_bucket,
-                    "deployments",
-                    self._apply_deployment,
-                    ready_d,
-                )
-            ),
-            asyncio.create_task(
-                self._watch(
-                    names.placements_bucket,
-                    "placements",
-                    self._apply_placement,
-                    ready_p,
-                )
-            ),
+            asyncio.create_task(self._heartbeat(nodes_kv, ending)),
+            *(asyncio.create_task(m.run(ending)) for m in mirrors),
         ]
         logger.info("supervisor started", node_id=self.node_id, runtime=self.runtime.kind)
         try:
-            await ready_d.wait()
-            await ready_p.wait()
+            await self.deployments.ready.wait()
+            await self.placements.ready.wait()
             self._dirty.set()  # first pass also settles adoptable leftovers
             tasks.append(asyncio.create_task(self._reconcile_loop()))
             await stop.wait()
         finally:
+            ending.set()
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -335,9 +341,7 @@ class Supervisor:
         runners, self.runners = list(self.runners.values()), {}
         await asyncio.gather(*self._pending_stops, return_exceptions=True)
         if self.settings.stop_replicas_on_exit or self.runtime.kind == "process":
-            await asyncio.gather(
-                *(r.stop(self.settings.stop_grace_s, reason="supervisor stopped") for r in runners)
-            )
+            await asyncio.gather(*(r.stop(reason="supervisor-stopped") for r in runners))
         else:
             await asyncio.gather(*(r.detach() for r in runners))
         self.metrics.replicas.set(0)

@@ -26,8 +26,10 @@ class SupervisorSettings(BaseSettings):
 
     node_id: str = Field(default_factory=default_node_id)
     """This node's id: a token, unique in the fleet; placements name it."""
-    runtime: Literal["docker", "process", "auto"] = "auto"
-    """``auto``: docker if the engine answers, else local processes."""
+    runtime: Literal["docker", "podman", "process", "auto"] = "auto"
+    """``docker``: the Docker Engine API at ``docker_url``; ``podman``: the same API
+    served by ``podman system service`` (``docker_url`` defaults to Podman's socket);
+    ``process``: local processes; ``auto``: docker if an engine answers, else processes."""
     labels: dict[str, str] = {}
     """Node labels for placement (JSON object in the environment)."""
     capacity_replicas: PositiveInt = 64
@@ -41,30 +43,36 @@ class SupervisorSettings(BaseSettings):
     agent_nats_url: str | None = None
     """NATS URL given to agents (default: the supervisor's own URL)."""
     stop_grace_s: PositiveFloat = 10.0
-    """SIGTERM-to-SIGKILL grace when a replica is stopped."""
+    """SIGTERM-to-SIGKILL grace for replicas whose deployment is unknown (leftovers);
+    placed replicas use their deployment's ``stop_grace_s``."""
     stop_replicas_on_exit: bool = True
     """Stop the replicas when the supervisor stops. Off (docker only): leave the
     containers running so that the next supervisor of this node adopts them."""
-    healthy_uptime_s: PositiveFloat = 10.0
-    """A replica that ran this long before exiting restarts with the initial backoff."""
     docker_url: str | None = None
-    """Docker Engine API address (default: ``DOCKER_HOST`` or the local socket)."""
+    """Engine API address, e.g. ``unix:///run/podman/podman.sock`` (default: for docker
+    ``DOCKER_HOST`` or ``/var/run/docker.sock``; for podman ``$XDG_RUNTIME_DIR/podman/
+    podman.sock`` when not root, else ``/run/podman/podman.sock``)."""
     docker_network: str = "host"
     """Network mode of agent containers: ``host``, or a network name (compose)."""
     docker_default_image: str | None = None
     """Image for deployments that give only a ``command`` (docker runtime)."""
     docker_memory_bytes: PositiveInt = 512 * 1024 * 1024
-    """Memory limit of each agent container."""
+    """Memory limit of agent containers whose deployment sets no ``limits.memory_bytes``."""
     docker_nano_cpus: int = 1_000_000_000
-    """CPU limit of each agent container in 1e-9 CPUs (0 = unlimited)."""
+    """CPU limit (1e-9 CPUs; 0 = unlimited) where the deployment sets no ``limits.cpus``."""
     docker_pids_limit: PositiveInt = 256
-    """Process limit of each agent container."""
+    """Process limit of agent containers whose deployment sets no ``limits.pids``."""
+    docker_user: str | None = None
+    """User of agent containers; default: the image's ``USER`` unless that is root, else
+    ``65534:65534`` (nobody). Containers never run as root unless this says so."""
     docker_labels: dict[str, str] = {}
     """Extra labels on every agent container (JSON object in the environment)."""
     docker_read_only: bool = False
     """Run agent containers with a read-only root filesystem."""
     log_line_max_bytes: PositiveInt = 8192
-    """Longer output lines are truncated before they are shipped."""
+    """Longer output lines are shipped in pieces of this size (``LogLine.line``)."""
+    watch_check_s: PositiveFloat = 1.0
+    """How often an idle KV watch checks whether NATS reconnected (then it re-watches)."""
     log_queue_lines: PositiveInt = 1000
     """Lines buffered per replica before new ones are dropped."""
     metrics_port: int | None = None

@@ -1,0 +1,58 @@
+"""Prometheus metrics of the supervisor, on the registry given to ``serve``."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+
+class SupervisorMetrics:
+    """Every metric the supervisor records (names ``agentbus_supervisor_*``)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.replicas = Gauge(
+            "agentbus_supervisor_replicas", "Replicas this node supervises.", registry=registry
+        )
+        self.starts = Counter(
+            "agentbus_supervisor_replica_starts_total",
+            "Replica starts, by outcome (started, adopted, failed).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.exits = Counter(
+            "agentbus_supervisor_replica_exits_total",
+            "Replica ends, by cause (exit, oom, unhealthy, heartbeat).",
+            ["cause"],
+            registry=registry,
+        )
+        self.restarts = Counter(
+            "agentbus_supervisor_replica_restarts_total",
+            "Restarts scheduled by the restart policy, by cause.",
+            ["cause"],
+            registry=registry,
+        )
+        self.crash_loops = Counter(
+            "agentbus_supervisor_crash_loops_total",
+            "Times a replica entered the crash-loop state.",
+            registry=registry,
+        )
+        self.health_failures = Counter(
+            "agentbus_supervisor_health_check_failures_total",
+            "Health check runs that failed (non-zero exit, timeout or error).",
+            registry=registry,
+        )
+        self.watch_restarts = Counter(
+            "agentbus_supervisor_watch_restarts_total",
+            "KV watches started again after an error or a reconnect, by bucket.",
+            ["bucket"],
+            registry=registry,
+        )
+        self.log_lines = Counter(
+            "agentbus_supervisor_log_lines_total",
+            "Output lines shipped to the logs stream.",
+            registry=registry,
+        )
+        self.log_errors = Counter(
+            "agentbus_supervisor_log_errors_total",
+            "Output lines that could not be published.",
+            registry=registry,
+        )
