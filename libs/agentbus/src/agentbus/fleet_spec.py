@@ -32,7 +32,7 @@ import shlex
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, get_args
+from typing import Any, Literal, NamedTuple, get_args, get_origin
 
 import msgspec
 import yaml
@@ -457,6 +457,8 @@ class _Converter:
             return _argv(value)
         if name in ("env", "node_selector"):
             return _string_map(value)
+        if get_origin(tp) is Literal and value not in (choices := get_args(tp)):
+            raise ValueError(f"expected one of {', '.join(map(repr, choices))}, got {value!r}")
         return value
 
 
@@ -475,7 +477,9 @@ def _argv(value: Any) -> list[str]:
             return shlex.split(value)
         except ValueError as exc:
             raise ValueError(f"cannot split the command line: {exc}") from None
-    if isinstance(value, list) and all(_plain_scalar(v) for v in value):
+    if isinstance(value, list):
+        if bad := [v for v in value if not _plain_scalar(v)]:
+            raise ValueError(f"argv item {bad[0]!r} is not a string: quote it")
         return [str(v) for v in value]
     raise ValueError(f"expected an argv list or a shell-quoted string, got {_kind(value)}")
 
