@@ -23,12 +23,13 @@ from agentbus.messages import NULL, BlobRef, encode
 T = TypeVar("T")
 
 
-async def put_blob(bus: Bus, name: str, data: bytes) -> BlobRef:
-    """Store ``data`` under ``name`` (replacing any object of that name)."""
-    obs = await bus.object_store()
+async def put_blob(bus: Bus, name: str, data: bytes, *, bucket: str | None = None) -> BlobRef:
+    """Store ``data`` as ``name`` in ``bucket`` (default: blobs), replacing that name."""
+    bucket = bucket or bus.names.blobs_bucket
+    obs = await bus.object_store(bucket)
     await obs.put(name, data)
     return BlobRef(
-        bucket=bus.names.blobs_bucket,
+        bucket=bucket,
         name=name,
         size_bytes=len(data),
         sha256=hashlib.sha256(data).hexdigest(),
@@ -36,13 +37,14 @@ async def put_blob(bus: Bus, name: str, data: bytes) -> BlobRef:
 
 
 async def get_blob(bus: Bus, ref: BlobRef) -> bytes:
-    """Fetch the bytes ``ref`` points to and verify their SHA-256.
+    """Fetch the bytes ``ref`` points to (in ``ref.bucket``) and verify their SHA-256.
 
     Raises:
         NotFoundError: the object is gone (expired or deleted).
         ContractError: the bytes do not match ``ref.sha256``.
+        UnavailableError: ``ref.bucket`` does not exist.
     """
-    obs = await bus.object_store()
+    obs = await bus.object_store(ref.bucket)
     buf = io.BytesIO()
     try:
         await obs.get(ref.name, writeinto=buf)

@@ -92,7 +92,7 @@ class Bus:
         self.settings = settings
         self.names = Names(settings.prefix)
         self._kv: dict[str, KeyValue] = {}
-        self._obs: ObjectStore | None = None
+        self._obs: dict[str, ObjectStore] = {}
 
     @classmethod
     async def connect(cls, settings: BusSettings | None = None, *, name: str = "agentbus") -> Bus:
@@ -186,19 +186,35 @@ class Bus:
             )
         await self._ensure_kv(KeyValueConfig(n.deployments_bucket, history=5))
         await self._ensure_kv(KeyValueConfig(n.placements_bucket, history=1))
-        await self._ensure_kv(KeyValueConfig(n.checkpoints_bucket, history=64))
+        # Checkpoints: every version is its own key (history 1 suffices); a put is one
+        # atomic batch (record, index, head), which the stream must allow (server >= 2.12).
+        await self._ensure_kv(KeyValueConfig(n.checkpoints_bucket, history=1))
+        await self._allow_atomic(f"KV_{n.checkpoints_bucket}")
         await self._ensure_kv(KeyValueConfig(n.leases_bucket, history=1, limit_marker_ttl=1.0))
         # Trace claims expire by per-message TTL (agentbus.traces); trace kinds make their
         # own counter streams on first use.
         await self._ensure_kv(
             KeyValueConfig(n.trace_claims_bucket, history=1, limit_marker_ttl=1.0)
         )
+        await self._ensure_obs(n.blobs_bucket, ObjectStoreConfig(ttl=TASK_RECORD_TTL_S))
+        # No TTL: checkpoint data lives as long as its version (retention deletes it).
+        await self._ensure_obs(n.checkpoint_blobs_bucket, ObjectStoreConfig())
+
+    async def _ensure_obs(self, bucket: str, config: ObjectStoreConfig) -> None:
         try:
-            self._obs = await self.js.object_store(n.blobs_bucket)
+            self._obs[bucket] = await self.js.object_store(bucket)
         except nats.js.errors.NotFoundError:
-            self._obs = await self.js.create_object_store(
-                n.blobs_bucket, config=ObjectStoreConfig(ttl=TASK_RECORD_TTL_S)
-            )
+            try:
+                self._obs[bucket] = await self.js.create_object_store(bucket, config=config)
+            except nats.js.errors.BadRequestError:  # created concurrently
+                self._obs[bucket] = await self.js.object_store(bucket)
+
+    async def _allow_atomic(self, stream: str) -> None:
+        """Turn on atomic batch publish (ADR-50) on ``stream`` if it is off."""
+        config = (await self.js.stream_info(stream)).config
+        if not config.allow_atomic:
+            config.allow_atomic = True
+            await self.js.update_stream(config)
 
     async def _ensure_stream(self, config: StreamConfig) -> None:
         assert config.name is not None
@@ -233,14 +249,19 @@ class Bus:
                 raise UnavailableError(f"KV bucket {bucket!r} does not exist yet") from exc
         return kv
 
-    async def object_store(self) -> ObjectStore:
-        """The blobs Object Store (cached per connection)."""
-        if self._obs is None:
+    async def object_store(self, bucket: str | None = None) -> ObjectStore:
+        """The Object Store ``bucket`` (default: the blobs bucket), cached per connection.
+
+        Raises:
+            UnavailableError: the bucket does not exist (nobody ran ``ensure()``).
+        """
+        bucket = bucket or self.names.blobs_bucket
+        if (obs := self._obs.get(bucket)) is None:
             try:
-                self._obs = await self.js.object_store(self.names.blobs_bucket)
+                obs = self._obs[bucket] = await self.js.object_store(bucket)
             except nats.js.errors.NotFoundError as exc:
-                raise UnavailableError(f"{self.names.blobs_bucket!r} does not exist") from exc
-        return self._obs
+                raise UnavailableError(f"Object Store {bucket!r} does not exist") from exc
+        return obs
 
     # -- messaging ------------------------------------------------------------------
     async def request(

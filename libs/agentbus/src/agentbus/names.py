@@ -138,8 +138,13 @@ class Names:
 
     @property
     def checkpoints_bucket(self) -> str:
-        """KV of agent checkpoints."""
+        """KV of agent checkpoints (layout in ``agentbus_checkpoint.keys``)."""
         return f"{self.prefix}_checkpoints"
+
+    @property
+    def checkpoint_blobs_bucket(self) -> str:
+        """Object Store of checkpoint data over the inline limit; no TTL (retention prunes)."""
+        return f"{self.prefix}_checkpoint_blobs"
 
     @property
     def leases_bucket(self) -> str:

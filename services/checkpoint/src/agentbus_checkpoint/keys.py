@@ -1,89 +1,152 @@
-"""KV key layout of the checkpoint service.
+"""KV key layout of the checkpoint service (bucket ``<p>_checkpoints``, history 1).
 
-Bucket ``<p>_checkpoints`` (history 64)::
+One thread of agent ``<A>``, thread ``<T>`` and namespace ``""`` has the key prefix
+``<A>.<T>``; namespace ``<N>`` of that thread has ``<A>.<T>.ns.<N>``. Under a prefix::
 
-    <A>.<T>.latest        CheckpointHead {checkpoint_id, version, updated_at}
-    <A>.<T>.v.<id>        Checkpoint: one version, written once, never updated
+    <prefix>.latest                    CheckpointHead: latest version, oldest kept, retention
+    <prefix>.v.<n:012d>.rec            Checkpoint record of version n (no data, no writes)
+    <prefix>.v.<n:012d>.data           its data, raw bytes (absent when in the Object Store)
+    <prefix>.v.<n:012d>.writes         CheckpointWrites: its pending writes
+    <prefix>.id.<escaped id>           CheckpointIndex: checkpoint id -> version
 
-``<A>`` and ``<T>`` are the agent id and thread id, each escaped into one key token:
-bytes of ``[A-Za-z0-9_-]`` stay as they are, every other UTF-8 byte (``.``, ``=``,
-``/``, spaces, non-ASCII, ...) becomes ``=HH`` (two upper-case hex digits). The
-escaping is reversible and leaves ordinary ids (``echo-0``, ``thread_1``) readable, so
-``<A>.>`` selects every key of one agent (for permissions: ``$KV.<bucket>.<A>.>``).
+``<A>``, ``<T>``, ``<N>`` and ids are escaped into one key token each: bytes of
+``[A-Za-z0-9_-]`` stay as they are, every other UTF-8 byte (``.``, ``=``, ``/``,
+spaces, non-ASCII, ...) becomes ``=HH`` (two upper-case hex digits). The escaping is
+reversible and leaves ordinary ids (``echo-0``, ``thread_1``) readable, so
+``nats kv get <p>_checkpoints echo-0.job-7.latest`` shows a head, ``<A>.>`` selects
+every key of one agent (permissions: ``$KV.<bucket>.<A>.>``), and ``<A>.<T>.>`` every
+key of a thread with its namespaces (a thread delete purges that subject).
 
-``<id>`` (the checkpoint id) is ``<version:012d>-<8 hex>``: its lexicographic order
-is the version order, so listing ``<A>.<T>.v.>`` gives a thread's history in order.
+Versions count 1, 2, 3, ... per thread and namespace and are zero-padded, so listing
+``<prefix>.v.*.rec`` gives the history in order; versions ``oldest..latest`` of the
+head may exist, older ones were pruned.
 
-Data over the inline limit lives in the Object Store ``<p>_blobs`` under the
-content-addressed name ``checkpoints/sha256/<hex digest>`` (immutable: the same name
-always holds the same bytes, and forks share blobs).
-
-Room to grow: history = list ``<A>.<T>.v.>``; fork = a new thread whose first
-version's ``parent_id`` names a version of another thread; retention = delete old
-``v`` keys (the head is never deleted; a blob may be deleted only when no remaining
-version references its digest).
+Data over the inline limit lives in the Object Store ``<p>_checkpoint_blobs`` as
+``<prefix>/<32 hex>`` (pending-write values as ``<prefix>/w/<32 hex>``): the name
+says whose it is, and deleting a version deletes its objects.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
+from agentbus.checkpoints import escape_token, thread_key_prefix
 from agentbus.errors import ContractError
 
-_PLAIN = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
-CHECKPOINT_ID_RE = re.compile(r"^[0-9]{12}-[0-9a-f]{8}$")
-BLOB_PREFIX = "checkpoints/sha256/"
-
-
-def escape_token(value: str) -> str:
-    """Escape ``value`` into one KV key token (see the module docstring)."""
-    return "".join(chr(b) if b in _PLAIN else f"={b:02X}" for b in value.encode())
+_BLOB_NAME_RE = re.compile(r"^(?P<prefix>[^/]+)/(?:w/)?[0-9a-f]{32}$")
 
 
 def unescape_token(token: str) -> str:
-    """Invert ``escape_token``."""
+    """Invert ``escape_token``.
+
+    Raises:
+        ContractError: ``token`` is not an escaped token.
+    """
     out = bytearray()
     i = 0
-    while i < len(token):
-        if token[i] == "=":
-            out.append(int(token[i + 1 : i + 3], 16))
-            i += 3
-        else:
-            out += token[i].encode()
-            i += 1
-    return out.decode()
+    try:
+        while i < len(token):
+            if token[i] == "=":
+                out.append(int(token[i + 1 : i + 3], 16))
+                i += 3
+            else:
+                out += token[i].encode()
+                i += 1
+        return out.decode()
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ContractError(f"{token!r} is not an escaped key token") from exc
 
 
-def thread_prefix(agent_id: str, thread_id: str, *, max_chars: int = 256) -> str:
-    """``<A>.<T>``: the key prefix of one thread.
+@dataclass(frozen=True, slots=True)
+class ThreadKeys:
+    """Keys of one thread (or namespace); build with ``ThreadKeys.of``."""
 
-    Raises:
-        ContractError: an id is empty or longer than ``max_chars`` characters.
-    """
-    for kind, value in (("agent_id", agent_id), ("thread_id", thread_id)):
-        if not value or len(value) > max_chars:
-            raise ContractError(f"{kind} must have 1 to {max_chars} characters, not {len(value)}")
-    return f"{escape_token(agent_id)}.{escape_token(thread_id)}"
+    agent_id: str
+    thread_id: str
+    namespace: str
+    prefix: str
 
+    @classmethod
+    def of(
+        cls, agent_id: str, thread_id: str, namespace: str = "", *, max_chars: int = 256
+    ) -> ThreadKeys:
+        """The keys of ``(agent_id, thread_id, namespace)``.
 
-def head_key(prefix: str) -> str:
-    """Key of a thread's head pointer."""
-    return f"{prefix}.latest"
-
-
-def version_key(prefix: str, checkpoint_id: str) -> str:
-    """Key of one checkpoint version.
-
-    Raises:
-        ContractError: ``checkpoint_id`` is not of the form ``<12 digits>-<8 hex>``.
-    """
-    if not CHECKPOINT_ID_RE.match(checkpoint_id):
-        raise ContractError(
-            f"checkpoint_id {checkpoint_id!r} is not a checkpoint id (<12 digits>-<8 hex>)"
+        Raises:
+            ContractError: ``agent_id`` or ``thread_id`` is empty, or an id is longer
+                than ``max_chars`` characters.
+        """
+        for kind, value in (("agent_id", agent_id), ("thread_id", thread_id)):
+            if not value:
+                raise ContractError(f"{kind} must not be empty")
+        for kind, value in (
+            ("agent_id", agent_id),
+            ("thread_id", thread_id),
+            ("namespace", namespace),
+        ):
+            if len(value) > max_chars:
+                raise ContractError(f"{kind} has {len(value)} characters, at most {max_chars}")
+        return cls(
+            agent_id, thread_id, namespace, thread_key_prefix(agent_id, thread_id, namespace)
         )
-    return f"{prefix}.v.{checkpoint_id}"
+
+    @property
+    def head(self) -> str:
+        """Key of the head pointer."""
+        return f"{self.prefix}.latest"
+
+    def record(self, version: int) -> str:
+        """Key of version ``version``'s record."""
+        return f"{self.prefix}.v.{version:012d}.rec"
+
+    def data(self, version: int) -> str:
+        """Key of version ``version``'s inline data."""
+        return f"{self.prefix}.v.{version:012d}.data"
+
+    def writes(self, version: int) -> str:
+        """Key of version ``version``'s pending writes."""
+        return f"{self.prefix}.v.{version:012d}.writes"
+
+    def version_keys(self, version: int) -> str:
+        """Wildcard over every key of version ``version`` (record, data, writes)."""
+        return f"{self.prefix}.v.{version:012d}.>"
+
+    def index(self, checkpoint_id: str) -> str:
+        """Key of the id -> version index entry of ``checkpoint_id``."""
+        return f"{self.prefix}.id.{escape_token(checkpoint_id)}"
+
+    def blob_name(self, token_hex: str, *, write: bool = False) -> str:
+        """Object Store name of data of this thread (``token_hex``: 32 hex digits)."""
+        return f"{self.prefix}/w/{token_hex}" if write else f"{self.prefix}/{token_hex}"
+
+    def owns_blob(self, name: str) -> bool:
+        """Whether ``name`` is an Object Store name of this thread's data."""
+        m = _BLOB_NAME_RE.match(name)
+        return m is not None and m["prefix"] == self.prefix
 
 
-def blob_name(sha256_hex: str) -> str:
-    """Object Store name of checkpoint data with this SHA-256 (hex)."""
-    return f"{BLOB_PREFIX}{sha256_hex}"
+def thread_wildcard(agent_id: str, thread_id: str) -> str:
+    """Wildcard over every key of a thread and its namespaces."""
+    return f"{escape_token(agent_id)}.{escape_token(thread_id)}.>"
+
+
+def head_filters(agent_id: str, thread_id: str | None = None) -> list[str]:
+    """Key filters matching the heads of an agent's threads (or one thread) and namespaces."""
+    a = escape_token(agent_id)
+    t = escape_token(thread_id) if thread_id is not None else "*"
+    return [f"{a}.{t}.latest", f"{a}.{t}.ns.*.latest"]
+
+
+def parse_head_key(key: str) -> tuple[str, str, str]:
+    """``(agent_id, thread_id, namespace)`` of a head key.
+
+    Raises:
+        ContractError: ``key`` is not a head key.
+    """
+    parts = key.split(".")
+    if len(parts) == 3 and parts[2] == "latest":
+        return unescape_token(parts[0]), unescape_token(parts[1]), ""
+    if len(parts) == 5 and parts[2] == "ns" and parts[4] == "latest":
+        return unescape_token(parts[0]), unescape_token(parts[1]), unescape_token(parts[3])
+    raise ContractError(f"{key!r} is not a checkpoint head key")

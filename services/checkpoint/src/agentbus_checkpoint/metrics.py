@@ -6,7 +6,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 
 class CheckpointMetrics:
-    """Counters of stored checkpoints, conflicts and corruption."""
+    """Counters of stored and deleted checkpoints, pending writes, conflicts, corruption."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.puts = Counter(
@@ -18,6 +18,17 @@ class CheckpointMetrics:
         self.put_bytes = Counter(
             "agentbus_checkpoint_put_bytes_total",
             "Bytes of checkpoint data stored.",
+            registry=registry,
+        )
+        self.writes = Counter(
+            "agentbus_checkpoint_writes_total",
+            "Pending writes received (put_writes).",
+            registry=registry,
+        )
+        self.deleted = Counter(
+            "agentbus_checkpoint_deleted_total",
+            "Checkpoint versions deleted, by reason (retention or delete).",
+            ["reason"],
             registry=registry,
         )
         self.conflicts = Counter(

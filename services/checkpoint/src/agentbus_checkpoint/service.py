@@ -1,58 +1,139 @@
-"""The checkpoint service: versioned agent state per agent and thread.
+"""The checkpoint service: versioned agent state per agent, thread and namespace.
 
-``nats.micro`` service ``checkpoint``:
+``nats.micro`` service ``checkpoint``, endpoints ``<p>.checkpoint.<verb>``:
 
-* ``<p>.checkpoint.put``: ``PutCheckpoint`` → ``CheckpointReply`` (the stored
-  version without its data: ``data`` is empty, ``data_ref`` set if the data went to
-  the Object Store, ``sha256`` identifies it; 409 ``ConflictError`` on a stale
-  ``parent_id``);
-* ``<p>.checkpoint.get``: ``GetCheckpoint`` → ``CheckpointReply`` (latest, or by id;
-  404 ``NotFoundError``; 400 ``ContractError`` for a corrupted checkpoint).
+=============  ====================  =========================================
+verb           request               reply
+=============  ====================  =========================================
+``put``        ``PutCheckpoint``     ``CheckpointReply`` (no data); 409 conflict
+``get``        ``GetCheckpoint``     ``CheckpointReply`` (data or data_ref, writes)
+``put_writes`` ``PutWrites``         ``WritesReply``
+``list``       ``ListCheckpoints``   ``CheckpointsReply`` (newest first, no data)
+``threads``    ``ListThreads``       ``ThreadsReply``
+``fork``       ``ForkCheckpoint``    ``CheckpointReply`` (no data)
+``delete``     ``DeleteThread``      ``CheckpointsDeleted``
+``prune``      ``PruneCheckpoints``  ``CheckpointsDeleted``
+=============  ====================  =========================================
 
-Storage rules are in ``agentbus_checkpoint.store``, the key layout in
-``agentbus_checkpoint.keys``. The service keeps no state in memory, so any number
-of instances can serve (writes are compare-and-set on the thread head).
+Storage rules are in ``agentbus_checkpoint.store``, history and retention in
+``agentbus_checkpoint.housekeeping``, the key layout in ``agentbus_checkpoint.keys``.
+The service keeps no state in memory, so any number of instances can serve (a put is
+an atomic batch guarded by the head revision); the retention sweep runs on the one
+instance holding the KV lease ``checkpoint-retention``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import uuid
 
 import msgspec
 from loguru import logger
 from prometheus_client import CollectorRegistry
 
 from agentbus.bus import Bus
-from agentbus.messages import CheckpointReply, GetCheckpoint, PutCheckpoint
+from agentbus.lease import KvLease
+from agentbus.messages import (
+    CheckpointReply,
+    CheckpointsDeleted,
+    CheckpointsReply,
+    DeleteThread,
+    ForkCheckpoint,
+    GetCheckpoint,
+    ListCheckpoints,
+    ListThreads,
+    PruneCheckpoints,
+    PutCheckpoint,
+    PutWrites,
+    ThreadsReply,
+    WritesReply,
+)
 from agentbus.service import MicroService, ServiceMetrics
+from agentbus_checkpoint.housekeeping import Housekeeping
 from agentbus_checkpoint.metrics import CheckpointMetrics
 from agentbus_checkpoint.settings import CheckpointSettings
 from agentbus_checkpoint.store import CheckpointStore
 
 SERVICE = "checkpoint"
+SWEEP_LEASE = "checkpoint-retention"
 
 
 async def serve(
     bus: Bus, stop: asyncio.Event, settings: CheckpointSettings, registry: CollectorRegistry
 ) -> None:
-    """Serve ``put`` and ``get`` until ``stop`` is set, then unregister."""
+    """Serve the checkpoint endpoints until ``stop`` is set, then unregister."""
     service_metrics = ServiceMetrics(SERVICE, registry)
     store = CheckpointStore(bus, settings, CheckpointMetrics(registry))
+    house = Housekeeping(store)
     micro = MicroService(bus, SERVICE, service_metrics, description="agentbus checkpoints")
 
     async def put(req: PutCheckpoint) -> CheckpointReply:
-        record = await store.put(req)
-        # The caller has the data: do not send it back (``sha256`` identifies it).
-        return CheckpointReply(checkpoint=msgspec.structs.replace(record, data=b""))
+        record, head = await store.put(req)
+        tk = store.keys(req.agent_id, req.thread_id, req.namespace)
+        try:
+            await house.apply_retention(tk, head=head)
+        except Exception as exc:  # the put stands; the next put or sweep retries
+            logger.warning("retention after put failed", thread=tk.prefix, error=repr(exc))
+        return CheckpointReply(checkpoint=record)
 
     async def get(req: GetCheckpoint) -> CheckpointReply:
         return CheckpointReply(checkpoint=await store.get(req))
 
+    async def put_writes(req: PutWrites) -> WritesReply:
+        return WritesReply(writes_count=await store.put_writes(req))
+
+    async def list_(req: ListCheckpoints) -> CheckpointsReply:
+        return await house.history(req)
+
+    async def threads(req: ListThreads) -> ThreadsReply:
+        return await house.threads(req)
+
+    async def fork(req: ForkCheckpoint) -> CheckpointReply:
+        record = await house.fork(req)
+        return CheckpointReply(checkpoint=msgspec.structs.replace(record, data=b""))
+
+    async def delete(req: DeleteThread) -> CheckpointsDeleted:
+        return CheckpointsDeleted(deleted_count=await house.delete_thread(req))
+
+    async def prune(req: PruneCheckpoints) -> CheckpointsDeleted:
+        return CheckpointsDeleted(deleted_count=await house.prune(req))
+
     await micro.start()
+    lease_stop = asyncio.Event()
+    background: list[asyncio.Task[None]] = []
     try:
         await micro.endpoint("put", PutCheckpoint, put)
         await micro.endpoint("get", GetCheckpoint, get)
+        await micro.endpoint("put_writes", PutWrites, put_writes)
+        await micro.endpoint("list", ListCheckpoints, list_)
+        await micro.endpoint("threads", ListThreads, threads)
+        await micro.endpoint("fork", ForkCheckpoint, fork)
+        await micro.endpoint("delete", DeleteThread, delete)
+        await micro.endpoint("prune", PruneCheckpoints, prune)
+        if settings.sweep_interval_s > 0:
+            lease = KvLease(bus, SWEEP_LEASE, holder=f"checkpoint-{uuid.uuid4().hex[:8]}")
+            background.append(asyncio.create_task(lease.run(lease_stop)))
+            background.append(asyncio.create_task(_sweeps(house, lease, stop, settings)))
         logger.info("checkpoint serving", prefix=bus.names.prefix)
         await stop.wait()
     finally:
+        lease_stop.set()
+        await asyncio.gather(*background, return_exceptions=True)
         await micro.stop()
+
+
+async def _sweeps(
+    house: Housekeeping, lease: KvLease, stop: asyncio.Event, settings: CheckpointSettings
+) -> None:
+    """Every ``sweep_interval_s``, apply every thread's retention if we hold the lease."""
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), settings.sweep_interval_s)
+        if stop.is_set() or not lease.held:
+            continue
+        try:
+            deleted = await house.sweep()
+            logger.info("checkpoint retention sweep", deleted=deleted)
+        except Exception as exc:
+            logger.warning("checkpoint retention sweep failed", error=repr(exc))

@@ -1,57 +1,67 @@
-"""Checkpoint storage: versioned records in KV, large data in the Object Store.
+"""Checkpoint storage: put, get and pending writes (layout in ``agentbus_checkpoint.keys``).
 
-See ``agentbus_checkpoint.keys`` for the key layout. Rules:
+Rules:
 
-* ``put`` appends a version to a thread. ``parent_id`` must name the thread's
-  current latest checkpoint (optimistic concurrency); on an empty thread it must be
-  None. ``parent_id`` None on a non-empty thread is a conflict too: a writer must
-  say which state it built on. A lost race (another put moved the head between our
-  read and our compare-and-set) is the same ``ConflictError``.
-* The service computes the SHA-256 of the data and checks it on every ``get``; a
-  record that does not decode, or data that fails its digest, is a
-  ``ContractError`` ("corrupted"), never data.
-* Data over ``inline_max_bytes`` is stored in the Object Store
-  (``checkpoints/sha256/<hex>``) and the record carries ``data_ref`` with empty
-  ``data``. A caller whose data is too large for one request (1 MiB payload limit,
-  base64 on the wire) uploads it first with ``agentbus.blobs.put_blob`` under that
-  name and sends ``PutCheckpoint(data=b"", data_ref=ref)``; the service fetches it
-  and checks its digest before recording it.
-* ``get`` returns blob data inline when the encoded reply fits the server's
-  ``max_payload`` (about 760 KiB of data at the default 1 MiB); otherwise the reply
-  carries ``data_ref`` with empty ``data`` and the caller fetches it with
-  ``agentbus.blobs.get_blob`` (which checks the digest).
+* ``put`` appends version ``n + 1`` to a thread whose head is at ``n``. ``parent_id``
+  must name the head's checkpoint (None for an empty thread; a writer must say which
+  state it built on) unless ``branch`` is set. The record, the data, the id index and
+  the new head are written as **one atomic batch** (JetStream atomic batch publish,
+  ADR-50) whose head message carries ``Nats-Expected-Last-Subject-Sequence`` = the
+  head revision read: either everything is stored or nothing, and of two concurrent
+  puts on one head exactly one wins; the other gets ``CheckpointConflictError`` naming
+  its parent and the winner.
+* SHA-256 of the data is computed here and checked on every ``get``; a record that
+  does not decode, names another checkpoint, or whose data fails its digest raises
+  ``CheckpointCorruptedError``, never returns data.
+* Data over ``inline_max_bytes`` goes to the Object Store ``<p>_checkpoint_blobs``.
+  A client whose data is too large for one request uploads it first as
+  ``<thread prefix>/<32 hex>`` and sends ``data_ref``; the service checks that the
+  object is the thread's and that its size and recorded SHA-256 match. ``get`` then
+  returns ``data_ref`` (empty ``data``) and the reader fetches and checks the bytes.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import msgspec
 import nats.js.errors
 from loguru import logger
+from nats.js.kv import KeyValue
+from nats.js.object_store import ObjectStore
 
-from agentbus import blobs
+from agentbus.blobs import put_blob
 from agentbus.bus import Bus
-from agentbus.errors import ConflictError, ContractError, NotFoundError
+from agentbus.checkpoints import CheckpointConflictError, CheckpointCorruptedError
+from agentbus.errors import ConflictError, ContractError, NotFoundError, UnavailableError
 from agentbus.messages import (
     BlobRef,
     Checkpoint,
     CheckpointHead,
-    CheckpointReply,
+    CheckpointIndex,
+    CheckpointOrigin,
+    CheckpointWrites,
     GetCheckpoint,
+    PendingWrite,
     PutCheckpoint,
+    PutWrites,
     encode,
     utcnow,
 )
-from agentbus_checkpoint.keys import blob_name, head_key, thread_prefix, version_key
+from agentbus_checkpoint.keys import ThreadKeys
 from agentbus_checkpoint.metrics import CheckpointMetrics
 from agentbus_checkpoint.settings import CheckpointSettings
 
 _decode_head = msgspec.json.Decoder(CheckpointHead).decode
-_decode_checkpoint = msgspec.json.Decoder(Checkpoint).decode
-_REPLY_HEADROOM_BYTES = 4 * 1024
-"""Room left in a reply for headers and framing."""
+_decode_record = msgspec.json.Decoder(Checkpoint).decode
+_decode_index = msgspec.json.Decoder(CheckpointIndex).decode
+_decode_writes = msgspec.json.Decoder(CheckpointWrites).decode
+_WRONG_LAST_SEQUENCE = 10071
+_WRITES_ATTEMPTS = 32
 
 
 def new_checkpoint_id(version: int) -> str:
@@ -59,183 +69,427 @@ def new_checkpoint_id(version: int) -> str:
     return f"{version:012d}-{uuid.uuid4().hex[:8]}"
 
 
+def object_digest(sha256_hex: str) -> str:
+    """The Object Store's form of a SHA-256 (``SHA-256=<base64url>``, as nats clients write)."""
+    return "SHA-256=" + base64.urlsafe_b64encode(bytes.fromhex(sha256_hex)).decode()
+
+
+def write_order(w: PendingWrite) -> tuple[str, str, int]:
+    """LangGraph's ``writes_sort_key``: ``(task_path, task_id, idx)``."""
+    return (w.task_path, w.task_id, w.idx)
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    """A thread's head as read: its value (None when empty) and revision (0 when absent)."""
+
+    value: CheckpointHead | None
+    revision: int
+
+    @property
+    def checkpoint_id(self) -> str | None:
+        """The latest checkpoint id, None for an empty thread."""
+        return self.value.checkpoint_id if self.value else None
+
+
+class _HeadMovedError(Exception):
+    """The atomic batch failed its expected head revision."""
+
+
 class CheckpointStore:
-    """Put and get checkpoints in KV ``<p>_checkpoints`` (see the module docstring)."""
+    """Put and get checkpoints and pending writes (see the module docstring)."""
 
     def __init__(self, bus: Bus, settings: CheckpointSettings, metrics: CheckpointMetrics):
         self.bus = bus
         self.settings = settings
         self.metrics = metrics
 
-    def _prefix(self, agent_id: str, thread_id: str) -> str:
-        return thread_prefix(agent_id, thread_id, max_chars=self.settings.max_id_chars)
+    # -- helpers -------------------------------------------------------------------
+    def keys(self, agent_id: str, thread_id: str, namespace: str = "") -> ThreadKeys:
+        """Keys of a thread (validates the ids)."""
+        return ThreadKeys.of(agent_id, thread_id, namespace, max_chars=self.settings.max_id_chars)
 
-    async def put(self, req: PutCheckpoint) -> Checkpoint:
-        """Append a version to ``(req.agent_id, req.thread_id)``.
+    async def kv(self) -> KeyValue:
+        """The checkpoints bucket."""
+        return await self.bus.kv(self.bus.names.checkpoints_bucket)
 
-        Raises:
-            ContractError: bad ids, both ``data`` and ``data_ref``, a ``data_ref``
-                that is missing or fails its digest, or a corrupted head record.
-            ConflictError: ``req.parent_id`` is not the thread's latest checkpoint.
-        """
-        prefix = self._prefix(req.agent_id, req.thread_id)
-        where = f"agent {req.agent_id!r} thread {req.thread_id!r}"
-        kv = await self.bus.kv(self.bus.names.checkpoints_bucket)
-        head_entry = await _get_entry(kv, head_key(prefix))
-        head = self._decode_head(head_entry, where) if head_entry else None
-        latest = head.checkpoint_id if head else None
-        if req.parent_id != latest:
-            self.metrics.conflicts.inc()
-            raise ConflictError(
-                f"parent_id {req.parent_id!r} is not the latest checkpoint {latest!r} of {where}"
-            )
-        version = head.version + 1 if head else 1
-        data, ref, digest = await self._store_data(req)
-        record = Checkpoint(
-            checkpoint_id=new_checkpoint_id(version),
-            agent_id=req.agent_id,
-            thread_id=req.thread_id,
-            version=version,
-            created_at=utcnow(),
-            sha256=digest,
-            data=data,
-            data_ref=ref,
-            parent_id=req.parent_id,
-            metadata=req.metadata,
-        )
-        vkey = version_key(prefix, record.checkpoint_id)
-        await kv.create(vkey, encode(record))
-        new_head = encode(
-            CheckpointHead(
-                checkpoint_id=record.checkpoint_id, version=version, updated_at=record.created_at
-            )
-        )
+    async def obs(self) -> ObjectStore:
+        """The checkpoint blobs Object Store."""
+        return await self.bus.object_store(self.bus.names.checkpoint_blobs_bucket)
+
+    def subject(self, key: str) -> str:
+        """Stream subject of a key of the checkpoints bucket."""
+        return f"$KV.{self.bus.names.checkpoints_bucket}.{key}"
+
+    async def entry(self, key: str) -> KeyValue.Entry | None:
+        """The key's current entry, None if it does not exist or was deleted."""
         try:
-            if head_entry is None:
-                await kv.create(head_key(prefix), new_head)
-            else:
-                await kv.update(head_key(prefix), new_head, last=head_entry.revision)
-        except nats.js.errors.KeyWrongLastSequenceError:
-            self.metrics.conflicts.inc()
-            await _delete_quietly(kv, vkey)
-            now_entry = await _get_entry(kv, head_key(prefix))
-            now = self._decode_head(now_entry, where).checkpoint_id if now_entry else None
-            raise ConflictError(
-                f"parent_id {req.parent_id!r} is not the latest checkpoint {now!r} of {where} "
-                "(a concurrent put won)"
-            ) from None
-        self.metrics.puts.labels("blob" if ref else "inline").inc()
-        self.metrics.put_bytes.inc(ref.size_bytes if ref else len(data))
-        logger.info("checkpoint stored", key=vkey, version=version, blob=ref is not None)
-        return record
+            return await (await self.kv()).get(key)
+        except nats.js.errors.KeyNotFoundError:
+            return None
 
-    async def _store_data(self, req: PutCheckpoint) -> tuple[bytes, BlobRef | None, str]:
-        """``(inline data, blob ref, sha256 hex)`` for the request's data."""
-        if req.data_ref is not None:
-            if req.data:
-                raise ContractError("give data or data_ref, not both")
-            ref = req.data_ref
-            if ref.name != blob_name(ref.sha256):
-                raise ContractError(
-                    f"data_ref name {ref.name!r} must be {blob_name(ref.sha256)!r} "
-                    "(content-addressed by SHA-256)"
-                )
-            try:
-                fetched = await blobs.get_blob(self.bus, ref)
-            except NotFoundError as exc:
-                raise ContractError(f"data_ref {ref.name!r} names no stored blob") from exc
-            if len(fetched) != ref.size_bytes:
-                raise ContractError(
-                    f"data_ref says {ref.size_bytes} bytes, the blob has {len(fetched)}"
-                )
-            return b"", ref, ref.sha256
-        digest = hashlib.sha256(req.data).hexdigest()
-        if len(req.data) <= self.settings.inline_max_bytes:
-            return req.data, None, digest
-        return b"", await blobs.put_blob(self.bus, blob_name(digest), req.data), digest
-
-    async def get(self, req: GetCheckpoint) -> Checkpoint:
-        """The thread's latest checkpoint, or the one with ``req.checkpoint_id``.
-
-        Raises:
-            NotFoundError: the thread has no checkpoint, or not that one.
-            ContractError: bad ids, or the stored checkpoint is corrupted.
-        """
-        prefix = self._prefix(req.agent_id, req.thread_id)
-        where = f"agent {req.agent_id!r} thread {req.thread_id!r}"
-        kv = await self.bus.kv(self.bus.names.checkpoints_bucket)
-        checkpoint_id = req.checkpoint_id
-        if checkpoint_id is None:
-            head_entry = await _get_entry(kv, head_key(prefix))
-            if head_entry is None:
-                raise NotFoundError(f"no checkpoint for {where}")
-            checkpoint_id = self._decode_head(head_entry, where).checkpoint_id
-        vkey = version_key(prefix, checkpoint_id)
-        entry = await _get_entry(kv, vkey)
-        if entry is None:
-            if req.checkpoint_id is None:
-                raise self._corrupted(f"the head of {where} names missing {checkpoint_id!r}")
-            raise NotFoundError(f"no checkpoint {checkpoint_id!r} for {where}")
-        try:
-            record = _decode_checkpoint(entry.value or b"")
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise self._corrupted(f"record {vkey!r} does not decode: {exc}") from None
-        if (record.checkpoint_id, record.agent_id, record.thread_id) != (
-            checkpoint_id,
-            req.agent_id,
-            req.thread_id,
-        ):
-            raise self._corrupted(f"record {vkey!r} names another checkpoint")
-        if record.data_ref is None:
-            if hashlib.sha256(record.data).hexdigest() != record.sha256:
-                raise self._corrupted(f"data of {vkey!r} fails its SHA-256 check")
-            return record
-        ref = record.data_ref
-        if ref.sha256 != record.sha256 or record.data:
-            raise self._corrupted(f"data_ref of {vkey!r} disagrees with its record")
-        if not self._fits_reply(record):
-            return record  # the caller fetches ref and checks its digest
-        try:
-            data = await blobs.get_blob(self.bus, ref)
-        except NotFoundError:
-            raise self._corrupted(f"blob {ref.name!r} of {vkey!r} is missing") from None
-        except ContractError:
-            raise self._corrupted(f"blob {ref.name!r} of {vkey!r} fails its SHA-256") from None
-        return msgspec.structs.replace(record, data=data, data_ref=None)
-
-    def _fits_reply(self, record: Checkpoint) -> bool:
-        """Whether ``record`` with its blob data inline fits one reply message."""
-        assert record.data_ref is not None
-        envelope = len(encode(CheckpointReply(checkpoint=record)))
-        data_b64 = 4 * ((record.data_ref.size_bytes + 2) // 3)
-        limit = self.bus.nc.max_payload - _REPLY_HEADROOM_BYTES
-        return envelope + data_b64 <= limit
-
-    def _decode_head(self, entry: _Entry, where: str) -> CheckpointHead:
-        try:
-            return _decode_head(entry.value or b"")
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise self._corrupted(f"the head record of {where} does not decode: {exc}") from None
-
-    def _corrupted(self, detail: str) -> ContractError:
+    def corrupted(self, detail: str) -> CheckpointCorruptedError:
+        """Count, log and build the error for a corrupted stored value."""
         self.metrics.corrupted.inc()
         logger.error("checkpoint corrupted", detail=detail)
-        return ContractError(f"checkpoint corrupted: {detail}")
+        return CheckpointCorruptedError(detail)
+
+    async def read_head(self, tk: ThreadKeys) -> Head:
+        """The thread's head and its revision.
+
+        Raises:
+            CheckpointCorruptedError: the head does not decode.
+        """
+        kv = await self.kv()
+        try:
+            entry = await kv.get(tk.head)
+        except nats.js.errors.KeyNotFoundError as exc:
+            marker = getattr(exc, "entry", None)  # a delete marker still has a revision
+            return Head(None, marker.revision if marker is not None else 0)
+        try:
+            return Head(_decode_head(entry.value or b""), entry.revision or 0)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise self.corrupted(f"head {tk.head!r} does not decode: {exc}") from None
+
+    async def version_of(self, tk: ThreadKeys, checkpoint_id: str) -> int:
+        """The version number of ``checkpoint_id`` in the thread.
+
+        Raises:
+            NotFoundError: no such checkpoint in the thread.
+            CheckpointCorruptedError: the index entry does not decode.
+        """
+        entry = await self.entry(tk.index(checkpoint_id))
+        if entry is None:
+            raise NotFoundError(f"no checkpoint {checkpoint_id!r} in {where(tk)}")
+        try:
+            return _decode_index(entry.value or b"").version
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise self.corrupted(f"index {tk.index(checkpoint_id)!r}: {exc}") from None
+
+    async def read_record(self, tk: ThreadKeys, version: int) -> Checkpoint | None:
+        """Version ``version``'s record (without data and writes), None if absent.
+
+        Raises:
+            CheckpointCorruptedError: it does not decode or names another thread/version.
+        """
+        entry = await self.entry(tk.record(version))
+        return None if entry is None else self.decode_record(tk, version, entry.value)
+
+    def decode_record(self, tk: ThreadKeys, version: int, value: bytes | None) -> Checkpoint:
+        """Decode and check version ``version``'s record.
+
+        Raises:
+            CheckpointCorruptedError: it does not decode or names another thread/version.
+        """
+        key = tk.record(version)
+        try:
+            record = _decode_record(value or b"")
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise self.corrupted(f"record {key!r} does not decode: {exc}") from None
+        if (record.agent_id, record.thread_id, record.namespace, record.version) != (
+            tk.agent_id,
+            tk.thread_id,
+            tk.namespace,
+            version,
+        ):
+            raise self.corrupted(f"record {key!r} names another checkpoint")
+        return record
+
+    async def read_writes(self, tk: ThreadKeys, version: int) -> tuple[CheckpointWrites, int]:
+        """Version ``version``'s pending writes and their revision (0 when none).
+
+        Raises:
+            CheckpointCorruptedError: the value does not decode.
+        """
+        entry = await self.entry(tk.writes(version))
+        if entry is None:
+            return CheckpointWrites(checkpoint_id=""), 0
+        try:
+            return _decode_writes(entry.value or b""), entry.revision or 0
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise self.corrupted(f"writes {tk.writes(version)!r}: {exc}") from None
+
+    async def _atomic(self, messages: Sequence[tuple[str, bytes]], head: str, rev: int) -> int:
+        """Write ``messages`` (key, value) as one atomic batch; return the head's revision.
+
+        The last message must be ``head``; the batch is stored only if the head's last
+        revision is ``rev`` (0: absent).
+
+        Raises:
+            _HeadMovedError: the head's revision is not ``rev``; nothing was stored.
+        """
+        assert messages[-1][0] == head
+        batch_id = uuid.uuid4().hex
+        for seq, (key, value) in enumerate(messages, start=1):
+            headers = {"Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(seq)}
+            if seq < len(messages):
+                await self.bus.nc.publish(self.subject(key), value, headers=headers)
+                continue
+            headers["Nats-Expected-Last-Subject-Sequence"] = str(rev)
+            headers["Nats-Batch-Commit"] = "1"
+            try:
+                ack = await self.bus.js.publish(self.subject(key), value, headers=headers)
+            except nats.js.errors.APIError as exc:
+                if exc.err_code == _WRONG_LAST_SEQUENCE:
+                    raise _HeadMovedError from None
+                raise UnavailableError(f"atomic checkpoint write failed: {exc}") from exc
+            return ack.seq
+        raise AssertionError("unreachable: the batch ends with its commit")
+
+    # -- put -----------------------------------------------------------------------
+    async def put(
+        self, req: PutCheckpoint, *, forked_from: CheckpointOrigin | None = None
+    ) -> tuple[Checkpoint, Head]:
+        """Append a version to the thread; return its record and the new head.
+
+        Raises:
+            CheckpointConflictError: ``parent_id`` is not the latest (or a put won).
+            ConflictError: ``checkpoint_id`` already exists in the thread.
+            NotFoundError: a branch ``parent_id`` is not in the thread.
+            ContractError: bad ids, both ``data`` and ``data_ref``, a bad ``data_ref``.
+            CheckpointCorruptedError: the thread's head does not decode.
+        """
+        tk = self.keys(req.agent_id, req.thread_id, req.namespace)
+        data, ref, digest, owned = await self._prepare_data(tk, req)
+        try:
+            record, head = await self._commit(tk, req, data, ref, digest, forked_from)
+        except BaseException:
+            if owned and ref is not None:
+                await self.delete_blobs([ref])
+            raise
+        self.metrics.puts.labels("blob" if ref else "inline").inc()
+        self.metrics.put_bytes.inc(record.size_bytes)
+        logger.debug("checkpoint stored", key=tk.record(record.version), blob=ref is not None)
+        return record, head
+
+    async def _commit(
+        self,
+        tk: ThreadKeys,
+        req: PutCheckpoint,
+        data: bytes,
+        ref: BlobRef | None,
+        digest: str,
+        forked_from: CheckpointOrigin | None,
+    ) -> tuple[Checkpoint, Head]:
+        if req.branch and req.parent_id is not None:
+            await self.version_of(tk, req.parent_id)  # the parent must be in the thread
+        if req.checkpoint_id is not None and await self.entry(tk.index(req.checkpoint_id)):
+            raise ConflictError(f"checkpoint {req.checkpoint_id!r} already exists in {where(tk)}")
+        for _ in range(self.settings.put_attempts):
+            head = await self.read_head(tk)
+            if not req.branch and req.parent_id != head.checkpoint_id:
+                self.metrics.conflicts.inc()
+                raise CheckpointConflictError(req.parent_id, head.checkpoint_id, where(tk))
+            version = head.value.version + 1 if head.value else 1
+            now = utcnow()
+            record = Checkpoint(
+                checkpoint_id=req.checkpoint_id or new_checkpoint_id(version),
+                agent_id=tk.agent_id,
+                thread_id=tk.thread_id,
+                namespace=tk.namespace,
+                version=version,
+                created_at=now,
+                sha256=digest,
+                size_bytes=ref.size_bytes if ref else len(data),
+                data_ref=ref,
+                parent_id=req.parent_id,
+                metadata=req.metadata,
+                forked_from=forked_from,
+            )
+            new_head = CheckpointHead(
+                checkpoint_id=record.checkpoint_id,
+                version=version,
+                updated_at=now,
+                oldest_version=head.value.oldest_version if head.value else 1,
+                retention=req.retention or (head.value.retention if head.value else None),
+            )
+            messages = [(tk.record(version), encode(record))]
+            if ref is None:
+                messages.append((tk.data(version), data))
+            messages.append(
+                (tk.index(record.checkpoint_id), encode(CheckpointIndex(version=version)))
+            )
+            messages.append((tk.head, encode(new_head)))
+            try:
+                revision = await self._atomic(messages, tk.head, head.revision)
+            except _HeadMovedError:
+                now_head = await self.read_head(tk)
+                if req.branch or now_head.checkpoint_id == head.checkpoint_id:
+                    continue  # retention bookkeeping moved it (or branch: no expectation)
+                self.metrics.conflicts.inc()
+                raise CheckpointConflictError(
+                    req.parent_id, now_head.checkpoint_id, f"{where(tk)} (a concurrent put won)"
+                ) from None
+            return record, Head(new_head, revision)
+        raise UnavailableError(
+            f"the head of {where(tk)} kept moving: gave up after "
+            f"{self.settings.put_attempts} attempts"
+        )
+
+    async def _prepare_data(
+        self, tk: ThreadKeys, req: PutCheckpoint
+    ) -> tuple[bytes, BlobRef | None, str, bool]:
+        """``(inline data, blob ref, sha256 hex, whether we uploaded the blob)``."""
+        if req.data_ref is None:
+            data = req.data
+            digest = hashlib.sha256(data).hexdigest()
+            if len(data) <= self.settings.inline_max_bytes:
+                return data, None, digest, False
+            ref = await put_blob(
+                self.bus,
+                tk.blob_name(uuid.uuid4().hex),
+                data,
+                bucket=self.bus.names.checkpoint_blobs_bucket,
+            )
+            return b"", ref, digest, True
+        if req.data:
+            raise ContractError("give data or data_ref, not both")
+        ref = req.data_ref
+        bucket = self.bus.names.checkpoint_blobs_bucket
+        if ref.bucket != bucket or not tk.owns_blob(ref.name):
+            raise ContractError(
+                f"data_ref must name an object {tk.prefix}/<32 hex> in {bucket!r}, "
+                f"not {ref.name!r} in {ref.bucket!r}"
+            )
+        try:
+            info = await (await self.obs()).get_info(ref.name)
+        except nats.js.errors.ObjectNotFoundError:
+            raise ContractError(f"data_ref {ref.name!r} does not exist") from None
+        if info.size != ref.size_bytes or info.digest != object_digest(ref.sha256):
+            raise ContractError(f"data_ref {ref.name!r} does not match its object's SHA-256/size")
+        return b"", ref, ref.sha256, False
+
+    # -- get -----------------------------------------------------------------------
+    async def get(self, req: GetCheckpoint) -> Checkpoint:
+        """The latest version (or ``req.checkpoint_id``) with data (or ref) and writes.
+
+        Raises:
+            NotFoundError: empty thread or no such checkpoint.
+            CheckpointCorruptedError: see the module docstring.
+        """
+        tk = self.keys(req.agent_id, req.thread_id, req.namespace)
+        if req.checkpoint_id is not None:
+            version = await self.version_of(tk, req.checkpoint_id)
+            want = req.checkpoint_id
+        else:
+            head = await self.read_head(tk)
+            if head.value is None:
+                raise NotFoundError(f"no checkpoint in {where(tk)}")
+            version, want = head.value.version, head.value.checkpoint_id
+        kv = await self.kv()
+        record = await self.read_record(tk, version)
+        if record is None or record.checkpoint_id != want:
+            if req.checkpoint_id is not None:  # a stale index entry: the version is gone
+                raise NotFoundError(f"no checkpoint {want!r} in {where(tk)}")
+            raise self.corrupted(f"head of {where(tk)} names missing version {version}")
+        data = b""
+        if record.data_ref is None:
+            try:
+                data = (await kv.get(tk.data(version))).value or b""
+            except nats.js.errors.KeyNotFoundError:
+                raise self.corrupted(f"data of {tk.record(version)!r} is missing") from None
+            if hashlib.sha256(data).hexdigest() != record.sha256:
+                raise self.corrupted(f"data of {tk.record(version)!r} fails its SHA-256 check")
+        elif record.data_ref.sha256 != record.sha256:
+            raise self.corrupted(f"data_ref of {tk.record(version)!r} disagrees with its record")
+        writes, _ = await self.read_writes(tk, version)
+        if writes.writes and writes.checkpoint_id != record.checkpoint_id:
+            raise self.corrupted(f"writes {tk.writes(version)!r} belong to another checkpoint")
+        for w in writes.writes:
+            if w.data_ref is None and hashlib.sha256(w.data).hexdigest() != w.sha256:
+                raise self.corrupted(f"a write in {tk.writes(version)!r} fails its SHA-256")
+        return msgspec.structs.replace(
+            record, data=data, writes=sorted(writes.writes, key=write_order)
+        )
+
+    # -- pending writes ------------------------------------------------------------
+    async def put_writes(self, req: PutWrites) -> int:
+        """Attach ``req.writes`` to a checkpoint; return how many writes it now has.
+
+        Merge: a write for an existing ``(task_id, idx)`` is dropped when ``idx >= 0``
+        and replaces it when ``idx < 0``. Compare-and-set on the writes key, retried.
+
+        Raises:
+            NotFoundError: no such checkpoint.
+            ContractError: a write carries ``data_ref``, or the merged writes would
+                exceed ``writes_max_bytes``.
+        """
+        tk = self.keys(req.agent_id, req.thread_id, req.namespace)
+        version = await self.version_of(tk, req.checkpoint_id)
+        if any(w.data_ref is not None for w in req.writes):
+            raise ContractError("send pending-write values inline (data), not by data_ref")
+        incoming = [await self._store_write(tk, w) for w in req.writes]
+        kv = await self.kv()
+        try:
+            for _ in range(_WRITES_ATTEMPTS):
+                current, rev = await self.read_writes(tk, version)
+                merged, dropped = _merge(current.writes, incoming)
+                value = encode(CheckpointWrites(checkpoint_id=req.checkpoint_id, writes=merged))
+                if len(value) > self.settings.writes_max_bytes:
+                    raise ContractError(
+                        f"the writes of checkpoint {req.checkpoint_id!r} would take "
+                        f"{len(value)} bytes, more than {self.settings.writes_max_bytes}"
+                    )
+                try:
+                    if rev == 0:
+                        await kv.create(tk.writes(version), value)
+                    else:
+                        await kv.update(tk.writes(version), value, last=rev)
+                except nats.js.errors.KeyWrongLastSequenceError:
+                    continue
+                await self.delete_blobs([w.data_ref for w in dropped if w.data_ref is not None])
+                self.metrics.writes.inc(len(incoming))
+                return len(merged)
+        except BaseException:
+            await self.delete_blobs([w.data_ref for w in incoming if w.data_ref is not None])
+            raise
+        raise UnavailableError(f"writes of {req.checkpoint_id!r} kept changing; gave up")
+
+    async def _store_write(self, tk: ThreadKeys, w: PendingWrite) -> PendingWrite:
+        digest = hashlib.sha256(w.data).hexdigest()
+        if len(w.data) <= self.settings.write_inline_max_bytes:
+            return msgspec.structs.replace(w, sha256=digest)
+        ref = await put_blob(
+            self.bus,
+            tk.blob_name(uuid.uuid4().hex, write=True),
+            w.data,
+            bucket=self.bus.names.checkpoint_blobs_bucket,
+        )
+        return msgspec.structs.replace(w, data=b"", data_ref=ref, sha256=digest)
+
+    async def delete_blobs(self, refs: Sequence[BlobRef]) -> None:
+        """Delete Object Store objects (missing ones are fine; failures are logged)."""
+        if not refs:
+            return
+        obs = await self.obs()
+        for ref in refs:
+            try:
+                await obs.delete(ref.name)
+            except nats.js.errors.ObjectNotFoundError:
+                pass
+            except Exception as exc:
+                logger.warning("could not delete checkpoint blob", name=ref.name, error=repr(exc))
 
 
-_Entry = nats.js.kv.KeyValue.Entry
+def _merge(
+    current: list[PendingWrite], incoming: list[PendingWrite]
+) -> tuple[list[PendingWrite], list[PendingWrite]]:
+    """``(merged writes, writes dropped from either side)`` (rule in ``put_writes``)."""
+    by_key = {(w.task_id, w.idx): w for w in current}
+    dropped: list[PendingWrite] = []
+    for w in incoming:
+        key = (w.task_id, w.idx)
+        old = by_key.get(key)
+        if old is not None and w.idx >= 0:
+            dropped.append(w)
+            continue
+        if old is not None:
+            dropped.append(old)
+        by_key[key] = w
+    return sorted(by_key.values(), key=write_order), dropped
 
 
-async def _get_entry(kv: nats.js.kv.KeyValue, key: str) -> _Entry | None:
-    """The key's current entry, or None if it does not exist or was deleted."""
-    try:
-        return await kv.get(key)
-    except nats.js.errors.KeyNotFoundError:
-        return None
-
-
-async def _delete_quietly(kv: nats.js.kv.KeyValue, key: str) -> None:
-    try:
-        await kv.purge(key)
-    except Exception as exc:  # an orphan version is harmless: no head points to it
-        logger.warning("could not remove orphan checkpoint", key=key, error=repr(exc))
+def where(tk: ThreadKeys) -> str:
+    """Human-readable name of a thread for messages."""
+    ns = f" namespace {tk.namespace!r}" if tk.namespace else ""
+    return f"agent {tk.agent_id!r} thread {tk.thread_id!r}{ns}"
