@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from agentbus.bus import Bus
 from agentbus.client import Client
 from agentbus.messages import Task
+from agentbus.traces import Traces
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,3 +37,8 @@ class TaskContext:
     def task_id(self) -> str:
         """The task's id."""
         return self.task.task_id
+
+    @property
+    def traces(self) -> Traces:
+        """Stigmergy traces on the agent's connection (``agentbus.traces``, shared)."""
+        return Traces.of(self.bus)
