@@ -56,7 +56,7 @@ async def test_submit_records_and_enqueues(bus: Bus, scheduler: Scheduler) -> No
     assert msgspec.json.decode(task.input) == {"x": 1}
 
     ev = await bus.js.get_last_msg(
-        bus.names.events_stream, bus.names.event_subject("task", "queued")
+        bus.names.events_stream, bus.names.task_event_subject("queued", "t-1")
     )
     assert ev.data is not None
     event = msgspec.json.decode(ev.data, type=TaskEvent)

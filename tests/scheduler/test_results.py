@@ -74,6 +74,8 @@ async def _status(scheduler: Scheduler, task_id: str) -> str:
 async def _last_event(bus: Bus, entity: str, kind: str) -> bytes:
     """The last event on a subject, waiting for it (it follows the record write)."""
     subject = bus.names.event_subject(entity, kind)
+    if entity == "task":  # <p>.events.task.<status>.<task_id>
+        subject = bus.names.task_event_subject(kind, "*")
 
     async def published() -> bool:
         try:

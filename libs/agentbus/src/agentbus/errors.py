@@ -12,6 +12,7 @@ class on the caller's side::
      ├─ RequestTimeoutError            also a TimeoutError (504)
      └─ TaskError                      raised by task handlers
          ├─ RetryableTaskError         the attempt failed; try again
+         │   └─ TaskTimeoutError       the handler ran past the task's timeout_s
          └─ FatalTaskError             the task cannot succeed; do not retry
 """
 
@@ -72,6 +73,14 @@ class RetryableTaskError(TaskError):
     """The attempt failed for a passing reason; the task may be tried again."""
 
     retryable = True
+
+
+class TaskTimeoutError(RetryableTaskError):
+    """The handler ran longer than the task's ``timeout_s`` and was cancelled."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        super().__init__(f"handler cancelled after the task's timeout of {timeout_s:.3f} s")
 
 
 class FatalTaskError(TaskError):

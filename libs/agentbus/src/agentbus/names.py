@@ -79,8 +79,16 @@ class Names:
         return f"{self.prefix}.results.{capability}"
 
     def event_subject(self, entity: str, kind: str) -> str:
-        """Subject of an event, e.g. ``agentbus.events.task.succeeded``."""
+        """Subject of an event, e.g. ``agentbus.events.agent.joined``."""
         return f"{self.prefix}.events.{entity}.{kind}"
+
+    def task_event_subject(self, status: str, task_id: str) -> str:
+        """Subject of a ``TaskEvent``: ``<p>.events.task.<status>.<task_id>``."""
+        return f"{self.prefix}.events.task.{status}.{task_id}"
+
+    def task_history(self, task_id: str) -> str:
+        """Filter over one task's events (its history): ``<p>.events.task.*.<task_id>``."""
+        return f"{self.prefix}.events.task.*.{task_id}"
 
     def log_subject(self, agent_id: str) -> str:
         """Subject the supervisor ships an agent's container output on."""
@@ -109,6 +117,21 @@ class Names:
         return f"cap-{capability}"
 
     RESULTS_CONSUMER = "scheduler-results"
+    DEAD_LETTERS_CONSUMER = "scheduler-dead-letters"
+    """Durable consumer of ``<P>_TASK_ADVISORIES``, pulled by the sweeps lease holder."""
+
+    @property
+    def task_advisories_stream(self) -> str:
+        """Limits stream keeping JetStream's MAX_DELIVERIES advisories of ``<P>_TASKS``.
+
+        A message that hits a consumer's ``max_deliver`` stays in a WorkQueue stream;
+        the advisory (kept here even while no scheduler runs) names its sequence.
+        """
+        return f"{self.prefix.upper()}_TASK_ADVISORIES"
+
+    def max_deliveries_advisories(self) -> str:
+        """Subject of the MAX_DELIVERIES advisories of every ``<P>_TASKS`` consumer."""
+        return f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{self.tasks_stream}.*"
 
     # -- KV buckets and object store ----------------------------------------------
     @property
@@ -145,6 +168,11 @@ class Names:
     def checkpoint_blobs_bucket(self) -> str:
         """Object Store of checkpoint data over the inline limit; no TTL (retention prunes)."""
         return f"{self.prefix}_checkpoint_blobs"
+
+    @property
+    def dead_tasks_bucket(self) -> str:
+        """KV index of dead tasks, key ``<capability>.<task_id>``, value ``DeadTask``."""
+        return f"{self.prefix}_dead_tasks"
 
     @property
     def leases_bucket(self) -> str:

@@ -36,8 +36,10 @@ import msgspec
 from loguru import logger
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
+from prometheus_client import CollectorRegistry
 
 from agentbus import __version__
+from agentbus.attempt import AgentMetrics, failure_result, preflight, run_with_timeout, settle
 from agentbus.blobs import pack, unpack
 from agentbus.bus import Bus
 from agentbus.client import Client
@@ -47,7 +49,6 @@ from agentbus.log import configure_logging
 from agentbus.messages import (
     AgentInfo,
     ErrorEvent,
-    ErrorInfo,
     Task,
     TaskResult,
     TaskStarted,
@@ -56,6 +57,8 @@ from agentbus.messages import (
     utcnow,
 )
 from agentbus.names import Names, check_token
+from agentbus.retry import SAFETY_MAX_DELIVER
+from agentbus.retry import error_info as error_info  # re-exported
 from agentbus.service import connect_with_retry
 from agentbus.settings import AgentSettings, BusSettings
 
@@ -67,20 +70,6 @@ class _Route:
     capability: str
     fn: Handler
     input_type: Any
-
-
-def _one_line(text: str, limit: int = 500) -> str:
-    line = " ".join(text.split())
-    return line if len(line) <= limit else line[: limit - 1] + "…"
-
-
-def error_info(exc: BaseException) -> ErrorInfo:
-    """The wire form of ``exc``: its type name, a one-line message, retryability."""
-    return ErrorInfo(
-        error_type=type(exc).__name__,
-        message=_one_line(str(exc)) or type(exc).__name__,
-        retryable=bool(getattr(exc, "retryable", False)),
-    )
 
 
 class Agent:
@@ -111,6 +100,9 @@ class Agent:
         self._slots = asyncio.Semaphore(self.max_concurrency)
         self._stopping = False
         self.started_at = utcnow()
+        self.registry = CollectorRegistry()
+        """Prometheus registry of this agent's metrics (``AgentMetrics``)."""
+        self.metrics = AgentMetrics(self.registry)
 
     # -- declaration ----------------------------------------------------------------
     def handler(self, capability: str) -> Callable[[Handler], Handler]:
@@ -220,6 +212,7 @@ class Agent:
                 ack_policy=AckPolicy.EXPLICIT,
                 ack_wait=self.settings.lease_s,
                 max_ack_pending=-1,
+                max_deliver=SAFETY_MAX_DELIVER,
             ),
         )
         return await bus.js.pull_subscribe_bind(durable, stream=names.tasks_stream)
@@ -309,9 +302,17 @@ class Agent:
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             await self._reject(bus, msg, f"task does not decode: {exc}")
             return
+        if task.capability != capability:
+            reason = f"task {task.task_id!r} for {task.capability!r} on the {capability!r} queue"
+            await self._reject(bus, msg, reason)
+            return
         attempt = msg.metadata.num_delivered or 1
         started_at = utcnow()
         subject = bus.names.result_subject(capability)
+        if (early := preflight(task, attempt, agent_id=self.agent_id, now=started_at)) is not None:
+            with logger.contextualize(task_id=task.task_id, attempt=attempt):
+                await self._report(bus, msg, capability, early)
+            return
         attempt_done = asyncio.Event()
         renew = asyncio.create_task(self._renew_lease(msg, attempt_done))
         with logger.contextualize(task_id=task.task_id, attempt=attempt):
@@ -323,8 +324,10 @@ class Agent:
                 )  # fmt: skip
                 result = await self._run_handler(bus, client, task, attempt, started_at)
                 await bus.js.publish(subject, encode(result))
-                await msg.ack()
+                await settle(msg, result)
+                self.metrics.count(capability, result)
             except asyncio.CancelledError:
+                self.metrics.attempts.labels(capability, "returned").inc()
                 await msg.nak()  # stopping: let another agent take it now
                 raise
             except Exception as exc:  # bus trouble: no ack, the lease lapses, redelivery
@@ -343,18 +346,29 @@ class Agent:
                   "started_at": started_at}  # fmt: skip
         try:
             value = await unpack(bus, task.input, task.input_ref, route.input_type)
-            output = await asyncio.wait_for(route.fn(ctx, value), task.timeout_s)
+            output = await run_with_timeout(route.fn(ctx, value), task.timeout_s)
             raw, ref = await pack(bus, output, name=f"tasks/{task.task_id}/output")
         except Exception as exc:
             if not isinstance(exc, AgentBusError):
                 logger.opt(exception=exc).info("handler failed")
-            return TaskResult(status="failed", finished_at=utcnow(), error=error_info(exc),
-                              **common)  # fmt: skip
+            return failure_result(task, attempt, exc, agent_id=self.agent_id,
+                                  started_at=started_at)  # fmt: skip
         return TaskResult(status="succeeded", finished_at=utcnow(), output=raw, output_ref=ref,
                           **common)  # fmt: skip
 
+    async def _report(self, bus: Bus, msg: Msg, capability: str, result: TaskResult) -> None:
+        """Publish ``result`` for a task ended before it started, then settle its message."""
+        try:
+            await bus.js.publish(bus.names.result_subject(capability), encode(result))
+            await settle(msg, result)
+        except Exception as exc:  # no settle: the task comes back and is checked again
+            logger.warning("could not report result", error=repr(exc))
+            return
+        self.metrics.count(capability, result)
+
     async def _reject(self, bus: Bus, msg: Msg, reason: str) -> None:
         logger.warning("poison task terminated", subject=msg.subject, reason=reason)
+        self.metrics.bad_messages.labels("agent", "tasks").inc()
         await msg.term()
         event = ErrorEvent(service=f"agent:{self.agent_id}", subject=msg.subject, reason=reason,
                            at=utcnow())  # fmt: skip

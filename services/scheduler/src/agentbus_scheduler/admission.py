@@ -15,7 +15,6 @@ import uuid
 
 import nats.errors
 import nats.js.errors
-from loguru import logger
 
 from agentbus.bus import Bus
 from agentbus.errors import ContractError, NotFoundError, UnavailableError
@@ -36,6 +35,7 @@ from agentbus.messages import (
 )
 from agentbus.names import check_token
 from agentbus_scheduler.metrics import SchedulerMetrics
+from agentbus_scheduler.records import publish_task_event
 
 MAX_BATCH = 10_000
 """Most tasks one ``submit_batch`` request may carry."""
@@ -45,15 +45,17 @@ def validate(task: SubmitTask) -> None:
     """Check what the message types cannot express.
 
     Raises:
-        ContractError: the capability is not a token, or both ``input`` and
-            ``input_ref`` are given.
+        ContractError: the capability is not a token, both ``input`` and
+            ``input_ref`` are given, or ``deadline`` has no timezone.
     """
     check_token("capability", task.capability)
     if task.input_ref is not None and task.input != NULL:
         raise ContractError(f"task {task.task_id!r}: give either input or input_ref, not both")
+    if task.deadline is not None and task.deadline.utcoffset() is None:
+        raise ContractError(f"task {task.task_id!r}: deadline needs a timezone (UTC offset)")
 
 
-def new_record(task: SubmitTask, task_id: str) -> TaskRecord:
+def new_record(task: SubmitTask, task_id: str, *, resubmit_of: str | None = None) -> TaskRecord:
     """The ``queued`` record of a newly admitted task."""
     now = utcnow()
     return TaskRecord(
@@ -70,6 +72,9 @@ def new_record(task: SubmitTask, task_id: str) -> TaskRecord:
         parent_id=task.parent_id,
         tenant=task.tenant,
         metadata=task.metadata,
+        deadline=task.deadline,
+        backoff=task.backoff,
+        resubmit_of=resubmit_of,
     )
 
 
@@ -84,6 +89,10 @@ def task_message(record: TaskRecord) -> Task:
         timeout_s=record.timeout_s,
         parent_id=record.parent_id,
         metadata=record.metadata,
+        max_attempts=record.max_attempts,
+        deadline=record.deadline,
+        backoff=record.backoff,
+        tenant=record.tenant,
     )
 
 
@@ -133,6 +142,16 @@ class Admission:
         results = await asyncio.gather(*(_one(t) for t in batch.tasks))
         return SubmitTasksReply(results=list(results))
 
+    async def admit(self, task: SubmitTask, *, resubmit_of: str | None = None) -> SubmitReply:
+        """Admit ``task`` as ``submit`` does, recording ``resubmit_of`` on a new record.
+
+        Raises:
+            ContractError: the task is invalid.
+            UnavailableError: the KV write or the publish failed.
+        """
+        validate(task)
+        return await self._admit(task, resubmit_of=resubmit_of)
+
     async def get(self, request: GetTask) -> TaskReply:
         """The current record of a task.
 
@@ -155,9 +174,9 @@ class Admission:
             return None
         return decode_record(entry.value)
 
-    async def _admit(self, task: SubmitTask) -> SubmitReply:
+    async def _admit(self, task: SubmitTask, *, resubmit_of: str | None = None) -> SubmitReply:
         task_id = task.task_id or uuid.uuid4().hex
-        record = new_record(task, task_id)
+        record = new_record(task, task_id, resubmit_of=resubmit_of)
         kv = await self.bus.kv(self.bus.names.tasks_bucket)
         try:
             try:
@@ -168,7 +187,9 @@ class Admission:
                     await kv.create(task_id, encode(record))
                 else:
                     self.metrics.submitted.labels("existing").inc()
-                    if existing.status == "queued":
+                    if existing.status == "queued" and not existing.attempts:
+                        # never started: heal a crash between the KV write and the
+                        # publish (a retry-queued task's message is still on the stream)
                         await self._publish(existing)
                     return SubmitReply(task=existing, created=False)
             await self._publish(record)
@@ -178,10 +199,7 @@ class Admission:
         event = TaskEvent(
             task_id=task_id, capability=record.capability, status="queued", at=record.created_at
         )
-        try:
-            await self.bus.publish_event("task", "queued", event)
-        except (nats.errors.Error, TimeoutError) as exc:
-            logger.warning("could not publish task event", task_id=task_id, error=repr(exc))
+        await publish_task_event(self.bus, event)
         return SubmitReply(task=record, created=True)
 
     async def _publish(self, record: TaskRecord) -> None:

@@ -36,6 +36,35 @@ class SchedulerMetrics:
             "Task record updates that lost a compare-and-set race and were re-applied.",
             registry=registry,
         )
+        self.dead_letters = Counter(
+            "agentbus_scheduler_dead_letters_total",
+            "Tasks that ended dead, by who found them: agent (attempts exhausted), "
+            "advisory (JetStream max deliveries), sweep (stuck message found by a sweep).",
+            ["source"],
+            registry=registry,
+        )
+        self.resubmitted = Counter(
+            "agentbus_scheduler_tasks_resubmitted_total",
+            "Ended tasks resubmitted as new tasks.",
+            registry=registry,
+        )
+        self.sweeps = Counter(
+            "agentbus_scheduler_sweeps_total",
+            "Work-stream sweeps run (only by the holder of the scheduler-sweeps lease).",
+            registry=registry,
+        )
+        self.swept_messages = Counter(
+            "agentbus_scheduler_swept_messages_total",
+            "Work-stream messages deleted by the sweeps and dead-letter moves, by reason "
+            "(expired, dead, finished: the task had already ended).",
+            ["reason"],
+            registry=registry,
+        )
+        self.sweep_lease_held = Gauge(
+            "agentbus_scheduler_sweep_lease_held",
+            "1 while this instance holds the scheduler-sweeps lease, else 0.",
+            registry=registry,
+        )
         self.placement_passes = Counter(
             "agentbus_scheduler_placement_passes_total",
             "Placement computations run.",

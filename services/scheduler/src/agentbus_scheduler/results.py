@@ -4,128 +4,34 @@ The scheduler is the single writer of KV ``<p>_tasks``. Reports come from the
 WorkQueue stream ``<P>_RESULTS`` through the durable pull consumer
 ``scheduler-results``; each is acked after its record write, so a crash before the
 write redelivers it. The first result per task wins; later results are counted as
-duplicates and dropped. Writes are compare-and-set on the record revision and are
-re-applied on a conflict (a second scheduler instance may write too).
+duplicates and dropped. Writes are compare-and-set (``records.Records``), the
+transitions pure functions (``lifecycle.apply_report``). A task that ends ``dead`` is
+added to the dead-letter index (``deadletters.DeadLetters``).
 
-The state transition is the pure function ``apply_report`` (with ``next_status``
-deciding where a result leads), so retries can be added there later.
+A report that does not decode is terminated and reported (``ErrorEvent``, metric); a
+report whose task record is corrupt is terminated the same way, never retried.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from datetime import datetime
 
 import msgspec
 import nats.errors
-import nats.js.errors
 from loguru import logger
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from agentbus.bus import Bus
-from agentbus.messages import (
-    Attempt,
-    TaskEvent,
-    TaskRecord,
-    TaskResult,
-    TaskStarted,
-    TaskStatus,
-    decode_record,
-    decode_report,
-    encode,
-    utcnow,
-)
+from agentbus.messages import TaskResult, decode_report, utcnow
 from agentbus.service import ServiceMetrics, report_bad_message
+from agentbus_scheduler.deadletters import DeadLetters
+from agentbus_scheduler.lifecycle import Report, apply_report
 from agentbus_scheduler.metrics import SchedulerMetrics
+from agentbus_scheduler.records import Records
 from agentbus_scheduler.settings import SchedulerSettings
-
-Report = TaskStarted | TaskResult
-_MAX_CAS_TRIES = 10
-
-
-def next_status(record: TaskRecord, result: TaskResult) -> TaskStatus:
-    """Where ``result`` takes a non-terminal ``record``.
-
-    Today a failed attempt is final (``failed``); this is where retries
-    (``record.max_attempts``, backoff) and dead letters will decide otherwise.
-    """
-    return result.status
-
-
-def _with_attempt(attempts: Sequence[Attempt], attempt: Attempt) -> list[Attempt]:
-    """``attempts`` with the entry of ``attempt.number`` replaced or appended, sorted."""
-    others = [a for a in attempts if a.number != attempt.number]
-    return sorted([*others, attempt], key=lambda a: a.number)
-
-
-def apply_report(
-    record: TaskRecord, report: Report, *, now: datetime
-) -> tuple[TaskRecord | None, TaskEvent | None]:
-    """The record after ``report`` and the event to emit; ``(None, None)`` if unchanged.
-
-    A terminal record never changes (a late ``TaskStarted`` never moves it back to
-    running; a second ``TaskResult`` is a duplicate).
-    """
-    if record.terminal:
-        return None, None
-    if isinstance(report, TaskStarted):
-        current = next((a for a in record.attempts if a.number == report.attempt), None)
-        if current is not None and (
-            current.status != "running" or current.agent_id == report.agent_id
-        ):
-            return None, None  # redelivered report, or a stale one for a finished attempt
-        attempt = Attempt(
-            number=report.attempt, agent_id=report.agent_id, started_at=report.started_at
-        )
-        updated = msgspec.structs.replace(
-            record,
-            status="running",
-            agent_id=report.agent_id,
-            attempts=_with_attempt(record.attempts, attempt),
-            updated_at=now,
-        )
-        event = TaskEvent(
-            task_id=record.task_id,
-            capability=record.capability,
-            status="running",
-            at=now,
-            attempt=report.attempt,
-            agent_id=report.agent_id,
-        )
-        return updated, event
-    status = next_status(record, report)
-    attempt = Attempt(
-        number=report.attempt,
-        agent_id=report.agent_id,
-        started_at=report.started_at,
-        finished_at=report.finished_at,
-        status="failed" if report.status == "dead" else report.status,
-        error=report.error,
-    )
-    updated = msgspec.structs.replace(
-        record,
-        status=status,
-        agent_id=report.agent_id,
-        attempts=_with_attempt(record.attempts, attempt),
-        output=report.output,
-        output_ref=report.output_ref,
-        error=report.error,
-        finished_at=report.finished_at if status in ("succeeded", "failed") else None,
-        updated_at=now,
-    )
-    event = TaskEvent(
-        task_id=record.task_id,
-        capability=record.capability,
-        status=status,
-        at=now,
-        attempt=report.attempt,
-        agent_id=report.agent_id,
-        error=report.error,
-    )
-    return updated, event
 
 
 class ResultsConsumer:
@@ -137,11 +43,16 @@ class ResultsConsumer:
         settings: SchedulerSettings,
         metrics: SchedulerMetrics,
         service_metrics: ServiceMetrics,
+        *,
+        records: Records,
+        dead_letters: DeadLetters,
     ) -> None:
         self.bus = bus
         self.settings = settings
         self.metrics = metrics
         self.service_metrics = service_metrics
+        self.records = records
+        self.dead_letters = dead_letters
         self._sub: JetStreamContext.PullSubscription | None = None
 
     async def setup(self) -> None:
@@ -221,6 +132,16 @@ class ResultsConsumer:
         for msg, report in group:
             try:
                 await self._apply(report, msg.subject)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                await report_bad_message(
+                    self.bus,
+                    self.service_metrics,
+                    source="task_records",
+                    subject=msg.subject,
+                    reason=f"record of task {report.task_id!r} does not decode: {exc}",
+                )
+                await msg.term()
+                continue
             except (nats.errors.Error, TimeoutError) as exc:
                 logger.warning("report not applied", task_id=report.task_id, error=repr(exc))
                 await msg.nak(delay=1.0)
@@ -232,40 +153,23 @@ class ResultsConsumer:
             await msg.ack()
 
     async def _apply(self, report: Report, subject: str) -> None:
-        kv = await self.bus.kv(self.bus.names.tasks_bucket)
-        for _ in range(_MAX_CAS_TRIES):
-            try:
-                entry = await kv.get(report.task_id)
-            except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
-                self.metrics.orphan_reports.inc()
-                logger.warning(
-                    "report for unknown task dropped", task_id=report.task_id, subject=subject
-                )
-                return
-            assert entry.value is not None
-            assert entry.revision is not None
-            record = decode_record(entry.value)
-            updated, event = apply_report(record, report, now=utcnow())
-            if updated is None:
-                if isinstance(report, TaskResult):
-                    self.metrics.duplicate_results.inc()
-                    logger.info(
-                        "duplicate result dropped", task_id=report.task_id, agent_id=report.agent_id
-                    )
-                return
-            try:
-                await kv.update(report.task_id, encode(updated), last=entry.revision)
-            except nats.js.errors.KeyWrongLastSequenceError:
-                self.metrics.record_conflicts.inc()
-                continue
-            self.metrics.results_applied.labels(updated.status).inc()
-            if event is not None:
-                await self._emit(event)
+        outcome = await self.records.update(
+            report.task_id, lambda record: apply_report(record, report, now=utcnow())
+        )
+        record = outcome.record
+        if record is None:
+            self.metrics.orphan_reports.inc()
+            logger.warning("report for unknown task dropped", task_id=report.task_id,
+                           subject=subject)  # fmt: skip
             return
-        raise RuntimeError(f"task {report.task_id!r}: {_MAX_CAS_TRIES} write conflicts in a row")
-
-    async def _emit(self, event: TaskEvent) -> None:
-        try:
-            await self.bus.publish_event("task", event.status, event)
-        except (nats.errors.Error, TimeoutError) as exc:
-            logger.warning("could not publish task event", task_id=event.task_id, error=repr(exc))
+        if outcome.changed:
+            self.metrics.results_applied.labels(record.status).inc()
+        elif isinstance(report, TaskResult):
+            self.metrics.duplicate_results.inc()
+            logger.info("duplicate result dropped", task_id=report.task_id,
+                        agent_id=report.agent_id)  # fmt: skip
+        reported_dead = isinstance(report, TaskResult) and report.status == "dead"
+        if record.status == "dead" and (outcome.changed or reported_dead):
+            # also on a duplicate: a crash between the record write and the index put
+            # redelivers the dead result, which must still reach the index
+            await self.dead_letters.index(record)

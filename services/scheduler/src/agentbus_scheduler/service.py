@@ -12,11 +12,15 @@ deploy         Deploy            DeployReply         400, 503
 scale          ScaleDeployment   DeployReply         404, 409, 503
 delete         DeleteDeployment  DeployReply         404, 503
 placements     ListPlacements    PlacementsReply     503
+list           ListTasks         TasksReply          400
+resubmit       ResubmitTask      SubmitReply         404, 409, 503
 =============  ================  ==================  ===============================
 
 Background work: the results consumer (``scheduler-results`` on ``<P>_RESULTS``) and
 the placement loop (KV ``<p>_deployments`` + ``<p>_nodes`` → ``<p>_placements``), run
-only by the instance holding the KV lease ``scheduler-placement``.
+only by the instance holding the KV lease ``scheduler-placement``; the dead-letter
+moves and work-stream sweeps (``sweeps.Sweeper``), only by the holder of the lease
+``scheduler-sweeps``.
 """
 
 from __future__ import annotations
@@ -33,16 +37,21 @@ from agentbus.messages import (
     Deploy,
     GetTask,
     ListPlacements,
+    ListTasks,
+    ResubmitTask,
     ScaleDeployment,
     SubmitTask,
     SubmitTasks,
 )
 from agentbus.service import MicroService, ServiceMetrics
 from agentbus_scheduler.admission import Admission
+from agentbus_scheduler.deadletters import DeadLetters
 from agentbus_scheduler.fleet import Fleet
 from agentbus_scheduler.metrics import SchedulerMetrics
+from agentbus_scheduler.records import Records
 from agentbus_scheduler.results import ResultsConsumer
 from agentbus_scheduler.settings import SchedulerSettings
+from agentbus_scheduler.sweeps import Sweeper
 
 SERVICE = "scheduler"
 
@@ -58,7 +67,13 @@ async def serve(
     service_metrics = ServiceMetrics(SERVICE, registry)
     metrics = SchedulerMetrics(registry)
     admission = Admission(bus, metrics, concurrency=settings.submit_concurrency)
-    results = ResultsConsumer(bus, settings, metrics, service_metrics)
+    records = Records(bus, metrics)
+    dead_letters = DeadLetters(bus, metrics, service_metrics, records=records, admission=admission)
+    results = ResultsConsumer(
+        bus, settings, metrics, service_metrics, records=records, dead_letters=dead_letters
+    )
+    sweeper = Sweeper(bus, settings, metrics, records=records, dead_letters=dead_letters)
+    await dead_letters.setup()
     fleet = Fleet(bus, settings, metrics, service_metrics)
     await results.setup()
     await fleet.start()
@@ -72,10 +87,13 @@ async def serve(
     await micro.endpoint("delete", DeleteDeployment, fleet.delete)
     await micro.endpoint("scale", ScaleDeployment, fleet.scale)
     await micro.endpoint("placements", ListPlacements, fleet.list_placements)
+    await micro.endpoint("list", ListTasks, dead_letters.list_dead)
+    await micro.endpoint("resubmit", ResubmitTask, dead_letters.resubmit)
 
     loops = [
         asyncio.create_task(results.run(stop), name="scheduler results"),
         asyncio.create_task(fleet.run(stop), name="scheduler placement"),
+        asyncio.create_task(sweeper.run(stop), name="scheduler sweeps"),
     ]
     logger.info("scheduler ready", prefix=bus.names.prefix)
     try:
@@ -91,5 +109,6 @@ async def serve(
             if not task.cancelled() and (exc := task.exception()) is not None:
                 logger.opt(exception=exc).error("scheduler loop failed", loop=task.get_name())
         await results.close()
+        await dead_letters.close()
         await fleet.close()
         logger.info("scheduler stopped")

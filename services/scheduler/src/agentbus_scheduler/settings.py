@@ -50,3 +50,11 @@ class SchedulerSettings(BaseSettings):
     deploy_wait_s: PositiveFloat = 5.0
     """On an instance that does not hold the lease: how long deploy/delete/scale wait
     for the holder to place the change before replying with what is placed so far."""
+    sweep_interval_s: PositiveFloat = 5.0
+    """How often the ``scheduler-sweeps`` lease holder scans the work stream (expired
+    deadlines, messages stuck after their last delivery, leftovers of ended tasks)."""
+    sweep_max_messages: PositiveInt = 10_000
+    """Work-stream messages one sweep reads at most; the next sweep goes on from there."""
+    sweep_lease_ttl_s: int = Field(default=6, ge=2)
+    """Lease ``scheduler-sweeps`` length, whole seconds: a crashed holder's sweeps and
+    dead-letter moves pass to another instance within about ``ttl * 4/3``."""

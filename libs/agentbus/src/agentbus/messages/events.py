@@ -13,7 +13,12 @@ from agentbus.messages.common import (
 
 
 class TaskEvent(Message, frozen=True, kw_only=True):
-    """Event on ``<p>.events.task.<status>``: a task changed status."""
+    """Event on ``<p>.events.task.<status>.<task_id>``: a task's record changed status.
+
+    One per record transition (``queued`` again after a retryable failure, with
+    ``next_attempt_at``), so a task's history replays from the events stream with the
+    filter ``<p>.events.task.*.<task_id>``.
+    """
 
     task_id: str
     capability: str
@@ -22,6 +27,9 @@ class TaskEvent(Message, frozen=True, kw_only=True):
     attempt: int = 0
     agent_id: str | None = None
     error: ErrorInfo | None = None
+    next_attempt_at: datetime | None = None
+    reason: str = ""
+    """Why the scheduler itself made the transition (sweeps, dead letters), else empty."""
 
 
 class AgentEvent(Message, frozen=True, kw_only=True):

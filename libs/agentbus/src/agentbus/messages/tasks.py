@@ -90,6 +90,8 @@ class TaskRecord(Message, frozen=True, kw_only=True):
     """Sequence of the task's message in ``<P>_TASKS`` (to delete it on cancel/expiry)."""
     next_attempt_at: datetime | None = None
     """When a ``queued`` task that failed retryably becomes deliverable again."""
+    resubmit_of: str | None = None
+    """Id of the dead (or failed, expired) task this one was resubmitted from."""
 
     @property
     def terminal(self) -> bool:
@@ -120,6 +122,53 @@ class TaskReply(Message, frozen=True, kw_only=True):
     """Reply carrying one task record."""
 
     task: TaskRecord
+
+
+class ListTasks(Message, frozen=True, kw_only=True):
+    """Request to the scheduler (``<p>.scheduler.list``): tasks by status, newest first.
+
+    Only ``dead`` tasks are indexed (KV ``<p>_dead_tasks``); the listing reads that
+    index, never every record.
+    """
+
+    status: Literal["dead"] = "dead"
+    capability: Token | None = None
+    limit: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 100
+
+
+class TasksReply(Message, frozen=True, kw_only=True):
+    """Reply to ``ListTasks``: matching records, newest first, and the total matched."""
+
+    tasks: list[TaskRecord]
+    total: int
+
+
+class ResubmitTask(Message, frozen=True, kw_only=True):
+    """Request to the scheduler (``<p>.scheduler.resubmit``): run a dead task again.
+
+    The old record stays as it is (a task reaches a terminal state exactly once); a new
+    task with the same capability, input and options is admitted under
+    ``new_task_id`` (default: the old id with ``-r<n>`` appended or incremented, so a
+    repeated request is idempotent) with ``resubmit_of`` = the old id and a fresh
+    attempt budget. ``dead``, ``failed`` and ``expired`` tasks can be resubmitted.
+    """
+
+    task_id: str
+    new_task_id: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,128}$")] | None = None
+    max_attempts: Annotated[int, msgspec.Meta(ge=1, le=100)] | None = None
+    """Attempt budget of the new task (default: the old task's)."""
+    deadline: datetime | None = None
+    """Deadline of the new task (default: none; the old one has usually passed)."""
+
+
+class DeadTask(Message, frozen=True, kw_only=True):
+    """Entry of the dead-letter index KV ``<p>_dead_tasks``, key ``<capability>.<task_id>``."""
+
+    task_id: str
+    capability: str
+    dead_at: datetime
+    attempts: int = 0
+    error: ErrorInfo | None = None
 
 
 class Task(Message, frozen=True, kw_only=True):
@@ -187,4 +236,8 @@ MESSAGES: tuple[type[Message], ...] = (
     Task,
     TaskStarted,
     TaskResult,
+    ListTasks,
+    TasksReply,
+    ResubmitTask,
+    DeadTask,
 )

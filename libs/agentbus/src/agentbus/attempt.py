@@ -1,0 +1,146 @@
+"""One task attempt on the agent side: checks, outcome, and the message's disposal.
+
+The rules (``docs/protocol.md``, "Retries, deadlines and dead letters"):
+
+- Before the start (``preflight``): a task past its ``deadline`` never starts, it ends
+  ``expired``; a delivery whose count exceeds ``max_attempts`` (earlier deliveries
+  ended without a result: agents lost mid-task, leases lapsed) is not run, the task
+  ends ``dead``.
+- The handler runs under the task's ``timeout_s`` (``run_with_timeout``): past it, the
+  handler is cancelled and the attempt fails with the retryable ``TaskTimeoutError``.
+- A failure goes through ``agentbus.retry.decide`` (``failure_result``): a retry is
+  reported ``failed`` with ``retry_in_s`` and the message is nak'd with that delay;
+  everything else ends the task and terms the message (``settle``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from datetime import datetime
+from typing import Literal, TypeVar
+
+from nats.aio.msg import Msg
+from prometheus_client import CollectorRegistry, Counter
+
+from agentbus.errors import TaskTimeoutError
+from agentbus.messages import ErrorInfo, Task, TaskResult, utcnow
+from agentbus.retry import Action, decide
+
+T = TypeVar("T")
+
+_STATUS: dict[Action, Literal["failed", "dead", "expired"]] = {
+    "retry": "failed",
+    "fail": "failed",
+    "dead": "dead",
+    "expire": "expired",
+}
+
+
+class AgentMetrics:
+    """Prometheus metrics of an agent process, on ``Agent.registry``.
+
+    The runtime serves no HTTP itself: an embedding process exposes ``registry``
+    (``prometheus_client.start_http_server(port, registry=agent.registry)``).
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.attempts = Counter(
+            "agentbus_agent_task_attempts_total",
+            "Task deliveries handled, by capability and outcome (succeeded, retried, "
+            "failed, dead, expired, or returned on stop).",
+            ["capability", "outcome"],
+            registry=registry,
+        )
+        self.bad_messages = Counter(
+            "agentbus_bad_messages_total",
+            "Messages that did not decode or validate, by where they came from.",
+            ["service", "source"],
+            registry=registry,
+        )
+
+    def count(self, capability: str, result: TaskResult) -> None:
+        """Count the outcome of one delivery from the result reported for it."""
+        outcome = "retried" if result.retry_in_s is not None else result.status
+        self.attempts.labels(capability, outcome).inc()
+
+
+def preflight(task: Task, attempt: int, *, agent_id: str, now: datetime) -> TaskResult | None:
+    """The result that ends ``task`` before delivery ``attempt`` starts, or None to run it.
+
+    ``expired`` when ``now`` is at or past ``task.deadline``; ``dead`` when ``attempt``
+    exceeds ``task.max_attempts``.
+    """
+    status: Literal["expired", "dead"]
+    if task.deadline is not None and now >= task.deadline:
+        status = "expired"
+        error = ErrorInfo(
+            error_type="DeadlineExceeded",
+            message=f"deadline {task.deadline.isoformat()} passed before attempt {attempt}",
+        )
+    elif attempt > task.max_attempts:
+        status = "dead"
+        error = ErrorInfo(
+            error_type="AttemptsExhausted",
+            message=(
+                f"delivery {attempt} exceeds max_attempts {task.max_attempts}: earlier "
+                "deliveries ended without a result (agent lost mid-task, lease lapsed)"
+            ),
+            retryable=True,
+        )
+    else:
+        return None
+    return TaskResult(task_id=task.task_id, agent_id=agent_id, attempt=attempt, status=status,
+                      started_at=now, finished_at=now, error=error)  # fmt: skip
+
+
+def failure_result(
+    task: Task, attempt: int, exc: BaseException, *, agent_id: str, started_at: datetime
+) -> TaskResult:
+    """The report of delivery ``attempt`` that failed with ``exc`` (``retry.decide``)."""
+    now = utcnow()
+    decision = decide(task, attempt, exc, now=now)
+    return TaskResult(
+        task_id=task.task_id,
+        agent_id=agent_id,
+        attempt=attempt,
+        status=_STATUS[decision.action],
+        started_at=started_at,
+        finished_at=now,
+        error=decision.error,
+        retry_in_s=decision.retry_in_s,
+    )
+
+
+async def run_with_timeout(work: Awaitable[T], timeout_s: float | None) -> T:
+    """Await ``work``, cancelling it after ``timeout_s`` seconds (None: no limit).
+
+    Raises:
+        TaskTimeoutError: ``work`` was cancelled at the timeout (a ``TimeoutError``
+            raised by ``work`` itself passes through unchanged).
+    """
+    if timeout_s is None:
+        return await work
+    scope = asyncio.timeout(timeout_s)
+    try:
+        async with scope:
+            return await work
+    except TimeoutError:
+        if scope.expired():
+            raise TaskTimeoutError(timeout_s) from None
+        raise
+
+
+async def settle(msg: Msg, result: TaskResult) -> None:
+    """Dispose of the task message once ``result`` is reported.
+
+    ``succeeded``: ack. ``failed`` with ``retry_in_s``: nak with that delay (the next
+    delivery is the next attempt). Anything else ends the task: term (a WorkQueue
+    stream removes a termed message).
+    """
+    if result.status == "succeeded":
+        await msg.ack()
+    elif result.retry_in_s is not None:
+        await msg.nak(delay=result.retry_in_s)
+    else:
+        await msg.term()

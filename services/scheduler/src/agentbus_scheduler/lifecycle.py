@@ -1,0 +1,202 @@
+"""The task lifecycle as pure transitions of ``TaskRecord`` (no I/O).
+
+::
+
+    queued ──TaskStarted──▶ running ──TaskResult──▶ succeeded | failed | dead | expired
+      ▲                        │                    | cancelled
+      └── failed + retry_in_s ─┘   (the agent nak'd the task: another attempt follows)
+
+    queued/running ──scheduler──▶ expired (deadline sweep) | dead (max deliveries)
+
+A terminal record never changes again: the first result wins, later ones are
+duplicates. Attempts are keyed by their number (the delivery count); an attempt that
+was running when a later one started, or when the task ended, is recorded ``lost``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Literal
+
+import msgspec
+
+from agentbus.messages import (
+    Attempt,
+    ErrorInfo,
+    TaskEvent,
+    TaskRecord,
+    TaskResult,
+    TaskStarted,
+    TaskStatus,
+)
+
+Report = TaskStarted | TaskResult
+Change = tuple[TaskRecord | None, TaskEvent | None]
+
+LOST = ErrorInfo(
+    error_type="AttemptLost",
+    message="no result: the agent was lost or its lease lapsed before it reported",
+    retryable=True,
+)
+"""The error recorded on an attempt that ended without a result."""
+
+AttemptStatus = Literal["running", "succeeded", "failed", "lost", "cancelled", "expired"]
+_ATTEMPT_STATUS: dict[str, AttemptStatus] = {
+    "succeeded": "succeeded",
+    "failed": "failed",
+    "dead": "failed",
+    "expired": "expired",
+    "cancelled": "cancelled",
+}
+
+
+def next_status(result: TaskResult) -> TaskStatus:
+    """The record status ``result`` leads to.
+
+    ``failed`` with ``retry_in_s`` set means the agent returned the task for another
+    attempt (nak with that delay): ``queued``. Every other status is final as reported
+    (the agent decided with ``agentbus.retry.decide``).
+    """
+    if result.status == "failed" and result.retry_in_s is not None:
+        return "queued"
+    return result.status
+
+
+def _with_attempt(attempts: Sequence[Attempt], attempt: Attempt) -> list[Attempt]:
+    """``attempts`` with the entry of ``attempt.number`` replaced or appended, sorted."""
+    others = [a for a in attempts if a.number != attempt.number]
+    return sorted([*others, attempt], key=lambda a: a.number)
+
+
+def lose_running(attempts: Sequence[Attempt], *, before: int | None = None) -> list[Attempt]:
+    """``attempts`` with every ``running`` one numbered below ``before`` (all: None) lost."""
+    return [
+        msgspec.structs.replace(a, status="lost", error=a.error or LOST)
+        if a.status == "running" and (before is None or a.number < before)
+        else a
+        for a in attempts
+    ]
+
+
+def _latest(record: TaskRecord) -> int:
+    return max((a.number for a in record.attempts), default=0)
+
+
+def apply_report(record: TaskRecord, report: Report, *, now: datetime) -> Change:
+    """The record after ``report`` and the event to emit; ``(None, None)`` if unchanged.
+
+    A terminal record never changes (a late ``TaskStarted`` never moves it back to
+    running; a second ``TaskResult`` is a duplicate). A retryable failure of an attempt
+    that a later attempt has already replaced updates that attempt only.
+    """
+    if record.terminal:
+        return None, None
+    if isinstance(report, TaskStarted):
+        return _started(record, report, now=now)
+    status = next_status(report)
+    current = next((a for a in record.attempts if a.number == report.attempt), None)
+    attempts = list(record.attempts)
+    if current is not None or report.status in ("succeeded", "failed"):
+        attempts = _with_attempt(
+            attempts,
+            Attempt(
+                number=report.attempt,
+                agent_id=report.agent_id,
+                started_at=report.started_at,
+                finished_at=report.finished_at,
+                status=_ATTEMPT_STATUS[report.status],
+                error=report.error,
+            ),
+        )
+    if status == "queued" and report.attempt < _latest(record):
+        return msgspec.structs.replace(record, attempts=attempts, updated_at=now), None
+    terminal = status != "queued"
+    attempts = lose_running(attempts, before=None if terminal else report.attempt)
+    next_at = None
+    if not terminal and report.retry_in_s is not None:
+        next_at = report.finished_at + timedelta(seconds=report.retry_in_s)
+    updated = msgspec.structs.replace(
+        record,
+        status=status,
+        agent_id=report.agent_id,
+        attempts=attempts,
+        output=report.output,
+        output_ref=report.output_ref,
+        error=report.error,
+        finished_at=report.finished_at if terminal else None,
+        next_attempt_at=next_at,
+        updated_at=now,
+    )
+    event = TaskEvent(
+        task_id=record.task_id,
+        capability=record.capability,
+        status=status,
+        at=now,
+        attempt=report.attempt,
+        agent_id=report.agent_id,
+        error=report.error,
+        next_attempt_at=next_at,
+    )
+    return updated, event
+
+
+def _started(record: TaskRecord, report: TaskStarted, *, now: datetime) -> Change:
+    current = next((a for a in record.attempts if a.number == report.attempt), None)
+    if current is not None and (current.status != "running" or current.agent_id == report.agent_id):
+        return None, None  # redelivered report, or a stale one for a finished attempt
+    attempt = Attempt(number=report.attempt, agent_id=report.agent_id, started_at=report.started_at)
+    updated = msgspec.structs.replace(
+        record,
+        status="running",
+        agent_id=report.agent_id,
+        attempts=lose_running(_with_attempt(record.attempts, attempt), before=report.attempt),
+        next_attempt_at=None,
+        updated_at=now,
+    )
+    event = TaskEvent(
+        task_id=record.task_id,
+        capability=record.capability,
+        status="running",
+        at=now,
+        attempt=report.attempt,
+        agent_id=report.agent_id,
+    )
+    return updated, event
+
+
+def end_task(
+    record: TaskRecord,
+    status: TaskStatus,
+    *,
+    now: datetime,
+    error: ErrorInfo,
+    reason: str,
+    unless_running: bool = False,
+) -> Change:
+    """The scheduler itself ends a non-terminal task (sweeps, dead letters).
+
+    Every running attempt is recorded ``lost``. With ``unless_running`` a running task
+    is left alone (a deadline only stops a task from starting).
+    """
+    if record.terminal or (unless_running and record.status == "running"):
+        return None, None
+    updated = msgspec.structs.replace(
+        record,
+        status=status,
+        attempts=lose_running(record.attempts),
+        error=error,
+        finished_at=now,
+        next_attempt_at=None,
+        updated_at=now,
+    )
+    event = TaskEvent(
+        task_id=record.task_id,
+        capability=record.capability,
+        status=status,
+        at=now,
+        attempt=_latest(record),
+        error=error,
+        reason=reason,
+    )
+    return updated, event
