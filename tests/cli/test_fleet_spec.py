@@ -249,8 +249,8 @@ def test_duplicate_names_and_keys_are_refused() -> None:
 
 
 IMPOSSIBLE = [
-    ("replicas: 2", "image: give image (docker nodes), command (process nodes) or both"),
-    ("image: ''", "image: give image"),
+    ("replicas: 2", "image: needs an image or a command (image: docker nodes, command: processes)"),
+    ("image: ''", "image: needs an image or a command"),
     ("image: a\ncommand: []", "command: must not be empty"),
     ("command: [run]\nimage_command: [x]", "image_command: needs an image"),
     ("image: a\nbackoff: {initial: 1m, max: 10s}",
@@ -284,9 +284,7 @@ IMPOSSIBLE = [
 def test_impossible_specs_are_refused(body: str, error: str) -> None:
     found = errors_of(one(body))
     assert len(found) == 1, found
-    assert found[0].startswith("fleet.yaml:") and f": deployments.web.{error}" in found[0], found[
-        0
-    ]
+    assert found[0].startswith("fleet.yaml:") and f": deployments.web.{error}" in found[0], found[0]
 
 
 def test_bad_deployment_name() -> None:
@@ -312,7 +310,7 @@ def test_check_deployment_on_structs() -> None:
     assert validate_deployment(good) is good
     bad = Deployment(name="web", backoff=Backoff(initial_s=5, max_s=1))
     assert [i.field for i in check_deployment(bad)] == ["image", "backoff.initial_s"]
-    with pytest.raises(SpecError, match=r"deployment 'web': image: give image"):
+    with pytest.raises(SpecError, match=r"deployment 'web': image: needs an image or a command"):
         validate_deployment(bad)
 
 

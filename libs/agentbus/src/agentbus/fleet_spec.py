@@ -72,20 +72,24 @@ class SpecIssue(NamedTuple):
 class SpecError(ContractError):
     """A fleet file or deployment spec is invalid; ``issues`` lists every problem found.
 
-    ``str()`` gives one line per issue: ``<source>:<line>: <field>: <message>``.
+    ``str()`` gives one line per issue, ``<source>:<line>: <field>: <message>``; with
+    ``one_line`` (errors that travel in a NATS header) ``<source>: <field>: <message>;
+    <field>: <message>...``.
     """
 
-    def __init__(self, source: str, issues: Iterable[SpecIssue]) -> None:
+    def __init__(self, source: str, issues: Iterable[SpecIssue], *, one_line: bool = False) -> None:
         self.source = source
         self.issues = list(issues)
-        super().__init__(
-            "\n".join(
+        if one_line:
+            text = f"{source}: " + "; ".join(f"{i.field}: {i.message}" for i in self.issues)
+        else:
+            text = "\n".join(
                 f"{source}:{i.line}: {i.field}: {i.message}"
                 if i.line
                 else f"{source}: {i.field}: {i.message}"
                 for i in self.issues
             )
-        )
+        super().__init__(text)
 
 
 @dataclass(frozen=True)
@@ -197,7 +201,7 @@ def check_deployment(d: Deployment) -> list[SpecIssue]:
         except ContractError as exc:
             bad(field, str(exc))
     if not d.image and not d.command:
-        bad("image", "give image (docker nodes), command (process nodes) or both")
+        bad("image", "needs an image or a command (image: docker nodes, command: processes)")
     if d.command is not None and not d.command:
         bad("command", "must not be empty")
     if d.image_command is not None and not (d.image and d.image_command):
@@ -228,10 +232,10 @@ def validate_deployment(d: Deployment) -> Deployment:
     """Return ``d`` if ``check_deployment`` finds nothing.
 
     Raises:
-        SpecError: every problem found, the source naming the deployment.
+        SpecError: every problem found, on one line, the source naming the deployment.
     """
     if issues := check_deployment(d):
-        raise SpecError(f"deployment {d.name!r}", issues)
+        raise SpecError(f"deployment {d.name!r}", issues, one_line=True)
     return d
 
 

@@ -29,7 +29,8 @@ from loguru import logger
 from nats.js.kv import KeyValue
 
 from agentbus.bus import Bus
-from agentbus.errors import ConflictError, ContractError, NotFoundError, UnavailableError
+from agentbus.errors import ConflictError, NotFoundError, UnavailableError
+from agentbus.fleet_spec import validate_deployment
 from agentbus.lease import KvLease
 from agentbus.messages import (
     DeleteDeployment,
@@ -70,19 +71,6 @@ def _node_changed(old: NodeInfo | None, new: NodeInfo | None) -> bool:
                 n.capacity_memory_bytes)  # fmt: skip
 
     return shape(old) != shape(new)
-
-
-def validate_deployment(deployment: Deployment) -> None:
-    """Check a deployment spec beyond what its type enforces.
-
-    Raises:
-        ContractError: bad name or capability token, or neither image nor command.
-    """
-    check_token("deployment name", deployment.name)
-    if not deployment.image and not deployment.command:
-        raise ContractError(f"deployment {deployment.name!r} needs an image or a command")
-    for capability in deployment.capabilities:
-        check_token("capability", capability)
 
 
 def _replica_of(key: str) -> tuple[str, int]:
