@@ -42,7 +42,7 @@ def dep(**kw: object) -> Deployment:
     ],
 )
 def test_policy(policy: str, cause: str, code: int | None, restart: bool) -> None:
-    assert should_restart(policy, cause, code) is restart  # type: ignore[arg-type]
+    assert should_restart(policy, cause, code) is restart
 
 
 def test_failure_is_anything_but_a_clean_exit() -> None:
