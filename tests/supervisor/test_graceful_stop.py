@@ -4,6 +4,7 @@ is returned and completed by another replica; adoption across supervisor restart
 from __future__ import annotations
 
 import json
+from functools import partial
 from typing import Any
 
 import aiodocker
@@ -97,7 +98,7 @@ async def test_scale_down_returns_a_long_task_to_another_replica(
             await client.submit("echo", {"sleep_s": 6, "n": n}, max_attempts=3) for n in (1, 2)
         ]
         for r in records:
-            await eventually(lambda r=r: running_on(client, r.task_id), timeout_s=60)
+            await eventually(partial(running_on, client, r.task_id), timeout_s=60)
         await client.scale("worker", 1)  # worker-1 leaves while busy
         await eventually(lambda: returns(events.of("stopped", "worker-1")), timeout_s=60)
         for r in records:

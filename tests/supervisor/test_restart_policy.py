@@ -6,9 +6,14 @@ import random
 
 import pytest
 
-from agentbus.messages import Backoff, Deployment
+from agentbus.messages import Backoff, Deployment, RestartPolicy
 from agentbus.messages.fleet import CrashLoop
-from agentbus_supervisor.restart_policy import RestartTracker, is_failure, should_restart
+from agentbus_supervisor.restart_policy import (
+    Cause,
+    RestartTracker,
+    is_failure,
+    should_restart,
+)
 
 NO_JITTER = Backoff(initial_s=1.0, factor=2.0, max_s=30.0, jitter=0.0)
 
@@ -41,7 +46,7 @@ def dep(**kw: object) -> Deployment:
         ("never", "unhealthy", 137, False),
     ],
 )
-def test_policy(policy: str, cause: str, code: int | None, restart: bool) -> None:
+def test_policy(policy: RestartPolicy, cause: Cause, code: int | None, restart: bool) -> None:
     assert should_restart(policy, cause, code) is restart
 
 
