@@ -66,4 +66,3 @@ async def svc(bus: Bus) -> AsyncIterator[Service]:
 @pytest.fixture
 def client(svc: Service) -> CheckpointClient:
     return svc.client()
-

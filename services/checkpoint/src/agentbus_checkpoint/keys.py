@@ -34,6 +34,15 @@ from dataclasses import dataclass
 from agentbus.checkpoints import escape_token, thread_key_prefix
 from agentbus.errors import ContractError
 
+__all__ = [
+    "ThreadKeys",
+    "escape_token",
+    "head_filters",
+    "parse_head_key",
+    "thread_wildcard",
+    "unescape_token",
+]
+
 _BLOB_NAME_RE = re.compile(r"^(?P<prefix>[^/]+)/(?:w/)?[0-9a-f]{32}$")
 
 
