@@ -136,18 +136,29 @@ async def heartbeat_watchdog(
     node_id: str,
     is_connected: Callable[[], bool],
 ) -> str:
-    """Wait until the agent's heartbeats stop; return why (never returns otherwise)."""
+    """Wait until the agent's heartbeats stop; return why (never returns otherwise).
+
+    The supervisor's view counts as live only while it is connected, its watch of
+    ``<p>_agents`` is replayed, and no reconnect happened since the last look; any
+    break restarts the wait, so agents are not blamed for a NATS outage.
+    """
     clock = HeartbeatClock(started_at=time.monotonic())
+    reconnects = agents.bus.nc.stats["reconnects"]
+    quiet_since = clock.started_at
     while True:
         await asyncio.sleep(WATCHDOG_TICK_S)
+        now = time.monotonic()
         info = agents.values.get(handle.agent_id)
         if info is not None and info.node_id in (None, node_id):
             clock.observe(agents.seen_at.get(handle.agent_id))
+        if agents.bus.nc.stats["reconnects"] != reconnects or not is_connected():
+            reconnects = agents.bus.nc.stats["reconnects"]
+            quiet_since = now
         timeout_s = deployment().heartbeat_timeout_s
-        if timeout_s is None:
+        if timeout_s is None or not agents.live:
             continue
-        view_since = agents.synced_at if agents.live and is_connected() else None
-        if clock.overdue(now=time.monotonic(), timeout_s=timeout_s, view_since=view_since):
+        view_since = max(quiet_since, agents.synced_at)
+        if clock.overdue(now=now, timeout_s=timeout_s, view_since=view_since):
             return f"no agent heartbeat for {timeout_s:g} s"
 
 
