@@ -1,0 +1,388 @@
+"""``just bench tasks``: task throughput and latency of agentbus, raw JetStream and Celery.
+
+One run, one machine, closed loops (each of N callers submits a task, waits for its
+result, submits the next), at 1 and 64 tasks in flight:
+
+``raw``
+    the ceiling: nats-py alone. Publish-with-ack to a WorkQueue stream (file storage)
+    → a worker process pulling batches → ack → core-NATS reply to the caller.
+``agentbus``
+    ``Client.submit`` → the scheduler (``python -m agentbus_scheduler``) records and
+    enqueues the task → a no-op agent process (``agentbus.agents.echo``) runs it and
+    reports → the scheduler applies the result → ``Client.wait`` returns the record.
+``celery``
+    Celery 5, Redis broker and result backend (``/usr/bin/redis-server`` on a free
+    loopback port, no persistence), one worker process with the solo pool; the caller
+    keeps N results pending with ``AsyncResult.then`` and drains the result consumer.
+
+raw and agentbus share one nats-server (file storage). Every service and agent logs at
+WARNING, as does the Celery worker. Each system is warmed up before it is measured,
+and stopped before the next starts. Latency is submit → result in the caller.
+
+Usage: ``just bench tasks [--json FILE] [--tasks N] [--only raw,agentbus,celery]
+[--profile DIR]`` (``--profile``: py-spy folded stacks of the scheduler and the agent,
+for speedscope or flamegraph.pl, and a pyinstrument report of the caller, for the
+agentbus runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nats
+from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
+
+from agentbus.bus import Bus
+from agentbus.client import Client
+from agentbus.errors import NotFoundError, UnavailableError
+from agentbus.messages import GetTask, TaskReply
+from agentbus.settings import BusSettings
+from bench._procs import Child, children, free_port, tool_version, wait_port
+from bench.common import Report, console, percentile, versions
+from tests._nats_server import NatsServer, nats_server_binary
+
+LEVELS = (1, 64)
+SYSTEMS = ("raw", "agentbus", "celery")
+PREFIX = "bench"
+QUIET = {"AGENTBUS_LOG_LEVEL": "WARNING"}
+
+
+@dataclass
+class Run:
+    """One measured closed loop."""
+
+    count: int
+    elapsed_s: float
+    latencies_s: list[float]
+
+    @property
+    def tasks_per_s(self) -> float:
+        return self.count / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def p_ms(self, q: float) -> float:
+        return percentile(self.latencies_s, q) * 1000 if self.latencies_s else float("nan")
+
+
+async def closed_loop(
+    one: Callable[[], Awaitable[None]], total: int, inflight: int, max_s: float
+) -> Run:
+    """Keep ``inflight`` calls of ``one`` outstanding until ``total`` are done or ``max_s``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + max_s
+    latencies: list[float] = []
+    started = 0
+
+    async def caller() -> None:
+        nonlocal started
+        while started < total and loop.time() < deadline:
+            started += 1
+            t0 = time.perf_counter()
+            await one()
+            latencies.append(time.perf_counter() - t0)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(caller() for _ in range(inflight)))
+    return Run(len(latencies), time.perf_counter() - t0, latencies)
+
+
+@dataclass
+class Options:
+    tasks: int
+    warmup: int
+    max_s: float
+    profile: Path | None
+    log_dir: Path
+
+
+async def measure(
+    name: str,
+    one: Callable[[], Awaitable[None]],
+    opts: Options,
+    profiled: list[Child] | None = None,
+) -> dict[int, Run]:
+    """Warm up, then one closed loop per level of ``LEVELS``."""
+    await closed_loop(one, opts.warmup, 16, opts.max_s)
+    runs = {}
+    for level in LEVELS:
+        with _Profiling(name, level, opts.profile, profiled or []):
+            runs[level] = await closed_loop(one, opts.tasks, level, opts.max_s)
+        r = runs[level]
+        console.print(f"  {name} in flight {level}: {r.count} tasks, {r.tasks_per_s:,.0f}/s, "
+                      f"p50 {r.p_ms(50):.2f} ms, p99 {r.p_ms(99):.2f} ms")  # fmt: skip
+    return runs
+
+
+class _Profiling:
+    """py-spy on ``procs`` and pyinstrument on this process while a block runs."""
+
+    def __init__(self, name: str, level: int, out: Path | None, procs: list[Child]) -> None:
+        self.name, self.level, self.out, self.procs = name, level, out, procs
+        self.spies: list[subprocess.Popen[bytes]] = []
+        self.profiler: Any = None
+
+    def __enter__(self) -> None:
+        if self.out is None or not self.procs:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        for child in self.procs:
+            out = self.out / f"{self.name}-inflight{self.level}-{child.name}.folded"
+            cmd = ["py-spy", "record", "-p", str(child.pid), "-o", str(out), "-r", "250",
+                   "-f", "raw"]  # fmt: skip
+            self.spies.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
+                                               stderr=subprocess.DEVNULL))  # fmt: skip
+        from pyinstrument import Profiler
+
+        self.profiler = Profiler(async_mode="enabled")
+        self.profiler.start()
+        time.sleep(0.5)  # let py-spy attach
+
+    def __exit__(self, *exc: object) -> None:
+        if self.profiler is not None:
+            self.profiler.stop()
+            assert self.out is not None
+            text = self.profiler.output_text(unicode=True, show_all=False)
+            (self.out / f"{self.name}-inflight{self.level}-caller.txt").write_text(text)
+        for spy in self.spies:
+            spy.send_signal(signal.SIGINT)
+            try:
+                spy.wait(30)
+            except subprocess.TimeoutExpired:
+                spy.kill()
+                spy.wait()
+
+
+# -- raw ceiling ------------------------------------------------------------------------
+async def bench_raw(url: str, opts: Options) -> dict[int, Run]:
+    nc = await nats.connect(url, name="bench-raw-caller")
+    js = nc.jetstream()
+    stream, subject, replies = "RAWBENCH", "rawbench.tasks", "rawbench.replies"
+    await js.add_stream(StreamConfig(name=stream, subjects=[subject],
+                                     retention=RetentionPolicy.WORK_QUEUE,
+                                     storage=StorageType.FILE))  # fmt: skip
+    await js.add_consumer(stream, ConsumerConfig(name="raw", durable_name="raw",
+                                                 ack_policy=AckPolicy.EXPLICIT, ack_wait=30,
+                                                 max_ack_pending=-1))  # fmt: skip
+    loop = asyncio.get_running_loop()
+    waiters: dict[bytes, asyncio.Future[None]] = {}
+
+    async def on_reply(msg: Any) -> None:
+        fut = waiters.pop(msg.data, None)
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    await nc.subscribe(replies, cb=on_reply)
+    seq = 0
+
+    async def one() -> None:
+        nonlocal seq
+        seq += 1
+        key = str(seq).encode()
+        waiters[key] = fut = loop.create_future()
+        await js.publish(subject, key)
+        await asyncio.wait_for(fut, 30)
+
+    try:
+        with children() as kids:
+            cmd = [sys.executable, "-m", "bench._raw_worker", url, stream, "raw", replies]
+            kids.append(Child("raw-worker", cmd, opts.log_dir, {}))
+            return await measure("raw", one, opts)
+    finally:
+        await nc.close()
+
+
+# -- agentbus -----------------------------------------------------------------------------
+async def bench_agentbus(url: str, opts: Options) -> dict[int, Run]:
+    env = {"AGENTBUS_NATS_URL": url, "AGENTBUS_PREFIX": PREFIX, **QUIET}
+    with children() as kids:
+        kids.append(Child("scheduler", [sys.executable, "-m", "agentbus_scheduler"],
+                          opts.log_dir, env))  # fmt: skip
+        kids.append(Child("agent", [sys.executable, "-m", "agentbus.agents.echo"], opts.log_dir,
+                          {**env, "AGENTBUS_AGENT_MAX_CONCURRENCY": "256"}))  # fmt: skip
+        bus = await Bus.connect(BusSettings(nats_url=url, prefix=PREFIX), name="bench-caller")
+        try:
+            await _scheduler_ready(bus, kids)
+            client = Client(bus)
+            failed = 0
+
+            async def one() -> None:
+                nonlocal failed
+                record = await client.submit("echo", 1)
+                done = await client.wait(record.task_id, timeout_s=60)
+                failed += done.status != "succeeded"
+
+            runs = await measure("agentbus", one, opts, profiled=kids)
+            if failed:
+                console.print(f"[red]agentbus: {failed} tasks did not succeed")
+            return runs
+        finally:
+            await bus.close()
+
+
+async def _scheduler_ready(bus: Bus, kids: list[Child], timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        for kid in kids:
+            kid.check()
+        try:
+            await bus.request(bus.names.endpoint("scheduler", "get"), GetTask(task_id="x"),
+                              TaskReply, timeout_s=2)  # fmt: skip
+        except NotFoundError:
+            return
+        except UnavailableError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+
+
+# -- celery -------------------------------------------------------------------------------
+def bench_celery(opts: Options) -> dict[int, Run]:
+    with tempfile.TemporaryDirectory(prefix="bench-redis-") as redis_dir, children() as kids:
+        port = free_port()
+        kids.append(Child("redis", ["/usr/bin/redis-server", "--port", str(port),
+                                    "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                                    "--dir", redis_dir], opts.log_dir, {}))  # fmt: skip
+        wait_port(port)
+        os.environ["BENCH_REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
+        module = importlib.import_module("bench._celery_app")
+        kids.append(Child("celery-worker", [sys.executable, "-m", "celery", "-A",
+                                            "bench._celery_app", "worker", "--pool", "solo",
+                                            "--concurrency", "1", "--loglevel", "WARNING",
+                                            "--without-gossip", "--without-mingle",
+                                            "--without-heartbeat"], opts.log_dir,
+                          {"BENCH_REDIS_URL": os.environ["BENCH_REDIS_URL"]}))  # fmt: skip
+        noop = module.noop
+        noop.delay(0).get(timeout=60)  # worker up
+        _celery_loop(module.app, noop, opts.warmup, 16, opts.max_s)
+        runs = {}
+        for level in LEVELS:
+            runs[level] = r = _celery_loop(module.app, noop, opts.tasks, level, opts.max_s)
+            console.print(f"  celery in flight {level}: {r.count} tasks, "
+                          f"{r.tasks_per_s:,.0f}/s, p50 {r.p_ms(50):.2f} ms, "
+                          f"p99 {r.p_ms(99):.2f} ms")  # fmt: skip
+        return runs
+
+
+def _celery_loop(app: Any, noop: Any, total: int, inflight: int, max_s: float) -> Run:
+    """Closed loop in one thread: ``then`` callbacks fire while the result consumer drains."""
+    latencies: list[float] = []
+    finished: list[float] = []
+    pending: set[Any] = set()
+    started = 0
+    deadline = time.monotonic() + max_s
+
+    def submit() -> None:
+        nonlocal started
+        started += 1
+        t0 = time.perf_counter()
+        result = noop.apply_async((1,))
+        pending.add(result)
+
+        def done(r: Any) -> None:
+            finished.append(time.perf_counter() - t0)
+            pending.discard(r)
+
+        result.then(done)
+
+    t0 = time.perf_counter()
+    for _ in range(min(inflight, total)):
+        submit()
+    while pending:
+        app.backend.result_consumer.drain_events(timeout=1.0)
+        latencies.extend(finished)
+        refill = len(finished)
+        finished.clear()
+        for _ in range(refill):
+            if started < total and time.monotonic() < deadline:
+                submit()
+        if time.monotonic() > deadline + 30:
+            raise RuntimeError(f"celery: {len(pending)} results still pending")
+    return Run(len(latencies), time.perf_counter() - t0, latencies)
+
+
+# -- report -------------------------------------------------------------------------------
+def report(results: dict[str, dict[int, Run]], rep: Report) -> None:
+    rows = []
+    for system, runs in results.items():
+        for level, r in runs.items():
+            key = f"{system}_inflight{level}"
+            rep.add(f"{key}_tasks_count", r.count)
+            rep.add(f"{key}_elapsed_s", round(r.elapsed_s, 3))
+            rep.add(f"{key}_tasks_per_s", round(r.tasks_per_s, 1))
+            rep.add(f"{key}_p50_latency_ms", round(r.p_ms(50), 3))
+            rep.add(f"{key}_p99_latency_ms", round(r.p_ms(99), 3))
+            rows.append([system, level, r.count, r.tasks_per_s, r.p_ms(50), r.p_ms(99)])
+    rep.table("tasks: closed loop, submit → result in the caller",
+              ["system", "in flight", "tasks", "tasks/s", "p50 ms", "p99 ms"], rows)  # fmt: skip
+    ratio_rows = []
+    agentbus = results.get("agentbus", {})
+    for other in ("raw", "celery"):
+        for level in LEVELS:
+            if level in agentbus and level in results.get(other, {}):
+                base = results[other][level].tasks_per_s
+                ratio = agentbus[level].tasks_per_s / base if base else float("nan")
+                rep.add(f"agentbus_vs_{other}_inflight{level}_ratio", round(ratio, 3))
+                ratio_rows.append([f"agentbus / {other}", level, ratio])
+    if ratio_rows:
+        rep.table("throughput ratios", ["ratio", "in flight", "value"], ratio_rows)
+    if agentbus:
+        targets = [
+            ("agentbus/raw at 64 >= 0.25", rep.figures.get("agentbus_vs_raw_inflight64_ratio"),
+             lambda v: v >= 0.25),
+            ("agentbus/celery at 64 >= 5", rep.figures.get("agentbus_vs_celery_inflight64_ratio"),
+             lambda v: v >= 5),
+            ("agentbus p50 at 1 <= 2 ms", rep.figures.get("agentbus_inflight1_p50_latency_ms"),
+             lambda v: v <= 2),
+        ]  # fmt: skip
+        rep.table("targets (issue 3)", ["target", "measured", "met"],
+                  [[t, v, "yes" if ok(v) else "NO"] for t, v, ok in targets if v is not None])  # type: ignore[arg-type]  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="just bench tasks", description=__doc__.split("\n")[0])
+    parser.add_argument("--json", type=Path, help="write every figure to this JSON file")
+    parser.add_argument("--tasks", type=int, default=5000, help="tasks per measured loop")
+    parser.add_argument("--warmup", type=int, default=500, help="tasks before measuring")
+    parser.add_argument("--max-s", type=float, default=60.0, help="time bound of one loop, s")
+    parser.add_argument("--only", default=",".join(SYSTEMS), help="systems, comma-separated")
+    parser.add_argument("--profile", type=Path, help="write agentbus profiles to this dir")
+    args = parser.parse_args()
+    only = [s.strip() for s in args.only.split(",") if s.strip()]
+    if unknown := set(only) - set(SYSTEMS):
+        parser.error(f"unknown systems {sorted(unknown)}; choose from {SYSTEMS}")
+
+    rep = Report("tasks")
+    celery_v = versions("celery", "kombu", "redis", "nats-py")
+    rep.print_header(**{
+        "nats-server": tool_version([nats_server_binary(), "--version"]),
+        "redis-server": tool_version(["/usr/bin/redis-server", "--version"]),
+        **{k: v for k, v in celery_v.items()},
+    })  # fmt: skip
+    results: dict[str, dict[int, Run]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-tasks-") as tmp:
+        opts = Options(args.tasks, args.warmup, args.max_s, args.profile, Path(tmp))
+        console.print(f"logs of child processes: {tmp} (kept only while running)")
+        with NatsServer(Path(tmp) / "js") as server:
+            if "raw" in only:
+                results["raw"] = asyncio.run(bench_raw(server.client_url, opts))
+            if "agentbus" in only:
+                results["agentbus"] = asyncio.run(bench_agentbus(server.client_url, opts))
+        if "celery" in only:
+            results["celery"] = bench_celery(opts)
+    report(results, rep)
+    rep.write_json(args.json)
+
+
+if __name__ == "__main__":
+    main()
