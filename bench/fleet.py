@@ -1,0 +1,445 @@
+"""``just bench fleet``: 100 agent containers on 2 nodes, kill 20, measure the recovery.
+
+One run on one machine: a nats-server (file storage), the scheduler and two supervisors
+(``python -m agentbus_scheduler`` / ``agentbus_supervisor``, docker runtime, node ids
+``bench-node-1`` and ``-2``) as child processes, and the bench process as the caller.
+
+Phases:
+
+``probe``
+    one ``echo`` replica, SIGKILLed ``--probe`` times (``docker kill``): container
+    start (its ``State.StartedAt``) → the new agent's first registry heartbeat
+    (``AgentInfo.heartbeat_at`` of the first entry with a new ``started_at``).
+``ramp``
+    deploy ``--replicas`` echo replicas: deploy → every replica registered.
+``drill``
+    a steady, bounded stream of echo tasks (``--rate`` per second); after a warm-up,
+    SIGKILL ``--kill`` random containers at once. Per killed replica: kill → the
+    supervisor's ``exited`` event → container started → registered. Tasks are then
+    drained: *lost* = not terminal within ``--drain-s``, *failed* = terminal but not
+    succeeded; *completed by survivors* = tasks that succeeded on a replica that was
+    not killed, finished between the first kill and the last replacement.
+
+All times are wall-clock differences on this one host (container, agent and bench
+share the clock). Every container of the run carries ``agentbus.prefix=<prefix>`` and
+is removed by id at the end, also after a failure or Ctrl-C; child processes are
+stopped by PID.
+
+Usage: ``just bench fleet [--json FILE] [--replicas 100] [--kill 20] [--rate 50]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import json
+import random
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import aiodocker
+import msgspec
+import nats.js.errors
+from nats.aio.msg import Msg
+from nats.js.kv import KeyValue
+
+from agentbus.bus import Bus
+from agentbus.client import Client
+from agentbus.errors import RequestTimeoutError
+from agentbus.messages import AgentInfo, Backoff, Deployment, ReplicaEvent, TaskRecord
+from agentbus.settings import BusSettings
+from bench._procs import Child, children, tool_version
+from bench.common import Report, console, percentile, versions
+from tests._nats_server import NatsServer, nats_server_binary
+
+NODES = ("bench-node-1", "bench-node-2")
+QUIET = {"AGENTBUS_LOG_LEVEL": "WARNING"}
+AGENT_ENV = {
+    "AGENTBUS_AGENT_LEASE_S": "5",  # a killed agent's task is redelivered after this
+    "AGENTBUS_AGENT_FETCH_TIMEOUT_S": "2",
+    "AGENTBUS_LOG_LEVEL": "WARNING",
+}
+DRILL_BACKOFF = Backoff(initial_s=0.05, factor=2.0, max_s=2.0, jitter=0.2)
+
+
+def _wall(at: datetime) -> float:
+    return at.timestamp()
+
+
+@dataclass
+class Instance:
+    """One incarnation of an agent id: its ``started_at`` and first heartbeat (wall s)."""
+
+    started_at: float
+    registered_at: float
+
+
+@dataclass
+class Observer:
+    """Follows KV ``<p>_agents`` and the replica events of the run."""
+
+    bus: Bus
+    instances: dict[str, list[Instance]] = field(default_factory=dict)
+    replica_events: dict[str, list[ReplicaEvent]] = field(default_factory=dict)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def start(self) -> list[asyncio.Task[None]]:
+        await self.bus.nc.subscribe(self.bus.names.events_all("replica"), cb=self._on_event)
+        kv = await self.bus.kv(self.bus.names.agents_bucket)
+        watcher = await kv.watchall()
+
+        async def follow() -> None:
+            async for entry in watcher:
+                if entry is None or entry.operation is not None or not entry.value:
+                    continue
+                info = msgspec.json.decode(entry.value, type=AgentInfo)
+                seen = self.instances.setdefault(info.agent_id, [])
+                if not seen or seen[-1].started_at != _wall(info.started_at):
+                    seen.append(Instance(_wall(info.started_at), _wall(info.heartbeat_at)))
+                    self.changed.set()
+
+        return [asyncio.create_task(follow())]
+
+    async def _on_event(self, msg: Msg) -> None:
+        event = msgspec.json.decode(msg.data, type=ReplicaEvent)
+        self.replica_events.setdefault(event.agent_id, []).append(event)
+
+    def registered_since(self, agent_id: str, since_wall: float) -> Instance | None:
+        """The first incarnation of ``agent_id`` started after ``since_wall``."""
+        for inst in self.instances.get(agent_id, []):
+            if inst.started_at > since_wall:
+                return inst
+        return None
+
+    def event_after(self, agent_id: str, kind: str, since_wall: float) -> float | None:
+        for e in self.replica_events.get(agent_id, []):
+            if e.kind == kind and _wall(e.at) >= since_wall:
+                return _wall(e.at)
+        return None
+
+    async def wait_for(self, done: Callable[[], object], timeout_s: float, what: str) -> None:
+        """Return once ``done()`` is truthy (checked on every registry change).
+
+        Raises:
+            TimeoutError: not within ``timeout_s`` seconds.
+        """
+        deadline = time.monotonic() + timeout_s
+        while not done():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"{what}: not within {timeout_s:.0f} s")
+            self.changed.clear()
+            try:
+                await asyncio.wait_for(self.changed.wait(), min(left, 0.5))
+            except TimeoutError:
+                pass
+
+
+@dataclass
+class Run:
+    args: argparse.Namespace
+    prefix: str
+    bus: Bus
+    docker: aiodocker.Docker
+    observer: Observer
+    rep: Report
+
+    def deployment(self, name: str, replicas: int) -> Deployment:
+        return Deployment(
+            name=name,
+            replicas=replicas,
+            image=self.args.image,
+            image_command=["python", "-m", "agentbus.agents.echo"],
+            capabilities=["echo"],
+            env=AGENT_ENV,
+            backoff=DRILL_BACKOFF,
+            max_concurrency=4,
+            stop_grace_s=2.0,
+        )
+
+    async def containers(self, deployment: str) -> dict[str, str]:
+        """agent id -> container id of the run's running containers of ``deployment``."""
+        labels = [f"agentbus.prefix={self.prefix}", f"agentbus.deployment={deployment}"]
+        filters = {"label": labels, "status": ["running"]}
+        found = await self.docker.containers.list(filters=json.dumps(filters))
+        return {c["Labels"]["agentbus.agent_id"]: c.id for c in found}
+
+    async def started_at(self, agent_id: str) -> float:
+        """``State.StartedAt`` of the running container of ``agent_id`` (wall s)."""
+        filters = {"label": [f"agentbus.prefix={self.prefix}", f"agentbus.agent_id={agent_id}"]}
+        (found,) = await self.docker.containers.list(all=True, filters=json.dumps(filters))
+        info = await found.show()
+        return datetime.fromisoformat(info["State"]["StartedAt"][:26] + "+00:00").timestamp()
+
+
+async def probe(run: Run) -> None:
+    """Container start → registered, for one replica, ``--probe`` times."""
+    client, obs = Client(run.bus), run.observer
+    await client.deploy(run.deployment("probe", 1))
+    await obs.wait_for(lambda: obs.instances.get("probe-0"), 60, "probe registered")
+    samples: list[float] = []
+    for _ in range(run.args.probe):
+        (cid,) = (await run.containers("probe")).values()
+        killed_at = time.time()
+        await run.docker.containers.container(cid).kill()
+        replaced = functools.partial(obs.registered_since, "probe-0", killed_at)
+        await obs.wait_for(replaced, 60, "probe replacement registered")
+        inst = replaced()
+        assert inst is not None
+        started = await run.started_at("probe-0")
+        samples.append(inst.registered_at - started)
+    await client.delete_deployment("probe")
+    p50 = percentile(samples, 50)
+    run.rep.add("probe_start_to_registered_p50_s", round(p50, 3))
+    run.rep.add("probe_start_to_registered_max_s", round(max(samples), 3))
+    run.rep.add("probe_samples_count", len(samples))
+    for _ in range(300):  # its supervisor stops it: at most 60 s
+        if not await run.containers("probe"):
+            break
+        await asyncio.sleep(0.2)
+
+
+class TaskStream:
+    """``rate`` echo tasks per second until stopped (and at most ``max_count``)."""
+
+    def __init__(self, client: Client, rate: float, max_count: int) -> None:
+        self.client, self.rate, self.max_count = client, rate, max_count
+        self.ids: list[str] = []
+        self.submit_errors = 0
+        self.stop = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        began = time.monotonic()
+        pending: set[asyncio.Task[None]] = set()
+        for n in range(self.max_count):
+            if self.stop.is_set():
+                break
+            t = asyncio.create_task(self._one(n))
+            pending.add(t)
+            t.add_done_callback(pending.discard)
+            delay = began + (n + 1) / self.rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _one(self, n: int) -> None:
+        try:
+            record = await self.client.submit("echo", {"n": n})
+        except Exception:
+            self.submit_errors += 1
+            return
+        self.ids.append(record.task_id)
+
+
+async def drain(client: Client, ids: list[str], timeout_s: float) -> list[TaskRecord]:
+    """Terminal records of ``ids`` (those not terminal within ``timeout_s`` are left out)."""
+    done: list[TaskRecord] = []
+    try:
+        async for record in client.wait_many(ids, timeout_s=timeout_s):
+            done.append(record)
+    except RequestTimeoutError:
+        pass
+    return done
+
+
+async def ramp_and_drill(run: Run) -> None:
+    args, rep, obs = run.args, run.rep, run.observer
+    client = Client(run.bus)
+    n = args.replicas
+    began = time.time()
+    reply = await client.deploy(run.deployment("fleet", n))
+    if reply.unplaced:
+        raise RuntimeError(f"{len(reply.unplaced)} replicas unplaced: {reply.unplaced[0].reason}")
+    ids = [f"fleet-{i}" for i in range(n)]
+    await obs.wait_for(
+        lambda: all(obs.registered_since(a, began) for a in ids),
+        args.ramp_timeout_s,
+        f"{n} replicas registered",
+    )
+    ramp_s = max(obs.registered_since(a, began).registered_at for a in ids) - began  # type: ignore[union-attr]
+    rep.add("ramp_replicas_count", n)
+    rep.add("ramp_all_registered_s", round(ramp_s, 2))
+    per_node = {node: sum(1 for p in reply.placements if p.node_id == node) for node in NODES}
+    for node, count in per_node.items():
+        rep.add(f"ramp_replicas_on_{node.replace('-', '_')}_count", count)
+    console.print(f"ramp: {n} replicas registered in {ramp_s:.1f} s ({per_node})")
+
+    stream = TaskStream(client, args.rate, int(args.rate * args.max_drill_s))
+    stream.start()
+    await asyncio.sleep(args.warmup_s)
+    running = await run.containers("fleet")
+    victims = random.sample(sorted(running), args.kill)
+    killed_at = time.time()
+    await asyncio.gather(*(run.docker.containers.container(running[a]).kill() for a in victims))
+    console.print(f"drill: killed {len(victims)} containers (SIGKILL)")
+    await obs.wait_for(lambda: all(obs.registered_since(a, killed_at) for a in victims),
+                       args.recovery_timeout_s, "replacements registered")  # fmt: skip
+    recovered_at = max(obs.registered_since(a, killed_at).registered_at for a in victims)  # type: ignore[union-attr]
+    await asyncio.sleep(args.tail_s)
+    stream.stop.set()
+    assert stream.task is not None
+    await stream.task
+
+    recovery = [obs.registered_since(a, killed_at).registered_at - killed_at for a in victims]  # type: ignore[union-attr]
+    exits = [obs.event_after(a, "exited", killed_at) for a in victims]
+    noticed = [at - killed_at for at in exits if at is not None]
+    rep.add("kill_exit_events_missing_count", exits.count(None))
+    started = [await run.started_at(a) - killed_at for a in victims]
+    for name, values in (("recovery", recovery), ("kill_to_exit_noticed", noticed),
+                         ("kill_to_container_started", started)):  # fmt: skip
+        rep.add(f"{name}_p50_s", round(percentile(values, 50), 3))
+        rep.add(f"{name}_p99_s", round(percentile(values, 99), 3))
+        rep.add(f"{name}_max_s", round(max(values), 3))
+
+    records = await drain(client, stream.ids, args.drain_s)
+    by_id = {r.task_id: r for r in records}
+    lost = [t for t in stream.ids if t not in by_id]
+    failed = [r for r in records if r.status != "succeeded"]
+    survivors_done = [
+        r for r in records
+        if r.status == "succeeded" and r.agent_id not in victims and r.finished_at is not None
+        and killed_at <= _wall(r.finished_at) <= recovered_at
+    ]  # fmt: skip
+    retried = [r for r in records if len(r.attempts) > 1]
+    rep.add("drill_tasks_submitted_count", len(stream.ids))
+    rep.add("drill_task_submit_errors_count", stream.submit_errors)
+    rep.add("drill_tasks_succeeded_count", len(records) - len(failed))
+    rep.add("drill_tasks_failed_count", len(failed))
+    rep.add("drill_tasks_lost_count", len(lost))
+    rep.add("drill_tasks_retried_count", len(retried))
+    rep.add("drill_window_s", round(recovered_at - killed_at, 3))
+    rep.add("drill_tasks_completed_by_survivors_count", len(survivors_done))
+    rep.add("drill_task_rate_per_s", args.rate)
+    if failed:
+        console.print(f"[red]failed tasks, e.g. {failed[0].task_id}: {failed[0].error}")
+    await client.delete_deployment("fleet")
+
+
+def summary(rep: Report) -> None:
+    f = rep.figures
+    rows = [[k, v] for k, v in f.items() if not k.startswith("version_")]
+    rep.table("fleet drill", ["figure", "value"], rows)
+    targets = [  # (target, key, limit): measured <= limit
+        ("all replicas running+registered <= 60 s", "ramp_all_registered_s", 60.0),
+        ("recovery p50 <= 2 s", "recovery_p50_s", 2.0),
+        ("0 tasks lost", "drill_tasks_lost_count", 0.0),
+    ]
+    checks = [
+        [t, f[key], "yes" if float(f[key]) <= limit else "NO"]
+        for t, key, limit in targets
+        if key in f
+    ]
+    rep.table("targets (issue 4)", ["target", "measured", "met"], checks)
+
+
+async def bench(args: argparse.Namespace, url: str, prefix: str, rep: Report) -> None:
+    bus = await Bus.connect(BusSettings(nats_url=url, prefix=prefix), name="bench-fleet")
+    await bus.ensure()
+    docker = aiodocker.Docker()
+    try:
+        observer = Observer(bus)
+        tasks = await observer.start()
+        run = Run(args, prefix, bus, docker, observer, rep)
+        nodes_kv = await bus.kv(bus.names.nodes_bucket)
+        deadline = time.monotonic() + 60
+        while len(await live_keys(nodes_kv)) < len(NODES):
+            if time.monotonic() > deadline:
+                raise TimeoutError("supervisors did not register within 60 s")
+            await asyncio.sleep(0.2)
+        if args.probe:
+            await probe(run)
+        await ramp_and_drill(run)
+        for t in tasks:
+            t.cancel()
+    finally:
+        await docker.close()
+        await bus.close()
+
+
+async def live_keys(kv: KeyValue) -> list[str]:
+    try:
+        return list(await kv.keys())
+    except nats.js.errors.NoKeysError:
+        return []
+
+
+def remove_containers(prefix: str) -> int:
+    """Force-remove (by id) every container of this run; returns how many."""
+    out = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=agentbus.prefix={prefix}"],
+                         capture_output=True, text=True, check=False)  # fmt: skip
+    ids = out.stdout.split()
+    if ids:
+        subprocess.run(["docker", "rm", "-f", "-v", *ids], capture_output=True, check=False)
+    return len(ids)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="just bench fleet", description=__doc__.split("\n")[0])
+    parser.add_argument("--json", type=Path, help="write every figure to this JSON file")
+    parser.add_argument("--replicas", type=int, default=100)
+    parser.add_argument("--kill", type=int, default=20)
+    parser.add_argument("--probe", type=int, default=20, help="probe restarts (0: skip)")
+    parser.add_argument("--rate", type=float, default=50.0, help="tasks per second")
+    parser.add_argument("--image", default="agentbus/agent:dev")
+    parser.add_argument("--warmup-s", type=float, default=5.0, help="tasks before the kill")
+    parser.add_argument("--tail-s", type=float, default=3.0, help="tasks after recovery")
+    parser.add_argument("--max-drill-s", type=float, default=120.0, help="bound of the stream")
+    parser.add_argument("--ramp-timeout-s", type=float, default=300.0)
+    parser.add_argument("--recovery-timeout-s", type=float, default=120.0)
+    parser.add_argument("--drain-s", type=float, default=120.0, help="wait for tasks to end")
+    args = parser.parse_args()
+    if not 0 < args.kill <= args.replicas:
+        parser.error("--kill must be between 1 and --replicas")
+
+    rep = Report("fleet")
+    rep.print_header(**{"nats-server": tool_version([nats_server_binary(), "--version"]),
+                        "docker": tool_version(["docker", "--version"]),
+                        **versions("aiodocker", "nats-py")})  # fmt: skip
+    prefix = f"fleet{uuid.uuid4().hex[:6]}"
+    with tempfile.TemporaryDirectory(prefix="bench-fleet-") as tmp:
+        log_dir = Path(tmp)
+        console.print(f"prefix {prefix}; logs of child processes: {tmp} (kept while running)")
+        try:
+            with NatsServer(log_dir / "js") as server, children() as kids:
+                env = {"AGENTBUS_NATS_URL": server.client_url, "AGENTBUS_PREFIX": prefix, **QUIET}
+                kids.append(Child("scheduler", [sys.executable, "-m", "agentbus_scheduler"],
+                                  log_dir, env))  # fmt: skip
+                for node in NODES:
+                    node_env = {
+                        **env,
+                        "SUPERVISOR_NODE_ID": node,
+                        "SUPERVISOR_RUNTIME": "docker",
+                        "SUPERVISOR_CAPACITY_REPLICAS": str(max(64, args.replicas)),
+                        "SUPERVISOR_STOP_GRACE_S": "2",
+                        "SUPERVISOR_HEARTBEAT_S": "1",
+                    }
+                    supervisor = [sys.executable, "-m", "agentbus_supervisor"]
+                    kids.append(Child(node, supervisor, log_dir, node_env))
+                try:
+                    asyncio.run(bench(args, server.client_url, prefix, rep))
+                except BaseException:
+                    for kid in kids:
+                        if kid.proc.poll() is not None:
+                            console.print(f"[red]{kid.name} exited:\n{kid.tail()}")
+                    raise
+        finally:
+            if removed := remove_containers(prefix):
+                console.print(f"removed {removed} leftover container(s)")
+    summary(rep)
+    rep.write_json(args.json)
+
+
+if __name__ == "__main__":
+    main()
