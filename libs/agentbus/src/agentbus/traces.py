@@ -284,14 +284,20 @@ class Traces:
         headers = {"Nats-Incr": f"+{inc}", "Nats-Msg-Id": uuid.uuid4().hex,
                    tm.AMOUNT_HEADER: repr(float(amount)), tm.AT_HEADER: f"{t:.6f}"}  # fmt: skip
         timeout = self.bus.settings.request_timeout_s
+
+        async def publish() -> None:  # publish() mutates its headers: a copy each time
+            await self.bus.js.publish(subject, b"", headers=dict(headers), timeout=timeout)
+
         try:
-            async for attempt in AsyncRetrying(
-                stop=stop_after_attempt(3), wait=wait_exponential(multiplier=0.1, max=1.0),
-                retry=retry_if_exception_type(TimeoutError), reraise=True,
-            ):  # fmt: skip
-                with attempt:
-                    # publish() mutates its headers argument: give it a copy each time
-                    await self.bus.js.publish(subject, b"", headers=dict(headers), timeout=timeout)
+            try:  # the first attempt outside tenacity, which costs ~60 µs a call
+                await publish()
+            except TimeoutError:
+                async for attempt in AsyncRetrying(
+                    stop=stop_after_attempt(2), wait=wait_exponential(multiplier=0.1, max=1.0),
+                    retry=retry_if_exception_type(TimeoutError), reraise=True,
+                ):  # fmt: skip
+                    with attempt:
+                        await publish()
         except TimeoutError as exc:
             raise RequestTimeoutError(subject, timeout) from exc
         except nats.errors.NoRespondersError as exc:
