@@ -275,6 +275,13 @@ async def ramp_and_drill(run: Run) -> None:
     for node, count in per_node.items():
         rep.add(f"ramp_replicas_on_{node.replace('-', '_')}_count", count)
     console.print(f"ramp: {n} replicas registered in {ramp_s:.1f} s ({per_node})")
+    # Where the ramp's time goes: the engine starting containers, or agents starting up.
+    started = {a: await run.started_at(a) for a in ids}
+    registered = {a: obs.registered_since(a, began).registered_at for a in ids}  # type: ignore[union-attr]
+    rep.add("ramp_last_container_started_s", round(max(started.values()) - began, 2))
+    ready = [registered[a] - started[a] for a in ids]
+    rep.add("ramp_start_to_registered_p50_s", round(percentile(ready, 50), 3))
+    rep.add("ramp_start_to_registered_max_s", round(max(ready), 3))
 
     stream = TaskStream(client, args.rate, int(args.rate * args.max_drill_s))
     stream.start()
