@@ -5,27 +5,31 @@ embedded state file) or starts an ``EmbeddedStack`` for its own duration, deploy
 ``reviewer`` replicas, submits one ``review`` task per ``*.py`` file under PATH (the
 file's bytes travel over the bus; large ones through the Object Store), follows
 them with a progress bar and prints a summary. See ``agentbus.agents.reviewer``.
+
+``--stigmergy`` gives the same agents no task list: each walks the tree itself and
+they coordinate through traces (``agentbus.demo_stigmergy``); ``--no-traces`` makes
+them ignore each other; ``--compare`` runs the three modes one after the other and
+prints coverage, duplicate reviews and wall time side by side.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import sys
 import sysconfig
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from agentbus.agents.reviewer import FileReport, ReviewFile
+from agentbus.agents.reviewer import FileReport, ReviewFile, python_files
 from agentbus.cli_connect import connect_client
 from agentbus.client import Client, new_task_id
 from agentbus.demo_runtime import RuntimeChoice, choose_runtime
@@ -37,6 +41,9 @@ from agentbus.settings import BusSettings
 DEFAULT_IMAGE = "agentbus/agent:dev"
 DEPLOYMENT = "reviewer"
 CAPABILITY = "review"
+Mode = Literal["queue", "stigmergy", "no-traces"]
+MODES: tuple[Mode, ...] = ("queue", "stigmergy", "no-traces")
+__all__ = ["MODES", "Mode", "ReviewResult", "python_files", "review"]
 
 
 @dataclass
@@ -48,6 +55,15 @@ class ReviewResult:
     replicas: int
     reports: list[FileReport] = field(default_factory=list)
     wall_s: float = 0.0
+    mode: Mode = "queue"
+    files_total: int = 0
+    """``*.py`` files in the tree."""
+    reviewed: int = 0
+    """Files some agent reviewed (at least once)."""
+    reviews: int = 0
+    """Reviews made in all (a file reviewed twice counts twice)."""
+    hot_spots: list[tuple[str, float]] = field(default_factory=list)
+    """Files with the most TODOs: from ``found_todo`` traces (stigmergy), else reports."""
 
     @property
     def ok(self) -> int:
@@ -60,18 +76,38 @@ class ReviewResult:
         return len(self.reports) - self.ok
 
     def summary(self) -> dict[str, Any]:
-        """Counts and timing: ``files``, ``ok``, ``errors``, ``wall_s``, ``files_per_s``."""
+        """Counts and timing of the run, as a JSON-ready dict.
+
+        ``files``, ``ok``, ``errors``, ``wall_s``, ``files_per_s``; and ``mode``,
+        ``files_total``, ``files_reviewed``, ``coverage_ratio``, ``reviews``,
+        ``duplicate_reviews`` (reviews beyond one per reviewed file), ``hot_spots``.
+        """
         n = len(self.reports)
+        hot = self.hot_spots or [(r.path, float(r.todos or 0)) for r in self.top_by_todos()]
         return {
             "root": self.root,
             "runtime": self.runtime,
             "replicas": self.replicas,
+            "mode": self.mode,
             "files": n,
             "ok": self.ok,
             "errors": self.errors,
             "wall_s": round(self.wall_s, 3),
             "files_per_s": round(n / self.wall_s, 1) if self.wall_s > 0 else 0.0,
+            "files_total": self.files_total,
+            "files_reviewed": self.reviewed,
+            "coverage_ratio": round(self.reviewed / self.files_total, 4)
+            if self.files_total
+            else 1.0,
+            "reviews": self.reviews,
+            "duplicate_reviews": max(0, self.reviews - self.reviewed),
+            "hot_spots": [{"path": p, "todos": round(s, 3)} for p, s in hot],
         }
+
+    def top_by_todos(self, n: int = 10) -> list[FileReport]:
+        """The ``n`` files with the most TODOs (ties by path), none without."""
+        todo = [r for r in self.reports if r.todos]
+        return sorted(todo, key=lambda r: (-(r.todos or 0), r.path))[:n]
 
     def top_by_functions(self, n: int = 10) -> list[FileReport]:
         """The ``n`` files with the most functions (ties by path)."""
@@ -82,22 +118,6 @@ class ReviewResult:
         """``{"files": [FileReport, ...], "summary": {...}}`` as indented JSON."""
         doc = {"files": self.reports, "summary": self.summary()}
         return msgspec.json.format(msgspec.json.encode(doc), indent=2) + b"\n"
-
-
-def python_files(root: Path) -> list[tuple[str, Path]]:
-    """Every ``*.py`` file under ``root`` as ``(relative posix path, path)``, sorted.
-
-    Folders named ``site-packages`` and symbolic links (files and folders) are skipped.
-    """
-    found: list[tuple[str, Path]] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        here = Path(dirpath)
-        dirnames[:] = [d for d in dirnames if d != "site-packages" and not (here / d).is_symlink()]
-        for name in filenames:
-            path = here / name
-            if name.endswith(".py") and not path.is_symlink() and path.is_file():
-                found.append((path.relative_to(root).as_posix(), path))
-    return sorted(found)
 
 
 async def _stack_answers(settings: BusSettings) -> Client | None:
@@ -149,24 +169,26 @@ async def _stack(
             await stack.stop()
 
 
-async def _wait_agents(client: Client, replicas: int, timeout_s: float) -> None:
+async def _wait_agents(
+    client: Client, replicas: int, timeout_s: float, capability: str = CAPABILITY
+) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
-    while (n := len(await client.agents(CAPABILITY))) < replicas:
+    while (n := len(await client.agents(capability))) < replicas:
         if loop.time() > deadline:
             raise UnavailableError(
-                f"only {n} of {replicas} {CAPABILITY!r} agents registered "
+                f"only {n} of {replicas} {capability!r} agents registered "
                 f"within {timeout_s:.0f} s: see the supervisor's log"
             )
         await asyncio.sleep(0.3)
 
 
-async def _wait_gone(client: Client, timeout_s: float) -> None:
+async def _wait_gone(client: Client, timeout_s: float, capability: str = CAPABILITY) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     with contextlib.suppress(AgentBusError):
         while loop.time() < deadline:
-            agents = await client.agents(CAPABILITY)
+            agents = await client.agents(capability)
             if not any(a.deployment == DEPLOYMENT for a in agents):
                 return
             await asyncio.sleep(0.3)
@@ -194,49 +216,112 @@ async def review(
     console: Console | None = None,
     timeout_s: float = 3600.0,
     agents_timeout_s: float = 120.0,
-) -> ReviewResult:
+    mode: Mode = "queue",
+    compare: bool = False,
+) -> list[ReviewResult]:
     """Run the review demo over ``path`` (default: the running interpreter's stdlib).
 
+    ``mode``: ``queue`` (one task per file), ``stigmergy`` (walkers and traces) or
+    ``no-traces`` (walkers without traces); ``compare`` runs all three in turn. The
+    walker modes need agents that can read ``path``: local processes.
+
+    Returns:
+        One result per mode run.
+
     Raises:
-        ContractError: ``path`` is not a directory, or ``replicas`` < 1.
+        ContractError: ``path`` is not a directory, ``replicas`` < 1, or a walker mode
+            on a stack without process nodes.
         UnavailableError: no stack and none could be started, or agents never came.
         RequestTimeoutError: the tasks did not all finish within ``timeout_s``.
     """
     console = console or Console()
-    root = Path(path) if path is not None else Path(sysconfig.get_paths()["stdlib"])
+    root = (Path(path) if path is not None else Path(sysconfig.get_paths()["stdlib"])).resolve()
     if not root.is_dir():
         raise ContractError(f"{root} is not a directory")
     if replicas < 1:
         raise ContractError("--replicas must be at least 1")
+    modes: tuple[Mode, ...] = MODES if compare else (mode,)
+    walking = any(m != "queue" for m in modes)
+    if walking and runtime == "docker":
+        raise ContractError("--stigmergy walkers read PATH themselves: use --runtime process")
     files = python_files(root)
     console.print(f"review: {len(files)} Python files under {root}")
     settings = settings or BusSettings()
-    async with _stack(settings, runtime, image, console) as (client, kinds):
-        result = ReviewResult(root=str(root), runtime="+".join(sorted(kinds)), replicas=replicas)
-        deployment = Deployment(
-            name=DEPLOYMENT,
-            replicas=replicas,
-            capabilities=[CAPABILITY],
-            image=image if "docker" in kinds else None,
-            command=[sys.executable, "-m", "agentbus.agents.reviewer"]
-            if "process" in kinds
-            else None,
-        )
-        await client.deploy(deployment)
-        try:
-            with console.status(f"waiting for {replicas} reviewer agents"):
-                await _wait_agents(client, replicas, agents_timeout_s)
-            console.print(f"agents: {replicas} reviewers registered")
-            result.reports = await _run_tasks(client, files, console, result, timeout_s)
-        finally:
-            with contextlib.suppress(AgentBusError):
-                await client.delete_deployment(DEPLOYMENT)
-                await _wait_gone(client, 20.0)
-    print_summary(result, console)
+    results = []
+    start_runtime: RuntimeChoice = "process" if walking else runtime
+    async with _stack(settings, start_runtime, image, console) as (client, kinds):
+        if walking and "process" not in kinds:
+            raise ContractError(
+                "--stigmergy walkers read PATH themselves: the stack needs a process node"
+            )
+        for m in modes:
+            console.rule(f"mode: {m}")
+            result = ReviewResult(root=str(root), runtime="+".join(sorted(kinds)),
+                                  replicas=replicas, mode=m, files_total=len(files))  # fmt: skip
+            await _deploy_and_run(client, kinds, result, files, image, console, timeout_s,
+                                  agents_timeout_s)  # fmt: skip
+            print_summary(result, console)
+            results.append(result)
+    if compare:
+        print_comparison(results, console)
     if json_path is not None:
-        await asyncio.to_thread(json_path.write_bytes, result.to_json())
+        data = results[0].to_json() if len(results) == 1 else comparison_json(results)
+        await asyncio.to_thread(json_path.write_bytes, data)
         console.print(f"wrote {json_path}")
-    return result
+    return results
+
+
+async def _deploy_and_run(
+    client: Client,
+    kinds: set[str],
+    result: ReviewResult,
+    files: list[tuple[str, Path]],
+    image: str,
+    console: Console,
+    timeout_s: float,
+    agents_timeout_s: float,
+) -> None:
+    """Deploy the reviewers for ``result.mode``, run it, remove the deployment."""
+    walking = result.mode != "queue"
+    capability = "review-tree" if walking else CAPABILITY
+    deployment = Deployment(
+        name=DEPLOYMENT,
+        replicas=result.replicas,
+        capabilities=[capability],
+        image=image if "docker" in kinds and not walking else None,
+        command=[sys.executable, "-m", "agentbus.agents.reviewer"] if "process" in kinds else None,
+    )
+    await client.deploy(deployment)
+    try:
+        with console.status(f"waiting for {result.replicas} reviewer agents"):
+            await _wait_agents(client, result.replicas, agents_timeout_s, capability)
+        console.print(f"agents: {result.replicas} reviewers registered")
+        if walking:
+            await _run_walkers(client, result, console, timeout_s)
+        else:
+            result.reports = await _run_tasks(client, files, console, result, timeout_s)
+    finally:
+        with contextlib.suppress(AgentBusError):
+            await client.delete_deployment(DEPLOYMENT)
+            await _wait_gone(client, 20.0, capability)
+
+
+async def _run_walkers(
+    client: Client, result: ReviewResult, console: Console, timeout_s: float
+) -> None:
+    from agentbus.demo_stigmergy import run_walkers
+
+    started = time.perf_counter()
+    outcome = await run_walkers(client, Path(result.root), replicas=result.replicas,
+                                use_traces=result.mode == "stigmergy", console=console,
+                                timeout_s=timeout_s)  # fmt: skip
+    result.wall_s = time.perf_counter() - started
+    result.reports = outcome.unique()
+    result.reviewed = len(result.reports)
+    result.reviews = len(outcome.reviews)
+    result.hot_spots = outcome.hot_spots
+    for failed in outcome.failed_walkers:
+        console.print(f"[red]walker failed[/red] {failed}", highlight=False)
 
 
 async def _run_tasks(
@@ -262,6 +347,8 @@ async def _run_tasks(
         bar = progress.add_task("review", total=len(tasks))
         async for record in client.wait_many(list(paths), timeout_s=timeout_s):
             reports.append(await _report(client, record, paths[record.task_id]))
+            result.reviewed += record.status == "succeeded"
+            result.reviews += len(record.attempts)  # every delivery started a review
             progress.advance(bar)
     result.wall_s = time.perf_counter() - started
     return sorted(reports, key=lambda r: r.path)
@@ -275,6 +362,15 @@ def print_summary(result: ReviewResult, console: Console) -> None:
         f"wall: {s['wall_s']:.2f} s  rate: {s['files_per_s']} files/s  "
         f"({s['replicas']} replicas, {s['runtime']})"
     )
+    console.print(
+        f"mode: {s['mode']}  coverage: {s['coverage_ratio']:.1%} "
+        f"({s['files_reviewed']}/{s['files_total']} files reviewed)  "
+        f"duplicate reviews: {s['duplicate_reviews']}",
+        highlight=False,
+    )
+    if result.hot_spots:
+        console.print("hot spots (found_todo traces): " + ", ".join(
+            f"{p} ({v:.3g})" for p, v in result.hot_spots[:5]), highlight=False)  # fmt: skip
     table = Table(title="most functions")
     for col, justify in (("file", "left"), ("functions", "right"), ("classes", "right"),
                          ("lines", "right"), ("todos", "right")):  # fmt: skip
@@ -284,3 +380,23 @@ def print_summary(result: ReviewResult, console: Console) -> None:
     console.print(table)
     for r in [r for r in result.reports if r.status == "error"][:10]:
         console.print(f"[red]error[/red] {r.path}: {r.error}", highlight=False)
+
+
+def print_comparison(results: list[ReviewResult], console: Console) -> None:
+    """Print coverage, duplicate reviews and wall time of each mode side by side."""
+    table = Table(title=f"review modes, {results[0].replicas} agents, "
+                        f"{results[0].files_total} files")  # fmt: skip
+    for col in ("mode", "coverage", "reviewed", "reviews", "duplicates", "wall s"):
+        table.add_column(col, justify="left" if col == "mode" else "right")
+    for r in results:
+        s = r.summary()
+        cells = (f"{s['coverage_ratio']:.1%}", s["files_reviewed"], s["reviews"],
+                 s["duplicate_reviews"], f"{s['wall_s']:.2f}")  # fmt: skip
+        table.add_row(s["mode"], *(str(c) for c in cells))
+    console.print(table)
+
+
+def comparison_json(results: list[ReviewResult]) -> bytes:
+    """``{"comparison": [summary, ...]}`` (one summary per mode) as indented JSON."""
+    doc = {"comparison": [r.summary() for r in results]}
+    return msgspec.json.format(msgspec.json.encode(doc), indent=2) + b"\n"

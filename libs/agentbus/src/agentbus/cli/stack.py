@@ -105,12 +105,25 @@ def demo_review(
         str, typer.Option(help="Agent image (docker runtime).")
     ] = "agentbus/agent:dev",
     timeout_s: Annotated[float, typer.Option(min=1, help="Wait this long for results.")] = 3600.0,
+    stigmergy: Annotated[
+        bool, typer.Option("--stigmergy", help="No task list: agents walk PATH, leave traces.")
+    ] = False,
+    no_traces: Annotated[
+        bool, typer.Option("--no-traces", help="With --stigmergy: walkers ignore traces.")
+    ] = False,
+    compare: Annotated[
+        bool, typer.Option("--compare", help="Run queue, stigmergy and no-traces in turn.")
+    ] = False,
     nats_url: NatsUrl = None,
     prefix: Prefix = None,
 ) -> None:
     """Review every *.py file under PATH with a fleet of reviewer agents."""
-    from agentbus.demo import review
+    from agentbus.demo import Mode, review
 
+    if no_traces and not stigmergy:
+        raise fail("--no-traces needs --stigmergy", 2)
+    mode: Mode = ("no-traces" if no_traces else "stigmergy") if stigmergy else "queue"
     settings = resolve_settings(nats_url, prefix)
     run(review(path, settings=settings, replicas=replicas, runtime=runtime, image=image,
-                json_path=json_file, console=console, timeout_s=timeout_s))  # fmt: skip
+                json_path=json_file, console=console, timeout_s=timeout_s, mode=mode,
+                compare=compare))  # fmt: skip
