@@ -78,6 +78,7 @@ class CheckpointConflictError(ConflictError):
         latest_id: the thread's latest checkpoint when the put was refused (None: empty).
     """
 
+    retryable = True  # a retry reloads the newer state and goes on from there
     _RE = re.compile(r"expected parent (?P<expected>\S+), latest is (?P<latest>\S+?)[,;)]")
 
     def __init__(self, expected_id: str | None, latest_id: str | None, where: str = "") -> None:

@@ -7,11 +7,12 @@ subtasks and read records without opening a connection of its own.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from agentbus.bus import Bus
 from agentbus.client import Client
 from agentbus.messages import Task
+from agentbus.state import StateThread, task_state
 from agentbus.traces import Traces
 
 
@@ -32,11 +33,23 @@ class TaskContext:
     agent_id: str
     bus: Bus
     client: Client
+    _checkpoint: list[StateThread] = field(default_factory=list, repr=False)
 
     @property
     def task_id(self) -> str:
         """The task's id."""
         return self.task.task_id
+
+    @property
+    def checkpoint(self) -> StateThread:
+        """This task's progress checkpoints (``agentbus.state.StateThread``).
+
+        ``load``, ``save``, ``update``; a redelivered attempt on any agent of the
+        capability finds what an earlier attempt saved.
+        """
+        if not self._checkpoint:
+            self._checkpoint.append(task_state(self.bus, self.task.capability, self.task_id))
+        return self._checkpoint[0]
 
     @property
     def traces(self) -> Traces:

@@ -26,6 +26,7 @@ import contextlib
 import os
 import signal
 import socket
+import time
 import typing
 import uuid
 from collections.abc import Awaitable, Callable
@@ -61,8 +62,10 @@ from agentbus.retry import SAFETY_MAX_DELIVER
 from agentbus.retry import error_info as error_info  # re-exported
 from agentbus.service import connect_with_retry
 from agentbus.settings import AgentSettings, BusSettings
+from agentbus.state import AgentState, checkpointing
 
 Handler = Callable[[TaskContext, Any], Awaitable[Any]]
+RestoreHook = Callable[[Any], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +90,7 @@ class Agent:
         max_concurrency: int = 1,
         settings: AgentSettings | None = None,
         bus_settings: BusSettings | None = None,
+        state_type: Any = None,
     ) -> None:
         self.name = check_token("agent name", name)
         self.settings = settings or AgentSettings()
@@ -103,6 +107,28 @@ class Agent:
         self.registry = CollectorRegistry()
         """Prometheus registry of this agent's metrics (``AgentMetrics``)."""
         self.metrics = AgentMetrics(self.registry)
+        self.durable = AgentState(self.agent_id, state_type)
+        """``agent.state`` and its checkpoints (``agentbus.state``)."""
+        self._restore_hooks: list[RestoreHook] = []
+
+    # -- durable state (agentbus.state) ---------------------------------------------
+    @property
+    def state(self) -> Any:
+        """The agent's durable state: restored at start, saved by ``save_state``."""
+        return self.durable.value
+
+    @state.setter
+    def state(self, value: Any) -> None:
+        self.durable.value = value
+
+    async def save_state(self) -> None:
+        """Checkpoint ``state`` now if it changed since the last save."""
+        await self.durable.save()
+
+    def on_restore(self, fn: RestoreHook) -> RestoreHook:
+        """Register ``async def fn(state)``, run after the restore, before any task."""
+        self._restore_hooks.append(fn)
+        return fn
 
     # -- declaration ----------------------------------------------------------------
     def handler(self, capability: str) -> Callable[[Handler], Handler]:
@@ -163,9 +189,14 @@ class Agent:
         Raises:
             ContractError: a served capability has no handler.
         """
+        started = time.perf_counter()
         missing = [c for c in self.capabilities if c not in self._routes]
         if missing:
             raise ContractError(f"agent {self.name!r} has no handler for {missing}")
+        if self.durable.enabled or self._restore_hooks:
+            await self.durable.restore(bus, started=started)
+            for hook in self._restore_hooks:
+                await hook(self.durable.value)
         client = Client(bus)
         subs = [await self._bind(bus, cap) for cap in self.capabilities]
         leaving = asyncio.Event()
@@ -174,6 +205,9 @@ class Agent:
             asyncio.create_task(self._fetch_loop(bus, client, cap, sub))
             for cap, sub in zip(self.capabilities, subs, strict=True)
         ]
+        if self.settings.checkpoint_interval_s and self.durable.enabled:
+            saves = self.durable.run_periodic(self.settings.checkpoint_interval_s, leaving)
+            loops.append(asyncio.create_task(saves))
         logger.info("agent started", agent_id=self.agent_id, capabilities=self.capabilities)
         try:
             await stop.wait()
@@ -187,6 +221,8 @@ class Agent:
                     t.cancel()
                 await asyncio.gather(*late, return_exceptions=True)
             leaving.set()
+            if self.durable.enabled:
+                await self.durable.save_quietly()
             await asyncio.gather(heartbeat, return_exceptions=True)
             for sub in subs:
                 try:
@@ -346,7 +382,8 @@ class Agent:
                   "started_at": started_at}  # fmt: skip
         try:
             value = await unpack(bus, task.input, task.input_ref, route.input_type)
-            output = await run_with_timeout(route.fn(ctx, value), task.timeout_s)
+            async with checkpointing(ctx.checkpoint, self.settings.checkpoint_interval_s):
+                output = await run_with_timeout(route.fn(ctx, value), task.timeout_s)
             raw, ref = await pack(bus, output, name=f"tasks/{task.task_id}/output")
         except Exception as exc:
             if not isinstance(exc, AgentBusError):

@@ -58,3 +58,6 @@ class AgentSettings(BaseSettings):
     """Long-poll time of one pull request."""
     stop_grace_s: PositiveFloat = 10.0
     """On SIGTERM, how long in-flight tasks may run before they are returned."""
+    checkpoint_interval_s: PositiveFloat | None = None
+    """Save ``agent.state`` (if changed) and each running task's pending state
+    (``ctx.checkpoint.update``) this often; None: only on explicit saves, failure, stop."""
