@@ -235,7 +235,8 @@ async def test_scheduler_applies_the_spec_checks(bus: Bus) -> None:
 
 
 async def test_ps_shows_crash_loop(fleet: Fleet) -> None:
-    crash = {"command": CRASHER, "backoff": {"initial": "50ms", "max": "200ms"},
+    # Marked after 3 quick restarts, then retried at the cap (30 s): the state holds.
+    crash = {"command": CRASHER, "backoff": {"initial": "50ms", "max": "30s"},
              "crash_loop": {"max_restarts": 3, "window": "1m"},
              "node_selector": {"zone": "a"}}  # fmt: skip
     code, _, err = await fleet.apply(fleet_yaml(crash=crash))
