@@ -263,3 +263,17 @@ async def test_stored_layout_is_readable_raw(bus: Bus) -> None:
     assert msg.headers is not None
     assert msg.headers["Agentbus-Trace-Amount"] == "2.0"
     assert float(msg.headers["Agentbus-Trace-At"]) == clock.t
+
+
+async def test_the_protocol_doc_example(bus: Bus) -> None:
+    """docs/protocol.md, "Traces": the worked example holds."""
+    clock = FakeClock(1763713800.0)
+    traces = Traces(bus, clock=clock, kinds=[TraceKind(kind="found_todo", half_life_s=3600.0)])
+    await traces.deposit("src/app.py", "found_todo", 3)
+    subject = f"{bus.names.prefix}.traces.found_todo.30620.src.app=2Epy"
+    msg = await bus.js.get_msg(bus.names.trace_stream("found_todo"), subject=subject)
+    assert msg.data == b'{"val":"4242641"}'
+    assert msg.headers is not None
+    assert msg.headers["Nats-Incr"] == "+4242641"
+    clock.t = 1763717400.0
+    assert await traces.strength("src/app.py", "found_todo") == pytest.approx(1.5, abs=1e-6)
