@@ -362,3 +362,11 @@ def test_apply_rejects_a_bad_file_before_connecting(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["apply", "-f", str(tmp_path / "nope.yaml")])
     assert result.exit_code == 2
     assert "nope.yaml: file: cannot read it" in result.stderr
+
+
+def test_the_operations_doc_example_is_valid() -> None:
+    doc = (Path(__file__).parents[2] / "docs" / "operations.md").read_text()
+    section = doc[doc.index("## Fleet files") :]
+    example = section[section.index("```yaml\n") + 8 : section.index("```\n", 8)]
+    (d,) = parse_fleet(example, source="operations.md").deployments
+    assert (d.name, d.replicas, d.limits.memory_bytes, d.resources.cpus) == ("echo", 3, 2**28, 0.25)
