@@ -7,8 +7,9 @@ labels ``agentbus.managed=1``, ``agentbus.node``, ``agentbus.prefix``,
 node and prefix labels. They run unprivileged: a non-root user (the image's own
 ``USER`` unless that is root, else ``65534:65534``, "nobody"), every capability
 dropped, ``no-new-privileges``, no mounts (so no Docker socket), an init process (so
-SIGTERM reaches the agent), and the memory (swap included), CPU (``NanoCpus``) and PID
-limits of the ``ReplicaSpec``.
+SIGTERM reaches the agent; off by default on Podman, whose Docker-compatible API looks
+for ``catatonit`` at a fixed path and ignores ``init_path``), and the memory (swap
+included), CPU (``NanoCpus``) and PID limits of the ``ReplicaSpec``.
 
 The same code drives Podman through its Docker-compatible API socket
 (``podman system service``); see docs/operations.md, "Podman".
@@ -70,8 +71,12 @@ class DockerRuntime(Runtime):
         user: str | None = None,
         extra_labels: dict[str, str] | None = None,
         log_line_max_bytes: int = 8192,
+        engine: Literal["docker", "podman"] = "docker",
+        init: bool | None = None,
     ) -> None:
         self._docker = docker
+        self.engine = engine
+        self.init = (engine == "docker") if init is None else init
         self.node_id = node_id
         self.prefix = prefix
         self.network = network
@@ -87,9 +92,12 @@ class DockerRuntime(Runtime):
 
     @classmethod
     async def connect(
-        cls, url: str | None = None, *, timeout_s: float = 3.0, **kwargs: Any
+        cls, url: str | None = None, *, timeout_s: float = 10.0, **kwargs: Any
     ) -> DockerRuntime:
-        """Connect to the engine at ``url`` and check that it answers.
+        """Connect to the engine at ``url``, check that it answers, tell Docker from Podman.
+
+        Podman's API answers ``/version`` with a ``Podman Engine`` component; the
+        runtime then defaults ``init`` to off (see docs/operations.md, "Podman").
 
         Raises:
             UnavailableError: no engine answered within ``timeout_s`` seconds.
@@ -99,10 +107,13 @@ class DockerRuntime(Runtime):
         except (ValueError, OSError) as exc:
             raise UnavailableError(f"no Docker engine found: {exc}") from exc
         try:
-            await asyncio.wait_for(docker.version(), timeout_s)
+            version = await asyncio.wait_for(docker.version(), timeout_s)
         except Exception as exc:  # any failure means: no usable engine
             await docker.close()
             raise UnavailableError(f"Docker engine at {docker.docker_host} not answering") from exc
+        components = version.get("Components") or []
+        podman = any("podman" in str(c.get("Name", "")).lower() for c in components)
+        kwargs.setdefault("engine", "podman" if podman else "docker")
         return cls(docker, **kwargs)
 
     def container_name(self, deployment: str, replica: int) -> str:
@@ -140,7 +151,7 @@ class DockerRuntime(Runtime):
             "Privileged": False,
             "CapDrop": ["ALL"],
             "SecurityOpt": ["no-new-privileges"],
-            "Init": True,
+            "Init": self.init,
             "ReadonlyRootfs": self.read_only,
             "RestartPolicy": {"Name": "no"},
         }

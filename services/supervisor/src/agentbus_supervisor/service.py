@@ -91,6 +91,7 @@ async def make_runtime(settings: SupervisorSettings, prefix: str) -> Runtime:
                 network=settings.docker_network,
                 read_only=settings.docker_read_only,
                 user=settings.docker_user,
+                init=settings.docker_init,
                 extra_labels=settings.docker_labels,
                 log_line_max_bytes=settings.log_line_max_bytes,
             )

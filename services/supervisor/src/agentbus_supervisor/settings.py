@@ -67,6 +67,9 @@ class SupervisorSettings(BaseSettings):
     ``65534:65534`` (nobody). Containers never run as root unless this says so."""
     docker_labels: dict[str, str] = {}
     """Extra labels on every agent container (JSON object in the environment)."""
+    docker_init: bool | None = None
+    """Run an init process as PID 1 of agent containers (``docker run --init``).
+    Default: on for Docker, off for Podman (see docs/operations.md, "Podman")."""
     docker_read_only: bool = False
     """Run agent containers with a read-only root filesystem."""
     log_line_max_bytes: PositiveInt = 8192
