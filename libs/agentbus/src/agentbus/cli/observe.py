@@ -159,26 +159,27 @@ def _rfc3339(when: datetime) -> str:
 
 @app.command()
 def nodes(json_out: JsonFlag = False, nats_url: NatsUrl = None, prefix: Prefix = None) -> None:
-    """List live nodes: labels, replicas, declared CPU and memory against capacity."""
+    """List live nodes: labels, replicas running/capacity and placed, declared CPU/memory."""
     found = run(with_client(nats_url, prefix, node_views))
     if json_out:
         print_json(msgspec.json.encode(found))
         return
     table = Table(title=f"{len(found)} nodes")
-    for col in ("node", "runtime", "labels", "replicas", "cpus", "memory", "host", "seen"):
+    for col in ("node", "runtime", "labels", "replicas", "placed", "cpus", "memory", "host",
+                "seen"):  # fmt: skip
         table.add_column(col)
     for v in found:
         n = v.node
         labels = ",".join(f"{k}={val}" for k, val in sorted(n.labels.items()))
-        replicas = f"{n.replicas} ({v.placed} placed)/{n.capacity_replicas}"
+        replicas = f"{n.replicas}/{n.capacity_replicas}"
         cpus = f"{v.cpus:g}/{n.capacity_cpus:g}" if n.capacity_cpus else f"{v.cpus:g}/-"
         memory = (
             format_size_bytes(v.memory_bytes)
             + "/"
             + (format_size_bytes(n.capacity_memory_bytes) if n.capacity_memory_bytes else "-")
         )
-        table.add_row(n.node_id, n.runtime, escape(labels) or "-", replicas, cpus, memory,
-                      n.hostname, age(n.heartbeat_at))  # fmt: skip
+        table.add_row(n.node_id, n.runtime, escape(labels) or "-", replicas, str(v.placed),
+                      cpus, memory, n.hostname, age(n.heartbeat_at))  # fmt: skip
     console.print(table)
 
 
