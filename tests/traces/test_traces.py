@@ -277,3 +277,8 @@ async def test_the_protocol_doc_example(bus: Bus) -> None:
     assert msg.headers["Nats-Incr"] == "+4242641"
     clock.t = 1763717400.0
     assert await traces.strength("src/app.py", "found_todo") == pytest.approx(1.5, abs=1e-6)
+
+
+async def test_strongest_needs_a_positive_n(bus: Bus) -> None:
+    with pytest.raises(ContractError):
+        await Traces(bus).strongest("k", n=0)

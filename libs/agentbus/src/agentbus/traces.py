@@ -391,7 +391,12 @@ class Traces:
         Returns ``[(location, strength)]``, strongest first (ties by location), without
         locations below the kind's floor. Whole ``/`` segments of ``prefix`` narrow the
         read on the server; the rest is matched here.
+
+        Raises:
+            ContractError: ``n`` < 1, or a bad kind.
         """
+        if n < 1:
+            raise ContractError(f"n must be at least 1, got {n}")
         k = await self.kind(kind)
         per_location: dict[str, dict[int, int]] = {}
         async for location, epoch, value in self.snapshot(k.kind, tm.prefix_filter(prefix)):
