@@ -18,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from agentbus.bus import Bus
 from agentbus.client import Client
-from agentbus.errors import RequestTimeoutError
+from agentbus.errors import ContractError, RequestTimeoutError
 from agentbus.messages import SubmitReply
 from agentbus_gateway.metrics import GatewayMetrics
 from agentbus_gateway.models import (
@@ -27,6 +27,8 @@ from agentbus_gateway.models import (
     ErrorBody,
     Health,
     NodeList,
+    ResubmitBody,
+    TaskList,
     TaskView,
     task_view,
 )
@@ -76,6 +78,8 @@ async def create_task(data: JSONBody[CreateTask], ctx: Ctx) -> Response[TaskView
         parent_id=data.parent_id,
         tenant=data.tenant,
         metadata=data.metadata,
+        deadline=data.deadline,
+        backoff=data.backoff,
     )
     reply = await ctx.bus.request(
         ctx.bus.names.endpoint("scheduler", "submit"), request, SubmitReply
@@ -123,6 +127,54 @@ async def get_task(
 
 
 @get(
+    "/v1/tasks",
+    summary="List tasks by status",
+    description=(
+        "Tasks with the given status, newest first, at most `limit`, and the total. "
+        "Only dead tasks (the dead letters) are indexed: `status=dead`."
+    ),
+    responses=_errors(400, 503, 504),
+    tags=["tasks"],
+)
+async def list_tasks(
+    ctx: Ctx,
+    status: Annotated[str, QueryParameter(description="Task status (dead)")] = "dead",
+    capability: FromQuery[str | None] = None,
+    limit: Annotated[int, QueryParameter(ge=1, le=1000, description="Most tasks")] = 100,
+) -> TaskList:
+    """Dead tasks from the scheduler's dead-letter index."""
+    if status != "dead":
+        raise ContractError(f"status {status!r}: only dead tasks are indexed")
+    reply = await ctx.client.dead_tasks(capability, limit=limit)
+    return TaskList(tasks=[task_view(t) for t in reply.tasks], total=reply.total)
+
+
+@post(
+    "/v1/tasks/{task_id:str}/resubmit",
+    status_code=201,
+    summary="Resubmit an ended task",
+    description=(
+        "Runs a dead, failed or expired task again as a new task (fresh attempt budget, "
+        "`resubmit_of` = the old id). 201 with the new record, 200 when the request is "
+        "repeated; 404 unknown task, 409 not resubmittable or new id taken."
+    ),
+    responses=_errors(400, 404, 409, 503, 504),
+    tags=["tasks"],
+)
+async def resubmit_task(
+    task_id: FromPath[str], data: JSONBody[ResubmitBody], ctx: Ctx
+) -> Response[TaskView]:
+    """Resubmit ``task_id`` through the scheduler."""
+    reply = await ctx.client.resubmit(
+        task_id,
+        new_task_id=data.new_task_id,
+        max_attempts=data.max_attempts,
+        deadline=data.deadline,
+    )
+    return Response(task_view(reply.task), status_code=201 if reply.created else 200)
+
+
+@get(
     "/v1/agents",
     summary="List live agents",
     responses=_errors(503, 504),
@@ -161,4 +213,14 @@ async def openapi_json(request: Request[Any, Any, Any]) -> dict[str, Any]:
     return request.app.openapi_schema.to_schema()
 
 
-ROUTES = [create_task, get_task, list_agents, list_nodes, healthz, metrics, openapi_json]
+ROUTES = [
+    create_task,
+    get_task,
+    list_tasks,
+    resubmit_task,
+    list_agents,
+    list_nodes,
+    healthz,
+    metrics,
+    openapi_json,
+]

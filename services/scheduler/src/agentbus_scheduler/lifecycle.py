@@ -45,8 +45,8 @@ AttemptStatus = Literal["running", "succeeded", "failed", "lost", "cancelled", "
 _ATTEMPT_STATUS: dict[str, AttemptStatus] = {
     "succeeded": "succeeded",
     "failed": "failed",
-    "dead": "failed",
-    "expired": "expired",
+    "dead": "failed",  # the last attempt failed; the task is dead
+    "expired": "failed",  # it failed, and a retry would start after the deadline
     "cancelled": "cancelled",
 }
 

@@ -18,9 +18,12 @@ While holding the lease, the instance
      so the task never starts. A running task is left to finish;
    - it was delivered (its sequence is at or below the consumer's last delivered
      one) and its record has ended: a leftover, deleted;
-   - it was delivered and its record shows as many attempts as the consumer's
-     ``max_deliver``: stuck after its last delivery (the advisory was missed), moved
-     to the dead letters.
+   - it was delivered, its record shows as many attempts as the consumer's
+     ``max_deliver``, and its subject holds more messages than the consumer has
+     pending or in flight: stuck after its last delivery (the advisory was lost, e.g.
+     sent before ``<P>_TASK_ADVISORIES`` existed), moved to the dead letters. This
+     backstop needs the attempts in the record (``TaskStarted`` reports); the
+     advisory stream covers the rest.
 
    Messages not yet delivered and without a passed deadline cost no record read.
 """
@@ -69,6 +72,7 @@ class Sweeper:
             bus, SWEEPS_LEASE, holder=settings.instance_id, ttl_s=settings.sweep_lease_ttl_s
         )
         self._cursor = 0
+        self._stuck: set[str] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Hold the lease and do the duties while held, until ``stop`` is set."""
@@ -119,6 +123,16 @@ class Sweeper:
             c.config.filter_subject: c
             for c in await js.consumers_info(names.tasks_stream)
             if c.config.filter_subject
+        }
+        # A subject holding more messages than its consumer has pending or in flight
+        # holds a message that consumer is done with: stuck after max_deliver.
+        per_subject = (
+            await js.stream_info(names.tasks_stream, subjects_filter=names.tasks_all())
+        ).state.subjects or {}
+        self._stuck = {
+            subject
+            for subject, c in consumers.items()
+            if per_subject.get(subject, 0) > (c.num_pending or 0) + (c.num_ack_pending or 0)
         }
         seq = max(self._cursor, state.first_seq)
         scanned = 0
@@ -179,6 +193,11 @@ class Sweeper:
             return
         max_deliver = consumer.config.max_deliver if consumer is not None else None
         attempts = max((a.number for a in record.attempts), default=0)
-        if delivered and max_deliver is not None and 0 < max_deliver <= attempts:
+        if (
+            delivered
+            and raw.subject in self._stuck
+            and max_deliver is not None
+            and 0 < max_deliver <= attempts
+        ):
             reason = f"delivered {attempts} times (max_deliver) without a result; found by a sweep"
             await self.dead_letters.bury(raw.seq, reason=reason, source="sweep")

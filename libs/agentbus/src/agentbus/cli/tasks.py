@@ -1,4 +1,4 @@
-"""``agentbus submit|task``: tasks."""
+"""``agentbus submit|task|tasks|resubmit``: tasks."""
 
 from __future__ import annotations
 
@@ -7,11 +7,14 @@ from typing import Annotated
 
 import msgspec
 import typer
+from rich.table import Table
 
 from agentbus.cli.common import (
     NatsUrl,
     Prefix,
+    age,
     app,
+    console,
     fail,
     print_json,
     run,
@@ -19,7 +22,7 @@ from agentbus.cli.common import (
     with_client,
 )
 from agentbus.client import Client
-from agentbus.messages import TaskRecord, encode
+from agentbus.messages import SubmitReply, TaskEvent, TaskRecord, TasksReply, encode
 
 
 @app.command()
@@ -59,15 +62,76 @@ def task(
     wait_s: Annotated[
         float, typer.Option(min=0, help="Wait up to this long for a final status.")
     ] = 0.0,
+    history: Annotated[
+        bool, typer.Option("--history", help="Print the task's events (oldest first) instead.")
+    ] = False,
     nats_url: NatsUrl = None,
     prefix: Prefix = None,
 ) -> None:
-    """Print a task's record as JSON."""
+    """Print a task's record as JSON (with --history: every status change as JSON)."""
 
-    async def go(client: Client) -> TaskRecord:
+    async def go(client: Client) -> TaskRecord | list[TaskEvent]:
+        if history:
+            return await client.history(task_id)
         record = await client.get(task_id)
         if wait_s > 0 and not record.terminal:
             record = await client.wait(task_id, timeout_s=wait_s)
         return record
 
-    print_json(encode(run(with_client(nats_url, prefix, go))))
+    result = run(with_client(nats_url, prefix, go))
+    if history and not result:
+        raise fail(f"no events for task {task_id!r}", 1)
+    print_json(encode(result))
+
+
+@app.command()
+def tasks(
+    status: Annotated[
+        str, typer.Option("--status", help="Task status to list (indexed: dead).")
+    ] = "dead",
+    capability: Annotated[str | None, typer.Option(help="Only this capability.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="Most tasks to list.")] = 100,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the records as JSON.")] = False,
+    nats_url: NatsUrl = None,
+    prefix: Prefix = None,
+) -> None:
+    """List tasks by status, newest first: the dead letters (``--status dead``)."""
+    if status != "dead":
+        raise fail(f"--status {status}: only dead tasks are indexed (use `agentbus task ID`)", 2)
+    cap = token("capability", capability) if capability else None
+
+    async def go(client: Client) -> TasksReply:
+        return await client.dead_tasks(cap, limit=limit)
+
+    reply = run(with_client(nats_url, prefix, go))
+    if json_out:
+        print_json(encode(reply))
+        return
+    table = Table(title=f"{reply.total} dead tasks" + (f" ({cap})" if cap else ""))
+    for column in ("TASK", "CAPABILITY", "DEAD", "ATTEMPTS", "LAST ERROR"):
+        table.add_column(column)
+    for record in reply.tasks:
+        error = f"{record.error.error_type}: {record.error.message}" if record.error else ""
+        when = age(record.finished_at) if record.finished_at else ""
+        table.add_row(record.task_id, record.capability, when, str(len(record.attempts)), error)
+    console.print(table)
+
+
+@app.command()
+def resubmit(
+    task_id: Annotated[str, typer.Argument(metavar="ID", help="Id of a dead/failed/expired task.")],
+    new_id: Annotated[
+        str | None, typer.Option("--new-id", help="Id of the new task (default ID-r<n>).")
+    ] = None,
+    max_attempts: Annotated[
+        int | None, typer.Option(min=1, max=100, help="Attempt budget (default: the old one).")
+    ] = None,
+    nats_url: NatsUrl = None,
+    prefix: Prefix = None,
+) -> None:
+    """Run an ended task again as a new task; print the new record as JSON."""
+
+    async def go(client: Client) -> SubmitReply:
+        return await client.resubmit(task_id, new_task_id=new_id, max_attempts=max_attempts)
+
+    print_json(encode(run(with_client(nats_url, prefix, go)).task))
