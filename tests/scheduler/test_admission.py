@@ -46,7 +46,8 @@ async def test_submit_records_and_enqueues(bus: Bus, scheduler: Scheduler) -> No
     assert stored.status == "queued"
     assert msgspec.json.decode(stored.input) == {"x": 1}
 
-    msg = await bus.js.get_last_msg(bus.names.tasks_stream, bus.names.task_subject("echo"))
+    # priority 3: the task is on band 3's subject
+    msg = await bus.js.get_last_msg(bus.names.tasks_stream, bus.names.task_subject("echo", 3))
     assert msg.headers is not None
     assert msg.headers["Nats-Msg-Id"] == "t-1"
     assert msg.data is not None

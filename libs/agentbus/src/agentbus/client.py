@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterable, Sequence
-from datetime import datetime
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
 from typing import Any, TypeVar
 
 import msgspec
 import nats.js.errors
-from nats.js.api import DeliverPolicy
 
 from agentbus.blobs import pack, unpack
 from agentbus.bus import Bus
@@ -24,7 +22,8 @@ from agentbus.messages import (
     TERMINAL_STATUSES,
     AgentInfo,
     AgentsReply,
-    Backoff,
+    CancelReply,
+    CancelTask,
     DeleteDeployment,
     Deploy,
     Deployment,
@@ -33,12 +32,10 @@ from agentbus.messages import (
     ListAgents,
     ListNodes,
     ListPlacements,
-    ListTasks,
     NodeInfo,
     NodesReply,
     NodeStatusReply,
     PlacementsReply,
-    ResubmitTask,
     ScaleDeployment,
     SubmitReply,
     SubmitTask,
@@ -46,7 +43,6 @@ from agentbus.messages import (
     SubmitTasksReply,
     TaskEvent,
     TaskRecord,
-    TasksReply,
     decode_record,
 )
 from agentbus.names import check_token
@@ -61,6 +57,11 @@ _decode_event = msgspec.json.Decoder(TaskEvent).decode
 def new_task_id() -> str:
     """A fresh task id (32 hex characters)."""
     return uuid.uuid4().hex
+
+
+def handed_off(record: TaskRecord) -> str | None:
+    """The task ``record`` handed its work off to, if it ended by a hand-off."""
+    return record.handoff_to if record.status == "succeeded" else None
 
 
 class Client:
@@ -92,14 +93,10 @@ class Client:
         parent_id: str | None = None,
         tenant: str | None = None,
         metadata: dict[str, str] | None = None,
-        deadline: datetime | None = None,
-        backoff: Backoff | None = None,
     ) -> SubmitTask:
         """Build a ``SubmitTask``: encodes ``input`` and offloads it when large.
 
         ``input`` is any msgspec-encodable value (Structs, dicts, lists, bytes, ...).
-        ``deadline`` (timezone-aware) is when the task stops being startable (it then
-        ends ``expired``); ``backoff`` the delay policy between attempts.
 
         Raises:
             ContractError: ``capability`` is not a valid token.
@@ -118,8 +115,6 @@ class Client:
             parent_id=parent_id,
             tenant=tenant,
             metadata=metadata or {},
-            deadline=deadline,
-            backoff=backoff,
         )
 
     async def submit(self, capability: str, input: Any = None, **options: Any) -> TaskRecord:
@@ -133,7 +128,14 @@ class Client:
             UnavailableError: no scheduler is running.
             RequestTimeoutError: the scheduler did not answer in time.
         """
-        request = await self.task(capability, input, **options)
+        return await self.submit_request(await self.task(capability, input, **options))
+
+    async def submit_request(self, request: SubmitTask) -> TaskRecord:
+        """Submit a ``SubmitTask`` built by ``task()`` (maybe adjusted); its record.
+
+        Raises:
+            ContractError, UnavailableError, RequestTimeoutError: as ``submit``.
+        """
         reply = await self.bus.request(
             self.names.endpoint("scheduler", "submit"), request, SubmitReply
         )
@@ -167,7 +169,135 @@ class Client:
         assert entry.value is not None
         return decode_record(entry.value)
 
-    async def wait(self, task_id: str, *, timeout_s: float = 60.0) -> TaskRecord:
+    async def wait(
+        self, task_id: str, *, timeout_s: float = 60.0, follow_handoffs: bool = True
+    ) -> TaskRecord:
+        """Wait until ``task_id`` is terminal and return its record.
+
+        With ``follow_handoffs`` (the default), a task that ended by handing its work
+        off (``succeeded`` with ``handoff_to``) is followed to the task that took it
+        over, recursively: the record returned is the end of the chain (its
+        ``handoff_from`` names the previous link).
+
+        Raises:
+            RequestTimeoutError: not terminal within ``timeout_s`` seconds.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            record = await self._wait_one(task_id, timeout_s=max(deadline - loop.time(), 0.001))
+            target = handed_off(record) if follow_handoffs else None
+            if target is None:
+                return record
+            task_id = target
+
+    async def wait_many(
+        self, task_ids: Iterable[str], *, timeout_s: float = 600.0, follow_handoffs: bool = True
+    ) -> AsyncIterator[TaskRecord]:
+        """Yield each task's terminal record as it finishes, in completion order.
+
+        Hand-offs are followed as by ``wait``: the record yielded for a task that
+        handed off is that of the end of its chain.
+
+        Raises:
+            RequestTimeoutError: some tasks were not terminal within ``timeout_s``.
+        """
+        async for _, record in self._completed(task_ids, timeout_s, follow_handoffs):
+            yield record
+
+    async def wait_all(
+        self, task_ids: Iterable[str], *, timeout_s: float = 600.0, follow_handoffs: bool = True
+    ) -> list[TaskRecord]:
+        """Wait until every task is terminal; their records in the order of ``task_ids``.
+
+        Raises:
+            RequestTimeoutError: some tasks were not terminal within ``timeout_s``.
+        """
+        ids = list(task_ids)
+        found = {a: r async for a, r in self._completed(ids, timeout_s, follow_handoffs)}
+        return [found[t] for t in ids]
+
+    async def wait_first(
+        self, task_ids: Iterable[str], *, timeout_s: float = 600.0, follow_handoffs: bool = True
+    ) -> TaskRecord:
+        """Wait until one of the tasks is terminal and return its record.
+
+        Raises:
+            RequestTimeoutError: none was terminal within ``timeout_s``.
+        """
+        records = self._completed(task_ids, timeout_s, follow_handoffs)
+        try:
+            async for _, record in records:
+                return record
+        finally:
+            await records.aclose()
+        raise RequestTimeoutError("no tasks given", timeout_s)
+
+    async def _completed(
+        self, task_ids: Iterable[str], timeout_s: float, follow_handoffs: bool
+    ) -> AsyncGenerator[tuple[str, TaskRecord], None]:
+        """(id asked for, final record) pairs in completion order."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        done: asyncio.Queue[tuple[str, TaskRecord] | BaseException | None] = asyncio.Queue()
+        chasers: set[asyncio.Task[None]] = set()
+
+        async def chase(asked: str, target: str) -> None:
+            try:
+                left = max(deadline - loop.time(), 0.001)
+                await done.put((asked, await self.wait(target, timeout_s=left)))
+            except Exception as exc:
+                await done.put(exc)
+
+        async def pump() -> None:
+            try:
+                async for record in self._wait_many_once(task_ids, timeout_s=timeout_s):
+                    target = handed_off(record) if follow_handoffs else None
+                    if target is None:
+                        await done.put((record.task_id, record))
+                    else:
+                        chasers.add(asyncio.create_task(chase(record.task_id, target)))
+            except Exception as exc:
+                await done.put(exc)
+            await done.put(None)
+
+        pumping = asyncio.create_task(pump())
+        pump_done = False
+        try:
+            # a chaser puts its item before it ends: once the pump is done, the queue is
+            # empty and every chaser has ended, everything was yielded
+            while not (pump_done and done.empty() and all(c.done() for c in chasers)):
+                item = await done.get()
+                if item is None:
+                    pump_done = True
+                elif isinstance(item, BaseException):
+                    raise item
+                else:
+                    yield item
+        finally:
+            for t in (pumping, *chasers):
+                t.cancel()
+            await asyncio.gather(pumping, *chasers, return_exceptions=True)
+
+    async def cancel(
+        self, task_id: str, *, recursive: bool = True, reason: str = ""
+    ) -> CancelReply:
+        """Cancel ``task_id`` and (``recursive``) its subtasks; see ``CancelTask``.
+
+        A queued task never starts; a running one has its handler cancelled within a
+        second; a finished one keeps its status (``reply.task.status`` tells).
+
+        Raises:
+            NotFoundError: no such task.
+            UnavailableError: no scheduler is running.
+        """
+        return await self.bus.request(
+            self.names.endpoint("scheduler", "cancel"),
+            CancelTask(task_id=task_id, recursive=recursive, reason=reason),
+            CancelReply,
+        )
+
+    async def _wait_one(self, task_id: str, *, timeout_s: float = 60.0) -> TaskRecord:
         """Wait until ``task_id`` is terminal and return its record (KV watch).
 
         Raises:
@@ -189,10 +319,10 @@ class Client:
             await watcher.stop()  # type: ignore[no-untyped-call]
         raise RequestTimeoutError(f"task {task_id}", timeout_s)
 
-    async def wait_many(
+    async def _wait_many_once(
         self, task_ids: Iterable[str], *, timeout_s: float = 600.0, recheck_s: float = 5.0
     ) -> AsyncIterator[TaskRecord]:
-        """Yield each task's terminal record as it finishes, in completion order.
+        """Each task's terminal record as it finishes (hand-offs not followed).
 
         Follows the task events; if no event arrives for ``recheck_s`` seconds the
         remaining records are read once more, so a missed event only delays a result.
@@ -244,75 +374,6 @@ class Client:
             records = await asyncio.gather(*(self.get(t) for t in chunk), return_exceptions=True)
             done.extend(r for r in records if isinstance(r, TaskRecord) and r.terminal)
         return done
-
-    async def history(self, task_id: str, *, timeout_s: float = 5.0) -> list[TaskEvent]:
-        """Every ``TaskEvent`` of ``task_id`` still in the events stream, oldest first.
-
-        Replays ``<p>.events.task.*.<task_id>`` with an ordered consumer; an unknown
-        task has an empty history.
-
-        Raises:
-            RequestTimeoutError: the replay did not finish within ``timeout_s``.
-        """
-        subject = self.names.task_history(task_id)
-        info = await self.bus.js.stream_info(self.names.events_stream, subjects_filter=subject)
-        if not info.state.subjects:
-            return []
-        sub = await self.bus.js.subscribe(
-            subject, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
-        )
-        events: list[TaskEvent] = []
-        try:
-            async with asyncio.timeout(timeout_s):
-                while True:
-                    msg = await sub.next_msg(timeout=timeout_s)
-                    try:
-                        events.append(_decode_event(msg.data))
-                    except (msgspec.DecodeError, msgspec.ValidationError):
-                        pass  # not a TaskEvent: skip it
-                    if msg.metadata.num_pending == 0:
-                        return events
-        except TimeoutError as exc:
-            raise RequestTimeoutError(f"history of task {task_id}", timeout_s) from exc
-        finally:
-            await sub.unsubscribe()
-
-    async def dead_tasks(self, capability: str | None = None, *, limit: int = 100) -> TasksReply:
-        """Dead tasks (newest first, at most ``limit``) and how many there are in all.
-
-        Raises:
-            UnavailableError: no scheduler is running.
-        """
-        return await self.bus.request(
-            self.names.endpoint("scheduler", "list"),
-            ListTasks(status="dead", capability=capability, limit=limit),
-            TasksReply,
-        )
-
-    async def resubmit(
-        self,
-        task_id: str,
-        *,
-        new_task_id: str | None = None,
-        max_attempts: int | None = None,
-        deadline: datetime | None = None,
-    ) -> SubmitReply:
-        """Run an ended (dead, failed, expired) task again as a new task.
-
-        The new task gets ``new_task_id`` (default ``<task_id>-r<n>``, so repeating the
-        call is idempotent), a fresh attempt budget and ``resubmit_of`` = ``task_id``.
-
-        Raises:
-            NotFoundError: no such task.
-            ConflictError: the task has not ended dead, failed or expired, or
-                ``new_task_id`` is taken.
-        """
-        request = ResubmitTask(
-            task_id=task_id, new_task_id=new_task_id, max_attempts=max_attempts, deadline=deadline
-        )
-        return await self.bus.request(
-            self.names.endpoint("scheduler", "resubmit"), request, SubmitReply
-        )
 
     async def output(self, record: TaskRecord, type_: type[T] = Any) -> T:  # type: ignore[assignment]
         """Decode a succeeded task's output as ``type_`` (fetching it if stored by ref)."""

@@ -14,6 +14,8 @@ from agentbus.errors import ContractError
 
 _PREFIX_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 _TOKEN_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+BANDS = 10
+"""Priority bands per capability: a task's ``priority`` 0 (default, lowest) .. 9."""
 
 
 def check_token(kind: str, value: str) -> str:
@@ -70,9 +72,12 @@ class Names:
         return f"{self.prefix.upper()}_LOGS"
 
     # -- subjects -----------------------------------------------------------------
-    def task_subject(self, capability: str) -> str:
-        """Subject a task for ``capability`` is published on."""
-        return f"{self.prefix}.tasks.{capability}"
+    def task_subject(self, capability: str, band: int = 0) -> str:
+        """Subject a task for ``capability`` with priority ``band`` is published on.
+
+        Band 0 is ``<p>.tasks.<capability>``, band N > 0 ``<p>.tasks.<capability>.p<N>``.
+        """
+        return f"{self.prefix}.tasks.{capability}" + (f".p{band}" if band else "")
 
     def result_subject(self, capability: str) -> str:
         """Subject agents report task progress and results for ``capability`` on."""
@@ -94,6 +99,14 @@ class Names:
         """Subject the supervisor ships an agent's container output on."""
         return f"{self.prefix}.logs.{agent_id}"
 
+    def ready_subject(self, capability: str) -> str:
+        """Core-NATS subject of ``TasksReady`` notices for ``capability``."""
+        return f"{self.prefix}.control.ready.{capability}"
+
+    def cancel_subject(self) -> str:
+        """Core-NATS subject of ``CancelNotice``s, heard by every agent."""
+        return f"{self.prefix}.control.cancel"
+
     def tasks_all(self) -> str:
         """Wildcard over every task subject."""
         return f"{self.prefix}.tasks.>"
@@ -112,9 +125,12 @@ class Names:
 
     # -- consumers ----------------------------------------------------------------
     @staticmethod
-    def task_consumer(capability: str) -> str:
-        """Durable pull consumer shared by every agent that has ``capability``."""
-        return f"cap-{capability}"
+    def task_consumer(capability: str, band: int = 0) -> str:
+        """Durable pull consumer of one band, shared by every agent with ``capability``.
+
+        Band 0 is ``cap-<capability>``, band N > 0 ``cap-<capability>-p<N>``.
+        """
+        return f"cap-{capability}" + (f"-p{band}" if band else "")
 
     RESULTS_CONSUMER = "scheduler-results"
     DEAD_LETTERS_CONSUMER = "scheduler-dead-letters"

@@ -9,14 +9,17 @@ An agent declares a name and one async handler per capability::
 
     agent.main()   # process entry point: logging, SIGTERM, asyncio.run
 
-For each capability the agent binds the durable pull consumer ``cap-<capability>``
-shared by every agent with that capability (JetStream spreads tasks among them). A
-delivered task holds a lease (the consumer's AckWait, ``AgentSettings.lease_s``) that
-the runtime renews with ``in_progress()`` every lease/3 while the handler runs. The
-runtime reports ``TaskStarted`` and then ``TaskResult`` on ``<p>.results.<capability>``
-and acks the task only after the result is stored, so a crash at any point leads to a
-redelivery, never a lost task (the scheduler drops duplicate results). A handler
-exception becomes a failed result carrying the exception type and message.
+For each capability the agent binds one durable pull consumer per priority band
+(``cap-<capability>`` for band 0, ``cap-<capability>-p<N>`` for band N), shared by
+every agent with that capability (JetStream spreads tasks among them), and pulls into
+its free slots highest band first (``agentbus.fetch``). A cancel notice stops the
+handler of a cancelled task (``agentbus.cancellation``). A delivered task holds a
+lease (the consumer's AckWait, ``AgentSettings.lease_s``) that the runtime renews with
+``in_progress()`` every lease/3 while the handler runs. The runtime reports
+``TaskStarted`` and then ``TaskResult`` on ``<p>.results.<capability>`` and acks the
+task only after the result is stored, so a crash at any point leads to a redelivery,
+never a lost task (the scheduler drops duplicate results). A handler exception becomes
+a failed result carrying the exception type and message.
 """
 
 from __future__ import annotations
@@ -43,9 +46,11 @@ from agentbus import __version__
 from agentbus.attempt import AgentMetrics, failure_result, preflight, run_with_timeout, settle
 from agentbus.blobs import pack, unpack
 from agentbus.bus import Bus
+from agentbus.cancellation import Cancellations, cancelled_result, report_cancelled
 from agentbus.client import Client
 from agentbus.context import TaskContext as TaskContext  # re-exported
 from agentbus.errors import AgentBusError, ContractError
+from agentbus.fetch import Intake
 from agentbus.log import configure_logging
 from agentbus.messages import (
     AgentInfo,
@@ -57,7 +62,7 @@ from agentbus.messages import (
     encode,
     utcnow,
 )
-from agentbus.names import Names, check_token
+from agentbus.names import BANDS, Names, check_token
 from agentbus.retry import SAFETY_MAX_DELIVER
 from agentbus.retry import error_info as error_info  # re-exported
 from agentbus.service import connect_with_retry
@@ -101,7 +106,8 @@ class Agent:
         )
         self._routes: dict[str, _Route] = {}
         self._in_flight: set[asyncio.Task[None]] = set()
-        self._slots = asyncio.Semaphore(self.max_concurrency)
+        self._intake: Intake | None = None
+        self._cancels: Cancellations | None = None
         self._stopping = False
         self.started_at = utcnow()
         self.registry = CollectorRegistry()
@@ -198,13 +204,25 @@ class Agent:
             for hook in self._restore_hooks:
                 await hook(self.durable.value)
         client = Client(bus)
-        subs = [await self._bind(bus, cap) for cap in self.capabilities]
+        for cap in self.capabilities:  # band 0 first: the consumer a minimal agent uses
+            await self._bind(bus, cap)
+        await asyncio.gather(
+            *(self._bind(bus, cap, band) for cap in self.capabilities for band in range(1, BANDS))
+        )
+        cancels = self._cancels = Cancellations(bus)
+        await cancels.start()
+        intake = self._intake = Intake(
+            bus,
+            self.capabilities,
+            max_concurrency=self.max_concurrency,
+            rescan_s=self.settings.rescan_s,
+            pull_timeout_s=self.settings.fetch_timeout_s,
+            dispatch=lambda capability, msg: self._dispatch(bus, client, capability, msg),
+        )
+        await intake.start()
         leaving = asyncio.Event()
         heartbeat = asyncio.create_task(self._heartbeat(bus, leaving))
-        loops = [
-            asyncio.create_task(self._fetch_loop(bus, client, cap, sub))
-            for cap, sub in zip(self.capabilities, subs, strict=True)
-        ]
+        loops = [asyncio.create_task(intake.run())]
         if self.settings.checkpoint_interval_s and self.durable.enabled:
             saves = self.durable.run_periodic(self.settings.checkpoint_interval_s, leaving)
             loops.append(asyncio.create_task(saves))
@@ -213,6 +231,7 @@ class Agent:
             await stop.wait()
         finally:  # also when run() itself is cancelled: never leave tasks behind
             self._stopping = True
+            intake.stop()
             logger.info("agent stopping", in_flight=len(self._in_flight))
             await asyncio.gather(*loops, return_exceptions=True)
             if self._in_flight:
@@ -224,11 +243,8 @@ class Agent:
             if self.durable.enabled:
                 await self.durable.save_quietly()
             await asyncio.gather(heartbeat, return_exceptions=True)
-            for sub in subs:
-                try:
-                    await sub.unsubscribe()
-                except Exception as exc:
-                    logger.debug("unsubscribe failed", error=repr(exc))
+            await intake.close()
+            await cancels.close()
             try:
                 kv = await bus.kv(bus.names.agents_bucket)
                 await kv.delete(self.agent_id)
@@ -236,22 +252,21 @@ class Agent:
                 logger.warning("could not leave the registry", error=repr(exc))
             logger.info("agent stopped")
 
-    async def _bind(self, bus: Bus, capability: str) -> Any:
+    async def _bind(self, bus: Bus, capability: str, band: int = 0) -> None:
         names = bus.names
-        durable = Names.task_consumer(capability)
+        durable = Names.task_consumer(capability, band)
         await bus.js.add_consumer(
             names.tasks_stream,
             ConsumerConfig(
                 name=durable,
                 durable_name=durable,
-                filter_subject=names.task_subject(capability),
+                filter_subject=names.task_subject(capability, band),
                 ack_policy=AckPolicy.EXPLICIT,
                 ack_wait=self.settings.lease_s,
                 max_ack_pending=-1,
                 max_deliver=SAFETY_MAX_DELIVER,
             ),
         )
-        return await bus.js.pull_subscribe_bind(durable, stream=names.tasks_stream)
 
     def _info(self) -> AgentInfo:
         busy = len(self._in_flight) >= self.max_concurrency
@@ -284,41 +299,17 @@ class Agent:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(leaving.wait(), self.settings.heartbeat_s)
 
-    async def _fetch_loop(self, bus: Bus, client: Client, capability: str, sub: Any) -> None:
-        while not self._stopping:
-            try:  # bounded, so a stop is noticed while every slot is busy
-                await asyncio.wait_for(self._slots.acquire(), self.settings.fetch_timeout_s)
-            except TimeoutError:
-                continue
-            if self._stopping:
-                self._slots.release()
-                break
-            n = 1
-            while n < self.max_concurrency and not self._slots.locked():
-                await self._slots.acquire()
-                n += 1
-            try:
-                msgs = await sub.fetch(batch=n, timeout=self.settings.fetch_timeout_s)
-            except TimeoutError:  # nats-py raises its own or the builtin one
-                msgs = []
-            except Exception as exc:  # connection lost: nats-py reconnects by itself
-                logger.warning("fetch failed", capability=capability, error=repr(exc))
-                msgs = []
-                await asyncio.sleep(0.5)
-            for _ in range(n - len(msgs)):
-                self._slots.release()
-            for msg in msgs:
-                if self._stopping:
-                    await msg.nak()
-                    self._slots.release()
-                    continue
-                t = asyncio.create_task(self._handle(bus, client, capability, msg))
-                self._in_flight.add(t)
-                t.add_done_callback(self._done)
+    def _dispatch(self, bus: Bus, client: Client, capability: str, msg: Msg) -> None:
+        t = asyncio.create_task(self._handle(bus, client, capability, msg))
+        self._in_flight.add(t)
+        t.add_done_callback(self._done)
 
     def _done(self, t: asyncio.Task[None]) -> None:
         self._in_flight.discard(t)
-        self._slots.release()
+        if self._cancels is not None:
+            self._cancels.release(t)
+        if self._intake is not None:
+            self._intake.release()
 
     async def _renew_lease(self, msg: Msg, done: asyncio.Event) -> None:
         # Ends on ``done`` (set when the attempt ends), for the reason given in _heartbeat.
@@ -342,6 +333,12 @@ class Agent:
             reason = f"task {task.task_id!r} for {task.capability!r} on the {capability!r} queue"
             await self._reject(bus, msg, reason)
             return
+        me = asyncio.current_task()
+        if self._cancels is not None and me is not None:
+            if not self._cancels.claim(task.task_id, me):
+                logger.info("cancelled task terminated unstarted", task_id=task.task_id)
+                await msg.term()
+                return
         attempt = msg.metadata.num_delivered or 1
         started_at = utcnow()
         subject = bus.names.result_subject(capability)
@@ -363,6 +360,12 @@ class Agent:
                 await settle(msg, result)
                 self.metrics.count(capability, result)
             except asyncio.CancelledError:
+                if self._cancels is not None and self._cancels.swallow(task.task_id):
+                    logger.info("running task cancelled")
+                    result = cancelled_result(task.task_id, agent_id=self.agent_id,
+                                              attempt=attempt, started_at=started_at)  # fmt: skip
+                    await report_cancelled(bus, msg, capability, result)
+                    return
                 self.metrics.attempts.labels(capability, "returned").inc()
                 await msg.nak()  # stopping: let another agent take it now
                 raise

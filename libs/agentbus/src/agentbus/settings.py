@@ -55,7 +55,10 @@ class AgentSettings(BaseSettings):
     lease_s: PositiveFloat = 30.0
     """AckWait of the capability consumers: a task's lease. Renewed every lease/3."""
     fetch_timeout_s: PositiveFloat = 2.0
-    """Long-poll time of one pull request."""
+    """How long to wait for the answer to one (no-wait) pull request."""
+    rescan_s: PositiveFloat = 1.0
+    """An idle agent pulls every band at least this often, even without a ready notice
+    (redeliveries after a nak delay or a lapsed lease come without one)."""
     stop_grace_s: PositiveFloat = 10.0
     """On SIGTERM, how long in-flight tasks may run before they are returned."""
     checkpoint_interval_s: PositiveFloat | None = None

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+import msgspec
 import nats.errors
 import nats.js.errors
 
@@ -34,8 +35,10 @@ from agentbus.messages import (
     utcnow,
 )
 from agentbus.names import check_token
+from agentbus_scheduler.links import Links
 from agentbus_scheduler.metrics import SchedulerMetrics
-from agentbus_scheduler.records import publish_task_event
+from agentbus_scheduler.ready import ReadyNotices
+from agentbus_scheduler.records import Records, publish_task_event
 
 MAX_BATCH = 10_000
 """Most tasks one ``submit_batch`` request may carry."""
@@ -72,6 +75,7 @@ def new_record(task: SubmitTask, task_id: str, *, resubmit_of: str | None = None
         parent_id=task.parent_id,
         tenant=task.tenant,
         metadata=task.metadata,
+        handoff_from=task.handoff_from,
         deadline=task.deadline,
         backoff=task.backoff,
         resubmit_of=resubmit_of,
@@ -103,6 +107,8 @@ class Admission:
         self.bus = bus
         self.metrics = metrics
         self._concurrency = concurrency
+        self.links = Links(bus, Records(bus, metrics))
+        self.ready = ReadyNotices(bus)
 
     async def submit(self, task: SubmitTask) -> SubmitReply:
         """Admit one task (idempotent on ``task_id``).
@@ -176,15 +182,19 @@ class Admission:
 
     async def _admit(self, task: SubmitTask, *, resubmit_of: str | None = None) -> SubmitReply:
         task_id = task.task_id or uuid.uuid4().hex
+        try:
+            await self.links.check(task)
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise UnavailableError(f"could not admit task {task_id!r}: {exc!r}") from exc
         record = new_record(task, task_id, resubmit_of=resubmit_of)
         kv = await self.bus.kv(self.bus.names.tasks_bucket)
         try:
             try:
-                await kv.create(task_id, encode(record))
+                revision = await kv.create(task_id, encode(record))
             except nats.js.errors.KeyWrongLastSequenceError:
                 existing = await self.read(task_id)
                 if existing is None:  # deleted between create and read: try once more
-                    await kv.create(task_id, encode(record))
+                    revision = await kv.create(task_id, encode(record))
                 else:
                     self.metrics.submitted.labels("existing").inc()
                     if existing.status == "queued" and not existing.attempts:
@@ -192,20 +202,29 @@ class Admission:
                         # publish (a retry-queued task's message is still on the stream)
                         await self._publish(existing)
                     return SubmitReply(task=existing, created=False)
-            await self._publish(record)
-        except (nats.errors.Error, TimeoutError) as exc:
+            record = await self.links.attach(record, revision)
+            if record.terminal:  # its parent or hand-off source was cancelled meanwhile
+                return SubmitReply(task=record, created=True)
+            seq = await self._publish(record)
+        except (nats.errors.Error, TimeoutError, RuntimeError) as exc:
             raise UnavailableError(f"could not admit task {task_id!r}: {exc!r}") from exc
         self.metrics.submitted.labels("created").inc()
         event = TaskEvent(
             task_id=task_id, capability=record.capability, status="queued", at=record.created_at
         )
-        await publish_task_event(self.bus, event)
-        return SubmitReply(task=record, created=True)
+        await asyncio.gather(
+            self.links.set_stream_seq(record, revision, seq),
+            publish_task_event(self.bus, event),
+        )
+        return SubmitReply(task=msgspec.structs.replace(record, stream_seq=seq), created=True)
 
-    async def _publish(self, record: TaskRecord) -> None:
+    async def _publish(self, record: TaskRecord) -> int:
+        """Put the task on its band's subject, tell idle agents; the stream sequence."""
         # publish() mutates the headers dict it is given: always pass a fresh one.
-        await self.bus.js.publish(
-            self.bus.names.task_subject(record.capability),
+        ack = await self.bus.js.publish(
+            self.bus.names.task_subject(record.capability, record.priority),
             encode(task_message(record)),
             headers={"Nats-Msg-Id": record.task_id},
         )
+        await self.ready.post(record.capability, record.priority)
+        return ack.seq

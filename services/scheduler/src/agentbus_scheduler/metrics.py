@@ -65,6 +65,11 @@ class SchedulerMetrics:
             "1 while this instance holds the scheduler-sweeps lease, else 0.",
             registry=registry,
         )
+        self.cancelled = Counter(
+            "agentbus_scheduler_tasks_cancelled_total",
+            "Tasks moved to cancelled by cancel requests (subtasks included).",
+            registry=registry,
+        )
         self.placement_passes = Counter(
             "agentbus_scheduler_placement_passes_total",
             "Placement computations run.",

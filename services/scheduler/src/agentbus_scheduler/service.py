@@ -8,6 +8,7 @@ verb           request           reply               errors
 submit         SubmitTask        SubmitReply         400, 503
 submit_batch   SubmitTasks       SubmitTasksReply    400, 503
 get            GetTask           TaskReply           404
+cancel         CancelTask        CancelReply         404, 503
 deploy         Deploy            DeployReply         400, 503
 scale          ScaleDeployment   DeployReply         404, 409, 503
 delete         DeleteDeployment  DeployReply         404, 503
@@ -33,6 +34,7 @@ from prometheus_client import CollectorRegistry
 
 from agentbus.bus import Bus
 from agentbus.messages import (
+    CancelTask,
     DeleteDeployment,
     Deploy,
     GetTask,
@@ -45,6 +47,7 @@ from agentbus.messages import (
 )
 from agentbus.service import MicroService, ServiceMetrics
 from agentbus_scheduler.admission import Admission
+from agentbus_scheduler.cancel import Canceller
 from agentbus_scheduler.deadletters import DeadLetters
 from agentbus_scheduler.fleet import Fleet
 from agentbus_scheduler.metrics import SchedulerMetrics
@@ -83,6 +86,7 @@ async def serve(
     await micro.endpoint("submit", SubmitTask, admission.submit)
     await micro.endpoint("submit_batch", SubmitTasks, admission.submit_batch)
     await micro.endpoint("get", GetTask, admission.get)
+    await micro.endpoint("cancel", CancelTask, Canceller(bus, records, metrics).cancel)
     await micro.endpoint("deploy", Deploy, fleet.deploy)
     await micro.endpoint("delete", DeleteDeployment, fleet.delete)
     await micro.endpoint("scale", ScaleDeployment, fleet.scale)

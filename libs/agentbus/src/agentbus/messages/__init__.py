@@ -14,6 +14,7 @@ import msgspec
 
 from agentbus.messages import checkpoint as _checkpoint
 from agentbus.messages import common as _common
+from agentbus.messages import control as _control
 from agentbus.messages import events as _events
 from agentbus.messages import fleet as _fleet
 from agentbus.messages import registry as _registry
@@ -56,6 +57,12 @@ from agentbus.messages.common import (
     TaskStatus,
     Token,
     utcnow,
+)
+from agentbus.messages.control import (
+    CancelNotice,
+    CancelReply,
+    CancelTask,
+    TasksReady,
 )
 from agentbus.messages.events import (
     AgentEvent,
@@ -124,6 +131,7 @@ decode_record = msgspec.json.Decoder(TaskRecord).decode
 ALL_MESSAGES: tuple[type[Message], ...] = (
     *_common.MESSAGES,
     *_tasks.MESSAGES,
+    *_control.MESSAGES,
     *_events.MESSAGES,
     *_registry.MESSAGES,
     *_fleet.MESSAGES,
@@ -143,6 +151,9 @@ __all__ = [
     "Attempt",
     "Backoff",
     "BlobRef",
+    "CancelNotice",
+    "CancelReply",
+    "CancelTask",
     "Checkpoint",
     "CheckpointHead",
     "CheckpointId",
@@ -206,6 +217,7 @@ __all__ = [
     "TaskResult",
     "TaskStarted",
     "TaskStatus",
+    "TasksReady",
     "TasksReply",
     "ThreadInfo",
     "ThreadsReply",

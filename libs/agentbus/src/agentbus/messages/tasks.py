@@ -41,6 +41,8 @@ class SubmitTask(Message, frozen=True, kw_only=True):
     """Absolute time after which the task never starts (it ends ``expired``)."""
     backoff: Backoff | None = None
     """Delay between attempts; ``None`` takes ``Backoff()``'s defaults."""
+    handoff_from: str | None = None
+    """Hand-off: the running task whose work this task takes over (see ``TaskRecord``)."""
 
 
 class SubmitTasks(Message, frozen=True, kw_only=True):
@@ -92,6 +94,10 @@ class TaskRecord(Message, frozen=True, kw_only=True):
     """When a ``queued`` task that failed retryably becomes deliverable again."""
     resubmit_of: str | None = None
     """Id of the dead (or failed, expired) task this one was resubmitted from."""
+    handoff_to: str | None = None
+    """Id of the task this one handed its work off to (``TaskContext.handoff``)."""
+    handoff_from: str | None = None
+    """Id of the task that handed its work off to this one."""
 
     @property
     def terminal(self) -> bool:
