@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
+from datetime import datetime
 from typing import Any, TypeVar
 
 import msgspec
 import nats.js.errors
+from nats.js.api import DeliverPolicy
 
 from agentbus.blobs import pack, unpack
 from agentbus.bus import Bus
@@ -22,6 +24,7 @@ from agentbus.messages import (
     TERMINAL_STATUSES,
     AgentInfo,
     AgentsReply,
+    Backoff,
     CancelReply,
     CancelTask,
     DeleteDeployment,
@@ -32,10 +35,12 @@ from agentbus.messages import (
     ListAgents,
     ListNodes,
     ListPlacements,
+    ListTasks,
     NodeInfo,
     NodesReply,
     NodeStatusReply,
     PlacementsReply,
+    ResubmitTask,
     ScaleDeployment,
     SubmitReply,
     SubmitTask,
@@ -43,6 +48,7 @@ from agentbus.messages import (
     SubmitTasksReply,
     TaskEvent,
     TaskRecord,
+    TasksReply,
     decode_record,
 )
 from agentbus.names import check_token
@@ -93,10 +99,14 @@ class Client:
         parent_id: str | None = None,
         tenant: str | None = None,
         metadata: dict[str, str] | None = None,
+        deadline: datetime | None = None,
+        backoff: Backoff | None = None,
     ) -> SubmitTask:
         """Build a ``SubmitTask``: encodes ``input`` and offloads it when large.
 
         ``input`` is any msgspec-encodable value (Structs, dicts, lists, bytes, ...).
+        ``deadline`` (timezone-aware) is when the task stops being startable (it then
+        ends ``expired``); ``backoff`` the delay policy between attempts.
 
         Raises:
             ContractError: ``capability`` is not a valid token.
@@ -115,6 +125,8 @@ class Client:
             parent_id=parent_id,
             tenant=tenant,
             metadata=metadata or {},
+            deadline=deadline,
+            backoff=backoff,
         )
 
     async def submit(self, capability: str, input: Any = None, **options: Any) -> TaskRecord:
@@ -374,6 +386,75 @@ class Client:
             records = await asyncio.gather(*(self.get(t) for t in chunk), return_exceptions=True)
             done.extend(r for r in records if isinstance(r, TaskRecord) and r.terminal)
         return done
+
+    async def history(self, task_id: str, *, timeout_s: float = 5.0) -> list[TaskEvent]:
+        """Every ``TaskEvent`` of ``task_id`` still in the events stream, oldest first.
+
+        Replays ``<p>.events.task.*.<task_id>`` with an ordered consumer; an unknown
+        task has an empty history.
+
+        Raises:
+            RequestTimeoutError: the replay did not finish within ``timeout_s``.
+        """
+        subject = self.names.task_history(task_id)
+        info = await self.bus.js.stream_info(self.names.events_stream, subjects_filter=subject)
+        if not info.state.subjects:
+            return []
+        sub = await self.bus.js.subscribe(
+            subject, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
+        )
+        events: list[TaskEvent] = []
+        try:
+            async with asyncio.timeout(timeout_s):
+                while True:
+                    msg = await sub.next_msg(timeout=timeout_s)
+                    try:
+                        events.append(_decode_event(msg.data))
+                    except (msgspec.DecodeError, msgspec.ValidationError):
+                        pass  # not a TaskEvent: skip it
+                    if msg.metadata.num_pending == 0:
+                        return events
+        except TimeoutError as exc:
+            raise RequestTimeoutError(f"history of task {task_id}", timeout_s) from exc
+        finally:
+            await sub.unsubscribe()
+
+    async def dead_tasks(self, capability: str | None = None, *, limit: int = 100) -> TasksReply:
+        """Dead tasks (newest first, at most ``limit``) and how many there are in all.
+
+        Raises:
+            UnavailableError: no scheduler is running.
+        """
+        return await self.bus.request(
+            self.names.endpoint("scheduler", "list"),
+            ListTasks(status="dead", capability=capability, limit=limit),
+            TasksReply,
+        )
+
+    async def resubmit(
+        self,
+        task_id: str,
+        *,
+        new_task_id: str | None = None,
+        max_attempts: int | None = None,
+        deadline: datetime | None = None,
+    ) -> SubmitReply:
+        """Run an ended (dead, failed, expired) task again as a new task.
+
+        The new task gets ``new_task_id`` (default ``<task_id>-r<n>``, so repeating the
+        call is idempotent), a fresh attempt budget and ``resubmit_of`` = ``task_id``.
+
+        Raises:
+            NotFoundError: no such task.
+            ConflictError: the task has not ended dead, failed or expired, or
+                ``new_task_id`` is taken.
+        """
+        request = ResubmitTask(
+            task_id=task_id, new_task_id=new_task_id, max_attempts=max_attempts, deadline=deadline
+        )
+        return await self.bus.request(
+            self.names.endpoint("scheduler", "resubmit"), request, SubmitReply
+        )
 
     async def output(self, record: TaskRecord, type_: type[T] = Any) -> T:  # type: ignore[assignment]
         """Decode a succeeded task's output as ``type_`` (fetching it if stored by ref)."""

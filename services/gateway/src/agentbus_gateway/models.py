@@ -15,6 +15,7 @@ import msgspec
 from agentbus.messages import (
     AgentInfo,
     Attempt,
+    Backoff,
     BlobRef,
     ErrorInfo,
     NodeInfo,
@@ -43,6 +44,23 @@ class CreateTask(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     parent_id: str | None = None
     tenant: str | None = None
     metadata: dict[str, str] = {}
+    deadline: datetime | None = None
+    """Absolute time (with a UTC offset) after which the task never starts: it ends expired."""
+    backoff: Backoff | None = None
+    """Delay policy between attempts (default: 1 s doubling up to 60 s, half jittered)."""
+
+
+class ResubmitBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Body of ``POST /v1/tasks/{task_id}/resubmit`` (every field optional).
+
+    The ended task stays as it is; a new task runs its input again with a fresh
+    attempt budget (``resubmit_of`` = the old id).
+    """
+
+    new_task_id: TaskId | None = None
+    """Id of the new task; default ``<task_id>-r<n>`` (repeating the call is idempotent)."""
+    max_attempts: Annotated[int, msgspec.Meta(ge=1, le=100)] | None = None
+    deadline: datetime | None = None
 
 
 class TaskView(msgspec.Struct, kw_only=True):
@@ -71,6 +89,12 @@ class TaskView(msgspec.Struct, kw_only=True):
     output_ref: BlobRef | None = None
     error: ErrorInfo | None = None
     finished_at: datetime | None = None
+    deadline: datetime | None = None
+    backoff: Backoff | None = None
+    children: list[str] = []
+    stream_seq: int | None = None
+    next_attempt_at: datetime | None = None
+    resubmit_of: str | None = None
 
     handoff_to: str | None = None
     handoff_from: str | None = None
@@ -81,6 +105,13 @@ _decode_view = msgspec.json.Decoder(TaskView).decode
 def task_view(record: TaskRecord) -> TaskView:
     """The HTTP view of ``record`` (fields it does not know are dropped)."""
     return _decode_view(encode(record))
+
+
+class TaskList(msgspec.Struct, kw_only=True):
+    """Body of ``GET /v1/tasks?status=dead``: matching tasks, newest first, and the total."""
+
+    tasks: list[TaskView]
+    total: int
 
 
 class AgentList(msgspec.Struct, kw_only=True):

@@ -1,0 +1,153 @@
+"""Priority bands: subjects and consumers, start order, max_concurrency, ready notices.
+
+The real scheduler (in-process) admits the tasks; agents are the real runtime on
+connections of their own, against the session nats-server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any
+
+import pytest
+
+from agentbus.bus import Bus
+from agentbus.client import Client
+from agentbus.messages import Task, encode
+from agentbus.names import BANDS, Names
+from agentbus.runtime import Agent, TaskContext
+from agentbus.settings import BusSettings
+from tests._helpers import eventually, running_scheduler
+from tests.agentbus._flow import agent_running, quick_settings
+
+pytestmark = pytest.mark.nats
+
+
+def test_band_names_keep_band_zero_as_before() -> None:
+    names = Names("agentbus")
+    assert names.task_subject("summarize") == "agentbus.tasks.summarize"
+    assert Names.task_consumer("summarize") == "cap-summarize"
+    assert names.task_subject("summarize", 0) == "agentbus.tasks.summarize"
+    assert names.task_subject("summarize", 7) == "agentbus.tasks.summarize.p7"
+    assert Names.task_consumer("summarize", 7) == "cap-summarize-p7"
+    assert BANDS == 10
+
+
+async def test_task_goes_to_its_band_subject(bus: Bus) -> None:
+    async with running_scheduler(bus):
+        client = Client(bus)
+        await client.submit("work", 1, priority=0)
+        await client.submit("work", 2, priority=4)
+        await client.submit("work", 3, priority=4)
+        info = await bus.js.stream_info(bus.names.tasks_stream, subjects_filter=">")
+        assert info.state.subjects == {
+            bus.names.task_subject("work"): 1,
+            bus.names.task_subject("work", 4): 2,
+        }
+
+
+async def test_higher_priority_starts_before_queued_lower_priority(
+    bus: Bus, bus_settings: BusSettings
+) -> None:
+    started: list[str] = []
+    gate = asyncio.Event()
+    agent = Agent("worker", max_concurrency=1, settings=quick_settings("prio-1"))
+
+    @agent.handler("work")
+    async def work(ctx: TaskContext, name: str) -> str:
+        started.append(name)
+        if name == "blocker":
+            await gate.wait()
+        return name
+
+    async with running_scheduler(bus), agent_running(agent, bus_settings):
+        client = Client(bus)
+        blocker = await client.submit("work", "blocker")
+        await eventually(lambda: asyncio.sleep(0, started == ["blocker"]), what="blocker runs")
+        low = [await client.submit("work", f"low-{i}", priority=1) for i in range(3)]
+        mid = await client.submit("work", "mid", priority=4)
+        high = await client.submit("work", "high", priority=8)
+
+        def flagged() -> list[int]:
+            assert agent._intake is not None
+            return agent._intake.flagged("work")
+
+        # the ready notices of all three bands have reached the (busy) agent
+        await eventually(lambda: asyncio.sleep(0, {1, 4, 8} <= set(flagged())), what="notices")
+        gate.set()
+        ids = [blocker.task_id, *(r.task_id for r in low), mid.task_id, high.task_id]
+        records = await client.wait_all(ids, timeout_s=30)
+    assert all(r.status == "succeeded" for r in records)
+    assert started == ["blocker", "high", "mid", "low-0", "low-1", "low-2"]
+
+
+async def test_max_concurrency_is_never_exceeded_across_bands(
+    bus: Bus, bus_settings: BusSettings
+) -> None:
+    running = 0
+    most = 0
+    agent = Agent("worker", max_concurrency=3, settings=quick_settings("prio-2"))
+
+    @agent.handler("work")
+    async def work(ctx: TaskContext, n: int) -> int:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        try:
+            await asyncio.sleep(0.02)
+        finally:
+            running -= 1
+        return n
+
+    async with running_scheduler(bus), agent_running(agent, bus_settings):
+        client = Client(bus)
+        rng = random.Random(7)
+        tasks = [await client.task("work", n, priority=rng.randrange(BANDS)) for n in range(60)]
+        replies = await client.submit_many(tasks)
+        records = await client.wait_all([r.task.task_id for r in replies], timeout_s=60)
+        # nothing was delivered beyond the agent's slots: no band holds unacked messages
+        pending = 0
+        for band in range(BANDS):
+            consumer = Names.task_consumer("work", band)
+            info = await bus.js.consumer_info(bus.names.tasks_stream, consumer)
+            pending += info.num_ack_pending + info.num_redelivered
+    assert [r.status for r in records] == ["succeeded"] * 60
+    assert most == 3, f"at most {most} handlers ran at once"
+    assert pending == 0
+
+
+async def test_idle_agent_is_woken_by_the_ready_notice(bus: Bus, bus_settings: BusSettings) -> None:
+    # rescan every 60 s: only the scheduler's notice can get the task started in time
+    agent = Agent("worker", settings=quick_settings("prio-3", rescan_s=60.0))
+
+    @agent.handler("work")
+    async def work(ctx: TaskContext, value: Any) -> Any:
+        return value
+
+    async with running_scheduler(bus), agent_running(agent, bus_settings):
+        client = Client(bus)
+        await asyncio.sleep(0.5)  # the agent's first scan is over: it sleeps now
+        for priority in (0, 6):
+            record = await client.submit("work", {"p": priority}, priority=priority)
+            done = await client.wait(record.task_id, timeout_s=20)
+            assert done.status == "succeeded"
+
+
+async def test_rescan_finds_tasks_published_without_a_notice(
+    bus: Bus, bus_settings: BusSettings
+) -> None:
+    # e.g. a task redelivered after a nak delay: nobody announces it
+    agent = Agent("worker", settings=quick_settings("prio-4", rescan_s=0.3))
+    seen: list[str] = []
+
+    @agent.handler("work")
+    async def work(ctx: TaskContext, value: Any) -> Any:
+        seen.append(ctx.task_id)
+        return value
+
+    async with agent_running(agent, bus_settings):
+        await asyncio.sleep(0.5)
+        task = Task(task_id="silent", capability="work", priority=5)
+        await bus.js.publish(bus.names.task_subject("work", 5), encode(task))
+        await eventually(lambda: asyncio.sleep(0, seen == ["silent"]), what="task handled")
