@@ -1,7 +1,8 @@
 // An agentbus agent in Node.js, written from docs/protocol.md and the JSON Schema
 // libs/agentbus/schema/messages.json alone. It serves capability `upper`: the input
 // is a JSON string, the output that string upper-cased; the input {"fail": "why"}
-// gives a failed result (ErrorInfo{error_type: "ValueError", message: "why"}).
+// fails fatally (ErrorInfo{error_type: "ValueError", message: "why"}); the input
+// {"flaky": n, "text": "..."} fails retryably on its first n attempts, then succeeds.
 //
 //   AGENTBUS_NATS_URL=nats://127.0.0.1:4222 AGENTBUS_PREFIX=agentbus node agent.mjs
 import { AckPolicy, connect, JSONCodec, nanos } from "nats";
@@ -22,19 +23,25 @@ const INLINE_LIMIT = 64 * 1024; // "Conventions", Large values: over 64 KiB -> O
 const STOP_GRACE_MS = 1000 * Number(env.AGENTBUS_AGENT_STOP_GRACE_S || 10); // "Stopping"
 const VERSION = "0.1.0";
 
+// "Retries": an error is retryable unless it says otherwise; bad input is fatal.
 class TaskError extends Error {
-  constructor(errorType, message) {
+  constructor(errorType, message, retryable = false) {
     super(message);
     this.errorType = errorType;
+    this.retryable = retryable;
   }
 }
 
-// The work, by capability. A thrown error becomes a failed TaskResult.
+// The work, by capability. A thrown error becomes a failed (or dead) TaskResult.
 const HANDLERS = {
-  upper(input) {
+  upper(input, { attempt }) {
     if (typeof input === "string") return input.toUpperCase();
     if (input && typeof input === "object" && "fail" in input) {
       throw new TaskError("ValueError", String(input.fail));
+    }
+    if (input && typeof input === "object" && "flaky" in input) {
+      if (attempt <= input.flaky) throw new TaskError("FlakyError", `attempt ${attempt} failed`, true);
+      return String(input.text).toUpperCase();
     }
     throw new TaskError("TypeError", `upper expects a JSON string, got ${JSON.stringify(input)}`);
   },
@@ -108,6 +115,7 @@ for (const cap of CAPABILITIES) {
     ack_policy: AckPolicy.Explicit,
     ack_wait: nanos(LEASE_MS),
     max_ack_pending: -1, // "Consumer config": exactly these fields
+    max_deliver: 101, // the safety backstop above every task's max_attempts
   };
   await until(`stream ${P}_TASKS`, () => jsm.consumers.add(`${P}_TASKS`, config, "")); // "" = create or update
   consumers[cap] = await js.consumers.get(`${P}_TASKS`, `cap-${cap}`);
@@ -132,6 +140,53 @@ async function packOutput(taskId, output) {
   return { output: null, output_ref: ref };
 }
 
+// -- "Retries, deadlines and dead letters": what a failed attempt leads to -------------
+function backoffS(policy, n) { // retry n >= 1; "equal jitter"
+  const p = { initial_s: 1, factor: 2, max_s: 60, jitter: 0.5, ...(policy || {}) };
+  const d = Math.min(p.max_s, p.initial_s * p.factor ** (n - 1));
+  return d * (1 - p.jitter) + Math.random() * d * p.jitter;
+}
+function errorInfo(err, retryable) {
+  const error_type = err.errorType || err.name || "Error";
+  return { type: "ErrorInfo", error_type, message: oneLine(err.message), retryable };
+}
+function decide(task, attempt, err) { // -> {status, error, retry_in_s?}
+  const retryable = err.retryable ?? !(err instanceof SyntaxError); // other errors: retry
+  const error = errorInfo(err, retryable);
+  if (!retryable) return { status: "failed", error };
+  if (attempt >= (task.max_attempts ?? 3)) return { status: "dead", error };
+  const delay = backoffS(task.backoff, attempt);
+  if (task.deadline && Date.now() + 1000 * delay >= Date.parse(task.deadline)) {
+    return { status: "expired", error };
+  }
+  return { status: "failed", error, retry_in_s: delay };
+}
+function preflight(task, attempt) { // ends the task before it starts, or null
+  if (task.deadline && Date.parse(task.deadline) <= Date.now()) {
+    const message = `deadline ${task.deadline} passed before attempt ${attempt}`;
+    return { status: "expired", error: errorInfo(new TaskError("DeadlineExceeded", message), false) };
+  }
+  if (attempt > (task.max_attempts ?? 3)) {
+    const message = `delivery ${attempt} exceeds max_attempts ${task.max_attempts ?? 3}`;
+    return { status: "dead", error: errorInfo(new TaskError("AttemptsExhausted", message), true) };
+  }
+  return null;
+}
+function withTimeout(promise, timeoutS) {
+  if (!timeoutS) return promise;
+  let timer;
+  const timeout = new Promise((_, reject) => {
+    const message = `handler cancelled after the task's timeout of ${timeoutS} s`;
+    timer = setTimeout(() => reject(new TaskError("TaskTimeoutError", message, true)), 1000 * timeoutS);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+function settle(msg, outcome) { // ack a success, nak a retry with its delay, term the rest
+  if (outcome.status === "succeeded") msg.ack();
+  else if (outcome.retry_in_s !== undefined) msg.nak(Math.round(1000 * outcome.retry_in_s));
+  else msg.term();
+}
+
 // -- 4. Handle one message ------------------------------------------------------------
 async function handle(cap, msg) {
   let task;
@@ -149,24 +204,32 @@ async function handle(cap, msg) {
   const attempt = msg.info.redeliveryCount; // 4.2 attempt = num_delivered
   const results = `${PREFIX}.results.${cap}`;
   const started_at = now();
+  const early = preflight(task, attempt); // past the deadline, or out of attempts
+  if (early) {
+    const result = { type: "TaskResult", task_id, agent_id: AGENT_ID, attempt, started_at, finished_at: now(), ...early };
+    await js.publish(results, jc.encode(result));
+    msg.term();
+    return log(`task ${task_id} attempt ${attempt}: ${early.status} before start`);
+  }
   inFlight.set(task_id, msg);
   try {
     // 4.3 TaskStarted, JetStream publish (awaiting the ack)
     await js.publish(results, jc.encode({ type: "TaskStarted", task_id, agent_id: AGENT_ID, attempt, started_at }));
     const renew = setInterval(() => msg.working(), LEASE_MS / 3); // 4.4 +WPI every lease/3
     let outcome;
-    try { // 4.5 resolve the input and run the work
-      outcome = { status: "succeeded", ...(await packOutput(task_id, await HANDLERS[cap](await resolveInput(task)))) };
+    try { // 4.5 resolve the input and run the work (under timeout_s)
+      const input = await resolveInput(task);
+      const output = await withTimeout(Promise.resolve().then(() => HANDLERS[cap](input, { attempt })), task.timeout_s);
+      outcome = { status: "succeeded", ...(await packOutput(task_id, output)) };
     } catch (err) {
-      const error_type = err.errorType || err.name || "Error";
-      outcome = { status: "failed", error: { type: "ErrorInfo", error_type, message: oneLine(err.message), retryable: false } };
+      outcome = decide(task, attempt, err);
     } finally {
       clearInterval(renew);
     }
-    // 4.6 TaskResult; 4.7 ack only once its publish is acknowledged
+    // 4.6 TaskResult; 4.7 settle the message only once its publish is acknowledged
     const result = { type: "TaskResult", task_id, agent_id: AGENT_ID, attempt, started_at, finished_at: now(), ...outcome };
     await js.publish(results, jc.encode(result));
-    msg.ack();
+    settle(msg, outcome);
     log(`task ${task_id} attempt ${attempt}: ${outcome.status}`);
   } finally {
     inFlight.delete(task_id);
