@@ -284,11 +284,13 @@ class CheckpointClient:
         *,
         namespace: str = "",
     ) -> int:
-        """Attach ``writes`` to a checkpoint; return how many it now has.
+        """Attach ``writes`` to a checkpoint id; return how many it now has.
+
+        The checkpoint may be put after its writes (they are keyed by its id).
 
         Raises:
-            NotFoundError: no such checkpoint.
-            ContractError: the writes of one checkpoint would exceed one KV value.
+            ContractError: a bad id, or the writes of one checkpoint would exceed one
+                KV value.
         """
         req = PutWrites(
             agent_id=self.agent_id,

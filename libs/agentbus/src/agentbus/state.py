@@ -80,6 +80,7 @@ class StateThread:
         """Versions saved through this object."""
         self._head_known = False
         self._pending: bytes | None = None
+        self._last: bytes | None = None
         self._pending_meta: dict[str, str] = {}
         self._lock = asyncio.Lock()
 
@@ -112,7 +113,7 @@ class StateThread:
         Raises:
             TypeError: msgspec cannot encode ``state``.
         """
-        self._pending = msgspec.json.encode(state)
+        self._pending = self._last = msgspec.json.encode(state)
         self._pending_meta = metadata or {}
 
     async def save(self, state: Any, *, metadata: dict[str, str] | None = None) -> Checkpoint:
@@ -125,11 +126,16 @@ class StateThread:
         """
         return await self._save(msgspec.json.encode(state), metadata or {})
 
-    async def flush(self, *, reason: str = "interval") -> Checkpoint | None:
-        """Save the state given to ``update`` if it was not saved yet."""
-        if self._pending is None:
+    async def flush(self, *, reason: str = "interval", force: bool = False) -> Checkpoint | None:
+        """Save the state last given to ``update``, with ``reason`` in the metadata.
+
+        Only if it was not saved yet, unless ``force`` (the runtime forces the save
+        that marks a failure or a stop, so the latest version says why it is the last).
+        """
+        data = self._last if force else self._pending
+        if data is None:
             return None
-        return await self._save(self._pending, {**self._pending_meta, "reason": reason})
+        return await self._save(data, {**self._pending_meta, "reason": reason})
 
     async def _save(self, data: bytes, metadata: dict[str, str]) -> Checkpoint:
         async with self._lock:
@@ -152,7 +158,7 @@ class StateThread:
 
     async def delete(self) -> int:
         """Delete the thread; return how many versions it had."""
-        self._pending = None
+        self._pending = self._last = None
         self.head_id, self._head_known = None, True
         return await self.client.delete_thread(self.thread_id)
 
@@ -181,7 +187,7 @@ async def checkpointing(state: StateThread, interval_s: float | None) -> AsyncIt
         if periodic is not None:
             await asyncio.gather(periodic, return_exceptions=True)
         reason = "cancelled" if isinstance(exc, asyncio.CancelledError) else "failure"
-        await _flush_quietly(state, reason)
+        await _flush_quietly(state, reason, force=True)
         raise
     done.set()
     if periodic is not None:
@@ -202,10 +208,10 @@ async def _every(state: StateThread, interval_s: float, done: asyncio.Event) -> 
             await _flush_quietly(state, "interval")
 
 
-async def _flush_quietly(state: StateThread, reason: str) -> None:
+async def _flush_quietly(state: StateThread, reason: str, *, force: bool = False) -> None:
     try:
         async with asyncio.timeout(FLUSH_TIMEOUT_S):
-            if await state.flush(reason=reason) is not None:
+            if await state.flush(reason=reason, force=force) is not None:
                 logger.info("task checkpoint saved", reason=reason, thread=state.thread_id)
     except Exception as exc:
         logger.warning("task checkpoint failed", reason=reason, error=repr(exc))

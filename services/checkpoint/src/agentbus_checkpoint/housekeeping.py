@@ -28,6 +28,7 @@ from agentbus.messages import (
     Checkpoint,
     CheckpointOrigin,
     CheckpointsReply,
+    CheckpointWrites,
     DeleteThread,
     ForkCheckpoint,
     GetCheckpoint,
@@ -43,6 +44,8 @@ from agentbus.messages import (
 )
 from agentbus_checkpoint.keys import ThreadKeys, head_filters, parse_head_key, thread_wildcard
 from agentbus_checkpoint.store import CheckpointStore, Head, where
+
+_decode_writes = msgspec.json.Decoder(CheckpointWrites).decode
 
 _READ_AHEAD = 16
 """Records read concurrently while listing history."""
@@ -198,10 +201,12 @@ class Housekeeping:
         count = 0
         for key in await self.head_keys(req.agent_id, req.thread_id):
             tk = self.store.keys(*parse_head_key(key))
-            for version in await self._stored_versions(tk):
-                record, writes = await self._read_quietly(tk, version)
+            for version in await self._stored_keys(tk, "v.*.rec"):
+                record, _ = await self._read_quietly(tk, int(version.split(".")[-2]))
                 count += record is not None
-                refs += _refs(record, writes)
+                refs += _refs(record, [])
+            for writes_key in await self._stored_keys(tk, "w.*"):
+                refs += await self._write_refs(writes_key)
         await self.store.bus.js.purge_stream(
             f"KV_{bucket}", subject=self.store.subject(thread_wildcard(req.agent_id, req.thread_id))
         )
@@ -211,13 +216,23 @@ class Housekeeping:
                     versions=count)  # fmt: skip
         return count
 
-    async def _stored_versions(self, tk: ThreadKeys) -> list[int]:
-        """Versions that have keys, whatever the head says (a corrupt head included)."""
+    async def _stored_keys(self, tk: ThreadKeys, pattern: str) -> list[str]:
+        """Keys ``<prefix>.<pattern>`` that exist, whatever the head says."""
         bucket = self.store.bus.names.checkpoints_bucket
+        pre = self.store.subject("")
         info = await self.store.bus.js.stream_info(
-            f"KV_{bucket}", subjects_filter=self.store.subject(f"{tk.prefix}.v.*.*")
+            f"KV_{bucket}", subjects_filter=self.store.subject(f"{tk.prefix}.{pattern}")
         )
-        return sorted({int(s.split(".")[-2]) for s in (info.state.subjects or {})})
+        return sorted(s[len(pre) :] for s in (info.state.subjects or {}))
+
+    async def _write_refs(self, key: str) -> list[BlobRef]:
+        """Blob refs of the writes stored at ``key`` (none if it does not decode)."""
+        entry = await self.store.entry(key)
+        try:
+            writes = _decode_writes(entry.value or b"") if entry else None
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            writes = None
+        return [w.data_ref for w in writes.writes if w.data_ref] if writes else []
 
     async def prune(self, req: PruneCheckpoints) -> int:
         """Apply retention now (see ``PruneCheckpoints``); return versions deleted."""
@@ -275,9 +290,8 @@ class Housekeeping:
         bucket = f"KV_{self.store.bus.names.checkpoints_bucket}"
         js = self.store.bus.js
         if record is not None:
-            await js.purge_stream(
-                bucket, subject=self.store.subject(tk.index(record.checkpoint_id))
-            )
+            for key in (tk.index(record.checkpoint_id), tk.writes(record.checkpoint_id)):
+                await js.purge_stream(bucket, subject=self.store.subject(key))
         await js.purge_stream(bucket, subject=self.store.subject(tk.version_keys(version)))
         await self.store.delete_blobs(_refs(record, writes))
         return 1 if record is not None else 0
@@ -290,8 +304,10 @@ class Housekeeping:
             record = await self.store.read_record(tk, version)
         except CheckpointCorruptedError:
             record = None
+        if record is None:
+            return None, []
         try:
-            writes, _ = await self.store.read_writes(tk, version)
+            writes, _ = await self.store.read_writes(tk, record.checkpoint_id)
         except CheckpointCorruptedError:
             return record, []
         return record, [w.data_ref for w in writes.writes if w.data_ref is not None]

@@ -6,8 +6,11 @@ One thread of agent ``<A>``, thread ``<T>`` and namespace ``""`` has the key pre
     <prefix>.latest                    CheckpointHead: latest version, oldest kept, retention
     <prefix>.v.<n:012d>.rec            Checkpoint record of version n (no data, no writes)
     <prefix>.v.<n:012d>.data           its data, raw bytes (absent when in the Object Store)
-    <prefix>.v.<n:012d>.writes         CheckpointWrites: its pending writes
     <prefix>.id.<escaped id>           CheckpointIndex: checkpoint id -> version
+    <prefix>.w.<escaped id>            CheckpointWrites: pending writes of a checkpoint id
+
+Pending writes are keyed by checkpoint id, not version: they may arrive before their
+checkpoint is stored (LangGraph's default "async" durability sends both at once).
 
 ``<A>``, ``<T>``, ``<N>`` and ids are escaped into one key token each: bytes of
 ``[A-Za-z0-9_-]`` stay as they are, every other UTF-8 byte (``.``, ``=``, ``/``,
@@ -113,12 +116,12 @@ class ThreadKeys:
         """Key of version ``version``'s inline data."""
         return f"{self.prefix}.v.{version:012d}.data"
 
-    def writes(self, version: int) -> str:
-        """Key of version ``version``'s pending writes."""
-        return f"{self.prefix}.v.{version:012d}.writes"
+    def writes(self, checkpoint_id: str) -> str:
+        """Key of the pending writes of ``checkpoint_id``."""
+        return f"{self.prefix}.w.{escape_token(checkpoint_id)}"
 
     def version_keys(self, version: int) -> str:
-        """Wildcard over every key of version ``version`` (record, data, writes)."""
+        """Wildcard over every key of version ``version`` (record, data)."""
         return f"{self.prefix}.v.{version:012d}.>"
 
     def index(self, checkpoint_id: str) -> str:

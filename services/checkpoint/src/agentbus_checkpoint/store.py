@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -62,6 +63,8 @@ _decode_index = msgspec.json.Decoder(CheckpointIndex).decode
 _decode_writes = msgspec.json.Decoder(CheckpointWrites).decode
 _WRONG_LAST_SEQUENCE = 10071
 _WRITES_ATTEMPTS = 32
+CHECKPOINT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:=+-]{0,127}$")
+"""``agentbus.messages.CheckpointId``."""
 
 
 def new_checkpoint_id(version: int) -> str:
@@ -195,19 +198,19 @@ class CheckpointStore:
             raise self.corrupted(f"record {key!r} names another checkpoint")
         return record
 
-    async def read_writes(self, tk: ThreadKeys, version: int) -> tuple[CheckpointWrites, int]:
-        """Version ``version``'s pending writes and their revision (0 when none).
+    async def read_writes(self, tk: ThreadKeys, checkpoint_id: str) -> tuple[CheckpointWrites, int]:
+        """The pending writes of ``checkpoint_id`` and their revision (0 when none).
 
         Raises:
             CheckpointCorruptedError: the value does not decode.
         """
-        entry = await self.entry(tk.writes(version))
+        entry = await self.entry(tk.writes(checkpoint_id))
         if entry is None:
             return CheckpointWrites(checkpoint_id=""), 0
         try:
             return _decode_writes(entry.value or b""), entry.revision or 0
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise self.corrupted(f"writes {tk.writes(version)!r}: {exc}") from None
+            raise self.corrupted(f"writes {tk.writes(checkpoint_id)!r}: {exc}") from None
 
     async def _atomic(self, messages: Sequence[tuple[str, bytes]], head: str, rev: int) -> int:
         """Write ``messages`` (key, value) as one atomic batch; return the head's revision.
@@ -392,12 +395,13 @@ class CheckpointStore:
                 raise self.corrupted(f"data of {tk.record(version)!r} fails its SHA-256 check")
         elif record.data_ref.sha256 != record.sha256:
             raise self.corrupted(f"data_ref of {tk.record(version)!r} disagrees with its record")
-        writes, _ = await self.read_writes(tk, version)
+        key = tk.writes(record.checkpoint_id)
+        writes, _ = await self.read_writes(tk, record.checkpoint_id)
         if writes.writes and writes.checkpoint_id != record.checkpoint_id:
-            raise self.corrupted(f"writes {tk.writes(version)!r} belong to another checkpoint")
+            raise self.corrupted(f"writes {key!r} belong to another checkpoint")
         for w in writes.writes:
             if w.data_ref is None and hashlib.sha256(w.data).hexdigest() != w.sha256:
-                raise self.corrupted(f"a write in {tk.writes(version)!r} fails its SHA-256")
+                raise self.corrupted(f"a write in {key!r} fails its SHA-256")
         return msgspec.structs.replace(
             record, data=data, writes=sorted(writes.writes, key=write_order)
         )
@@ -408,21 +412,23 @@ class CheckpointStore:
 
         Merge: a write for an existing ``(task_id, idx)`` is dropped when ``idx >= 0``
         and replaces it when ``idx < 0``. Compare-and-set on the writes key, retried.
+        The checkpoint need not be stored yet (writes may overtake their checkpoint).
 
         Raises:
-            NotFoundError: no such checkpoint.
-            ContractError: a write carries ``data_ref``, or the merged writes would
-                exceed ``writes_max_bytes``.
+            ContractError: a bad id, a write carrying ``data_ref``, or merged writes
+                over ``writes_max_bytes``.
         """
         tk = self.keys(req.agent_id, req.thread_id, req.namespace)
-        version = await self.version_of(tk, req.checkpoint_id)
+        if not CHECKPOINT_ID_RE.match(req.checkpoint_id):
+            raise ContractError(f"{req.checkpoint_id!r} is not a checkpoint id")
+        key = tk.writes(req.checkpoint_id)
         if any(w.data_ref is not None for w in req.writes):
             raise ContractError("send pending-write values inline (data), not by data_ref")
         incoming = [await self._store_write(tk, w) for w in req.writes]
         kv = await self.kv()
         try:
             for _ in range(_WRITES_ATTEMPTS):
-                current, rev = await self.read_writes(tk, version)
+                current, rev = await self.read_writes(tk, req.checkpoint_id)
                 merged, dropped = _merge(current.writes, incoming)
                 value = encode(CheckpointWrites(checkpoint_id=req.checkpoint_id, writes=merged))
                 if len(value) > self.settings.writes_max_bytes:
@@ -432,9 +438,9 @@ class CheckpointStore:
                     )
                 try:
                     if rev == 0:
-                        await kv.create(tk.writes(version), value)
+                        await kv.create(key, value)
                     else:
-                        await kv.update(tk.writes(version), value, last=rev)
+                        await kv.update(key, value, last=rev)
                 except nats.js.errors.KeyWrongLastSequenceError:
                     continue
                 await self.delete_blobs([w.data_ref for w in dropped if w.data_ref is not None])

@@ -141,9 +141,10 @@ class CheckpointReply(Message, frozen=True, kw_only=True):
 
 
 class PutWrites(Message, frozen=True, kw_only=True):
-    """Command (``<p>.checkpoint.put_writes``): attach writes to a checkpoint.
+    """Command (``<p>.checkpoint.put_writes``): attach writes to a checkpoint id.
 
-    Reply ``WritesReply``; 404 if the checkpoint does not exist.
+    Reply ``WritesReply``. The checkpoint need not be stored yet: writes may overtake
+    their checkpoint (LangGraph's default "async" durability sends both at once).
     """
 
     agent_id: str
@@ -279,7 +280,7 @@ class CheckpointIndex(Message, frozen=True, kw_only=True):
 
 
 class CheckpointWrites(Message, frozen=True, kw_only=True):
-    """KV value at ``<thread key>.v.<version>.writes``: a version's pending writes."""
+    """KV value at ``<thread key>.w.<escaped checkpoint id>``: its pending writes."""
 
     checkpoint_id: str
     writes: list[PendingWrite] = []

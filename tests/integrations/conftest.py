@@ -1,0 +1,14 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from agentbus.bus import Bus
+from tests.checkpoint.conftest import Service, running_checkpoint
+
+
+@pytest.fixture
+async def svc(bus: Bus) -> AsyncIterator[Service]:
+    async with running_checkpoint(bus) as service:
+        yield service
