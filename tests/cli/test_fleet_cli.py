@@ -75,6 +75,9 @@ class Fleet:
         rows: list[dict[str, Any]] = json.loads(out)
         return rows
 
+    async def ps_empty(self) -> bool:
+        return not await self.ps()
+
     async def states(self, name: str | None = None) -> dict[str, tuple[str, str | None]]:
         """``{"<deployment>/<replica>": (state, node)}`` of the desired replicas."""
         return {f"{r['deployment']}/{r['replica']}": (r["state"], r["node_id"])
@@ -94,12 +97,19 @@ async def fleet(bus: Bus, nats_url: str, prefix: str, tmp_path: Path) -> AsyncIt
         running_supervisor(bus, node("node-b", "b")),
     ):
         f = Fleet(nats_url, prefix, tmp_path)
+        # Placement must see both nodes first (its KV mirror lags the heartbeats a bit),
+        # else a spread deployment lands on one node and, running, is never moved.
+        client = Client(bus)
+        probe = Deployment(name="probe", replicas=2, command=[PY, "-c", "pass"],
+                           restart_policy="never", heartbeat_timeout_s=None)  # fmt: skip
 
-        async def both_nodes() -> bool:
-            code, out, _ = await f.cli("nodes", "--json")
-            return code == 0 and len(json.loads(out)) == 2
+        async def both_nodes_placed() -> bool:
+            reply = await client.deploy(probe)
+            return len({p.node_id for p in reply.placements}) == 2
 
-        await eventually(both_nodes, what="both nodes registered")
+        await eventually(both_nodes_placed, what="the scheduler sees both nodes")
+        await client.delete_deployment("probe")
+        await eventually(f.ps_empty, what="probe replicas stopped")
         yield f
 
 

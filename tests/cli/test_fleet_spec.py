@@ -15,17 +15,19 @@ from agentbus.fleet_spec import (
     SpecError,
     check_deployment,
     dump_fleet,
-    format_duration_s,
-    format_size_bytes,
     load_fleet,
-    parse_cpus,
-    parse_duration_s,
     parse_fleet,
-    parse_size_bytes,
     validate_deployment,
 )
 from agentbus.messages import Backoff, Deployment
 from agentbus.messages.fleet import Limits, Resources
+from agentbus.units import (
+    format_duration_s,
+    format_size_bytes,
+    parse_cpus,
+    parse_duration_s,
+    parse_size_bytes,
+)
 
 EXAMPLES = sorted((Path(__file__).parents[2] / "examples" / "fleets").glob("*.yaml"))
 

@@ -23,8 +23,8 @@ from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from agentbus.bus import Bus
-from agentbus.fleet_spec import parse_duration_s
 from agentbus.messages import LogLine, utcnow
+from agentbus.units import parse_duration_s
 
 _POLL_S = 0.25
 """How often a follow checks ``stop`` while no line arrives."""

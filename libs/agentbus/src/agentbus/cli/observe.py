@@ -35,9 +35,9 @@ from agentbus.client import Client
 from agentbus.embedded import ping_services
 from agentbus.errors import NotFoundError
 from agentbus.fleet_logs import read_logs, since_time
-from agentbus.fleet_spec import format_duration_s, format_size_bytes
 from agentbus.fleet_view import ReplicaView, fleet_view, node_views
 from agentbus.messages import LogLine, utcnow
+from agentbus.units import format_duration_s, format_size_bytes
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print the rows as JSON.")]
 _STATE_STYLE = {
