@@ -8,7 +8,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from nats.js.errors import KeyNotFoundError
+from nats.js.errors import KeyNotFoundError, NotFoundError
 
 from agentbus.bus import Bus
 from agentbus.messages import ErrorEvent, Task, TaskResult, TaskStarted, decode_report, encode
@@ -150,7 +150,10 @@ async def test_stop_returns_a_task_that_outlives_the_grace_period(bus: Bus) -> N
     consumer = bus.names.tasks_stream, "cap-double"
 
     async def started() -> bool:
-        return (await bus.js.consumer_info(*consumer)).num_ack_pending == 1
+        try:
+            return (await bus.js.consumer_info(*consumer)).num_ack_pending == 1
+        except NotFoundError:  # the agent has not created its consumer yet
+            return False
 
     await eventually(started, what="task delivered")
     stop.set()
