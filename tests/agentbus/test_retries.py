@@ -176,6 +176,7 @@ async def test_exhausted_attempts_end_dead_with_every_error(bus: Bus) -> None:
         assert await eventually(lambda: _empty(bus), what="work stream empty")
         dead = await s.client.dead_tasks()
         assert s.metric("agentbus_scheduler_results_applied_total", {"status": "dead"}) == 1
+        assert s.metric("agentbus_scheduler_dead_letters_total", {"source": "agent"}) == 1
     assert record.status == "dead"
     assert calls.attempts("d1") == [1, 2, 3]
     assert [(a.number, a.status) for a in record.attempts] == [

@@ -164,6 +164,8 @@ class ResultsConsumer:
             return
         if outcome.changed:
             self.metrics.results_applied.labels(record.status).inc()
+            if record.status == "dead":
+                self.metrics.dead_letters.labels("agent").inc()
         elif isinstance(report, TaskResult):
             self.metrics.duplicate_results.inc()
             logger.info("duplicate result dropped", task_id=report.task_id,
