@@ -41,10 +41,12 @@ async def cli_json(settings: BusSettings, *args: str) -> Any:
 
 
 async def test_deposit_show_top_kinds(bus: Bus, bus_settings: BusSettings) -> None:
+    traces = Traces(bus)
+    for kind in ("found_todo", "reviewed"):  # decay is negligible however slow the CLI is
+        await traces.define(kind, half_life_s=1e6)
     code, out, err = await cli(bus_settings, "deposit", "src/a b.py", "found_todo", "3")
     assert code == 0, err
     assert "found_todo at src/a b.py: 3" in out
-    traces = Traces(bus)
     await traces.deposit("src/c.py", "found_todo", 5)
     await traces.deposit("docs/d.md", "found_todo", 9)
     await traces.deposit("src/a b.py", "reviewed", 1)
@@ -66,7 +68,7 @@ async def test_deposit_show_top_kinds(bus: Bus, bus_settings: BusSettings) -> No
 
     kinds = await cli_json(bus_settings, "kinds")
     assert [k["kind"] for k in kinds] == ["found_todo", "reviewed"]
-    assert kinds[0]["half_life_s"] == 3600.0
+    assert kinds[0]["half_life_s"] == 1e6
 
     code, out, _ = await cli(bus_settings, "show", "nowhere/at all")
     assert code == 0
@@ -74,7 +76,7 @@ async def test_deposit_show_top_kinds(bus: Bus, bus_settings: BusSettings) -> No
 
 
 async def test_watch_prints_live_deposits(bus: Bus, bus_settings: BusSettings) -> None:
-    traces = Traces(bus)
+    traces = Traces(bus, half_life_s=1e6)  # no decay to speak of, however slow the CLI
     await traces.deposit("src/ready", "mark", 1)
     proc = await asyncio.create_subprocess_exec(
         *CLI, "watch", "src/*", "--json", "--count", "2",

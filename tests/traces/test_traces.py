@@ -96,7 +96,7 @@ async def test_decay_in_real_time(bus: Bus) -> None:
 
 
 async def test_strongest_under_a_prefix(bus: Bus) -> None:
-    traces = Traces(bus, half_life_s=3600.0)
+    traces = Traces(bus, half_life_s=1e6)  # no decay to speak of
     for loc, amount in [("src/a.py", 5), ("src/b.py", 3), ("src/sub/c.py", 4),
                         ("docs/x.md", 10), ("srcx/y.py", 7), ("src/a.py", 1)]:  # fmt: skip
         await traces.deposit(loc, "todo", amount)
@@ -123,7 +123,7 @@ async def collect(traces: Traces, pattern: str, into: list[TraceChange], **kw: o
 
 @pytest.fixture
 async def watching(bus: Bus) -> AsyncIterator[tuple[Traces, list[TraceChange]]]:
-    traces = Traces(bus, half_life_s=3600.0, kinds_refresh_s=0.5)
+    traces = Traces(bus, half_life_s=1e6, kinds_refresh_s=0.5)
     await traces.deposit("src/ready", "mark", 1)  # the kind exists before the watch
     changes: list[TraceChange] = []
     task = asyncio.create_task(collect(traces, "src/*", changes))
