@@ -84,6 +84,7 @@ async def test_decay_is_exact_across_epochs(bus: Bus) -> None:
 
 async def test_decay_in_real_time(bus: Bus) -> None:
     traces = Traces(bus, kinds=[TraceKind(kind="fast", half_life_s=1.0)])
+    await traces.kind("fast")  # so that the deposit reads its clock right after t0
     t0 = time.time()
     await traces.deposit("spot", "fast", 8.0)
     first = await traces.strength("spot", "fast")
@@ -167,7 +168,7 @@ async def test_watch_reports_live_deposits(watching: tuple[Traces, list[TraceCha
 async def test_claims_are_exclusive_and_expire(bus: Bus) -> None:
     traces = Traces(bus)
     loc = "work/item 1.py"
-    got = await asyncio.gather(*(traces.claim(loc, 2, holder=f"h{i}") for i in range(10)))
+    got = await asyncio.gather(*(traces.claim(loc, 3, holder=f"h{i}") for i in range(10)))
     winners = [c for c in got if c is not None]
     assert len(winners) == 1
     held = await traces.claimed(loc)
@@ -176,8 +177,8 @@ async def test_claims_are_exclusive_and_expire(bus: Bus) -> None:
     assert held.location == loc
     assert await traces.claim(loc, 5) is None
     # renewing keeps it past its TTL
-    for _ in range(4):
-        await asyncio.sleep(0.7)
+    for _ in range(6):  # 3.6 s > the 3 s TTL
+        await asyncio.sleep(0.6)
         assert await winners[0].renew()
         assert await traces.claim(loc, 5) is None
     # not renewed: it expires and someone else gets it
@@ -212,7 +213,9 @@ async def test_cold_traces_are_forgotten(bus: Bus) -> None:
 
     await eventually(dropped, timeout_s=15, what="counters dropped by max_age")
     await traces.deposit("a/warm.py", "cold", 1.0)  # a forgotten trace starts afresh
-    assert await traces.strength("a/warm.py", "cold") == pytest.approx(1.0, rel=0.05)
+    assert 0.0 < await traces.strength("a/warm.py", "cold") <= 1.0 + 1e-6
+    info = await bus.js.stream_info(stream, subjects_filter=">")
+    assert len(info.state.subjects or {}) == 1
 
 
 async def test_kinds_are_defined_once(bus: Bus) -> None:
