@@ -10,11 +10,11 @@ with the inline value ``null``. Readers fetch it and check the digest.
 from __future__ import annotations
 
 import hashlib
-import io
 from typing import Any, TypeVar
 
 import msgspec
 import nats.js.errors
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from agentbus.bus import Bus
 from agentbus.errors import ContractError, NotFoundError
@@ -45,15 +45,52 @@ async def get_blob(bus: Bus, ref: BlobRef) -> bytes:
         UnavailableError: ``ref.bucket`` does not exist.
     """
     obs = await bus.object_store(ref.bucket)
-    buf = io.BytesIO()
     try:
-        await obs.get(ref.name, writeinto=buf)
+        info = await obs.get_info(ref.name)
     except nats.js.errors.ObjectNotFoundError as exc:
         raise NotFoundError(f"blob {ref.name!r} not found in {ref.bucket!r}") from exc
-    data = buf.getvalue()
+    data = await _read_chunks(bus, ref.bucket, info.nuid, info.chunks or 0)
     if hashlib.sha256(data).hexdigest() != ref.sha256:
         raise ContractError(f"blob {ref.name!r} fails its SHA-256 check")
     return data
+
+
+_CHUNKS_PER_FETCH = 64
+"""Object Store chunks (128 KiB each) per pull request: 8 MiB."""
+
+
+async def _read_chunks(bus: Bus, bucket: str, nuid: str, chunks: int) -> bytes:
+    """An object's chunks in order, through an ephemeral pull consumer.
+
+    nats-py's ``ObjectStore.get`` reads through an ordered push consumer and took
+    about 270 ms for 4 MiB here; batched pulls take 10-25 ms (``just bench state``).
+
+    Raises:
+        NotFoundError: fewer chunks than the object's metadata says (deleted meanwhile).
+    """
+    if chunks == 0:
+        return b""
+    sub = await bus.js.pull_subscribe(
+        f"$O.{bucket}.C.{nuid}",
+        stream=f"OBJ_{bucket}",
+        config=ConsumerConfig(
+            ack_policy=AckPolicy.NONE,
+            deliver_policy=DeliverPolicy.ALL,
+            inactive_threshold=10.0,
+            mem_storage=True,
+        ),
+    )
+    parts: list[bytes] = []
+    try:
+        while len(parts) < chunks:
+            try:
+                msgs = await sub.fetch(min(chunks - len(parts), _CHUNKS_PER_FETCH), timeout=5)
+            except TimeoutError:
+                raise NotFoundError(f"object {nuid!r} in {bucket!r} lost chunks") from None
+            parts.extend(m.data for m in msgs)
+    finally:
+        await sub.unsubscribe()
+    return b"".join(parts)
 
 
 async def pack(bus: Bus, value: Any, *, name: str) -> tuple[msgspec.Raw, BlobRef | None]:

@@ -66,7 +66,12 @@ async def serve(
     service_metrics = ServiceMetrics(SERVICE, registry)
     store = CheckpointStore(bus, settings, CheckpointMetrics(registry))
     house = Housekeeping(store)
-    micro = MicroService(bus, SERVICE, service_metrics, description="agentbus checkpoints")
+    # nats-py runs one subscription's handlers one at a time: several micro instances
+    # in one process (one queue group) let requests run concurrently.
+    micros = [
+        MicroService(bus, SERVICE, service_metrics, description="agentbus checkpoints")
+        for _ in range(settings.concurrency)
+    ]
 
     async def put(req: PutCheckpoint) -> CheckpointReply:
         record, head = await store.put(req)
@@ -99,18 +104,20 @@ async def serve(
     async def prune(req: PruneCheckpoints) -> CheckpointsDeleted:
         return CheckpointsDeleted(deleted_count=await house.prune(req))
 
-    await micro.start()
+    for micro in micros:
+        await micro.start()
     lease_stop = asyncio.Event()
     background: list[asyncio.Task[None]] = []
     try:
-        await micro.endpoint("put", PutCheckpoint, put)
-        await micro.endpoint("get", GetCheckpoint, get)
-        await micro.endpoint("put_writes", PutWrites, put_writes)
-        await micro.endpoint("list", ListCheckpoints, list_)
-        await micro.endpoint("threads", ListThreads, threads)
-        await micro.endpoint("fork", ForkCheckpoint, fork)
-        await micro.endpoint("delete", DeleteThread, delete)
-        await micro.endpoint("prune", PruneCheckpoints, prune)
+        for micro in micros:
+            await micro.endpoint("put", PutCheckpoint, put)
+            await micro.endpoint("get", GetCheckpoint, get)
+            await micro.endpoint("put_writes", PutWrites, put_writes)
+            await micro.endpoint("list", ListCheckpoints, list_)
+            await micro.endpoint("threads", ListThreads, threads)
+            await micro.endpoint("fork", ForkCheckpoint, fork)
+            await micro.endpoint("delete", DeleteThread, delete)
+            await micro.endpoint("prune", PruneCheckpoints, prune)
         if settings.sweep_interval_s > 0:
             lease = KvLease(bus, SWEEP_LEASE, holder=f"checkpoint-{uuid.uuid4().hex[:8]}")
             background.append(asyncio.create_task(lease.run(lease_stop)))
@@ -120,7 +127,8 @@ async def serve(
     finally:
         lease_stop.set()
         await asyncio.gather(*background, return_exceptions=True)
-        await micro.stop()
+        for micro in micros:
+            await micro.stop()
 
 
 async def _sweeps(

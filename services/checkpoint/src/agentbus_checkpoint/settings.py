@@ -40,6 +40,9 @@ class CheckpointSettings(BaseSettings):
     sweep_interval_s: Annotated[float, Field(ge=0)] = 300.0
     """How often one instance (KV lease ``checkpoint-retention``) applies every thread's
     retention, so idle threads age out too; 0 disables the sweep."""
+    concurrency: Annotated[int, Field(ge=1, le=64)] = 8
+    """Requests handled at once by this process (``nats.micro`` instances in one queue
+    group; ``nats micro ls`` lists each)."""
     put_attempts: Annotated[int, Field(ge=1, le=100)] = 8
     """Compare-and-set rounds of a put whose head moved for a reason other than a
     competing put (retention bookkeeping), or of a branch put, before giving up."""
