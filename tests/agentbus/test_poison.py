@@ -151,3 +151,26 @@ async def test_scheduler_skips_a_deployment_that_does_not_decode(bus: Bus) -> No
 
 async def _true(value: bool) -> bool:
     return value
+
+
+@pytest.mark.timeout(60)
+async def test_agent_reports_bad_cancel_and_ready_notices_and_keeps_serving(bus: Bus) -> None:
+    errors = await ErrorEvents().start(bus)
+    agent = echo_agent()
+    async with scheduler(bus) as s, running(agent, bus):
+        await eventually(lambda: _true(bool(agent.capabilities)), what="agent up")
+        await s.client.wait((await s.client.submit("work", 0)).task_id, timeout_s=20)
+        await bus.nc.publish(bus.names.cancel_subject(), b"cancel everything!")
+        await bus.nc.publish(bus.names.ready_subject("work"), b'{"type": "nope"}')
+
+        def bad(source: str) -> float:
+            labels = {"service": "agent", "source": source}
+            return agent.registry.get_sample_value(BAD, labels) or 0.0
+
+        await eventually(lambda: _true(bad("control") == 1 and bad("ready") == 1),
+                         what="bad notices counted")  # fmt: skip
+        done = await s.client.wait((await s.client.submit("work", 7)).task_id, timeout_s=20)
+        await eventually(lambda: _true(len(errors.events) >= 2), what="error events")
+    assert done.status == "succeeded" and msgspec.json.decode(done.output) == 7
+    subjects = {e.subject for e in errors.events}
+    assert {bus.names.cancel_subject(), bus.names.ready_subject("work")} <= subjects

@@ -16,15 +16,17 @@ The rules (``docs/protocol.md``, "Retries, deadlines and dead letters"):
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Literal, TypeVar
 
+from loguru import logger
 from nats.aio.msg import Msg
 from prometheus_client import CollectorRegistry, Counter
 
+from agentbus.bus import Bus
 from agentbus.errors import TaskTimeoutError
-from agentbus.messages import ErrorInfo, Task, TaskResult, utcnow
+from agentbus.messages import ErrorEvent, ErrorInfo, Task, TaskResult, utcnow
 from agentbus.retry import Action, decide
 
 T = TypeVar("T")
@@ -144,3 +146,27 @@ async def settle(msg: Msg, result: TaskResult) -> None:
         await msg.nak(delay=result.retry_in_s)
     else:
         await msg.term()
+
+
+def poison_reporter(
+    bus: Bus, metrics: AgentMetrics, *, agent_id: str, source: str
+) -> Callable[[str, str], Awaitable[None]]:
+    """``report(subject, reason)`` for a message from ``source`` that does not decode.
+
+    It logs, counts ``agentbus_bad_messages_total{service="agent", source}`` and
+    publishes an ``ErrorEvent`` (``service`` ``agent:<agent_id>``) on
+    ``<p>.events.error.agent``, best effort. ``source`` is ``tasks`` (the caller also
+    terminates the message), ``control`` (cancel notices) or ``ready`` (ready notices).
+    """
+
+    async def report(subject: str, reason: str) -> None:
+        logger.warning("poison message", source=source, subject=subject, reason=reason)
+        metrics.bad_messages.labels("agent", source).inc()
+        event = ErrorEvent(service=f"agent:{agent_id}", subject=subject, reason=reason,
+                           at=utcnow())  # fmt: skip
+        try:
+            await bus.publish_event("error", "agent", event)
+        except Exception as exc:
+            logger.warning("could not publish error event", error=repr(exc))
+
+    return report

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 
 import msgspec
@@ -38,8 +39,15 @@ CANCEL_MESSAGE = "agentbus: task cancelled"
 class Cancellations:
     """Cancel notices heard by one agent, and the attempts it is running."""
 
-    def __init__(self, bus: Bus, *, remember: int = 10_000) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        *,
+        remember: int = 10_000,
+        on_bad: Callable[[str, str], Awaitable[None]] | None = None,
+    ) -> None:
         self._bus = bus
+        self._on_bad = on_bad  # (subject, reason) of a notice that does not decode
         self._remember = remember
         self._cancelled: OrderedDict[str, None] = OrderedDict()
         self._running: dict[str, asyncio.Task[None]] = {}
@@ -109,8 +117,10 @@ class Cancellations:
     async def _on_notice(self, msg: Msg) -> None:
         try:
             notice = _decode_notice(msg.data)
-        except (msgspec.DecodeError, msgspec.ValidationError):
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             logger.warning("bad cancel notice ignored", subject=msg.subject)
+            if self._on_bad is not None:
+                await self._on_bad(msg.subject, f"not a CancelNotice: {exc}")
             return
         if hit := self.cancel(notice.task_ids):
             logger.info("running tasks cancelled", count=hit)

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 import msgspec
@@ -136,8 +136,10 @@ class Intake:
         rescan_s: float,
         pull_timeout_s: float,
         dispatch: Callable[[str, Msg], None],
+        on_bad: Callable[[str, str], Awaitable[None]] | None = None,
     ) -> None:
         self._bus = bus
+        self._on_bad = on_bad  # (subject, reason) of a notice that does not decode
         self._names: Names = bus.names
         self.capabilities = list(capabilities)
         self.max_concurrency = max_concurrency
@@ -216,8 +218,10 @@ class Intake:
     async def _on_ready(self, msg: Msg) -> None:
         try:
             notice = _decode_ready(msg.data)
-        except (msgspec.DecodeError, msgspec.ValidationError):
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             logger.debug("bad ready notice ignored", subject=msg.subject)
+            if self._on_bad is not None:
+                await self._on_bad(msg.subject, f"not a TasksReady: {exc}")
             return
         self.wake(notice.capability, notice.band)
 

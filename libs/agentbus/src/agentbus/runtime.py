@@ -43,7 +43,14 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from prometheus_client import CollectorRegistry
 
 from agentbus import __version__
-from agentbus.attempt import AgentMetrics, failure_result, preflight, run_with_timeout, settle
+from agentbus.attempt import (
+    AgentMetrics,
+    failure_result,
+    poison_reporter,
+    preflight,
+    run_with_timeout,
+    settle,
+)
 from agentbus.blobs import pack, unpack
 from agentbus.bus import Bus
 from agentbus.cancellation import Cancellations, cancelled_result, report_cancelled
@@ -54,7 +61,6 @@ from agentbus.fetch import Intake
 from agentbus.log import configure_logging
 from agentbus.messages import (
     AgentInfo,
-    ErrorEvent,
     Task,
     TaskResult,
     TaskStarted,
@@ -209,7 +215,7 @@ class Agent:
         await asyncio.gather(
             *(self._bind(bus, cap, band) for cap in self.capabilities for band in range(1, BANDS))
         )
-        cancels = self._cancels = Cancellations(bus)
+        cancels = self._cancels = Cancellations(bus, on_bad=self._poison(bus, "control"))
         await cancels.start()
         intake = self._intake = Intake(
             bus,
@@ -218,6 +224,7 @@ class Agent:
             rescan_s=self.settings.rescan_s,
             pull_timeout_s=self.settings.fetch_timeout_s,
             dispatch=lambda capability, msg: self._dispatch(bus, client, capability, msg),
+            on_bad=self._poison(bus, "ready"),
         )
         await intake.start()
         leaving = asyncio.Event()
@@ -406,13 +413,9 @@ class Agent:
             return
         self.metrics.count(capability, result)
 
+    def _poison(self, bus: Bus, source: str) -> Callable[[str, str], Awaitable[None]]:
+        return poison_reporter(bus, self.metrics, agent_id=self.agent_id, source=source)
+
     async def _reject(self, bus: Bus, msg: Msg, reason: str) -> None:
-        logger.warning("poison task terminated", subject=msg.subject, reason=reason)
-        self.metrics.bad_messages.labels("agent", "tasks").inc()
         await msg.term()
-        event = ErrorEvent(service=f"agent:{self.agent_id}", subject=msg.subject, reason=reason,
-                           at=utcnow())  # fmt: skip
-        try:
-            await bus.publish_event("error", "agent", event)
-        except Exception as exc:
-            logger.warning("could not publish error event", error=repr(exc))
+        await self._poison(bus, "tasks")(msg.subject, reason)
