@@ -199,3 +199,43 @@ async def test_bad_entries_are_reported_and_skipped(bus: Bus, node_id: str) -> N
         await eventually(replica_where(bus, node_id, lambda r: r.state == "running"))
         await eventually(lambda: returns(errors))
         assert b"deployments" in errors[0] or b"broken" in errors[0]
+
+
+async def test_a_slow_stop_does_not_hold_up_other_replicas(
+    bus: Bus, events: EventLog, node_id: str
+) -> None:
+    ignore_term = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN)"
+    stubborn = [sys.executable, "-c", f"{ignore_term}; print('up', flush=True); time.sleep(600)"]
+    await put_deployment(bus, Deployment(name="stubborn", command=stubborn, stop_grace_s=8.0))
+    await put_deployment(bus, Deployment(name="fresh", command=SLEEP))
+    await place(bus, "stubborn", 0, node_id)
+    async with running_supervisor(bus, settings(node_id)):
+        await eventually(replica_where(bus, node_id, lambda r: r.state == "running"))
+        await unplace(bus, "stubborn", 0)  # its stop takes the whole 8 s grace
+        await place(bus, "fresh", 0, node_id)
+        await eventually(
+            replica_where(bus, node_id, lambda r: r.agent_id == "fresh-0" and r.state == "running")
+        )
+        assert events.of("stopped", "stubborn-0") == []  # still stopping meanwhile
+        stopped = await eventually(lambda: returns(events.of("stopped", "stubborn-0")))
+        assert stopped[0].reason == "unplaced"
+
+
+async def test_changed_spec_replaces_the_replica_after_its_stop(
+    bus: Bus, events: EventLog, node_id: str
+) -> None:
+    await put_deployment(bus, Deployment(name="ver", command=SLEEP, env={"V": "1"}))
+    await place(bus, "ver", 0, node_id)
+    async with running_supervisor(bus, settings(node_id)):
+        first = await eventually(replica_where(bus, node_id, lambda r: r.state == "running"))
+        await put_deployment(bus, Deployment(name="ver", command=SLEEP, env={"V": "2"}))
+        second = await eventually(
+            replica_where(
+                bus, node_id, lambda r: r.state == "running" and r.runtime_id != first.runtime_id
+            )
+        )
+        stopped = events.of("stopped", "ver-0")
+        assert [e.reason for e in stopped] == ["replaced"]
+        assert stopped[0].at <= events.of("started", "ver-0")[-1].at  # one name, in turn
+        assert second.restarts == 0
+        assert not alive(int(first.runtime_id))

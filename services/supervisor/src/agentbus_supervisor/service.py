@@ -26,8 +26,8 @@ import asyncio
 import contextlib
 import os
 import socket
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
 import msgspec
 from loguru import logger
@@ -150,7 +150,10 @@ class Supervisor:
         self.runners: dict[ReplicaKey, ReplicaRunner] = {}
         self.adoptable: dict[ReplicaKey, ReplicaHandle] = {}
         self._beat = asyncio.Event()
-        self._pending_stops: set[asyncio.Future[list[None]]] = set()
+        self._stopping: dict[ReplicaKey, asyncio.Future[None]] = {}
+        """Graceful stops under way, by replica: they run in the background (a long
+        ``stop_grace_s`` must not hold up other replicas), and a replica is started
+        again only once the stop of its previous instance has finished (same name)."""
 
     # -- node info and status ---------------------------------------------------------
     def node_info(self) -> NodeInfo:
@@ -228,34 +231,27 @@ class Supervisor:
         )
 
     async def reconcile(self) -> None:
-        """Start, stop and replace replicas until they match ``desired()``."""
+        """Start, stop and replace replicas until they match ``desired()``.
+
+        Stops run in the background (``_stopping``); a replica whose previous instance
+        is still stopping starts on the pass that follows the end of that stop.
+        """
         wanted = self.desired()
-        grace_s = self.settings.stop_grace_s
-        stopping: list[tuple[ReplicaRunner, str]] = []
         for key, runner in list(self.runners.items()):
             dep = wanted.get(key)
             if dep is None:
-                stopping.append((self.runners.pop(key), "unplaced"))
+                self._stop_later(key, self.runners.pop(key).stop(reason="unplaced"))
             elif self._spec(dep, key[1]) != runner.spec:
                 logger.info("replica spec changed; replacing", agent_id=runner.spec.agent_id)
-                stopping.append((self.runners.pop(key), "replaced"))
+                self._stop_later(key, self.runners.pop(key).stop(reason="replaced"))
             else:
                 runner.deployment = dep
-        leftovers = [h for k, h in self.adoptable.items() if k not in wanted]
-        self.adoptable = {k: h for k, h in self.adoptable.items() if k in wanted}
-        # Shielded and tracked: a supervisor stopping mid-reconcile still finishes
-        # these stops (container removal included) in shutdown().
-        stops = asyncio.ensure_future(
-            asyncio.gather(
-                *(r.stop(reason=why) for r, why in stopping),
-                *(self._stop_handle(h, grace_s) for h in leftovers),
-            )
-        )
-        self._pending_stops.add(stops)
-        stops.add_done_callback(self._pending_stops.discard)
-        await asyncio.shield(stops)
+        for key, handle in list(self.adoptable.items()):
+            if key not in wanted:
+                del self.adoptable[key]
+                self._stop_later(key, self._stop_handle(handle, self.settings.stop_grace_s))
         for key, dep in sorted(wanted.items()):
-            if key in self.runners:
+            if key in self.runners or key in self._stopping:
                 continue
             if len(self.runners) >= self.settings.capacity_replicas:
                 logger.warning("node at capacity; replica not started", replica=key)
@@ -263,8 +259,8 @@ class Supervisor:
             spec = self._spec(dep, key[1])
             adopted = self.adoptable.pop(key, None)
             if adopted is not None and not (adopted.running and adopted.digest == spec.digest):
-                await self._stop_handle(adopted, dep.stop_grace_s)
-                adopted = None
+                self._stop_later(key, self._stop_handle(adopted, dep.stop_grace_s))
+                continue
             if self.runtime.kind == "process" and dep.limits != Limits():
                 logger.warning("the process runtime does not enforce limits", replica=key)
             runner = ReplicaRunner(self.ctx, spec, dep, adopted=adopted)
@@ -272,6 +268,20 @@ class Supervisor:
             runner.start()
         self.metrics.replicas.set(len(self.runners))
         self._beat.set()
+
+    def _stop_later(self, key: ReplicaKey, stop: Coroutine[Any, Any, None]) -> None:
+        """Run ``stop`` in the background; reconcile again when it is done."""
+        future = asyncio.ensure_future(stop)
+        self._stopping[key] = future
+
+        def _done(f: asyncio.Future[None]) -> None:
+            if self._stopping.get(key) is f:
+                del self._stopping[key]
+            if not f.cancelled() and (exc := f.exception()) is not None:
+                logger.error("replica stop failed", replica=key, error=repr(exc))
+            self._dirty.set()
+
+        future.add_done_callback(_done)
 
     async def _stop_handle(self, handle: ReplicaHandle, grace_s: float) -> None:
         logger.info("stopping replica not placed here", name=handle.name)
@@ -340,7 +350,7 @@ class Supervisor:
     async def shutdown(self) -> None:
         """Stop every replica gracefully (or leave containers for adoption)."""
         runners, self.runners = list(self.runners.values()), {}
-        await asyncio.gather(*self._pending_stops, return_exceptions=True)
+        await asyncio.gather(*self._stopping.values(), return_exceptions=True)
         if self.settings.stop_replicas_on_exit or self.runtime.kind == "process":
             await asyncio.gather(*(r.stop(reason="supervisor-stopped") for r in runners))
         else:
