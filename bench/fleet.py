@@ -34,13 +34,14 @@ import argparse
 import asyncio
 import functools
 import json
+import os
 import random
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -207,6 +208,7 @@ async def probe(run: Run) -> None:
     await client.deploy(run.deployment("probe", 1))
     await obs.wait_for(lambda: obs.instances.get("probe-0"), 60, "probe registered")
     samples: list[float] = []
+    host_before, t0 = host_busy_s(), time.time()
     for _ in range(run.args.probe):
         (cid,) = (await run.containers("probe")).values()
         killed_at = time.time()
@@ -222,6 +224,9 @@ async def probe(run: Run) -> None:
     run.rep.add("probe_start_to_registered_p50_s", round(p50, 3))
     run.rep.add("probe_start_to_registered_max_s", round(max(samples), 3))
     run.rep.add("probe_samples_count", len(samples))
+    run.rep.add(
+        "probe_host_busy_cpu_cores", round((host_busy_s() - host_before) / (time.time() - t0), 2)
+    )
     for _ in range(300):  # its supervisor stops it: at most 60 s
         if not await run.containers("probe"):
             break
@@ -280,6 +285,7 @@ async def ramp_and_drill(run: Run) -> None:
     client = Client(run.bus)
     n = args.replicas
     began = time.time()
+    host_before = host_busy_s()
     reply = await client.deploy(run.deployment("fleet", n))
     if reply.unplaced:
         raise RuntimeError(f"{len(reply.unplaced)} replicas unplaced: {reply.unplaced[0].reason}")
@@ -292,6 +298,7 @@ async def ramp_and_drill(run: Run) -> None:
     ramp_s = max(obs.registered_since(a, began).registered_at for a in ids) - began  # type: ignore[union-attr]
     rep.add("ramp_replicas_count", n)
     rep.add("ramp_all_registered_s", round(ramp_s, 2))
+    rep.add("ramp_host_busy_cpu_cores", round((host_busy_s() - host_before) / ramp_s, 2))
     per_node = {node: sum(1 for p in reply.placements if p.node_id == node) for node in NODES}
     for node, count in per_node.items():
         rep.add(f"ramp_replicas_on_{node.replace('-', '_')}_count", count)
@@ -306,7 +313,13 @@ async def ramp_and_drill(run: Run) -> None:
 
     stream = TaskStream(client, args.rate, int(args.rate * args.max_drill_s))
     stream.start()
+    running = await run.containers("fleet")
+    host_before, fleet_before, t0 = host_busy_s(), cgroup_cpu_s(running.values()), time.time()
     await asyncio.sleep(args.warmup_s)
+    dt = time.time() - t0
+    rep.add("steady_host_busy_cpu_cores", round((host_busy_s() - host_before) / dt, 2))
+    fleet_cores = (cgroup_cpu_s(running.values()) - fleet_before) / dt
+    rep.add("steady_agent_containers_cpu_cores", round(fleet_cores, 2))
     running = await run.containers("fleet")
     victims = random.sample(sorted(running), args.kill)
     killed_at = time.time()
@@ -408,6 +421,30 @@ async def bench(args: argparse.Namespace, url: str, prefix: str, rep: Report) ->
         await docker.events.stop()  # type: ignore[no-untyped-call]
         await docker.close()
         await bus.close()
+
+
+def host_busy_s() -> float:
+    """CPU seconds the whole host spent busy (all cores), from ``/proc/stat``."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def cgroup_cpu_s(container_ids: Iterable[str]) -> float:
+    """CPU seconds used so far by these containers (cgroup v1 ``cpuacct`` or v2 ``cpu.stat``)."""
+    total = 0.0
+    for cid in container_ids:
+        v1 = Path(f"/sys/fs/cgroup/cpuacct/docker/{cid}/cpuacct.usage")
+        v2 = Path(f"/sys/fs/cgroup/system.slice/docker-{cid}.scope/cpu.stat")
+        try:
+            if v1.exists():
+                total += int(v1.read_text()) / 1e9
+            elif v2.exists():
+                usage = v2.read_text().split("\n", 1)[0].split()  # "usage_usec N"
+                total += int(usage[1]) / 1e6
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
 
 
 async def live_keys(kv: KeyValue) -> list[str]:
