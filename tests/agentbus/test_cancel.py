@@ -10,12 +10,15 @@ import asyncio
 import time
 from typing import Any
 
+import msgspec
 import pytest
+from typer.testing import CliRunner
 
 from agentbus.bus import Bus
+from agentbus.cli import app
 from agentbus.client import Client
 from agentbus.errors import ConflictError, NotFoundError
-from agentbus.messages import CancelNotice, Task, TaskRecord, encode, utcnow
+from agentbus.messages import CancelNotice, CancelReply, Task, TaskRecord, encode, utcnow
 from agentbus.runtime import Agent, TaskContext
 from agentbus.settings import BusSettings
 from tests._helpers import eventually, running_scheduler
@@ -205,3 +208,32 @@ async def test_delivery_that_raced_the_cancel_notice_is_terminated_unstarted(
         await eventually(lambda: asyncio.sleep(0, started == ["fine"]), what="fine handled")
         await eventually(lambda: stream_empty(bus), what="raced termed")
     assert started == ["fine"]
+
+
+def cli(bus_settings: BusSettings, *args: str) -> Any:
+    return CliRunner().invoke(
+        app, [*args, "--nats-url", bus_settings.nats_url, "--prefix", bus_settings.prefix]
+    )
+
+
+async def test_cli_cancel(bus: Bus, bus_settings: BusSettings) -> None:
+    async with running_scheduler(bus):  # no agent: the tasks stay queued
+        client = Client(bus)
+        parent = await client.submit("work", 1)
+        child = await client.submit("work", 2, parent_id=parent.task_id)
+        only = await asyncio.to_thread(cli, bus_settings, "cancel", parent.task_id, "--only")
+        child_after = await client.get(child.task_id)
+        done = await asyncio.to_thread(cli, bus_settings, "cancel", child.task_id)
+        again = await asyncio.to_thread(cli, bus_settings, "cancel", child.task_id)
+        unknown = await asyncio.to_thread(cli, bus_settings, "cancel", "no-such-task")
+        remaining = await stream_messages(bus)
+    assert only.exit_code == 0, only.output
+    reply = msgspec.json.decode(only.stdout, type=CancelReply)
+    assert reply.cancelled == [parent.task_id] and reply.task.status == "cancelled"
+    assert child_after.status == "queued"  # --only: the subtask was left alone
+    assert done.exit_code == 0, done.output
+    assert msgspec.json.decode(done.stdout, type=CancelReply).cancelled == [child.task_id]
+    assert again.exit_code == 0  # already cancelled: still cancelled, nothing new
+    assert msgspec.json.decode(again.stdout, type=CancelReply).cancelled == []
+    assert unknown.exit_code == 1 and "not found" in unknown.stderr
+    assert remaining == 0

@@ -214,7 +214,8 @@ class Client:
         Raises:
             RequestTimeoutError: some tasks were not terminal within ``timeout_s``.
         """
-        async for _, record in self._completed(task_ids, timeout_s, follow_handoffs):
+        pairs = self.completed(task_ids, timeout_s=timeout_s, follow_handoffs=follow_handoffs)
+        async for _, record in pairs:
             yield record
 
     async def wait_all(
@@ -226,7 +227,8 @@ class Client:
             RequestTimeoutError: some tasks were not terminal within ``timeout_s``.
         """
         ids = list(task_ids)
-        found = {a: r async for a, r in self._completed(ids, timeout_s, follow_handoffs)}
+        pairs = self.completed(ids, timeout_s=timeout_s, follow_handoffs=follow_handoffs)
+        found = {asked: record async for asked, record in pairs}
         return [found[t] for t in ids]
 
     async def wait_first(
@@ -237,18 +239,25 @@ class Client:
         Raises:
             RequestTimeoutError: none was terminal within ``timeout_s``.
         """
-        records = self._completed(task_ids, timeout_s, follow_handoffs)
+        pairs = self.completed(task_ids, timeout_s=timeout_s, follow_handoffs=follow_handoffs)
         try:
-            async for _, record in records:
+            async for _, record in pairs:
                 return record
         finally:
-            await records.aclose()
+            await pairs.aclose()
         raise RequestTimeoutError("no tasks given", timeout_s)
 
-    async def _completed(
-        self, task_ids: Iterable[str], timeout_s: float, follow_handoffs: bool
+    async def completed(
+        self, task_ids: Iterable[str], *, timeout_s: float = 600.0, follow_handoffs: bool = True
     ) -> AsyncGenerator[tuple[str, TaskRecord], None]:
-        """(id asked for, final record) pairs in completion order."""
+        """``(task id asked for, final record)`` pairs, in completion order.
+
+        As ``wait_many``, for callers that must tell which task a followed hand-off
+        chain started from.
+
+        Raises:
+            RequestTimeoutError: some tasks were not terminal within ``timeout_s``.
+        """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         done: asyncio.Queue[tuple[str, TaskRecord] | BaseException | None] = asyncio.Queue()

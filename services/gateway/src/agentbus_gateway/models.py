@@ -8,7 +8,7 @@ bus record (``agentbus.messages.TaskRecord``) keeps them as raw JSON.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -95,9 +95,9 @@ class TaskView(msgspec.Struct, kw_only=True):
     stream_seq: int | None = None
     next_attempt_at: datetime | None = None
     resubmit_of: str | None = None
-
     handoff_to: str | None = None
     handoff_from: str | None = None
+
 
 _decode_view = msgspec.json.Decoder(TaskView).decode
 
@@ -149,3 +149,41 @@ class ErrorBody(msgspec.Struct, kw_only=True):
     """Body of every error response: ``{"error": {"code": ..., "message": ...}}``."""
 
     error: ErrorDetail
+
+
+class WaitBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Body of ``POST /v1/tasks/wait``: wait for several tasks at once.
+
+    Waits until every task (``until: all``) or one of them (``any``) has ended, or
+    ``wait_s`` seconds (clamped to the gateway's ``max_wait_s``) have passed.
+    """
+
+    task_ids: Annotated[list[TaskId], msgspec.Meta(min_length=1, max_length=1000)]
+    wait_s: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    until: Literal["all", "any"] = "all"
+    follow_handoffs: bool = True
+    """Report a task that handed off by the record of the task that took its work."""
+
+
+class WaitReply(msgspec.Struct, kw_only=True):
+    """Body of the ``POST /v1/tasks/wait`` answer.
+
+    ``tasks``: one record per requested id, in request order (for a followed hand-off,
+    the record of the task the chain ended in); ``pending``: the requested ids not
+    ended yet.
+    """
+
+    tasks: list[TaskView]
+    pending: list[str]
+
+
+class CancelView(msgspec.Struct, kw_only=True):
+    """Body of the ``POST /v1/tasks/{task_id}/cancel`` answer.
+
+    ``task``: the task's record after the call (a task that had already ended keeps
+    its status); ``cancelled``: every task id the call cancelled (the task, the task
+    it handed off to, its descendants).
+    """
+
+    task: TaskView
+    cancelled: list[str]

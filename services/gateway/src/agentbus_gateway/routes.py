@@ -7,8 +7,9 @@ they hold no module-level state.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from litestar import MediaType, Request, Response, get, post
 from litestar.di import NamedDependency
@@ -19,10 +20,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from agentbus.bus import Bus
 from agentbus.client import Client
 from agentbus.errors import ContractError, RequestTimeoutError
-from agentbus.messages import SubmitReply
+from agentbus.messages import SubmitReply, TaskRecord
 from agentbus_gateway.metrics import GatewayMetrics
 from agentbus_gateway.models import (
     AgentList,
+    CancelView,
     CreateTask,
     ErrorBody,
     Health,
@@ -30,9 +32,13 @@ from agentbus_gateway.models import (
     ResubmitBody,
     TaskList,
     TaskView,
+    WaitBody,
+    WaitReply,
     task_view,
 )
 from agentbus_gateway.settings import GatewaySettings
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,20 +116,11 @@ async def get_task(
     wait_s = min(wait_s, ctx.settings.max_wait_s)
     if record.terminal or wait_s <= 0 or ctx.stop.is_set():
         return task_view(record)
-    waiter = asyncio.ensure_future(client.wait(task_id, timeout_s=wait_s))
-    stopping = asyncio.ensure_future(ctx.stop.wait())
     try:
-        await asyncio.wait({waiter, stopping}, return_when=asyncio.FIRST_COMPLETED)
-    finally:  # a cancelled wait still stops its KV watcher before we go on
-        waiter.cancel()
-        stopping.cancel()
-        await asyncio.gather(waiter, stopping, return_exceptions=True)
-    if not waiter.cancelled():
-        if (exc := waiter.exception()) is None:
-            return task_view(waiter.result())
-        if not isinstance(exc, RequestTimeoutError):
-            raise exc
-    return task_view(await client.get(task_id))
+        done = await _until_stopped(ctx, client.wait(task_id, timeout_s=wait_s))
+    except RequestTimeoutError:
+        done = None
+    return task_view(done or await client.get(task_id))
 
 
 @get(
@@ -174,6 +171,92 @@ async def resubmit_task(
     return Response(task_view(reply.task), status_code=201 if reply.created else 200)
 
 
+@post(
+    "/v1/tasks/{task_id:str}/cancel",
+    status_code=200,
+    summary="Cancel a task",
+    description=(
+        "Cancels the task and, unless recursive=false, its subtasks all the way down (a "
+        "task that handed off is followed to the task that took its work). A queued "
+        "task never starts; a running one has its handler cancelled within a second. "
+        "A task that had already ended keeps its status: `cancelled` lists what this "
+        "call cancelled. 404 unknown task."
+    ),
+    responses=_errors(400, 404, 503, 504),
+    tags=["tasks"],
+)
+async def cancel_task(
+    task_id: FromPath[str],
+    ctx: Ctx,
+    recursive: Annotated[bool, QueryParameter(description="Cancel the subtasks too")] = True,
+    reason: Annotated[str, QueryParameter(max_length=500, description="Recorded reason")] = "",
+) -> CancelView:
+    """Cancel ``task_id`` (and its subtree) through the scheduler."""
+    reply = await ctx.client.cancel(task_id, recursive=recursive, reason=reason)
+    return CancelView(task=task_view(reply.task), cancelled=reply.cancelled)
+
+
+@post(
+    "/v1/tasks/wait",
+    status_code=200,
+    summary="Wait for several tasks",
+    description=(
+        "Waits until every listed task (until=all) or one of them (until=any) has "
+        "ended, or wait_s seconds (clamped to the gateway's max_wait_s) have passed, "
+        "then returns their records in request order and the ids still pending. No "
+        "polling: the gateway follows the records' updates. 404 if a task is unknown."
+    ),
+    responses=_errors(400, 404, 503, 504),
+    tags=["tasks"],
+)
+async def wait_tasks(data: JSONBody[WaitBody], ctx: Ctx) -> WaitReply:
+    """The records of ``data.task_ids`` once they ended (or the wait ran out)."""
+    client = ctx.client
+    ids = list(dict.fromkeys(data.task_ids))
+    current = dict(zip(ids, await asyncio.gather(*(client.get(t) for t in ids)), strict=True))
+    ended: dict[str, TaskRecord] = {}
+    wait_s = min(data.wait_s, ctx.settings.max_wait_s)
+
+    async def collect() -> None:
+        pairs = client.completed(ids, timeout_s=wait_s, follow_handoffs=data.follow_handoffs)
+        async for asked, record in pairs:
+            ended[asked] = record
+            if data.until == "any":
+                return
+
+    if wait_s > 0:
+        try:
+            await _until_stopped(ctx, collect())
+        except RequestTimeoutError:
+            pass
+    else:  # no wait: report what has ended (hand-offs are not followed)
+        ended = {t: r for t, r in current.items() if r.terminal}
+    records = [ended.get(t) or await client.get(t) for t in ids]
+    return WaitReply(
+        tasks=[task_view(r) for r in records],
+        pending=[t for t, r in zip(ids, records, strict=True) if not r.terminal],
+    )
+
+
+async def _until_stopped(ctx: GatewayContext, work: Coroutine[Any, Any, T]) -> T | None:
+    """Run ``work`` until it ends or the gateway stops (then None).
+
+    Raises:
+        Exception: whatever ``work`` raised.
+    """
+    task = asyncio.ensure_future(work)
+    stopping = asyncio.ensure_future(ctx.stop.wait())
+    try:
+        await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:  # a cancelled wait still ends its subscriptions before we go on
+        task.cancel()
+        stopping.cancel()
+        await asyncio.gather(task, stopping, return_exceptions=True)
+    if task.cancelled():
+        return None
+    return task.result()
+
+
 @get(
     "/v1/agents",
     summary="List live agents",
@@ -218,6 +301,8 @@ ROUTES = [
     get_task,
     list_tasks,
     resubmit_task,
+    cancel_task,
+    wait_tasks,
     list_agents,
     list_nodes,
     healthz,

@@ -55,10 +55,17 @@ class Links:
     async def check(self, task: SubmitTask) -> None:
         """Refuse a subtask or hand-off whose parent or source cannot take it.
 
+        A repeated submit of an existing task passes (admission returns the stored
+        record unchanged, whatever became of its parent since).
+
         Raises:
             NotFoundError: the parent or hand-off source does not exist.
             ConflictError: it is terminal, or already handed off elsewhere.
         """
+        if task.parent_id is None and task.handoff_from is None:
+            return
+        if task.task_id is not None and await self.records.read(task.task_id) is not None:
+            return
         for role, task_id in (("parent", task.parent_id), ("hand-off source", task.handoff_from)):
             if task_id is None:
                 continue

@@ -1,4 +1,4 @@
-"""``agentbus submit|task|tasks|resubmit``: tasks."""
+"""``agentbus submit|task|tasks|resubmit|cancel``: tasks."""
 
 from __future__ import annotations
 
@@ -22,7 +22,14 @@ from agentbus.cli.common import (
     with_client,
 )
 from agentbus.client import Client
-from agentbus.messages import SubmitReply, TaskEvent, TaskRecord, TasksReply, encode
+from agentbus.messages import (
+    CancelReply,
+    SubmitReply,
+    TaskEvent,
+    TaskRecord,
+    TasksReply,
+    encode,
+)
 
 
 @app.command()
@@ -135,3 +142,28 @@ def resubmit(
         return await client.resubmit(task_id, new_task_id=new_id, max_attempts=max_attempts)
 
     print_json(encode(run(with_client(nats_url, prefix, go)).task))
+
+
+@app.command()
+def cancel(
+    task_id: Annotated[str, typer.Argument(metavar="ID", help="Id of the task to cancel.")],
+    recursive: Annotated[
+        bool, typer.Option("--recursive/--only", help="Cancel its subtasks too (default).")
+    ] = True,
+    reason: Annotated[str, typer.Option(help="Recorded in the cancelled records.")] = "",
+    nats_url: NatsUrl = None,
+    prefix: Prefix = None,
+) -> None:
+    """Cancel a task and its subtasks; print the reply as JSON.
+
+    A queued task never starts; a running one has its handler cancelled within a second.
+    Exits 1 if the task had already ended with another status (it keeps that status).
+    """
+
+    async def go(client: Client) -> CancelReply:
+        return await client.cancel(task_id, recursive=recursive, reason=reason)
+
+    reply = run(with_client(nats_url, prefix, go))
+    print_json(encode(reply))
+    if reply.task.status != "cancelled":
+        raise typer.Exit(1)
