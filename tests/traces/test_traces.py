@@ -33,10 +33,21 @@ class FakeClock:
         return self.t
 
 
+class RecordingClock:
+    """Wall-clock time that remembers its last reading (the time a read decayed to)."""
+
+    last = 0.0
+
+    def __call__(self) -> float:
+        self.last = time.time()
+        return self.last
+
+
 async def test_concurrent_deposits_are_never_lost(bus: Bus) -> None:
     """20 depositors x 200 deposits on 4 hot locations: every deposit counts."""
-    traces = Traces(bus, kinds=[TraceKind(kind="hot", half_life_s=30.0),
-                                TraceKind(kind="tally", half_life_s=1e7)])  # fmt: skip
+    clock = RecordingClock()
+    traces = Traces(bus, clock=clock, kinds=[TraceKind(kind="hot", half_life_s=30.0),
+                                             TraceKind(kind="tally", half_life_s=1e7)])  # fmt: skip
     hot = [f"hot/spot {i}.py" for i in range(4)]
     made: dict[str, list[tuple[float, float]]] = {loc: [] for loc in hot}
     await traces.kind("hot")  # known before the first deposit, whose time is noted here
@@ -50,9 +61,9 @@ async def test_concurrent_deposits_are_never_lost(bus: Bus) -> None:
             await traces.deposit(loc, "tally", 1.0)
 
     await asyncio.gather(*(depositor(i) for i in range(20)))
-    now = time.time()
     for loc in hot:
         sensed = await traces.sense(loc, kinds=["hot", "tally"])
+        now = clock.last  # the instant the read decayed the sums to
         # no decay to speak of: the total is the count
         assert round(sensed["tally"]) == len(made[loc]) == 1000
         assert abs(sensed["tally"] - 1000) < 0.05
@@ -83,16 +94,17 @@ async def test_decay_is_exact_across_epochs(bus: Bus) -> None:
 
 
 async def test_decay_in_real_time(bus: Bus) -> None:
-    traces = Traces(bus, kinds=[TraceKind(kind="fast", half_life_s=1.0)])
-    await traces.kind("fast")  # so that the deposit reads its clock right after t0
-    t0 = time.time()
+    clock = RecordingClock()
+    traces = Traces(bus, clock=clock, kinds=[TraceKind(kind="fast", half_life_s=1.0)])
+    await traces.kind("fast")
     await traces.deposit("spot", "fast", 8.0)
+    t0 = clock.last  # the deposit's time
     first = await traces.strength("spot", "fast")
-    assert first == pytest.approx(8.0 * 2 ** (-(time.time() - t0)), rel=0.01)
+    assert first == pytest.approx(8.0 * 2 ** (-(clock.last - t0)), rel=0.01)
     await asyncio.sleep(1.5)
-    now = time.time()
     got = await traces.strength("spot", "fast")
-    assert got == pytest.approx(8.0 * 2 ** (-(now - t0)), rel=0.01)
+    assert clock.last - t0 >= 1.5
+    assert got == pytest.approx(8.0 * 2 ** (-(clock.last - t0)), rel=0.01)
     assert got < 0.5 * first
 
 
