@@ -164,3 +164,22 @@ async def test_agents_without_durable_state_need_no_checkpoint_service(bus: Bus)
         result = await next_result(bus, "test-results", timeout_s=30)
     assert result.status == "succeeded", result.error
     assert not agent.durable.restored.is_set()
+
+
+async def test_pending_state_is_saved_when_a_stop_cancels_the_handler(
+    bus: Bus, svc: Service
+) -> None:
+    progress = CheckpointClient(bus, "steps")
+    agent = stepper(stop_grace_s=0.2)
+    async with running(agent, bus):
+        await publish(bus, "steps", "job-stop", Steps(n=10_000))
+
+        async def running_a_while() -> bool:
+            return await progress.latest(task_thread("job-stop")) is None and bool(agent._in_flight)
+
+        await eventually(running_a_while, timeout_s=30, what="handler running")
+        await asyncio.sleep(0.3)  # let it update() a few times; nothing is saved yet
+        assert await progress.latest(task_thread("job-stop")) is None
+    latest = await progress.get(task_thread("job-stop"))  # saved as the handler was cancelled
+    assert latest.metadata["reason"] == "cancelled"
+    assert msgspec.json.decode(latest.data)["i"] >= 1
