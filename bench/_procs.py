@@ -81,6 +81,16 @@ def children() -> Iterator[list[Child]]:
             child.stop()
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds ``pid`` has used so far (Linux ``/proc``; 0 if gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def wait_port(port: int, timeout_s: float = 10.0) -> None:
     """Block until 127.0.0.1:``port`` accepts connections."""
     deadline = time.monotonic() + timeout_s

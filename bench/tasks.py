@@ -31,13 +31,14 @@ import argparse
 import asyncio
 import importlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,7 @@ from agentbus.client import Client
 from agentbus.errors import NotFoundError, UnavailableError
 from agentbus.messages import GetTask, TaskReply
 from agentbus.settings import BusSettings
-from bench._procs import Child, children, free_port, tool_version, wait_port
+from bench._procs import Child, children, cpu_s, free_port, tool_version, wait_port
 from bench.common import Report, console, percentile, versions
 from tests._nats_server import NatsServer, nats_server_binary
 
@@ -61,11 +62,12 @@ QUIET = {"AGENTBUS_LOG_LEVEL": "WARNING"}
 
 @dataclass
 class Run:
-    """One measured closed loop."""
+    """One measured closed loop, and the CPU each process spent per task in it."""
 
     count: int
     elapsed_s: float
     latencies_s: list[float]
+    cpu_ms_per_task: dict[str, float] = field(default_factory=dict)
 
     @property
     def tasks_per_s(self) -> float:
@@ -106,21 +108,50 @@ class Options:
     log_dir: Path
 
 
+class CpuMeter:
+    """CPU seconds of named processes (this one is ``caller``) across a block."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = {"caller": os.getpid(), **pids}
+        self.start: dict[str, float] = {}
+
+    def __enter__(self) -> CpuMeter:
+        self.start = {name: cpu_s(pid) for name, pid in self.pids.items()}
+        return self
+
+    def per_task_ms(self, count: int) -> dict[str, float]:
+        """CPU ms per task of each process since ``__enter__``."""
+        return {
+            name: (cpu_s(pid) - self.start[name]) * 1000 / max(count, 1)
+            for name, pid in self.pids.items()
+        }
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+def _print_run(name: str, level: int, r: Run) -> None:
+    cpu = ", ".join(f"{k} {v:.2f}" for k, v in r.cpu_ms_per_task.items())
+    console.print(f"  {name} in flight {level}: {r.count} tasks, {r.tasks_per_s:,.0f}/s, "
+                  f"p50 {r.p_ms(50):.2f} ms, p99 {r.p_ms(99):.2f} ms; "
+                  f"CPU ms/task: {cpu}")  # fmt: skip
+
+
 async def measure(
     name: str,
     one: Callable[[], Awaitable[None]],
     opts: Options,
+    pids: dict[str, int],
     profiled: list[Child] | None = None,
 ) -> dict[int, Run]:
-    """Warm up, then one closed loop per level of ``LEVELS``."""
+    """Warm up, then one closed loop per level of ``LEVELS``; CPU of ``pids`` measured."""
     await closed_loop(one, opts.warmup, 16, opts.max_s)
     runs = {}
     for level in LEVELS:
-        with _Profiling(name, level, opts.profile, profiled or []):
-            runs[level] = await closed_loop(one, opts.tasks, level, opts.max_s)
-        r = runs[level]
-        console.print(f"  {name} in flight {level}: {r.count} tasks, {r.tasks_per_s:,.0f}/s, "
-                      f"p50 {r.p_ms(50):.2f} ms, p99 {r.p_ms(99):.2f} ms")  # fmt: skip
+        with _Profiling(name, level, opts.profile, profiled or []), CpuMeter(pids) as meter:
+            runs[level] = r = await closed_loop(one, opts.tasks, level, opts.max_s)
+            r.cpu_ms_per_task = meter.per_task_ms(r.count)
+        _print_run(name, level, r)
     return runs
 
 
@@ -138,7 +169,7 @@ class _Profiling:
         self.out.mkdir(parents=True, exist_ok=True)
         for child in self.procs:
             out = self.out / f"{self.name}-inflight{self.level}-{child.name}.folded"
-            cmd = ["py-spy", "record", "-p", str(child.pid), "-o", str(out), "-r", "250",
+            cmd = [_py_spy(), "record", "-p", str(child.pid), "-o", str(out), "-r", "250",
                    "-f", "raw"]  # fmt: skip
             self.spies.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
                                                stderr=subprocess.DEVNULL))  # fmt: skip
@@ -163,8 +194,13 @@ class _Profiling:
                 spy.wait()
 
 
+def _py_spy() -> str:
+    here = Path(sys.executable).with_name("py-spy")
+    return str(here) if here.exists() else (shutil.which("py-spy") or "py-spy")
+
+
 # -- raw ceiling ------------------------------------------------------------------------
-async def bench_raw(url: str, opts: Options) -> dict[int, Run]:
+async def bench_raw(url: str, nats_pid: int, opts: Options) -> dict[int, Run]:
     nc = await nats.connect(url, name="bench-raw-caller")
     js = nc.jetstream()
     stream, subject, replies = "RAWBENCH", "rawbench.tasks", "rawbench.replies"
@@ -197,13 +233,14 @@ async def bench_raw(url: str, opts: Options) -> dict[int, Run]:
         with children() as kids:
             cmd = [sys.executable, "-m", "bench._raw_worker", url, stream, "raw", replies]
             kids.append(Child("raw-worker", cmd, opts.log_dir, {}))
-            return await measure("raw", one, opts)
+            pids = {"nats-server": nats_pid, "worker": kids[-1].pid}
+            return await measure("raw", one, opts, pids)
     finally:
         await nc.close()
 
 
 # -- agentbus -----------------------------------------------------------------------------
-async def bench_agentbus(url: str, opts: Options) -> dict[int, Run]:
+async def bench_agentbus(url: str, nats_pid: int, opts: Options) -> dict[int, Run]:
     env = {"AGENTBUS_NATS_URL": url, "AGENTBUS_PREFIX": PREFIX, **QUIET}
     with children() as kids:
         kids.append(Child("scheduler", [sys.executable, "-m", "agentbus_scheduler"],
@@ -222,7 +259,8 @@ async def bench_agentbus(url: str, opts: Options) -> dict[int, Run]:
                 done = await client.wait(record.task_id, timeout_s=60)
                 failed += done.status != "succeeded"
 
-            runs = await measure("agentbus", one, opts, profiled=kids)
+            pids = {"nats-server": nats_pid, **{k.name: k.pid for k in kids}}
+            runs = await measure("agentbus", one, opts, pids, profiled=kids)
             if failed:
                 console.print(f"[red]agentbus: {failed} tasks did not succeed")
             return runs
@@ -266,11 +304,12 @@ def bench_celery(opts: Options) -> dict[int, Run]:
         noop.delay(0).get(timeout=60)  # worker up
         _celery_loop(module.app, noop, opts.warmup, 16, opts.max_s)
         runs = {}
+        pids = {k.name: k.pid for k in kids}
         for level in LEVELS:
-            runs[level] = r = _celery_loop(module.app, noop, opts.tasks, level, opts.max_s)
-            console.print(f"  celery in flight {level}: {r.count} tasks, "
-                          f"{r.tasks_per_s:,.0f}/s, p50 {r.p_ms(50):.2f} ms, "
-                          f"p99 {r.p_ms(99):.2f} ms")  # fmt: skip
+            with CpuMeter(pids) as meter:
+                runs[level] = r = _celery_loop(module.app, noop, opts.tasks, level, opts.max_s)
+                r.cpu_ms_per_task = meter.per_task_ms(r.count)
+            _print_run("celery", level, r)
         return runs
 
 
@@ -313,7 +352,8 @@ def _celery_loop(app: Any, noop: Any, total: int, inflight: int, max_s: float) -
 
 # -- report -------------------------------------------------------------------------------
 def report(results: dict[str, dict[int, Run]], rep: Report) -> None:
-    rows = []
+    rows: list[list[object]] = []
+    cpu_rows: list[list[object]] = []
     for system, runs in results.items():
         for level, r in runs.items():
             key = f"{system}_inflight{level}"
@@ -323,8 +363,14 @@ def report(results: dict[str, dict[int, Run]], rep: Report) -> None:
             rep.add(f"{key}_p50_latency_ms", round(r.p_ms(50), 3))
             rep.add(f"{key}_p99_latency_ms", round(r.p_ms(99), 3))
             rows.append([system, level, r.count, r.tasks_per_s, r.p_ms(50), r.p_ms(99)])
+            for proc, ms in r.cpu_ms_per_task.items():
+                rep.add(f"{key}_cpu_ms_per_task_{proc.replace('-', '_')}", round(ms, 3))
+            cpu_rows.append(
+                [system, level, *(f"{k} {v:.2f}" for k, v in r.cpu_ms_per_task.items())]
+            )
     rep.table("tasks: closed loop, submit → result in the caller",
               ["system", "in flight", "tasks", "tasks/s", "p50 ms", "p99 ms"], rows)  # fmt: skip
+    rep.table("CPU per task", ["system", "in flight", "CPU ms per task, by process"], cpu_rows)
     ratio_rows = []
     agentbus = results.get("agentbus", {})
     for other in ("raw", "celery"):
@@ -374,10 +420,12 @@ def main() -> None:
         opts = Options(args.tasks, args.warmup, args.max_s, args.profile, Path(tmp))
         console.print(f"logs of child processes: {tmp} (kept only while running)")
         with NatsServer(Path(tmp) / "js") as server:
+            assert server.proc is not None
+            nats_pid = server.proc.pid
             if "raw" in only:
-                results["raw"] = asyncio.run(bench_raw(server.client_url, opts))
+                results["raw"] = asyncio.run(bench_raw(server.client_url, nats_pid, opts))
             if "agentbus" in only:
-                results["agentbus"] = asyncio.run(bench_agentbus(server.client_url, opts))
+                results["agentbus"] = asyncio.run(bench_agentbus(server.client_url, nats_pid, opts))
         if "celery" in only:
             results["celery"] = bench_celery(opts)
     report(results, rep)

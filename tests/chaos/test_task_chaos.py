@@ -198,14 +198,16 @@ async def test_tasks_survive_agent_scheduler_and_nats_crashes(tmp_path: Path) ->
         if chaos is not None:
             print(chaos.logs())
         raise
-    finally:
-        if bus is not None:
-            await bus.close()
-        if chaos is not None:
-            chaos.stop_all()
-            chaos.server.stop()
-        else:
-            server.stop()
+    finally:  # every step runs, whatever the one before did
+        try:
+            if chaos is not None:
+                chaos.stop_all()
+        finally:
+            try:
+                if bus is not None:
+                    await asyncio.wait_for(bus.close(), 15)
+            finally:
+                (chaos.server if chaos is not None else server).stop()
 
 
 async def _run(bus: Bus, chaos: Chaos, rng: random.Random) -> None:
@@ -244,7 +246,7 @@ async def _run(bus: Bus, chaos: Chaos, rng: random.Random) -> None:
         await until(lambda: len(finished) >= NATS_RESTART_AT, "progress after the kill")
         await chaos.restart_nats()
         records = {}
-        async for record in client.wait_many(inputs, timeout_s=RUN_BOUND_S, recheck_s=2.0):
+        async for record in client.wait_many(inputs, timeout_s=RUN_BOUND_S):
             records[record.task_id] = record
     finally:
         stop.set()

@@ -15,6 +15,7 @@ report whose task record is corrupt is terminated the same way, never retried.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Sequence
 
 import msgspec
@@ -88,33 +89,66 @@ class ResultsConsumer:
                 logger.debug("results unsubscribe failed", error=repr(exc))
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Fetch and apply reports in batches until ``stop`` is set."""
+        """Fetch and apply reports until ``stop`` is set.
+
+        Fetching does not wait for the reports fetched before to be applied (a batch
+        used to wait for its slowest record write): each report is applied in a task
+        of its own, after the reports of the same task fetched before it (per-task
+        order), with at most ``2 * results_batch`` applies at once. On stop, applies
+        in flight get ``results_fetch_timeout_s`` to finish; any cut short is
+        redelivered after the consumer's AckWait.
+        """
         if self._sub is None:
             await self.setup()
         sub = self._sub
         assert sub is not None
-        while not stop.is_set():
-            try:
-                msgs = await sub.fetch(
-                    self.settings.results_batch, timeout=self.settings.results_fetch_timeout_s
-                )
-            except (nats.errors.TimeoutError, TimeoutError):
-                continue  # nats-py raises either kind when nothing arrived
-            except Exception as exc:
-                logger.warning("results fetch failed", error=repr(exc))
-                await asyncio.sleep(0.5)
-                continue
-            try:
-                await self.handle_batch(msgs)
-            except Exception:  # unacked reports are redelivered after ack_wait
-                logger.exception("results batch failed")
+        window = asyncio.Semaphore(2 * self.settings.results_batch)
+        last: dict[str, asyncio.Task[None]] = {}  # task id -> its latest apply
+
+        def applied(task_id: str, done: asyncio.Task[None]) -> None:
+            window.release()
+            if last.get(task_id) is done:
+                del last[task_id]
+
+        try:
+            while not stop.is_set():
+                try:
+                    msgs = await sub.fetch(
+                        self.settings.results_batch, timeout=self.settings.results_fetch_timeout_s
+                    )
+                except (nats.errors.TimeoutError, TimeoutError):
+                    continue  # nats-py raises either kind when nothing arrived
+                except Exception as exc:
+                    logger.warning("results fetch failed", error=repr(exc))
+                    await asyncio.sleep(0.5)
+                    continue
+                for msg, report in await self._decode_all(msgs):
+                    await window.acquire()
+                    before = last.get(report.task_id)
+                    apply = asyncio.create_task(self._handle_after(before, msg, report))
+                    last[report.task_id] = apply
+                    apply.add_done_callback(functools.partial(applied, report.task_id))
+        finally:
+            if last:
+                pending = set(last.values())
+                _, late = await asyncio.wait(pending, timeout=self.settings.results_fetch_timeout_s)
+                for apply in late:
+                    apply.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
 
     async def handle_batch(self, msgs: Sequence[Msg]) -> None:
         """Apply a batch: reports of one task in order, different tasks concurrently."""
         groups: dict[str, list[tuple[Msg, Report]]] = {}
+        for msg, report in await self._decode_all(msgs):
+            groups.setdefault(report.task_id, []).append((msg, report))
+        await asyncio.gather(*(self._handle_group(group) for group in groups.values()))
+
+    async def _decode_all(self, msgs: Sequence[Msg]) -> list[tuple[Msg, Report]]:
+        """The reports of ``msgs``; one that does not decode is terminated and reported."""
+        reports = []
         for msg in msgs:
             try:
-                report = decode_report(msg.data)
+                reports.append((msg, decode_report(msg.data)))
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 await report_bad_message(
                     self.bus,
@@ -124,33 +158,41 @@ class ResultsConsumer:
                     reason=f"not a TaskStarted or TaskResult: {exc}",
                 )
                 await msg.term()
-                continue
-            groups.setdefault(report.task_id, []).append((msg, report))
-        await asyncio.gather(*(self._handle_group(group) for group in groups.values()))
+        return reports
+
+    async def _handle_after(
+        self, before: asyncio.Task[None] | None, msg: Msg, report: Report
+    ) -> None:
+        if before is not None:
+            await asyncio.wait((before,))
+        await self._handle_one(msg, report)
 
     async def _handle_group(self, group: list[tuple[Msg, Report]]) -> None:
         for msg, report in group:
-            try:
-                await self._apply(report, msg.subject)
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                await report_bad_message(
-                    self.bus,
-                    self.service_metrics,
-                    source="task_records",
-                    subject=msg.subject,
-                    reason=f"record of task {report.task_id!r} does not decode: {exc}",
-                )
-                await msg.term()
-                continue
-            except (nats.errors.Error, TimeoutError) as exc:
-                logger.warning("report not applied", task_id=report.task_id, error=repr(exc))
-                await msg.nak(delay=1.0)
-                continue
-            except Exception:
-                logger.exception("report handling failed", task_id=report.task_id)
-                await msg.nak(delay=1.0)
-                continue
-            await msg.ack()
+            await self._handle_one(msg, report)
+
+    async def _handle_one(self, msg: Msg, report: Report) -> None:
+        try:
+            await self._apply(report, msg.subject)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            await report_bad_message(
+                self.bus,
+                self.service_metrics,
+                source="task_records",
+                subject=msg.subject,
+                reason=f"record of task {report.task_id!r} does not decode: {exc}",
+            )
+            await msg.term()
+            return
+        except (nats.errors.Error, TimeoutError) as exc:
+            logger.warning("report not applied", task_id=report.task_id, error=repr(exc))
+            await msg.nak(delay=1.0)
+            return
+        except Exception:
+            logger.exception("report handling failed", task_id=report.task_id)
+            await msg.nak(delay=1.0)
+            return
+        await msg.ack()
 
     async def _apply(self, report: Report, subject: str) -> None:
         outcome = await self.records.update(
