@@ -10,8 +10,8 @@ which hit the server's consumer limit. Hence:
   ``max_in_flight`` requests are outstanding, so a lone caller pays no delay; submits
   made while requests are outstanding queue up and leave together in one
   ``submit_batch`` request, which the scheduler admits concurrently.
-* ``TerminalEvents``: one core subscription on ``<p>.events.task.>`` per client, with a
-  future per waiting task.
+* ``TerminalEvents``: core subscriptions on the terminal task events, one set per
+  client, with a future per waiting task.
 """
 
 from __future__ import annotations
@@ -132,8 +132,10 @@ class SubmitBatcher:
 
 
 class TerminalEvents:
-    """One core subscription on ``<p>.events.task.>``, shared by a client's waits.
+    """Core subscriptions on the terminal task events, shared by a client's waits.
 
+    One subscription per terminal status (``<p>.events.task.<status>.*``), so a client
+    hears one event per finished task, not every transition of the fleet.
     ``watch(task_id)`` returns a future set when a terminal event of the task arrives;
     ``forget`` drops it. Subscribes on the first ``watch``.
     """
@@ -141,17 +143,18 @@ class TerminalEvents:
     def __init__(self, bus: Bus) -> None:
         self._bus = bus
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
-        self._sub: Any = None
+        self._subs: list[Any] = []
         self._subscribing = asyncio.Lock()
 
     async def watch(self, task_id: str) -> asyncio.Future[None]:
         """A future set once a terminal event for ``task_id`` arrives."""
-        if self._sub is None:
+        if not self._subs:
             async with self._subscribing:
-                if self._sub is None:
-                    self._sub = await self._bus.nc.subscribe(
-                        self._bus.names.events_all("task"), cb=self._on_event
-                    )
+                if not self._subs:
+                    names = self._bus.names
+                    for status in sorted(TERMINAL_STATUSES):
+                        subject = names.task_event_subject(status, "*")
+                        self._subs.append(await self._bus.nc.subscribe(subject, cb=self._on_event))
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(task_id, set()).add(future)
         return future
