@@ -14,7 +14,8 @@ import pytest
 
 from agentbus.bus import Bus
 from agentbus.client import Client
-from agentbus.messages import Task, encode
+from agentbus.errors import RetryableTaskError
+from agentbus.messages import Backoff, Task, encode
 from agentbus.names import BANDS, Names
 from agentbus.runtime import Agent, TaskContext
 from agentbus.settings import BusSettings
@@ -151,3 +152,22 @@ async def test_rescan_finds_tasks_published_without_a_notice(
         task = Task(task_id="silent", capability="work", priority=5)
         await bus.js.publish(bus.names.task_subject("work", 5), encode(task))
         await eventually(lambda: asyncio.sleep(0, seen == ["silent"]), what="task handled")
+
+
+async def test_a_retry_is_pulled_when_its_delay_is_up(bus: Bus, bus_settings: BusSettings) -> None:
+    # rescan every 60 s: the agent that nak'd the task looks again when the delay ends
+    agent = Agent("worker", settings=quick_settings("prio-5", rescan_s=60.0))
+
+    @agent.handler("work")
+    async def work(ctx: TaskContext, value: Any) -> int:
+        if ctx.attempt == 1:
+            raise RetryableTaskError("try again")
+        return ctx.attempt
+
+    async with running_scheduler(bus), agent_running(agent, bus_settings):
+        client = Client(bus)
+        await asyncio.sleep(0.5)
+        fast = Backoff(initial_s=0.2, max_s=0.2, jitter=0.0)
+        record = await client.submit("work", None, priority=2, backoff=fast)
+        done = await client.wait(record.task_id, timeout_s=20)
+    assert done.status == "succeeded" and len(done.attempts) == 2

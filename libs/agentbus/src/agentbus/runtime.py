@@ -366,6 +366,9 @@ class Agent:
                 await bus.js.publish(subject, encode(result))
                 await settle(msg, result)
                 self.metrics.count(capability, result)
+                if result.retry_in_s is not None and self._intake is not None:
+                    # nobody announces the redelivery: look again when it is due
+                    self._intake.wake_later(capability, task.priority, result.retry_in_s)
             except asyncio.CancelledError:
                 if self._cancels is not None and self._cancels.swallow(task.task_id):
                     logger.info("running task cancelled")
