@@ -1,0 +1,70 @@
+"""Waiting for tasks from the library: one, many in completion order, all, first.
+
+Real scheduler (in-process), a real agent on its own connection, real nats-server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from agentbus.bus import Bus
+from agentbus.client import Client
+from agentbus.errors import RequestTimeoutError
+from agentbus.runtime import Agent, TaskContext
+from agentbus.settings import BusSettings
+from tests._helpers import running_scheduler
+from tests.agentbus._flow import agent_running, quick_settings
+
+pytestmark = pytest.mark.nats
+
+
+def sleeper(agent_id: str) -> Agent:
+    agent = Agent("sleeper", max_concurrency=8, settings=quick_settings(agent_id))
+
+    @agent.handler("sleep")
+    async def sleep(ctx: TaskContext, delay_s: float) -> float:
+        await asyncio.sleep(delay_s)
+        return delay_s
+
+    return agent
+
+
+async def test_wait_many_yields_in_completion_order(bus: Bus, bus_settings: BusSettings) -> None:
+    async with running_scheduler(bus), agent_running(sleeper("wait-1"), bus_settings):
+        client = Client(bus)
+        delays = [0.9, 0.0, 0.5, 0.2]
+        ids = [(await client.submit("sleep", d)).task_id for d in delays]
+        seen = [r.task_id async for r in client.wait_many(ids, timeout_s=30)]
+        in_order = await client.wait_all(ids, timeout_s=30)
+        first = await client.wait_first(ids, timeout_s=30)  # all done: any of them
+    by_delay = [t for _, t in sorted(zip(delays, ids, strict=True))]
+    assert seen == by_delay
+    assert [r.task_id for r in in_order] == ids
+    assert first.task_id in ids and first.status == "succeeded"
+
+
+async def test_wait_first_returns_the_first_to_finish(bus: Bus, bus_settings: BusSettings) -> None:
+    async with running_scheduler(bus), agent_running(sleeper("wait-2"), bus_settings):
+        client = Client(bus)
+        slow = await client.submit("sleep", 30.0)
+        fast = await client.submit("sleep", 0.1)
+        first = await client.wait_first([slow.task_id, fast.task_id], timeout_s=20)
+        with pytest.raises(RequestTimeoutError):
+            await client.wait(slow.task_id, timeout_s=0.3)
+        await client.cancel(slow.task_id)
+    assert first.task_id == fast.task_id
+
+
+async def test_a_task_already_finished_is_returned_at_once(
+    bus: Bus, bus_settings: BusSettings
+) -> None:
+    async with running_scheduler(bus), agent_running(sleeper("wait-3"), bus_settings):
+        client = Client(bus)
+        record = await client.submit("sleep", 0.0)
+        done = await client.wait(record.task_id, timeout_s=20)
+        again = await client.wait(record.task_id, timeout_s=1)
+        many = await client.wait_all([record.task_id] * 2, timeout_s=1)
+    assert again == done
+    assert many == [done, done]
