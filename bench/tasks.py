@@ -131,10 +131,8 @@ class CpuMeter:
 
 
 def _print_run(name: str, level: int, r: Run) -> None:
-    cpu = ", ".join(f"{k} {v:.2f}" for k, v in r.cpu_ms_per_task.items())
     console.print(f"  {name} in flight {level}: {r.count} tasks, {r.tasks_per_s:,.0f}/s, "
-                  f"p50 {r.p_ms(50):.2f} ms, p99 {r.p_ms(99):.2f} ms; "
-                  f"CPU ms/task: {cpu}")  # fmt: skip
+                  f"p50 {r.p_ms(50):.2f} ms, p99 {r.p_ms(99):.2f} ms")  # fmt: skip
 
 
 async def measure(
@@ -365,12 +363,15 @@ def report(results: dict[str, dict[int, Run]], rep: Report) -> None:
             rows.append([system, level, r.count, r.tasks_per_s, r.p_ms(50), r.p_ms(99)])
             for proc, ms in r.cpu_ms_per_task.items():
                 rep.add(f"{key}_cpu_ms_per_task_{proc.replace('-', '_')}", round(ms, 3))
-            cpu_rows.append(
-                [system, level, *(f"{k} {v:.2f}" for k, v in r.cpu_ms_per_task.items())]
-            )
+                cpu_rows.append([system, level, proc, ms])
+            if r.cpu_ms_per_task:
+                total = sum(r.cpu_ms_per_task.values())
+                rep.add(f"{key}_cpu_ms_per_task_total", round(total, 3))
+                cpu_rows.append([system, level, "total", total])
     rep.table("tasks: closed loop, submit → result in the caller",
               ["system", "in flight", "tasks", "tasks/s", "p50 ms", "p99 ms"], rows)  # fmt: skip
-    rep.table("CPU per task", ["system", "in flight", "CPU ms per task, by process"], cpu_rows)
+    rep.table("CPU per task (user + system, from /proc)",
+              ["system", "in flight", "process", "CPU ms per task"], cpu_rows)  # fmt: skip
     ratio_rows = []
     agentbus = results.get("agentbus", {})
     for other in ("raw", "celery"):
@@ -411,8 +412,8 @@ def main() -> None:
     rep = Report("tasks")
     celery_v = versions("celery", "kombu", "redis", "nats-py")
     rep.print_header(**{
-        "nats-server": tool_version([nats_server_binary(), "--version"]),
-        "redis-server": tool_version(["/usr/bin/redis-server", "--version"]),
+        "nats-server": tool_version([nats_server_binary(), "--version"]).split()[-1],
+        "redis-server": tool_version(["/usr/bin/redis-server", "--version"]).split(" sha=")[0],
         **{k: v for k, v in celery_v.items()},
     })  # fmt: skip
     results: dict[str, dict[int, Run]] = {}

@@ -1,41 +1,30 @@
-"""The client's hot path: submits coalesced into batches, one subscription for waits.
+"""The client's hot path: concurrent submits coalesced into batch requests.
 
 Measured with ``just bench tasks`` (64 tasks in flight, one client): the scheduler's
 ``submit`` endpoint handles one request at a time (``nats.micro`` runs an endpoint's
 handler serially) at three JetStream round trips each, which capped a client at about
-400 tasks/s; and ``Client.wait`` as a KV watch created one consumer per waiting task,
-which hit the server's consumer limit. Hence:
-
-* ``SubmitBatcher``: natural batching. A submit goes out at once when fewer than
-  ``max_in_flight`` requests are outstanding, so a lone caller pays no delay; submits
-  made while requests are outstanding queue up and leave together in one
-  ``submit_batch`` request, which the scheduler admits concurrently.
-* ``TerminalEvents``: core subscriptions on the terminal task events, one set per
-  client, with a future per waiting task.
+400 tasks/s. ``SubmitBatcher`` batches naturally: a submit goes out at once when fewer
+than ``max_in_flight`` requests are outstanding, so a lone caller pays no delay;
+submits made while requests are outstanding queue up and leave together in one
+``submit_batch`` request, which the scheduler admits concurrently.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
-
-import msgspec
 
 from agentbus.bus import Bus
 from agentbus.errors import ContractError
 from agentbus.messages import (
-    TERMINAL_STATUSES,
     SubmitReply,
     SubmitTask,
     SubmitTasks,
     SubmitTasksReply,
-    TaskEvent,
 )
 
 BATCH_MAX_BYTES = 512 * 1024
 """Largest ``submit_batch`` request a client sends (inputs counted plus 512 bytes each)."""
 BATCH_MAX_TASKS = 1000
-_decode_event = msgspec.json.Decoder(TaskEvent).decode
 
 _Pending = tuple[SubmitTask, "asyncio.Future[SubmitReply]"]
 
@@ -129,50 +118,3 @@ class SubmitBatcher:
             timeout_s=max(self._bus.settings.request_timeout_s, 30.0),
         )
         return batch_reply.results
-
-
-class TerminalEvents:
-    """Core subscriptions on the terminal task events, shared by a client's waits.
-
-    One subscription per terminal status (``<p>.events.task.<status>.*``), so a client
-    hears one event per finished task, not every transition of the fleet.
-    ``watch(task_id)`` returns a future set when a terminal event of the task arrives;
-    ``forget`` drops it. Subscribes on the first ``watch``.
-    """
-
-    def __init__(self, bus: Bus) -> None:
-        self._bus = bus
-        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
-        self._subs: list[Any] = []
-        self._subscribing = asyncio.Lock()
-
-    async def watch(self, task_id: str) -> asyncio.Future[None]:
-        """A future set once a terminal event for ``task_id`` arrives."""
-        if not self._subs:
-            async with self._subscribing:
-                if not self._subs:
-                    names = self._bus.names
-                    for status in sorted(TERMINAL_STATUSES):
-                        subject = names.task_event_subject(status, "*")
-                        self._subs.append(await self._bus.nc.subscribe(subject, cb=self._on_event))
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(task_id, set()).add(future)
-        return future
-
-    def forget(self, task_id: str, future: asyncio.Future[None]) -> None:
-        """Stop tracking ``future``."""
-        waiters = self._waiters.get(task_id)
-        if waiters is not None:
-            waiters.discard(future)
-            if not waiters:
-                del self._waiters[task_id]
-
-    async def _on_event(self, msg: Any) -> None:
-        try:
-            event = _decode_event(msg.data)
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            return
-        if event.status in TERMINAL_STATUSES:
-            for future in self._waiters.get(event.task_id, ()):
-                if not future.done():
-                    future.set_result(None)

@@ -17,6 +17,7 @@ import msgspec
 import nats.js.errors
 from nats.js.api import DeliverPolicy
 
+from agentbus._batching import BATCH_MAX_BYTES, SubmitBatcher, task_size
 from agentbus.blobs import pack, unpack
 from agentbus.bus import Bus
 from agentbus.errors import NotFoundError, RequestTimeoutError
@@ -56,8 +57,8 @@ from agentbus.settings import BusSettings
 
 T = TypeVar("T")
 S = TypeVar("S", bound=msgspec.Struct)
-_BATCH_MAX_BYTES = 512 * 1024
 _decode_event = msgspec.json.Decoder(TaskEvent).decode
+_KV_OPERATION = "KV-Operation"
 
 
 def new_task_id() -> str:
@@ -76,6 +77,7 @@ class Client:
     def __init__(self, bus: Bus) -> None:
         self.bus = bus
         self.names = bus.names
+        self._submits = SubmitBatcher(bus)
 
     @classmethod
     async def connect(cls, settings: BusSettings | None = None) -> Client:
@@ -133,7 +135,8 @@ class Client:
         """Submit one task and return its record (status ``queued`` or later).
 
         ``options`` are those of ``task()``. Submitting an existing ``task_id`` returns
-        the existing record unchanged (idempotency).
+        the existing record unchanged (idempotency). Submits made concurrently on one
+        client travel together in batch requests (``agentbus._batching``).
 
         Raises:
             ContractError: the scheduler rejected the task.
@@ -148,9 +151,7 @@ class Client:
         Raises:
             ContractError, UnavailableError, RequestTimeoutError: as ``submit``.
         """
-        reply = await self.bus.request(
-            self.names.endpoint("scheduler", "submit"), request, SubmitReply
-        )
+        reply = await self._submits.submit(request)
         return reply.task
 
     async def submit_many(self, tasks: Sequence[SubmitTask]) -> list[SubmitReply]:
@@ -318,27 +319,55 @@ class Client:
             CancelReply,
         )
 
-    async def _wait_one(self, task_id: str, *, timeout_s: float = 60.0) -> TaskRecord:
-        """Wait until ``task_id`` is terminal and return its record (KV watch).
+    async def _wait_one(
+        self, task_id: str, *, timeout_s: float = 60.0, recheck_s: float = 5.0
+    ) -> TaskRecord:
+        """Wait until ``task_id`` itself is terminal (no hand-off following).
+
+        Subscribes (core NATS, no consumer) to the record's own KV subject
+        ``$KV.<p>_tasks.<task_id>``: every write of the record arrives as it is stored,
+        so the terminal record itself is the notification (no event to wait for, no
+        read after it). The record is read once after subscribing (it may already be
+        terminal); with no write for ``recheck_s`` seconds (missed during a reconnect)
+        it is read again, so a missed write only delays the result. A KV watch per
+        call would create a consumer per task (the server's consumer limit was hit at
+        64 waits in flight in ``just bench tasks``).
 
         Raises:
             RequestTimeoutError: not terminal within ``timeout_s`` seconds.
         """
-        kv = await self.bus.kv(self.names.tasks_bucket)
-        watcher = await kv.watch(task_id)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        finished: asyncio.Future[TaskRecord] = loop.create_future()
+
+        async def on_write(msg: Any) -> None:
+            if finished.done() or (msg.headers and msg.headers.get(_KV_OPERATION)):
+                return  # a delete or purge marker
+            try:
+                record = decode_record(msg.data)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                return
+            if record.terminal:
+                finished.set_result(record)
+
+        subject = f"$KV.{self.names.tasks_bucket}.{task_id}"
+        sub = await self.bus.nc.subscribe(subject, cb=on_write)
         try:
-            async with asyncio.timeout(timeout_s):
-                async for entry in watcher:
-                    if entry is None or entry.value is None or entry.operation is not None:
-                        continue
-                    record = decode_record(entry.value)
-                    if record.terminal:
-                        return record
-        except TimeoutError as exc:
-            raise RequestTimeoutError(f"task {task_id}", timeout_s) from exc
+            while True:
+                try:
+                    record: TaskRecord | None = await self.get(task_id)
+                except NotFoundError:  # not admitted yet: its first write will tell
+                    record = None
+                if record is not None and record.terminal:
+                    return record
+                left = deadline - loop.time()
+                if left <= 0:
+                    raise RequestTimeoutError(f"task {task_id}", timeout_s)
+                await asyncio.wait((finished,), timeout=min(recheck_s, left))
+                if finished.done():
+                    return finished.result()
         finally:
-            await watcher.stop()  # type: ignore[no-untyped-call]
-        raise RequestTimeoutError(f"task {task_id}", timeout_s)
+            await sub.unsubscribe()
 
     async def _wait_many_once(
         self, task_ids: Iterable[str], *, timeout_s: float = 600.0, recheck_s: float = 5.0
@@ -568,8 +597,8 @@ def _batches(tasks: Sequence[SubmitTask]) -> Iterable[list[SubmitTask]]:
     batch: list[SubmitTask] = []
     size = 0
     for task in tasks:
-        n = len(task.input) + 512
-        if batch and size + n > _BATCH_MAX_BYTES:
+        n = task_size(task)
+        if batch and size + n > BATCH_MAX_BYTES:
             yield batch
             batch, size = [], 0
         batch.append(task)
