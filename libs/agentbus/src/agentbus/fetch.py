@@ -18,13 +18,21 @@ priorities, so the order between bands is decided here, by what is pulled first:
   frees, or ``rescan_s`` passes (then every band is flagged again: redeliveries after
   a nak delay or a lapsed lease come without a notice).
 
-Idle → running therefore costs one notice and one no-wait pull round trip.
+Idle → running therefore costs one notice and one pull round trip. The scheduler
+sends the notice right behind the task's publish, before the stream acknowledged it
+(``agentbus_scheduler.ready``), so the pull that follows a notice may reach the server
+before the task is stored: that pull carries ``expires`` = ``NOTICE_WAIT_S`` as well
+as ``no_wait``, and the server then waits up to that long for the first message but
+ends the request as soon as it delivered what it has. Pulls after a rescan or a
+freed slot wait for nothing.
 
 Pull protocol details (nats-server 2.15, checked in a probe): a no-wait request is
 answered with up to ``batch`` messages; when fewer were available a status message
 ``404 No Messages`` ends the reply; when exactly ``batch`` were delivered, no status
-follows. Pulled messages arrive with their stream subject, not the inbox, so one pull
-is outstanding at a time per agent.
+follows. With ``expires`` too, an empty consumer holds the request until the first
+message (then ``404`` right after what it had) or until ``expires`` (``408``).
+Pulled messages arrive with their stream subject, not the inbox, so one pull is
+outstanding at a time per agent.
 """
 
 from __future__ import annotations
@@ -44,6 +52,8 @@ from agentbus.messages import TasksReady
 from agentbus.names import BANDS, Names
 
 _decode_ready = msgspec.json.Decoder(TasksReady).decode
+NOTICE_WAIT_S = 0.02
+"""How long a pull that follows a ready notice may wait for the task to be stored."""
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -82,8 +92,12 @@ class NoWaitPuller:
             except Exception as exc:  # closed connection: nothing to undo
                 logger.debug("puller unsubscribe failed", error=repr(exc))
 
-    async def pull(self, consumer: str, batch: int) -> list[Msg]:
-        """Up to ``batch`` messages that ``consumer`` has ready now (maybe none).
+    async def pull(self, consumer: str, batch: int, *, wait_s: float = 0.0) -> list[Msg]:
+        """Up to ``batch`` messages that ``consumer`` has ready (maybe none).
+
+        With ``wait_s`` > 0, an empty consumer may take up to ``wait_s`` seconds to
+        deliver its first message; the request still ends as soon as it delivered
+        what it had.
 
         Raises:
             nats.errors.Error: the request could not be sent.
@@ -91,11 +105,13 @@ class NoWaitPuller:
         await self.start()
         self._want, self._got = batch, []
         self._ended.clear()
-        request = json.dumps({"batch": batch, "no_wait": True}).encode()
+        body: dict[str, int | bool] = {"batch": batch, "no_wait": True}
+        if wait_s > 0:
+            body["expires"] = int(wait_s * 1e9)
         subject = f"$JS.API.CONSUMER.MSG.NEXT.{self._stream}.{consumer}"
-        await self._nc.publish(subject, request, reply=self._inbox)
+        await self._nc.publish(subject, json.dumps(body).encode(), reply=self._inbox)
         try:
-            await asyncio.wait_for(self._ended.wait(), self._timeout_s)
+            await asyncio.wait_for(self._ended.wait(), self._timeout_s + wait_s)
         except TimeoutError:  # no answer (reconnecting): take what came
             logger.debug("no-wait pull unanswered", consumer=consumer)
         got, self._got, self._want = self._got, [], 0
@@ -149,6 +165,7 @@ class Intake:
         self._lanes = [Lane(b, c) for b in range(BANDS) for c in self.capabilities]
         self._flagged: set[Lane] = set(self._lanes)
         self._notices: dict[Lane, int] = dict.fromkeys(self._lanes, 0)
+        self._fresh: set[Lane] = set()  # a notice came since the lane's last pull
         self._turn = 0
         self._changed = asyncio.Event()
         self._stopping = False
@@ -190,12 +207,17 @@ class Intake:
         self.busy -= 1
         self._changed.set()
 
-    def wake(self, capability: str, band: int) -> None:
-        """Flag ``band`` of ``capability`` as possibly holding tasks, now."""
+    def wake(self, capability: str, band: int, *, notice: bool = False) -> None:
+        """Flag ``band`` of ``capability`` as possibly holding tasks, now.
+
+        ``notice``: a ready notice says so (the task may not be stored yet).
+        """
         lane = Lane(band, capability)
         if lane in self._notices:
             self._notices[lane] += 1
             self._flagged.add(lane)
+            if notice:
+                self._fresh.add(lane)
             self._changed.set()
 
     def wake_later(self, capability: str, band: int, delay_s: float) -> None:
@@ -223,7 +245,7 @@ class Intake:
             if self._on_bad is not None:
                 await self._on_bad(msg.subject, f"not a TasksReady: {exc}")
             return
-        self.wake(notice.capability, notice.band)
+        self.wake(notice.capability, notice.band, notice=True)
 
     # -- the loop ----------------------------------------------------------------------
     def _next_lane(self) -> Lane | None:
@@ -256,9 +278,11 @@ class Intake:
                     pass
                 continue
             seen = self._notices[lane]
+            wait_s = NOTICE_WAIT_S if lane in self._fresh else 0.0
+            self._fresh.discard(lane)
             try:
                 msgs = await self._puller.pull(
-                    self._names.task_consumer(lane.capability, lane.band), free
+                    self._names.task_consumer(lane.capability, lane.band), free, wait_s=wait_s
                 )
             except Exception as exc:  # connection lost: nats-py reconnects by itself
                 logger.warning("pull failed", capability=lane.capability, error=repr(exc))

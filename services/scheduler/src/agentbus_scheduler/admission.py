@@ -219,12 +219,20 @@ class Admission:
         return SubmitReply(task=msgspec.structs.replace(record, stream_seq=seq), created=True)
 
     async def _publish(self, record: TaskRecord) -> int:
-        """Put the task on its band's subject, tell idle agents; the stream sequence."""
-        # publish() mutates the headers dict it is given: always pass a fresh one.
-        ack = await self.bus.js.publish(
+        """Put the task on its band's subject, tell idle agents; the stream sequence.
+
+        The ready notice goes out behind the publish, before its ack (``ready``).
+
+        Raises:
+            TimeoutError: no ack within the bus request timeout.
+            nats.errors.Error: the stream refused the message.
+        """
+        # publish_async() mutates the headers dict it is given: always pass a fresh one.
+        acked = await self.bus.js.publish_async(
             self.bus.names.task_subject(record.capability, record.priority),
             encode(task_message(record)),
             headers={"Nats-Msg-Id": record.task_id},
         )
         await self.ready.post(record.capability, record.priority)
+        ack = await asyncio.wait_for(acked, self.bus.settings.request_timeout_s)
         return ack.seq

@@ -23,9 +23,9 @@ Band = Annotated[int, msgspec.Meta(ge=0, le=9)]
 class TasksReady(Message, frozen=True, kw_only=True):
     """Notice on ``<p>.control.ready.<capability>``: tasks were put on a band's subject.
 
-    Published by the scheduler after the work stream acknowledged the tasks; an idle
-    agent pulls the band when it hears it. Bursts are coalesced (one notice per
-    capability and band per scheduler loop iteration).
+    Published by the scheduler right behind a task's publish (before the stream's
+    ack: the pull that follows may wait briefly for the task to be stored); an idle
+    agent pulls the band when it hears it. Bursts are coalesced.
     """
 
     capability: str
