@@ -16,9 +16,10 @@ from agentbus.bus import Bus
 from agentbus.client import Client
 from agentbus.context import Handoff, derived_id
 from agentbus.errors import ConflictError, NotFoundError, RetryableTaskError
-from agentbus.messages import Backoff
+from agentbus.messages import Backoff, encode
 from agentbus.runtime import Agent, TaskContext
 from agentbus.settings import BusSettings
+from agentbus_scheduler.admission import new_record
 from tests._helpers import eventually, running_scheduler
 from tests.agentbus._flow import agent_running, quick_settings
 
@@ -207,3 +208,23 @@ async def test_cancelling_a_task_that_handed_off_cancels_where_the_work_went(
     assert reply.task.status == "succeeded"  # the source had already handed off
     assert reply.cancelled == [target]
     assert final.task_id == target and final.status == "cancelled"
+
+
+async def test_a_repeated_submit_heals_a_crash_between_record_and_publish(bus: Bus) -> None:
+    # The scheduler died after creating the child's record, before linking and
+    # publishing it: the caller's retry (same task id) must finish the job.
+    async with running_scheduler(bus):
+        client = Client(bus)
+        parent = await client.submit("work", None)  # no agent: stays queued
+        request = await client.task("work", 7, parent_id=parent.task_id)
+        assert request.task_id is not None
+        kv = await bus.kv(bus.names.tasks_bucket)
+        await kv.create(request.task_id, encode(new_record(request, request.task_id)))
+        healed = await client.submit_request(request)
+        linked = await client.get(parent.task_id)
+        info = await bus.js.stream_info(bus.names.tasks_stream)
+    assert healed.status == "queued" and healed.stream_seq is None  # the stored record
+    assert linked.children == [request.task_id]
+    assert info.state.messages == 2
+    stored = await client.get(request.task_id)
+    assert stored.stream_seq is not None

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import asyncio
 
+import msgspec
 import pytest
+from nats.js.errors import KeyWrongLastSequenceError
 
 from agentbus.bus import Bus
 from agentbus.client import Client
 from agentbus.errors import RequestTimeoutError
+from agentbus.messages import encode
 from agentbus.runtime import Agent, TaskContext
 from agentbus.settings import BusSettings
 from tests._helpers import running_scheduler
@@ -68,3 +71,25 @@ async def test_a_task_already_finished_is_returned_at_once(
         many = await client.wait_all([record.task_id] * 2, timeout_s=1)
     assert again == done
     assert many == [done, done]
+
+
+async def test_a_refused_terminal_write_does_not_end_a_wait(bus: Bus) -> None:
+    # A core subscriber on the record's KV subject also hears compare-and-set writes
+    # that the stream refuses (a result that lost the race against a cancel): the
+    # waiter must return the stored record, never the refused one.
+    async with running_scheduler(bus):  # no agent: the task stays queued
+        client = Client(bus)
+        record = await client.submit("sleep", 1.0)
+        waiter = asyncio.create_task(client.wait(record.task_id, timeout_s=20))
+        await asyncio.sleep(0.3)  # the waiter is subscribed and has read the record
+        kv = await bus.kv(bus.names.tasks_bucket)
+        entry = await kv.get(record.task_id)
+        assert entry.revision is not None
+        forged = msgspec.structs.replace(record, status="succeeded")
+        with pytest.raises(KeyWrongLastSequenceError):
+            await kv.update(record.task_id, encode(forged), last=entry.revision - 1)
+        await asyncio.sleep(0.3)
+        assert not waiter.done()
+        await client.cancel(record.task_id)
+        done = await waiter
+    assert done.status == "cancelled"

@@ -200,7 +200,10 @@ class Admission:
                     if existing.status == "queued" and not existing.attempts:
                         # never started: heal a crash between the KV write and the
                         # publish (a retry-queued task's message is still on the stream)
-                        await self._publish(existing)
+                        existing = await self.links.attach(existing)
+                        if not existing.terminal:
+                            seq = await self._publish(existing)
+                            await self.links.set_stream_seq(existing, None, seq)
                     return SubmitReply(task=existing, created=False)
             record = await self.links.attach(record, revision)
             if record.terminal:  # its parent or hand-off source was cancelled meanwhile

@@ -80,11 +80,12 @@ class Links:
             if role == "hand-off source" and record.handoff_to not in (None, task.task_id):
                 raise ConflictError(f"task {task_id!r} already handed off to {record.handoff_to!r}")
 
-    async def attach(self, record: TaskRecord, revision: int) -> TaskRecord:
-        """Link a freshly created ``record`` to its parent and hand-off source.
+    async def attach(self, record: TaskRecord, revision: int | None = None) -> TaskRecord:
+        """Link a created ``record`` to its parent and hand-off source (idempotent).
 
         Returns the record as stored: ``cancelled`` (and never to be published) when
-        the parent or source is no longer running.
+        the parent or source is no longer running. ``revision`` is the record's
+        revision if known (a fresh create); otherwise the record is re-read.
 
         Raises:
             nats.errors.Error, TimeoutError, RuntimeError: the bus failed; the submit
@@ -116,15 +117,27 @@ class Links:
         if ended is None:
             return record
         now = utcnow()
-        cancelled = _orphaned(record, ended, now=now)
-        kv = await self.bus.kv(self.bus.names.tasks_bucket)
-        await kv.update(task_id, encode(cancelled), last=revision)
         event = TaskEvent(task_id=task_id, capability=record.capability, status="cancelled",
                           at=now, reason=ended)  # fmt: skip
-        await publish_task_event(self.bus, event)
-        return cancelled
+        if revision is not None:
+            try:
+                kv = await self.bus.kv(self.bus.names.tasks_bucket)
+                cancelled = _orphaned(record, ended, now=now)
+                await kv.update(task_id, encode(cancelled), last=revision)
+                await publish_task_event(self.bus, event)
+                return cancelled
+            except nats.js.errors.KeyWrongLastSequenceError:
+                pass  # changed meanwhile: cancel what is stored
 
-    async def set_stream_seq(self, record: TaskRecord, revision: int, seq: int) -> None:
+        def orphan(stored: TaskRecord) -> Change:
+            if stored.terminal:
+                return None, None
+            return _orphaned(stored, ended, now=now), event
+
+        outcome = await self.records.update(task_id, orphan)
+        return outcome.record or _orphaned(record, ended, now=now)
+
+    async def set_stream_seq(self, record: TaskRecord, revision: int | None, seq: int) -> None:
         """Store ``seq`` in the record; delete the message if the task was cancelled.
 
         Failures are logged: the record then lacks ``stream_seq`` and a cancel relies
@@ -132,15 +145,16 @@ class Links:
         """
         kv = await self.bus.kv(self.bus.names.tasks_bucket)
         try:
-            try:
-                await kv.update(
-                    record.task_id,
-                    encode(msgspec.structs.replace(record, stream_seq=seq)),
-                    last=revision,
-                )
-                return
-            except nats.js.errors.KeyWrongLastSequenceError:
-                pass  # changed meanwhile (started, or cancelled): apply to what is stored
+            if revision is not None:
+                try:
+                    await kv.update(
+                        record.task_id,
+                        encode(msgspec.structs.replace(record, stream_seq=seq)),
+                        last=revision,
+                    )
+                    return
+                except nats.js.errors.KeyWrongLastSequenceError:
+                    pass  # changed meanwhile (started, or cancelled): apply to what is stored
 
             def with_seq(stored: TaskRecord) -> Change:
                 if stored.terminal or stored.stream_seq == seq:
