@@ -93,3 +93,17 @@ async def test_a_refused_terminal_write_does_not_end_a_wait(bus: Bus) -> None:
         await client.cancel(record.task_id)
         done = await waiter
     assert done.status == "cancelled"
+
+
+async def test_waiting_for_many_tasks_at_once(bus: Bus, bus_settings: BusSettings) -> None:
+    # above 64 tasks the waiter follows every task event instead of one subject each
+    async with running_scheduler(bus), agent_running(sleeper("wait-4"), bus_settings):
+        client = Client(bus)
+        for count in (5, 80):
+            replies = await client.submit_many(
+                [await client.task("sleep", 0.0) for _ in range(count)]
+            )
+            ids = [r.task.task_id for r in replies]
+            records = await client.wait_all(ids, timeout_s=60)
+            assert [r.task_id for r in records] == ids
+            assert {r.status for r in records} == {"succeeded"}

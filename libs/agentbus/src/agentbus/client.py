@@ -59,6 +59,8 @@ T = TypeVar("T")
 S = TypeVar("S", bound=msgspec.Struct)
 _decode_event = msgspec.json.Decoder(TaskEvent).decode
 _KV_OPERATION = "KV-Operation"
+_WAIT_SUBJECTS_MAX = 64
+"""Above this many awaited tasks, one subscription on every task event replaces per-task ones."""
 _EXPECTED_SEQ = "Nats-Expected-Last-Subject-Sequence"
 
 
@@ -402,12 +404,16 @@ class Client:
         return decode_record(entry.value) if entry is not None and entry.value else None
 
     async def _wait_many_once(
-        self, task_ids: Iterable[str], *, timeout_s: float = 600.0, recheck_s: float = 5.0
+        self, task_ids: Iterable[str], *, timeout_s: float = 600.0, recheck_s: float = 30.0
     ) -> AsyncIterator[TaskRecord]:
         """Each task's terminal record as it finishes (hand-offs not followed).
 
-        Follows the task events; if no event arrives for ``recheck_s`` seconds the
-        remaining records are read once more, so a missed event only delays a result.
+        Follows the tasks' terminal events (``TaskEvent``, published after the record
+        write): one core subscription per task on ``<p>.events.task.*.<task_id>``, or
+        one on every task event when more than ``_WAIT_SUBJECTS_MAX`` tasks are awaited.
+        The record is read after its event. Events are best effort and are missed
+        during a reconnect, so the pending records are read again after a reconnect
+        and, as a backstop, after ``recheck_s`` seconds without an event.
 
         Raises:
             RequestTimeoutError: some tasks were not terminal within ``timeout_s``.
@@ -423,9 +429,16 @@ class Client:
             if event.status in TERMINAL_STATUSES and event.task_id in pending:
                 queue.put_nowait(event.task_id)
 
-        sub = await self.bus.nc.subscribe(self.names.events_all("task"), cb=_on_event)
+        nc = self.bus.nc
+        if len(pending) > _WAIT_SUBJECTS_MAX:
+            subjects = [self.names.events_all("task")]
+        else:
+            subjects = [self.names.task_history(t) for t in pending]
+        subs = [await nc.subscribe(subject, cb=_on_event) for subject in subjects]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
+        reconnects = nc.stats["reconnects"]
+        quiet_since = loop.time()
         try:
             for record in await self._terminal_records(list(pending)):
                 pending.discard(record.task_id)
@@ -435,19 +448,24 @@ class Client:
                 if left <= 0:
                     raise RequestTimeoutError(f"{len(pending)} tasks", timeout_s)
                 try:
-                    task_id = await asyncio.wait_for(queue.get(), min(recheck_s, left))
+                    task_id = await asyncio.wait_for(queue.get(), min(1.0, left))
                 except TimeoutError:
-                    for record in await self._terminal_records(list(pending)):
-                        pending.discard(record.task_id)
-                        yield record
+                    missed = nc.stats["reconnects"] != reconnects
+                    if missed or loop.time() - quiet_since >= recheck_s:
+                        reconnects, quiet_since = nc.stats["reconnects"], loop.time()
+                        for record in await self._terminal_records(list(pending)):
+                            pending.discard(record.task_id)
+                            yield record
                     continue
+                quiet_since = loop.time()
                 if task_id in pending:
                     record = await self.get(task_id)
                     if record.terminal:
                         pending.discard(task_id)
                         yield record
         finally:
-            await sub.unsubscribe()
+            for sub in subs:
+                await sub.unsubscribe()
 
     async def _terminal_records(self, task_ids: list[str]) -> list[TaskRecord]:
         done: list[TaskRecord] = []
