@@ -173,6 +173,8 @@ class Run:
     docker: aiodocker.Docker
     observer: Observer
     rep: Report
+    pids: dict[int, str]
+    """Child processes by pid (scheduler, supervisors, nats-server): CPU is reported."""
 
     def deployment(self, name: str, replicas: int) -> Deployment:
         return Deployment(
@@ -315,18 +317,25 @@ async def ramp_and_drill(run: Run) -> None:
     stream.start()
     running = await run.containers("fleet")
     host_before, fleet_before, t0 = host_busy_s(), cgroup_cpu_s(running.values()), time.time()
+    procs_before = process_cpu_s(run.pids)
     await asyncio.sleep(args.warmup_s)
     dt = time.time() - t0
     rep.add("steady_host_busy_cpu_cores", round((host_busy_s() - host_before) / dt, 2))
     fleet_cores = (cgroup_cpu_s(running.values()) - fleet_before) / dt
     rep.add("steady_agent_containers_cpu_cores", round(fleet_cores, 2))
+    procs_after = process_cpu_s(run.pids)
+    for name in sorted(procs_after):
+        used = (procs_after[name] - procs_before.get(name, 0.0)) / dt
+        rep.add(f"steady_{name}_cpu_cores", round(used, 2))
     running = await run.containers("fleet")
     victims = random.sample(sorted(running), args.kill)
-    killed_at = time.time()
+    killed_at, host_before = time.time(), host_busy_s()
     await asyncio.gather(*(run.docker.containers.container(running[a]).kill() for a in victims))
     console.print(f"drill: killed {len(victims)} containers (SIGKILL)")
     await obs.wait_for(lambda: all(obs.registered_since(a, killed_at) for a in victims),
                        args.recovery_timeout_s, "replacements registered")  # fmt: skip
+    busy = (host_busy_s() - host_before) / (time.time() - killed_at)
+    rep.add("recovery_host_busy_cpu_cores", round(busy, 2))
     recovered_at = max(obs.registered_since(a, killed_at).registered_at for a in victims)  # type: ignore[union-attr]
     await asyncio.sleep(args.tail_s)
     stream.stop.set()
@@ -398,14 +407,16 @@ def summary(rep: Report) -> None:
     rep.table("targets (issue 4)", ["target", "measured", "met"], checks)
 
 
-async def bench(args: argparse.Namespace, url: str, prefix: str, rep: Report) -> None:
+async def bench(
+    args: argparse.Namespace, url: str, prefix: str, rep: Report, pids: dict[int, str]
+) -> None:
     bus = await Bus.connect(BusSettings(nats_url=url, prefix=prefix), name="bench-fleet")
     await bus.ensure()
     docker = aiodocker.Docker()
     try:
         observer = Observer(bus, docker)
         tasks = await observer.start()
-        run = Run(args, prefix, bus, docker, observer, rep)
+        run = Run(args, prefix, bus, docker, observer, rep, pids | {os.getpid(): "bench"})
         nodes_kv = await bus.kv(bus.names.nodes_bucket)
         deadline = time.monotonic() + 60
         while len(await live_keys(nodes_kv)) < len(NODES):
@@ -421,6 +432,31 @@ async def bench(args: argparse.Namespace, url: str, prefix: str, rep: Report) ->
         await docker.events.stop()  # type: ignore[no-untyped-call]
         await docker.close()
         await bus.close()
+
+
+def process_cpu_s(pids: dict[int, str]) -> dict[str, float]:
+    """CPU seconds so far of ``pids`` (by their name) and of the Docker engine's
+    processes (``dockerd``, ``containerd``, all ``containerd-shim*`` summed)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    used: dict[str, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        name = pids.get(int(entry.name))
+        if name is None and comm in ("dockerd", "containerd"):
+            name = comm
+        elif name is None and comm.startswith("containerd-shim"):
+            name = "containerd_shims"
+        if name is not None:
+            key = name.replace("-", "_")
+            used[key] = used.get(key, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return used
 
 
 def host_busy_s() -> float:
@@ -507,7 +543,9 @@ def main() -> None:
                     supervisor = [sys.executable, "-m", "agentbus_supervisor"]
                     kids.append(Child(node, supervisor, log_dir, node_env))
                 try:
-                    asyncio.run(bench(args, server.client_url, prefix, rep))
+                    assert server.proc is not None
+                    pids = {kid.pid: kid.name for kid in kids} | {server.proc.pid: "nats-server"}
+                    asyncio.run(bench(args, server.client_url, prefix, rep, pids))
                 except BaseException:
                     for kid in kids:
                         if kid.proc.poll() is not None:
