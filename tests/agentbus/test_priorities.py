@@ -11,10 +11,13 @@ import random
 from typing import Any
 
 import pytest
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig
 
 from agentbus.bus import Bus
 from agentbus.client import Client
 from agentbus.errors import RetryableTaskError
+from agentbus.fetch import Intake
 from agentbus.messages import Backoff, Task, encode
 from agentbus.names import BANDS, Names
 from agentbus.runtime import Agent, TaskContext
@@ -171,3 +174,53 @@ async def test_a_retry_is_pulled_when_its_delay_is_up(bus: Bus, bus_settings: Bu
         record = await client.submit("work", None, priority=2, backoff=fast)
         done = await client.wait(record.task_id, timeout_s=20)
     assert done.status == "succeeded" and len(done.attempts) == 2
+
+
+async def test_answers_to_given_up_pulls_are_run_not_lost(bus: Bus) -> None:
+    # A pull whose answer comes after the intake stopped waiting for it (here: a
+    # timeout far below a round trip) must not cost its tasks an attempt: the late
+    # messages run in free slots (the slot count is still respected).
+    names = bus.names
+    for band in range(BANDS):
+        durable = Names.task_consumer("late", band)
+        await bus.js.add_consumer(
+            names.tasks_stream,
+            ConsumerConfig(name=durable, durable_name=durable, ack_policy=AckPolicy.EXPLICIT,
+                           filter_subject=names.task_subject("late", band), max_ack_pending=-1),
+        )  # fmt: skip
+    for n in range(6):
+        task = Task(task_id=f"late-{n}", capability="late")
+        await bus.js.publish(names.task_subject("late"), encode(task))
+    handled: list[str] = []
+    in_hand = 0
+    most = 0
+    intake: Intake
+
+    async def finish(msg: Msg) -> None:
+        nonlocal in_hand
+        await asyncio.sleep(0.05)
+        await msg.ack()
+        in_hand -= 1
+        intake.release()
+
+    def dispatch(capability: str, msg: Msg) -> None:
+        nonlocal in_hand, most
+        in_hand += 1
+        most = max(most, in_hand)
+        handled.append(msg.subject)
+        asyncio.get_running_loop().create_task(finish(msg))
+
+    intake = Intake(bus, ["late"], max_concurrency=2, rescan_s=0.2, pull_timeout_s=1e-6,
+                    dispatch=dispatch)  # fmt: skip
+    await intake.start()
+    runner = asyncio.create_task(intake.run())
+    try:
+        await eventually(lambda: asyncio.sleep(0, len(handled) >= 6), what="all 6 handled")
+    finally:
+        intake.stop()
+        await runner
+        await intake.close()
+    info = await bus.js.consumer_info(names.tasks_stream, Names.task_consumer("late"))
+    assert len(handled) == 6
+    assert most <= 2
+    assert info.num_redelivered == 0

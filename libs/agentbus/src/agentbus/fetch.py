@@ -65,23 +65,40 @@ class Lane:
 
 
 class NoWaitPuller:
-    """No-wait pull requests on the durable consumers of one stream, one at a time."""
+    """No-wait pull requests on the durable consumers of one stream, one at a time.
 
-    def __init__(self, bus: Bus, stream: str, *, timeout_s: float) -> None:
+    Each request has its own reply subject ``<inbox>.<n>``, so the status that ends a
+    request is never taken for the end of a later one. Pulled messages carry their
+    stream subject, so a message that arrives after its request was given up (no
+    answer within the timeout, e.g. under a reconnect) goes to ``late`` (the intake
+    runs it if a slot is free) or, without one, is returned with a nak.
+    """
+
+    def __init__(
+        self,
+        bus: Bus,
+        stream: str,
+        *,
+        timeout_s: float,
+        late: Callable[[Msg], Awaitable[None]] | None = None,
+    ) -> None:
         self._nc = bus.nc
         self._stream = stream
         self._timeout_s = timeout_s
+        self._late = late
         self._sub: Subscription | None = None
         self._inbox = ""
+        self._reply = ""
+        self._requests = 0
         self._want = 0
         self._got: list[Msg] = []
         self._ended: asyncio.Event = asyncio.Event()
 
     async def start(self) -> None:
-        """Subscribe to the reply inbox; idempotent."""
+        """Subscribe to the reply inboxes; idempotent."""
         if self._sub is None:
             self._inbox = self._nc.new_inbox()
-            self._sub = await self._nc.subscribe(self._inbox, cb=self._on_msg)
+            self._sub = await self._nc.subscribe(f"{self._inbox}.*", cb=self._on_msg)
 
     async def stop(self) -> None:
         """Unsubscribe (a message still in flight is redelivered after its lease)."""
@@ -103,24 +120,27 @@ class NoWaitPuller:
             nats.errors.Error: the request could not be sent.
         """
         await self.start()
+        self._requests += 1
+        self._reply = f"{self._inbox}.{self._requests}"
         self._want, self._got = batch, []
         self._ended.clear()
         body: dict[str, int | bool] = {"batch": batch, "no_wait": True}
         if wait_s > 0:
             body["expires"] = int(wait_s * 1e9)
         subject = f"$JS.API.CONSUMER.MSG.NEXT.{self._stream}.{consumer}"
-        await self._nc.publish(subject, json.dumps(body).encode(), reply=self._inbox)
+        await self._nc.publish(subject, json.dumps(body).encode(), reply=self._reply)
         try:
             await asyncio.wait_for(self._ended.wait(), self._timeout_s + wait_s)
         except TimeoutError:  # no answer (reconnecting): take what came
             logger.debug("no-wait pull unanswered", consumer=consumer)
-        got, self._got, self._want = self._got, [], 0
+        got, self._got, self._want, self._reply = self._got, [], 0, ""
         return got
 
     async def _on_msg(self, msg: Msg) -> None:
         status = msg.headers.get("Status") if msg.headers else None
         if status:
-            if status != "100":  # 404/408/409 end the request; 100 is a heartbeat
+            # 404/408/409 end the request they answer; 100 is a heartbeat
+            if status != "100" and msg.subject == self._reply:
                 self._ended.set()
             return
         if len(self._got) < self._want:
@@ -128,8 +148,11 @@ class NoWaitPuller:
             if len(self._got) == self._want:
                 self._ended.set()
             return
-        # a late answer to a request that timed out: give it back at once
-        logger.warning("unexpected task delivery returned", subject=msg.subject)
+        # the answer to a request given up on: run it if a slot is free, else give it back
+        if self._late is not None:
+            await self._late(msg)
+            return
+        logger.warning("late task delivery returned", subject=msg.subject)
         try:
             await msg.nak()
         except Exception as exc:
@@ -161,7 +184,9 @@ class Intake:
         self.max_concurrency = max_concurrency
         self.rescan_s = rescan_s
         self._dispatch = dispatch
-        self._puller = NoWaitPuller(bus, bus.names.tasks_stream, timeout_s=pull_timeout_s)
+        self._puller = NoWaitPuller(
+            bus, bus.names.tasks_stream, timeout_s=pull_timeout_s, late=self._late
+        )
         self._lanes = [Lane(b, c) for b in range(BANDS) for c in self.capabilities]
         self._flagged: set[Lane] = set(self._lanes)
         self._notices: dict[Lane, int] = dict.fromkeys(self._lanes, 0)
@@ -246,6 +271,19 @@ class Intake:
                 await self._on_bad(msg.subject, f"not a TasksReady: {exc}")
             return
         self.wake(notice.capability, notice.band, notice=True)
+
+    async def _late(self, msg: Msg) -> None:
+        rest = msg.subject.removeprefix(f"{self._names.prefix}.tasks.")
+        capability = rest.split(".", 1)[0]
+        if capability in self.capabilities and self.busy < self.max_concurrency:
+            self.busy += 1
+            self._dispatch(capability, msg)
+            return
+        logger.warning("late task delivery returned: no free slot", subject=msg.subject)
+        try:
+            await msg.nak()
+        except Exception as exc:
+            logger.debug("nak failed", error=repr(exc))
 
     # -- the loop ----------------------------------------------------------------------
     def _next_lane(self) -> Lane | None:
