@@ -410,7 +410,8 @@ class Client:
 
         Follows the tasks' terminal events (``TaskEvent``, published after the record
         write): one core subscription per task on ``<p>.events.task.*.<task_id>``, or
-        one on every task event when more than ``_WAIT_SUBJECTS_MAX`` tasks are awaited.
+        one per terminal status (``<p>.events.task.<status>.*``) when more than
+        ``_WAIT_SUBJECTS_MAX`` tasks are awaited.
         The record is read after its event. Events are best effort and are missed
         during a reconnect, so the pending records are read again after a reconnect
         and, as a backstop, after ``recheck_s`` seconds without an event.
@@ -430,8 +431,8 @@ class Client:
                 queue.put_nowait(event.task_id)
 
         nc = self.bus.nc
-        if len(pending) > _WAIT_SUBJECTS_MAX:
-            subjects = [self.names.events_all("task")]
+        if len(pending) > _WAIT_SUBJECTS_MAX:  # every terminal event, no other transition
+            subjects = [self.names.task_event_subject(s, "*") for s in sorted(TERMINAL_STATUSES)]
         else:
             subjects = [self.names.task_history(t) for t in pending]
         subs = [await nc.subscribe(subject, cb=_on_event) for subject in subjects]
