@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import re
 
+_NUMBER_RE = re.compile(r"\d+(?:\.\d+)?")
 _DURATION_RE = re.compile(r"(?:(\d+(?:\.\d+)?)(ms|s|m|h))+")
 _DURATION_PART_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -23,21 +24,25 @@ _SIZE_UNITS = {"": 1, "B": 1} | {
 _SIZE_UNITS |= {"k": 1000, "kB": 1000}
 
 
+def _plain_number(value: object) -> float | None:
+    """``value`` as a float if it is a finite number >= 0 or a decimal string, else None."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value) if math.isfinite(value) and value >= 0 else None
+    if isinstance(value, str) and _NUMBER_RE.fullmatch(text := value.strip()):
+        return float(text)
+    return None
+
+
 def parse_duration_s(value: object) -> float:
     """Seconds from ``30``, ``1.5``, ``"500ms"``, ``"30s"``, ``"2m"``, ``"1h30m"``.
 
     Raises:
         ValueError: not a non-negative duration (message says what was expected).
     """
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        if math.isfinite(value) and value >= 0:
-            return float(value)
-    elif isinstance(value, str):
-        text = value.strip()
-        if re.fullmatch(r"\d+(?:\.\d+)?", text):
-            return float(text)
-        if _DURATION_RE.fullmatch(text):
-            return sum(float(n) * _DURATION_UNITS[u] for n, u in _DURATION_PART_RE.findall(text))
+    if (number := _plain_number(value)) is not None:
+        return number
+    if isinstance(value, str) and _DURATION_RE.fullmatch(text := value.strip()):
+        return sum(float(n) * _DURATION_UNITS[u] for n, u in _DURATION_PART_RE.findall(text))
     raise ValueError(f"expected a duration like 500ms, 30s or 2m, got {value!r}")
 
 
@@ -70,15 +75,10 @@ def parse_cpus(value: object) -> float:
     Raises:
         ValueError: not a non-negative number of cores.
     """
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        if math.isfinite(value) and value >= 0:
-            return float(value)
-    elif isinstance(value, str):
-        text = value.strip()
-        if re.fullmatch(r"\d+(?:\.\d+)?", text):
-            return float(text)
-        if re.fullmatch(r"\d+m", text):
-            return int(text[:-1]) / 1000
+    if (number := _plain_number(value)) is not None:
+        return number
+    if isinstance(value, str) and re.fullmatch(r"\d+m", text := value.strip()):
+        return int(text[:-1]) / 1000
     raise ValueError(f"expected CPU cores like 0.5 or 500m, got {value!r}")
 
 
