@@ -40,6 +40,7 @@ Prefix = Annotated[
     str | None,
     typer.Option("--prefix", envvar="AGENTBUS_PREFIX", help="Prefix of every bus name."),
 ]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
 def fail(message: str, code: int) -> typer.Exit:
@@ -73,7 +74,7 @@ def run(main: Coroutine[Any, Any, T]) -> T:
 async def with_client(
     nats_url: str | None, prefix: str | None, fn: Callable[[Client], Awaitable[T]]
 ) -> T:
-    """Run ``main``; turn expected errors into a message and an exit code."""
+    """Run ``fn`` with a client connected per ``--nats-url``/``--prefix``, then close it."""
     client = await connect_client(resolve_settings(nats_url, prefix))
     try:
         return await fn(client)
@@ -82,10 +83,10 @@ async def with_client(
 
 
 def print_json(data: bytes) -> None:
-    """Run ``fn`` with a client connected per ``--nats-url``/``--prefix``, then close it."""
+    """Print JSON ``data`` indented on stdout."""
     sys.stdout.write(msgspec.json.format(data, indent=2).decode() + "\n")
 
 
 def age(when: datetime) -> str:
-    """Print JSON ``data`` indented on stdout."""
+    """How long ago ``when`` (UTC) was, as ``"12.3 s"``."""
     return f"{(datetime.now(UTC) - when).total_seconds():.1f} s"

@@ -19,6 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from agentbus.cli.common import (
+    JsonFlag,
     NatsUrl,
     Prefix,
     age,
@@ -39,7 +40,6 @@ from agentbus.fleet_view import ReplicaView, fleet_view, node_views
 from agentbus.messages import LogLine, utcnow
 from agentbus.units import format_duration_s, format_size_bytes
 
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print the rows as JSON.")]
 _STATE_STYLE = {
     "running": "green",
     "starting": "cyan",

@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from agentbus.cli.common import (
+    JsonFlag,
     NatsUrl,
     Prefix,
     age,
@@ -98,7 +99,7 @@ def tasks(
     ] = "dead",
     capability: Annotated[str | None, typer.Option(help="Only this capability.")] = None,
     limit: Annotated[int, typer.Option(min=1, max=1000, help="Most tasks to list.")] = 100,
-    json_out: Annotated[bool, typer.Option("--json", help="Print the records as JSON.")] = False,
+    json_out: JsonFlag = False,
     nats_url: NatsUrl = None,
     prefix: Prefix = None,
 ) -> None:

@@ -9,7 +9,16 @@ import msgspec
 import typer
 from rich.table import Table
 
-from agentbus.cli.common import NatsUrl, Prefix, app, console, print_json, run, with_client
+from agentbus.cli.common import (
+    JsonFlag,
+    NatsUrl,
+    Prefix,
+    app,
+    console,
+    print_json,
+    run,
+    with_client,
+)
 from agentbus.client import Client
 from agentbus.errors import UnavailableError
 from agentbus.messages import TraceClaim, TraceKind
@@ -20,7 +29,6 @@ traces_app = typer.Typer(
 )
 app.add_typer(traces_app, name="traces")
 
-Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 BusPrefix = Annotated[
     str | None,
     typer.Option("--bus-prefix", envvar="AGENTBUS_PREFIX", help="Prefix of every bus name."),
@@ -44,7 +52,7 @@ def top(
     kind: Annotated[str, typer.Argument(help="Trace kind, e.g. found_todo.")],
     prefix: Annotated[str, typer.Option("--prefix", help="Only locations starting so.")] = "",
     n: Annotated[int, typer.Option("-n", min=1, max=10_000, help="How many.")] = 10,
-    json_: Json = False,
+    json_: JsonFlag = False,
     nats_url: NatsUrl = None,
     bus_prefix: BusPrefix = None,
 ) -> None:
@@ -68,7 +76,7 @@ def top(
 @traces_app.command("show")
 def show(
     location: Annotated[str, typer.Argument(help="Any string: a path, a URL, a topic.")],
-    json_: Json = False,
+    json_: JsonFlag = False,
     nats_url: NatsUrl = None,
     prefix: Prefix = None,
 ) -> None:
@@ -147,7 +155,7 @@ def deposit(
 
 
 @traces_app.command("kinds")
-def kinds(json_: Json = False, nats_url: NatsUrl = None, prefix: Prefix = None) -> None:
+def kinds(json_: JsonFlag = False, nats_url: NatsUrl = None, prefix: Prefix = None) -> None:
     """Every trace kind with its half-life, floor and forgetting time."""
 
     async def go(client: Client) -> list[TraceKind]:
