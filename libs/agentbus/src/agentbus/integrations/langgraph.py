@@ -116,25 +116,23 @@ class AgentbusSaver(BaseCheckpointSaver[str]):
             self._loop = None
 
     # -- encoding ------------------------------------------------------------------
-    def _dump(self, value: Any) -> bytes:
-        kind, data = self.serde.dumps_typed(value)
-        return _encode(_Typed(kind, data))
+    def _typed(self, value: Any) -> _Typed:
+        return _Typed(*self.serde.dumps_typed(value))
 
-    def _load(self, data: bytes) -> Any:
-        typed = _decode_typed(data)
+    def _untyped(self, typed: _Typed) -> Any:
         return self.serde.loads_typed((typed.type, typed.data))
 
     def _tuple(self, ckpt: Checkpoint) -> CheckpointTuple:
         stored = _decode_stored(ckpt.data)
-        checkpoint = self.serde.loads_typed((stored.checkpoint.type, stored.checkpoint.data))
-        metadata = self.serde.loads_typed((stored.metadata.type, stored.metadata.data))
         ns = ckpt.namespace
         return CheckpointTuple(
             config=_config(ckpt.thread_id, ns, ckpt.checkpoint_id),
-            checkpoint=checkpoint,
-            metadata=metadata,
+            checkpoint=self._untyped(stored.checkpoint),
+            metadata=self._untyped(stored.metadata),
             parent_config=(_config(ckpt.thread_id, ns, ckpt.parent_id) if ckpt.parent_id else None),
-            pending_writes=[(w.task_id, w.channel, self._load(w.data)) for w in ckpt.writes],
+            pending_writes=[
+                (w.task_id, w.channel, self._untyped(_decode_typed(w.data))) for w in ckpt.writes
+            ],
         )
 
     # -- async API -----------------------------------------------------------------
@@ -201,10 +199,7 @@ class AgentbusSaver(BaseCheckpointSaver[str]):
         """Store ``checkpoint`` as a child of ``config``'s checkpoint; its config."""
         thread_id, ns = _where(config)
         full_metadata = get_checkpoint_metadata(config, metadata)
-        stored = _Stored(
-            checkpoint=_Typed(*self.serde.dumps_typed(checkpoint)),
-            metadata=_Typed(*self.serde.dumps_typed(full_metadata)),
-        )
+        stored = _Stored(checkpoint=self._typed(checkpoint), metadata=self._typed(full_metadata))
         await self.client.put(
             thread_id,
             _encode(stored),
@@ -232,7 +227,7 @@ class AgentbusSaver(BaseCheckpointSaver[str]):
                 task_id=task_id,
                 channel=channel,
                 idx=WRITES_IDX_MAP.get(channel, idx),
-                data=self._dump(value),
+                data=_encode(self._typed(value)),
                 task_path=task_path,
             )
             for idx, (channel, value) in enumerate(writes)
