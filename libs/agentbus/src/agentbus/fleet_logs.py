@@ -4,7 +4,7 @@ Supervisors publish each output line of a replica as a ``LogLine`` on
 ``<p>.logs.<agent_id>`` (stream ``<P>_LOGS``, bounded by age, bytes and lines per
 agent), whatever node it runs on, so one ordered consumer on the stream follows a
 replica across restarts and moves between nodes. The agent id of replica ``r`` of
-deployment ``d`` is ``d-r`` (the supervisor's ``build_spec``). One replica is read with
+deployment ``d`` is ``d-r`` (``agentbus.names.replica_agent_id``). One replica is read with
 a consumer filtered on its subject; a whole deployment with a consumer on
 ``<p>.logs.>`` filtered here by agent id (a subject wildcard cannot match ``d-*``),
 which also picks up replicas added by a scale-up while following.
@@ -13,7 +13,6 @@ which also picks up replicas added by a scale-up while following.
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 
@@ -24,22 +23,12 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from agentbus.bus import Bus
 from agentbus.messages import LogLine, utcnow
+from agentbus.names import replica_agent_id, replica_agent_id_pattern
 from agentbus.units import parse_duration_s
 
 _POLL_S = 0.25
 """How often a follow checks ``stop`` while no line arrives."""
 _decode_line = msgspec.json.Decoder(LogLine).decode
-
-
-def replica_agent_id(deployment: str, replica: int) -> str:
-    """The agent id a supervisor gives replica ``replica`` of ``deployment``."""
-    return f"{deployment}-{replica}"
-
-
-def agent_matcher(deployment: str, replica: int | None = None) -> re.Pattern[str]:
-    """A pattern matching the agent ids of ``deployment`` (or of one replica)."""
-    index = str(replica) if replica is not None else r"\d+"
-    return re.compile(rf"{re.escape(deployment)}-{index}")
 
 
 def to_line(msg: Msg) -> LogLine:
@@ -85,7 +74,7 @@ async def read_logs(
         subject = names.log_subject(replica_agent_id(deployment, replica))
     else:
         subject = names.logs_all()
-    wanted = agent_matcher(deployment, replica)
+    wanted = replica_agent_id_pattern(deployment, replica)
     last_seq = (await bus.js.stream_info(names.logs_stream)).state.last_seq
     config = ConsumerConfig()
     if since is not None:

@@ -18,7 +18,6 @@ import msgspec
 
 from agentbus.client import Client
 from agentbus.errors import AgentBusError, NotFoundError
-from agentbus.fleet_logs import replica_agent_id
 from agentbus.messages import (
     AgentInfo,
     Deployment,
@@ -28,6 +27,7 @@ from agentbus.messages import (
     ReplicaStatus,
     UnplacedReplica,
 )
+from agentbus.names import replica_agent_id
 
 STATUS_TIMEOUT_S = 2.0
 """How long one supervisor's ``status`` may take before its replicas show ``unknown``."""

@@ -36,6 +36,24 @@ def check_token(kind: str, value: str) -> str:
     return value
 
 
+def replica_agent_id(deployment: str, replica: int) -> str:
+    """The agent id replica ``replica`` of ``deployment`` runs as: ``<deployment>-<replica>``.
+
+    The supervisor gives it to the replica (``AGENTBUS_AGENT_ID``); the logs, the
+    registry and ``agentbus ps`` find a replica's agent by it.
+    """
+    return f"{deployment}-{replica}"
+
+
+def replica_agent_id_pattern(deployment: str, replica: int | None = None) -> re.Pattern[str]:
+    """A pattern whose ``fullmatch`` accepts the agent ids of ``deployment``'s replicas.
+
+    With ``replica``, only that replica's (see ``replica_agent_id``).
+    """
+    index = str(replica) if replica is not None else r"\d+"
+    return re.compile(rf"{re.escape(deployment)}-{index}")
+
+
 @dataclass(frozen=True, slots=True)
 class Names:
     """Names of every NATS object agentbus uses, derived from ``prefix``.

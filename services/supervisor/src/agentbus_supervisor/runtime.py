@@ -19,6 +19,7 @@ from typing import Literal
 
 from agentbus.messages import Deployment
 from agentbus.messages.fleet import Limits
+from agentbus.names import replica_agent_id
 
 LABEL_MANAGED = "agentbus.managed"
 LABEL_NODE = "agentbus.node"
@@ -47,7 +48,7 @@ class ReplicaSpec:
     Attributes:
         deployment: the deployment name.
         replica: the replica index within the deployment.
-        agent_id: ``<deployment>-<replica>``.
+        agent_id: ``<deployment>-<replica>`` (``agentbus.names.replica_agent_id``).
         image: the container image (docker runtime).
         command: argv (process runtime; the container command for docker).
         env: the complete agent environment (deployment env + ``AGENTBUS_*``).
@@ -211,7 +212,7 @@ def build_spec(
     ``command`` in ``default_image``. On a ``process`` node it runs ``command``. Each
     limit the deployment leaves unset comes from ``default_limits`` (the node's).
     """
-    agent_id = f"{deployment.name}-{replica}"
+    agent_id = replica_agent_id(deployment.name, replica)
     env = dict(deployment.env)
     env.update(
         {
