@@ -103,12 +103,21 @@ def task_message(record: TaskRecord) -> Task:
 class Admission:
     """Handlers of the ``submit``, ``submit_batch`` and ``get`` endpoints."""
 
-    def __init__(self, bus: Bus, metrics: SchedulerMetrics, *, concurrency: int = 128) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        metrics: SchedulerMetrics,
+        *,
+        concurrency: int = 128,
+        records: Records | None = None,
+    ) -> None:
         self.bus = bus
         self.metrics = metrics
         self._concurrency = concurrency
-        self.links = Links(bus, Records(bus, metrics))
+        self.records = records or Records(bus, metrics)
+        self.links = Links(bus, self.records)
         self.ready = ReadyNotices(bus)
+        self._created = metrics.submitted.labels("created")
 
     async def submit(self, task: SubmitTask) -> SubmitReply:
         """Admit one task (idempotent on ``task_id``).
@@ -192,18 +201,11 @@ class Admission:
             try:
                 revision = await kv.create(task_id, encode(record))
             except nats.js.errors.KeyWrongLastSequenceError:
-                existing = await self.read(task_id)
+                existing = await self._existing(task_id)
                 if existing is None:  # deleted between create and read: try once more
                     revision = await kv.create(task_id, encode(record))
                 else:
                     self.metrics.submitted.labels("existing").inc()
-                    if existing.status == "queued" and not existing.attempts:
-                        # never started: heal a crash between the KV write and the
-                        # publish (a retry-queued task's message is still on the stream)
-                        existing = await self.links.attach(existing)
-                        if not existing.terminal:
-                            seq = await self._publish(existing)
-                            await self.links.set_stream_seq(existing, None, seq)
                     return SubmitReply(task=existing, created=False)
             record = await self.links.attach(record, revision)
             if record.terminal:  # its parent or hand-off source was cancelled meanwhile
@@ -211,15 +213,41 @@ class Admission:
             seq = await self._publish(record)
         except (nats.errors.Error, TimeoutError, RuntimeError) as exc:
             raise UnavailableError(f"could not admit task {task_id!r}: {exc!r}") from exc
-        self.metrics.submitted.labels("created").inc()
+        self._created.inc()
         event = TaskEvent(
             task_id=task_id, capability=record.capability, status="queued", at=record.created_at
         )
-        await asyncio.gather(
-            self.links.set_stream_seq(record, revision, seq),
-            publish_task_event(self.bus, event),
-        )
-        return SubmitReply(task=msgspec.structs.replace(record, stream_seq=seq), created=True)
+        await publish_task_event(self.bus, event)
+        # The stream sequence is not written to the record (a KV write per task): the
+        # cache holds it for the next write, a cancel that misses the cache looks the
+        # message up (``links.find_stream_seq``).
+        record = msgspec.structs.replace(record, stream_seq=seq)
+        self.records.cache.put(record, revision)
+        return SubmitReply(task=record, created=True)
+
+    async def _existing(self, task_id: str) -> TaskRecord | None:
+        """The stored record of a repeated submit, its admission finished if need be.
+
+        A record this instance admitted is returned with its ``stream_seq`` (from the
+        record cache, if it still holds that revision). A record that never started
+        and whose publish is not known to have landed is published again: that heals
+        a crash between the KV write and the publish (the stream's duplicate window
+        drops the copy if the first publish landed; a retry-queued task's message is
+        still on the stream).
+        """
+        found = await self.records.read(task_id)
+        if found is None:
+            return None
+        existing, revision = found
+        cached = self.records.cache.get(task_id)
+        if cached is not None and cached[1] == revision:
+            existing = cached[0]
+        if existing.status == "queued" and not existing.attempts and existing.stream_seq is None:
+            existing = await self.links.attach(existing)
+            if not existing.terminal:
+                seq = await self._publish(existing)
+                await self.links.set_stream_seq(existing, None, seq)
+        return existing
 
     async def _publish(self, record: TaskRecord) -> int:
         """Put the task on its band's subject, tell idle agents; the stream sequence.

@@ -8,7 +8,8 @@ For each task to cancel, in this order:
 2. one ``CancelNotice`` naming every task cancelled by the call goes out on
    ``<p>.control.cancel``: an agent running one cancels its handler and terminates the
    message; an agent that is delivered one later terminates it unstarted.
-3. the task's message is deleted from the work stream (``record.stream_seq``), so a
+3. the task's message is deleted from the work stream (``record.stream_seq``, looked
+   up by the task id when the record lacks it: ``links.find_stream_seqs``), so a
    queued task never starts, and a running one is not redelivered if its agent dies.
 
 The walk starts at the requested task, follows ``handoff_to`` (the task that took the
@@ -39,6 +40,7 @@ from agentbus.messages import (
     encode,
     utcnow,
 )
+from agentbus_scheduler.links import find_stream_seqs
 from agentbus_scheduler.metrics import SchedulerMetrics
 from agentbus_scheduler.records import Records, Transition
 
@@ -104,6 +106,7 @@ class Canceller:
         transition = cancel_transition(now=utcnow(), reason=request.reason)
         cancelled: list[str] = []
         seqs: list[int] = []
+        unknown: list[TaskRecord] = []
         seen: set[str] = set()
         todo = deque([request.task_id])
         while todo:
@@ -119,6 +122,8 @@ class Canceller:
                 cancelled.append(task_id)
                 if record.stream_seq is not None:
                     seqs.append(record.stream_seq)
+                else:  # not in this instance's record cache (links.find_stream_seqs)
+                    unknown.append(record)
             if record.handoff_to:
                 todo.append(record.handoff_to)
             if request.recursive:
@@ -126,7 +131,7 @@ class Canceller:
         if cancelled:
             self.metrics.cancelled.inc(len(cancelled))
             await self._notify(cancelled)
-            await self._delete(seqs)
+            await self._delete(seqs + await find_stream_seqs(self.bus, unknown))
             logger.info("tasks cancelled", task_id=request.task_id, count=len(cancelled))
         found = await self.records.read(request.task_id)
         assert found is not None

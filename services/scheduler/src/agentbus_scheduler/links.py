@@ -11,14 +11,17 @@
   ``Client.wait`` follows once the source ends ``succeeded``, and ``cancel`` follows
   in any state. A task hands off at most once (a second, different target is a
   ``ConflictError``; the same target again is an idempotent repeat).
-* **Stream sequence.** After the publish, the record gets the message's
-  ``stream_seq`` (written with the revision from the create, else re-read), so a
-  cancel or a deadline sweep can delete the message. If the task was cancelled
-  in between, its message is deleted here.
+* **Stream sequence.** A new task's ``stream_seq`` (from the publish ack) is not
+  written to its record at admission (it would cost a KV write per task): the
+  scheduler's record cache carries it into the record's next write, and a cancel of
+  a record without it finds the message by its ``Nats-Msg-Id`` (``find_stream_seqs``).
+  A repeated submit that re-publishes a queued task writes it (``set_stream_seq``);
+  if the task was cancelled in between, its message is deleted there.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 
 import msgspec
@@ -32,6 +35,8 @@ from agentbus.messages import ErrorInfo, SubmitTask, TaskEvent, TaskRecord, enco
 from agentbus_scheduler.records import Records, publish_task_event
 
 Change = tuple[TaskRecord | None, TaskEvent | None]
+FIND_MAX_MESSAGES = 10_000
+"""Work-stream messages ``find_stream_seqs`` reads at most per subject."""
 
 
 def _orphaned(record: TaskRecord, why: str, *, now: datetime) -> TaskRecord:
@@ -168,3 +173,38 @@ class Links:
             pass  # the message is gone already
         except (nats.errors.Error, TimeoutError, RuntimeError) as exc:
             logger.warning("stream_seq not recorded", task_id=record.task_id, error=repr(exc))
+
+
+async def find_stream_seqs(
+    bus: Bus, records: Iterable[TaskRecord], *, limit: int = FIND_MAX_MESSAGES
+) -> list[int]:
+    """The work-stream sequences of the messages of ``records`` still on the stream.
+
+    Reads each band subject concerned from its first message on (``next_by_subj``),
+    at most ``limit`` messages per subject, matching ``Nats-Msg-Id`` (the task id).
+    The fallback of a cancel that lacks ``stream_seq``; failures are logged (the
+    cancel notice still stops agents, the sweep removes delivered leftovers).
+    """
+    wanted: dict[str, set[str]] = {}
+    for record in records:
+        subject = bus.names.task_subject(record.capability, record.priority)
+        wanted.setdefault(subject, set()).add(record.task_id)
+    found: list[int] = []
+    for subject, ids in wanted.items():
+        seq, read = 1, 0
+        try:
+            while ids and read < limit:
+                raw = await bus.js.get_msg(bus.names.tasks_stream, seq=seq, subject=subject,
+                                           next=True)  # fmt: skip
+                if raw.seq is None:
+                    break
+                read, seq = read + 1, raw.seq + 1
+                msg_id = (raw.headers or {}).get("Nats-Msg-Id")
+                if msg_id in ids:
+                    ids.discard(msg_id)
+                    found.append(raw.seq)
+        except nats.js.errors.NotFoundError:
+            continue  # no (more) messages on the subject
+        except (nats.errors.Error, TimeoutError) as exc:
+            logger.warning("task messages not looked up", subject=subject, error=repr(exc))
+    return found

@@ -69,8 +69,8 @@ async def serve(
     await bus.ensure()
     service_metrics = ServiceMetrics(SERVICE, registry)
     metrics = SchedulerMetrics(registry)
-    admission = Admission(bus, metrics, concurrency=settings.submit_concurrency)
-    records = Records(bus, metrics)
+    records = Records(bus, metrics)  # one record cache for admission, results, cancels
+    admission = Admission(bus, metrics, concurrency=settings.submit_concurrency, records=records)
     dead_letters = DeadLetters(bus, metrics, service_metrics, records=records, admission=admission)
     results = ResultsConsumer(
         bus, settings, metrics, service_metrics, records=records, dead_letters=dead_letters
