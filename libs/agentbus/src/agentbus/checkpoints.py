@@ -51,21 +51,16 @@ from agentbus.messages import (
     ThreadsReply,
     WritesReply,
 )
+from agentbus.names import escape_token
 
 R = TypeVar("R", bound=Message)
 SERVICE = "checkpoint"
-_PLAIN = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
 _REQUEST_HEADROOM_BYTES = 64 * 1024
 """Room left in a put request for the envelope (ids, metadata) and headers."""
 
 
-def escape_token(value: str) -> str:
-    """Escape ``value`` into one KV key token: ``[A-Za-z0-9_-]`` kept, other bytes ``=HH``."""
-    return "".join(chr(b) if b in _PLAIN else f"={b:02X}" for b in value.encode())
-
-
 def thread_key_prefix(agent_id: str, thread_id: str, namespace: str = "") -> str:
-    """KV key prefix of a thread: ``<A>.<T>`` or ``<A>.<T>.ns.<N>`` (escaped tokens)."""
+    """KV key prefix of a thread: ``<A>.<T>`` or ``<A>.<T>.ns.<N>`` (``escape_token``s)."""
     prefix = f"{escape_token(agent_id)}.{escape_token(thread_id)}"
     return f"{prefix}.ns.{escape_token(namespace)}" if namespace else prefix
 

@@ -245,19 +245,29 @@ class Names:
         return f"{self.prefix}.{service}.{verb}"
 
 
-# -- trace locations ---------------------------------------------------------------
+# -- escaped key tokens and trace locations ------------------------------------------
 LOCATION_MAX_BYTES = 1024
-_LOCATION_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+_TOKEN_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+
+
+def escape_token(value: str) -> str:
+    """Escape any string into one subject token / KV key part, reversibly.
+
+    UTF-8 bytes in ``[A-Za-z0-9_-]`` stay, every other byte becomes ``=HH`` (upper-case
+    hex): ``a.b c`` is ``a=2Eb=20c``. The empty string stays empty.
+    """
+    return "".join(chr(b) if b in _TOKEN_SAFE else f"={b:02X}" for b in value.encode())
 
 
 def encode_location(location: str) -> str:
     """Encode any location string as dot-separated subject/KV-key tokens, reversibly.
 
-    The location is split on ``/``; each segment becomes one token: its UTF-8 bytes in
-    ``[A-Za-z0-9_-]`` stay, every other byte becomes ``=XX`` (upper-case hex), and an
-    empty segment becomes ``=``. So ``src/a b.py`` is ``src.a=20b=2Epy`` and a prefix of
-    whole segments is a prefix of tokens (``<p>.traces.<kind>.*.src.>`` selects
-    ``src/...``). The tokens are valid NATS subject tokens and KV key parts.
+    The location is split on ``/``; each segment becomes one token (``escape_token``:
+    UTF-8 bytes in ``[A-Za-z0-9_-]`` stay, every other byte becomes ``=XX``, upper-case
+    hex), and an empty segment becomes ``=``. So ``src/a b.py`` is ``src.a=20b=2Epy``
+    and a prefix of whole segments is a prefix of tokens
+    (``<p>.traces.<kind>.*.src.>`` selects ``src/...``). The tokens are valid NATS
+    subject tokens and KV key parts.
 
     Raises:
         ContractError: ``location`` is empty or longer than ``LOCATION_MAX_BYTES`` in UTF-8.
@@ -267,10 +277,7 @@ def encode_location(location: str) -> str:
         raise ContractError(
             f"a trace location must be 1-{LOCATION_MAX_BYTES} bytes of UTF-8, got {len(raw)}"
         )
-    return ".".join(
-        "".join(chr(b) if b in _LOCATION_SAFE else f"={b:02X}" for b in seg) or "="
-        for seg in raw.split(b"/")
-    )
+    return ".".join(escape_token(segment) or "=" for segment in location.split("/"))
 
 
 def decode_location(key: str) -> str:
@@ -293,7 +300,7 @@ def decode_location(key: str) -> str:
                     raise ContractError(f"bad escape in location key {key!r}")
                 out.append(int(hex_, 16))
                 i += 3
-            elif ord(c) in _LOCATION_SAFE:
+            elif ord(c) in _TOKEN_SAFE:
                 out.append(ord(c))
                 i += 1
             else:

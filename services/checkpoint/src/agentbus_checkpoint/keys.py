@@ -34,8 +34,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from agentbus.checkpoints import escape_token, thread_key_prefix
+from agentbus.checkpoints import thread_key_prefix
 from agentbus.errors import ContractError
+from agentbus.names import escape_token
 
 __all__ = [
     "ThreadKeys",
