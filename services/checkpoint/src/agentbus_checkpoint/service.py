@@ -15,7 +15,8 @@ verb           request               reply
 ``prune``      ``PruneCheckpoints``  ``CheckpointsDeleted``
 =============  ====================  =========================================
 
-Storage rules are in ``agentbus_checkpoint.store``, history and retention in
+Storage rules are in ``agentbus_checkpoint.store``, pending writes in
+``agentbus_checkpoint.writes``, history and retention in
 ``agentbus_checkpoint.housekeeping``, the key layout in ``agentbus_checkpoint.keys``.
 The service keeps no state in memory, so any number of instances can serve (a put is
 an atomic batch guarded by the head revision); the retention sweep runs on the one
@@ -54,6 +55,7 @@ from agentbus_checkpoint.housekeeping import Housekeeping
 from agentbus_checkpoint.metrics import CheckpointMetrics
 from agentbus_checkpoint.settings import CheckpointSettings
 from agentbus_checkpoint.store import CheckpointStore
+from agentbus_checkpoint.writes import PendingWrites
 
 SERVICE = "checkpoint"
 SWEEP_LEASE = "checkpoint-retention"
@@ -66,6 +68,7 @@ async def serve(
     service_metrics = ServiceMetrics(SERVICE, registry)
     store = CheckpointStore(bus, settings, CheckpointMetrics(registry))
     house = Housekeeping(store)
+    writes = PendingWrites(store)
     # nats-py runs one subscription's handlers one at a time: several micro instances
     # in one process (one queue group) let requests run concurrently.
     micros = [
@@ -86,7 +89,7 @@ async def serve(
         return CheckpointReply(checkpoint=await store.get(req))
 
     async def put_writes(req: PutWrites) -> WritesReply:
-        return WritesReply(writes_count=await store.put_writes(req))
+        return WritesReply(writes_count=await writes.put(req))
 
     async def list_(req: ListCheckpoints) -> CheckpointsReply:
         return await house.history(req)

@@ -1,13 +1,13 @@
-"""Checkpoint storage: put, get and pending writes (layout in ``agentbus_checkpoint.keys``).
+"""Checkpoint storage: put and get versions (layout in ``agentbus_checkpoint.keys``).
 
 Rules:
 
 * ``put`` appends version ``n + 1`` to a thread whose head is at ``n``. ``parent_id``
   must name the head's checkpoint (None for an empty thread; a writer must say which
   state it built on) unless ``branch`` is set. The record, the data, the id index and
-  the new head are written as **one atomic batch** (JetStream atomic batch publish,
-  ADR-50) whose head message carries ``Nats-Expected-Last-Subject-Sequence`` = the
-  head revision read: either everything is stored or nothing, and of two concurrent
+  the new head are written as **one atomic batch** (``agentbus_checkpoint.batch``)
+  whose head message carries ``Nats-Expected-Last-Subject-Sequence`` = the head
+  revision read: either everything is stored or nothing, and of two concurrent
   puts on one head exactly one wins; the other gets ``CheckpointConflictError`` naming
   its parent and the winner.
 * SHA-256 of the data is computed here and checked on every ``get``; a record that
@@ -18,13 +18,15 @@ Rules:
   ``<thread prefix>/<32 hex>`` and sends ``data_ref``; the service checks that the
   object is the thread's and that its size and recorded SHA-256 match. ``get`` then
   returns ``data_ref`` (empty ``data``) and the reader fetches and checks the bytes.
+
+Pending writes are stored by ``agentbus_checkpoint.writes``; ``get`` returns them with
+their checkpoint.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
-import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -49,10 +51,10 @@ from agentbus.messages import (
     GetCheckpoint,
     PendingWrite,
     PutCheckpoint,
-    PutWrites,
     encode,
     utcnow,
 )
+from agentbus_checkpoint.batch import HeadMovedError, publish_atomic
 from agentbus_checkpoint.keys import ThreadKeys
 from agentbus_checkpoint.metrics import CheckpointMetrics
 from agentbus_checkpoint.settings import CheckpointSettings
@@ -61,10 +63,6 @@ _decode_head = msgspec.json.Decoder(CheckpointHead).decode
 _decode_record = msgspec.json.Decoder(Checkpoint).decode
 _decode_index = msgspec.json.Decoder(CheckpointIndex).decode
 _decode_writes = msgspec.json.Decoder(CheckpointWrites).decode
-_WRONG_LAST_SEQUENCE = 10071
-_WRITES_ATTEMPTS = 32
-CHECKPOINT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:=+-]{0,127}$")
-"""``agentbus.messages.CheckpointId``."""
 
 
 def new_checkpoint_id(version: int) -> str:
@@ -95,12 +93,8 @@ class Head:
         return self.value.checkpoint_id if self.value else None
 
 
-class _HeadMovedError(Exception):
-    """The atomic batch failed its expected head revision."""
-
-
 class CheckpointStore:
-    """Put and get checkpoints and pending writes (see the module docstring)."""
+    """Put and get checkpoints; read the stored values (see the module docstring)."""
 
     def __init__(self, bus: Bus, settings: CheckpointSettings, metrics: CheckpointMetrics):
         self.bus = bus
@@ -212,33 +206,6 @@ class CheckpointStore:
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise self.corrupted(f"writes {tk.writes(checkpoint_id)!r}: {exc}") from None
 
-    async def _atomic(self, messages: Sequence[tuple[str, bytes]], head: str, rev: int) -> int:
-        """Write ``messages`` (key, value) as one atomic batch; return the head's revision.
-
-        The last message must be ``head``; the batch is stored only if the head's last
-        revision is ``rev`` (0: absent).
-
-        Raises:
-            _HeadMovedError: the head's revision is not ``rev``; nothing was stored.
-        """
-        assert messages[-1][0] == head
-        batch_id = uuid.uuid4().hex
-        for seq, (key, value) in enumerate(messages, start=1):
-            headers = {"Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(seq)}
-            if seq < len(messages):
-                await self.bus.nc.publish(self.subject(key), value, headers=headers)
-                continue
-            headers["Nats-Expected-Last-Subject-Sequence"] = str(rev)
-            headers["Nats-Batch-Commit"] = "1"
-            try:
-                ack = await self.bus.js.publish(self.subject(key), value, headers=headers)
-            except nats.js.errors.APIError as exc:
-                if exc.err_code == _WRONG_LAST_SEQUENCE:
-                    raise _HeadMovedError from None
-                raise UnavailableError(f"atomic checkpoint write failed: {exc}") from exc
-            return ack.seq
-        raise AssertionError("unreachable: the batch ends with its commit")
-
     # -- put -----------------------------------------------------------------------
     async def put(
         self, req: PutCheckpoint, *, forked_from: CheckpointOrigin | None = None
@@ -313,9 +280,10 @@ class CheckpointStore:
                 (tk.index(record.checkpoint_id), encode(CheckpointIndex(version=version)))
             )
             messages.append((tk.head, encode(new_head)))
+            batch = [(self.subject(key), value) for key, value in messages]
             try:
-                revision = await self._atomic(messages, tk.head, head.revision)
-            except _HeadMovedError:
+                revision = await publish_atomic(self.bus, batch, head.revision)
+            except HeadMovedError:
                 now_head = await self.read_head(tk)
                 if req.branch or now_head.checkpoint_id == head.checkpoint_id:
                     continue  # retention bookkeeping moved it (or branch: no expectation)
@@ -406,63 +374,6 @@ class CheckpointStore:
             record, data=data, writes=sorted(writes.writes, key=write_order)
         )
 
-    # -- pending writes ------------------------------------------------------------
-    async def put_writes(self, req: PutWrites) -> int:
-        """Attach ``req.writes`` to a checkpoint; return how many writes it now has.
-
-        Merge: a write for an existing ``(task_id, idx)`` is dropped when ``idx >= 0``
-        and replaces it when ``idx < 0``. Compare-and-set on the writes key, retried.
-        The checkpoint need not be stored yet (writes may overtake their checkpoint).
-
-        Raises:
-            ContractError: a bad id, a write carrying ``data_ref``, or merged writes
-                over ``writes_max_bytes``.
-        """
-        tk = self.keys(req.agent_id, req.thread_id, req.namespace)
-        if not CHECKPOINT_ID_RE.match(req.checkpoint_id):
-            raise ContractError(f"{req.checkpoint_id!r} is not a checkpoint id")
-        key = tk.writes(req.checkpoint_id)
-        if any(w.data_ref is not None for w in req.writes):
-            raise ContractError("send pending-write values inline (data), not by data_ref")
-        incoming = [await self._store_write(tk, w) for w in req.writes]
-        kv = await self.kv()
-        try:
-            for _ in range(_WRITES_ATTEMPTS):
-                current, rev = await self.read_writes(tk, req.checkpoint_id)
-                merged, dropped = _merge(current.writes, incoming)
-                value = encode(CheckpointWrites(checkpoint_id=req.checkpoint_id, writes=merged))
-                if len(value) > self.settings.writes_max_bytes:
-                    raise ContractError(
-                        f"the writes of checkpoint {req.checkpoint_id!r} would take "
-                        f"{len(value)} bytes, more than {self.settings.writes_max_bytes}"
-                    )
-                try:
-                    if rev == 0:
-                        await kv.create(key, value)
-                    else:
-                        await kv.update(key, value, last=rev)
-                except nats.js.errors.KeyWrongLastSequenceError:
-                    continue
-                await self.delete_blobs([w.data_ref for w in dropped if w.data_ref is not None])
-                self.metrics.writes.inc(len(incoming))
-                return len(merged)
-        except BaseException:
-            await self.delete_blobs([w.data_ref for w in incoming if w.data_ref is not None])
-            raise
-        raise UnavailableError(f"writes of {req.checkpoint_id!r} kept changing; gave up")
-
-    async def _store_write(self, tk: ThreadKeys, w: PendingWrite) -> PendingWrite:
-        digest = hashlib.sha256(w.data).hexdigest()
-        if len(w.data) <= self.settings.write_inline_max_bytes:
-            return msgspec.structs.replace(w, sha256=digest)
-        ref = await put_blob(
-            self.bus,
-            tk.blob_name(uuid.uuid4().hex, write=True),
-            w.data,
-            bucket=self.bus.names.checkpoint_blobs_bucket,
-        )
-        return msgspec.structs.replace(w, data=b"", data_ref=ref, sha256=digest)
-
     async def delete_blobs(self, refs: Sequence[BlobRef]) -> None:
         """Delete Object Store objects (missing ones are fine; failures are logged)."""
         if not refs:
@@ -475,24 +386,6 @@ class CheckpointStore:
                 pass
             except Exception as exc:
                 logger.warning("could not delete checkpoint blob", name=ref.name, error=repr(exc))
-
-
-def _merge(
-    current: list[PendingWrite], incoming: list[PendingWrite]
-) -> tuple[list[PendingWrite], list[PendingWrite]]:
-    """``(merged writes, writes dropped from either side)`` (rule in ``put_writes``)."""
-    by_key = {(w.task_id, w.idx): w for w in current}
-    dropped: list[PendingWrite] = []
-    for w in incoming:
-        key = (w.task_id, w.idx)
-        old = by_key.get(key)
-        if old is not None and w.idx >= 0:
-            dropped.append(w)
-            continue
-        if old is not None:
-            dropped.append(old)
-        by_key[key] = w
-    return sorted(by_key.values(), key=write_order), dropped
 
 
 def where(tk: ThreadKeys) -> str:

@@ -1,0 +1,115 @@
+"""Pending writes: the per-task channel writes LangGraph attaches to a checkpoint id.
+
+The writes of one checkpoint id are one KV value (``CheckpointWrites`` at
+``<prefix>.w.<escaped id>``, layout in ``agentbus_checkpoint.keys``), updated by
+compare-and-set. They are keyed by checkpoint id, not version, so they may arrive
+before their checkpoint is stored (LangGraph's default "async" durability sends both
+at once). A value over ``write_inline_max_bytes`` goes to the Object Store as
+``<prefix>/w/<32 hex>``; ``CheckpointStore.get`` returns the writes with their
+checkpoint, in LangGraph's order (``write_order``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import uuid
+
+import msgspec
+import nats.js.errors
+
+from agentbus.blobs import put_blob
+from agentbus.errors import ContractError, UnavailableError
+from agentbus.messages import CheckpointWrites, PendingWrite, PutWrites, encode
+from agentbus_checkpoint.keys import ThreadKeys
+from agentbus_checkpoint.store import CheckpointStore, write_order
+
+_WRITES_ATTEMPTS = 32
+CHECKPOINT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:=+-]{0,127}$")
+"""``agentbus.messages.CheckpointId``."""
+
+
+class PendingWrites:
+    """Attach pending writes to checkpoints of ``store``."""
+
+    def __init__(self, store: CheckpointStore) -> None:
+        self.store = store
+        self.settings = store.settings
+
+    async def put(self, req: PutWrites) -> int:
+        """Attach ``req.writes`` to a checkpoint; return how many writes it now has.
+
+        Merge: a write for an existing ``(task_id, idx)`` is dropped when ``idx >= 0``
+        and replaces it when ``idx < 0``. Compare-and-set on the writes key, retried.
+        The checkpoint need not be stored yet (writes may overtake their checkpoint).
+
+        Raises:
+            ContractError: a bad id, a write carrying ``data_ref``, or merged writes
+                over ``writes_max_bytes``.
+            UnavailableError: the writes kept changing under us (32 attempts).
+        """
+        store = self.store
+        tk = store.keys(req.agent_id, req.thread_id, req.namespace)
+        if not CHECKPOINT_ID_RE.match(req.checkpoint_id):
+            raise ContractError(f"{req.checkpoint_id!r} is not a checkpoint id")
+        key = tk.writes(req.checkpoint_id)
+        if any(w.data_ref is not None for w in req.writes):
+            raise ContractError("send pending-write values inline (data), not by data_ref")
+        incoming = [await self._store_write(tk, w) for w in req.writes]
+        kv = await store.kv()
+        try:
+            for _ in range(_WRITES_ATTEMPTS):
+                current, rev = await store.read_writes(tk, req.checkpoint_id)
+                merged, dropped = merge_writes(current.writes, incoming)
+                value = encode(CheckpointWrites(checkpoint_id=req.checkpoint_id, writes=merged))
+                if len(value) > self.settings.writes_max_bytes:
+                    raise ContractError(
+                        f"the writes of checkpoint {req.checkpoint_id!r} would take "
+                        f"{len(value)} bytes, more than {self.settings.writes_max_bytes}"
+                    )
+                try:
+                    if rev == 0:
+                        await kv.create(key, value)
+                    else:
+                        await kv.update(key, value, last=rev)
+                except nats.js.errors.KeyWrongLastSequenceError:
+                    continue
+                await store.delete_blobs([w.data_ref for w in dropped if w.data_ref is not None])
+                store.metrics.writes.inc(len(incoming))
+                return len(merged)
+        except BaseException:
+            await store.delete_blobs([w.data_ref for w in incoming if w.data_ref is not None])
+            raise
+        raise UnavailableError(f"writes of {req.checkpoint_id!r} kept changing; gave up")
+
+    async def _store_write(self, tk: ThreadKeys, w: PendingWrite) -> PendingWrite:
+        """``w`` with its SHA-256, its value moved to the Object Store if large."""
+        digest = hashlib.sha256(w.data).hexdigest()
+        if len(w.data) <= self.settings.write_inline_max_bytes:
+            return msgspec.structs.replace(w, sha256=digest)
+        bus = self.store.bus
+        ref = await put_blob(
+            bus,
+            tk.blob_name(uuid.uuid4().hex, write=True),
+            w.data,
+            bucket=bus.names.checkpoint_blobs_bucket,
+        )
+        return msgspec.structs.replace(w, data=b"", data_ref=ref, sha256=digest)
+
+
+def merge_writes(
+    current: list[PendingWrite], incoming: list[PendingWrite]
+) -> tuple[list[PendingWrite], list[PendingWrite]]:
+    """``(merged writes, writes dropped from either side)`` (rule in ``PendingWrites.put``)."""
+    by_key = {(w.task_id, w.idx): w for w in current}
+    dropped: list[PendingWrite] = []
+    for w in incoming:
+        key = (w.task_id, w.idx)
+        old = by_key.get(key)
+        if old is not None and w.idx >= 0:
+            dropped.append(w)
+            continue
+        if old is not None:
+            dropped.append(old)
+        by_key[key] = w
+    return sorted(by_key.values(), key=write_order), dropped
