@@ -59,9 +59,13 @@ wheelhouse:
 
 [doc('Build agentbus/{nats,services,agent}:dev; BASE=image overrides the base image')]
 [group('images')]
-images: wheelhouse
+images:
     #!/usr/bin/env bash
     set -euo pipefail
+    # One build at a time per machine: builds share .wheels/ and the image tags.
+    exec 9>/tmp/agentbus-images.lock
+    flock 9
+    bash scripts/wheelhouse.sh
     # The local base has no index to reach: install from .wheels only.
     if [ -n "${BASE:-}" ]; then base=$BASE
     elif docker image inspect {{ local_base }} >/dev/null 2>&1; then base={{ local_base }}
