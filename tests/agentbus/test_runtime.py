@@ -74,30 +74,47 @@ async def collect_reports(bus: Bus, count: int, timeout_s: float = 10.0) -> list
 
 async def test_handler_result_is_reported_then_task_acked(bus: Bus, running_agent: Agent) -> None:
     await publish_task(bus, "t-ok", {"n": 21})
-    started, result = await collect_reports(bus, 2)
-    assert isinstance(started, TaskStarted) and started.task_id == "t-ok"
+    (result,) = await collect_reports(bus, 1)
     assert isinstance(result, TaskResult)
     assert result.status == "succeeded" and msgspec.json.decode(result.output) == 42
-    assert result.agent_id == "calc-1" and result.attempt == 1
+    assert result.agent_id == "calc-1" and result.attempt == 1 and result.ran
     # acked: the work-queue stream is empty once the result is out
     await asyncio.sleep(0.2)
     info = await bus.js.stream_info(bus.names.tasks_stream)
     assert info.state.messages == 0
+    # a handler shorter than started_report_delay_s sends no TaskStarted
+    results = await bus.js.stream_info(bus.names.results_stream)
+    assert results.state.messages == 0
+
+
+async def test_started_is_reported_at_once_with_no_delay(bus: Bus) -> None:
+    agent = make_agent(fetch_timeout_s=0.5, started_report_delay_s=0)
+    stop = asyncio.Event()
+    run = asyncio.create_task(agent.run(bus, stop))
+    try:
+        await publish_task(bus, "t-told", {"n": 2})
+        started, result = await collect_reports(bus, 2)
+    finally:
+        stop.set()
+        await asyncio.wait_for(run, 10)
+    assert isinstance(started, TaskStarted) and started.task_id == "t-told"
+    assert isinstance(result, TaskResult) and result.status == "succeeded"
 
 
 async def test_handler_exception_becomes_failed_result(bus: Bus, running_agent: Agent) -> None:
     await publish_task(bus, "t-bad", {"n": -1})
-    _, result = await collect_reports(bus, 2)
+    (result,) = await collect_reports(bus, 1)
     assert result.status == "failed"
     assert result.error.error_type == "ValueError"
     assert result.error.message == "negative input -1"
+    assert result.ran  # the scheduler records the attempt from the result alone
 
 
 async def test_input_of_wrong_shape_fails_with_contract_error(
     bus: Bus, running_agent: Agent
 ) -> None:
     await publish_task(bus, "t-shape", {"n": "not a number"})
-    _, result = await collect_reports(bus, 2)
+    (result,) = await collect_reports(bus, 1)
     assert result.status == "failed" and result.error.error_type == "ContractError"
 
 
@@ -109,7 +126,7 @@ async def test_poison_task_is_terminated_and_reported(bus: Bus, running_agent: A
     assert event.subject == bus.names.task_subject("double")
     # the consumer keeps working after the poison message
     await publish_task(bus, "t-after", {"n": 1})
-    _, result = await collect_reports(bus, 2)
+    (result,) = await collect_reports(bus, 1)
     assert result.task_id == "t-after" and result.status == "succeeded"
 
 

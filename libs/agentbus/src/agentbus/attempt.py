@@ -111,6 +111,7 @@ def failure_result(
         finished_at=now,
         error=decision.error,
         retry_in_s=decision.retry_in_s,
+        ran=True,
     )
 
 

@@ -16,10 +16,12 @@ its free slots highest band first (``agentbus.fetch``). A cancel notice stops th
 handler of a cancelled task (``agentbus.cancellation``). A delivered task holds a
 lease (the consumer's AckWait, ``AgentSettings.lease_s``) that the runtime renews with
 ``in_progress()`` every lease/3 while the handler runs. The runtime reports
-``TaskStarted`` and then ``TaskResult`` on ``<p>.results.<capability>`` and acks the
-task only after the result is stored, so a crash at any point leads to a redelivery,
-never a lost task (the scheduler drops duplicate results). A handler exception becomes
-a failed result carrying the exception type and message.
+``TaskStarted`` (only for a handler still running after ``started_report_delay_s``:
+most tasks are shorter, and their result tells the scheduler they ran) and then
+``TaskResult`` on ``<p>.results.<capability>``, and acks the task only after the
+result is stored, so a crash at any point leads to a redelivery, never a lost task
+(the scheduler drops duplicate results). A handler exception becomes a failed result
+carrying the exception type and message.
 """
 
 from __future__ import annotations
@@ -318,8 +320,18 @@ class Agent:
         if self._intake is not None:
             self._intake.release()
 
-    async def _renew_lease(self, msg: Msg, done: asyncio.Event) -> None:
-        # Ends on ``done`` (set when the attempt ends), for the reason given in _heartbeat.
+    async def _while_long(
+        self, bus: Bus, msg: Msg, subject: str, started: TaskStarted | None, done: asyncio.Event
+    ) -> None:
+        """For an attempt still running after the start delay: report it, renew its lease.
+
+        Ends on ``done`` (set when the attempt ends), for the reason given in _heartbeat.
+        """
+        try:
+            if started is not None:
+                await bus.js.publish(subject, encode(started))
+        except Exception as exc:  # the result still tells the scheduler the attempt ran
+            logger.warning("could not report the start", error=repr(exc))
         while not done.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(done.wait(), self.settings.lease_s / 3)
@@ -353,16 +365,27 @@ class Agent:
             with logger.contextualize(task_id=task.task_id, attempt=attempt):
                 await self._report(bus, msg, capability, early)
             return
+        # TaskStarted and lease renewals only for an attempt that outlives the delay
+        # (a timer, not a task, per attempt); the result tells of shorter ones.
         attempt_done = asyncio.Event()
-        renew = asyncio.create_task(self._renew_lease(msg, attempt_done))
+        long: list[asyncio.Task[None]] = []
+        started = TaskStarted(task_id=task.task_id, agent_id=self.agent_id, attempt=attempt,
+                              started_at=started_at)  # fmt: skip
+
+        def outlived(report: TaskStarted | None = started) -> None:
+            long.append(asyncio.create_task(
+                self._while_long(bus, msg, subject, report, attempt_done)))  # fmt: skip
+
+        delay_s = min(self.settings.started_report_delay_s, self.settings.lease_s / 3)
+        timer = asyncio.get_running_loop().call_later(delay_s, outlived)
         with logger.contextualize(task_id=task.task_id, attempt=attempt):
             try:
-                await bus.js.publish(
-                    subject,
-                    encode(TaskStarted(task_id=task.task_id, agent_id=self.agent_id,
-                                       attempt=attempt, started_at=started_at)),
-                )  # fmt: skip
+                if delay_s == 0:  # always reported, before the handler starts
+                    timer.cancel()
+                    await bus.js.publish(subject, encode(started))
+                    outlived(None)
                 result = await self._run_handler(bus, client, task, attempt, started_at)
+                timer.cancel()
                 await bus.js.publish(subject, encode(result))
                 await settle(msg, result)
                 self.metrics.count(capability, result)
@@ -370,6 +393,7 @@ class Agent:
                     # nobody announces the redelivery: look again when it is due
                     self._intake.wake_later(capability, task.priority, result.retry_in_s)
             except asyncio.CancelledError:
+                timer.cancel()
                 if self._cancels is not None and self._cancels.swallow(task.task_id):
                     logger.info("running task cancelled")
                     result = cancelled_result(task.task_id, agent_id=self.agent_id,
@@ -382,8 +406,10 @@ class Agent:
             except Exception as exc:  # bus trouble: no ack, the lease lapses, redelivery
                 logger.warning("could not report result", error=repr(exc))
             finally:
-                attempt_done.set()
-                await asyncio.gather(renew, return_exceptions=True)
+                timer.cancel()
+                if long:
+                    attempt_done.set()
+                    await asyncio.gather(*long, return_exceptions=True)
 
     async def _run_handler(
         self, bus: Bus, client: Client, task: Task, attempt: int, started_at: Any
@@ -404,7 +430,7 @@ class Agent:
             return failure_result(task, attempt, exc, agent_id=self.agent_id,
                                   started_at=started_at)  # fmt: skip
         return TaskResult(status="succeeded", finished_at=utcnow(), output=raw, output_ref=ref,
-                          **common)  # fmt: skip
+                          ran=True, **common)  # fmt: skip
 
     async def _report(self, bus: Bus, msg: Msg, capability: str, result: TaskResult) -> None:
         """Publish ``result`` for a task ended before it started, then settle its message."""

@@ -6,7 +6,7 @@ default. Build settings in ``main()`` and pass them down; never at import time.
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field, PositiveFloat, PositiveInt
+from pydantic import AliasChoices, Field, NonNegativeFloat, PositiveFloat, PositiveInt
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -54,6 +54,10 @@ class AgentSettings(BaseSettings):
     """Interval between registry heartbeats; the entry expires after the registry TTL."""
     lease_s: PositiveFloat = 30.0
     """AckWait of the capability consumers: a task's lease. Renewed every lease/3."""
+    started_report_delay_s: NonNegativeFloat = 0.05
+    """``TaskStarted`` is reported only for a handler still running after this long
+    (at most lease/3); a shorter attempt is known from its ``TaskResult`` alone (one
+    report and one record write less per task). 0: always report it."""
     fetch_timeout_s: PositiveFloat = 2.0
     """How long to wait for the answer to one (no-wait) pull request."""
     rescan_s: PositiveFloat = 1.0

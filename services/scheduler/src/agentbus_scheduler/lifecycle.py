@@ -11,6 +11,12 @@
 A terminal record never changes again: the first result wins, later ones are
 duplicates. Attempts are keyed by their number (the delivery count); an attempt that
 was running when a later one started, or when the task ended, is recorded ``lost``.
+
+An agent reports ``TaskStarted`` only for a handler that runs longer than a short
+delay (``AgentSettings.started_report_delay_s``): a ``TaskResult`` of an attempt the
+record never showed running (``ran``, or ``succeeded``/``failed``) records the attempt
+and emits the ``running`` event (at the attempt's ``started_at``) before its own, so
+the history is the same as with both reports, for one record write.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from agentbus.messages import (
 
 Report = TaskStarted | TaskResult
 Change = tuple[TaskRecord | None, TaskEvent | None]
+Changes = tuple[TaskRecord | None, TaskEvent | tuple[TaskEvent, ...] | None]
 
 LOST = ErrorInfo(
     error_type="AttemptLost",
@@ -83,12 +90,14 @@ def _latest(record: TaskRecord) -> int:
     return max((a.number for a in record.attempts), default=0)
 
 
-def apply_report(record: TaskRecord, report: Report, *, now: datetime) -> Change:
-    """The record after ``report`` and the event to emit; ``(None, None)`` if unchanged.
+def apply_report(record: TaskRecord, report: Report, *, now: datetime) -> Changes:
+    """The record after ``report`` and the events to emit; ``(None, None)`` if unchanged.
 
     A terminal record never changes (a late ``TaskStarted`` never moves it back to
     running; a second ``TaskResult`` is a duplicate). A retryable failure of an attempt
-    that a later attempt has already replaced updates that attempt only.
+    that a later attempt has already replaced updates that attempt only. A result of
+    an attempt that ran but was never recorded running also yields its ``running``
+    event, first.
     """
     if record.terminal:
         return None, None
@@ -97,7 +106,8 @@ def apply_report(record: TaskRecord, report: Report, *, now: datetime) -> Change
     status = next_status(report)
     current = next((a for a in record.attempts if a.number == report.attempt), None)
     attempts = list(record.attempts)
-    if current is not None or report.status in ("succeeded", "failed"):
+    ran = report.ran or report.status in ("succeeded", "failed")
+    if current is not None or ran:
         attempts = _with_attempt(
             attempts,
             Attempt(
@@ -138,6 +148,16 @@ def apply_report(record: TaskRecord, report: Report, *, now: datetime) -> Change
         error=report.error,
         next_attempt_at=next_at,
     )
+    if current is None and ran:  # no TaskStarted was applied: the attempt starts here
+        started = TaskEvent(
+            task_id=record.task_id,
+            capability=record.capability,
+            status="running",
+            at=report.started_at,
+            attempt=report.attempt,
+            agent_id=report.agent_id,
+        )
+        return updated, (started, event)
     return updated, event
 
 

@@ -225,6 +225,11 @@ class TaskResult(Message, frozen=True, kw_only=True):
     error: ErrorInfo | None = None
     retry_in_s: float | None = None
     """Set on a retryable failure the agent returned (nak) with this delay."""
+    ran: bool = False
+    """The handler ran in this attempt. An agent may skip ``TaskStarted`` for a short
+    attempt: the scheduler then records the attempt (and its ``running`` event) from
+    the result. False for an attempt ended before it started (deadline passed,
+    attempts exhausted); ``succeeded`` and ``failed`` always count as having run."""
 
 
 AgentReport = TaskStarted | TaskResult
