@@ -25,6 +25,9 @@ over the live epochs: exactly ``sum_i a_i * 2^(-(now - t_i)/h)`` up to the fixed
 rounding (``scale`` = 1e6). Each deposit carries a unique ``Nats-Msg-Id``, so a deposit
 retried after a lost acknowledgement counts once. The stream's ``max_age`` (the kind's
 ``forget_after_s``) makes the server forget counters nobody deposited on for that long.
+
+Kind streams are created and listed by ``agentbus.trace_kinds``; claims are in
+``agentbus.trace_claims``, ``watch`` in ``agentbus.trace_watch``.
 """
 
 from __future__ import annotations
@@ -42,42 +45,19 @@ from datetime import datetime
 import msgspec
 import nats.errors
 import nats.js.errors
-from nats.js.api import (
-    AckPolicy,
-    ConsumerConfig,
-    DeliverPolicy,
-    DiscardPolicy,
-    RetentionPolicy,
-    StorageType,
-    StreamConfig,
-)
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from agentbus import _trace_math as tm
 from agentbus import trace_claims
 from agentbus.bus import Bus
 from agentbus.errors import ConflictError, ContractError, RequestTimeoutError, UnavailableError
-from agentbus.messages import TraceClaim, TraceKind, encode
+from agentbus.messages import TraceClaim, TraceKind
 from agentbus.names import check_token, encode_location
 from agentbus.trace_claims import Claim
+from agentbus.trace_kinds import list_kinds, load_or_create_kind
 
 __all__ = ["Claim", "TraceChange", "TraceKind", "Traces"]
-
-_DUPLICATE_WINDOW_S = 120.0
-
-
-class _StreamConfigView(msgspec.Struct):
-    metadata: dict[str, str] | None = None
-
-
-class _StreamView(msgspec.Struct):
-    config: _StreamConfigView
-
-
-class _StreamList(msgspec.Struct):
-    total: int = 0
-    streams: list[_StreamView] | None = None
-    error: dict[str, object] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,63 +180,12 @@ class Traces:
         With ``refresh=False`` a list younger than ``kinds_refresh_s`` is reused.
         """
         if refresh or time.monotonic() - self._listed_at > self.kinds_refresh_s:
-            offset, found = 0, {}
-            while True:
-                request = {"subject": self.names.traces_all(), "offset": offset}
-                reply = await self._list_streams(msgspec.json.encode(request))
-                for stream in reply.streams or []:
-                    raw = (stream.config.metadata or {}).get(tm.KIND_METADATA_KEY)
-                    with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
-                        if raw is not None:
-                            k = tm.decode_kind(raw.encode())
-                            found[k.kind] = k
-                offset += len(reply.streams or [])
-                if not reply.streams or offset >= reply.total:
-                    break
-            self._kinds = found
+            self._kinds = await list_kinds(self.bus)
             self._listed_at = time.monotonic()
         return sorted(self._kinds.values(), key=lambda k: k.kind)
 
-    async def _list_streams(self, payload: bytes) -> _StreamList:
-        subject = "$JS.API.STREAM.LIST"  # nats-py 2.16 offers no subject filter here
-        timeout = self.bus.settings.request_timeout_s
-        try:
-            msg = await self.bus.nc.request(subject, payload, timeout=timeout)
-        except nats.errors.TimeoutError as exc:
-            raise RequestTimeoutError(subject, timeout) from exc
-        reply = msgspec.json.decode(msg.data, type=_StreamList)
-        if reply.error:
-            raise UnavailableError(f"{subject}: {reply.error}")
-        return reply
-
     async def _load_or_create(self, wanted: TraceKind) -> TraceKind:
-        stream = self.names.trace_stream(wanted.kind)
-        try:
-            info = await self.bus.js.stream_info(stream)
-        except nats.js.errors.NotFoundError:
-            forget_s = wanted.forget_after_s or 1.0
-            config = StreamConfig(
-                name=stream,
-                description=f"agentbus traces of kind {wanted.kind}",
-                subjects=[self.names.traces_all(wanted.kind)],
-                retention=RetentionPolicy.LIMITS,
-                storage=StorageType.FILE,
-                discard=DiscardPolicy.OLD,
-                max_msgs_per_subject=1,
-                max_age=forget_s,
-                duplicate_window=min(_DUPLICATE_WINDOW_S, forget_s),
-                allow_direct=True,
-                allow_msg_counter=True,
-                metadata={tm.KIND_METADATA_KEY: encode(wanted).decode()},
-            )
-            try:
-                info = await self.bus.js.add_stream(config)
-            except nats.js.errors.BadRequestError:  # created concurrently, differently
-                info = await self.bus.js.stream_info(stream)
-        raw = (info.config.metadata or {}).get(tm.KIND_METADATA_KEY)
-        if raw is None:
-            raise ContractError(f"stream {stream} exists but holds no {tm.KIND_METADATA_KEY}")
-        stored = tm.decode_kind(raw.encode())
+        stored = await load_or_create_kind(self.bus, wanted)
         self._kinds[stored.kind] = stored
         return stored
 
