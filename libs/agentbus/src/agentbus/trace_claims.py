@@ -79,7 +79,8 @@ async def claim(bus: Bus, location: str, ttl_s: float, holder: str) -> Claim | N
     value = encode(TraceClaim(location=location, holder=holder, ttl_s=ttl, claimed_at=utcnow()))
     try:
         revision = await kv.create(key, value, msg_ttl=ttl)
-    except nats.js.errors.KeyWrongLastSequenceError:
+    except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.KeyNotFoundError):
+        # KeyNotFoundError: held when we wrote, expired before nats-py's create re-read it
         return None
     except nats.js.errors.APIError as exc:
         if exc.err_code in _WRONG_LAST_SEQUENCE:
