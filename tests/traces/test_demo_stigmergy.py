@@ -94,7 +94,8 @@ async def test_demo_compare_on_an_embedded_stack(tree: Path, tmp_path: Path) -> 
     assert s["files_reviewed"] == s["files_total"] == n
     assert s["duplicate_reviews"] == 0
     assert [f["path"] for f in stig["files"]] == [rel for rel, _ in python_files(tree)]
-    assert s["hot_spots"][0] == {"path": "hot/many todos.py", "todos": 7.0}
+    hottest = s["hot_spots"][0]  # a found_todo strength: 7 deposited, decaying since
+    assert hottest["path"] == "hot/many todos.py" and 6.5 < hottest["todos"] <= 7.0
     blind = json.loads(outs["blind"].read_text())["summary"]
     assert blind["coverage_ratio"] == 1.0
     assert blind["duplicate_reviews"] == 2 * n  # three walkers, each reviewed everything
