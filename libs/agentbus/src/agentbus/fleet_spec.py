@@ -18,8 +18,9 @@ one rule for quantities: a field whose Struct name ends in ``_s`` (seconds) or
 durations ``500ms``, ``30s``, ``2m`` (a bare number is seconds), sizes ``512Mi``,
 ``1G`` (a bare number is bytes; ``512m``/``1g`` are refused as ambiguous), ``cpus``
 ``0.5`` or ``500m``. Commands: an argv list or one shell-quoted string.
-Unknown fields, duplicate keys and impossible combinations are errors; every error
-names the file, line and field path (``deployments.echo.limits.memory``).
+Unknown fields, duplicate keys and impossible combinations (``agentbus.deployment_checks``)
+are errors; every error names the file, line and field path
+(``deployments.echo.limits.memory``).
 """
 
 from __future__ import annotations
@@ -30,55 +31,33 @@ import shlex
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, NamedTuple, get_args, get_origin
+from typing import Any, Literal, get_args, get_origin
 
 import msgspec
 import yaml
 
+from agentbus.deployment_checks import (
+    SpecError,
+    SpecIssue,
+    check_deployment,
+    validate_deployment,
+)
 from agentbus.errors import ContractError
 from agentbus.messages import Deployment
 from agentbus.names import check_token
 from agentbus.units import parse_cpus, parse_duration_s, parse_size_bytes
 
+__all__ = [
+    "FleetSpec",
+    "SpecError",
+    "SpecIssue",
+    "check_deployment",
+    "dump_fleet",
+    "load_fleet",
+    "parse_fleet",
+    "validate_deployment",
+]
 YamlPath = tuple[str | int, ...]
-_ENV_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-RESERVED_ENV = frozenset(
-    {"AGENTBUS_NATS_URL", "AGENTBUS_PREFIX", "AGENTBUS_AGENT_ID", "AGENTBUS_AGENT_NODE_ID",
-     "AGENTBUS_AGENT_DEPLOYMENT", "AGENTBUS_AGENT_REPLICA", "AGENTBUS_AGENT_MAX_CONCURRENCY",
-     "AGENTBUS_AGENT_CAPABILITIES"}
-)  # fmt: skip
-"""Set by the supervisor for every replica (use ``capabilities``, ``max_concurrency``)."""
-
-
-class SpecIssue(NamedTuple):
-    """One problem in a spec: the dotted field path, what is wrong, the line if known."""
-
-    field: str
-    message: str
-    line: int | None = None
-
-
-class SpecError(ContractError):
-    """A fleet file or deployment spec is invalid; ``issues`` lists every problem found.
-
-    ``str()`` gives one line per issue, ``<source>:<line>: <field>: <message>``; with
-    ``one_line`` (errors that travel in a NATS header) ``<source>: <field>: <message>;
-    <field>: <message>...``.
-    """
-
-    def __init__(self, source: str, issues: Iterable[SpecIssue], *, one_line: bool = False) -> None:
-        self.source = source
-        self.issues = list(issues)
-        if one_line:
-            text = f"{source}: " + "; ".join(f"{i.field}: {i.message}" for i in self.issues)
-        else:
-            text = "\n".join(
-                f"{source}:{i.line}: {i.field}: {i.message}"
-                if i.line
-                else f"{source}: {i.field}: {i.message}"
-                for i in self.issues
-            )
-        super().__init__(text)
 
 
 @dataclass(frozen=True)
@@ -87,63 +66,6 @@ class FleetSpec:
 
     source: str
     deployments: list[Deployment]
-
-
-# -- semantic checks (also run by the scheduler on every deploy) ---------------------------
-def check_deployment(d: Deployment) -> list[SpecIssue]:
-    """Problems of a well-typed spec that its types cannot express.
-
-    Fields are dotted Struct paths (``backoff.initial_s``). Empty if the spec is fine.
-    """
-    issues: list[SpecIssue] = []
-
-    def bad(field: str, message: str) -> None:
-        issues.append(SpecIssue(field, message))
-
-    tokens = [("name", "deployment name", d.name)]
-    tokens += [(f"capabilities[{i}]", "capability", c) for i, c in enumerate(d.capabilities)]
-    for field, kind, value in tokens:
-        try:
-            check_token(kind, value)
-        except ContractError as exc:
-            bad(field, str(exc))
-    if not d.image and not d.command:
-        bad("image", "needs an image or a command (image: docker nodes, command: processes)")
-    if d.command is not None and not d.command:
-        bad("command", "must not be empty")
-    if d.image_command is not None and not (d.image and d.image_command):
-        bad("image_command", "needs an image and must not be empty")
-    if d.backoff.initial_s > d.backoff.max_s:
-        cap_s = d.backoff.max_s
-        bad("backoff.initial_s", f"{d.backoff.initial_s:g} s is above the cap max_s = {cap_s:g} s")
-    lim, res = d.limits, d.resources
-    if lim.cpus is not None and res.cpus > lim.cpus:
-        bad("resources.cpus", f"{res.cpus:g} declared is above limits.cpus = {lim.cpus:g}")
-    if lim.memory_bytes is not None and res.memory_bytes > lim.memory_bytes:
-        limit = lim.memory_bytes
-        bad("resources.memory_bytes", f"{res.memory_bytes} is above limits.memory_bytes = {limit}")
-    if d.health is not None and not d.health.command:
-        bad("health.command", "must not be empty")
-    for key in d.env:
-        if not _ENV_KEY_RE.fullmatch(key):
-            bad(f"env.{key}", "is not a valid environment variable name")
-        elif key in RESERVED_ENV:
-            bad(f"env.{key}", "is set by the supervisor for every replica")
-    for key, value in d.node_selector.items():
-        if not key or not value:
-            bad(f"node_selector.{key}", "label keys and values must not be empty")
-    return issues
-
-
-def validate_deployment(d: Deployment) -> Deployment:
-    """Return ``d`` if ``check_deployment`` finds nothing.
-
-    Raises:
-        SpecError: every problem found, on one line, the source naming the deployment.
-    """
-    if issues := check_deployment(d):
-        raise SpecError(f"deployment {d.name!r}", issues, one_line=True)
-    return d
 
 
 # -- loading ----------------------------------------------------------------------------
