@@ -1,11 +1,12 @@
-"""Helpers shared by the test packages: polling, and running a service in-process."""
+"""Helpers shared by the test packages: polling, running a service in-process, processes."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry
 
@@ -38,31 +39,66 @@ async def eventually(
 
 
 @asynccontextmanager
+async def serving(
+    main: Callable[[asyncio.Event], Coroutine[Any, Any, None]],
+    ready: Callable[[], Awaitable[bool]],
+    *,
+    what: str,
+    ready_timeout_s: float = 10.0,
+    stop_timeout_s: float = 15.0,
+) -> AsyncIterator[None]:
+    """Run ``main(stop)`` as a task until the block ends; ``ready()`` is true on entry.
+
+    A service that dies before it is ready fails the test with its own error; at the
+    end ``stop`` is set and the task must end within ``stop_timeout_s``.
+    """
+    stop = asyncio.Event()
+    task = asyncio.create_task(main(stop))
+
+    async def started() -> bool:
+        if task.done():
+            task.result()  # raises what the service died of
+        return await ready()
+
+    try:
+        await eventually(started, timeout_s=ready_timeout_s, what=f"{what} ready")
+        yield
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, stop_timeout_s)
+
+
+async def answers(request: Callable[[], Awaitable[object]]) -> bool:
+    """Whether a service answers ``request()``: a reply or a not-found error does."""
+    try:
+        await request()
+    except NotFoundError:
+        return True
+    except UnavailableError:  # no responder yet
+        return False
+    return True
+
+
+@asynccontextmanager
 async def running_scheduler(
     bus: Bus, registry: CollectorRegistry | None = None
 ) -> AsyncIterator[CollectorRegistry]:
     """Run the scheduler in-process on ``bus`` until the block ends; ready on entry."""
-    stop = asyncio.Event()
     registry = registry or CollectorRegistry()
     settings = SchedulerSettings(place_interval_s=0.5, results_fetch_timeout_s=0.2)
-    task = asyncio.create_task(serve_scheduler(bus, stop, settings, registry))
-
-    async def ready() -> bool:
-        if task.done():
-            task.result()  # raises the scheduler's start-up error
-        try:
-            await bus.request(
-                bus.names.endpoint("scheduler", "get"), GetTask(task_id="x"), TaskReply
-            )
-        except NotFoundError:
-            return True
-        except UnavailableError:
-            return False
-        return True
-
-    try:
-        await eventually(ready, timeout_s=10, what="scheduler ready")
+    get = bus.names.endpoint("scheduler", "get")
+    async with serving(
+        lambda stop: serve_scheduler(bus, stop, settings, registry),
+        lambda: answers(lambda: bus.request(get, GetTask(task_id="x"), TaskReply)),
+        what="scheduler",
+    ):
         yield registry
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 15)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with id ``pid`` exists (a zombie counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

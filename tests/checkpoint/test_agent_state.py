@@ -22,7 +22,7 @@ from agentbus.runtime import Agent, TaskContext
 from agentbus.settings import AgentSettings
 from agentbus.state import task_thread
 from tests._helpers import eventually
-from tests.checkpoint.conftest import Service
+from tests.checkpoint._helpers import Service
 
 FAST: dict[str, Any] = {"lease_s": 2.0, "fetch_timeout_s": 0.5, "heartbeat_s": 0.5,
                         "rescan_s": 0.3}  # fmt: skip

@@ -14,7 +14,7 @@ from agentbus.errors import ConflictError, ContractError, NotFoundError
 from agentbus.messages import Checkpoint, PendingWrite, Retention
 from agentbus_checkpoint.settings import CheckpointSettings
 from tests._helpers import eventually
-from tests.checkpoint.conftest import Service, running_checkpoint
+from tests.checkpoint._helpers import Service, running_checkpoint
 
 
 async def _chain(

@@ -18,7 +18,7 @@ from langgraph.checkpoint.serde.types import ERROR
 
 from agentbus.bus import Bus
 from agentbus.integrations.langgraph import AgentbusSaver
-from tests.checkpoint.conftest import Service
+from tests.checkpoint._helpers import Service
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(120)
