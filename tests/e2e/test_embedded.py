@@ -16,17 +16,10 @@ import pytest
 from agentbus.bus import Bus
 from agentbus.client import Client
 from agentbus.embedded import NODE_ID, SERVICES, EmbeddedStack, ping_services
+from tests._helpers import pid_alive
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 CLI = [sys.executable, "-m", "agentbus.cli"]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 async def test_all_five_services_answer_ping() -> None:
@@ -44,7 +37,7 @@ async def test_all_five_services_answer_ping() -> None:
         finally:
             await bus.close()
     await asyncio.sleep(0)
-    assert not any(_alive(pid) for pid in pids.values())
+    assert not any(pid_alive(pid) for pid in pids.values())
     assert not stack.log_dir.exists()
 
 
@@ -120,4 +113,4 @@ def test_embedded_command_writes_state_and_stops_on_sigint(agentbus_home: Path) 
             proc.kill()
             proc.wait()
     assert not state_file.exists()
-    assert not any(_alive(pid) for pid in state["pids"].values())
+    assert not any(pid_alive(pid) for pid in state["pids"].values())

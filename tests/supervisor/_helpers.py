@@ -1,18 +1,20 @@
-"""Helpers of the supervisor tests: polling, replica events, fleet KV writes, status."""
+"""Helpers of the supervisor tests: node settings, replica events, fleet KV writes, status."""
 
 from __future__ import annotations
 
-import asyncio
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import msgspec
+import nats.js.errors
 from nats.aio.msg import Msg
 from prometheus_client import CollectorRegistry
 
 from agentbus.bus import Bus
 from agentbus.messages import (
+    AgentInfo,
     Deployment,
     GetNodeStatus,
     NodeStatusReply,
@@ -24,9 +26,40 @@ from agentbus.messages import (
 )
 from agentbus_supervisor.service import serve
 from agentbus_supervisor.settings import SupervisorSettings
-from tests._helpers import eventually
+from tests._helpers import serving
 
 T = TypeVar("T")
+BASE_IMAGE = "agentbus/base:bookworm"
+TEST_LABELS = {"agentbus.test": "1"}
+SLEEP_CMD = ["python3", "-c", "import time; time.sleep(600)"]
+
+
+def process_settings(node_id: str, **overrides: Any) -> SupervisorSettings:
+    """A ``process`` node: heartbeats every 0.2 s, 2 s stop grace."""
+    base: dict[str, Any] = {"node_id": node_id, "runtime": "process", "heartbeat_s": 0.2,
+                            "stop_grace_s": 2.0}  # fmt: skip
+    return SupervisorSettings(**(base | overrides))
+
+
+def docker_settings(node_id: str, **overrides: Any) -> SupervisorSettings:
+    """A ``docker`` node: heartbeats every 0.5 s, 2 s stop grace, containers labelled
+    ``TEST_LABELS`` on the host network (agents reach the test nats-server on 127.0.0.1).
+    """
+    base: dict[str, Any] = {"node_id": node_id, "runtime": "docker", "heartbeat_s": 0.5,
+                            "stop_grace_s": 2.0, "docker_network": "host",
+                            "docker_labels": TEST_LABELS}  # fmt: skip
+    return SupervisorSettings(**(base | overrides))
+
+
+def echo_process(name: str, **fields: Any) -> Deployment:
+    """The echo agent (capability ``echo``) as a local process, heartbeating every 0.5 s."""
+    return Deployment(
+        name=name,
+        command=[sys.executable, "-m", "agentbus.agents.echo"],
+        capabilities=["echo"],
+        env={"AGENTBUS_AGENT_HEARTBEAT_S": "0.5"},
+        **fields,
+    )
 
 
 class EventLog:
@@ -72,25 +105,24 @@ async def returns(value: T) -> T:
 
 @asynccontextmanager
 async def running_supervisor(bus: Bus, settings: SupervisorSettings) -> AsyncIterator[None]:
-    stop = asyncio.Event()
-    task = asyncio.create_task(serve(bus, stop, settings, CollectorRegistry()))
-    try:
-        subject = f"{bus.names.prefix}.supervisor.{settings.node_id}.status"
-        await eventually(lambda: _answers(bus, subject, task))
+    """The supervisor in-process on ``bus``; its node status answers on entry."""
+    subject = f"{bus.names.prefix}.supervisor.{settings.node_id}.status"
+
+    async def answers() -> bool:
+        try:
+            await bus.request(subject, GetNodeStatus(), NodeStatusReply, timeout_s=0.5)
+        except Exception:
+            return False
+        return True
+
+    async with serving(
+        lambda stop: serve(bus, stop, settings, CollectorRegistry()),
+        answers,
+        what="supervisor",
+        ready_timeout_s=20,
+        stop_timeout_s=30,
+    ):
         yield
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
-
-
-async def _answers(bus: Bus, subject: str, task: asyncio.Task[None]) -> bool:
-    if task.done():
-        task.result()  # raise what the supervisor died of
-    try:
-        await bus.request(subject, GetNodeStatus(), NodeStatusReply, timeout_s=0.5)
-    except Exception:
-        return False
-    return True
 
 
 def status_of(bus: Bus, node_id: str) -> Callable[[], Awaitable[NodeStatusReply]]:
@@ -111,5 +143,19 @@ def replica_where(
             if pred(r):
                 return r
         return None
+
+    return _probe
+
+
+def registered(bus: Bus, agent_id: str) -> Callable[[], Awaitable[AgentInfo | None]]:
+    """A probe: the registry entry of ``agent_id``, None while it has none."""
+
+    async def _probe() -> AgentInfo | None:
+        kv = await bus.kv(bus.names.agents_bucket)
+        try:
+            entry = await kv.get(agent_id)
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+            return None
+        return msgspec.json.decode(entry.value or b"", type=AgentInfo)
 
     return _probe

@@ -16,11 +16,7 @@ import aiodocker
 import pytest
 
 from agentbus.bus import Bus
-from tests.supervisor._helpers import EventLog
-
-BASE_IMAGE = "agentbus/base:bookworm"
-TEST_LABELS = {"agentbus.test": "1"}
-SLEEP_CMD = ["python3", "-c", "import time; time.sleep(600)"]
+from tests.supervisor._helpers import BASE_IMAGE, SLEEP_CMD, TEST_LABELS, EventLog
 
 
 @pytest.fixture

@@ -13,10 +13,12 @@ import pytest
 from agentbus.bus import Bus
 from agentbus.client import Client
 from agentbus.messages import Deployment, TaskRecord
-from agentbus_supervisor.settings import SupervisorSettings
 from tests._helpers import eventually, running_scheduler
 from tests.supervisor._helpers import (
+    BASE_IMAGE,
+    SLEEP_CMD,
     EventLog,
+    docker_settings,
     place,
     put_deployment,
     replica_where,
@@ -24,21 +26,8 @@ from tests.supervisor._helpers import (
     running_supervisor,
     status_of,
 )
-from tests.supervisor.conftest import BASE_IMAGE, SLEEP_CMD, TEST_LABELS
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(180)]
-
-
-def settings(node_id: str, **kw: Any) -> SupervisorSettings:
-    kw.setdefault("docker_network", "host")
-    return SupervisorSettings(
-        node_id=node_id,
-        runtime="docker",
-        heartbeat_s=0.5,
-        stop_grace_s=2.0,
-        docker_labels=TEST_LABELS,
-        **kw,
-    )
 
 
 def worker(agent_image: str, *, replicas: int, stop_grace_s: float) -> Deployment:
@@ -68,7 +57,7 @@ async def test_scale_down_lets_the_running_task_finish(
 ) -> None:
     node_id = node_containers
     client = Client(bus)
-    async with running_scheduler(bus), running_supervisor(bus, settings(node_id)):
+    async with running_scheduler(bus), running_supervisor(bus, docker_settings(node_id)):
         await client.deploy(worker(agent_image, replicas=1, stop_grace_s=20.0))
         await eventually(replica_where(bus, node_id, lambda r: r.state == "running"))
         record = await client.submit("echo", {"sleep_s": 4, "n": 1})
@@ -90,7 +79,7 @@ async def test_scale_down_returns_a_long_task_to_another_replica(
 ) -> None:
     node_id = node_containers
     client = Client(bus)
-    async with running_scheduler(bus), running_supervisor(bus, settings(node_id)):
+    async with running_scheduler(bus), running_supervisor(bus, docker_settings(node_id)):
         await client.deploy(worker(agent_image, replicas=2, stop_grace_s=3.0))
         await eventually(lambda: _all_running(bus, node_id, 2), timeout_s=60)
         # Two tasks longer than the stop grace, one per replica (max_concurrency 1).
@@ -119,7 +108,7 @@ async def test_restarted_supervisor_adopts_twice_without_duplicates(
     await put_deployment(bus, dep)
     for replica in range(3):
         await place(bus, "keep", replica, node_id)
-    leave = settings(node_id, docker_network="none", stop_replicas_on_exit=False)
+    leave = docker_settings(node_id, docker_network="none", stop_replicas_on_exit=False)
     async with running_supervisor(bus, leave):
         await eventually(
             lambda: _all_running(bus, node_id, 3), what="3 replicas running", timeout_s=60

@@ -16,12 +16,13 @@ import pytest
 from agentbus.bus import Bus
 from agentbus.messages import Backoff, Deployment, Placement, encode, utcnow
 from agentbus.settings import BusSettings
-from agentbus_supervisor.settings import SupervisorSettings
 from agentbus_supervisor.watch import KvMirror
 from tests._helpers import eventually
 from tests._nats_server import NatsServer
 from tests.supervisor._helpers import (
+    echo_process,
     place,
+    process_settings,
     put_deployment,
     replica_where,
     returns,
@@ -101,9 +102,7 @@ async def test_supervisor_converges_after_a_server_restart(
 ) -> None:
     await put_deployment(pbus, Deployment(name="s", command=SLEEP, backoff=Backoff(initial_s=0.1)))
     await place(pbus, "s", 0, node_id)
-    settings = SupervisorSettings(
-        node_id=node_id, runtime="process", heartbeat_s=0.2, stop_grace_s=2.0, watch_check_s=0.2
-    )
+    settings = process_settings(node_id, watch_check_s=0.2)
     async with running_supervisor(pbus, settings):
         first = await eventually(replica_where(pbus, node_id, lambda r: r.state == "running"))
         before = pbus.nc.stats["reconnects"]
@@ -126,18 +125,10 @@ async def test_supervisor_converges_after_a_server_restart(
 async def test_a_nats_outage_is_not_a_hung_agent(
     pbus: Bus, private_nats: Restartable, node_id: str
 ) -> None:
-    dep = Deployment(
-        name="quiet",
-        command=[sys.executable, "-m", "agentbus.agents.echo"],
-        capabilities=["echo"],
-        env={"AGENTBUS_AGENT_HEARTBEAT_S": "0.5"},
-        heartbeat_timeout_s=3.0,
-    )
+    dep = echo_process("quiet", heartbeat_timeout_s=3.0)
     await put_deployment(pbus, dep)
     await place(pbus, "quiet", 0, node_id)
-    settings = SupervisorSettings(
-        node_id=node_id, runtime="process", heartbeat_s=0.2, stop_grace_s=2.0, watch_check_s=0.2
-    )
+    settings = process_settings(node_id, watch_check_s=0.2)
     agents = await pbus.kv(pbus.names.agents_bucket)
 
     async def _registered() -> bool:

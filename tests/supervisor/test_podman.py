@@ -19,10 +19,10 @@ from agentbus.bus import Bus
 from agentbus.messages import AgentInfo, Backoff, Deployment, LogLine
 from agentbus.messages.fleet import Limits
 from agentbus_supervisor.docker_runtime import DockerRuntime
-from agentbus_supervisor.settings import SupervisorSettings
 from tests._helpers import eventually
 from tests.supervisor._helpers import (
     EventLog,
+    docker_settings,
     place,
     put_deployment,
     replica_where,
@@ -30,7 +30,6 @@ from tests.supervisor._helpers import (
     running_supervisor,
 )
 from tests.supervisor._podman import PodmanService, podman_available
-from tests.supervisor.conftest import TEST_LABELS
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(300)]
 
@@ -87,15 +86,7 @@ async def test_replica_on_podman_registers_and_is_restarted_after_a_kill(
     )
     await put_deployment(bus, dep)
     await place(bus, "pod", 0, node_id)
-    settings = SupervisorSettings(
-        node_id=node_id,
-        runtime="podman",
-        docker_url=podman,
-        docker_network="host",
-        docker_labels=TEST_LABELS,
-        heartbeat_s=0.5,
-        stop_grace_s=2.0,
-    )
+    settings = docker_settings(node_id, runtime="podman", docker_url=podman)
     async with running_supervisor(bus, settings):
         first = await eventually(
             replica_where(bus, node_id, lambda r: r.state == "running"), timeout_s=60

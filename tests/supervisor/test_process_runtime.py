@@ -13,6 +13,7 @@ from agentbus.errors import ContractError
 from agentbus.messages import Deployment
 from agentbus_supervisor.process_runtime import ProcessRuntime
 from agentbus_supervisor.runtime import ReplicaSpec, build_spec
+from tests._helpers import pid_alive
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -31,18 +32,10 @@ def spec(code: str, *, name: str = "proc") -> ReplicaSpec:
     )
 
 
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 async def test_start_stop_sends_sigterm(runtime: ProcessRuntime) -> None:
     handle = await runtime.start(spec("import time; print('up', flush=True); time.sleep(600)"))
     pid = int(handle.runtime_id)
-    assert alive(pid)
+    assert pid_alive(pid)
     assert os.getpgid(pid) == pid  # its own process group
     waiter = asyncio.create_task(runtime.wait(handle))
     lines = runtime.logs(handle)
@@ -52,7 +45,7 @@ async def test_start_stop_sends_sigterm(runtime: ProcessRuntime) -> None:
     info = await waiter
     assert info.exit_code == 128 + 15
     assert "SIGTERM" in info.reason
-    assert not alive(pid)
+    assert not pid_alive(pid)
 
 
 async def test_stop_kills_after_grace_when_sigterm_is_ignored(runtime: ProcessRuntime) -> None:
@@ -123,7 +116,7 @@ async def test_close_stops_children() -> None:
     pid = int(handle.runtime_id)
     assert await rt.list_own() == []  # no adoption across supervisor restarts
     await rt.close()
-    assert not alive(pid)
+    assert not pid_alive(pid)
 
 
 async def test_agent_settings_read_the_replica_env(runtime: ProcessRuntime) -> None:

@@ -5,28 +5,26 @@ agent restarted for missed heartbeats."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import aiodocker
-import msgspec
-import nats.js.errors
 import pytest
 
 from agentbus.bus import Bus
 from agentbus.client import Client
-from agentbus.messages import AgentInfo, Backoff, Deployment
+from agentbus.messages import Backoff, Deployment
 from agentbus.messages.fleet import HealthCheck, Limits
-from agentbus_supervisor.settings import SupervisorSettings
 from tests._helpers import eventually, running_scheduler
 from tests.supervisor._helpers import (
+    BASE_IMAGE,
     EventLog,
+    docker_settings,
     place,
     put_deployment,
+    registered,
     replica_where,
     returns,
     running_supervisor,
 )
-from tests.supervisor.conftest import BASE_IMAGE, TEST_LABELS
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(180)]
 FAST = Backoff(initial_s=0.1, factor=2.0, max_s=1.0, jitter=0.0)
@@ -44,30 +42,6 @@ async def hog(ctx: TaskContext, size_bytes: int) -> int:
 
 agent.main()
 """
-
-
-def settings(node_id: str, **kw: Any) -> SupervisorSettings:
-    kw.setdefault("docker_network", "host")  # agents reach the test nats-server on 127.0.0.1
-    return SupervisorSettings(
-        node_id=node_id,
-        runtime="docker",
-        heartbeat_s=0.5,
-        stop_grace_s=2.0,
-        docker_labels=TEST_LABELS,
-        **kw,
-    )
-
-
-def registered(bus: Bus, agent_id: str) -> Any:
-    async def _probe() -> AgentInfo | None:
-        kv = await bus.kv(bus.names.agents_bucket)
-        try:
-            entry = await kv.get(agent_id)
-        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
-            return None
-        return msgspec.json.decode(entry.value or b"", type=AgentInfo)
-
-    return _probe
 
 
 async def test_oom_killed_agent_restarts_and_its_neighbour_is_untouched(
@@ -92,7 +66,7 @@ async def test_oom_killed_agent_restarts_and_its_neighbour_is_untouched(
     for dep in (hog, calm):
         await put_deployment(bus, dep)
         await place(bus, dep.name, 0, node_id)
-    async with running_scheduler(bus), running_supervisor(bus, settings(node_id)):
+    async with running_scheduler(bus), running_supervisor(bus, docker_settings(node_id)):
         await eventually(registered(bus, "hog-0"), timeout_s=60)
         await eventually(registered(bus, "calm-0"), timeout_s=60)
         neighbour = await eventually(
@@ -146,7 +120,7 @@ async def test_failed_health_check_restarts_the_container(
     )
     await put_deployment(bus, dep)
     await place(bus, "probed", 0, node_id)
-    async with running_supervisor(bus, settings(node_id, docker_network="none")):
+    async with running_supervisor(bus, docker_settings(node_id, docker_network="none")):
         first = await eventually(replica_where(bus, node_id, lambda r: r.state == "running"))
         container = docker.containers.container(first.runtime_id)
         await asyncio.sleep(1.5)  # five probe intervals: passing probes keep it running
@@ -177,7 +151,7 @@ async def test_paused_agent_is_restarted_for_missed_heartbeats(
     )
     await put_deployment(bus, dep)
     await place(bus, "frozen", 0, node_id)
-    async with running_supervisor(bus, settings(node_id)):
+    async with running_supervisor(bus, docker_settings(node_id)):
         first = await eventually(replica_where(bus, node_id, lambda r: r.state == "running"))
         await eventually(registered(bus, "frozen-0"), timeout_s=60)
         await docker.containers.container(first.runtime_id).pause()  # alive, but hung

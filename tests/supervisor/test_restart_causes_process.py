@@ -8,20 +8,20 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any
 
-import msgspec
 import pytest
 
 from agentbus.bus import Bus
-from agentbus.messages import AgentInfo, Backoff, Deployment
+from agentbus.messages import Backoff, Deployment
 from agentbus.messages.fleet import CrashLoop, HealthCheck
-from agentbus_supervisor.settings import SupervisorSettings
-from tests._helpers import eventually
+from tests._helpers import eventually, pid_alive
 from tests.supervisor._helpers import (
     EventLog,
+    echo_process,
     place,
+    process_settings,
     put_deployment,
+    registered,
     replica_where,
     returns,
     running_supervisor,
@@ -30,12 +30,6 @@ from tests.supervisor._helpers import (
 
 pytestmark = pytest.mark.timeout(120)
 FAST = Backoff(initial_s=0.05, factor=2.0, max_s=0.5, jitter=0.0)
-
-
-def settings(node_id: str, **kw: Any) -> SupervisorSettings:
-    return SupervisorSettings(
-        node_id=node_id, runtime="process", heartbeat_s=0.2, stop_grace_s=2.0, **kw
-    )
 
 
 async def test_failed_health_check_restarts_the_replica(
@@ -53,7 +47,7 @@ async def test_failed_health_check_restarts_the_replica(
     )
     await put_deployment(bus, dep)
     await place(bus, "probed", 0, node_id)
-    async with running_supervisor(bus, settings(node_id)):
+    async with running_supervisor(bus, process_settings(node_id)):
         first = await eventually(replica_where(bus, node_id, lambda r: r.state == "running"))
         await eventually(lambda: returns(marker.exists()))
         await asyncio.sleep(1.0)  # five probe intervals: passing probes keep it running
@@ -73,26 +67,16 @@ async def test_failed_health_check_restarts_the_replica(
 async def test_hung_agent_is_restarted_for_missed_heartbeats(
     bus: Bus, events: EventLog, node_id: str
 ) -> None:
-    dep = Deployment(
-        name="hangs",
-        command=[sys.executable, "-m", "agentbus.agents.echo"],
-        capabilities=["echo"],
-        env={"AGENTBUS_AGENT_HEARTBEAT_S": "0.5"},
-        backoff=FAST,
-        heartbeat_timeout_s=4.0,
-    )
+    dep = echo_process("hangs", backoff=FAST, heartbeat_timeout_s=4.0)
     await put_deployment(bus, dep)
     await place(bus, "hangs", 0, node_id)
-    agents = await bus.kv(bus.names.agents_bucket)
+    agent = registered(bus, "hangs-0")
 
     async def _registered_pid() -> int | None:
-        try:
-            entry = await agents.get("hangs-0")
-        except Exception:
-            return None
-        return msgspec.json.decode(entry.value or b"", type=AgentInfo).pid
+        info = await agent()
+        return info.pid if info else None
 
-    async with running_supervisor(bus, settings(node_id)):
+    async with running_supervisor(bus, process_settings(node_id)):
         first = await eventually(replica_where(bus, node_id, lambda r: r.state == "running"))
         pid = int(first.runtime_id)
         assert await eventually(_registered_pid, timeout_s=30) == pid
@@ -102,7 +86,7 @@ async def test_hung_agent_is_restarted_for_missed_heartbeats(
                 lambda: returns(events.of("restarting", "hangs-0")), timeout_s=40
             )
         finally:
-            if _alive(pid):
+            if pid_alive(pid):
                 os.killpg(pid, signal.SIGCONT)
         assert restarting[0].reason == "heartbeat"
         assert "no agent heartbeat for 4 s" in restarting[0].detail
@@ -114,15 +98,7 @@ async def test_hung_agent_is_restarted_for_missed_heartbeats(
             return await _registered_pid() == int(again.runtime_id)
 
         await eventually(_new_pid_registered, timeout_s=30)
-        assert not _alive(pid)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+        assert not pid_alive(pid)
 
 
 async def test_crash_loop_is_marked_and_retried_at_the_cap(
@@ -136,7 +112,7 @@ async def test_crash_loop_is_marked_and_retried_at_the_cap(
     )
     await put_deployment(bus, dep)
     await place(bus, "loops", 0, node_id)
-    async with running_supervisor(bus, settings(node_id)):
+    async with running_supervisor(bus, process_settings(node_id)):
         looping = await eventually(
             replica_where(bus, node_id, lambda r: r.state == "crash-loop"), every_s=0.02
         )
@@ -165,7 +141,7 @@ async def test_backoff_resets_after_healthy_uptime(
     )
     await put_deployment(bus, dep)
     await place(bus, "steady", 0, node_id)
-    async with running_supervisor(bus, settings(node_id)):
+    async with running_supervisor(bus, process_settings(node_id)):
         await eventually(
             lambda: returns(len(events.of("restarting", "steady-0")) >= 3), timeout_s=40
         )

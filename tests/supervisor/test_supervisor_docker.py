@@ -16,7 +16,11 @@ from agentbus_supervisor.runtime import build_spec
 from agentbus_supervisor.settings import SupervisorSettings
 from tests._helpers import eventually
 from tests.supervisor._helpers import (
+    BASE_IMAGE,
+    SLEEP_CMD,
+    TEST_LABELS,
     EventLog,
+    docker_settings,
     place,
     put_deployment,
     replica_where,
@@ -25,21 +29,13 @@ from tests.supervisor._helpers import (
     status_of,
     unplace,
 )
-from tests.supervisor.conftest import BASE_IMAGE, SLEEP_CMD, TEST_LABELS
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(120)]
 
 
 def settings(node_id: str, **kw: Any) -> SupervisorSettings:
-    return SupervisorSettings(
-        node_id=node_id,
-        runtime="docker",
-        heartbeat_s=0.2,
-        stop_grace_s=2.0,
-        docker_network="none",
-        docker_labels=TEST_LABELS,
-        **kw,
-    )
+    """Heartbeats every 0.2 s; no network (these containers are no agents)."""
+    return docker_settings(node_id, **({"heartbeat_s": 0.2, "docker_network": "none"} | kw))
 
 
 async def containers_of(docker: aiodocker.Docker, node_id: str) -> list[dict[str, object]]:

@@ -6,7 +6,6 @@ import asyncio
 import os
 import signal
 import sys
-from typing import Any
 
 import msgspec
 import nats.js.errors
@@ -21,11 +20,11 @@ from agentbus.messages import (
     NodeInfo,
     utcnow,
 )
-from agentbus_supervisor.settings import SupervisorSettings
-from tests._helpers import eventually
+from tests._helpers import eventually, pid_alive
 from tests.supervisor._helpers import (
     EventLog,
     place,
+    process_settings,
     put_deployment,
     replica_where,
     returns,
@@ -38,27 +37,13 @@ pytestmark = pytest.mark.timeout(90)
 SLEEP = [sys.executable, "-c", "import time; time.sleep(600)"]
 
 
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def settings(node_id: str, **kw: Any) -> SupervisorSettings:
-    return SupervisorSettings(
-        node_id=node_id, runtime="process", heartbeat_s=0.2, stop_grace_s=2.0, **kw
-    )
-
-
 async def test_reconcile_start_restart_and_stop(bus: Bus, events: EventLog, node_id: str) -> None:
     await put_deployment(
         bus, Deployment(name="sleeper", command=SLEEP, backoff=Backoff(initial_s=0.1))
     )
     await place(bus, "sleeper", 0, node_id)
     await place(bus, "sleeper", 1, "some-other-node")
-    async with running_supervisor(bus, settings(node_id, labels={"zone": "a"})):
+    async with running_supervisor(bus, process_settings(node_id, labels={"zone": "a"})):
         running = await eventually(replica_where(bus, node_id, lambda r: r.state == "running"))
         assert running.agent_id == "sleeper-0"
         status = await status_of(bus, node_id)()
@@ -79,7 +64,7 @@ async def test_reconcile_start_restart_and_stop(bus: Bus, events: EventLog, node
 
         await eventually(_counts_one)
         pid = int(running.runtime_id)
-        assert alive(pid)
+        assert pid_alive(pid)
 
         os.killpg(pid, signal.SIGKILL)  # the agent crashes
         again = await eventually(
@@ -97,7 +82,7 @@ async def test_reconcile_start_restart_and_stop(bus: Bus, events: EventLog, node
         await unplace(bus, "sleeper", 0)  # placement removed: graceful stop
         await eventually(lambda: returns(events.of("stopped", "sleeper-0")))
         assert (await status_of(bus, node_id)()).replicas == []
-        assert not alive(int(again.runtime_id))
+        assert not pid_alive(int(again.runtime_id))
     with pytest.raises(nats.js.errors.KeyNotFoundError):
         await nodes.get(node_id)  # the node left the registry
 
@@ -111,7 +96,7 @@ async def test_backoff_grows_on_repeated_crashes(bus: Bus, events: EventLog, nod
     )
     await put_deployment(bus, dep)
     await place(bus, "crasher", 0, node_id)
-    async with running_supervisor(bus, settings(node_id)):
+    async with running_supervisor(bus, process_settings(node_id)):
         seen: list[float] = []
 
         async def _probe() -> bool:
@@ -138,7 +123,7 @@ async def test_restart_policies_never_and_on_failure(
     await put_deployment(bus, Deployment(name="once", command=fail, restart_policy="never"))
     await place(bus, "job", 0, node_id)
     await place(bus, "once", 0, node_id)
-    async with running_supervisor(bus, settings(node_id)):
+    async with running_supervisor(bus, process_settings(node_id)):
         exited = await eventually(
             replica_where(bus, node_id, lambda r: r.agent_id == "job-0" and r.state == "exited")
         )
@@ -168,7 +153,7 @@ async def test_logs_are_shipped_as_log_lines(bus: Bus, node_id: str) -> None:
     await bus.nc.subscribe(bus.names.log_subject("talker-0"), cb=_on)
     await place(bus, "talker", 0, node_id)
     before = utcnow()
-    async with running_supervisor(bus, settings(node_id)):
+    async with running_supervisor(bus, process_settings(node_id)):
         lines = [await asyncio.wait_for(got.get(), 20) for _ in range(2)]
         by_stream = {x.stream: x for x in lines}
         assert by_stream["stdout"].line == "hello from agent"
@@ -193,7 +178,7 @@ async def test_bad_entries_are_reported_and_skipped(bus: Bus, node_id: str) -> N
     await bus.nc.subscribe(bus.names.events_all("error"), cb=_on)
     deployments = await bus.kv(bus.names.deployments_bucket)
     await deployments.put("broken", b"{not json")
-    async with running_supervisor(bus, settings(node_id)):
+    async with running_supervisor(bus, process_settings(node_id)):
         await put_deployment(bus, Deployment(name="fine", command=SLEEP))
         await place(bus, "fine", 0, node_id)
         await eventually(replica_where(bus, node_id, lambda r: r.state == "running"))
@@ -209,7 +194,7 @@ async def test_a_slow_stop_does_not_hold_up_other_replicas(
     await put_deployment(bus, Deployment(name="stubborn", command=stubborn, stop_grace_s=8.0))
     await put_deployment(bus, Deployment(name="fresh", command=SLEEP))
     await place(bus, "stubborn", 0, node_id)
-    async with running_supervisor(bus, settings(node_id)):
+    async with running_supervisor(bus, process_settings(node_id)):
         await eventually(replica_where(bus, node_id, lambda r: r.state == "running"))
         await unplace(bus, "stubborn", 0)  # its stop takes the whole 8 s grace
         await place(bus, "fresh", 0, node_id)
@@ -226,7 +211,7 @@ async def test_changed_spec_replaces_the_replica_after_its_stop(
 ) -> None:
     await put_deployment(bus, Deployment(name="ver", command=SLEEP, env={"V": "1"}))
     await place(bus, "ver", 0, node_id)
-    async with running_supervisor(bus, settings(node_id)):
+    async with running_supervisor(bus, process_settings(node_id)):
         first = await eventually(replica_where(bus, node_id, lambda r: r.state == "running"))
         await put_deployment(bus, Deployment(name="ver", command=SLEEP, env={"V": "2"}))
         second = await eventually(
@@ -238,4 +223,4 @@ async def test_changed_spec_replaces_the_replica_after_its_stop(
         assert [e.reason for e in stopped] == ["replaced"]
         assert stopped[0].at <= events.of("started", "ver-0")[-1].at  # one name, in turn
         assert second.restarts == 0
-        assert not alive(int(first.runtime_id))
+        assert not pid_alive(int(first.runtime_id))
