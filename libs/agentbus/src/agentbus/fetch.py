@@ -6,25 +6,32 @@ JetStream delivers a consumer's messages in stream order and knows nothing of
 priorities, so the order between bands is decided here, by what is pulled first:
 
 * Only free slots are ever pulled for (``max_concurrency`` minus tasks in hand), with
-  **no-wait** pull requests (``{"batch": free, "no_wait": true}``): the server answers
-  at once with what it has, so no request stays open and no band can deliver into a
-  slot that another band already filled. Holding long-poll requests open on several
-  bands would over-deliver past ``max_concurrency`` when they fill at the same time.
+  **no-wait** pull requests (``{"batch": n, "no_wait": true}``, n ≤ free): the server
+  answers at once with what it has, so no request stays open and no band can deliver
+  into a slot that another band already filled. Holding long-poll requests open on
+  several bands would over-deliver past ``max_concurrency`` when they fill at the same
+  time.
 * Bands are pulled high to low; among capabilities with the same band, round-robin.
-* A band is pulled only while it may hold tasks: every (capability, band) starts
-  "flagged"; a pull that comes back short clears the flag unless a notice arrived
-  meanwhile. When nothing is flagged the loop sleeps until the scheduler's
-  ``TasksReady`` notice on ``<p>.control.ready.<capability>`` flags a band, a slot
-  frees, or ``rescan_s`` passes (then every band is flagged again: redeliveries after
-  a nak delay or a lapsed lease come without a notice).
+* A band is pulled only while it may hold tasks ("flagged"). Every band starts flagged
+  and is flagged again every ``rescan_s`` (redeliveries after a lapsed lease come
+  unannounced); otherwise by a ``TasksReady`` notice (``agentbus.notices``: the one
+  agent of the queue group that heard it), a backlog notice (no agent had a free slot
+  when the tasks came), a retry of this agent falling due, or — for band 0 — a slot
+  freeing after the agent was full. A pull clears the flag unless tasks are owed to
+  it (notices heard and not yet served) or it filled every free slot and left tasks
+  in the band (``num_pending`` of the last message: the next free slot pulls there).
+* A notice for ``count`` tasks makes the agent pull up to ``min(count, free)`` (the
+  other tasks of a burst are other agents' to take: their notices woke them); what it
+  cannot take — it was full when the notice came, or became full — it announces again
+  for another agent. While full it is out of the queue group.
 
 Idle → running therefore costs one notice and one pull round trip. The scheduler
-sends the notice right behind the task's publish, before the stream acknowledged it
-(``agentbus_scheduler.ready``), so the pull that follows a notice may reach the server
-before the task is stored: that pull carries ``expires`` = ``NOTICE_WAIT_S`` as well
-as ``no_wait``, and the server then waits up to that long for the first message but
-ends the request as soon as it delivered what it has. Pulls after a rescan or a
-freed slot wait for nothing.
+sends a lone task's notice right behind the task's publish, before the stream
+acknowledged it (``agentbus_scheduler.ready``), so the pull for a notice may reach the
+server before the task is stored: it carries ``expires`` = ``NOTICE_WAIT_S`` as well as
+``no_wait``, and the server then waits up to that long for the first message but ends
+the request as soon as it delivered what it has. A pull for a notice that finds
+nothing within that time writes the notice off. Other pulls wait for nothing.
 
 Pull protocol details (nats-server 2.15, checked in a probe): a no-wait request is
 answered with up to ``batch`` messages; when fewer were available a status message
@@ -41,8 +48,8 @@ import asyncio
 import json
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from typing import NamedTuple
 
-import msgspec
 from loguru import logger
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -50,10 +57,10 @@ from nats.aio.subscription import Subscription
 from agentbus.bus import Bus
 from agentbus.messages import TasksReady
 from agentbus.names import BANDS, Names
+from agentbus.notices import Announcer, ReadyListener
 
-_decode_ready = msgspec.json.Decoder(TasksReady).decode
 NOTICE_WAIT_S = 0.02
-"""How long a pull that follows a ready notice may wait for the task to be stored."""
+"""How long a pull for a notice may wait for the task to be stored."""
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -62,6 +69,16 @@ class Lane:
 
     band: int
     capability: str
+
+
+class Pulled(NamedTuple):
+    """What one pull request brought: the messages, and whether the server ended it.
+
+    ``ended`` is false when no answer came within the timeout (e.g. reconnecting).
+    """
+
+    msgs: list[Msg]
+    ended: bool
 
 
 class NoWaitPuller:
@@ -109,7 +126,7 @@ class NoWaitPuller:
             except Exception as exc:  # closed connection: nothing to undo
                 logger.debug("puller unsubscribe failed", error=repr(exc))
 
-    async def pull(self, consumer: str, batch: int, *, wait_s: float = 0.0) -> list[Msg]:
+    async def pull(self, consumer: str, batch: int, *, wait_s: float = 0.0) -> Pulled:
         """Up to ``batch`` messages that ``consumer`` has ready (maybe none).
 
         With ``wait_s`` > 0, an empty consumer may take up to ``wait_s`` seconds to
@@ -129,12 +146,14 @@ class NoWaitPuller:
             body["expires"] = int(wait_s * 1e9)
         subject = f"$JS.API.CONSUMER.MSG.NEXT.{self._stream}.{consumer}"
         await self._nc.publish(subject, json.dumps(body).encode(), reply=self._reply)
+        ended = True
         try:
             await asyncio.wait_for(self._ended.wait(), self._timeout_s + wait_s)
         except TimeoutError:  # no answer (reconnecting): take what came
             logger.debug("no-wait pull unanswered", consumer=consumer)
+            ended = False
         got, self._got, self._want, self._reply = self._got, [], 0, ""
-        return got
+        return Pulled(got, ended)
 
     async def _on_msg(self, msg: Msg) -> None:
         status = msg.headers.get("Status") if msg.headers else None
@@ -163,7 +182,8 @@ class Intake:
     """Pulls tasks into free slots, highest band first, until stopped.
 
     ``dispatch(capability, msg)`` is called for every message pulled; the caller owns
-    the slot until it calls ``release()``.
+    the slot until it calls ``release()``. Counters ``pulls`` and ``passed_on`` are for
+    tests and metrics.
     """
 
     def __init__(
@@ -177,8 +197,6 @@ class Intake:
         dispatch: Callable[[str, Msg], None],
         on_bad: Callable[[str, str], Awaitable[None]] | None = None,
     ) -> None:
-        self._bus = bus
-        self._on_bad = on_bad  # (subject, reason) of a notice that does not decode
         self._names: Names = bus.names
         self.capabilities = list(capabilities)
         self.max_concurrency = max_concurrency
@@ -187,72 +205,82 @@ class Intake:
         self._puller = NoWaitPuller(
             bus, bus.names.tasks_stream, timeout_s=pull_timeout_s, late=self._late
         )
+        self._announcer = Announcer(bus)
+        self._ears = ReadyListener(bus, self.capabilities, heard=self._heard, on_bad=on_bad)
         self._lanes = [Lane(b, c) for b in range(BANDS) for c in self.capabilities]
         self._flagged: set[Lane] = set(self._lanes)
-        self._notices: dict[Lane, int] = dict.fromkeys(self._lanes, 0)
-        self._fresh: set[Lane] = set()  # a notice came since the lane's last pull
+        self._owed: dict[Lane, int] = dict.fromkeys(self._lanes, 0)  # tasks notices told of
         self._turn = 0
         self._changed = asyncio.Event()
         self._stopping = False
-        self._subs: list[Subscription] = []
         self._timers: set[asyncio.TimerHandle] = set()
+        self._passing: set[asyncio.Task[None]] = set()
         self.busy = 0
         """Slots in use: messages dispatched and not yet released."""
+        self.pulls = 0
+        """Pull requests sent."""
+        self.passed_on = 0
+        """Notices announced again for another agent (this one had no slot for them)."""
 
     # -- wiring ------------------------------------------------------------------------
     async def start(self) -> None:
-        """Subscribe to the ready notices of every capability and the pull inbox."""
+        """Subscribe to the notice replies, the pull inbox and the backlog notices."""
+        await self._announcer.start()
         await self._puller.start()
-        for capability in self.capabilities:
-            sub = await self._bus.nc.subscribe(
-                self._names.ready_subject(capability), cb=self._on_ready
-            )
-            self._subs.append(sub)
+        await self._ears.start()
 
     def stop(self) -> None:
-        """Make ``run()`` return after the pull in progress (if any)."""
+        """Make ``run()`` return after the pull in progress (if any); hear no more."""
         self._stopping = True
+        self._ears.withdraw()
         self._changed.set()
 
     async def close(self) -> None:
-        """Unsubscribe everything (after ``run()`` returned)."""
+        """Unsubscribe everything (after ``run()`` returned), passing on late notices."""
         for timer in self._timers:
             timer.cancel()
         self._timers.clear()
-        for sub in self._subs:
-            try:
-                await sub.unsubscribe()
-            except Exception as exc:
-                logger.debug("unsubscribe failed", error=repr(exc))
-        self._subs.clear()
+        await self._ears.close()
+        await asyncio.gather(*self._passing, return_exceptions=True)
+        await self._announcer.close()
         await self._puller.stop()
+
+    @property
+    def listening(self) -> bool:
+        """Whether the agent is in the notices' queue groups (it has a free slot)."""
+        return self._ears.listening
 
     def release(self) -> None:
         """A dispatched message's slot is free again."""
         self.busy -= 1
         self._changed.set()
 
-    def wake(self, capability: str, band: int, *, notice: bool = False) -> None:
+    def wake(self, capability: str, band: int, count: int = 0) -> None:
         """Flag ``band`` of ``capability`` as possibly holding tasks, now.
 
-        ``notice``: a ready notice says so (the task may not be stored yet).
+        ``count`` > 0: that many tasks are owed to this agent (a notice said so; they
+        may not be stored yet): the pull asks for at most that many and may wait
+        ``NOTICE_WAIT_S`` for the first.
         """
         lane = Lane(band, capability)
-        if lane in self._notices:
-            self._notices[lane] += 1
+        if lane in self._owed:
+            self._owed[lane] += count
             self._flagged.add(lane)
-            if notice:
-                self._fresh.add(lane)
             self._changed.set()
 
     def wake_later(self, capability: str, band: int, delay_s: float) -> None:
-        """Flag a band after ``delay_s`` (e.g. when a task nak'd with that delay returns)."""
+        """Wake a band after ``delay_s`` (e.g. when a task nak'd with that delay returns).
+
+        Nobody announces such a redelivery: if this agent has no free slot then, it
+        announces the task for another agent.
+        """
         loop = asyncio.get_running_loop()
         timer: asyncio.TimerHandle
 
         def fire() -> None:
             self._timers.discard(timer)
-            self.wake(capability, band)
+            notice = TasksReady(capability=capability, band=band)
+            self._heard(notice, False)
 
         timer = loop.call_later(max(delay_s, 0.0), fire)
         self._timers.add(timer)
@@ -262,15 +290,27 @@ class Intake:
         return sorted((ln.band for ln in self._flagged if ln.capability == capability),
                       reverse=True)  # fmt: skip
 
-    async def _on_ready(self, msg: Msg) -> None:
-        try:
-            notice = _decode_ready(msg.data)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            logger.debug("bad ready notice ignored", subject=msg.subject)
-            if self._on_bad is not None:
-                await self._on_bad(msg.subject, f"not a TasksReady: {exc}")
-            return
-        self.wake(notice.capability, notice.band, notice=True)
+    def _heard(self, notice: TasksReady, backlog: bool) -> None:
+        if backlog:  # every agent hears it: mark the band, take what a free slot can
+            self.wake(notice.capability, notice.band)
+        elif self._stopping or self.busy >= self.max_concurrency:
+            self._pass_on(notice.capability, notice.band, notice.count)
+        else:
+            self.wake(notice.capability, notice.band, notice.count)
+
+    def _pass_on(self, capability: str, band: int, count: int) -> None:
+        self.passed_on += 1
+        task = asyncio.create_task(self._announcer.announce(capability, band, count))
+        self._passing.add(task)
+        task.add_done_callback(self._passing.discard)
+
+    def _pass_on_owed(self) -> None:
+        """No free slot: hand the tasks notices told this agent of to another one."""
+        for lane, owed in self._owed.items():
+            if owed:
+                self._owed[lane] = 0
+                self._flagged.discard(lane)
+                self._pass_on(lane.capability, lane.band, owed)
 
     async def _late(self, msg: Msg) -> None:
         rest = msg.subject.removeprefix(f"{self._names.prefix}.tasks.")
@@ -278,6 +318,7 @@ class Intake:
         if capability in self.capabilities and self.busy < self.max_concurrency:
             self.busy += 1
             self._dispatch(capability, msg)
+            self._changed.set()
             return
         logger.warning("late task delivery returned: no free slot", subject=msg.subject)
         try:
@@ -296,17 +337,39 @@ class Intake:
             candidates, key=lambda ln: (self.capabilities.index(ln.capability) - self._turn) % n
         )
 
+    async def _listen(self, free: int) -> None:
+        """In the queue groups exactly while a slot is free."""
+        if free <= 0:
+            self._ears.withdraw()
+            self._pass_on_owed()
+        elif await self._ears.offer():
+            # it was out of the groups: a notice may have found nobody (the backlog
+            # notice covers that, rate limited; band 0, the common one, is cheap to check)
+            self._flagged.update(Lane(0, c) for c in self.capabilities)
+
+    def _settle(self, lane: Lane, owed: int, ask: int, pulled: Pulled, free: int) -> None:
+        """Book a pull of ``lane`` that asked for ``ask`` with ``owed`` tasks owed."""
+        got = len(pulled.msgs)
+        left = max(self._owed[lane] - got, 0)
+        if got == 0 and pulled.ended:  # empty (for NOTICE_WAIT_S, if it waited)
+            left = max(self._owed[lane] - owed, 0)  # notices heard during the pull stay
+        self._owed[lane] = left
+        more = got == ask == free and pulled.msgs[-1].metadata.num_pending > 0
+        if not (left or more):  # an unanswered pull's messages come late (``_late``)
+            self._flagged.discard(lane)
+
     async def run(self) -> None:
         """Pull into free slots until ``stop()``; returns after the pull in progress."""
         loop = asyncio.get_running_loop()
         next_rescan = loop.time() + self.rescan_s
         while not self._stopping:
             self._changed.clear()
+            free = self.max_concurrency - self.busy
+            await self._listen(free)
             now = loop.time()
             if now >= next_rescan:
                 self._flagged.update(self._lanes)
                 next_rescan = now + self.rescan_s
-            free = self.max_concurrency - self.busy
             lane = self._next_lane() if free > 0 else None
             if lane is None:  # every slot busy, or nothing to pull: wait for a change
                 timeout = max(next_rescan - now, 0.0) if free > 0 else None
@@ -315,20 +378,20 @@ class Intake:
                 except TimeoutError:
                     pass
                 continue
-            seen = self._notices[lane]
-            wait_s = NOTICE_WAIT_S if lane in self._fresh else 0.0
-            self._fresh.discard(lane)
+            owed = self._owed[lane]
+            ask = min(owed, free) if owed else free
+            consumer = self._names.task_consumer(lane.capability, lane.band)
             try:
-                msgs = await self._puller.pull(
-                    self._names.task_consumer(lane.capability, lane.band), free, wait_s=wait_s
+                pulled = await self._puller.pull(
+                    consumer, ask, wait_s=NOTICE_WAIT_S if owed else 0.0
                 )
             except Exception as exc:  # connection lost: nats-py reconnects by itself
                 logger.warning("pull failed", capability=lane.capability, error=repr(exc))
                 await asyncio.sleep(0.5)
                 continue
+            self.pulls += 1
             self._turn += 1
-            if len(msgs) < free and self._notices[lane] == seen:
-                self._flagged.discard(lane)
-            for msg in msgs:
+            self._settle(lane, owed, ask, pulled, free)
+            for msg in pulled.msgs:
                 self.busy += 1
                 self._dispatch(lane.capability, msg)

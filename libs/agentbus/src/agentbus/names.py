@@ -118,8 +118,16 @@ class Names:
         return f"{self.prefix}.logs.{agent_id}"
 
     def ready_subject(self, capability: str) -> str:
-        """Core-NATS subject of ``TasksReady`` notices for ``capability``."""
+        """Core-NATS subject of ``TasksReady`` notices for ``capability``.
+
+        Agents listen in queue group ``agentbus.notices.READY_QUEUE``, only while they
+        have a free slot: each notice wakes one agent.
+        """
         return f"{self.prefix}.control.ready.{capability}"
+
+    def backlog_subject(self, capability: str) -> str:
+        """Core-NATS subject of ``TasksReady`` notices no free agent heard (every agent)."""
+        return f"{self.prefix}.control.backlog.{capability}"
 
     def cancel_subject(self) -> str:
         """Core-NATS subject of ``CancelNotice``s, heard by every agent."""

@@ -264,6 +264,6 @@ class Admission:
             encode(task_message(record)),
             headers={"Nats-Msg-Id": record.task_id},
         )
-        await self.ready.post(record.capability, record.priority)
+        await self.ready.post(record.capability, record.priority, acked)
         ack = await asyncio.wait_for(acked, self.bus.settings.request_timeout_s)
         return ack.seq

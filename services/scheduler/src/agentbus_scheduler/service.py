@@ -115,4 +115,5 @@ async def serve(
         await results.close()
         await dead_letters.close()
         await fleet.close()
+        await admission.ready.close()
         logger.info("scheduler stopped")

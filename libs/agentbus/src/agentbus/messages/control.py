@@ -1,8 +1,8 @@
 """Task control: cancel requests, and the core-NATS notices every agent hears.
 
-Notices are plain (non-JetStream) publishes: cheap, fan-out, lost when nobody
-listens. Nothing depends on a notice alone: a missed ``TasksReady`` costs at most an
-agent's rescan interval, a missed ``CancelNotice`` is covered by the scheduler deleting
+Notices are plain (non-JetStream) publishes: cheap, lost when nobody listens.
+Nothing depends on a notice alone: a missed ``TasksReady`` costs at most an agent's
+rescan interval, a missed ``CancelNotice`` is covered by the scheduler deleting
 the task's message from the work stream.
 """
 
@@ -21,15 +21,21 @@ Band = Annotated[int, msgspec.Meta(ge=0, le=9)]
 
 
 class TasksReady(Message, frozen=True, kw_only=True):
-    """Notice on ``<p>.control.ready.<capability>``: tasks were put on a band's subject.
+    """Notice that ``count`` tasks were put on a band's subject (or are due again there).
 
-    Published by the scheduler right behind a task's publish (before the stream's
-    ack: the pull that follows may wait briefly for the task to be stored); an idle
-    agent pulls the band when it hears it. Bursts are coalesced.
+    On ``<p>.control.ready.<capability>`` it wakes *one* agent: agents listen in a
+    queue group, and only while they have a free slot. The scheduler publishes one
+    right behind a lone task's publish (before the stream's ack: the pull that
+    follows may wait briefly for the task to be stored) and one per burst after the
+    burst's acks; an agent passes on what it cannot take. A notice that found no
+    listener (every agent full) is repeated on ``<p>.control.backlog.<capability>``,
+    which every agent hears: the next agent with a free slot pulls that band first.
     """
 
     capability: str
     band: Band = 0
+    count: Annotated[int, msgspec.Meta(ge=1)] = 1
+    """How many tasks this notice announces; the agent pulls up to that many."""
 
 
 class CancelTask(Message, frozen=True, kw_only=True):
