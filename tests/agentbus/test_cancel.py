@@ -22,7 +22,7 @@ from agentbus.messages import CancelNotice, CancelReply, Task, TaskRecord, encod
 from agentbus.runtime import Agent, TaskContext
 from agentbus.settings import BusSettings
 from tests._helpers import eventually, running_scheduler
-from tests.agentbus._flow import agent_running, quick_settings
+from tests.agentbus._flow import agent_running, quick_settings, worker
 
 pytestmark = pytest.mark.nats
 
@@ -42,21 +42,12 @@ async def status_is(client: Client, task_id: str, status: str) -> TaskRecord | N
 
 
 async def test_queued_task_never_starts(bus: Bus, bus_settings: BusSettings) -> None:
-    started: list[str] = []
-    gate = asyncio.Event()
-    agent = Agent("worker", max_concurrency=1, settings=quick_settings("cancel-1"))
-
-    @agent.handler("work")
-    async def work(ctx: TaskContext, name: str) -> str:
-        started.append(name)
-        if name == "blocker":
-            await gate.wait()
-        return name
-
-    async with running_scheduler(bus), agent_running(agent, bus_settings):
+    w = worker("cancel-1")
+    async with running_scheduler(bus), agent_running(w.agent, bus_settings):
         client = Client(bus)
         blocker = await client.submit("work", "blocker")
-        await eventually(lambda: asyncio.sleep(0, started == ["blocker"]), what="blocker runs")
+        runs = [blocker.task_id]
+        await eventually(lambda: asyncio.sleep(0, w.started == runs), what="blocker runs")
         victim = await client.submit("work", "victim", priority=5)
         assert victim.stream_seq is not None
         reply = await client.cancel(victim.task_id)
@@ -64,12 +55,12 @@ async def test_queued_task_never_starts(bus: Bus, bus_settings: BusSettings) -> 
         assert reply.task.status == "cancelled" and reply.task.attempts == []
         # its message is gone from the work stream: only the blocker's remains
         assert await stream_messages(bus) == 1
-        gate.set()
+        w.gate.set()
         after = await client.submit("work", "after")
         assert (await client.wait(after.task_id, timeout_s=20)).status == "succeeded"
         assert (await client.wait(blocker.task_id, timeout_s=20)).status == "succeeded"
         final = await client.get(victim.task_id)
-    assert started == ["blocker", "after"]
+    assert w.started == [blocker.task_id, after.task_id]
     assert final.status == "cancelled" and final.attempts == []
 
 
@@ -166,13 +157,7 @@ async def test_cancelling_a_parent_cancels_its_whole_subtree(
 async def test_cancel_of_a_finished_task_changes_nothing(
     bus: Bus, bus_settings: BusSettings
 ) -> None:
-    agent = Agent("worker", settings=quick_settings("cancel-4"))
-
-    @agent.handler("work")
-    async def work(ctx: TaskContext, value: Any) -> Any:
-        return value
-
-    async with running_scheduler(bus), agent_running(agent, bus_settings):
+    async with running_scheduler(bus), agent_running(worker("cancel-4").agent, bus_settings):
         client = Client(bus)
         record = await client.submit("work", 5)
         done = await client.wait(record.task_id, timeout_s=20)
@@ -188,15 +173,8 @@ async def test_delivery_that_raced_the_cancel_notice_is_terminated_unstarted(
 ) -> None:
     # The notice reaches the agent before the task does (e.g. the message was
     # published just before its record was cancelled): the agent terms it unstarted.
-    started: list[str] = []
-    agent = Agent("worker", settings=quick_settings("cancel-5", rescan_s=0.3))
-
-    @agent.handler("work")
-    async def work(ctx: TaskContext, value: Any) -> Any:
-        started.append(ctx.task_id)
-        return value
-
-    async with agent_running(agent, bus_settings):
+    w = worker("cancel-5", rescan_s=0.3)
+    async with agent_running(w.agent, bus_settings):
         await asyncio.sleep(0.5)
         notice = CancelNotice(task_ids=["raced"], at=utcnow())
         await bus.nc.publish(bus.names.cancel_subject(), encode(notice))
@@ -205,9 +183,9 @@ async def test_delivery_that_raced_the_cancel_notice_is_terminated_unstarted(
         for task_id in ("raced", "fine"):
             task = Task(task_id=task_id, capability="work")
             await bus.js.publish(bus.names.task_subject("work"), encode(task))
-        await eventually(lambda: asyncio.sleep(0, started == ["fine"]), what="fine handled")
+        await eventually(lambda: asyncio.sleep(0, w.started == ["fine"]), what="fine handled")
         await eventually(lambda: stream_empty(bus), what="raced termed")
-    assert started == ["fine"]
+    assert w.started == ["fine"]
 
 
 def cli(bus_settings: BusSettings, *args: str) -> Any:

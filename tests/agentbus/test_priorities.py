@@ -23,7 +23,7 @@ from agentbus.names import BANDS, Names
 from agentbus.runtime import Agent, TaskContext
 from agentbus.settings import BusSettings
 from tests._helpers import eventually, running_scheduler
-from tests.agentbus._flow import agent_running, quick_settings
+from tests.agentbus._flow import agent_running, quick_settings, worker
 
 pytestmark = pytest.mark.nats
 
@@ -54,21 +54,13 @@ async def test_task_goes_to_its_band_subject(bus: Bus) -> None:
 async def test_higher_priority_starts_before_queued_lower_priority(
     bus: Bus, bus_settings: BusSettings
 ) -> None:
-    started: list[str] = []
-    gate = asyncio.Event()
-    agent = Agent("worker", max_concurrency=1, settings=quick_settings("prio-1"))
-
-    @agent.handler("work")
-    async def work(ctx: TaskContext, name: str) -> str:
-        started.append(name)
-        if name == "blocker":
-            await gate.wait()
-        return name
-
+    w = worker("prio-1")
+    agent = w.agent
     async with running_scheduler(bus), agent_running(agent, bus_settings):
         client = Client(bus)
         blocker = await client.submit("work", "blocker")
-        await eventually(lambda: asyncio.sleep(0, started == ["blocker"]), what="blocker runs")
+        runs = [blocker.task_id]
+        await eventually(lambda: asyncio.sleep(0, w.started == runs), what="blocker runs")
         low = [await client.submit("work", f"low-{i}", priority=1) for i in range(3)]
         mid = await client.submit("work", "mid", priority=4)
         high = await client.submit("work", "high", priority=8)
@@ -79,11 +71,11 @@ async def test_higher_priority_starts_before_queued_lower_priority(
 
         # the ready notices of all three bands have reached the (busy) agent
         await eventually(lambda: asyncio.sleep(0, {1, 4, 8} <= set(flagged())), what="notices")
-        gate.set()
+        w.gate.set()
         ids = [blocker.task_id, *(r.task_id for r in low), mid.task_id, high.task_id]
         records = await client.wait_all(ids, timeout_s=30)
     assert all(r.status == "succeeded" for r in records)
-    assert started == ["blocker", "high", "mid", "low-0", "low-1", "low-2"]
+    assert w.started == [blocker.task_id, high.task_id, mid.task_id, *(r.task_id for r in low)]
 
 
 async def test_max_concurrency_is_never_exceeded_across_bands(
@@ -123,12 +115,7 @@ async def test_max_concurrency_is_never_exceeded_across_bands(
 
 async def test_idle_agent_is_woken_by_the_ready_notice(bus: Bus, bus_settings: BusSettings) -> None:
     # rescan every 60 s: only the scheduler's notice can get the task started in time
-    agent = Agent("worker", settings=quick_settings("prio-3", rescan_s=60.0))
-
-    @agent.handler("work")
-    async def work(ctx: TaskContext, value: Any) -> Any:
-        return value
-
+    agent = worker("prio-3", rescan_s=60.0).agent
     async with running_scheduler(bus), agent_running(agent, bus_settings):
         client = Client(bus)
         await asyncio.sleep(0.5)  # the agent's first scan is over: it sleeps now
@@ -142,19 +129,12 @@ async def test_rescan_finds_tasks_published_without_a_notice(
     bus: Bus, bus_settings: BusSettings
 ) -> None:
     # e.g. a task redelivered after a nak delay: nobody announces it
-    agent = Agent("worker", settings=quick_settings("prio-4", rescan_s=0.3))
-    seen: list[str] = []
-
-    @agent.handler("work")
-    async def work(ctx: TaskContext, value: Any) -> Any:
-        seen.append(ctx.task_id)
-        return value
-
-    async with agent_running(agent, bus_settings):
+    w = worker("prio-4", rescan_s=0.3)
+    async with agent_running(w.agent, bus_settings):
         await asyncio.sleep(0.5)
         task = Task(task_id="silent", capability="work", priority=5)
         await bus.js.publish(bus.names.task_subject("work", 5), encode(task))
-        await eventually(lambda: asyncio.sleep(0, seen == ["silent"]), what="task handled")
+        await eventually(lambda: asyncio.sleep(0, w.started == ["silent"]), what="task handled")
 
 
 async def test_a_retry_is_pulled_when_its_delay_is_up(bus: Bus, bus_settings: BusSettings) -> None:

@@ -21,18 +21,13 @@ from agentbus.runtime import Agent, TaskContext
 from agentbus.settings import BusSettings
 from agentbus_scheduler.admission import new_record
 from tests._helpers import eventually, running_scheduler
-from tests.agentbus._flow import agent_running, quick_settings
+from tests.agentbus._flow import agent_running, quick_settings, sleeper, worker
 
 pytestmark = pytest.mark.nats
 
 
 def fan_out_agent(agent_id: str) -> Agent:
-    agent = Agent("fan", max_concurrency=8, settings=quick_settings(agent_id))
-
-    @agent.handler("sleep")
-    async def sleep(ctx: TaskContext, delay_s: float) -> float:
-        await asyncio.sleep(delay_s)
-        return delay_s
+    agent = sleeper(agent_id, name="fan")
 
     @agent.handler("all")
     async def gather_all(ctx: TaskContext, delays: list[float]) -> list[Any]:
@@ -123,13 +118,7 @@ async def test_a_retried_handler_reattaches_to_its_children(
 
 
 async def test_subtasks_need_a_live_parent(bus: Bus, bus_settings: BusSettings) -> None:
-    agent = Agent("worker", settings=quick_settings("sub-4"))
-
-    @agent.handler("work")
-    async def work(ctx: TaskContext, value: Any) -> Any:
-        return value
-
-    async with running_scheduler(bus), agent_running(agent, bus_settings):
+    async with running_scheduler(bus), agent_running(worker("sub-4").agent, bus_settings):
         client = Client(bus)
         finished = await client.submit("work", 1)
         await client.wait(finished.task_id, timeout_s=20)

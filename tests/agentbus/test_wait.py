@@ -15,23 +15,11 @@ from agentbus.bus import Bus
 from agentbus.client import Client
 from agentbus.errors import RequestTimeoutError
 from agentbus.messages import encode
-from agentbus.runtime import Agent, TaskContext
 from agentbus.settings import BusSettings
 from tests._helpers import running_scheduler
-from tests.agentbus._flow import agent_running, quick_settings
+from tests.agentbus._flow import agent_running, sleeper
 
 pytestmark = pytest.mark.nats
-
-
-def sleeper(agent_id: str) -> Agent:
-    agent = Agent("sleeper", max_concurrency=8, settings=quick_settings(agent_id))
-
-    @agent.handler("sleep")
-    async def sleep(ctx: TaskContext, delay_s: float) -> float:
-        await asyncio.sleep(delay_s)
-        return delay_s
-
-    return agent
 
 
 async def test_wait_many_yields_in_completion_order(bus: Bus, bus_settings: BusSettings) -> None:

@@ -7,8 +7,6 @@ would; the checkpoint service runs in-process on the session's nats-server.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import msgspec
@@ -22,6 +20,7 @@ from agentbus.runtime import Agent, TaskContext
 from agentbus.settings import AgentSettings
 from agentbus.state import task_thread
 from tests._helpers import eventually
+from tests.agentbus._flow import agent_on
 from tests.checkpoint._helpers import Service
 
 FAST: dict[str, Any] = {"lease_s": 2.0, "fetch_timeout_s": 0.5, "heartbeat_s": 0.5,
@@ -30,17 +29,6 @@ FAST: dict[str, Any] = {"lease_s": 2.0, "fetch_timeout_s": 0.5, "heartbeat_s": 0
 
 def settings(**kw: Any) -> AgentSettings:
     return AgentSettings(**(FAST | kw))
-
-
-@asynccontextmanager
-async def running(agent: Agent, bus: Bus) -> AsyncIterator[Agent]:
-    stop = asyncio.Event()
-    task = asyncio.create_task(agent.run(bus, stop))
-    try:
-        yield agent
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
 
 
 async def publish(bus: Bus, capability: str, task_id: str, value: Any) -> None:
@@ -73,7 +61,7 @@ async def test_a_stopped_task_resumes_from_its_checkpoint_on_another_agent(
     steps = 3000
     progress = CheckpointClient(bus, "count")
     first = build(settings(agent_id="counter-a", stop_grace_s=0.2))
-    async with running(first, bus):
+    async with agent_on(first, bus):
         await publish(bus, "count", "job-1", CountTask(steps=steps, every=100, step_sleep_s=0.002))
 
         async def saved_past_500() -> bool:
@@ -86,7 +74,7 @@ async def test_a_stopped_task_resumes_from_its_checkpoint_on_another_agent(
     saved_step = int(stopped_at.metadata["step"])
     assert saved_step < steps  # the first agent did not finish
 
-    async with running(build(settings(agent_id="counter-b")), bus):
+    async with agent_on(build(settings(agent_id="counter-b")), bus):
         result = await next_result(bus, "test-results")
     assert result.status == "succeeded", result.error
     out = msgspec.json.decode(result.output, type=CountResult)
@@ -104,7 +92,7 @@ async def test_agent_state_is_restored_when_the_agent_starts_again(bus: Bus, svc
     counter_x = settings(agent_id="counter-x")
     for expected in (1, 2, 3):
         agent = build(counter_x)
-        async with running(agent, bus):
+        async with agent_on(agent, bus):
             await asyncio.wait_for(agent.durable.restored.wait(), 30)
             assert agent.state == CounterAgentState(starts=expected)
             assert agent.durable.restore_s is not None and agent.durable.restore_s > 0
@@ -136,7 +124,7 @@ async def test_pending_state_is_saved_every_interval_and_when_the_handler_fails(
     bus: Bus, svc: Service
 ) -> None:
     progress = CheckpointClient(bus, "steps")
-    async with running(stepper(checkpoint_interval_s=0.2), bus):
+    async with agent_on(stepper(checkpoint_interval_s=0.2), bus):
         await publish(bus, "steps", "job-f", Steps(n=40, fail=True))
 
         async def saved_on_interval() -> bool:
@@ -159,7 +147,7 @@ async def test_pending_state_is_saved_every_interval_and_when_the_handler_fails(
 async def test_agents_without_durable_state_need_no_checkpoint_service(bus: Bus) -> None:
     # No checkpoint service runs here: update() stays in memory and nothing is saved.
     agent = stepper()
-    async with running(agent, bus):
+    async with agent_on(agent, bus):
         await publish(bus, "steps", "job-plain", Steps(n=3))
         result = await next_result(bus, "test-results", timeout_s=30)
     assert result.status == "succeeded", result.error
@@ -171,7 +159,7 @@ async def test_pending_state_is_saved_when_a_stop_cancels_the_handler(
 ) -> None:
     progress = CheckpointClient(bus, "steps")
     agent = stepper(stop_grace_s=0.2)
-    async with running(agent, bus):
+    async with agent_on(agent, bus):
         await publish(bus, "steps", "job-stop", Steps(n=10_000))
 
         async def running_a_while() -> bool:

@@ -6,7 +6,6 @@ on its own connection, against the session nats-server.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import pytest
@@ -15,19 +14,15 @@ from agentbus.bus import Bus
 from agentbus.runtime import Agent, TaskContext
 from agentbus.settings import BusSettings
 from tests._helpers import eventually
-from tests.agentbus._flow import agent_running, quick_settings
+from tests.agentbus._flow import agent_running, sleeper
 from tests.gateway.conftest import Gateway
 
 pytestmark = [pytest.mark.nats, pytest.mark.usefixtures("scheduler")]
 
 
-def sleeper(agent_id: str) -> Agent:
-    agent = Agent("sleeper", max_concurrency=4, settings=quick_settings(agent_id))
-
-    @agent.handler("sleep")
-    async def sleep(ctx: TaskContext, delay_s: float) -> float:
-        await asyncio.sleep(delay_s)
-        return delay_s
+def sleeper_desk(agent_id: str) -> Agent:
+    """A ``sleeper`` that also hands ``triage`` tasks off to ``sleep``."""
+    agent = sleeper(agent_id, max_concurrency=4)
 
     @agent.handler("triage")
     async def triage(ctx: TaskContext, value: Any) -> Any:
@@ -45,7 +40,7 @@ async def post_task(gateway: Gateway, capability: str, value: Any) -> str:
 async def test_cancel_a_running_task_over_http(
     gateway: Gateway, bus: Bus, bus_settings: BusSettings
 ) -> None:
-    async with agent_running(sleeper("gw-cancel"), bus_settings):
+    async with agent_running(sleeper_desk("gw-cancel"), bus_settings):
         task_id = await post_task(gateway, "sleep", 600)
 
         async def running() -> bool:
@@ -69,7 +64,7 @@ async def test_cancel_a_running_task_over_http(
 async def test_wait_for_many_tasks_over_http(
     gateway: Gateway, bus: Bus, bus_settings: BusSettings
 ) -> None:
-    async with agent_running(sleeper("gw-wait"), bus_settings):
+    async with agent_running(sleeper_desk("gw-wait"), bus_settings):
         slow = await post_task(gateway, "sleep", 1.0)
         fast = await post_task(gateway, "sleep", 0.0)
         chain = await post_task(gateway, "triage", 0.2)
