@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
+import aiodocker
 import msgspec
 import nats.js.errors
 from nats.aio.msg import Msg
@@ -159,3 +161,13 @@ def registered(bus: Bus, agent_id: str) -> Callable[[], Awaitable[AgentInfo | No
         return msgspec.json.decode(entry.value or b"", type=AgentInfo)
 
     return _probe
+
+
+async def remove_node_containers(docker: aiodocker.Docker, node_id: str) -> None:
+    """Remove (by id, forced) every container labelled with node ``node_id``."""
+    filters = json.dumps({"label": [f"agentbus.node={node_id}"]})
+    for c in await docker.containers.list(all=True, filters=filters):
+        try:
+            await docker.containers.container(c.id).delete(force=True)
+        except aiodocker.DockerError:
+            pass

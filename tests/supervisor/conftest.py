@@ -7,7 +7,6 @@ Every container a test makes carries ``agentbus.test=1`` and is removed by id.
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -16,7 +15,13 @@ import aiodocker
 import pytest
 
 from agentbus.bus import Bus
-from tests.supervisor._helpers import BASE_IMAGE, SLEEP_CMD, TEST_LABELS, EventLog
+from tests.supervisor._helpers import (
+    BASE_IMAGE,
+    SLEEP_CMD,
+    TEST_LABELS,
+    EventLog,
+    remove_node_containers,
+)
 
 
 @pytest.fixture
@@ -41,15 +46,6 @@ async def docker() -> AsyncIterator[aiodocker.Docker]:
 @pytest.fixture
 def node_id() -> str:
     return f"test-{uuid.uuid4().hex[:8]}"
-
-
-async def remove_node_containers(docker: aiodocker.Docker, node_id: str) -> None:
-    filters = json.dumps({"label": [f"agentbus.node={node_id}"]})
-    for c in await docker.containers.list(all=True, filters=filters):
-        try:
-            await docker.containers.container(c.id).delete(force=True)
-        except aiodocker.DockerError:
-            pass
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ unprivileged with its limits, registers, is killed, and is restarted."""
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from tests.supervisor._helpers import (
     docker_settings,
     place,
     put_deployment,
+    remove_node_containers,
     replica_where,
     returns,
     running_supervisor,
@@ -48,12 +48,7 @@ def podman(tmp_path_factory: pytest.TempPathFactory, agent_image: str) -> Iterat
 async def podman_client(podman: str, node_id: str) -> AsyncIterator[aiodocker.Docker]:
     client = aiodocker.Docker(url=podman)
     yield client
-    filters = json.dumps({"label": [f"agentbus.node={node_id}"]})
-    for c in await client.containers.list(all=True, filters=filters):
-        try:
-            await client.containers.container(c.id).delete(force=True)
-        except aiodocker.DockerError:
-            pass
+    await remove_node_containers(client, node_id)
     await client.close()
 
 
