@@ -54,6 +54,10 @@ _STATE_STYLE = {
 }
 
 
+# Identifiers are never wrapped or cut: scripts and tests read them from the table.
+_IDS = frozenset({"node", "agent", "replica"})
+
+
 @app.command()
 def ps(
     name: Annotated[str | None, typer.Argument(help="Only this deployment.")] = None,
@@ -72,7 +76,8 @@ def ps(
     desired = sum(r.desired for r in view.replicas)
     table = Table(title=f"{running}/{desired} replicas running")
     for col in ("replica", "node", "state", "agent", "restarts", "uptime", "exit", "reason"):
-        table.add_column(col, justify="right" if col in ("restarts", "exit") else "left")
+        table.add_column(col, justify="right" if col in ("restarts", "exit") else "left",
+                         no_wrap=col in _IDS)  # fmt: skip
     for r in view.replicas:
         style = _STATE_STYLE.get(r.state, "")
         state = f"[{style}]{r.state}[/{style}]" if style else r.state
@@ -167,7 +172,7 @@ def nodes(json_out: JsonFlag = False, nats_url: NatsUrl = None, prefix: Prefix =
     table = Table(title=f"{len(found)} nodes")
     for col in ("node", "runtime", "labels", "replicas", "placed", "cpus", "memory", "host",
                 "seen"):  # fmt: skip
-        table.add_column(col)
+        table.add_column(col, no_wrap=col in _IDS)
     for v in found:
         n = v.node
         labels = ",".join(f"{k}={val}" for k, val in sorted(n.labels.items()))
@@ -193,7 +198,7 @@ def agents(
     found = run(with_client(nats_url, prefix, lambda c: c.agents(capability)))
     table = Table(title=f"{len(found)} agents")
     for col in ("agent", "name", "capabilities", "node", "deployment", "status", "load", "seen"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=col in _IDS)
     for a in found:
         replica = f"{a.deployment}/{a.replica}" if a.deployment else "-"
         load = f"{a.in_flight}/{a.max_concurrency}"
