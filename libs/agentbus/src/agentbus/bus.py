@@ -22,6 +22,7 @@ from nats.js import JetStreamContext
 from nats.js.api import (
     KeyValueConfig,
     ObjectStoreConfig,
+    RePublish,
     RetentionPolicy,
     StorageType,
     StreamConfig,
@@ -179,7 +180,13 @@ class Bus:
                 max_msgs_per_subject=LOGS_MAX_MSGS_PER_AGENT,
             )
         )
-        await self._ensure_kv(KeyValueConfig(n.tasks_bucket, history=1, ttl=TASK_RECORD_TTL_S))
+        # Task records are republished once stored, for waiters (Client.wait): a core
+        # subscriber of $KV.<bucket>.<key> would also hear writes the store refuses.
+        records = RePublish(src=f"$KV.{n.tasks_bucket}.>", dest=n.task_records_all())
+        await self._ensure_kv(
+            KeyValueConfig(n.tasks_bucket, history=1, ttl=TASK_RECORD_TTL_S, republish=records)
+        )
+        await self._republish(f"KV_{n.tasks_bucket}", records)
         for bucket in (n.agents_bucket, n.nodes_bucket):
             await self._ensure_kv(
                 KeyValueConfig(bucket, history=1, ttl=REGISTRY_TTL_S, limit_marker_ttl=5.0)
@@ -208,6 +215,14 @@ class Bus:
                 self._obs[bucket] = await self.js.create_object_store(bucket, config=config)
             except nats.js.errors.BadRequestError:  # created concurrently
                 self._obs[bucket] = await self.js.object_store(bucket)
+
+    async def _republish(self, stream: str, republish: RePublish) -> None:
+        """Set ``republish`` on ``stream`` if it differs (a bucket made by an older version)."""
+        config = (await self.js.stream_info(stream)).config
+        current = config.republish
+        if current is None or (current.src, current.dest) != (republish.src, republish.dest):
+            config.republish = republish
+            await self.js.update_stream(config)
 
     async def _allow_atomic(self, stream: str) -> None:
         """Turn on atomic batch publish (ADR-50) on ``stream`` if it is off."""

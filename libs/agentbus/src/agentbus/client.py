@@ -61,7 +61,6 @@ _decode_event = msgspec.json.Decoder(TaskEvent).decode
 _KV_OPERATION = "KV-Operation"
 _WAIT_SUBJECTS_MAX = 64
 """Above this many awaited tasks, one subscription on every task event replaces per-task ones."""
-_EXPECTED_SEQ = "Nats-Expected-Last-Subject-Sequence"
 
 
 def new_task_id() -> str:
@@ -327,25 +326,24 @@ class Client:
     ) -> TaskRecord:
         """Wait until ``task_id`` itself is terminal (no hand-off following).
 
-        Subscribes (core NATS, no consumer) to the record's own KV subject
-        ``$KV.<p>_tasks.<task_id>``: every write of the record arrives as it is
-        published, so a terminal write is the notification (no event to wait for).
-        The record is read once after subscribing (it may already be terminal). A
-        core subscriber also hears compare-and-set writes that the stream then
-        refuses (a result that lost against a cancel), so a terminal write is
-        confirmed by reading the stored record once the store has settled it
-        (``_stored_after``). With no write for ``recheck_s`` seconds (missed during a
-        reconnect) the record is read again, so a missed write only delays the
-        result. A KV watch per call would create a consumer per task (the server's
-        consumer limit was hit at 64 waits in flight in ``just bench tasks``).
+        Subscribes (core NATS, no consumer) to ``<p>.records.task.<task_id>``, where
+        the tasks bucket republishes each write of the record once it is stored
+        (``Bus.ensure``), so the terminal write itself is the notification and needs
+        no confirming read (a core subscriber of ``$KV.<p>_tasks.<id>`` would also
+        hear compare-and-set writes the store then refuses). The record is read once
+        after subscribing (it may already be terminal); a write stored after that
+        read is republished after the subscription was in place, so none is missed.
+        With no write for ``recheck_s`` seconds (missed during a reconnect) the
+        record is read again. A KV watch per call would create a consumer per task
+        (the server's consumer limit was hit at 64 waits in flight in ``just bench
+        tasks``).
 
         Raises:
             RequestTimeoutError: not terminal within ``timeout_s`` seconds.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        # a terminal write heard: (its record, the revision it expected; None if no CAS)
-        finished: asyncio.Future[tuple[TaskRecord, int | None]] = loop.create_future()
+        finished: asyncio.Future[TaskRecord] = loop.create_future()  # a terminal write
 
         async def on_write(msg: Any) -> None:
             if finished.done() or (msg.headers and msg.headers.get(_KV_OPERATION)):
@@ -355,11 +353,9 @@ class Client:
             except (msgspec.DecodeError, msgspec.ValidationError):
                 return
             if record.terminal:
-                expected = msg.headers.get(_EXPECTED_SEQ) if msg.headers else None
-                finished.set_result((record, int(expected) if expected else None))
+                finished.set_result(record)
 
-        subject = f"$KV.{self.names.tasks_bucket}.{task_id}"
-        sub = await self.bus.nc.subscribe(subject, cb=on_write)
+        sub = await self.bus.nc.subscribe(self.names.task_record_subject(task_id), cb=on_write)
         try:
             while True:
                 try:
@@ -373,35 +369,9 @@ class Client:
                     raise RequestTimeoutError(f"task {task_id}", timeout_s)
                 await asyncio.wait((finished,), timeout=min(recheck_s, left))
                 if finished.done():
-                    heard, expected = finished.result()
-                    finished = loop.create_future()
-                    if expected is None:  # a plain put: stored unless the stream failed
-                        return heard
-                    stored = await self._stored_after(task_id, expected)
-                    if stored is not None and stored.terminal:
-                        return stored
+                    return finished.result()
         finally:
             await sub.unsubscribe()
-
-    async def _stored_after(self, task_id: str, revision: int) -> TaskRecord | None:
-        """The stored record once its revision is past ``revision`` (None if gone).
-
-        A core subscriber hears a compare-and-set write as it is published, before the
-        stream stored (or refused) it: the write expecting ``revision`` is settled
-        once the stored revision is higher (this write or the one that beat it).
-        Re-read every 2 ms, at most 50 times (the store takes well under that).
-        """
-        kv = await self.bus.kv(self.names.tasks_bucket)
-        entry = None
-        for _ in range(50):
-            try:
-                entry = await kv.get(task_id)
-            except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
-                return None
-            if entry.revision is not None and entry.revision > revision:
-                break
-            await asyncio.sleep(0.002)
-        return decode_record(entry.value) if entry is not None and entry.value else None
 
     async def _wait_many_once(
         self, task_ids: Iterable[str], *, timeout_s: float = 600.0, recheck_s: float = 30.0

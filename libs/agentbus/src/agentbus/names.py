@@ -113,6 +113,18 @@ class Names:
         """Filter over one task's events (its history): ``<p>.events.task.*.<task_id>``."""
         return f"{self.prefix}.events.task.*.{task_id}"
 
+    def task_record_subject(self, task_id: str) -> str:
+        """Core-NATS subject a task record is republished on once stored.
+
+        KV ``<p>_tasks`` republishes every stored write (``$KV.<p>_tasks.<id>``) here,
+        so a waiter hears only writes the store accepted.
+        """
+        return f"{self.prefix}.records.task.{task_id}"
+
+    def task_records_all(self) -> str:
+        """Every task record's republish subject: ``<p>.records.task.>``."""
+        return f"{self.prefix}.records.task.>"
+
     def log_subject(self, agent_id: str) -> str:
         """Subject the supervisor ships an agent's container output on."""
         return f"{self.prefix}.logs.{agent_id}"

@@ -178,7 +178,9 @@ class DeadLetters:
     async def list_dead(self, request: ListTasks) -> TasksReply:
         """Dead tasks, newest first, optionally of one capability (reads the index).
 
-        Index entries whose record has expired (records live 7 days) are skipped.
+        Index entries whose record has expired (records live 7 days) or is not dead
+        (the entry is written just before the record; that write lost a race) are
+        skipped; ``total`` counts entries.
         """
         kv = await self.bus.kv(self.bus.names.dead_tasks_bucket)
         entries: list[DeadTask] = []
@@ -199,7 +201,8 @@ class DeadLetters:
         tasks: list[TaskRecord] = []
         for entry in entries[: request.limit]:
             found = await self.records.read(entry.task_id)
-            if found is not None:
+            # an entry is written before its record ends dead: skip one whose write lost
+            if found is not None and found[0].status == "dead":
                 tasks.append(found[0])
         return TasksReply(tasks=tasks, total=len(entries))
 
@@ -309,9 +312,10 @@ class DeadLetters:
         outcome = await self.records.update(
             task.task_id,
             lambda record: end_task(record, "dead", now=now, error=error, reason=reason),
+            before_write=self.index,  # listed once a waiter can see it dead
         )
         record = outcome.record
-        if record is not None and record.status == "dead":
+        if record is not None and record.status == "dead" and not outcome.changed:
             await self.index(record)
         if outcome.changed:
             self.metrics.dead_letters.labels(source).inc()

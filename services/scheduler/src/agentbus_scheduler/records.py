@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import nats.errors
@@ -153,10 +153,18 @@ class Records:
             return None
         return decode_record(entry.value), entry.revision
 
-    async def update(self, task_id: str, transition: Transition) -> Outcome:
+    async def update(
+        self,
+        task_id: str,
+        transition: Transition,
+        *,
+        before_write: Callable[[TaskRecord], Awaitable[None]] | None = None,
+    ) -> Outcome:
         """Apply ``transition`` to the record of ``task_id`` and publish its events.
 
         The record comes from the cache if known there, else from KV.
+        ``before_write(new record)`` runs before each write attempt (e.g. the
+        dead-letter index entry, which must exist once a waiter sees the record dead).
 
         Raises:
             RuntimeError: ``MAX_CAS_TRIES`` write conflicts in a row.
@@ -175,6 +183,8 @@ class Records:
             updated, events = transition(record)
             if updated is None:
                 return Outcome(record, False)
+            if before_write is not None:
+                await before_write(updated)
             try:
                 written = await kv.update(task_id, encode(updated), last=revision)
             except nats.js.errors.KeyWrongLastSequenceError:

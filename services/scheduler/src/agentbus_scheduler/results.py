@@ -26,7 +26,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from agentbus.bus import Bus
-from agentbus.messages import TaskResult, decode_report, utcnow
+from agentbus.messages import TaskRecord, TaskResult, decode_report, utcnow
 from agentbus.service import ServiceMetrics, report_bad_message
 from agentbus_scheduler.deadletters import DeadLetters
 from agentbus_scheduler.lifecycle import Report, apply_report
@@ -194,9 +194,17 @@ class ResultsConsumer:
             return
         await msg.ack()
 
+    async def _index_dead(self, record: TaskRecord) -> None:
+        if record.status == "dead":
+            await self.dead_letters.index(record)
+
     async def _apply(self, report: Report, subject: str) -> None:
+        # a record that ends dead is indexed before it is written: a waiter that sees
+        # it dead finds it listed (a stale entry of a write that lost is not listed)
         outcome = await self.records.update(
-            report.task_id, lambda record: apply_report(record, report, now=utcnow())
+            report.task_id,
+            lambda record: apply_report(record, report, now=utcnow()),
+            before_write=self._index_dead,
         )
         record = outcome.record
         if record is None:
@@ -213,7 +221,7 @@ class ResultsConsumer:
             logger.info("duplicate result dropped", task_id=report.task_id,
                         agent_id=report.agent_id)  # fmt: skip
         reported_dead = isinstance(report, TaskResult) and report.status == "dead"
-        if record.status == "dead" and (outcome.changed or reported_dead):
-            # also on a duplicate: a crash between the record write and the index put
-            # redelivers the dead result, which must still reach the index
+        if record.status == "dead" and not outcome.changed and reported_dead:
+            # a duplicate: the index entry may be missing if it was written by another
+            # instance's lost race; putting it again is idempotent
             await self.dead_letters.index(record)
