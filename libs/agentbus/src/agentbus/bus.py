@@ -38,6 +38,7 @@ from agentbus.errors import (
 )
 from agentbus.messages import Message, encode
 from agentbus.names import Names
+from agentbus.publisher import AckedPublisher
 from agentbus.settings import BusSettings
 
 R = TypeVar("R", bound=Message)
@@ -94,6 +95,7 @@ class Bus:
         self.names = Names(settings.prefix)
         self._kv: dict[str, KeyValue] = {}
         self._obs: dict[str, ObjectStore] = {}
+        self._publisher: AckedPublisher | None = None
 
     @classmethod
     async def connect(cls, settings: BusSettings | None = None, *, name: str = "agentbus") -> Bus:
@@ -132,6 +134,8 @@ class Bus:
 
     async def close(self) -> None:
         """Flush and close the connection (pending subscriptions are drained)."""
+        if self._publisher is not None:
+            await self._publisher.close()
         if not self.nc.is_closed:
             try:
                 await self.nc.drain()
@@ -279,6 +283,13 @@ class Bus:
         return obs
 
     # -- messaging ------------------------------------------------------------------
+    async def publisher(self) -> AckedPublisher:
+        """This connection's ``AckedPublisher`` (acked publishes, many in flight)."""
+        if self._publisher is None:
+            self._publisher = AckedPublisher(self.nc, timeout_s=self.settings.request_timeout_s)
+        await self._publisher.start()
+        return self._publisher
+
     async def request(
         self, subject: str, payload: Message, reply: type[R], *, timeout_s: float | None = None
     ) -> R:

@@ -386,7 +386,8 @@ class Agent:
                     outlived(None)
                 result = await self._run_handler(bus, client, task, attempt, started_at)
                 timer.cancel()
-                await bus.js.publish(subject, encode(result))
+                publisher = await bus.publisher()
+                await (await publisher.publish(subject, encode(result)))
                 await settle(msg, result)
                 self.metrics.count(capability, result)
                 if result.retry_in_s is not None and self._intake is not None:

@@ -35,6 +35,7 @@ from agentbus.messages import (
     utcnow,
 )
 from agentbus.names import check_token
+from agentbus.publisher import EXPECTED_LAST_SUBJECT_SEQ
 from agentbus_scheduler.links import Links
 from agentbus_scheduler.metrics import SchedulerMetrics
 from agentbus_scheduler.ready import ReadyNotices
@@ -197,9 +198,15 @@ class Admission:
             raise UnavailableError(f"could not admit task {task_id!r}: {exc!r}") from exc
         record = new_record(task, task_id, resubmit_of=resubmit_of)
         kv = await self.bus.kv(self.bus.names.tasks_bucket)
+        publisher = await self.bus.publisher()
         try:
-            try:
-                revision = await kv.create(task_id, encode(record))
+            try:  # KeyValue.create, without its cost (agentbus.publisher)
+                created = await publisher.publish(
+                    f"$KV.{self.bus.names.tasks_bucket}.{task_id}",
+                    encode(record),
+                    {EXPECTED_LAST_SUBJECT_SEQ: "0"},
+                )
+                revision = await created
             except nats.js.errors.KeyWrongLastSequenceError:
                 existing = await self._existing(task_id)
                 if existing is None:  # deleted between create and read: try once more
@@ -258,12 +265,11 @@ class Admission:
             TimeoutError: no ack within the bus request timeout.
             nats.errors.Error: the stream refused the message.
         """
-        # publish_async() mutates the headers dict it is given: always pass a fresh one.
-        acked = await self.bus.js.publish_async(
+        publisher = await self.bus.publisher()
+        acked = await publisher.publish(
             self.bus.names.task_subject(record.capability, record.priority),
             encode(task_message(record)),
-            headers={"Nats-Msg-Id": record.task_id},
+            {"Nats-Msg-Id": record.task_id},
         )
         await self.ready.post(record.capability, record.priority, acked)
-        ack = await asyncio.wait_for(acked, self.bus.settings.request_timeout_s)
-        return ack.seq
+        return await acked

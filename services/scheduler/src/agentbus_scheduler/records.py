@@ -34,6 +34,7 @@ from nats.js.api import PubAck
 
 from agentbus.bus import Bus
 from agentbus.messages import TaskEvent, TaskRecord, decode_record, encode
+from agentbus.publisher import EXPECTED_LAST_SUBJECT_SEQ
 from agentbus_scheduler.metrics import SchedulerMetrics
 
 MAX_CAS_TRIES = 10
@@ -172,7 +173,11 @@ class Records:
         kv = await self.bus.kv(self.bus.names.tasks_bucket)
         try:
             entry = await kv.get(task_id)
-        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+        except (
+            nats.js.errors.KeyNotFoundError,
+            nats.js.errors.KeyDeletedError,
+            nats.js.errors.InvalidKeyError,  # a report naming no possible task
+        ):
             return None
         if entry.value is None or entry.revision is None:
             return None
@@ -196,7 +201,8 @@ class Records:
             msgspec.DecodeError, msgspec.ValidationError: the stored value is corrupt.
             nats.errors.Error, TimeoutError: the bus failed (retrying is safe).
         """
-        kv = await self.bus.kv(self.bus.names.tasks_bucket)
+        publisher = await self.bus.publisher()
+        subject = f"$KV.{self.bus.names.tasks_bucket}.{task_id}"
         for _ in range(MAX_CAS_TRIES):
             found = self.cache.get(task_id)
             if found is None:
@@ -211,7 +217,10 @@ class Records:
             if before_write is not None:
                 await before_write(updated)
             try:
-                written = await kv.update(task_id, encode(updated), last=revision)
+                acked = await publisher.publish(
+                    subject, encode(updated), {EXPECTED_LAST_SUBJECT_SEQ: str(revision)}
+                )
+                written = await acked
             except nats.js.errors.KeyWrongLastSequenceError:
                 self.cache.drop(task_id)
                 self.metrics.record_conflicts.inc()
