@@ -68,6 +68,17 @@ def new_task_id() -> str:
     return uuid.uuid4().hex
 
 
+def _terminal_write(msg: Any) -> TaskRecord | None:
+    """The record a republished write carries if it is terminal (not a delete marker)."""
+    if msg.headers and msg.headers.get(_KV_OPERATION):
+        return None
+    try:
+        record = decode_record(msg.data)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    return record if record.terminal else None
+
+
 def handed_off(record: TaskRecord) -> str | None:
     """The task ``record`` handed its work off to, if it ended by a hand-off."""
     return record.handoff_to if record.status == "succeeded" else None
@@ -333,45 +344,63 @@ class Client:
         hear compare-and-set writes the store then refuses). The record is read once
         after subscribing (it may already be terminal); a write stored after that
         read is republished after the subscription was in place, so none is missed.
-        With no write for ``recheck_s`` seconds (missed during a reconnect) the
-        record is read again. A KV watch per call would create a consumer per task
-        (the server's consumer limit was hit at 64 waits in flight in ``just bench
-        tasks``).
+        The subscription takes one message (a future, not a callback task: the
+        cheapest kind in nats-py); a write that is not terminal (``running``) renews
+        it and reads again. With no write for ``recheck_s`` seconds (missed during a
+        reconnect) the record is read again. A KV watch per call would create a
+        consumer per task (the server's consumer limit was hit at 64 waits in flight
+        in ``just bench tasks``).
 
         Raises:
             RequestTimeoutError: not terminal within ``timeout_s`` seconds.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        finished: asyncio.Future[TaskRecord] = loop.create_future()  # a terminal write
-
-        async def on_write(msg: Any) -> None:
-            if finished.done() or (msg.headers and msg.headers.get(_KV_OPERATION)):
-                return  # a delete or purge marker
+        subject = self.names.task_record_subject(task_id)
+        while True:
+            heard: asyncio.Future[Any] = loop.create_future()
+            sub = await self.bus.nc.subscribe(subject, future=heard, max_msgs=1)
             try:
-                record = decode_record(msg.data)
-            except (msgspec.DecodeError, msgspec.ValidationError):
-                return
-            if record.terminal:
-                finished.set_result(record)
-
-        sub = await self.bus.nc.subscribe(self.names.task_record_subject(task_id), cb=on_write)
-        try:
-            while True:
-                try:
-                    record: TaskRecord | None = await self.get(task_id)
-                except NotFoundError:  # not admitted yet: its first write will tell
-                    record = None
+                record = await self._read_record(task_id)
                 if record is not None and record.terminal:
                     return record
                 left = deadline - loop.time()
                 if left <= 0:
                     raise RequestTimeoutError(f"task {task_id}", timeout_s)
-                await asyncio.wait((finished,), timeout=min(recheck_s, left))
-                if finished.done():
-                    return finished.result()
-        finally:
-            await sub.unsubscribe()
+                await asyncio.wait((heard,), timeout=min(recheck_s, left))
+                if heard.done() and (written := _terminal_write(heard.result())) is not None:
+                    return written
+            finally:
+                heard.cancel()
+                await sub.unsubscribe()
+
+    async def _read_record(self, task_id: str) -> TaskRecord | None:
+        """The stored record of ``task_id`` (None if there is none), read cheaply.
+
+        A direct get through ``Bus.publisher()`` (one future, no timer, no KV entry
+        object); any reply other than a record or "not found" falls back to ``get``.
+        """
+        bucket = self.names.tasks_bucket
+        publisher = await self.bus.publisher()
+        try:
+            reply = await (
+                await publisher.request(f"$JS.API.DIRECT.GET.KV_{bucket}.$KV.{bucket}.{task_id}")
+            )
+        except TimeoutError as exc:
+            raise RequestTimeoutError(f"task {task_id}", publisher.timeout_s) from exc
+        headers = reply.headers or {}
+        status = headers.get("Status")
+        if status == "404" or headers.get(_KV_OPERATION):
+            return None
+        if status is None and reply.data:
+            try:
+                return decode_record(reply.data)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                pass
+        try:
+            return await self.get(task_id)
+        except NotFoundError:
+            return None
 
     async def _wait_many_once(
         self, task_ids: Iterable[str], *, timeout_s: float = 600.0, recheck_s: float = 30.0

@@ -1,4 +1,4 @@
-"""JetStream publishes with acks, many in flight, at little cost per message.
+"""JetStream publishes with acks (and requests), many in flight, at little cost each.
 
 ``AckedPublisher.publish`` sends a message with a reply subject ``<inbox>.<n>`` of one
 subscription and returns a future of its stream sequence, resolved when the stream's
@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Mapping
+from typing import Any
 
 import msgspec
 import nats.errors
@@ -64,7 +65,7 @@ def _failure(ack: _PubAck) -> Exception:
 
 
 class AckedPublisher:
-    """Acked JetStream publishes on one connection, matched to their acks by reply subject."""
+    """Acked publishes and requests on one connection, matched to replies by subject."""
 
     def __init__(self, nc: Client, *, timeout_s: float) -> None:
         self._nc = nc
@@ -72,7 +73,8 @@ class AckedPublisher:
         self._prefix = ""
         self._sub: Subscription | None = None
         self._next = 0
-        self._pending: dict[str, tuple[asyncio.Future[int], float]] = {}
+        # token -> (future, deadline, whether the future takes the raw reply)
+        self._pending: dict[str, tuple[asyncio.Future[Any], float, bool]] = {}
         self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -113,13 +115,34 @@ class AckedPublisher:
         Raises:
             nats.errors.Error: the message could not be sent (connection closed).
         """
+        future: asyncio.Future[int] = await self._send(subject, payload, headers, raw=False)
+        return future
+
+    async def request(
+        self, subject: str, payload: bytes = b"", headers: Mapping[str, str] | None = None
+    ) -> asyncio.Future[Msg]:
+        """Send a request; a future of the reply message as it came (status headers too).
+
+        For requests whose reply is not an ack, e.g. a direct get
+        (``$JS.API.DIRECT.GET.<stream>.<subject>``). The future raises ``TimeoutError``
+        if no reply comes within ``timeout_s``.
+
+        Raises:
+            nats.errors.Error: the request could not be sent (connection closed).
+        """
+        future: asyncio.Future[Msg] = await self._send(subject, payload, headers, raw=True)
+        return future
+
+    async def _send(
+        self, subject: str, payload: bytes, headers: Mapping[str, str] | None, *, raw: bool
+    ) -> asyncio.Future[Any]:
         if self._sub is None:
             await self.start()
         loop = asyncio.get_running_loop()
         self._next += 1
         token = str(self._next)
-        future: asyncio.Future[int] = loop.create_future()
-        self._pending[token] = (future, loop.time() + self.timeout_s)
+        future: asyncio.Future[Any] = loop.create_future()
+        self._pending[token] = (future, loop.time() + self.timeout_s, raw)
         try:
             await self._nc.publish(subject, payload, reply=self._prefix + token,
                                    headers=dict(headers) if headers else None)  # fmt: skip
@@ -134,7 +157,10 @@ class AckedPublisher:
         found = self._pending.pop(msg.subject[len(self._prefix) :], None)
         if found is None or found[0].done():
             return  # expired already
-        future = found[0]
+        future, _, raw = found
+        if raw:
+            future.set_result(msg)
+            return
         if not msg.data and msg.headers and msg.headers.get("Status") == _NO_RESPONDERS:
             future.set_exception(nats.js.errors.NoStreamResponseError())
             return
@@ -150,7 +176,7 @@ class AckedPublisher:
 
     def _expire(self, now: float) -> None:
         while self._pending:
-            token, (future, deadline) = next(iter(self._pending.items()))
+            token, (future, deadline, _) = next(iter(self._pending.items()))
             if deadline > now:
                 return  # deadlines grow with insertion order
             del self._pending[token]
