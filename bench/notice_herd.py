@@ -10,7 +10,8 @@ one finds an empty band: the pure cost of being woken). Figures are cores
 (CPU-seconds per second); on a machine shared with other work only the comparison
 between the two windows of one run counts.
 
-Usage: ``uv run python -m bench.notice_herd [--agents 50] [--rate 20] [--window-s 20]``
+Usage: ``uv run python -m bench.notice_herd [--agents 50] [--rate 20] [--window-s 20]
+[--agent-env AGENTBUS_AGENT_RESCAN_S=5]``
 """
 
 from __future__ import annotations
@@ -90,7 +91,8 @@ async def run(opts: argparse.Namespace) -> None:
         bus = await Bus.connect(settings, name="bench-herd")
         await bus.ensure()
         env = {"AGENTBUS_NATS_URL": server.client_url, "AGENTBUS_PREFIX": prefix,
-               "AGENTBUS_LOG_LEVEL": "WARNING", "AGENTBUS_AGENT_MAX_CONCURRENCY": "1"}  # fmt: skip
+               "AGENTBUS_LOG_LEVEL": "WARNING", "AGENTBUS_AGENT_MAX_CONCURRENCY": "1",
+               **dict(kv.split("=", 1) for kv in opts.agent_env)}  # fmt: skip
         with children() as kids:
             for n in range(opts.agents):
                 cmd = [sys.executable, "-m", "agentbus.agents.echo"]
@@ -121,6 +123,8 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=20.0, help="notices per second")
     parser.add_argument("--window-s", type=float, default=20.0)
     parser.add_argument("--settle-s", type=float, default=5.0)
+    parser.add_argument("--agent-env", action="append", default=[], metavar="KEY=VALUE",
+                        help="agent environment, e.g. AGENTBUS_AGENT_RESCAN_S=60")  # fmt: skip
     asyncio.run(run(parser.parse_args()))
 
 

@@ -20,7 +20,7 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from agentbus.bus import Bus
 from agentbus.client import Client
 from agentbus.fetch import Intake
-from agentbus.messages import TasksReady, encode
+from agentbus.messages import Task, TasksReady, encode
 from agentbus.names import BANDS, Names
 from agentbus.notices import Announcer
 from agentbus.runtime import Agent, TaskContext
@@ -160,3 +160,29 @@ async def test_tasks_queued_while_all_agents_idle_all_start_without_a_rescan(
     assert sum(ran.values()) == 24
     assert len(ran) > 1, f"one agent took everything: {ran}"
     assert max(most.values()) <= 2
+
+
+async def test_an_idle_rescan_pulls_only_bands_that_hold_messages(
+    bus: Bus, bus_settings: BusSettings
+) -> None:
+    await _bind(bus, "quiet")
+    silent = Task(task_id="silent-p7", capability="quiet", priority=7)
+    intake = Intake(bus, ["quiet"], max_concurrency=1, rescan_s=0.2, pull_timeout_s=2.0,
+                    dispatch=lambda cap, msg: None)  # fmt: skip
+    await intake.start()
+    runner = asyncio.create_task(intake.run())
+    try:
+        await eventually(lambda: asyncio.sleep(0, intake.probes >= 1), what="first rescan")
+        probes, pulls = intake.probes, intake.pulls
+        await eventually(lambda: asyncio.sleep(0, intake.probes >= probes + 3), what="rescans")
+        idle_pulls = intake.pulls - pulls
+        probes_seen = intake.probes - probes
+        # a task that nobody announced, in band 7: the next rescan pulls it
+        await bus.js.publish(bus.names.task_subject("quiet", 7), encode(silent))
+        await eventually(lambda: asyncio.sleep(0, intake.busy == 1), what="silent task pulled")
+    finally:
+        intake.stop()
+        await runner
+        await intake.close()
+    # band 0 once per rescan (give or take the one in progress), not all ten bands
+    assert idle_pulls <= probes_seen + 1, f"{idle_pulls} pulls in {probes_seen} rescans"

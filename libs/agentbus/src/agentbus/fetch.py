@@ -12,9 +12,12 @@ priorities, so the order between bands is decided here, by what is pulled first:
   several bands would over-deliver past ``max_concurrency`` when they fill at the same
   time.
 * Bands are pulled high to low; among capabilities with the same band, round-robin.
-* A band is pulled only while it may hold tasks ("flagged"). Every band starts flagged
-  and is flagged again every ``rescan_s`` (redeliveries after a lapsed lease come
-  unannounced); otherwise by a ``TasksReady`` notice (``agentbus.notices``: the one
+* A band is pulled only while it may hold tasks ("flagged"). Every band starts
+  flagged; every ``rescan_s`` (redeliveries after a lapsed lease come unannounced)
+  band 0 is flagged and so is every higher band whose subject holds any message (one
+  stream-info request per capability, ``NoWaitPuller.subject_counts``: an idle agent
+  spent most of its CPU pulling ten empty bands every second); otherwise a band is
+  flagged by a ``TasksReady`` notice (``agentbus.notices``: the one
   agent of the queue group that heard it), a backlog notice (no agent had a free slot
   when the tasks came), a retry of this agent falling due, or — for band 0 — a slot
   freeing after the agent was full. A pull clears the flag unless tasks are owed to
@@ -33,31 +36,23 @@ server before the task is stored: it carries ``expires`` = ``NOTICE_WAIT_S`` as 
 the request as soon as it delivered what it has. A pull for a notice that finds
 nothing within that time writes the notice off. Other pulls wait for nothing.
 
-Pull protocol details (nats-server 2.15, checked in a probe): a no-wait request is
-answered with up to ``batch`` messages; when fewer were available a status message
-``404 No Messages`` ends the reply; when exactly ``batch`` were delivered, no status
-follows. With ``expires`` too, an empty consumer holds the request until the first
-message (then ``404`` right after what it had) or until ``expires`` (``408``).
-Pulled messages arrive with their stream subject, not the inbox, so one pull is
-outstanding at a time per agent.
+Pull requests and their answers: ``agentbus.pulls``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import NamedTuple
 
 from loguru import logger
 from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 
 from agentbus.bus import Bus
 from agentbus.messages import TasksReady
 from agentbus.names import BANDS, Names
 from agentbus.notices import Announcer, ReadyListener
+from agentbus.pulls import NoWaitPuller, Pulled
 
 NOTICE_WAIT_S = 0.02
 """How long a pull for a notice may wait for the task to be stored."""
@@ -69,113 +64,6 @@ class Lane:
 
     band: int
     capability: str
-
-
-class Pulled(NamedTuple):
-    """What one pull request brought: the messages, and whether the server ended it.
-
-    ``ended`` is false when no answer came within the timeout (e.g. reconnecting).
-    """
-
-    msgs: list[Msg]
-    ended: bool
-
-
-class NoWaitPuller:
-    """No-wait pull requests on the durable consumers of one stream, one at a time.
-
-    Each request has its own reply subject ``<inbox>.<n>``, so the status that ends a
-    request is never taken for the end of a later one. Pulled messages carry their
-    stream subject, so a message that arrives after its request was given up (no
-    answer within the timeout, e.g. under a reconnect) goes to ``late`` (the intake
-    runs it if a slot is free) or, without one, is returned with a nak.
-    """
-
-    def __init__(
-        self,
-        bus: Bus,
-        stream: str,
-        *,
-        timeout_s: float,
-        late: Callable[[Msg], Awaitable[None]] | None = None,
-    ) -> None:
-        self._nc = bus.nc
-        self._stream = stream
-        self._timeout_s = timeout_s
-        self._late = late
-        self._sub: Subscription | None = None
-        self._inbox = ""
-        self._reply = ""
-        self._requests = 0
-        self._want = 0
-        self._got: list[Msg] = []
-        self._ended: asyncio.Event = asyncio.Event()
-
-    async def start(self) -> None:
-        """Subscribe to the reply inboxes; idempotent."""
-        if self._sub is None:
-            self._inbox = self._nc.new_inbox()
-            self._sub = await self._nc.subscribe(f"{self._inbox}.*", cb=self._on_msg)
-
-    async def stop(self) -> None:
-        """Unsubscribe (a message still in flight is redelivered after its lease)."""
-        if self._sub is not None:
-            sub, self._sub = self._sub, None
-            try:
-                await sub.unsubscribe()
-            except Exception as exc:  # closed connection: nothing to undo
-                logger.debug("puller unsubscribe failed", error=repr(exc))
-
-    async def pull(self, consumer: str, batch: int, *, wait_s: float = 0.0) -> Pulled:
-        """Up to ``batch`` messages that ``consumer`` has ready (maybe none).
-
-        With ``wait_s`` > 0, an empty consumer may take up to ``wait_s`` seconds to
-        deliver its first message; the request still ends as soon as it delivered
-        what it had.
-
-        Raises:
-            nats.errors.Error: the request could not be sent.
-        """
-        await self.start()
-        self._requests += 1
-        self._reply = f"{self._inbox}.{self._requests}"
-        self._want, self._got = batch, []
-        self._ended.clear()
-        body: dict[str, int | bool] = {"batch": batch, "no_wait": True}
-        if wait_s > 0:
-            body["expires"] = int(wait_s * 1e9)
-        subject = f"$JS.API.CONSUMER.MSG.NEXT.{self._stream}.{consumer}"
-        await self._nc.publish(subject, json.dumps(body).encode(), reply=self._reply)
-        ended = True
-        try:
-            await asyncio.wait_for(self._ended.wait(), self._timeout_s + wait_s)
-        except TimeoutError:  # no answer (reconnecting): take what came
-            logger.debug("no-wait pull unanswered", consumer=consumer)
-            ended = False
-        got, self._got, self._want, self._reply = self._got, [], 0, ""
-        return Pulled(got, ended)
-
-    async def _on_msg(self, msg: Msg) -> None:
-        status = msg.headers.get("Status") if msg.headers else None
-        if status:
-            # 404/408/409 end the request they answer; 100 is a heartbeat
-            if status != "100" and msg.subject == self._reply:
-                self._ended.set()
-            return
-        if len(self._got) < self._want:
-            self._got.append(msg)
-            if len(self._got) == self._want:
-                self._ended.set()
-            return
-        # the answer to a request given up on: run it if a slot is free, else give it back
-        if self._late is not None:
-            await self._late(msg)
-            return
-        logger.warning("late task delivery returned", subject=msg.subject)
-        try:
-            await msg.nak()
-        except Exception as exc:
-            logger.debug("nak failed", error=repr(exc))
 
 
 class Intake:
@@ -221,6 +109,8 @@ class Intake:
         """Pull requests sent."""
         self.passed_on = 0
         """Notices announced again for another agent (this one had no slot for them)."""
+        self.probes = 0
+        """Rescans' stream-info requests answered."""
 
     # -- wiring ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -347,6 +237,27 @@ class Intake:
             # notice covers that, rate limited; band 0, the common one, is cheap to check)
             self._flagged.update(Lane(0, c) for c in self.capabilities)
 
+    async def _rescan(self) -> None:
+        """Flag band 0 and every higher band whose subject holds messages.
+
+        One stream-info request per capability instead of a pull per band (an idle
+        agent rescans every ``rescan_s``); if it fails, every band is flagged.
+        """
+        for capability in self.capabilities:
+            self._flagged.add(Lane(0, capability))
+            try:
+                held = await self._puller.subject_counts(
+                    f"{self._names.task_subject(capability)}.>"
+                )
+            except Exception as exc:  # connection trouble: pull them all
+                logger.debug("band probe failed", capability=capability, error=repr(exc))
+                self._flagged.update(Lane(b, capability) for b in range(1, BANDS))
+                continue
+            self.probes += 1
+            for band in range(1, BANDS):
+                if held.get(self._names.task_subject(capability, band), 0) > 0:
+                    self._flagged.add(Lane(band, capability))
+
     def _settle(self, lane: Lane, owed: int, ask: int, pulled: Pulled, free: int) -> None:
         """Book a pull of ``lane`` that asked for ``ask`` with ``owed`` tasks owed."""
         got = len(pulled.msgs)
@@ -367,8 +278,8 @@ class Intake:
             free = self.max_concurrency - self.busy
             await self._listen(free)
             now = loop.time()
-            if now >= next_rescan:
-                self._flagged.update(self._lanes)
+            if now >= next_rescan and free > 0:
+                await self._rescan()
                 next_rescan = now + self.rescan_s
             lane = self._next_lane() if free > 0 else None
             if lane is None:  # every slot busy, or nothing to pull: wait for a change
