@@ -107,7 +107,8 @@ class Announcer:
 
         A failed publish is logged and dropped: agents rescan.
         """
-        await self.start()
+        if self._sub is None:
+            await self.start()
         notice = TasksReady(capability=capability, band=band, count=count)
         try:
             await self._nc.publish(
