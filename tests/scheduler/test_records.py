@@ -93,3 +93,22 @@ def test_record_cache_keeps_the_latest_revision_and_is_bounded() -> None:
     assert cache.get("b") is None and cache.get("a") is not None and len(cache) == 2
     cache.drop("a")
     assert cache.get("a") is None
+
+
+def test_reports_fetched_together_fold_into_one_write() -> None:
+    from agentbus.messages import TaskResult, TaskStarted
+    from agentbus_scheduler.results import _fold
+
+    record = _record("f-1")
+    now = utcnow()
+    started = TaskStarted(task_id="f-1", agent_id="a-1", attempt=1, started_at=now)
+    result = TaskResult(task_id="f-1", agent_id="a-1", attempt=1, status="succeeded",
+                        started_at=now, finished_at=now, ran=True)  # fmt: skip
+    again = msgspec.structs.replace(result, agent_id="a-2")  # a duplicate from elsewhere
+    msgs: list = [None, None, None]
+    fold = _fold((record, 4), list(zip(msgs, [started, result, again], strict=True)), now=now)
+    assert fold is not None and fold.changed and fold.revision == 4
+    assert fold.record.status == "succeeded" and fold.record.agent_id == "a-1"
+    assert [e.status for e in fold.events] == ["running", "succeeded"]
+    assert fold.statuses == ["running", "succeeded", None]
+    assert _fold(None, [], now=now) is None  # not cached: the general path

@@ -134,6 +134,9 @@ class RecordCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def __contains__(self, task_id: object) -> bool:
+        return task_id in self._entries
+
     def get(self, task_id: str) -> tuple[TaskRecord, int] | None:
         """The entry of ``task_id``, or None."""
         found = self._entries.get(task_id)
