@@ -25,7 +25,8 @@ pytestmark = pytest.mark.nats
 async def test_wait_many_yields_in_completion_order(bus: Bus, bus_settings: BusSettings) -> None:
     async with running_scheduler(bus), agent_running(sleeper("wait-1"), bus_settings):
         client = Client(bus)
-        delays = [0.9, 0.0, 0.5, 0.2]
+        # Gaps wider than the intake's 1 s rescan: a start delayed by load keeps the order.
+        delays = [4.5, 0.0, 3.0, 1.5]
         ids = [(await client.submit("sleep", d)).task_id for d in delays]
         seen = [r.task_id async for r in client.wait_many(ids, timeout_s=30)]
         in_order = await client.wait_all(ids, timeout_s=30)

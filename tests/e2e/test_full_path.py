@@ -20,7 +20,7 @@ import pytest
 from agentbus.bus import Bus
 from agentbus.client import Client
 from agentbus.embedded import EmbeddedStack
-from agentbus.messages import Deployment, ReplicaEvent
+from agentbus.messages import Backoff, Deployment, ReplicaEvent
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 ECHO = ["python", "-m", "agentbus.agents.echo"]
@@ -29,7 +29,7 @@ SHORT_LEASE = {"AGENTBUS_AGENT_LEASE_S": "3", "AGENTBUS_AGENT_FETCH_TIMEOUT_S": 
 
 def echo_deployment(runtime: str, image: str, replicas: int) -> Deployment:
     common = {"name": "echo", "replicas": replicas, "capabilities": ["echo"],
-              "env": SHORT_LEASE, "backoff_initial_s": 0.2}  # fmt: skip
+              "env": SHORT_LEASE, "backoff": Backoff(initial_s=0.2)}  # fmt: skip
     if runtime == "docker":
         return Deployment(image=image, image_command=ECHO, **common)  # type: ignore[arg-type]
     return Deployment(command=[sys.executable, *ECHO[1:]], **common)  # type: ignore[arg-type]
