@@ -148,7 +148,10 @@ logs *svc:
 [doc('Run a benchmark: `just bench tasks|fleet|state [--json FILE]` (figures, not tests)')]
 [group('run')]
 bench name *args: images
-    uv run python -m bench.{{ name }} "${@:2}"
+    #!/usr/bin/env bash
+    set -euo pipefail
+    shift  # the name; the rest are the benchmark's own options
+    exec uv run python -m bench.{{ name }} "$@"
 
 [doc('Run the review demo against the compose stack, e.g. `just demo --help`')]
 [group('run')]
