@@ -53,6 +53,14 @@ class SubmitBatcher:
             UnavailableError: no scheduler is running.
             RequestTimeoutError: the scheduler did not answer in time.
         """
+        if not self._queue and self._in_flight == 0:  # a lone submit: at once, no task
+            self._in_flight += 1
+            try:
+                (reply,) = await self._request([task])
+            finally:
+                self._in_flight -= 1
+                self._kick()
+            return reply
         future: asyncio.Future[SubmitReply] = asyncio.get_running_loop().create_future()
         self._queue.append((task, future))
         self._kick()

@@ -54,6 +54,7 @@ LOGS_MAX_MSGS_PER_AGENT = 10_000
 """Lines kept per ``<p>.logs.<agent_id>`` subject: one chatty agent cannot evict the others."""
 ERROR_CODE_HEADER = "Nats-Service-Error-Code"
 ERROR_HEADER = "Nats-Service-Error"
+_NO_RESPONDERS = "503"
 _DAY_S = 24 * 3600.0
 
 
@@ -304,11 +305,16 @@ class Bus:
         """
         timeout = timeout_s or self.settings.request_timeout_s
         try:
-            msg = await self.nc.request(subject, encode(payload), timeout=timeout)
+            if timeout == self.settings.request_timeout_s:  # the publisher's timeout
+                msg = await (await (await self.publisher()).request(subject, encode(payload)))
+            else:
+                msg = await self.nc.request(subject, encode(payload), timeout=timeout)
         except nats.errors.NoRespondersError as exc:
             raise UnavailableError(f"no service answers on {subject!r}") from exc
-        except nats.errors.TimeoutError as exc:
+        except TimeoutError as exc:  # nats.errors.TimeoutError is one too
             raise RequestTimeoutError(subject, timeout) from exc
+        if msg.headers and msg.headers.get("Status") == _NO_RESPONDERS and not msg.data:
+            raise UnavailableError(f"no service answers on {subject!r}")
         if msg.headers and (code := msg.headers.get(ERROR_CODE_HEADER)):
             raise error_from_code(code, msg.headers.get(ERROR_HEADER, ""))
         try:
