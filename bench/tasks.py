@@ -16,28 +16,36 @@ result, submits the next), at 1 and 64 tasks in flight:
     keeps N results pending with ``AsyncResult.then`` and drains the result consumer.
 
 raw and agentbus share one nats-server (file storage). Every service and agent logs at
-WARNING, as does the Celery worker. Each system is warmed up before it is measured,
-and stopped before the next starts. Latency is submit → result in the caller.
+WARNING, as does the Celery worker. Latency is submit → result in the caller.
 
-Usage: ``just bench tasks [--json FILE] [--tasks N] [--only raw,agentbus,celery]
-[--profile DIR]`` (``--profile``: py-spy folded stacks of the scheduler and the agent,
-for speedscope or flamegraph.pl, and a pyinstrument report of the caller, for the
-agentbus runs).
+**Rounds.** All systems are started and warmed up first; then each round runs, per
+level, every system's loop back to back (idle systems cost nothing), ``--rounds``
+times. A system's figures are those of its median round (by tasks/s), and a ratio is
+the median of the per-round ratios, so a change in the load of a shared machine
+between two systems' loops moves both sides of a ratio alike.
+
+Usage: ``just bench tasks [--json FILE] [--tasks N] [--rounds N] [--only
+raw,agentbus,celery] [--profile DIR]`` (``--profile``: py-spy folded stacks of the
+scheduler and the agent, for speedscope or flamegraph.pl, and a pyinstrument report of
+the caller, for the agentbus runs of the first round).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import functools
 import importlib
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,6 +114,18 @@ class Options:
     max_s: float
     profile: Path | None
     log_dir: Path
+    rounds: int = 1
+
+
+@dataclass
+class System:
+    """One system under test, started: its closed loop, the processes whose CPU counts."""
+
+    name: str
+    loop: Callable[[int, int, float], Awaitable[Run]]
+    """``loop(total, inflight, max_s)``: one measured closed loop."""
+    pids: dict[str, int]
+    profiled: list[Child] = field(default_factory=list)
 
 
 class CpuMeter:
@@ -135,22 +155,33 @@ def _print_run(name: str, level: int, r: Run) -> None:
                   f"p50 {r.p_ms(50):.2f} ms, p99 {r.p_ms(99):.2f} ms")  # fmt: skip
 
 
-async def measure(
-    name: str,
-    one: Callable[[], Awaitable[None]],
-    opts: Options,
-    pids: dict[str, int],
-    profiled: list[Child] | None = None,
-) -> dict[int, Run]:
-    """Warm up, then one closed loop per level of ``LEVELS``; CPU of ``pids`` measured."""
-    await closed_loop(one, opts.warmup, 16, opts.max_s)
-    runs = {}
-    for level in LEVELS:
-        with _Profiling(name, level, opts.profile, profiled or []), CpuMeter(pids) as meter:
-            runs[level] = r = await closed_loop(one, opts.tasks, level, opts.max_s)
-            r.cpu_ms_per_task = meter.per_task_ms(r.count)
-        _print_run(name, level, r)
+async def measure(system: System, level: int, opts: Options, *, profile: bool) -> Run:
+    """One closed loop of ``system`` at ``level`` tasks in flight, its CPU measured."""
+    out = opts.profile if profile else None
+    with _Profiling(system.name, level, out, system.profiled), CpuMeter(system.pids) as meter:
+        run = await system.loop(opts.tasks, level, opts.max_s)
+        run.cpu_ms_per_task = meter.per_task_ms(run.count)
+    return run
+
+
+async def measure_all(systems: list[System], opts: Options) -> dict[str, dict[int, list[Run]]]:
+    """Warm every system up, then ``opts.rounds`` rounds of every level and system."""
+    for system in systems:
+        await system.loop(opts.warmup, 16, opts.max_s)
+    runs: dict[str, dict[int, list[Run]]] = {s.name: {lv: [] for lv in LEVELS} for s in systems}
+    for round_ in range(opts.rounds):
+        console.print(f"round {round_ + 1} of {opts.rounds}")
+        for level in LEVELS:
+            for system in systems:
+                run = await measure(system, level, opts, profile=round_ == 0)
+                runs[system.name][level].append(run)
+                _print_run(system.name, level, run)
     return runs
+
+
+def median_run(runs: list[Run]) -> Run:
+    """The run of median throughput (the lower middle one for an even count)."""
+    return sorted(runs, key=lambda r: r.tasks_per_s)[(len(runs) - 1) // 2]
 
 
 class _Profiling:
@@ -198,7 +229,8 @@ def _py_spy() -> str:
 
 
 # -- raw ceiling ------------------------------------------------------------------------
-async def bench_raw(url: str, nats_pid: int, opts: Options) -> dict[int, Run]:
+@contextlib.asynccontextmanager
+async def raw_system(url: str, nats_pid: int, opts: Options) -> AsyncIterator[System]:
     nc = await nats.connect(url, name="bench-raw-caller")
     js = nc.jetstream()
     stream, subject, replies = "RAWBENCH", "rawbench.tasks", "rawbench.replies"
@@ -232,13 +264,14 @@ async def bench_raw(url: str, nats_pid: int, opts: Options) -> dict[int, Run]:
             cmd = [sys.executable, "-m", "bench._raw_worker", url, stream, "raw", replies]
             kids.append(Child("raw-worker", cmd, opts.log_dir, {}))
             pids = {"nats-server": nats_pid, "worker": kids[-1].pid}
-            return await measure("raw", one, opts, pids)
+            yield System("raw", functools.partial(closed_loop, one), pids)
     finally:
         await nc.close()
 
 
 # -- agentbus -----------------------------------------------------------------------------
-async def bench_agentbus(url: str, nats_pid: int, opts: Options) -> dict[int, Run]:
+@contextlib.asynccontextmanager
+async def agentbus_system(url: str, nats_pid: int, opts: Options) -> AsyncIterator[System]:
     env = {"AGENTBUS_NATS_URL": url, "AGENTBUS_PREFIX": PREFIX, **QUIET}
     with children() as kids:
         kids.append(Child("scheduler", [sys.executable, "-m", "agentbus_scheduler"],
@@ -258,10 +291,9 @@ async def bench_agentbus(url: str, nats_pid: int, opts: Options) -> dict[int, Ru
                 failed += done.status != "succeeded"
 
             pids = {"nats-server": nats_pid, **{k.name: k.pid for k in kids}}
-            runs = await measure("agentbus", one, opts, pids, profiled=kids)
+            yield System("agentbus", functools.partial(closed_loop, one), pids, list(kids))
             if failed:
                 console.print(f"[red]agentbus: {failed} tasks did not succeed")
-            return runs
         finally:
             await bus.close()
 
@@ -283,7 +315,9 @@ async def _scheduler_ready(bus: Bus, kids: list[Child], timeout_s: float = 30.0)
 
 
 # -- celery -------------------------------------------------------------------------------
-def bench_celery(opts: Options) -> dict[int, Run]:
+@contextlib.contextmanager
+def celery_system(opts: Options) -> Iterator[System]:
+    """Redis and one solo-pool worker; the loop runs in this thread (blocking the loop)."""
     with tempfile.TemporaryDirectory(prefix="bench-redis-") as redis_dir, children() as kids:
         port = free_port()
         kids.append(Child("redis", ["/usr/bin/redis-server", "--port", str(port),
@@ -300,15 +334,12 @@ def bench_celery(opts: Options) -> dict[int, Run]:
                           {"BENCH_REDIS_URL": os.environ["BENCH_REDIS_URL"]}))  # fmt: skip
         noop = module.noop
         noop.delay(0).get(timeout=60)  # worker up
-        _celery_loop(module.app, noop, opts.warmup, 16, opts.max_s)
-        runs = {}
-        pids = {k.name: k.pid for k in kids}
-        for level in LEVELS:
-            with CpuMeter(pids) as meter:
-                runs[level] = r = _celery_loop(module.app, noop, opts.tasks, level, opts.max_s)
-                r.cpu_ms_per_task = meter.per_task_ms(r.count)
-            _print_run("celery", level, r)
-        return runs
+
+        async def loop(total: int, inflight: int, max_s: float) -> Run:
+            # Celery's result consumer is not safe across threads: run in this one
+            return _celery_loop(module.app, noop, total, inflight, max_s)
+
+        yield System("celery", loop, {k.name: k.pid for k in kids})
 
 
 def _celery_loop(app: Any, noop: Any, total: int, inflight: int, max_s: float) -> Run:
@@ -349,12 +380,17 @@ def _celery_loop(app: Any, noop: Any, total: int, inflight: int, max_s: float) -
 
 
 # -- report -------------------------------------------------------------------------------
-def report(results: dict[str, dict[int, Run]], rep: Report) -> None:
+def report(rounds: dict[str, dict[int, list[Run]]], rep: Report) -> None:
+    results = {system: {lv: median_run(rs) for lv, rs in by_level.items() if rs}
+               for system, by_level in rounds.items()}  # fmt: skip
     rows: list[list[object]] = []
     cpu_rows: list[list[object]] = []
     for system, runs in results.items():
         for level, r in runs.items():
             key = f"{system}_inflight{level}"
+            rep.add(f"{key}_rounds_count", len(rounds[system][level]))
+            for n, each in enumerate(rounds[system][level], start=1):
+                rep.add(f"{key}_round{n}_tasks_per_s", round(each.tasks_per_s, 1))
             rep.add(f"{key}_tasks_count", r.count)
             rep.add(f"{key}_elapsed_s", round(r.elapsed_s, 3))
             rep.add(f"{key}_tasks_per_s", round(r.tasks_per_s, 1))
@@ -377,12 +413,16 @@ def report(results: dict[str, dict[int, Run]], rep: Report) -> None:
     for other in ("raw", "celery"):
         for level in LEVELS:
             if level in agentbus and level in results.get(other, {}):
-                base = results[other][level].tasks_per_s
-                ratio = agentbus[level].tasks_per_s / base if base else float("nan")
+                pairs = zip(rounds["agentbus"][level], rounds[other][level], strict=True)
+                per_round = [a.tasks_per_s / b.tasks_per_s if b.tasks_per_s else float("nan")
+                             for a, b in pairs]  # fmt: skip
+                ratio = statistics.median(per_round)
                 rep.add(f"agentbus_vs_{other}_inflight{level}_ratio", round(ratio, 3))
-                ratio_rows.append([f"agentbus / {other}", level, ratio])
+                ratio_rows.append([f"agentbus / {other}", level, ratio,
+                                   " ".join(f"{x:.2f}" for x in per_round)])  # fmt: skip
     if ratio_rows:
-        rep.table("throughput ratios", ["ratio", "in flight", "value"], ratio_rows)
+        rep.table("throughput ratios (median of the rounds' ratios)",
+                  ["ratio", "in flight", "value", "per round"], ratio_rows)  # fmt: skip
     if agentbus:
         targets = [
             ("agentbus/raw at 64 >= 0.25", rep.figures.get("agentbus_vs_raw_inflight64_ratio"),
@@ -396,6 +436,21 @@ def report(results: dict[str, dict[int, Run]], rep: Report) -> None:
                   [[t, v, "yes" if ok(v) else "NO"] for t, v, ok in targets if v is not None])  # type: ignore[arg-type]  # fmt: skip
 
 
+async def run_systems(
+    url: str, nats_pid: int, only: list[str], opts: Options
+) -> dict[str, dict[int, list[Run]]]:
+    """Start the systems of ``only`` (in ``SYSTEMS`` order), measure them in rounds."""
+    async with contextlib.AsyncExitStack() as stack:
+        systems = []
+        if "raw" in only:
+            systems.append(await stack.enter_async_context(raw_system(url, nats_pid, opts)))
+        if "agentbus" in only:
+            systems.append(await stack.enter_async_context(agentbus_system(url, nats_pid, opts)))
+        if "celery" in only:
+            systems.append(stack.enter_context(celery_system(opts)))
+        return await measure_all(systems, opts)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="just bench tasks", description=__doc__.split("\n")[0])
     parser.add_argument("--json", type=Path, help="write every figure to this JSON file")
@@ -404,6 +459,8 @@ def main() -> None:
     parser.add_argument("--max-s", type=float, default=60.0, help="time bound of one loop, s")
     parser.add_argument("--only", default=",".join(SYSTEMS), help="systems, comma-separated")
     parser.add_argument("--profile", type=Path, help="write agentbus profiles to this dir")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds of all levels and systems (the median counts)")  # fmt: skip
     args = parser.parse_args()
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     if unknown := set(only) - set(SYSTEMS):
@@ -416,19 +473,13 @@ def main() -> None:
         "redis-server": tool_version(["/usr/bin/redis-server", "--version"]).split(" sha=")[0],
         **{k: v for k, v in celery_v.items()},
     })  # fmt: skip
-    results: dict[str, dict[int, Run]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-tasks-") as tmp:
-        opts = Options(args.tasks, args.warmup, args.max_s, args.profile, Path(tmp))
+        opts = Options(args.tasks, args.warmup, args.max_s, args.profile, Path(tmp),
+                       rounds=max(args.rounds, 1))  # fmt: skip
         console.print(f"logs of child processes: {tmp} (kept only while running)")
         with NatsServer(Path(tmp) / "js") as server:
             assert server.proc is not None
-            nats_pid = server.proc.pid
-            if "raw" in only:
-                results["raw"] = asyncio.run(bench_raw(server.client_url, nats_pid, opts))
-            if "agentbus" in only:
-                results["agentbus"] = asyncio.run(bench_agentbus(server.client_url, nats_pid, opts))
-        if "celery" in only:
-            results["celery"] = bench_celery(opts)
+            results = asyncio.run(run_systems(server.client_url, server.proc.pid, only, opts))
     report(results, rep)
     rep.write_json(args.json)
 
