@@ -20,14 +20,14 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Literal, TypeVar
 
-from loguru import logger
 from nats.aio.msg import Msg
 from prometheus_client import CollectorRegistry, Counter
 
 from agentbus.bus import Bus
 from agentbus.errors import TaskTimeoutError
-from agentbus.messages import ErrorEvent, ErrorInfo, Task, TaskResult, utcnow
+from agentbus.messages import ErrorInfo, Task, TaskResult, utcnow
 from agentbus.retry import Action, decide
+from agentbus.service import bad_messages_counter, publish_bad_message
 
 T = TypeVar("T")
 
@@ -54,12 +54,7 @@ class AgentMetrics:
             ["capability", "outcome"],
             registry=registry,
         )
-        self.bad_messages = Counter(
-            "agentbus_bad_messages_total",
-            "Messages that did not decode or validate, by where they came from.",
-            ["service", "source"],
-            registry=registry,
-        )
+        self.bad_messages = bad_messages_counter(registry)
 
     def count(self, capability: str, result: TaskResult) -> None:
         """Count the outcome of one delivery from the result reported for it."""
@@ -161,13 +156,8 @@ def poison_reporter(
     """
 
     async def report(subject: str, reason: str) -> None:
-        logger.warning("poison message", source=source, subject=subject, reason=reason)
-        metrics.bad_messages.labels("agent", source).inc()
-        event = ErrorEvent(service=f"agent:{agent_id}", subject=subject, reason=reason,
-                           at=utcnow())  # fmt: skip
-        try:
-            await bus.publish_event("error", "agent", event)
-        except Exception as exc:
-            logger.warning("could not publish error event", error=repr(exc))
+        await publish_bad_message(bus, metrics.bad_messages, service=f"agent:{agent_id}",
+                                  entity="agent", source=source, subject=subject,
+                                  reason=reason)  # fmt: skip
 
     return report

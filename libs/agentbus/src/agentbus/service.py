@@ -53,30 +53,55 @@ class ServiceMetrics:
             ["service", "endpoint"],
             registry=registry,
         )
-        self.bad_messages = Counter(
-            "agentbus_bad_messages_total",
-            "Messages that did not decode or validate, by where they came from.",
-            ["service", "source"],
-            registry=registry,
-        )
+        self.bad_messages = bad_messages_counter(registry)
+
+
+def bad_messages_counter(registry: CollectorRegistry) -> Counter:
+    """``agentbus_bad_messages_total{service, source}``, shared by services and agents."""
+    return Counter(
+        "agentbus_bad_messages_total",
+        "Messages that did not decode or validate, by where they came from.",
+        ["service", "source"],
+        registry=registry,
+    )
+
+
+async def publish_bad_message(
+    bus: Bus,
+    counter: Counter,
+    *,
+    service: str,
+    entity: str,
+    source: str,
+    subject: str,
+    reason: str,
+) -> None:
+    """Log, count and publish an ``ErrorEvent`` for a message that could not be used.
+
+    Counted as ``counter{service=entity, source}``; the event (``service`` field =
+    ``service``) goes to ``<p>.events.error.<entity>``, best effort: a bus outage must
+    not turn one bad message into a crash.
+    """
+    counter.labels(entity, source).inc()
+    logger.warning("bad message", source=source, subject=subject, reason=reason)
+    event = ErrorEvent(service=service, subject=subject, reason=reason, at=utcnow())
+    try:
+        await bus.publish_event("error", entity, event)
+    except Exception as exc:
+        logger.warning("could not publish error event", error=repr(exc))
 
 
 async def report_bad_message(
     bus: Bus, metrics: ServiceMetrics, *, source: str, subject: str, reason: str
 ) -> None:
-    """Log, count and publish an ``ErrorEvent`` for a message that could not be used.
+    """Log, count and publish an ``ErrorEvent`` for a message a service could not use.
 
     ``source`` is a low-cardinality label (an endpoint or stream name); ``subject`` is
-    the message's subject. Publishing the event is best effort: a bus outage must not
-    turn one bad message into a crash.
+    the message's subject. See ``publish_bad_message``.
     """
-    metrics.bad_messages.labels(metrics.service, source).inc()
-    logger.warning("bad message", source=source, subject=subject, reason=reason)
-    event = ErrorEvent(service=metrics.service, subject=subject, reason=reason, at=utcnow())
-    try:
-        await bus.publish_event("error", metrics.service, event)
-    except Exception as exc:
-        logger.warning("could not publish error event", error=repr(exc))
+    await publish_bad_message(bus, metrics.bad_messages, service=metrics.service,
+                              entity=metrics.service, source=source, subject=subject,
+                              reason=reason)  # fmt: skip
 
 
 class MicroService:
