@@ -152,8 +152,15 @@ async def test_killed_sweeper_is_replaced_by_the_other_scheduler(
         stuck = await local.client.wait("k-stuck", timeout_s=20)
         assert stuck.status == "dead"  # the dead-letter move, by the survivor
         dead = "agentbus_scheduler_dead_letters_total"
-        moved = local.metric(dead, {"source": "advisory"}) + local.metric(dead, {"source": "sweep"})
-        assert moved == 1
+
+        def moved() -> float:
+            return local.metric(dead, {"source": "advisory"}) + local.metric(
+                dead, {"source": "sweep"}
+            )
+
+        # the waiter may see the record before the burying coroutine resumes to count it
+        await eventually(lambda: true(moved() >= 1), what="the survivor counted the dead letter")
+        assert moved() == 1
         await expire_one(local, "k2")
         await eventually(lambda: true(local.metric(SWEPT, {"reason": "expired"}) == 1),
                          what="the survivor deleted the expired message")  # fmt: skip
