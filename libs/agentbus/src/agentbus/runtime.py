@@ -22,6 +22,10 @@ most tasks are shorter, and their result tells the scheduler they ran) and then
 result is stored, so a crash at any point leads to a redelivery, never a lost task
 (the scheduler drops duplicate results). A handler exception becomes a failed result
 carrying the exception type and message.
+
+This module holds the agent's declaration and lifecycle (start, heartbeat, stop);
+one delivered task's path to its ack is ``agentbus.delivery``, handler shapes are
+``agentbus.routes``.
 """
 
 from __future__ import annotations
@@ -32,60 +36,35 @@ import os
 import signal
 import socket
 import time
-import typing
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
-import msgspec
 from loguru import logger
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
 from prometheus_client import CollectorRegistry
 
 from agentbus import __version__
-from agentbus.attempt import (
-    AgentMetrics,
-    failure_result,
-    poison_reporter,
-    preflight,
-    run_with_timeout,
-    settle,
-)
-from agentbus.blobs import pack, unpack
+from agentbus.attempt import AgentMetrics, poison_reporter
 from agentbus.bus import Bus
-from agentbus.cancellation import Cancellations, cancelled_result, report_cancelled
+from agentbus.cancellation import Cancellations
 from agentbus.client import Client
 from agentbus.context import TaskContext as TaskContext  # re-exported
-from agentbus.errors import AgentBusError, ContractError
+from agentbus.delivery import Deliveries
+from agentbus.errors import ContractError
 from agentbus.fetch import Intake
 from agentbus.log import configure_logging
-from agentbus.messages import (
-    AgentInfo,
-    Task,
-    TaskResult,
-    TaskStarted,
-    decode_task,
-    encode,
-    utcnow,
-)
+from agentbus.messages import AgentInfo, encode, utcnow
 from agentbus.names import BANDS, Names, check_token
 from agentbus.retry import SAFETY_MAX_DELIVER
 from agentbus.retry import error_info as error_info  # re-exported
+from agentbus.routes import Handler as Handler  # re-exported
+from agentbus.routes import RestoreHook as RestoreHook  # re-exported
+from agentbus.routes import Route, route
 from agentbus.service import connect_with_retry
 from agentbus.settings import AgentSettings, BusSettings
-from agentbus.state import AgentState, checkpointing
-
-Handler = Callable[[TaskContext, Any], Awaitable[Any]]
-RestoreHook = Callable[[Any], Awaitable[None]]
-
-
-@dataclass(frozen=True, slots=True)
-class _Route:
-    capability: str
-    fn: Handler
-    input_type: Any
+from agentbus.state import AgentState
 
 
 class Agent:
@@ -112,9 +91,10 @@ class Agent:
         self.agent_id = check_token(
             "agent id", self.settings.agent_id or f"{name}-{uuid.uuid4().hex[:8]}"
         )
-        self._routes: dict[str, _Route] = {}
+        self._routes: dict[str, Route] = {}
         self._in_flight: set[asyncio.Task[None]] = set()
         self._intake: Intake | None = None
+        self._deliveries: Deliveries | None = None
         self._cancels: Cancellations | None = None
         self._stopping = False
         self.started_at = utcnow()
@@ -160,10 +140,7 @@ class Agent:
             raise ContractError(f"capability {capability!r} already has a handler")
 
         def register(fn: Handler) -> Handler:
-            hints = typing.get_type_hints(fn)
-            params = [p for p in fn.__code__.co_varnames[: fn.__code__.co_argcount]]
-            input_type = hints.get(params[1], Any) if len(params) > 1 else Any
-            self._routes[capability] = _Route(capability, fn, input_type)
+            self._routes[capability] = route(capability, fn)
             return fn
 
         return register
@@ -219,13 +196,24 @@ class Agent:
         )
         cancels = self._cancels = Cancellations(bus, on_bad=self._poison(bus, "control"))
         await cancels.start()
+        self._deliveries = Deliveries(
+            bus,
+            client,
+            agent_id=self.agent_id,
+            settings=self.settings,
+            routes=self._routes,
+            metrics=self.metrics,
+            cancels=cancels,
+            retry_due=self._retry_due,
+            on_bad=self._poison(bus, "tasks"),
+        )
         intake = self._intake = Intake(
             bus,
             self.capabilities,
             max_concurrency=self.max_concurrency,
             rescan_s=self.settings.rescan_s,
             pull_timeout_s=self.settings.fetch_timeout_s,
-            dispatch=lambda capability, msg: self._dispatch(bus, client, capability, msg),
+            dispatch=self._dispatch,
             on_bad=self._poison(bus, "ready"),
         )
         await intake.start()
@@ -308,8 +296,9 @@ class Agent:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(leaving.wait(), self.settings.heartbeat_s)
 
-    def _dispatch(self, bus: Bus, client: Client, capability: str, msg: Msg) -> None:
-        t = asyncio.create_task(self._handle(bus, client, capability, msg))
+    def _dispatch(self, capability: str, msg: Msg) -> None:
+        assert self._deliveries is not None  # set before the intake starts
+        t = asyncio.create_task(self._deliveries.handle(capability, msg))
         self._in_flight.add(t)
         t.add_done_callback(self._done)
 
@@ -320,132 +309,9 @@ class Agent:
         if self._intake is not None:
             self._intake.release()
 
-    async def _while_long(
-        self, bus: Bus, msg: Msg, subject: str, started: TaskStarted | None, done: asyncio.Event
-    ) -> None:
-        """For an attempt still running after the start delay: report it, renew its lease.
-
-        Ends on ``done`` (set when the attempt ends), for the reason given in _heartbeat.
-        """
-        try:
-            if started is not None:
-                await bus.js.publish(subject, encode(started))
-        except Exception as exc:  # the result still tells the scheduler the attempt ran
-            logger.warning("could not report the start", error=repr(exc))
-        while not done.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(done.wait(), self.settings.lease_s / 3)
-            if done.is_set():
-                return
-            try:
-                await msg.in_progress()
-            except Exception as exc:
-                logger.warning("lease renewal failed", error=repr(exc))
-
-    async def _handle(self, bus: Bus, client: Client, capability: str, msg: Msg) -> None:
-        try:
-            task = decode_task(msg.data)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            await self._reject(bus, msg, f"task does not decode: {exc}")
-            return
-        if task.capability != capability:
-            reason = f"task {task.task_id!r} for {task.capability!r} on the {capability!r} queue"
-            await self._reject(bus, msg, reason)
-            return
-        me = asyncio.current_task()
-        if self._cancels is not None and me is not None:
-            if not self._cancels.claim(task.task_id, me):
-                logger.info("cancelled task terminated unstarted", task_id=task.task_id)
-                await msg.term()
-                return
-        attempt = msg.metadata.num_delivered or 1
-        started_at = utcnow()
-        subject = bus.names.result_subject(capability)
-        if (early := preflight(task, attempt, agent_id=self.agent_id, now=started_at)) is not None:
-            with logger.contextualize(task_id=task.task_id, attempt=attempt):
-                await self._report(bus, msg, capability, early)
-            return
-        # TaskStarted and lease renewals only for an attempt that outlives the delay
-        # (a timer, not a task, per attempt); the result tells of shorter ones.
-        attempt_done = asyncio.Event()
-        long: list[asyncio.Task[None]] = []
-        started = TaskStarted(task_id=task.task_id, agent_id=self.agent_id, attempt=attempt,
-                              started_at=started_at)  # fmt: skip
-
-        def outlived(report: TaskStarted | None = started) -> None:
-            long.append(asyncio.create_task(
-                self._while_long(bus, msg, subject, report, attempt_done)))  # fmt: skip
-
-        delay_s = min(self.settings.started_report_delay_s, self.settings.lease_s / 3)
-        timer = asyncio.get_running_loop().call_later(delay_s, outlived)
-        with logger.contextualize(task_id=task.task_id, attempt=attempt):
-            try:
-                if delay_s == 0:  # always reported, before the handler starts
-                    timer.cancel()
-                    await bus.js.publish(subject, encode(started))
-                    outlived(None)
-                result = await self._run_handler(bus, client, task, attempt, started_at)
-                timer.cancel()
-                publisher = await bus.publisher()
-                await (await publisher.publish(subject, encode(result)))
-                await settle(msg, result)
-                self.metrics.count(capability, result)
-                if result.retry_in_s is not None and self._intake is not None:
-                    # nobody announces the redelivery: look again when it is due
-                    self._intake.wake_later(capability, task.priority, result.retry_in_s)
-            except asyncio.CancelledError:
-                timer.cancel()
-                if self._cancels is not None and self._cancels.swallow(task.task_id):
-                    logger.info("running task cancelled")
-                    result = cancelled_result(task.task_id, agent_id=self.agent_id,
-                                              attempt=attempt, started_at=started_at)  # fmt: skip
-                    await report_cancelled(bus, msg, capability, result)
-                    return
-                self.metrics.attempts.labels(capability, "returned").inc()
-                await msg.nak()  # stopping: let another agent take it now
-                raise
-            except Exception as exc:  # bus trouble: no ack, the lease lapses, redelivery
-                logger.warning("could not report result", error=repr(exc))
-            finally:
-                timer.cancel()
-                if long:
-                    attempt_done.set()
-                    await asyncio.gather(*long, return_exceptions=True)
-
-    async def _run_handler(
-        self, bus: Bus, client: Client, task: Task, attempt: int, started_at: Any
-    ) -> TaskResult:
-        route = self._routes[task.capability]
-        ctx = TaskContext(task=task, attempt=attempt, agent_id=self.agent_id, bus=bus,
-                          client=client)  # fmt: skip
-        common = {"task_id": task.task_id, "agent_id": self.agent_id, "attempt": attempt,
-                  "started_at": started_at}  # fmt: skip
-        try:
-            value = await unpack(bus, task.input, task.input_ref, route.input_type)
-            async with checkpointing(ctx.checkpoint, self.settings.checkpoint_interval_s):
-                output = await run_with_timeout(route.fn(ctx, value), task.timeout_s)
-            raw, ref = await pack(bus, output, name=f"tasks/{task.task_id}/output")
-        except Exception as exc:
-            if not isinstance(exc, AgentBusError):
-                logger.opt(exception=exc).info("handler failed")
-            return failure_result(task, attempt, exc, agent_id=self.agent_id,
-                                  started_at=started_at)  # fmt: skip
-        return TaskResult(status="succeeded", finished_at=utcnow(), output=raw, output_ref=ref,
-                          ran=True, **common)  # fmt: skip
-
-    async def _report(self, bus: Bus, msg: Msg, capability: str, result: TaskResult) -> None:
-        """Publish ``result`` for a task ended before it started, then settle its message."""
-        try:
-            await bus.js.publish(bus.names.result_subject(capability), encode(result))
-            await settle(msg, result)
-        except Exception as exc:  # no settle: the task comes back and is checked again
-            logger.warning("could not report result", error=repr(exc))
-            return
-        self.metrics.count(capability, result)
+    def _retry_due(self, capability: str, band: int, delay_s: float) -> None:
+        if self._intake is not None:
+            self._intake.wake_later(capability, band, delay_s)
 
     def _poison(self, bus: Bus, source: str) -> Callable[[str, str], Awaitable[None]]:
         return poison_reporter(bus, self.metrics, agent_id=self.agent_id, source=source)
-
-    async def _reject(self, bus: Bus, msg: Msg, reason: str) -> None:
-        await msg.term()
-        await self._poison(bus, "tasks")(msg.subject, reason)
