@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 
 import msgspec
@@ -36,36 +37,24 @@ from agentbus.settings import AgentSettings
 from agentbus.state import checkpointing
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Deliveries:
-    """Handles the task messages delivered to one agent.
+    """Handles the task messages delivered to one agent."""
 
-    ``retry_due(capability, band, delay_s)`` is called for a failed attempt nak'd with
-    a delay (nobody announces its redelivery); ``on_bad(subject, reason)`` reports a
-    task message that is not a valid task for its queue.
-    """
-
-    def __init__(
-        self,
-        bus: Bus,
-        client: Client,
-        *,
-        agent_id: str,
-        settings: AgentSettings,
-        routes: Mapping[str, Route],
-        metrics: AgentMetrics,
-        cancels: Cancellations,
-        retry_due: Callable[[str, int, float], None],
-        on_bad: Callable[[str, str], Awaitable[None]],
-    ) -> None:
-        self._bus = bus
-        self._client = client
-        self._agent_id = agent_id
-        self._settings = settings
-        self._routes = routes
-        self._metrics = metrics
-        self._cancels = cancels
-        self._retry_due = retry_due
-        self._on_bad = on_bad
+    bus: Bus
+    client: Client
+    """The client a handler's ``TaskContext`` submits subtasks with."""
+    agent_id: str
+    settings: AgentSettings
+    routes: Mapping[str, Route]
+    """The handler of each capability served."""
+    metrics: AgentMetrics
+    cancels: Cancellations
+    retry_due: Callable[[str, int, float], None]
+    """``(capability, band, delay_s)``: an attempt was nak'd with that delay (nobody
+    announces its redelivery)."""
+    on_bad: Callable[[str, str], Awaitable[None]]
+    """``(subject, reason)``: a task message is not a valid task for its queue."""
 
     async def handle(self, capability: str, msg: Msg) -> None:
         """Run the task in ``msg`` (pulled from ``capability``'s queue) to its settlement.
@@ -74,7 +63,7 @@ class Deliveries:
             asyncio.CancelledError: the attempt was cancelled other than by a cancel
                 notice (the agent is stopping); the message was nak'd first.
         """
-        bus, settings = self._bus, self._settings
+        bus, settings = self.bus, self.settings
         try:
             task = decode_task(msg.data)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -85,14 +74,14 @@ class Deliveries:
             await self._reject(msg, reason)
             return
         me = asyncio.current_task()
-        if me is not None and not self._cancels.claim(task.task_id, me):
+        if me is not None and not self.cancels.claim(task.task_id, me):
             logger.info("cancelled task terminated unstarted", task_id=task.task_id)
             await msg.term()
             return
         attempt = msg.metadata.num_delivered or 1
         started_at = utcnow()
         subject = bus.names.result_subject(capability)
-        if (early := preflight(task, attempt, agent_id=self._agent_id, now=started_at)) is not None:
+        if (early := preflight(task, attempt, agent_id=self.agent_id, now=started_at)) is not None:
             with logger.contextualize(task_id=task.task_id, attempt=attempt):
                 await self._report(msg, capability, early)
             return
@@ -100,7 +89,7 @@ class Deliveries:
         # (a timer, not a task, per attempt); the result tells of shorter ones.
         attempt_done = asyncio.Event()
         long: list[asyncio.Task[None]] = []
-        started = TaskStarted(task_id=task.task_id, agent_id=self._agent_id, attempt=attempt,
+        started = TaskStarted(task_id=task.task_id, agent_id=self.agent_id, attempt=attempt,
                               started_at=started_at)  # fmt: skip
 
         def outlived(report: TaskStarted | None = started) -> None:
@@ -120,19 +109,19 @@ class Deliveries:
                 publisher = await bus.publisher()
                 await (await publisher.publish(subject, encode(result)))
                 await settle(msg, result)
-                self._metrics.count(capability, result)
+                self.metrics.count(capability, result)
                 if result.retry_in_s is not None:
                     # nobody announces the redelivery: look again when it is due
-                    self._retry_due(capability, task.priority, result.retry_in_s)
+                    self.retry_due(capability, task.priority, result.retry_in_s)
             except asyncio.CancelledError:
                 timer.cancel()
-                if self._cancels.swallow(task.task_id):
+                if self.cancels.swallow(task.task_id):
                     logger.info("running task cancelled")
-                    result = cancelled_result(task.task_id, agent_id=self._agent_id,
+                    result = cancelled_result(task.task_id, agent_id=self.agent_id,
                                               attempt=attempt, started_at=started_at)  # fmt: skip
                     await report_cancelled(bus, msg, capability, result)
                     return
-                self._metrics.attempts.labels(capability, "returned").inc()
+                self.metrics.attempts.labels(capability, "returned").inc()
                 await msg.nak()  # stopping: let another agent take it now
                 raise
             except Exception as exc:  # bus trouble: no ack, the lease lapses, redelivery
@@ -153,12 +142,12 @@ class Deliveries:
         """
         try:
             if started is not None:
-                await self._bus.js.publish(subject, encode(started))
+                await self.bus.js.publish(subject, encode(started))
         except Exception as exc:  # the result still tells the scheduler the attempt ran
             logger.warning("could not report the start", error=repr(exc))
         while not done.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(done.wait(), self._settings.lease_s / 3)
+                await asyncio.wait_for(done.wait(), self.settings.lease_s / 3)
             if done.is_set():
                 return
             try:
@@ -167,13 +156,13 @@ class Deliveries:
                 logger.warning("lease renewal failed", error=repr(exc))
 
     async def _run_handler(self, task: Task, attempt: int, started_at: datetime) -> TaskResult:
-        bus, agent_id = self._bus, self._agent_id
-        route = self._routes[task.capability]
+        bus, agent_id = self.bus, self.agent_id
+        route = self.routes[task.capability]
         ctx = TaskContext(task=task, attempt=attempt, agent_id=agent_id, bus=bus,
-                          client=self._client)  # fmt: skip
+                          client=self.client)  # fmt: skip
         try:
             value = await unpack(bus, task.input, task.input_ref, route.input_type)
-            async with checkpointing(ctx.checkpoint, self._settings.checkpoint_interval_s):
+            async with checkpointing(ctx.checkpoint, self.settings.checkpoint_interval_s):
                 output = await run_with_timeout(route.fn(ctx, value), task.timeout_s)
             raw, ref = await pack(bus, output, name=f"tasks/{task.task_id}/output")
         except Exception as exc:
@@ -187,13 +176,13 @@ class Deliveries:
     async def _report(self, msg: Msg, capability: str, result: TaskResult) -> None:
         """Publish ``result`` for a task ended before it started, then settle its message."""
         try:
-            await self._bus.js.publish(self._bus.names.result_subject(capability), encode(result))
+            await self.bus.js.publish(self.bus.names.result_subject(capability), encode(result))
             await settle(msg, result)
         except Exception as exc:  # no settle: the task comes back and is checked again
             logger.warning("could not report result", error=repr(exc))
             return
-        self._metrics.count(capability, result)
+        self.metrics.count(capability, result)
 
     async def _reject(self, msg: Msg, reason: str) -> None:
         await msg.term()
-        await self._on_bad(msg.subject, reason)
+        await self.on_bad(msg.subject, reason)

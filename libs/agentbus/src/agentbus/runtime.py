@@ -197,16 +197,9 @@ class Agent:
         cancels = self._cancels = Cancellations(bus, on_bad=self._poison(bus, "control"))
         await cancels.start()
         self._deliveries = Deliveries(
-            bus,
-            client,
-            agent_id=self.agent_id,
-            settings=self.settings,
-            routes=self._routes,
-            metrics=self.metrics,
-            cancels=cancels,
-            retry_due=self._retry_due,
-            on_bad=self._poison(bus, "tasks"),
-        )
+            bus=bus, client=client, agent_id=self.agent_id, settings=self.settings,
+            routes=self._routes, metrics=self.metrics, cancels=cancels,
+            retry_due=self._retry_due, on_bad=self._poison(bus, "tasks"))  # fmt: skip
         intake = self._intake = Intake(
             bus,
             self.capabilities,
