@@ -10,13 +10,12 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import msgspec
 import pytest
 
 from agentbus.bus import Bus
+from agentbus.kv_mirror import KvMirror
 from agentbus.messages import Backoff, Deployment, Placement, encode, utcnow
 from agentbus.settings import BusSettings
-from agentbus_supervisor.watch import KvMirror
 from tests._helpers import eventually
 from tests._nats_server import NatsServer
 from tests.supervisor._helpers import (
@@ -76,8 +75,7 @@ async def reconnected(bus: Bus, before: int) -> bool:
 async def test_mirror_watches_again_after_a_server_restart(
     pbus: Bus, private_nats: Restartable
 ) -> None:
-    decode = msgspec.json.Decoder(Placement).decode
-    mirror = KvMirror(pbus, pbus.names.placements_bucket, decode, check_s=0.2)
+    mirror = KvMirror(pbus, pbus.names.placements_bucket, Placement, check_s=0.2)
     stop = asyncio.Event()
     task = asyncio.create_task(mirror.run(stop))
     try:

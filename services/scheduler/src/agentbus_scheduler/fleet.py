@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 
 import msgspec
 import nats.errors
@@ -31,6 +32,7 @@ from nats.js.kv import KeyValue
 from agentbus.bus import Bus
 from agentbus.errors import ConflictError, NotFoundError, UnavailableError
 from agentbus.fleet_spec import validate_deployment
+from agentbus.kv_mirror import KvMirror
 from agentbus.lease import KvLease
 from agentbus.messages import (
     DeleteDeployment,
@@ -51,7 +53,6 @@ from agentbus.messages import (
 )
 from agentbus.names import check_token
 from agentbus.service import ServiceMetrics
-from agentbus_scheduler.kv_mirror import KvMirror
 from agentbus_scheduler.metrics import SchedulerMetrics
 from agentbus_scheduler.placement import PlacementPlan, place
 from agentbus_scheduler.settings import SchedulerSettings
@@ -93,34 +94,29 @@ class Fleet:
         self.metrics = metrics
         names = bus.names
         self._dirty = asyncio.Event()
-        self.deployments = KvMirror(
-            bus, names.deployments_bucket, Deployment, service_metrics, on_change=self._dirty.set
+        mirror = functools.partial(
+            KvMirror, bus, service_metrics=service_metrics, on_change=self._dirty.set
         )
-        self.nodes = KvMirror(
-            bus,
-            names.nodes_bucket,
-            NodeInfo,
-            service_metrics,
-            on_change=self._dirty.set,
-            significant=_node_changed,
-        )
-        self.placements = KvMirror(
-            bus, names.placements_bucket, Placement, service_metrics, on_change=self._dirty.set
-        )
+        self.deployments = mirror(names.deployments_bucket, Deployment, source="deployments")
+        self.nodes = mirror(names.nodes_bucket, NodeInfo, source="nodes", significant=_node_changed)
+        self.placements = mirror(names.placements_bucket, Placement, source="placements")
         self.lease = KvLease(
             bus, PLACEMENT_LEASE, holder=settings.instance_id, ttl_s=settings.placement_lease_ttl_s
         )
         self._lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
+        self._stop_mirrors = asyncio.Event()
         self._unplaced: dict[str, str] = {}  # as last reported by this holder
 
     async def start(self) -> None:
         """Start the three KV mirrors."""
         for mirror in (self.deployments, self.nodes, self.placements):
-            self._tasks.append(asyncio.create_task(mirror.run(), name=f"mirror {mirror.bucket}"))
+            run = mirror.run(self._stop_mirrors)
+            self._tasks.append(asyncio.create_task(run, name=f"mirror {mirror.bucket}"))
 
     async def close(self) -> None:
         """Stop the mirrors."""
+        self._stop_mirrors.set()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -30,12 +30,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from agentbus.errors import AgentBusError
+from agentbus.kv_mirror import KvMirror
 from agentbus.messages import AgentInfo, Deployment
 from agentbus.messages.fleet import HealthCheck
 from agentbus_supervisor.metrics import SupervisorMetrics
 from agentbus_supervisor.restart_policy import Cause
 from agentbus_supervisor.runtime import ReplicaHandle, Runtime
-from agentbus_supervisor.watch import KvMirror
 
 WATCHDOG_TICK_S = 0.5
 """How often the heartbeat check looks at the agents mirror."""

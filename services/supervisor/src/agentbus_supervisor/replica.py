@@ -23,6 +23,7 @@ from loguru import logger
 
 from agentbus.bus import Bus
 from agentbus.errors import AgentBusError, ContractError
+from agentbus.kv_mirror import KvMirror
 from agentbus.messages import (
     AgentInfo,
     Deployment,
@@ -37,7 +38,6 @@ from agentbus_supervisor.logs import ship_logs
 from agentbus_supervisor.metrics import SupervisorMetrics
 from agentbus_supervisor.restart_policy import Cause, RestartTracker
 from agentbus_supervisor.runtime import ExitInfo, ReplicaHandle, ReplicaSpec, Runtime
-from agentbus_supervisor.watch import KvMirror
 
 _LOG_DRAIN_S = 2.0
 """After an exit, how long the log shipper may take to send the last lines."""

@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import os
 import socket
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 import msgspec
@@ -36,6 +36,7 @@ from prometheus_client import CollectorRegistry
 
 from agentbus.bus import Bus
 from agentbus.errors import AgentBusError, UnavailableError
+from agentbus.kv_mirror import KvMirror
 from agentbus.messages import (
     AgentInfo,
     Deployment,
@@ -48,21 +49,17 @@ from agentbus.messages import (
 )
 from agentbus.messages.fleet import Limits
 from agentbus.names import check_token
-from agentbus.service import MicroService, ServiceMetrics, report_bad_message
+from agentbus.service import MicroService, ServiceMetrics
 from agentbus_supervisor.docker_runtime import DockerRuntime
 from agentbus_supervisor.metrics import SupervisorMetrics
 from agentbus_supervisor.process_runtime import ProcessRuntime
 from agentbus_supervisor.replica import ReplicaRunner, RunnerContext
 from agentbus_supervisor.runtime import ReplicaHandle, ReplicaSpec, Runtime, build_spec
 from agentbus_supervisor.settings import SupervisorSettings
-from agentbus_supervisor.watch import KvMirror
 
-T = TypeVar("T")
+T = TypeVar("T", bound=msgspec.Struct)
 SERVICE = "supervisor"
 ReplicaKey = tuple[str, int]
-_decode_deployment = msgspec.json.Decoder(Deployment).decode
-_decode_placement = msgspec.json.Decoder(Placement).decode
-_decode_agent = msgspec.json.Decoder(AgentInfo).decode
 
 
 def podman_socket_url() -> str:
@@ -124,12 +121,12 @@ class Supervisor:
         self.service_metrics = ServiceMetrics(SERVICE, registry)
         self._dirty = asyncio.Event()
         names = bus.names
-        self.deployments = self._mirror(names.deployments_bucket, "deployments", _decode_deployment)
-        self.placements = self._mirror(names.placements_bucket, "placements", _decode_placement)
-        self.agents: KvMirror[AgentInfo] = KvMirror(
+        self.deployments = self._mirror(names.deployments_bucket, "deployments", Deployment)
+        self.placements = self._mirror(names.placements_bucket, "placements", Placement)
+        self.agents = KvMirror(  # bad agent entries are the registry's to report
             bus,
             names.agents_bucket,
-            _decode_agent,
+            AgentInfo,
             on_restart=self.metrics.watch_restarts.labels(names.agents_bucket).inc,
             check_s=settings.watch_check_s,
         )
@@ -188,22 +185,14 @@ class Supervisor:
             self._beat.clear()
 
     # -- watching the fleet buckets -----------------------------------------------------
-    def _mirror(self, bucket: str, source: str, decode: Callable[[bytes], T]) -> KvMirror[T]:
-        async def _bad(key: str, reason: str) -> None:
-            await report_bad_message(
-                self.bus,
-                self.service_metrics,
-                source=source,
-                subject=f"$KV.{bucket}.{key}",
-                reason=reason,
-            )
-
+    def _mirror(self, bucket: str, source: str, type_: type[T]) -> KvMirror[T]:
         return KvMirror(
             self.bus,
             bucket,
-            decode,
+            type_,
+            service_metrics=self.service_metrics,
+            source=source,
             on_change=self._dirty.set,
-            on_bad=_bad,
             on_restart=self.metrics.watch_restarts.labels(bucket).inc,
             check_s=self.settings.watch_check_s,
         )

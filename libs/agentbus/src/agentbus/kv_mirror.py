@@ -1,0 +1,254 @@
+"""A local mirror of one KV bucket, kept current by a watch that starts over when broken.
+
+The scheduler mirrors its fleet state (deployments, nodes, placements) and the
+supervisor the buckets it reconciles from (deployments, placements, agent
+heartbeats) through ``KvMirror``.
+
+nats-py's KV watch is an ordered push consumer. After a nats-server restart its
+consumer is gone; nats-py notices only after missed idle heartbeats and then
+re-creates it once in the background, and an error while (re)creating it ends the
+watch silently. A service that stops seeing changes stops converging, so
+``KvMirror`` owns the watch's life:
+
+- it (re)starts the watch after any error, after the connection reconnected
+  (``nc.stats["reconnects"]`` changed: a new server or a restarted one), and when
+  the watcher ends, with capped exponential backoff between failed attempts;
+- every (re)start replays the bucket into a staging copy that *replaces* the mirror
+  once the replay is complete: keys deleted, purged or expired while the watch was
+  down disappear too, and readers never see a half-replayed mirror;
+- live updates are applied as they arrive: a put sets the key, a delete or a purge
+  (a per-message or bucket TTL expiry arrives as a purge) removes it. Each entry is
+  applied only if its revision is newer than the one known for its key, so the
+  owner of a bucket can apply its own writes at once (``apply``) without a late
+  watch update undoing them;
+- an entry that does not decode as the mirror's type is skipped (its key is
+  removed) and reported through ``agentbus.service.report_bad_message`` (log,
+  ``agentbus_bad_messages_total{service, source}``, ``ErrorEvent``);
+- it ends on ``stop`` (an event), never by cancellation alone: nats-py can turn a
+  cancellation inside a request into a ``TimeoutError`` (see docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+import msgspec
+from loguru import logger
+from nats.js.kv import KeyValue
+
+from agentbus.bus import Bus
+from agentbus.messages import Backoff
+from agentbus.retry import backoff_s
+from agentbus.service import ServiceMetrics, report_bad_message
+
+T = TypeVar("T", bound=msgspec.Struct)
+_RETRY = Backoff(initial_s=0.2, factor=2.0, max_s=5.0, jitter=0.5)
+"""Pause between failed watch attempts (``agentbus.retry.backoff_s``)."""
+_Staged = dict[str, tuple[int, T | None]]
+"""A replay in progress: key to (revision, value; None for a delete or purge)."""
+
+
+def _stage(staged: _Staged[T], key: str, revision: int, value: T | None) -> None:
+    if revision > staged.get(key, (0, None))[0]:
+        staged[key] = (revision, value)
+
+
+class KvMirror(Generic[T]):
+    """The decoded entries of one bucket, their revisions and when each arrived.
+
+    Attributes:
+        bus: the connection the watch runs on.
+        bucket: the KV bucket name.
+        values: key to decoded value (deleted, purged, expired and undecodable keys
+            are absent).
+        seen_at: key to the monotonic time (s) its current value arrived; for the
+            keys of a replay, the time the replay completed.
+        ready: set once the first replay is complete.
+        live: the watch is running and its replay is complete.
+        synced_at: monotonic time (s) the current watch completed its replay.
+        restarts: how many times the watch was started again.
+        check_s: how often (s) an idle watch checks for a reconnect and for ``stop``.
+    """
+
+    def __init__(
+        self,
+        bus: Bus,
+        bucket: str,
+        type_: type[T],
+        *,
+        service_metrics: ServiceMetrics | None = None,
+        source: str | None = None,
+        on_change: Callable[[], None] | None = None,
+        significant: Callable[[T | None, T | None], bool] | None = None,
+        on_restart: Callable[[], None] | None = None,
+        check_s: float = 1.0,
+    ) -> None:
+        """Mirror ``bucket`` (values decoded as ``type_``) once ``run`` runs.
+
+        Args:
+            bus: the connection.
+            bucket: the KV bucket to mirror.
+            type_: the Struct every value decodes as.
+            service_metrics: where entries that do not decode are counted and
+                reported (``report_bad_message``); None: they are only logged (debug).
+            source: the ``source`` label of those reports (default: ``bucket``).
+            on_change: called after each replay and after each significant live
+                update (not after ``apply``: the owner knows its own writes).
+            significant: ``(old, new) -> bool`` (None: absent); default ``old != new``.
+            on_restart: called each time the watch is started again.
+            check_s: how often (s) an idle watch checks for a reconnect and ``stop``.
+        """
+        self.bus = bus
+        self.bucket = bucket
+        self.check_s = check_s
+        self.values: dict[str, T] = {}
+        self.seen_at: dict[str, float] = {}
+        self.ready = asyncio.Event()
+        self.live = False
+        self.synced_at = 0.0
+        self.restarts = 0
+        self._decoder = msgspec.json.Decoder(type_)
+        self._type_name = type_.__name__
+        self._service_metrics = service_metrics
+        self._source = source or bucket
+        self._on_change = on_change or (lambda: None)
+        self._significant = significant or (lambda old, new: old != new)
+        self._on_restart = on_restart or (lambda: None)
+        self._revisions: dict[str, int] = {}
+        self._replay: _Staged[T] | None = None
+
+    # -- the owner's own writes ---------------------------------------------------------
+    def apply(self, key: str, revision: int, value: T | None) -> bool:
+        """Apply the owner's write of ``key``: a put (``value``) or a delete (None).
+
+        Ignored if a revision of ``key`` newer than ``revision`` is known. Returns
+        whether the change is significant (``on_change`` is not called).
+        """
+        if self._replay is not None:
+            _stage(self._replay, key, revision, value)
+        return self._apply(key, revision, value)
+
+    def revision(self, key: str) -> int:
+        """The last revision known for ``key`` (a delete or purge marker's too); 0 if none.
+
+        The ``last`` of a compare-and-set write (``kv.update(key, value, last=)``).
+        """
+        return self._revisions.get(key, 0)
+
+    def forget(self, key: str) -> None:
+        """Drop ``key`` after the owner deleted it without learning the delete's revision."""
+        self.values.pop(key, None)
+        self.seen_at.pop(key, None)
+        if self._replay is not None:
+            self._replay.pop(key, None)
+
+    # -- the watch ------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        """Mirror the bucket until ``stop`` is set (or the task is cancelled).
+
+        A broken watch is logged and started again; nothing but ``CancelledError``
+        leaves this method.
+        """
+        failures = 0
+        first = True
+        while not stop.is_set():
+            if not first:
+                self.restarts += 1
+                self._on_restart()
+            first = False
+            try:
+                await self._watch_once(stop)
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    # nats-py can turn our cancellation into another error
+                    raise asyncio.CancelledError from exc
+                failures += 1
+                logger.warning("KV watch broken; watching again", bucket=self.bucket,
+                               error=repr(exc), attempt=failures)  # fmt: skip
+            finally:
+                self.live = False
+            if failures and not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), backoff_s(_RETRY, failures))
+
+    async def _watch_once(self, stop: asyncio.Event) -> None:
+        """One watch: replay into a staging copy, then apply updates until it breaks."""
+        nc = self.bus.nc
+        reconnects = nc.stats["reconnects"]
+        kv = await self.bus.kv(self.bucket)
+        watcher = await kv.watchall()
+        self._replay = {}
+        try:
+            while not stop.is_set():
+                if nc.stats["reconnects"] != reconnects:
+                    logger.info("NATS reconnected; watching again", bucket=self.bucket)
+                    return
+                try:
+                    entry = await watcher.updates(timeout=self.check_s)  # type: ignore[no-untyped-call]
+                except TimeoutError:  # nats-py raises its own subclass
+                    continue
+                if entry is None:  # the end of the replay
+                    if self._replay is not None:
+                        self._replace(self._replay)
+                        self._replay = None
+                    continue
+                if entry is KeyValue.KeyWatcher.STOP_ITER:
+                    return  # the watcher was stopped under us
+                value = await self._decode(entry)
+                revision = entry.revision or 0
+                if self._replay is not None:
+                    _stage(self._replay, entry.key, revision, value)
+                elif self._apply(entry.key, revision, value):
+                    self._on_change()
+        finally:
+            self._replay = None
+            with contextlib.suppress(Exception):
+                await watcher.stop()  # type: ignore[no-untyped-call]
+
+    async def _decode(self, entry: KeyValue.Entry) -> T | None:
+        """The decoded value of ``entry``; None for a delete, a purge or a bad entry."""
+        if entry.operation in ("DEL", "PURGE"):
+            return None
+        try:
+            return self._decoder.decode(entry.value or b"")
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            subject = f"$KV.{self.bucket}.{entry.key}"
+            reason = f"KV entry does not decode as {self._type_name}: {exc}"
+            if self._service_metrics is None:
+                logger.debug("bad KV entry skipped", subject=subject, reason=reason)
+            else:
+                await report_bad_message(self.bus, self._service_metrics, source=self._source,
+                                         subject=subject, reason=reason)  # fmt: skip
+            return None
+
+    def _apply(self, key: str, revision: int, value: T | None) -> bool:
+        if revision <= self._revisions.get(key, 0):
+            return False
+        self._revisions[key] = revision
+        old = self.values.get(key)
+        if value is None:
+            self.values.pop(key, None)
+            self.seen_at.pop(key, None)
+        else:
+            self.values[key] = value
+            self.seen_at[key] = time.monotonic()
+        return self._significant(old, value)
+
+    def _replace(self, replay: _Staged[T]) -> None:
+        """Make the completed ``replay`` the mirror."""
+        now = time.monotonic()
+        self._revisions = {key: revision for key, (revision, _) in replay.items()}
+        self.values = {key: value for key, (_, value) in replay.items() if value is not None}
+        self.seen_at = dict.fromkeys(self.values, now)
+        self.synced_at = now
+        self.live = True
+        self.ready.set()
+        self._on_change()

@@ -1,0 +1,217 @@
+"""KvMirror against a real nats-server: replay, updates, deletes, purges, TTL expiry,
+bad entries, the owner's own writes, and a watch that starts over (after a failed
+start and after a reconnect, whose replay drops keys gone while it was not looking)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
+
+import msgspec
+import pytest
+from nats.js.api import KeyValueConfig
+from prometheus_client import CollectorRegistry
+
+from agentbus.bus import Bus
+from agentbus.kv_mirror import KvMirror
+from agentbus.service import ServiceMetrics
+from agentbus.settings import BusSettings
+from tests._helpers import eventually
+
+pytestmark = [pytest.mark.nats, pytest.mark.timeout(60)]
+
+
+class Item(msgspec.Struct):
+    n: int
+
+
+def item(n: int) -> bytes:
+    return msgspec.json.encode(Item(n))
+
+
+async def holds(mirror: KvMirror[Item], expected: dict[str, int]) -> bool:
+    return {k: v.n for k, v in mirror.values.items()} == expected
+
+
+async def returns(value: bool) -> bool:
+    return value
+
+
+class Relay:
+    """A TCP relay to the nats-server whose connections the test can cut (a network blip)."""
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 4222
+        self._server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> str:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        return f"nats://127.0.0.1:{port}"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(self.host, self.port)
+        self._writers += [writer, up_writer]
+        await asyncio.gather(
+            self._pipe(reader, up_writer), self._pipe(up_reader, writer), return_exceptions=True
+        )
+
+    @staticmethod
+    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        finally:
+            writer.transport.abort()
+
+    def cut(self) -> None:
+        """Drop every relayed connection (new ones are accepted)."""
+        writers, self._writers = self._writers, []
+        for writer in writers:
+            writer.transport.abort()
+
+    async def close(self) -> None:
+        self.cut()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+
+@pytest.fixture
+async def bucket(bus: Bus) -> AsyncIterator[str]:
+    name = f"{bus.names.prefix}_items"
+    # limit markers: a per-message TTL is allowed and its expiry reaches watchers
+    await bus.js.create_key_value(KeyValueConfig(name, history=1, limit_marker_ttl=1.0))
+    yield name
+    with contextlib.suppress(Exception):
+        await bus.js.delete_key_value(name)
+
+
+@contextlib.asynccontextmanager
+async def running(mirror: KvMirror[Item]) -> AsyncIterator[None]:
+    stop = asyncio.Event()
+    task = asyncio.create_task(mirror.run(stop))
+    try:
+        yield
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
+async def test_replay_updates_deletes_purges_ttl_and_bad_entries(bus: Bus, bucket: str) -> None:
+    kv = await bus.kv(bucket)
+    await kv.put("a", item(1))
+    await kv.put("b", item(2))
+    await kv.put("gone", item(3))
+    await kv.delete("gone")
+    await kv.put("bad", b"not json")
+    registry = CollectorRegistry()
+    changes: list[int] = []
+    mirror: KvMirror[Item] = KvMirror(
+        bus,
+        bucket,
+        Item,
+        service_metrics=ServiceMetrics("test", registry),
+        source="items",
+        on_change=lambda: changes.append(1),
+        check_s=0.2,
+    )
+    async with running(mirror):
+        await asyncio.wait_for(mirror.ready.wait(), 10)
+        # the replay: live keys only; the bad entry skipped, counted and reported
+        assert await holds(mirror, {"a": 1, "b": 2})
+        assert mirror.live and len(changes) == 1
+        assert mirror.revision("gone") > 0  # a delete marker's revision is known (for CAS)
+        labels = {"service": "test", "source": "items"}
+        assert registry.get_sample_value("agentbus_bad_messages_total", labels) == 1
+
+        await kv.put("a", item(10))  # update
+        await kv.delete("b")  # delete
+        await kv.put("c", item(4))
+        await kv.purge("c")  # purge
+        await eventually(lambda: holds(mirror, {"a": 10}))
+
+        # the same value again is not a change worth a callback; a new key is
+        before = len(changes)
+        await kv.put("a", item(10))
+        await kv.put("d", item(5))
+        await eventually(lambda: holds(mirror, {"a": 10, "d": 5}))
+        assert len(changes) == before + 1
+
+        # per-message TTL: the expiry arrives as a purge
+        await kv.create("ttl", item(6), msg_ttl=1)
+        await eventually(lambda: holds(mirror, {"a": 10, "d": 5, "ttl": 6}))
+        await eventually(lambda: holds(mirror, {"a": 10, "d": 5}), timeout_s=15)
+
+
+async def test_own_writes_apply_at_once_and_a_late_update_does_not_undo_them(
+    bus: Bus, bucket: str
+) -> None:
+    kv = await bus.kv(bucket)
+    changes: list[int] = []
+    mirror: KvMirror[Item] = KvMirror(
+        bus, bucket, Item, on_change=lambda: changes.append(1), check_s=0.2
+    )
+    async with running(mirror):
+        await asyncio.wait_for(mirror.ready.wait(), 10)
+        first = await kv.put("k", item(1))
+        second = await kv.update("k", item(2), last=first)
+        assert mirror.apply("k", second, Item(2))  # the owner's write, before the watch
+        assert mirror.values["k"] == Item(2) and mirror.revision("k") == second
+        assert not mirror.apply("k", first, Item(1))  # older than known: ignored
+        before = len(changes)
+        await kv.put("z", item(9))  # the watch has now delivered both writes of "k"
+        await eventually(lambda: holds(mirror, {"k": 2, "z": 9}))
+        assert len(changes) == before + 1  # only "z" was news
+
+
+async def test_a_failed_start_is_retried(bus: Bus) -> None:
+    name = f"{bus.names.prefix}_late"
+    restarts: list[int] = []
+    mirror: KvMirror[Item] = KvMirror(
+        bus, name, Item, on_restart=lambda: restarts.append(1), check_s=0.2
+    )
+    async with running(mirror):
+        await eventually(lambda: returns(mirror.restarts >= 1))  # no bucket yet
+        assert not mirror.ready.is_set()
+        kv = await bus.js.create_key_value(KeyValueConfig(name, history=1))
+        try:
+            await kv.put("a", item(1))
+            await eventually(lambda: holds(mirror, {"a": 1}), timeout_s=15)
+            assert mirror.live and len(restarts) == mirror.restarts
+        finally:
+            await bus.js.delete_key_value(name)
+
+
+async def test_watches_again_after_a_reconnect_and_drops_what_it_missed(
+    bus: Bus, bucket: str, nats_url: str
+) -> None:
+    relay = Relay(nats_url)
+    url = await relay.start()
+    relayed = await Bus.connect(BusSettings(nats_url=url, prefix=bus.names.prefix), name="relay")
+    try:
+        kv = await bus.kv(bucket)
+        await kv.put("a", item(1))
+        await kv.put("b", item(2))
+        mirror: KvMirror[Item] = KvMirror(relayed, bucket, Item, check_s=0.2)
+        async with running(mirror):
+            await eventually(lambda: holds(mirror, {"a": 1, "b": 2}))
+            # removing the stored messages of "a" leaves no entry for a watch to see
+            await bus.js.purge_stream(f"KV_{bucket}", subject=f"$KV.{bucket}.a")
+            await kv.put("c", item(3))
+            await eventually(lambda: holds(mirror, {"a": 1, "b": 2, "c": 3}))
+            before = relayed.nc.stats["reconnects"]
+            relay.cut()
+            await eventually(lambda: returns(relayed.nc.stats["reconnects"] > before))
+            await kv.put("d", item(4))
+            # the new watch's replay replaced the mirror: "a" is gone
+            await eventually(lambda: holds(mirror, {"b": 2, "c": 3, "d": 4}))
+            assert mirror.restarts >= 1 and mirror.live
+    finally:
+        await relayed.close()
+        await relay.close()
