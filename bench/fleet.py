@@ -514,6 +514,8 @@ def main() -> None:
     parser.add_argument("--ramp-timeout-s", type=float, default=300.0)
     parser.add_argument("--recovery-timeout-s", type=float, default=120.0)
     parser.add_argument("--drain-s", type=float, default=120.0, help="wait for tasks to end")
+    parser.add_argument("--start-limit", type=int, default=0,
+                        help="replicas starting at once per supervisor (0: CPU count)")  # fmt: skip
     args = parser.parse_args()
     if not 0 < args.kill <= args.replicas:
         parser.error("--kill must be between 1 and --replicas")
@@ -539,6 +541,9 @@ def main() -> None:
                         "SUPERVISOR_CAPACITY_REPLICAS": str(max(64, args.replicas)),
                         "SUPERVISOR_STOP_GRACE_S": "2",
                         "SUPERVISOR_HEARTBEAT_S": "1",
+                        # Both supervisors share this host: each gets half the default
+                        # (2 x CPUs) of starts at once.
+                        "SUPERVISOR_START_LIMIT": str(args.start_limit or os.cpu_count() or 1),
                     }
                     supervisor = [sys.executable, "-m", "agentbus_supervisor"]
                     kids.append(Child(node, supervisor, log_dir, node_env))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
@@ -38,6 +38,7 @@ from agentbus_supervisor.logs import ship_logs
 from agentbus_supervisor.metrics import SupervisorMetrics
 from agentbus_supervisor.restart_policy import Cause, RestartTracker
 from agentbus_supervisor.runtime import ExitInfo, ReplicaHandle, ReplicaSpec, Runtime
+from agentbus_supervisor.start_gate import Slot, StartGate
 
 _LOG_DRAIN_S = 2.0
 """After an exit, how long the log shipper may take to send the last lines."""
@@ -51,7 +52,9 @@ class RunnerContext:
     """What every runner of one supervisor shares.
 
     Attributes:
-        agents: the mirror of KV ``<p>_agents`` (heartbeat checks); None disables them.
+        agents: the mirror of KV ``<p>_agents`` (heartbeat checks, start gate); None
+            disables both.
+        gate: how many replicas of this node may be starting at once.
     """
 
     bus: Bus
@@ -60,6 +63,7 @@ class RunnerContext:
     metrics: SupervisorMetrics
     agents: KvMirror[AgentInfo] | None = None
     log_line_max_bytes: int = 8192
+    gate: StartGate = field(default_factory=StartGate)
 
 
 class ReplicaRunner:
@@ -94,6 +98,8 @@ class ReplicaRunner:
         self._task: asyncio.Task[None] | None = None
         self._starting: asyncio.Future[ReplicaHandle] | None = None
         self._log_task: asyncio.Task[None] | None = None
+        self._slot: Slot | None = None
+        self._slot_task: asyncio.Task[bool] | None = None
 
     def status(self) -> ReplicaStatus:
         """The replica as the ``status`` endpoint reports it."""
@@ -127,6 +133,7 @@ class ReplicaRunner:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        self._drop_slot()
         if (starting := self._starting) is not None:  # stopped while starting
             self._starting = None
             with contextlib.suppress(Exception):
@@ -146,6 +153,7 @@ class ReplicaRunner:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        self._drop_slot()
         await self._stop_logs(0.0)
 
     # -- the loop -------------------------------------------------------------------------
@@ -222,11 +230,56 @@ class ReplicaRunner:
             return handle
 
     async def _start_once(self) -> ReplicaHandle:
-        # Shielded: a stop() during start still learns the handle and stops it.
-        self._starting = starting = asyncio.ensure_future(self.ctx.runtime.start(self.spec))
-        handle = await asyncio.shield(starting)
+        self._drop_slot()
+        self._slot = slot = await self.ctx.gate.acquire()
+        issued_at = utcnow()
+        try:
+            # Shielded: a stop() during start still learns the handle and stops it.
+            self._starting = starting = asyncio.ensure_future(self.ctx.runtime.start(self.spec))
+            handle = await asyncio.shield(starting)
+        except BaseException:
+            self._drop_slot()
+            raise
         self._starting = None
+        agents = self.ctx.agents
+        if agents is None or not self._registers(agents):
+            self._drop_slot()
+            return handle
+
+        def lookup() -> AgentInfo | None:
+            return agents.values.get(self.spec.agent_id)
+
+        def ended() -> bool:
+            return self.state not in ("starting", "running")
+
+        # Keep the slot until the new agent registered (see ``start_gate``).
+        self._slot_task = task = asyncio.create_task(
+            self.ctx.gate.until_up(issued_at, lookup, ended)
+        )
+        task.add_done_callback(lambda _: slot.release())
         return handle
+
+    def _registers(self, agents: KvMirror[AgentInfo]) -> bool:
+        """Whether this replica is expected to register (then its start waits for it).
+
+        True when the registry holds an entry of it (an earlier instance) or of another
+        replica of its deployment on this node.
+        """
+        if self.spec.agent_id in agents.values:
+            return True
+        return any(
+            info.deployment == self.spec.deployment and info.node_id == self.ctx.node_id
+            for info in agents.values.values()
+        )
+
+    def _drop_slot(self) -> None:
+        """Give back the start slot (if held) and stop waiting for the registration."""
+        if self._slot_task is not None:
+            self._slot_task.cancel()
+            self._slot_task = None
+        if self._slot is not None:
+            self._slot.release()
+            self._slot = None
 
     def _running(self, handle: ReplicaHandle) -> None:
         self.handle = handle

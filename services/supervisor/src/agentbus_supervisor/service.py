@@ -56,6 +56,7 @@ from agentbus_supervisor.process_runtime import ProcessRuntime
 from agentbus_supervisor.replica import ReplicaRunner, RunnerContext
 from agentbus_supervisor.runtime import ReplicaHandle, ReplicaSpec, Runtime, build_spec
 from agentbus_supervisor.settings import SupervisorSettings
+from agentbus_supervisor.start_gate import StartGate
 
 T = TypeVar("T", bound=msgspec.Struct)
 SERVICE = "supervisor"
@@ -137,6 +138,7 @@ class Supervisor:
             metrics=self.metrics,
             agents=self.agents,
             log_line_max_bytes=settings.log_line_max_bytes,
+            gate=StartGate(settings.start_limit),
         )
         self.default_limits = Limits(
             memory_bytes=settings.docker_memory_bytes,

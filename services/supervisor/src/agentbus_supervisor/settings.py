@@ -38,6 +38,9 @@ class SupervisorSettings(BaseSettings):
     """CPUs that placed replicas may declare in total (``resources.cpus``); 0 = no limit."""
     capacity_memory_bytes: NonNegativeInt = 0
     """Memory placed replicas may declare in total (``resources.memory_bytes``); 0 = no limit."""
+    start_limit: PositiveInt | None = None
+    """Replicas of this node starting at once, from the engine call until the agent
+    registered (``start_gate``); more wait in line. Default: 2 x the CPU count."""
     heartbeat_s: PositiveFloat = 2.0
     """Interval between ``NodeInfo`` puts into KV ``<p>_nodes``."""
     agent_nats_url: str | None = None
