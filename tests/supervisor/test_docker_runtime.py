@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import aiodocker
 import pytest
 
-from agentbus.errors import ContractError
+from agentbus.errors import ConflictError, ContractError
 from agentbus.messages import Deployment, utcnow
 from agentbus.messages.fleet import Limits
 from agentbus_supervisor.docker_runtime import NOBODY, DockerRuntime
@@ -167,6 +167,26 @@ async def test_kill_then_restart_replaces_the_container(
     assert second.runtime_id != first.runtime_id
     assert [h.runtime_id for h in await runtime.list_own()] == [second.runtime_id]
     await runtime.stop(second, grace_s=1)
+
+
+async def test_a_foreign_container_holding_the_name_is_a_conflict(
+    runtime: DockerRuntime, docker: aiodocker.Docker, node_id: str
+) -> None:
+    name = runtime.container_name("sleepy", 0)
+    foreign = await docker.containers.create(
+        {
+            "Image": BASE_IMAGE,
+            "Cmd": SLEEP_CMD,
+            "Labels": {**TEST_LABELS, "agentbus.node": node_id},
+        },
+        name=name,
+    )
+    try:
+        with pytest.raises(ConflictError, match="not managed by this node"):
+            await runtime.start(spec(node_id, SLEEP_CMD))
+        assert (await foreign.show())["Id"] == foreign.id  # left alone
+    finally:
+        await foreign.delete(force=True)
 
 
 async def test_deployment_limits_override_the_node_defaults(

@@ -32,6 +32,7 @@ import aiohttp
 from loguru import logger
 
 from agentbus.errors import ConflictError, ContractError, UnavailableError
+from agentbus.messages import utcnow
 from agentbus_supervisor._docker_stream import LogFrameDecoder, parse_docker_time
 from agentbus_supervisor.runtime import (
     LABEL_AGENT_ID,
@@ -48,6 +49,11 @@ from agentbus_supervisor.runtime import (
     ReplicaSpec,
     Runtime,
 )
+
+
+class _NameInUseError(Exception):
+    """The engine refused a create: a container already has the name."""
+
 
 NOBODY = "65534:65534"
 """The user of containers whose image runs as root (or names no user)."""
@@ -216,6 +222,10 @@ class DockerRuntime(Runtime):
     async def start(self, spec: ReplicaSpec) -> ReplicaHandle:
         """Create and start the replica's container.
 
+        Two engine calls when the name is free (create, start): restarts are on the
+        recovery path. An earlier container of that name (the engine answers 409) is
+        removed first if it is ours, then the create is repeated.
+
         Raises:
             ContractError: no image given, the image is not present locally, or the
                 container cannot start its command.
@@ -225,17 +235,14 @@ class DockerRuntime(Runtime):
         if not spec.image:
             raise ContractError(f"deployment {spec.deployment!r} has no image for docker")
         name = self.container_name(spec.deployment, spec.replica)
-        user = await self._user_for(spec.image)
-        await self._remove_previous(name)
+        config = self._config(spec, await self._user_for(spec.image))
         try:
-            container = await self._docker.containers.create(self._config(spec, user), name=name)
-        except aiodocker.DockerError as exc:
-            if exc.status == 404:
-                raise ContractError(f"image {spec.image!r} not found: {exc.message}") from exc
-            raise UnavailableError(f"cannot create container {name}: {exc.message}") from exc
+            container = await self._create(config, name)
+        except _NameInUseError:
+            await self._remove_previous(name)
+            container = await self._create(config, name)
         try:
             await container.start()
-            info = await container.show()
         except aiodocker.DockerError as exc:
             try:
                 await container.delete(force=True)
@@ -244,20 +251,42 @@ class DockerRuntime(Runtime):
             if exc.status in (400, 404) or "executable file not found" in exc.message:
                 raise ContractError(f"container {name} cannot start: {exc.message}") from exc
             raise UnavailableError(f"cannot start container {name}: {exc.message}") from exc
-        return self._handle(info)
+        return ReplicaHandle(
+            runtime_id=container.id,
+            name=name,
+            deployment=spec.deployment,
+            replica=spec.replica,
+            agent_id=spec.agent_id,
+            digest=spec.labels.get(LABEL_SPEC, spec.digest),
+            started_at=utcnow(),
+        )
+
+    async def _create(self, config: dict[str, Any], name: str) -> aiodocker.docker.DockerContainer:
+        try:
+            return await self._docker.containers.create(config, name=name)
+        except aiodocker.DockerError as exc:
+            if exc.status == 409 or "already in use" in exc.message:
+                raise _NameInUseError(name) from exc
+            if exc.status == 404:
+                raise ContractError(f"image {config['Image']!r} not found: {exc.message}") from exc
+            raise UnavailableError(f"cannot create container {name}: {exc.message}") from exc
 
     async def stop(self, handle: ReplicaHandle, grace_s: float) -> None:
         """``docker stop -t grace`` (SIGTERM, then SIGKILL), then remove the container.
+
+        With ``grace_s`` 0 (an ended instance, before its restart) only the forced
+        remove, which kills a container still running.
 
         Raises:
             UnavailableError: the engine failed (a missing container is fine).
         """
         container = self._docker.containers.container(handle.runtime_id)
-        try:
-            await container.stop(t=max(0, math.ceil(grace_s)))
-        except aiodocker.DockerError as exc:
-            if exc.status not in (304, 404):
-                raise UnavailableError(f"cannot stop {handle.name}: {exc.message}") from exc
+        if grace_s > 0:
+            try:
+                await container.stop(t=max(0, math.ceil(grace_s)))
+            except aiodocker.DockerError as exc:
+                if exc.status not in (304, 404):
+                    raise UnavailableError(f"cannot stop {handle.name}: {exc.message}") from exc
         try:
             await container.delete(force=True)
         except aiodocker.DockerError as exc:
