@@ -126,10 +126,15 @@ class Intake:
         self._changed.set()
 
     async def close(self) -> None:
-        """Unsubscribe everything (after ``run()`` returned), passing on late notices."""
+        """Unsubscribe everything (after ``run()`` returned), passing on owed notices.
+
+        Notices heard and not yet pulled for, and those still on their way through the
+        queue groups, are announced again for another agent.
+        """
         for timer in self._timers:
             timer.cancel()
         self._timers.clear()
+        self._pass_on_owed()
         await self._ears.close()
         await asyncio.gather(*self._passing, return_exceptions=True)
         await self._announcer.close()
@@ -259,11 +264,16 @@ class Intake:
                     self._flagged.add(Lane(band, capability))
 
     def _settle(self, lane: Lane, owed: int, ask: int, pulled: Pulled, free: int) -> None:
-        """Book a pull of ``lane`` that asked for ``ask`` with ``owed`` tasks owed."""
+        """Book a pull of ``lane`` that asked for ``ask`` with ``owed`` tasks owed.
+
+        What it got pays only for the ``owed`` notices heard before it was sent: a
+        notice heard during the pull may announce a task the server had not stored when
+        it answered (the scheduler announces a lone task before the stream's ack), so it
+        stays owed and is pulled for next (docs/architecture.md, "Which notices a pull pays for").
+        """
         got = len(pulled.msgs)
-        left = max(self._owed[lane] - got, 0)
-        if got == 0 and pulled.ended:  # empty (for NOTICE_WAIT_S, if it waited)
-            left = max(self._owed[lane] - owed, 0)  # notices heard during the pull stay
+        paid = owed if got == 0 and pulled.ended else min(got, owed)  # empty: written off
+        left = max(self._owed[lane] - paid, 0)
         self._owed[lane] = left
         more = got == ask == free and pulled.msgs[-1].metadata.num_pending > 0
         if not (left or more):  # an unanswered pull's messages come late (``_late``)

@@ -1,0 +1,148 @@
+"""No ready notice is lost while agents keep toggling between busy and idle.
+
+Agents here never rescan (``rescan_s`` = 60 s, longer than the test), so a task whose
+notice was lost — written off by an agent, or heard by nobody and never backlogged —
+stays in the stream and the test fails naming how many were never pulled. Bands above
+0 are used on purpose: an agent that rejoins the queue group also pulls band 0 (a
+backstop that would hide a lost band-0 notice), never the higher bands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+from contextlib import AsyncExitStack
+
+import pytest
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig
+
+from agentbus.bus import Bus
+from agentbus.fetch import Intake
+from agentbus.messages import Task, encode
+from agentbus.names import BANDS, Names
+from agentbus.notices import Announcer
+from agentbus.settings import BusSettings
+from tests._helpers import eventually
+
+pytestmark = pytest.mark.nats
+
+NEVER_S = 60.0
+CAPABILITY = "toggle"
+AGENTS = 3
+SLOTS = 2
+ROUNDS = 40
+
+
+async def _bind(bus: Bus) -> None:
+    names = bus.names
+    for band in range(BANDS):
+        durable = Names.task_consumer(CAPABILITY, band)
+        await bus.js.add_consumer(
+            names.tasks_stream,
+            ConsumerConfig(name=durable, durable_name=durable, ack_policy=AckPolicy.EXPLICIT,
+                           filter_subject=names.task_subject(CAPABILITY, band),
+                           max_ack_pending=-1),
+        )  # fmt: skip
+
+
+@pytest.mark.timeout(180)
+async def test_no_notice_is_lost_while_agents_toggle_busy_and_idle(
+    bus: Bus, bus_settings: BusSettings
+) -> None:
+    await _bind(bus)
+    rng = random.Random(20261121)
+    pulled: Counter[str] = Counter()
+    most_busy = 0
+    work: set[asyncio.Task[None]] = set()
+    intakes: list[Intake] = []
+
+    async def handle(intake: Intake, msg: Msg) -> None:
+        try:
+            await asyncio.sleep(rng.uniform(0.0, 0.012))  # a short task: slots free and fill
+            await msg.ack()
+        finally:
+            intake.release()
+
+    def dispatcher(n: int) -> object:
+        def dispatch(capability: str, msg: Msg) -> None:
+            nonlocal most_busy
+            intake = intakes[n]
+            most_busy = max(most_busy, intake.busy)
+            pulled[msg.headers["Nats-Msg-Id"] if msg.headers else "?"] += 1
+            task = asyncio.create_task(handle(intake, msg))
+            work.add(task)
+            task.add_done_callback(work.discard)
+
+        return dispatch
+
+    published = 0
+    async with AsyncExitStack() as stack:
+        for n in range(AGENTS):
+            agent_bus = await Bus.connect(bus_settings, name=f"test-toggle-{n}")
+            stack.push_async_callback(agent_bus.close)
+            intake = Intake(agent_bus, [CAPABILITY], max_concurrency=SLOTS, rescan_s=NEVER_S,
+                            pull_timeout_s=5.0, dispatch=dispatcher(n))  # type: ignore[arg-type]  # fmt: skip
+            intakes.append(intake)
+            await intake.start()
+            runner = asyncio.create_task(intake.run())
+
+            async def shut(intake: Intake = intake, runner: asyncio.Task[None] = runner) -> None:
+                intake.stop()
+                await runner
+                await asyncio.gather(*work, return_exceptions=True)
+                await intake.close()
+
+            stack.push_async_callback(shut)
+
+        async def first_scan_over() -> bool:
+            return all(i.listening and not i.flagged(CAPABILITY) for i in intakes)
+
+        await eventually(first_scan_over, what="intakes idle")
+        # the scheduler's two ways to announce: a lone task right behind its publish, a
+        # burst in one notice once the stream stored all of it
+        announcer = Announcer(bus)
+        try:
+            for round_ in range(ROUNDS):
+                band = rng.choice((1, 4, 8))
+                # a burst that overfills the agents (backlog notices), then lone tasks
+                # announced as the scheduler does: right behind the publish
+                for burst in (rng.randint(AGENTS * SLOTS, 3 * AGENTS * SLOTS), 1, 1, 1):
+                    acks = []
+                    for _ in range(burst):
+                        published += 1
+                        task = Task(task_id=f"t{published}", capability=CAPABILITY,
+                                    priority=band)  # fmt: skip
+                        acks.append(await bus.js.publish_async(
+                            bus.names.task_subject(CAPABILITY, band), encode(task),
+                            headers={"Nats-Msg-Id": task.task_id}))  # fmt: skip
+                    if burst == 1:  # right behind the publish, before the stream's ack
+                        await announcer.announce(CAPABILITY, band, 1)
+                    await asyncio.gather(*acks)
+                    if burst > 1:
+                        await announcer.announce(CAPABILITY, band, burst)
+                    await asyncio.sleep(rng.uniform(0.0, 0.003))
+
+                async def round_pulled(upto: int = published) -> bool:
+                    return len(pulled) >= upto
+
+                await eventually(round_pulled, timeout_s=10.0, what=f"round {round_} pulled")
+
+            async def all_pulled() -> bool:
+                return len(pulled) == published
+
+            try:
+                await eventually(all_pulled, timeout_s=30.0, what="every task pulled")
+            except AssertionError:
+                missing = published - len(pulled)
+                raise AssertionError(
+                    f"{missing} of {published} tasks never pulled: their notices were lost "
+                    f"(passed on: {[i.passed_on for i in intakes]}, "
+                    f"backlogged: {announcer.backlogged})"
+                ) from None
+        finally:
+            await announcer.close()
+    assert all(n == 1 for n in pulled.values()), "a task was delivered twice"
+    assert most_busy <= SLOTS
+    assert sum(i.passed_on for i in intakes) + announcer.backlogged > 0, "agents never got full"
