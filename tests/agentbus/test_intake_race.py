@@ -16,15 +16,14 @@ from contextlib import AsyncExitStack
 
 import pytest
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig
 
 from agentbus.bus import Bus
 from agentbus.fetch import Intake
 from agentbus.messages import Task, encode
-from agentbus.names import BANDS, Names
 from agentbus.notices import Announcer
 from agentbus.settings import BusSettings
 from tests._helpers import eventually
+from tests.agentbus.test_ready_notices import _bind as bind_all_bands
 
 pytestmark = pytest.mark.nats
 
@@ -35,23 +34,11 @@ SLOTS = 2
 ROUNDS = 40
 
 
-async def _bind(bus: Bus) -> None:
-    names = bus.names
-    for band in range(BANDS):
-        durable = Names.task_consumer(CAPABILITY, band)
-        await bus.js.add_consumer(
-            names.tasks_stream,
-            ConsumerConfig(name=durable, durable_name=durable, ack_policy=AckPolicy.EXPLICIT,
-                           filter_subject=names.task_subject(CAPABILITY, band),
-                           max_ack_pending=-1),
-        )  # fmt: skip
-
-
 @pytest.mark.timeout(180)
 async def test_no_notice_is_lost_while_agents_toggle_busy_and_idle(
     bus: Bus, bus_settings: BusSettings
 ) -> None:
-    await _bind(bus)
+    await bind_all_bands(bus, CAPABILITY)
     rng = random.Random(20261121)
     pulled: Counter[str] = Counter()
     most_busy = 0
