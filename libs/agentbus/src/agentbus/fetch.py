@@ -34,7 +34,9 @@ acknowledged it (``agentbus_scheduler.ready``), so the pull for a notice may rea
 server before the task is stored: it carries ``expires`` = ``NOTICE_WAIT_S`` as well as
 ``no_wait``, and the server then waits up to that long for the first message but ends
 the request as soon as it delivered what it has. A pull for a notice that finds
-nothing within that time writes the notice off. Other pulls wait for nothing.
+nothing within that time writes the notice off. The first pull after a backlog notice
+waits the same way (that notice may also have overtaken its task). Other pulls wait for
+nothing.
 
 Pull requests and their answers: ``agentbus.pulls``.
 """
@@ -98,6 +100,7 @@ class Intake:
         self._lanes = [Lane(b, c) for b in range(BANDS) for c in self.capabilities]
         self._flagged: set[Lane] = set(self._lanes)
         self._owed: dict[Lane, int] = dict.fromkeys(self._lanes, 0)  # tasks notices told of
+        self._announced: set[Lane] = set()  # a backlog notice came: the next pull may wait
         self._turn = 0
         self._changed = asyncio.Event()
         self._stopping = False
@@ -188,6 +191,7 @@ class Intake:
     def _heard(self, notice: TasksReady, backlog: bool) -> None:
         if backlog:  # every agent hears it: mark the band, take what a free slot can
             self.wake(notice.capability, notice.band)
+            self._announced.add(Lane(notice.band, notice.capability))
         elif self._stopping or self.busy >= self.max_concurrency:
             self._pass_on(notice.capability, notice.band, notice.count)
         else:
@@ -302,9 +306,11 @@ class Intake:
             owed = self._owed[lane]
             ask = min(owed, free) if owed else free
             consumer = self._names.task_consumer(lane.capability, lane.band)
+            announced = lane in self._announced  # a notice's task may not be stored yet
+            self._announced.discard(lane)
             try:
                 pulled = await self._puller.pull(
-                    consumer, ask, wait_s=NOTICE_WAIT_S if owed else 0.0
+                    consumer, ask, wait_s=NOTICE_WAIT_S if owed or announced else 0.0
                 )
             except Exception as exc:  # connection lost: nats-py reconnects by itself
                 logger.warning("pull failed", capability=lane.capability, error=repr(exc))
