@@ -20,78 +20,35 @@ parent (``agentbus_scheduler.admission``), so no child can slip in after the wal
 
 from __future__ import annotations
 
+import functools
 from collections import deque
-from datetime import datetime
 
-import msgspec
 import nats.errors
 import nats.js.errors
 from loguru import logger
 
-from agentbus.bus import Bus
 from agentbus.errors import NotFoundError
 from agentbus.messages import (
     CancelNotice,
     CancelReply,
     CancelTask,
-    ErrorInfo,
-    TaskEvent,
     TaskRecord,
     encode,
     utcnow,
 )
+from agentbus_scheduler.context import SchedulerContext
+from agentbus_scheduler.lifecycle import cancel_task
 from agentbus_scheduler.links import find_stream_seqs
-from agentbus_scheduler.metrics import SchedulerMetrics
-from agentbus_scheduler.records import Records, Transition
 
 NOTICE_MAX_IDS = 1000
 """Task ids per ``CancelNotice`` (keeps a notice far below the NATS payload limit)."""
 
 
-def cancel_transition(*, now: datetime, reason: str) -> Transition:
-    """The pure change that cancels a non-terminal record (terminal ones stay)."""
-    error = ErrorInfo(error_type="TaskCancelled", message=reason or "cancelled")
-
-    def transition(record: TaskRecord) -> tuple[TaskRecord | None, TaskEvent | None]:
-        if record.terminal:
-            return None, None
-        attempts = [
-            msgspec.structs.replace(a, status="cancelled", finished_at=now)
-            if a.status == "running"
-            else a
-            for a in record.attempts
-        ]
-        updated = msgspec.structs.replace(
-            record,
-            status="cancelled",
-            attempts=attempts,
-            error=error,
-            finished_at=now,
-            next_attempt_at=None,
-            updated_at=now,
-        )
-        event = TaskEvent(
-            task_id=record.task_id,
-            capability=record.capability,
-            status="cancelled",
-            at=now,
-            attempt=max((a.number for a in record.attempts), default=0),
-            agent_id=record.agent_id,
-            error=error,
-            reason=reason or "cancelled",
-        )
-        return updated, event
-
-    return transition
-
-
 class Canceller:
     """Handler of the ``cancel`` endpoint."""
 
-    def __init__(self, bus: Bus, records: Records, metrics: SchedulerMetrics) -> None:
-        self.bus = bus
-        self.records = records
-        self.metrics = metrics
+    def __init__(self, ctx: SchedulerContext) -> None:
+        self.ctx = ctx
 
     async def cancel(self, request: CancelTask) -> CancelReply:
         """Cancel ``request.task_id`` (and its subtree when ``recursive``).
@@ -101,9 +58,9 @@ class Canceller:
             UnavailableError, RuntimeError: the bus failed mid-way; repeating the
                 request is safe (cancelled records stay cancelled, the rest follow).
         """
-        if await self.records.read(request.task_id) is None:
+        if await self.ctx.records.read(request.task_id) is None:
             raise NotFoundError(f"task {request.task_id!r} not found")
-        transition = cancel_transition(now=utcnow(), reason=request.reason)
+        transition = functools.partial(cancel_task, now=utcnow(), reason=request.reason)
         cancelled: list[str] = []
         seqs: list[int] = []
         unknown: list[TaskRecord] = []
@@ -114,7 +71,7 @@ class Canceller:
             if task_id in seen:
                 continue
             seen.add(task_id)
-            outcome = await self.records.update(task_id, transition)
+            outcome = await self.ctx.records.update(task_id, transition)
             record = outcome.record
             if record is None:
                 continue
@@ -129,26 +86,26 @@ class Canceller:
             if request.recursive:
                 todo.extend(record.children)
         if cancelled:
-            self.metrics.cancelled.inc(len(cancelled))
+            self.ctx.metrics.cancelled.inc(len(cancelled))
             await self._notify(cancelled)
-            await self._delete(seqs + await find_stream_seqs(self.bus, unknown))
+            await self._delete(seqs + await find_stream_seqs(self.ctx.bus, unknown))
             logger.info("tasks cancelled", task_id=request.task_id, count=len(cancelled))
-        found = await self.records.read(request.task_id)
+        found = await self.ctx.records.read(request.task_id)
         assert found is not None
         return CancelReply(task=found[0], cancelled=cancelled)
 
     async def _notify(self, task_ids: list[str]) -> None:
-        subject = self.bus.names.cancel_subject()
+        subject = self.ctx.bus.names.cancel_subject()
         at = utcnow()
         for i in range(0, len(task_ids), NOTICE_MAX_IDS):
             notice = CancelNotice(task_ids=task_ids[i : i + NOTICE_MAX_IDS], at=at)
-            await self.bus.nc.publish(subject, encode(notice))
-        await self.bus.nc.flush()
+            await self.ctx.bus.nc.publish(subject, encode(notice))
+        await self.ctx.bus.nc.flush()
 
     async def _delete(self, seqs: list[int]) -> None:
         for seq in seqs:
             try:
-                await self.bus.js.delete_msg(self.bus.names.tasks_stream, seq)
+                await self.ctx.bus.js.delete_msg(self.ctx.bus.names.tasks_stream, seq)
             except nats.js.errors.NotFoundError:
                 pass  # acked or termed already
             except (nats.errors.Error, TimeoutError) as exc:

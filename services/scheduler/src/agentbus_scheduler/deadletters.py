@@ -40,7 +40,7 @@ from nats.js.api import (
     StreamConfig,
 )
 
-from agentbus.bus import EVENTS_MAX_AGE_S, TASK_RECORD_TTL_S, Bus
+from agentbus.bus import EVENTS_MAX_AGE_S, TASK_RECORD_TTL_S
 from agentbus.errors import ConflictError, NotFoundError
 from agentbus.lease import KvLease
 from agentbus.messages import (
@@ -56,11 +56,10 @@ from agentbus.messages import (
     encode,
     utcnow,
 )
-from agentbus.service import ServiceMetrics, report_bad_message
+from agentbus.service import report_bad_message
 from agentbus_scheduler.admission import Admission
+from agentbus_scheduler.context import SchedulerContext
 from agentbus_scheduler.lifecycle import end_task
-from agentbus_scheduler.metrics import SchedulerMetrics
-from agentbus_scheduler.records import Records
 
 RESUBMITTABLE = frozenset({"dead", "failed", "expired"})
 _RESUBMIT_SUFFIX = re.compile(r"^(?P<base>.+)-r(?P<n>\d+)$")
@@ -96,25 +95,14 @@ def _key(capability: str, task_id: str) -> str:
 class DeadLetters:
     """The dead-letter index, the advisory consumer and the ``list``/``resubmit`` endpoints."""
 
-    def __init__(
-        self,
-        bus: Bus,
-        metrics: SchedulerMetrics,
-        service_metrics: ServiceMetrics,
-        *,
-        records: Records,
-        admission: Admission,
-    ) -> None:
-        self.bus = bus
-        self.metrics = metrics
-        self.service_metrics = service_metrics
-        self.records = records
+    def __init__(self, ctx: SchedulerContext, *, admission: Admission) -> None:
+        self.ctx = ctx
         self.admission = admission
         self._sub: JetStreamContext.PullSubscription | None = None
 
     async def setup(self) -> None:
         """Create the index bucket, the advisory stream and its consumer; idempotent."""
-        names, js = self.bus.names, self.bus.js
+        names, js = self.ctx.bus.names, self.ctx.bus.js
         try:
             await js.key_value(names.dead_tasks_bucket)
         except nats.js.errors.BucketNotFoundError:
@@ -172,7 +160,7 @@ class DeadLetters:
             attempts=len(record.attempts),
             error=record.error,
         )
-        kv = await self.bus.kv(self.bus.names.dead_tasks_bucket)
+        kv = await self.ctx.bus.kv(self.ctx.bus.names.dead_tasks_bucket)
         await kv.put(_key(record.capability, record.task_id), encode(entry))
 
     async def list_dead(self, request: ListTasks) -> TasksReply:
@@ -182,7 +170,7 @@ class DeadLetters:
         (the entry is written just before the record; that write lost a race) are
         skipped; ``total`` counts entries.
         """
-        kv = await self.bus.kv(self.bus.names.dead_tasks_bucket)
+        kv = await self.ctx.bus.kv(self.ctx.bus.names.dead_tasks_bucket)
         entries: list[DeadTask] = []
         watcher = await kv.watch(f"{request.capability}.>" if request.capability else ">",
                                  ignore_deletes=True)  # fmt: skip
@@ -200,7 +188,7 @@ class DeadLetters:
         entries.sort(key=lambda e: e.dead_at, reverse=True)
         tasks: list[TaskRecord] = []
         for entry in entries[: request.limit]:
-            found = await self.records.read(entry.task_id)
+            found = await self.ctx.records.read(entry.task_id)
             # an entry is written before its record ends dead: skip one whose write lost
             if found is not None and found[0].status == "dead":
                 tasks.append(found[0])
@@ -216,7 +204,7 @@ class DeadLetters:
                 ``new_task_id`` belongs to another task.
             UnavailableError: the admission failed; repeating the request is safe.
         """
-        found = await self.records.read(request.task_id)
+        found = await self.ctx.records.read(request.task_id)
         if found is None:
             raise NotFoundError(f"task {request.task_id!r} not found")
         old = found[0]
@@ -242,9 +230,9 @@ class DeadLetters:
         if not reply.created and reply.task.resubmit_of != old.task_id:
             raise ConflictError(f"task id {task.task_id!r} is taken by another task")
         if reply.created:
-            self.metrics.resubmitted.inc()
+            self.ctx.metrics.resubmitted.inc()
         if old.status == "dead":
-            kv = await self.bus.kv(self.bus.names.dead_tasks_bucket)
+            kv = await self.ctx.bus.kv(self.ctx.bus.names.dead_tasks_bucket)
             await kv.delete(_key(old.capability, old.task_id))
         return reply
 
@@ -270,11 +258,8 @@ class DeadLetters:
                 try:
                     advisory = _decode_advisory(msg.data)
                 except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                    await report_bad_message(
-                        self.bus, self.service_metrics, source="task_advisories",
-                        subject=msg.subject, reason=f"not a max_deliver advisory: {exc}",
-                    )  # fmt: skip
-                    await msg.term()
+                    reason = f"not a max_deliver advisory: {exc}"
+                    await self.ctx.reject(msg, source="task_advisories", reason=reason)
                     continue
                 reason = f"delivered {advisory.deliveries} times (max_deliver) without a result"
                 if await self.bury(advisory.stream_seq, reason=reason, source="advisory"):
@@ -293,23 +278,23 @@ class DeadLetters:
         Raises:
             nats.errors.Error, TimeoutError: the bus failed (repeating is safe).
         """
-        names = self.bus.names
+        names = self.ctx.bus.names
         try:
-            raw = await self.bus.js.get_msg(names.tasks_stream, seq=stream_seq)
+            raw = await self.ctx.bus.js.get_msg(names.tasks_stream, seq=stream_seq)
         except nats.js.errors.NotFoundError:
             return False
         try:
             task = decode_task(raw.data or b"")
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             await report_bad_message(
-                self.bus, self.service_metrics, source="tasks", subject=raw.subject or "",
+                self.ctx.bus, self.ctx.service_metrics, source="tasks", subject=raw.subject or "",
                 reason=f"stuck task message does not decode: {exc}",
             )  # fmt: skip
             await self.delete(stream_seq, reason="dead")
             return False
         now = utcnow()
         error = ErrorInfo(error_type="MaxDeliveriesExceeded", message=reason, retryable=True)
-        outcome = await self.records.update(
+        outcome = await self.ctx.records.update(
             task.task_id,
             lambda record: end_task(record, "dead", now=now, error=error, reason=reason),
             before_write=self.index,  # listed once a waiter can see it dead
@@ -318,7 +303,7 @@ class DeadLetters:
         if record is not None and record.status == "dead" and not outcome.changed:
             await self.index(record)
         if outcome.changed:
-            self.metrics.dead_letters.labels(source).inc()
+            self.ctx.metrics.dead_letters.labels(source).inc()
             logger.warning("task dead: message stuck after its last delivery",
                            task_id=task.task_id, stream_seq=stream_seq, reason=reason)  # fmt: skip
         await self.delete(stream_seq, reason="dead" if outcome.changed else "finished")
@@ -327,11 +312,11 @@ class DeadLetters:
     async def delete(self, stream_seq: int, *, reason: str) -> None:
         """Delete work-stream message ``stream_seq`` (already gone is fine)."""
         try:
-            await self.bus.js.delete_msg(self.bus.names.tasks_stream, stream_seq)
+            await self.ctx.bus.js.delete_msg(self.ctx.bus.names.tasks_stream, stream_seq)
         except nats.js.errors.NotFoundError:
             return
         except nats.js.errors.APIError as exc:
             if exc.err_code != 10057:  # no message found
                 raise
             return
-        self.metrics.swept_messages.labels(reason).inc()
+        self.ctx.metrics.swept_messages.labels(reason).inc()

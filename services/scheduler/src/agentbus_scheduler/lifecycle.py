@@ -7,6 +7,7 @@
       └── failed + retry_in_s ─┘   (the agent nak'd the task: another attempt follows)
 
     queued/running ──scheduler──▶ expired (deadline sweep) | dead (max deliveries)
+    queued/running ──CancelTask──▶ cancelled
 
 A terminal record never changes again: the first result wins, later ones are
 duplicates. Attempts are keyed by their number (the delivery count); an attempt that
@@ -90,6 +91,23 @@ def _latest(record: TaskRecord) -> int:
     return max((a.number for a in record.attempts), default=0)
 
 
+def _event(
+    record: TaskRecord,
+    status: TaskStatus,
+    *,
+    at: datetime,
+    attempt: int,
+    agent_id: str | None = None,
+    error: ErrorInfo | None = None,
+    next_attempt_at: datetime | None = None,
+    reason: str = "",
+) -> TaskEvent:
+    """The ``TaskEvent`` of ``record`` reaching ``status``."""
+    return TaskEvent(task_id=record.task_id, capability=record.capability, status=status, at=at,
+                     attempt=attempt, agent_id=agent_id, error=error,
+                     next_attempt_at=next_attempt_at, reason=reason)  # fmt: skip
+
+
 def apply_report(record: TaskRecord, report: Report, *, now: datetime) -> Changes:
     """The record after ``report`` and the events to emit; ``(None, None)`` if unchanged.
 
@@ -138,25 +156,11 @@ def apply_report(record: TaskRecord, report: Report, *, now: datetime) -> Change
         next_attempt_at=next_at,
         updated_at=now,
     )
-    event = TaskEvent(
-        task_id=record.task_id,
-        capability=record.capability,
-        status=status,
-        at=now,
-        attempt=report.attempt,
-        agent_id=report.agent_id,
-        error=report.error,
-        next_attempt_at=next_at,
-    )
+    event = _event(record, status, at=now, attempt=report.attempt, agent_id=report.agent_id,
+                   error=report.error, next_attempt_at=next_at)  # fmt: skip
     if current is None and ran:  # no TaskStarted was applied: the attempt starts here
-        started = TaskEvent(
-            task_id=record.task_id,
-            capability=record.capability,
-            status="running",
-            at=report.started_at,
-            attempt=report.attempt,
-            agent_id=report.agent_id,
-        )
+        started = _event(record, "running", at=report.started_at, attempt=report.attempt,
+                         agent_id=report.agent_id)  # fmt: skip
         return updated, (started, event)
     return updated, event
 
@@ -174,15 +178,9 @@ def _started(record: TaskRecord, report: TaskStarted, *, now: datetime) -> Chang
         next_attempt_at=None,
         updated_at=now,
     )
-    event = TaskEvent(
-        task_id=record.task_id,
-        capability=record.capability,
-        status="running",
-        at=now,
-        attempt=report.attempt,
-        agent_id=report.agent_id,
+    return updated, _event(
+        record, "running", at=now, attempt=report.attempt, agent_id=report.agent_id
     )
-    return updated, event
 
 
 def end_task(
@@ -201,22 +199,44 @@ def end_task(
     """
     if record.terminal or (unless_running and record.status == "running"):
         return None, None
-    updated = msgspec.structs.replace(
-        record,
-        status=status,
-        attempts=lose_running(record.attempts),
-        error=error,
-        finished_at=now,
-        next_attempt_at=None,
-        updated_at=now,
-    )
-    event = TaskEvent(
-        task_id=record.task_id,
-        capability=record.capability,
-        status=status,
-        at=now,
-        attempt=_latest(record),
-        error=error,
-        reason=reason,
-    )
+    attempts = lose_running(record.attempts)
+    return _ended(record, status, attempts, now=now, error=error, reason=reason)
+
+
+def cancel_task(record: TaskRecord, *, now: datetime, reason: str) -> Change:
+    """A user cancels a non-terminal task (``CancelTask``; terminal records stay).
+
+    Its running attempt is recorded ``cancelled``; the event names that attempt's
+    agent and says ``reason`` (default ``cancelled``).
+    """
+    if record.terminal:
+        return None, None
+    why = reason or "cancelled"
+    error = ErrorInfo(error_type="TaskCancelled", message=why)
+    attempts = [
+        msgspec.structs.replace(a, status="cancelled", finished_at=now)
+        if a.status == "running"
+        else a
+        for a in record.attempts
+    ]
+    return _ended(record, "cancelled", attempts, now=now, error=error, reason=why,
+                  agent_id=record.agent_id)  # fmt: skip
+
+
+def _ended(
+    record: TaskRecord,
+    status: TaskStatus,
+    attempts: list[Attempt],
+    *,
+    now: datetime,
+    error: ErrorInfo,
+    reason: str,
+    agent_id: str | None = None,
+) -> Change:
+    """``record`` ended ``status`` by the scheduler at ``now``, and its event."""
+    updated = msgspec.structs.replace(record, status=status, attempts=attempts, error=error,
+                                      finished_at=now, next_attempt_at=None,
+                                      updated_at=now)  # fmt: skip
+    event = _event(record, status, at=now, attempt=_latest(record), agent_id=agent_id,
+                   error=error, reason=reason)  # fmt: skip
     return updated, event

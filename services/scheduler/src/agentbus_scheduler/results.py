@@ -38,16 +38,13 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from prometheus_client import Counter
 
-from agentbus.bus import Bus
 from agentbus.messages import TaskEvent, TaskRecord, TaskResult, decode_report, encode, utcnow
 from agentbus.publisher import EXPECTED_LAST_SUBJECT_SEQ
 from agentbus.pulls import NoWaitPuller
-from agentbus.service import ServiceMetrics, report_bad_message
+from agentbus_scheduler.context import SchedulerContext
 from agentbus_scheduler.deadletters import DeadLetters
 from agentbus_scheduler.lifecycle import Report, apply_report
-from agentbus_scheduler.metrics import SchedulerMetrics
-from agentbus_scheduler.records import Records, publish_task_event
-from agentbus_scheduler.settings import SchedulerSettings
+from agentbus_scheduler.records import publish_task_event
 
 
 @dataclass(slots=True)
@@ -88,29 +85,16 @@ def _fold(
 class ResultsConsumer:
     """Pulls agent reports and applies them to task records until stopped."""
 
-    def __init__(
-        self,
-        bus: Bus,
-        settings: SchedulerSettings,
-        metrics: SchedulerMetrics,
-        service_metrics: ServiceMetrics,
-        *,
-        records: Records,
-        dead_letters: DeadLetters,
-    ) -> None:
-        self.bus = bus
-        self.settings = settings
-        self.metrics = metrics
-        self.service_metrics = service_metrics
-        self.records = records
+    def __init__(self, ctx: SchedulerContext, *, dead_letters: DeadLetters) -> None:
+        self.ctx = ctx
         self.dead_letters = dead_letters
         self._puller: NoWaitPuller | None = None
         self._applied_by_status: dict[str, Counter] = {}
 
     async def setup(self) -> None:
         """Create (or update) the durable consumer and bind to it; idempotent."""
-        names = self.bus.names
-        await self.bus.js.add_consumer(
+        names = self.ctx.bus.names
+        await self.ctx.bus.js.add_consumer(
             names.results_stream,
             ConsumerConfig(
                 name=names.RESULTS_CONSUMER,
@@ -118,14 +102,14 @@ class ResultsConsumer:
                 filter_subject=names.results_all(),
                 ack_policy=AckPolicy.EXPLICIT,
                 deliver_policy=DeliverPolicy.ALL,
-                ack_wait=self.settings.results_ack_wait_s,
-                max_ack_pending=max(1000, 4 * self.settings.results_batch),
+                ack_wait=self.ctx.settings.results_ack_wait_s,
+                max_ack_pending=max(1000, 4 * self.ctx.settings.results_batch),
             ),
         )
         # pulls answered into one callback subscription: nats-py's fetch() waits for
         # each message with a task and a timer of its own
         self._puller = NoWaitPuller(
-            self.bus, names.results_stream, timeout_s=self.bus.settings.request_timeout_s,
+            self.ctx.bus, names.results_stream, timeout_s=self.ctx.bus.settings.request_timeout_s,
             late=self._late,
         )  # fmt: skip
         await self._puller.start()
@@ -158,9 +142,9 @@ class ResultsConsumer:
             await self.setup()
         puller = self._puller
         assert puller is not None
-        consumer = self.bus.names.RESULTS_CONSUMER
-        size, wait_s = self.settings.results_batch, self.settings.results_fetch_timeout_s
-        window = asyncio.Semaphore(2 * self.settings.results_batch)
+        consumer = self.ctx.bus.names.RESULTS_CONSUMER
+        size, wait_s = self.ctx.settings.results_batch, self.ctx.settings.results_fetch_timeout_s
+        window = asyncio.Semaphore(2 * self.ctx.settings.results_batch)
         last: dict[str, asyncio.Task[None]] = {}  # task id -> its latest apply
 
         def applied(task_id: str, done: asyncio.Task[None], *, permits: int = 1) -> None:
@@ -184,7 +168,7 @@ class ResultsConsumer:
                 cached = [
                     (task_id, group)
                     for task_id, group in groups.items()
-                    if task_id not in last and task_id in self.records.cache
+                    if task_id not in last and task_id in self.ctx.records.cache
                 ]
                 if cached:
                     batch = asyncio.create_task(self._apply_cached(cached))
@@ -203,7 +187,9 @@ class ResultsConsumer:
         finally:
             if last:
                 pending = set(last.values())
-                _, late = await asyncio.wait(pending, timeout=self.settings.results_fetch_timeout_s)
+                _, late = await asyncio.wait(
+                    pending, timeout=self.ctx.settings.results_fetch_timeout_s
+                )
                 for apply in late:
                     apply.cancel()
                 await asyncio.gather(*pending, return_exceptions=True)
@@ -217,13 +203,13 @@ class ResultsConsumer:
         ``dead`` (indexed before its write) or whose write failed otherwise goes the
         general way (``_handle_one`` per report), which re-reads the record.
         """
-        publisher = await self.bus.publisher()
-        bucket = self.bus.names.tasks_bucket
+        publisher = await self.ctx.bus.publisher()
+        bucket = self.ctx.bus.names.tasks_bucket
         now = utcnow()
         writes: list[tuple[_Fold, asyncio.Future[int]]] = []
         general: list[tuple[Msg, Report]] = []
         for task_id, group in groups:
-            fold = _fold(self.records.cache.get(task_id), group, now=now)
+            fold = _fold(self.ctx.records.cache.get(task_id), group, now=now)
             if fold is None or fold.record.status == "dead":
                 general.extend(group)
             elif not fold.changed:
@@ -241,14 +227,14 @@ class ResultsConsumer:
             await asyncio.wait([written for _, written in writes])
         for fold, written in writes:
             if written.cancelled() or written.exception() is not None:
-                self.records.cache.drop(fold.record.task_id)
+                self.ctx.records.cache.drop(fold.record.task_id)
                 if isinstance(written.exception(), nats.js.errors.KeyWrongLastSequenceError):
-                    self.metrics.record_conflicts.inc()
+                    self.ctx.metrics.record_conflicts.inc()
                 general.extend(fold.group)
                 continue
-            self.records.cache.put(fold.record, written.result())
+            self.ctx.records.cache.put(fold.record, written.result())
             for event in fold.events:
-                await publish_task_event(self.bus, event)
+                await publish_task_event(self.ctx.bus, event)
             await self._settle(fold, changed=True)
         for msg, report in general:
             await self._handle_one(msg, report)
@@ -265,11 +251,13 @@ class ResultsConsumer:
     def _applied(self, status: str) -> Counter:
         child = self._applied_by_status.get(status)
         if child is None:
-            child = self._applied_by_status[status] = self.metrics.results_applied.labels(status)
+            child = self._applied_by_status[status] = self.ctx.metrics.results_applied.labels(
+                status
+            )
         return child
 
     def _duplicate(self, report: TaskResult) -> None:
-        self.metrics.duplicate_results.inc()
+        self.ctx.metrics.duplicate_results.inc()
         logger.info("duplicate result dropped", task_id=report.task_id,
                     agent_id=report.agent_id)  # fmt: skip
 
@@ -280,14 +268,8 @@ class ResultsConsumer:
             try:
                 reports.append((msg, decode_report(msg.data)))
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                await report_bad_message(
-                    self.bus,
-                    self.service_metrics,
-                    source="results",
-                    subject=msg.subject,
-                    reason=f"not a TaskStarted or TaskResult: {exc}",
-                )
-                await msg.term()
+                reason = f"not a TaskStarted or TaskResult: {exc}"
+                await self.ctx.reject(msg, source="results", reason=reason)
         return reports
 
     async def _handle_after(
@@ -301,14 +283,8 @@ class ResultsConsumer:
         try:
             await self._apply(report, msg.subject)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            await report_bad_message(
-                self.bus,
-                self.service_metrics,
-                source="task_records",
-                subject=msg.subject,
-                reason=f"record of task {report.task_id!r} does not decode: {exc}",
-            )
-            await msg.term()
+            reason = f"record of task {report.task_id!r} does not decode: {exc}"
+            await self.ctx.reject(msg, source="task_records", reason=reason)
             return
         except (nats.errors.Error, TimeoutError) as exc:
             logger.warning("report not applied", task_id=report.task_id, error=repr(exc))
@@ -327,21 +303,21 @@ class ResultsConsumer:
     async def _apply(self, report: Report, subject: str) -> None:
         # a record that ends dead is indexed before it is written: a waiter that sees
         # it dead finds it listed (a stale entry of a write that lost is not listed)
-        outcome = await self.records.update(
+        outcome = await self.ctx.records.update(
             report.task_id,
             lambda record: apply_report(record, report, now=utcnow()),
             before_write=self._index_dead,
         )
         record = outcome.record
         if record is None:
-            self.metrics.orphan_reports.inc()
+            self.ctx.metrics.orphan_reports.inc()
             logger.warning("report for unknown task dropped", task_id=report.task_id,
                            subject=subject)  # fmt: skip
             return
         if outcome.changed:
             self._applied(record.status).inc()
             if record.status == "dead":
-                self.metrics.dead_letters.labels("agent").inc()
+                self.ctx.metrics.dead_letters.labels("agent").inc()
         elif isinstance(report, TaskResult):
             self._duplicate(report)
         reported_dead = isinstance(report, TaskResult) and report.status == "dead"

@@ -48,6 +48,7 @@ from agentbus.messages import (
 from agentbus.service import MicroService, ServiceMetrics
 from agentbus_scheduler.admission import Admission
 from agentbus_scheduler.cancel import Canceller
+from agentbus_scheduler.context import SchedulerContext
 from agentbus_scheduler.deadletters import DeadLetters
 from agentbus_scheduler.fleet import Fleet
 from agentbus_scheduler.metrics import SchedulerMetrics
@@ -70,14 +71,13 @@ async def serve(
     service_metrics = ServiceMetrics(SERVICE, registry)
     metrics = SchedulerMetrics(registry)
     records = Records(bus, metrics)  # one record cache for admission, results, cancels
+    ctx = SchedulerContext(bus, settings, metrics, service_metrics, records)
     admission = Admission(bus, metrics, concurrency=settings.submit_concurrency, records=records)
-    dead_letters = DeadLetters(bus, metrics, service_metrics, records=records, admission=admission)
-    results = ResultsConsumer(
-        bus, settings, metrics, service_metrics, records=records, dead_letters=dead_letters
-    )
-    sweeper = Sweeper(bus, settings, metrics, records=records, dead_letters=dead_letters)
+    dead_letters = DeadLetters(ctx, admission=admission)
+    results = ResultsConsumer(ctx, dead_letters=dead_letters)
+    sweeper = Sweeper(ctx, dead_letters=dead_letters)
     await dead_letters.setup()
-    fleet = Fleet(bus, settings, metrics, service_metrics)
+    fleet = Fleet(ctx)
     await results.setup()
     await fleet.start()
 
@@ -86,7 +86,7 @@ async def serve(
     await micro.endpoint("submit", SubmitTask, admission.submit)
     await micro.endpoint("submit_batch", SubmitTasks, admission.submit_batch)
     await micro.endpoint("get", GetTask, admission.get)
-    await micro.endpoint("cancel", CancelTask, Canceller(bus, records, metrics).cancel)
+    await micro.endpoint("cancel", CancelTask, Canceller(ctx).cancel)
     await micro.endpoint("deploy", Deploy, fleet.deploy)
     await micro.endpoint("delete", DeleteDeployment, fleet.delete)
     await micro.endpoint("scale", ScaleDeployment, fleet.scale)

@@ -38,14 +38,11 @@ import nats.js.errors
 from loguru import logger
 from nats.js.api import ConsumerInfo, RawStreamMsg
 
-from agentbus.bus import Bus
 from agentbus.lease import KvLease
 from agentbus.messages import ErrorInfo, decode_task, utcnow
+from agentbus_scheduler.context import SchedulerContext
 from agentbus_scheduler.deadletters import DeadLetters
 from agentbus_scheduler.lifecycle import end_task
-from agentbus_scheduler.metrics import SchedulerMetrics
-from agentbus_scheduler.records import Records
-from agentbus_scheduler.settings import SchedulerSettings
 
 SWEEPS_LEASE = "scheduler-sweeps"
 """Name of the lease (key in KV ``<p>_leases``) that gates the sweeps."""
@@ -54,22 +51,12 @@ SWEEPS_LEASE = "scheduler-sweeps"
 class Sweeper:
     """Runs the singleton duties while this instance holds ``SWEEPS_LEASE``."""
 
-    def __init__(
-        self,
-        bus: Bus,
-        settings: SchedulerSettings,
-        metrics: SchedulerMetrics,
-        *,
-        records: Records,
-        dead_letters: DeadLetters,
-    ) -> None:
-        self.bus = bus
-        self.settings = settings
-        self.metrics = metrics
-        self.records = records
+    def __init__(self, ctx: SchedulerContext, *, dead_letters: DeadLetters) -> None:
+        self.ctx = ctx
         self.dead_letters = dead_letters
+        settings = ctx.settings
         self.lease = KvLease(
-            bus, SWEEPS_LEASE, holder=settings.instance_id, ttl_s=settings.sweep_lease_ttl_s
+            ctx.bus, SWEEPS_LEASE, holder=settings.instance_id, ttl_s=settings.sweep_lease_ttl_s
         )
         self._cursor = 0
         self._stuck: set[str] = set()
@@ -82,7 +69,7 @@ class Sweeper:
         try:
             while not stop.is_set():
                 held = self.lease.held
-                self.metrics.sweep_lease_held.set(1 if held else 0)
+                self.ctx.metrics.sweep_lease_held.set(1 if held else 0)
                 if not held:
                     await self._pause(stop, 1.0)
                     next_sweep = 0.0
@@ -90,13 +77,13 @@ class Sweeper:
                 try:
                     await self.dead_letters.drain_advisories(self.lease, wait_s=0.5)
                     if loop.time() >= next_sweep:
-                        next_sweep = loop.time() + self.settings.sweep_interval_s
+                        next_sweep = loop.time() + self.ctx.settings.sweep_interval_s
                         await self.sweep_once()
                 except Exception:  # bus trouble: the next round tries again
                     logger.opt(exception=True).warning("sweep round failed")
                     await self._pause(stop, 1.0)
         finally:
-            self.metrics.sweep_lease_held.set(0)
+            self.ctx.metrics.sweep_lease_held.set(0)
             await asyncio.gather(lease, return_exceptions=True)
 
     async def _pause(self, stop: asyncio.Event, seconds: float) -> None:
@@ -113,8 +100,8 @@ class Sweeper:
 
     async def sweep_once(self) -> int:
         """Scan up to ``sweep_max_messages`` work-stream messages; how many were read."""
-        names, js = self.bus.names, self.bus.js
-        self.metrics.sweeps.inc()
+        names, js = self.ctx.bus.names, self.ctx.bus.js
+        self.ctx.metrics.sweeps.inc()
         state = (await js.stream_info(names.tasks_stream)).state
         if state.messages == 0:
             self._cursor = 0
@@ -136,7 +123,7 @@ class Sweeper:
         }
         seq = max(self._cursor, state.first_seq)
         scanned = 0
-        while scanned < self.settings.sweep_max_messages and seq <= state.last_seq:
+        while scanned < self.ctx.settings.sweep_max_messages and seq <= state.last_seq:
             if not self.lease.held:
                 return scanned
             try:
@@ -169,7 +156,7 @@ class Sweeper:
         past_deadline = task.deadline is not None and task.deadline <= now
         if not delivered and not past_deadline:
             return
-        found = await self.records.read(task.task_id)
+        found = await self.ctx.records.read(task.task_id)
         if found is None:
             return
         record = found[0]
@@ -182,7 +169,7 @@ class Sweeper:
                 error_type="DeadlineExceeded",
                 message=f"deadline {task.deadline} passed before the task started",
             )
-            outcome = await self.records.update(
+            outcome = await self.ctx.records.update(
                 task.task_id,
                 lambda r: end_task(
                     r, "expired", now=now, error=error, reason=reason, unless_running=True
