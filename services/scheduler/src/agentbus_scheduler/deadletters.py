@@ -42,6 +42,7 @@ from nats.js.api import (
 
 from agentbus.bus import EVENTS_MAX_AGE_S, TASK_RECORD_TTL_S
 from agentbus.errors import ConflictError, NotFoundError
+from agentbus.kv_replay import replay
 from agentbus.lease import KvLease
 from agentbus.messages import (
     DeadTask,
@@ -63,7 +64,6 @@ from agentbus_scheduler.lifecycle import end_task
 
 RESUBMITTABLE = frozenset({"dead", "failed", "expired"})
 _RESUBMIT_SUFFIX = re.compile(r"^(?P<base>.+)-r(?P<n>\d+)$")
-_decode_dead = msgspec.json.Decoder(DeadTask).decode
 
 
 class MaxDeliverAdvisory(msgspec.Struct, kw_only=True):
@@ -171,21 +171,13 @@ class DeadLetters:
         skipped; ``total`` counts entries.
         """
         kv = await self.ctx.bus.kv(self.ctx.bus.names.dead_tasks_bucket)
-        entries: list[DeadTask] = []
-        watcher = await kv.watch(f"{request.capability}.>" if request.capability else ">",
-                                 ignore_deletes=True)  # fmt: skip
-        try:
-            async for entry in watcher:
-                if entry is None:
-                    break
-                if entry.operation is None and entry.value:
-                    try:
-                        entries.append(_decode_dead(entry.value))
-                    except (msgspec.DecodeError, msgspec.ValidationError):
-                        logger.warning("dead-letter index entry does not decode", key=entry.key)
-        finally:
-            await watcher.stop()  # type: ignore[no-untyped-call]
-        entries.sort(key=lambda e: e.dead_at, reverse=True)
+
+        def bad(key: str) -> None:
+            logger.warning("dead-letter index entry does not decode", key=key)
+
+        keys = f"{request.capability}.>" if request.capability else ">"
+        index = await replay(kv, DeadTask, keys=keys, on_bad=bad)
+        entries = sorted(index.values(), key=lambda e: e.dead_at, reverse=True)
         tasks: list[TaskRecord] = []
         for entry in entries[: request.limit]:
             found = await self.ctx.records.read(entry.task_id)
