@@ -26,7 +26,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -34,7 +34,9 @@ from agentbus.bus import Bus
 from agentbus.client import Client
 from agentbus.messages import CancelReply, SubmitReply, Task, TaskRecord
 from agentbus.state import StateThread, task_state
-from agentbus.traces import Traces
+
+if TYPE_CHECKING:  # imported on first use: not on an agent's start-up path
+    from agentbus.traces import Traces
 
 _IDS = uuid.UUID("5b0f4a52-8c1e-4a57-9a43-6d0d6f3c2a11")
 """Namespace of the derived (uuid5) ids of subtasks and hand-offs."""
@@ -103,6 +105,8 @@ class TaskContext:
     @property
     def traces(self) -> Traces:
         """Stigmergy traces on the agent's connection (``agentbus.traces``, shared)."""
+        from agentbus.traces import Traces
+
         return Traces.of(self.bus)
 
     # -- subtasks ---------------------------------------------------------------------

@@ -38,12 +38,11 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
-from prometheus_client import CollectorRegistry
 
 from agentbus import __version__
 from agentbus.attempt import AgentMetrics, poison_reporter
@@ -65,6 +64,9 @@ from agentbus.routes import Route, route
 from agentbus.service import connect_with_retry
 from agentbus.settings import AgentSettings, BusSettings
 from agentbus.state import AgentState
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 
 class Agent:
@@ -98,12 +100,15 @@ class Agent:
         self._cancels: Cancellations | None = None
         self._stopping = False
         self.started_at = utcnow()
-        self.registry = CollectorRegistry()
-        """Prometheus registry of this agent's metrics (``AgentMetrics``)."""
-        self.metrics = AgentMetrics(self.registry)
+        self.metrics = AgentMetrics()
         self.durable = AgentState(self.agent_id, state_type)
         """``agent.state`` and its checkpoints (``agentbus.state``)."""
         self._restore_hooks: list[RestoreHook] = []
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        """Prometheus registry of this agent's metrics (``AgentMetrics``)."""
+        return self.metrics.registry
 
     # -- durable state (agentbus.state) ---------------------------------------------
     @property

@@ -14,14 +14,10 @@ import asyncio
 import signal
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import msgspec
 from loguru import logger
-from nats.micro import add_service
-from nats.micro.request import Request
-from nats.micro.service import Service
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from pydantic_settings import BaseSettings
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
@@ -32,6 +28,11 @@ from agentbus.log import configure_logging
 from agentbus.messages import ErrorEvent, Message, encode, utcnow
 from agentbus.settings import BusSettings
 
+if TYPE_CHECKING:  # imported where used: an agent's start-up needs neither (recovery path)
+    from nats.micro.request import Request
+    from nats.micro.service import Service
+    from prometheus_client import CollectorRegistry, Counter
+
 Req = TypeVar("Req", bound=Message)
 
 
@@ -39,6 +40,8 @@ class ServiceMetrics:
     """Metrics every service exports, on its own ``CollectorRegistry``."""
 
     def __init__(self, service: str, registry: CollectorRegistry) -> None:
+        from prometheus_client import Counter, Histogram
+
         self.service = service
         self.registry = registry
         self.requests = Counter(
@@ -58,6 +61,8 @@ class ServiceMetrics:
 
 def bad_messages_counter(registry: CollectorRegistry) -> Counter:
     """``agentbus_bad_messages_total{service, source}``, shared by services and agents."""
+    from prometheus_client import Counter
+
     return Counter(
         "agentbus_bad_messages_total",
         "Messages that did not decode or validate, by where they came from.",
@@ -116,6 +121,8 @@ class MicroService:
 
     async def start(self) -> None:
         """Register the service; ``$SRV.PING``/``INFO``/``STATS`` answer from now on."""
+        from nats.micro import add_service
+
         self._svc = await add_service(
             self.bus.nc,
             name=self.name,
@@ -200,7 +207,7 @@ async def connect_with_retry(settings: BusSettings, *, name: str, timeout_s: flo
 
 
 S = TypeVar("S", bound=BaseSettings)
-Serve = Callable[[Bus, asyncio.Event, S, CollectorRegistry], Awaitable[None]]
+Serve = Callable[[Bus, asyncio.Event, S, "CollectorRegistry"], Awaitable[None]]
 """A service's ``serve(bus, stop, settings, registry)``: runs until ``stop`` is set."""
 
 
@@ -213,6 +220,8 @@ def run_service(
     SIGINT) and must then return after cleaning up. Metrics go to a fresh
     ``CollectorRegistry``, served over HTTP when ``settings.metrics_port`` is set.
     """
+    from prometheus_client import CollectorRegistry, start_http_server
+
     bus_settings = bus_settings or BusSettings()
     configure_logging(name, level=bus_settings.log_level, json=bus_settings.log_json)
     registry = CollectorRegistry()
