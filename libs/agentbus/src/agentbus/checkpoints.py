@@ -185,8 +185,11 @@ class CheckpointClient:
         )
         try:
             return (await self._call("put", req, CheckpointReply)).checkpoint
-        except BaseException:
-            if ref is not None:  # the upload belongs to no version: remove it
+        except (ConflictError, NotFoundError):
+            # Refused for sure: the upload belongs to no version, remove it now. After a
+            # timeout or a lost connection the put may have been stored, so the upload
+            # stays; the service's orphan sweep deletes it later if nothing references it.
+            if ref is not None:
                 await _delete_blob_quietly(self.bus, ref)
             raise
 

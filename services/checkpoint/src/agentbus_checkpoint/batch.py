@@ -25,6 +25,14 @@ class HeadMovedError(Exception):
     """The batch's last subject was not at the expected revision; nothing was stored."""
 
 
+class NotStoredError(UnavailableError):
+    """The server refused the write (or the writer gave up retrying): nothing was stored.
+
+    Unlike a timeout or a lost connection, whose write may have been stored, this
+    outcome is certain, so data uploaded for the write may be deleted at once.
+    """
+
+
 async def publish_atomic(bus: Bus, messages: Sequence[tuple[str, bytes]], last_seq: int) -> int:
     """Publish ``messages`` (subject, payload) as one atomic batch; return the commit's seq.
 
@@ -33,7 +41,7 @@ async def publish_atomic(bus: Bus, messages: Sequence[tuple[str, bytes]], last_s
 
     Raises:
         HeadMovedError: the last subject's sequence is not ``last_seq``; nothing stored.
-        UnavailableError: the server refused the batch for another reason.
+        NotStoredError: the server refused the batch for another reason; nothing stored.
     """
     if not messages:
         raise ValueError("an atomic batch needs at least one message")
@@ -53,5 +61,5 @@ async def publish_atomic(bus: Bus, messages: Sequence[tuple[str, bytes]], last_s
     except nats.js.errors.APIError as exc:
         if exc.err_code == _WRONG_LAST_SEQUENCE:
             raise HeadMovedError from None
-        raise UnavailableError(f"atomic checkpoint write failed: {exc}") from exc
+        raise NotStoredError(f"atomic checkpoint write failed: {exc}") from exc
     return ack.seq

@@ -5,14 +5,17 @@ age; the latest version is always kept) is applied after every put on the thread
 on demand (``prune``), and by a periodic sweep of every thread (one instance at a
 time, under the KV lease ``checkpoint-retention``) so idle threads age out too.
 Deleting a version removes, in this order, its id index entry, its keys (one stream
-purge of ``<prefix>.v.<n>.>``) and its Object Store data, and then moves the head's
-``oldest_version`` past it; a crash in between leaves work that the next round redoes
-(every step is idempotent), never a version the head claims but that is half gone.
+purge of ``<prefix>.v.<n>.>``), its object index key and its Object Store data, and
+then moves the head's ``oldest_version`` past it; a crash in between leaves work that
+the next round redoes (every step is idempotent), never a version the head claims but
+that is half gone; an object whose keys went first is an orphan the orphan sweep
+(``agentbus_checkpoint.orphans``) deletes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from datetime import timedelta
 
@@ -186,9 +189,9 @@ class Housekeeping:
         )
         try:
             record, _ = await self.store.put(put, forked_from=origin)
-        except BaseException:
+        except BaseException as exc:
             if ref is not None:
-                await self.store.delete_blobs([ref])
+                await self.store.drop_upload(ref, exc)
             raise
         return record
 
@@ -201,12 +204,12 @@ class Housekeeping:
         count = 0
         for key in await self.head_keys(req.agent_id, req.thread_id):
             tk = self.store.keys(*parse_head_key(key))
-            for version in await self._stored_keys(tk, "v.*.rec"):
+            for version in await self.stored_keys(tk, "v.*.rec"):
                 record, _ = await self._read_quietly(tk, int(version.split(".")[-2]))
                 count += record is not None
                 refs += _refs(record, [])
-            for writes_key in await self._stored_keys(tk, "w.*"):
-                refs += await self._write_refs(writes_key)
+            for writes_key in await self.stored_keys(tk, "w.*"):
+                refs += await self.write_refs(writes_key)
         await self.store.bus.js.purge_stream(
             f"KV_{bucket}", subject=self.store.subject(thread_wildcard(req.agent_id, req.thread_id))
         )
@@ -216,7 +219,7 @@ class Housekeeping:
                     versions=count)  # fmt: skip
         return count
 
-    async def _stored_keys(self, tk: ThreadKeys, pattern: str) -> list[str]:
+    async def stored_keys(self, tk: ThreadKeys, pattern: str) -> list[str]:
         """Keys ``<prefix>.<pattern>`` that exist, whatever the head says."""
         bucket = self.store.bus.names.checkpoints_bucket
         pre = self.store.subject("")
@@ -225,7 +228,7 @@ class Housekeeping:
         )
         return sorted(s[len(pre) :] for s in (info.state.subjects or {}))
 
-    async def _write_refs(self, key: str) -> list[BlobRef]:
+    async def write_refs(self, key: str) -> list[BlobRef]:
         """Blob refs of the writes stored at ``key`` (none if it does not decode)."""
         entry = await self.store.entry(key)
         try:
@@ -290,7 +293,11 @@ class Housekeeping:
         bucket = f"KV_{self.store.bus.names.checkpoints_bucket}"
         js = self.store.bus.js
         if record is not None:
-            for key in (tk.index(record.checkpoint_id), tk.writes(record.checkpoint_id)):
+            keys = [tk.index(record.checkpoint_id), tk.writes(record.checkpoint_id)]
+            if record.data_ref is not None:
+                with contextlib.suppress(ContractError):  # not ours: no index key
+                    keys.append(tk.blob_index(record.data_ref.name))
+            for key in keys:
                 await js.purge_stream(bucket, subject=self.store.subject(key))
         await js.purge_stream(bucket, subject=self.store.subject(tk.version_keys(version)))
         await self.store.delete_blobs(_refs(record, writes))

@@ -8,6 +8,8 @@ One thread of agent ``<A>``, thread ``<T>`` and namespace ``""`` has the key pre
     <prefix>.v.<n:012d>.data           its data, raw bytes (absent when in the Object Store)
     <prefix>.id.<escaped id>           CheckpointIndex: checkpoint id -> version
     <prefix>.w.<escaped id>            CheckpointWrites: pending writes of a checkpoint id
+    <prefix>.b.<32 hex>                CheckpointIndex: the version whose data is object
+                                       <prefix>/<32 hex> (the orphan sweep's index)
 
 Pending writes are keyed by checkpoint id, not version: they may arrive before their
 checkpoint is stored (LangGraph's default "async" durability sends both at once).
@@ -26,7 +28,10 @@ head may exist, older ones were pruned.
 
 Data over the inline limit lives in the Object Store ``<p>_checkpoint_blobs`` as
 ``<prefix>/<32 hex>`` (pending-write values as ``<prefix>/w/<32 hex>``): the name
-says whose it is, and deleting a version deletes its objects.
+says whose it is, and deleting a version deletes its objects. A put that references
+an object also writes ``<prefix>.b.<32 hex>`` in its atomic batch, so one KV lookup
+(or one subject listing per thread) tells whether an object is referenced
+(``agentbus_checkpoint.orphans``).
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from agentbus.errors import ContractError
 from agentbus.names import escape_token
 
 __all__ = [
+    "BlobName",
     "ThreadKeys",
     "escape_token",
     "head_filters",
@@ -47,7 +53,7 @@ __all__ = [
     "unescape_token",
 ]
 
-_BLOB_NAME_RE = re.compile(r"^(?P<prefix>[^/]+)/(?:w/)?[0-9a-f]{32}$")
+_BLOB_NAME_RE = re.compile(r"^(?P<prefix>[^/]+)/(?P<write>w/)?(?P<token>[0-9a-f]{32})$")
 
 
 def unescape_token(token: str) -> str:
@@ -137,6 +143,46 @@ class ThreadKeys:
         """Whether ``name`` is an Object Store name of this thread's data."""
         m = _BLOB_NAME_RE.match(name)
         return m is not None and m["prefix"] == self.prefix
+
+    def blob_index(self, name: str) -> str:
+        """Key recording which version references checkpoint data object ``name``.
+
+        Raises:
+            ContractError: ``name`` is not a checkpoint data object of this thread.
+        """
+        m = _BLOB_NAME_RE.match(name)
+        if m is None or m["prefix"] != self.prefix or m["write"]:
+            raise ContractError(f"{name!r} is not a checkpoint data object of {self.prefix!r}")
+        return f"{self.prefix}.b.{m['token']}"
+
+    @property
+    def blob_indexes(self) -> str:
+        """Wildcard over the thread's ``blob_index`` keys."""
+        return f"{self.prefix}.b.*"
+
+
+@dataclass(frozen=True, slots=True)
+class BlobName:
+    """A parsed Object Store name of checkpoint data: thread key prefix, kind, token."""
+
+    prefix: str
+    write: bool
+    token: str
+
+    @classmethod
+    def parse(cls, name: str) -> BlobName | None:
+        """The parts of ``name``, None if it is not a checkpoint object name."""
+        m = _BLOB_NAME_RE.match(name)
+        return cls(m["prefix"], bool(m["write"]), m["token"]) if m else None
+
+    def thread(self, *, max_chars: int = 256) -> ThreadKeys | None:
+        """The keys of the thread the name belongs to, None if the prefix is not one."""
+        parts = self.prefix.split(".")
+        try:
+            tk = ThreadKeys.of(*parse_head_key(".".join([*parts, "latest"])), max_chars=max_chars)
+        except ContractError:
+            return None
+        return tk if tk.prefix == self.prefix else None
 
 
 def thread_wildcard(agent_id: str, thread_id: str) -> str:

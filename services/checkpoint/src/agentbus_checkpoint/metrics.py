@@ -31,6 +31,13 @@ class CheckpointMetrics:
             ["reason"],
             registry=registry,
         )
+        self.orphans_deleted = Counter(
+            "agentbus_checkpoint_orphans_deleted_total",
+            "Uploaded objects no version references, deleted: by the sweep once older than "
+            "the grace, or at once when their put was refused (reason sweep or refused).",
+            ["reason"],
+            registry=registry,
+        )
         self.conflicts = Counter(
             "agentbus_checkpoint_conflicts_total",
             "Puts refused because parent_id was not the thread's latest checkpoint.",

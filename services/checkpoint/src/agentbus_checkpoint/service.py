@@ -19,8 +19,9 @@ Storage rules are in ``agentbus_checkpoint.store``, pending writes in
 ``agentbus_checkpoint.writes``, history and retention in
 ``agentbus_checkpoint.housekeeping``, the key layout in ``agentbus_checkpoint.keys``.
 The service keeps no state in memory, so any number of instances can serve (a put is
-an atomic batch guarded by the head revision); the retention sweep runs on the one
-instance holding the KV lease ``checkpoint-retention``.
+an atomic batch guarded by the head revision); the retention sweep and the orphan
+sweep (``agentbus_checkpoint.orphans``) run on the one instance holding the KV lease
+``checkpoint-retention``.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ from agentbus.messages import (
 from agentbus.service import MicroService, ServiceMetrics
 from agentbus_checkpoint.housekeeping import Housekeeping
 from agentbus_checkpoint.metrics import CheckpointMetrics
+from agentbus_checkpoint.orphans import OrphanSweep
 from agentbus_checkpoint.settings import CheckpointSettings
 from agentbus_checkpoint.store import CheckpointStore
 from agentbus_checkpoint.writes import PendingWrites
@@ -68,6 +70,7 @@ async def serve(
     service_metrics = ServiceMetrics(SERVICE, registry)
     store = CheckpointStore(bus, settings, CheckpointMetrics(registry))
     house = Housekeeping(store)
+    orphans = OrphanSweep(house)
     writes = PendingWrites(store)
     # nats-py runs one subscription's handlers one at a time: several micro instances
     # in one process (one queue group) let requests run concurrently.
@@ -124,7 +127,7 @@ async def serve(
         if settings.sweep_interval_s > 0:
             lease = KvLease(bus, SWEEP_LEASE, holder=f"checkpoint-{uuid.uuid4().hex[:8]}")
             background.append(asyncio.create_task(lease.run(lease_stop)))
-            background.append(asyncio.create_task(_sweeps(house, lease, stop, settings)))
+            background.append(asyncio.create_task(_sweeps(house, orphans, lease, stop, settings)))
         logger.info("checkpoint serving", prefix=bus.names.prefix)
         await stop.wait()
     finally:
@@ -135,9 +138,17 @@ async def serve(
 
 
 async def _sweeps(
-    house: Housekeeping, lease: KvLease, stop: asyncio.Event, settings: CheckpointSettings
+    house: Housekeeping,
+    orphans: OrphanSweep,
+    lease: KvLease,
+    stop: asyncio.Event,
+    settings: CheckpointSettings,
 ) -> None:
-    """Every ``sweep_interval_s``, apply every thread's retention if we hold the lease."""
+    """Every ``sweep_interval_s``, if we hold the lease: retention, then orphans.
+
+    Applies every thread's retention, then deletes orphan objects
+    (``agentbus_checkpoint.orphans``).
+    """
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), settings.sweep_interval_s)
@@ -148,3 +159,10 @@ async def _sweeps(
             logger.info("checkpoint retention sweep", deleted=deleted)
         except Exception as exc:
             logger.warning("checkpoint retention sweep failed", error=repr(exc))
+        if stop.is_set() or not lease.held:
+            continue
+        try:
+            deleted = await orphans.sweep()
+            logger.info("checkpoint orphan sweep", deleted=deleted)
+        except Exception as exc:
+            logger.warning("checkpoint orphan sweep failed", error=repr(exc))

@@ -39,7 +39,13 @@ class CheckpointSettings(BaseSettings):
     """Default retention of threads that set none: drop versions older than this."""
     sweep_interval_s: Annotated[float, Field(ge=0)] = 300.0
     """How often one instance (KV lease ``checkpoint-retention``) applies every thread's
-    retention, so idle threads age out too; 0 disables the sweep."""
+    retention, so idle threads age out too, and deletes orphan objects; 0 disables both."""
+    orphan_grace_s: PositiveFloat = 3600.0
+    """An object of ``<p>_checkpoint_blobs`` that no version references is deleted by
+    the sweep once it is this old (time the server stored it): longer than any gap
+    between an upload and its put. A put refuses a ``data_ref`` older than half this."""
+    orphan_sweep_max: Annotated[int, Field(ge=1)] = 1000
+    """Orphans deleted per sweep at most (the rest go in the next sweeps)."""
     concurrency: Annotated[int, Field(ge=1, le=64)] = 8
     """Requests handled at once by this process (``nats.micro`` instances in one queue
     group; ``nats micro ls`` lists each)."""

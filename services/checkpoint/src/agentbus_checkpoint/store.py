@@ -16,8 +16,14 @@ Rules:
 * Data over ``inline_max_bytes`` goes to the Object Store ``<p>_checkpoint_blobs``.
   A client whose data is too large for one request uploads it first as
   ``<thread prefix>/<32 hex>`` and sends ``data_ref``; the service checks that the
-  object is the thread's and that its size and recorded SHA-256 match. ``get`` then
-  returns ``data_ref`` (empty ``data``) and the reader fetches and checks the bytes.
+  object is the thread's, that its size and recorded SHA-256 match, that no version
+  references it yet, and that it is younger than half ``orphan_grace_s`` (older
+  uploads may be swept as orphans, see ``agentbus_checkpoint.orphans``). The batch
+  also writes ``<prefix>.b.<32 hex>`` (the object's index key). ``get`` then returns
+  ``data_ref`` (empty ``data``) and the reader fetches and checks the bytes.
+* When a put is refused for sure (``refused``), data the service uploaded for it is
+  deleted at once; after a timeout or a lost connection the put may have been stored,
+  so the object is left to the orphan sweep, which deletes it only if unreferenced.
 
 Pending writes are stored by ``agentbus_checkpoint.writes``; ``get`` returns them with
 their checkpoint.
@@ -40,7 +46,7 @@ from nats.js.object_store import ObjectStore
 from agentbus.blobs import put_blob
 from agentbus.bus import Bus
 from agentbus.checkpoints import CheckpointConflictError, CheckpointCorruptedError
-from agentbus.errors import ConflictError, ContractError, NotFoundError, UnavailableError
+from agentbus.errors import ConflictError, ContractError, NotFoundError
 from agentbus.messages import (
     BlobRef,
     Checkpoint,
@@ -54,9 +60,10 @@ from agentbus.messages import (
     encode,
     utcnow,
 )
-from agentbus_checkpoint.batch import HeadMovedError, publish_atomic
-from agentbus_checkpoint.keys import ThreadKeys
+from agentbus_checkpoint.batch import HeadMovedError, NotStoredError, publish_atomic
+from agentbus_checkpoint.keys import BlobName, ThreadKeys
 from agentbus_checkpoint.metrics import CheckpointMetrics
+from agentbus_checkpoint.objects import object_meta
 from agentbus_checkpoint.settings import CheckpointSettings
 
 _decode_head = msgspec.json.Decoder(CheckpointHead).decode
@@ -73,6 +80,18 @@ def new_checkpoint_id(version: int) -> str:
 def object_digest(sha256_hex: str) -> str:
     """The Object Store's form of a SHA-256 (``SHA-256=<base64url>``, as nats clients write)."""
     return "SHA-256=" + base64.urlsafe_b64encode(bytes.fromhex(sha256_hex)).decode()
+
+
+def refused(exc: BaseException) -> bool:
+    """Whether a failed write is certainly not stored (uploads made for it may go now).
+
+    Errors we raise before writing, a lost head race and a server refusal are
+    certain; timeouts, cancellation and connection errors are not (the write may
+    have been stored), so their uploads are left to the orphan sweep.
+    """
+    return isinstance(
+        exc, (ConflictError, ContractError, NotFoundError, CheckpointCorruptedError, NotStoredError)
+    )
 
 
 def write_order(w: PendingWrite) -> tuple[str, str, int]:
@@ -223,9 +242,9 @@ class CheckpointStore:
         data, ref, digest, owned = await self._prepare_data(tk, req)
         try:
             record, head = await self._commit(tk, req, data, ref, digest, forked_from)
-        except BaseException:
+        except BaseException as exc:
             if owned and ref is not None:
-                await self.delete_blobs([ref])
+                await self.drop_upload(ref, exc)
             raise
         self.metrics.puts.labels("blob" if ref else "inline").inc()
         self.metrics.put_bytes.inc(record.size_bytes)
@@ -279,6 +298,8 @@ class CheckpointStore:
             messages.append(
                 (tk.index(record.checkpoint_id), encode(CheckpointIndex(version=version)))
             )
+            if ref is not None:
+                messages.append((tk.blob_index(ref.name), encode(CheckpointIndex(version=version))))
             messages.append((tk.head, encode(new_head)))
             batch = [(self.subject(key), value) for key, value in messages]
             try:
@@ -292,7 +313,7 @@ class CheckpointStore:
                     req.parent_id, now_head.checkpoint_id, f"{where(tk)} (a concurrent put won)"
                 ) from None
             return record, Head(new_head, revision)
-        raise UnavailableError(
+        raise NotStoredError(
             f"the head of {where(tk)} kept moving: gave up after "
             f"{self.settings.put_attempts} attempts"
         )
@@ -317,17 +338,28 @@ class CheckpointStore:
             raise ContractError("give data or data_ref, not both")
         ref = req.data_ref
         bucket = self.bus.names.checkpoint_blobs_bucket
-        if ref.bucket != bucket or not tk.owns_blob(ref.name):
+        name = BlobName.parse(ref.name)
+        if ref.bucket != bucket or name is None or name.prefix != tk.prefix or name.write:
             raise ContractError(
                 f"data_ref must name an object {tk.prefix}/<32 hex> in {bucket!r}, "
                 f"not {ref.name!r} in {ref.bucket!r}"
             )
-        try:
-            info = await (await self.obs()).get_info(ref.name)
-        except nats.js.errors.ObjectNotFoundError:
-            raise ContractError(f"data_ref {ref.name!r} does not exist") from None
-        if info.size != ref.size_bytes or info.digest != object_digest(ref.sha256):
+        stored = await object_meta(self.bus, bucket, ref.name)
+        if stored is None:
+            raise ContractError(f"data_ref {ref.name!r} does not exist")
+        if stored.info.size != ref.size_bytes or stored.info.digest != object_digest(ref.sha256):
             raise ContractError(f"data_ref {ref.name!r} does not match its object's SHA-256/size")
+        age_s = (utcnow() - stored.stored_at).total_seconds()
+        if age_s > self.settings.orphan_grace_s / 2:  # the sweep may take it before we commit
+            raise ContractError(
+                f"data_ref {ref.name!r} was uploaded {age_s:.0f} s ago, more than half "
+                f"the orphan grace ({self.settings.orphan_grace_s:.0f} s): upload it again"
+            )
+        if (used := await self.entry(tk.blob_index(ref.name))) is not None:
+            raise ContractError(
+                f"data_ref {ref.name!r} is already the data of a version "
+                f"(index revision {used.revision}): upload the data again"
+            )
         return b"", ref, ref.sha256, False
 
     # -- get -----------------------------------------------------------------------
@@ -373,6 +405,17 @@ class CheckpointStore:
         return msgspec.structs.replace(
             record, data=data, writes=sorted(writes.writes, key=write_order)
         )
+
+    async def drop_upload(self, ref: BlobRef, exc: BaseException) -> None:
+        """Delete ``ref``, uploaded for a write that failed with ``exc``, if ``refused``.
+
+        Otherwise the write may have been stored: the object is left to the orphan sweep.
+        """
+        if refused(exc):
+            await self.delete_blobs([ref])
+            self.metrics.orphans_deleted.labels("refused").inc()
+        else:
+            logger.info("upload left to the orphan sweep", name=ref.name, error=repr(exc))
 
     async def delete_blobs(self, refs: Sequence[BlobRef]) -> None:
         """Delete Object Store objects (missing ones are fine; failures are logged)."""

@@ -19,8 +19,9 @@ import msgspec
 import nats.js.errors
 
 from agentbus.blobs import put_blob
-from agentbus.errors import ContractError, UnavailableError
+from agentbus.errors import ContractError
 from agentbus.messages import CheckpointWrites, PendingWrite, PutWrites, encode
+from agentbus_checkpoint.batch import NotStoredError
 from agentbus_checkpoint.keys import ThreadKeys
 from agentbus_checkpoint.store import CheckpointStore, write_order
 
@@ -46,7 +47,7 @@ class PendingWrites:
         Raises:
             ContractError: a bad id, a write carrying ``data_ref``, or merged writes
                 over ``writes_max_bytes``.
-            UnavailableError: the writes kept changing under us (32 attempts).
+            NotStoredError: the writes kept changing under us (32 attempts).
         """
         store = self.store
         tk = store.keys(req.agent_id, req.thread_id, req.namespace)
@@ -77,10 +78,12 @@ class PendingWrites:
                 await store.delete_blobs([w.data_ref for w in dropped if w.data_ref is not None])
                 store.metrics.writes.inc(len(incoming))
                 return len(merged)
-        except BaseException:
-            await store.delete_blobs([w.data_ref for w in incoming if w.data_ref is not None])
+            raise NotStoredError(f"writes of {req.checkpoint_id!r} kept changing; gave up")
+        except BaseException as exc:
+            for w in incoming:
+                if w.data_ref is not None:
+                    await store.drop_upload(w.data_ref, exc)
             raise
-        raise UnavailableError(f"writes of {req.checkpoint_id!r} kept changing; gave up")
 
     async def _store_write(self, tk: ThreadKeys, w: PendingWrite) -> PendingWrite:
         """``w`` with its SHA-256, its value moved to the Object Store if large."""
