@@ -72,6 +72,12 @@ async def _put_ref(bus: Bus, ref: BlobRef, thread_id: str = "t") -> Checkpoint:
     return (await bus.request(subject, req, CheckpointReply)).checkpoint
 
 
+async def test_sweep_of_an_empty_store_finds_nothing(bus: Bus) -> None:
+    await bus.object_store(bus.names.checkpoint_blobs_bucket)  # provisioned, empty
+    sweep, _ = _sweeper(bus, grace_s=GRACE_S)
+    assert await sweep.sweep() == 0
+
+
 async def test_sweep_deletes_old_orphans_keeps_young_and_referenced(bus: Bus, svc: Service) -> None:
     client = svc.client()
     by_service = await client.put("t", os.urandom(BIG), parent_id=None)

@@ -63,6 +63,10 @@ async def iter_objects(bus: Bus, bucket: str) -> AsyncGenerator[StoredObject, No
     One ephemeral pull consumer over the meta subjects, last message per subject,
     256 metas per request; it ends when the consumer has no more pending.
     """
+    try:  # an empty bucket: no consumer (and no fetch waiting out its timeout)
+        await bus.js.get_last_msg(f"OBJ_{bucket}", f"$O.{bucket}.M.>")
+    except nats.js.errors.NotFoundError:
+        return
     sub = await bus.js.pull_subscribe(
         f"$O.{bucket}.M.>",
         stream=f"OBJ_{bucket}",
