@@ -141,8 +141,7 @@ async def test_scheduler_skips_a_deployment_that_does_not_decode(bus: Bus) -> No
         await kv.put("broken", b"[1, 2")
 
         async def counted() -> bool:
-            source = bus.names.deployments_bucket
-            return s.metric(BAD, {"service": "scheduler", "source": source}) >= 1
+            return s.metric(BAD, {"service": "scheduler", "source": "deployments"}) >= 1
 
         await eventually(counted, what="bad deployment counted")
         assert (await s.client.dead_tasks()).total == 0  # still serving
