@@ -44,6 +44,7 @@ _LOG_DRAIN_S = 2.0
 """After an exit, how long the log shipper may take to send the last lines."""
 _WAIT_RETRY_S = 1.0
 _KILL_RETRY_S = 5.0
+_CANCEL_RETRY_S = 1.0
 EventKind = Literal["started", "exited", "restarting", "crash-loop", "stopped", "failed"]
 
 
@@ -129,10 +130,7 @@ class ReplicaRunner:
         """
         self.state = "stopping"
         grace_s = self.deployment.stop_grace_s if grace_s is None else grace_s
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._end_loop()
         self._drop_slot()
         if (starting := self._starting) is not None:  # stopped while starting
             self._starting = None
@@ -149,12 +147,26 @@ class ReplicaRunner:
 
     async def detach(self) -> None:
         """Stop supervising but leave the replica running (to be adopted later)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._end_loop()
         self._drop_slot()
         await self._stop_logs(0.0)
+
+    async def _end_loop(self) -> None:
+        """Cancel the supervision loop and wait until it has ended.
+
+        The cancellation is repeated every ``_CANCEL_RETRY_S``: nats-py can turn a
+        cancellation that lands inside a request into a ``TimeoutError``, which a
+        best-effort publish (``_event``) would swallow and the loop carry on. Seen as a
+        supervisor whose shutdown hung on a replica stopped while it was starting.
+        """
+        task = self._task
+        if task is None:
+            return
+        while not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=_CANCEL_RETRY_S)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            logger.error("replica loop failed", agent_id=self.spec.agent_id, error=repr(exc))
 
     # -- the loop -------------------------------------------------------------------------
     async def _run(self) -> None:
@@ -360,6 +372,9 @@ class ReplicaRunner:
         try:
             await self.ctx.bus.publish_event("replica", kind, event)
         except Exception as exc:  # best effort: an outage must not stop supervision
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError from exc  # nats-py turned our cancel into this
             logger.warning("replica event not published", kind=kind, error=repr(exc))
 
     async def _stop_logs(self, drain_s: float) -> None:
