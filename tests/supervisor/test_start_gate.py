@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from datetime import timedelta
+import os
+import signal
+from datetime import datetime, timedelta
 
 import msgspec
 import pytest
 
 from agentbus.bus import Bus
-from agentbus.messages import AgentInfo, utcnow
+from agentbus.messages import AgentInfo, Backoff, ReplicaEvent, utcnow
 from agentbus_supervisor.start_gate import StartGate
 from tests._helpers import eventually
 from tests.supervisor._helpers import (
@@ -21,8 +23,11 @@ from tests.supervisor._helpers import (
     process_settings,
     put_deployment,
     registered,
+    returns,
     running_supervisor,
 )
+
+FAST = Backoff(initial_s=0.05, factor=2.0, max_s=0.5, jitter=0.0)
 
 
 def info(agent_id: str, started_offset_s: float) -> AgentInfo:
@@ -79,14 +84,14 @@ async def test_until_up_gives_up_when_the_instance_ends_or_the_hold_expires() ->
 
 
 @pytest.mark.timeout(120)
-async def test_a_known_agent_deployment_starts_one_replica_at_a_time(
+async def test_restarts_of_a_node_go_one_at_a_time_at_limit_one(
     bus: Bus, events: EventLog, node_id: str
 ) -> None:
-    """With ``start_limit`` 1, once the deployment has an agent up on the node, the next
-    replica's start is issued only after the one before it registered."""
-    await put_deployment(bus, echo_process("gated"))
-    await place(bus, "gated", 0, node_id)
-    first_seen: dict[str, AgentInfo] = {}
+    """With ``start_limit`` 1, three agents killed at once restart one after another:
+    each restart is issued only after the agent restarted before it registered."""
+    await put_deployment(bus, echo_process("gated", backoff=FAST))
+    ids = [f"gated-{n}" for n in range(3)]
+    first_seen: dict[tuple[str, datetime], AgentInfo] = {}
     kv = await bus.kv(bus.names.agents_bucket)
     watcher = await kv.watchall()
 
@@ -94,22 +99,32 @@ async def test_a_known_agent_deployment_starts_one_replica_at_a_time(
         async for entry in watcher:
             if entry is not None and entry.operation is None and entry.value:
                 got = msgspec.json.decode(entry.value, type=AgentInfo)
-                first_seen.setdefault(got.agent_id, got)
+                first_seen.setdefault((got.agent_id, got.started_at), got)
 
     following = asyncio.create_task(follow())
     try:
         async with running_supervisor(bus, process_settings(node_id, start_limit=1)):
-            await eventually(registered(bus, "gated-0"))
-            await place(bus, "gated", 1, node_id)
-            await place(bus, "gated", 2, node_id)
-            for agent_id in ("gated-1", "gated-2"):
-                await eventually(registered(bus, agent_id), timeout_s=60)
-            await eventually(lambda: asyncio.sleep(0, len(first_seen) == 3 or None))
-            starts = sorted(events.of("started"), key=lambda e: e.at)
-            assert [e.agent_id for e in starts[:1]] == ["gated-0"]
+            for n in range(3):
+                await place(bus, "gated", n, node_id)
+            up = [await eventually(registered(bus, a), timeout_s=60) for a in ids]
+            killed_at = utcnow()
+            for info in up:
+                os.kill(info.pid, signal.SIGKILL)
+
+            def restarted() -> list[ReplicaEvent]:
+                return [e for e in events.of("started") if e.at > killed_at]
+
+            await eventually(lambda: returns(len(restarted()) == 3 or None), timeout_s=60)
+            for a in ids:
+                await eventually(
+                    lambda a=a: returns(any(k[0] == a and k[1] > killed_at for k in first_seen))
+                )
+            starts = sorted(restarted(), key=lambda e: e.at)
             for before, after in itertools.pairwise(starts):
-                # the first heartbeat of the earlier agent came before the next start
-                assert first_seen[before.agent_id].heartbeat_at <= after.at
+                new = [i for (a, at), i in first_seen.items()
+                       if a == before.agent_id and at > killed_at]  # fmt: skip
+                # the earlier restart's agent registered before the next restart began
+                assert min(i.heartbeat_at for i in new) <= after.at
     finally:
         following.cancel()
         await watcher.stop()

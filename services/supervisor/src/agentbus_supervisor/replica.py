@@ -254,7 +254,9 @@ class ReplicaRunner:
             raise
         self._starting = None
         agents = self.ctx.agents
-        if agents is None or not self._registers(agents):
+        if agents is None or self.spec.agent_id not in agents.values:
+            # Not known to register (a first start, or not an agentbus agent): the
+            # slot covered the engine call only.
             self._drop_slot()
             return handle
 
@@ -270,19 +272,6 @@ class ReplicaRunner:
         )
         task.add_done_callback(lambda _: slot.release())
         return handle
-
-    def _registers(self, agents: KvMirror[AgentInfo]) -> bool:
-        """Whether this replica is expected to register (then its start waits for it).
-
-        True when the registry holds an entry of it (an earlier instance) or of another
-        replica of its deployment on this node.
-        """
-        if self.spec.agent_id in agents.values:
-            return True
-        return any(
-            info.deployment == self.spec.deployment and info.node_id == self.ctx.node_id
-            for info in agents.values.values()
-        )
 
     def _drop_slot(self) -> None:
         """Give back the start slot (if held) and stop waiting for the registration."""

@@ -14,9 +14,9 @@ A start holds one of ``limit`` slots (FIFO) from the engine call until the repli
 ended, or ``hold_max_s`` passed (a slow or hung agent cannot block the queue for
 long). Replicas that never register (images that are not agentbus agents) would hold
 a slot for ``hold_max_s`` each, so a start waits for registration only when the
-registry already holds an entry of that deployment from this node (a restart, or a
-deployment with a replica up); other starts release their slot when the engine call
-returns.
+registry holds an entry of that replica's agent (a restart: its earlier instance
+registered); other starts (first placements, a ramp) release their slot when the
+engine call returns, so a ramp is not serialised behind agent start-ups.
 """
 
 from __future__ import annotations
