@@ -54,8 +54,15 @@ from nats.js.kv import KeyValue
 
 from agentbus.bus import Bus
 from agentbus.client import Client
-from agentbus.errors import RequestTimeoutError
-from agentbus.messages import AgentInfo, Backoff, Deployment, ReplicaEvent, TaskRecord
+from agentbus.errors import RequestTimeoutError, UnavailableError
+from agentbus.messages import (
+    AgentInfo,
+    Backoff,
+    Deployment,
+    DeployReply,
+    ReplicaEvent,
+    TaskRecord,
+)
 from agentbus.settings import BusSettings
 from bench._procs import Child, children, tool_version
 from bench.common import Report, console, percentile, versions
@@ -78,10 +85,12 @@ def _wall(at: datetime) -> float:
 
 @dataclass
 class Instance:
-    """One incarnation of an agent id: its ``started_at`` and first heartbeat (wall s)."""
+    """One incarnation of an agent id: its ``started_at`` and first heartbeat (wall s),
+    and the CPU seconds its container had used when that heartbeat was seen."""
 
     started_at: float
     registered_at: float
+    cpu_at_registered_s: float | None = None
 
 
 @dataclass
@@ -94,6 +103,8 @@ class Observer:
     replica_events: dict[str, list[ReplicaEvent]] = field(default_factory=dict)
     engine_events: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
     """agent id -> (action ``start``/``die``, engine time in wall s), from Docker events."""
+    container_ids: dict[str, str] = field(default_factory=dict)
+    """agent id -> id of its container last started."""
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def start(self) -> list[asyncio.Task[None]]:
@@ -108,6 +119,8 @@ class Observer:
                 if agent_id := labels.get("agentbus.agent_id"):
                     at = int(event["timeNano"]) / 1e9
                     self.engine_events.setdefault(agent_id, []).append((event["Action"], at))
+                    if event["Action"] == "start":
+                        self.container_ids[agent_id] = event["Actor"]["ID"]
 
         kv = await self.bus.kv(self.bus.names.agents_bucket)
         watcher = await kv.watchall()
@@ -119,7 +132,10 @@ class Observer:
                 info = msgspec.json.decode(entry.value, type=AgentInfo)
                 seen = self.instances.setdefault(info.agent_id, [])
                 if not seen or seen[-1].started_at != _wall(info.started_at):
-                    seen.append(Instance(_wall(info.started_at), _wall(info.heartbeat_at)))
+                    cid = self.container_ids.get(info.agent_id)
+                    cpu = cgroup_cpu_s([cid]) if cid else None
+                    inst = Instance(_wall(info.started_at), _wall(info.heartbeat_at), cpu or None)
+                    seen.append(inst)
                     self.changed.set()
 
         return [asyncio.create_task(follow()), asyncio.create_task(follow_engine())]
@@ -204,10 +220,27 @@ class Run:
         return datetime.fromisoformat(info["State"]["StartedAt"][:26] + "+00:00").timestamp()
 
 
+async def deploy(client: Client, deployment: Deployment, timeout_s: float = 60.0) -> DeployReply:
+    """``client.deploy``, retried while no scheduler answers yet (it may start later
+    than the supervisors on a loaded host).
+
+    Raises:
+        UnavailableError: no scheduler answered within ``timeout_s`` seconds.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return await client.deploy(deployment)
+        except UnavailableError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5)
+
+
 async def probe(run: Run) -> None:
     """Container start → registered, for one replica, ``--probe`` times."""
     client, obs = Client(run.bus), run.observer
-    await client.deploy(run.deployment("probe", 1))
+    await deploy(client, run.deployment("probe", 1))
     await obs.wait_for(lambda: obs.instances.get("probe-0"), 60, "probe registered")
     samples: list[float] = []
     host_before, t0 = host_busy_s(), time.time()
@@ -288,7 +321,7 @@ async def ramp_and_drill(run: Run) -> None:
     n = args.replicas
     began = time.time()
     host_before = host_busy_s()
-    reply = await client.deploy(run.deployment("fleet", n))
+    reply = await deploy(client, run.deployment("fleet", n))
     if reply.unplaced:
         raise RuntimeError(f"{len(reply.unplaced)} replicas unplaced: {reply.unplaced[0].reason}")
     ids = [f"fleet-{i}" for i in range(n)]
@@ -361,6 +394,10 @@ async def ramp_and_drill(run: Run) -> None:
                                        inst.registered_at - start), strict=True):  # fmt: skip
             stages[key].append(value)
     rep.add("recovery_stage_samples_count", len(stages[STAGES[0]]))
+    # CPU of a replacement container from its start to its first heartbeat (cgroup).
+    cpus = [i.cpu_at_registered_s for a in victims if (i := obs.registered_since(a, killed_at))]
+    if known := [c for c in cpus if c is not None]:
+        rep.add("recovery_agent_start_cpu_p50_s", round(percentile(known, 50), 3))
     for key, values in stages.items():
         if values:
             rep.add(f"recovery_{key}_p50_s", round(percentile(values, 50), 3))
