@@ -86,7 +86,9 @@ async def live_agents(bus: Bus, deployment: str) -> dict[str, AgentInfo]:
             entry = await kv.get(key)
         except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
             continue
-        info = msgspec.json.decode(entry.value or b"", type=AgentInfo)
+        if not entry.value:  # the marker a TTL expiry leaves (nats-py returns it as is)
+            continue
+        info = msgspec.json.decode(entry.value, type=AgentInfo)
         if info.deployment == deployment and info.status != "stopping":
             found[key] = info
     return found

@@ -158,7 +158,9 @@ def registered(bus: Bus, agent_id: str) -> Callable[[], Awaitable[AgentInfo | No
             entry = await kv.get(agent_id)
         except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
             return None
-        return msgspec.json.decode(entry.value or b"", type=AgentInfo)
+        if not entry.value:  # the marker a TTL expiry leaves (nats-py returns it as is)
+            return None
+        return msgspec.json.decode(entry.value, type=AgentInfo)
 
     return _probe
 

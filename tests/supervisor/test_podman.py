@@ -6,16 +6,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import aiodocker
 import msgspec
-import nats.js.errors
 import pytest
 from nats.aio.msg import Msg
 
 from agentbus.bus import Bus
-from agentbus.messages import AgentInfo, Backoff, Deployment, LogLine
+from agentbus.messages import Backoff, Deployment, LogLine
 from agentbus.messages.fleet import Limits
 from agentbus_supervisor.docker_runtime import DockerRuntime
 from tests._helpers import eventually
@@ -24,6 +22,7 @@ from tests.supervisor._helpers import (
     docker_settings,
     place,
     put_deployment,
+    registered,
     remove_node_containers,
     replica_where,
     returns,
@@ -86,7 +85,7 @@ async def test_replica_on_podman_registers_and_is_restarted_after_a_kill(
         first = await eventually(
             replica_where(bus, node_id, lambda r: r.state == "running"), timeout_s=60
         )
-        info = await eventually(_registered(bus), timeout_s=60)
+        info = await eventually(registered(bus, "pod-0"), timeout_s=60)
         assert info.node_id == node_id
 
         inspect = await podman_client.containers.container(first.runtime_id).show()
@@ -115,22 +114,10 @@ async def test_replica_on_podman_registers_and_is_restarted_after_a_kill(
         assert again.runtime_id != first.runtime_id
 
         async def _new_instance_registered() -> bool:
-            now = await _registered(bus)()
+            now = await registered(bus, "pod-0")()
             return now is not None and now.started_at > info.started_at
 
         await eventually(_new_instance_registered, timeout_s=60)
         # Its output reached the logs stream, tagged with stream and instance.
         await eventually(lambda: returns(any(x.runtime_id == again.runtime_id for x in logs)))
         assert {x.stream for x in logs} <= {"stdout", "stderr"}
-
-
-def _registered(bus: Bus) -> Any:
-    async def _probe() -> AgentInfo | None:
-        kv = await bus.kv(bus.names.agents_bucket)
-        try:
-            entry = await kv.get("pod-0")
-        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
-            return None
-        return msgspec.json.decode(entry.value or b"", type=AgentInfo)
-
-    return _probe
