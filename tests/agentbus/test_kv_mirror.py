@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import msgspec
@@ -15,7 +16,7 @@ from nats.js.api import KeyValueConfig
 from prometheus_client import CollectorRegistry
 
 from agentbus.bus import Bus
-from agentbus.kv_mirror import KvMirror
+from agentbus.kv_mirror import KvChange, KvMirror
 from agentbus.service import ServiceMetrics
 from agentbus.settings import BusSettings
 from tests._helpers import eventually
@@ -92,6 +93,12 @@ async def bucket(bus: Bus) -> AsyncIterator[str]:
         await bus.js.delete_key_value(name)
 
 
+def reporting(bus: Bus, bucket: str, registry: CollectorRegistry, **kw: Any) -> KvMirror[Item]:
+    """A mirror of ``bucket`` reporting bad entries as ``{service="test", source="items"}``."""
+    metrics = ServiceMetrics("test", registry)
+    return KvMirror(bus, bucket, Item, service_metrics=metrics, source="items", check_s=0.2, **kw)
+
+
 @contextlib.asynccontextmanager
 async def running(mirror: KvMirror[Item]) -> AsyncIterator[None]:
     stop = asyncio.Event()
@@ -112,15 +119,7 @@ async def test_replay_updates_deletes_purges_ttl_and_bad_entries(bus: Bus, bucke
     await kv.put("bad", b"not json")
     registry = CollectorRegistry()
     changes: list[int] = []
-    mirror: KvMirror[Item] = KvMirror(
-        bus,
-        bucket,
-        Item,
-        service_metrics=ServiceMetrics("test", registry),
-        source="items",
-        on_change=lambda: changes.append(1),
-        check_s=0.2,
-    )
+    mirror = reporting(bus, bucket, registry, on_change=lambda: changes.append(1))
     async with running(mirror):
         await asyncio.wait_for(mirror.ready.wait(), 10)
         # the replay: live keys only; the bad entry skipped, counted and reported
@@ -147,6 +146,55 @@ async def test_replay_updates_deletes_purges_ttl_and_bad_entries(bus: Bus, bucke
         await kv.create("ttl", item(6), msg_ttl=1)
         await eventually(lambda: holds(mirror, {"a": 10, "d": 5, "ttl": 6}))
         await eventually(lambda: holds(mirror, {"a": 10, "d": 5}), timeout_s=15)
+
+
+async def test_on_entry_tells_a_delete_from_a_purge_and_a_ttl_expiry(bus: Bus, bucket: str) -> None:
+    kv = await bus.kv(bucket)
+    await kv.put("old", item(1))
+    await kv.put("liar", item(-1))  # refused by check below
+    registry = CollectorRegistry()
+    changes: list[tuple[str, int | None, int | None, str, bool]] = []
+
+    async def on_entry(change: KvChange[Item]) -> None:
+        if change.key == "boom":
+            raise RuntimeError("a callback's error must not stop the watch")
+        old, new = (v.n if v is not None else None for v in (change.old, change.new))
+        changes.append((change.key, old, new, change.operation, change.replayed))
+        assert change.revision > 0
+
+    def refuse_negative(key: str, value: Item) -> str | None:
+        return "negative" if value.n < 0 else None
+
+    mirror = reporting(bus, bucket, registry, check=refuse_negative, on_entry=on_entry)
+
+    async def seen(*expected: tuple[str, int | None, int | None, str, bool]) -> bool:
+        return changes[-len(expected) :] == list(expected)
+
+    async with running(mirror):
+        await asyncio.wait_for(mirror.ready.wait(), 10)
+        assert changes == [("old", None, 1, "PUT", True)]  # the replay, "liar" refused
+        labels = {"service": "test", "source": "items"}
+        assert registry.get_sample_value("agentbus_bad_messages_total", labels) == 1
+        assert mirror.written_at["old"].tzinfo is not None
+
+        await kv.put("old", item(1))  # the same value: no change, no callback
+        await kv.put("boom", item(0))
+        await kv.put("old", item(2))
+        await eventually(lambda: seen(("old", 1, 2, "PUT", False)))
+        assert len(changes) == 2 and mirror.values["boom"] == Item(0)
+        await kv.delete("old")
+        await eventually(lambda: seen(("old", 2, None, "DEL", False)))
+        await kv.put("p", item(3))
+        await kv.purge("p")
+        await eventually(lambda: seen(("p", None, 3, "PUT", False), ("p", 3, None, "PURGE", False)))
+        await kv.put("b", item(4))
+        await kv.put("b", item(-4))  # a bad put removes the key
+        await eventually(lambda: seen(("b", None, 4, "PUT", False), ("b", 4, None, "PUT", False)))
+        assert registry.get_sample_value("agentbus_bad_messages_total", labels) == 2
+        await kv.create("ttl", item(5), msg_ttl=1)
+        await eventually(lambda: seen(("ttl", None, 5, "PUT", False)))
+        await eventually(lambda: seen(("ttl", 5, None, "PURGE", False)), timeout_s=15)
+        assert mirror.values == {"boom": Item(0)}
 
 
 async def test_own_writes_apply_at_once_and_a_late_update_does_not_undo_them(
@@ -198,7 +246,12 @@ async def test_watches_again_after_a_reconnect_and_drops_what_it_missed(
         kv = await bus.kv(bucket)
         await kv.put("a", item(1))
         await kv.put("b", item(2))
-        mirror: KvMirror[Item] = KvMirror(relayed, bucket, Item, check_s=0.2)
+        changes: list[KvChange[Item]] = []
+
+        async def on_entry(change: KvChange[Item]) -> None:
+            changes.append(change)
+
+        mirror: KvMirror[Item] = KvMirror(relayed, bucket, Item, on_entry=on_entry, check_s=0.2)
         async with running(mirror):
             await eventually(lambda: holds(mirror, {"a": 1, "b": 2}))
             # removing the stored messages of "a" leaves no entry for a watch to see
@@ -212,6 +265,10 @@ async def test_watches_again_after_a_reconnect_and_drops_what_it_missed(
             # the new watch's replay replaced the mirror: "a" is gone
             await eventually(lambda: holds(mirror, {"b": 2, "c": 3, "d": 4}))
             assert mirror.restarts >= 1 and mirror.live
+            gone = [c for c in changes if c.key == "a" and c.new is None]
+            assert [(c.old, c.operation, c.revision, c.replayed) for c in gone] == [
+                (Item(1), "ABSENT", 0, True)
+            ]
     finally:
         await relayed.close()
         await relay.close()

@@ -20,6 +20,16 @@ from tests.registry.conftest import (
 )
 
 
+async def joined(bus: Bus, registry_service: Registry, agent_id: str) -> None:
+    """One heartbeat of ``agent_id``, then wait until the registry lists it (alone)."""
+    await heartbeat(bus, agent_info(agent_id, ["echo"]))
+
+    async def listed() -> bool:
+        return [a.agent_id for a in await registry_service.client.agents()] == [agent_id]
+
+    await eventually(listed, what=f"{agent_id} listed")
+
+
 async def test_agents_found_by_capability(bus: Bus, registry_service: Registry) -> None:
     client = registry_service.client
     await heartbeat(bus, agent_info("b-agent", ["echo"]))
@@ -71,12 +81,7 @@ async def test_heartbeats_refresh_without_new_join(bus: Bus, registry_service: R
 
 @pytest.mark.timeout(60)
 async def test_silent_agent_is_lost(bus: Bus, registry_service: Registry) -> None:
-    await heartbeat(bus, agent_info("quiet", ["echo"]))
-
-    async def listed() -> bool:
-        return len(await registry_service.client.agents()) == 1
-
-    await eventually(listed, what="agent listed")
+    await joined(bus, registry_service, "quiet")
     # No more heartbeats: the 10 s bucket TTL expires the key and the marker says so.
     lost = await next_event(bus, "agent", "lost", AgentEvent, timeout_s=40)
     assert isinstance(lost, AgentEvent)
@@ -91,12 +96,7 @@ async def test_silent_agent_is_lost(bus: Bus, registry_service: Registry) -> Non
 
 
 async def test_deleted_agent_has_left(bus: Bus, registry_service: Registry) -> None:
-    await heartbeat(bus, agent_info("leaver", ["echo"]))
-
-    async def listed() -> bool:
-        return len(await registry_service.client.agents()) == 1
-
-    await eventually(listed, what="agent listed")
+    await joined(bus, registry_service, "leaver")
     kv = await bus.kv(bus.names.agents_bucket)
     await kv.delete("leaver")
     left = await next_event(bus, "agent", "left", AgentEvent, timeout_s=5)
@@ -168,6 +168,20 @@ async def test_garbage_entry_is_reported_and_skipped(bus: Bus, registry_service:
         return len(await registry_service.client.agents()) == 2
 
     await eventually(later_listed, what="agent after garbage listed")
+
+
+async def test_entry_overwritten_with_garbage_is_lost(bus: Bus, registry_service: Registry) -> None:
+    await joined(bus, registry_service, "spoilt")
+    kv = await bus.kv(bus.names.agents_bucket)
+    await kv.put("spoilt", encode(agent_info("not-spoilt", ["echo"])))  # id differs from key
+    lost = await next_event(bus, "agent", "lost", AgentEvent, timeout_s=5)
+    assert isinstance(lost, AgentEvent)
+    assert (lost.agent_id, lost.kind) == ("spoilt", "lost")
+    assert await registry_service.client.agents() == []
+    labels = {"service": "registry", "source": "agents_kv"}
+    assert registry_service.metric("agentbus_bad_messages_total", labels) == 1
+    departures = {"entity": "agent", "kind": "lost"}
+    assert registry_service.metric("agentbus_registry_departures_total", departures) == 1
 
 
 async def test_nodes_endpoint_and_events(bus: Bus, registry_service: Registry) -> None:

@@ -2,7 +2,7 @@
 
 The scheduler mirrors its fleet state (deployments, nodes, placements) and the
 supervisor the buckets it reconciles from (deployments, placements, agent
-heartbeats) through ``KvMirror``.
+heartbeats) through ``KvMirror``; the registry its agent and node heartbeats.
 
 nats-py's KV watch is an ordered push consumer. After a nats-server restart its
 consumer is gone; nats-py notices only after missed idle heartbeats and then
@@ -21,9 +21,14 @@ watch silently. A service that stops seeing changes stops converging, so
   applied only if its revision is newer than the one known for its key, so the
   owner of a bucket can apply its own writes at once (``apply``) without a late
   watch update undoing them;
-- an entry that does not decode as the mirror's type is skipped (its key is
-  removed) and reported through ``agentbus.service.report_bad_message`` (log,
+- an entry that does not decode as the mirror's type, or that the owner's ``check``
+  refuses, is skipped (its key is removed) and reported through
+  ``agentbus.service.report_bad_message`` (log,
   ``agentbus_bad_messages_total{service, source}``, ``ErrorEvent``);
+- ``on_change`` says *that* the mirror changed; ``on_entry`` says *how*, key by key
+  (``KvChange``: old and new value, the operation that did it, a put, a delete, a
+  purge or a key a replay no longer found, and whether a replay found it), which is
+  what the registry needs to tell a graceful leave (delete) from a TTL expiry (purge);
 - it ends on ``stop`` (an event), never by cancellation alone: nats-py can turn a
   cancellation inside a request into a ``TimeoutError`` (see docs/architecture.md).
 """
@@ -33,8 +38,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
-from typing import Generic, TypeVar
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Generic, Literal, TypeVar
 
 import msgspec
 from loguru import logger
@@ -48,13 +55,53 @@ from agentbus.service import ServiceMetrics, report_bad_message
 T = TypeVar("T", bound=msgspec.Struct)
 _RETRY = Backoff(initial_s=0.2, factor=2.0, max_s=5.0, jitter=0.5)
 """Pause between failed watch attempts (``agentbus.retry.backoff_s``)."""
-_Staged = dict[str, tuple[int, T | None]]
-"""A replay in progress: key to (revision, value; None for a delete or purge)."""
+Operation = Literal["PUT", "DEL", "PURGE", "ABSENT"]
+"""What changed a key: a put, a delete, a purge (a TTL expiry too), or ABSENT: a
+replay found no entry at all for a key the mirror held (its history was removed)."""
 
 
-def _stage(staged: _Staged[T], key: str, revision: int, value: T | None) -> None:
-    if revision > staged.get(key, (0, None))[0]:
-        staged[key] = (revision, value)
+@dataclass(frozen=True, slots=True)
+class KvChange(Generic[T]):
+    """One key's change, as ``on_entry`` receives it.
+
+    Attributes:
+        key: the KV key.
+        old: its value before (None: absent).
+        new: its value now (None: deleted, purged, expired, undecodable or refused
+            by ``check``, or absent from a replay).
+        operation: what made the change; a bad put has ``"PUT"`` and ``new`` None.
+        revision: the entry's revision (0 for ``"ABSENT"``).
+        replayed: found by a (re)start's replay, not as a live update.
+    """
+
+    key: str
+    old: T | None
+    new: T | None
+    operation: Operation
+    revision: int
+    replayed: bool
+
+
+@dataclass(slots=True)
+class _Seen(Generic[T]):
+    """One entry as the watch delivered it (value None: a marker or a bad entry)."""
+
+    revision: int
+    value: T | None
+    operation: Operation
+    written_at: datetime
+
+
+_MARKERS: dict[str, Operation] = {"DEL": "DEL", "PURGE": "PURGE"}
+"""nats-py's ``Entry.operation`` of a marker (None for a put)."""
+_Staged = dict[str, _Seen[T]]
+"""A replay in progress: key to its newest entry."""
+
+
+def _stage(staged: _Staged[T], key: str, seen: _Seen[T]) -> None:
+    known = staged.get(key)
+    if known is None or seen.revision > known.revision:
+        staged[key] = seen
 
 
 class KvMirror(Generic[T]):
@@ -67,6 +114,8 @@ class KvMirror(Generic[T]):
             are absent).
         seen_at: key to the monotonic time (s) its current value arrived; for the
             keys of a replay, the time the replay completed.
+        written_at: key to the time (UTC) the server stored its current value (for
+            ``apply``: the time of the call).
         ready: set once the first replay is complete.
         live: the watch is running and its replay is complete.
         synced_at: monotonic time (s) the current watch completed its replay.
@@ -85,6 +134,8 @@ class KvMirror(Generic[T]):
         on_change: Callable[[], None] | None = None,
         significant: Callable[[T | None, T | None], bool] | None = None,
         on_restart: Callable[[], None] | None = None,
+        check: Callable[[str, T], str | None] | None = None,
+        on_entry: Callable[[KvChange[T]], Awaitable[None]] | None = None,
         check_s: float = 1.0,
     ) -> None:
         """Mirror ``bucket`` (values decoded as ``type_``) once ``run`` runs.
@@ -100,6 +151,12 @@ class KvMirror(Generic[T]):
                 update (not after ``apply``: the owner knows its own writes).
             significant: ``(old, new) -> bool`` (None: absent); default ``old != new``.
             on_restart: called each time the watch is started again.
+            check: ``(key, value) -> reason | None``: a value the decoder accepts
+                but the owner refuses (a reason) is a bad entry too.
+            on_entry: awaited for each key whose value changed (``old != new``) by a
+                live update, or by a replay (after it replaced the mirror and
+                ``on_change`` ran), in the watch's order (a replay's: by key); not
+                after ``apply``. An error it raises is logged and the watch goes on.
             check_s: how often (s) an idle watch checks for a reconnect and ``stop``.
         """
         self.bus = bus
@@ -107,6 +164,7 @@ class KvMirror(Generic[T]):
         self.check_s = check_s
         self.values: dict[str, T] = {}
         self.seen_at: dict[str, float] = {}
+        self.written_at: dict[str, datetime] = {}
         self.ready = asyncio.Event()
         self.live = False
         self.synced_at = 0.0
@@ -118,6 +176,8 @@ class KvMirror(Generic[T]):
         self._on_change = on_change or (lambda: None)
         self._significant = significant or (lambda old, new: old != new)
         self._on_restart = on_restart or (lambda: None)
+        self._check = check
+        self._on_entry = on_entry
         self._revisions: dict[str, int] = {}
         self._replay: _Staged[T] | None = None
 
@@ -128,9 +188,11 @@ class KvMirror(Generic[T]):
         Ignored if a revision of ``key`` newer than ``revision`` is known. Returns
         whether the change is significant (``on_change`` is not called).
         """
+        seen = _Seen(revision, value, "PUT" if value is not None else "DEL", datetime.now(UTC))
         if self._replay is not None:
-            _stage(self._replay, key, revision, value)
-        return self._apply(key, revision, value)
+            _stage(self._replay, key, seen)
+        change = self._apply(key, seen)
+        return change is not None and self._significant(change.old, change.new)
 
     def revision(self, key: str) -> int:
         """The last revision known for ``key`` (a delete or purge marker's too); 0 if none.
@@ -143,6 +205,7 @@ class KvMirror(Generic[T]):
         """Drop ``key`` after the owner deleted it without learning the delete's revision."""
         self.values.pop(key, None)
         self.seen_at.pop(key, None)
+        self.written_at.pop(key, None)
         if self._replay is not None:
             self._replay.pop(key, None)
 
@@ -197,58 +260,98 @@ class KvMirror(Generic[T]):
                     continue
                 if entry is None:  # the end of the replay
                     if self._replay is not None:
-                        self._replace(self._replay)
-                        self._replay = None
+                        replay, self._replay = self._replay, None
+                        for replayed in self._replace(replay):
+                            await self._notify(replayed)
                     continue
                 if entry is KeyValue.KeyWatcher.STOP_ITER:
                     return  # the watcher was stopped under us
-                value = await self._decode(entry)
-                revision = entry.revision or 0
+                seen = await self._seen(entry)
                 if self._replay is not None:
-                    _stage(self._replay, entry.key, revision, value)
-                elif self._apply(entry.key, revision, value):
-                    self._on_change()
+                    _stage(self._replay, entry.key, seen)
+                elif (change := self._apply(entry.key, seen)) is not None:
+                    if self._significant(change.old, change.new):
+                        self._on_change()
+                    await self._notify(change)
         finally:
             self._replay = None
             with contextlib.suppress(Exception):
                 await watcher.stop()  # type: ignore[no-untyped-call]
 
-    async def _decode(self, entry: KeyValue.Entry) -> T | None:
-        """The decoded value of ``entry``; None for a delete, a purge or a bad entry."""
-        if entry.operation in ("DEL", "PURGE"):
-            return None
-        try:
-            return self._decoder.decode(entry.value or b"")
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            subject = f"$KV.{self.bucket}.{entry.key}"
-            reason = f"KV entry does not decode as {self._type_name}: {exc}"
-            if self._service_metrics is None:
-                logger.debug("bad KV entry skipped", subject=subject, reason=reason)
-            else:
-                await report_bad_message(self.bus, self._service_metrics, source=self._source,
-                                         subject=subject, reason=reason)  # fmt: skip
-            return None
+    async def _seen(self, entry: KeyValue.Entry) -> _Seen[T]:
+        """``entry`` decoded; its value None for a delete, a purge or a bad entry."""
+        written: object = entry.created  # typed int by nats-py, a UTC datetime in fact
+        written_at = written if isinstance(written, datetime) else datetime.now(UTC)
+        operation: Operation = _MARKERS.get(entry.operation or "", "PUT")
+        value = await self._decode(entry) if operation == "PUT" else None
+        return _Seen(entry.revision or 0, value, operation, written_at)
 
-    def _apply(self, key: str, revision: int, value: T | None) -> bool:
-        if revision <= self._revisions.get(key, 0):
-            return False
-        self._revisions[key] = revision
+    async def _decode(self, entry: KeyValue.Entry) -> T | None:
+        """The decoded value of a put; None (reported) if it is a bad entry."""
+        try:
+            value = self._decoder.decode(entry.value or b"")
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            reason = f"KV entry does not decode as {self._type_name}: {exc}"
+        else:
+            refused = self._check(entry.key, value) if self._check is not None else None
+            if refused is None:
+                return value
+            reason = refused
+        subject = f"$KV.{self.bucket}.{entry.key}"
+        if self._service_metrics is None:
+            logger.debug("bad KV entry skipped", subject=subject, reason=reason)
+        else:
+            await report_bad_message(self.bus, self._service_metrics, source=self._source,
+                                     subject=subject, reason=reason)  # fmt: skip
+        return None
+
+    def _apply(self, key: str, seen: _Seen[T]) -> KvChange[T] | None:
+        """Apply a live entry; None if a newer revision of ``key`` is known."""
+        if seen.revision <= self._revisions.get(key, 0):
+            return None
+        self._revisions[key] = seen.revision
         old = self.values.get(key)
-        if value is None:
+        if seen.value is None:
             self.values.pop(key, None)
             self.seen_at.pop(key, None)
+            self.written_at.pop(key, None)
         else:
-            self.values[key] = value
+            self.values[key] = seen.value
             self.seen_at[key] = time.monotonic()
-        return self._significant(old, value)
+            self.written_at[key] = seen.written_at
+        return KvChange(key, old, seen.value, seen.operation, seen.revision, replayed=False)
 
-    def _replace(self, replay: _Staged[T]) -> None:
-        """Make the completed ``replay`` the mirror."""
+    def _replace(self, replay: _Staged[T]) -> list[KvChange[T]]:
+        """Make the completed ``replay`` the mirror; the keys whose value it changed."""
         now = time.monotonic()
-        self._revisions = {key: revision for key, (revision, _) in replay.items()}
-        self.values = {key: value for key, (_, value) in replay.items() if value is not None}
+        old = self.values
+        self._revisions = {key: seen.revision for key, seen in replay.items()}
+        self.values = {key: seen.value for key, seen in replay.items() if seen.value is not None}
+        self.written_at = {key: replay[key].written_at for key in self.values}
         self.seen_at = dict.fromkeys(self.values, now)
         self.synced_at = now
         self.live = True
         self.ready.set()
         self._on_change()
+        changes = []
+        for key in sorted(old.keys() | self.values.keys()):
+            before, after = old.get(key), self.values.get(key)
+            if before != after:
+                seen = replay.get(key)
+                operation: Operation = "ABSENT" if seen is None else seen.operation
+                revision = 0 if seen is None else seen.revision
+                changes.append(KvChange(key, before, after, operation, revision, replayed=True))
+        return changes
+
+    async def _notify(self, change: KvChange[T]) -> None:
+        """Await ``on_entry`` for a real change; log (not raise) what it raises."""
+        if self._on_entry is None or change.old == change.new:
+            return
+        try:
+            await self._on_entry(change)
+        except Exception as exc:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError from exc
+            logger.opt(exception=exc).warning("KV change callback failed", bucket=self.bucket,
+                                              key=change.key)  # fmt: skip

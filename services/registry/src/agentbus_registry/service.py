@@ -2,9 +2,10 @@
 
 Agents put ``AgentInfo`` heartbeats into KV ``<p>_agents`` and supervisors put
 ``NodeInfo`` into ``<p>_nodes`` (key = id, bucket TTL 10 s with limit markers). The
-registry watches both buckets (``view.LiveView``), announces joins, leaves (key
-deleted) and losses (TTL expiry) on ``<p>.events.agent.<kind>`` (``AgentEvent``) and
-``<p>.events.node.<kind>`` (``NodeEvent``), and serves the ``nats.micro`` service
+registry mirrors both buckets (``view.LiveView``, built on ``agentbus.kv_mirror``),
+announces joins, leaves (key deleted) and losses (TTL expiry) on
+``<p>.events.agent.<kind>`` (``AgentEvent``) and ``<p>.events.node.<kind>``
+(``NodeEvent``), and serves the ``nats.micro`` service
 ``registry``:
 
 * ``<p>.registry.agents``: ``ListAgents`` → ``AgentsReply`` (optionally only agents
@@ -44,6 +45,8 @@ from agentbus_registry.view import Kind, LiveView
 
 SERVICE = "registry"
 _AGENT_STATUSES = ("ready", "busy", "stopping")
+_WATCH_STOP_S = 5.0
+"""How long the watches may take to end after ``stop`` before they are cancelled."""
 
 
 def _agent_event(key: str, kind: Kind, info: AgentInfo) -> AgentEvent:
@@ -88,7 +91,8 @@ async def serve(
         stale_after_s=settings.stale_after_s,
         replay_announce_window_s=settings.replay_announce_window_s,
     )
-    watches = [asyncio.create_task(view.run()) for view in (agents, nodes)]
+    watching = asyncio.Event()  # set to end the watches, after the endpoints stopped
+    watches = [asyncio.create_task(view.run(watching)) for view in (agents, nodes)]
     micro = MicroService(bus, SERVICE, service_metrics, description="agentbus registry")
     try:
         with contextlib.suppress(TimeoutError):
@@ -117,9 +121,9 @@ async def serve(
                 await asyncio.wait_for(stop.wait(), settings.gauge_refresh_s)
     finally:
         await micro.stop()
-        for view in (agents, nodes):
-            await view.stop()
-        for task in watches:
+        watching.set()
+        _, pending = await asyncio.wait(watches, timeout=_WATCH_STOP_S)
+        for task in pending:
             task.cancel()
         await asyncio.gather(*watches, return_exceptions=True)
 

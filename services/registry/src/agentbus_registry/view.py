@@ -1,57 +1,59 @@
 """The registry's in-memory view of one heartbeat bucket (agents or nodes).
 
-A ``LiveView`` watches every key of a KV bucket whose entries are heartbeat puts
-with a bucket TTL and limit markers (``agentbus.bus.Bus.ensure``):
+A ``LiveView`` is an ``agentbus.kv_mirror.KvMirror`` of a KV bucket whose entries
+are heartbeat puts with a bucket TTL and limit markers (``agentbus.bus.Bus.ensure``)
+plus what the registry makes of each key's change (``KvMirror``'s ``on_entry``):
 
 * a put of a new key, or of a new incarnation (another ``started_at``) → ``joined``;
 * a ``DEL`` marker (graceful leave: the owner deleted its key) → ``left``;
-* a ``PURGE`` marker (the server's TTL expiry marker) → ``lost``.
+* any other way a listed entry leaves the view → ``lost``: a ``PURGE`` marker (the
+  server's TTL expiry marker), a key a re-watch's replay no longer finds, or a put
+  that replaced it with a bad value.
+
+The mirror owns the watch: replay into a staging copy, re-watch after errors and
+reconnects with capped backoff, bad entries (undecodable, or an id that differs from
+the key) reported through ``report_bad_message`` with ``source`` ``agents_kv`` /
+``nodes_kv`` and skipped.
 
 Events go to ``<p>.events.<entity>.<kind>`` with a ``Nats-Msg-Id`` that every
 registry instance derives identically (joined: key + ``started_at``; left/lost: key +
-the marker's stream sequence), so replicated or restarted registries do not
-duplicate them within the events stream's duplicate window. Values that do not
-decode are reported with ``report_bad_message`` and skipped.
+the marker's revision, or ``started_at`` when the replay found no marker), so
+replicated or restarted registries do not duplicate them within the events stream's
+duplicate window.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Generic, Literal, TypeVar
 
-import msgspec
 from loguru import logger
-from nats.js.kv import KeyValue
 
 from agentbus.bus import Bus
+from agentbus.kv_mirror import KvChange, KvMirror
 from agentbus.messages import AgentInfo, Message, NodeInfo, encode, utcnow
-from agentbus.service import ServiceMetrics, report_bad_message
+from agentbus.service import ServiceMetrics
 from agentbus_registry.metrics import RegistryMetrics
 
 Info = TypeVar("Info", AgentInfo, NodeInfo)
 Kind = Literal["joined", "left", "lost"]
-
-
-@dataclass(slots=True)
-class _Live(Generic[Info]):
-    info: Info
-    last_seen: datetime
-    """The later of the heartbeat's ``heartbeat_at`` and its KV write time (UTC)."""
+_NEVER = datetime.min.replace(tzinfo=UTC)
 
 
 class LiveView(Generic[Info]):
-    """Live entries of one heartbeat bucket, kept current by a KV watch.
+    """Live entries of one heartbeat bucket, kept current by a ``KvMirror``.
 
     Args:
         bus: the connected bus.
         entity: ``agent`` or ``node``: the event subject's entity token.
         bucket: KV bucket to watch.
         type_: ``AgentInfo`` or ``NodeInfo``.
-        id_of: the entry's own id (must equal its KV key).
+        id_of: the entry's own id (must equal its KV key, else the entry is bad).
         event: builds the event for ``(key, kind, last known info)``.
+        service_metrics: where bad entries are counted (``source`` ``<entity>s_kv``).
+        metrics: the registry's joins and departures counters.
         stale_after_s: entries not seen for this long are not listed.
         replay_announce_window_s: entries found by the initial replay are announced
             only if they started less than this long ago.
@@ -73,120 +75,73 @@ class LiveView(Generic[Info]):
     ) -> None:
         self.bus = bus
         self.entity = entity
-        self.bucket = bucket
-        self._decoder: msgspec.json.Decoder[Info] = msgspec.json.Decoder(type_)
         self._id_of: Callable[[Info], str] = id_of
         self._event: Callable[[str, Kind, Info], Message] = event
-        self._service_metrics = service_metrics
         self._metrics = metrics
         self._stale_after = timedelta(seconds=stale_after_s)
         self._announce_window = timedelta(seconds=replay_announce_window_s)
-        self._entries: dict[str, _Live[Info]] = {}
-        self._watcher: KeyValue.KeyWatcher | None = None
-        self._stopping = False
-        self.ready = asyncio.Event()
+        self.mirror: KvMirror[Info] = KvMirror(
+            bus,
+            bucket,
+            type_,
+            service_metrics=service_metrics,
+            source=f"{entity}s_kv",
+            check=self._refuse,
+            on_entry=self._on_entry,
+        )
+        self.ready = self.mirror.ready
         """Set once the initial replay of the bucket has been applied."""
 
     def live(self, now: datetime | None = None) -> list[Info]:
-        """Entries seen within ``stale_after_s``, sorted by key."""
+        """Entries seen within ``stale_after_s``, sorted by key.
+
+        An entry was last seen at the later of its ``heartbeat_at`` and the time the
+        server stored it (``KvMirror.written_at``), so a restarted registry hides a
+        stale entry found by its replay as well.
+        """
         cutoff = (now or utcnow()) - self._stale_after
+        written_at = self.mirror.written_at
         return [
-            live.info for key, live in sorted(self._entries.items()) if live.last_seen >= cutoff
+            info
+            for key, info in sorted(self.mirror.values.items())
+            if max(_aware(info.heartbeat_at), written_at.get(key, _NEVER)) >= cutoff
         ]
 
-    async def run(self) -> None:
-        """Watch the bucket until ``stop()``; re-watches (and resyncs) after an error."""
-        while not self._stopping:
-            try:
-                await self._watch_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if self._stopping:
-                    break
-                logger.warning("registry watch failed", bucket=self.bucket, error=repr(exc))
-                await asyncio.sleep(1.0)
+    async def run(self, stop: asyncio.Event) -> None:
+        """Watch the bucket until ``stop`` is set (``KvMirror.run``)."""
+        await self.mirror.run(stop)
 
-    async def stop(self) -> None:
-        """End the watch; ``run()`` returns soon after."""
-        self._stopping = True
-        if self._watcher is not None:
-            try:
-                await self._watcher.stop()  # type: ignore[no-untyped-call]
-            except Exception as exc:
-                logger.debug("watcher stop failed", bucket=self.bucket, error=repr(exc))
+    def _refuse(self, key: str, info: Info) -> str | None:
+        """Why a decoded entry is bad (its id is not its key); None if it is good."""
+        own_id = self._id_of(info)
+        return None if own_id == key else f"entry id {own_id!r} differs from its key"
 
-    async def _watch_once(self) -> None:
-        kv = await self.bus.kv(self.bucket)
-        self._watcher = watcher = await kv.watch(">")
-        replaying, replayed = True, set[str]()
-        async for entry in watcher:
-            if entry is None:  # end of the initial replay
-                if replaying:
-                    replaying = False
-                    for key in set(self._entries) - replayed:  # gone while not watching
-                        await self._remove(key, "lost", revision=0)
-                    self.ready.set()
-                continue
-            if replaying:
-                replayed.add(entry.key)
-            if entry.operation in ("DEL", "PURGE"):
-                kind: Kind = "left" if entry.operation == "DEL" else "lost"
-                await self._remove(entry.key, kind, revision=entry.revision or 0)
-            else:
-                await self._apply_put(entry, replaying=replaying)
+    async def _on_entry(self, change: KvChange[Info]) -> None:
+        key, old, new = change.key, change.old, change.new
+        if new is not None:
+            if old is not None and old.started_at == new.started_at:
+                return  # a heartbeat of a known incarnation
+            if change.replayed and utcnow() - _aware(new.started_at) > self._announce_window:
+                return  # announced by an earlier registry run
+            self._metrics.joins.labels(self.entity).inc()
+            logger.info("registry entry joined", entity=self.entity, key=key)
+            await self._publish(key, "joined", new, new.started_at.isoformat())
+        elif old is not None:
+            kind: Kind = "left" if change.operation == "DEL" else "lost"
+            self._metrics.departures.labels(self.entity, kind).inc()
+            logger.info("registry entry removed", entity=self.entity, key=key, kind=kind,
+                        operation=change.operation)  # fmt: skip
+            await self._publish(key, kind, old, str(change.revision or old.started_at.isoformat()))
 
-    async def _apply_put(self, entry: KeyValue.Entry, *, replaying: bool) -> None:
-        key = entry.key
-        try:
-            info = self._decoder.decode(entry.value or b"")
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            await self._bad(key, f"not a valid {self.entity} entry: {exc}")
-            return
-        if self._id_of(info) != key:
-            await self._bad(key, f"entry id {self._id_of(info)!r} differs from its key")
-            return
-        last_seen = _aware(info.heartbeat_at)
-        written: object = entry.created  # typed int by nats-py, a UTC datetime in fact
-        if isinstance(written, datetime) and written > last_seen:
-            last_seen = written
-        previous = self._entries.get(key)
-        self._entries[key] = _Live(info, last_seen)
-        if previous is not None and previous.info.started_at == info.started_at:
-            return  # a heartbeat of a known incarnation
-        if replaying and utcnow() - _aware(info.started_at) > self._announce_window:
-            return  # announced by an earlier registry run
-        self._metrics.joins.labels(self.entity).inc()
-        logger.info("registry entry joined", entity=self.entity, key=key)
-        msg_id = f"{self.entity}.{key}.joined.{info.started_at.isoformat()}"
-        await self._publish(key, "joined", info, msg_id)
-
-    async def _remove(self, key: str, kind: Kind, *, revision: int) -> None:
-        live = self._entries.pop(key, None)
-        if live is None:
-            return
-        self._metrics.departures.labels(self.entity, kind).inc()
-        logger.info("registry entry removed", entity=self.entity, key=key, kind=kind)
-        msg_id = f"{self.entity}.{key}.{kind}.{revision or live.info.started_at.isoformat()}"
-        await self._publish(key, kind, live.info, msg_id)
-
-    async def _publish(self, key: str, kind: Kind, info: Info, msg_id: str) -> None:
+    async def _publish(self, key: str, kind: Kind, info: Info, incarnation: str) -> None:
         subject = self.bus.names.event_subject(self.entity, kind)
+        msg_id = f"{self.entity}.{key}.{kind}.{incarnation}"
         try:
             await self.bus.js.publish(
                 subject, encode(self._event(key, kind, info)), headers={"Nats-Msg-Id": msg_id}
             )
         except Exception as exc:  # best effort: the view stays right without the event
             logger.warning("could not publish registry event", subject=subject, error=repr(exc))
-
-    async def _bad(self, key: str, reason: str) -> None:
-        await report_bad_message(
-            self.bus,
-            self._service_metrics,
-            source=f"{self.entity}s_kv",
-            subject=f"$KV.{self.bucket}.{key}",
-            reason=reason,
-        )
 
 
 def _aware(when: datetime) -> datetime:
