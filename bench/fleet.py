@@ -348,6 +348,9 @@ async def ramp_and_drill(run: Run) -> None:
 
     stream = TaskStream(client, args.rate, int(args.rate * args.max_drill_s))
     stream.start()
+    # The steady window starts once every agent had time for its first task, which
+    # also pays one-off costs (the agent's metrics are made on first use).
+    await asyncio.sleep(args.preroll_s)
     running = await run.containers("fleet")
     host_before, fleet_before, t0 = host_busy_s(), cgroup_cpu_s(running.values()), time.time()
     procs_before = process_cpu_s(run.pids)
@@ -545,7 +548,10 @@ def main() -> None:
     parser.add_argument("--probe", type=int, default=20, help="probe restarts (0: skip)")
     parser.add_argument("--rate", type=float, default=50.0, help="tasks per second")
     parser.add_argument("--image", default="agentbus/agent:dev")
-    parser.add_argument("--warmup-s", type=float, default=5.0, help="tasks before the kill")
+    parser.add_argument("--preroll-s", type=float, default=3.0,
+                        help="tasks before the steady window")  # fmt: skip
+    parser.add_argument("--warmup-s", type=float, default=5.0,
+                        help="the steady window: tasks measured before the kill")  # fmt: skip
     parser.add_argument("--tail-s", type=float, default=3.0, help="tasks after recovery")
     parser.add_argument("--max-drill-s", type=float, default=120.0, help="bound of the stream")
     parser.add_argument("--ramp-timeout-s", type=float, default=300.0)
