@@ -152,17 +152,11 @@ async def _sweeps(
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), settings.sweep_interval_s)
-        if stop.is_set() or not lease.held:
-            continue
-        try:
-            deleted = await house.sweep()
-            logger.info("checkpoint retention sweep", deleted=deleted)
-        except Exception as exc:
-            logger.warning("checkpoint retention sweep failed", error=repr(exc))
-        if stop.is_set() or not lease.held:
-            continue
-        try:
-            deleted = await orphans.sweep()
-            logger.info("checkpoint orphan sweep", deleted=deleted)
-        except Exception as exc:
-            logger.warning("checkpoint orphan sweep failed", error=repr(exc))
+        for kind, sweep in (("retention", house.sweep), ("orphan", orphans.sweep)):
+            if stop.is_set() or not lease.held:
+                break
+            try:
+                deleted = await sweep()
+                logger.info("checkpoint sweep", kind=kind, deleted=deleted)
+            except Exception as exc:
+                logger.warning("checkpoint sweep failed", kind=kind, error=repr(exc))
