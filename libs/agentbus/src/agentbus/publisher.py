@@ -11,17 +11,13 @@ not come in time (``TimeoutError``), e.g. across a reconnect.
 
 A compare-and-set write is a publish with ``Nats-Expected-Last-Subject-Sequence``; its
 refusal raises ``nats.js.errors.KeyWrongLastSequenceError`` as ``KeyValue.update`` does.
-
-Acks are handled inline (``subscribe_inline``): inside nats-py's read loop, as each
-arrives, instead of through the subscription's queue and a callback task (one queue
-put, one task wake-up and one coroutine per message).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import msgspec
@@ -68,57 +64,6 @@ def _failure(ack: _PubAck) -> Exception:
     return nats.js.errors.APIError(code=err.code, description=err.description)  # pragma: no cover
 
 
-class _Inline:
-    """Takes the place of a subscription's pending queue: each message handled at once.
-
-    nats-py's read loop puts every message of a subscription into that queue
-    (``put_nowait``); nothing else of the queue is used once nobody iterates the
-    subscription (``Subscription.drain`` awaits ``join``).
-    """
-
-    __slots__ = ("_handle",)
-
-    def __init__(self, handle: Callable[[Msg], None]) -> None:
-        self._handle = handle
-
-    def put_nowait(self, msg: Msg) -> None:
-        try:
-            self._handle(msg)
-        except Exception:  # never into nats-py's read loop: that would end the connection
-            logger.exception("inline message handler failed", subject=msg.subject)
-
-    def qsize(self) -> int:
-        return 0
-
-    def empty(self) -> bool:
-        return True
-
-    def task_done(self) -> None:
-        return None
-
-    async def join(self) -> None:
-        return None
-
-
-async def subscribe_inline(nc: Client, subject: str, handle: Callable[[Msg], None]) -> Subscription:
-    """Subscribe to ``subject`` with ``handle(msg)`` called inside nats-py's read loop.
-
-    For small synchronous handlers on hot paths (acks, replies, pulled messages):
-    a callback subscription (``cb=``) costs a queue put, a task wake-up and a
-    coroutine per message and runs one event-loop iteration later. ``handle`` must
-    not block; an exception it raises is logged, never passed to the read loop.
-    Relies on nats-py 2.x's ``Subscription._pending_queue`` (pinned in ``uv.lock``;
-    ``tests/agentbus/test_publisher.py`` fails if it changes). No pending limits
-    apply (``pending_bytes_limit=0``): nothing is queued.
-    """
-    sub = await nc.subscribe(subject, pending_bytes_limit=0)
-    queued: asyncio.Queue[Msg] = sub._pending_queue
-    sub._pending_queue = _Inline(handle)  # type: ignore[assignment]
-    while not queued.empty():  # none expected: nothing was sent to it yet
-        sub._pending_queue.put_nowait(queued.get_nowait())
-    return sub
-
-
 class AckedPublisher:
     """Acked publishes and requests on one connection, matched to replies by subject."""
 
@@ -136,7 +81,7 @@ class AckedPublisher:
         """Subscribe to the ack inbox; idempotent."""
         if self._sub is None:
             self._prefix = self._nc.new_inbox() + "."
-            self._sub = await subscribe_inline(self._nc, self._prefix + "*", self._on_ack)
+            self._sub = await self._nc.subscribe(self._prefix + "*", cb=self._on_ack)
 
     async def close(self) -> None:
         """Unsubscribe; acks still pending fail with ``TimeoutError``."""
@@ -208,7 +153,7 @@ class AckedPublisher:
             self._sweeper = asyncio.create_task(self._sweep())
         return future
 
-    def _on_ack(self, msg: Msg) -> None:
+    async def _on_ack(self, msg: Msg) -> None:
         found = self._pending.pop(msg.subject[len(self._prefix) :], None)
         if found is None or found[0].done():
             return  # expired already

@@ -29,7 +29,6 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from agentbus.bus import Bus
-from agentbus.publisher import subscribe_inline
 
 
 class _State(msgspec.Struct):
@@ -83,14 +82,12 @@ class NoWaitPuller:
         self._want = 0
         self._got: list[Msg] = []
         self._ended: asyncio.Event = asyncio.Event()
-        self._returning: set[asyncio.Task[None]] = set()  # late messages being handled
 
     async def start(self) -> None:
         """Subscribe to the reply inboxes; idempotent."""
         if self._sub is None:
             self._inbox = self._nc.new_inbox()
-            # handled in the read loop (publisher.subscribe_inline): no task per message
-            self._sub = await subscribe_inline(self._nc, f"{self._inbox}.*", self._on_msg)
+            self._sub = await self._nc.subscribe(f"{self._inbox}.*", cb=self._on_msg)
 
     async def stop(self) -> None:
         """Unsubscribe (a message still in flight is redelivered after its lease)."""
@@ -123,8 +120,7 @@ class NoWaitPuller:
         await self._nc.publish(subject, json.dumps(body).encode(), reply=self._reply)
         ended = True
         try:
-            async with asyncio.timeout(self._timeout_s + wait_s):  # no task, as wait_for has
-                await self._ended.wait()
+            await asyncio.wait_for(self._ended.wait(), self._timeout_s + wait_s)
         except TimeoutError:  # no answer (reconnecting): take what came
             logger.debug("no-wait pull unanswered", consumer=consumer)
             ended = False
@@ -148,7 +144,7 @@ class NoWaitPuller:
             raise RuntimeError(f"stream info for {subjects_filter!r}: {info.error}")
         return (info.state.subjects if info.state else None) or {}
 
-    def _on_msg(self, msg: Msg) -> None:
+    async def _on_msg(self, msg: Msg) -> None:
         status = msg.headers.get("Status") if msg.headers else None
         if status:
             # 404/408/409 end the request they answer; 100 is a heartbeat
@@ -161,11 +157,6 @@ class NoWaitPuller:
                 self._ended.set()
             return
         # the answer to a request given up on: run it if a slot is free, else give it back
-        returning = asyncio.get_running_loop().create_task(self._return_late(msg))
-        self._returning.add(returning)
-        returning.add_done_callback(self._returning.discard)
-
-    async def _return_late(self, msg: Msg) -> None:
         if self._late is not None:
             await self._late(msg)
             return
