@@ -134,7 +134,11 @@ class Bus:
         return cls(nc, settings)
 
     async def close(self) -> None:
-        """Flush and close the connection (pending subscriptions are drained)."""
+        """Flush and close the connection (pending subscriptions are drained).
+
+        With the server out of reach (nats-py reconnecting) there is nothing to drain
+        to: the connection is closed at once, so a process can still stop cleanly.
+        """
         if self._publisher is not None:
             await self._publisher.close()
         if not self.nc.is_closed:
@@ -142,6 +146,8 @@ class Bus:
                 await self.nc.drain()
             except (nats.errors.ConnectionClosedError, asyncio.CancelledError):
                 pass
+            except nats.errors.ConnectionReconnectingError:
+                await self.nc.close()
 
     # -- provisioning ---------------------------------------------------------------
     async def ensure(self) -> None:

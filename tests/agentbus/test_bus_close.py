@@ -1,0 +1,30 @@
+"""A bus closes cleanly when its server has gone (an agent stopping during an outage)."""
+
+from __future__ import annotations
+
+import pytest
+
+from agentbus.bus import Bus
+from agentbus.settings import BusSettings
+from tests._helpers import eventually
+from tests._nats_server import NatsServer
+
+pytestmark = pytest.mark.nats
+
+
+async def _reconnecting(bus: Bus) -> bool:
+    return bool(bus.nc.is_reconnecting)
+
+
+@pytest.mark.timeout(60)
+async def test_close_while_the_server_is_gone_does_not_raise() -> None:
+    server = NatsServer().start()
+    try:
+        bus = await Bus.connect(BusSettings(nats_url=server.client_url, prefix="closing"),
+                                name="test-close")  # fmt: skip
+        server.stop()
+        await eventually(lambda: _reconnecting(bus), what="the client is reconnecting")
+        await bus.close()  # nats-py's drain raises ConnectionReconnectingError here
+        assert bus.nc.is_closed
+    finally:
+        server.stop()
