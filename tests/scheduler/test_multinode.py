@@ -35,7 +35,7 @@ from agentbus.settings import BusSettings
 from agentbus_supervisor.settings import SupervisorSettings
 from tests._helpers import eventually, running_scheduler
 from tests.scheduler._fleet import per_node, read_placements
-from tests.supervisor._helpers import running_supervisor
+from tests.supervisor._helpers import remove_node_containers, running_supervisor
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -281,12 +281,7 @@ async def docker_nodes(agent_image: str, prefix: str) -> AsyncIterator[list[str]
     yield ids
     async with aiodocker.Docker() as docker:
         for node_id in ids:
-            filters = json.dumps({"label": [f"agentbus.node={node_id}"]})
-            for c in await docker.containers.list(all=True, filters=filters):
-                try:
-                    await docker.containers.container(c.id).delete(force=True)
-                except aiodocker.DockerError:
-                    pass
+            await remove_node_containers(docker, node_id)
 
 
 @pytest.mark.slow

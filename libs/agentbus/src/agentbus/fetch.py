@@ -54,7 +54,7 @@ from agentbus.bus import Bus
 from agentbus.messages import TasksReady
 from agentbus.names import BANDS, Names
 from agentbus.notices import Announcer, ReadyListener
-from agentbus.pulls import NoWaitPuller, Pulled
+from agentbus.pulls import NoWaitPuller, Pulled, nak_quietly
 
 NOTICE_WAIT_S = 0.02
 """How long a pull for a notice may wait for the task to be stored."""
@@ -220,10 +220,7 @@ class Intake:
             self._changed.set()
             return
         logger.warning("late task delivery returned: no free slot", subject=msg.subject)
-        try:
-            await msg.nak()
-        except Exception as exc:
-            logger.debug("nak failed", error=repr(exc))
+        await nak_quietly(msg)
 
     # -- the loop ----------------------------------------------------------------------
     def _next_lane(self) -> Lane | None:

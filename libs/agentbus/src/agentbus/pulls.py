@@ -31,6 +31,17 @@ from nats.aio.subscription import Subscription
 from agentbus.bus import Bus
 
 
+async def nak_quietly(msg: Msg) -> None:
+    """Nak ``msg`` so it is delivered again now.
+
+    A failed nak is only logged: the ack wait lapses and the server redelivers anyway.
+    """
+    try:
+        await msg.nak()
+    except Exception as exc:
+        logger.debug("nak failed", subject=msg.subject, error=repr(exc))
+
+
 class _State(msgspec.Struct):
     subjects: dict[str, int] | None = None
 
@@ -161,7 +172,4 @@ class NoWaitPuller:
             await self._late(msg)
             return
         logger.warning("late task delivery returned", subject=msg.subject)
-        try:
-            await msg.nak()
-        except Exception as exc:
-            logger.debug("nak failed", error=repr(exc))
+        await nak_quietly(msg)

@@ -40,7 +40,7 @@ from prometheus_client import Counter
 
 from agentbus.messages import TaskEvent, TaskRecord, TaskResult, decode_report, encode, utcnow
 from agentbus.publisher import EXPECTED_LAST_SUBJECT_SEQ
-from agentbus.pulls import NoWaitPuller
+from agentbus.pulls import NoWaitPuller, nak_quietly
 from agentbus_scheduler.context import SchedulerContext
 from agentbus_scheduler.deadletters import DeadLetters
 from agentbus_scheduler.lifecycle import Report, apply_report
@@ -122,10 +122,7 @@ class ResultsConsumer:
 
     async def _late(self, msg: Msg) -> None:
         """A report that came after its pull was given up on: have it delivered again."""
-        try:
-            await msg.nak()
-        except nats.errors.Error as exc:
-            logger.debug("nak failed", error=repr(exc))
+        await nak_quietly(msg)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Fetch and apply reports until ``stop`` is set.
