@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 
 from agentbus.errors import ContractError
+from agentbus.messages.common import TASK_ID_PATTERN
 
 _PREFIX_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 _TOKEN_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
@@ -33,6 +34,23 @@ def check_token(kind: str, value: str) -> str:
             f"{kind} {value!r} is not a valid token: use 1-64 characters of [a-z0-9_-], "
             "starting with a letter or digit"
         )
+    return value
+
+
+_TASK_ID_RE = re.compile(TASK_ID_PATTERN)
+
+
+def check_task_id(value: str, kind: str = "task id") -> str:
+    """Validate a task id before it becomes a subject token or a KV key.
+
+    Task ids are 1-128 characters of ``[A-Za-z0-9_-]`` (``TaskId`` on the wire).
+
+    Raises:
+        ContractError: the value is not a valid task id.
+    """
+    if not _TASK_ID_RE.match(value):
+        shown = value if len(value) <= 80 else f"{value[:80]}... ({len(value)} characters)"
+        raise ContractError(f"{kind} {shown!r} is not valid: use 1-128 characters of [A-Za-z0-9_-]")
     return value
 
 

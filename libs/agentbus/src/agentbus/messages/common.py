@@ -10,6 +10,10 @@ import msgspec
 Token = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
 """A subject-safe identifier: capability, agent id, node id, deployment name."""
 
+TASK_ID_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"
+TaskId = Annotated[str, msgspec.Meta(pattern=TASK_ID_PATTERN)]
+"""A task id: 1-128 characters of ``[A-Za-z0-9_-]``, safe as a subject token and KV key."""
+
 TaskStatus = Literal["queued", "running", "succeeded", "failed", "cancelled", "expired", "dead"]
 TERMINAL_STATUSES: frozenset[str] = frozenset(
     {"succeeded", "failed", "cancelled", "expired", "dead"}
