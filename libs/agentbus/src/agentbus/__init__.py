@@ -1,8 +1,103 @@
 """agentbus: run fleets of AI agents in containers, cooperating over NATS JetStream.
 
-The public surface: ``Agent`` and ``TaskContext`` (the agent runtime), ``Client``
-(submit and wait for tasks), ``Bus`` (the connection), the messages of the wire
-contract in ``agentbus.messages`` and the errors in ``agentbus.errors``.
+The public surface, importable from the package itself::
+
+    from agentbus import Agent, TaskContext, Client, Bus
+
+- ``Agent``, ``TaskContext``: the agent runtime (handlers, leases, heartbeats);
+- ``Client``: submit tasks and wait for them, from any process;
+- ``Bus``: the NATS connection every part shares; ``Names`` derives every subject,
+  stream and bucket name from a prefix;
+- ``BusSettings``, ``AgentSettings``: configuration from the environment;
+- the errors of ``agentbus.errors`` (``AgentBusError`` and its tree);
+- the wire contract stays in ``agentbus.messages``.
+
+Names are resolved lazily (PEP 562 ``__getattr__``): ``import agentbus`` imports
+nothing else, so an agent's start-up and each service pay only for what they use.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
+
+_EXPORTS: dict[str, str] = {
+    "Agent": "agentbus.runtime",
+    "TaskContext": "agentbus.context",
+    "Client": "agentbus.client",
+    "Bus": "agentbus.bus",
+    "Names": "agentbus.names",
+    "BusSettings": "agentbus.settings",
+    "AgentSettings": "agentbus.settings",
+    "AgentBusError": "agentbus.errors",
+    "ContractError": "agentbus.errors",
+    "NotFoundError": "agentbus.errors",
+    "ConflictError": "agentbus.errors",
+    "UnavailableError": "agentbus.errors",
+    "RequestTimeoutError": "agentbus.errors",
+    "TaskError": "agentbus.errors",
+    "RetryableTaskError": "agentbus.errors",
+    "TaskTimeoutError": "agentbus.errors",
+    "FatalTaskError": "agentbus.errors",
+}
+
+__all__ = [
+    "Agent",
+    "AgentBusError",
+    "AgentSettings",
+    "Bus",
+    "BusSettings",
+    "Client",
+    "ConflictError",
+    "ContractError",
+    "FatalTaskError",
+    "Names",
+    "NotFoundError",
+    "RequestTimeoutError",
+    "RetryableTaskError",
+    "TaskContext",
+    "TaskError",
+    "TaskTimeoutError",
+    "UnavailableError",
+    "__version__",
+]
+
+if TYPE_CHECKING:
+    from agentbus.bus import Bus
+    from agentbus.client import Client
+    from agentbus.context import TaskContext
+    from agentbus.errors import (
+        AgentBusError,
+        ConflictError,
+        ContractError,
+        FatalTaskError,
+        NotFoundError,
+        RequestTimeoutError,
+        RetryableTaskError,
+        TaskError,
+        TaskTimeoutError,
+        UnavailableError,
+    )
+    from agentbus.names import Names
+    from agentbus.runtime import Agent
+    from agentbus.settings import AgentSettings, BusSettings
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's module on first use (PEP 562).
+
+    Raises:
+        AttributeError: ``name`` is not part of the public surface.
+    """
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'agentbus' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,58 @@
+"""The package's public surface: lazy front door, complete ``__all__`` lists."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import subprocess
+import sys
+
+import msgspec
+import pytest
+
+import agentbus
+import agentbus.messages
+
+_MESSAGE_MODULES = "checkpoint common control events fleet registry services tasks traces".split()
+_HEAVY = ("litestar", "aiodocker", "langgraph", "prometheus_client", "nats")
+
+
+def test_public_names_import_from_the_package() -> None:
+    from agentbus import Agent, Bus, Client, ContractError, TaskContext  # noqa: F401
+
+    for name in agentbus.__all__:
+        assert getattr(agentbus, name) is not None, name
+    assert agentbus.Agent.__module__ == "agentbus.runtime"
+
+
+def test_unknown_name_is_an_attribute_error() -> None:
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        agentbus.Nope  # noqa: B018
+
+
+def test_import_agentbus_pulls_in_no_heavy_dependency() -> None:
+    code = f"import sys, agentbus; print(','.join(m for m in {_HEAVY!r} if m in sys.modules))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert out == ""
+
+
+def test_messages_all_lists_every_struct_of_the_contract() -> None:
+    missing = []
+    for info in _MESSAGE_MODULES:
+        module = importlib.import_module(f"agentbus.messages.{info}")
+        for name, value in vars(module).items():
+            if (
+                not name.startswith("_")
+                and inspect.isclass(value)
+                and issubclass(value, msgspec.Struct)
+                and value.__module__ == module.__name__
+                and name not in agentbus.messages.__all__
+            ):
+                missing.append(f"{info}.{name}")
+    assert missing == []
+
+
+def test_all_matches_the_lazy_exports() -> None:
+    assert set(agentbus.__all__) == {"__version__", *agentbus._EXPORTS}
