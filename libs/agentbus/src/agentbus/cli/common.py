@@ -24,7 +24,6 @@ app = typer.Typer(
     name="agentbus",
     help="Run fleets of AI agents over NATS JetStream.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
 )
 demo_app = typer.Typer(help="Demonstrations on a real stack.", no_args_is_help=True)
@@ -41,6 +40,26 @@ Prefix = Annotated[
     typer.Option("--prefix", envvar="AGENTBUS_PREFIX", help="Prefix of every bus name."),
 ]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from agentbus import __version__
+
+        console.print(f"agentbus {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version."
+        ),
+    ] = False,
+) -> None:
+    """Run fleets of AI agents over NATS JetStream."""
 
 
 def fail(message: str, code: int) -> typer.Exit:
