@@ -1,12 +1,12 @@
 """The client's hot path: concurrent submits coalesced into batch requests.
 
-Measured with ``just bench tasks`` (64 tasks in flight, one client): the scheduler's
-``submit`` endpoint handles one request at a time (``nats.micro`` runs an endpoint's
-handler serially) at three JetStream round trips each, which capped a client at about
-400 tasks/s. ``SubmitBatcher`` batches naturally: a submit goes out at once when fewer
-than ``max_in_flight`` requests are outstanding, so a lone caller pays no delay;
-submits made while requests are outstanding queue up and leave together in one
-``submit_batch`` request, which the scheduler admits concurrently.
+The scheduler's ``submit`` endpoint handles one request at a time (``nats.micro``
+runs an endpoint's handler serially) at three JetStream round trips each, which caps
+a client that sends one request per task. ``SubmitBatcher`` batches naturally: a
+submit goes out at once when fewer than ``max_in_flight`` requests are outstanding,
+so a lone caller pays no delay; submits made while requests are outstanding queue
+up and leave together in one ``submit_batch`` request, which the scheduler admits
+concurrently.
 """
 
 from __future__ import annotations

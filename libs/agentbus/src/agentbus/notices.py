@@ -1,10 +1,9 @@
 """Ready notices: each batch of queued tasks wakes one agent that has a free slot.
 
 ``TasksReady{capability, band, count}`` on ``<p>.control.ready.<capability>`` tells
-agents that ``count`` tasks were put on a band's subject. Every idle agent used to
-hear every notice and answer it with a pull: the fleet drill measured ~0.45 ms of
-CPU per agent per notice (50 idle agents at 20 notices/s: 0.53 cores instead of
-0.09), enough to saturate two cores at 100 agents and 50 tasks/s. Now:
+agents that ``count`` tasks were put on a band's subject. If every idle agent heard
+every notice and answered it with a pull, the CPU spent per notice would grow with
+the fleet (``bench/notice_herd.py`` measures it). Instead:
 
 * **One listener per notice.** Agents subscribe to the ready subject in queue group
   ``READY_QUEUE``, and only while they have a free slot (``ReadyListener.offer`` /

@@ -1,13 +1,11 @@
 """How many replicas of one node may be starting at once (first starts and restarts).
 
 Starting an agent is CPU-bound: the engine starts the container, then the interpreter
-imports the agent library (about 0.25 CPU-seconds for the echo agent) and the agent
-binds its consumers and registers. Twenty replicas started at once on a two-core node
-share the CPU evenly and all register together, at the end; the same starts queued a
-few at a time register one after another, so the median replica is up in about half
-that time and the last no later (less thrashing). Measured on the 2-core dev host
-(20 echo containers at once, two runs each): registered p50 4.5 / 6.2 s and max
-4.7 / 6.5 s all at once; p50 2.3 / 2.5 s and max 3.8 / 4.3 s four at a time.
+imports the agent library and the agent binds its consumers and registers. Many
+replicas started at once on a small node share the CPU evenly and all register
+together, at the end; the same starts queued a few at a time register one after
+another, so the median replica is up in about half that time and the last no later
+(less thrashing). The figures: ``docs/decisions/0002-restart-start-gate.md``.
 
 A start holds one of ``limit`` slots (FIFO) from the engine call until the replica is
 *up*: its agent registered (an ``AgentInfo`` started after the start was issued), it
