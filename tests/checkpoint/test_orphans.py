@@ -12,8 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from agentbus.blobs import put_blob
 from agentbus.bus import Bus
-from agentbus.checkpoints import CheckpointConflictError
-from agentbus.errors import ContractError
+from agentbus.errors import CheckpointConflictError, ContractError
 from agentbus.messages import (
     BlobRef,
     Checkpoint,

@@ -256,3 +256,16 @@ async def test_scale_and_list_placements(
 
 async def returns(value: bool) -> bool:
     return value
+
+
+async def test_scaling_a_corrupt_stored_spec_is_a_typed_error(
+    bus: Bus, scheduler: Scheduler
+) -> None:
+    kv = await bus.kv(bus.names.deployments_bucket)
+    await kv.put("broken", b'{"type": "Deployment", "name": "broken", "replicas": "many"}')
+    scale = bus.names.endpoint("scheduler", "scale")
+    with pytest.raises(ContractError, match="stored spec does not decode"):
+        await bus.request(scale, ScaleDeployment(name="broken", replicas=2), DeployReply)
+    # The scheduler still serves requests.
+    with pytest.raises(NotFoundError):
+        await bus.request(scale, ScaleDeployment(name="nope", replicas=1), DeployReply)

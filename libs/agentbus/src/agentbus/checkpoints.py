@@ -19,7 +19,6 @@ Errors::
 from __future__ import annotations
 
 import hashlib
-import re
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from typing import TypeVar
@@ -29,7 +28,13 @@ from loguru import logger
 
 from agentbus.blobs import get_blob, put_blob
 from agentbus.bus import Bus
-from agentbus.errors import ConflictError, ContractError, NotFoundError
+from agentbus.errors import (
+    CheckpointConflictError,
+    CheckpointCorruptedError,
+    ConflictError,
+    ContractError,
+    NotFoundError,
+)
 from agentbus.messages import (
     BlobRef,
     Checkpoint,
@@ -63,46 +68,6 @@ def thread_key_prefix(agent_id: str, thread_id: str, namespace: str = "") -> str
     """KV key prefix of a thread: ``<A>.<T>`` or ``<A>.<T>.ns.<N>`` (``escape_token``s)."""
     prefix = f"{escape_token(agent_id)}.{escape_token(thread_id)}"
     return f"{prefix}.ns.{escape_token(namespace)}" if namespace else prefix
-
-
-class CheckpointConflictError(ConflictError):
-    """A put named a parent that is not the thread's latest checkpoint.
-
-    Attributes:
-        expected_id: the parent the writer built on (None: it expected an empty thread).
-        latest_id: the thread's latest checkpoint when the put was refused (None: empty).
-    """
-
-    retryable = True  # a retry reloads the newer state and goes on from there
-    _RE = re.compile(r"expected parent (?P<expected>\S+), latest is (?P<latest>\S+?)[,;)]")
-
-    def __init__(self, expected_id: str | None, latest_id: str | None, where: str = "") -> None:
-        self.expected_id = expected_id
-        self.latest_id = latest_id
-        super().__init__(
-            f"checkpoint conflict: expected parent {expected_id or '-'}, "
-            f"latest is {latest_id or '-'}; {where}"
-        )
-
-    @classmethod
-    def from_message(cls, message: str) -> CheckpointConflictError | None:
-        """Rebuild the error from its message (as carried in a 409 reply), if it is one."""
-        m = cls._RE.search(message)
-        if m is None:
-            return None
-        expected, latest = m["expected"], m["latest"]
-        err = cls(None if expected == "-" else expected, None if latest == "-" else latest)
-        err.args = (message,)
-        return err
-
-
-class CheckpointCorruptedError(ContractError):
-    """A stored checkpoint failed its SHA-256 check or did not decode."""
-
-    PREFIX = "checkpoint corrupted: "
-
-    def __init__(self, detail: str) -> None:
-        super().__init__(f"{self.PREFIX}{detail}")
 
 
 def _typed_error(exc: Exception) -> Exception:

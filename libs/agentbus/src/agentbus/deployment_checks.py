@@ -9,10 +9,8 @@ them on load (``agentbus.fleet_spec``), the scheduler on every deploy.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
-from typing import NamedTuple
 
-from agentbus.errors import ContractError
+from agentbus.errors import ContractError, SpecError, SpecIssue
 from agentbus.messages import Deployment
 from agentbus.names import check_token
 
@@ -23,37 +21,6 @@ RESERVED_ENV = frozenset(
      "AGENTBUS_AGENT_CAPABILITIES"}
 )  # fmt: skip
 """Set by the supervisor for every replica (use ``capabilities``, ``max_concurrency``)."""
-
-
-class SpecIssue(NamedTuple):
-    """One problem in a spec: the dotted field path, what is wrong, the line if known."""
-
-    field: str
-    message: str
-    line: int | None = None
-
-
-class SpecError(ContractError):
-    """A fleet file or deployment spec is invalid; ``issues`` lists every problem found.
-
-    ``str()`` gives one line per issue, ``<source>:<line>: <field>: <message>``; with
-    ``one_line`` (errors that travel in a NATS header) ``<source>: <field>: <message>;
-    <field>: <message>...``.
-    """
-
-    def __init__(self, source: str, issues: Iterable[SpecIssue], *, one_line: bool = False) -> None:
-        self.source = source
-        self.issues = list(issues)
-        if one_line:
-            text = f"{source}: " + "; ".join(f"{i.field}: {i.message}" for i in self.issues)
-        else:
-            text = "\n".join(
-                f"{source}:{i.line}: {i.field}: {i.message}"
-                if i.line
-                else f"{source}: {i.field}: {i.message}"
-                for i in self.issues
-            )
-        super().__init__(text)
 
 
 def check_deployment(d: Deployment) -> list[SpecIssue]:

@@ -6,8 +6,11 @@ class on the caller's side::
 
     AgentBusError                      internal (500)
      ├─ ContractError                  a payload or spec failed validation (400)
+     │   ├─ SpecError                  a fleet file or deployment spec, every issue
+     │   └─ CheckpointCorruptedError   a stored checkpoint failed its SHA-256 check
      ├─ NotFoundError                  (404)
      ├─ ConflictError                  (409)
+     │   └─ CheckpointConflictError    a put's expected parent is not the latest
      ├─ UnavailableError               retryable; a dependency is down (503)
      ├─ RequestTimeoutError            also a TimeoutError (504)
      └─ TaskError                      raised by task handlers
@@ -18,7 +21,9 @@ class on the caller's side::
 
 from __future__ import annotations
 
-from typing import ClassVar
+import re
+from collections.abc import Iterable
+from typing import ClassVar, NamedTuple
 
 
 class AgentBusError(Exception):
@@ -63,6 +68,77 @@ class RequestTimeoutError(AgentBusError, TimeoutError):
         self.subject = subject
         self.timeout_s = timeout_s
         super().__init__(f"no reply on {subject!r} within {timeout_s:.3f} s")
+
+
+class SpecIssue(NamedTuple):
+    """One problem in a spec: the dotted field path, what is wrong, the line if known."""
+
+    field: str
+    message: str
+    line: int | None = None
+
+
+class SpecError(ContractError):
+    """A fleet file or deployment spec is invalid; ``issues`` lists every problem found.
+
+    ``str()`` gives one line per issue, ``<source>:<line>: <field>: <message>``; with
+    ``one_line`` (errors that travel in a NATS header) ``<source>: <field>: <message>;
+    <field>: <message>...``.
+    """
+
+    def __init__(self, source: str, issues: Iterable[SpecIssue], *, one_line: bool = False) -> None:
+        self.source = source
+        self.issues = list(issues)
+        if one_line:
+            text = f"{source}: " + "; ".join(f"{i.field}: {i.message}" for i in self.issues)
+        else:
+            text = "\n".join(
+                f"{source}:{i.line}: {i.field}: {i.message}"
+                if i.line
+                else f"{source}: {i.field}: {i.message}"
+                for i in self.issues
+            )
+        super().__init__(text)
+
+
+class CheckpointConflictError(ConflictError):
+    """A put named a parent that is not the thread's latest checkpoint.
+
+    Attributes:
+        expected_id: the parent the writer built on (None: it expected an empty thread).
+        latest_id: the thread's latest checkpoint when the put was refused (None: empty).
+    """
+
+    retryable = True  # a retry reloads the newer state and goes on from there
+    _RE = re.compile(r"expected parent (?P<expected>\S+), latest is (?P<latest>\S+?)[,;)]")
+
+    def __init__(self, expected_id: str | None, latest_id: str | None, where: str = "") -> None:
+        self.expected_id = expected_id
+        self.latest_id = latest_id
+        super().__init__(
+            f"checkpoint conflict: expected parent {expected_id or '-'}, "
+            f"latest is {latest_id or '-'}; {where}"
+        )
+
+    @classmethod
+    def from_message(cls, message: str) -> CheckpointConflictError | None:
+        """Rebuild the error from its message (as carried in a 409 reply), if it is one."""
+        m = cls._RE.search(message)
+        if m is None:
+            return None
+        expected, latest = m["expected"], m["latest"]
+        err = cls(None if expected == "-" else expected, None if latest == "-" else latest)
+        err.args = (message,)
+        return err
+
+
+class CheckpointCorruptedError(ContractError):
+    """A stored checkpoint failed its SHA-256 check or did not decode."""
+
+    PREFIX = "checkpoint corrupted: "
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"{self.PREFIX}{detail}")
 
 
 class TaskError(AgentBusError):

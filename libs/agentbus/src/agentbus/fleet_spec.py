@@ -37,12 +37,10 @@ import msgspec
 import yaml
 
 from agentbus.deployment_checks import (
-    SpecError,
-    SpecIssue,
     check_deployment,
     validate_deployment,
 )
-from agentbus.errors import ContractError
+from agentbus.errors import ContractError, SpecError, SpecIssue
 from agentbus.messages import Deployment
 from agentbus.names import check_token
 from agentbus.units import parse_cpus, parse_duration_s, parse_size_bytes

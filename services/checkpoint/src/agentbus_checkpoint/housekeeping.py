@@ -24,8 +24,7 @@ import nats.js.errors
 from loguru import logger
 
 from agentbus.blobs import get_blob, put_blob
-from agentbus.checkpoints import CheckpointCorruptedError
-from agentbus.errors import ConflictError, ContractError, NotFoundError
+from agentbus.errors import CheckpointCorruptedError, ConflictError, ContractError, NotFoundError
 from agentbus.messages import (
     BlobRef,
     Checkpoint,

@@ -45,8 +45,13 @@ from nats.js.object_store import ObjectStore
 
 from agentbus.blobs import put_blob
 from agentbus.bus import Bus
-from agentbus.checkpoints import CheckpointConflictError, CheckpointCorruptedError
-from agentbus.errors import ConflictError, ContractError, NotFoundError
+from agentbus.errors import (
+    CheckpointConflictError,
+    CheckpointCorruptedError,
+    ConflictError,
+    ContractError,
+    NotFoundError,
+)
 from agentbus.messages import (
     BlobRef,
     Checkpoint,

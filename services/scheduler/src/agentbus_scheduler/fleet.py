@@ -17,7 +17,7 @@ import nats.errors
 import nats.js.errors
 from loguru import logger
 
-from agentbus.errors import ConflictError, NotFoundError, UnavailableError
+from agentbus.errors import ConflictError, NotFoundError, SpecError, SpecIssue, UnavailableError
 from agentbus.fleet_spec import validate_deployment
 from agentbus.messages import (
     DeleteDeployment,
@@ -128,7 +128,7 @@ class Fleet:
                     entry = await kv.get(request.name)
                 except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
                     raise NotFoundError(f"deployment {request.name!r} not found") from None
-                old = msgspec.json.decode(entry.value or b"", type=Deployment)
+                old = _stored_spec(request.name, entry.value)
                 new = msgspec.structs.replace(old, replicas=request.replicas)
                 if new == old:
                     await self._settle(old.name)
@@ -178,3 +178,17 @@ class Fleet:
             placements=self.state.placements_of(request.deployment),
             unplaced=self.state.unplaced_of(request.deployment),
         )
+
+
+def _stored_spec(name: str, value: bytes | None) -> Deployment:
+    """Decode the stored spec of deployment ``name``.
+
+    Raises:
+        SpecError: the stored value is not a valid ``Deployment`` (written by something
+            other than the scheduler): delete and re-apply the deployment.
+    """
+    try:
+        return msgspec.json.decode(value or b"", type=Deployment)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        issue = SpecIssue(name, f"the stored spec does not decode ({exc}); delete and re-apply it")
+        raise SpecError(f"deployment {name!r}", [issue], one_line=True) from None

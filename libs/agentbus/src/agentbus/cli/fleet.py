@@ -29,8 +29,8 @@ from agentbus.cli.common import (
     with_client,
 )
 from agentbus.client import Client
-from agentbus.errors import NotFoundError
-from agentbus.fleet_spec import FleetSpec, SpecError, load_fleet
+from agentbus.errors import NotFoundError, SpecError
+from agentbus.fleet_spec import FleetSpec, load_fleet
 from agentbus.messages import Deployment, DeploymentChange, DeployReply, RestartPolicy
 
 _MARK = {
