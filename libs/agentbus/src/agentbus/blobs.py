@@ -10,6 +10,7 @@ with the inline value ``null``. Readers fetch it and check the digest.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
 import msgspec
@@ -44,22 +45,50 @@ async def get_blob(bus: Bus, ref: BlobRef) -> bytes:
         ContractError: the bytes do not match ``ref.sha256``.
         UnavailableError: ``ref.bucket`` does not exist.
     """
+    return b"".join([chunk async for chunk in await open_blob(bus, ref)])
+
+
+async def open_blob(bus: Bus, ref: BlobRef) -> AsyncIterator[bytes]:
+    """The bytes ``ref`` points to, as an iterator of chunks (at most 8 MiB held).
+
+    The object is looked up now, its chunks are read as the iterator is consumed,
+    and its SHA-256 is checked before the last chunk is given out: a stream that
+    fails the check raises instead of ending, so a consumer never gets all the
+    bytes of a corrupt object.
+
+    Raises:
+        NotFoundError: the object is gone (now, or chunks go missing while reading).
+        ContractError: (from the iterator, at its end) the bytes fail ``ref.sha256``.
+        UnavailableError: ``ref.bucket`` does not exist.
+    """
     obs = await bus.object_store(ref.bucket)
     try:
         info = await obs.get_info(ref.name)
     except nats.js.errors.ObjectNotFoundError as exc:
         raise NotFoundError(f"blob {ref.name!r} not found in {ref.bucket!r}") from exc
-    data = await _read_chunks(bus, ref.bucket, info.nuid, info.chunks or 0)
-    if hashlib.sha256(data).hexdigest() != ref.sha256:
+    return _checked(ref, _read_chunks(bus, ref.bucket, info.nuid, info.chunks or 0))
+
+
+async def _checked(ref: BlobRef, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """``chunks``, the last one held back until the whole passed the digest check."""
+    digest = hashlib.sha256()
+    held: bytes | None = None
+    async for chunk in chunks:
+        digest.update(chunk)
+        if held is not None:
+            yield held
+        held = chunk
+    if digest.hexdigest() != ref.sha256:
         raise ContractError(f"blob {ref.name!r} fails its SHA-256 check")
-    return data
+    if held is not None:
+        yield held
 
 
 _CHUNKS_PER_FETCH = 64
 """Object Store chunks (128 KiB each) per pull request: 8 MiB."""
 
 
-async def _read_chunks(bus: Bus, bucket: str, nuid: str, chunks: int) -> bytes:
+async def _read_chunks(bus: Bus, bucket: str, nuid: str, chunks: int) -> AsyncIterator[bytes]:
     """An object's chunks in order, through an ephemeral pull consumer.
 
     nats-py's ``ObjectStore.get`` reads through an ordered push consumer and took
@@ -69,7 +98,7 @@ async def _read_chunks(bus: Bus, bucket: str, nuid: str, chunks: int) -> bytes:
         NotFoundError: fewer chunks than the object's metadata says (deleted meanwhile).
     """
     if chunks == 0:
-        return b""
+        return
     sub = await bus.js.pull_subscribe(
         f"$O.{bucket}.C.{nuid}",
         stream=f"OBJ_{bucket}",
@@ -80,17 +109,18 @@ async def _read_chunks(bus: Bus, bucket: str, nuid: str, chunks: int) -> bytes:
             mem_storage=True,
         ),
     )
-    parts: list[bytes] = []
+    read = 0
     try:
-        while len(parts) < chunks:
+        while read < chunks:
             try:
-                msgs = await sub.fetch(min(chunks - len(parts), _CHUNKS_PER_FETCH), timeout=5)
+                msgs = await sub.fetch(min(chunks - read, _CHUNKS_PER_FETCH), timeout=5)
             except TimeoutError:
                 raise NotFoundError(f"object {nuid!r} in {bucket!r} lost chunks") from None
-            parts.extend(m.data for m in msgs)
+            read += len(msgs)
+            for m in msgs:
+                yield m.data
     finally:
         await sub.unsubscribe()
-    return b"".join(parts)
 
 
 async def pack(bus: Bus, value: Any, *, name: str) -> tuple[msgspec.Raw, BlobRef | None]:

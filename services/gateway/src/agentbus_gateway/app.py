@@ -9,7 +9,11 @@ from litestar.openapi.plugins import JsonRenderPlugin
 
 from agentbus import __version__
 from agentbus_gateway.errors import exception_handlers
+from agentbus_gateway.guards import request_guard
 from agentbus_gateway.metrics import HttpMetricsMiddleware
+from agentbus_gateway.openapi import refine_openapi
+from agentbus_gateway.output import task_output
+from agentbus_gateway.request import GatewayRequest
 from agentbus_gateway.routes import ROUTES, GatewayContext
 
 
@@ -17,15 +21,22 @@ def create_app(ctx: GatewayContext) -> HttpMetricsMiddleware:
     """The gateway's ASGI application for ``ctx`` (serve it with uvicorn).
 
     Routes: ``POST /v1/tasks``, ``GET /v1/tasks/{task_id}?wait_s=``,
+    ``GET /v1/tasks/{task_id}/output``, ``GET /v1/tasks?status=dead``,
+    ``POST /v1/tasks/{task_id}/cancel|resubmit``, ``POST /v1/tasks/wait``,
     ``GET /v1/agents?capability=``, ``GET /v1/nodes``, ``GET /healthz``,
-    ``GET /metrics``, ``GET /openapi.json`` (and ``/schema/openapi.json``).
+    ``GET /metrics``, ``GET /openapi.json`` (and ``/schema/openapi.json``). Every
+    request first passes ``guards.request_guard`` (Host, origin, JSON bodies); bodies
+    over ``settings.max_body_bytes`` get 413.
     """
 
     def _ctx() -> GatewayContext:
         return ctx
 
     app = Litestar(
-        route_handlers=ROUTES,
+        route_handlers=[*ROUTES, task_output],
+        request_class=GatewayRequest,
+        request_max_body_size=ctx.settings.max_body_bytes,
+        before_request=request_guard(ctx.settings),
         dependencies={"ctx": Provide(_ctx, sync_to_thread=False)},
         exception_handlers=exception_handlers(ctx.bus, ctx.metrics),  # type: ignore[arg-type]
         openapi_config=OpenAPIConfig(
@@ -36,4 +47,5 @@ def create_app(ctx: GatewayContext) -> HttpMetricsMiddleware:
         ),
         logging_config=None,
     )
+    refine_openapi(app)
     return HttpMetricsMiddleware(app, ctx.metrics)  # type: ignore[arg-type]

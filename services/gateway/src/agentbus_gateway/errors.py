@@ -1,9 +1,14 @@
 """Exception handlers: every error becomes ``{"error": {"code", "message", "field"}}``.
 
-- Litestar's validation errors (a body or query parameter that does not fit its
-  model) and malformed JSON → 400 ``bad_request`` naming the field; logged, counted
-  in ``agentbus_bad_messages_total{service="gateway",source=<route>}`` and published
-  as an ``ErrorEvent`` (best effort, in the background).
+- Litestar's validation errors (a path, query, header or body value that does not
+  fit its model), malformed JSON and JSON nested too deep → 400 ``bad_request``
+  naming the field; logged, counted in
+  ``agentbus_bad_messages_total{service="gateway",source=<route>}`` and published as
+  an ``ErrorEvent`` (best effort, in the background).
+- Refusals before the handler (``RequestRefusedError``: Host 400, cross-site 403,
+  body over the limit 413, not JSON 415) → their status; logged with the reason.
+  Every response is counted in ``agentbus_gateway_http_requests_total{status}``.
+- 405 keeps its ``Allow`` header.
 - agentbus errors → their code's status (ContractError 400, NotFoundError 404,
   ConflictError 409, UnavailableError 503, RequestTimeoutError 504).
 - Anything else → 500 ``internal``, logged with its traceback.
@@ -28,24 +33,47 @@ from agentbus_gateway.models import ErrorBody, ErrorDetail
 
 _CODES = {
     400: "bad_request",
+    403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
     409: "conflict",
+    413: "too_large",
+    415: "unsupported_media_type",
     503: "unavailable",
     504: "timeout",
     500: "internal",
 }
 _FIELD_IN_MESSAGE = re.compile(r"field `([^`]+)`")
 _STATUSES = frozenset(_CODES)
+NESTED_TOO_DEEP = "JSON nested too deep (keep values under about 900 levels)"
 
 Handler = Callable[[Request[Any, Any, Any], Exception], Response[ErrorBody]]
 
 
-def error_response(status: int, message: str, field: str | None = None) -> Response[ErrorBody]:
-    """The JSON error response for ``status``."""
+class RequestRefusedError(HTTPException):
+    """A request the gateway refuses before its handler runs.
+
+    Attributes:
+        status_code: the HTTP status (400, 403, 413, 415).
+        detail: the reason, shown as the error message.
+        field: the offending header or part (``Host``, ``Origin``, ``Content-Type``).
+    """
+
+    def __init__(self, status_code: int, detail: str, field: str | None = None) -> None:
+        super().__init__(detail=detail, status_code=status_code)
+        self.field = field
+
+
+def error_response(
+    status: int,
+    message: str,
+    field: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response[ErrorBody]:
+    """The JSON error response for ``status`` (with extra ``headers``, e.g. ``Allow``)."""
     code = _CODES.get(status, f"http_{status}")
     body = ErrorBody(error=ErrorDetail(code=code, message=message, field=field))
-    return Response(body, status_code=status, media_type=MediaType.JSON)
+    return Response(body, status_code=status, media_type=MediaType.JSON, headers=headers)
 
 
 def _route(request: Request[Any, Any, Any]) -> str:
@@ -59,6 +87,8 @@ def _bad_field(exc: ValidationException) -> tuple[str | None, str]:
         first = extra[0]
         message = str(first.get("message", exc.detail))
         key = first.get("key")
+        if first.get("source") == "header" and isinstance(key, str):  # as it is sent
+            key = key.replace("_", "-").title()
         if key in (None, "data"):  # whole body: the field is named in the message
             match = _FIELD_IN_MESSAGE.search(message)
             key = match.group(1) if match else "body"
@@ -95,11 +125,26 @@ def exception_handlers(bus: Bus, metrics: GatewayMetrics) -> dict[type[Exception
 
     def _on_http(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
         assert isinstance(exc, HTTPException)
-        if exc.status_code == 400:  # malformed JSON and the like
-            message = f"body: {exc.detail}"
+        field = exc.field if isinstance(exc, RequestRefusedError) else None
+        if exc.status_code == 400:  # malformed JSON, a refused Host and the like
+            field = field or "body"
+            message = f"{field}: {exc.detail}"
             _report_bad_input(request, message)
-            return error_response(400, message, "body")
-        return error_response(exc.status_code, str(exc.detail))
+            return error_response(400, message, field)
+        if exc.status_code == 413:
+            limit = request.route_handler.resolve_request_max_body_size()
+            exc.detail = f"request body over the limit of {limit} bytes"
+            field = "body"
+        if 400 <= exc.status_code < 500:
+            logger.warning(
+                "request refused",
+                method=request.method,
+                route=_route(request),
+                status=exc.status_code,
+                reason=exc.detail,
+            )
+        headers = dict(exc.headers or {})
+        return error_response(exc.status_code, str(exc.detail), field, headers or None)
 
     def _on_agentbus(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
         assert isinstance(exc, AgentBusError)
@@ -111,6 +156,10 @@ def exception_handlers(bus: Bus, metrics: GatewayMetrics) -> dict[type[Exception
         return error_response(status, str(exc))
 
     def _on_other(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
+        if isinstance(exc, RecursionError):  # a body decoded, then too deep to convert
+            message = f"body: {NESTED_TOO_DEEP}"
+            _report_bad_input(request, message)
+            return error_response(400, message, "body")
         logger.opt(exception=exc).error("request failed", route=_route(request))
         return error_response(500, f"{type(exc).__name__}: {exc}")
 

@@ -8,9 +8,10 @@ bus record (``agentbus.messages.TaskRecord``) keeps them as raw JSON.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import msgspec
+from litestar.params import HeaderParameter, PathParameter, QueryParameter
 
 from agentbus.messages import (
     AgentInfo,
@@ -21,18 +22,49 @@ from agentbus.messages import (
     NodeInfo,
     TaskRecord,
     TaskStatus,
+    Token,
     encode,
 )
+from agentbus.messages.common import TASK_ID_PATTERN, TaskId
 
-Capability = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
-TaskId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,128}$")]
+Capability = Token
+TOKEN_PATTERN: str = get_args(Token)[1].pattern
+"""The rule of capability, agent, node and deployment names (``agentbus.names.check_token``)."""
+
+TaskIdPath = Annotated[
+    str,
+    PathParameter(
+        pattern=TASK_ID_PATTERN,
+        description="Task id: 1-128 characters of [A-Za-z0-9_-]",
+    ),
+]
+"""A task id in a URL path, checked before it reaches a subject or a KV key."""
+CapabilityFilter = Annotated[
+    str | None,
+    QueryParameter(
+        pattern=TOKEN_PATTERN,
+        description="Only this capability: 1-64 characters of [a-z0-9_-]",
+    ),
+]
+IdempotencyKey = Annotated[
+    str | None,
+    HeaderParameter(
+        name="Idempotency-Key",
+        pattern=TASK_ID_PATTERN,
+        description=(
+            "Retry key, used as the task_id when the body has none (a body task_id "
+            "that differs is a 400): 1-128 characters of [A-Za-z0-9_-]"
+        ),
+    ),
+]
 
 
 class CreateTask(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Body of ``POST /v1/tasks``: one task for agents with ``capability``.
 
-    ``task_id`` is the idempotency key: posting the same id again returns the
-    existing task (200) instead of creating one (201).
+    ``task_id`` is the idempotency key (or the ``Idempotency-Key`` header): posting
+    the same id again returns the existing task (200) instead of creating one (201).
+    Unknown fields are refused (400).
     """
 
     capability: Capability
@@ -41,7 +73,8 @@ class CreateTask(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     priority: Annotated[int, msgspec.Meta(ge=0, le=9)] = 0
     max_attempts: Annotated[int, msgspec.Meta(ge=1, le=100)] = 3
     timeout_s: Annotated[float, msgspec.Meta(gt=0)] | None = None
-    parent_id: str | None = None
+    parent_id: TaskId | None = None
+    """The parent task (404 if unknown)."""
     tenant: str | None = None
     metadata: dict[str, str] = {}
     deadline: datetime | None = None
@@ -97,14 +130,26 @@ class TaskView(msgspec.Struct, kw_only=True):
     resubmit_of: str | None = None
     handoff_to: str | None = None
     handoff_from: str | None = None
+    output_url: str | None = None
+    """Where to fetch the output (inline or stored) once the task succeeded, else null."""
 
 
+VIEW_ONLY_FIELDS = ("output_url",)
+"""``TaskView`` fields a ``TaskRecord`` does not have (they come last)."""
 _decode_view = msgspec.json.Decoder(TaskView).decode
+
+
+def output_path(task_id: str) -> str:
+    """The gateway path of a task's output: ``/v1/tasks/<task_id>/output``."""
+    return f"/v1/tasks/{task_id}/output"
 
 
 def task_view(record: TaskRecord) -> TaskView:
     """The HTTP view of ``record`` (fields it does not know are dropped)."""
-    return _decode_view(encode(record))
+    view = _decode_view(encode(record))
+    if record.status == "succeeded":
+        view.output_url = output_path(record.task_id)
+    return view
 
 
 class TaskList(msgspec.Struct, kw_only=True):

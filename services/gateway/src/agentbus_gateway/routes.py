@@ -9,27 +9,31 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from litestar import MediaType, Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+from litestar.params import JSONBody, QueryParameter
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from agentbus.bus import Bus
 from agentbus.client import Client
-from agentbus.errors import ContractError, RequestTimeoutError
+from agentbus.errors import RequestTimeoutError
 from agentbus.messages import SubmitReply, TaskRecord
+from agentbus_gateway.errors import RequestRefusedError
 from agentbus_gateway.metrics import GatewayMetrics
 from agentbus_gateway.models import (
     AgentList,
     CancelView,
+    CapabilityFilter,
     CreateTask,
     ErrorBody,
     Health,
+    IdempotencyKey,
     NodeList,
     ResubmitBody,
+    TaskIdPath,
     TaskList,
     TaskView,
     WaitBody,
@@ -56,28 +60,59 @@ Ctx = NamedDependency[GatewayContext]
 """A handler parameter ``ctx: Ctx`` receives the app's ``GatewayContext``."""
 
 
-def _errors(*statuses: int) -> dict[int, ResponseSpec]:
+REFUSALS = (400, 403)
+"""What any route may answer before its handler runs: unknown Host, cross-site."""
+BODY_REFUSALS = (413, 415)
+"""What a route taking a JSON body may answer: over ``max_body_bytes``, not JSON."""
+
+
+def error_responses(*statuses: int) -> dict[int, ResponseSpec]:
+    """OpenAPI error responses: ``statuses`` plus the refusals every route may give."""
     return {
         s: ResponseSpec(data_container=ErrorBody, description="error", generate_examples=False)
-        for s in statuses
+        for s in sorted({*REFUSALS, *statuses})
     }
+
+
+def _created_or_existing(description: str) -> dict[int, ResponseSpec]:
+    """A 200 response for a repeated create (the 201 is the handler's own)."""
+    return {200: ResponseSpec(data_container=TaskView, description=description)}
 
 
 @post(
     "/v1/tasks",
     status_code=201,
     summary="Submit a task",
-    description="201 with the new record, 200 with the existing one for a repeated task_id.",
-    responses=_errors(400, 503, 504),
+    description=(
+        "201 with the new record, 200 with the existing one for a repeated task_id (or "
+        "Idempotency-Key: send one to retry safely). 404 unknown parent_id; 413 body "
+        "over the gateway's max_body_bytes (10 MiB by default); 415 not JSON."
+    ),
+    responses={
+        **_created_or_existing("the task already existed (same task_id)"),
+        **error_responses(404, *BODY_REFUSALS, 503, 504),
+    },
     tags=["tasks"],
 )
-async def create_task(data: JSONBody[CreateTask], ctx: Ctx) -> Response[TaskView]:
-    """Submit one task through the scheduler; idempotent by ``task_id``."""
+async def create_task(
+    data: JSONBody[CreateTask], ctx: Ctx, idempotency_key: IdempotencyKey = None
+) -> Response[TaskView]:
+    """Submit one task through the scheduler; idempotent by ``task_id``.
+
+    Raises:
+        RequestRefusedError: ``Idempotency-Key`` and a body ``task_id`` differ (400).
+    """
+    task_id = data.task_id or idempotency_key
+    if idempotency_key is not None and task_id != idempotency_key:
+        raise RequestRefusedError(
+            400, f"{idempotency_key!r} differs from the body's task_id {task_id!r}",
+            "Idempotency-Key",
+        )  # fmt: skip
     client = ctx.client
     request = await client.task(
         data.capability,
         data.input,
-        task_id=data.task_id,
+        task_id=task_id,
         priority=data.priority,
         max_attempts=data.max_attempts,
         timeout_s=data.timeout_s,
@@ -100,11 +135,11 @@ async def create_task(data: JSONBody[CreateTask], ctx: Ctx) -> Response[TaskView
         "The task record. With wait_s > 0, waits until the task is terminal or wait_s "
         "elapses (clamped to the gateway's max_wait_s), then returns the current record."
     ),
-    responses=_errors(400, 404, 503),
+    responses=error_responses(404, 503),
     tags=["tasks"],
 )
 async def get_task(
-    task_id: FromPath[str],
+    task_id: TaskIdPath,
     ctx: Ctx,
     wait_s: Annotated[
         float, QueryParameter(ge=0, description="Seconds to wait for the result")
@@ -130,18 +165,16 @@ async def get_task(
         "Tasks with the given status, newest first, at most `limit`, and the total. "
         "Only dead tasks (the dead letters) are indexed: `status=dead`."
     ),
-    responses=_errors(400, 503, 504),
+    responses=error_responses(503, 504),
     tags=["tasks"],
 )
 async def list_tasks(
     ctx: Ctx,
-    status: Annotated[str, QueryParameter(description="Task status (dead)")] = "dead",
-    capability: FromQuery[str | None] = None,
+    status: Annotated[Literal["dead"], QueryParameter(description="Task status")] = "dead",
+    capability: CapabilityFilter = None,
     limit: Annotated[int, QueryParameter(ge=1, le=1000, description="Most tasks")] = 100,
 ) -> TaskList:
     """Dead tasks from the scheduler's dead-letter index."""
-    if status != "dead":
-        raise ContractError(f"status {status!r}: only dead tasks are indexed")
     reply = await ctx.client.dead_tasks(capability, limit=limit)
     return TaskList(tasks=[task_view(t) for t in reply.tasks], total=reply.total)
 
@@ -155,11 +188,14 @@ async def list_tasks(
         "`resubmit_of` = the old id). 201 with the new record, 200 when the request is "
         "repeated; 404 unknown task, 409 not resubmittable or new id taken."
     ),
-    responses=_errors(400, 404, 409, 503, 504),
+    responses={
+        **_created_or_existing("the request was repeated: the task it created"),
+        **error_responses(404, 409, *BODY_REFUSALS, 503, 504),
+    },
     tags=["tasks"],
 )
 async def resubmit_task(
-    task_id: FromPath[str], data: JSONBody[ResubmitBody], ctx: Ctx
+    task_id: TaskIdPath, data: JSONBody[ResubmitBody], ctx: Ctx
 ) -> Response[TaskView]:
     """Resubmit ``task_id`` through the scheduler."""
     reply = await ctx.client.resubmit(
@@ -182,11 +218,11 @@ async def resubmit_task(
         "A task that had already ended keeps its status: `cancelled` lists what this "
         "call cancelled. 404 unknown task."
     ),
-    responses=_errors(400, 404, 503, 504),
+    responses=error_responses(404, *BODY_REFUSALS, 503, 504),
     tags=["tasks"],
 )
 async def cancel_task(
-    task_id: FromPath[str],
+    task_id: TaskIdPath,
     ctx: Ctx,
     recursive: Annotated[bool, QueryParameter(description="Cancel the subtasks too")] = True,
     reason: Annotated[str, QueryParameter(max_length=500, description="Recorded reason")] = "",
@@ -206,7 +242,7 @@ async def cancel_task(
         "then returns their records in request order and the ids still pending. No "
         "polling: the gateway follows the records' updates. 404 if a task is unknown."
     ),
-    responses=_errors(400, 404, 503, 504),
+    responses=error_responses(404, *BODY_REFUSALS, 503, 504),
     tags=["tasks"],
 )
 async def wait_tasks(data: JSONBody[WaitBody], ctx: Ctx) -> WaitReply:
@@ -260,21 +296,26 @@ async def _until_stopped(ctx: GatewayContext, work: Coroutine[Any, Any, T]) -> T
 @get(
     "/v1/agents",
     summary="List live agents",
-    responses=_errors(503, 504),
+    responses=error_responses(503, 504),
     tags=["registry"],
 )
-async def list_agents(ctx: Ctx, capability: FromQuery[str | None] = None) -> AgentList:
+async def list_agents(ctx: Ctx, capability: CapabilityFilter = None) -> AgentList:
     """Live agents from the registry, optionally only those with ``capability``."""
     return AgentList(agents=await ctx.client.agents(capability))
 
 
-@get("/v1/nodes", summary="List live nodes", responses=_errors(503, 504), tags=["registry"])
+@get("/v1/nodes", summary="List live nodes", responses=error_responses(503, 504), tags=["registry"])
 async def list_nodes(ctx: Ctx) -> NodeList:
     """Live nodes from the registry."""
     return NodeList(nodes=await ctx.client.nodes())
 
 
-@get("/healthz", summary="Health", responses={503: ResponseSpec(Health)}, tags=["ops"])
+@get(
+    "/healthz",
+    summary="Health",
+    responses={503: ResponseSpec(Health), **error_responses()},
+    tags=["ops"],
+)
 async def healthz(ctx: Ctx) -> Response[Health]:
     """200 while the NATS connection is up, else 503."""
     nc = ctx.bus.nc

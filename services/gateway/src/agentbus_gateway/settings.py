@@ -6,7 +6,7 @@ default. Build them in ``main()`` and pass them down; never at import time.
 
 from __future__ import annotations
 
-from pydantic import PositiveFloat
+from pydantic import PositiveFloat, PositiveInt
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -25,3 +25,18 @@ class GatewaySettings(BaseSettings):
     """Upper bound of ``GET /v1/tasks/{id}?wait_s=``; larger values are clamped."""
     shutdown_grace_s: PositiveFloat = 5.0
     """On stop, how long in-flight HTTP requests may take before they are cancelled."""
+    max_body_bytes: PositiveInt = 10 * 1024 * 1024
+    """Largest request body accepted, bytes; larger ones get 413 ``too_large``."""
+    allowed_hosts: list[str] = ["127.0.0.1", "localhost", "[::1]", "gateway"]
+    """Hosts (``Host`` header without its port) the gateway answers; others get 400.
+
+    ``*`` allows any host, ``*.example.com`` any subdomain. The defaults serve the
+    compose stack (published on ``127.0.0.1:8080``, ``gateway`` inside its network).
+    Env: a JSON list, e.g. ``GATEWAY_ALLOWED_HOSTS='["api.example.com"]'``.
+    """
+    allowed_origins: list[str] = []
+    """Browser origins (``scheme://host[:port]``) allowed besides the gateway's own.
+
+    A request whose ``Origin`` is another site, or whose ``Sec-Fetch-Site`` is
+    ``cross-site``/``same-site`` without such an origin, gets 403.
+    """

@@ -1,0 +1,51 @@
+"""The OpenAPI document says what the server does: request bodies as msgspec checks them.
+
+Litestar's generator loses what msgspec enforces on request bodies: it does not say
+that unknown fields are refused (``forbid_unknown_fields``) and drops constraints
+inside optional fields (``timeout_s`` > 0, the ``parent_id`` pattern). So the
+components of the request bodies are replaced by msgspec's own JSON Schema of the
+same Structs (OpenAPI 3.1 uses JSON Schema 2020-12), which is what decodes them.
+``tests/gateway/test_openapi_contract.py`` checks the server against the result.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from litestar import Litestar
+from litestar.openapi.spec import Components
+
+from agentbus_gateway.models import CreateTask, ResubmitBody, WaitBody
+
+REQUEST_BODIES: tuple[type[msgspec.Struct], ...] = (CreateTask, ResubmitBody, WaitBody)
+_REF_TEMPLATE = "#/components/schemas/{name}"
+
+
+def body_schemas() -> dict[str, dict[str, Any]]:
+    """The JSON Schema components msgspec makes of every request body (and what they use).
+
+    A tagged Struct inside a body (``Backoff``) decodes without its ``type`` field
+    (msgspec needs the tag only to tell union members apart), so ``type`` is made
+    optional there.
+    """
+    _, components = msgspec.json.schema_components(REQUEST_BODIES, ref_template=_REF_TEMPLATE)
+    for schema in components.values():
+        tag = schema.get("properties", {}).get("type", {})
+        if "enum" in tag and "type" in schema.get("required", []):
+            schema["required"] = [f for f in schema["required"] if f != "type"]
+            tag["description"] = "Optional on input; always present on output."
+    return components
+
+
+def refine_openapi(app: Litestar) -> None:
+    """Replace the request-body components of ``app``'s OpenAPI document (in place).
+
+    Both ``/openapi.json`` and Litestar's ``/schema/openapi.json`` render that one
+    document (a plain dict is a valid component: it is serialized as it is).
+    """
+    document = app.openapi_schema
+    if document.components is None:
+        document.components = Components()
+    schemas: dict[str, Any] = document.components.schemas
+    schemas.update(body_schemas())
