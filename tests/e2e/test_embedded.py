@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -85,12 +86,7 @@ def test_embedded_command_writes_state_and_stops_on_sigint(agentbus_home: Path) 
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 90
-        while not state_file.exists():
-            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-            assert time.monotonic() < deadline, "no state file within 90 s"
-            time.sleep(0.2)
-        state = json.loads(state_file.read_text())
+        state = _wait_state(state_file, proc)
         assert state["prefix"] == "e2ecli"
         assert state["nats_url"].startswith("nats://127.0.0.1:")
         assert state["gateway_url"].startswith("http://127.0.0.1:")
@@ -114,3 +110,104 @@ def test_embedded_command_writes_state_and_stops_on_sigint(agentbus_home: Path) 
             proc.wait()
     assert not state_file.exists()
     assert not any(pid_alive(pid) for pid in state["pids"].values())
+
+
+def _start_embedded(env: dict[str, str], prefix: str, *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [*CLI, "embedded", "--runtime", "process", "--prefix", prefix, *extra],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+
+
+def _wait_state(path: Path, proc: subprocess.Popen[str], timeout_s: float = 90) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if path.exists():
+            state: dict[str, Any] = json.loads(path.read_text() or "{}")
+            if state.get("nats_url") and state.get("owner_pid") == proc.pid:
+                return state
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+        assert time.monotonic() < deadline, f"no ready state in {path} within {timeout_s} s"
+        time.sleep(0.2)
+
+
+def _stop(proc: subprocess.Popen[str]) -> str:
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    return out
+
+
+def test_a_second_stack_refuses_or_keeps_its_own_state_file(agentbus_home: Path) -> None:
+    env = {**os.environ, "AGENTBUS_HOME": str(agentbus_home)}
+    env.pop("AGENTBUS_NATS_URL", None)
+    default_file = agentbus_home / "embedded.json"
+    other_file = agentbus_home / "other.json"
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        # two started together: one runs, the other refuses before starting anything
+        first, second = _start_embedded(env, "e2eone"), _start_embedded(env, "e2etwo")
+        procs += [first, second]
+        deadline = time.monotonic() + 90
+        while first.poll() is None and second.poll() is None:
+            assert time.monotonic() < deadline, "neither stack refused within 90 s"
+            time.sleep(0.2)
+        refused, live = (first, second) if first.poll() is not None else (second, first)
+        out = refused.stdout.read() if refused.stdout else ""
+        assert refused.returncode == 1, out
+        assert "already running" in out and f"pid {live.pid}" in out, out
+        assert str(default_file) in out, out
+        state = _wait_state(default_file, live)  # owned by the live one
+
+        # a separate state file: a second stack runs beside the first
+        other = _start_embedded(env, "e2eother", "--state-file", str(other_file))
+        procs.append(other)
+        other_state = _wait_state(other_file, other)
+        assert other_state["nats_url"] != state["nats_url"]
+
+        # the environment's URL wins over the state file, and the CLI says so
+        both = {**env, "AGENTBUS_NATS_URL": str(other_state["nats_url"]),
+                "AGENTBUS_PREFIX": "e2eother"}  # fmt: skip
+        ping = _run_cli("ping", env=both)
+        assert ping.returncode == 0, ping.stdout + ping.stderr
+        assert "AGENTBUS_NATS_URL" in ping.stderr and str(state["nats_url"]) in ping.stderr
+        explicit = _run_cli("ping", "--nats-url", str(other_state["nats_url"]),
+                            "--prefix", "e2eother", env=env)  # fmt: skip
+        assert explicit.returncode == 0 and explicit.stderr == "", explicit.stderr
+
+        # stopping one removes only its own state file
+        _stop(other)
+        assert not other_file.exists()
+        assert json.loads(default_file.read_text())["owner_pid"] == live.pid
+        ping = _run_cli("ping", env=env)
+        assert ping.returncode == 0 and "scheduler    ok" in ping.stdout, ping.stdout
+        _stop(live)
+        assert not default_file.exists()
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def test_a_stale_state_file_is_taken_over(agentbus_home: Path) -> None:
+    env = {**os.environ, "AGENTBUS_HOME": str(agentbus_home)}
+    state_file = agentbus_home / "embedded.json"
+    agentbus_home.mkdir(parents=True, exist_ok=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    dead_pid = int(dead.stdout)
+    state_file.write_text(json.dumps({
+        "nats_url": "nats://127.0.0.1:4999", "gateway_url": "", "prefix": "x",
+        "pids": {"nats-server": dead_pid}, "owner_pid": dead_pid,
+    }))  # fmt: skip
+    proc = _start_embedded(env, "e2estale")
+    try:
+        state = _wait_state(state_file, proc)
+        assert state["nats_url"] != "nats://127.0.0.1:4999"  # taken over by the new stack
+        _stop(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert not state_file.exists()

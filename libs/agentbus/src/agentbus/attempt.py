@@ -73,6 +73,19 @@ class AgentMetrics:
         )
 
     @functools.cached_property
+    def rebinds(self) -> Counter:
+        """``agentbus_agent_rebinds_total{capability}``."""
+        from prometheus_client import Counter
+
+        return Counter(
+            "agentbus_agent_rebinds_total",
+            "Times the task consumers of a capability were found gone (deleted, or the "
+            "task stream recreated) and bound again without a restart.",
+            ["capability"],
+            registry=self.registry,
+        )
+
+    @functools.cached_property
     def bad_messages(self) -> Counter:
         """``agentbus_bad_messages_total{service="agent", source}``."""
         return bad_messages_counter(self.registry)

@@ -4,7 +4,10 @@
 checkpoints of one agent over ``<p>.checkpoint.<verb>``. Values of any size: data too
 large for one request (``max_payload``, 1 MiB by default, base64 on the wire) is
 uploaded first to the Object Store ``<p>_checkpoint_blobs`` and sent by reference, and
-data the service returns by reference is fetched; either way the bytes read back are
+data the service returns by reference is fetched. Pending writes likewise: while a
+``put_writes`` request would not fit, its largest value is uploaded (as
+``<thread prefix>/w/<32 hex>``) and sent by reference, so all of a task's writes still
+go in one request, stored together or not at all. Either way the bytes read back are
 the bytes put, checked against their SHA-256 (a mismatch raises
 ``CheckpointCorruptedError``, never returns data).
 
@@ -62,6 +65,8 @@ R = TypeVar("R", bound=Message)
 SERVICE = "checkpoint"
 _REQUEST_HEADROOM_BYTES = 64 * 1024
 """Room left in a put request for the envelope (ids, metadata) and headers."""
+_WRITE_ENVELOPE_BYTES = 512
+"""Room counted per pending write for its fields besides the value (ids, channel)."""
 
 
 def thread_key_prefix(agent_id: str, thread_id: str, namespace: str = "") -> str:
@@ -251,18 +256,53 @@ class CheckpointClient:
 
         The checkpoint may be put after its writes (they are keyed by its id).
 
+        Values of any size: while the request would exceed ``max_payload``, the largest
+        inline value is uploaded to the Object Store first and sent by reference.
+
         Raises:
             ContractError: a bad id, or the writes of one checkpoint would exceed one
                 KV value.
         """
+        fitted, uploads = await self._fit_writes(thread_id, namespace, writes)
         req = PutWrites(
             agent_id=self.agent_id,
             thread_id=thread_id,
             namespace=namespace,
             checkpoint_id=checkpoint_id,
-            writes=list(writes),
+            writes=fitted,
         )
-        return (await self._call("put_writes", req, WritesReply)).writes_count
+        try:
+            return (await self._call("put_writes", req, WritesReply)).writes_count
+        except (ConflictError, ContractError, NotFoundError):
+            for ref in uploads:  # refused for sure (see ``put``)
+                await _delete_blob_quietly(self.bus, ref)
+            raise
+
+    async def _fit_writes(
+        self, thread_id: str, namespace: str, writes: Sequence[PendingWrite]
+    ) -> tuple[list[PendingWrite], list[BlobRef]]:
+        """``(writes that fit one request, refs uploaded for them)``: largest first out."""
+        fitted = list(writes)
+        inline = sum(len(w.data) + _WRITE_ENVELOPE_BYTES for w in fitted)
+        uploads: list[BlobRef] = []
+        prefix = thread_key_prefix(self.agent_id, thread_id, namespace)
+        for i in sorted(range(len(fitted)), key=lambda i: len(fitted[i].data), reverse=True):
+            if inline <= self._upload_min_bytes or not fitted[i].data:
+                break
+            w = fitted[i]
+            name = f"{prefix}/w/{uuid.uuid4().hex}"
+            try:
+                ref = await put_blob(
+                    self.bus, name, w.data, bucket=self.bus.names.checkpoint_blobs_bucket
+                )
+            except BaseException:
+                for done in uploads:
+                    await _delete_blob_quietly(self.bus, done)
+                raise
+            uploads.append(ref)
+            inline -= len(w.data)
+            fitted[i] = msgspec.structs.replace(w, data=b"", data_ref=ref, sha256=ref.sha256)
+        return fitted, uploads
 
     async def delete_thread(self, thread_id: str) -> int:
         """Delete the thread, its namespaces and their data; return versions deleted."""

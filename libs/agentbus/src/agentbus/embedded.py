@@ -6,9 +6,9 @@ binary next to ``sys.executable``, else on ``PATH``) on 127.0.0.1 with JetStream
 gateway, and waits until all five answer ``$SRV.PING`` and the supervisor's node is
 registered. Services are spawned, never imported: they live in other packages.
 
-``agentbus embedded`` runs one in the foreground and writes a state file
-(``$AGENTBUS_HOME/embedded.json``, default ``~/.agentbus``) so that other ``agentbus``
-commands find the stack without options.
+``agentbus embedded`` runs one in the foreground and owns a state file
+(``agentbus.embedded_state``: ``$AGENTBUS_HOME/embedded.json`` by default, one live
+stack per file) so that other ``agentbus`` commands find the stack without options.
 """
 
 from __future__ import annotations
@@ -29,12 +29,21 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Literal
 
-import msgspec
 import nats.errors
 from nats.aio.client import Client as NatsClient
 
 from agentbus.bus import Bus
 from agentbus.client import Client
+from agentbus.embedded_state import STATE_FILE_NAME as STATE_FILE_NAME  # re-exported
+from agentbus.embedded_state import EmbeddedState as EmbeddedState  # re-exported
+from agentbus.embedded_state import agentbus_home as agentbus_home  # re-exported
+from agentbus.embedded_state import (
+    claim_state,
+    release_state,
+    state_file_path,
+    store_state,
+)
+from agentbus.embedded_state import read_state as read_state  # re-exported
 from agentbus.errors import UnavailableError
 from agentbus.settings import BusSettings
 
@@ -42,56 +51,7 @@ SERVICES: tuple[str, ...] = ("registry", "scheduler", "supervisor", "checkpoint"
 """The five services, in start order."""
 NODE_ID = "embedded"
 """Node id of the embedded supervisor."""
-STATE_FILE_NAME = "embedded.json"
 _LISTENING = re.compile(r"Listening for client connections on ([\d.]+):(\d+)")
-
-
-class EmbeddedState(msgspec.Struct, kw_only=True):
-    """Contents of the state file of a running embedded stack."""
-
-    nats_url: str
-    gateway_url: str
-    prefix: str
-    pids: dict[str, int]
-    """Process id by process name (``nats-server`` and the five services)."""
-    runtime: str = "process"
-    log_dir: str = ""
-
-
-def agentbus_home() -> Path:
-    """Directory of per-user agentbus state: ``$AGENTBUS_HOME``, else ``~/.agentbus``."""
-    return Path(os.environ.get("AGENTBUS_HOME") or Path.home() / ".agentbus")
-
-
-def state_file_path() -> Path:
-    """Path of the embedded stack's state file."""
-    return agentbus_home() / STATE_FILE_NAME
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def read_state(path: Path | None = None) -> EmbeddedState | None:
-    """The running embedded stack's state, or None (no file, unreadable, or stale).
-
-    A file whose nats-server process is gone is stale and ignored.
-    """
-    path = path or state_file_path()
-    try:
-        state = msgspec.json.decode(path.read_bytes(), type=EmbeddedState)
-    except (OSError, msgspec.DecodeError, msgspec.ValidationError):
-        return None
-    nats_pid = state.pids.get("nats-server")
-    if nats_pid is not None and not _pid_alive(nats_pid):
-        return None
-    return state
 
 
 def nats_server_binary() -> str:
@@ -177,6 +137,7 @@ class EmbeddedStack:
         runtime: Literal["docker", "process"] = "process",
         log_level: str = "INFO",
         write_state: bool = False,
+        state_file: Path | None = None,
         ready_timeout_s: float = 60.0,
         stop_grace_s: float = 10.0,
         extra_env: dict[str, str] | None = None,
@@ -190,6 +151,7 @@ class EmbeddedStack:
         self.runtime = runtime
         self.log_level = log_level
         self.write_state = write_state
+        self.state_file = state_file or state_file_path()
         self.ready_timeout_s = ready_timeout_s
         self.stop_grace_s = stop_grace_s
         self.extra_env = extra_env or {}
@@ -212,10 +174,16 @@ class EmbeddedStack:
     async def start(self) -> EmbeddedStack:
         """Start nats-server and the services; return once every one is ready.
 
+        With ``write_state``, the state file is claimed first (``claim_state``) and
+        filled in once the stack is ready.
+
         Raises:
+            StackRunningError: ``write_state`` and another live stack owns the file.
             UnavailableError: a process failed to start or did not become ready
                 within ``ready_timeout_s`` (the message carries its log tail).
         """
+        if self.write_state:
+            claim_state(self.state_file)
         self.store_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         try:
@@ -243,9 +211,7 @@ class EmbeddedStack:
         self._logs.clear()
         if self.write_state:
             with contextlib.suppress(OSError):
-                state = read_state()
-                if state is None or state.nats_url == self.nats_url:
-                    state_file_path().unlink(missing_ok=True)
+                release_state(self.state_file)
         shutil.rmtree(self._tmp, ignore_errors=True)
 
     async def __aenter__(self) -> EmbeddedStack:
@@ -347,12 +313,9 @@ class EmbeddedStack:
             pids=self.pids,
             runtime=self.runtime,
             log_dir=str(self.log_dir),
+            owner_pid=os.getpid(),
         )
-        path = state_file_path()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(msgspec.json.format(msgspec.json.encode(state), indent=2) + b"\n")
-        tmp.replace(path)
+        store_state(self.state_file, state)
 
 
 async def _node_registered(client: Client) -> bool:

@@ -38,6 +38,11 @@ nothing within that time writes the notice off. The first pull after a backlog n
 waits the same way (that notice may also have overtaken its task). Other pulls wait for
 nothing.
 
+A pull answered "no such consumer" (the consumer or the whole stream was deleted under
+the running agent) starts a ``Rebinder`` episode for its capability (``agentbus.rebind``):
+nothing of that capability is pulled until its consumers are bound again, then every
+band of it is flagged; notices owed to it stay owed.
+
 Pull requests and their answers: ``agentbus.pulls``.
 """
 
@@ -55,6 +60,7 @@ from agentbus.messages import TasksReady
 from agentbus.names import BANDS, Names
 from agentbus.notices import Announcer, ReadyListener
 from agentbus.pulls import NoWaitPuller, Pulled, nak_quietly
+from agentbus.rebind import Rebinder
 
 NOTICE_WAIT_S = 0.02
 """How long a pull for a notice may wait for the task to be stored."""
@@ -72,8 +78,9 @@ class Intake:
     """Pulls tasks into free slots, highest band first, until stopped.
 
     ``dispatch(capability, msg)`` is called for every message pulled; the caller owns
-    the slot until it calls ``release()``. Counters ``pulls`` and ``passed_on`` are for
-    tests and metrics.
+    the slot until it calls ``release()``. ``rebinder`` binds a capability's consumers
+    again when a pull finds them gone (without one, that is only logged). Counters
+    ``pulls`` and ``passed_on`` are for tests and metrics.
     """
 
     def __init__(
@@ -86,8 +93,10 @@ class Intake:
         pull_timeout_s: float,
         dispatch: Callable[[str, Msg], None],
         on_bad: Callable[[str, str], Awaitable[None]] | None = None,
+        rebinder: Rebinder | None = None,
     ) -> None:
         self._names: Names = bus.names
+        self._rebinder = rebinder
         self.capabilities = list(capabilities)
         self.max_concurrency = max_concurrency
         self.rescan_s = rescan_s
@@ -138,6 +147,8 @@ class Intake:
             timer.cancel()
         self._timers.clear()
         self._pass_on_owed()
+        if self._rebinder is not None:
+            await self._rebinder.close()
         await self._ears.close()
         await asyncio.gather(*self._passing, return_exceptions=True)
         await self._announcer.close()
@@ -224,11 +235,14 @@ class Intake:
 
     # -- the loop ----------------------------------------------------------------------
     def _next_lane(self) -> Lane | None:
-        if not self._flagged:
+        flagged = self._flagged
+        if self._rebinder is not None:  # a capability being bound again is not pulled
+            flagged = {ln for ln in flagged if not self._rebinder.rebinding(ln.capability)}
+        if not flagged:
             return None
-        top = max(lane.band for lane in self._flagged)
+        top = max(lane.band for lane in flagged)
         n = len(self.capabilities)
-        candidates = [lane for lane in self._flagged if lane.band == top]
+        candidates = [lane for lane in flagged if lane.band == top]
         return min(
             candidates, key=lambda ln: (self.capabilities.index(ln.capability) - self._turn) % n
         )
@@ -280,6 +294,18 @@ class Intake:
         if not (left or more):  # an unanswered pull's messages come late (``_late``)
             self._flagged.discard(lane)
 
+    def _unbound(self, lane: Lane, consumer: str, pulled: Pulled) -> None:
+        """``consumer`` is gone: bind the capability again; its notices stay owed."""
+        if self._rebinder is not None:
+            self._rebinder.lost(lane.capability, consumer, pulled.status, self._rebound)
+            return
+        self._flagged.discard(lane)
+        logger.warning("task consumer gone", consumer=consumer, status=pulled.status)
+
+    def _rebound(self, capability: str) -> None:
+        self._flagged.update(Lane(b, capability) for b in range(BANDS))
+        self._changed.set()
+
     async def run(self) -> None:
         """Pull into free slots until ``stop()``; returns after the pull in progress."""
         loop = asyncio.get_running_loop()
@@ -315,6 +341,9 @@ class Intake:
                 continue
             self.pulls += 1
             self._turn += 1
+            if pulled.unbound:
+                self._unbound(lane, consumer, pulled)
+                continue
             self._settle(lane, owed, ask, pulled, free)
             for msg in pulled.msgs:
                 self.busy += 1

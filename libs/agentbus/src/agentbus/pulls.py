@@ -6,7 +6,10 @@ answered with up to ``batch`` messages; when fewer were available a status messa
 follows. With ``expires`` too, an empty consumer holds the request until the first
 message (then ``404`` right after what it had) or until ``expires`` (``408``).
 Pulled messages arrive with their stream subject, not the inbox, so one pull is
-outstanding at a time per agent.
+outstanding at a time per agent. A pull on a consumer (or stream) that does not exist
+is answered ``503`` (no responders: the consumer itself serves ``MSG.NEXT``); a
+consumer deleted while a request waits ends it with ``409 Consumer Deleted``
+(``Pulled.unbound``: the agent binds again, ``agentbus.rebind``).
 
 
 ``subject_counts`` asks the stream (``$JS.API.STREAM.INFO`` with ``subjects_filter``)
@@ -58,10 +61,22 @@ class Pulled(NamedTuple):
     """What one pull request brought: the messages, and whether the server ended it.
 
     ``ended`` is false when no answer came within the timeout (e.g. reconnecting).
+    ``status`` is the status code that ended it (``"404"``, ``"408"``, ``"409"``,
+    ``"503"``), empty when the batch was full or no answer came; ``description`` is
+    the status text.
     """
 
     msgs: list[Msg]
     ended: bool
+    status: str = ""
+    description: str = ""
+
+    @property
+    def unbound(self) -> bool:
+        """Whether the consumer is gone: no responder (``503``), or deleted (``409``)."""
+        return self.status == "503" or (
+            self.status == "409" and "deleted" in self.description.lower()
+        )
 
 
 class NoWaitPuller:
@@ -93,6 +108,7 @@ class NoWaitPuller:
         self._want = 0
         self._got: list[Msg] = []
         self._ended: asyncio.Event = asyncio.Event()
+        self._status = ("", "")
 
     async def start(self) -> None:
         """Subscribe to the reply inboxes; idempotent."""
@@ -123,6 +139,7 @@ class NoWaitPuller:
         self._requests += 1
         self._reply = f"{self._inbox}.{self._requests}"
         self._want, self._got = batch, []
+        self._status = ("", "")
         self._ended.clear()
         body: dict[str, int | bool] = {"batch": batch, "no_wait": True}
         if wait_s > 0:
@@ -136,7 +153,7 @@ class NoWaitPuller:
             logger.debug("no-wait pull unanswered", consumer=consumer)
             ended = False
         got, self._got, self._want, self._reply = self._got, [], 0, ""
-        return Pulled(got, ended)
+        return Pulled(got, ended, *self._status)
 
     async def subject_counts(self, subjects_filter: str) -> dict[str, int]:
         """Messages per subject of the stream matching ``subjects_filter`` (absent: none).
@@ -156,10 +173,12 @@ class NoWaitPuller:
         return (info.state.subjects if info.state else None) or {}
 
     async def _on_msg(self, msg: Msg) -> None:
-        status = msg.headers.get("Status") if msg.headers else None
+        headers = msg.headers or {}
+        status = headers.get("Status")
         if status:
             # 404/408/409 end the request they answer; 100 is a heartbeat
             if status != "100" and msg.subject == self._reply:
+                self._status = (status, headers.get("Description", ""))
                 self._ended.set()
             return
         if len(self._got) < self._want:

@@ -12,10 +12,11 @@ An agent declares a name and one async handler per capability::
 For each capability the agent binds one durable pull consumer per priority band
 (``cap-<capability>`` for band 0, ``cap-<capability>-p<N>`` for band N), shared by
 every agent with that capability (JetStream spreads tasks among them), and pulls into
-its free slots highest band first (``agentbus.fetch``). A cancel notice stops the
-handler of a cancelled task (``agentbus.cancellation``). A delivered task holds a
-lease (the consumer's AckWait, ``AgentSettings.lease_s``) that the runtime renews with
-``in_progress()`` every lease/3 while the handler runs. The runtime reports
+its free slots highest band first (``agentbus.fetch``). Consumers deleted under the
+running agent (or with the whole task stream) are bound again (``agentbus.rebind``).
+A cancel notice stops the handler of a cancelled task (``agentbus.cancellation``). A
+delivered task holds a lease (the consumer's AckWait, ``AgentSettings.lease_s``) that
+the runtime renews with ``in_progress()`` every lease/3 while the handler runs. The runtime reports
 ``TaskStarted`` (only for a handler still running after ``started_report_delay_s``:
 most tasks are shorter, and their result tells the scheduler they ran) and then
 ``TaskResult`` on ``<p>.results.<capability>``, and acks the task only after the
@@ -56,6 +57,7 @@ from agentbus.fetch import Intake
 from agentbus.log import configure_logging
 from agentbus.messages import AgentInfo, encode, utcnow
 from agentbus.names import BANDS, Names, check_token
+from agentbus.rebind import Rebinder
 from agentbus.retry import SAFETY_MAX_DELIVER
 from agentbus.retry import error_info as error_info  # re-exported
 from agentbus.routes import Handler as Handler  # re-exported
@@ -196,9 +198,7 @@ class Agent:
         client = Client(bus)
         for cap in self.capabilities:  # band 0 first: the consumer a minimal agent uses
             await self._bind(bus, cap)
-        await asyncio.gather(
-            *(self._bind(bus, cap, band) for cap in self.capabilities for band in range(1, BANDS))
-        )
+        await asyncio.gather(*(self._bind_bands(bus, cap, first=1) for cap in self.capabilities))
         cancels = self._cancels = Cancellations(bus, on_bad=self._poison(bus, "control"))
         await cancels.start()
         self._deliveries = Deliveries(
@@ -213,6 +213,11 @@ class Agent:
             pull_timeout_s=self.settings.fetch_timeout_s,
             dispatch=self._dispatch,
             on_bad=self._poison(bus, "ready"),
+            rebinder=Rebinder(
+                bus.names.tasks_stream,
+                lambda cap: self._bind_bands(bus, cap),
+                counted=lambda cap: self.metrics.rebinds.labels(cap).inc(),
+            ),
         )
         await intake.start()
         leaving = asyncio.Event()
@@ -246,6 +251,10 @@ class Agent:
             except Exception as exc:
                 logger.warning("could not leave the registry", error=repr(exc))
             logger.info("agent stopped")
+
+    async def _bind_bands(self, bus: Bus, capability: str, *, first: int = 0) -> None:
+        """Create the consumers of bands ``first``..9 of ``capability``, concurrently."""
+        await asyncio.gather(*(self._bind(bus, capability, b) for b in range(first, BANDS)))
 
     async def _bind(self, bus: Bus, capability: str, band: int = 0) -> None:
         names = bus.names

@@ -342,11 +342,30 @@ class CheckpointStore:
         if req.data:
             raise ContractError("give data or data_ref, not both")
         ref = req.data_ref
+        await self.check_upload(tk, ref)
+        if (used := await self.entry(tk.blob_index(ref.name))) is not None:
+            raise ContractError(
+                f"data_ref {ref.name!r} is already the data of a version "
+                f"(index revision {used.revision}): upload the data again"
+            )
+        return b"", ref, ref.sha256, False
+
+    async def check_upload(self, tk: ThreadKeys, ref: BlobRef, *, write: bool = False) -> None:
+        """Check a client's upload: the thread's, stored as described, fresh enough.
+
+        ``write``: a pending write's value (``<prefix>/w/<32 hex>``), else checkpoint
+        data (``<prefix>/<32 hex>``).
+
+        Raises:
+            ContractError: another bucket, name or thread; missing; size or SHA-256
+                differ from the object's; older than half ``orphan_grace_s``.
+        """
         bucket = self.bus.names.checkpoint_blobs_bucket
         name = BlobName.parse(ref.name)
-        if ref.bucket != bucket or name is None or name.prefix != tk.prefix or name.write:
+        if ref.bucket != bucket or name is None or name.prefix != tk.prefix or name.write != write:
+            layout = f"{tk.prefix}/w/<32 hex>" if write else f"{tk.prefix}/<32 hex>"
             raise ContractError(
-                f"data_ref must name an object {tk.prefix}/<32 hex> in {bucket!r}, "
+                f"data_ref must name an object {layout} in {bucket!r}, "
                 f"not {ref.name!r} in {ref.bucket!r}"
             )
         stored = await object_meta(self.bus, bucket, ref.name)
@@ -360,12 +379,6 @@ class CheckpointStore:
                 f"data_ref {ref.name!r} was uploaded {age_s:.0f} s ago, more than half "
                 f"the orphan grace ({self.settings.orphan_grace_s:.0f} s): upload it again"
             )
-        if (used := await self.entry(tk.blob_index(ref.name))) is not None:
-            raise ContractError(
-                f"data_ref {ref.name!r} is already the data of a version "
-                f"(index revision {used.revision}): upload the data again"
-            )
-        return b"", ref, ref.sha256, False
 
     # -- get -----------------------------------------------------------------------
     async def get(self, req: GetCheckpoint) -> Checkpoint:

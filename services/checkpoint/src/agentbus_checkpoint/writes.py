@@ -7,6 +7,12 @@ before their checkpoint is stored (LangGraph's default "async" durability sends 
 at once). A value over ``write_inline_max_bytes`` goes to the Object Store as
 ``<prefix>/w/<32 hex>``; ``CheckpointStore.get`` returns the writes with their
 checkpoint, in LangGraph's order (``write_order``).
+
+A client whose writes do not fit one request uploads the largest values itself, under
+the same names, and sends them by ``data_ref`` (``CheckpointStore.check_upload``: the
+thread's, matching size and SHA-256, younger than half ``orphan_grace_s``); all of a
+request's writes are stored by one compare-and-set. The orphan sweep keeps every
+``<prefix>/w/`` object a writes value names.
 """
 
 from __future__ import annotations
@@ -45,8 +51,8 @@ class PendingWrites:
         The checkpoint need not be stored yet (writes may overtake their checkpoint).
 
         Raises:
-            ContractError: a bad id, a write carrying ``data_ref``, or merged writes
-                over ``writes_max_bytes``.
+            ContractError: a bad id, a bad ``data_ref`` (or one with ``data`` too), or
+                merged writes over ``writes_max_bytes``.
             NotStoredError: the writes kept changing under us (32 attempts).
         """
         store = self.store
@@ -54,8 +60,11 @@ class PendingWrites:
         if not CHECKPOINT_ID_RE.match(req.checkpoint_id):
             raise ContractError(f"{req.checkpoint_id!r} is not a checkpoint id")
         key = tk.writes(req.checkpoint_id)
-        if any(w.data_ref is not None for w in req.writes):
-            raise ContractError("send pending-write values inline (data), not by data_ref")
+        for w in req.writes:
+            if w.data_ref is not None:
+                if w.data:
+                    raise ContractError("give a write's data or data_ref, not both")
+                await store.check_upload(tk, w.data_ref, write=True)
         incoming = [await self._store_write(tk, w) for w in req.writes]
         kv = await store.kv()
         try:
@@ -75,18 +84,23 @@ class PendingWrites:
                         await kv.update(key, value, last=rev)
                 except nats.js.errors.KeyWrongLastSequenceError:
                     continue
-                await store.delete_blobs([w.data_ref for w in dropped if w.data_ref is not None])
+                kept = {w.data_ref.name for w in merged if w.data_ref is not None}
+                await store.delete_blobs(  # a repeated request may name a kept object
+                    [w.data_ref for w in dropped if w.data_ref and w.data_ref.name not in kept]
+                )
                 store.metrics.writes.inc(len(incoming))
                 return len(merged)
             raise NotStoredError(f"writes of {req.checkpoint_id!r} kept changing; gave up")
         except BaseException as exc:
-            for w in incoming:
-                if w.data_ref is not None:
+            for w, sent in zip(incoming, req.writes, strict=True):
+                if w.data_ref is not None and sent.data_ref is None:  # ours, not the client's
                     await store.drop_upload(w.data_ref, exc)
             raise
 
     async def _store_write(self, tk: ThreadKeys, w: PendingWrite) -> PendingWrite:
         """``w`` with its SHA-256, its value moved to the Object Store if large."""
+        if w.data_ref is not None:  # uploaded by the client, checked
+            return msgspec.structs.replace(w, sha256=w.data_ref.sha256)
         digest = hashlib.sha256(w.data).hexdigest()
         if len(w.data) <= self.settings.write_inline_max_bytes:
             return msgspec.structs.replace(w, sha256=digest)

@@ -24,7 +24,8 @@ from agentbus.cli.common import (
 )
 from agentbus.cli_connect import resolve_settings
 from agentbus.demo_runtime import choose_runtime
-from agentbus.embedded import EmbeddedStack, read_state, state_file_path
+from agentbus.embedded import EmbeddedStack
+from agentbus.embedded_state import claim_state, release_state, state_file_path
 
 
 @app.command()
@@ -43,27 +44,39 @@ def embedded(
     runtime: Annotated[Runtime, typer.Option(help="Where agents run.")] = "auto",
     prefix: Annotated[str, typer.Option(help="Prefix of every bus name.")] = "agentbus",
     log_level: Annotated[str, typer.Option(help="Services' log level.")] = "INFO",
+    state_file: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="AGENTBUS_STATE_FILE",
+            help="State file of this stack (default: $AGENTBUS_HOME/embedded.json); one "
+            "live stack per file.",
+        ),
+    ] = None,
 ) -> None:
-    """Run nats-server and the five services locally until Ctrl-C."""
-    if (state := read_state()) is not None:
-        raise fail(
-            f"an embedded stack is already running at {state.nats_url} "
-            f"(pid {state.pids.get('nats-server')}); state file {state_file_path()}",
-            1,
-        )
-    code = run(_embedded(store_dir, port, gateway_port, runtime, prefix, log_level))
+    """Run nats-server and the five services locally until Ctrl-C.
+
+    Refuses (exit 1) while another live stack owns the state file.
+    """
+    path = state_file or state_file_path()
+    code = run(_embedded(store_dir, port, gateway_port, runtime, prefix, log_level, path))
     raise typer.Exit(code)
 
 
 async def _embedded(
     store_dir: Path | None, port: int | None, gateway_port: int | None,
-    runtime: Runtime, prefix: str, log_level: str,
+    runtime: Runtime, prefix: str, log_level: str, state_file: Path,
 ) -> int:  # fmt: skip
-    chosen, why = await choose_runtime(runtime, "agentbus/agent:dev")
+    claim_state(state_file)  # before anything starts: StackRunningError, exit 1
+    try:
+        chosen, why = await choose_runtime(runtime, "agentbus/agent:dev")
+    except BaseException:
+        release_state(state_file)
+        raise
     console.print(f"runtime: {chosen} ({why})")
     stack = EmbeddedStack(
         store_dir=store_dir, nats_port=port, gateway_port=gateway_port, prefix=prefix,
         runtime=chosen, log_level=log_level, write_state=True,  # type: ignore[arg-type]
+        state_file=state_file,
     )  # fmt: skip
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -76,7 +89,7 @@ async def _embedded(
         console.print(f"NATS:    {stack.nats_url}  (prefix {prefix})")
         console.print(f"gateway: {stack.gateway_url}")
         console.print(f"logs:    {stack.log_dir}")
-        console.print(f"state:   {state_file_path()}")
+        console.print(f"state:   {state_file}")
         console.print("ready; Ctrl-C stops the stack")
         while not stop.is_set():
             if failed := stack.failed():
