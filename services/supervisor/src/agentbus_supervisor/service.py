@@ -55,7 +55,7 @@ from agentbus_supervisor.metrics import SupervisorMetrics
 from agentbus_supervisor.process_runtime import ProcessRuntime
 from agentbus_supervisor.replica import ReplicaRunner, RunnerContext
 from agentbus_supervisor.runtime import ReplicaHandle, ReplicaSpec, Runtime, build_spec
-from agentbus_supervisor.settings import SupervisorSettings
+from agentbus_supervisor.settings import SupervisorSettings, state_dir_for
 from agentbus_supervisor.start_gate import StartGate
 
 T = TypeVar("T", bound=msgspec.Struct)
@@ -101,6 +101,7 @@ async def make_runtime(settings: SupervisorSettings, prefix: str) -> Runtime:
         queue_lines=settings.log_queue_lines,
         line_max_bytes=settings.log_line_max_bytes,
         close_grace_s=settings.stop_grace_s,
+        state_dir=state_dir_for(settings, prefix),
     )
 
 

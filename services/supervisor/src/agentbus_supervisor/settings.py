@@ -5,8 +5,11 @@ Precedence: explicit keyword argument, then environment, then the default.
 
 from __future__ import annotations
 
+import os
 import re
 import socket
+import tempfile
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
@@ -79,6 +82,20 @@ class SupervisorSettings(BaseSettings):
     """Longer output lines are shipped in pieces of this size (``LogLine.line``)."""
     watch_check_s: PositiveFloat = 1.0
     """How often an idle KV watch checks whether NATS reconnected (then it re-watches)."""
+    state_dir: Path | None = None
+    """Where the process runtime keeps one pid file per replica, so that a restarted
+    supervisor ends the replicas an earlier one left (``state_dir_for``)."""
     log_queue_lines: PositiveInt = 1000
     """Lines buffered per replica before new ones are dropped."""
     metrics_port: int | None = None
+
+
+def state_dir_for(settings: SupervisorSettings, prefix: str) -> Path:
+    """The process runtime's pid-file directory of this node and prefix.
+
+    ``settings.state_dir``, else ``<tmp>/agentbus-<uid>/supervisor/<prefix>/<node_id>``.
+    """
+    if settings.state_dir is not None:
+        return settings.state_dir
+    base = Path(tempfile.gettempdir()) / f"agentbus-{os.getuid()}"
+    return base / "supervisor" / prefix / settings.node_id
