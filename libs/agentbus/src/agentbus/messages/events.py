@@ -86,10 +86,26 @@ class NodeEvent(Message, frozen=True, kw_only=True):
     at: datetime
 
 
+class DuplicateEvent(Message, frozen=True, kw_only=True):
+    """Event on ``<p>.events.<entity>.duplicate``: an error, two live instances of one id.
+
+    The registry publishes one when heartbeats under one agent (or node) id alternate
+    between different instances (``started_at``, ``hostname``, ``pid``, ``node_id``),
+    i.e. one identity runs twice; it publishes no joins for the flapping. ``instances``
+    describes each, e.g. ``host-a pid 4242 on node n1, started 2025-01-01T00:00:00Z``.
+    """
+
+    entity: Literal["agent", "node"]
+    id: str
+    at: datetime
+    instances: list[str]
+
+
 MESSAGES: tuple[type[Message], ...] = (
     TaskEvent,
     AgentEvent,
     ReplicaEvent,
     ErrorEvent,
     NodeEvent,
+    DuplicateEvent,
 )
