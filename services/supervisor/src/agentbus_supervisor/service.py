@@ -12,8 +12,10 @@ One supervisor runs per node. It
   ``stop_grace_s``) those no longer placed here, and replaces a replica whose spec
   (image, command, env, limits) changed; each replica's ``ReplicaRunner`` restarts it
   by policy (``replica``, ``restart_policy``, ``health``);
-- on start, adopts the containers an earlier supervisor of this node left running
-  (docker only) instead of starting duplicates;
+- on start, announces its node before it reconciles, and adopts the containers an
+  earlier supervisor of this node left running (docker only) instead of starting
+  duplicates; for ``adopt_grace_s`` it keeps such containers even while no placement
+  names them (the scheduler re-places them once the node is back after an outage);
 - serves ``nats.micro`` service ``supervisor`` with ``<p>.supervisor.<node_id>.status``
   (``GetNodeStatus`` → ``NodeStatusReply``);
 - on stop, stops every replica (unless ``stop_replicas_on_exit`` is off, so that a
@@ -149,6 +151,8 @@ class Supervisor:
         self.started_at = utcnow()
         self.runners: dict[ReplicaKey, ReplicaRunner] = {}
         self.adoptable: dict[ReplicaKey, ReplicaHandle] = {}
+        self._adopted: set[ReplicaKey] = set()  # runners made from an adopted handle
+        self._adopt_until = 0.0  # loop time at which the adoption grace ends
         self._beat = asyncio.Event()
         self._stopping: dict[ReplicaKey, asyncio.Future[None]] = {}
         """Graceful stops under way, by replica: they run in the background (a long
@@ -229,9 +233,12 @@ class Supervisor:
         is still stopping starts on the pass that follows the end of that stop.
         """
         wanted = self.desired()
+        grace = asyncio.get_running_loop().time() < self._adopt_until
         for key, runner in list(self.runners.items()):
             dep = wanted.get(key)
-            if dep is None:
+            if dep is None and grace and key in self._adopted:
+                self._stop_later(key, self._unadopt(key, self.runners.pop(key)))
+            elif dep is None:
                 self._stop_later(key, self.runners.pop(key).stop(reason="unplaced"))
             elif self._spec(dep, key[1]) != runner.spec:
                 logger.info("replica spec changed; replacing", agent_id=runner.spec.agent_id)
@@ -239,7 +246,7 @@ class Supervisor:
             else:
                 runner.deployment = dep
         for key, handle in list(self.adoptable.items()):
-            if key not in wanted:
+            if key not in wanted and not grace:
                 del self.adoptable[key]
                 self._stop_later(key, self._stop_handle(handle, self.settings.stop_grace_s))
         for key, dep in sorted(wanted.items()):
@@ -257,6 +264,10 @@ class Supervisor:
                 logger.warning("the process runtime does not enforce limits", replica=key)
             runner = ReplicaRunner(self.ctx, spec, dep, adopted=adopted)
             self.runners[key] = runner
+            if adopted is not None:
+                self._adopted.add(key)
+            else:
+                self._adopted.discard(key)
             runner.start()
         self.metrics.replicas.set(len(self.runners))
         self._beat.set()
@@ -274,6 +285,20 @@ class Supervisor:
             self._dirty.set()
 
         future.add_done_callback(_done)
+
+    async def _unadopt(self, key: ReplicaKey, runner: ReplicaRunner) -> None:
+        """Let go of an unplaced adopted replica within the adoption grace.
+
+        It keeps running and stays adoptable: the scheduler may place it here again.
+        """
+        await runner.detach()
+        if runner.handle is not None and runner.state == "running":
+            runner.handle.running = True
+            self.adoptable[key] = runner.handle
+            logger.info("adopted replica unplaced; kept within the adoption grace",
+                        agent_id=runner.spec.agent_id)  # fmt: skip
+        else:
+            await runner.stop(reason="unplaced")
 
     async def _stop_handle(self, handle: ReplicaHandle, grace_s: float) -> None:
         logger.info("stopping replica not placed here", name=handle.name)
@@ -303,7 +328,14 @@ class Supervisor:
             logger.warning("cannot list existing replicas", error=str(exc))
             own = []
         self.adoptable = {(h.deployment, h.replica): h for h in own}
+        loop = asyncio.get_running_loop()
+        self._adopt_until = loop.time() + self.settings.adopt_grace_s
+        loop.call_later(self.settings.adopt_grace_s, self._dirty.set)  # settle leftovers
         nodes_kv = await self.bus.kv(names.nodes_bucket)
+        # Announce the node before anything is reconciled: a scheduler that lost it
+        # (an outage of both) places its replicas here again sooner.
+        with contextlib.suppress(Exception):
+            await nodes_kv.put(self.node_id, encode(self.node_info()))
         micro = MicroService(self.bus, SERVICE, self.service_metrics)
         await micro.start()
         await micro.endpoint(
