@@ -14,8 +14,9 @@ One supervisor runs per node. It
   by policy (``replica``, ``restart_policy``, ``health``);
 - on start, announces its node before it reconciles, and adopts the containers an
   earlier supervisor of this node left running (docker only) instead of starting
-  duplicates; for ``adopt_grace_s`` it keeps such containers even while no placement
-  names them (the scheduler re-places them once the node is back after an outage);
+  duplicates; for ``adopt_grace_s`` it keeps such containers of replicas their
+  deployment still asks for even while no placement names them (the scheduler
+  places them again once the node is back after an outage);
 - serves ``nats.micro`` service ``supervisor`` with ``<p>.supervisor.<node_id>.status``
   (``GetNodeStatus`` → ``NodeStatusReply``);
 - on stop, stops every replica (unless ``stop_replicas_on_exit`` is off, so that a
@@ -236,7 +237,7 @@ class Supervisor:
         grace = asyncio.get_running_loop().time() < self._adopt_until
         for key, runner in list(self.runners.items()):
             dep = wanted.get(key)
-            if dep is None and grace and key in self._adopted:
+            if dep is None and grace and key in self._adopted and self._wanted_at_all(key):
                 self._stop_later(key, self._unadopt(key, self.runners.pop(key)))
             elif dep is None:
                 self._stop_later(key, self.runners.pop(key).stop(reason="unplaced"))
@@ -246,7 +247,7 @@ class Supervisor:
             else:
                 runner.deployment = dep
         for key, handle in list(self.adoptable.items()):
-            if key not in wanted and not grace:
+            if key not in wanted and not (grace and self._wanted_at_all(key)):
                 del self.adoptable[key]
                 self._stop_later(key, self._stop_handle(handle, self.settings.stop_grace_s))
         for key, dep in sorted(wanted.items()):
@@ -285,6 +286,11 @@ class Supervisor:
             self._dirty.set()
 
         future.add_done_callback(_done)
+
+    def _wanted_at_all(self, key: ReplicaKey) -> bool:
+        """Whether the replica's deployment exists and has that many replicas."""
+        dep = self.deployments.values.get(key[0])
+        return dep is not None and key[1] < dep.replicas
 
     async def _unadopt(self, key: ReplicaKey, runner: ReplicaRunner) -> None:
         """Let go of an unplaced adopted replica within the adoption grace.

@@ -56,10 +56,11 @@ class SupervisorSettings(BaseSettings):
     containers running so that the next supervisor of this node adopts them."""
     adopt_grace_s: NonNegativeFloat = 30.0
     """After the supervisor starts, containers it adopted or found are kept this long
-    even while no placement names them: after an outage of scheduler and supervisor
-    together the node's entry is gone, the scheduler unplaces its replicas and places
-    them again once the node is back; within this grace they are adopted, not replaced.
-    Longer than the node TTL (10 s) plus a placement pass."""
+    while no placement names them, if their deployment still asks for them: after an
+    outage of scheduler and supervisor together the node's entry is gone, so the
+    scheduler unplaces its replicas and places them again once the node is back;
+    within the grace they are adopted, not replaced. Longer than the node TTL (10 s)
+    plus a placement pass."""
     docker_url: str | None = None
     """Engine API address, e.g. ``unix:///run/podman/podman.sock`` (default: for docker
     ``DOCKER_HOST`` or ``/var/run/docker.sock``; for podman ``$XDG_RUNTIME_DIR/podman/
