@@ -48,7 +48,9 @@ class ReplicaEvent(Message, frozen=True, kw_only=True):
     ``reason`` is a token: for ``exited``, ``restarting`` and ``crash-loop`` the cause
     (``exit``, ``oom``, ``unhealthy``, ``heartbeat``); for ``started`` ``placed``,
     ``restarted`` or ``adopted``; for ``stopped`` ``unplaced``, ``replaced`` or
-    ``supervisor-stopped``; for ``failed`` ``start-failed`` or ``bad-spec``. ``detail``
+    ``supervisor-stopped``; for ``failed`` ``start-failed``, ``bad-spec`` or
+    ``image-pull-failed``; ``pulling`` (at the start of an image pull and at most every
+    few seconds during it) has the progress in ``detail``. ``detail``
     is one human-readable line (exit status, health check output, engine error).
     ``crash-loop``: the restart that exceeded ``CrashLoop.max_restarts`` within
     ``window_s``; restarts go on at the backoff cap.
@@ -57,7 +59,7 @@ class ReplicaEvent(Message, frozen=True, kw_only=True):
     node_id: str
     deployment: str
     replica: int
-    kind: Literal["started", "exited", "restarting", "crash-loop", "stopped", "failed"]
+    kind: Literal["started", "exited", "restarting", "crash-loop", "stopped", "failed", "pulling"]
     at: datetime
     agent_id: str = ""
     exit_code: int | None = None
