@@ -8,10 +8,11 @@ from __future__ import annotations
 import socket
 
 import aiodocker
+import msgspec
 import pytest
 
 from agentbus.bus import Bus
-from agentbus.messages import Backoff, Deployment
+from agentbus.messages import Backoff, Deployment, NodeInfo
 from agentbus_supervisor.docker_runtime import DockerRuntime
 from agentbus_supervisor.runtime import ImagePullError, build_spec
 from tests._helpers import eventually
@@ -61,6 +62,11 @@ async def test_unpullable_image_is_a_replica_state_and_an_event(
         assert pulling and image in pulling[0].detail
         event = next(e for e in events.of("failed") if e.reason == "image-pull-failed")
         assert image in event.detail
+        # The node reports the images it has (for apply's warning); not the missing one.
+        nodes_kv = await bus.kv(bus.names.nodes_bucket)
+        node = msgspec.json.decode((await nodes_kv.get(node_id)).value or b"", type=NodeInfo)
+        assert BASE_IMAGE in node.images
+        assert image not in node.images
 
 
 async def test_present_image_is_not_pulled_and_a_failed_pull_raises(

@@ -62,6 +62,8 @@ class _NameInUseError(Exception):
 NOBODY = "65534:65534"
 """The user of containers whose image runs as root (or names no user)."""
 _EXEC_OUTPUT_CHARS = 400
+MAX_IMAGES = 500
+"""Image tags a node reports in its ``NodeInfo`` at most."""
 _ROOT_USERS = ("", "root", "0")
 
 
@@ -136,6 +138,19 @@ class DockerRuntime(Runtime):
         """
         if spec.image:
             await self._puller.ensure(spec.image, progress)
+
+    async def images(self) -> list[str]:
+        """The engine's image tags (``repo:tag``), sorted, at most ``MAX_IMAGES``.
+
+        Raises:
+            UnavailableError: the engine failed to list them.
+        """
+        try:
+            found = await self._docker.images.list()
+        except aiodocker.DockerError as exc:
+            raise UnavailableError(f"cannot list images: {exc.message}") from exc
+        tags = {t for i in found for t in i.get("RepoTags") or [] if t != "<none>:<none>"}
+        return sorted(tags)[:MAX_IMAGES]
 
     def container_name(self, deployment: str, replica: int) -> str:
         """``<prefix>-<node_id>-<deployment>-<replica>`` (unique per fleet and node)."""

@@ -161,6 +161,14 @@ class Runtime(ABC):
 
     kind: Literal["docker", "process"]
 
+    async def images(self) -> list[str]:
+        """Image references the runtime has locally (none by default).
+
+        Raises:
+            UnavailableError: the runtime failed to list them.
+        """
+        return []
+
     async def prepare(self, spec: ReplicaSpec, progress: Progress) -> None:  # noqa: B027
         """Make what ``spec`` needs present (an image), reporting to ``progress``.
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import socket
 from collections.abc import Coroutine
@@ -155,6 +156,8 @@ class Supervisor:
         self._adopted: set[ReplicaKey] = set()  # runners made from an adopted handle
         self._adopt_until = 0.0  # loop time at which the adoption grace ends
         self._beat = asyncio.Event()
+        self._images: list[str] = []
+        self._images_at = -math.inf  # loop time of the last image list
         self._stopping: dict[ReplicaKey, asyncio.Future[None]] = {}
         """Graceful stops under way, by replica: they run in the background (a long
         ``stop_grace_s`` must not hold up other replicas), and a replica is started
@@ -174,6 +177,7 @@ class Supervisor:
             capacity_memory_bytes=self.settings.capacity_memory_bytes,
             replicas=len(self.runners),
             hostname=socket.gethostname(),
+            images=self._images,
         )
 
     async def status(self, _: GetNodeStatus) -> NodeStatusReply:
@@ -182,7 +186,14 @@ class Supervisor:
         return NodeStatusReply(node=self.node_info(), replicas=replicas)
 
     async def _heartbeat(self, kv: KeyValue, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
         while not stop.is_set():
+            if loop.time() - self._images_at >= self.settings.images_refresh_s:
+                self._images_at = loop.time()
+                try:
+                    self._images = await self.runtime.images()
+                except AgentBusError as exc:
+                    logger.warning("cannot list images", error=str(exc))
             try:
                 await kv.put(self.node_id, encode(self.node_info()))
             except Exception as exc:

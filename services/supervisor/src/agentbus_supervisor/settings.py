@@ -46,6 +46,8 @@ class SupervisorSettings(BaseSettings):
     registered (``start_gate``); more wait in line. Default: 2 x the CPU count."""
     heartbeat_s: PositiveFloat = 2.0
     """Interval between ``NodeInfo`` puts into KV ``<p>_nodes``."""
+    images_refresh_s: PositiveFloat = 60.0
+    """Interval between refreshes of the image list in ``NodeInfo.images``."""
     agent_nats_url: str | None = None
     """NATS URL given to agents (default: the supervisor's own URL)."""
     stop_grace_s: PositiveFloat = 10.0
