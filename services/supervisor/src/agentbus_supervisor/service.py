@@ -255,9 +255,11 @@ class Supervisor:
         future.add_done_callback(_done)
 
     def _wanted_at_all(self, key: ReplicaKey) -> bool:
-        """Whether the replica's deployment exists and has that many replicas."""
+        """Whether the replica's deployment asks for it and no other node has it."""
         dep = self.deployments.values.get(key[0])
-        return dep is not None and key[1] < dep.replicas
+        placed = self.placements.values.get(f"{key[0]}.{key[1]}")
+        elsewhere = placed is not None and placed.node_id != self.node_id
+        return dep is not None and key[1] < dep.replicas and not elsewhere
 
     async def _unadopt(self, key: ReplicaKey, runner: ReplicaRunner) -> None:
         """Let go of an unplaced adopted replica within the adoption grace.
