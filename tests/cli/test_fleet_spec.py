@@ -372,3 +372,24 @@ def test_the_operations_doc_example_is_valid() -> None:
     example = section[section.index("```yaml\n") + 8 : section.index("```\n", 8)]
     (d,) = parse_fleet(example, source="operations.md").deployments
     assert (d.name, d.replicas, d.limits.memory_bytes, d.resources.cpus) == ("echo", 3, 2**28, 0.25)
+
+
+def test_apply_warns_only_about_an_image_no_docker_node_has() -> None:
+    from agentbus.cli.fleet import image_on_no_node, image_ref
+    from agentbus.messages import NodeInfo, utcnow
+
+    now = utcnow()
+
+    def node(runtime: str, images: list[str]) -> NodeInfo:
+        return NodeInfo(node_id="n", runtime=runtime, started_at=now, heartbeat_at=now,  # type: ignore[arg-type]
+                        images=images)  # fmt: skip
+
+    assert image_ref("python") == "python:latest"
+    assert image_ref("docker.io/library/python:3") == "python:3"
+    assert image_ref("127.0.0.1:5000/x") == "127.0.0.1:5000/x:latest"
+    docker = node("docker", ["agentbus/agent:dev", "python:latest"])
+    assert not image_on_no_node("agentbus/agent:dev", [docker])
+    assert not image_on_no_node("docker.io/library/python", [docker])
+    assert image_on_no_node("agentbus/agent:v2", [docker, node("process", [])])
+    assert not image_on_no_node("anything:1", [node("process", [])])  # no docker node
+    assert not image_on_no_node("x@sha256:" + "0" * 64, [docker])  # digests: cannot tell

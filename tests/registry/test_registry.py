@@ -5,9 +5,10 @@ from datetime import timedelta
 
 import msgspec
 import pytest
+from nats.js.api import DeliverPolicy
 
 from agentbus.bus import Bus
-from agentbus.messages import AgentEvent, ErrorEvent, NodeEvent, encode, utcnow
+from agentbus.messages import AgentEvent, DuplicateEvent, ErrorEvent, NodeEvent, encode, utcnow
 from agentbus_registry.settings import RegistrySettings
 from tests._helpers import eventually
 from tests.registry.conftest import (
@@ -233,3 +234,59 @@ async def test_restarted_registry_sees_existing_entries_without_rejoining(bus: B
 async def test_ping_answers(bus: Bus, registry_service: Registry) -> None:
     reply = await bus.nc.request("$SRV.PING.registry", b"", timeout=2)
     assert msgspec.json.decode(reply.data)["name"] == "registry"
+
+
+async def _events_of(bus: Bus, entity: str, kind: str) -> list[bytes]:
+    """Every event on ``<p>.events.<entity>.<kind>`` so far (from the stream)."""
+    info = await bus.js.stream_info(
+        bus.names.events_stream, subjects_filter=bus.names.event_subject(entity, kind)
+    )
+    subjects = info.state.subjects or {}
+    count = sum(subjects.values())
+    if not count:
+        return []
+    sub = await bus.js.subscribe(
+        bus.names.event_subject(entity, kind), ordered_consumer=True,
+        deliver_policy=DeliverPolicy.ALL,
+    )  # fmt: skip
+    try:
+        return [(await sub.next_msg(timeout=5)).data for _ in range(count)]
+    finally:
+        await sub.unsubscribe()
+
+
+async def test_two_instances_of_one_agent_id_are_one_duplicate_event(
+    bus: Bus, registry_service: Registry
+) -> None:
+    """Two processes heartbeat as ``dup-0`` (a replica run twice): one ``duplicate`` error
+    event naming both, counted once, and no join per flip between them."""
+    base = agent_info("dup-0", ["echo"])
+    first = msgspec.structs.replace(base, pid=101, hostname="host-a")
+    second = msgspec.structs.replace(
+        base, pid=202, hostname="host-b", started_at=base.started_at + timedelta(seconds=0.5)
+    )
+    for _ in range(15):  # interleaved heartbeats, as two live agents produce them
+        await heartbeat(bus, first)
+        await heartbeat(bus, second)
+        await asyncio.sleep(0.02)
+
+    async def reported() -> bool:
+        return (
+            registry_service.metric("agentbus_registry_duplicates_total", {"entity": "agent"}) > 0
+        )
+
+    await eventually(reported, what="duplicate counted")
+    await heartbeat(bus, first)  # the registry has applied everything before this
+    await asyncio.sleep(0.3)
+    dups = [
+        msgspec.json.decode(d, type=DuplicateEvent)
+        for d in await _events_of(bus, "agent", "duplicate")
+    ]
+    assert len(dups) == 1
+    assert dups[0].id == "dup-0"
+    assert len(dups[0].instances) == 2
+    assert any("host-a pid 101" in i for i in dups[0].instances)
+    assert any("host-b pid 202" in i for i in dups[0].instances)
+    assert registry_service.metric("agentbus_registry_duplicates_total", {"entity": "agent"}) == 1
+    assert len(await _events_of(bus, "agent", "joined")) <= 2
+    assert registry_service.metric("agentbus_registry_joins_total", {"entity": "agent"}) <= 2

@@ -162,7 +162,7 @@ async def test_spread_selector_resources_and_clean_node_loss(bus: Bus) -> None:
             reply = await client.deploy(heavy)
             assert per_node(reply.placements) == {"node-a": 1, "node-b": 1}
             assert [u.replica for u in reply.unplaced] == [2]
-            assert "cpus: 2" in reply.unplaced[0].reason
+            assert "cpus declared (SUPERVISOR_CAPACITY_CPUS)" in reply.unplaced[0].reason
 
             async def echo_spread() -> bool:
                 return await agents_per_node(bus, "echo") == {"node-a": 2, "node-b": 2}

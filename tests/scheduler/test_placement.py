@@ -196,7 +196,10 @@ def test_capacity_is_respected() -> None:
     )
     assert per_node(plan.to_put) == {"a": 1, "b": 2}
     assert sorted(plan.unplaced) == ["web.3", "web.4"]
-    assert "replicas: 2" in plan.unplaced["web.3"]
+    assert (
+        "node a holds at most 1 replicas, node b holds at most 2 replicas"
+        in (plan.unplaced["web.3"])
+    )
 
 
 def test_declared_resources_against_node_capacity() -> None:
@@ -211,8 +214,9 @@ def test_declared_resources_against_node_capacity() -> None:
     assert per_node(state) == {"big": 2}  # 2 x 2 cpus fill big; small has 1 cpu
     plan = place(deployments, by_id(nodes["big"], nodes["small"]), state, now=NOW)
     assert sorted(plan.unplaced) == ["heavy.2", "heavy.3", "heavy.4"]
-    assert "cpus: 2" in plan.unplaced["heavy.2"]
-    assert "2 cpus" in plan.unplaced["heavy.2"]
+    assert "node big has 4 of 4 cpus declared" in plan.unplaced["heavy.2"]
+    assert "node small has 0 of 1 cpus declared" in plan.unplaced["heavy.2"]
+    assert "needs 2 cpus" in plan.unplaced["heavy.2"]
 
     # Memory binds before CPUs: 3 x 1 GiB into 2 GiB.
     mem = place(
@@ -222,7 +226,7 @@ def test_declared_resources_against_node_capacity() -> None:
         now=NOW,
     )
     assert len(mem.to_put) == 2
-    assert "memory: 1" in mem.unplaced["m.2"]
+    assert "(SUPERVISOR_CAPACITY_MEMORY_BYTES)" in mem.unplaced["m.2"]
 
     # Once a node with room joins, the rest go there and nothing else moves.
     after = settle(deployments, nodes, state)
@@ -320,3 +324,36 @@ def test_grown_resources_shed_until_node_fits() -> None:
     assert per_node(after) == {"a": 1, "b": 1}
     assert len(plan.unplaced) == 2
     assert place(by_name(dep("web", 4, cpus=1.5)), nodes, after, now=NOW).writes == 0
+
+
+def test_no_room_reason_names_the_limit_and_its_setting() -> None:
+    """100 replicas onto one 64-replica node: the reason says which limit binds and
+    which supervisor setting raises it, and how many replicas are left out."""
+    plan = place(by_name(dep("web", 100)), by_id(node("embedded-1")), {}, now=NOW)
+    assert len(plan.to_put) == 64
+    assert len(plan.unplaced) == 36
+    assert plan.unplaced["web.64"] == (
+        "no room on 1 eligible node(s): node embedded-1 holds at most 64 replicas "
+        "(SUPERVISOR_CAPACITY_REPLICAS); 36 of 100 replicas of web unplaced"
+    )
+    assert len(set(plan.unplaced.values())) == 1
+    # Declared resources: the node's total, what is declared, and the setting.
+    cpu = place(by_name(dep("heavy", 3, cpus=1.5)), by_id(node("n1", cpus=2.0)), {}, now=NOW)
+    assert cpu.unplaced["heavy.1"] == (
+        "no room on 1 eligible node(s): node n1 has 1.5 of 2 cpus declared "
+        "(SUPERVISOR_CAPACITY_CPUS); one replica needs 1.5 cpus; "
+        "2 of 3 replicas of heavy unplaced"
+    )
+    gib = 1024**3
+    mem = place(
+        by_name(dep("m", 2, memory_bytes=gib)),
+        by_id(node("n2", memory_bytes=gib), node("n3", memory_bytes=gib // 2)),
+        {},
+        now=NOW,
+    )
+    assert mem.unplaced["m.1"] == (
+        "no room on 2 eligible node(s): node n2 has 1073741824 of 1073741824 memory bytes "
+        "declared, node n3 has 0 of 536870912 memory bytes declared "
+        "(SUPERVISOR_CAPACITY_MEMORY_BYTES); one replica needs 1073741824 memory bytes; "
+        "1 of 2 replicas of m unplaced"
+    )

@@ -171,12 +171,15 @@ async def test_only_own_containers_are_touched(
 async def test_missing_image_is_reported_failed(
     bus: Bus, events: EventLog, node_containers: str
 ) -> None:
+    """A missing image is pulled; with no registry reachable the pull fails."""
     node_id = node_containers
     await put_deployment(bus, Deployment(name="ghost", image="agentbus-test/missing:never"))
     await place(bus, "ghost", 0, node_id)
     async with running_supervisor(bus, settings(node_id)):
-        failed = await eventually(replica_where(bus, node_id, lambda r: r.state == "failed"))
-        assert "not found" in failed.reason
+        failed = await eventually(
+            replica_where(bus, node_id, lambda r: r.state == "image-pull-failed")
+        )
+        assert "agentbus-test/missing:never" in failed.reason
         assert failed.runtime_id == ""
         await eventually(lambda: returns(events.of("failed", "ghost-0")))
 

@@ -32,3 +32,9 @@ class RegistryMetrics:
             ["entity", "kind"],
             registry=registry,
         )
+        self.duplicates = Counter(
+            "agentbus_registry_duplicates_total",
+            "Ids heartbeated by two live instances at once (one DuplicateEvent each), by entity.",
+            ["entity"],
+            registry=registry,
+        )

@@ -3,7 +3,8 @@
 Agents put ``AgentInfo`` heartbeats into KV ``<p>_agents`` and supervisors put
 ``NodeInfo`` into ``<p>_nodes`` (key = id, bucket TTL 10 s with limit markers). The
 registry mirrors both buckets (``view.LiveView``, built on ``agentbus.kv_mirror``),
-announces joins, leaves (key deleted) and losses (TTL expiry) on
+announces joins, leaves (key deleted), losses (TTL expiry) and two live instances
+of one id (``DuplicateEvent``, ``<p>.events.<entity>.duplicate``) on
 ``<p>.events.agent.<kind>`` (``AgentEvent``) and ``<p>.events.node.<kind>``
 (``NodeEvent``), and serves the ``nats.micro`` service
 ``registry``:
@@ -53,6 +54,15 @@ def _agent_event(key: str, kind: Kind, info: AgentInfo) -> AgentEvent:
     return AgentEvent(agent_id=key, kind=kind, at=utcnow(), name=info.name, node_id=info.node_id)
 
 
+def _agent_instance(info: AgentInfo) -> str:
+    where = f" on node {info.node_id}" if info.node_id else ""
+    return f"{info.hostname or '?'} pid {info.pid}{where}, started {info.started_at.isoformat()}"
+
+
+def _node_instance(info: NodeInfo) -> str:
+    return f"{info.hostname or '?'}, started {info.started_at.isoformat()}"
+
+
 def _node_event(key: str, kind: Kind, info: NodeInfo) -> NodeEvent:
     return NodeEvent(node_id=key, kind=kind, at=utcnow())
 
@@ -73,6 +83,7 @@ async def serve(
         bucket=bus.names.agents_bucket,
         type_=AgentInfo,
         id_of=lambda info: info.agent_id,
+        instance_of=_agent_instance,
         event=_agent_event,
         service_metrics=service_metrics,
         metrics=metrics,
@@ -85,6 +96,7 @@ async def serve(
         bucket=bus.names.nodes_bucket,
         type_=NodeInfo,
         id_of=lambda info: info.node_id,
+        instance_of=_node_instance,
         event=_node_event,
         service_metrics=service_metrics,
         metrics=metrics,

@@ -8,7 +8,13 @@ plus what the registry makes of each key's change (``KvMirror``'s ``on_entry``):
 * a ``DEL`` marker (graceful leave: the owner deleted its key) → ``left``;
 * any other way a listed entry leaves the view → ``lost``: a ``PURGE`` marker (the
   server's TTL expiry marker), a key a re-watch's replay no longer finds, or a put
-  that replaced it with a bad value.
+  that replaced it with a bad value;
+* a put of an instance (``instance_of``: incarnation, host, pid) that was itself seen
+  within ``stale_after_s`` while another one has put since → ``duplicate``: two live
+  instances share the id. One ``DuplicateEvent`` per set of instances (counted in
+  ``agentbus_registry_duplicates_total``), and no join for their flapping. A new
+  instance that replaces an old one (a restart) is a join as before: the old one
+  never comes back.
 
 The mirror owns the watch: replay into a staging copy, re-watch after errors and
 reconnects with capped backoff, bad entries (undecodable, or an id that differs from
@@ -17,7 +23,8 @@ the key) reported through ``report_bad_message`` with ``source`` ``agents_kv`` /
 
 Events go to ``<p>.events.<entity>.<kind>`` with a ``Nats-Msg-Id`` that every
 registry instance derives identically (joined: key + ``started_at``; left/lost: key +
-the marker's revision, or ``started_at`` when the replay found no marker), so
+the marker's revision, or ``started_at`` when the replay found no marker; duplicate:
+key + the sorted instances), so
 replicated or restarted registries do not duplicate them within the events stream's
 duplicate window.
 """
@@ -25,6 +32,7 @@ duplicate window.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Generic, Literal, TypeVar
@@ -33,7 +41,7 @@ from loguru import logger
 
 from agentbus.bus import Bus
 from agentbus.kv_mirror import KvChange, KvMirror
-from agentbus.messages import AgentInfo, Message, NodeInfo, encode, utcnow
+from agentbus.messages import AgentInfo, DuplicateEvent, Message, NodeInfo, encode, utcnow
 from agentbus.service import ServiceMetrics
 from agentbus_registry.metrics import RegistryMetrics
 
@@ -51,6 +59,8 @@ class LiveView(Generic[Info]):
         bucket: KV bucket to watch.
         type_: ``AgentInfo`` or ``NodeInfo``.
         id_of: the entry's own id (must equal its KV key, else the entry is bad).
+        instance_of: one line naming the running instance behind an entry (two
+            different ones under one id at once are a duplicate).
         event: builds the event for ``(key, kind, last known info)``.
         service_metrics: where bad entries are counted (``source`` ``<entity>s_kv``).
         metrics: the registry's joins and departures counters.
@@ -67,6 +77,7 @@ class LiveView(Generic[Info]):
         bucket: str,
         type_: type[Info],
         id_of: Callable[[Info], str],
+        instance_of: Callable[[Info], str],
         event: Callable[[str, Kind, Info], Message],
         service_metrics: ServiceMetrics,
         metrics: RegistryMetrics,
@@ -76,6 +87,11 @@ class LiveView(Generic[Info]):
         self.bus = bus
         self.entity = entity
         self._id_of: Callable[[Info], str] = id_of
+        self._instance_of: Callable[[Info], str] = instance_of
+        self._instances: dict[str, dict[str, datetime]] = {}
+        """Key -> instance -> when the registry last saw it put (within the TTL)."""
+        self._reported: dict[str, frozenset[str]] = {}
+        """Key -> the instances of the duplicate last reported for it."""
         self._event: Callable[[str, Kind, Info], Message] = event
         self._metrics = metrics
         self._stale_after = timedelta(seconds=stale_after_s)
@@ -116,9 +132,30 @@ class LiveView(Generic[Info]):
         own_id = self._id_of(info)
         return None if own_id == key else f"entry id {own_id!r} differs from its key"
 
+    def _duplicate_of(self, key: str, old: Info | None, new: Info) -> frozenset[str] | None:
+        """The live instances of ``key`` if ``new`` flips back to one seen recently."""
+        now = utcnow()
+        instance = self._instance_of(new)
+        seen = self._instances.setdefault(key, {})
+        for name, at in list(seen.items()):
+            if now - at > self._stale_after:
+                del seen[name]
+        known = instance in seen
+        seen[instance] = now
+        if len(seen) == 1:
+            self._reported.pop(key, None)  # alone again: a later duplicate is news
+        if old is None or not known or self._instance_of(old) == instance:
+            return None
+        return frozenset(seen)
+
     async def _on_entry(self, change: KvChange[Info]) -> None:
         key, old, new = change.key, change.old, change.new
         if new is not None:
+            if (dup := self._duplicate_of(key, old, new)) is not None:
+                if self._reported.get(key) != dup:
+                    self._reported[key] = dup
+                    await self._report_duplicate(key, dup)
+                return  # flapping between live instances is no join
             if old is not None and old.started_at == new.started_at:
                 return  # a heartbeat of a known incarnation
             if change.replayed and utcnow() - _aware(new.started_at) > self._announce_window:
@@ -133,13 +170,23 @@ class LiveView(Generic[Info]):
                         operation=change.operation)  # fmt: skip
             await self._publish(key, kind, old, str(change.revision or old.started_at.isoformat()))
 
+    async def _report_duplicate(self, key: str, instances: frozenset[str]) -> None:
+        self._metrics.duplicates.labels(self.entity).inc()
+        named = sorted(instances)
+        logger.error("two live instances share one id", entity=self.entity, key=key,
+                     instances=named)  # fmt: skip
+        event = DuplicateEvent(entity=self.entity, id=key, at=utcnow(), instances=named)  # type: ignore[arg-type]
+        digest = hashlib.sha256("\n".join(named).encode()).hexdigest()[:16]
+        await self._send("duplicate", event, f"{self.entity}.{key}.duplicate.{digest}")
+
     async def _publish(self, key: str, kind: Kind, info: Info, incarnation: str) -> None:
-        subject = self.bus.names.event_subject(self.entity, kind)
         msg_id = f"{self.entity}.{key}.{kind}.{incarnation}"
+        await self._send(kind, self._event(key, kind, info), msg_id)
+
+    async def _send(self, kind: str, event: Message, msg_id: str) -> None:
+        subject = self.bus.names.event_subject(self.entity, kind)
         try:
-            await self.bus.js.publish(
-                subject, encode(self._event(key, kind, info)), headers={"Nats-Msg-Id": msg_id}
-            )
+            await self.bus.js.publish(subject, encode(event), headers={"Nats-Msg-Id": msg_id})
         except Exception as exc:  # best effort: the view stays right without the event
             logger.warning("could not publish registry event", subject=subject, error=repr(exc))
 

@@ -126,10 +126,36 @@ def _ineligible(node: NodeInfo | None, node_id: str, deployment: Deployment) -> 
     return None
 
 
+_CAPACITY_SETTING = {
+    "replicas": "SUPERVISOR_CAPACITY_REPLICAS",
+    "cpus": "SUPERVISOR_CAPACITY_CPUS",
+    "memory": "SUPERVISOR_CAPACITY_MEMORY_BYTES",
+}
+"""The supervisor setting that raises each node capacity (``NodeInfo.capacity_*``)."""
+_NODES_NAMED = 3
+"""Nodes named per binding limit in a no-room reason; more are counted."""
+
+
+def _full_node(node: NodeInfo, load: NodeLoad, kind: str) -> str:
+    """One node's binding limit, e.g. ``node a holds at most 64 replicas``."""
+    if kind == "replicas":
+        return f"node {node.node_id} holds at most {node.capacity_replicas} replicas"
+    if kind == "cpus":
+        return f"node {node.node_id} has {load.cpus:g} of {node.capacity_cpus:g} cpus declared"
+    return (
+        f"node {node.node_id} has {load.memory_bytes} of {node.capacity_memory_bytes} "
+        "memory bytes declared"
+    )
+
+
 def _no_room_reason(
     deployment: Deployment, nodes: Mapping[str, NodeInfo], load: Mapping[str, NodeLoad]
 ) -> str:
-    """Why no node takes a replica: the filter that removed the last candidates."""
+    """Why no node takes a replica: the filter that removed the last candidates.
+
+    When capacity is the filter, the reason names each full node's binding limit and
+    the supervisor setting that raises it (``_CAPACITY_SETTING``).
+    """
     if not nodes:
         return "no live node"
     runnable = [n for n in nodes.values() if compatible(n, deployment)]
@@ -141,13 +167,21 @@ def _no_room_reason(
         return (
             f"no live node matches node_selector {dict(sorted(deployment.node_selector.items()))}"
         )
-    short = Counter(load.get(n.node_id, NodeLoad()).shortfall(n, deployment) for n in eligible)
-    parts = ", ".join(f"{kind}: {count}" for kind, count in sorted(short.items()) if kind)
+    full: dict[str, list[str]] = {}
+    for n in sorted(eligible, key=lambda n: n.node_id):
+        node_load = load.get(n.node_id, NodeLoad())
+        if over := node_load.shortfall(n, deployment):
+            full.setdefault(over, []).append(_full_node(n, node_load, over))
+    limits = []
+    for over, named in sorted(full.items()):
+        more = len(named) - _NODES_NAMED
+        text = ", ".join(named[:_NODES_NAMED]) + (f" and {more} more" if more > 0 else "")
+        limits.append(f"{text} ({_CAPACITY_SETTING[over]})")
+    reason = f"no room on {len(eligible)} eligible node(s): " + "; ".join(limits)
     r = deployment.resources
-    return (
-        f"no room on {len(eligible)} eligible node(s) ({parts}); one replica needs "
-        f"{r.cpus:g} cpus, {r.memory_bytes} memory bytes"
-    )
+    needs = [f"{r.cpus:g} cpus"] if r.cpus else []
+    needs += [f"{r.memory_bytes} memory bytes"] if r.memory_bytes else []
+    return reason + (f"; one replica needs {', '.join(needs)}" if needs else "")
 
 
 def place(
@@ -223,7 +257,6 @@ def place(
             plan.unplaced[key] = _no_room_reason(deployment, nodes, load)
             if key in current:
                 plan.to_delete.append(key)
-                plan.reasons[key] = f"{displaced[key]}; {plan.unplaced[key]}"
             continue
         sign = 1 if deployment.spread == "node" else -1
         best = min(
@@ -241,5 +274,18 @@ def place(
         )
         if key in displaced:
             plan.reasons[key] = displaced[key]
+    _count_unplaced(plan, deployments)
+    for key in plan.unplaced.keys() & current.keys():
+        plan.reasons[key] = f"{displaced[key]}; {plan.unplaced[key]}"
     plan.to_delete.sort()
     return plan
+
+
+def _count_unplaced(plan: PlacementPlan, deployments: Mapping[str, Deployment]) -> None:
+    """Add ``<n> of <replicas> replicas of <name> unplaced`` to no-room reasons."""
+    counts = Counter(key.rsplit(".", 1)[0] for key in plan.unplaced)
+    for key, reason in plan.unplaced.items():
+        if reason.startswith("no room"):
+            name = key.rsplit(".", 1)[0]
+            total = deployments[name].replicas
+            plan.unplaced[key] = f"{reason}; {counts[name]} of {total} replicas of {name} unplaced"

@@ -14,8 +14,10 @@ included), CPU (``NanoCpus``) and PID limits of the ``ReplicaSpec``.
 The same code drives Podman through its Docker-compatible API socket
 (``podman system service``); see docs/operations.md, "Podman".
 
-``aiodocker.DockerError`` never leaves this module: a missing image becomes a
-``ContractError``, anything else an ``UnavailableError``.
+A missing image is pulled first (``prepare``; a failed pull is an
+``ImagePullError``). ``aiodocker.DockerError`` never leaves this module: a missing
+image at create time becomes a ``ContractError``, anything else an
+``UnavailableError``.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from loguru import logger
 
 from agentbus.errors import ConflictError, ContractError, UnavailableError
 from agentbus.messages import utcnow
+from agentbus_supervisor._docker_pull import Puller
 from agentbus_supervisor._docker_stream import LogFrameDecoder, parse_docker_time
 from agentbus_supervisor.runtime import (
     LABEL_AGENT_ID,
@@ -45,6 +48,7 @@ from agentbus_supervisor.runtime import (
     ExecResult,
     ExitInfo,
     OutputLine,
+    Progress,
     ReplicaHandle,
     ReplicaSpec,
     Runtime,
@@ -58,6 +62,8 @@ class _NameInUseError(Exception):
 NOBODY = "65534:65534"
 """The user of containers whose image runs as root (or names no user)."""
 _EXEC_OUTPUT_CHARS = 400
+MAX_IMAGES = 500
+"""Image tags a node reports in its ``NodeInfo`` at most."""
 _ROOT_USERS = ("", "root", "0")
 
 
@@ -91,6 +97,7 @@ class DockerRuntime(Runtime):
         self.extra_labels = dict(extra_labels or {})
         self.log_line_max_bytes = log_line_max_bytes
         self._image_users: dict[str, str] = {}
+        self._puller = Puller(docker)
         # Each replica holds two long requests (wait and logs): lift aiohttp's cap of 100.
         connector: Any = docker.connector
         if hasattr(connector, "_limit"):
@@ -121,6 +128,29 @@ class DockerRuntime(Runtime):
         podman = any("podman" in str(c.get("Name", "")).lower() for c in components)
         kwargs.setdefault("engine", "podman" if podman else "docker")
         return cls(docker, **kwargs)
+
+    async def prepare(self, spec: ReplicaSpec, progress: Progress) -> None:
+        """Pull the spec's image unless the engine has it (``_docker_pull``).
+
+        Raises:
+            ImagePullError: the image is missing and could not be pulled.
+            UnavailableError: the engine failed otherwise.
+        """
+        if spec.image:
+            await self._puller.ensure(spec.image, progress)
+
+    async def images(self) -> list[str]:
+        """The engine's image tags (``repo:tag``), sorted, at most ``MAX_IMAGES``.
+
+        Raises:
+            UnavailableError: the engine failed to list them.
+        """
+        try:
+            found = await self._docker.images.list()
+        except aiodocker.DockerError as exc:
+            raise UnavailableError(f"cannot list images: {exc.message}") from exc
+        tags = {t for i in found for t in i.get("RepoTags") or [] if t != "<none>:<none>"}
+        return sorted(tags)[:MAX_IMAGES]
 
     def container_name(self, deployment: str, replica: int) -> str:
         """``<prefix>-<node_id>-<deployment>-<replica>`` (unique per fleet and node)."""

@@ -9,9 +9,12 @@ separate subprocess with the replica's environment (killed at its timeout).
 Limits (``Limits``) are not enforced: that needs cgroups, i.e. root or a container
 engine. The supervisor logs a warning when a deployment declares limits here.
 
-Adoption is not possible: a process runtime does not find the processes an earlier
-supervisor started (``list_own`` is empty), so ``close`` stops every child it
-started rather than leaving orphans behind.
+A replica identity never runs twice (``_process_state``): each child gets SIGTERM
+from the kernel when the supervisor dies (``PR_SET_PDEATHSIG``), and with a
+``state_dir`` each replica's pid and start time go to a pid file, so that a
+restarted supervisor ends whatever an earlier one left running (``list_own``: the
+SIGTERM-grace-SIGKILL of ``stop``) before it starts replicas again. Adopting them is
+not possible: their output pipes cannot be reattached. ``close`` stops every child.
 """
 
 from __future__ import annotations
@@ -22,12 +25,14 @@ import os
 import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal, cast
 
 from loguru import logger
 
 from agentbus.errors import ContractError, UnavailableError
 from agentbus.messages import utcnow
+from agentbus_supervisor._process_state import PidFiles, die_with_parent
 from agentbus_supervisor.runtime import (
     ExecResult,
     ExitInfo,
@@ -48,6 +53,7 @@ class _Child:
     process: asyncio.subprocess.Process
     lines: asyncio.Queue[OutputLine | None]
     env: dict[str, str]
+    agent_id: str = ""
     readers: list[asyncio.Task[None]] = field(default_factory=list)
     dropped: int = 0
 
@@ -74,8 +80,11 @@ class ProcessRuntime(Runtime):
         queue_lines: int = 1000,
         line_max_bytes: int = 8192,
         close_grace_s: float = 5.0,
+        state_dir: Path | None = None,
     ) -> None:
+        """``state_dir``: where pid files go (None: none, no leftovers are ended)."""
         self._children: dict[str, _Child] = {}
+        self.pid_files = PidFiles(state_dir) if state_dir is not None else None
         self.queue_lines = queue_lines
         self.line_max_bytes = line_max_bytes
         self.close_grace_s = close_grace_s
@@ -99,13 +108,14 @@ class ProcessRuntime(Runtime):
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 start_new_session=True,
+                preexec_fn=die_with_parent(),  # prctl only: safe after fork
                 limit=self.line_max_bytes,
             )
         except (FileNotFoundError, PermissionError) as exc:
             raise ContractError(f"cannot execute {spec.command[0]!r}: {exc}") from exc
         except OSError as exc:
             raise UnavailableError(f"cannot spawn {spec.command[0]!r}: {exc}") from exc
-        child = _Child(process, asyncio.Queue(maxsize=self.queue_lines), env)
+        child = _Child(process, asyncio.Queue(maxsize=self.queue_lines), env, spec.agent_id)
         streams = cast(
             list[tuple[Stream, asyncio.StreamReader]],
             [("stdout", process.stdout), ("stderr", process.stderr)],
@@ -114,6 +124,8 @@ class ProcessRuntime(Runtime):
         asyncio.create_task(self._close_lines(child))  # noqa: RUF006 - ends with the readers
         handle_id = str(process.pid)
         self._children[handle_id] = child
+        if self.pid_files is not None:
+            self.pid_files.write(spec.agent_id, process.pid)
         return ReplicaHandle(
             runtime_id=handle_id,
             name=spec.agent_id,
@@ -172,6 +184,8 @@ class ProcessRuntime(Runtime):
         self._signal_group(child, signal.SIGKILL)
         await child.process.wait()
         self._children.pop(handle.runtime_id, None)
+        if self.pid_files is not None:
+            self.pid_files.remove(child.agent_id, child.process.pid)
 
     async def kill(self, handle: ReplicaHandle) -> None:
         """SIGKILL the process group."""
@@ -237,7 +251,14 @@ class ProcessRuntime(Runtime):
         return child.dropped if child else 0
 
     async def list_own(self) -> list[ReplicaHandle]:
-        """Always empty: processes of an earlier supervisor cannot be adopted."""
+        """End what an earlier supervisor of this node left running; always empty.
+
+        Processes cannot be adopted (their pipes are gone): every replica recorded in
+        the pid files is stopped (SIGTERM to its session, SIGKILL after
+        ``close_grace_s``) so that it is not run twice once started again.
+        """
+        if self.pid_files is not None:
+            await self.pid_files.end_leftovers(self.close_grace_s)
         return []
 
     async def close(self) -> None:
@@ -252,3 +273,5 @@ class ProcessRuntime(Runtime):
                 for pid, _ in children
             )
         )
+        if self.pid_files is not None:
+            self.pid_files.discard_dir()

@@ -37,7 +37,13 @@ from agentbus_supervisor.health import watchdog
 from agentbus_supervisor.logs import ship_logs
 from agentbus_supervisor.metrics import SupervisorMetrics
 from agentbus_supervisor.restart_policy import Cause, RestartTracker
-from agentbus_supervisor.runtime import ExitInfo, ReplicaHandle, ReplicaSpec, Runtime
+from agentbus_supervisor.runtime import (
+    ExitInfo,
+    ImagePullError,
+    ReplicaHandle,
+    ReplicaSpec,
+    Runtime,
+)
 from agentbus_supervisor.start_gate import Slot, StartGate
 
 _LOG_DRAIN_S = 2.0
@@ -45,7 +51,7 @@ _LOG_DRAIN_S = 2.0
 _WAIT_RETRY_S = 1.0
 _KILL_RETRY_S = 5.0
 _CANCEL_RETRY_S = 1.0
-EventKind = Literal["started", "exited", "restarting", "crash-loop", "stopped", "failed"]
+EventKind = Literal["started", "exited", "restarting", "crash-loop", "stopped", "failed", "pulling"]
 
 
 @dataclass(frozen=True)
@@ -218,7 +224,18 @@ class ReplicaRunner:
         while True:
             self.state = "starting"
             try:
+                await self.ctx.runtime.prepare(self.spec, self._pulling)
+                self.state = "starting"
                 handle = await self._start_once()
+            except ImagePullError as exc:
+                failures += 1
+                delay_s = backoff_s(self.deployment.backoff, failures)
+                self.state, self.reason, self.backoff_s = "image-pull-failed", str(exc), delay_s
+                self.ctx.metrics.starts.labels("failed").inc()
+                logger.warning("image pull failed", agent_id=self.spec.agent_id, error=str(exc))
+                await self._event("failed", reason="image-pull-failed", detail=str(exc))
+                await asyncio.sleep(delay_s)
+                continue
             except ContractError as exc:
                 self.state, self.reason = "failed", str(exc)
                 self.ctx.metrics.starts.labels("failed").inc()
@@ -240,6 +257,10 @@ class ReplicaRunner:
             self.ctx.metrics.starts.labels("started").inc()
             await self._event("started", reason="restarted" if self.restarts else "placed")
             return handle
+
+    async def _pulling(self, line: str) -> None:
+        self.state, self.reason = "pulling", line
+        await self._event("pulling", detail=line)
 
     async def _start_once(self) -> ReplicaHandle:
         self._drop_slot()

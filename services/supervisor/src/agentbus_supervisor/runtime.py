@@ -12,11 +12,12 @@ import dataclasses
 import hashlib
 import json
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
+from agentbus.errors import UnavailableError
 from agentbus.messages import Deployment
 from agentbus.messages.fleet import Limits
 from agentbus.names import replica_agent_id
@@ -143,10 +144,40 @@ class ExitInfo:
     reason: str = ""
 
 
+Progress = Callable[[str], Awaitable[None]]
+"""Receives one line of progress (an image pull's) at a time."""
+
+
+class ImagePullError(UnavailableError):
+    """Image ``image`` could not be pulled: ``reason`` is the engine's or registry's."""
+
+    def __init__(self, image: str, reason: str) -> None:
+        self.image, self.reason = image, reason
+        super().__init__(f"cannot pull image {image!r}: {reason}")
+
+
 class Runtime(ABC):
     """Starts, stops and watches replicas on this node."""
 
     kind: Literal["docker", "process"]
+
+    async def images(self) -> list[str]:
+        """Image references the runtime has locally (none by default).
+
+        Raises:
+            UnavailableError: the runtime failed to list them.
+        """
+        return []
+
+    async def prepare(self, spec: ReplicaSpec, progress: Progress) -> None:  # noqa: B027
+        """Make what ``spec`` needs present (an image), reporting to ``progress``.
+
+        Nothing to do by default.
+
+        Raises:
+            ImagePullError: the image is missing and could not be pulled.
+            UnavailableError: the runtime failed otherwise.
+        """
 
     @abstractmethod
     async def start(self, spec: ReplicaSpec) -> ReplicaHandle:

@@ -12,8 +12,11 @@ One supervisor runs per node. It
   ``stop_grace_s``) those no longer placed here, and replaces a replica whose spec
   (image, command, env, limits) changed; each replica's ``ReplicaRunner`` restarts it
   by policy (``replica``, ``restart_policy``, ``health``);
-- on start, adopts the containers an earlier supervisor of this node left running
-  (docker only) instead of starting duplicates;
+- on start, announces its node before it reconciles, and adopts the containers an
+  earlier supervisor of this node left running (docker only) instead of starting
+  duplicates; for ``adopt_grace_s`` it keeps such containers of replicas their
+  deployment still asks for even while no placement names them (the scheduler
+  places them again once the node is back after an outage);
 - serves ``nats.micro`` service ``supervisor`` with ``<p>.supervisor.<node_id>.status``
   (``GetNodeStatus`` → ``NodeStatusReply``);
 - on stop, stops every replica (unless ``stop_replicas_on_exit`` is off, so that a
@@ -24,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
+import math
 import socket
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -35,7 +38,7 @@ from nats.js.kv import KeyValue
 from prometheus_client import CollectorRegistry
 
 from agentbus.bus import Bus
-from agentbus.errors import AgentBusError, UnavailableError
+from agentbus.errors import AgentBusError
 from agentbus.kv_mirror import KvMirror
 from agentbus.messages import (
     AgentInfo,
@@ -50,58 +53,16 @@ from agentbus.messages import (
 from agentbus.messages.fleet import Limits
 from agentbus.names import check_token
 from agentbus.service import MicroService, ServiceMetrics
-from agentbus_supervisor.docker_runtime import DockerRuntime
 from agentbus_supervisor.metrics import SupervisorMetrics
-from agentbus_supervisor.process_runtime import ProcessRuntime
 from agentbus_supervisor.replica import ReplicaRunner, RunnerContext
 from agentbus_supervisor.runtime import ReplicaHandle, ReplicaSpec, Runtime, build_spec
+from agentbus_supervisor.runtimes import make_runtime
 from agentbus_supervisor.settings import SupervisorSettings
 from agentbus_supervisor.start_gate import StartGate
 
 T = TypeVar("T", bound=msgspec.Struct)
 SERVICE = "supervisor"
 ReplicaKey = tuple[str, int]
-
-
-def podman_socket_url() -> str:
-    """Podman's API socket: rootless ``$XDG_RUNTIME_DIR/podman/podman.sock``, else rootful."""
-    runtime_dir = os.environ.get("XDG_RUNTIME_DIR")
-    if os.geteuid() != 0 and runtime_dir:
-        return f"unix://{runtime_dir}/podman/podman.sock"
-    return "unix:///run/podman/podman.sock"
-
-
-async def make_runtime(settings: SupervisorSettings, prefix: str) -> Runtime:
-    """The runtime ``settings.runtime`` asks for (``auto``: docker if it answers).
-
-    Raises:
-        UnavailableError: ``docker`` or ``podman`` was asked for and no engine answers.
-    """
-    if settings.runtime in ("docker", "podman", "auto"):
-        url = settings.docker_url
-        if settings.runtime == "podman" and url is None:
-            url = podman_socket_url()
-        try:
-            return await DockerRuntime.connect(
-                url,
-                node_id=settings.node_id,
-                prefix=prefix,
-                network=settings.docker_network,
-                read_only=settings.docker_read_only,
-                user=settings.docker_user,
-                init=settings.docker_init,
-                extra_labels=settings.docker_labels,
-                log_line_max_bytes=settings.log_line_max_bytes,
-            )
-        except UnavailableError as exc:
-            if settings.runtime != "auto":
-                raise
-            logger.info("no Docker engine; running replicas as processes", error=str(exc))
-    return ProcessRuntime(
-        queue_lines=settings.log_queue_lines,
-        line_max_bytes=settings.log_line_max_bytes,
-        close_grace_s=settings.stop_grace_s,
-    )
 
 
 class Supervisor:
@@ -148,7 +109,11 @@ class Supervisor:
         self.started_at = utcnow()
         self.runners: dict[ReplicaKey, ReplicaRunner] = {}
         self.adoptable: dict[ReplicaKey, ReplicaHandle] = {}
+        self._adopted: set[ReplicaKey] = set()  # runners made from an adopted handle
+        self._adopt_until = 0.0  # loop time at which the adoption grace ends
         self._beat = asyncio.Event()
+        self._images: list[str] = []
+        self._images_at = -math.inf  # loop time of the last image list
         self._stopping: dict[ReplicaKey, asyncio.Future[None]] = {}
         """Graceful stops under way, by replica: they run in the background (a long
         ``stop_grace_s`` must not hold up other replicas), and a replica is started
@@ -168,6 +133,7 @@ class Supervisor:
             capacity_memory_bytes=self.settings.capacity_memory_bytes,
             replicas=len(self.runners),
             hostname=socket.gethostname(),
+            images=self._images,
         )
 
     async def status(self, _: GetNodeStatus) -> NodeStatusReply:
@@ -176,7 +142,14 @@ class Supervisor:
         return NodeStatusReply(node=self.node_info(), replicas=replicas)
 
     async def _heartbeat(self, kv: KeyValue, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
         while not stop.is_set():
+            if loop.time() - self._images_at >= self.settings.images_refresh_s:
+                self._images_at = loop.time()
+                try:
+                    self._images = await self.runtime.images()
+                except AgentBusError as exc:
+                    logger.warning("cannot list images", error=str(exc))
             try:
                 await kv.put(self.node_id, encode(self.node_info()))
             except Exception as exc:
@@ -228,9 +201,12 @@ class Supervisor:
         is still stopping starts on the pass that follows the end of that stop.
         """
         wanted = self.desired()
+        grace = asyncio.get_running_loop().time() < self._adopt_until
         for key, runner in list(self.runners.items()):
             dep = wanted.get(key)
-            if dep is None:
+            if dep is None and grace and key in self._adopted and self._wanted_at_all(key):
+                self._stop_later(key, self._unadopt(key, self.runners.pop(key)))
+            elif dep is None:
                 self._stop_later(key, self.runners.pop(key).stop(reason="unplaced"))
             elif self._spec(dep, key[1]) != runner.spec:
                 logger.info("replica spec changed; replacing", agent_id=runner.spec.agent_id)
@@ -238,7 +214,7 @@ class Supervisor:
             else:
                 runner.deployment = dep
         for key, handle in list(self.adoptable.items()):
-            if key not in wanted:
+            if key not in wanted and not (grace and self._wanted_at_all(key)):
                 del self.adoptable[key]
                 self._stop_later(key, self._stop_handle(handle, self.settings.stop_grace_s))
         for key, dep in sorted(wanted.items()):
@@ -256,6 +232,10 @@ class Supervisor:
                 logger.warning("the process runtime does not enforce limits", replica=key)
             runner = ReplicaRunner(self.ctx, spec, dep, adopted=adopted)
             self.runners[key] = runner
+            if adopted is not None:
+                self._adopted.add(key)
+            else:
+                self._adopted.discard(key)
             runner.start()
         self.metrics.replicas.set(len(self.runners))
         self._beat.set()
@@ -273,6 +253,27 @@ class Supervisor:
             self._dirty.set()
 
         future.add_done_callback(_done)
+
+    def _wanted_at_all(self, key: ReplicaKey) -> bool:
+        """Whether the replica's deployment asks for it and no other node has it."""
+        dep = self.deployments.values.get(key[0])
+        placed = self.placements.values.get(f"{key[0]}.{key[1]}")
+        elsewhere = placed is not None and placed.node_id != self.node_id
+        return dep is not None and key[1] < dep.replicas and not elsewhere
+
+    async def _unadopt(self, key: ReplicaKey, runner: ReplicaRunner) -> None:
+        """Let go of an unplaced adopted replica within the adoption grace.
+
+        It keeps running and stays adoptable: the scheduler may place it here again.
+        """
+        await runner.detach()
+        if runner.handle is not None and runner.state == "running":
+            runner.handle.running = True
+            self.adoptable[key] = runner.handle
+            logger.info("adopted replica unplaced; kept within the adoption grace",
+                        agent_id=runner.spec.agent_id)  # fmt: skip
+        else:
+            await runner.stop(reason="unplaced")
 
     async def _stop_handle(self, handle: ReplicaHandle, grace_s: float) -> None:
         logger.info("stopping replica not placed here", name=handle.name)
@@ -302,7 +303,14 @@ class Supervisor:
             logger.warning("cannot list existing replicas", error=str(exc))
             own = []
         self.adoptable = {(h.deployment, h.replica): h for h in own}
+        loop = asyncio.get_running_loop()
+        self._adopt_until = loop.time() + self.settings.adopt_grace_s
+        loop.call_later(self.settings.adopt_grace_s, self._dirty.set)  # settle leftovers
         nodes_kv = await self.bus.kv(names.nodes_bucket)
+        # Announce the node before anything is reconciled: a scheduler that lost it
+        # (an outage of both) places its replicas here again sooner.
+        with contextlib.suppress(Exception):
+            await nodes_kv.put(self.node_id, encode(self.node_info()))
         micro = MicroService(self.bus, SERVICE, self.service_metrics)
         await micro.start()
         await micro.endpoint(

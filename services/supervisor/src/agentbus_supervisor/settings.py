@@ -5,8 +5,11 @@ Precedence: explicit keyword argument, then environment, then the default.
 
 from __future__ import annotations
 
+import os
 import re
 import socket
+import tempfile
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
@@ -43,6 +46,8 @@ class SupervisorSettings(BaseSettings):
     registered (``start_gate``); more wait in line. Default: 2 x the CPU count."""
     heartbeat_s: PositiveFloat = 2.0
     """Interval between ``NodeInfo`` puts into KV ``<p>_nodes``."""
+    images_refresh_s: PositiveFloat = 60.0
+    """Interval between refreshes of the image list in ``NodeInfo.images``."""
     agent_nats_url: str | None = None
     """NATS URL given to agents (default: the supervisor's own URL)."""
     stop_grace_s: PositiveFloat = 10.0
@@ -51,6 +56,13 @@ class SupervisorSettings(BaseSettings):
     stop_replicas_on_exit: bool = True
     """Stop the replicas when the supervisor stops. Off (docker only): leave the
     containers running so that the next supervisor of this node adopts them."""
+    adopt_grace_s: NonNegativeFloat = 30.0
+    """After the supervisor starts, containers it adopted or found are kept this long
+    while no placement names them, if their deployment still asks for them: after an
+    outage of scheduler and supervisor together the node's entry is gone, so the
+    scheduler unplaces its replicas and places them again once the node is back;
+    within the grace they are adopted, not replaced. Longer than the node TTL (10 s)
+    plus a placement pass."""
     docker_url: str | None = None
     """Engine API address, e.g. ``unix:///run/podman/podman.sock`` (default: for docker
     ``DOCKER_HOST`` or ``/var/run/docker.sock``; for podman ``$XDG_RUNTIME_DIR/podman/
@@ -79,6 +91,20 @@ class SupervisorSettings(BaseSettings):
     """Longer output lines are shipped in pieces of this size (``LogLine.line``)."""
     watch_check_s: PositiveFloat = 1.0
     """How often an idle KV watch checks whether NATS reconnected (then it re-watches)."""
+    state_dir: Path | None = None
+    """Where the process runtime keeps one pid file per replica, so that a restarted
+    supervisor ends the replicas an earlier one left (``state_dir_for``)."""
     log_queue_lines: PositiveInt = 1000
     """Lines buffered per replica before new ones are dropped."""
     metrics_port: int | None = None
+
+
+def state_dir_for(settings: SupervisorSettings, prefix: str) -> Path:
+    """The process runtime's pid-file directory of this node and prefix.
+
+    ``settings.state_dir``, else ``<tmp>/agentbus-<uid>/supervisor/<prefix>/<node_id>``.
+    """
+    if settings.state_dir is not None:
+        return settings.state_dir
+    base = Path(tempfile.gettempdir()) / f"agentbus-{os.getuid()}"
+    return base / "supervisor" / prefix / settings.node_id

@@ -29,9 +29,15 @@ from agentbus.cli.common import (
     with_client,
 )
 from agentbus.client import Client
-from agentbus.errors import NotFoundError, SpecError
+from agentbus.errors import AgentBusError, NotFoundError, SpecError
 from agentbus.fleet_spec import FleetSpec, load_fleet
-from agentbus.messages import Deployment, DeploymentChange, DeployReply, RestartPolicy
+from agentbus.messages import (
+    Deployment,
+    DeploymentChange,
+    DeployReply,
+    NodeInfo,
+    RestartPolicy,
+)
 
 _MARK = {
     "created": "[green]+[/green]",
@@ -67,12 +73,43 @@ def apply(
     console.print(f"{'dry run: ' if dry_run else ''}{summary or 'nothing to do'}")
 
 
+def image_ref(ref: str) -> str:
+    """``ref`` as the engine lists it: ``python`` → ``python:latest``, no ``docker.io/``."""
+    for hub in ("docker.io/library/", "docker.io/"):
+        if ref.startswith(hub):
+            ref = ref[len(hub) :]
+            break
+    return ref if "@" in ref or ":" in ref.rsplit("/", 1)[-1] else f"{ref}:latest"
+
+
+def image_on_no_node(image: str, nodes: list[NodeInfo]) -> bool:
+    """Whether docker nodes are live and none reports ``image`` (digests: never)."""
+    docker_nodes = [n for n in nodes if n.runtime == "docker"]
+    if "@" in image or not docker_nodes:
+        return False
+    want = image_ref(image)
+    return not any(want in {image_ref(i) for i in n.images} for n in docker_nodes)
+
+
+async def _live_nodes(client: Client) -> list[NodeInfo]:
+    try:
+        return await client.nodes()
+    except AgentBusError:  # the warning is a courtesy: apply goes on without it
+        return []
+
+
 async def _apply(
     client: Client, spec: FleetSpec, prune: bool, dry_run: bool
 ) -> dict[DeploymentChange, int]:
     counts: dict[DeploymentChange, int] = dict.fromkeys(_MARK, 0)  # type: ignore[arg-type]
     before = await client.deployments()
+    nodes = await _live_nodes(client)
     for d in spec.deployments:
+        if d.image and image_on_no_node(d.image, nodes):
+            err_console.print(
+                f"  [yellow]![/yellow] {d.name}: no node has image {escape(d.image)}; "
+                "its supervisors pull it before starting replicas"
+            )
         old = before.get(d.name)
         if dry_run:
             change: DeploymentChange = (

@@ -66,6 +66,7 @@ from agentbus.messages.control import (
 )
 from agentbus.messages.events import (
     AgentEvent,
+    DuplicateEvent,
     ErrorEvent,
     NodeEvent,
     ReplicaEvent,
@@ -175,6 +176,7 @@ __all__ = [
     "DeployReply",
     "Deployment",
     "DeploymentChange",
+    "DuplicateEvent",
     "ErrorEvent",
     "ErrorInfo",
     "ForkCheckpoint",

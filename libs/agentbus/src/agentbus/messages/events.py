@@ -48,7 +48,9 @@ class ReplicaEvent(Message, frozen=True, kw_only=True):
     ``reason`` is a token: for ``exited``, ``restarting`` and ``crash-loop`` the cause
     (``exit``, ``oom``, ``unhealthy``, ``heartbeat``); for ``started`` ``placed``,
     ``restarted`` or ``adopted``; for ``stopped`` ``unplaced``, ``replaced`` or
-    ``supervisor-stopped``; for ``failed`` ``start-failed`` or ``bad-spec``. ``detail``
+    ``supervisor-stopped``; for ``failed`` ``start-failed``, ``bad-spec`` or
+    ``image-pull-failed``; ``pulling`` (at the start of an image pull and at most every
+    few seconds during it) has the progress in ``detail``. ``detail``
     is one human-readable line (exit status, health check output, engine error).
     ``crash-loop``: the restart that exceeded ``CrashLoop.max_restarts`` within
     ``window_s``; restarts go on at the backoff cap.
@@ -57,7 +59,7 @@ class ReplicaEvent(Message, frozen=True, kw_only=True):
     node_id: str
     deployment: str
     replica: int
-    kind: Literal["started", "exited", "restarting", "crash-loop", "stopped", "failed"]
+    kind: Literal["started", "exited", "restarting", "crash-loop", "stopped", "failed", "pulling"]
     at: datetime
     agent_id: str = ""
     exit_code: int | None = None
@@ -86,10 +88,26 @@ class NodeEvent(Message, frozen=True, kw_only=True):
     at: datetime
 
 
+class DuplicateEvent(Message, frozen=True, kw_only=True):
+    """Event on ``<p>.events.<entity>.duplicate``: an error, two live instances of one id.
+
+    The registry publishes one when heartbeats under one agent (or node) id alternate
+    between different instances (``started_at``, ``hostname``, ``pid``, ``node_id``),
+    i.e. one identity runs twice; it publishes no joins for the flapping. ``instances``
+    describes each, e.g. ``host-a pid 4242 on node n1, started 2025-01-01T00:00:00Z``.
+    """
+
+    entity: Literal["agent", "node"]
+    id: str
+    at: datetime
+    instances: list[str]
+
+
 MESSAGES: tuple[type[Message], ...] = (
     TaskEvent,
     AgentEvent,
     ReplicaEvent,
     ErrorEvent,
     NodeEvent,
+    DuplicateEvent,
 )

@@ -190,8 +190,9 @@ class GetNodeStatus(Message, frozen=True, kw_only=True):
 
 
 ReplicaState = Literal[
-    "starting", "running", "backoff", "crash-loop", "exited", "failed", "stopping"
-]
+    "starting", "running", "backoff", "crash-loop", "exited", "failed", "stopping",
+    "pulling", "image-pull-failed",
+]  # fmt: skip
 
 
 class ReplicaStatus(Message, frozen=True, kw_only=True):
@@ -199,7 +200,9 @@ class ReplicaStatus(Message, frozen=True, kw_only=True):
 
     ``state``: ``backoff`` waits ``backoff_s`` seconds before a restart; ``exited``
     ended and its restart policy does not restart it; ``failed`` could not be
-    started (e.g. a missing image). ``runtime_id`` is the container id or the pid.
+    started (e.g. a bad command); ``pulling``: its image is being pulled;
+    ``image-pull-failed``: the pull failed (``reason``), retried with backoff.
+    ``runtime_id`` is the container id or the pid.
     """
 
     deployment: str

@@ -45,6 +45,10 @@ class NodeInfo(Message, frozen=True, kw_only=True):
     """Memory replicas may declare in total; 0 = not limited."""
     replicas: int = 0
     hostname: str = ""
+    images: list[str] = []
+    """Image references (``repo:tag``) the node's engine has, refreshed about every
+    minute; empty on a process node. ``agentbus apply`` warns about an image no node
+    has (supervisors pull it at start)."""
 
 
 class ListAgents(Message, frozen=True, kw_only=True):

@@ -1,0 +1,96 @@
+"""The supervisor pulls a missing image; a pull that fails is a replica state with the
+reason and an event. No registry is reachable here, so the failure path runs for
+real (a registry on a closed local port) and the success path checks only that an
+image present locally is not pulled."""
+
+from __future__ import annotations
+
+import socket
+
+import aiodocker
+import msgspec
+import pytest
+
+from agentbus.bus import Bus
+from agentbus.messages import Backoff, Deployment, NodeInfo
+from agentbus_supervisor.docker_runtime import DockerRuntime
+from agentbus_supervisor.runtime import ImagePullError, build_spec
+from tests._helpers import eventually
+from tests.supervisor._helpers import (
+    BASE_IMAGE,
+    SLEEP_CMD,
+    TEST_LABELS,
+    EventLog,
+    docker_settings,
+    place,
+    put_deployment,
+    replica_where,
+    returns,
+    running_supervisor,
+)
+
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(120)]
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_unpullable_image_is_a_replica_state_and_an_event(
+    bus: Bus, docker: aiodocker.Docker, events: EventLog, node_containers: str
+) -> None:
+    node_id = node_containers
+    image = f"127.0.0.1:{closed_port()}/nope:1"
+    dep = Deployment(name="nopull", image=image, image_command=SLEEP_CMD,
+                     backoff=Backoff(initial_s=0.2, max_s=1.0))  # fmt: skip
+    await put_deployment(bus, dep)
+    await place(bus, "nopull", 0, node_id)
+    async with running_supervisor(bus, docker_settings(node_id, docker_network="none")):
+        failed = await eventually(
+            replica_where(bus, node_id, lambda r: r.state == "image-pull-failed"),
+            timeout_s=60,
+            what="replica in image-pull-failed",
+        )
+        assert image in failed.reason
+        await eventually(
+            lambda: returns([e for e in events.of("failed") if e.reason == "image-pull-failed"]),
+            what="image-pull-failed event",
+        )
+        pulling = events.of("pulling", "nopull-0")
+        assert pulling and image in pulling[0].detail
+        event = next(e for e in events.of("failed") if e.reason == "image-pull-failed")
+        assert image in event.detail
+        # The node reports the images it has (for apply's warning); not the missing one.
+        nodes_kv = await bus.kv(bus.names.nodes_bucket)
+        node = msgspec.json.decode((await nodes_kv.get(node_id)).value or b"", type=NodeInfo)
+        assert BASE_IMAGE in node.images
+        assert image not in node.images
+
+
+async def test_present_image_is_not_pulled_and_a_failed_pull_raises(
+    docker: aiodocker.Docker, node_id: str
+) -> None:
+    runtime = await DockerRuntime.connect(node_id=node_id, prefix="p", extra_labels=TEST_LABELS)
+    progress: list[str] = []
+
+    async def report(line: str) -> None:
+        progress.append(line)
+
+    try:
+        dep = Deployment(name="here", image=BASE_IMAGE, image_command=SLEEP_CMD)
+        spec = build_spec(dep, 0, node_id=node_id, prefix="p", nats_url="x", runtime="docker")
+        await runtime.prepare(spec, report)
+        assert progress == []  # present locally: no pull, no progress
+        missing = f"127.0.0.1:{closed_port()}/nope:2"
+        bad = build_spec(
+            Deployment(name="gone", image=missing), 0, node_id=node_id, prefix="p",
+            nats_url="x", runtime="docker",
+        )  # fmt: skip
+        with pytest.raises(ImagePullError) as info:
+            await runtime.prepare(bad, report)
+        assert info.value.image == missing
+        assert progress and missing in progress[0]
+    finally:
+        await runtime.close()
