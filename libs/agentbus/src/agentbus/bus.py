@@ -89,8 +89,16 @@ class Bus:
         settings: the bus settings it was built from.
     """
 
-    def __init__(self, nc: Client, settings: BusSettings) -> None:
+    def __init__(
+        self, nc: Client, settings: BusSettings, *, closed: asyncio.Event | None = None
+    ) -> None:
         self.nc = nc
+        self.closed = closed or asyncio.Event()
+        """Set once the connection is closed, by ``close()`` or for good by the client
+        (a server ``-ERR`` such as "maximum control line exceeded": nats-py does not
+        reconnect after one)."""
+        self.closing = False
+        """Whether ``close()`` was called (a close not asked for is a lost connection)."""
         self.js: JetStreamContext = nc.jetstream(timeout=settings.request_timeout_s)
         self.settings = settings
         self.names = Names(settings.prefix)
@@ -103,7 +111,10 @@ class Bus:
         """Connect to ``settings.nats_url`` and return a ``Bus``.
 
         Once connected, reconnects forever after a lost connection (nats-py's own
-        reconnect loop); the first connect is bounded by ``connect_timeout_s``.
+        reconnect loop); the first connect is bounded by ``connect_timeout_s``. A
+        protocol error the server reports (``-ERR``, other than a stale connection or a
+        permission denial) closes the connection for good: ``closed`` is then set while
+        ``closing`` is false (``agentbus.service.run_service`` exits on it).
 
         Raises:
             UnavailableError: no server accepted the first connect in time.
@@ -112,6 +123,11 @@ class Bus:
 
         async def _on_error(exc: Exception) -> None:
             logger.warning("nats connection error", error=repr(exc))
+
+        closed = asyncio.Event()
+
+        async def _on_closed() -> None:
+            closed.set()
 
         if not await _any_server_listens(settings.nats_url, settings.connect_timeout_s):
             raise UnavailableError(f"no NATS server reachable at {settings.nats_url}")
@@ -124,6 +140,7 @@ class Bus:
                     max_reconnect_attempts=-1,
                     reconnect_time_wait=0.5,
                     error_cb=_on_error,
+                    closed_cb=_on_closed,
                     drain_timeout=5,
                 )
         except (OSError, TimeoutError, nats.errors.NoServersError) as exc:
@@ -131,7 +148,12 @@ class Bus:
                 f"no NATS server reachable at {settings.nats_url} within "
                 f"{settings.connect_timeout_s:.1f} s"
             ) from exc
-        return cls(nc, settings)
+        return cls(nc, settings, closed=closed)
+
+    @property
+    def lost(self) -> bool:
+        """Whether the connection was closed for good without ``close()`` being called."""
+        return self.closed.is_set() and not self.closing
 
     async def close(self) -> None:
         """Flush and close the connection (pending subscriptions are drained).
@@ -139,6 +161,7 @@ class Bus:
         With the server out of reach (nats-py reconnecting) there is nothing to drain
         to: the connection is closed at once, so a process can still stop cleanly.
         """
+        self.closing = True
         if self._publisher is not None:
             await self._publisher.close()
         if not self.nc.is_closed:
