@@ -82,6 +82,7 @@ async def test_service_exits_nonzero_when_its_connection_is_closed_for_good(
         text = log.read_text()
         assert code == EXIT_CONNECTION_LOST, text
         assert "NATS connection closed for good" in text
+        assert not await probe(settings, service, host=host, timeout_s=0.5)
     finally:
         if proc.poll() is None:
             proc.kill()
