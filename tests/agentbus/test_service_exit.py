@@ -12,8 +12,6 @@ process (``python -m agentbus_<service>``).
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +21,7 @@ from agentbus.bus import Bus
 from agentbus.health import ping, probe
 from agentbus.service import EXIT_CONNECTION_LOST
 from agentbus.settings import BusSettings
-from tests._helpers import eventually
+from tests._helpers import eventually, spawn_service
 from tests._nats_server import NatsServer
 
 pytestmark = [pytest.mark.nats, pytest.mark.slow]
@@ -43,22 +41,14 @@ def server(tmp_path: Path) -> Iterator[NatsServer]:
         yield srv
 
 
-def _spawn(service: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:
-        return subprocess.Popen([sys.executable, "-m", f"agentbus_{service}"], env=env,
-                                stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
-
-
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("service", sorted(SERVICES))
 async def test_service_exits_nonzero_when_its_connection_is_closed_for_good(
     service: str, server: NatsServer, tmp_path: Path
 ) -> None:
     settings = BusSettings(nats_url=server.client_url, prefix="exit", request_timeout_s=5.0)
-    env = {**os.environ, **SERVICES[service],
-           "AGENTBUS_NATS_URL": server.client_url, "AGENTBUS_PREFIX": "exit"}  # fmt: skip
     log = tmp_path / f"{service}.log"
-    proc = _spawn(service, env, log)
+    proc = spawn_service(service, server.client_url, "exit", log, SERVICES[service])
     bus = await Bus.connect(settings, name="test-exit")
     try:
         pid = str(proc.pid)

@@ -8,9 +8,7 @@ a real process here, as in production.
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -36,24 +34,17 @@ from agentbus.messages import (
     encode,
     utcnow,
 )
-from tests._helpers import answers, eventually
+from tests._helpers import answers, eventually, spawn_service
 
 pytestmark = [pytest.mark.nats, pytest.mark.slow]
 
 LONG = "a" * 5000
 
 
-def _spawn(bus: Bus, log: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "AGENTBUS_NATS_URL": bus.settings.nats_url,
-           "AGENTBUS_PREFIX": bus.names.prefix}  # fmt: skip
-    with log.open("wb") as out:
-        return subprocess.Popen([sys.executable, "-m", "agentbus_scheduler"], env=env,
-                                stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
-
-
 @pytest.fixture
 async def scheduler_process(bus: Bus, tmp_path: Path) -> AsyncIterator[subprocess.Popen[bytes]]:
-    proc = _spawn(bus, tmp_path / "scheduler.log")
+    log = tmp_path / "scheduler.log"
+    proc = spawn_service("scheduler", bus.settings.nats_url, bus.names.prefix, log)
     get = bus.names.endpoint("scheduler", "get")
     try:
         await eventually(
