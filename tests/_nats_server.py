@@ -12,6 +12,11 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+BASE_CONFIG = "jetstream { max_file_store: 1TB }\n"
+"""Every test server's configuration. JetStream reserves a stream's ``max_bytes`` from
+``max_file_store`` (default 75 % of the free disk) when the stream is created, and one
+test server holds a fleet per test prefix: hundreds of events/logs/results streams."""
+
 _READY = re.compile(r"Listening for client connections on ([\d.]+):(\d+)")
 
 
@@ -32,8 +37,9 @@ class NatsServer:
     def __init__(
         self, store_dir: Path | None = None, *, port: int = -1, config: str | None = None
     ) -> None:
-        """``config``: nats-server configuration text (``-c``); flags still set the
-        address, port and store dir. ``reload`` replaces it on the running server."""
+        """``config``: nats-server configuration text (``-c``, after ``BASE_CONFIG``);
+        flags still set the address, port and store dir. ``reload`` replaces it on the
+        running server."""
         self._own_dir = store_dir is None
         self.config = config
         self.store_dir = Path(store_dir or tempfile.mkdtemp(prefix="agentbus-js-"))
@@ -44,8 +50,7 @@ class NatsServer:
     def start(self, timeout_s: float = 10.0) -> NatsServer:
         cmd = [nats_server_binary(), "-js", "-a", "127.0.0.1", "-p", str(self.port),
                "-sd", str(self.store_dir)]  # fmt: skip
-        if self.config is not None:
-            cmd += ["-c", str(self._write_config(self.config))]
+        cmd += ["-c", str(self._write_config(self.config or ""))]
         self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
         assert self.proc.stderr is not None
         deadline = time.monotonic() + timeout_s
@@ -70,7 +75,7 @@ class NatsServer:
     def _write_config(self, text: str) -> Path:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         path = self.store_dir / "server.conf"
-        path.write_text(text)
+        path.write_text(BASE_CONFIG + text)
         return path
 
     def reload(self, config: str) -> None:

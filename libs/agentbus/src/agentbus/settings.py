@@ -49,7 +49,7 @@ class BusSettings(BaseSettings):
     results_max_age_s: NonNegativeFloat = 7 * 24 * 3600.0
     """Agent reports (``<P>_RESULTS``) the scheduler has not applied are dropped after
     this long (a task record lives as long, ``TASK_RECORD_TTL_S``)."""
-    results_max_bytes: NonNegativeInt = 1024**3
+    results_max_bytes: NonNegativeInt = 256 * 1024**2
     """Unapplied agent reports kept at most, in bytes; when full, new reports are
     refused (the agent's publish fails and the task is redelivered), never dropped."""
 
