@@ -21,6 +21,7 @@ import sys
 from typing import Any
 
 import nats.errors
+from nats.aio.client import Client as NatsClient
 
 from agentbus.bus import Bus
 from agentbus.errors import AgentBusError
@@ -31,22 +32,17 @@ EXIT_HEALTHY = 0
 EXIT_UNHEALTHY = 1
 
 
-async def ping(bus: Bus, service: str, *, timeout_s: float = 1.0) -> list[dict[str, Any]]:
-    """The ``$SRV.PING.<service>`` replies (decoded JSON) heard within ``timeout_s``.
-
-    Only instances of ``bus``'s prefix (their ``metadata.prefix``) are returned.
-
-    Raises:
-        ContractError: ``service`` is not a token.
-    """
-    check_token("service", service)
-    inbox = bus.nc.new_inbox()
-    sub = await bus.nc.subscribe(inbox)
+async def ping_replies(
+    nc: NatsClient, service: str | None = None, *, wait_s: float = 0.5
+) -> list[dict[str, Any]]:
+    """The ``$SRV.PING[.<service>]`` replies (decoded JSON) heard within ``wait_s``."""
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox)
     replies: list[dict[str, Any]] = []
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
+    deadline = loop.time() + wait_s
     try:
-        await bus.nc.publish(f"$SRV.PING.{service}", b"", reply=inbox)
+        await nc.publish(f"$SRV.PING.{service}" if service else "$SRV.PING", b"", reply=inbox)
         while (left := deadline - loop.time()) > 0:
             try:
                 msg = await sub.next_msg(timeout=left)
@@ -55,14 +51,23 @@ async def ping(bus: Bus, service: str, *, timeout_s: float = 1.0) -> list[dict[s
             if not msg.data:  # a "no responders" status
                 break
             try:
-                info = json.loads(msg.data)
+                replies.append(json.loads(msg.data))
             except ValueError:
                 continue
-            if (info.get("metadata") or {}).get("prefix") == bus.names.prefix:
-                replies.append(info)
     finally:
         await sub.unsubscribe()
     return replies
+
+
+async def ping(bus: Bus, service: str, *, timeout_s: float = 1.0) -> list[dict[str, Any]]:
+    """The ``$SRV.PING.<service>`` replies of ``bus``'s prefix heard within ``timeout_s``.
+
+    Raises:
+        ContractError: ``service`` is not a token.
+    """
+    check_token("service", service)
+    replies = await ping_replies(bus.nc, service, wait_s=timeout_s)
+    return [r for r in replies if (r.get("metadata") or {}).get("prefix") == bus.names.prefix]
 
 
 async def probe(settings: BusSettings, service: str, *, host: str, timeout_s: float) -> bool:
