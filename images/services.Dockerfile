@@ -36,5 +36,10 @@ LABEL agentbus.image="services" \
       org.opencontainers.image.description="agentbus registry, scheduler, supervisor, checkpoint and gateway"
 COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
-# Runs as root: the supervisor talks to the host's /var/run/docker.sock.
+# The services write no files: they run as this user, also on a read-only root
+# filesystem (compose: user 10001, read_only). The supervisor runs as root
+# (`user: root` in compose): it talks to the host's /var/run/docker.sock.
+RUN useradd --system --uid 10001 --user-group --no-create-home agentbus
+USER agentbus
+# Health probe (compose healthcheck): python -m agentbus.health <service>
 CMD ["python", "-m", "agentbus_gateway"]

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry
@@ -102,3 +105,14 @@ def pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def spawn_service(
+    service: str, nats_url: str, prefix: str, log: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start ``python -m agentbus_<service>`` on ``nats_url``/``prefix``; output to ``log``."""
+    full_env = {**os.environ, **(env or {}), "AGENTBUS_NATS_URL": nats_url,
+                "AGENTBUS_PREFIX": prefix}  # fmt: skip
+    with log.open("wb") as out:
+        return subprocess.Popen([sys.executable, "-m", f"agentbus_{service}"], env=full_env,
+                                stdout=out, stderr=subprocess.STDOUT)  # fmt: skip

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+
+BASE_CONFIG = "jetstream { max_file_store: 1TB }\n"
+"""Every test server's configuration. JetStream reserves a stream's ``max_bytes`` from
+``max_file_store`` (default 75 % of the free disk) when the stream is created, and one
+test server holds a fleet per test prefix: hundreds of events/logs/results streams."""
 
 _READY = re.compile(r"Listening for client connections on ([\d.]+):(\d+)")
 
@@ -28,8 +34,14 @@ def nats_server_binary() -> str:
 class NatsServer:
     """A JetStream-enabled nats-server on 127.0.0.1 and a free port."""
 
-    def __init__(self, store_dir: Path | None = None, *, port: int = -1) -> None:
+    def __init__(
+        self, store_dir: Path | None = None, *, port: int = -1, config: str | None = None
+    ) -> None:
+        """``config``: nats-server configuration text (``-c``, after ``BASE_CONFIG``);
+        flags still set the address, port and store dir. ``reload`` replaces it on the
+        running server."""
         self._own_dir = store_dir is None
+        self.config = config
         self.store_dir = Path(store_dir or tempfile.mkdtemp(prefix="agentbus-js-"))
         self.port = port
         self.proc: subprocess.Popen[str] | None = None
@@ -38,6 +50,7 @@ class NatsServer:
     def start(self, timeout_s: float = 10.0) -> NatsServer:
         cmd = [nats_server_binary(), "-js", "-a", "127.0.0.1", "-p", str(self.port),
                "-sd", str(self.store_dir)]  # fmt: skip
+        cmd += ["-c", str(self._write_config(self.config or ""))]
         self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
         assert self.proc.stderr is not None
         deadline = time.monotonic() + timeout_s
@@ -58,6 +71,18 @@ class NatsServer:
                 return self
         self.stop()
         raise RuntimeError("nats-server did not start:\n" + "".join(lines))
+
+    def _write_config(self, text: str) -> Path:
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        path = self.store_dir / "server.conf"
+        path.write_text(BASE_CONFIG + text)
+        return path
+
+    def reload(self, config: str) -> None:
+        """Replace the configuration and make the server reload it (SIGHUP)."""
+        assert self.proc is not None and self.config is not None, "start with a config"
+        self._write_config(config)
+        self.proc.send_signal(signal.SIGHUP)
 
     def _drain(self) -> None:
         assert self.proc is not None and self.proc.stderr is not None

@@ -20,6 +20,7 @@ from loguru import logger
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import (
+    DiscardPolicy,
     KeyValueConfig,
     ObjectStoreConfig,
     RePublish,
@@ -48,8 +49,9 @@ REGISTRY_TTL_S = 10.0
 TASK_RECORD_TTL_S = 7 * 24 * 3600.0
 """Task records and blobs are kept this long after their last write."""
 EVENTS_MAX_AGE_S = 7 * 24 * 3600.0
-LOGS_MAX_AGE_S = 24 * 3600.0
-LOGS_MAX_BYTES = 256 * 1024 * 1024
+"""Age limit of streams the settings do not cover (the scheduler's advisories)."""
+_LIMIT_FIELDS = ("max_age", "max_bytes", "max_msgs_per_subject", "discard")
+"""Stream config fields ``Bus.ensure`` brings existing streams to."""
 LOGS_MAX_MSGS_PER_AGENT = 10_000
 """Lines kept per ``<p>.logs.<agent_id>`` subject: one chatty agent cannot evict the others."""
 ERROR_CODE_HEADER = "Nats-Service-Error-Code"
@@ -89,8 +91,16 @@ class Bus:
         settings: the bus settings it was built from.
     """
 
-    def __init__(self, nc: Client, settings: BusSettings) -> None:
+    def __init__(
+        self, nc: Client, settings: BusSettings, *, closed: asyncio.Event | None = None
+    ) -> None:
         self.nc = nc
+        self.closed = closed or asyncio.Event()
+        """Set once the connection is closed, by ``close()`` or for good by the client
+        (a server ``-ERR`` such as "maximum control line exceeded": nats-py does not
+        reconnect after one)."""
+        self.closing = False
+        """Whether ``close()`` was called (a close not asked for is a lost connection)."""
         self.js: JetStreamContext = nc.jetstream(timeout=settings.request_timeout_s)
         self.settings = settings
         self.names = Names(settings.prefix)
@@ -103,7 +113,10 @@ class Bus:
         """Connect to ``settings.nats_url`` and return a ``Bus``.
 
         Once connected, reconnects forever after a lost connection (nats-py's own
-        reconnect loop); the first connect is bounded by ``connect_timeout_s``.
+        reconnect loop); the first connect is bounded by ``connect_timeout_s``. A
+        protocol error the server reports (``-ERR``, other than a stale connection or a
+        permission denial) closes the connection for good: ``closed`` is then set while
+        ``closing`` is false (``agentbus.service.run_service`` exits on it).
 
         Raises:
             UnavailableError: no server accepted the first connect in time.
@@ -112,6 +125,11 @@ class Bus:
 
         async def _on_error(exc: Exception) -> None:
             logger.warning("nats connection error", error=repr(exc))
+
+        closed = asyncio.Event()
+
+        async def _on_closed() -> None:
+            closed.set()
 
         if not await _any_server_listens(settings.nats_url, settings.connect_timeout_s):
             raise UnavailableError(f"no NATS server reachable at {settings.nats_url}")
@@ -124,6 +142,7 @@ class Bus:
                     max_reconnect_attempts=-1,
                     reconnect_time_wait=0.5,
                     error_cb=_on_error,
+                    closed_cb=_on_closed,
                     drain_timeout=5,
                 )
         except (OSError, TimeoutError, nats.errors.NoServersError) as exc:
@@ -131,7 +150,12 @@ class Bus:
                 f"no NATS server reachable at {settings.nats_url} within "
                 f"{settings.connect_timeout_s:.1f} s"
             ) from exc
-        return cls(nc, settings)
+        return cls(nc, settings, closed=closed)
+
+    @property
+    def lost(self) -> bool:
+        """Whether the connection was closed for good without ``close()`` being called."""
+        return self.closed.is_set() and not self.closing
 
     async def close(self) -> None:
         """Flush and close the connection (pending subscriptions are drained).
@@ -139,6 +163,7 @@ class Bus:
         With the server out of reach (nats-py reconnecting) there is nothing to drain
         to: the connection is closed at once, so a process can still stop cleanly.
         """
+        self.closing = True
         if self._publisher is not None:
             await self._publisher.close()
         if not self.nc.is_closed:
@@ -162,6 +187,9 @@ class Bus:
                 duplicate_window=120.0,
             )
         )
+        s = self.settings
+        # Results: a full stream refuses new reports (DiscardPolicy.NEW) rather than
+        # dropping unapplied ones; the agent's publish fails and the task comes back.
         await self._ensure_stream(
             StreamConfig(
                 name=n.results_stream,
@@ -169,6 +197,9 @@ class Bus:
                 retention=RetentionPolicy.WORK_QUEUE,
                 storage=StorageType.FILE,
                 duplicate_window=120.0,
+                max_age=s.results_max_age_s,
+                max_bytes=s.results_max_bytes or -1,
+                discard=DiscardPolicy.NEW,
             )
         )
         await self._ensure_stream(
@@ -177,7 +208,9 @@ class Bus:
                 subjects=[n.events_all()],
                 retention=RetentionPolicy.LIMITS,
                 storage=StorageType.FILE,
-                max_age=EVENTS_MAX_AGE_S,
+                max_age=s.events_max_age_s,
+                max_bytes=s.events_max_bytes or -1,
+                discard=DiscardPolicy.OLD,
             )
         )
         await self._ensure_stream(
@@ -186,9 +219,10 @@ class Bus:
                 subjects=[n.logs_all()],
                 retention=RetentionPolicy.LIMITS,
                 storage=StorageType.FILE,
-                max_age=LOGS_MAX_AGE_S,
-                max_bytes=LOGS_MAX_BYTES,
+                max_age=s.logs_max_age_s,
+                max_bytes=s.logs_max_bytes or -1,
                 max_msgs_per_subject=LOGS_MAX_MSGS_PER_AGENT,
+                discard=DiscardPolicy.OLD,
             )
         )
         # Task records are republished once stored, for waiters (Client.wait): a core
@@ -243,14 +277,30 @@ class Bus:
             await self.js.update_stream(config)
 
     async def _ensure_stream(self, config: StreamConfig) -> None:
+        """Create the stream, or bring an existing one's limits up to ``config``.
+
+        Only the ``_LIMIT_FIELDS`` that ``config`` sets are compared and updated.
+        """
         assert config.name is not None
         try:
-            await self.js.stream_info(config.name)
+            current = (await self.js.stream_info(config.name)).config
         except nats.js.errors.NotFoundError:
             try:
                 await self.js.add_stream(config)
-            except nats.js.errors.BadRequestError:
-                await self.js.stream_info(config.name)  # created concurrently
+                return
+            except nats.js.errors.BadRequestError:  # created concurrently
+                current = (await self.js.stream_info(config.name)).config
+        changed = {
+            field: wanted
+            for field in _LIMIT_FIELDS
+            if (wanted := getattr(config, field)) is not None and getattr(current, field) != wanted
+        }
+        if changed:
+            for field, wanted in changed.items():
+                setattr(current, field, wanted)
+            await self.js.update_stream(current)
+            logger.info("stream limits updated", stream=config.name, **{
+                f: str(v) for f, v in changed.items()})  # fmt: skip
 
     async def _ensure_kv(self, config: KeyValueConfig) -> None:
         try:

@@ -51,7 +51,7 @@ from agentbus.messages import (
     TaskRecord,
     TasksReply,
 )
-from agentbus.names import check_token
+from agentbus.names import check_task_id, check_token
 from agentbus.settings import BusSettings
 from agentbus.task_history import task_history
 from agentbus.waits import TaskWaits, get_record
@@ -107,10 +107,13 @@ class Client:
         ends ``expired``); ``backoff`` the delay policy between attempts.
 
         Raises:
-            ContractError: ``capability`` is not a valid token.
+            ContractError: ``capability`` is not a valid token, or ``task_id`` or
+                ``parent_id`` is not a valid task id.
         """
         check_token("capability", capability)
-        task_id = task_id or new_task_id()
+        task_id = check_task_id(task_id) if task_id is not None else new_task_id()
+        if parent_id is not None:
+            check_task_id(parent_id, "parent id")
         raw, ref = await pack(self.bus, input, name=f"tasks/{task_id}/input")
         return SubmitTask(capability=capability, input=raw, input_ref=ref, task_id=task_id,
                           priority=priority, max_attempts=max_attempts, timeout_s=timeout_s,
@@ -158,6 +161,7 @@ class Client:
         """The current record of ``task_id``.
 
         Raises:
+            ContractError: ``task_id`` is not a valid task id.
             NotFoundError: no such task.
         """
         return await get_record(self.bus, task_id)
@@ -173,6 +177,7 @@ class Client:
         ``handoff_from`` names the previous link).
 
         Raises:
+            ContractError: ``task_id`` is not a valid task id.
             RequestTimeoutError: not terminal within ``timeout_s`` seconds.
         """
         return await self._waits.wait(task_id, timeout_s=timeout_s, follow_handoffs=follow_handoffs)
@@ -230,6 +235,7 @@ class Client:
         chain started from.
 
         Raises:
+            ContractError: an id is not a valid task id (before anything is read).
             RequestTimeoutError: some tasks were not terminal within ``timeout_s``.
         """
         return self._waits.completed(task_ids, timeout_s=timeout_s, follow_handoffs=follow_handoffs)
@@ -243,9 +249,11 @@ class Client:
         second; a finished one keeps its status (``reply.task.status`` tells).
 
         Raises:
+            ContractError: ``task_id`` is not a valid task id.
             NotFoundError: no such task.
             UnavailableError: no scheduler is running.
         """
+        check_task_id(task_id)
         return await self.bus.request(
             self.names.endpoint("scheduler", "cancel"),
             CancelTask(task_id=task_id, recursive=recursive, reason=reason),
@@ -259,6 +267,7 @@ class Client:
         task has an empty history.
 
         Raises:
+            ContractError: ``task_id`` is not a valid task id.
             RequestTimeoutError: the replay did not finish within ``timeout_s``.
         """
         return await task_history(self.bus, task_id, timeout_s=timeout_s)
@@ -267,8 +276,11 @@ class Client:
         """Dead tasks (newest first, at most ``limit``) and how many there are in all.
 
         Raises:
+            ContractError: ``capability`` is not a valid token.
             UnavailableError: no scheduler is running.
         """
+        if capability is not None:
+            check_token("capability", capability)
         return await self.bus.request(
             self.names.endpoint("scheduler", "list"),
             ListTasks(status="dead", capability=capability, limit=limit),
@@ -289,10 +301,14 @@ class Client:
         call is idempotent), a fresh attempt budget and ``resubmit_of`` = ``task_id``.
 
         Raises:
+            ContractError: ``task_id`` or ``new_task_id`` is not a valid task id.
             NotFoundError: no such task.
             ConflictError: the task has not ended dead, failed or expired, or
                 ``new_task_id`` is taken.
         """
+        check_task_id(task_id)
+        if new_task_id is not None:
+            check_task_id(new_task_id, "new task id")
         request = ResubmitTask(
             task_id=task_id, new_task_id=new_task_id, max_attempts=max_attempts, deadline=deadline
         )
@@ -306,7 +322,13 @@ class Client:
 
     # -- registry and fleet -------------------------------------------------------
     async def agents(self, capability: str | None = None) -> list[AgentInfo]:
-        """Live agents (optionally only those with ``capability``), from the registry."""
+        """Live agents (optionally only those with ``capability``), from the registry.
+
+        Raises:
+            ContractError: ``capability`` is not a valid token.
+        """
+        if capability is not None:
+            check_token("capability", capability)
         reply = await self.bus.request(
             self.names.endpoint("registry", "agents"),
             ListAgents(capability=capability),
@@ -328,7 +350,12 @@ class Client:
         )
 
     async def delete_deployment(self, name: str) -> DeployReply:
-        """Delete a deployment; its replicas are stopped by their supervisors."""
+        """Delete a deployment; its replicas are stopped by their supervisors.
+
+        Raises:
+            ContractError: ``name`` is not a valid token.
+        """
+        check_token("deployment name", name)
         return await self.bus.request(
             self.names.endpoint("scheduler", "delete"), DeleteDeployment(name=name), DeployReply
         )
@@ -337,9 +364,11 @@ class Client:
         """Set the replica count of deployment ``name`` (other fields stay as stored).
 
         Raises:
+            ContractError: ``name`` is not a valid token.
             NotFoundError: no such deployment.
             ConflictError: the spec kept changing under the scheduler's compare-and-set.
         """
+        check_token("deployment name", name)
         return await self.bus.request(
             self.names.endpoint("scheduler", "scale"),
             ScaleDeployment(name=name, replicas=replicas),
@@ -347,7 +376,13 @@ class Client:
         )
 
     async def placements(self, deployment: str | None = None) -> PlacementsReply:
-        """Placements and unplaced replicas (with reasons) of one deployment, or all."""
+        """Placements and unplaced replicas (with reasons) of one deployment, or all.
+
+        Raises:
+            ContractError: ``deployment`` is not a valid token.
+        """
+        if deployment is not None:
+            check_token("deployment name", deployment)
         return await self.bus.request(
             self.names.endpoint("scheduler", "placements"),
             ListPlacements(deployment=deployment),
@@ -362,9 +397,11 @@ class Client:
         """What node ``node_id``'s supervisor runs (``<p>.supervisor.<node_id>.status``).
 
         Raises:
+            ContractError: ``node_id`` is not a valid token.
             UnavailableError: no supervisor of that node answers.
             RequestTimeoutError: no reply within ``timeout_s`` (default from settings).
         """
+        check_token("node id", node_id)
         return await self.bus.request(
             f"{self.names.prefix}.supervisor.{node_id}.status",
             GetNodeStatus(),

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import re
 import shutil
@@ -29,7 +28,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Literal
 
-import nats.errors
 from nats.aio.client import Client as NatsClient
 
 from agentbus.bus import Bus
@@ -45,6 +43,7 @@ from agentbus.embedded_state import (
 )
 from agentbus.embedded_state import read_state as read_state  # re-exported
 from agentbus.errors import UnavailableError
+from agentbus.health import ping_replies
 from agentbus.settings import BusSettings
 
 SERVICES: tuple[str, ...] = ("registry", "scheduler", "supervisor", "checkpoint", "gateway")
@@ -88,27 +87,11 @@ async def ping_services(
     With ``prefix``, only services whose metadata names that prefix (or none) count,
     so several fleets can share one server.
     """
-    inbox = nc.new_inbox()
-    sub = await nc.subscribe(inbox)
     names: set[str] = set()
-    try:
-        await nc.publish("$SRV.PING", b"", reply=inbox)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait_s
-        while (left := deadline - loop.time()) > 0:
-            try:
-                msg = await sub.next_msg(timeout=left)
-            except nats.errors.TimeoutError:
-                break
-            try:
-                info = json.loads(msg.data)
-            except ValueError:
-                continue
-            meta = info.get("metadata") or {}
-            if prefix is None or meta.get("prefix", prefix) == prefix:
-                names.add(str(info.get("name", "")))
-    finally:
-        await sub.unsubscribe()
+    for info in await ping_replies(nc, wait_s=wait_s):
+        meta = info.get("metadata") or {}
+        if prefix is None or meta.get("prefix", prefix) == prefix:
+            names.add(str(info.get("name", "")))
     return names
 
 

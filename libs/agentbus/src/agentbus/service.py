@@ -11,7 +11,10 @@ the reply. Errors travel back in the ``Nats-Service-Error-Code`` and
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import signal
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, TypeVar
@@ -128,7 +131,12 @@ class MicroService:
             name=self.name,
             version=__version__,
             description=self.description or f"agentbus {self.name}",
-            metadata={"prefix": self.bus.names.prefix},
+            # agentbus.health finds this process's instance by host (and a test by pid)
+            metadata={
+                "prefix": self.bus.names.prefix,
+                "host": socket.gethostname(),
+                "pid": str(os.getpid()),
+            },
         )
 
     async def stop(self) -> None:
@@ -206,6 +214,11 @@ async def connect_with_retry(settings: BusSettings, *, name: str, timeout_s: flo
     return bus
 
 
+EXIT_CONNECTION_LOST = 3
+"""Exit status of a service whose NATS connection was closed for good."""
+STOP_AFTER_LOSS_S = 10.0
+"""How long ``serve`` may clean up after the connection was lost before it is cancelled."""
+
 S = TypeVar("S", bound=BaseSettings)
 Serve = Callable[[Bus, asyncio.Event, S, "CollectorRegistry"], Awaitable[None]]
 """A service's ``serve(bus, stop, settings, registry)``: runs until ``stop`` is set."""
@@ -219,6 +232,14 @@ def run_service(
     ``serve(bus, stop, settings, registry)`` runs until ``stop`` is set (SIGTERM or
     SIGINT) and must then return after cleaning up. Metrics go to a fresh
     ``CollectorRegistry``, served over HTTP when ``settings.metrics_port`` is set.
+
+    A connection the NATS client closed for good (a server ``-ERR`` such as "maximum
+    control line exceeded"; nats-py does not reconnect after one) is logged as an
+    error, ``stop`` is set, and the process exits with ``EXIT_CONNECTION_LOST`` so
+    that whatever runs it (compose ``restart:``, systemd) starts it again.
+
+    Raises:
+        SystemExit: with ``EXIT_CONNECTION_LOST`` after a lost connection.
     """
     from prometheus_client import CollectorRegistry, start_http_server
 
@@ -228,7 +249,7 @@ def run_service(
     if metrics_port := getattr(settings, "metrics_port", None):
         start_http_server(metrics_port, registry=registry)
 
-    async def _main() -> None:
+    async def _main() -> int:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -236,9 +257,39 @@ def run_service(
         bus = await connect_with_retry(bus_settings, name=f"agentbus-{name}")
         logger.info("service started", nats_url=bus_settings.nats_url, prefix=bus_settings.prefix)
         try:
-            await serve(bus, stop, settings, registry)
+            return await _serve_until_lost(bus, stop, serve(bus, stop, settings, registry))
         finally:
             await bus.close()
             logger.info("service stopped")
 
-    asyncio.run(_main())
+    if code := asyncio.run(_main()):
+        raise SystemExit(code)
+
+
+async def _serve_until_lost(bus: Bus, stop: asyncio.Event, serving: Awaitable[None]) -> int:
+    """Run ``serving`` until it returns (0) or the connection is lost for good.
+
+    After a loss, ``stop`` is set and ``serving`` gets ``STOP_AFTER_LOSS_S`` seconds to
+    clean up; returns ``EXIT_CONNECTION_LOST``. Exceptions of ``serving`` propagate.
+    """
+    task = asyncio.ensure_future(serving)
+    closed = asyncio.create_task(bus.closed.wait(), name="bus closed")
+    try:
+        await asyncio.wait({task, closed}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        closed.cancel()
+    if task.done():
+        task.result()
+        return 0
+    logger.error(
+        "NATS connection closed for good; exiting so that the service is restarted",
+        error=str(bus.nc.last_error or "closed"),
+        exit_status=EXIT_CONNECTION_LOST,
+    )
+    stop.set()
+    done, _ = await asyncio.wait({task}, timeout=STOP_AFTER_LOSS_S)
+    if not done:
+        task.cancel()
+    with contextlib.suppress(Exception, asyncio.CancelledError):
+        await task
+    return EXIT_CONNECTION_LOST

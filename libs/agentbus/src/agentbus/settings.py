@@ -6,7 +6,14 @@ default. Build settings in ``main()`` and pass them down; never at import time.
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field, NonNegativeFloat, PositiveFloat, PositiveInt
+from pydantic import (
+    AliasChoices,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -28,6 +35,23 @@ class BusSettings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool = False
     """Write logs as one JSON object per line (for containers)."""
+
+    # Stream limits, applied by every service's ``Bus.ensure()`` on create and on
+    # existing streams (set them alike on every service). 0 = no limit.
+    events_max_age_s: NonNegativeFloat = 7 * 24 * 3600.0
+    """Events (``<P>_EVENTS``: task history, audit trail, SSE replay) kept this long."""
+    events_max_bytes: NonNegativeInt = 1024**3
+    """Events kept at most, in bytes: the oldest go first."""
+    logs_max_age_s: NonNegativeFloat = 24 * 3600.0
+    """Container output (``<P>_LOGS``) kept this long."""
+    logs_max_bytes: NonNegativeInt = 256 * 1024**2
+    """Container output kept at most, in bytes: the oldest lines go first."""
+    results_max_age_s: NonNegativeFloat = 7 * 24 * 3600.0
+    """Agent reports (``<P>_RESULTS``) the scheduler has not applied are dropped after
+    this long (a task record lives as long, ``TASK_RECORD_TTL_S``)."""
+    results_max_bytes: NonNegativeInt = 256 * 1024**2
+    """Unapplied agent reports kept at most, in bytes; when full, new reports are
+    refused (the agent's publish fails and the task is redelivered), never dropped."""
 
 
 class AgentSettings(BaseSettings):

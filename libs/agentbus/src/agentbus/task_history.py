@@ -10,6 +10,7 @@ from nats.js.api import DeliverPolicy
 from agentbus.bus import Bus
 from agentbus.errors import RequestTimeoutError
 from agentbus.messages import TaskEvent
+from agentbus.names import check_task_id
 from agentbus.waits import decode_event
 
 
@@ -20,9 +21,10 @@ async def task_history(bus: Bus, task_id: str, *, timeout_s: float = 5.0) -> lis
     replays ``<p>.events.task.*.<task_id>`` until ``num_pending`` reaches 0.
 
     Raises:
+        ContractError: ``task_id`` is not a valid task id.
         RequestTimeoutError: the replay did not finish within ``timeout_s``.
     """
-    subject = bus.names.task_history(task_id)
+    subject = bus.names.task_history(check_task_id(task_id))
     info = await bus.js.stream_info(bus.names.events_stream, subjects_filter=subject)
     if not info.state.subjects:
         return []

@@ -20,6 +20,7 @@ import nats.js.errors
 from agentbus.bus import Bus
 from agentbus.errors import NotFoundError, RequestTimeoutError
 from agentbus.messages import TERMINAL_STATUSES, TaskEvent, TaskRecord, decode_record
+from agentbus.names import check_task_id
 
 decode_event = msgspec.json.Decoder(TaskEvent).decode
 """Decode one ``TaskEvent`` (raises ``msgspec.DecodeError``/``ValidationError``)."""
@@ -32,8 +33,10 @@ async def get_record(bus: Bus, task_id: str) -> TaskRecord:
     """The current record of ``task_id`` (a KV get on ``<p>_tasks``).
 
     Raises:
+        ContractError: ``task_id`` is not a valid task id.
         NotFoundError: no such task.
     """
+    check_task_id(task_id)
     kv = await bus.kv(bus.names.tasks_bucket)
     try:
         entry = await kv.get(task_id)
@@ -155,11 +158,12 @@ class TaskWaits:
         in ``just bench tasks``).
 
         Raises:
+            ContractError: ``task_id`` is not a valid task id.
             RequestTimeoutError: not terminal within ``timeout_s`` seconds.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        subject = self.names.task_record_subject(task_id)
+        subject = self.names.task_record_subject(check_task_id(task_id))
         while True:
             heard: asyncio.Future[Any] = loop.create_future()
             sub = await self.bus.nc.subscribe(subject, future=heard, max_msgs=1)
@@ -219,9 +223,10 @@ class TaskWaits:
         and, as a backstop, after ``recheck_s`` seconds without an event.
 
         Raises:
+            ContractError: an id is not a valid task id (before anything is read).
             RequestTimeoutError: some tasks were not terminal within ``timeout_s``.
         """
-        pending = set(task_ids)
+        pending = {check_task_id(t) for t in task_ids}
         queue: asyncio.Queue[str] = asyncio.Queue()
 
         async def _on_event(msg: Any) -> None:

@@ -53,6 +53,12 @@ __all__ = [
     "unescape_token",
 ]
 
+KEY_PREFIX_MAX_CHARS = 1024
+"""Longest escaped thread key prefix: with a version or escaped checkpoint id suffix
+and the ``$JS.API.DIRECT.GET...`` subject around it (or, for objects, base64 in
+``$O.<bucket>.M.<name>``), a subject stays far below nats-server's 4 KiB protocol line,
+over which the server closes the connection for good."""
+
 _BLOB_NAME_RE = re.compile(r"^(?P<prefix>[^/]+)/(?P<write>w/)?(?P<token>[0-9a-f]{32})$")
 
 
@@ -93,8 +99,9 @@ class ThreadKeys:
         """The keys of ``(agent_id, thread_id, namespace)``.
 
         Raises:
-            ContractError: ``agent_id`` or ``thread_id`` is empty, or an id is longer
-                than ``max_chars`` characters.
+            ContractError: ``agent_id`` or ``thread_id`` is empty, an id is longer
+                than ``max_chars`` characters, or the escaped key prefix longer than
+                ``KEY_PREFIX_MAX_CHARS``.
         """
         for kind, value in (("agent_id", agent_id), ("thread_id", thread_id)):
             if not value:
@@ -106,9 +113,13 @@ class ThreadKeys:
         ):
             if len(value) > max_chars:
                 raise ContractError(f"{kind} has {len(value)} characters, at most {max_chars}")
-        return cls(
-            agent_id, thread_id, namespace, thread_key_prefix(agent_id, thread_id, namespace)
-        )
+        prefix = thread_key_prefix(agent_id, thread_id, namespace)
+        if len(prefix) > KEY_PREFIX_MAX_CHARS:
+            raise ContractError(
+                f"agent_id, thread_id and namespace take {len(prefix)} characters as a key, "
+                f"at most {KEY_PREFIX_MAX_CHARS} (a byte outside [A-Za-z0-9_-] takes 3)"
+            )
+        return cls(agent_id, thread_id, namespace, prefix)
 
     @property
     def head(self) -> str:

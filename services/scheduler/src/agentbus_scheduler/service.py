@@ -7,14 +7,14 @@ verb           request           reply               errors
 =============  ================  ==================  ===============================
 submit         SubmitTask        SubmitReply         400, 503
 submit_batch   SubmitTasks       SubmitTasksReply    400, 503
-get            GetTask           TaskReply           404
-cancel         CancelTask        CancelReply         404, 503
+get            GetTask           TaskReply           400, 404
+cancel         CancelTask        CancelReply         400, 404, 503
 deploy         Deploy            DeployReply         400, 503
-scale          ScaleDeployment   DeployReply         404, 409, 503
-delete         DeleteDeployment  DeployReply         404, 503
-placements     ListPlacements    PlacementsReply     503
+scale          ScaleDeployment   DeployReply         400, 404, 409, 503
+delete         DeleteDeployment  DeployReply         400, 404, 503
+placements     ListPlacements    PlacementsReply     400, 503
 list           ListTasks         TasksReply          400
-resubmit       ResubmitTask      SubmitReply         404, 409, 503
+resubmit       ResubmitTask      SubmitReply         400, 404, 409, 503
 =============  ================  ==================  ===============================
 
 Background work: the results consumer (``scheduler-results`` on ``<P>_RESULTS``) and

@@ -15,7 +15,7 @@ from rich.console import Console
 from agentbus.cli_connect import connect_client, resolve_settings
 from agentbus.client import Client
 from agentbus.errors import AgentBusError, ContractError
-from agentbus.names import check_token
+from agentbus.names import check_task_id, check_token
 
 T = TypeVar("T")
 Runtime = Literal["auto", "docker", "process"]
@@ -72,6 +72,14 @@ def token(kind: str, value: str) -> str:
     """``value`` checked as a subject-safe token, or exit 2 naming ``kind``."""
     try:
         return check_token(kind, value)
+    except ContractError as exc:
+        raise fail(str(exc), 2) from None
+
+
+def task_id(value: str, kind: str = "task id") -> str:
+    """``value`` checked as a task id (``agentbus.names.check_task_id``), or exit 2."""
+    try:
+        return check_task_id(value, kind)
     except ContractError as exc:
         raise fail(str(exc), 2) from None
 

@@ -22,6 +22,9 @@ from agentbus.cli.common import (
     token,
     with_client,
 )
+from agentbus.cli.common import (
+    task_id as check_id,
+)
 from agentbus.client import Client
 from agentbus.messages import (
     CancelReply,
@@ -77,6 +80,7 @@ def task(
     prefix: Prefix = None,
 ) -> None:
     """Print a task's record as JSON (with --history: every status change as JSON)."""
+    check_id(task_id)
 
     async def go(client: Client) -> TaskRecord | list[TaskEvent]:
         if history:
@@ -138,6 +142,9 @@ def resubmit(
     prefix: Prefix = None,
 ) -> None:
     """Run an ended task again as a new task; print the new record as JSON."""
+    check_id(task_id)
+    if new_id is not None:
+        check_id(new_id, "--new-id")
 
     async def go(client: Client) -> SubmitReply:
         return await client.resubmit(task_id, new_task_id=new_id, max_attempts=max_attempts)
@@ -160,6 +167,7 @@ def cancel(
     A queued task never starts; a running one has its handler cancelled within a second.
     Exits 1 if the task had already ended with another status (it keeps that status).
     """
+    check_id(task_id)
 
     async def go(client: Client) -> CancelReply:
         return await client.cancel(task_id, recursive=recursive, reason=reason)

@@ -13,7 +13,7 @@ from typing import Annotated
 
 import msgspec
 
-from agentbus.messages.common import Message
+from agentbus.messages.common import Message, TaskId
 from agentbus.messages.tasks import TaskRecord
 
 Band = Annotated[int, msgspec.Meta(ge=0, le=9)]
@@ -46,7 +46,7 @@ class CancelTask(Message, frozen=True, kw_only=True):
     walked. A task that was handed off is followed to the task that took it over.
     """
 
-    task_id: str
+    task_id: TaskId
     recursive: bool = True
     reason: str = ""
     """Free text, recorded in the cancelled records' ``error.message``."""

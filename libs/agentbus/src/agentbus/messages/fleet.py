@@ -101,7 +101,7 @@ class Deploy(Message, frozen=True, kw_only=True):
 class DeleteDeployment(Message, frozen=True, kw_only=True):
     """Command to the scheduler (``<p>.scheduler.delete``): remove every replica."""
 
-    name: str
+    name: Token
 
 
 class ScaleDeployment(Message, frozen=True, kw_only=True):
@@ -111,7 +111,7 @@ class ScaleDeployment(Message, frozen=True, kw_only=True):
     is never undone (the scale is retried on the newer spec).
     """
 
-    name: str
+    name: Token
     replicas: Annotated[int, msgspec.Meta(ge=0, le=1000)]
 
 
@@ -152,7 +152,7 @@ class DeployReply(Message, frozen=True, kw_only=True):
 class ListPlacements(Message, frozen=True, kw_only=True):
     """Request to the scheduler (``<p>.scheduler.placements``), optionally of one deployment."""
 
-    deployment: str | None = None
+    deployment: Token | None = None
 
 
 class PlacementsReply(Message, frozen=True, kw_only=True):

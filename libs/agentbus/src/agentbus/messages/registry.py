@@ -8,6 +8,7 @@ from typing import Literal
 from agentbus.messages.common import (
     Message,
     RuntimeKind,
+    Token,
 )
 
 
@@ -54,7 +55,7 @@ class NodeInfo(Message, frozen=True, kw_only=True):
 class ListAgents(Message, frozen=True, kw_only=True):
     """Request to the registry (``<p>.registry.agents``), optionally by capability."""
 
-    capability: str | None = None
+    capability: Token | None = None
 
 
 class AgentsReply(Message, frozen=True, kw_only=True):

@@ -14,6 +14,7 @@ from agentbus.messages.common import (
     BlobRef,
     ErrorInfo,
     Message,
+    TaskId,
     TaskStatus,
     Token,
 )
@@ -30,18 +31,18 @@ class SubmitTask(Message, frozen=True, kw_only=True):
     capability: Token
     input: msgspec.Raw = NULL
     input_ref: BlobRef | None = None
-    task_id: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,128}$")] | None = None
+    task_id: TaskId | None = None
     priority: Annotated[int, msgspec.Meta(ge=0, le=9)] = 0
     max_attempts: Annotated[int, msgspec.Meta(ge=1, le=100)] = 3
     timeout_s: Annotated[float, msgspec.Meta(gt=0)] | None = None
-    parent_id: str | None = None
+    parent_id: TaskId | None = None
     tenant: str | None = None
     metadata: dict[str, str] = {}
     deadline: datetime | None = None
     """Absolute time after which the task never starts (it ends ``expired``)."""
     backoff: Backoff | None = None
     """Delay between attempts; ``None`` takes ``Backoff()``'s defaults."""
-    handoff_from: str | None = None
+    handoff_from: TaskId | None = None
     """Hand-off: the running task whose work this task takes over (see ``TaskRecord``)."""
 
 
@@ -121,7 +122,7 @@ class SubmitTasksReply(Message, frozen=True, kw_only=True):
 class GetTask(Message, frozen=True, kw_only=True):
     """Request to the scheduler (``<p>.scheduler.get``): one task record."""
 
-    task_id: str
+    task_id: TaskId
 
 
 class TaskReply(Message, frozen=True, kw_only=True):
@@ -159,8 +160,8 @@ class ResubmitTask(Message, frozen=True, kw_only=True):
     attempt budget. ``dead``, ``failed`` and ``expired`` tasks can be resubmitted.
     """
 
-    task_id: str
-    new_task_id: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,128}$")] | None = None
+    task_id: TaskId
+    new_task_id: TaskId | None = None
     max_attempts: Annotated[int, msgspec.Meta(ge=1, le=100)] | None = None
     """Attempt budget of the new task (default: the old task's)."""
     deadline: datetime | None = None
@@ -201,7 +202,7 @@ class Task(Message, frozen=True, kw_only=True):
 class TaskStarted(Message, frozen=True, kw_only=True):
     """Agent report on ``<p>.results.<capability>``: a handler started the task."""
 
-    task_id: str
+    task_id: TaskId
     agent_id: str
     attempt: int
     started_at: datetime
@@ -214,7 +215,7 @@ class TaskResult(Message, frozen=True, kw_only=True):
     ``error``. The scheduler applies the first result per task id and drops the rest.
     """
 
-    task_id: str
+    task_id: TaskId
     agent_id: str
     attempt: int
     status: Literal["succeeded", "failed", "cancelled", "expired", "dead"]
