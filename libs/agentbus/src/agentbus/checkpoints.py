@@ -44,6 +44,7 @@ from agentbus.messages import (
     CheckpointReply,
     CheckpointsDeleted,
     CheckpointsReply,
+    DeleteCheckpoints,
     DeleteThread,
     ForkCheckpoint,
     GetCheckpoint,
@@ -65,6 +66,8 @@ R = TypeVar("R", bound=Message)
 SERVICE = "checkpoint"
 _REQUEST_HEADROOM_BYTES = 64 * 1024
 """Room left in a put request for the envelope (ids, metadata) and headers."""
+DELETE_IDS_PER_REQUEST = 1000
+"""Most checkpoint ids one ``DeleteCheckpoints`` request takes."""
 _WRITE_ENVELOPE_BYTES = 512
 """Room counted per pending write for its fields besides the value (ids, channel)."""
 
@@ -308,6 +311,31 @@ class CheckpointClient:
         """Delete the thread, its namespaces and their data; return versions deleted."""
         req = DeleteThread(agent_id=self.agent_id, thread_id=thread_id)
         return (await self._call("delete", req, CheckpointsDeleted)).deleted_count
+
+    async def delete_checkpoints(
+        self, thread_id: str, checkpoint_ids: Sequence[str], *, namespace: str = ""
+    ) -> int:
+        """Delete versions of the thread by id, data and writes included; return how many.
+
+        Ids not in the thread are skipped. If the latest goes, the newest version left
+        becomes the latest (or the thread is empty). Requests of up to
+        ``DELETE_IDS_PER_REQUEST`` ids.
+
+        Raises:
+            ContractError: a malformed id.
+        """
+        ids = list(dict.fromkeys(checkpoint_ids))
+        deleted = 0
+        for start in range(0, len(ids), DELETE_IDS_PER_REQUEST):
+            req = DeleteCheckpoints(
+                agent_id=self.agent_id,
+                thread_id=thread_id,
+                namespace=namespace,
+                checkpoint_ids=ids[start : start + DELETE_IDS_PER_REQUEST],
+            )
+            reply = await self._call("delete_checkpoints", req, CheckpointsDeleted)
+            deleted += reply.deleted_count
+        return deleted
 
     async def prune(
         self,

@@ -44,8 +44,9 @@ from agentbus.messages import (
     encode,
     utcnow,
 )
+from agentbus_checkpoint.head import Head
 from agentbus_checkpoint.keys import ThreadKeys, head_filters, parse_head_key, thread_wildcard
-from agentbus_checkpoint.store import CheckpointStore, Head, where
+from agentbus_checkpoint.store import CheckpointStore, where
 
 _decode_writes = msgspec.json.Decoder(CheckpointWrites).decode
 
@@ -281,24 +282,35 @@ class Housekeeping:
             return 0
         deleted = 0
         for version in range(oldest, last_dropped + 1):
-            deleted += await self._delete_version(tk, version)
+            deleted += await self.delete_version(tk, version)
         await self._advance_oldest(tk, last_dropped + 1, head)
         self.store.metrics.deleted.labels("retention").inc(deleted)
         logger.debug("checkpoint retention", thread=tk.prefix, deleted=deleted)
         return deleted
 
-    async def _delete_version(self, tk: ThreadKeys, version: int) -> int:
+    async def delete_version(
+        self, tk: ThreadKeys, version: int, checkpoint_id: str | None = None
+    ) -> int:
+        """Delete version ``version`` (module docstring's order); 1 if a record went, else 0.
+
+        ``checkpoint_id``: delete the version only if it is this checkpoint; otherwise
+        only that id's index entry and writes go (a stale index entry).
+        """
         record, writes = await self._read_quietly(tk, version)
         bucket = f"KV_{self.store.bus.names.checkpoints_bucket}"
         js = self.store.bus.js
-        if record is not None:
-            keys = [tk.index(record.checkpoint_id), tk.writes(record.checkpoint_id)]
-            if record.data_ref is not None:
-                with contextlib.suppress(ContractError):  # not ours: no index key
-                    keys.append(tk.blob_index(record.data_ref.name))
-            for key in keys:
-                await js.purge_stream(bucket, subject=self.store.subject(key))
-        await js.purge_stream(bucket, subject=self.store.subject(tk.version_keys(version)))
+        other = record is not None and checkpoint_id not in (None, record.checkpoint_id)
+        if other:  # a stale index entry: the version holds another checkpoint, which stays
+            record, writes = None, []
+        ids = sorted({i for i in (checkpoint_id, record.checkpoint_id if record else None) if i})
+        keys = [key for i in ids for key in (tk.index(i), tk.writes(i))]
+        if record is not None and record.data_ref is not None:
+            with contextlib.suppress(ContractError):  # not ours: no index key
+                keys.append(tk.blob_index(record.data_ref.name))
+        if not other:
+            keys.append(tk.version_keys(version))
+        for key in keys:
+            await js.purge_stream(bucket, subject=self.store.subject(key))
         await self.store.delete_blobs(_refs(record, writes))
         return 1 if record is not None else 0
 

@@ -24,7 +24,8 @@ key of a thread with its namespaces (a thread delete purges that subject).
 
 Versions count 1, 2, 3, ... per thread and namespace and are zero-padded, so listing
 ``<prefix>.v.*.rec`` gives the history in order; versions ``oldest..latest`` of the
-head may exist, older ones were pruned.
+head may exist, older ones were pruned (and ``DeleteCheckpoints`` may leave gaps;
+numbers are not given out again, see ``agentbus_checkpoint.head``).
 
 Data over the inline limit lives in the Object Store ``<p>_checkpoint_blobs`` as
 ``<prefix>/<32 hex>`` (pending-write values as ``<prefix>/w/<32 hex>``): the name

@@ -2,22 +2,24 @@
 
 ``nats.micro`` service ``checkpoint``, endpoints ``<p>.checkpoint.<verb>``:
 
-=============  ====================  =========================================
-verb           request               reply
-=============  ====================  =========================================
-``put``        ``PutCheckpoint``     ``CheckpointReply`` (no data); 409 conflict
-``get``        ``GetCheckpoint``     ``CheckpointReply`` (data or data_ref, writes)
-``put_writes`` ``PutWrites``         ``WritesReply``
-``list``       ``ListCheckpoints``   ``CheckpointsReply`` (newest first, no data)
-``threads``    ``ListThreads``       ``ThreadsReply``
-``fork``       ``ForkCheckpoint``    ``CheckpointReply`` (no data)
-``delete``     ``DeleteThread``      ``CheckpointsDeleted``
-``prune``      ``PruneCheckpoints``  ``CheckpointsDeleted``
-=============  ====================  =========================================
+======================  =====================  ==============================================
+verb                    request                reply
+======================  =====================  ==============================================
+``put``                 ``PutCheckpoint``      ``CheckpointReply`` (no data); 409 conflict
+``get``                 ``GetCheckpoint``      ``CheckpointReply`` (data or data_ref, writes)
+``put_writes``          ``PutWrites``          ``WritesReply``
+``list``                ``ListCheckpoints``    ``CheckpointsReply`` (newest first, no data)
+``threads``             ``ListThreads``        ``ThreadsReply``
+``fork``                ``ForkCheckpoint``     ``CheckpointReply`` (no data)
+``delete``              ``DeleteThread``       ``CheckpointsDeleted``
+``delete_checkpoints``  ``DeleteCheckpoints``  ``CheckpointsDeleted`` (versions by id)
+``prune``               ``PruneCheckpoints``   ``CheckpointsDeleted``
+======================  =====================  ==============================================
 
 Storage rules are in ``agentbus_checkpoint.store``, pending writes in
 ``agentbus_checkpoint.writes``, history and retention in
-``agentbus_checkpoint.housekeeping``, the key layout in ``agentbus_checkpoint.keys``.
+``agentbus_checkpoint.housekeeping``, deleting versions by id in
+``agentbus_checkpoint.deletes``, the key layout in ``agentbus_checkpoint.keys``.
 The service keeps no state in memory, so any number of instances can serve (a put is
 an atomic batch guarded by the head revision); the retention sweep and the orphan
 sweep (``agentbus_checkpoint.orphans``) run on the one instance holding the KV lease
@@ -40,6 +42,7 @@ from agentbus.messages import (
     CheckpointReply,
     CheckpointsDeleted,
     CheckpointsReply,
+    DeleteCheckpoints,
     DeleteThread,
     ForkCheckpoint,
     GetCheckpoint,
@@ -52,6 +55,7 @@ from agentbus.messages import (
     WritesReply,
 )
 from agentbus.service import MicroService, ServiceMetrics
+from agentbus_checkpoint.deletes import VersionDeletes
 from agentbus_checkpoint.housekeeping import Housekeeping
 from agentbus_checkpoint.metrics import CheckpointMetrics
 from agentbus_checkpoint.orphans import OrphanSweep
@@ -72,6 +76,7 @@ async def serve(
     house = Housekeeping(store)
     orphans = OrphanSweep(house)
     writes = PendingWrites(store)
+    deletes = VersionDeletes(house)
     # nats-py runs one subscription's handlers one at a time: several micro instances
     # in one process (one queue group) let requests run concurrently.
     micros = [
@@ -107,6 +112,9 @@ async def serve(
     async def delete(req: DeleteThread) -> CheckpointsDeleted:
         return CheckpointsDeleted(deleted_count=await house.delete_thread(req))
 
+    async def delete_checkpoints(req: DeleteCheckpoints) -> CheckpointsDeleted:
+        return CheckpointsDeleted(deleted_count=await deletes.delete(req))
+
     async def prune(req: PruneCheckpoints) -> CheckpointsDeleted:
         return CheckpointsDeleted(deleted_count=await house.prune(req))
 
@@ -123,6 +131,7 @@ async def serve(
             await micro.endpoint("threads", ListThreads, threads)
             await micro.endpoint("fork", ForkCheckpoint, fork)
             await micro.endpoint("delete", DeleteThread, delete)
+            await micro.endpoint("delete_checkpoints", DeleteCheckpoints, delete_checkpoints)
             await micro.endpoint("prune", PruneCheckpoints, prune)
         if settings.sweep_interval_s > 0:
             lease = KvLease(bus, SWEEP_LEASE, holder=f"checkpoint-{uuid.uuid4().hex[:8]}")

@@ -2,7 +2,8 @@
 
 Rules:
 
-* ``put`` appends version ``n + 1`` to a thread whose head is at ``n``. ``parent_id``
+* ``put`` appends version ``n + 1`` to a thread whose head is at ``n`` (or whose
+  latest versions up to ``n`` were deleted: numbers are not reused). ``parent_id``
   must name the head's checkpoint (None for an empty thread; a writer must say which
   state it built on) unless ``branch`` is set. The record, the data, the id index and
   the new head are written as **one atomic batch** (``agentbus_checkpoint.batch``)
@@ -35,7 +36,6 @@ import base64
 import hashlib
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import msgspec
 import nats.js.errors
@@ -66,6 +66,7 @@ from agentbus.messages import (
     utcnow,
 )
 from agentbus_checkpoint.batch import HeadMovedError, NotStoredError, publish_atomic
+from agentbus_checkpoint.head import Head
 from agentbus_checkpoint.keys import BlobName, ThreadKeys
 from agentbus_checkpoint.metrics import CheckpointMetrics
 from agentbus_checkpoint.objects import object_meta
@@ -102,19 +103,6 @@ def refused(exc: BaseException) -> bool:
 def write_order(w: PendingWrite) -> tuple[str, str, int]:
     """LangGraph's ``writes_sort_key``: ``(task_path, task_id, idx)``."""
     return (w.task_path, w.task_id, w.idx)
-
-
-@dataclass(frozen=True, slots=True)
-class Head:
-    """A thread's head as read: its value (None when empty) and revision (0 when absent)."""
-
-    value: CheckpointHead | None
-    revision: int
-
-    @property
-    def checkpoint_id(self) -> str | None:
-        """The latest checkpoint id, None for an empty thread."""
-        return self.value.checkpoint_id if self.value else None
 
 
 class CheckpointStore:
@@ -274,7 +262,7 @@ class CheckpointStore:
             if not req.branch and req.parent_id != head.checkpoint_id:
                 self.metrics.conflicts.inc()
                 raise CheckpointConflictError(req.parent_id, head.checkpoint_id, where(tk))
-            version = head.value.version + 1 if head.value else 1
+            version = head.next_version
             now = utcnow()
             record = Checkpoint(
                 checkpoint_id=req.checkpoint_id or new_checkpoint_id(version),
@@ -294,8 +282,8 @@ class CheckpointStore:
                 checkpoint_id=record.checkpoint_id,
                 version=version,
                 updated_at=now,
-                oldest_version=head.value.oldest_version if head.value else 1,
-                retention=req.retention or (head.value.retention if head.value else None),
+                oldest_version=head.stored.oldest_version if head.stored else 1,
+                retention=req.retention or (head.stored.retention if head.stored else None),
             )
             messages = [(tk.record(version), encode(record))]
             if ref is None:

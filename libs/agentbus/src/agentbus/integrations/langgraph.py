@@ -16,9 +16,10 @@ and its metadata are stored with LangGraph's serializer (``serde``, msgpack + ty
 values); each top-level metadata item is also stored as compact JSON in the service
 metadata, which is what ``alist(filter=...)`` matches (equality, as LangGraph's own
 savers do). ``aput_writes`` maps to the service's pending writes (same ``idx`` rules:
-``WRITES_IDX_MAP`` for special channels). Synchronous methods work from other
-threads than the event loop the saver was created on (as LangGraph's async Postgres
-saver does) and raise there.
+``WRITES_IDX_MAP`` for special channels). ``adelete_for_runs`` finds the checkpoints
+whose metadata ``run_id`` matches and deletes them by id (``DeleteCheckpoints``).
+Synchronous methods work from other threads than the event loop the saver was
+created on (as LangGraph's async Postgres saver does) and raise there.
 
 Large values are transparent (Object Store), and every read is checked against its
 SHA-256 (``CheckpointCorruptedError`` instead of data).
@@ -238,6 +239,27 @@ class AgentbusSaver(BaseCheckpointSaver[str]):
         """Delete a thread with its namespaces, checkpoints and writes."""
         await self.client.delete_thread(thread_id)
 
+    async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
+        """Delete the checkpoints (with their writes) whose metadata ``run_id`` is listed.
+
+        Every thread and namespace of ``agent_id``: one history listing each, then one
+        delete request per namespace with matches. Where a thread's latest checkpoint
+        goes, the newest one left becomes its latest (or the thread is empty). Unknown
+        run ids are a no-op.
+        """
+        wanted = {_flat(str(run_id)) for run_id in run_ids}
+        if not wanted:
+            return
+        for info in await self.client.threads():
+            thread_id, ns = info.thread_id, info.namespace
+            doomed = [
+                c.checkpoint_id
+                async for c in self.client.history(thread_id, namespace=ns)
+                if c.metadata.get("run_id") in wanted
+            ]
+            if doomed:
+                await self.client.delete_checkpoints(thread_id, doomed, namespace=ns)
+
     async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
         """Copy every checkpoint (same ids and parents) and write to another thread."""
         for info in await self.client.threads(source_thread_id):
@@ -345,6 +367,10 @@ class AgentbusSaver(BaseCheckpointSaver[str]):
     def delete_thread(self, thread_id: str) -> None:
         """Sync ``adelete_thread``."""
         self._sync(self.adelete_thread(thread_id))
+
+    def delete_for_runs(self, run_ids: Sequence[str]) -> None:
+        """Sync ``adelete_for_runs``."""
+        self._sync(self.adelete_for_runs(run_ids))
 
     def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
         """Sync ``acopy_thread``."""

@@ -256,8 +256,24 @@ class PruneCheckpoints(Message, frozen=True, kw_only=True):
     retention: Retention | None = None
 
 
+class DeleteCheckpoints(Message, frozen=True, kw_only=True):
+    """Command (``<p>.checkpoint.delete_checkpoints``): delete versions of a thread by id.
+
+    Deletes each named version with its data and pending writes (ids not in the thread
+    are skipped: a repeat is a no-op). When the latest version goes, the head moves
+    back to the newest version left, or the thread becomes empty; version numbers are
+    never given out again, so the history may have gaps. Reply ``CheckpointsDeleted``;
+    400 for a malformed id or more than 1000 ids.
+    """
+
+    agent_id: str
+    thread_id: str
+    namespace: str = ""
+    checkpoint_ids: Annotated[list[CheckpointId], msgspec.Meta(max_length=1000)]
+
+
 class CheckpointsDeleted(Message, frozen=True, kw_only=True):
-    """Reply to ``DeleteThread`` and ``PruneCheckpoints``: versions deleted."""
+    """Reply to ``DeleteThread``, ``DeleteCheckpoints``, ``PruneCheckpoints``: versions deleted."""
 
     deleted_count: int
 
@@ -271,6 +287,11 @@ class CheckpointHead(Message, frozen=True, kw_only=True):
     oldest_version: int = 1
     """Versions ``oldest_version..version`` may exist; older ones were pruned."""
     retention: Retention | None = None
+    last_version: int = 0
+    """The highest version number given out, when above ``version`` (the latest
+    versions were deleted by ``DeleteCheckpoints``); a put appends version
+    ``max(version, last_version) + 1``. A thread whose every version was deleted keeps
+    its head with ``checkpoint_id`` "" and ``version`` 0 (an empty thread)."""
 
 
 class CheckpointIndex(Message, frozen=True, kw_only=True):
@@ -303,6 +324,7 @@ MESSAGES: tuple[type[Message], ...] = (
     ThreadsReply,
     ForkCheckpoint,
     DeleteThread,
+    DeleteCheckpoints,
     PruneCheckpoints,
     CheckpointsDeleted,
     CheckpointHead,
