@@ -35,8 +35,12 @@ class SchedulerSettings(BaseSettings):
     """Agent reports fetched per pull request from the results stream."""
     results_fetch_timeout_s: PositiveFloat = 1.0
     """Long-poll time of one pull request on the results stream."""
-    results_ack_wait_s: PositiveFloat = 30.0
-    """AckWait of the results consumer: an unacked report is redelivered after this."""
+    results_ack_wait_s: PositiveFloat = 5.0
+    """AckWait of the results consumer ``scheduler-results``: a report that a scheduler
+    fetched and did not ack (it died) is redelivered to another instance after this,
+    so a task ends at most this late after a scheduler crash. A live instance renews
+    the reports it is still applying (``in_progress`` every third of this), so a slow
+    one gets no duplicates."""
     place_interval_s: PositiveFloat = 5.0
     """Placement runs on every deployment/node change and at least this often."""
     ready_timeout_s: PositiveFloat = 10.0
