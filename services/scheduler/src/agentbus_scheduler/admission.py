@@ -256,6 +256,31 @@ class Admission:
                 await self.links.set_stream_seq(existing, None, seq)
         return existing
 
+    async def republish(self, record: TaskRecord) -> bool:
+        """Publish the work-stream message of the ``queued`` ``record`` again (heal sweep).
+
+        The record is linked first (a task whose parent was cancelled ends instead).
+        ``Nats-Msg-Id`` = task id: a message that landed within the stream's
+        duplicate window is not stored twice. Returns whether a message was stored
+        (False: a duplicate, or the task ended); its sequence goes into the record.
+
+        Raises:
+            nats.errors.Error, TimeoutError, RuntimeError: the bus failed.
+        """
+        record = await self.links.attach(record)
+        if record.terminal:
+            return False
+        ack = await self.bus.js.publish(
+            self.bus.names.task_subject(record.capability, record.priority),
+            encode(task_message(record)),
+            headers={"Nats-Msg-Id": record.task_id},
+        )
+        if ack.duplicate:
+            return False
+        await self.ready.post(record.capability, record.priority)
+        await self.links.set_stream_seq(record, None, ack.seq)
+        return True
+
     async def _publish(self, record: TaskRecord) -> int:
         """Put the task on its band's subject, tell idle agents; the stream sequence.
 

@@ -60,6 +60,12 @@ class SchedulerMetrics:
             ["reason"],
             registry=registry,
         )
+        self.healed = Counter(
+            "agentbus_scheduler_tasks_healed_total",
+            "Queued tasks whose work-stream message was missing (admission interrupted "
+            "between the record write and the publish), published again by the sweeps.",
+            registry=registry,
+        )
         self.sweep_lease_held = Gauge(
             "agentbus_scheduler_sweep_lease_held",
             "1 while this instance holds the scheduler-sweeps lease, else 0.",

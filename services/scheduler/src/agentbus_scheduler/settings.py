@@ -59,6 +59,12 @@ class SchedulerSettings(BaseSettings):
     deadlines, messages stuck after their last delivery, leftovers of ended tasks)."""
     sweep_max_messages: PositiveInt = 10_000
     """Work-stream messages one sweep reads at most; the next sweep goes on from there."""
+    sweep_max_records: PositiveInt = 10_000
+    """Task records one heal pass reads at most (``heal``); the next goes on from there."""
+    heal_grace_s: PositiveFloat = 30.0
+    """A ``queued`` record that never started and whose message is not on the work
+    stream (its admission died between the record write and the publish) is healed,
+    its message published again, once it is this old."""
     sweep_lease_ttl_s: int = Field(default=6, ge=2)
     """Lease ``scheduler-sweeps`` length, whole seconds: a crashed holder's sweeps and
     dead-letter moves pass to another instance within about ``ttl * 4/3``."""

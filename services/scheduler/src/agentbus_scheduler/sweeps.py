@@ -26,6 +26,9 @@ While holding the lease, the instance
      advisory stream covers the rest.
 
    Messages not yet delivered and without a passed deadline cost no record read.
+
+3. after each sweep, heals ``queued`` records whose message never reached the work
+   stream (``heal.Healer``).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from agentbus.lease import KvLease
 from agentbus.messages import ErrorInfo, decode_task, utcnow
 from agentbus_scheduler.context import SchedulerContext
 from agentbus_scheduler.deadletters import DeadLetters
+from agentbus_scheduler.heal import Healer
 from agentbus_scheduler.lifecycle import end_task
 
 SWEEPS_LEASE = "scheduler-sweeps"
@@ -58,6 +62,7 @@ class Sweeper:
         self.lease = KvLease(
             ctx.bus, SWEEPS_LEASE, holder=settings.instance_id, ttl_s=settings.sweep_lease_ttl_s
         )
+        self.healer = Healer(ctx, dead_letters.admission)
         self._cursor = 0
         self._stuck: set[str] = set()
 
@@ -79,6 +84,7 @@ class Sweeper:
                     if loop.time() >= next_sweep:
                         next_sweep = loop.time() + self.ctx.settings.sweep_interval_s
                         await self.sweep_once()
+                        await self.healer.heal_once(self.lease)
                 except Exception:  # bus trouble: the next round tries again
                     logger.opt(exception=True).warning("sweep round failed")
                     await self._pause(stop, 1.0)
