@@ -10,6 +10,7 @@ class on the caller's side::
      ├─ ConflictError                  (409)
      ├─ UnavailableError               retryable; a dependency is down (503)
      ├─ RequestTimeoutError            also a TimeoutError (504)
+     │   └─ TaskWaitTimeoutError       a wait for a task ran out (says where it is)
      └─ TaskError                      raised by task handlers
          ├─ RetryableTaskError         the attempt failed; try again
          │   └─ TaskTimeoutError       the handler ran past the task's timeout_s
@@ -63,6 +64,19 @@ class RequestTimeoutError(AgentBusError, TimeoutError):
         self.subject = subject
         self.timeout_s = timeout_s
         super().__init__(f"no reply on {subject!r} within {timeout_s:.3f} s")
+
+
+class TaskWaitTimeoutError(RequestTimeoutError):
+    """A wait for task ``task_id`` ran out before the task ended.
+
+    The message says the task's status and, for a queued task no live agent
+    serves, that nobody does.
+    """
+
+    def __init__(self, task_id: str, timeout_s: float, detail: str) -> None:
+        super().__init__(f"task {task_id}", timeout_s)
+        self.task_id = task_id
+        self.args = (f"task {task_id} is still {detail}",)
 
 
 class TaskError(AgentBusError):

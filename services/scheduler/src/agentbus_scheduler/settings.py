@@ -65,6 +65,11 @@ class SchedulerSettings(BaseSettings):
     """A ``queued`` record that never started and whose message is not on the work
     stream (its admission died between the record write and the publish) is healed,
     its message published again, once it is this old."""
+    list_max_records: PositiveInt = 10_000
+    """Task records one ``list`` request reads at most (statuses other than dead)."""
+    unserved_warn_s: PositiveFloat = 60.0
+    """A task waiting this long for a capability no live agent serves gets one
+    ``task.unserved`` warning event (``<p>.events.task.unserved.<task_id>``)."""
     sweep_lease_ttl_s: int = Field(default=6, ge=2)
     """Lease ``scheduler-sweeps`` length, whole seconds: a crashed holder's sweeps and
     dead-letter moves pass to another instance within about ``ttl * 4/3``."""
