@@ -20,7 +20,9 @@ For each it makes sure the message is really missing before publishing it again
   any report of the capability is pending the task waits for a later pass; then
   the record is read again and published only if still untouched.
 
-Each heal is logged and counted (``agentbus_scheduler_tasks_healed_total``).
+A task found with its message is remembered (up to ``MAX_REMEMBERED`` ids) and not
+checked again: a backlog costs one check per task, not one per pass. Each heal is
+logged and counted (``agentbus_scheduler_tasks_healed_total``).
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ from agentbus_scheduler.admission import Admission
 from agentbus_scheduler.context import SchedulerContext
 from agentbus_scheduler.links import messages_of
 
+MAX_REMEMBERED = 200_000
+"""Task ids known to have their message, kept to skip them (then forgotten at once)."""
 WINDOW_MARGIN_S = 15.0
 """How far inside the stream's duplicate window a record must be for the fast path."""
 
@@ -51,6 +55,7 @@ class Healer:
         self.ctx = ctx
         self.admission = admission
         self._after = 0
+        self._present: set[str] = set()
 
     async def heal_once(self, lease: KvLease) -> int:
         """One pass over the next ``sweep_max_records`` records; how many were healed.
@@ -62,8 +67,15 @@ class Healer:
         now = utcnow()
         grace = timedelta(seconds=settings.heal_grace_s)
 
+        if len(self._present) > MAX_REMEMBERED:
+            self._present.clear()
+
         def candidate(record: TaskRecord) -> bool:
-            return _untouched(record) and now - record.created_at >= grace
+            return (
+                _untouched(record)
+                and now - record.created_at >= grace
+                and record.task_id not in self._present
+            )
 
         limit = settings.sweep_max_records
         page = await scan(bus.js, bus.names.tasks_bucket, TaskRecord, after=self._after,
@@ -95,6 +107,7 @@ class Healer:
         found, complete = await messages_of(
             bus, subject, ids, limit=self.ctx.settings.sweep_max_messages
         )
+        self._present.update(found)
         missing = [r for r in records if r.task_id not in found]
         if not missing or not complete:
             return 0
@@ -114,6 +127,7 @@ class Healer:
 
     async def _heal(self, record: TaskRecord, *, why: str) -> int:
         if not await self.admission.republish(record):
+            self._present.add(record.task_id)  # its message landed (or it ended)
             return 0
         self.ctx.metrics.healed.inc()
         logger.warning("queued task had no work-stream message: published again",

@@ -90,10 +90,12 @@ class Unserved:
         self.ctx = ctx
         self.agents = agents
         self._warned: set[str] = set()
+        self._next_seq: dict[str, int] = {}  # subject -> first sequence not yet looked at
 
     def clear(self) -> None:
         """Drop the gauge's values (this instance stopped sweeping)."""
         self.ctx.metrics.unserved.clear()
+        self._next_seq.clear()
 
     async def check(self, per_subject: dict[str, int]) -> int:
         """Set the gauge from ``per_subject`` counts, warn of long waits; warnings sent.
@@ -117,17 +119,21 @@ class Unserved:
             gauge.labels(capability).set(count)
         if len(self._warned) > MAX_WARNED:
             self._warned.clear()
+        self._next_seq = {s: n for s, n in self._next_seq.items() if s in subjects}
         sent = 0
         for subject in subjects:
             sent += await self._warn_on(subject)
         return sent
 
     async def _warn_on(self, subject: str) -> int:
-        """Warn of the tasks on ``subject`` (oldest first) waiting too long; how many."""
+        """Warn of the tasks on ``subject`` (oldest first) waiting too long; how many.
+
+        Goes on from the first message not looked at on an earlier sweep.
+        """
         bus = self.ctx.bus
         warn_s = self.ctx.settings.unserved_warn_s
         before = utcnow() - timedelta(seconds=warn_s)
-        seq, sent = 1, 0
+        seq, sent = self._next_seq.get(subject, 1), 0
         for _ in range(MAX_READ_PER_SUBJECT):
             try:
                 raw = await bus.js.get_msg(bus.names.tasks_stream, seq=seq, subject=subject,
@@ -136,7 +142,7 @@ class Unserved:
                 break
             if raw.seq is None or raw.time is None or raw.time > before:
                 break  # the rest arrived later
-            seq = raw.seq + 1
+            seq = self._next_seq[subject] = raw.seq + 1
             try:
                 task = decode_task(raw.data or b"")
             except (msgspec.DecodeError, msgspec.ValidationError):
