@@ -179,7 +179,7 @@ async def test_dead_tasks_listed_by_client_cli_and_http_then_resubmitted(
             code, out = await _cli(bus_settings, "tasks", "--status", "dead", "--capability",
                                    "beta")  # fmt: skip
             assert code == 0 and "b1" in out and "a1" not in out and "backend down" in out
-            code, _ = await _cli(bus_settings, "tasks", "--status", "running")
+            code, _ = await _cli(bus_settings, "tasks", "--status", "bogus")
             assert code == 2
 
             r = await gw.http.get("/v1/tasks", params={"status": "dead", "capability": "alpha"})

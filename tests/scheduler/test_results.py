@@ -262,4 +262,4 @@ async def _consumer_exists(bus: Bus) -> bool:
         info = await bus.js.consumer_info(bus.names.results_stream, Names.RESULTS_CONSUMER)
     except Exception:
         return False
-    return bool(info.config.ack_wait == 30.0)
+    return bool(info.config.ack_wait == SchedulerSettings().results_ack_wait_s)

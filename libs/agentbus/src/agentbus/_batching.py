@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 
 from agentbus.bus import Bus
-from agentbus.errors import ContractError
+from agentbus.errors import ConflictError, ContractError
 from agentbus.messages import (
     SubmitReply,
     SubmitTask,
@@ -50,6 +50,8 @@ class SubmitBatcher:
         Raises:
             ContractError: the scheduler rejected the task (a rejected batch is
                 retried task by task, so one bad task fails only its own caller).
+            ConflictError: ``require_agent`` and no live agent serves the capability
+                (retried task by task as well).
             UnavailableError: no scheduler is running.
             RequestTimeoutError: the scheduler did not answer in time.
         """
@@ -84,7 +86,7 @@ class SubmitBatcher:
         try:
             try:
                 replies = await self._request([task for task, _ in batch])
-            except ContractError:
+            except (ContractError, ConflictError):
                 if len(batch) == 1:
                     raise
                 for item in batch:  # find the culprit: each task on its own

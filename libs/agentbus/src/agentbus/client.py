@@ -50,11 +50,12 @@ from agentbus.messages import (
     TaskEvent,
     TaskRecord,
     TasksReply,
+    TaskStatus,
 )
 from agentbus.names import check_task_id, check_token
 from agentbus.settings import BusSettings
 from agentbus.task_history import task_history
-from agentbus.waits import TaskWaits, get_record
+from agentbus.waits import TaskWaits, get_record, ran_out
 from agentbus.waits import handed_off as handed_off  # re-exported
 
 T = TypeVar("T")
@@ -99,12 +100,15 @@ class Client:
         metadata: dict[str, str] | None = None,
         deadline: datetime | None = None,
         backoff: Backoff | None = None,
+        require_agent: bool = False,
     ) -> SubmitTask:
         """Build a ``SubmitTask``: encodes ``input`` and offloads it when large.
 
         ``input`` is any msgspec-encodable value (Structs, dicts, lists, bytes, ...).
         ``deadline`` (timezone-aware) is when the task stops being startable (it then
-        ends ``expired``); ``backoff`` the delay policy between attempts.
+        ends ``expired``); ``backoff`` the delay policy between attempts;
+        ``require_agent`` has the scheduler refuse the task (``ConflictError``) when
+        no live agent serves ``capability``.
 
         Raises:
             ContractError: ``capability`` is not a valid token, or ``task_id`` or
@@ -118,7 +122,8 @@ class Client:
         return SubmitTask(capability=capability, input=raw, input_ref=ref, task_id=task_id,
                           priority=priority, max_attempts=max_attempts, timeout_s=timeout_s,
                           parent_id=parent_id, tenant=tenant, metadata=metadata or {},
-                          deadline=deadline, backoff=backoff)  # fmt: skip
+                          deadline=deadline, backoff=backoff,
+                          require_agent=require_agent)  # fmt: skip
 
     async def submit(self, capability: str, input: Any = None, **options: Any) -> TaskRecord:
         """Submit one task and return its record (status ``queued`` or later).
@@ -129,6 +134,7 @@ class Client:
 
         Raises:
             ContractError: the scheduler rejected the task.
+            ConflictError: ``require_agent=True`` and no live agent serves it.
             UnavailableError: no scheduler is running.
             RequestTimeoutError: the scheduler did not answer in time.
         """
@@ -178,9 +184,16 @@ class Client:
 
         Raises:
             ContractError: ``task_id`` is not a valid task id.
-            RequestTimeoutError: not terminal within ``timeout_s`` seconds.
+            TaskWaitTimeoutError: not terminal within ``timeout_s`` seconds (a
+                ``RequestTimeoutError`` whose message says the task's status and,
+                for a queued task, whether any live agent serves its capability).
         """
-        return await self._waits.wait(task_id, timeout_s=timeout_s, follow_handoffs=follow_handoffs)
+        try:
+            return await self._waits.wait(
+                task_id, timeout_s=timeout_s, follow_handoffs=follow_handoffs
+            )
+        except RequestTimeoutError as exc:
+            raise await ran_out(self.bus, task_id, timeout_s) from exc
 
     async def wait_many(
         self, task_ids: Iterable[str], *, timeout_s: float = 600.0, follow_handoffs: bool = True
@@ -279,13 +292,35 @@ class Client:
             ContractError: ``capability`` is not a valid token.
             UnavailableError: no scheduler is running.
         """
+        return await self.list_tasks("dead", capability=capability, limit=limit)
+
+    async def list_tasks(
+        self,
+        status: TaskStatus | None = "queued",
+        *,
+        capability: str | None = None,
+        parent_id: str | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> TasksReply:
+        """One page of tasks with ``status`` (None: any), see ``ListTasks``.
+
+        Pass the reply's ``next_cursor`` as ``cursor`` for the next page (None: the
+        last page). Dead tasks come newest first; others in the order their records
+        were last written, at most ``SCHEDULER_LIST_MAX_RECORDS`` read per page.
+
+        Raises:
+            ContractError: an argument is invalid (status, capability, cursor, limit).
+            UnavailableError: no scheduler is running.
+        """
         if capability is not None:
             check_token("capability", capability)
-        return await self.bus.request(
-            self.names.endpoint("scheduler", "list"),
-            ListTasks(status="dead", capability=capability, limit=limit),
-            TasksReply,
-        )
+        if parent_id is not None:
+            check_task_id(parent_id, "parent id")
+        request = ListTasks(status=status, capability=capability, parent_id=parent_id,
+                            limit=limit, cursor=cursor)  # fmt: skip
+        return await self.bus.request(self.names.endpoint("scheduler", "list"), request,
+                                      TasksReply)  # fmt: skip
 
     async def resubmit(
         self,

@@ -13,6 +13,7 @@ class on the caller's side::
      │   └─ CheckpointConflictError    a put's expected parent is not the latest
      ├─ UnavailableError               retryable; a dependency is down (503)
      ├─ RequestTimeoutError            also a TimeoutError (504)
+     │   └─ TaskWaitTimeoutError       a wait for a task ran out (says where it is)
      └─ TaskError                      raised by task handlers
          ├─ RetryableTaskError         the attempt failed; try again
          │   └─ TaskTimeoutError       the handler ran past the task's timeout_s
@@ -139,6 +140,19 @@ class CheckpointCorruptedError(ContractError):
 
     def __init__(self, detail: str) -> None:
         super().__init__(f"{self.PREFIX}{detail}")
+
+
+class TaskWaitTimeoutError(RequestTimeoutError):
+    """A wait for task ``task_id`` ran out before the task ended.
+
+    The message says the task's status and, for a queued task no live agent
+    serves, that nobody does.
+    """
+
+    def __init__(self, task_id: str, timeout_s: float, detail: str) -> None:
+        super().__init__(f"task {task_id}", timeout_s)
+        self.task_id = task_id
+        self.args = (f"task {task_id} is still {detail}",)
 
 
 class TaskError(AgentBusError):

@@ -18,8 +18,20 @@ import msgspec
 import nats.js.errors
 
 from agentbus.bus import Bus
-from agentbus.errors import NotFoundError, RequestTimeoutError
-from agentbus.messages import TERMINAL_STATUSES, TaskEvent, TaskRecord, decode_record
+from agentbus.errors import (
+    AgentBusError,
+    NotFoundError,
+    RequestTimeoutError,
+    TaskWaitTimeoutError,
+)
+from agentbus.messages import (
+    TERMINAL_STATUSES,
+    AgentsReply,
+    ListAgents,
+    TaskEvent,
+    TaskRecord,
+    decode_record,
+)
 from agentbus.names import check_task_id
 
 decode_event = msgspec.json.Decoder(TaskEvent).decode
@@ -27,6 +39,33 @@ decode_event = msgspec.json.Decoder(TaskEvent).decode
 _KV_OPERATION = "KV-Operation"
 _WAIT_SUBJECTS_MAX = 64
 """Above this many awaited tasks, one subscription on every task event replaces per-task ones."""
+
+
+async def ran_out(bus: Bus, task_id: str, timeout_s: float) -> TaskWaitTimeoutError:
+    """The error of a wait for ``task_id`` that ran out: where the task is.
+
+    Its status (and latest attempt); for a queued task that no live agent serves
+    (asked of the registry), that nobody does.
+    """
+    try:
+        record = await get_record(bus, task_id)
+    except (AgentBusError, TimeoutError):
+        return TaskWaitTimeoutError(task_id, timeout_s, f"not finished after {timeout_s} s")
+    detail = f"{record.status} after {timeout_s} s"
+    if record.attempts:
+        latest = record.attempts[-1]
+        detail += f" (attempt {latest.number}, agent {latest.agent_id})"
+    if record.status == "queued":
+        try:
+            reply = await bus.request(bus.names.endpoint("registry", "agents"),
+                                      ListAgents(capability=record.capability),
+                                      AgentsReply)  # fmt: skip
+        except (AgentBusError, TimeoutError):
+            return TaskWaitTimeoutError(task_id, timeout_s, detail)  # no registry to ask
+        if not reply.agents:
+            detail = (f"queued: no live agent serves capability {record.capability!r} "
+                      "(see `agentbus agents`)")  # fmt: skip
+    return TaskWaitTimeoutError(task_id, timeout_s, detail)
 
 
 async def get_record(bus: Bus, task_id: str) -> TaskRecord:

@@ -18,7 +18,7 @@ import nats.errors
 import nats.js.errors
 
 from agentbus.bus import Bus
-from agentbus.errors import ContractError, NotFoundError, UnavailableError
+from agentbus.errors import ConflictError, ContractError, NotFoundError, UnavailableError
 from agentbus.messages import (
     NULL,
     GetTask,
@@ -40,6 +40,7 @@ from agentbus_scheduler.links import Links
 from agentbus_scheduler.metrics import SchedulerMetrics
 from agentbus_scheduler.ready import ReadyNotices
 from agentbus_scheduler.records import Records, publish_task_event
+from agentbus_scheduler.unserved import LiveAgents
 
 MAX_BATCH = 10_000
 """Most tasks one ``submit_batch`` request may carry."""
@@ -111,8 +112,10 @@ class Admission:
         *,
         concurrency: int = 128,
         records: Records | None = None,
+        agents: LiveAgents | None = None,
     ) -> None:
         self.bus = bus
+        self.agents = agents
         self.metrics = metrics
         self._concurrency = concurrency
         self.records = records or Records(bus, metrics)
@@ -125,10 +128,13 @@ class Admission:
 
         Raises:
             ContractError: the task is invalid.
+            ConflictError: ``require_agent`` and no live agent serves its capability
+                (a new task only).
             UnavailableError: the KV write or the publish failed; retrying with the
                 same ``task_id`` is safe.
         """
         validate(task)
+        await self._require_agents([task])
         return await self._admit(task)
 
     async def submit_batch(self, batch: SubmitTasks) -> SubmitTasksReply:
@@ -139,6 +145,8 @@ class Admission:
 
         Raises:
             ContractError: a task is invalid or the batch exceeds ``MAX_BATCH`` tasks.
+            ConflictError: a new task has ``require_agent`` and no live agent serves
+                its capability (nothing of the batch is written).
             UnavailableError: a write failed (some tasks may be admitted; resubmitting
                 the same batch with the same ids is safe).
         """
@@ -149,6 +157,7 @@ class Admission:
                 validate(task)
             except ContractError as exc:
                 raise ContractError(f"task #{index}: {exc}") from exc
+        await self._require_agents(batch.tasks)
         gate = asyncio.Semaphore(self._concurrency)
 
         async def _one(task: SubmitTask) -> SubmitReply:
@@ -167,6 +176,26 @@ class Admission:
         """
         validate(task)
         return await self._admit(task, resubmit_of=resubmit_of)
+
+    async def _require_agents(self, tasks: list[SubmitTask]) -> None:
+        """Refuse new tasks with ``require_agent`` whose capability nobody serves.
+
+        Raises:
+            ConflictError: the first such task, naming its capability.
+            UnavailableError: the live agents are not known yet.
+        """
+        if self.agents is None:
+            return
+        for task in tasks:
+            if not task.require_agent or await self.agents.serves(task.capability):
+                continue
+            if task.task_id is not None and await self.read(task.task_id) is not None:
+                continue  # a repeat returns the task it admitted before
+            self.metrics.submitted.labels("unserved").inc()
+            raise ConflictError(
+                f"no live agent serves capability {task.capability!r} "
+                "(the task asked for one: require_agent)"
+            )
 
     async def get(self, request: GetTask) -> TaskReply:
         """The current record of a task.
@@ -255,6 +284,31 @@ class Admission:
                 seq = await self._publish(existing)
                 await self.links.set_stream_seq(existing, None, seq)
         return existing
+
+    async def republish(self, record: TaskRecord) -> bool:
+        """Publish the work-stream message of the ``queued`` ``record`` again (heal sweep).
+
+        The record is linked first (a task whose parent was cancelled ends instead).
+        ``Nats-Msg-Id`` = task id: a message that landed within the stream's
+        duplicate window is not stored twice. Returns whether a message was stored
+        (False: a duplicate, or the task ended); its sequence goes into the record.
+
+        Raises:
+            nats.errors.Error, TimeoutError, RuntimeError: the bus failed.
+        """
+        record = await self.links.attach(record)
+        if record.terminal:
+            return False
+        ack = await self.bus.js.publish(
+            self.bus.names.task_subject(record.capability, record.priority),
+            encode(task_message(record)),
+            headers={"Nats-Msg-Id": record.task_id},
+        )
+        if ack.duplicate:
+            return False
+        await self.ready.post(record.capability, record.priority)
+        await self.links.set_stream_seq(record, None, ack.seq)
+        return True
 
     async def _publish(self, record: TaskRecord) -> int:
         """Put the task on its band's subject, tell idle agents; the stream sequence.

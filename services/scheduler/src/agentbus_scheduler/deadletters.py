@@ -163,12 +163,13 @@ class DeadLetters:
         kv = await self.ctx.bus.kv(self.ctx.bus.names.dead_tasks_bucket)
         await kv.put(_key(record.capability, record.task_id), encode(entry))
 
-    async def list_dead(self, request: ListTasks) -> TasksReply:
+    async def list_dead(self, request: ListTasks, *, offset: int = 0) -> TasksReply:
         """Dead tasks, newest first, optionally of one capability (reads the index).
 
-        Index entries whose record has expired (records live 7 days) or is not dead
-        (the entry is written just before the record; that write lost a race) are
-        skipped; ``total`` counts entries.
+        The page starts at index entry ``offset``; ``next_cursor`` is the next
+        page's offset. Index entries whose record has expired (records live 7 days)
+        or is not dead (the entry is written just before the record; that write
+        lost a race) are skipped; ``total`` counts entries.
         """
         kv = await self.ctx.bus.kv(self.ctx.bus.names.dead_tasks_bucket)
 
@@ -179,12 +180,14 @@ class DeadLetters:
         index = await replay(kv, DeadTask, keys=keys, on_bad=bad)
         entries = sorted(index.values(), key=lambda e: e.dead_at, reverse=True)
         tasks: list[TaskRecord] = []
-        for entry in entries[: request.limit]:
+        end = offset + request.limit
+        for entry in entries[offset:end]:
             found = await self.ctx.records.read(entry.task_id)
             # an entry is written before its record ends dead: skip one whose write lost
             if found is not None and found[0].status == "dead":
                 tasks.append(found[0])
-        return TasksReply(tasks=tasks, total=len(entries))
+        more = str(end) if end < len(entries) else None
+        return TasksReply(tasks=tasks, total=len(entries), next_cursor=more)
 
     # -- resubmission -------------------------------------------------------------
     async def resubmit(self, request: ResubmitTask) -> SubmitReply:

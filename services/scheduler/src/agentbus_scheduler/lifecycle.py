@@ -13,6 +13,14 @@ A terminal record never changes again: the first result wins, later ones are
 duplicates. Attempts are keyed by their number (the delivery count); an attempt that
 was running when a later one started, or when the task ended, is recorded ``lost``.
 
+**The record numbers the attempts.** A delivery count can start over: a nats-server
+killed with SIGKILL can lose its consumers' state, and a task running then comes
+back as delivery 1. A report is one delivery's (its agent and ``started_at``; a
+result also matches its agent's attempt recorded running); one whose number the
+record already gives to another delivery is renumbered: the
+number of its delivery if recorded, else the record's latest + 1
+(``number_report``), so the history stays complete and increasing.
+
 An agent reports ``TaskStarted`` only for a handler that runs longer than a short
 delay (``AgentSettings.started_report_delay_s``): a ``TaskResult`` of an attempt the
 record never showed running (``ran``, or ``succeeded``/``failed``) records the attempt
@@ -108,6 +116,32 @@ def _event(
                      next_attempt_at=next_attempt_at, reason=reason)  # fmt: skip
 
 
+def _same_delivery(attempt: Attempt, report: Report) -> bool:
+    """Whether ``report`` is of the delivery recorded as ``attempt``.
+
+    Same agent and ``started_at``, or a result of that agent's attempt still running.
+    """
+    if attempt.agent_id != report.agent_id:
+        return False
+    running = isinstance(report, TaskResult) and attempt.status == "running"
+    return running or attempt.started_at == report.started_at
+
+
+def number_report(record: TaskRecord, report: Report) -> Report:
+    """``report`` with the attempt number the record gives its delivery.
+
+    Unchanged unless the record holds another delivery under the reported number
+    (the delivery count started over); then the number of the recorded attempt with
+    the same agent and ``started_at``, else the record's latest number + 1.
+    """
+    taken = next((a for a in record.attempts if a.number == report.attempt), None)
+    if taken is None or _same_delivery(taken, report):
+        return report
+    same = next((a for a in record.attempts if _same_delivery(a, report)), None)
+    number = same.number if same is not None else _latest(record) + 1
+    return msgspec.structs.replace(report, attempt=number)
+
+
 def apply_report(record: TaskRecord, report: Report, *, now: datetime) -> Changes:
     """The record after ``report`` and the events to emit; ``(None, None)`` if unchanged.
 
@@ -119,6 +153,7 @@ def apply_report(record: TaskRecord, report: Report, *, now: datetime) -> Change
     """
     if record.terminal:
         return None, None
+    report = number_report(record, report)
     if isinstance(report, TaskStarted):
         return _started(record, report, now=now)
     status = next_status(report)

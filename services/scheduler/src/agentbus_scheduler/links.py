@@ -180,10 +180,10 @@ async def find_stream_seqs(
 ) -> list[int]:
     """The work-stream sequences of the messages of ``records`` still on the stream.
 
-    Reads each band subject concerned from its first message on (``next_by_subj``),
-    at most ``limit`` messages per subject, matching ``Nats-Msg-Id`` (the task id).
-    The fallback of a cancel that lacks ``stream_seq``; failures are logged (the
-    cancel notice still stops agents, the sweep removes delivered leftovers).
+    Reads each band subject concerned from its first message on (``messages_of``),
+    at most ``limit`` messages per subject. The fallback of a cancel that lacks
+    ``stream_seq``; failures are logged (the cancel notice still stops agents, the
+    sweep removes delivered leftovers).
     """
     wanted: dict[str, set[str]] = {}
     for record in records:
@@ -191,20 +191,42 @@ async def find_stream_seqs(
         wanted.setdefault(subject, set()).add(record.task_id)
     found: list[int] = []
     for subject, ids in wanted.items():
-        seq, read = 1, 0
         try:
-            while ids and read < limit:
-                raw = await bus.js.get_msg(bus.names.tasks_stream, seq=seq, subject=subject,
-                                           next=True)  # fmt: skip
-                if raw.seq is None:
-                    break
-                read, seq = read + 1, raw.seq + 1
-                msg_id = (raw.headers or {}).get("Nats-Msg-Id")
-                if msg_id in ids:
-                    ids.discard(msg_id)
-                    found.append(raw.seq)
-        except nats.js.errors.NotFoundError:
-            continue  # no (more) messages on the subject
+            seqs, _ = await messages_of(bus, subject, ids, limit=limit)
         except (nats.errors.Error, TimeoutError) as exc:
             logger.warning("task messages not looked up", subject=subject, error=repr(exc))
+            continue
+        found.extend(seqs.values())
     return found
+
+
+async def messages_of(
+    bus: Bus, subject: str, task_ids: set[str], *, limit: int = FIND_MAX_MESSAGES
+) -> tuple[dict[str, int], bool]:
+    """Which of ``task_ids`` have a message on work-stream ``subject``, and where.
+
+    Reads ``subject`` from its first message on (``next_by_subj``), matching
+    ``Nats-Msg-Id`` (the task id), until every id is found, the end, or ``limit``
+    messages. Returns ``({task id: stream sequence}, complete)``; ``complete`` is
+    True when the subject was read to its end (an id not found has no message).
+
+    Raises:
+        nats.errors.Error, TimeoutError: the bus failed.
+    """
+    ids = set(task_ids)
+    found: dict[str, int] = {}
+    seq, read = 1, 0
+    while ids and read < limit:
+        try:
+            raw = await bus.js.get_msg(bus.names.tasks_stream, seq=seq, subject=subject,
+                                       next=True)  # fmt: skip
+        except nats.js.errors.NotFoundError:
+            return found, True  # no (more) messages on the subject
+        if raw.seq is None:
+            return found, True
+        read, seq = read + 1, raw.seq + 1
+        msg_id = (raw.headers or {}).get("Nats-Msg-Id")
+        if msg_id in ids:
+            ids.discard(msg_id)
+            found[msg_id] = raw.seq
+    return found, not ids

@@ -60,6 +60,25 @@ class SchedulerMetrics:
             ["reason"],
             registry=registry,
         )
+        self.healed = Counter(
+            "agentbus_scheduler_tasks_healed_total",
+            "Queued tasks whose work-stream message was missing (admission interrupted "
+            "between the record write and the publish), published again by the sweeps.",
+            registry=registry,
+        )
+        self.unserved = Gauge(
+            "agentbus_scheduler_tasks_unserved",
+            "Tasks waiting on the work stream for a capability no live agent serves "
+            "(set by the scheduler-sweeps lease holder each sweep).",
+            ["capability"],
+            registry=registry,
+        )
+        self.unserved_warnings = Counter(
+            "agentbus_scheduler_unserved_warnings_total",
+            "task.unserved events published: a task waited longer than unserved_warn_s "
+            "for a capability no live agent serves.",
+            registry=registry,
+        )
         self.sweep_lease_held = Gauge(
             "agentbus_scheduler_sweep_lease_held",
             "1 while this instance holds the scheduler-sweeps lease, else 0.",

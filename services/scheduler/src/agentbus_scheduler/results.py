@@ -25,6 +25,7 @@ general path: one apply task per report, in per-task order.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -131,9 +132,12 @@ class ResultsConsumer:
         used to wait for its slowest record write): the cached reports of a batch are
         applied in one task (``_apply_cached``), the others each in a task of its own,
         always after the reports of the same task fetched before (per-task order),
-        with at most ``2 * results_batch`` reports being applied at once. On stop,
-        applies in flight get ``results_fetch_timeout_s`` to finish; any cut short is
-        redelivered after the consumer's AckWait.
+        with at most ``2 * results_batch`` reports being applied at once. Reports
+        fetched and not yet settled are renewed (``in_progress``) every third of
+        ``results_ack_wait_s`` by ``_keep``, so a slow instance is not sent them again
+        while a dead one's come back after the AckWait. On stop, applies in flight get
+        ``results_fetch_timeout_s`` to finish; any cut short is redelivered after the
+        consumer's AckWait.
         """
         if self._puller is None:
             await self.setup()
@@ -143,13 +147,20 @@ class ResultsConsumer:
         size, wait_s = self.ctx.settings.results_batch, self.ctx.settings.results_fetch_timeout_s
         window = asyncio.Semaphore(2 * self.ctx.settings.results_batch)
         last: dict[str, asyncio.Task[None]] = {}  # task id -> its latest apply
+        unsettled: dict[int, tuple[Msg, float]] = {}  # id(msg) -> (msg, fetched at)
+        keeper = asyncio.create_task(self._keep(unsettled, stop), name="results renewals")
 
-        def applied(task_id: str, done: asyncio.Task[None], *, permits: int = 1) -> None:
+        def applied(
+            task_id: str, msgs: list[Msg], done: asyncio.Task[None], *, permits: int = 1
+        ) -> None:
             for _ in range(permits):
                 window.release()
+            for msg in msgs:
+                unsettled.pop(id(msg), None)
             if last.get(task_id) is done:
                 del last[task_id]
 
+        loop = asyncio.get_running_loop()
         try:
             while not stop.is_set():
                 try:
@@ -159,7 +170,10 @@ class ResultsConsumer:
                     await asyncio.sleep(0.5)
                     continue
                 groups: dict[str, list[tuple[Msg, Report]]] = {}
-                for msg, report in await self._decode_all(msgs):
+                decoded = await self._decode_all(msgs)
+                fetched_at = loop.time()
+                unsettled.update((id(msg), (msg, fetched_at)) for msg, _ in decoded)
+                for msg, report in decoded:
                     await window.acquire()
                     groups.setdefault(report.task_id, []).append((msg, report))
                 cached = [
@@ -173,15 +187,19 @@ class ResultsConsumer:
                         del groups[task_id]
                         last[task_id] = batch
                         batch.add_done_callback(
-                            functools.partial(applied, task_id, permits=len(group))
+                            functools.partial(
+                                applied, task_id, [m for m, _ in group], permits=len(group)
+                            )
                         )
                 for task_id, group in groups.items():
                     for msg, report in group:
                         before = last.get(task_id)
                         apply = asyncio.create_task(self._handle_after(before, msg, report))
                         last[task_id] = apply
-                        apply.add_done_callback(functools.partial(applied, task_id))
+                        apply.add_done_callback(functools.partial(applied, task_id, [msg]))
         finally:
+            keeper.cancel()
+            await asyncio.gather(keeper, return_exceptions=True)
             if last:
                 pending = set(last.values())
                 _, late = await asyncio.wait(
@@ -190,6 +208,26 @@ class ResultsConsumer:
                 for apply in late:
                     apply.cancel()
                 await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _keep(self, unsettled: dict[int, tuple[Msg, float]], stop: asyncio.Event) -> None:
+        """Renew the lease of every report fetched a third of the AckWait ago or more.
+
+        Runs every third of ``results_ack_wait_s`` until ``stop``; a renewal that
+        fails is left to the AckWait (the report is then applied again, a duplicate
+        that changes nothing).
+        """
+        every_s = self.ctx.settings.results_ack_wait_s / 3
+        loop = asyncio.get_running_loop()
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), every_s)
+            due = loop.time() - every_s
+            for msg, fetched_at in list(unsettled.values()):
+                if fetched_at <= due:
+                    try:
+                        await msg.in_progress()
+                    except nats.errors.Error as exc:
+                        logger.debug("report renewal failed", error=repr(exc))
 
     async def _apply_cached(self, groups: list[tuple[str, list[tuple[Msg, Report]]]]) -> None:
         """Apply the reports of tasks whose record is cached: one write per task, together.

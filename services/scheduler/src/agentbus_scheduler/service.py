@@ -5,8 +5,8 @@ Endpoints (``nats.micro`` service ``scheduler``, subjects ``<p>.scheduler.<verb>
 =============  ================  ==================  ===============================
 verb           request           reply               errors
 =============  ================  ==================  ===============================
-submit         SubmitTask        SubmitReply         400, 503
-submit_batch   SubmitTasks       SubmitTasksReply    400, 503
+submit         SubmitTask        SubmitReply         400, 409, 503
+submit_batch   SubmitTasks       SubmitTasksReply    400, 409, 503
 get            GetTask           TaskReply           400, 404
 cancel         CancelTask        CancelReply         400, 404, 503
 deploy         Deploy            DeployReply         400, 503
@@ -51,11 +51,13 @@ from agentbus_scheduler.cancel import Canceller
 from agentbus_scheduler.context import SchedulerContext
 from agentbus_scheduler.deadletters import DeadLetters
 from agentbus_scheduler.fleet import Fleet
+from agentbus_scheduler.listing import TaskListing
 from agentbus_scheduler.metrics import SchedulerMetrics
 from agentbus_scheduler.records import Records
 from agentbus_scheduler.results import ResultsConsumer
 from agentbus_scheduler.settings import SchedulerSettings
 from agentbus_scheduler.sweeps import Sweeper
+from agentbus_scheduler.unserved import LiveAgents
 
 SERVICE = "scheduler"
 
@@ -72,10 +74,13 @@ async def serve(
     metrics = SchedulerMetrics(registry)
     records = Records(bus, metrics)  # one record cache for admission, results, cancels
     ctx = SchedulerContext(bus, settings, metrics, service_metrics, records)
-    admission = Admission(bus, metrics, concurrency=settings.submit_concurrency, records=records)
+    agents = LiveAgents(ctx)
+    await agents.start()
+    admission = Admission(bus, metrics, concurrency=settings.submit_concurrency,
+                          records=records, agents=agents)  # fmt: skip
     dead_letters = DeadLetters(ctx, admission=admission)
     results = ResultsConsumer(ctx, dead_letters=dead_letters)
-    sweeper = Sweeper(ctx, dead_letters=dead_letters)
+    sweeper = Sweeper(ctx, dead_letters=dead_letters, agents=agents)
     await dead_letters.setup()
     fleet = Fleet(ctx)
     await results.setup()
@@ -91,7 +96,7 @@ async def serve(
     await micro.endpoint("delete", DeleteDeployment, fleet.delete)
     await micro.endpoint("scale", ScaleDeployment, fleet.scale)
     await micro.endpoint("placements", ListPlacements, fleet.list_placements)
-    await micro.endpoint("list", ListTasks, dead_letters.list_dead)
+    await micro.endpoint("list", ListTasks, TaskListing(ctx, dead_letters).list)
     await micro.endpoint("resubmit", ResubmitTask, dead_letters.resubmit)
 
     loops = [
@@ -115,5 +120,6 @@ async def serve(
         await results.close()
         await dead_letters.close()
         await fleet.close()
+        await agents.close()
         await admission.ready.close()
         logger.info("scheduler stopped")

@@ -35,8 +35,12 @@ class SchedulerSettings(BaseSettings):
     """Agent reports fetched per pull request from the results stream."""
     results_fetch_timeout_s: PositiveFloat = 1.0
     """Long-poll time of one pull request on the results stream."""
-    results_ack_wait_s: PositiveFloat = 30.0
-    """AckWait of the results consumer: an unacked report is redelivered after this."""
+    results_ack_wait_s: PositiveFloat = 5.0
+    """AckWait of the results consumer ``scheduler-results``: a report that a scheduler
+    fetched and did not ack (it died) is redelivered to another instance after this,
+    so a task ends at most this late after a scheduler crash. A live instance renews
+    the reports it is still applying (``in_progress`` every third of this), so a slow
+    one gets no duplicates."""
     place_interval_s: PositiveFloat = 5.0
     """Placement runs on every deployment/node change and at least this often."""
     ready_timeout_s: PositiveFloat = 10.0
@@ -55,6 +59,17 @@ class SchedulerSettings(BaseSettings):
     deadlines, messages stuck after their last delivery, leftovers of ended tasks)."""
     sweep_max_messages: PositiveInt = 10_000
     """Work-stream messages one sweep reads at most; the next sweep goes on from there."""
+    sweep_max_records: PositiveInt = 10_000
+    """Task records one heal pass reads at most (``heal``); the next goes on from there."""
+    heal_grace_s: PositiveFloat = 30.0
+    """A ``queued`` record that never started and whose message is not on the work
+    stream (its admission died between the record write and the publish) is healed,
+    its message published again, once it is this old."""
+    list_max_records: PositiveInt = 10_000
+    """Task records one ``list`` request reads at most (statuses other than dead)."""
+    unserved_warn_s: PositiveFloat = 60.0
+    """A task waiting this long for a capability no live agent serves gets one
+    ``task.unserved`` warning event (``<p>.events.task.unserved.<task_id>``)."""
     sweep_lease_ttl_s: int = Field(default=6, ge=2)
     """Lease ``scheduler-sweeps`` length, whole seconds: a crashed holder's sweeps and
     dead-letter moves pass to another instance within about ``ttl * 4/3``."""

@@ -26,6 +26,11 @@ While holding the lease, the instance
      advisory stream covers the rest.
 
    Messages not yet delivered and without a passed deadline cost no record read.
+
+3. sets ``agentbus_scheduler_tasks_unserved`` and warns of tasks waiting for a
+   capability no live agent serves (``unserved.Unserved``), from the same counts;
+4. after each sweep, heals ``queued`` records whose message never reached the work
+   stream (``heal.Healer``).
 """
 
 from __future__ import annotations
@@ -42,7 +47,9 @@ from agentbus.lease import KvLease
 from agentbus.messages import ErrorInfo, decode_task, utcnow
 from agentbus_scheduler.context import SchedulerContext
 from agentbus_scheduler.deadletters import DeadLetters
+from agentbus_scheduler.heal import Healer
 from agentbus_scheduler.lifecycle import end_task
+from agentbus_scheduler.unserved import LiveAgents, Unserved
 
 SWEEPS_LEASE = "scheduler-sweeps"
 """Name of the lease (key in KV ``<p>_leases``) that gates the sweeps."""
@@ -51,13 +58,17 @@ SWEEPS_LEASE = "scheduler-sweeps"
 class Sweeper:
     """Runs the singleton duties while this instance holds ``SWEEPS_LEASE``."""
 
-    def __init__(self, ctx: SchedulerContext, *, dead_letters: DeadLetters) -> None:
+    def __init__(
+        self, ctx: SchedulerContext, *, dead_letters: DeadLetters, agents: LiveAgents
+    ) -> None:
         self.ctx = ctx
         self.dead_letters = dead_letters
+        self.unserved = Unserved(ctx, agents)
         settings = ctx.settings
         self.lease = KvLease(
             ctx.bus, SWEEPS_LEASE, holder=settings.instance_id, ttl_s=settings.sweep_lease_ttl_s
         )
+        self.healer = Healer(ctx, dead_letters.admission)
         self._cursor = 0
         self._stuck: set[str] = set()
 
@@ -71,6 +82,7 @@ class Sweeper:
                 held = self.lease.held
                 self.ctx.metrics.sweep_lease_held.set(1 if held else 0)
                 if not held:
+                    self.unserved.clear()
                     await self._pause(stop, 1.0)
                     next_sweep = 0.0
                     continue
@@ -79,11 +91,13 @@ class Sweeper:
                     if loop.time() >= next_sweep:
                         next_sweep = loop.time() + self.ctx.settings.sweep_interval_s
                         await self.sweep_once()
+                        await self.healer.heal_once(self.lease)
                 except Exception:  # bus trouble: the next round tries again
                     logger.opt(exception=True).warning("sweep round failed")
                     await self._pause(stop, 1.0)
         finally:
             self.ctx.metrics.sweep_lease_held.set(0)
+            self.unserved.clear()
             await asyncio.gather(lease, return_exceptions=True)
 
     async def _pause(self, stop: asyncio.Event, seconds: float) -> None:
@@ -105,6 +119,7 @@ class Sweeper:
         state = (await js.stream_info(names.tasks_stream)).state
         if state.messages == 0:
             self._cursor = 0
+            await self.unserved.check({})
             return 0
         consumers = {
             c.config.filter_subject: c
@@ -116,6 +131,7 @@ class Sweeper:
         per_subject = (
             await js.stream_info(names.tasks_stream, subjects_filter=names.tasks_all())
         ).state.subjects or {}
+        await self.unserved.check(per_subject)
         self._stuck = {
             subject
             for subject, c in consumers.items()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from typing import Annotated, cast
 
 import msgspec
 import typer
@@ -32,6 +32,7 @@ from agentbus.messages import (
     TaskEvent,
     TaskRecord,
     TasksReply,
+    TaskStatus,
     encode,
 )
 
@@ -46,10 +47,18 @@ def submit(
     timeout_s: Annotated[float, typer.Option(min=0.001, help="Wait at most this long.")] = 60.0,
     priority: Annotated[int, typer.Option(min=0, max=9)] = 0,
     max_attempts: Annotated[int, typer.Option(min=1, max=100)] = 3,
+    require_agent: Annotated[
+        bool,
+        typer.Option("--require-agent", help="Refuse it (exit 1) if no live agent serves it."),
+    ] = False,
     nats_url: NatsUrl = None,
     prefix: Prefix = None,
 ) -> None:
-    """Submit one task and print its record as JSON (with --wait: the final record)."""
+    """Submit one task and print its record as JSON (with --wait: the final record).
+
+    A wait that runs out says where the task is (exit 1), e.g. still queued because
+    no live agent serves its capability.
+    """
     text = sys.stdin.read() if json_input == "-" else (json_input or "null")
     try:
         raw = msgspec.Raw(msgspec.json.encode(msgspec.json.decode(text)))
@@ -58,7 +67,8 @@ def submit(
     check = token("capability", capability)
 
     async def go(client: Client) -> TaskRecord:
-        record = await client.submit(check, raw, priority=priority, max_attempts=max_attempts)
+        record = await client.submit(check, raw, priority=priority, max_attempts=max_attempts,
+                                     require_agent=require_agent)  # fmt: skip
         return await client.wait(record.task_id, timeout_s=timeout_s) if wait else record
 
     record = run(with_client(nats_url, prefix, go))
@@ -96,37 +106,62 @@ def task(
     print_json(encode(result))
 
 
+STATUSES = ("queued", "running", "succeeded", "failed", "cancelled", "expired", "dead", "all")
+
+
 @app.command()
 def tasks(
     status: Annotated[
-        str, typer.Option("--status", help="Task status to list (indexed: dead).")
+        str, typer.Option("--status", help=f"Task status to list: {', '.join(STATUSES)}.")
     ] = "dead",
     capability: Annotated[str | None, typer.Option(help="Only this capability.")] = None,
+    parent: Annotated[str | None, typer.Option(help="Only subtasks of this task.")] = None,
     limit: Annotated[int, typer.Option(min=1, max=1000, help="Most tasks to list.")] = 100,
+    cursor: Annotated[
+        str | None, typer.Option(help="Start where a previous page ended (its next cursor).")
+    ] = None,
     json_out: JsonFlag = False,
     nats_url: NatsUrl = None,
     prefix: Prefix = None,
 ) -> None:
-    """List tasks by status, newest first: the dead letters (``--status dead``)."""
-    if status != "dead":
-        raise fail(f"--status {status}: only dead tasks are indexed (use `agentbus task ID`)", 2)
+    """List one page of tasks by status.
+
+    Dead tasks (the dead letters) come newest first; other statuses in the order
+    their records were last written. A page may be short while a next cursor is
+    printed: pass it with --cursor for the next page.
+    """
+    if status not in STATUSES:
+        raise fail(f"--status {status}: one of {', '.join(STATUSES)}", 2)
     cap = token("capability", capability) if capability else None
+    wanted = None if status == "all" else cast(TaskStatus, status)
 
     async def go(client: Client) -> TasksReply:
-        return await client.dead_tasks(cap, limit=limit)
+        return await client.list_tasks(wanted, capability=cap, parent_id=parent,
+                                       limit=limit, cursor=cursor)  # fmt: skip
 
     reply = run(with_client(nats_url, prefix, go))
     if json_out:
         print_json(encode(reply))
         return
-    table = Table(title=f"{reply.total} dead tasks" + (f" ({cap})" if cap else ""))
-    for column in ("TASK", "CAPABILITY", "DEAD", "ATTEMPTS", "LAST ERROR"):
+    title = f"{reply.total} {status} tasks" if status == "dead" else f"{status} tasks"
+    table = Table(title=title + (f" ({cap})" if cap else ""))
+    when = "DEAD" if status == "dead" else "UPDATED"
+    columns = ["TASK", "CAPABILITY", "STATUS", when, "ATTEMPTS", "LAST ERROR"]
+    if wanted is not None:  # one status: no column for it
+        columns.remove("STATUS")
+    for column in columns:
         table.add_column(column)
     for record in reply.tasks:
         error = f"{record.error.error_type}: {record.error.message}" if record.error else ""
-        when = age(record.finished_at) if record.finished_at else ""
-        table.add_row(record.task_id, record.capability, when, str(len(record.attempts)), error)
+        at = record.finished_at if status == "dead" else record.updated_at
+        row = [record.task_id, record.capability, record.status, age(at) if at else "",
+               str(len(record.attempts)), error]  # fmt: skip
+        if wanted is not None:
+            del row[2]
+        table.add_row(*row)
     console.print(table)
+    if reply.next_cursor is not None:
+        console.print(f"more: --cursor {reply.next_cursor}", highlight=False)
 
 
 @app.command()

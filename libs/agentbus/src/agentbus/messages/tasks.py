@@ -44,6 +44,9 @@ class SubmitTask(Message, frozen=True, kw_only=True):
     """Delay between attempts; ``None`` takes ``Backoff()``'s defaults."""
     handoff_from: TaskId | None = None
     """Hand-off: the running task whose work this task takes over (see ``TaskRecord``)."""
+    require_agent: bool = False
+    """Refuse the task (409, ``ConflictError``) unless a live agent serves its
+    capability now; a repeat of an existing ``task_id`` is not refused."""
 
 
 class SubmitTasks(Message, frozen=True, kw_only=True):
@@ -132,22 +135,33 @@ class TaskReply(Message, frozen=True, kw_only=True):
 
 
 class ListTasks(Message, frozen=True, kw_only=True):
-    """Request to the scheduler (``<p>.scheduler.list``): tasks by status, newest first.
+    """Request to the scheduler (``<p>.scheduler.list``): one page of tasks by status.
 
-    Only ``dead`` tasks are indexed (KV ``<p>_dead_tasks``); the listing reads that
-    index, never every record.
+    ``dead`` tasks (without ``parent_id``) come from the dead-letter index (KV
+    ``<p>_dead_tasks``), newest first, ``total`` = all dead tasks matched. Any other
+    status (None: every status) is a bounded read of the task records in the order
+    they were last written, oldest first (at most ``SCHEDULER_LIST_MAX_RECORDS``
+    records per request): a page may hold fewer than ``limit`` tasks while
+    ``next_cursor`` is set, ``total`` counts the page, and a record written again
+    while paging moves to a later page.
     """
 
-    status: Literal["dead"] = "dead"
+    status: TaskStatus | None = "dead"
     capability: Token | None = None
     limit: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 100
+    parent_id: str | None = None
+    """Only subtasks of this task."""
+    cursor: str | None = None
+    """``next_cursor`` of the previous page (opaque); None: the first page."""
 
 
 class TasksReply(Message, frozen=True, kw_only=True):
-    """Reply to ``ListTasks``: matching records, newest first, and the total matched."""
+    """Reply to ``ListTasks``: one page of matching records (see ``ListTasks``)."""
 
     tasks: list[TaskRecord]
     total: int
+    next_cursor: str | None = None
+    """Pass as ``ListTasks.cursor`` for the next page; None: this was the last."""
 
 
 class ResubmitTask(Message, frozen=True, kw_only=True):
