@@ -80,9 +80,35 @@ async def test_bad_capability_filter_is_400(gateway: Gateway, path: str, capabil
 
 
 async def test_unknown_status_filter_is_400(gateway: Gateway) -> None:
-    r = await gateway.http.get("/v1/tasks", params={"status": "running"})
+    r = await gateway.http.get("/v1/tasks", params={"status": "sleeping"})
     assert r.status_code == 400, r.text
     assert r.json()["error"]["field"] == "status"
+
+
+async def test_tasks_listed_by_any_status_with_paging(gateway: Gateway) -> None:
+    ids = []
+    for _ in range(3):
+        r = await gateway.http.post("/v1/tasks", json={"capability": "nobody"})
+        assert r.status_code == 201, r.text
+        ids.append(r.json()["task_id"])
+    seen: list[str] = []
+    cursor = None
+    for _ in range(10):  # bounded: three tasks, one per page
+        params = {"status": "queued", "capability": "nobody", "limit": "1"}
+        r = await gateway.http.get(
+            "/v1/tasks", params={**params, **({"cursor": cursor} if cursor else {})}
+        )
+        assert r.status_code == 200, r.text
+        page = r.json()
+        seen += [t["task_id"] for t in page["tasks"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert sorted(seen) == sorted(ids)
+    r = await gateway.http.get("/v1/tasks", params={"status": "any", "capability": "nobody"})
+    assert sorted(t["task_id"] for t in r.json()["tasks"]) == sorted(ids)
+    r = await gateway.http.get("/v1/tasks", params={"status": "running", "capability": "nobody"})
+    assert r.json()["tasks"] == []
 
 
 @pytest.mark.parametrize("depth", [1000, 2000, 100_000])

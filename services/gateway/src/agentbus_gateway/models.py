@@ -46,6 +46,13 @@ CapabilityFilter = Annotated[
         description="Only this capability: 1-64 characters of [a-z0-9_-]",
     ),
 ]
+ParentFilter = Annotated[
+    str | None,
+    QueryParameter(
+        pattern=TASK_ID_PATTERN,
+        description="Only subtasks of this task: 1-128 characters of [A-Za-z0-9_-]",
+    ),
+]
 IdempotencyKey = Annotated[
     str | None,
     HeaderParameter(
@@ -153,10 +160,14 @@ def task_view(record: TaskRecord) -> TaskView:
 
 
 class TaskList(msgspec.Struct, kw_only=True):
-    """Body of ``GET /v1/tasks?status=dead``: matching tasks, newest first, and the total."""
+    """Body of ``GET /v1/tasks``: one page of matching tasks (see ``ListTasks``).
+
+    ``next_cursor``: pass as ``cursor`` for the next page; null on the last one.
+    """
 
     tasks: list[TaskView]
     total: int
+    next_cursor: str | None = None
 
 
 class AgentList(msgspec.Struct, kw_only=True):

@@ -20,7 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from agentbus.bus import Bus
 from agentbus.client import Client
 from agentbus.errors import RequestTimeoutError
-from agentbus.messages import SubmitReply, TaskRecord
+from agentbus.messages import SubmitReply, TaskRecord, TaskStatus
 from agentbus_gateway.errors import RequestRefusedError
 from agentbus_gateway.metrics import GatewayMetrics
 from agentbus_gateway.models import (
@@ -32,6 +32,7 @@ from agentbus_gateway.models import (
     Health,
     IdempotencyKey,
     NodeList,
+    ParentFilter,
     ResubmitBody,
     TaskIdPath,
     TaskList,
@@ -162,21 +163,38 @@ async def get_task(
     "/v1/tasks",
     summary="List tasks by status",
     description=(
-        "Tasks with the given status, newest first, at most `limit`, and the total. "
-        "Only dead tasks (the dead letters) are indexed: `status=dead`."
+        "One page of tasks, at most `limit`. `status=dead` (the default) reads the "
+        "dead-letter index, newest first, and `total` counts every match; any other "
+        "status (or `any`) reads the task records in the order they were last written, "
+        "a bounded number per request, so a page may be short while `next_cursor` is "
+        "set. Pass `next_cursor` back as `cursor` for the next page."
     ),
     responses=error_responses(503, 504),
     tags=["tasks"],
 )
 async def list_tasks(
     ctx: Ctx,
-    status: Annotated[Literal["dead"], QueryParameter(description="Task status")] = "dead",
+    status: Annotated[
+        TaskStatus | Literal["any"], QueryParameter(description="Task status, or any")
+    ] = "dead",
     capability: CapabilityFilter = None,
+    parent_id: ParentFilter = None,
     limit: Annotated[int, QueryParameter(ge=1, le=1000, description="Most tasks")] = 100,
+    cursor: Annotated[
+        str | None, QueryParameter(max_length=256, description="next_cursor of a page")
+    ] = None,
 ) -> TaskList:
-    """Dead tasks from the scheduler's dead-letter index."""
-    reply = await ctx.client.dead_tasks(capability, limit=limit)
-    return TaskList(tasks=[task_view(t) for t in reply.tasks], total=reply.total)
+    """One page of tasks from the scheduler's listing."""
+    reply = await ctx.client.list_tasks(
+        None if status == "any" else status,
+        capability=capability,
+        parent_id=parent_id,
+        limit=limit,
+        cursor=cursor,
+    )
+    return TaskList(
+        tasks=[task_view(t) for t in reply.tasks], total=reply.total, next_cursor=reply.next_cursor
+    )
 
 
 @post(

@@ -149,7 +149,7 @@ class ListTasks(Message, frozen=True, kw_only=True):
     status: TaskStatus | None = "dead"
     capability: Token | None = None
     limit: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 100
-    parent_id: str | None = None
+    parent_id: TaskId | None = None
     """Only subtasks of this task."""
     cursor: str | None = None
     """``next_cursor`` of the previous page (opaque); None: the first page."""
