@@ -37,10 +37,10 @@ from typing import Any
 from loguru import logger
 
 from agentbus.bus import Bus
-from agentbus.checkpoints import CheckpointClient
 from agentbus.errors import UnavailableError
 from agentbus.runtime import Agent, TaskContext
 from agentbus.settings import AgentSettings, BusSettings
+from agentbus.state.checkpoints import CheckpointClient
 from bench._procs import Child, children, tool_version
 from bench.common import Report, console, percentile, versions
 from tests._nats_server import NatsServer, nats_server_binary

@@ -41,5 +41,5 @@ ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 # (`user: root` in compose): it talks to the host's /var/run/docker.sock.
 RUN useradd --system --uid 10001 --user-group --no-create-home agentbus
 USER agentbus
-# Health probe (compose healthcheck): python -m agentbus.health <service>
+# Health probe (compose healthcheck): python -m agentbus.service.health <service>
 CMD ["python", "-m", "agentbus_gateway"]

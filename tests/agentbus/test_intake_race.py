@@ -17,11 +17,11 @@ from contextlib import AsyncExitStack
 import pytest
 from nats.aio.msg import Msg
 
-import agentbus.fetch
+import agentbus.runtime.intake
 from agentbus.bus import Bus
-from agentbus.fetch import Intake
+from agentbus.bus.notices import Announcer
 from agentbus.messages import Task, encode
-from agentbus.notices import Announcer
+from agentbus.runtime.intake import Intake
 from agentbus.settings import BusSettings
 from tests._helpers import eventually
 from tests.agentbus.test_ready_notices import _bind as bind_all_bands
@@ -41,7 +41,7 @@ async def test_no_notice_is_lost_while_agents_toggle_busy_and_idle(
 ) -> None:
     # The notice accounting is under test, not the server's speed: on a loaded machine
     # storing a task can take longer than the production 20 ms a notice's pull waits.
-    monkeypatch.setattr(agentbus.fetch, "NOTICE_WAIT_S", 0.5)
+    monkeypatch.setattr(agentbus.runtime.intake, "NOTICE_WAIT_S", 0.5)
     await bind_all_bands(bus, CAPABILITY)
     rng = random.Random(20261121)
     pulled: Counter[str] = Counter()

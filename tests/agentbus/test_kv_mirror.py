@@ -16,7 +16,7 @@ from nats.js.api import KeyValueConfig
 from prometheus_client import CollectorRegistry
 
 from agentbus.bus import Bus
-from agentbus.kv_mirror import KvChange, KvMirror
+from agentbus.kv.mirror import KvChange, KvMirror
 from agentbus.service import ServiceMetrics
 from agentbus.settings import BusSettings
 from tests._helpers import eventually

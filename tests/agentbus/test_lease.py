@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from agentbus.bus import Bus
-from agentbus.lease import KvLease
+from agentbus.kv.lease import KvLease
 from agentbus.settings import BusSettings
 from tests._helpers import eventually
 

@@ -17,10 +17,10 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from agentbus.bus import Bus
 from agentbus.client import Client
 from agentbus.errors import RetryableTaskError
-from agentbus.fetch import Intake
 from agentbus.messages import Backoff, Task, encode
 from agentbus.names import BANDS, Names
 from agentbus.runtime import Agent, TaskContext
+from agentbus.runtime.intake import Intake
 from agentbus.settings import BusSettings
 from tests._helpers import eventually, running_scheduler
 from tests.agentbus._flow import agent_running, quick_settings, worker

@@ -8,7 +8,7 @@ import nats.js.errors
 import pytest
 
 from agentbus.bus import Bus
-from agentbus.publisher import EXPECTED_LAST_SUBJECT_SEQ, AckedPublisher
+from agentbus.bus.publisher import EXPECTED_LAST_SUBJECT_SEQ, AckedPublisher
 
 pytestmark = pytest.mark.nats
 

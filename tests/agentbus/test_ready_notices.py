@@ -18,12 +18,12 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from agentbus.bus import Bus
+from agentbus.bus.notices import Announcer
 from agentbus.client import Client
-from agentbus.fetch import Intake
 from agentbus.messages import Task, TasksReady, encode
 from agentbus.names import BANDS, Names
-from agentbus.notices import Announcer
 from agentbus.runtime import Agent, TaskContext
+from agentbus.runtime.intake import Intake
 from agentbus.settings import BusSettings
 from tests._helpers import eventually, running_scheduler
 from tests.agentbus._flow import agent_running, quick_settings

@@ -2,7 +2,7 @@
 
 Who makes what: the task stream comes from ``Bus.ensure()`` (every service runs it on
 start: a restarted scheduler recreates a deleted stream); the capability consumers
-only from agents (``Agent._bind`` at start, ``agentbus.rebind`` afterwards). Real
+only from agents (``Agent._bind`` at start, ``agentbus.runtime.rebind`` afterwards). Real
 scheduler in-process, real agent on its own connection, real nats-server.
 """
 

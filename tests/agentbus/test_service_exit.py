@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from agentbus.bus import Bus
-from agentbus.health import ping, probe
 from agentbus.service import EXIT_CONNECTION_LOST
+from agentbus.service.health import ping, probe
 from agentbus.settings import BusSettings
 from tests._helpers import eventually, spawn_service
 from tests._nats_server import NatsServer

@@ -14,12 +14,12 @@ import pytest
 
 from agentbus.bus import Bus
 from agentbus.client import Client
-from agentbus.context import Handoff, derived_id
 from agentbus.errors import ConflictError, NotFoundError, RetryableTaskError
 from agentbus.messages import Backoff, encode
 from agentbus.runtime import Agent, TaskContext
+from agentbus.runtime.context import Handoff, derived_id
 from agentbus.settings import BusSettings
-from agentbus_scheduler.admission import new_record
+from agentbus_scheduler.tasks.admission import new_record
 from tests._helpers import eventually, running_scheduler
 from tests.agentbus._flow import agent_running, quick_settings, sleeper, worker
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry
 
 from agentbus.bus import Bus
-from agentbus.checkpoints import CheckpointClient
+from agentbus.state.checkpoints import CheckpointClient
 from agentbus_checkpoint.service import serve
 from agentbus_checkpoint.settings import CheckpointSettings
 from tests._helpers import answers, serving

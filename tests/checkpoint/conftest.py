@@ -5,7 +5,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from agentbus.bus import Bus
-from agentbus.checkpoints import CheckpointClient
+from agentbus.state.checkpoints import CheckpointClient
 from tests.checkpoint._helpers import Service, running_checkpoint
 
 

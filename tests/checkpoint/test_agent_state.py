@@ -13,12 +13,12 @@ import msgspec
 
 from agentbus.agents.counter import CounterAgentState, CountResult, CountTask, build
 from agentbus.bus import Bus
-from agentbus.checkpoints import CheckpointClient
 from agentbus.errors import FatalTaskError
 from agentbus.messages import Task, TaskResult, decode_report, encode
 from agentbus.runtime import Agent, TaskContext
 from agentbus.settings import AgentSettings
 from agentbus.state import task_thread
+from agentbus.state.checkpoints import CheckpointClient
 from tests._helpers import eventually
 from tests.agentbus._flow import agent_on
 from tests.checkpoint._helpers import Service

@@ -10,13 +10,8 @@ import msgspec
 import pytest
 from prometheus_client import CollectorRegistry
 
-from agentbus.blobs import put_blob
 from agentbus.bus import Bus
-from agentbus.checkpoints import (
-    CheckpointClient,
-    CheckpointConflictError,
-    CheckpointCorruptedError,
-)
+from agentbus.bus.blobs import put_blob
 from agentbus.errors import ConflictError, ContractError, NotFoundError
 from agentbus.messages import (
     BlobRef,
@@ -25,6 +20,11 @@ from agentbus.messages import (
     GetCheckpoint,
     PutCheckpoint,
     encode,
+)
+from agentbus.state.checkpoints import (
+    CheckpointClient,
+    CheckpointConflictError,
+    CheckpointCorruptedError,
 )
 from agentbus_checkpoint.keys import ThreadKeys, escape_token, unescape_token
 from agentbus_checkpoint.metrics import CheckpointMetrics

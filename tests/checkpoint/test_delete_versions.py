@@ -8,9 +8,9 @@ import os
 import pytest
 
 from agentbus.bus import Bus
-from agentbus.checkpoints import CheckpointClient
 from agentbus.errors import CheckpointConflictError, ContractError, NotFoundError
 from agentbus.messages import Checkpoint, CheckpointsDeleted, DeleteCheckpoints, PendingWrite
+from agentbus.state.checkpoints import CheckpointClient
 from tests.checkpoint._helpers import Service
 from tests.checkpoint.test_history import _blob_names
 

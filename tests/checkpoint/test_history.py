@@ -9,9 +9,9 @@ import pytest
 from nats.js.errors import NotFoundError as ObjectsNotFoundError
 
 from agentbus.bus import Bus
-from agentbus.checkpoints import CheckpointClient
 from agentbus.errors import ConflictError, ContractError, NotFoundError
 from agentbus.messages import Checkpoint, PendingWrite, Retention
+from agentbus.state.checkpoints import CheckpointClient
 from agentbus_checkpoint.settings import CheckpointSettings
 from tests._helpers import eventually
 from tests.checkpoint._helpers import Service, running_checkpoint

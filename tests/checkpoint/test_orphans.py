@@ -10,8 +10,8 @@ import nats.js.errors
 import pytest
 from prometheus_client import CollectorRegistry
 
-from agentbus.blobs import put_blob
 from agentbus.bus import Bus
+from agentbus.bus.blobs import put_blob
 from agentbus.errors import CheckpointConflictError, ContractError
 from agentbus.messages import (
     BlobRef,

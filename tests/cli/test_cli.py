@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from agentbus.bus import Bus
 from agentbus.cli import app
-from agentbus.cli_connect import resolve_settings
+from agentbus.cli.connect import resolve_settings
 from agentbus.embedded import EmbeddedState, free_port, read_state
 from agentbus.messages import TaskRecord, encode
 

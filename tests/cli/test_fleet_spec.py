@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from agentbus.cli import app
 from agentbus.cli.fleet import changed_fields
 from agentbus.errors import ContractError
-from agentbus.fleet_spec import (
+from agentbus.fleet.spec import (
     SpecError,
     check_deployment,
     dump_fleet,

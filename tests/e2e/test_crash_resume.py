@@ -22,11 +22,11 @@ import pytest
 
 from agentbus.agents.counter import CountResult, CountTask, StepDone
 from agentbus.bus import Bus
-from agentbus.checkpoints import CheckpointClient
 from agentbus.client import Client
 from agentbus.embedded import EmbeddedStack
 from agentbus.messages import Deployment, ReplicaEvent
 from agentbus.state import task_thread
+from agentbus.state.checkpoints import CheckpointClient
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 STEPS, EVERY = 10_000, 100

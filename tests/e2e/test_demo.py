@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from agentbus.demo import _report, python_files
+from agentbus.demo.review import _report, python_files
 from agentbus.embedded import EmbeddedStack, free_port
 from agentbus.messages import ErrorInfo, TaskRecord
 

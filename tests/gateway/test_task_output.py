@@ -14,8 +14,8 @@ import httpx
 import msgspec
 import pytest
 
-from agentbus.blobs import put_blob
 from agentbus.bus import Bus
+from agentbus.bus.blobs import put_blob
 from agentbus.messages import BlobRef
 from agentbus.runtime import Agent, TaskContext
 from agentbus.settings import BusSettings

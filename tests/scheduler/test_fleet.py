@@ -7,7 +7,7 @@ from nats.aio.msg import Msg
 
 from agentbus.bus import Bus
 from agentbus.errors import ContractError, NotFoundError
-from agentbus.lease import LeaseRecord
+from agentbus.kv.lease import LeaseRecord
 from agentbus.messages import (
     Deployment,
     DeployReply,

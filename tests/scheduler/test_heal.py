@@ -14,7 +14,7 @@ import pytest
 from agentbus.bus import Bus
 from agentbus.messages import SubmitTask, TaskRecord, encode, utcnow
 from agentbus.runtime import TaskContext
-from agentbus_scheduler.admission import new_record, task_message
+from agentbus_scheduler.tasks.admission import new_record, task_message
 from tests._helpers import eventually
 from tests.scheduler._reliability import make_agent, running, scheduler, stream_messages
 

@@ -7,7 +7,7 @@ from typing import Literal
 
 from agentbus.messages import Deployment, NodeInfo, Placement, RuntimeKind, utcnow
 from agentbus.messages.fleet import Resources
-from agentbus_scheduler.placement import PlacementPlan, place
+from agentbus_scheduler.fleet.placement import PlacementPlan, place
 
 NOW = utcnow()
 

@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry
 
 from agentbus.bus import Bus
 from agentbus.client import Client
-from agentbus.lease import LeaseRecord
+from agentbus.kv.lease import LeaseRecord
 from agentbus.messages import Deployment, PlacementEvent
 from agentbus.settings import BusSettings
 from agentbus_scheduler.service import serve

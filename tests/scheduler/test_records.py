@@ -13,9 +13,9 @@ from prometheus_client import CollectorRegistry
 from agentbus.bus import Bus
 from agentbus.client import Client
 from agentbus.messages import SubmitTask, TaskEvent, TaskRecord, encode, utcnow
-from agentbus_scheduler.admission import new_record
 from agentbus_scheduler.metrics import SchedulerMetrics
-from agentbus_scheduler.records import RecordCache, Records
+from agentbus_scheduler.tasks.admission import new_record
+from agentbus_scheduler.tasks.records import RecordCache, Records
 from tests._helpers import running_scheduler
 
 pytestmark = pytest.mark.nats
@@ -97,7 +97,7 @@ def test_record_cache_keeps_the_latest_revision_and_is_bounded() -> None:
 
 def test_reports_fetched_together_fold_into_one_write() -> None:
     from agentbus.messages import TaskResult, TaskStarted
-    from agentbus_scheduler.results import _fold
+    from agentbus_scheduler.tasks.results import _fold
 
     record = _record("f-1")
     now = utcnow()

@@ -12,9 +12,9 @@ from nats.js.api import ConsumerConfig, ConsumerInfo
 from agentbus.bus import Bus
 from agentbus.messages import TaskRecord, TaskResult, TaskStarted, encode, utcnow
 from agentbus.names import Names
-from agentbus_scheduler.lifecycle import apply_report
-from agentbus_scheduler.records import Records
 from agentbus_scheduler.settings import SchedulerSettings
+from agentbus_scheduler.tasks.lifecycle import apply_report
+from agentbus_scheduler.tasks.records import Records
 from tests._helpers import eventually
 from tests.scheduler._reliability import bind_like_an_agent, scheduler, status_is
 

@@ -20,10 +20,10 @@ import nats.js.errors
 import pytest
 
 from agentbus.bus import Bus
-from agentbus.lease import LeaseRecord
+from agentbus.kv.lease import LeaseRecord
 from agentbus.messages import utcnow
 from agentbus.settings import BusSettings
-from agentbus_scheduler.sweeps import SWEEPS_LEASE
+from agentbus_scheduler.tasks.sweeps import SWEEPS_LEASE
 from tests._helpers import eventually
 from tests.scheduler._reliability import (
     Sched,

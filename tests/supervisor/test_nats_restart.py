@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from agentbus.bus import Bus
-from agentbus.kv_mirror import KvMirror
+from agentbus.kv.mirror import KvMirror
 from agentbus.messages import Backoff, Deployment, Placement, encode, utcnow
 from agentbus.settings import BusSettings
 from tests._helpers import eventually

@@ -29,7 +29,7 @@ from tests.supervisor._helpers import (
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(180)]
 FAST = Backoff(initial_s=0.1, factor=2.0, max_s=1.0, jitter=0.0)
 HOG_AGENT = """
-from agentbus.runtime import Agent, TaskContext
+from agentbus.runtime.agent import Agent, TaskContext
 
 agent = Agent("hog")
 

@@ -25,7 +25,7 @@ __version__ = "0.1.0"
 
 _EXPORTS: dict[str, str] = {
     "Agent": "agentbus.runtime",
-    "TaskContext": "agentbus.context",
+    "TaskContext": "agentbus.runtime.context",
     "Client": "agentbus.client",
     "Bus": "agentbus.bus",
     "Names": "agentbus.names",
@@ -67,7 +67,6 @@ __all__ = [
 if TYPE_CHECKING:
     from agentbus.bus import Bus
     from agentbus.client import Client
-    from agentbus.context import TaskContext
     from agentbus.errors import (
         AgentBusError,
         ConflictError,
@@ -82,6 +81,7 @@ if TYPE_CHECKING:
     )
     from agentbus.names import Names
     from agentbus.runtime import Agent
+    from agentbus.runtime.context import TaskContext
     from agentbus.settings import AgentSettings, BusSettings
 
 

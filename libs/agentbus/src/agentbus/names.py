@@ -150,7 +150,7 @@ class Names:
     def ready_subject(self, capability: str) -> str:
         """Core-NATS subject of ``TasksReady`` notices for ``capability``.
 
-        Agents listen in queue group ``agentbus.notices.READY_QUEUE``, only while they
+        Agents listen in queue group ``agentbus.bus.notices.READY_QUEUE``, only while they
         have a free slot: each notice wakes one agent.
         """
         return f"{self.prefix}.control.ready.{capability}"

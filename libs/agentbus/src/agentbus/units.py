@@ -1,6 +1,6 @@
 """Human units for quantities: durations, sizes, CPU cores (parse and format).
 
-Used by fleet files (``agentbus.fleet_spec``) and CLI options (``logs --since``).
+Used by fleet files (``agentbus.fleet.spec``) and CLI options (``logs --since``).
 Durations: ``500ms``, ``30s``, ``2m``, ``1h30m`` or a number of seconds. Sizes:
 ``Ki/Mi/Gi/Ti`` are powers of 1024, ``K/M/G/T`` powers of 1000 (Kubernetes
 quantities), with an optional trailing ``B``. CPUs: ``0.5`` or ``500m`` (millicores).

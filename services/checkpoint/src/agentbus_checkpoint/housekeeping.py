@@ -23,7 +23,7 @@ import msgspec
 import nats.js.errors
 from loguru import logger
 
-from agentbus.blobs import get_blob, put_blob
+from agentbus.bus.blobs import get_blob, put_blob
 from agentbus.errors import CheckpointCorruptedError, ConflictError, ContractError, NotFoundError
 from agentbus.messages import (
     BlobRef,

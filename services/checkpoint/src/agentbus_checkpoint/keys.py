@@ -40,9 +40,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from agentbus.checkpoints import thread_key_prefix
 from agentbus.errors import ContractError
 from agentbus.names import escape_token
+from agentbus.state.checkpoints import thread_key_prefix
 
 __all__ = [
     "BlobName",

@@ -37,7 +37,7 @@ from loguru import logger
 from prometheus_client import CollectorRegistry
 
 from agentbus.bus import Bus
-from agentbus.lease import KvLease
+from agentbus.kv.lease import KvLease
 from agentbus.messages import (
     CheckpointReply,
     CheckpointsDeleted,

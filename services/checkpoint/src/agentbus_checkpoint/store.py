@@ -43,8 +43,8 @@ from loguru import logger
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
-from agentbus.blobs import put_blob
 from agentbus.bus import Bus
+from agentbus.bus.blobs import put_blob
 from agentbus.errors import (
     CheckpointConflictError,
     CheckpointCorruptedError,

@@ -24,7 +24,7 @@ import uuid
 import msgspec
 import nats.js.errors
 
-from agentbus.blobs import put_blob
+from agentbus.bus.blobs import put_blob
 from agentbus.errors import ContractError
 from agentbus.messages import CheckpointWrites, PendingWrite, PutWrites, encode
 from agentbus_checkpoint.batch import NotStoredError

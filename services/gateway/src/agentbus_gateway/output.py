@@ -2,7 +2,7 @@
 
 An output over ``inline_max_bytes`` (64 KiB) is not in the task record (its view has
 ``output: null`` and ``output_ref``); this route streams it from the Object Store
-chunk by chunk (``agentbus.blobs.open_blob``), never holding it whole, and checks
+chunk by chunk (``agentbus.bus.blobs.open_blob``), never holding it whole, and checks
 its SHA-256 at the end: a mismatch cuts the connection before the body completes
 (the ``Content-Length`` is announced), so a client never takes corrupt bytes as the
 output. The digest is also sent as ``Repr-Digest`` (RFC 9530) for clients to check.
@@ -19,7 +19,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.response import Stream
 from loguru import logger
 
-from agentbus.blobs import open_blob
+from agentbus.bus.blobs import open_blob
 from agentbus.errors import NotFoundError
 from agentbus.messages import BlobRef
 from agentbus_gateway.models import TaskIdPath

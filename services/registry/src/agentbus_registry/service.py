@@ -2,7 +2,7 @@
 
 Agents put ``AgentInfo`` heartbeats into KV ``<p>_agents`` and supervisors put
 ``NodeInfo`` into ``<p>_nodes`` (key = id, bucket TTL 10 s with limit markers). The
-registry mirrors both buckets (``view.LiveView``, built on ``agentbus.kv_mirror``),
+registry mirrors both buckets (``view.LiveView``, built on ``agentbus.kv.mirror``),
 announces joins, leaves (key deleted), losses (TTL expiry) and two live instances
 of one id (``DuplicateEvent``, ``<p>.events.<entity>.duplicate``) on
 ``<p>.events.agent.<kind>`` (``AgentEvent``) and ``<p>.events.node.<kind>``

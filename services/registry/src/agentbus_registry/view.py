@@ -1,6 +1,6 @@
 """The registry's in-memory view of one heartbeat bucket (agents or nodes).
 
-A ``LiveView`` is an ``agentbus.kv_mirror.KvMirror`` of a KV bucket whose entries
+A ``LiveView`` is an ``agentbus.kv.mirror.KvMirror`` of a KV bucket whose entries
 are heartbeat puts with a bucket TTL and limit markers (``agentbus.bus.Bus.ensure``)
 plus what the registry makes of each key's change (``KvMirror``'s ``on_entry``):
 
@@ -40,7 +40,7 @@ from typing import Generic, Literal, TypeVar
 from loguru import logger
 
 from agentbus.bus import Bus
-from agentbus.kv_mirror import KvChange, KvMirror
+from agentbus.kv.mirror import KvChange, KvMirror
 from agentbus.messages import AgentInfo, DuplicateEvent, Message, NodeInfo, encode, utcnow
 from agentbus.service import ServiceMetrics
 from agentbus_registry.metrics import RegistryMetrics

@@ -9,8 +9,8 @@ from nats.aio.msg import Msg
 from agentbus.bus import Bus
 from agentbus.service import ServiceMetrics, report_bad_message
 from agentbus_scheduler.metrics import SchedulerMetrics
-from agentbus_scheduler.records import Records
 from agentbus_scheduler.settings import SchedulerSettings
+from agentbus_scheduler.tasks.records import Records
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,18 +46,18 @@ from agentbus.messages import (
     SubmitTasks,
 )
 from agentbus.service import MicroService, ServiceMetrics
-from agentbus_scheduler.admission import Admission
-from agentbus_scheduler.cancel import Canceller
 from agentbus_scheduler.context import SchedulerContext
-from agentbus_scheduler.deadletters import DeadLetters
-from agentbus_scheduler.fleet import Fleet
-from agentbus_scheduler.listing import TaskListing
+from agentbus_scheduler.fleet.deployments import Fleet
 from agentbus_scheduler.metrics import SchedulerMetrics
-from agentbus_scheduler.records import Records
-from agentbus_scheduler.results import ResultsConsumer
 from agentbus_scheduler.settings import SchedulerSettings
-from agentbus_scheduler.sweeps import Sweeper
-from agentbus_scheduler.unserved import LiveAgents
+from agentbus_scheduler.tasks.admission import Admission
+from agentbus_scheduler.tasks.cancel import Canceller
+from agentbus_scheduler.tasks.deadletters import DeadLetters
+from agentbus_scheduler.tasks.listing import TaskListing
+from agentbus_scheduler.tasks.records import Records
+from agentbus_scheduler.tasks.results import ResultsConsumer
+from agentbus_scheduler.tasks.sweeps import Sweeper
+from agentbus_scheduler.tasks.unserved import LiveAgents
 
 SERVICE = "scheduler"
 

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from agentbus.errors import AgentBusError
-from agentbus.kv_mirror import KvMirror
+from agentbus.kv.mirror import KvMirror
 from agentbus.messages import AgentInfo, Deployment
 from agentbus.messages.fleet import HealthCheck
 from agentbus_supervisor.metrics import SupervisorMetrics

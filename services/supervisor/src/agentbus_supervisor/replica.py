@@ -23,7 +23,7 @@ from loguru import logger
 
 from agentbus.bus import Bus
 from agentbus.errors import AgentBusError, ContractError
-from agentbus.kv_mirror import KvMirror
+from agentbus.kv.mirror import KvMirror
 from agentbus.messages import (
     AgentInfo,
     Deployment,

@@ -39,7 +39,7 @@ from prometheus_client import CollectorRegistry
 
 from agentbus.bus import Bus
 from agentbus.errors import AgentBusError
-from agentbus.kv_mirror import KvMirror
+from agentbus.kv.mirror import KvMirror
 from agentbus.messages import (
     AgentInfo,
     Deployment,

@@ -12,7 +12,7 @@ import msgspec
 import typer
 from rich.console import Console
 
-from agentbus.cli_connect import connect_client, resolve_settings
+from agentbus.cli.connect import connect_client, resolve_settings
 from agentbus.client import Client
 from agentbus.errors import AgentBusError, ContractError
 from agentbus.names import check_task_id, check_token

@@ -1,6 +1,6 @@
 """``agentbus apply|deploy|scale|delete``: change the fleet.
 
-``apply -f fleet.yaml`` is the declarative way (``agentbus.fleet_spec`` describes the
+``apply -f fleet.yaml`` is the declarative way (``agentbus.fleet.spec`` describes the
 file); ``deploy`` creates or replaces one deployment from options; ``scale`` changes
 only replica counts (a compare-and-set in the scheduler, safe against a concurrent
 ``apply``); ``delete`` (alias ``undeploy``) removes deployments.
@@ -30,7 +30,7 @@ from agentbus.cli.common import (
 )
 from agentbus.client import Client
 from agentbus.errors import AgentBusError, NotFoundError, SpecError
-from agentbus.fleet_spec import FleetSpec, load_fleet
+from agentbus.fleet.spec import FleetSpec, load_fleet
 from agentbus.messages import (
     Deployment,
     DeploymentChange,

@@ -1,7 +1,7 @@
 """``agentbus ps|logs|nodes|agents|ping``: look at the fleet.
 
-``ps`` and ``nodes`` gather their rows with ``agentbus.fleet_view``; ``logs`` reads
-the logs stream with ``agentbus.fleet_logs``. ``--json`` prints the rows as JSON.
+``ps`` and ``nodes`` gather their rows with ``agentbus.fleet.view``; ``logs`` reads
+the logs stream with ``agentbus.fleet.logs``. ``--json`` prints the rows as JSON.
 """
 
 from __future__ import annotations
@@ -31,12 +31,12 @@ from agentbus.cli.common import (
     token,
     with_client,
 )
-from agentbus.cli_connect import resolve_settings
+from agentbus.cli.connect import resolve_settings
 from agentbus.client import Client
 from agentbus.embedded import ping_services
 from agentbus.errors import NotFoundError
-from agentbus.fleet_logs import read_logs, since_time
-from agentbus.fleet_view import ReplicaView, fleet_view, node_views
+from agentbus.fleet.logs import read_logs, since_time
+from agentbus.fleet.view import ReplicaView, fleet_view, node_views
 from agentbus.messages import LogLine, utcnow
 from agentbus.units import format_duration_s, format_size_bytes
 

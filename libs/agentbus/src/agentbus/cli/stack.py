@@ -22,10 +22,10 @@ from agentbus.cli.common import (
     fail,
     run,
 )
-from agentbus.cli_connect import resolve_settings
-from agentbus.demo_runtime import choose_runtime
+from agentbus.cli.connect import resolve_settings
+from agentbus.demo.runtime import choose_runtime
 from agentbus.embedded import EmbeddedStack
-from agentbus.embedded_state import claim_state, release_state, state_file_path
+from agentbus.embedded.state import claim_state, release_state, state_file_path
 
 
 @app.command()
@@ -131,7 +131,7 @@ def demo_review(
     prefix: Prefix = None,
 ) -> None:
     """Review every *.py file under PATH with a fleet of reviewer agents."""
-    from agentbus.demo import Mode, review
+    from agentbus.demo.review import Mode, review
 
     if no_traces and not stigmergy:
         raise fail("--no-traces needs --stigmergy", 2)

@@ -48,9 +48,9 @@ from langgraph.checkpoint.base import Checkpoint as LgCheckpoint
 from langgraph.checkpoint.serde.base import SerializerProtocol
 
 from agentbus.bus import Bus
-from agentbus.checkpoints import CheckpointClient
 from agentbus.errors import NotFoundError
 from agentbus.messages import Checkpoint, PendingWrite, Retention
+from agentbus.state.checkpoints import CheckpointClient
 
 T = TypeVar("T")
 __all__ = ["AgentbusSaver"]

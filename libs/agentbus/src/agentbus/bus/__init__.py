@@ -1,0 +1,25 @@
+"""The connection and what rides on it.
+
+- ``connection``: ``Bus``, one NATS connection per process with the streams, buckets
+  and typed requests of the contract;
+- ``publisher``: acked JetStream publishes, many in flight, at little cost each;
+- ``pulls``: no-wait pull requests and their answers;
+- ``blobs``: values over the inline limit in the Object Store, by reference;
+- ``notices``: ready notices that wake one agent with a free slot.
+"""
+
+from agentbus.bus.connection import (
+    EVENTS_MAX_AGE_S,
+    LOGS_MAX_MSGS_PER_AGENT,
+    REGISTRY_TTL_S,
+    TASK_RECORD_TTL_S,
+    Bus,
+)
+
+__all__ = [
+    "EVENTS_MAX_AGE_S",
+    "LOGS_MAX_MSGS_PER_AGENT",
+    "REGISTRY_TTL_S",
+    "TASK_RECORD_TTL_S",
+    "Bus",
+]

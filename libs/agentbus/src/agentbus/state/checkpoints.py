@@ -1,0 +1,413 @@
+"""The caller's side of the checkpoint service: versioned state per agent and thread.
+
+``CheckpointClient(bus, agent_id)`` puts, gets, lists, forks, prunes and deletes the
+checkpoints of one agent over ``<p>.checkpoint.<verb>``. Values of any size: data too
+large for one request (``max_payload``, 1 MiB by default, base64 on the wire) is
+uploaded first to the Object Store ``<p>_checkpoint_blobs`` and sent by reference, and
+data the service returns by reference is fetched. Pending writes likewise: while a
+``put_writes`` request would not fit, its largest value is uploaded (as
+``<thread prefix>/w/<32 hex>``) and sent by reference, so all of a task's writes still
+go in one request, stored together or not at all. Either way the bytes read back are
+the bytes put, checked against their SHA-256 (a mismatch raises
+``CheckpointCorruptedError``, never returns data).
+
+Errors::
+
+    ConflictError
+     └─ CheckpointConflictError    put on a parent that is not the latest (409)
+    ContractError
+     └─ CheckpointCorruptedError   a stored version fails its digest or does not decode
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from typing import TypeVar
+
+import msgspec
+from loguru import logger
+
+from agentbus.bus import Bus
+from agentbus.bus.blobs import get_blob, put_blob
+from agentbus.errors import (
+    CheckpointConflictError,
+    CheckpointCorruptedError,
+    ConflictError,
+    ContractError,
+    NotFoundError,
+)
+from agentbus.messages import (
+    BlobRef,
+    Checkpoint,
+    CheckpointReply,
+    CheckpointsDeleted,
+    CheckpointsReply,
+    DeleteCheckpoints,
+    DeleteThread,
+    ForkCheckpoint,
+    GetCheckpoint,
+    ListCheckpoints,
+    ListThreads,
+    Message,
+    PendingWrite,
+    PruneCheckpoints,
+    PutCheckpoint,
+    PutWrites,
+    Retention,
+    ThreadInfo,
+    ThreadsReply,
+    WritesReply,
+)
+from agentbus.names import escape_token
+
+R = TypeVar("R", bound=Message)
+SERVICE = "checkpoint"
+_REQUEST_HEADROOM_BYTES = 64 * 1024
+"""Room left in a put request for the envelope (ids, metadata) and headers."""
+DELETE_IDS_PER_REQUEST = 1000
+"""Most checkpoint ids one ``DeleteCheckpoints`` request takes."""
+_WRITE_ENVELOPE_BYTES = 512
+"""Room counted per pending write for its fields besides the value (ids, channel)."""
+
+
+def thread_key_prefix(agent_id: str, thread_id: str, namespace: str = "") -> str:
+    """KV key prefix of a thread: ``<A>.<T>`` or ``<A>.<T>.ns.<N>`` (``escape_token``s)."""
+    prefix = f"{escape_token(agent_id)}.{escape_token(thread_id)}"
+    return f"{prefix}.ns.{escape_token(namespace)}" if namespace else prefix
+
+
+def _typed_error(exc: Exception) -> Exception:
+    """The typed checkpoint error a service error stands for (or ``exc`` itself)."""
+    if isinstance(exc, ConflictError) and (err := CheckpointConflictError.from_message(str(exc))):
+        return err
+    if isinstance(exc, ContractError) and str(exc).startswith(CheckpointCorruptedError.PREFIX):
+        return CheckpointCorruptedError(str(exc)[len(CheckpointCorruptedError.PREFIX) :])
+    return exc
+
+
+class CheckpointClient:
+    """Checkpoints of agent ``agent_id`` through the checkpoint service.
+
+    Args:
+        bus: the connection.
+        agent_id: whose checkpoints (any non-empty string).
+        timeout_s: request timeout (default: the bus settings').
+    """
+
+    def __init__(self, bus: Bus, agent_id: str, *, timeout_s: float | None = None) -> None:
+        if not agent_id:
+            raise ContractError("agent_id must not be empty")
+        self.bus = bus
+        self.agent_id = agent_id
+        self.timeout_s = timeout_s
+
+    async def _call(self, verb: str, req: Message, reply: type[R]) -> R:
+        subject = self.bus.names.endpoint(SERVICE, verb)
+        try:
+            return await self.bus.request(subject, req, reply, timeout_s=self.timeout_s)
+        except (ConflictError, ContractError) as exc:
+            raise _typed_error(exc) from None
+
+    @property
+    def _upload_min_bytes(self) -> int:
+        """Data longer than this goes to the Object Store before the put request."""
+        return (self.bus.nc.max_payload - _REQUEST_HEADROOM_BYTES) * 3 // 4
+
+    async def put(
+        self,
+        thread_id: str,
+        data: bytes,
+        *,
+        parent_id: str | None,
+        namespace: str = "",
+        metadata: dict[str, str] | None = None,
+        checkpoint_id: str | None = None,
+        branch: bool = False,
+        retention: Retention | None = None,
+    ) -> Checkpoint:
+        """Append ``data`` as a new version of the thread; return it (without data).
+
+        ``parent_id`` must be the thread's latest checkpoint id (None on an empty thread)
+        unless ``branch`` is set (then any checkpoint of the thread, or None).
+
+        Raises:
+            CheckpointConflictError: ``parent_id`` is not the latest (or a concurrent
+                put won); ``latest_id`` names the current latest.
+            ConflictError: ``checkpoint_id`` already exists in the thread.
+            ContractError: invalid ids or arguments.
+        """
+        ref: BlobRef | None = None
+        if len(data) > self._upload_min_bytes:
+            name = f"{thread_key_prefix(self.agent_id, thread_id, namespace)}/{uuid.uuid4().hex}"
+            ref = await put_blob(
+                self.bus, name, data, bucket=self.bus.names.checkpoint_blobs_bucket
+            )
+        req = PutCheckpoint(
+            agent_id=self.agent_id,
+            thread_id=thread_id,
+            namespace=namespace,
+            data=b"" if ref else data,
+            data_ref=ref,
+            parent_id=parent_id,
+            metadata=metadata or {},
+            checkpoint_id=checkpoint_id,
+            branch=branch,
+            retention=retention,
+        )
+        try:
+            return (await self._call("put", req, CheckpointReply)).checkpoint
+        except (ConflictError, NotFoundError):
+            # Refused for sure: the upload belongs to no version, remove it now. After a
+            # timeout or a lost connection the put may have been stored, so the upload
+            # stays; the service's orphan sweep deletes it later if nothing references it.
+            if ref is not None:
+                await _delete_blob_quietly(self.bus, ref)
+            raise
+
+    async def get(
+        self, thread_id: str, checkpoint_id: str | None = None, *, namespace: str = ""
+    ) -> Checkpoint:
+        """The latest version of the thread (or ``checkpoint_id``), data and writes included.
+
+        Raises:
+            NotFoundError: the thread is empty, or has no such checkpoint.
+            CheckpointCorruptedError: the stored data fails its SHA-256 or does not decode.
+        """
+        req = GetCheckpoint(
+            agent_id=self.agent_id,
+            thread_id=thread_id,
+            namespace=namespace,
+            checkpoint_id=checkpoint_id,
+        )
+        return await self._resolve((await self._call("get", req, CheckpointReply)).checkpoint)
+
+    async def latest(self, thread_id: str, *, namespace: str = "") -> Checkpoint | None:
+        """Like ``get`` for the latest version, but None for an empty thread."""
+        try:
+            return await self.get(thread_id, namespace=namespace)
+        except NotFoundError:
+            return None
+
+    async def _resolve(self, ckpt: Checkpoint) -> Checkpoint:
+        """Fetch referenced data and check every digest, end to end."""
+        data = await self._fetch(ckpt.data, ckpt.data_ref, ckpt.sha256, ckpt.checkpoint_id)
+        writes = [
+            msgspec.structs.replace(
+                w, data=await self._fetch(w.data, w.data_ref, w.sha256, ckpt.checkpoint_id)
+            )
+            for w in ckpt.writes
+        ]
+        return msgspec.structs.replace(ckpt, data=data, writes=writes)
+
+    async def _fetch(self, data: bytes, ref: BlobRef | None, sha256: str, what: str) -> bytes:
+        if ref is not None:
+            try:
+                data = await get_blob(self.bus, ref)
+            except NotFoundError:
+                raise CheckpointCorruptedError(f"data of {what} ({ref.name}) is gone") from None
+            except ContractError:
+                raise CheckpointCorruptedError(f"data of {what} fails its SHA-256") from None
+        if hashlib.sha256(data).hexdigest() != sha256:
+            raise CheckpointCorruptedError(f"data of {what} fails its SHA-256")
+        return data
+
+    async def threads(self, thread_id: str | None = None) -> list[ThreadInfo]:
+        """The agent's threads and namespaces (only ``thread_id``'s if given)."""
+        req = ListThreads(agent_id=self.agent_id, thread_id=thread_id)
+        return (await self._call("threads", req, ThreadsReply)).threads
+
+    async def fork(
+        self,
+        thread_id: str,
+        new_thread_id: str,
+        *,
+        checkpoint_id: str | None = None,
+        namespace: str = "",
+        new_namespace: str = "",
+        new_agent_id: str | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> Checkpoint:
+        """Start ``new_thread_id`` from a checkpoint (default: the latest) of ``thread_id``.
+
+        Raises:
+            NotFoundError: no such source checkpoint.
+            ConflictError: the new thread is not empty.
+        """
+        req = ForkCheckpoint(
+            agent_id=self.agent_id,
+            thread_id=thread_id,
+            namespace=namespace,
+            checkpoint_id=checkpoint_id,
+            new_thread_id=new_thread_id,
+            new_namespace=new_namespace,
+            new_agent_id=new_agent_id,
+            metadata=metadata or {},
+        )
+        return (await self._call("fork", req, CheckpointReply)).checkpoint
+
+    async def put_writes(
+        self,
+        thread_id: str,
+        checkpoint_id: str,
+        writes: Sequence[PendingWrite],
+        *,
+        namespace: str = "",
+    ) -> int:
+        """Attach ``writes`` to a checkpoint id; return how many it now has.
+
+        The checkpoint may be put after its writes (they are keyed by its id).
+
+        Values of any size: while the request would exceed ``max_payload``, the largest
+        inline value is uploaded to the Object Store first and sent by reference.
+
+        Raises:
+            ContractError: a bad id, or the writes of one checkpoint would exceed one
+                KV value.
+        """
+        fitted, uploads = await self._fit_writes(thread_id, namespace, writes)
+        req = PutWrites(
+            agent_id=self.agent_id,
+            thread_id=thread_id,
+            namespace=namespace,
+            checkpoint_id=checkpoint_id,
+            writes=fitted,
+        )
+        try:
+            return (await self._call("put_writes", req, WritesReply)).writes_count
+        except (ConflictError, ContractError, NotFoundError):
+            for ref in uploads:  # refused for sure (see ``put``)
+                await _delete_blob_quietly(self.bus, ref)
+            raise
+
+    async def _fit_writes(
+        self, thread_id: str, namespace: str, writes: Sequence[PendingWrite]
+    ) -> tuple[list[PendingWrite], list[BlobRef]]:
+        """``(writes that fit one request, refs uploaded for them)``: largest first out."""
+        fitted = list(writes)
+        inline = sum(len(w.data) + _WRITE_ENVELOPE_BYTES for w in fitted)
+        uploads: list[BlobRef] = []
+        prefix = thread_key_prefix(self.agent_id, thread_id, namespace)
+        for i in sorted(range(len(fitted)), key=lambda i: len(fitted[i].data), reverse=True):
+            if inline <= self._upload_min_bytes or not fitted[i].data:
+                break
+            w = fitted[i]
+            name = f"{prefix}/w/{uuid.uuid4().hex}"
+            try:
+                ref = await put_blob(
+                    self.bus, name, w.data, bucket=self.bus.names.checkpoint_blobs_bucket
+                )
+            except BaseException:
+                for done in uploads:
+                    await _delete_blob_quietly(self.bus, done)
+                raise
+            uploads.append(ref)
+            inline -= len(w.data)
+            fitted[i] = msgspec.structs.replace(w, data=b"", data_ref=ref, sha256=ref.sha256)
+        return fitted, uploads
+
+    async def delete_thread(self, thread_id: str) -> int:
+        """Delete the thread, its namespaces and their data; return versions deleted."""
+        req = DeleteThread(agent_id=self.agent_id, thread_id=thread_id)
+        return (await self._call("delete", req, CheckpointsDeleted)).deleted_count
+
+    async def delete_checkpoints(
+        self, thread_id: str, checkpoint_ids: Sequence[str], *, namespace: str = ""
+    ) -> int:
+        """Delete versions of the thread by id, data and writes included; return how many.
+
+        Ids not in the thread are skipped. If the latest goes, the newest version left
+        becomes the latest (or the thread is empty). Requests of up to
+        ``DELETE_IDS_PER_REQUEST`` ids.
+
+        Raises:
+            ContractError: a malformed id.
+        """
+        ids = list(dict.fromkeys(checkpoint_ids))
+        deleted = 0
+        for start in range(0, len(ids), DELETE_IDS_PER_REQUEST):
+            req = DeleteCheckpoints(
+                agent_id=self.agent_id,
+                thread_id=thread_id,
+                namespace=namespace,
+                checkpoint_ids=ids[start : start + DELETE_IDS_PER_REQUEST],
+            )
+            reply = await self._call("delete_checkpoints", req, CheckpointsDeleted)
+            deleted += reply.deleted_count
+        return deleted
+
+    async def prune(
+        self,
+        thread_id: str,
+        *,
+        retention: Retention | None = None,
+        namespace: str | None = None,
+    ) -> int:
+        """Apply ``retention`` (default: the thread's own) now; return versions deleted.
+
+        ``namespace`` None prunes the thread and every namespace of it.
+        """
+        req = PruneCheckpoints(
+            agent_id=self.agent_id,
+            thread_id=thread_id,
+            namespace=namespace,
+            retention=retention,
+        )
+        return (await self._call("prune", req, CheckpointsDeleted)).deleted_count
+
+    async def list(
+        self,
+        thread_id: str,
+        *,
+        namespace: str = "",
+        limit: int = 100,
+        before: str | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> CheckpointsReply:
+        """One page of the thread's history, newest first, without data or writes.
+
+        ``before`` (a checkpoint id) starts the page below it; the reply's
+        ``next_before`` is the cursor of the next page (None at the end). ``metadata``
+        keeps versions whose metadata holds every given item.
+
+        Raises:
+            NotFoundError: ``before`` is not a checkpoint of the thread.
+        """
+        req = ListCheckpoints(
+            agent_id=self.agent_id,
+            thread_id=thread_id,
+            namespace=namespace,
+            limit=limit,
+            before=before,
+            metadata=metadata or {},
+        )
+        return await self._call("list", req, CheckpointsReply)
+
+    async def history(
+        self,
+        thread_id: str,
+        *,
+        namespace: str = "",
+        metadata: dict[str, str] | None = None,
+        page_size: int = 100,
+    ) -> AsyncIterator[Checkpoint]:
+        """Every version of the thread, newest first (pages of ``page_size``)."""
+        before: str | None = None
+        while True:
+            page = await self.list(
+                thread_id, namespace=namespace, limit=page_size, before=before, metadata=metadata
+            )
+            for ckpt in page.checkpoints:
+                yield ckpt
+            if page.next_before is None:
+                return
+            before = page.next_before
+
+
+async def _delete_blob_quietly(bus: Bus, ref: BlobRef) -> None:
+    try:
+        obs = await bus.object_store(ref.bucket)
+        await obs.delete(ref.name)
+    except Exception as exc:
+        logger.warning("could not delete checkpoint upload", name=ref.name, error=repr(exc))

@@ -1,0 +1,1 @@
+"""Fleet placement: deployment specs, the fleet state, placing replicas onto nodes."""

@@ -1,0 +1,1 @@
+"""Tasks: admission, records, results, retries, dead letters, cancellation, sweeps."""
