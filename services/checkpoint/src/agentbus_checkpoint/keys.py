@@ -42,7 +42,7 @@ from dataclasses import dataclass
 
 from agentbus.errors import ContractError
 from agentbus.names import escape_token
-from agentbus.state.checkpoints import thread_key_prefix
+from agentbus.state.uploads import thread_key_prefix
 
 __all__ = [
     "BlobName",

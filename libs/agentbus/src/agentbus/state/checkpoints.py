@@ -21,16 +21,10 @@ Errors::
 
 from __future__ import annotations
 
-import hashlib
-import uuid
 from collections.abc import AsyncIterator, Sequence
 from typing import TypeVar
 
-import msgspec
-from loguru import logger
-
 from agentbus.bus import Bus
-from agentbus.bus.blobs import get_blob, put_blob
 from agentbus.errors import (
     CheckpointConflictError,
     CheckpointCorruptedError,
@@ -60,22 +54,19 @@ from agentbus.messages import (
     ThreadsReply,
     WritesReply,
 )
-from agentbus.names import escape_token
+from agentbus.state.uploads import (
+    delete_upload_quietly,
+    fit_writes,
+    resolve,
+    thread_key_prefix,
+    upload,
+    upload_min_bytes,
+)
 
 R = TypeVar("R", bound=Message)
 SERVICE = "checkpoint"
-_REQUEST_HEADROOM_BYTES = 64 * 1024
-"""Room left in a put request for the envelope (ids, metadata) and headers."""
 DELETE_IDS_PER_REQUEST = 1000
 """Most checkpoint ids one ``DeleteCheckpoints`` request takes."""
-_WRITE_ENVELOPE_BYTES = 512
-"""Room counted per pending write for its fields besides the value (ids, channel)."""
-
-
-def thread_key_prefix(agent_id: str, thread_id: str, namespace: str = "") -> str:
-    """KV key prefix of a thread: ``<A>.<T>`` or ``<A>.<T>.ns.<N>`` (``escape_token``s)."""
-    prefix = f"{escape_token(agent_id)}.{escape_token(thread_id)}"
-    return f"{prefix}.ns.{escape_token(namespace)}" if namespace else prefix
 
 
 def _typed_error(exc: Exception) -> Exception:
@@ -110,11 +101,6 @@ class CheckpointClient:
         except (ConflictError, ContractError) as exc:
             raise _typed_error(exc) from None
 
-    @property
-    def _upload_min_bytes(self) -> int:
-        """Data longer than this goes to the Object Store before the put request."""
-        return (self.bus.nc.max_payload - _REQUEST_HEADROOM_BYTES) * 3 // 4
-
     async def put(
         self,
         thread_id: str,
@@ -139,10 +125,9 @@ class CheckpointClient:
             ContractError: invalid ids or arguments.
         """
         ref: BlobRef | None = None
-        if len(data) > self._upload_min_bytes:
-            name = f"{thread_key_prefix(self.agent_id, thread_id, namespace)}/{uuid.uuid4().hex}"
-            ref = await put_blob(
-                self.bus, name, data, bucket=self.bus.names.checkpoint_blobs_bucket
+        if len(data) > upload_min_bytes(self.bus):
+            ref = await upload(
+                self.bus, thread_key_prefix(self.agent_id, thread_id, namespace), data
             )
         req = PutCheckpoint(
             agent_id=self.agent_id,
@@ -163,7 +148,7 @@ class CheckpointClient:
             # timeout or a lost connection the put may have been stored, so the upload
             # stays; the service's orphan sweep deletes it later if nothing references it.
             if ref is not None:
-                await _delete_blob_quietly(self.bus, ref)
+                await delete_upload_quietly(self.bus, ref)
             raise
 
     async def get(
@@ -181,7 +166,7 @@ class CheckpointClient:
             namespace=namespace,
             checkpoint_id=checkpoint_id,
         )
-        return await self._resolve((await self._call("get", req, CheckpointReply)).checkpoint)
+        return await resolve(self.bus, (await self._call("get", req, CheckpointReply)).checkpoint)
 
     async def latest(self, thread_id: str, *, namespace: str = "") -> Checkpoint | None:
         """Like ``get`` for the latest version, but None for an empty thread."""
@@ -189,29 +174,6 @@ class CheckpointClient:
             return await self.get(thread_id, namespace=namespace)
         except NotFoundError:
             return None
-
-    async def _resolve(self, ckpt: Checkpoint) -> Checkpoint:
-        """Fetch referenced data and check every digest, end to end."""
-        data = await self._fetch(ckpt.data, ckpt.data_ref, ckpt.sha256, ckpt.checkpoint_id)
-        writes = [
-            msgspec.structs.replace(
-                w, data=await self._fetch(w.data, w.data_ref, w.sha256, ckpt.checkpoint_id)
-            )
-            for w in ckpt.writes
-        ]
-        return msgspec.structs.replace(ckpt, data=data, writes=writes)
-
-    async def _fetch(self, data: bytes, ref: BlobRef | None, sha256: str, what: str) -> bytes:
-        if ref is not None:
-            try:
-                data = await get_blob(self.bus, ref)
-            except NotFoundError:
-                raise CheckpointCorruptedError(f"data of {what} ({ref.name}) is gone") from None
-            except ContractError:
-                raise CheckpointCorruptedError(f"data of {what} fails its SHA-256") from None
-        if hashlib.sha256(data).hexdigest() != sha256:
-            raise CheckpointCorruptedError(f"data of {what} fails its SHA-256")
-        return data
 
     async def threads(self, thread_id: str | None = None) -> list[ThreadInfo]:
         """The agent's threads and namespaces (only ``thread_id``'s if given)."""
@@ -266,7 +228,8 @@ class CheckpointClient:
             ContractError: a bad id, or the writes of one checkpoint would exceed one
                 KV value.
         """
-        fitted, uploads = await self._fit_writes(thread_id, namespace, writes)
+        prefix = thread_key_prefix(self.agent_id, thread_id, namespace)
+        fitted, uploads = await fit_writes(self.bus, prefix, writes)
         req = PutWrites(
             agent_id=self.agent_id,
             thread_id=thread_id,
@@ -278,34 +241,8 @@ class CheckpointClient:
             return (await self._call("put_writes", req, WritesReply)).writes_count
         except (ConflictError, ContractError, NotFoundError):
             for ref in uploads:  # refused for sure (see ``put``)
-                await _delete_blob_quietly(self.bus, ref)
+                await delete_upload_quietly(self.bus, ref)
             raise
-
-    async def _fit_writes(
-        self, thread_id: str, namespace: str, writes: Sequence[PendingWrite]
-    ) -> tuple[list[PendingWrite], list[BlobRef]]:
-        """``(writes that fit one request, refs uploaded for them)``: largest first out."""
-        fitted = list(writes)
-        inline = sum(len(w.data) + _WRITE_ENVELOPE_BYTES for w in fitted)
-        uploads: list[BlobRef] = []
-        prefix = thread_key_prefix(self.agent_id, thread_id, namespace)
-        for i in sorted(range(len(fitted)), key=lambda i: len(fitted[i].data), reverse=True):
-            if inline <= self._upload_min_bytes or not fitted[i].data:
-                break
-            w = fitted[i]
-            name = f"{prefix}/w/{uuid.uuid4().hex}"
-            try:
-                ref = await put_blob(
-                    self.bus, name, w.data, bucket=self.bus.names.checkpoint_blobs_bucket
-                )
-            except BaseException:
-                for done in uploads:
-                    await _delete_blob_quietly(self.bus, done)
-                raise
-            uploads.append(ref)
-            inline -= len(w.data)
-            fitted[i] = msgspec.structs.replace(w, data=b"", data_ref=ref, sha256=ref.sha256)
-        return fitted, uploads
 
     async def delete_thread(self, thread_id: str) -> int:
         """Delete the thread, its namespaces and their data; return versions deleted."""
@@ -403,11 +340,3 @@ class CheckpointClient:
             if page.next_before is None:
                 return
             before = page.next_before
-
-
-async def _delete_blob_quietly(bus: Bus, ref: BlobRef) -> None:
-    try:
-        obs = await bus.object_store(ref.bucket)
-        await obs.delete(ref.name)
-    except Exception as exc:
-        logger.warning("could not delete checkpoint upload", name=ref.name, error=repr(exc))
