@@ -148,7 +148,7 @@ async def test_cancelling_a_parent_cancels_its_whole_subtree(
         await eventually(lambda: asyncio.sleep(0, stopped == running), what="all handlers stop")
         records = [await client.get(t) for t in reply.cancelled]
         # a subtask of a cancelled task cannot be added any more
-        late = await client.task("leaf", "late", parent_id=top.task_id)
+        late = await client.build_task("leaf", "late", parent_id=top.task_id)
         with pytest.raises(ConflictError, match="cancelled"):
             await client.submit_request(late)
     assert {r.status for r in records} == {"cancelled"}

@@ -99,7 +99,9 @@ async def test_max_concurrency_is_never_exceeded_across_bands(
     async with running_scheduler(bus), agent_running(agent, bus_settings):
         client = Client(bus)
         rng = random.Random(7)
-        tasks = [await client.task("work", n, priority=rng.randrange(BANDS)) for n in range(60)]
+        tasks = [
+            await client.build_task("work", n, priority=rng.randrange(BANDS)) for n in range(60)
+        ]
         replies = await client.submit_many(tasks)
         records = await client.wait_all([r.task.task_id for r in replies], timeout_s=60)
         # nothing was delivered beyond the agent's slots: no band holds unacked messages

@@ -153,7 +153,7 @@ async def test_tasks_queued_while_all_agents_idle_all_start_without_a_rescan(
         client = Client(bus)
         ids: list[str] = []
         for burst in range(2):  # one batch while they are idle, one while they are busy
-            tasks = [await client.task("work", 12 * burst + n) for n in range(12)]
+            tasks = [await client.build_task("work", 12 * burst + n) for n in range(12)]
             ids += [r.task.task_id for r in await client.submit_many(tasks)]
         records = await client.wait_all(ids, timeout_s=40)
     assert [r.status for r in records] == ["succeeded"] * 24

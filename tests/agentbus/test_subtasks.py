@@ -205,7 +205,7 @@ async def test_a_repeated_submit_heals_a_crash_between_record_and_publish(bus: B
     async with running_scheduler(bus):
         client = Client(bus)
         parent = await client.submit("work", None)  # no agent: stays queued
-        request = await client.task("work", 7, parent_id=parent.task_id)
+        request = await client.build_task("work", 7, parent_id=parent.task_id)
         assert request.task_id is not None
         kv = await bus.kv(bus.names.tasks_bucket)
         await kv.create(request.task_id, encode(new_record(request, request.task_id)))

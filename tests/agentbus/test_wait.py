@@ -90,7 +90,7 @@ async def test_waiting_for_many_tasks_at_once(bus: Bus, bus_settings: BusSetting
         client = Client(bus)
         for count in (5, 80):
             replies = await client.submit_many(
-                [await client.task("sleep", 0.0) for _ in range(count)]
+                [await client.build_task("sleep", 0.0) for _ in range(count)]
             )
             ids = [r.task.task_id for r in replies]
             records = await client.wait_all(ids, timeout_s=60)

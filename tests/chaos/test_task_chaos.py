@@ -231,7 +231,7 @@ async def _run(bus: Bus, chaos: Chaos, rng: random.Random) -> None:
     await _scheduler_answers(bus)
     inputs = {f"chaos-{i:05d}": i for i in range(TASKS)}
     tasks = [
-        await client.task("square", {"n": n, "sleep_s": rng.uniform(0.01, 0.1)}, task_id=tid)
+        await client.build_task("square", {"n": n, "sleep_s": rng.uniform(0.01, 0.1)}, task_id=tid)
         for tid, n in inputs.items()
     ]
     replies = await client.submit_many(tasks)

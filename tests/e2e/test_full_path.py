@@ -112,7 +112,7 @@ async def test_killed_container_is_restarted_and_no_task_is_lost(
     events = await bus.js.subscribe(bus.names.events_all("replica"), ordered_consumer=True)
     await client.deploy(echo_deployment("docker", agent_image, replicas=2))
     await wait_for_agents(client, "echo", 2)
-    tasks = [await client.task("echo", {"sleep_s": 0.1, "n": i}) for i in range(60)]
+    tasks = [await client.build_task("echo", {"sleep_s": 0.1, "n": i}) for i in range(60)]
     await client.submit_many(tasks)
     ids = [t.task_id for t in tasks if t.task_id]
     victim = random.choice(["echo-0", "echo-1"])

@@ -116,7 +116,9 @@ async def test_resubmit_heals_a_record_without_a_task_message(
 
 @pytest.mark.timeout(60)
 async def test_batch_submit_500(bus: Bus, scheduler: Scheduler) -> None:
-    tasks = [await scheduler.client.task("echo", {"i": i}, task_id=f"b{i}") for i in range(500)]
+    tasks = [
+        await scheduler.client.build_task("echo", {"i": i}, task_id=f"b{i}") for i in range(500)
+    ]
     replies = await scheduler.client.submit_many(tasks)
     assert [r.task.task_id for r in replies] == [f"b{i}" for i in range(500)]
     assert all(r.created for r in replies)

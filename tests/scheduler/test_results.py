@@ -204,7 +204,7 @@ async def test_report_for_unknown_task_is_dropped(bus: Bus, scheduler: Scheduler
 
 async def test_many_results_in_one_batch(bus: Bus, scheduler: Scheduler) -> None:
     ids = [f"m{i}" for i in range(200)]
-    tasks = [await scheduler.client.task("echo", i, task_id=t) for i, t in enumerate(ids)]
+    tasks = [await scheduler.client.build_task("echo", i, task_id=t) for i, t in enumerate(ids)]
     await scheduler.client.submit_many(tasks)
     for i, task_id in enumerate(ids):
         await _report(bus, "echo", _started(task_id))

@@ -48,7 +48,7 @@ async def test_require_agent_refuses_a_capability_nobody_serves(
         assert served.status == "queued"
         # without the option a task for nobody is queued as before
         assert (await sched.client.submit("nobody", 1, task_id="waits")).status == "queued"
-        batch = [await sched.client.task("nobody", 1, require_agent=True)]
+        batch = [await sched.client.build_task("nobody", 1, require_agent=True)]
         with pytest.raises(ConflictError):
             await sched.client.submit_many(batch)
         code, _, err = await _cli(bus_settings, "submit", "nobody", "1", "--require-agent")

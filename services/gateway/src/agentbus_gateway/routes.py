@@ -110,7 +110,7 @@ async def create_task(
             "Idempotency-Key",
         )  # fmt: skip
     client = ctx.client
-    request = await client.task(
+    request = await client.build_task(
         data.capability,
         data.input,
         task_id=task_id,

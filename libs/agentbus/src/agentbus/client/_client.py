@@ -86,7 +86,7 @@ class Client:
         await self.bus.close()
 
     # -- submit -------------------------------------------------------------------
-    async def task(
+    async def build_task(
         self,
         capability: str,
         input: Any = None,
@@ -125,23 +125,52 @@ class Client:
                           deadline=deadline, backoff=backoff,
                           require_agent=require_agent)  # fmt: skip
 
-    async def submit(self, capability: str, input: Any = None, **options: Any) -> TaskRecord:
+    async def submit(
+        self,
+        capability: str,
+        input: Any = None,
+        *,
+        task_id: str | None = None,
+        priority: int = 0,
+        max_attempts: int = 3,
+        timeout_s: float | None = None,
+        parent_id: str | None = None,
+        tenant: str | None = None,
+        metadata: dict[str, str] | None = None,
+        deadline: datetime | None = None,
+        backoff: Backoff | None = None,
+        require_agent: bool = False,
+    ) -> TaskRecord:
         """Submit one task and return its record (status ``queued`` or later).
 
-        ``options`` are those of ``task()``. Submitting an existing ``task_id`` returns
-        the existing record unchanged (idempotency). Submits made concurrently on one
-        client travel together in batch requests (``agentbus.client._batching``).
+        The options are those of ``build_task()``. Submitting an existing ``task_id``
+        returns the existing record unchanged (idempotency). Submits made concurrently
+        on one client travel together in batch requests (``agentbus.client._batching``).
 
         Raises:
-            ContractError: the scheduler rejected the task.
+            ContractError: an invalid argument, or the scheduler rejected the task.
             ConflictError: ``require_agent=True`` and no live agent serves it.
             UnavailableError: no scheduler is running.
             RequestTimeoutError: the scheduler did not answer in time.
         """
-        return await self.submit_request(await self.task(capability, input, **options))
+        request = await self.build_task(
+            capability,
+            input,
+            task_id=task_id,
+            priority=priority,
+            max_attempts=max_attempts,
+            timeout_s=timeout_s,
+            parent_id=parent_id,
+            tenant=tenant,
+            metadata=metadata,
+            deadline=deadline,
+            backoff=backoff,
+            require_agent=require_agent,
+        )
+        return await self.submit_request(request)
 
     async def submit_request(self, request: SubmitTask) -> TaskRecord:
-        """Submit a ``SubmitTask`` built by ``task()`` (maybe adjusted); its record.
+        """Submit a ``SubmitTask`` built by ``build_task()`` (maybe adjusted); its record.
 
         Raises:
             ContractError, UnavailableError, RequestTimeoutError: as ``submit``.

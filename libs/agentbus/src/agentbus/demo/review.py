@@ -265,7 +265,9 @@ async def _run_tasks(
         content = await asyncio.to_thread(full.read_bytes)
         task_id = new_task_id()
         tasks.append(
-            await client.task(CAPABILITY, ReviewFile(path=rel, content=content), task_id=task_id)
+            await client.build_task(
+                CAPABILITY, ReviewFile(path=rel, content=content), task_id=task_id
+            )
         )
         paths[task_id] = rel
     await client.submit_many(tasks)

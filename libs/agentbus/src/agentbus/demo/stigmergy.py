@@ -67,7 +67,7 @@ async def run_walkers(
         await traces.kind(kind.kind)  # defined before any walker deposits
     ids = [new_task_id() for _ in range(replicas)]
     tasks = [
-        await client.task(
+        await client.build_task(
             CAPABILITY,
             ReviewTree(root=str(root), run=outcome.run, walker=i, traces=use_traces),
             task_id=task_id,

@@ -115,7 +115,7 @@ class TaskContext:
     ) -> TaskRecord:
         """Submit a subtask of this task and return its record.
 
-        ``options`` are those of ``Client.task``; ``tenant`` and ``priority`` default
+        ``options`` are those of ``Client.build_task``; ``tenant`` and ``priority`` default
         to this task's. ``task_id`` defaults to an id derived from this task's id and
         the number of subtasks submitted so far by this attempt.
 
@@ -127,7 +127,7 @@ class TaskContext:
         self._submitted[0] = n + 1
         options.setdefault("tenant", self.task.tenant)
         options.setdefault("priority", self.task.priority)
-        request = await self.client.task(
+        request = await self.client.build_task(
             capability,
             input,
             task_id=task_id or derived_id(self.task_id, f"sub/{n}"),
@@ -201,7 +201,7 @@ class TaskContext:
         task = self.task
         for name in ("tenant", "priority", "max_attempts", "timeout_s", "parent_id"):
             options.setdefault(name, getattr(task, name))
-        request = await self.client.task(
+        request = await self.client.build_task(
             capability,
             None if input is msgspec.UNSET else input,
             task_id=derived_id(self.task_id, f"handoff/{capability}"),
