@@ -10,7 +10,8 @@ class on the caller's side::
      │   └─ CheckpointCorruptedError   a stored checkpoint failed its SHA-256 check
      ├─ NotFoundError                  (404)
      ├─ ConflictError                  (409)
-     │   └─ CheckpointConflictError    a put's expected parent is not the latest
+     │   ├─ CheckpointConflictError    a put's expected parent is not the latest
+     │   └─ StackRunningError          another embedded stack owns the state file
      ├─ UnavailableError               retryable; a dependency is down (503)
      ├─ RequestTimeoutError            also a TimeoutError (504)
      │   └─ TaskWaitTimeoutError       a wait for a task ran out (says where it is)
@@ -153,6 +154,27 @@ class TaskWaitTimeoutError(RequestTimeoutError):
         super().__init__(f"task {task_id}", timeout_s)
         self.task_id = task_id
         self.args = (f"task {task_id} is still {detail}",)
+
+
+class StackRunningError(ConflictError):
+    """Another live embedded stack owns the state file ``path``.
+
+    Attributes:
+        path: the state file.
+        nats_url: the live stack's NATS URL (None: it is still starting).
+        pid: the process that owns the file, if known.
+    """
+
+    def __init__(self, path: str, *, nats_url: str | None = None, pid: int | None = None) -> None:
+        self.path, self.nats_url, self.pid = path, nats_url, pid
+        if pid is None and not nats_url:
+            what = "another embedded stack is starting"
+        else:
+            what = f"an embedded stack is already running at {nats_url or '(starting)'} (pid {pid})"
+        super().__init__(
+            f"{what}; state file {path}. Stop it, or give this one its own state file "
+            "(--state-file or AGENTBUS_STATE_FILE)"
+        )
 
 
 class TaskError(AgentBusError):

@@ -151,11 +151,6 @@ class ThreadKeys:
         """Object Store name of data of this thread (``token_hex``: 32 hex digits)."""
         return f"{self.prefix}/w/{token_hex}" if write else f"{self.prefix}/{token_hex}"
 
-    def owns_blob(self, name: str) -> bool:
-        """Whether ``name`` is an Object Store name of this thread's data."""
-        m = _BLOB_NAME_RE.match(name)
-        return m is not None and m["prefix"] == self.prefix
-
     def blob_index(self, name: str) -> str:
         """Key recording which version references checkpoint data object ``name``.
 
@@ -166,11 +161,6 @@ class ThreadKeys:
         if m is None or m["prefix"] != self.prefix or m["write"]:
             raise ContractError(f"{name!r} is not a checkpoint data object of {self.prefix!r}")
         return f"{self.prefix}.b.{m['token']}"
-
-    @property
-    def blob_indexes(self) -> str:
-        """Wildcard over the thread's ``blob_index`` keys."""
-        return f"{self.prefix}.b.*"
 
 
 @dataclass(frozen=True, slots=True)

@@ -149,6 +149,12 @@ class ProcessRuntime(Runtime):
             try:
                 child.lines.put_nowait(OutputLine(stream=name, at=utcnow(), text=text))
             except asyncio.QueueFull:
+                if child.dropped == 0:
+                    logger.warning(
+                        "replica output dropped: nobody drains it fast enough",
+                        agent_id=child.agent_id,
+                        queue_lines=self.queue_lines,
+                    )
                 child.dropped += 1
 
     async def _close_lines(self, child: _Child) -> None:
@@ -244,11 +250,6 @@ class ProcessRuntime(Runtime):
             return ExecResult(exit_code=None, output=f"timed out after {timeout_s:g} s")
         text = out.decode(errors="replace").strip()[-_EXEC_OUTPUT_CHARS:]
         return ExecResult(exit_code=probe.returncode, output=text)
-
-    def dropped_lines(self, handle: ReplicaHandle) -> int:
-        """Lines lost because nobody drained the buffer fast enough."""
-        child = self._child(handle)
-        return child.dropped if child else 0
 
     async def list_own(self) -> list[ReplicaHandle]:
         """End what an earlier supervisor of this node left running; always empty.

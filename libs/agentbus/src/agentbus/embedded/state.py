@@ -24,7 +24,7 @@ from pathlib import Path
 
 import msgspec
 
-from agentbus.errors import ConflictError
+from agentbus.errors import StackRunningError
 
 STATE_FILE_NAME = "embedded.json"
 _CLAIM_SETTLE_S = 5.0
@@ -49,23 +49,6 @@ class EmbeddedState(msgspec.Struct, kw_only=True):
         """Whether its owner (else its nats-server) still runs."""
         pid = self.owner_pid or self.pids.get("nats-server")
         return pid is not None and pid_alive(pid)
-
-
-class StackRunningError(ConflictError):
-    """Another live embedded stack owns the state file."""
-
-    def __init__(self, state: EmbeddedState | None, path: Path) -> None:
-        self.state, self.path = state, path
-        if state is None:
-            what = "another embedded stack is starting"
-        else:
-            url = state.nats_url or "(starting)"
-            pid = state.owner_pid or state.pids.get("nats-server")
-            what = f"an embedded stack is already running at {url} (pid {pid})"
-        super().__init__(
-            f"{what}; state file {path}. Stop it, or give this one its own state file "
-            "(--state-file or AGENTBUS_STATE_FILE)"
-        )
 
 
 def agentbus_home() -> Path:
@@ -128,16 +111,24 @@ def claim_state(path: Path) -> None:
             if state is not None and state.owner_pid == os.getpid():
                 return  # ours already
             if state is not None and state.alive:
-                raise StackRunningError(state, path) from None
+                raise _running(state, path) from None
             if state is None and _age_s(path) < _CLAIM_SETTLE_S:
-                raise StackRunningError(None, path) from None  # being written
+                raise _running(None, path) from None  # being written
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()  # stale: take it over
             continue
         with os.fdopen(fd, "wb") as f:
             f.write(claim)
         return
-    raise StackRunningError(_load(path), path)
+    raise _running(_load(path), path)
+
+
+def _running(state: EmbeddedState | None, path: Path) -> StackRunningError:
+    if state is None:
+        return StackRunningError(str(path))
+    return StackRunningError(
+        str(path), nats_url=state.nats_url, pid=state.owner_pid or state.pids.get("nats-server")
+    )
 
 
 def store_state(path: Path, state: EmbeddedState) -> None:
