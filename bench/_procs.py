@@ -31,9 +31,12 @@ class Child:
         self.log = log_dir / f"{name}.log"
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                list(cmd), stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **env},
+                list(cmd),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **env},
                 cwd=ROOT,
-            )  # fmt: skip
+            )
 
     @property
     def pid(self) -> int:

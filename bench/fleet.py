@@ -109,8 +109,11 @@ class Observer:
 
     async def start(self) -> list[asyncio.Task[None]]:
         await self.bus.nc.subscribe(self.bus.names.events_all("replica"), cb=self._on_event)
-        filters = {"type": ["container"], "event": ["start", "die"],
-                   "label": [f"agentbus.prefix={self.bus.names.prefix}"]}  # fmt: skip
+        filters = {
+            "type": ["container"],
+            "event": ["start", "die"],
+            "label": [f"agentbus.prefix={self.bus.names.prefix}"],
+        }
         engine = self.docker.events.subscribe(filters=json.dumps(filters))  # type: ignore[no-untyped-call]
 
         async def follow_engine() -> None:
@@ -368,8 +371,11 @@ async def ramp_and_drill(run: Run) -> None:
     killed_at, host_before = time.time(), host_busy_s()
     await asyncio.gather(*(run.docker.containers.container(running[a]).kill() for a in victims))
     console.print(f"drill: killed {len(victims)} containers (SIGKILL)")
-    await obs.wait_for(lambda: all(obs.registered_since(a, killed_at) for a in victims),
-                       args.recovery_timeout_s, "replacements registered")  # fmt: skip
+    await obs.wait_for(
+        lambda: all(obs.registered_since(a, killed_at) for a in victims),
+        args.recovery_timeout_s,
+        "replacements registered",
+    )
     busy = (host_busy_s() - host_before) / (time.time() - killed_at)
     rep.add("recovery_host_busy_cpu_cores", round(busy, 2))
     recovered_at = max(obs.registered_since(a, killed_at).registered_at for a in victims)  # type: ignore[union-attr]
@@ -393,8 +399,11 @@ async def ramp_and_drill(run: Run) -> None:
         inst = obs.registered_since(a, killed_at)
         if die is None or exited is None or start is None or inst is None:
             continue
-        for key, value in zip(STAGES, (die - killed_at, exited - die, start - exited,
-                                       inst.registered_at - start), strict=True):  # fmt: skip
+        for key, value in zip(
+            STAGES,
+            (die - killed_at, exited - die, start - exited, inst.registered_at - start),
+            strict=True,
+        ):
             stages[key].append(value)
     rep.add("recovery_stage_samples_count", len(stages[STAGES[0]]))
     # CPU of a replacement container from its start to its first heartbeat (cgroup).
@@ -411,10 +420,13 @@ async def ramp_and_drill(run: Run) -> None:
     lost = [t for t in stream.ids if t not in by_id]
     failed = [r for r in records if r.status != "succeeded"]
     survivors_done = [
-        r for r in records
-        if r.status == "succeeded" and r.agent_id not in victims and r.finished_at is not None
+        r
+        for r in records
+        if r.status == "succeeded"
+        and r.agent_id not in victims
+        and r.finished_at is not None
         and killed_at <= _wall(r.finished_at) <= recovered_at
-    ]  # fmt: skip
+    ]
     retried = [r for r in records if len(r.attempts) > 1]
     rep.add("drill_tasks_submitted_count", len(stream.ids))
     rep.add("drill_task_submit_errors_count", stream.submit_errors)
@@ -532,8 +544,12 @@ async def live_keys(kv: KeyValue) -> list[str]:
 
 def remove_containers(prefix: str) -> int:
     """Force-remove (by id) every container of this run; returns how many."""
-    out = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=agentbus.prefix={prefix}"],
-                         capture_output=True, text=True, check=False)  # fmt: skip
+    out = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"label=agentbus.prefix={prefix}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     ids = out.stdout.split()
     if ids:
         subprocess.run(["docker", "rm", "-f", "-v", *ids], capture_output=True, check=False)
@@ -548,25 +564,38 @@ def main() -> None:
     parser.add_argument("--probe", type=int, default=20, help="probe restarts (0: skip)")
     parser.add_argument("--rate", type=float, default=50.0, help="tasks per second")
     parser.add_argument("--image", default="agentbus/agent:dev")
-    parser.add_argument("--preroll-s", type=float, default=3.0,
-                        help="tasks before the steady window")  # fmt: skip
-    parser.add_argument("--warmup-s", type=float, default=5.0,
-                        help="the steady window: tasks measured before the kill")  # fmt: skip
+    parser.add_argument(
+        "--preroll-s", type=float, default=3.0, help="tasks before the steady window"
+    )
+    parser.add_argument(
+        "--warmup-s",
+        type=float,
+        default=5.0,
+        help="the steady window: tasks measured before the kill",
+    )
     parser.add_argument("--tail-s", type=float, default=3.0, help="tasks after recovery")
     parser.add_argument("--max-drill-s", type=float, default=120.0, help="bound of the stream")
     parser.add_argument("--ramp-timeout-s", type=float, default=300.0)
     parser.add_argument("--recovery-timeout-s", type=float, default=120.0)
     parser.add_argument("--drain-s", type=float, default=120.0, help="wait for tasks to end")
-    parser.add_argument("--start-limit", type=int, default=0,
-                        help="replicas starting at once per supervisor (0: CPU count)")  # fmt: skip
+    parser.add_argument(
+        "--start-limit",
+        type=int,
+        default=0,
+        help="replicas starting at once per supervisor (0: CPU count)",
+    )
     args = parser.parse_args()
     if not 0 < args.kill <= args.replicas:
         parser.error("--kill must be between 1 and --replicas")
 
     rep = Report("fleet")
-    rep.print_header(**{"nats-server": tool_version([nats_server_binary(), "--version"]),
-                        "docker": tool_version(["docker", "--version"]),
-                        **versions("aiodocker", "nats-py")})  # fmt: skip
+    rep.print_header(
+        **{
+            "nats-server": tool_version([nats_server_binary(), "--version"]),
+            "docker": tool_version(["docker", "--version"]),
+            **versions("aiodocker", "nats-py"),
+        }
+    )
     prefix = f"fleet{uuid.uuid4().hex[:6]}"
     with tempfile.TemporaryDirectory(prefix="bench-fleet-") as tmp:
         log_dir = Path(tmp)
@@ -574,8 +603,9 @@ def main() -> None:
         try:
             with NatsServer(log_dir / "js") as server, children() as kids:
                 env = {"AGENTBUS_NATS_URL": server.client_url, "AGENTBUS_PREFIX": prefix, **QUIET}
-                kids.append(Child("scheduler", [sys.executable, "-m", "agentbus_scheduler"],
-                                  log_dir, env))  # fmt: skip
+                kids.append(
+                    Child("scheduler", [sys.executable, "-m", "agentbus_scheduler"], log_dir, env)
+                )
                 for node in NODES:
                     node_env = {
                         **env,

@@ -60,8 +60,9 @@ async def _registered(bus: Bus, count: int, timeout_s: float) -> None:
     raise RuntimeError(f"fewer than {count} agents registered after {timeout_s} s")
 
 
-async def _window(bus: Bus, pids: list[int], nats_pid: int, window_s: float,
-                  rate: float) -> tuple[float, float, int]:  # fmt: skip
+async def _window(
+    bus: Bus, pids: list[int], nats_pid: int, window_s: float, rate: float
+) -> tuple[float, float, int]:
     """(agent cores, server cores, notices sent) over ``window_s``."""
     notice = encode(TasksReady(capability="echo", band=0))
     subject = bus.names.ready_subject("echo")
@@ -90,14 +91,19 @@ async def run(opts: argparse.Namespace) -> None:
         settings = BusSettings(nats_url=server.client_url, prefix=prefix)
         bus = await Bus.connect(settings, name="bench-herd")
         await bus.ensure()
-        env = {"AGENTBUS_NATS_URL": server.client_url, "AGENTBUS_PREFIX": prefix,
-               "AGENTBUS_LOG_LEVEL": "WARNING", "AGENTBUS_AGENT_MAX_CONCURRENCY": "1",
-               **dict(kv.split("=", 1) for kv in opts.agent_env)}  # fmt: skip
+        env = {
+            "AGENTBUS_NATS_URL": server.client_url,
+            "AGENTBUS_PREFIX": prefix,
+            "AGENTBUS_LOG_LEVEL": "WARNING",
+            "AGENTBUS_AGENT_MAX_CONCURRENCY": "1",
+            **dict(kv.split("=", 1) for kv in opts.agent_env),
+        }
         with children() as kids:
             for n in range(opts.agents):
                 cmd = [sys.executable, "-m", "agentbus.agents.echo"]
-                kids.append(Child(f"echo-{n}", cmd, log_dir,
-                                  {**env, "AGENTBUS_AGENT_ID": f"echo-{n}"}))  # fmt: skip
+                kids.append(
+                    Child(f"echo-{n}", cmd, log_dir, {**env, "AGENTBUS_AGENT_ID": f"echo-{n}"})
+                )
             await _registered(bus, opts.agents, timeout_s=300)
             await asyncio.sleep(opts.settle_s)
             for kid in kids:
@@ -112,8 +118,10 @@ async def run(opts: argparse.Namespace) -> None:
     per_notice_ms = (busy[0] - idle[0]) / max(busy[2] / opts.window_s, 1e-9) * 1e3
     console.print(f"{opts.agents} idle agents, {opts.window_s:.0f} s windows (log dir {log_dir})")
     console.print(f"idle:     agents {idle[0]:.3f} cores, nats-server {idle[1]:.3f} cores")
-    console.print(f"{opts.rate:g} notices/s: agents {busy[0]:.3f} cores, nats-server "
-                  f"{busy[1]:.3f} cores ({busy[2]} notices)")  # fmt: skip
+    console.print(
+        f"{opts.rate:g} notices/s: agents {busy[0]:.3f} cores, nats-server "
+        f"{busy[1]:.3f} cores ({busy[2]} notices)"
+    )
     console.print(f"agents' CPU per notice (all agents together): {per_notice_ms:.2f} ms")
 
 
@@ -123,8 +131,13 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=20.0, help="notices per second")
     parser.add_argument("--window-s", type=float, default=20.0)
     parser.add_argument("--settle-s", type=float, default=5.0)
-    parser.add_argument("--agent-env", action="append", default=[], metavar="KEY=VALUE",
-                        help="agent environment, e.g. AGENTBUS_AGENT_RESCAN_S=60")  # fmt: skip
+    parser.add_argument(
+        "--agent-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="agent environment, e.g. AGENTBUS_AGENT_RESCAN_S=60",
+    )
     asyncio.run(run(parser.parse_args()))
 
 

@@ -128,13 +128,22 @@ async def bench_checkpoints(bus: Bus, report: Report, scale: float) -> None:
                 latencies, wall_s = await _closed_loops(callers, total, op)
                 key = f"checkpoint_{name}_{label}_c{callers}"
                 _figures(report, key, size, latencies, wall_s)
-                rows.append((name, label, callers, report.figures[f"{key}_p50_ms"],
-                             report.figures[f"{key}_p99_ms"], report.figures[f"{key}_per_s"],
-                             report.figures[f"{key}_mib_per_s"]))  # fmt: skip
+                rows.append(
+                    (
+                        name,
+                        label,
+                        callers,
+                        report.figures[f"{key}_p50_ms"],
+                        report.figures[f"{key}_p99_ms"],
+                        report.figures[f"{key}_per_s"],
+                        report.figures[f"{key}_mib_per_s"],
+                    )
+                )
             for caller in range(callers):
                 await client.delete_thread(f"{run}-{caller}")
-    report.table("checkpoints", ["op", "size", "callers", "p50 ms", "p99 ms", "ops/s", "MiB/s"],
-                 rows)  # fmt: skip
+    report.table(
+        "checkpoints", ["op", "size", "callers", "p50 ms", "p99 ms", "ops/s", "MiB/s"], rows
+    )
 
 
 async def bench_restore(bus: Bus, settings: BusSettings, report: Report, scale: float) -> None:
@@ -145,8 +154,12 @@ async def bench_restore(bus: Bus, settings: BusSettings, report: Report, scale: 
         state = {"blob": os.urandom(size // 2).hex()}  # JSON of about ``size`` bytes
         times_ms: list[float] = []
         for i in range(max(3, int(count * scale))):
-            agent = Agent("bench", settings=AgentSettings(agent_id=agent_id, heartbeat_s=5),
-                          bus_settings=settings, state_type=dict[str, Any])  # fmt: skip
+            agent = Agent(
+                "bench",
+                settings=AgentSettings(agent_id=agent_id, heartbeat_s=5),
+                bus_settings=settings,
+                state_type=dict[str, Any],
+            )
 
             @agent.handler("bench-noop")
             async def noop(ctx: TaskContext, value: Any) -> Any:
@@ -168,11 +181,13 @@ async def bench_restore(bus: Bus, settings: BusSettings, report: Report, scale: 
         report.add(f"{key}_p50_ms", round(percentile(times_ms, 50), 3))
         report.add(f"{key}_p99_ms", round(percentile(times_ms, 99), 3))
         report.add(f"{key}_count", len(times_ms))
-        rows.append((label, len(times_ms), report.figures[f"{key}_p50_ms"],
-                     report.figures[f"{key}_p99_ms"]))  # fmt: skip
+        rows.append(
+            (label, len(times_ms), report.figures[f"{key}_p50_ms"], report.figures[f"{key}_p99_ms"])
+        )
         await CheckpointClient(bus, agent_id).delete_thread("agent")
-    report.table("restore: agent start -> state loaded", ["state", "runs", "p50 ms", "p99 ms"],
-                 rows)  # fmt: skip
+    report.table(
+        "restore: agent start -> state loaded", ["state", "runs", "p50 ms", "p99 ms"], rows
+    )
 
 
 async def run(args: argparse.Namespace, url: str, log_dir: Path, report: Report) -> None:
@@ -204,8 +219,9 @@ def main() -> None:
     logger.add(sys.stderr, level="WARNING")
     parser = argparse.ArgumentParser(prog="just bench state", description=__doc__.split("\n")[0])
     parser.add_argument("--json", type=Path, help="Write every figure to this file.")
-    parser.add_argument("--scale", type=float, default=1.0,
-                        help="Multiply operation counts (0.1 for a smoke run).")  # fmt: skip
+    parser.add_argument(
+        "--scale", type=float, default=1.0, help="Multiply operation counts (0.1 for a smoke run)."
+    )
     args = parser.parse_args()
     report = Report("state")
     report.print_header(

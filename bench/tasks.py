@@ -151,8 +151,10 @@ class CpuMeter:
 
 
 def _print_run(name: str, level: int, r: Run) -> None:
-    console.print(f"  {name} in flight {level}: {r.count} tasks, {r.tasks_per_s:,.0f}/s, "
-                  f"p50 {r.p_ms(50):.2f} ms, p99 {r.p_ms(99):.2f} ms")  # fmt: skip
+    console.print(
+        f"  {name} in flight {level}: {r.count} tasks, {r.tasks_per_s:,.0f}/s, "
+        f"p50 {r.p_ms(50):.2f} ms, p99 {r.p_ms(99):.2f} ms"
+    )
 
 
 async def measure(system: System, level: int, opts: Options, *, profile: bool) -> Run:
@@ -198,10 +200,21 @@ class _Profiling:
         self.out.mkdir(parents=True, exist_ok=True)
         for child in self.procs:
             out = self.out / f"{self.name}-inflight{self.level}-{child.name}.folded"
-            cmd = [_py_spy(), "record", "-p", str(child.pid), "-o", str(out), "-r", "250",
-                   "-f", "raw"]  # fmt: skip
-            self.spies.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
-                                               stderr=subprocess.DEVNULL))  # fmt: skip
+            cmd = [
+                _py_spy(),
+                "record",
+                "-p",
+                str(child.pid),
+                "-o",
+                str(out),
+                "-r",
+                "250",
+                "-f",
+                "raw",
+            ]
+            self.spies.append(
+                subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            )
         from pyinstrument import Profiler
 
         self.profiler = Profiler(async_mode="enabled")
@@ -234,12 +247,24 @@ async def raw_system(url: str, nats_pid: int, opts: Options) -> AsyncIterator[Sy
     nc = await nats.connect(url, name="bench-raw-caller")
     js = nc.jetstream()
     stream, subject, replies = "RAWBENCH", "rawbench.tasks", "rawbench.replies"
-    await js.add_stream(StreamConfig(name=stream, subjects=[subject],
-                                     retention=RetentionPolicy.WORK_QUEUE,
-                                     storage=StorageType.FILE))  # fmt: skip
-    await js.add_consumer(stream, ConsumerConfig(name="raw", durable_name="raw",
-                                                 ack_policy=AckPolicy.EXPLICIT, ack_wait=30,
-                                                 max_ack_pending=-1))  # fmt: skip
+    await js.add_stream(
+        StreamConfig(
+            name=stream,
+            subjects=[subject],
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE,
+        )
+    )
+    await js.add_consumer(
+        stream,
+        ConsumerConfig(
+            name="raw",
+            durable_name="raw",
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=30,
+            max_ack_pending=-1,
+        ),
+    )
     loop = asyncio.get_running_loop()
     waiters: dict[bytes, asyncio.Future[None]] = {}
 
@@ -274,10 +299,17 @@ async def raw_system(url: str, nats_pid: int, opts: Options) -> AsyncIterator[Sy
 async def agentbus_system(url: str, nats_pid: int, opts: Options) -> AsyncIterator[System]:
     env = {"AGENTBUS_NATS_URL": url, "AGENTBUS_PREFIX": PREFIX, **QUIET}
     with children() as kids:
-        kids.append(Child("scheduler", [sys.executable, "-m", "agentbus_scheduler"],
-                          opts.log_dir, env))  # fmt: skip
-        kids.append(Child("agent", [sys.executable, "-m", "agentbus.agents.echo"], opts.log_dir,
-                          {**env, "AGENTBUS_AGENT_MAX_CONCURRENCY": "256"}))  # fmt: skip
+        kids.append(
+            Child("scheduler", [sys.executable, "-m", "agentbus_scheduler"], opts.log_dir, env)
+        )
+        kids.append(
+            Child(
+                "agent",
+                [sys.executable, "-m", "agentbus.agents.echo"],
+                opts.log_dir,
+                {**env, "AGENTBUS_AGENT_MAX_CONCURRENCY": "256"},
+            )
+        )
         bus = await Bus.connect(BusSettings(nats_url=url, prefix=PREFIX), name="bench-caller")
         try:
             await _scheduler_ready(bus, kids)
@@ -304,8 +336,9 @@ async def _scheduler_ready(bus: Bus, kids: list[Child], timeout_s: float = 30.0)
         for kid in kids:
             kid.check()
         try:
-            await bus.request(bus.names.endpoint("scheduler", "get"), GetTask(task_id="x"),
-                              TaskReply, timeout_s=2)  # fmt: skip
+            await bus.request(
+                bus.names.endpoint("scheduler", "get"), GetTask(task_id="x"), TaskReply, timeout_s=2
+            )
         except NotFoundError:
             return
         except UnavailableError:
@@ -320,18 +353,53 @@ def celery_system(opts: Options) -> Iterator[System]:
     """Redis and one solo-pool worker; the loop runs in this thread (blocking the loop)."""
     with tempfile.TemporaryDirectory(prefix="bench-redis-") as redis_dir, children() as kids:
         port = free_port()
-        kids.append(Child("redis", ["/usr/bin/redis-server", "--port", str(port),
-                                    "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                                    "--dir", redis_dir], opts.log_dir, {}))  # fmt: skip
+        kids.append(
+            Child(
+                "redis",
+                [
+                    "/usr/bin/redis-server",
+                    "--port",
+                    str(port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    redis_dir,
+                ],
+                opts.log_dir,
+                {},
+            )
+        )
         wait_port(port)
         os.environ["BENCH_REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
         module = importlib.import_module("bench._celery_app")
-        kids.append(Child("celery-worker", [sys.executable, "-m", "celery", "-A",
-                                            "bench._celery_app", "worker", "--pool", "solo",
-                                            "--concurrency", "1", "--loglevel", "WARNING",
-                                            "--without-gossip", "--without-mingle",
-                                            "--without-heartbeat"], opts.log_dir,
-                          {"BENCH_REDIS_URL": os.environ["BENCH_REDIS_URL"]}))  # fmt: skip
+        kids.append(
+            Child(
+                "celery-worker",
+                [
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "bench._celery_app",
+                    "worker",
+                    "--pool",
+                    "solo",
+                    "--concurrency",
+                    "1",
+                    "--loglevel",
+                    "WARNING",
+                    "--without-gossip",
+                    "--without-mingle",
+                    "--without-heartbeat",
+                ],
+                opts.log_dir,
+                {"BENCH_REDIS_URL": os.environ["BENCH_REDIS_URL"]},
+            )
+        )
         noop = module.noop
         noop.delay(0).get(timeout=60)  # worker up
 
@@ -381,8 +449,10 @@ def _celery_loop(app: Any, noop: Any, total: int, inflight: int, max_s: float) -
 
 # -- report -------------------------------------------------------------------------------
 def report(rounds: dict[str, dict[int, list[Run]]], rep: Report) -> None:
-    results = {system: {lv: median_run(rs) for lv, rs in by_level.items() if rs}
-               for system, by_level in rounds.items()}  # fmt: skip
+    results = {
+        system: {lv: median_run(rs) for lv, rs in by_level.items() if rs}
+        for system, by_level in rounds.items()
+    }
     rows: list[list[object]] = []
     cpu_rows: list[list[object]] = []
     for system, runs in results.items():
@@ -404,36 +474,60 @@ def report(rounds: dict[str, dict[int, list[Run]]], rep: Report) -> None:
                 total = sum(r.cpu_ms_per_task.values())
                 rep.add(f"{key}_cpu_ms_per_task_total", round(total, 3))
                 cpu_rows.append([system, level, "total", total])
-    rep.table("tasks: closed loop, submit → result in the caller",
-              ["system", "in flight", "tasks", "tasks/s", "p50 ms", "p99 ms"], rows)  # fmt: skip
-    rep.table("CPU per task (user + system, from /proc)",
-              ["system", "in flight", "process", "CPU ms per task"], cpu_rows)  # fmt: skip
+    rep.table(
+        "tasks: closed loop, submit → result in the caller",
+        ["system", "in flight", "tasks", "tasks/s", "p50 ms", "p99 ms"],
+        rows,
+    )
+    rep.table(
+        "CPU per task (user + system, from /proc)",
+        ["system", "in flight", "process", "CPU ms per task"],
+        cpu_rows,
+    )
     ratio_rows = []
     agentbus = results.get("agentbus", {})
     for other in ("raw", "celery"):
         for level in LEVELS:
             if level in agentbus and level in results.get(other, {}):
                 pairs = zip(rounds["agentbus"][level], rounds[other][level], strict=True)
-                per_round = [a.tasks_per_s / b.tasks_per_s if b.tasks_per_s else float("nan")
-                             for a, b in pairs]  # fmt: skip
+                per_round = [
+                    a.tasks_per_s / b.tasks_per_s if b.tasks_per_s else float("nan")
+                    for a, b in pairs
+                ]
                 ratio = statistics.median(per_round)
                 rep.add(f"agentbus_vs_{other}_inflight{level}_ratio", round(ratio, 3))
-                ratio_rows.append([f"agentbus / {other}", level, ratio,
-                                   " ".join(f"{x:.2f}" for x in per_round)])  # fmt: skip
+                ratio_rows.append(
+                    [f"agentbus / {other}", level, ratio, " ".join(f"{x:.2f}" for x in per_round)]
+                )
     if ratio_rows:
-        rep.table("throughput ratios (median of the rounds' ratios)",
-                  ["ratio", "in flight", "value", "per round"], ratio_rows)  # fmt: skip
+        rep.table(
+            "throughput ratios (median of the rounds' ratios)",
+            ["ratio", "in flight", "value", "per round"],
+            ratio_rows,
+        )
     if agentbus:
         targets = [
-            ("agentbus/raw at 64 >= 0.25", rep.figures.get("agentbus_vs_raw_inflight64_ratio"),
-             lambda v: v >= 0.25),
-            ("agentbus/celery at 64 >= 5", rep.figures.get("agentbus_vs_celery_inflight64_ratio"),
-             lambda v: v >= 5),
-            ("agentbus p50 at 1 <= 2 ms", rep.figures.get("agentbus_inflight1_p50_latency_ms"),
-             lambda v: v <= 2),
-        ]  # fmt: skip
-        rep.table("targets (issue 3)", ["target", "measured", "met"],
-                  [[t, v, "yes" if ok(v) else "NO"] for t, v, ok in targets if v is not None])  # type: ignore[arg-type]  # fmt: skip
+            (
+                "agentbus/raw at 64 >= 0.25",
+                rep.figures.get("agentbus_vs_raw_inflight64_ratio"),
+                lambda v: v >= 0.25,
+            ),
+            (
+                "agentbus/celery at 64 >= 5",
+                rep.figures.get("agentbus_vs_celery_inflight64_ratio"),
+                lambda v: v >= 5,
+            ),
+            (
+                "agentbus p50 at 1 <= 2 ms",
+                rep.figures.get("agentbus_inflight1_p50_latency_ms"),
+                lambda v: v <= 2,
+            ),
+        ]
+        rep.table(
+            "targets (issue 3)",
+            ["target", "measured", "met"],
+            [[t, v, "yes" if ok(v) else "NO"] for t, v, ok in targets if v is not None],
+        )  # type: ignore[arg-type]
 
 
 async def run_systems(
@@ -459,8 +553,9 @@ def main() -> None:
     parser.add_argument("--max-s", type=float, default=60.0, help="time bound of one loop, s")
     parser.add_argument("--only", default=",".join(SYSTEMS), help="systems, comma-separated")
     parser.add_argument("--profile", type=Path, help="write agentbus profiles to this dir")
-    parser.add_argument("--rounds", type=int, default=3,
-                        help="rounds of all levels and systems (the median counts)")  # fmt: skip
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="rounds of all levels and systems (the median counts)"
+    )
     args = parser.parse_args()
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     if unknown := set(only) - set(SYSTEMS):
@@ -468,14 +563,17 @@ def main() -> None:
 
     rep = Report("tasks")
     celery_v = versions("celery", "kombu", "redis", "nats-py")
-    rep.print_header(**{
-        "nats-server": tool_version([nats_server_binary(), "--version"]).split()[-1],
-        "redis-server": tool_version(["/usr/bin/redis-server", "--version"]).split(" sha=")[0],
-        **{k: v for k, v in celery_v.items()},
-    })  # fmt: skip
+    rep.print_header(
+        **{
+            "nats-server": tool_version([nats_server_binary(), "--version"]).split()[-1],
+            "redis-server": tool_version(["/usr/bin/redis-server", "--version"]).split(" sha=")[0],
+            **{k: v for k, v in celery_v.items()},
+        }
+    )
     with tempfile.TemporaryDirectory(prefix="bench-tasks-") as tmp:
-        opts = Options(args.tasks, args.warmup, args.max_s, args.profile, Path(tmp),
-                       rounds=max(args.rounds, 1))  # fmt: skip
+        opts = Options(
+            args.tasks, args.warmup, args.max_s, args.profile, Path(tmp), rounds=max(args.rounds, 1)
+        )
         console.print(f"logs of child processes: {tmp} (kept only while running)")
         with NatsServer(Path(tmp) / "js") as server:
             assert server.proc is not None

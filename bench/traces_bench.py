@@ -73,12 +73,12 @@ async def run_traces_bench(report: Report, nats_url: str) -> None:
         report.add("traces_sense_p99_ms", round(percentile(sense_ms, 99), 2))
 
         spread = [f"bench/spread/{i:04d}.py" for i in range(1000)]
-        await asyncio.gather(*(traces.deposit(loc, "bench", 1.0 + i % 7)
-                               for i, loc in enumerate(spread)))  # fmt: skip
+        await asyncio.gather(
+            *(traces.deposit(loc, "bench", 1.0 + i % 7) for i, loc in enumerate(spread))
+        )
         t = time.perf_counter()
         ranked = await traces.strongest("bench", "bench/spread/", n=10)
-        report.add("traces_strongest_1000_locations_ms",
-                   round((time.perf_counter() - t) * 1000, 1))  # fmt: skip
+        report.add("traces_strongest_1000_locations_ms", round((time.perf_counter() - t) * 1000, 1))
         assert len(ranked) == 10
         report.table(
             f"traces: {DEPOSITS:,} concurrent deposits, {HOT_LOCATIONS} hot locations",

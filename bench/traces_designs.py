@@ -79,10 +79,16 @@ class CounterEvaporator(Design):
 
     async def setup(self) -> None:
         self.stream = f"EV_{self.uid}"
-        await self.js.add_stream(StreamConfig(
-            name=self.stream, subjects=[f"ev{self.uid}.>"], allow_msg_counter=True,
-            allow_direct=True, max_msgs_per_subject=1, storage=StorageType.FILE,
-        ))  # fmt: skip
+        await self.js.add_stream(
+            StreamConfig(
+                name=self.stream,
+                subjects=[f"ev{self.uid}.>"],
+                allow_msg_counter=True,
+                allow_direct=True,
+                max_msgs_per_subject=1,
+                storage=StorageType.FILE,
+            )
+        )
         self.locs: set[str] = set()
         self.stop = asyncio.Event()
         self.task = asyncio.create_task(self._evaporate())
@@ -173,10 +179,16 @@ class EpochCounter(Design):
     async def setup(self) -> None:
         self.stream = f"EP_{self.uid}"
         self.epoch_s = self.epoch_half_lives * self.h
-        await self.js.add_stream(StreamConfig(
-            name=self.stream, subjects=[f"ep{self.uid}.>"], allow_msg_counter=True,
-            allow_direct=True, max_msgs_per_subject=1, storage=StorageType.FILE,
-        ))  # fmt: skip
+        await self.js.add_stream(
+            StreamConfig(
+                name=self.stream,
+                subjects=[f"ep{self.uid}.>"],
+                allow_msg_counter=True,
+                allow_direct=True,
+                max_msgs_per_subject=1,
+                storage=StorageType.FILE,
+            )
+        )
 
     async def deposit(self, loc: str, amount: float, t: float) -> None:
         epoch = math.floor(t / self.epoch_s)
@@ -230,8 +242,11 @@ async def contention(
         now = time.time()
         stored = sum([await d.strength(loc, now) for loc in locs])
         n = tasks * per_task
-        return {"deposits_per_s": n / elapsed, "lost_count": round(n - stored),
-                "cas_retries_count": d.retries}  # fmt: skip
+        return {
+            "deposits_per_s": n / elapsed,
+            "lost_count": round(n - stored),
+            "cas_retries_count": d.retries,
+        }
     finally:
         await d.close()
 
@@ -264,8 +279,9 @@ async def accuracy(
                 now = time.time()
                 for loc in ("loc0", "loc1", "loc2"):
                     got = await d.strength(loc, now)
-                    want = sum(a * 2 ** (-(now - t) / half_life_s) for lo, a, t in deposits
-                               if lo == loc)  # fmt: skip
+                    want = sum(
+                        a * 2 ** (-(now - t) / half_life_s) for lo, a, t in deposits if lo == loc
+                    )
                     if want > 0.1:
                         worst = max(worst, abs(got - want) / want)
         stop.set()
@@ -291,14 +307,22 @@ async def main(args: argparse.Namespace) -> None:
             for k, v in c.items():
                 report.add(f"{key}_{k}", round(v, 1))
             report.add(f"{key}_decay_max_error_ratio", round(err, 5))
-            rows.append([cls.name, c["deposits_per_s"], int(c["lost_count"]),
-                         int(c["cas_retries_count"]), f"{err:.2%}"])  # fmt: skip
+            rows.append(
+                [
+                    cls.name,
+                    c["deposits_per_s"],
+                    int(c["lost_count"]),
+                    int(c["cas_retries_count"]),
+                    f"{err:.2%}",
+                ]
+            )
         await nc.close()
     report.table(
         f"{args.tasks} tasks x {args.per_task} deposits on {args.hot} hot locations; "
         f"decay: half-life {args.half_life_s} s over {args.accuracy_s} s",
-        ["design", "deposits/s", "lost", "CAS retries", "max decay error"], rows,
-    )  # fmt: skip
+        ["design", "deposits/s", "lost", "CAS retries", "max decay error"],
+        rows,
+    )
     report.write_json(args.json)
 
 

@@ -111,8 +111,16 @@ def spawn_service(
     service: str, nats_url: str, prefix: str, log: Path, env: dict[str, str] | None = None
 ) -> subprocess.Popen[bytes]:
     """Start ``python -m agentbus_<service>`` on ``nats_url``/``prefix``; output to ``log``."""
-    full_env = {**os.environ, **(env or {}), "AGENTBUS_NATS_URL": nats_url,
-                "AGENTBUS_PREFIX": prefix}  # fmt: skip
+    full_env = {
+        **os.environ,
+        **(env or {}),
+        "AGENTBUS_NATS_URL": nats_url,
+        "AGENTBUS_PREFIX": prefix,
+    }
     with log.open("wb") as out:
-        return subprocess.Popen([sys.executable, "-m", f"agentbus_{service}"], env=full_env,
-                                stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+        return subprocess.Popen(
+            [sys.executable, "-m", f"agentbus_{service}"],
+            env=full_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )

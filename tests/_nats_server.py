@@ -48,8 +48,16 @@ class NatsServer:
         self.client_url = ""
 
     def start(self, timeout_s: float = 10.0) -> NatsServer:
-        cmd = [nats_server_binary(), "-js", "-a", "127.0.0.1", "-p", str(self.port),
-               "-sd", str(self.store_dir)]  # fmt: skip
+        cmd = [
+            nats_server_binary(),
+            "-js",
+            "-a",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-sd",
+            str(self.store_dir),
+        ]
         cmd += ["-c", str(self._write_config(self.config or ""))]
         self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
         assert self.proc.stderr is not None

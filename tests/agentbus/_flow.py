@@ -15,8 +15,13 @@ from agentbus.settings import AgentSettings, BusSettings
 
 def quick_settings(agent_id: str, **overrides: object) -> AgentSettings:
     """Agent settings for tests: short lease, heartbeat and pull timeouts."""
-    base: dict[str, object] = {"agent_id": agent_id, "lease_s": 5.0, "fetch_timeout_s": 1.0,
-                               "heartbeat_s": 0.5, "stop_grace_s": 2.0}  # fmt: skip
+    base: dict[str, object] = {
+        "agent_id": agent_id,
+        "lease_s": 5.0,
+        "fetch_timeout_s": 1.0,
+        "heartbeat_s": 0.5,
+        "stop_grace_s": 2.0,
+    }
     base.update(overrides)
     return AgentSettings(**base)  # type: ignore[arg-type]
 

@@ -20,8 +20,9 @@ async def _reconnecting(bus: Bus) -> bool:
 async def test_close_while_the_server_is_gone_does_not_raise() -> None:
     server = NatsServer().start()
     try:
-        bus = await Bus.connect(BusSettings(nats_url=server.client_url, prefix="closing"),
-                                name="test-close")  # fmt: skip
+        bus = await Bus.connect(
+            BusSettings(nats_url=server.client_url, prefix="closing"), name="test-close"
+        )
         server.stop()
         await eventually(lambda: _reconnecting(bus), what="the client is reconnecting")
         await bus.close()  # nats-py's drain raises ConnectionReconnectingError here

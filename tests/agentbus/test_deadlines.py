@@ -56,8 +56,9 @@ async def test_timeout_cancels_the_handler_and_the_attempt_is_retried(bus: Bus) 
     calls = Calls()
     async with scheduler(bus) as s, running(sleepy_agent(calls), bus):
         # attempt 1 would sleep 30 s: cancelled at 0.5 s; attempt 2 sleeps 0.01 s
-        await s.client.submit("work", [30.0, 0.01], task_id="slow", timeout_s=0.5,
-                              max_attempts=3, backoff=FAST)  # fmt: skip
+        await s.client.submit(
+            "work", [30.0, 0.01], task_id="slow", timeout_s=0.5, max_attempts=3, backoff=FAST
+        )
         record = await s.client.wait("slow", timeout_s=30)
     assert record.status == "succeeded"
     assert msgspec.json.decode(record.output) == "slept on attempt 2"
@@ -73,8 +74,9 @@ async def test_timeout_cancels_the_handler_and_the_attempt_is_retried(bus: Bus) 
 async def test_timeout_on_every_attempt_ends_dead(bus: Bus) -> None:
     calls = Calls()
     async with scheduler(bus) as s, running(sleepy_agent(calls), bus):
-        await s.client.submit("work", [30.0], task_id="stuck", timeout_s=0.3, max_attempts=2,
-                              backoff=FAST)  # fmt: skip
+        await s.client.submit(
+            "work", [30.0], task_id="stuck", timeout_s=0.3, max_attempts=2, backoff=FAST
+        )
         record = await s.client.wait("stuck", timeout_s=30)
     assert record.status == "dead"
     assert calls.cancelled == ["stuck#1", "stuck#2"]

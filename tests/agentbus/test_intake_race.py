@@ -73,8 +73,14 @@ async def test_no_notice_is_lost_while_agents_toggle_busy_and_idle(
         for n in range(AGENTS):
             agent_bus = await Bus.connect(bus_settings, name=f"test-toggle-{n}")
             stack.push_async_callback(agent_bus.close)
-            intake = Intake(agent_bus, [CAPABILITY], max_concurrency=SLOTS, rescan_s=NEVER_S,
-                            pull_timeout_s=5.0, dispatch=dispatcher(n))  # type: ignore[arg-type]  # fmt: skip
+            intake = Intake(
+                agent_bus,
+                [CAPABILITY],
+                max_concurrency=SLOTS,
+                rescan_s=NEVER_S,
+                pull_timeout_s=5.0,
+                dispatch=dispatcher(n),
+            )  # type: ignore[arg-type]
             intakes.append(intake)
             await intake.start()
             runner = asyncio.create_task(intake.run())
@@ -103,11 +109,14 @@ async def test_no_notice_is_lost_while_agents_toggle_busy_and_idle(
                     acks = []
                     for _ in range(burst):
                         published += 1
-                        task = Task(task_id=f"t{published}", capability=CAPABILITY,
-                                    priority=band)  # fmt: skip
-                        acks.append(await bus.js.publish_async(
-                            bus.names.task_subject(CAPABILITY, band), encode(task),
-                            headers={"Nats-Msg-Id": task.task_id}))  # fmt: skip
+                        task = Task(task_id=f"t{published}", capability=CAPABILITY, priority=band)
+                        acks.append(
+                            await bus.js.publish_async(
+                                bus.names.task_subject(CAPABILITY, band),
+                                encode(task),
+                                headers={"Nats-Msg-Id": task.task_id},
+                            )
+                        )
                     if burst == 1:  # right behind the publish, before the stream's ack
                         await announcer.announce(CAPABILITY, band, 1)
                     await asyncio.gather(*acks)

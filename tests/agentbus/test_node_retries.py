@@ -40,10 +40,12 @@ async def test_node_agent_retries_then_dies_and_respects_deadlines(
         proc = start_agent(node, env, log)
         try:
             await eventually(lambda: _bound(bus), timeout_s=30, what="node agent bound")
-            flaky = await s.client.submit("upper", {"flaky": 2, "text": "third time"},
-                                          max_attempts=3, backoff=quick)  # fmt: skip
-            hopeless = await s.client.submit("upper", {"flaky": 99, "text": "x"},
-                                             max_attempts=2, backoff=quick)  # fmt: skip
+            flaky = await s.client.submit(
+                "upper", {"flaky": 2, "text": "third time"}, max_attempts=3, backoff=quick
+            )
+            hopeless = await s.client.submit(
+                "upper", {"flaky": 99, "text": "x"}, max_attempts=2, backoff=quick
+            )
             fatal = await s.client.submit("upper", {"fail": "no"}, max_attempts=3)
             late = await s.client.submit("upper", "late", deadline=utcnow() - timedelta(seconds=1))
             ok = await s.client.wait(flaky.task_id, timeout_s=30)

@@ -56,8 +56,9 @@ async def test_agent_terminates_poison_tasks_and_keeps_serving(bus: Bus) -> None
         await bus.js.publish(subject, encode(wrong_queue))
 
         async def counted() -> bool:
-            return agent.registry.get_sample_value(BAD, {"service": "agent",
-                                                         "source": "tasks"}) == 3  # fmt: skip
+            return (
+                agent.registry.get_sample_value(BAD, {"service": "agent", "source": "tasks"}) == 3
+            )
 
         await eventually(counted, what="3 poison tasks counted")
         await eventually(lambda: _empty(bus), what="poison terminated, not redelivered")
@@ -123,9 +124,13 @@ async def test_bad_advisory_is_terminated_and_the_next_one_processed(bus: Bus) -
         # a well-formed advisory for a real stuck message still gets processed
         await s.client.submit("work", None, task_id="stuck")
         raw = await bus.js.get_last_msg(bus.names.tasks_stream, bus.names.task_subject("work"))
-        advisory = {"type": "io.nats.jetstream.advisory.v1.max_deliver",
-                    "stream": bus.names.tasks_stream, "consumer": "cap-work",
-                    "stream_seq": raw.seq, "deliveries": 101}  # fmt: skip
+        advisory = {
+            "type": "io.nats.jetstream.advisory.v1.max_deliver",
+            "stream": bus.names.tasks_stream,
+            "consumer": "cap-work",
+            "stream_seq": raw.seq,
+            "deliveries": 101,
+        }
         await bus.js.publish(advisory_subject, msgspec.json.encode(advisory))
         record = await s.client.wait("stuck", timeout_s=20)
         assert record.status == "dead"
@@ -166,8 +171,9 @@ async def test_agent_reports_bad_cancel_and_ready_notices_and_keeps_serving(bus:
             labels = {"service": "agent", "source": source}
             return agent.registry.get_sample_value(BAD, labels) or 0.0
 
-        await eventually(lambda: _true(bad("control") == 1 and bad("ready") == 1),
-                         what="bad notices counted")  # fmt: skip
+        await eventually(
+            lambda: _true(bad("control") == 1 and bad("ready") == 1), what="bad notices counted"
+        )
         done = await s.client.wait((await s.client.submit("work", 7)).task_id, timeout_s=20)
         await eventually(lambda: _true(len(errors.events) >= 2), what="error events")
     assert done.status == "succeeded" and msgspec.json.decode(done.output) == 7

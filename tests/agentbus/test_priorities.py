@@ -167,9 +167,14 @@ async def test_answers_to_given_up_pulls_are_run_not_lost(bus: Bus) -> None:
         durable = Names.task_consumer("late", band)
         await bus.js.add_consumer(
             names.tasks_stream,
-            ConsumerConfig(name=durable, durable_name=durable, ack_policy=AckPolicy.EXPLICIT,
-                           filter_subject=names.task_subject("late", band), max_ack_pending=-1),
-        )  # fmt: skip
+            ConsumerConfig(
+                name=durable,
+                durable_name=durable,
+                ack_policy=AckPolicy.EXPLICIT,
+                filter_subject=names.task_subject("late", band),
+                max_ack_pending=-1,
+            ),
+        )
     for n in range(6):
         task = Task(task_id=f"late-{n}", capability="late")
         await bus.js.publish(names.task_subject("late"), encode(task))
@@ -192,8 +197,9 @@ async def test_answers_to_given_up_pulls_are_run_not_lost(bus: Bus) -> None:
         handled.append(msg.subject)
         asyncio.get_running_loop().create_task(finish(msg))
 
-    intake = Intake(bus, ["late"], max_concurrency=2, rescan_s=0.2, pull_timeout_s=1e-6,
-                    dispatch=dispatch)  # fmt: skip
+    intake = Intake(
+        bus, ["late"], max_concurrency=2, rescan_s=0.2, pull_timeout_s=1e-6, dispatch=dispatch
+    )
     await intake.start()
     runner = asyncio.create_task(intake.run())
     try:

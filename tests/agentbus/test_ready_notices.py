@@ -39,10 +39,14 @@ async def _bind(bus: Bus, capability: str) -> None:
         durable = Names.task_consumer(capability, band)
         await bus.js.add_consumer(
             names.tasks_stream,
-            ConsumerConfig(name=durable, durable_name=durable, ack_policy=AckPolicy.EXPLICIT,
-                           filter_subject=names.task_subject(capability, band),
-                           max_ack_pending=-1),
-        )  # fmt: skip
+            ConsumerConfig(
+                name=durable,
+                durable_name=durable,
+                ack_policy=AckPolicy.EXPLICIT,
+                filter_subject=names.task_subject(capability, band),
+                max_ack_pending=-1,
+            ),
+        )
 
 
 @asynccontextmanager
@@ -53,8 +57,14 @@ async def _intakes(bus_settings: BusSettings, count: int) -> AsyncIterator[list[
         for n in range(count):
             bus = await Bus.connect(bus_settings, name=f"test-herd-{n}")
             stack.push_async_callback(bus.close)
-            intake = Intake(bus, ["herd"], max_concurrency=1, rescan_s=NEVER_S,
-                            pull_timeout_s=2.0, dispatch=lambda cap, msg: None)  # fmt: skip
+            intake = Intake(
+                bus,
+                ["herd"],
+                max_concurrency=1,
+                rescan_s=NEVER_S,
+                pull_timeout_s=2.0,
+                dispatch=lambda cap, msg: None,
+            )
             await intake.start()
             runner = asyncio.create_task(intake.run())
 
@@ -73,8 +83,7 @@ async def test_a_notice_wakes_one_idle_agent_not_all(bus: Bus, bus_settings: Bus
     async with _intakes(bus_settings, 6) as intakes:
 
         async def settled() -> bool:  # the first scan is over, every intake listens
-            return all(i.listening and i.pulls >= BANDS and not i.flagged("herd")
-                       for i in intakes)  # fmt: skip
+            return all(i.listening and i.pulls >= BANDS and not i.flagged("herd") for i in intakes)
 
         await eventually(settled, what="intakes idle")
         before = [i.pulls for i in intakes]
@@ -107,8 +116,9 @@ async def test_a_notice_nobody_hears_goes_to_the_backlog(
     try:
         for _ in range(3):  # within one backlog interval: one notice now, one for the rest
             await announcer.announce("work", 6, 2)
-        await eventually(lambda: asyncio.sleep(0, sum(n.count for n in heard) == 6),
-                         what="backlog notices")  # fmt: skip
+        await eventually(
+            lambda: asyncio.sleep(0, sum(n.count for n in heard) == 6), what="backlog notices"
+        )
     finally:
         await announcer.close()
         await sub.unsubscribe()
@@ -167,8 +177,14 @@ async def test_an_idle_rescan_pulls_only_bands_that_hold_messages(
 ) -> None:
     await _bind(bus, "quiet")
     silent = Task(task_id="silent-p7", capability="quiet", priority=7)
-    intake = Intake(bus, ["quiet"], max_concurrency=1, rescan_s=0.2, pull_timeout_s=2.0,
-                    dispatch=lambda cap, msg: None)  # fmt: skip
+    intake = Intake(
+        bus,
+        ["quiet"],
+        max_concurrency=1,
+        rescan_s=0.2,
+        pull_timeout_s=2.0,
+        dispatch=lambda cap, msg: None,
+    )
     await intake.start()
     runner = asyncio.create_task(intake.run())
     try:

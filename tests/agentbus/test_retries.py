@@ -107,8 +107,7 @@ def test_backoff_is_exponential_capped_and_jittered_within_bounds() -> None:
 async def test_retryable_failures_back_off_then_succeed(bus: Bus) -> None:
     calls = Calls()
     async with scheduler(bus) as s, running(flaky_agent(calls), bus):
-        await s.client.submit("work", Job(fail_times=2), task_id="r1", max_attempts=4,
-                              backoff=FAST)  # fmt: skip
+        await s.client.submit("work", Job(fail_times=2), task_id="r1", max_attempts=4, backoff=FAST)
         record = await s.client.wait("r1", timeout_s=30)
 
     assert record.status == "succeeded"
@@ -136,8 +135,9 @@ async def test_retryable_failures_back_off_then_succeed(bus: Bus) -> None:
 async def test_fatal_error_fails_at_once_and_leaves_the_queue(bus: Bus) -> None:
     calls = Calls()
     async with scheduler(bus) as s, running(flaky_agent(calls), bus):
-        await s.client.submit("work", Job(fail_times=5, error="fatal"), task_id="f1",
-                              max_attempts=5, backoff=FAST)  # fmt: skip
+        await s.client.submit(
+            "work", Job(fail_times=5, error="fatal"), task_id="f1", max_attempts=5, backoff=FAST
+        )
         record = await s.client.wait("f1", timeout_s=30)
         assert await eventually(lambda: _empty(bus), what="work stream empty")
         await asyncio.sleep(1.0)  # no redelivery follows a term
@@ -152,10 +152,8 @@ async def test_fatal_error_fails_at_once_and_leaves_the_queue(bus: Bus) -> None:
 async def test_other_exceptions_retry_but_bad_input_fails_at_once(bus: Bus) -> None:
     calls = Calls()
     async with scheduler(bus) as s, running(flaky_agent(calls), bus):
-        await s.client.submit("work", Job(fail_times=1, error="value"), task_id="v1",
-                              backoff=FAST)  # fmt: skip
-        await s.client.submit("work", {"fail_times": "not a number"}, task_id="bad",
-                              backoff=FAST)  # fmt: skip
+        await s.client.submit("work", Job(fail_times=1, error="value"), task_id="v1", backoff=FAST)
+        await s.client.submit("work", {"fail_times": "not a number"}, task_id="bad", backoff=FAST)
         flaky = await s.client.wait("v1", timeout_s=30)
         bad = await s.client.wait("bad", timeout_s=30)
     assert flaky.status == "succeeded" and calls.attempts("v1") == [1, 2]
@@ -170,8 +168,9 @@ async def test_exhausted_attempts_end_dead_with_every_error(bus: Bus) -> None:
     calls = Calls()
     agent = flaky_agent(calls)
     async with scheduler(bus) as s, running(agent, bus):
-        await s.client.submit("work", Job(fail_times=99), task_id="d1", max_attempts=3,
-                              backoff=FAST)  # fmt: skip
+        await s.client.submit(
+            "work", Job(fail_times=99), task_id="d1", max_attempts=3, backoff=FAST
+        )
         record = await s.client.wait("d1", timeout_s=30)
         assert await eventually(lambda: _empty(bus), what="work stream empty")
         dead = await s.client.dead_tasks()

@@ -65,9 +65,13 @@ async def test_streams_made_without_limits_get_them(bus_settings: BusSettings) -
     try:
         n = bus.names
         await bus.js.add_stream(
-            StreamConfig(name=n.results_stream, subjects=[n.results_all()],
-                         retention=RetentionPolicy.WORK_QUEUE, storage=StorageType.FILE)
-        )  # fmt: skip
+            StreamConfig(
+                name=n.results_stream,
+                subjects=[n.results_all()],
+                retention=RetentionPolicy.WORK_QUEUE,
+                storage=StorageType.FILE,
+            )
+        )
         await bus.ensure()
         config = (await bus.js.stream_info(n.results_stream)).config
         assert (config.max_age, config.max_bytes, config.discard) == (

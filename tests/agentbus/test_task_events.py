@@ -47,15 +47,29 @@ async def test_history_replays_every_transition_of_one_task(
         result = await asyncio.to_thread(
             CliRunner().invoke,
             app,
-            ["task", "h1", "--history", "--nats-url", bus_settings.nats_url,
-             "--prefix", bus_settings.prefix],
-        )  # fmt: skip
+            [
+                "task",
+                "h1",
+                "--history",
+                "--nats-url",
+                bus_settings.nats_url,
+                "--prefix",
+                bus_settings.prefix,
+            ],
+        )
         missing = await asyncio.to_thread(
             CliRunner().invoke,
             app,
-            ["task", "nope", "--history", "--nats-url", bus_settings.nats_url,
-             "--prefix", bus_settings.prefix],
-        )  # fmt: skip
+            [
+                "task",
+                "nope",
+                "--history",
+                "--nats-url",
+                bus_settings.nats_url,
+                "--prefix",
+                bus_settings.prefix,
+            ],
+        )
 
     assert [(e.status, e.attempt) for e in history] == [
         ("queued", 0),

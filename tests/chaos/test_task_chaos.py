@@ -188,9 +188,9 @@ async def test_tasks_survive_agent_scheduler_and_nats_crashes(tmp_path: Path) ->
     try:
         bus = await Bus.connect(BusSettings(nats_url=server.client_url, prefix=PREFIX))
         # The observation device: a task bucket that keeps every revision of a record.
-        await bus.js.create_key_value(KeyValueConfig(
-            bus.names.tasks_bucket, history=64, ttl=TASK_RECORD_TTL_S, direct=True
-        ))  # fmt: skip
+        await bus.js.create_key_value(
+            KeyValueConfig(bus.names.tasks_bucket, history=64, ttl=TASK_RECORD_TTL_S, direct=True)
+        )
         await bus.ensure()
         chaos = Chaos(tmp_path, server, seed)
         await _run(bus, chaos, random.Random(seed + 1))
@@ -301,8 +301,9 @@ async def _run(bus: Bus, chaos: Chaos, rng: random.Random) -> None:
 async def _scheduler_answers(bus: Bus) -> None:
     async def probe() -> bool:
         try:
-            await bus.request(bus.names.endpoint("scheduler", "get"), GetTask(task_id="x"),
-                              TaskReply, timeout_s=2)  # fmt: skip
+            await bus.request(
+                bus.names.endpoint("scheduler", "get"), GetTask(task_id="x"), TaskReply, timeout_s=2
+            )
         except NotFoundError:
             return True
         except UnavailableError:

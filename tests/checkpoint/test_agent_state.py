@@ -23,8 +23,7 @@ from tests._helpers import eventually
 from tests.agentbus._flow import agent_on
 from tests.checkpoint._helpers import Service
 
-FAST: dict[str, Any] = {"lease_s": 2.0, "fetch_timeout_s": 0.5, "heartbeat_s": 0.5,
-                        "rescan_s": 0.3}  # fmt: skip
+FAST: dict[str, Any] = {"lease_s": 2.0, "fetch_timeout_s": 0.5, "heartbeat_s": 0.5, "rescan_s": 0.3}
 
 
 def settings(**kw: Any) -> AgentSettings:
@@ -32,8 +31,9 @@ def settings(**kw: Any) -> AgentSettings:
 
 
 async def publish(bus: Bus, capability: str, task_id: str, value: Any) -> None:
-    task = Task(task_id=task_id, capability=capability, input=msgspec.Raw(encode(value)),
-                max_attempts=5)  # fmt: skip
+    task = Task(
+        task_id=task_id, capability=capability, input=msgspec.Raw(encode(value)), max_attempts=5
+    )
     await bus.js.publish(bus.names.task_subject(capability), encode(task))
 
 

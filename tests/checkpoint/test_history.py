@@ -88,8 +88,9 @@ async def test_fork_from_any_checkpoint_copies_the_state(
 ) -> None:
     chain = await _chain(client, "main", 3, size=2 * 1024 * 1024)  # data in the Object Store
     source = await client.get("main", chain[1].checkpoint_id)
-    fork = await client.fork("main", "experiment", checkpoint_id=chain[1].checkpoint_id,
-                             metadata={"why": "try"})  # fmt: skip
+    fork = await client.fork(
+        "main", "experiment", checkpoint_id=chain[1].checkpoint_id, metadata={"why": "try"}
+    )
     assert (fork.version, fork.parent_id) == (1, None)
     assert fork.forked_from is not None
     assert (fork.forked_from.thread_id, fork.forked_from.checkpoint_id) == (

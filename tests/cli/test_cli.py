@@ -30,9 +30,11 @@ def invoke(*args: str) -> tuple[int, str, str]:
 def write_state(home: Path, *, nats_url: str, prefix: str, pid: int) -> None:
     home.mkdir(parents=True, exist_ok=True)
     state = EmbeddedState(
-        nats_url=nats_url, gateway_url="http://127.0.0.1:1", prefix=prefix,
+        nats_url=nats_url,
+        gateway_url="http://127.0.0.1:1",
+        prefix=prefix,
         pids={"nats-server": pid},
-    )  # fmt: skip
+    )
     (home / "embedded.json").write_bytes(msgspec.json.encode(state))
 
 
@@ -119,8 +121,14 @@ def test_stale_state_file_is_ignored(agentbus_home: Path) -> None:
 @pytest.mark.nats
 async def test_task_prints_the_record(nats_url: str, prefix: str, bus: Bus) -> None:
     now = datetime.now(UTC)
-    record = TaskRecord(task_id="t1", capability="echo", status="succeeded", created_at=now,
-                        updated_at=now, output=msgspec.Raw(b'{"ok":true}'))  # fmt: skip
+    record = TaskRecord(
+        task_id="t1",
+        capability="echo",
+        status="succeeded",
+        created_at=now,
+        updated_at=now,
+        output=msgspec.Raw(b'{"ok":true}'),
+    )
     kv = await bus.kv(bus.names.tasks_bucket)
     await kv.put("t1", encode(record))
     code, out, err = await asyncio.to_thread(

@@ -30,13 +30,17 @@ from tests.supervisor._helpers import running_supervisor
 pytestmark = [pytest.mark.nats, pytest.mark.timeout(180)]
 PY = sys.executable
 SLEEPER = [PY, "-c", "import time; print('up', flush=True); time.sleep(600)"]
-TALKER = [PY, "-u", "-c",
-          "import os, sys, time\n"
-          "me = os.environ['AGENTBUS_AGENT_ID']\n"
-          "for i in range(10000):\n"
-          "    print(f'{me} tick {i}', flush=True)\n"
-          "    if i % 5 == 0: print(f'{me} warn {i}', file=sys.stderr, flush=True)\n"
-          "    time.sleep(0.1)\n"]  # fmt: skip
+TALKER = [
+    PY,
+    "-u",
+    "-c",
+    "import os, sys, time\n"
+    "me = os.environ['AGENTBUS_AGENT_ID']\n"
+    "for i in range(10000):\n"
+    "    print(f'{me} tick {i}', flush=True)\n"
+    "    if i % 5 == 0: print(f'{me} warn {i}', file=sys.stderr, flush=True)\n"
+    "    time.sleep(0.1)\n",
+]
 CRASHER = [PY, "-c", "import sys; print('boom', flush=True); sys.exit(3)"]
 
 
@@ -80,16 +84,24 @@ class Fleet:
 
     async def states(self, name: str | None = None) -> dict[str, tuple[str, str | None]]:
         """``{"<deployment>/<replica>": (state, node)}`` of the desired replicas."""
-        return {f"{r['deployment']}/{r['replica']}": (r["state"], r["node_id"])
-                for r in await self.ps(name) if r["desired"]}  # fmt: skip
+        return {
+            f"{r['deployment']}/{r['replica']}": (r["state"], r["node_id"])
+            for r in await self.ps(name)
+            if r["desired"]
+        }
 
 
 @pytest.fixture
 async def fleet(bus: Bus, nats_url: str, prefix: str, tmp_path: Path) -> AsyncIterator[Fleet]:
     def node(node_id: str, zone: str) -> SupervisorSettings:
-        return SupervisorSettings(node_id=node_id, runtime="process", heartbeat_s=0.2,
-                                  stop_grace_s=2.0, labels={"zone": zone},
-                                  capacity_cpus=4.0)  # fmt: skip
+        return SupervisorSettings(
+            node_id=node_id,
+            runtime="process",
+            heartbeat_s=0.2,
+            stop_grace_s=2.0,
+            labels={"zone": zone},
+            capacity_cpus=4.0,
+        )
 
     async with (
         running_scheduler(bus),
@@ -100,8 +112,13 @@ async def fleet(bus: Bus, nats_url: str, prefix: str, tmp_path: Path) -> AsyncIt
         # Placement must see both nodes first (its KV mirror lags the heartbeats a bit),
         # else a spread deployment lands on one node and, running, is never moved.
         client = Client(bus)
-        probe = Deployment(name="probe", replicas=2, command=[PY, "-c", "pass"],
-                           restart_policy="never", heartbeat_timeout_s=None)  # fmt: skip
+        probe = Deployment(
+            name="probe",
+            replicas=2,
+            command=[PY, "-c", "pass"],
+            restart_policy="never",
+            heartbeat_timeout_s=None,
+        )
 
         async def both_nodes_placed() -> bool:
             reply = await client.deploy(probe)
@@ -158,10 +175,14 @@ async def test_apply_ps_scale_prune_delete(fleet: Fleet) -> None:
     code, out, _ = await fleet.apply(text)
     assert (code, "= sleepy", "1 unchanged" in out or "2 unchanged" in out) == (0, "= sleepy", True)
     edited = fleet_yaml(
-        sleepy={"command": SLEEPER, "replicas": 3, "resources": {"cpus": "500m"},
-                "env": {"SECRET": "s3cr3t"}},
+        sleepy={
+            "command": SLEEPER,
+            "replicas": 3,
+            "resources": {"cpus": "500m"},
+            "env": {"SECRET": "s3cr3t"},
+        },
         zoned={"command": SLEEPER, "node_selector": {"zone": "b"}},
-    )  # fmt: skip
+    )
     code, out, err = await fleet.apply(edited)
     assert code == 0, err
     assert "~ sleepy" in out and "replicas: 1 → 3" not in out
@@ -179,8 +200,10 @@ async def test_apply_ps_scale_prune_delete(fleet: Fleet) -> None:
     async def scaled() -> bool:
         rows = await fleet.ps()
         return sorted(f"{r['deployment']}/{r['replica']}" for r in rows) == [
-            "sleepy/0", "zoned/0", "zoned/1"
-        ] and all(r["state"] == "running" for r in rows)  # fmt: skip
+            "sleepy/0",
+            "zoned/0",
+            "zoned/1",
+        ] and all(r["state"] == "running" for r in rows)
 
     await eventually(scaled, timeout_s=60, what="scaled to sleepy=1 zoned=2")
     assert len(await fleet.ps("sleepy")) == 1
@@ -233,8 +256,12 @@ async def test_scheduler_applies_the_spec_checks(bus: Bus) -> None:
     """A client that skips the file loader meets the same checks in the scheduler."""
     client = Client(bus)
     async with running_scheduler(bus):
-        bad = Deployment(name="web", image="x", backoff=Backoff(initial_s=5, max_s=1),
-                         env={"AGENTBUS_PREFIX": "other"})  # fmt: skip
+        bad = Deployment(
+            name="web",
+            image="x",
+            backoff=Backoff(initial_s=5, max_s=1),
+            env={"AGENTBUS_PREFIX": "other"},
+        )
         with pytest.raises(ContractError) as info:
             await client.deploy(bad)
         assert str(info.value) == (
@@ -246,9 +273,12 @@ async def test_scheduler_applies_the_spec_checks(bus: Bus) -> None:
 
 async def test_ps_shows_crash_loop(fleet: Fleet) -> None:
     # Marked after 3 quick restarts, then retried at the cap (30 s): the state holds.
-    crash = {"command": CRASHER, "backoff": {"initial": "50ms", "max": "30s"},
-             "crash_loop": {"max_restarts": 3, "window": "1m"},
-             "node_selector": {"zone": "a"}}  # fmt: skip
+    crash = {
+        "command": CRASHER,
+        "backoff": {"initial": "50ms", "max": "30s"},
+        "crash_loop": {"max_restarts": 3, "window": "1m"},
+        "node_selector": {"zone": "a"},
+    }
     code, _, err = await fleet.apply(fleet_yaml(crash=crash))
     assert code == 0, err
 
@@ -271,14 +301,22 @@ async def test_logs_follow_live_across_nodes(fleet: Fleet) -> None:
     async def on_both_nodes() -> bool:
         states = await fleet.states("talk")
         return {node for state, node in states.values() if state == "running"} == {
-            "node-a", "node-b"
-        }  # fmt: skip
+            "node-a",
+            "node-b",
+        }
 
     await eventually(on_both_nodes, timeout_s=60, what="talkers running on both nodes")
     proc = await asyncio.create_subprocess_exec(
-        PY, "-m", "agentbus.cli", "logs", "-f", "talk", *fleet.conn,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+        PY,
+        "-m",
+        "agentbus.cli",
+        "logs",
+        "-f",
+        "talk",
+        *fleet.conn,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     assert proc.stdout is not None and proc.stderr is not None
     try:
         seen: dict[str, int] = {}

@@ -48,9 +48,18 @@ def one(body: str) -> str:
 # -- units ------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("value", "seconds"),
-    [(30, 30.0), (1.5, 1.5), ("45", 45.0), ("500ms", 0.5), ("30s", 30.0), ("2m", 120.0),
-     ("1h30m", 5400.0), ("1m30s", 90.0), ("0s", 0.0)],
-)  # fmt: skip
+    [
+        (30, 30.0),
+        (1.5, 1.5),
+        ("45", 45.0),
+        ("500ms", 0.5),
+        ("30s", 30.0),
+        ("2m", 120.0),
+        ("1h30m", 5400.0),
+        ("1m30s", 90.0),
+        ("0s", 0.0),
+    ],
+)
 def test_durations(value: object, seconds: float) -> None:
     assert parse_duration_s(value) == seconds
 
@@ -63,10 +72,20 @@ def test_bad_durations(value: object) -> None:
 
 @pytest.mark.parametrize(
     ("value", "size"),
-    [(4096, 4096), ("512Mi", 512 * 2**20), ("1Gi", 2**30), ("1G", 10**9), ("500M", 5 * 10**8),
-     ("64KiB", 65536), ("64k", 64000), ("1.5Gi", 3 * 2**29), ("100", 100), ("2MB", 2 * 10**6),
-     ("1Ti", 2**40)],
-)  # fmt: skip
+    [
+        (4096, 4096),
+        ("512Mi", 512 * 2**20),
+        ("1Gi", 2**30),
+        ("1G", 10**9),
+        ("500M", 5 * 10**8),
+        ("64KiB", 65536),
+        ("64k", 64000),
+        ("1.5Gi", 3 * 2**29),
+        ("100", 100),
+        ("2MB", 2 * 10**6),
+        ("1Ti", 2**40),
+    ],
+)
 def test_sizes(value: object, size: int) -> None:
     assert parse_size_bytes(value) == size
 
@@ -92,8 +111,11 @@ def test_formatting_inverts_parsing() -> None:
     for text in ("512Mi", "1Gi", "1.5Gi", "64Ki"):
         assert format_size_bytes(parse_size_bytes(text)) == text
     assert [format_duration_s(s) for s in (42, 192, 7500, 273600)] == [
-        "42s", "3m12s", "2h05m", "3d04h"
-    ]  # fmt: skip
+        "42s",
+        "3m12s",
+        "2h05m",
+        "3d04h",
+    ]
 
 
 # -- the shape ---------------------------------------------------------------------------
@@ -136,15 +158,23 @@ restart_policy: on-failure
     assert d.heartbeat_timeout_s is None
     assert d.node_selector == {"zone": "a", "tier": "2"}
     assert (d.spread, d.stop_grace_s, d.max_concurrency, d.restart_policy) == (
-        "none", 20.0, 4, "on-failure"
-    )  # fmt: skip
+        "none",
+        20.0,
+        4,
+        "on-failure",
+    )
 
 
 def test_suffixed_names_take_plain_numbers_and_both_forms_are_equal() -> None:
-    short = parse_fleet(one("command: [run]\nstop_grace: 1m\nlimits: {memory: 8Mi}\n"
-                            "resources: {memory: 64Ki}"))  # fmt: skip
-    long = parse_fleet(one("command: [run]\nstop_grace_s: 60\nlimits: {memory_bytes: 8388608}\n"
-                           "resources: {memory_bytes: 65536}"))  # fmt: skip
+    short = parse_fleet(
+        one("command: [run]\nstop_grace: 1m\nlimits: {memory: 8Mi}\nresources: {memory: 64Ki}")
+    )
+    long = parse_fleet(
+        one(
+            "command: [run]\nstop_grace_s: 60\nlimits: {memory_bytes: 8388608}\n"
+            "resources: {memory_bytes: 65536}"
+        )
+    )
     assert short.deployments == long.deployments
     assert errors_of(one("command: [run]\nstop_grace: 1m\nstop_grace_s: 60")) == [
         "fleet.yaml:5: deployments.web.stop_grace_s: given twice (also as 'stop_grace_s' or its "
@@ -255,14 +285,22 @@ IMPOSSIBLE = [
     ("image: ''", "image: needs an image or a command"),
     ("image: a\ncommand: []", "command: must not be empty"),
     ("command: [run]\nimage_command: [x]", "image_command: needs an image"),
-    ("image: a\nbackoff: {initial: 1m, max: 10s}",
-     "backoff.initial: 60 s is above the cap max_s = 10 s"),
-    ("image: a\nlimits: {cpus: 0.5}\nresources: {cpus: 1}",
-     "resources.cpus: 1 declared is above limits.cpus = 0.5"),
-    ("image: a\nlimits: {memory: 64Mi}\nresources: {memory: 128Mi}",
-     "resources.memory: 134217728 is above limits.memory_bytes = 67108864"),
-    ("image: a\ncapabilities: [echo, Not Ok]",
-     "capabilities[1]: capability 'Not Ok' is not a valid token"),
+    (
+        "image: a\nbackoff: {initial: 1m, max: 10s}",
+        "backoff.initial: 60 s is above the cap max_s = 10 s",
+    ),
+    (
+        "image: a\nlimits: {cpus: 0.5}\nresources: {cpus: 1}",
+        "resources.cpus: 1 declared is above limits.cpus = 0.5",
+    ),
+    (
+        "image: a\nlimits: {memory: 64Mi}\nresources: {memory: 128Mi}",
+        "resources.memory: 134217728 is above limits.memory_bytes = 67108864",
+    ),
+    (
+        "image: a\ncapabilities: [echo, Not Ok]",
+        "capabilities[1]: capability 'Not Ok' is not a valid token",
+    ),
     ("image: a\nenv: {AGENTBUS_AGENT_ID: x}", "env.AGENTBUS_AGENT_ID: is set by the supervisor"),
     ("image: a\nenv: {1BAD: x}", "env.1BAD: is not a valid environment variable name"),
     ("image: a\nenv: {DEBUG: yes}", "env: value of 'DEBUG' is True: quote it"),
@@ -271,15 +309,17 @@ IMPOSSIBLE = [
     ("image: a\nhealth: {command: []}", "health.command: must not be empty"),
     ("image: a\nhealth: {command: [true]}", "health.command: argv item True is not a string"),
     ("image: a\nhealth: {interval: 5s}", "health: object missing required field command"),
-    ("image: a\ncommand: \"run 'x\"", "command: cannot split the command line"),
+    ('image: a\ncommand: "run \'x"', "command: cannot split the command line"),
     ("image: a\ncommand: {run: x}", "command: expected an argv list or a shell-quoted string"),
     ("image: a\nlimits: 512Mi", "limits: expected a mapping, got a string"),
     ("image: a\nspread: zone", "spread: expected one of 'node', 'none', got 'zone'"),
-    ("image: a\nrestart_policy: sometimes",
-     "restart_policy: expected one of 'always', 'on-failure', 'never', got 'sometimes'"),
+    (
+        "image: a\nrestart_policy: sometimes",
+        "restart_policy: expected one of 'always', 'on-failure', 'never', got 'sometimes'",
+    ),
     ("image: a\nlimits: {memroy: 1Gi}", "limits.memroy: unknown field (did you mean 'memory'?)"),
     ("image: a\ntype: Deployment", "type: unknown field; known: backoff,"),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(("body", "error"), IMPOSSIBLE)
@@ -341,12 +381,21 @@ def test_dump_leaves_defaults_out() -> None:
 
 def test_changed_fields_hides_env_values() -> None:
     old = Deployment(name="web", image="a", env={"TOKEN": "s1", "GONE": "x"})
-    new = Deployment(name="web", image="b", replicas=3, env={"TOKEN": "s2", "NEW": "y"},
-                     limits=Limits(memory_bytes=2**30))  # fmt: skip
+    new = Deployment(
+        name="web",
+        image="b",
+        replicas=3,
+        env={"TOKEN": "s2", "NEW": "y"},
+        limits=Limits(memory_bytes=2**30),
+    )
     assert changed_fields(old, new) == [
-        "replicas: 1 → 3", "image: 'a' → 'b'", "env.TOKEN changed", "env.GONE removed",
-        "limits.memory_bytes: None → 1073741824", "env.NEW added",
-    ]  # fmt: skip
+        "replicas: 1 → 3",
+        "image: 'a' → 'b'",
+        "env.TOKEN changed",
+        "env.GONE removed",
+        "limits.memory_bytes: None → 1073741824",
+        "env.NEW added",
+    ]
 
 
 # -- the CLI on a bad file ------------------------------------------------------------------
@@ -381,8 +430,13 @@ def test_apply_warns_only_about_an_image_no_docker_node_has() -> None:
     now = utcnow()
 
     def node(runtime: str, images: list[str]) -> NodeInfo:
-        return NodeInfo(node_id="n", runtime=runtime, started_at=now, heartbeat_at=now,  # type: ignore[arg-type]
-                        images=images)  # fmt: skip
+        return NodeInfo(
+            node_id="n",
+            runtime=runtime,
+            started_at=now,
+            heartbeat_at=now,  # type: ignore[arg-type]
+            images=images,
+        )
 
     assert image_ref("python") == "python:latest"
     assert image_ref("docker.io/library/python:3") == "python:3"

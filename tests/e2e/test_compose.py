@@ -21,8 +21,9 @@ NODE_LABEL = "agentbus.node=compose-node-1"
 
 
 def just(*args: str, timeout_s: float = 420) -> None:
-    done = subprocess.run(["just", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout_s, check=False)  # fmt: skip
+    done = subprocess.run(
+        ["just", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout_s, check=False
+    )
     assert done.returncode == 0, f"just {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
 
 
@@ -37,8 +38,9 @@ def compose_stack(agent_image: str) -> Iterator[None]:
 
 def echo_deployment(name: str) -> Deployment:
     command = ["python", "-m", "agentbus.agents.echo"]
-    return Deployment(name=name, image="agentbus/agent:dev", image_command=command,
-                      capabilities=["echo"])  # fmt: skip
+    return Deployment(
+        name=name, image="agentbus/agent:dev", image_command=command, capabilities=["echo"]
+    )
 
 
 async def containers(label: str) -> list[str]:

@@ -100,9 +100,13 @@ def test_python_files_skips_site_packages_and_symlinks(tree: Path) -> None:
 async def test_failed_task_becomes_an_error_entry() -> None:
     now = datetime.now(UTC)
     record = TaskRecord(
-        task_id="t", capability="review", status="dead", created_at=now, updated_at=now,
+        task_id="t",
+        capability="review",
+        status="dead",
+        created_at=now,
+        updated_at=now,
         error=ErrorInfo(error_type="RuntimeError", message="agent crashed\nbadly"),
-    )  # fmt: skip
+    )
     report = await _report(None, record, "a/b.py")  # type: ignore[arg-type]
     assert report.path == "a/b.py"
     assert report.status == "error"
@@ -115,10 +119,22 @@ async def test_demo_on_an_embedded_stack(tree: Path, tmp_path: Path) -> None:
     async with EmbeddedStack(runtime="process", prefix="e2edemo") as stack:
         env = {**os.environ, "AGENTBUS_NATS_URL": stack.nats_url, "AGENTBUS_PREFIX": "e2edemo"}
         proc = await asyncio.create_subprocess_exec(
-            *CLI, "demo", "review", str(tree), "--replicas", "2", "--runtime", "process",
-            "--json", str(out), "--timeout-s", "120",
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            *CLI,
+            "demo",
+            "review",
+            str(tree),
+            "--replicas",
+            "2",
+            "--runtime",
+            "process",
+            "--json",
+            str(out),
+            "--timeout-s",
+            "120",
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
         stdout, _ = await asyncio.wait_for(proc.communicate(), 180)
         text = stdout.decode()
         assert proc.returncode == 0, text
@@ -142,10 +158,25 @@ def test_demo_starts_its_own_stack(tree: Path, tmp_path: Path, agentbus_home: Pa
     env = {**os.environ, "AGENTBUS_NATS_URL": f"nats://127.0.0.1:{free_port()}"}
     env["AGENTBUS_HOME"] = str(agentbus_home)
     proc = subprocess.Popen(
-        [*CLI, "demo", "review", str(tree), "--replicas", "1", "--runtime", "process",
-         "--json", str(out), "--timeout-s", "120"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        [
+            *CLI,
+            "demo",
+            "review",
+            str(tree),
+            "--replicas",
+            "1",
+            "--runtime",
+            "process",
+            "--json",
+            str(out),
+            "--timeout-s",
+            "120",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         text, _ = proc.communicate(timeout=180)
     finally:

@@ -53,8 +53,9 @@ def _run_cli(
 def check_fleet_commands(env: dict[str, str]) -> None:
     """deploy, agents, submit --wait, task and undeploy against the running stack."""
     command = f"{sys.executable} -m agentbus.agents.echo"
-    dep = _run_cli("deploy", "echoes", "--command", command, "-c", "echo", "--replicas", "2",
-                   env=env)  # fmt: skip
+    dep = _run_cli(
+        "deploy", "echoes", "--command", command, "-c", "echo", "--replicas", "2", env=env
+    )
     assert dep.returncode == 0, dep.stdout + dep.stderr
     assert NODE_ID in dep.stdout
     deadline = time.monotonic() + 60
@@ -70,8 +71,9 @@ def check_fleet_commands(env: dict[str, str]) -> None:
     assert record["output"] == {"hello": [1, 2]}
     again = _run_cli("task", record["task_id"], env=env)
     assert json.loads(again.stdout)["output"] == {"hello": [1, 2]}
-    failed = _run_cli("submit", "echo", '{"fail": "boom"}', "--wait", "--max-attempts", "1",
-                      env=env)  # fmt: skip
+    failed = _run_cli(
+        "submit", "echo", '{"fail": "boom"}', "--wait", "--max-attempts", "1", env=env
+    )
     assert failed.returncode == 1, failed.stdout + failed.stderr
     assert "boom" in json.loads(failed.stdout)["error"]["message"]
     gone = _run_cli("undeploy", "echoes", env=env)
@@ -83,8 +85,11 @@ def test_embedded_command_writes_state_and_stops_on_sigint(agentbus_home: Path) 
     state_file = agentbus_home / "embedded.json"
     proc = subprocess.Popen(
         [*CLI, "embedded", "--runtime", "process", "--prefix", "e2ecli"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         state = _wait_state(state_file, proc)
         assert state["prefix"] == "e2ecli"
@@ -115,8 +120,11 @@ def test_embedded_command_writes_state_and_stops_on_sigint(agentbus_home: Path) 
 def _start_embedded(env: dict[str, str], prefix: str, *extra: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [*CLI, "embedded", "--runtime", "process", "--prefix", prefix, *extra],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _wait_state(path: Path, proc: subprocess.Popen[str], timeout_s: float = 90) -> dict[str, Any]:
@@ -166,13 +174,17 @@ def test_a_second_stack_refuses_or_keeps_its_own_state_file(agentbus_home: Path)
         assert other_state["nats_url"] != state["nats_url"]
 
         # the environment's URL wins over the state file, and the CLI says so
-        both = {**env, "AGENTBUS_NATS_URL": str(other_state["nats_url"]),
-                "AGENTBUS_PREFIX": "e2eother"}  # fmt: skip
+        both = {
+            **env,
+            "AGENTBUS_NATS_URL": str(other_state["nats_url"]),
+            "AGENTBUS_PREFIX": "e2eother",
+        }
         ping = _run_cli("ping", env=both)
         assert ping.returncode == 0, ping.stdout + ping.stderr
         assert "AGENTBUS_NATS_URL" in ping.stderr and str(state["nats_url"]) in ping.stderr
-        explicit = _run_cli("ping", "--nats-url", str(other_state["nats_url"]),
-                            "--prefix", "e2eother", env=env)  # fmt: skip
+        explicit = _run_cli(
+            "ping", "--nats-url", str(other_state["nats_url"]), "--prefix", "e2eother", env=env
+        )
         assert explicit.returncode == 0 and explicit.stderr == "", explicit.stderr
 
         # stopping one removes only its own state file
@@ -194,13 +206,24 @@ def test_a_stale_state_file_is_taken_over(agentbus_home: Path) -> None:
     env = {**os.environ, "AGENTBUS_HOME": str(agentbus_home)}
     state_file = agentbus_home / "embedded.json"
     agentbus_home.mkdir(parents=True, exist_ok=True)
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)  # fmt: skip
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     dead_pid = int(dead.stdout)
-    state_file.write_text(json.dumps({
-        "nats_url": "nats://127.0.0.1:4999", "gateway_url": "", "prefix": "x",
-        "pids": {"nats-server": dead_pid}, "owner_pid": dead_pid,
-    }))  # fmt: skip
+    state_file.write_text(
+        json.dumps(
+            {
+                "nats_url": "nats://127.0.0.1:4999",
+                "gateway_url": "",
+                "prefix": "x",
+                "pids": {"nats-server": dead_pid},
+                "owner_pid": dead_pid,
+            }
+        )
+    )
     proc = _start_embedded(env, "e2estale")
     try:
         state = _wait_state(state_file, proc)

@@ -28,8 +28,13 @@ SHORT_LEASE = {"AGENTBUS_AGENT_LEASE_S": "3", "AGENTBUS_AGENT_FETCH_TIMEOUT_S": 
 
 
 def echo_deployment(runtime: str, image: str, replicas: int) -> Deployment:
-    common = {"name": "echo", "replicas": replicas, "capabilities": ["echo"],
-              "env": SHORT_LEASE, "backoff": Backoff(initial_s=0.2)}  # fmt: skip
+    common = {
+        "name": "echo",
+        "replicas": replicas,
+        "capabilities": ["echo"],
+        "env": SHORT_LEASE,
+        "backoff": Backoff(initial_s=0.2),
+    }
     if runtime == "docker":
         return Deployment(image=image, image_command=ECHO, **common)  # type: ignore[arg-type]
     return Deployment(command=[sys.executable, *ECHO[1:]], **common)  # type: ignore[arg-type]

@@ -91,9 +91,13 @@ async def test_python_blocks_run_as_written(stack: EmbeddedStack, tmp_path: Path
     (tmp_path / "summarize.py").write_text(caller_code)
     env = stack_env(stack, tmp_path)
     agent = await asyncio.create_subprocess_exec(
-        sys.executable, "summarizer.py", cwd=tmp_path, env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        sys.executable,
+        "summarizer.py",
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         out = await run([sys.executable, "summarize.py"], env, tmp_path)
     finally:

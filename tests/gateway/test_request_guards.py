@@ -54,8 +54,9 @@ async def test_json_content_types_are_accepted(gateway: Gateway, content_type: s
     ],
 )
 async def test_cross_site_requests_are_403(gateway: Gateway, headers: dict[str, str]) -> None:
-    r = await gateway.http.post("/v1/tasks", content=TASK, headers={
-        "content-type": "application/json", **headers})  # fmt: skip
+    r = await gateway.http.post(
+        "/v1/tasks", content=TASK, headers={"content-type": "application/json", **headers}
+    )
     assert r.status_code == 403, r.text
     assert r.json()["error"]["code"] == "forbidden"
     assert requests_counted(gateway, "POST", "/v1/tasks", 403) == 1

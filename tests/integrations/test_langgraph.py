@@ -124,9 +124,17 @@ async def test_sync_methods_run_from_another_thread(bus: Bus, svc: Service) -> N
 async def _run_graph(bus: Bus, thread: str, mode: str) -> tuple[int, dict[str, Any]]:
     url = bus.settings.nats_url
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.integrations._graph", url, bus.names.prefix, thread, mode,
-        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+        sys.executable,
+        "-m",
+        "tests.integrations._graph",
+        url,
+        bus.names.prefix,
+        thread,
+        mode,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), 90)
     finally:

@@ -25,9 +25,13 @@ async def test_echo_agent_joins_and_leaves(
         "AGENTBUS_AGENT_NODE_ID": "node-x",
     }
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "agentbus.agents.echo", env=env,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
+        sys.executable,
+        "-m",
+        "agentbus.agents.echo",
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
     try:
 
         async def listed() -> bool:

@@ -246,9 +246,10 @@ async def _events_of(bus: Bus, entity: str, kind: str) -> list[bytes]:
     if not count:
         return []
     sub = await bus.js.subscribe(
-        bus.names.event_subject(entity, kind), ordered_consumer=True,
+        bus.names.event_subject(entity, kind),
+        ordered_consumer=True,
         deliver_policy=DeliverPolicy.ALL,
-    )  # fmt: skip
+    )
     try:
         return [(await sub.next_msg(timeout=5)).data for _ in range(count)]
     finally:

@@ -176,8 +176,9 @@ async def test_dead_tasks_listed_by_client_cli_and_http_then_resubmitted(
             assert code == 0
             listed = msgspec.json.decode(out, type=TasksReply)
             assert [t.task_id for t in listed.tasks] == ["b1", "a1"]
-            code, out = await _cli(bus_settings, "tasks", "--status", "dead", "--capability",
-                                   "beta")  # fmt: skip
+            code, out = await _cli(
+                bus_settings, "tasks", "--status", "dead", "--capability", "beta"
+            )
             assert code == 0 and "b1" in out and "a1" not in out and "backend down" in out
             code, _ = await _cli(bus_settings, "tasks", "--status", "bogus")
             assert code == 2

@@ -34,8 +34,11 @@ async def _record_only(bus: Bus, task_id: str, *, age_s: float = 0.0) -> TaskRec
 
 
 async def _publish(bus: Bus, record: TaskRecord) -> None:
-    await bus.js.publish(bus.names.task_subject("work"), encode(task_message(record)),
-                         headers={"Nats-Msg-Id": record.task_id})  # fmt: skip
+    await bus.js.publish(
+        bus.names.task_subject("work"),
+        encode(task_message(record)),
+        headers={"Nats-Msg-Id": record.task_id},
+    )
 
 
 @pytest.mark.parametrize("age_s", [0.0, 600.0], ids=["in-window", "past-window"])

@@ -67,11 +67,21 @@ def node(
 
 def echo(replicas: int, *, docker_image: str | None = None) -> Deployment:
     if docker_image:
-        return Deployment(name="echo", replicas=replicas, image=docker_image,
-                          image_command=["python", *ECHO_ARGS], capabilities=["echo"],
-                          env=FAST_AGENT)  # fmt: skip
-    return Deployment(name="echo", replicas=replicas, command=[sys.executable, *ECHO_ARGS],
-                      capabilities=["echo"], env=FAST_AGENT)  # fmt: skip
+        return Deployment(
+            name="echo",
+            replicas=replicas,
+            image=docker_image,
+            image_command=["python", *ECHO_ARGS],
+            capabilities=["echo"],
+            env=FAST_AGENT,
+        )
+    return Deployment(
+        name="echo",
+        replicas=replicas,
+        command=[sys.executable, *ECHO_ARGS],
+        capabilities=["echo"],
+        env=FAST_AGENT,
+    )
 
 
 async def live_agents(bus: Bus, deployment: str) -> dict[str, AgentInfo]:
@@ -151,10 +161,10 @@ async def test_spread_selector_resources_and_clean_node_loss(bus: Bus) -> None:
         running_supervisor(bus, node("node-a", "a", capacity_cpus=2.0)),
     ):
         async with running_supervisor(bus, node("node-b", "b", capacity_cpus=2.0)):
-            zoned = Deployment(name="zoned", replicas=2, command=SLEEP,
-                               node_selector={"zone": "b"})  # fmt: skip
-            heavy = Deployment(name="heavy", replicas=3, command=SLEEP,
-                               resources=Resources(cpus=1.5))  # fmt: skip
+            zoned = Deployment(name="zoned", replicas=2, command=SLEEP, node_selector={"zone": "b"})
+            heavy = Deployment(
+                name="heavy", replicas=3, command=SLEEP, resources=Resources(cpus=1.5)
+            )
 
             await deploy_spread(client, echo(4), {"node-a": 2, "node-b": 2})
             reply = await client.deploy(zoned)

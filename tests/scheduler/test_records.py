@@ -102,8 +102,15 @@ def test_reports_fetched_together_fold_into_one_write() -> None:
     record = _record("f-1")
     now = utcnow()
     started = TaskStarted(task_id="f-1", agent_id="a-1", attempt=1, started_at=now)
-    result = TaskResult(task_id="f-1", agent_id="a-1", attempt=1, status="succeeded",
-                        started_at=now, finished_at=now, ran=True)  # fmt: skip
+    result = TaskResult(
+        task_id="f-1",
+        agent_id="a-1",
+        attempt=1,
+        status="succeeded",
+        started_at=now,
+        finished_at=now,
+        ran=True,
+    )
     again = msgspec.structs.replace(result, agent_id="a-2")  # a duplicate from elsewhere
     msgs: list = [None, None, None]
     fold = _fold((record, 4), list(zip(msgs, [started, result, again], strict=True)), now=now)

@@ -25,9 +25,16 @@ def _result(
     task_id: str, *, agent: str, attempt: int, started_at: datetime | None = None
 ) -> TaskResult:
     now = utcnow()
-    return TaskResult(task_id=task_id, agent_id=agent, attempt=attempt, status="succeeded",
-                      started_at=started_at or now - timedelta(seconds=1), finished_at=now,
-                      output=msgspec.Raw(b'"ok"'), ran=True)  # fmt: skip
+    return TaskResult(
+        task_id=task_id,
+        agent_id=agent,
+        attempt=attempt,
+        status="succeeded",
+        started_at=started_at or now - timedelta(seconds=1),
+        finished_at=now,
+        output=msgspec.Raw(b'"ok"'),
+        ran=True,
+    )
 
 
 async def _report(bus: Bus, capability: str, report: TaskStarted | TaskResult) -> None:
@@ -89,11 +96,13 @@ async def test_a_slow_scheduler_renews_reports_it_is_still_applying(
 
 def _record(*attempts: tuple[int, str, int]) -> TaskRecord:
     base = utcnow()
-    record = TaskRecord(task_id="t", capability="c", status="queued", created_at=base,
-                        updated_at=base)  # fmt: skip
+    record = TaskRecord(
+        task_id="t", capability="c", status="queued", created_at=base, updated_at=base
+    )
     for number, agent, at_s in attempts:
-        started = TaskStarted(task_id="t", agent_id=agent, attempt=number,
-                              started_at=base + timedelta(seconds=at_s))  # fmt: skip
+        started = TaskStarted(
+            task_id="t", agent_id=agent, attempt=number, started_at=base + timedelta(seconds=at_s)
+        )
         updated, _ = apply_report(record, started, now=utcnow())
         assert updated is not None
         record = updated
@@ -102,19 +111,24 @@ def _record(*attempts: tuple[int, str, int]) -> TaskRecord:
 
 def test_a_delivery_count_that_started_over_is_renumbered_from_the_record() -> None:
     record = _record((1, "a1", 1), (2, "a2", 2))
-    again = TaskStarted(task_id="t", agent_id="a1", attempt=1,
-                        started_at=record.created_at + timedelta(seconds=3))  # fmt: skip
+    again = TaskStarted(
+        task_id="t", agent_id="a1", attempt=1, started_at=record.created_at + timedelta(seconds=3)
+    )
     renumbered, event = apply_report(record, again, now=utcnow())
     assert renumbered is not None and isinstance(event, object)
     assert [(a.number, a.agent_id, a.status) for a in renumbered.attempts] == [
-        (1, "a1", "lost"), (2, "a2", "lost"), (3, "a1", "running")
-    ]  # fmt: skip
+        (1, "a1", "lost"),
+        (2, "a2", "lost"),
+        (3, "a1", "running"),
+    ]
     result = _result("t", agent="a1", attempt=1, started_at=again.started_at)
     done, _ = apply_report(renumbered, result, now=utcnow())
     assert done is not None and done.status == "succeeded"
     assert [(a.number, a.status) for a in done.attempts] == [
-        (1, "lost"), (2, "lost"), (3, "succeeded")
-    ]  # fmt: skip
+        (1, "lost"),
+        (2, "lost"),
+        (3, "succeeded"),
+    ]
     # a redelivered report of a recorded delivery changes nothing
     assert apply_report(renumbered, again, now=utcnow()) == (None, None)
 
@@ -148,8 +162,9 @@ async def test_attempts_stay_complete_when_the_consumer_is_recreated(bus: Bus) -
             return seen if len(seen) == 2 else None
 
         assert await eventually(two_attempts, what="the second attempt recorded") == [
-            (1, "lost"), (2, "running")
-        ]  # fmt: skip
+            (1, "lost"),
+            (2, "running"),
+        ]
         result = _result("reset", agent="a1", attempt=1, started_at=again.started_at)
         await _report(bus, "work", result)
         await second.ack()

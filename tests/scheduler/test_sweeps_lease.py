@@ -57,8 +57,7 @@ async def true(value: bool) -> bool:
 
 async def expire_one(s: Sched, task_id: str) -> None:
     """Submit a task nobody serves with a deadline 1 s away; wait until it expired."""
-    await s.client.submit("nobody", None, task_id=task_id,
-                          deadline=utcnow() + timedelta(seconds=1))  # fmt: skip
+    await s.client.submit("nobody", None, task_id=task_id, deadline=utcnow() + timedelta(seconds=1))
     record = await s.client.wait(task_id, timeout_s=30)
     assert record.status == "expired"
 
@@ -75,8 +74,10 @@ async def test_two_schedulers_one_sweeps_and_a_clean_stop_hands_over(
                 await expire_one(b, "e1")  # submitted through b, swept by a
                 await asyncio.sleep(1.0)  # several sweep intervals with both up
                 assert await holder(bus) == "sched-a"
-                await eventually(lambda: true(a.metric(SWEPT, {"reason": "expired"}) == 1),
-                                 what="a deleted the expired message")  # fmt: skip
+                await eventually(
+                    lambda: true(a.metric(SWEPT, {"reason": "expired"}) == 1),
+                    what="a deleted the expired message",
+                )
                 assert a.metric(SWEEPS) > 0
                 assert b.metric(SWEEPS) == 0 and b.metric(HELD) == 0
                 assert b.metric(SWEPT, {"reason": "expired"}) == 0
@@ -85,8 +86,10 @@ async def test_two_schedulers_one_sweeps_and_a_clean_stop_hands_over(
         async with scheduler(bus_b, instance_id="sched-b") as b:
             await eventually(lambda: true(b.metric(HELD) == 1), timeout_s=10, what="b holds")
             await expire_one(b, "e2")
-            await eventually(lambda: true(b.metric(SWEPT, {"reason": "expired"}) == 1),
-                             what="b deleted the expired message")  # fmt: skip
+            await eventually(
+                lambda: true(b.metric(SWEPT, {"reason": "expired"}) == 1),
+                what="b deleted the expired message",
+            )
     finally:
         await bus_b.close()
 
@@ -162,5 +165,7 @@ async def test_killed_sweeper_is_replaced_by_the_other_scheduler(
         await eventually(lambda: true(moved() >= 1), what="the survivor counted the dead letter")
         assert moved() == 1
         await expire_one(local, "k2")
-        await eventually(lambda: true(local.metric(SWEPT, {"reason": "expired"}) == 1),
-                         what="the survivor deleted the expired message")  # fmt: skip
+        await eventually(
+            lambda: true(local.metric(SWEPT, {"reason": "expired"}) == 1),
+            what="the survivor deleted the expired message",
+        )

@@ -140,8 +140,9 @@ async def test_tasks_listed_by_status_capability_parent_with_paging(
             await client.list_tasks("queued", cursor="not-a-cursor")
         assert (await client.dead_tasks()).tasks == []
 
-        code, out, _ = await _cli(bus_settings, "tasks", "--status", "queued", "--capability",
-                                  "other", "--json")  # fmt: skip
+        code, out, _ = await _cli(
+            bus_settings, "tasks", "--status", "queued", "--capability", "other", "--json"
+        )
         assert code == 0
         reply = msgspec.json.decode(out, type=TasksReply)
         assert [t.task_id for t in reply.tasks] == ["o1"] and reply.next_cursor is None
@@ -169,8 +170,9 @@ async def test_a_wait_that_runs_out_says_where_the_task_is(
             await eventually(lambda: _served(sched.client), what="the registry sees n-1")
             with pytest.raises(RequestTimeoutError, match="task stuck is still queued after"):
                 await sched.client.wait("stuck", timeout_s=0.3)
-            code, _, err = await _cli(bus_settings, "submit", "ghost", "1", "--wait",
-                                      "--timeout-s", "0.3")  # fmt: skip
+            code, _, err = await _cli(
+                bus_settings, "submit", "ghost", "1", "--wait", "--timeout-s", "0.3"
+            )
             assert code == 1 and "no live agent serves capability 'ghost'" in err
     finally:
         stop.set()

@@ -38,8 +38,12 @@ SLEEP_CMD = ["python3", "-c", "import time; time.sleep(600)"]
 
 def process_settings(node_id: str, **overrides: Any) -> SupervisorSettings:
     """A ``process`` node: heartbeats every 0.2 s, 2 s stop grace."""
-    base: dict[str, Any] = {"node_id": node_id, "runtime": "process", "heartbeat_s": 0.2,
-                            "stop_grace_s": 2.0}  # fmt: skip
+    base: dict[str, Any] = {
+        "node_id": node_id,
+        "runtime": "process",
+        "heartbeat_s": 0.2,
+        "stop_grace_s": 2.0,
+    }
     return SupervisorSettings(**(base | overrides))
 
 
@@ -47,9 +51,14 @@ def docker_settings(node_id: str, **overrides: Any) -> SupervisorSettings:
     """A ``docker`` node: heartbeats every 0.5 s, 2 s stop grace, containers labelled
     ``TEST_LABELS`` on the host network (agents reach the test nats-server on 127.0.0.1).
     """
-    base: dict[str, Any] = {"node_id": node_id, "runtime": "docker", "heartbeat_s": 0.5,
-                            "stop_grace_s": 2.0, "docker_network": "host",
-                            "docker_labels": TEST_LABELS}  # fmt: skip
+    base: dict[str, Any] = {
+        "node_id": node_id,
+        "runtime": "docker",
+        "heartbeat_s": 0.5,
+        "stop_grace_s": 2.0,
+        "docker_network": "host",
+        "docker_labels": TEST_LABELS,
+    }
     return SupervisorSettings(**(base | overrides))
 
 

@@ -53,16 +53,24 @@ class PodmanService:
 
     def podman(self, *args: str, **kw: object) -> subprocess.CompletedProcess[bytes]:
         """Run a podman CLI command against the private store."""
-        cmd = ["podman", "--root", str(STORE / "root"), "--runroot", str(STORE / "runroot"),
-               *args]  # fmt: skip
+        cmd = ["podman", "--root", str(STORE / "root"), "--runroot", str(STORE / "runroot"), *args]
         env = {**os.environ, "CONTAINERS_CONF": str(self.conf)}
         return subprocess.run(cmd, env=env, capture_output=True, check=False, **kw)  # type: ignore[call-overload, no-any-return]
 
     def start(self, timeout_s: float = 30.0) -> PodmanService:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.conf.write_text(CONTAINERS_CONF)
-        cmd = ["podman", "--root", str(STORE / "root"), "--runroot", str(STORE / "runroot"),
-               "system", "service", "--time=0", self.url]  # fmt: skip
+        cmd = [
+            "podman",
+            "--root",
+            str(STORE / "root"),
+            "--runroot",
+            str(STORE / "runroot"),
+            "system",
+            "service",
+            "--time=0",
+            self.url,
+        ]
         env = {**os.environ, "CONTAINERS_CONF": str(self.conf)}
         log = (self.run_dir / "service.log").open("wb")
         self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -96,8 +104,10 @@ class PodmanService:
         """Copy ``image`` from Docker into Podman's store unless the same id is there."""
         want = subprocess.run(
             ["docker", "image", "inspect", "--format", "{{.Id}}", image],
-            capture_output=True, text=True, check=True,
-        ).stdout.strip()  # fmt: skip
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
         have = self.podman("image", "inspect", "--format", "{{.Id}}", image)
         if have.returncode == 0 and have.stdout.decode().strip() in (want, want[7:]):
             return

@@ -43,8 +43,12 @@ async def test_unpullable_image_is_a_replica_state_and_an_event(
 ) -> None:
     node_id = node_containers
     image = f"127.0.0.1:{closed_port()}/nope:1"
-    dep = Deployment(name="nopull", image=image, image_command=SLEEP_CMD,
-                     backoff=Backoff(initial_s=0.2, max_s=1.0))  # fmt: skip
+    dep = Deployment(
+        name="nopull",
+        image=image,
+        image_command=SLEEP_CMD,
+        backoff=Backoff(initial_s=0.2, max_s=1.0),
+    )
     await put_deployment(bus, dep)
     await place(bus, "nopull", 0, node_id)
     async with running_supervisor(bus, docker_settings(node_id, docker_network="none")):
@@ -85,9 +89,13 @@ async def test_present_image_is_not_pulled_and_a_failed_pull_raises(
         assert progress == []  # present locally: no pull, no progress
         missing = f"127.0.0.1:{closed_port()}/nope:2"
         bad = build_spec(
-            Deployment(name="gone", image=missing), 0, node_id=node_id, prefix="p",
-            nats_url="x", runtime="docker",
-        )  # fmt: skip
+            Deployment(name="gone", image=missing),
+            0,
+            node_id=node_id,
+            prefix="p",
+            nats_url="x",
+            runtime="docker",
+        )
         with pytest.raises(ImagePullError) as info:
             await runtime.prepare(bad, report)
         assert info.value.image == missing

@@ -45,8 +45,9 @@ async def test_containers_survive_a_joint_outage(
     bus: Bus, docker: aiodocker.Docker, events: EventLog, node_containers: str, first: str
 ) -> None:
     node_id = node_containers
-    await put_deployment(bus, Deployment(name="keep", replicas=2, image=BASE_IMAGE,
-                                         image_command=SLEEP_CMD))  # fmt: skip
+    await put_deployment(
+        bus, Deployment(name="keep", replicas=2, image=BASE_IMAGE, image_command=SLEEP_CMD)
+    )
     leave = docker_settings(node_id, docker_network="none", stop_replicas_on_exit=False)
     async with running_scheduler(bus), running_supervisor(bus, leave):
         ids = await eventually(lambda: _running(bus, node_id, 2), timeout_s=60, what="2 up")

@@ -92,8 +92,10 @@ async def test_replica_on_podman_registers_and_is_restarted_after_a_kill(
         host = inspect["HostConfig"]
         assert inspect["Config"]["User"] == "10001:10001"
         assert (host["Memory"], host["NanoCpus"], host["PidsLimit"]) == (
-            192 * 1024 * 1024, 500_000_000, 64,
-        )  # fmt: skip
+            192 * 1024 * 1024,
+            500_000_000,
+            64,
+        )
         assert host["Privileged"] is False
         assert "no-new-privileges" in host["SecurityOpt"]
         # Every capability dropped: the agent's bounding set, read from the host (an exec

@@ -115,8 +115,13 @@ async def test_killed_supervisor_leaves_one_process_per_agent(
     node_id = f"{prefix}-n1"
     # Replica 0 runs the agent directly; replica 1 behind a shell that does not pass
     # signals on: the agent outlives the shell (no parent-death signal reaches it).
-    direct = Deployment(name="orph", replicas=1, command=AGENT, capabilities=["echo"],
-                        env={"AGENTBUS_AGENT_HEARTBEAT_S": "0.5"})  # fmt: skip
+    direct = Deployment(
+        name="orph",
+        replicas=1,
+        command=AGENT,
+        capabilities=["echo"],
+        env={"AGENTBUS_AGENT_HEARTBEAT_S": "0.5"},
+    )
     wrapped = Deployment(
         name="wrap",
         replicas=1,

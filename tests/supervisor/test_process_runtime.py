@@ -127,9 +127,11 @@ async def test_agent_settings_read_the_replica_env(runtime: ProcessRuntime) -> N
         " s.max_concurrency, b.prefix, b.nats_url)\n"
     )
     dep = Deployment(
-        name="agent", command=[sys.executable, "-c", code], capabilities=["a", "b"],
+        name="agent",
+        command=[sys.executable, "-c", code],
+        capabilities=["a", "b"],
         max_concurrency=4,
-    )  # fmt: skip
+    )
     handle = await runtime.start(
         build_spec(
             dep, 1, node_id="n7", prefix="tp", nats_url="nats://127.0.0.1:9", runtime="process"

@@ -52,11 +52,21 @@ class CancelSwallowingBus:
 async def test_stop_ends_the_loop_although_nats_swallowed_the_cancel(bus: Bus) -> None:
     runtime = ProcessRuntime()
     proxy = CancelSwallowingBus(bus)
-    ctx = RunnerContext(bus=proxy, runtime=runtime, node_id="n1",  # type: ignore[arg-type]
-                        metrics=SupervisorMetrics(CollectorRegistry()))  # fmt: skip
+    ctx = RunnerContext(
+        bus=proxy,
+        runtime=runtime,
+        node_id="n1",  # type: ignore[arg-type]
+        metrics=SupervisorMetrics(CollectorRegistry()),
+    )
     deployment = Deployment(name="sleeper", replicas=1, command=SLEEPER, stop_grace_s=1.0)
-    spec = build_spec(deployment, 0, node_id="n1", prefix=bus.names.prefix,
-                      nats_url=bus.settings.nats_url, runtime="process")  # fmt: skip
+    spec = build_spec(
+        deployment,
+        0,
+        node_id="n1",
+        prefix=bus.names.prefix,
+        nats_url=bus.settings.nats_url,
+        runtime="process",
+    )
     runner = ReplicaRunner(ctx, spec, deployment)
     try:
         runner.start()

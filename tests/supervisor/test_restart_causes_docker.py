@@ -86,11 +86,12 @@ async def test_oom_killed_agent_restarts_and_its_neighbour_is_untouched(
         assert events.of("exited", "hog-0")[0].reason == "oom"
         again = await eventually(
             replica_where(
-                bus, node_id, lambda r: r.agent_id == "hog-0" and r.restarts >= 1
-                and r.state == "running"
+                bus,
+                node_id,
+                lambda r: r.agent_id == "hog-0" and r.restarts >= 1 and r.state == "running",
             ),
             timeout_s=30,
-        )  # fmt: skip
+        )
         assert again.runtime_id != first.runtime_id
 
         # The neighbour: same container, never restarted, still serving.

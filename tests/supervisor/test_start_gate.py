@@ -32,9 +32,16 @@ FAST = Backoff(initial_s=0.05, factor=2.0, max_s=0.5, jitter=0.0)
 
 def info(agent_id: str, started_offset_s: float) -> AgentInfo:
     now = utcnow()
-    return AgentInfo(agent_id=agent_id, name="echo", capabilities=["echo"],
-                     started_at=now + timedelta(seconds=started_offset_s), heartbeat_at=now,
-                     status="ready", in_flight=0, max_concurrency=1)  # fmt: skip
+    return AgentInfo(
+        agent_id=agent_id,
+        name="echo",
+        capabilities=["echo"],
+        started_at=now + timedelta(seconds=started_offset_s),
+        heartbeat_at=now,
+        status="ready",
+        in_flight=0,
+        max_concurrency=1,
+    )
 
 
 async def test_slots_are_limited_and_given_out_in_arrival_order() -> None:
@@ -121,8 +128,11 @@ async def test_restarts_of_a_node_go_one_at_a_time_at_limit_one(
                 )
             starts = sorted(restarted(), key=lambda e: e.at)
             for before, after in itertools.pairwise(starts):
-                new = [i for (a, at), i in first_seen.items()
-                       if a == before.agent_id and at > killed_at]  # fmt: skip
+                new = [
+                    i
+                    for (a, at), i in first_seen.items()
+                    if a == before.agent_id and at > killed_at
+                ]
                 # the earlier restart's agent registered before the next restart began
                 assert min(i.heartbeat_at for i in new) <= after.at
     finally:

@@ -134,13 +134,23 @@ async def test_only_own_containers_are_touched(
     node_id = node_containers
     prefix = bus.names.prefix
     foreign = await make_container(
-        {"agentbus.managed": "1", "agentbus.node": "another-node", "agentbus.prefix": prefix,
-         "agentbus.deployment": "sleeper", "agentbus.replica": "0"}
-    )  # fmt: skip
+        {
+            "agentbus.managed": "1",
+            "agentbus.node": "another-node",
+            "agentbus.prefix": prefix,
+            "agentbus.deployment": "sleeper",
+            "agentbus.replica": "0",
+        }
+    )
     other_fleet = await make_container(
-        {"agentbus.managed": "1", "agentbus.node": node_id, "agentbus.prefix": "otherfleet",
-         "agentbus.deployment": "sleeper", "agentbus.replica": "0"}
-    )  # fmt: skip
+        {
+            "agentbus.managed": "1",
+            "agentbus.node": node_id,
+            "agentbus.prefix": "otherfleet",
+            "agentbus.deployment": "sleeper",
+            "agentbus.replica": "0",
+        }
+    )
     # A leftover of this node that is no longer placed anywhere: the supervisor removes it.
     runtime = await DockerRuntime.connect(
         node_id=node_id, prefix=prefix, network="none", extra_labels=TEST_LABELS

@@ -21,8 +21,11 @@ CLI = [sys.executable, "-m", "agentbus.cli", "traces"]
 
 
 def env(settings: BusSettings) -> dict[str, str]:
-    return {**os.environ, "AGENTBUS_NATS_URL": settings.nats_url,
-            "AGENTBUS_PREFIX": settings.prefix}  # fmt: skip
+    return {
+        **os.environ,
+        "AGENTBUS_NATS_URL": settings.nats_url,
+        "AGENTBUS_PREFIX": settings.prefix,
+    }
 
 
 async def cli(settings: BusSettings, *args: str) -> tuple[int, str, str]:
@@ -79,9 +82,16 @@ async def test_watch_prints_live_deposits(bus: Bus, bus_settings: BusSettings) -
     traces = Traces(bus, half_life_s=1e6)  # no decay to speak of, however slow the CLI
     await traces.deposit("src/ready", "mark", 1)
     proc = await asyncio.create_subprocess_exec(
-        *CLI, "watch", "src/*", "--json", "--count", "2",
-        env=env(bus_settings), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
+        *CLI,
+        "watch",
+        "src/*",
+        "--json",
+        "--count",
+        "2",
+        env=env(bus_settings),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     assert proc.stdout is not None
     lines: list[dict[str, Any]] = []
 

@@ -28,8 +28,9 @@ def tree(tmp_path: Path) -> Path:
     root = tmp_path / "tree"
     shutil.copytree(STDLIB / "json", root / "json", ignore=shutil.ignore_patterns("__pycache__"))
     (root / "hot").mkdir()
-    (root / "hot" / "many todos.py").write_text("".join(f"x{i} = {i}  # TODO {i}\n"
-                                                        for i in range(7)))  # fmt: skip
+    (root / "hot" / "many todos.py").write_text(
+        "".join(f"x{i} = {i}  # TODO {i}\n" for i in range(7))
+    )
     (root / "hot" / "one.todo.py").write_text("# FIXME once\n")
     (root / "ünï").mkdir()
     (root / "ünï" / "cöde.py").write_text("def f():\n    pass\n")
@@ -77,14 +78,30 @@ async def test_demo_compare_on_an_embedded_stack(tree: Path, tmp_path: Path) -> 
     async with EmbeddedStack(runtime="process", prefix="stigdemo") as stack:
         env = {**os.environ, "AGENTBUS_NATS_URL": stack.nats_url, "AGENTBUS_PREFIX": "stigdemo"}
         outs = {}
-        for name, flags in [("stig", ["--stigmergy"]), ("blind", ["--stigmergy", "--no-traces"]),
-                            ("all", ["--compare"])]:  # fmt: skip
+        for name, flags in [
+            ("stig", ["--stigmergy"]),
+            ("blind", ["--stigmergy", "--no-traces"]),
+            ("all", ["--compare"]),
+        ]:
             outs[name] = tmp_path / f"{name}.json"
             proc = await asyncio.create_subprocess_exec(
-                *CLI, "demo", "review", str(tree), "--replicas", "3", "--runtime", "process",
-                "--json", str(outs[name]), "--timeout-s", "120", *flags,
-                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            )  # fmt: skip
+                *CLI,
+                "demo",
+                "review",
+                str(tree),
+                "--replicas",
+                "3",
+                "--runtime",
+                "process",
+                "--json",
+                str(outs[name]),
+                "--timeout-s",
+                "120",
+                *flags,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            )
             stdout, _ = await asyncio.wait_for(proc.communicate(), 240)
             assert proc.returncode == 0, stdout.decode()
     stig = json.loads(outs["stig"].read_text())

@@ -46,8 +46,11 @@ class RecordingClock:
 async def test_concurrent_deposits_are_never_lost(bus: Bus) -> None:
     """20 depositors x 200 deposits on 4 hot locations: every deposit counts."""
     clock = RecordingClock()
-    traces = Traces(bus, clock=clock, kinds=[TraceKind(kind="hot", half_life_s=30.0),
-                                             TraceKind(kind="tally", half_life_s=1e7)])  # fmt: skip
+    traces = Traces(
+        bus,
+        clock=clock,
+        kinds=[TraceKind(kind="hot", half_life_s=30.0), TraceKind(kind="tally", half_life_s=1e7)],
+    )
     hot = [f"hot/spot {i}.py" for i in range(4)]
     made: dict[str, list[tuple[float, float]]] = {loc: [] for loc in hot}
     await traces.kind("hot")  # known before the first deposit, whose time is noted here
@@ -110,8 +113,14 @@ async def test_decay_in_real_time(bus: Bus) -> None:
 
 async def test_strongest_under_a_prefix(bus: Bus) -> None:
     traces = Traces(bus, half_life_s=1e6)  # no decay to speak of
-    for loc, amount in [("src/a.py", 5), ("src/b.py", 3), ("src/sub/c.py", 4),
-                        ("docs/x.md", 10), ("srcx/y.py", 7), ("src/a.py", 1)]:  # fmt: skip
+    for loc, amount in [
+        ("src/a.py", 5),
+        ("src/b.py", 3),
+        ("src/sub/c.py", 4),
+        ("docs/x.md", 10),
+        ("srcx/y.py", 7),
+        ("src/a.py", 1),
+    ]:
         await traces.deposit(loc, "todo", amount)
     await traces.deposit("src/a.py", "other", 100)
 
@@ -122,8 +131,11 @@ async def test_strongest_under_a_prefix(bus: Bus) -> None:
     assert names(ranked) == ["src/a.py", "src/sub/c.py", "src/b.py"]
     assert ranked[0][1] == pytest.approx(6.0, rel=1e-3)
     assert names(await traces.strongest("todo", "src", n=10)) == [
-        "srcx/y.py", "src/a.py", "src/sub/c.py", "src/b.py"
-    ]  # fmt: skip
+        "srcx/y.py",
+        "src/a.py",
+        "src/sub/c.py",
+        "src/b.py",
+    ]
     assert names(await traces.strongest("todo", "src/s", n=10)) == ["src/sub/c.py"]
     assert names(await traces.strongest("todo", n=2)) == ["docs/x.md", "srcx/y.py"]
     assert await traces.strongest("todo", "nothing/") == []
@@ -194,8 +206,9 @@ async def test_claims_are_exclusive_and_expire(bus: Bus) -> None:
         assert await winners[0].renew()
         assert await traces.claim(loc, 5) is None
     # not renewed: it expires and someone else gets it
-    taken = await eventually(lambda: traces.claim(loc, 5, holder="late"), timeout_s=15,
-                             what="claim after expiry")  # fmt: skip
+    taken = await eventually(
+        lambda: traces.claim(loc, 5, holder="late"), timeout_s=15, what="claim after expiry"
+    )
     assert (await traces.claimed(loc)).holder == "late"  # type: ignore[union-attr]
     assert not await winners[0].release()  # lapsed: it cannot release the new holder
     assert not await winners[0].renew()

@@ -215,8 +215,12 @@ class Housekeeping:
         )
         await self.store.delete_blobs(refs)
         self.store.metrics.deleted.labels("delete").inc(count)
-        logger.info("checkpoint thread deleted", agent_id=req.agent_id, thread_id=req.thread_id,
-                    versions=count)  # fmt: skip
+        logger.info(
+            "checkpoint thread deleted",
+            agent_id=req.agent_id,
+            thread_id=req.thread_id,
+            versions=count,
+        )
         return count
 
     async def stored_keys(self, tk: ThreadKeys, pattern: str) -> list[str]:

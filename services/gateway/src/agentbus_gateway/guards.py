@@ -87,17 +87,19 @@ def request_guard(settings: GatewaySettings) -> Guard:
         same_origin = bool(origin) and urlsplit(origin).netloc == host.strip().lower()
         if origin and not same_origin and origin not in origins:
             raise RequestRefusedError(
-                403, f"origin {origin[:100]!r} may not call the gateway (GATEWAY_ALLOWED_ORIGINS)",
+                403,
+                f"origin {origin[:100]!r} may not call the gateway (GATEWAY_ALLOWED_ORIGINS)",
                 "Origin",
-            )  # fmt: skip
+            )
         if fetch_site in _CROSS_SITE and not (same_origin or origin in origins):
             raise RequestRefusedError(
                 403, f"{fetch_site} browser requests are refused", "Sec-Fetch-Site"
             )
         if _has_body(request) and not is_json(headers.get("content-type", "")):
             raise RequestRefusedError(
-                415, "request bodies must be JSON (Content-Type: application/json)",
+                415,
+                "request bodies must be JSON (Content-Type: application/json)",
                 "Content-Type",
-            )  # fmt: skip
+            )
 
     return guard

@@ -106,9 +106,10 @@ async def create_task(
     task_id = data.task_id or idempotency_key
     if idempotency_key is not None and task_id != idempotency_key:
         raise RequestRefusedError(
-            400, f"{idempotency_key!r} differs from the body's task_id {task_id!r}",
+            400,
+            f"{idempotency_key!r} differs from the body's task_id {task_id!r}",
             "Idempotency-Key",
-        )  # fmt: skip
+        )
     client = ctx.client
     request = await client.build_task(
         data.capability,

@@ -166,15 +166,21 @@ class LiveView(Generic[Info]):
         elif old is not None:
             kind: Kind = "left" if change.operation == "DEL" else "lost"
             self._metrics.departures.labels(self.entity, kind).inc()
-            logger.info("registry entry removed", entity=self.entity, key=key, kind=kind,
-                        operation=change.operation)  # fmt: skip
+            logger.info(
+                "registry entry removed",
+                entity=self.entity,
+                key=key,
+                kind=kind,
+                operation=change.operation,
+            )
             await self._publish(key, kind, old, str(change.revision or old.started_at.isoformat()))
 
     async def _report_duplicate(self, key: str, instances: frozenset[str]) -> None:
         self._metrics.duplicates.labels(self.entity).inc()
         named = sorted(instances)
-        logger.error("two live instances share one id", entity=self.entity, key=key,
-                     instances=named)  # fmt: skip
+        logger.error(
+            "two live instances share one id", entity=self.entity, key=key, instances=named
+        )
         event = DuplicateEvent(entity=self.entity, id=key, at=utcnow(), instances=named)  # type: ignore[arg-type]
         digest = hashlib.sha256("\n".join(named).encode()).hexdigest()[:16]
         await self._send("duplicate", event, f"{self.entity}.{key}.duplicate.{digest}")

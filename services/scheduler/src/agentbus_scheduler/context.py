@@ -44,6 +44,7 @@ class SchedulerContext:
             nats.errors.Error: the terminate did not reach the server (the message
                 is redelivered after its AckWait and rejected again).
         """
-        await report_bad_message(self.bus, self.service_metrics, source=source,
-                                 subject=msg.subject, reason=reason)  # fmt: skip
+        await report_bad_message(
+            self.bus, self.service_metrics, source=source, subject=msg.subject, reason=reason
+        )
         await msg.term()

@@ -76,8 +76,9 @@ async def serve(
     ctx = SchedulerContext(bus, settings, metrics, service_metrics, records)
     agents = LiveAgents(ctx)
     await agents.start()
-    admission = Admission(bus, metrics, concurrency=settings.submit_concurrency,
-                          records=records, agents=agents)  # fmt: skip
+    admission = Admission(
+        bus, metrics, concurrency=settings.submit_concurrency, records=records, agents=agents
+    )
     dead_letters = DeadLetters(ctx, admission=admission)
     results = ResultsConsumer(ctx, dead_letters=dead_letters)
     sweeper = Sweeper(ctx, dead_letters=dead_letters, agents=agents)

@@ -143,8 +143,7 @@ class PidFiles:
             self._path(record.agent_id).unlink(missing_ok=True)
         if not targets:
             return []
-        logger.warning("ending replicas an earlier supervisor left running",
-                       agents=sorted(targets))  # fmt: skip
+        logger.warning("ending replicas an earlier supervisor left running", agents=sorted(targets))
         pids = [pid for members in targets.values() for pid in members]
         _signal_all(pids, signal.SIGTERM)
         for _ in range(max(1, round(grace_s / _POLL_S))):  # not our children: poll

@@ -204,18 +204,24 @@ class ReplicaRunner:
             if decision.entered_crash_loop:
                 self.ctx.metrics.crash_loops.inc()
                 logger.warning("replica in crash loop", agent_id=self.spec.agent_id)
-                await self._event("crash-loop", exit_code=info.exit_code, reason=cause,
-                                  detail=detail)  # fmt: skip
+                await self._event(
+                    "crash-loop", exit_code=info.exit_code, reason=cause, detail=detail
+                )
             self.state = "crash-loop" if decision.crash_loop else "backoff"
             self.backoff_s = decision.delay_s
-            await self._event("restarting", exit_code=info.exit_code, reason=cause,
-                              detail=f"{detail}; restart in {decision.delay_s:.2f} s")  # fmt: skip
+            await self._event(
+                "restarting",
+                exit_code=info.exit_code,
+                reason=cause,
+                detail=f"{detail}; restart in {decision.delay_s:.2f} s",
+            )
             await asyncio.sleep(decision.delay_s)
             try:
                 await self.ctx.runtime.stop(handle, 0)  # forget / remove the ended instance
             except AgentBusError as exc:
-                logger.warning("ended replica not removed", agent_id=handle.agent_id,
-                               error=str(exc))  # fmt: skip
+                logger.warning(
+                    "ended replica not removed", agent_id=handle.agent_id, error=str(exc)
+                )
             handle = self.handle = None
 
     async def _start_until_up(self) -> ReplicaHandle:
@@ -340,8 +346,7 @@ class ReplicaRunner:
                 cause: Cause = "oom" if info.oom_killed else "exit"
                 return cause, info, time.monotonic() - began, info.reason
             cause, detail = dog.result()
-            logger.warning("killing replica", agent_id=handle.agent_id, cause=cause,
-                           detail=detail)  # fmt: skip
+            logger.warning("killing replica", agent_id=handle.agent_id, cause=cause, detail=detail)
             while not waiter.done():
                 try:
                     await self.ctx.runtime.kill(handle)

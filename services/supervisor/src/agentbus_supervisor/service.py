@@ -270,8 +270,10 @@ class Supervisor:
         if runner.handle is not None and runner.state == "running":
             runner.handle.running = True
             self.adoptable[key] = runner.handle
-            logger.info("adopted replica unplaced; kept within the adoption grace",
-                        agent_id=runner.spec.agent_id)  # fmt: skip
+            logger.info(
+                "adopted replica unplaced; kept within the adoption grace",
+                agent_id=runner.spec.agent_id,
+            )
         else:
             await runner.stop(reason="unplaced")
 

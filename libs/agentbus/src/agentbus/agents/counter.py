@@ -93,15 +93,17 @@ def build(settings: AgentSettings | None = None) -> Agent:
             total += step
             executed += 1
             if task.record_steps:
-                done = StepDone(task_id=ctx.task_id, step=step, attempt=ctx.attempt,
-                                agent_id=ctx.agent_id)  # fmt: skip
+                done = StepDone(
+                    task_id=ctx.task_id, step=step, attempt=ctx.attempt, agent_id=ctx.agent_id
+                )
                 await ctx.bus.js.publish(subject, msgspec.json.encode(done))
             if task.step_sleep_s:
                 await asyncio.sleep(task.step_sleep_s)
             if (step + 1) % task.every == 0 and step + 1 < task.steps:
                 saves += 1
-                progress = CountState(next_step=step + 1, total=total, executed=executed,
-                                      saves=saves)  # fmt: skip
+                progress = CountState(
+                    next_step=step + 1, total=total, executed=executed, saves=saves
+                )
                 await ctx.checkpoint.save(progress, metadata={"step": str(step + 1)})
         return CountResult(
             total=total,

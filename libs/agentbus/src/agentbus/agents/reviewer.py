@@ -214,9 +214,14 @@ async def walk(traces: Traces | None, job: ReviewTree, agent_id: str) -> TreeRep
         while pending and time.monotonic() < deadline:
             await asyncio.sleep(0.2)
             pending = [(rel, path) for rel, path in pending if not await attempt(rel, path)]
-    return TreeReport(walker=job.walker, agent_id=agent_id, reports=reports,
-                      skipped_reviewed=skipped_reviewed, skipped_claimed=skipped_claimed,
-                      wall_s=time.perf_counter() - started)  # fmt: skip
+    return TreeReport(
+        walker=job.walker,
+        agent_id=agent_id,
+        reports=reports,
+        skipped_reviewed=skipped_reviewed,
+        skipped_claimed=skipped_claimed,
+        wall_s=time.perf_counter() - started,
+    )
 
 
 agent = Agent("reviewer", max_concurrency=2)

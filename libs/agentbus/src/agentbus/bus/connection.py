@@ -299,8 +299,11 @@ class Bus:
             for field, wanted in changed.items():
                 setattr(current, field, wanted)
             await self.js.update_stream(current)
-            logger.info("stream limits updated", stream=config.name, **{
-                f: str(v) for f, v in changed.items()})  # fmt: skip
+            logger.info(
+                "stream limits updated",
+                stream=config.name,
+                **{f: str(v) for f, v in changed.items()},
+            )
 
     async def _ensure_kv(self, config: KeyValueConfig) -> None:
         try:

@@ -144,8 +144,12 @@ class AckedPublisher:
         future: asyncio.Future[Any] = loop.create_future()
         self._pending[token] = (future, loop.time() + self.timeout_s, raw)
         try:
-            await self._nc.publish(subject, payload, reply=self._prefix + token,
-                                   headers=dict(headers) if headers else None)  # fmt: skip
+            await self._nc.publish(
+                subject,
+                payload,
+                reply=self._prefix + token,
+                headers=dict(headers) if headers else None,
+            )
         except BaseException:
             self._pending.pop(token, None)
             raise

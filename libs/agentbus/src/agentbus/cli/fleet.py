@@ -178,8 +178,9 @@ def changed_fields(old: Deployment, new: Deployment, *, width: int = 40) -> list
 
 
 def _flat(value: Any, path: str = "") -> dict[str, Any]:
-    if isinstance(value, dict) and (not path or path in ("env", "node_selector") or
-                                    "type" in value):  # fmt: skip
+    if isinstance(value, dict) and (
+        not path or path in ("env", "node_selector") or "type" in value
+    ):
         out: dict[str, Any] = {}
         for k, v in value.items():
             if k != "type":

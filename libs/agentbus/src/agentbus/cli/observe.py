@@ -76,15 +76,23 @@ def ps(
     desired = sum(r.desired for r in view.replicas)
     table = Table(title=f"{running}/{desired} replicas running")
     for col in ("replica", "node", "state", "agent", "restarts", "uptime", "exit", "reason"):
-        table.add_column(col, justify="right" if col in ("restarts", "exit") else "left",
-                         no_wrap=col in _IDS)  # fmt: skip
+        table.add_column(
+            col, justify="right" if col in ("restarts", "exit") else "left", no_wrap=col in _IDS
+        )
     for r in view.replicas:
         style = _STATE_STYLE.get(r.state, "")
         state = f"[{style}]{r.state}[/{style}]" if style else r.state
         label = f"{r.deployment}/{r.replica}" + ("" if r.desired else " [dim](extra)[/dim]")
-        table.add_row(label, r.node_id or "-", state, r.agent or "-", str(r.restarts),
-                      _uptime(r), "-" if r.exit_code is None else str(r.exit_code),
-                      escape(_reason(r)))  # fmt: skip
+        table.add_row(
+            label,
+            r.node_id or "-",
+            state,
+            r.agent or "-",
+            str(r.restarts),
+            _uptime(r),
+            "-" if r.exit_code is None else str(r.exit_code),
+            escape(_reason(r)),
+        )
     console.print(table)
     for node in view.unreachable:
         console.print(f"[yellow]node {node} does not answer its status request[/yellow]")
@@ -139,8 +147,9 @@ def logs(
             with contextlib.suppress(ValueError, RuntimeError):  # not the main thread
                 loop.add_signal_handler(sig, stop.set)
         printed = 0
-        async for line in read_logs(client.bus, name, replica, follow=follow, since=start,
-                                    stop=stop):  # fmt: skip
+        async for line in read_logs(
+            client.bus, name, replica, follow=follow, since=start, stop=stop
+        ):
             _write(line, prefix=replica is None, timestamps=timestamps)
             printed += 1
         if not printed and not exists:
@@ -170,8 +179,17 @@ def nodes(json_out: JsonFlag = False, nats_url: NatsUrl = None, prefix: Prefix =
         print_json(msgspec.json.encode(found))
         return
     table = Table(title=f"{len(found)} nodes")
-    for col in ("node", "runtime", "labels", "replicas", "placed", "cpus", "memory", "host",
-                "seen"):  # fmt: skip
+    for col in (
+        "node",
+        "runtime",
+        "labels",
+        "replicas",
+        "placed",
+        "cpus",
+        "memory",
+        "host",
+        "seen",
+    ):
         table.add_column(col, no_wrap=col in _IDS)
     for v in found:
         n = v.node
@@ -183,8 +201,17 @@ def nodes(json_out: JsonFlag = False, nats_url: NatsUrl = None, prefix: Prefix =
             + "/"
             + (format_size_bytes(n.capacity_memory_bytes) if n.capacity_memory_bytes else "-")
         )
-        table.add_row(n.node_id, n.runtime, escape(labels) or "-", replicas, str(v.placed),
-                      cpus, memory, n.hostname, age(n.heartbeat_at))  # fmt: skip
+        table.add_row(
+            n.node_id,
+            n.runtime,
+            escape(labels) or "-",
+            replicas,
+            str(v.placed),
+            cpus,
+            memory,
+            n.hostname,
+            age(n.heartbeat_at),
+        )
     console.print(table)
 
 
@@ -203,8 +230,9 @@ def agents(
         replica = f"{a.deployment}/{a.replica}" if a.deployment else "-"
         load = f"{a.in_flight}/{a.max_concurrency}"
         caps = ",".join(a.capabilities)
-        table.add_row(a.agent_id, a.name, caps, a.node_id or "-", replica, a.status, load,
-                      age(a.heartbeat_at))  # fmt: skip
+        table.add_row(
+            a.agent_id, a.name, caps, a.node_id or "-", replica, a.status, load, age(a.heartbeat_at)
+        )
     console.print(table)
 
 

@@ -63,9 +63,14 @@ def embedded(
 
 
 async def _embedded(
-    store_dir: Path | None, port: int | None, gateway_port: int | None,
-    runtime: Runtime, prefix: str, log_level: str, state_file: Path,
-) -> int:  # fmt: skip
+    store_dir: Path | None,
+    port: int | None,
+    gateway_port: int | None,
+    runtime: Runtime,
+    prefix: str,
+    log_level: str,
+    state_file: Path,
+) -> int:
     claim_state(state_file)  # before anything starts: StackRunningError, exit 1
     try:
         chosen, why = await choose_runtime(runtime, "agentbus/agent:dev")
@@ -74,10 +79,15 @@ async def _embedded(
         raise
     console.print(f"runtime: {chosen} ({why})")
     stack = EmbeddedStack(
-        store_dir=store_dir, nats_port=port, gateway_port=gateway_port, prefix=prefix,
-        runtime=chosen, log_level=log_level, write_state=True,  # type: ignore[arg-type]
+        store_dir=store_dir,
+        nats_port=port,
+        gateway_port=gateway_port,
+        prefix=prefix,
+        runtime=chosen,  # type: ignore[arg-type]
+        log_level=log_level,
+        write_state=True,
         state_file=state_file,
-    )  # fmt: skip
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -137,6 +147,17 @@ def demo_review(
         raise fail("--no-traces needs --stigmergy", 2)
     mode: Mode = ("no-traces" if no_traces else "stigmergy") if stigmergy else "queue"
     settings = resolve_settings(nats_url, prefix)
-    run(review(path, settings=settings, replicas=replicas, runtime=runtime, image=image,
-                json_path=json_file, console=console, timeout_s=timeout_s, mode=mode,
-                compare=compare))  # fmt: skip
+    run(
+        review(
+            path,
+            settings=settings,
+            replicas=replicas,
+            runtime=runtime,
+            image=image,
+            json_path=json_file,
+            console=console,
+            timeout_s=timeout_s,
+            mode=mode,
+            compare=compare,
+        )
+    )

@@ -67,8 +67,9 @@ def submit(
     check = token("capability", capability)
 
     async def go(client: Client) -> TaskRecord:
-        record = await client.submit(check, raw, priority=priority, max_attempts=max_attempts,
-                                     require_agent=require_agent)  # fmt: skip
+        record = await client.submit(
+            check, raw, priority=priority, max_attempts=max_attempts, require_agent=require_agent
+        )
         return await client.wait(record.task_id, timeout_s=timeout_s) if wait else record
 
     record = run(with_client(nats_url, prefix, go))
@@ -136,8 +137,9 @@ def tasks(
     wanted = None if status == "all" else cast(TaskStatus, status)
 
     async def go(client: Client) -> TasksReply:
-        return await client.list_tasks(wanted, capability=cap, parent_id=parent,
-                                       limit=limit, cursor=cursor)  # fmt: skip
+        return await client.list_tasks(
+            wanted, capability=cap, parent_id=parent, limit=limit, cursor=cursor
+        )
 
     reply = run(with_client(nats_url, prefix, go))
     if json_out:
@@ -154,8 +156,14 @@ def tasks(
     for record in reply.tasks:
         error = f"{record.error.error_type}: {record.error.message}" if record.error else ""
         at = record.finished_at if status == "dead" else record.updated_at
-        row = [record.task_id, record.capability, record.status, age(at) if at else "",
-               str(len(record.attempts)), error]  # fmt: skip
+        row = [
+            record.task_id,
+            record.capability,
+            record.status,
+            age(at) if at else "",
+            str(len(record.attempts)),
+            error,
+        ]
         if wanted is not None:
             del row[2]
         table.add_row(*row)

@@ -102,8 +102,11 @@ def show(
         table.add_row(kind, f"{s:.4g}")
     console.print(table)
     if shown.claim is not None:
-        console.print(f"claimed by {shown.claim.holder} since {shown.claim.claimed_at:%H:%M:%S}"
-                      f" (ttl {shown.claim.ttl_s:.0f} s)", highlight=False)  # fmt: skip
+        console.print(
+            f"claimed by {shown.claim.holder} since {shown.claim.claimed_at:%H:%M:%S}"
+            f" (ttl {shown.claim.ttl_s:.0f} s)",
+            highlight=False,
+        )
 
 
 @traces_app.command("watch")

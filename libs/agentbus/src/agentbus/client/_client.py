@@ -119,11 +119,21 @@ class Client:
         if parent_id is not None:
             check_task_id(parent_id, "parent id")
         raw, ref = await pack(self.bus, input, name=f"tasks/{task_id}/input")
-        return SubmitTask(capability=capability, input=raw, input_ref=ref, task_id=task_id,
-                          priority=priority, max_attempts=max_attempts, timeout_s=timeout_s,
-                          parent_id=parent_id, tenant=tenant, metadata=metadata or {},
-                          deadline=deadline, backoff=backoff,
-                          require_agent=require_agent)  # fmt: skip
+        return SubmitTask(
+            capability=capability,
+            input=raw,
+            input_ref=ref,
+            task_id=task_id,
+            priority=priority,
+            max_attempts=max_attempts,
+            timeout_s=timeout_s,
+            parent_id=parent_id,
+            tenant=tenant,
+            metadata=metadata or {},
+            deadline=deadline,
+            backoff=backoff,
+            require_agent=require_agent,
+        )
 
     async def submit(
         self,
@@ -346,10 +356,10 @@ class Client:
             check_token("capability", capability)
         if parent_id is not None:
             check_task_id(parent_id, "parent id")
-        request = ListTasks(status=status, capability=capability, parent_id=parent_id,
-                            limit=limit, cursor=cursor)  # fmt: skip
-        return await self.bus.request(self.names.endpoint("scheduler", "list"), request,
-                                      TasksReply)  # fmt: skip
+        request = ListTasks(
+            status=status, capability=capability, parent_id=parent_id, limit=limit, cursor=cursor
+        )
+        return await self.bus.request(self.names.endpoint("scheduler", "list"), request, TasksReply)
 
     async def resubmit(
         self,

@@ -57,14 +57,18 @@ async def ran_out(bus: Bus, task_id: str, timeout_s: float) -> TaskWaitTimeoutEr
         detail += f" (attempt {latest.number}, agent {latest.agent_id})"
     if record.status == "queued":
         try:
-            reply = await bus.request(bus.names.endpoint("registry", "agents"),
-                                      ListAgents(capability=record.capability),
-                                      AgentsReply)  # fmt: skip
+            reply = await bus.request(
+                bus.names.endpoint("registry", "agents"),
+                ListAgents(capability=record.capability),
+                AgentsReply,
+            )
         except (AgentBusError, TimeoutError):
             return TaskWaitTimeoutError(task_id, timeout_s, detail)  # no registry to ask
         if not reply.agents:
-            detail = (f"queued: no live agent serves capability {record.capability!r} "
-                      "(see `agentbus agents`)")  # fmt: skip
+            detail = (
+                f"queued: no live agent serves capability {record.capability!r} "
+                "(see `agentbus agents`)"
+            )
     return TaskWaitTimeoutError(task_id, timeout_s, detail)
 
 
@@ -142,8 +146,9 @@ class TaskWaits:
         async def chase(asked: str, target: str) -> None:
             try:
                 left = max(deadline - loop.time(), 0.001)
-                await done.put((asked, await self.wait(target, timeout_s=left,
-                                                       follow_handoffs=True)))  # fmt: skip
+                await done.put(
+                    (asked, await self.wait(target, timeout_s=left, follow_handoffs=True))
+                )
             except Exception as exc:
                 await done.put(exc)
 

@@ -109,11 +109,19 @@ def print_summary(result: ReviewResult, console: Console) -> None:
         highlight=False,
     )
     if result.hot_spots:
-        console.print("hot spots (found_todo traces): " + ", ".join(
-            f"{p} ({v:.3g})" for p, v in result.hot_spots[:5]), highlight=False)  # fmt: skip
+        console.print(
+            "hot spots (found_todo traces): "
+            + ", ".join(f"{p} ({v:.3g})" for p, v in result.hot_spots[:5]),
+            highlight=False,
+        )
     table = Table(title="most functions")
-    for col, justify in (("file", "left"), ("functions", "right"), ("classes", "right"),
-                         ("lines", "right"), ("todos", "right")):  # fmt: skip
+    for col, justify in (
+        ("file", "left"),
+        ("functions", "right"),
+        ("classes", "right"),
+        ("lines", "right"),
+        ("todos", "right"),
+    ):
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
     for r in result.top_by_functions():
         table.add_row(r.path, str(r.functions), str(r.classes), str(r.lines), str(r.todos))
@@ -124,14 +132,20 @@ def print_summary(result: ReviewResult, console: Console) -> None:
 
 def print_comparison(results: list[ReviewResult], console: Console) -> None:
     """Print coverage, duplicate reviews and wall time of each mode side by side."""
-    table = Table(title=f"review modes, {results[0].replicas} agents, "
-                        f"{results[0].files_total} files")  # fmt: skip
+    table = Table(
+        title=f"review modes, {results[0].replicas} agents, {results[0].files_total} files"
+    )
     for col in ("mode", "coverage", "reviewed", "reviews", "duplicates", "wall s"):
         table.add_column(col, justify="left" if col == "mode" else "right")
     for r in results:
         s = r.summary()
-        cells = (f"{s['coverage_ratio']:.1%}", s["files_reviewed"], s["reviews"],
-                 s["duplicate_reviews"], f"{s['wall_s']:.2f}")  # fmt: skip
+        cells = (
+            f"{s['coverage_ratio']:.1%}",
+            s["files_reviewed"],
+            s["reviews"],
+            s["duplicate_reviews"],
+            f"{s['wall_s']:.2f}",
+        )
         table.add_row(s["mode"], *(str(c) for c in cells))
     console.print(table)
 

@@ -184,10 +184,16 @@ async def review(
             )
         for m in modes:
             console.rule(f"mode: {m}")
-            result = ReviewResult(root=str(root), runtime="+".join(sorted(kinds)),
-                                  replicas=replicas, mode=m, files_total=len(files))  # fmt: skip
-            await _deploy_and_run(client, kinds, result, files, image, console, timeout_s,
-                                  agents_timeout_s)  # fmt: skip
+            result = ReviewResult(
+                root=str(root),
+                runtime="+".join(sorted(kinds)),
+                replicas=replicas,
+                mode=m,
+                files_total=len(files),
+            )
+            await _deploy_and_run(
+                client, kinds, result, files, image, console, timeout_s, agents_timeout_s
+            )
             print_summary(result, console)
             results.append(result)
     if compare:
@@ -240,9 +246,14 @@ async def _run_walkers(
     from agentbus.demo.stigmergy import run_walkers
 
     started = time.perf_counter()
-    outcome = await run_walkers(client, Path(result.root), replicas=result.replicas,
-                                use_traces=result.mode == "stigmergy", console=console,
-                                timeout_s=timeout_s)  # fmt: skip
+    outcome = await run_walkers(
+        client,
+        Path(result.root),
+        replicas=result.replicas,
+        use_traces=result.mode == "stigmergy",
+        console=console,
+        timeout_s=timeout_s,
+    )
     result.wall_s = time.perf_counter() - started
     result.reports = outcome.unique()
     result.reviewed = len(result.reports)

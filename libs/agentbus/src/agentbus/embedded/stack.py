@@ -224,14 +224,27 @@ class EmbeddedStack:
         # A new session: Ctrl-C in the terminal reaches only us; we stop children in order.
         # On Linux each child also gets SIGTERM if we die without stopping it (SIGKILL).
         self._procs[name] = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
-            start_new_session=True, preexec_fn=_die_with_parent,
-        )  # fmt: skip
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
 
     async def _start_nats(self) -> None:
         port = str(self.nats_port) if self.nats_port else "-1"
-        argv = [nats_server_binary(), "-js", "-a", "127.0.0.1", "-p", port,
-                "-sd", str(self.store_dir)]  # fmt: skip
+        argv = [
+            nats_server_binary(),
+            "-js",
+            "-a",
+            "127.0.0.1",
+            "-p",
+            port,
+            "-sd",
+            str(self.store_dir),
+        ]
         self._spawn("nats-server", argv, None)
         log_path = self.log_dir / "nats-server.log"
         deadline = time.monotonic() + 15.0

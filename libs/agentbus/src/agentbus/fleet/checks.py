@@ -16,10 +16,17 @@ from agentbus.names import check_token
 
 _ENV_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 RESERVED_ENV = frozenset(
-    {"AGENTBUS_NATS_URL", "AGENTBUS_PREFIX", "AGENTBUS_AGENT_ID", "AGENTBUS_AGENT_NODE_ID",
-     "AGENTBUS_AGENT_DEPLOYMENT", "AGENTBUS_AGENT_REPLICA", "AGENTBUS_AGENT_MAX_CONCURRENCY",
-     "AGENTBUS_AGENT_CAPABILITIES"}
-)  # fmt: skip
+    {
+        "AGENTBUS_NATS_URL",
+        "AGENTBUS_PREFIX",
+        "AGENTBUS_AGENT_ID",
+        "AGENTBUS_AGENT_NODE_ID",
+        "AGENTBUS_AGENT_DEPLOYMENT",
+        "AGENTBUS_AGENT_REPLICA",
+        "AGENTBUS_AGENT_MAX_CONCURRENCY",
+        "AGENTBUS_AGENT_CAPABILITIES",
+    }
+)
 """Set by the supervisor for every replica (use ``capabilities``, ``max_concurrency``)."""
 
 

@@ -81,9 +81,12 @@ async def read_logs(
         config.deliver_policy = DeliverPolicy.BY_START_TIME
         config.opt_start_time = since
     sub = await bus.js.subscribe(
-        subject, stream=names.logs_stream, ordered_consumer=True, config=config,
+        subject,
+        stream=names.logs_stream,
+        ordered_consumer=True,
+        config=config,
         inactive_threshold=30.0,
-    )  # fmt: skip
+    )
     stop = stop or asyncio.Event()
     bounded = not follow
     try:

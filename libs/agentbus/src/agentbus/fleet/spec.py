@@ -169,8 +169,9 @@ class _Converter:
         self.paths: dict[YamlPath, YamlPath] = {}  # Struct path -> YAML path
 
     def issue(self, path: YamlPath, message: str) -> None:
-        line = next((self.lines[path[:n]] for n in range(len(path), -1, -1)
-                     if path[:n] in self.lines), None)  # fmt: skip
+        line = next(
+            (self.lines[path[:n]] for n in range(len(path), -1, -1) if path[:n] in self.lines), None
+        )
         self.issues.append(SpecIssue(_dotted(path), message, line))
 
     def fleet(self, data: Any) -> list[Deployment]:
@@ -220,8 +221,10 @@ class _Converter:
             d = msgspec.convert(fields, Deployment)
         except msgspec.ValidationError as exc:
             message, _, where = str(exc).partition(" - at `$")
-            spath = tuple(a or int(b) if (a or b) else "..." for a, b in
-                          _SPEC_PATH_RE.findall(where.rstrip("`")))  # fmt: skip
+            spath = tuple(
+                a or int(b) if (a or b) else "..."
+                for a, b in _SPEC_PATH_RE.findall(where.rstrip("`"))
+            )
             message = message[:1].lower() + message[1:].replace("`", "")
             if not message.startswith("object missing") and "got" not in message:
                 message += f", got {_lookup(fields, spath)!r}"

@@ -108,9 +108,10 @@ async def fleet_view(client: Client, name: str | None = None) -> FleetView:
     statuses = dict(zip(node_ids, replies, strict=True))
     running: dict[tuple[str, int, str], ReplicaStatus] = {
         (r.deployment, r.replica, node): r
-        for node, reply in statuses.items() if reply is not None
+        for node, reply in statuses.items()
+        if reply is not None
         for r in reply.replicas
-    }  # fmt: skip
+    }
     where = {(p.deployment, p.replica): p.node_id for p in placements}
     why = {(u.deployment, u.replica): u.reason for u in unplaced}
     rows: list[ReplicaView] = []
@@ -123,17 +124,41 @@ async def fleet_view(client: Client, name: str | None = None) -> FleetView:
             agent = agents[agent_id].status if agent_id in agents else None
             if node is None:
                 reason = why.get((d.name, r), "not placed yet")
-                rows.append(ReplicaView(deployment=d.name, replica=r, agent_id=agent_id,
-                                        state="unplaced", agent=agent, reason=reason))  # fmt: skip
+                rows.append(
+                    ReplicaView(
+                        deployment=d.name,
+                        replica=r,
+                        agent_id=agent_id,
+                        state="unplaced",
+                        agent=agent,
+                        reason=reason,
+                    )
+                )
             elif (status := running.pop((d.name, r, node), None)) is not None:
                 rows.append(_row(status, node, agent))
             elif statuses.get(node) is None:
-                rows.append(ReplicaView(deployment=d.name, replica=r, agent_id=agent_id,
-                                        state="unknown", node_id=node, agent=agent,
-                                        reason=f"node {node} does not answer"))  # fmt: skip
+                rows.append(
+                    ReplicaView(
+                        deployment=d.name,
+                        replica=r,
+                        agent_id=agent_id,
+                        state="unknown",
+                        node_id=node,
+                        agent=agent,
+                        reason=f"node {node} does not answer",
+                    )
+                )
             else:
-                rows.append(ReplicaView(deployment=d.name, replica=r, agent_id=agent_id,
-                                        state="pending", node_id=node, agent=agent))  # fmt: skip
+                rows.append(
+                    ReplicaView(
+                        deployment=d.name,
+                        replica=r,
+                        agent_id=agent_id,
+                        state="pending",
+                        node_id=node,
+                        agent=agent,
+                    )
+                )
     for (dep, _, node), status in running.items():  # run, but no longer wanted there
         if name is None or dep == name:
             agent = agents[status.agent_id].status if status.agent_id in agents else None
@@ -149,11 +174,19 @@ def _row(
     status: ReplicaStatus, node: str, agent: str | None, *, desired: bool = True
 ) -> ReplicaView:
     return ReplicaView(
-        deployment=status.deployment, replica=status.replica, agent_id=status.agent_id,
-        state=status.state, node_id=node, agent=agent, restarts=status.restarts,
-        started_at=status.started_at, exit_code=status.exit_code, backoff_s=status.backoff_s,
-        reason=status.reason, desired=desired,
-    )  # fmt: skip
+        deployment=status.deployment,
+        replica=status.replica,
+        agent_id=status.agent_id,
+        state=status.state,
+        node_id=node,
+        agent=agent,
+        restarts=status.restarts,
+        started_at=status.started_at,
+        exit_code=status.exit_code,
+        backoff_s=status.backoff_s,
+        reason=status.reason,
+        desired=desired,
+    )
 
 
 async def node_views(client: Client) -> list[NodeView]:

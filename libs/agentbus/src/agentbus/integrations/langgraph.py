@@ -86,8 +86,13 @@ def _where(config: RunnableConfig) -> tuple[str, str]:
 
 
 def _config(thread_id: str, ns: str, checkpoint_id: str) -> RunnableConfig:
-    return {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns,
-                             "checkpoint_id": checkpoint_id}}  # fmt: skip
+    return {
+        "configurable": {
+            "thread_id": thread_id,
+            "checkpoint_ns": ns,
+            "checkpoint_id": checkpoint_id,
+        }
+    }
 
 
 class AgentbusSaver(BaseCheckpointSaver[str]):
@@ -281,8 +286,9 @@ class AgentbusSaver(BaseCheckpointSaver[str]):
                 )
                 copied.add(ckpt.checkpoint_id)
                 if ckpt.writes:
-                    writes = [msgspec.structs.replace(w, data_ref=None, sha256="")
-                              for w in ckpt.writes]  # fmt: skip
+                    writes = [
+                        msgspec.structs.replace(w, data_ref=None, sha256="") for w in ckpt.writes
+                    ]
                     await self.client.put_writes(
                         target_thread_id, ckpt.checkpoint_id, writes, namespace=ns
                     )

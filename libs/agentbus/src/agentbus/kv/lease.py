@@ -103,8 +103,11 @@ class KvLease:
                 except (nats.errors.Error, TimeoutError, OSError) as exc:
                     logger.warning("lease write failed", duty=self.duty, error=repr(exc))
                 if self.held != was:
-                    logger.info("lease " + ("gained" if self.held else "lost"), duty=self.duty,
-                                holder=self.holder)  # fmt: skip
+                    logger.info(
+                        "lease " + ("gained" if self.held else "lost"),
+                        duty=self.duty,
+                        holder=self.holder,
+                    )
                     self.changed.set()
                     self.changed.clear()
                 with contextlib.suppress(TimeoutError):

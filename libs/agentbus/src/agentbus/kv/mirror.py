@@ -234,8 +234,12 @@ class KvMirror(Generic[T]):
                     # nats-py can turn our cancellation into another error
                     raise asyncio.CancelledError from exc
                 failures += 1
-                logger.warning("KV watch broken; watching again", bucket=self.bucket,
-                               error=repr(exc), attempt=failures)  # fmt: skip
+                logger.warning(
+                    "KV watch broken; watching again",
+                    bucket=self.bucket,
+                    error=repr(exc),
+                    attempt=failures,
+                )
             finally:
                 self.live = False
             if failures and not stop.is_set():
@@ -301,8 +305,9 @@ class KvMirror(Generic[T]):
         if self._service_metrics is None:
             logger.debug("bad KV entry skipped", subject=subject, reason=reason)
         else:
-            await report_bad_message(self.bus, self._service_metrics, source=self._source,
-                                     subject=subject, reason=reason)  # fmt: skip
+            await report_bad_message(
+                self.bus, self._service_metrics, source=self._source, subject=subject, reason=reason
+            )
         return None
 
     def _apply(self, key: str, seen: _Seen[T]) -> KvChange[T] | None:
@@ -353,5 +358,6 @@ class KvMirror(Generic[T]):
             task = asyncio.current_task()
             if task is not None and task.cancelling():
                 raise asyncio.CancelledError from exc
-            logger.opt(exception=exc).warning("KV change callback failed", bucket=self.bucket,
-                                              key=change.key)  # fmt: skip
+            logger.opt(exception=exc).warning(
+                "KV change callback failed", bucket=self.bucket, key=change.key
+            )

@@ -190,9 +190,16 @@ class GetNodeStatus(Message, frozen=True, kw_only=True):
 
 
 ReplicaState = Literal[
-    "starting", "running", "backoff", "crash-loop", "exited", "failed", "stopping",
-    "pulling", "image-pull-failed",
-]  # fmt: skip
+    "starting",
+    "running",
+    "backoff",
+    "crash-loop",
+    "exited",
+    "failed",
+    "stopping",
+    "pulling",
+    "image-pull-failed",
+]
 
 
 class ReplicaStatus(Message, frozen=True, kw_only=True):

@@ -202,9 +202,16 @@ class Agent:
         cancels = self._cancels = Cancellations(bus, on_bad=self._poison(bus, "control"))
         await cancels.start()
         self._deliveries = Deliveries(
-            bus=bus, client=client, agent_id=self.agent_id, settings=self.settings,
-            routes=self._routes, metrics=self.metrics, cancels=cancels,
-            retry_due=self._retry_due, on_bad=self._poison(bus, "tasks"))  # fmt: skip
+            bus=bus,
+            client=client,
+            agent_id=self.agent_id,
+            settings=self.settings,
+            routes=self._routes,
+            metrics=self.metrics,
+            cancels=cancels,
+            retry_due=self._retry_due,
+            on_bad=self._poison(bus, "tasks"),
+        )
         intake = self._intake = Intake(
             bus,
             self.capabilities,

@@ -121,8 +121,15 @@ def preflight(task: Task, attempt: int, *, agent_id: str, now: datetime) -> Task
         )
     else:
         return None
-    return TaskResult(task_id=task.task_id, agent_id=agent_id, attempt=attempt, status=status,
-                      started_at=now, finished_at=now, error=error)  # fmt: skip
+    return TaskResult(
+        task_id=task.task_id,
+        agent_id=agent_id,
+        attempt=attempt,
+        status=status,
+        started_at=now,
+        finished_at=now,
+        error=error,
+    )
 
 
 def failure_result(
@@ -190,8 +197,14 @@ def poison_reporter(
     """
 
     async def report(subject: str, reason: str) -> None:
-        await publish_bad_message(bus, metrics.bad_messages, service=f"agent:{agent_id}",
-                                  entity="agent", source=source, subject=subject,
-                                  reason=reason)  # fmt: skip
+        await publish_bad_message(
+            bus,
+            metrics.bad_messages,
+            service=f"agent:{agent_id}",
+            entity="agent",
+            source=source,
+            subject=subject,
+            reason=reason,
+        )
 
     return report

@@ -95,12 +95,12 @@ class Deliveries:
         # (a timer, not a task, per attempt); the result tells of shorter ones.
         attempt_done = asyncio.Event()
         long: list[asyncio.Task[None]] = []
-        started = TaskStarted(task_id=task.task_id, agent_id=self.agent_id, attempt=attempt,
-                              started_at=started_at)  # fmt: skip
+        started = TaskStarted(
+            task_id=task.task_id, agent_id=self.agent_id, attempt=attempt, started_at=started_at
+        )
 
         def outlived(report: TaskStarted | None = started) -> None:
-            long.append(asyncio.create_task(
-                self._while_long(msg, subject, report, attempt_done)))  # fmt: skip
+            long.append(asyncio.create_task(self._while_long(msg, subject, report, attempt_done)))
 
         delay_s = min(settings.started_report_delay_s, settings.lease_s / 3)
         timer = asyncio.get_running_loop().call_later(delay_s, outlived)
@@ -123,8 +123,9 @@ class Deliveries:
                 timer.cancel()
                 if self.cancels.swallow(task.task_id):
                     logger.info("running task cancelled")
-                    result = cancelled_result(task.task_id, agent_id=self.agent_id,
-                                              attempt=attempt, started_at=started_at)  # fmt: skip
+                    result = cancelled_result(
+                        task.task_id, agent_id=self.agent_id, attempt=attempt, started_at=started_at
+                    )
                     await report_cancelled(bus, msg, capability, result)
                     return
                 self.metrics.attempts.labels(capability, "returned").inc()
@@ -164,8 +165,9 @@ class Deliveries:
     async def _run_handler(self, task: Task, attempt: int, started_at: datetime) -> TaskResult:
         bus, agent_id = self.bus, self.agent_id
         route = self.routes[task.capability]
-        ctx = TaskContext(task=task, attempt=attempt, agent_id=agent_id, bus=bus,
-                          client=self.client)  # fmt: skip
+        ctx = TaskContext(
+            task=task, attempt=attempt, agent_id=agent_id, bus=bus, client=self.client
+        )
         try:
             value = await unpack(bus, task.input, task.input_ref, route.input_type)
             async with checkpointing(ctx.checkpoint, self.settings.checkpoint_interval_s):
@@ -175,9 +177,17 @@ class Deliveries:
             if not isinstance(exc, AgentBusError):
                 logger.opt(exception=exc).info("handler failed")
             return failure_result(task, attempt, exc, agent_id=agent_id, started_at=started_at)
-        return TaskResult(task_id=task.task_id, agent_id=agent_id, attempt=attempt,
-                          started_at=started_at, status="succeeded", finished_at=utcnow(),
-                          output=raw, output_ref=ref, ran=True)  # fmt: skip
+        return TaskResult(
+            task_id=task.task_id,
+            agent_id=agent_id,
+            attempt=attempt,
+            started_at=started_at,
+            status="succeeded",
+            finished_at=utcnow(),
+            output=raw,
+            output_ref=ref,
+            ran=True,
+        )
 
     async def _report(self, msg: Msg, capability: str, result: TaskResult) -> None:
         """Publish ``result`` for a task ended before it started, then settle its message."""

@@ -196,8 +196,9 @@ class Intake:
 
     def flagged(self, capability: str) -> list[int]:
         """Bands of ``capability`` that may hold tasks, high to low (for tests, metrics)."""
-        return sorted((ln.band for ln in self._flagged if ln.capability == capability),
-                      reverse=True)  # fmt: skip
+        return sorted(
+            (ln.band for ln in self._flagged if ln.capability == capability), reverse=True
+        )
 
     def _heard(self, notice: TasksReady, backlog: bool) -> None:
         if backlog:  # every agent hears it: mark the band, take what a free slot can

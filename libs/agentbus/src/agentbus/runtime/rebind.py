@@ -75,8 +75,11 @@ class Rebinder:
         self.episodes += 1
         logger.warning(
             "task consumer gone: binding again",
-            capability=capability, consumer=consumer, stream=self._stream, status=status,
-        )  # fmt: skip
+            capability=capability,
+            consumer=consumer,
+            stream=self._stream,
+            status=status,
+        )
         self._episodes[capability] = asyncio.create_task(self._episode(capability, then))
 
     async def close(self) -> None:
@@ -93,8 +96,12 @@ class Rebinder:
 
         def failed(state: RetryCallState) -> None:
             error = state.outcome.exception() if state.outcome else None
-            logger.debug("binding again failed", capability=capability, error=repr(error),
-                         attempt=state.attempt_number)  # fmt: skip
+            logger.debug(
+                "binding again failed",
+                capability=capability,
+                error=repr(error),
+                attempt=state.attempt_number,
+            )
 
         try:  # the episode ends (and is popped) before ``then``: pulls may resume at once
             retrying = AsyncRetrying(
@@ -112,9 +119,12 @@ class Rebinder:
         finally:
             self._episodes.pop(capability, None)
         logger.info(
-            "task consumers bound again", capability=capability, stream=self._stream,
-            attempts=attempts, duration_s=round(loop.time() - began, 3),
-        )  # fmt: skip
+            "task consumers bound again",
+            capability=capability,
+            stream=self._stream,
+            attempts=attempts,
+            duration_s=round(loop.time() - began, 3),
+        )
         if self._counted is not None:
             self._counted(capability)
         then(capability)

@@ -107,9 +107,15 @@ async def report_bad_message(
     ``source`` is a low-cardinality label (an endpoint or stream name); ``subject`` is
     the message's subject. See ``publish_bad_message``.
     """
-    await publish_bad_message(bus, metrics.bad_messages, service=metrics.service,
-                              entity=metrics.service, source=source, subject=subject,
-                              reason=reason)  # fmt: skip
+    await publish_bad_message(
+        bus,
+        metrics.bad_messages,
+        service=metrics.service,
+        entity=metrics.service,
+        source=source,
+        subject=subject,
+        reason=reason,
+    )
 
 
 class MicroService:

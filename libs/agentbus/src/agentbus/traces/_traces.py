@@ -145,13 +145,20 @@ class Traces:
         """
         base = self._defaults.get(kind, self._default)
         try:
-            wanted = tm.complete_kind(msgspec.convert({
-                "type": "TraceKind", "kind": check_token("trace kind", kind),
-                "half_life_s": base.half_life_s if half_life_s is None else half_life_s,
-                "floor": base.floor if floor is None else floor,
-                "forget_after_s": base.forget_after_s if forget_after_s is None
-                else forget_after_s,
-            }, TraceKind))  # fmt: skip
+            wanted = tm.complete_kind(
+                msgspec.convert(
+                    {
+                        "type": "TraceKind",
+                        "kind": check_token("trace kind", kind),
+                        "half_life_s": base.half_life_s if half_life_s is None else half_life_s,
+                        "floor": base.floor if floor is None else floor,
+                        "forget_after_s": base.forget_after_s
+                        if forget_after_s is None
+                        else forget_after_s,
+                    },
+                    TraceKind,
+                )
+            )
         except msgspec.ValidationError as exc:
             raise ContractError(f"trace kind {kind!r}: {exc}") from None
         stored = await self._load_or_create(wanted)
@@ -210,8 +217,12 @@ class Traces:
         if inc < 1:
             raise ContractError(f"a deposit of {amount} is below the resolution 1/{k.scale}")
         subject = self.names.trace_subject(k.kind, epoch, key)
-        headers = {"Nats-Incr": f"+{inc}", "Nats-Msg-Id": uuid.uuid4().hex,
-                   tm.AMOUNT_HEADER: repr(float(amount)), tm.AT_HEADER: f"{t:.6f}"}  # fmt: skip
+        headers = {
+            "Nats-Incr": f"+{inc}",
+            "Nats-Msg-Id": uuid.uuid4().hex,
+            tm.AMOUNT_HEADER: repr(float(amount)),
+            tm.AT_HEADER: f"{t:.6f}",
+        }
         timeout = self.bus.settings.request_timeout_s
 
         async def publish() -> None:  # publish() mutates its headers: a copy each time
@@ -222,9 +233,11 @@ class Traces:
                 await publish()
             except TimeoutError:
                 async for attempt in AsyncRetrying(
-                    stop=stop_after_attempt(2), wait=wait_exponential(multiplier=0.1, max=1.0),
-                    retry=retry_if_exception_type(TimeoutError), reraise=True,
-                ):  # fmt: skip
+                    stop=stop_after_attempt(2),
+                    wait=wait_exponential(multiplier=0.1, max=1.0),
+                    retry=retry_if_exception_type(TimeoutError),
+                    reraise=True,
+                ):
                     with attempt:
                         await publish()
         except TimeoutError as exc:
@@ -290,11 +303,17 @@ class Traces:
         k = await self.kind(kind)
         stream = self.names.trace_stream(k.kind)
         subject = f"{self.names.traces_all(k.kind)[:-1]}*.{key_filter or '>'}"
-        info = await self.bus.js.add_consumer(stream, ConsumerConfig(
-            name=f"traces-snap-{uuid.uuid4().hex[:12]}", filter_subject=subject,
-            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT, ack_policy=AckPolicy.NONE,
-            inactive_threshold=30.0, mem_storage=True,
-        ))  # fmt: skip
+        info = await self.bus.js.add_consumer(
+            stream,
+            ConsumerConfig(
+                name=f"traces-snap-{uuid.uuid4().hex[:12]}",
+                filter_subject=subject,
+                deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+                ack_policy=AckPolicy.NONE,
+                inactive_threshold=30.0,
+                mem_storage=True,
+            ),
+        )
         assert info.name is not None
         remaining = info.num_pending or 0
         sub = await self.bus.js.pull_subscribe_bind(info.name, stream=stream)

@@ -42,11 +42,13 @@ class Claim:
 
     async def renew(self) -> bool:
         """Restart the TTL; ``False`` if the claim had lapsed (another may hold it now)."""
-        value = encode(TraceClaim(location=self.location, holder=self.holder,
-                                  ttl_s=self.ttl_s, claimed_at=utcnow()))  # fmt: skip
+        value = encode(
+            TraceClaim(
+                location=self.location, holder=self.holder, ttl_s=self.ttl_s, claimed_at=utcnow()
+            )
+        )
         try:
-            self.revision = await _write(self._bus, self.location, value, self.revision,
-                                         self.ttl_s)  # fmt: skip
+            self.revision = await _write(self._bus, self.location, value, self.revision, self.ttl_s)
         except ConflictError:
             return False
         return True

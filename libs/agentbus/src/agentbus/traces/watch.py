@@ -58,9 +58,12 @@ async def watch_traces(
 
         subject = f"{names.traces_all(kind.kind)[:-1]}*.{key_filter or '>'}"
         subs[kind.kind] = await js.subscribe(
-            subject, stream=stream, ordered_consumer=True, cb=on_msg,
+            subject,
+            stream=stream,
+            ordered_consumer=True,
+            cb=on_msg,
             deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
-        )  # fmt: skip
+        )
 
     async def new_kinds(started: bool) -> None:
         wanted = (
@@ -104,8 +107,9 @@ async def watch_traces(
                 del counters[e]
             amount, at = tm.deposit_headers(msg.headers)
             strength = tm.strength(kind, {e: v for e, (v, _) in counters.items()}, now)
-            yield TraceChange(location=location, kind=kind.kind, strength=strength,
-                              amount=amount, at=at)  # fmt: skip
+            yield TraceChange(
+                location=location, kind=kind.kind, strength=strength, amount=amount, at=at
+            )
     finally:
         for sub in subs.values():
             with contextlib.suppress(Exception):

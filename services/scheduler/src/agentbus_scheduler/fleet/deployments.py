@@ -107,8 +107,12 @@ class Fleet:
             await self._settle(deployment.name)
         except (nats.errors.Error, TimeoutError) as exc:
             raise UnavailableError(f"could not store deployment: {exc!r}") from exc
-        logger.info("deployment stored", deployment=deployment.name, change=change,
-                    replicas=deployment.replicas)  # fmt: skip
+        logger.info(
+            "deployment stored",
+            deployment=deployment.name,
+            change=change,
+            replicas=deployment.replicas,
+        )
         return self._reply(deployment, change)
 
     async def scale(self, request: ScaleDeployment) -> DeployReply:

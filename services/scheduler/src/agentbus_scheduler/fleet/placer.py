@@ -41,9 +41,11 @@ class Placer:
         self.state = state
         settings = ctx.settings
         self.lease = KvLease(
-            ctx.bus, PLACEMENT_LEASE, holder=settings.instance_id,
+            ctx.bus,
+            PLACEMENT_LEASE,
+            holder=settings.instance_id,
             ttl_s=settings.placement_lease_ttl_s,
-        )  # fmt: skip
+        )
         self._lock = asyncio.Lock()
         self._unplaced: dict[str, str] = {}  # as last reported by this holder
 

@@ -27,8 +27,7 @@ def node_changed(old: NodeInfo | None, new: NodeInfo | None) -> bool:
         return old is not new
 
     def shape(n: NodeInfo) -> tuple[object, ...]:
-        return (n.runtime, n.labels, n.capacity_replicas, n.capacity_cpus,
-                n.capacity_memory_bytes)  # fmt: skip
+        return (n.runtime, n.labels, n.capacity_replicas, n.capacity_cpus, n.capacity_memory_bytes)
 
     return shape(old) != shape(new)
 

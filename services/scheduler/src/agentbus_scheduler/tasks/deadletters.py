@@ -282,9 +282,12 @@ class DeadLetters:
             task = decode_task(raw.data or b"")
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             await report_bad_message(
-                self.ctx.bus, self.ctx.service_metrics, source="tasks", subject=raw.subject or "",
+                self.ctx.bus,
+                self.ctx.service_metrics,
+                source="tasks",
+                subject=raw.subject or "",
                 reason=f"stuck task message does not decode: {exc}",
-            )  # fmt: skip
+            )
             await self.delete(stream_seq, reason="dead")
             return False
         now = utcnow()
@@ -299,8 +302,12 @@ class DeadLetters:
             await self.index(record)
         if outcome.changed:
             self.ctx.metrics.dead_letters.labels(source).inc()
-            logger.warning("task dead: message stuck after its last delivery",
-                           task_id=task.task_id, stream_seq=stream_seq, reason=reason)  # fmt: skip
+            logger.warning(
+                "task dead: message stuck after its last delivery",
+                task_id=task.task_id,
+                stream_seq=stream_seq,
+                reason=reason,
+            )
         await self.delete(stream_seq, reason="dead" if outcome.changed else "finished")
         return outcome.changed
 

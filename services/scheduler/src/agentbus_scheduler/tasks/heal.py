@@ -78,8 +78,15 @@ class Healer:
             )
 
         limit = settings.sweep_max_records
-        page = await scan(bus.js, bus.names.tasks_bucket, TaskRecord, after=self._after,
-                          keep=candidate, limit=limit, max_entries=limit)  # fmt: skip
+        page = await scan(
+            bus.js,
+            bus.names.tasks_bucket,
+            TaskRecord,
+            after=self._after,
+            keep=candidate,
+            limit=limit,
+            max_entries=limit,
+        )
         self._after = page.after or 0
         if not page.entries:
             return 0
@@ -130,7 +137,11 @@ class Healer:
             self._present.add(record.task_id)  # its message landed (or it ended)
             return 0
         self.ctx.metrics.healed.inc()
-        logger.warning("queued task had no work-stream message: published again",
-                       task_id=record.task_id, capability=record.capability,
-                       created_at=record.created_at.isoformat(), why=why)  # fmt: skip
+        logger.warning(
+            "queued task had no work-stream message: published again",
+            task_id=record.task_id,
+            capability=record.capability,
+            created_at=record.created_at.isoformat(),
+            why=why,
+        )
         return 1

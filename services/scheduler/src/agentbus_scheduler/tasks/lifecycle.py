@@ -111,9 +111,17 @@ def _event(
     reason: str = "",
 ) -> TaskEvent:
     """The ``TaskEvent`` of ``record`` reaching ``status``."""
-    return TaskEvent(task_id=record.task_id, capability=record.capability, status=status, at=at,
-                     attempt=attempt, agent_id=agent_id, error=error,
-                     next_attempt_at=next_attempt_at, reason=reason)  # fmt: skip
+    return TaskEvent(
+        task_id=record.task_id,
+        capability=record.capability,
+        status=status,
+        at=at,
+        attempt=attempt,
+        agent_id=agent_id,
+        error=error,
+        next_attempt_at=next_attempt_at,
+        reason=reason,
+    )
 
 
 def _same_delivery(attempt: Attempt, report: Report) -> bool:
@@ -191,11 +199,23 @@ def apply_report(record: TaskRecord, report: Report, *, now: datetime) -> Change
         next_attempt_at=next_at,
         updated_at=now,
     )
-    event = _event(record, status, at=now, attempt=report.attempt, agent_id=report.agent_id,
-                   error=report.error, next_attempt_at=next_at)  # fmt: skip
+    event = _event(
+        record,
+        status,
+        at=now,
+        attempt=report.attempt,
+        agent_id=report.agent_id,
+        error=report.error,
+        next_attempt_at=next_at,
+    )
     if current is None and ran:  # no TaskStarted was applied: the attempt starts here
-        started = _event(record, "running", at=report.started_at, attempt=report.attempt,
-                         agent_id=report.agent_id)  # fmt: skip
+        started = _event(
+            record,
+            "running",
+            at=report.started_at,
+            attempt=report.attempt,
+            agent_id=report.agent_id,
+        )
         return updated, (started, event)
     return updated, event
 
@@ -254,8 +274,9 @@ def cancel_task(record: TaskRecord, *, now: datetime, reason: str) -> Change:
         else a
         for a in record.attempts
     ]
-    return _ended(record, "cancelled", attempts, now=now, error=error, reason=why,
-                  agent_id=record.agent_id)  # fmt: skip
+    return _ended(
+        record, "cancelled", attempts, now=now, error=error, reason=why, agent_id=record.agent_id
+    )
 
 
 def _ended(
@@ -269,9 +290,22 @@ def _ended(
     agent_id: str | None = None,
 ) -> Change:
     """``record`` ended ``status`` by the scheduler at ``now``, and its event."""
-    updated = msgspec.structs.replace(record, status=status, attempts=attempts, error=error,
-                                      finished_at=now, next_attempt_at=None,
-                                      updated_at=now)  # fmt: skip
-    event = _event(record, status, at=now, attempt=_latest(record), agent_id=agent_id,
-                   error=error, reason=reason)  # fmt: skip
+    updated = msgspec.structs.replace(
+        record,
+        status=status,
+        attempts=attempts,
+        error=error,
+        finished_at=now,
+        next_attempt_at=None,
+        updated_at=now,
+    )
+    event = _event(
+        record,
+        status,
+        at=now,
+        attempt=_latest(record),
+        agent_id=agent_id,
+        error=error,
+        reason=reason,
+    )
     return updated, event

@@ -122,8 +122,9 @@ class Links:
         if ended is None:
             return record
         now = utcnow()
-        event = TaskEvent(task_id=task_id, capability=record.capability, status="cancelled",
-                          at=now, reason=ended)  # fmt: skip
+        event = TaskEvent(
+            task_id=task_id, capability=record.capability, status="cancelled", at=now, reason=ended
+        )
         if revision is not None:
             try:
                 kv = await self.bus.kv(self.bus.names.tasks_bucket)
@@ -218,8 +219,7 @@ async def messages_of(
     seq, read = 1, 0
     while ids and read < limit:
         try:
-            raw = await bus.js.get_msg(bus.names.tasks_stream, seq=seq, subject=subject,
-                                       next=True)  # fmt: skip
+            raw = await bus.js.get_msg(bus.names.tasks_stream, seq=seq, subject=subject, next=True)
         except nats.js.errors.NotFoundError:
             return found, True  # no (more) messages on the subject
         if raw.seq is None:

@@ -59,9 +59,16 @@ class TaskListing:
             logger.warning("task record does not decode", task_id=key)
 
         bus, most = self.ctx.bus, self.ctx.settings.list_max_records
-        page = await scan(bus.js, bus.names.tasks_bucket, TaskRecord, after=offset,
-                          keep=wanted, limit=request.limit, max_entries=most,
-                          on_bad=bad)  # fmt: skip
+        page = await scan(
+            bus.js,
+            bus.names.tasks_bucket,
+            TaskRecord,
+            after=offset,
+            keep=wanted,
+            limit=request.limit,
+            max_entries=most,
+            on_bad=bad,
+        )
         tasks = [record for _, _, record in page.entries]
         after = None if page.after is None else str(page.after)
         return TasksReply(tasks=tasks, total=len(tasks), next_cursor=after)

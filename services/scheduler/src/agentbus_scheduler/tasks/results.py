@@ -110,9 +110,11 @@ class ResultsConsumer:
         # pulls answered into one callback subscription: nats-py's fetch() waits for
         # each message with a task and a timer of its own
         self._puller = NoWaitPuller(
-            self.ctx.bus, names.results_stream, timeout_s=self.ctx.bus.settings.request_timeout_s,
+            self.ctx.bus,
+            names.results_stream,
+            timeout_s=self.ctx.bus.settings.request_timeout_s,
             late=self._late,
-        )  # fmt: skip
+        )
         await self._puller.start()
 
     async def close(self) -> None:
@@ -252,8 +254,9 @@ class ResultsConsumer:
             else:
                 headers = {EXPECTED_LAST_SUBJECT_SEQ: str(fold.revision)}
                 try:
-                    written = await publisher.publish(f"$KV.{bucket}.{task_id}",
-                                                      encode(fold.record), headers)  # fmt: skip
+                    written = await publisher.publish(
+                        f"$KV.{bucket}.{task_id}", encode(fold.record), headers
+                    )
                 except nats.errors.Error:  # not sent: the general way retries or naks
                     general.extend(group)
                     continue
@@ -293,8 +296,7 @@ class ResultsConsumer:
 
     def _duplicate(self, report: TaskResult) -> None:
         self.ctx.metrics.duplicate_results.inc()
-        logger.info("duplicate result dropped", task_id=report.task_id,
-                    agent_id=report.agent_id)  # fmt: skip
+        logger.info("duplicate result dropped", task_id=report.task_id, agent_id=report.agent_id)
 
     async def _decode_all(self, msgs: Sequence[Msg]) -> list[tuple[Msg, Report]]:
         """The reports of ``msgs``; one that does not decode is terminated and reported."""
@@ -346,8 +348,9 @@ class ResultsConsumer:
         record = outcome.record
         if record is None:
             self.ctx.metrics.orphan_reports.inc()
-            logger.warning("report for unknown task dropped", task_id=report.task_id,
-                           subject=subject)  # fmt: skip
+            logger.warning(
+                "report for unknown task dropped", task_id=report.task_id, subject=subject
+            )
             return
         if outcome.changed:
             self._applied(record.status).inc()

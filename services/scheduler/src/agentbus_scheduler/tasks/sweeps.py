@@ -143,8 +143,9 @@ class Sweeper:
             if not self.lease.held:
                 return scanned
             try:
-                raw = await js.get_msg(names.tasks_stream, seq=seq, next=True,
-                                       subject=names.tasks_all())  # fmt: skip
+                raw = await js.get_msg(
+                    names.tasks_stream, seq=seq, next=True, subject=names.tasks_all()
+                )
             except nats.js.errors.NotFoundError:
                 break
             if raw.seq is None:

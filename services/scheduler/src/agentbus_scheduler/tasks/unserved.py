@@ -44,8 +44,13 @@ class LiveAgents:
 
     def __init__(self, ctx: SchedulerContext) -> None:
         self.ctx = ctx
-        self.mirror = KvMirror(ctx.bus, ctx.bus.names.agents_bucket, AgentInfo,
-                               service_metrics=ctx.service_metrics, source="agents")  # fmt: skip
+        self.mirror = KvMirror(
+            ctx.bus,
+            ctx.bus.names.agents_bucket,
+            AgentInfo,
+            service_metrics=ctx.service_metrics,
+            source="agents",
+        )
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -136,8 +141,9 @@ class Unserved:
         seq, sent = self._next_seq.get(subject, 1), 0
         for _ in range(MAX_READ_PER_SUBJECT):
             try:
-                raw = await bus.js.get_msg(bus.names.tasks_stream, seq=seq, subject=subject,
-                                           next=True)  # fmt: skip
+                raw = await bus.js.get_msg(
+                    bus.names.tasks_stream, seq=seq, subject=subject, next=True
+                )
             except nats.js.errors.NotFoundError:
                 break
             if raw.seq is None or raw.time is None or raw.time > before:
@@ -156,15 +162,27 @@ class Unserved:
             if found is None or found[0].status != "queued":
                 continue
             waited_s = (utcnow() - found[0].created_at).total_seconds()
-            reason = (f"unserved: no live agent serves capability {task.capability!r}; "
-                      f"queued for {waited_s:.0f} s")  # fmt: skip
-            event = TaskEvent(task_id=task.task_id, capability=task.capability,
-                              status="queued", at=utcnow(), reason=reason)  # fmt: skip
-            await bus.js.publish(bus.names.task_event_subject(UNSERVED, task.task_id),
-                                 encode(event))  # fmt: skip
+            reason = (
+                f"unserved: no live agent serves capability {task.capability!r}; "
+                f"queued for {waited_s:.0f} s"
+            )
+            event = TaskEvent(
+                task_id=task.task_id,
+                capability=task.capability,
+                status="queued",
+                at=utcnow(),
+                reason=reason,
+            )
+            await bus.js.publish(
+                bus.names.task_event_subject(UNSERVED, task.task_id), encode(event)
+            )
             self.ctx.metrics.unserved_warnings.inc()
-            logger.warning("task waits for an agent", task_id=task.task_id,
-                           capability=task.capability, waited_s=round(waited_s))  # fmt: skip
+            logger.warning(
+                "task waits for an agent",
+                task_id=task.task_id,
+                capability=task.capability,
+                waited_s=round(waited_s),
+            )
             sent += 1
         return sent
 
