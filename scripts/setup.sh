@@ -23,7 +23,8 @@ if ! command -v just >/dev/null 2>&1; then
 fi
 
 # 2. Debian packages: Docker engine, compose v1, mmdebstrap for the base image; redis-server
-#    (the Celery peer of `just bench tasks`); podman with runc (the Podman runtime path).
+#    (the Celery peer of `just bench tasks`); podman with runc (the Podman runtime path);
+#    docker-registry (the distribution v2 registry the image-pull test starts on a free port).
 need_pkgs=()
 command -v dockerd >/dev/null 2>&1 || need_pkgs+=(docker.io)
 command -v docker-compose >/dev/null 2>&1 || need_pkgs+=(docker-compose)
@@ -31,10 +32,15 @@ command -v mmdebstrap >/dev/null 2>&1 || need_pkgs+=(mmdebstrap)
 command -v npm >/dev/null 2>&1 || need_pkgs+=(nodejs npm)
 command -v redis-server >/dev/null 2>&1 || need_pkgs+=(redis-server)
 command -v podman >/dev/null 2>&1 || need_pkgs+=(podman runc)
+command -v docker-registry >/dev/null 2>&1 || need_pkgs+=(docker-registry)
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
   log "installing ${need_pkgs[*]}"
   as_root apt-get update -qq
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+  # The package's own service (port 5000) is not used: the tests start their own registry.
+  if [[ " ${need_pkgs[*]} " == *" docker-registry "* ]] && [ -d /run/systemd/system ]; then
+    as_root systemctl disable --now docker-registry >/dev/null 2>&1 || true
+  fi
 fi
 
 # 3. A running Docker engine.

@@ -1,11 +1,13 @@
 """The supervisor pulls a missing image; a pull that fails is a replica state with the
-reason and an event. No registry is reachable here, so the failure path runs for
-real (a registry on a closed local port) and the success path checks only that an
-image present locally is not pulled."""
+reason and an event. The failure path pulls from a closed local port; the success
+path pulls from a real registry (``docker-registry``, the distribution v2 registry)
+started on a free local port, an image the engine lacks one layer of."""
 
 from __future__ import annotations
 
 import socket
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import aiodocker
 import msgspec
@@ -24,10 +26,12 @@ from tests.supervisor._helpers import (
     docker_settings,
     place,
     put_deployment,
+    registered,
     replica_where,
     returns,
     running_supervisor,
 )
+from tests.supervisor._registry import PushedImage, pushed_image, registry_process
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(120)]
 
@@ -102,3 +106,66 @@ async def test_present_image_is_not_pulled_and_a_failed_pull_raises(
         assert progress and missing in progress[0]
     finally:
         await runtime.close()
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[str]:
+    """A ``docker-registry`` on a free local port: its ``127.0.0.1:<port>``."""
+    with registry_process(tmp_path) as address:
+        yield address
+
+
+@pytest.fixture
+async def remote_image(
+    docker: aiodocker.Docker, registry: str, agent_image: str
+) -> AsyncIterator[PushedImage]:
+    """The agent image plus one random layer, in ``registry`` and not in the engine."""
+    async with pushed_image(docker, registry, agent_image) as image:
+        yield image
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+async def test_missing_image_is_pulled_with_progress_and_the_agent_runs(
+    bus: Bus,
+    docker: aiodocker.Docker,
+    events: EventLog,
+    remote_image: PushedImage,
+    node_containers: str,
+) -> None:
+    node_id, ref = node_containers, remote_image.ref
+    with pytest.raises(aiodocker.DockerError) as absent:
+        await docker.images.inspect(ref)
+    assert absent.value.status == 404
+    dep = Deployment(name="pulled", image=ref, capabilities=["echo"],
+                     image_command=["python", "-m", "agentbus.agents.echo"],
+                     env={"AGENTBUS_AGENT_HEARTBEAT_S": "0.5"})  # fmt: skip
+    await put_deployment(bus, dep)
+    await place(bus, "pulled", 0, node_id)
+    async with running_supervisor(bus, docker_settings(node_id, images_refresh_s=0.5)):
+        running = await eventually(
+            replica_where(bus, node_id, lambda r: r.state == "running"),
+            timeout_s=120,
+            what="pulled replica running",
+        )
+        await eventually(registered(bus, "pulled-0"), timeout_s=60, what="agent registered")
+        container = await docker.containers.container(running.runtime_id).show()
+        assert container["Config"]["Image"] == ref
+        assert container["State"]["Running"]
+        await docker.images.inspect(ref)  # present now
+        nodes_kv = await bus.kv(bus.names.nodes_bucket)
+
+        async def node_lists_it() -> bool:
+            entry = await nodes_kv.get(node_id)
+            return ref in msgspec.json.decode(entry.value or b"", type=NodeInfo).images
+
+        await eventually(node_lists_it, timeout_s=30, what="node lists the pulled image")
+    lines = await eventually(
+        lambda: returns([e.detail for e in events.of("pulling", "pulled-0")
+                         if e.detail.startswith("pulled ")]),
+        what="the pull's last progress line",
+    )  # fmt: skip
+    n, size = remote_image.layers, remote_image.missing_layer_bytes
+    assert lines == [f"pulled {ref}: {n}/{n} layers, {size} of {size} bytes"]
+    assert events.of("pulling", "pulled-0")[0].detail == f"pulling {ref}"
+    assert not events.of("failed", "pulled-0")
