@@ -135,8 +135,7 @@ async def pushed_image(
             )
         reply.raise_for_status()
         layers = reply.json()["layers"]
-        yield PushedImage(ref, len({layer["digest"] for layer in layers}),
-                          int(layers[-1]["size"]))  # fmt: skip
+        yield PushedImage(ref, len({layer["digest"] for layer in layers}), int(layers[-1]["size"]))
     finally:
         try:
             await docker.images.delete(ref, force=True)

@@ -137,9 +137,13 @@ async def test_missing_image_is_pulled_with_progress_and_the_agent_runs(
     with pytest.raises(aiodocker.DockerError) as absent:
         await docker.images.inspect(ref)
     assert absent.value.status == 404
-    dep = Deployment(name="pulled", image=ref, capabilities=["echo"],
-                     image_command=["python", "-m", "agentbus.agents.echo"],
-                     env={"AGENTBUS_AGENT_HEARTBEAT_S": "0.5"})  # fmt: skip
+    dep = Deployment(
+        name="pulled",
+        image=ref,
+        capabilities=["echo"],
+        image_command=["python", "-m", "agentbus.agents.echo"],
+        env={"AGENTBUS_AGENT_HEARTBEAT_S": "0.5"},
+    )
     await put_deployment(bus, dep)
     await place(bus, "pulled", 0, node_id)
     async with running_supervisor(bus, docker_settings(node_id, images_refresh_s=0.5)):
@@ -161,10 +165,11 @@ async def test_missing_image_is_pulled_with_progress_and_the_agent_runs(
 
         await eventually(node_lists_it, timeout_s=30, what="node lists the pulled image")
     lines = await eventually(
-        lambda: returns([e.detail for e in events.of("pulling", "pulled-0")
-                         if e.detail.startswith("pulled ")]),
+        lambda: returns(
+            [e.detail for e in events.of("pulling", "pulled-0") if e.detail.startswith("pulled ")]
+        ),
         what="the pull's last progress line",
-    )  # fmt: skip
+    )
     n, size = remote_image.layers, remote_image.missing_layer_bytes
     assert lines == [f"pulled {ref}: {n}/{n} layers, {size} of {size} bytes"]
     assert events.of("pulling", "pulled-0")[0].detail == f"pulling {ref}"
