@@ -19,9 +19,9 @@ RUN python3 -m venv /opt/venv \
  && /opt/venv/bin/pip install --find-links /wheels --requirement /wheels/requirements-agent.txt
 # The workspace wheel by path, so a same-named project on an index can never shadow it.
 # pip and setuptools then leave the venv: nothing installs at run time.
-COPY workspace/agentbus-[0-9]*.whl /wheels/workspace/
+COPY workspace/agentbus_runtime-*.whl /wheels/workspace/
 RUN /opt/venv/bin/pip install --find-links /wheels \
-      --constraint /wheels/requirements-agent.txt /wheels/workspace/agentbus-[0-9]*.whl \
+      --constraint /wheels/requirements-agent.txt /wheels/workspace/agentbus_runtime-*.whl \
  && /opt/venv/bin/pip uninstall --yes --quiet pip setuptools
 
 FROM ${BASE}

@@ -22,7 +22,7 @@ RUN python3 -m venv /opt/venv \
 COPY workspace/ /wheels/workspace/
 RUN /opt/venv/bin/pip install --find-links /wheels \
       --constraint /wheels/requirements-services.txt \
-      /wheels/workspace/agentbus-[0-9]*.whl \
+      /wheels/workspace/agentbus_runtime-*.whl \
       /wheels/workspace/agentbus_registry-*.whl \
       /wheels/workspace/agentbus_scheduler-*.whl \
       /wheels/workspace/agentbus_supervisor-*.whl \

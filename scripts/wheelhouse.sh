@@ -47,7 +47,7 @@ done
 
 # 2. Third-party pins from uv.lock.
 export_pins --no-dev --all-packages -o "$tmp/requirements-services.txt"
-export_pins --no-dev --package agentbus -o "$tmp/requirements-agent.txt"
+export_pins --no-dev --package agentbus-runtime -o "$tmp/requirements-agent.txt"
 for f in requirements-services.txt requirements-agent.txt; do
   install_if_changed "$tmp/$f" "$out/$f"
 done

