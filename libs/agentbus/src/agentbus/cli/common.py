@@ -28,7 +28,9 @@ app = typer.Typer(
 )
 demo_app = typer.Typer(help="Demonstrations on a real stack.", no_args_is_help=True)
 app.add_typer(demo_app, name="demo")
-console = Console(soft_wrap=True)
+_WIDE_COLUMNS = 100_000
+"""Width when output is not a terminal: tables are never cut (full ids, no ellipsis)."""
+console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else _WIDE_COLUMNS)
 err_console = Console(stderr=True, soft_wrap=True)
 
 NatsUrl = Annotated[

@@ -218,11 +218,15 @@ def nodes(json_out: JsonFlag = False, nats_url: NatsUrl = None, prefix: Prefix =
 @app.command()
 def agents(
     capability: Annotated[str | None, typer.Option(help="Only agents with it.")] = None,
+    json_out: JsonFlag = False,
     nats_url: NatsUrl = None,
     prefix: Prefix = None,
 ) -> None:
     """List live agents."""
     found = run(with_client(nats_url, prefix, lambda c: c.agents(capability)))
+    if json_out:
+        print_json(msgspec.json.encode(found))
+        return
     table = Table(title=f"{len(found)} agents")
     for col in ("agent", "name", "capabilities", "node", "deployment", "status", "load", "seen"):
         table.add_column(col, no_wrap=col in _IDS)
