@@ -22,7 +22,7 @@ def test_public_names_import_from_the_package() -> None:
 
     for name in agentbus.__all__:
         assert getattr(agentbus, name) is not None, name
-    assert agentbus.Agent.__module__ == "agentbus.runtime"
+    assert agentbus.Agent.__module__ == "agentbus.runtime.agent"
 
 
 def test_unknown_name_is_an_attribute_error() -> None:

@@ -2,7 +2,8 @@
 
 It also manages deployments and reads the registry.
 
-- ``_client``: ``Client`` itself;
+- ``_client``: ``Client`` itself: tasks (submit, wait, list, cancel, resubmit);
+- ``fleet``: its registry and fleet calls (agents, nodes, deployments, placements);
 - ``waits``: waiting for one task (its record's republish) or many (task events);
 - ``history``: a task's history from its events;
 - ``_batching``: concurrent submits coalesced into batch requests.

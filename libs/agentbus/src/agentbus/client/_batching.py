@@ -12,6 +12,7 @@ concurrently.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable, Sequence
 
 from agentbus.bus import Bus
 from agentbus.errors import ConflictError, ContractError
@@ -128,3 +129,18 @@ class SubmitBatcher:
             timeout_s=max(self._bus.settings.request_timeout_s, 30.0),
         )
         return batch_reply.results
+
+
+def batches(tasks: Sequence[SubmitTask]) -> Iterable[list[SubmitTask]]:
+    """``tasks`` in order, cut into batches of at most ``BATCH_MAX_BYTES`` each."""
+    batch: list[SubmitTask] = []
+    size = 0
+    for task in tasks:
+        n = task_size(task)
+        if batch and size + n > BATCH_MAX_BYTES:
+            yield batch
+            batch, size = [], 0
+        batch.append(task)
+        size += n
+    if batch:
+        yield batch

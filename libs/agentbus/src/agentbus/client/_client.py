@@ -19,33 +19,18 @@ import msgspec
 
 from agentbus.bus import Bus
 from agentbus.bus.blobs import pack, unpack
-from agentbus.client._batching import BATCH_MAX_BYTES, SubmitBatcher, task_size
+from agentbus.client._batching import SubmitBatcher, batches
+from agentbus.client.fleet import FleetCalls
 from agentbus.client.history import task_history
 from agentbus.client.waits import TaskWaits, get_record, ran_out
 from agentbus.client.waits import handed_off as handed_off  # re-exported
 from agentbus.errors import RequestTimeoutError
-from agentbus.kv.replay import replay
 from agentbus.messages import (
-    AgentInfo,
-    AgentsReply,
     Backoff,
     CancelReply,
     CancelTask,
-    DeleteDeployment,
-    Deploy,
-    Deployment,
-    DeployReply,
-    GetNodeStatus,
-    ListAgents,
-    ListNodes,
-    ListPlacements,
     ListTasks,
-    NodeInfo,
-    NodesReply,
-    NodeStatusReply,
-    PlacementsReply,
     ResubmitTask,
-    ScaleDeployment,
     SubmitReply,
     SubmitTask,
     SubmitTasks,
@@ -67,7 +52,7 @@ def new_task_id() -> str:
     return uuid.uuid4().hex
 
 
-class Client:
+class Client(FleetCalls):
     """Submit tasks and wait for them over a ``Bus``."""
 
     def __init__(self, bus: Bus) -> None:
@@ -191,7 +176,7 @@ class Client:
     async def submit_many(self, tasks: Sequence[SubmitTask]) -> list[SubmitReply]:
         """Submit many tasks in as few batch requests as fit under 512 KiB each."""
         replies: list[SubmitReply] = []
-        for batch in _batches(tasks):
+        for batch in batches(tasks):
             reply = await self.bus.request(
                 self.names.endpoint("scheduler", "submit_batch"),
                 SubmitTasks(tasks=batch),
@@ -393,117 +378,3 @@ class Client:
     async def output(self, record: TaskRecord, type_: type[T] = Any) -> T:  # type: ignore[assignment]
         """Decode a succeeded task's output as ``type_`` (fetching it if stored by ref)."""
         return await unpack(self.bus, record.output, record.output_ref, type_)
-
-    # -- registry and fleet -------------------------------------------------------
-    async def agents(self, capability: str | None = None) -> list[AgentInfo]:
-        """Live agents (optionally only those with ``capability``), from the registry.
-
-        Raises:
-            ContractError: ``capability`` is not a valid token.
-        """
-        if capability is not None:
-            check_token("capability", capability)
-        reply = await self.bus.request(
-            self.names.endpoint("registry", "agents"),
-            ListAgents(capability=capability),
-            AgentsReply,
-        )
-        return reply.agents
-
-    async def nodes(self) -> list[NodeInfo]:
-        """Live nodes, from the registry."""
-        reply = await self.bus.request(
-            self.names.endpoint("registry", "nodes"), ListNodes(), NodesReply
-        )
-        return reply.nodes
-
-    async def deploy(self, deployment: Deployment) -> DeployReply:
-        """Create or update a deployment; the scheduler places its replicas."""
-        return await self.bus.request(
-            self.names.endpoint("scheduler", "deploy"), Deploy(deployment=deployment), DeployReply
-        )
-
-    async def delete_deployment(self, name: str) -> DeployReply:
-        """Delete a deployment; its replicas are stopped by their supervisors.
-
-        Raises:
-            ContractError: ``name`` is not a valid token.
-        """
-        check_token("deployment name", name)
-        return await self.bus.request(
-            self.names.endpoint("scheduler", "delete"), DeleteDeployment(name=name), DeployReply
-        )
-
-    async def scale(self, name: str, replicas: int) -> DeployReply:
-        """Set the replica count of deployment ``name`` (other fields stay as stored).
-
-        Raises:
-            ContractError: ``name`` is not a valid token.
-            NotFoundError: no such deployment.
-            ConflictError: the spec kept changing under the scheduler's compare-and-set.
-        """
-        check_token("deployment name", name)
-        return await self.bus.request(
-            self.names.endpoint("scheduler", "scale"),
-            ScaleDeployment(name=name, replicas=replicas),
-            DeployReply,
-        )
-
-    async def placements(self, deployment: str | None = None) -> PlacementsReply:
-        """Placements and unplaced replicas (with reasons) of one deployment, or all.
-
-        Raises:
-            ContractError: ``deployment`` is not a valid token.
-        """
-        if deployment is not None:
-            check_token("deployment name", deployment)
-        return await self.bus.request(
-            self.names.endpoint("scheduler", "placements"),
-            ListPlacements(deployment=deployment),
-            PlacementsReply,
-        )
-
-    async def deployments(self) -> dict[str, Deployment]:
-        """Stored deployment specs by name (read from KV ``<p>_deployments``)."""
-        return await self.bucket_values(self.names.deployments_bucket, Deployment)
-
-    async def node_status(self, node_id: str, *, timeout_s: float | None = None) -> NodeStatusReply:
-        """What node ``node_id``'s supervisor runs (``<p>.supervisor.<node_id>.status``).
-
-        Raises:
-            ContractError: ``node_id`` is not a valid token.
-            UnavailableError: no supervisor of that node answers.
-            RequestTimeoutError: no reply within ``timeout_s`` (default from settings).
-        """
-        check_token("node id", node_id)
-        return await self.bus.request(
-            f"{self.names.prefix}.supervisor.{node_id}.status",
-            GetNodeStatus(),
-            NodeStatusReply,
-            timeout_s=timeout_s,
-        )
-
-    async def bucket_values(self, bucket: str, type_: type[S]) -> dict[str, S]:
-        """Every current entry of KV ``bucket`` decoded as ``type_``, by key.
-
-        One watch replay (not ``keys()`` plus a get per key, which can end early under
-        concurrent writes, nats.py #995); entries that do not decode are skipped.
-
-        Raises:
-            UnavailableError: the bucket does not exist.
-        """
-        return await replay(await self.bus.kv(bucket), type_)
-
-
-def _batches(tasks: Sequence[SubmitTask]) -> Iterable[list[SubmitTask]]:
-    batch: list[SubmitTask] = []
-    size = 0
-    for task in tasks:
-        n = task_size(task)
-        if batch and size + n > BATCH_MAX_BYTES:
-            yield batch
-            batch, size = [], 0
-        batch.append(task)
-        size += n
-    if batch:
-        yield batch
