@@ -189,7 +189,7 @@ async def test_dead_tasks_listed_by_client_cli_and_http_then_resubmitted(
             assert body["total"] == 1 and [t["task_id"] for t in body["tasks"]] == ["a1"]
             assert body["tasks"][0]["status"] == "dead"
             assert body["tasks"][0]["attempts"][1]["error"]["message"] == "alpha backend down"
-            r = await gw.http.get("/v1/tasks", params={"status": "running"})
+            r = await gw.http.get("/v1/tasks", params={"status": "sleeping"})
             assert r.status_code == 400
 
             # the backends recover: resubmit over HTTP and from the CLI
