@@ -60,7 +60,7 @@ from agentbus.messages import GetTask, TaskReply
 from agentbus.settings import BusSettings
 from bench._procs import Child, children, cpu_s, free_port, tool_version, wait_port
 from bench.common import Report, console, percentile, versions
-from tests._nats_server import NatsServer, nats_server_binary
+from tests._harness.nats_server import NatsServer, nats_server_binary
 
 LEVELS = (1, 64)
 SYSTEMS = ("raw", "agentbus", "celery")

@@ -21,8 +21,8 @@ from agentbus.bus import Bus
 from agentbus.errors import RetryableTaskError
 from agentbus.messages import Backoff, Task, TaskResult, TaskStarted, decode_report, encode, utcnow
 from agentbus.runtime import TaskContext
-from tests._helpers import eventually
-from tests.scheduler._reliability import (
+from tests._harness.polling import eventually
+from tests._harness.work_stream import (
     FAST,
     Calls,
     make_agent,

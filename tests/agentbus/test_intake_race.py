@@ -23,8 +23,8 @@ from agentbus.bus.notices import Announcer
 from agentbus.messages import Task, encode
 from agentbus.runtime.intake import Intake
 from agentbus.settings import BusSettings
-from tests._helpers import eventually
-from tests.agentbus.test_ready_notices import _bind as bind_all_bands
+from tests._harness.polling import eventually
+from tests._harness.work_stream import bind_all_bands
 
 pytestmark = pytest.mark.nats
 

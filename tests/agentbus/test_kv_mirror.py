@@ -19,7 +19,7 @@ from agentbus.bus import Bus
 from agentbus.kv.mirror import KvChange, KvMirror
 from agentbus.service import ServiceMetrics
 from agentbus.settings import BusSettings
-from tests._helpers import eventually
+from tests._harness.polling import eventually
 
 pytestmark = [pytest.mark.nats, pytest.mark.timeout(60)]
 

@@ -17,8 +17,8 @@ import pytest
 from agentbus.bus import Bus
 from agentbus.messages import Task, encode
 from agentbus.runtime import TaskContext
-from tests._helpers import eventually
-from tests.scheduler._reliability import (
+from tests._harness.polling import eventually
+from tests._harness.work_stream import (
     ErrorEvents,
     make_agent,
     running,

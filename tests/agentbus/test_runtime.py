@@ -14,7 +14,7 @@ from agentbus.bus import Bus
 from agentbus.messages import ErrorEvent, Task, TaskResult, TaskStarted, decode_report, encode
 from agentbus.runtime import Agent, TaskContext
 from agentbus.settings import AgentSettings
-from tests._helpers import eventually
+from tests._harness.polling import eventually
 
 pytestmark = pytest.mark.nats
 

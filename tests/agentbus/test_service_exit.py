@@ -21,8 +21,9 @@ from agentbus.bus import Bus
 from agentbus.service import EXIT_CONNECTION_LOST
 from agentbus.service.health import ping, probe
 from agentbus.settings import BusSettings
-from tests._helpers import eventually, spawn_service
-from tests._nats_server import NatsServer
+from tests._harness.nats_server import NatsServer
+from tests._harness.polling import eventually
+from tests._harness.services import spawn_service
 
 pytestmark = [pytest.mark.nats, pytest.mark.slow]
 

@@ -53,8 +53,8 @@ from agentbus.messages import (
 )
 from agentbus.settings import BusSettings
 from bench._procs import Child, free_port
-from tests._helpers import eventually
-from tests._nats_server import NatsServer
+from tests._harness.nats_server import NatsServer
+from tests._harness.polling import eventually
 
 pytestmark = [pytest.mark.slow, pytest.mark.nats, pytest.mark.timeout(300)]
 

@@ -30,7 +30,7 @@ from agentbus_checkpoint.keys import ThreadKeys, escape_token, unescape_token
 from agentbus_checkpoint.metrics import CheckpointMetrics
 from agentbus_checkpoint.settings import CheckpointSettings
 from agentbus_checkpoint.store import CheckpointStore
-from tests.checkpoint._helpers import Service
+from tests._harness.checkpoint import Service
 
 
 def test_key_escaping_is_reversible_and_kv_safe() -> None:

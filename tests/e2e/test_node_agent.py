@@ -11,9 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import signal
-import subprocess
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -24,23 +22,10 @@ import pytest
 from agentbus.bus import Bus
 from agentbus.client import Client
 from agentbus.embedded import EmbeddedStack
+from tests._harness.node_agent import node, start_agent
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
-
-ROOT = Path(__file__).resolve().parents[2]
-AGENT_DIR = ROOT / "examples" / "node-agent"
-SETUP_HINT = "run `bash scripts/setup.sh` (it runs `npm ci --prefix examples/node-agent`)"
-
-
-@pytest.fixture
-def node() -> str:
-    """The node binary; a missing node or node_modules fails, never skips."""
-    node = shutil.which("node")
-    if node is None:
-        pytest.fail(f"`node` is not on PATH: {SETUP_HINT}")
-    if not (AGENT_DIR / "node_modules" / "nats").is_dir():
-        pytest.fail(f"{AGENT_DIR / 'node_modules'} is missing: {SETUP_HINT}")
-    return node
+__all__ = ["node"]  # the fixture
 
 
 async def eventually(probe: Callable[[], Awaitable[Any]], what: str, timeout_s: float = 30) -> Any:
@@ -49,14 +34,6 @@ async def eventually(probe: Callable[[], Awaitable[Any]], what: str, timeout_s: 
         assert asyncio.get_running_loop().time() < deadline, f"{what} within {timeout_s} s"
         await asyncio.sleep(0.2)
     return result
-
-
-def start_agent(node: str, env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    """``node agent.mjs`` with its output (stdout and stderr) in ``log_path``."""
-    with log_path.open("wb") as log:
-        return subprocess.Popen(
-            [node, str(AGENT_DIR / "agent.mjs")], env=env, stdout=log, stderr=subprocess.STDOUT
-        )
 
 
 @pytest.fixture

@@ -33,8 +33,8 @@ from agentbus.bus import Bus
 from agentbus.settings import BusSettings
 from agentbus_registry.service import serve as serve_registry
 from agentbus_registry.settings import RegistrySettings
-from tests._helpers import running_scheduler
-from tests.gateway.conftest import start_gateway, stop_gateway
+from tests._harness.gateway import start_gateway, stop_gateway
+from tests._harness.services import running_scheduler
 
 pytestmark = [pytest.mark.nats, pytest.mark.timeout(180)]
 

@@ -10,8 +10,8 @@ from nats.js.api import DeliverPolicy
 from agentbus.bus import Bus
 from agentbus.messages import AgentEvent, DuplicateEvent, ErrorEvent, NodeEvent, encode, utcnow
 from agentbus_registry.settings import RegistrySettings
-from tests._helpers import eventually
-from tests.registry.conftest import (
+from tests._harness.polling import eventually
+from tests._harness.registry import (
     Registry,
     agent_info,
     heartbeat,

@@ -19,9 +19,9 @@ from agentbus.messages import (
     encode,
     utcnow,
 )
-from tests._helpers import eventually
-from tests.scheduler._fleet import Heartbeats, heartbeats, per_node, read_placements
-from tests.scheduler.conftest import Scheduler
+from tests._harness.fleet import Heartbeats, heartbeats, per_node, read_placements
+from tests._harness.polling import eventually
+from tests._harness.services import Scheduler
 
 __all__ = ["heartbeats"]  # the fixture
 

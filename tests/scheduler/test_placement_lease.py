@@ -26,8 +26,8 @@ from agentbus.messages import Deployment, PlacementEvent
 from agentbus.settings import BusSettings
 from agentbus_scheduler.service import serve
 from agentbus_scheduler.settings import SchedulerSettings
-from tests._helpers import eventually
-from tests.scheduler._fleet import Heartbeats, heartbeats, per_node, read_placements
+from tests._harness.fleet import Heartbeats, heartbeats, per_node, read_placements
+from tests._harness.polling import eventually
 
 __all__ = ["heartbeats"]  # the fixture
 

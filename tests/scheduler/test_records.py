@@ -16,7 +16,7 @@ from agentbus.messages import SubmitTask, TaskEvent, TaskRecord, encode, utcnow
 from agentbus_scheduler.metrics import SchedulerMetrics
 from agentbus_scheduler.tasks.admission import new_record
 from agentbus_scheduler.tasks.records import RecordCache, Records
-from tests._helpers import running_scheduler
+from tests._harness.services import running_scheduler
 
 pytestmark = pytest.mark.nats
 

@@ -24,8 +24,8 @@ from agentbus.kv.lease import LeaseRecord
 from agentbus.messages import utcnow
 from agentbus.settings import BusSettings
 from agentbus_scheduler.tasks.sweeps import SWEEPS_LEASE
-from tests._helpers import eventually
-from tests.scheduler._reliability import (
+from tests._harness.polling import eventually
+from tests._harness.work_stream import (
     Sched,
     bind_like_an_agent,
     scheduler,

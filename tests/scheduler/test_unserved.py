@@ -15,9 +15,9 @@ from agentbus.errors import ConflictError, ContractError, RequestTimeoutError
 from agentbus.messages import TaskEvent, TasksReply, encode
 from agentbus.settings import BusSettings
 from agentbus_registry.settings import RegistrySettings
-from tests._helpers import eventually
-from tests.registry.conftest import agent_info, start_registry
-from tests.scheduler._reliability import scheduler
+from tests._harness.polling import eventually
+from tests._harness.registry import agent_info, start_registry
+from tests._harness.work_stream import scheduler
 
 pytestmark = pytest.mark.nats
 UNSERVED = "agentbus_scheduler_tasks_unserved"

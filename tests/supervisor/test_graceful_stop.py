@@ -13,8 +13,9 @@ import pytest
 from agentbus.bus import Bus
 from agentbus.client import Client
 from agentbus.messages import Deployment, TaskRecord
-from tests._helpers import eventually, running_scheduler
-from tests.supervisor._helpers import (
+from tests._harness.polling import eventually
+from tests._harness.services import running_scheduler
+from tests._harness.supervisor import (
     BASE_IMAGE,
     SLEEP_CMD,
     EventLog,

@@ -17,8 +17,9 @@ from agentbus.bus import Bus
 from agentbus.messages import Backoff, Deployment, NodeInfo
 from agentbus_supervisor.docker_runtime import DockerRuntime
 from agentbus_supervisor.runtime import ImagePullError, build_spec
-from tests._helpers import eventually
-from tests.supervisor._helpers import (
+from tests._harness.image_registry import PushedImage, pushed_image, registry_process
+from tests._harness.polling import eventually
+from tests._harness.supervisor import (
     BASE_IMAGE,
     SLEEP_CMD,
     TEST_LABELS,
@@ -31,7 +32,6 @@ from tests.supervisor._helpers import (
     returns,
     running_supervisor,
 )
-from tests.supervisor._registry import PushedImage, pushed_image, registry_process
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(120)]
 

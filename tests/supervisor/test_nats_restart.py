@@ -16,9 +16,9 @@ from agentbus.bus import Bus
 from agentbus.kv.mirror import KvMirror
 from agentbus.messages import Backoff, Deployment, Placement, encode, utcnow
 from agentbus.settings import BusSettings
-from tests._helpers import eventually
-from tests._nats_server import NatsServer
-from tests.supervisor._helpers import (
+from tests._harness.nats_server import NatsServer
+from tests._harness.polling import eventually
+from tests._harness.supervisor import (
     echo_process,
     place,
     process_settings,

@@ -16,8 +16,9 @@ from agentbus.bus import Bus
 from agentbus.messages import Backoff, Deployment, LogLine
 from agentbus.messages.fleet import Limits
 from agentbus_supervisor.docker_runtime import DockerRuntime
-from tests._helpers import eventually
-from tests.supervisor._helpers import (
+from tests._harness.podman import PodmanService, podman_available
+from tests._harness.polling import eventually
+from tests._harness.supervisor import (
     EventLog,
     docker_settings,
     place,
@@ -28,7 +29,6 @@ from tests.supervisor._helpers import (
     returns,
     running_supervisor,
 )
-from tests.supervisor._podman import PodmanService, podman_available
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(300)]
 

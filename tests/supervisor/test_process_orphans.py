@@ -17,8 +17,8 @@ import pytest
 from agentbus.bus import Bus
 from agentbus.messages import Deployment
 from agentbus.settings import BusSettings
-from tests._helpers import eventually
-from tests.supervisor._helpers import place, put_deployment, registered, returns
+from tests._harness.polling import eventually
+from tests._harness.supervisor import place, put_deployment, registered, returns
 
 AGENT = [sys.executable, "-m", "agentbus.agents.echo"]
 

@@ -13,8 +13,9 @@ from agentbus.bus import Bus
 from agentbus.client import Client
 from agentbus.messages import Backoff, Deployment
 from agentbus.messages.fleet import HealthCheck, Limits
-from tests._helpers import eventually, running_scheduler
-from tests.supervisor._helpers import (
+from tests._harness.polling import eventually
+from tests._harness.services import running_scheduler
+from tests._harness.supervisor import (
     BASE_IMAGE,
     EventLog,
     docker_settings,

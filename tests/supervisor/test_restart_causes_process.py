@@ -14,8 +14,9 @@ import pytest
 from agentbus.bus import Bus
 from agentbus.messages import Backoff, Deployment
 from agentbus.messages.fleet import CrashLoop, HealthCheck
-from tests._helpers import eventually, pid_alive
-from tests.supervisor._helpers import (
+from tests._harness.polling import eventually
+from tests._harness.services import pid_alive
+from tests._harness.supervisor import (
     EventLog,
     echo_process,
     place,

@@ -15,8 +15,8 @@ import pytest
 from agentbus.bus import Bus
 from agentbus.messages import AgentInfo, Backoff, ReplicaEvent, utcnow
 from agentbus_supervisor.start_gate import StartGate
-from tests._helpers import eventually
-from tests.supervisor._helpers import (
+from tests._harness.polling import eventually
+from tests._harness.supervisor import (
     EventLog,
     echo_process,
     place,

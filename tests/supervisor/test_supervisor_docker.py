@@ -14,8 +14,8 @@ from agentbus.messages import Backoff, Deployment
 from agentbus_supervisor.docker_runtime import DockerRuntime
 from agentbus_supervisor.runtime import build_spec
 from agentbus_supervisor.settings import SupervisorSettings
-from tests._helpers import eventually
-from tests.supervisor._helpers import (
+from tests._harness.polling import eventually
+from tests._harness.supervisor import (
     BASE_IMAGE,
     SLEEP_CMD,
     TEST_LABELS,

@@ -20,8 +20,9 @@ from agentbus.messages import (
     NodeInfo,
     utcnow,
 )
-from tests._helpers import eventually, pid_alive
-from tests.supervisor._helpers import (
+from tests._harness.polling import eventually
+from tests._harness.services import pid_alive
+from tests._harness.supervisor import (
     EventLog,
     place,
     process_settings,

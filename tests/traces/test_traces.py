@@ -15,7 +15,7 @@ from agentbus.errors import ConflictError, ContractError
 from agentbus.messages import TraceKind
 from agentbus.names import encode_location
 from agentbus.traces import TraceChange, Traces
-from tests._helpers import eventually
+from tests._harness.polling import eventually
 
 pytestmark = pytest.mark.timeout(90)
 

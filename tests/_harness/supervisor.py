@@ -28,7 +28,7 @@ from agentbus.messages import (
 )
 from agentbus_supervisor.service import serve
 from agentbus_supervisor.settings import SupervisorSettings
-from tests._helpers import serving
+from tests._harness.services import serving
 
 T = TypeVar("T")
 BASE_IMAGE = "agentbus/base:bookworm"

@@ -24,7 +24,7 @@ import aiodocker
 import httpx
 import pytest
 
-from tests.supervisor._helpers import TEST_LABELS
+from tests._harness.supervisor import TEST_LABELS
 
 MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
 BLOB_SIZE_BYTES = 2 * 1024 * 1024  # random bytes: the layer stays about this big compressed
