@@ -8,7 +8,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import nats.js.errors
-from nats.js.errors import NotFoundError as ObjectsNotFoundError
 from prometheus_client import CollectorRegistry
 
 from agentbus.bus import Bus
@@ -50,15 +49,8 @@ async def running_checkpoint(
         yield service
 
 
-async def blob_names(bus: Bus) -> list[str]:
-    obs = await bus.object_store(bus.names.checkpoint_blobs_bucket)
-    try:
-        return sorted(o.name for o in await obs.list(ignore_deletes=True) if not o.deleted)
-    except ObjectsNotFoundError:  # nats-py raises when the store is empty
-        return []
-
-
-async def blob_name_set(bus: Bus) -> set[str]:
+async def blob_names(bus: Bus) -> set[str]:
+    """Names of the objects in the checkpoint blob store (empty when it holds none)."""
     obs = await bus.object_store(bus.names.checkpoint_blobs_bucket)
     try:
         return {o.name or "" for o in await obs.list(ignore_deletes=True) if not o.deleted}

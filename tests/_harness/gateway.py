@@ -3,21 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from dataclasses import dataclass
 
 import httpx
 from prometheus_client import CollectorRegistry
 
 from agentbus.bus import Bus
+from agentbus.embedded import free_port
 from agentbus_gateway.service import serve
 from agentbus_gateway.settings import GatewaySettings
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -25,7 +25,7 @@ from tests._harness.checkpoint import (
     AGED_S,
     GRACE_S,
     Service,
-    blob_name_set,
+    blob_names,
     running_checkpoint,
     sweeper,
 )
@@ -65,7 +65,7 @@ async def test_sweep_deletes_old_orphans_keeps_young_and_referenced(bus: Bus, sv
     await client.put_writes(
         "t", by_client.checkpoint_id, [PendingWrite(task_id="x", channel="c", data=b"w" * 9000)]
     )
-    referenced = await blob_name_set(bus)
+    referenced = await blob_names(bus)
     assert len(referenced) == 4  # three versions' data and one pending write's value
     orphans = {
         (await _upload(bus, f"agent-1.t/{uuid.uuid4().hex}")).name,  # the put never came
@@ -77,7 +77,7 @@ async def test_sweep_deletes_old_orphans_keeps_young_and_referenced(bus: Bus, sv
 
     young, young_metrics = sweeper(bus, grace_s=3600)
     assert await young.sweep() == 0  # all younger than the grace: kept
-    assert await blob_name_set(bus) == referenced | orphans | {foreign}
+    assert await blob_names(bus) == referenced | orphans | {foreign}
     assert _swept(young_metrics) == 0
 
     await asyncio.sleep(AGED_S)  # every object is now older than GRACE_S
@@ -85,7 +85,7 @@ async def test_sweep_deletes_old_orphans_keeps_young_and_referenced(bus: Bus, sv
     assert await old.sweep() == 3
     assert await old.sweep() == 1  # at most orphan_sweep_max per pass; the rest next pass
     assert _swept(old_metrics) == 4
-    assert await blob_name_set(bus) == referenced | {foreign}
+    assert await blob_names(bus) == referenced | {foreign}
     assert await old.sweep() == 0
     for ckpt in (by_service, by_client):
         got = await client.get("t", ckpt.checkpoint_id)
@@ -107,7 +107,7 @@ async def test_an_old_referenced_object_without_its_index_key_is_kept(
     await asyncio.sleep(AGED_S)
     sweep, _ = sweeper(bus, grace_s=GRACE_S)
     assert await sweep.sweep() == 1
-    assert await blob_name_set(bus) == {stored.data_ref.name}
+    assert await blob_names(bus) == {stored.data_ref.name}
     assert (await svc.client().get("t")).data_ref == stored.data_ref
 
 
@@ -120,7 +120,7 @@ async def test_undecodable_records_keep_their_threads_objects(bus: Bus, svc: Ser
     await asyncio.sleep(AGED_S)
     sweep, _ = sweeper(bus, grace_s=GRACE_S)
     assert await sweep.sweep() == 1  # the other thread's orphan
-    assert await blob_name_set(bus) == {maybe}  # cannot prove it unreferenced: kept
+    assert await blob_names(bus) == {maybe}  # cannot prove it unreferenced: kept
 
 
 async def test_refused_puts_delete_their_uploads_at_once(bus: Bus, svc: Service) -> None:
@@ -135,12 +135,12 @@ async def test_refused_puts_delete_their_uploads_at_once(bus: Bus, svc: Service)
     assert len(winners) == 1
     assert all(isinstance(r, CheckpointConflictError) for r in results if r not in winners)
     assert winners[0].data_ref is not None
-    assert await blob_name_set(bus) == {winners[0].data_ref.name}
+    assert await blob_names(bus) == {winners[0].data_ref.name}
     assert svc.metric("agentbus_checkpoint_orphans_deleted_total", {"reason": "refused"}) == 3
     # a stale parent with data the client uploaded: the client removes its upload
     with pytest.raises(CheckpointConflictError):
         await client.put("t", os.urandom(HUGE), parent_id=first.checkpoint_id)
-    assert await blob_name_set(bus) == {winners[0].data_ref.name}
+    assert await blob_names(bus) == {winners[0].data_ref.name}
 
 
 async def test_a_data_ref_must_be_fresh_and_unused(bus: Bus) -> None:
@@ -168,7 +168,7 @@ async def test_retention_removes_the_index_key_with_its_version(bus: Bus, svc: S
     bucket = bus.names.checkpoints_bucket
     info = await js.stream_info(f"KV_{bucket}", subjects_filter=f"$KV.{bucket}.agent-1.t.b.*")
     assert len(info.state.subjects or {}) == 1
-    assert len(await blob_name_set(bus)) == 1
+    assert len(await blob_names(bus)) == 1
 
 
 async def test_the_service_sweeps_orphans_under_its_lease(bus: Bus) -> None:
@@ -178,9 +178,9 @@ async def test_the_service_sweeps_orphans_under_its_lease(bus: Bus) -> None:
         orphan = (await _upload(bus, f"agent-1.t/{uuid.uuid4().hex}")).name
 
         async def swept() -> bool:
-            return orphan not in await blob_name_set(bus)
+            return orphan not in await blob_names(bus)
 
         await eventually(swept, timeout_s=30, what="orphan swept by the service")
         assert svc.metric("agentbus_checkpoint_orphans_deleted_total", {"reason": "sweep"}) == 1
         assert kept.data_ref is not None
-        assert await blob_name_set(bus) == {kept.data_ref.name}
+        assert await blob_names(bus) == {kept.data_ref.name}
