@@ -93,7 +93,7 @@ async def test_no_notice_is_lost_while_agents_toggle_busy_and_idle(
 
             stack.push_async_callback(shut)
 
-        async def first_scan_over() -> bool:
+        def first_scan_over() -> bool:
             return all(i.listening and not i.flagged(CAPABILITY) for i in intakes)
 
         await eventually(first_scan_over, what="intakes idle")
@@ -124,12 +124,12 @@ async def test_no_notice_is_lost_while_agents_toggle_busy_and_idle(
                         await announcer.announce(CAPABILITY, band, burst)
                     await asyncio.sleep(rng.uniform(0.0, 0.003))
 
-                async def round_pulled(upto: int = published) -> bool:
+                def round_pulled(upto: int = published) -> bool:
                     return len(pulled) >= upto
 
                 await eventually(round_pulled, timeout_s=10.0, what=f"round {round_} pulled")
 
-            async def all_pulled() -> bool:
+            def all_pulled() -> bool:
                 return len(pulled) == published
 
             try:

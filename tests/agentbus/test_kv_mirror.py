@@ -36,10 +36,6 @@ async def holds(mirror: KvMirror[Item], expected: dict[str, int]) -> bool:
     return {k: v.n for k, v in mirror.values.items()} == expected
 
 
-async def returns(value: bool) -> bool:
-    return value
-
-
 class Relay:
     """A TCP relay to the nats-server whose connections the test can cut (a network blip)."""
 
@@ -225,7 +221,7 @@ async def test_a_failed_start_is_retried(bus: Bus) -> None:
         bus, name, Item, on_restart=lambda: restarts.append(1), check_s=0.2
     )
     async with running(mirror):
-        await eventually(lambda: returns(mirror.restarts >= 1))  # no bucket yet
+        await eventually(lambda: mirror.restarts >= 1)  # no bucket yet
         assert not mirror.ready.is_set()
         kv = await bus.js.create_key_value(KeyValueConfig(name, history=1))
         try:
@@ -260,7 +256,7 @@ async def test_watches_again_after_a_reconnect_and_drops_what_it_missed(
             await eventually(lambda: holds(mirror, {"a": 1, "b": 2, "c": 3}))
             before = relayed.nc.stats["reconnects"]
             relay.cut()
-            await eventually(lambda: returns(relayed.nc.stats["reconnects"] > before))
+            await eventually(lambda: relayed.nc.stats["reconnects"] > before)
             await kv.put("d", item(4))
             # the new watch's replay replaced the mirror: "a" is gone
             await eventually(lambda: holds(mirror, {"b": 2, "c": 3, "d": 4}))

@@ -67,7 +67,7 @@ async def test_a_notice_wakes_one_idle_agent_not_all(bus: Bus, bus_settings: Bus
     await bind_all_bands(bus, "herd")
     async with _intakes(bus_settings, 6) as intakes:
 
-        async def settled() -> bool:  # the first scan is over, every intake listens
+        def settled() -> bool:  # the first scan is over, every intake listens
             return all(i.listening and i.pulls >= BANDS and not i.flagged("herd") for i in intakes)
 
         await eventually(settled, what="intakes idle")

@@ -66,7 +66,7 @@ async def test_service_exits_nonzero_when_its_connection_is_closed_for_good(
         server.reload("max_payload: 16\n")  # a ping reply (~300 bytes) is now too large
         await ping(bus, service, timeout_s=0.5)
 
-        async def exited() -> int | None:
+        def exited() -> int | None:
             return proc.poll()
 
         code = await eventually(exited, timeout_s=30, what=f"{service} exits")

@@ -13,7 +13,7 @@ import json
 import os
 import signal
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -23,17 +23,10 @@ from agentbus.bus import Bus
 from agentbus.client import Client
 from agentbus.embedded import EmbeddedStack
 from tests._harness.node_agent import node, start_agent
+from tests._harness.polling import eventually
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 __all__ = ["node"]  # the fixture
-
-
-async def eventually(probe: Callable[[], Awaitable[Any]], what: str, timeout_s: float = 30) -> Any:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not (result := await probe()):
-        assert asyncio.get_running_loop().time() < deadline, f"{what} within {timeout_s} s"
-        await asyncio.sleep(0.2)
-    return result
 
 
 @pytest.fixture
@@ -65,7 +58,7 @@ async def test_node_agent_serves_tasks(node: str, stack: EmbeddedStack, tmp_path
         return agent_id in {a.agent_id for a in await client.agents("upper")}
 
     try:
-        await eventually(listed, "the node agent in the registry")
+        await eventually(listed, timeout_s=30, what="the node agent in the registry")
         info = next(a for a in await client.agents("upper") if a.agent_id == agent_id)
         assert info.capabilities == ["upper"]
         assert info.pid == proc.pid
@@ -119,7 +112,7 @@ async def test_node_agent_serves_tasks(node: str, stack: EmbeddedStack, tmp_path
             ci = await bus.js.consumer_info(f"{stack.prefix.upper()}_TASKS", "cap-upper")
             return ci.num_pending == 0 and ci.num_ack_pending == 0
 
-        await eventually(drained, "the poison message gone from cap-upper", timeout_s=10)
+        await eventually(drained, timeout_s=10, what="the poison message gone from cap-upper")
 
         # SIGTERM: exit 0 and leave the registry
         proc.send_signal(signal.SIGTERM)
@@ -129,7 +122,7 @@ async def test_node_agent_serves_tasks(node: str, stack: EmbeddedStack, tmp_path
         async def gone() -> bool:
             return agent_id not in {a.agent_id for a in await client.agents("upper")}
 
-        await eventually(gone, "the node agent gone from the registry", timeout_s=5)
+        await eventually(gone, timeout_s=5, what="the node agent gone from the registry")
     finally:
         if proc.poll() is None:
             proc.kill()

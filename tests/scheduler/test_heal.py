@@ -64,7 +64,7 @@ async def test_a_queued_task_with_its_message_is_never_duplicated(bus: Bus, age_
     await _publish(bus, record)
     async with scheduler(bus, heal_grace_s=0.5) as sched:
 
-        async def passes() -> bool:
+        def passes() -> bool:
             return sched.metric("agentbus_scheduler_sweeps_total") >= 3
 
         await eventually(passes, what="three sweeps")

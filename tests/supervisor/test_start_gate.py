@@ -23,7 +23,6 @@ from tests._harness.supervisor import (
     process_settings,
     put_deployment,
     registered,
-    returns,
     running_supervisor,
 )
 
@@ -121,10 +120,10 @@ async def test_restarts_of_a_node_go_one_at_a_time_at_limit_one(
             def restarted() -> list[ReplicaEvent]:
                 return [e for e in events.of("started") if e.at > killed_at]
 
-            await eventually(lambda: returns(len(restarted()) == 3 or None), timeout_s=60)
+            await eventually(lambda: len(restarted()) == 3 or None, timeout_s=60)
             for a in ids:
                 await eventually(
-                    lambda a=a: returns(any(k[0] == a and k[1] > killed_at for k in first_seen))
+                    lambda a=a: any(k[0] == a and k[1] > killed_at for k in first_seen)
                 )
             starts = sorted(restarted(), key=lambda e: e.at)
             for before, after in itertools.pairwise(starts):
