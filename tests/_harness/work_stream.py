@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 import nats.js.errors
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
 from prometheus_client import CollectorRegistry
 
@@ -114,7 +115,7 @@ async def running(agent: Agent, bus: Bus) -> AsyncIterator[Agent]:
 
 async def bind_like_an_agent(
     bus: Bus, capability: str, *, ack_wait_s: float = 1.0, max_deliver: int = -1
-) -> Any:
+) -> JetStreamContext.PullSubscription:
     """Create the capability consumer as an agent would, and bind a pull subscription."""
     durable = Names.task_consumer(capability)
     await bus.js.add_consumer(
@@ -148,7 +149,9 @@ async def bind_all_bands(bus: Bus, capability: str) -> None:
         )
 
 
-async def take_and_die(bus: Bus, sub: Any, capability: str, *, agent: str) -> Msg:
+async def take_and_die(
+    bus: Bus, sub: JetStreamContext.PullSubscription, capability: str, *, agent: str
+) -> Msg:
     """Play an agent that takes the next delivery, reports it started and dies."""
     (msg,) = await sub.fetch(1, timeout=10)
     task_id = msgspec.json.decode(msg.data)["task_id"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 
 import pytest
@@ -56,7 +57,7 @@ async def test_no_notice_is_lost_while_agents_toggle_busy_and_idle(
         finally:
             intake.release()
 
-    def dispatcher(n: int) -> object:
+    def dispatcher(n: int) -> Callable[[str, Msg], None]:
         def dispatch(capability: str, msg: Msg) -> None:
             nonlocal most_busy
             intake = intakes[n]
@@ -80,7 +81,7 @@ async def test_no_notice_is_lost_while_agents_toggle_busy_and_idle(
                 rescan_s=NEVER_S,
                 pull_timeout_s=5.0,
                 dispatch=dispatcher(n),
-            )  # type: ignore[arg-type]
+            )
             intakes.append(intake)
             await intake.start()
             runner = asyncio.create_task(intake.run())

@@ -16,7 +16,7 @@ import pytest
 
 from agentbus.bus import Bus
 from agentbus.messages import Task, encode
-from agentbus.runtime import TaskContext
+from agentbus.runtime import Agent, TaskContext
 from tests._harness.polling import eventually
 from tests._harness.work_stream import (
     ErrorEvents,
@@ -30,7 +30,7 @@ pytestmark = pytest.mark.nats
 BAD = "agentbus_bad_messages_total"
 
 
-def echo_agent() -> Any:
+def echo_agent() -> Agent:
     agent = make_agent()
 
     @agent.handler("work")

@@ -31,7 +31,7 @@ import random
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
 import httpx
@@ -365,7 +365,7 @@ def _report(
     chaos: Chaos,
     published: int,
     published_duplicates: int,
-    records: dict[str, object],
+    records: Mapping[str, object],
     revisions: dict[str, list[str]],
     before: float | None,
     after: float | None,

@@ -12,7 +12,13 @@ from prometheus_client import CollectorRegistry
 
 from agentbus.bus import Bus
 from agentbus.bus.blobs import put_blob
-from agentbus.errors import ConflictError, ContractError, NotFoundError
+from agentbus.errors import (
+    CheckpointConflictError,
+    CheckpointCorruptedError,
+    ConflictError,
+    ContractError,
+    NotFoundError,
+)
 from agentbus.messages import (
     BlobRef,
     Checkpoint,
@@ -21,11 +27,7 @@ from agentbus.messages import (
     PutCheckpoint,
     encode,
 )
-from agentbus.state.checkpoints import (
-    CheckpointClient,
-    CheckpointConflictError,
-    CheckpointCorruptedError,
-)
+from agentbus.state.checkpoints import CheckpointClient
 from agentbus_checkpoint.keys import ThreadKeys, escape_token, unescape_token
 from agentbus_checkpoint.metrics import CheckpointMetrics
 from agentbus_checkpoint.settings import CheckpointSettings

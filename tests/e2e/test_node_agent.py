@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from nats.js.api import ConsumerInfo
 
 from agentbus.bus import Bus
 from agentbus.client import Client
@@ -101,15 +102,17 @@ async def test_node_agent_serves_tasks(node: str, stack: EmbeddedStack, tmp_path
         async def on_error(msg: Any) -> None:
             await errors.put(json.loads(msg.data))
 
-        sub = await bus.nc.subscribe(f"{stack.prefix}.events.error.agent", cb=on_error)
+        error_sub = await bus.nc.subscribe(f"{stack.prefix}.events.error.agent", cb=on_error)
         await bus.js.publish(f"{stack.prefix}.tasks.upper", b"not json at all")
         event = await asyncio.wait_for(errors.get(), timeout=15)
-        await sub.unsubscribe()
+        await error_sub.unsubscribe()
         assert event["type"] == "ErrorEvent"
         assert event["subject"] == f"{stack.prefix}.tasks.upper"
 
         async def drained() -> bool:
-            ci = await bus.js.consumer_info(f"{stack.prefix.upper()}_TASKS", "cap-upper")
+            ci: ConsumerInfo = await bus.js.consumer_info(
+                f"{stack.prefix.upper()}_TASKS", "cap-upper"
+            )
             return ci.num_pending == 0 and ci.num_ack_pending == 0
 
         await eventually(drained, timeout_s=10, what="the poison message gone from cap-upper")

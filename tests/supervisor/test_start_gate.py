@@ -115,6 +115,7 @@ async def test_restarts_of_a_node_go_one_at_a_time_at_limit_one(
             up = [await eventually(registered(bus, a), timeout_s=60) for a in ids]
             killed_at = utcnow()
             for info in up:
+                assert info.pid is not None, info
                 os.kill(info.pid, signal.SIGKILL)
 
             def restarted() -> list[ReplicaEvent]:
@@ -122,9 +123,11 @@ async def test_restarts_of_a_node_go_one_at_a_time_at_limit_one(
 
             await eventually(lambda: len(restarted()) == 3 or None, timeout_s=60)
             for a in ids:
-                await eventually(
-                    lambda a=a: any(k[0] == a and k[1] > killed_at for k in first_seen)
-                )
+
+                def seen_again(agent_id: str = a) -> bool:
+                    return any(k[0] == agent_id and k[1] > killed_at for k in first_seen)
+
+                await eventually(seen_again, what=f"{a} registered again")
             starts = sorted(restarted(), key=lambda e: e.at)
             for before, after in itertools.pairwise(starts):
                 new = [
@@ -136,4 +139,4 @@ async def test_restarts_of_a_node_go_one_at_a_time_at_limit_one(
                 assert min(i.heartbeat_at for i in new) <= after.at
     finally:
         following.cancel()
-        await watcher.stop()
+        await watcher.stop()  # type: ignore[no-untyped-call]
