@@ -66,7 +66,7 @@ from agentbus.messages import (
 from agentbus.settings import BusSettings
 from bench._procs import Child, children, tool_version
 from bench.common import Report, console, percentile, versions
-from tests._nats_server import NatsServer, nats_server_binary
+from tests._harness.nats_server import NatsServer, nats_server_binary
 
 NODES = ("bench-node-1", "bench-node-2")
 QUIET = {"AGENTBUS_LOG_LEVEL": "WARNING"}

@@ -30,7 +30,7 @@ from agentbus.messages import TasksReady, encode
 from agentbus.settings import BusSettings
 from bench._procs import Child, children
 from bench.common import console
-from tests._nats_server import NatsServer
+from tests._harness.nats_server import NatsServer
 
 TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 

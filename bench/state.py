@@ -43,7 +43,7 @@ from agentbus.settings import AgentSettings, BusSettings
 from agentbus.state.checkpoints import CheckpointClient
 from bench._procs import Child, children, tool_version
 from bench.common import Report, console, percentile, versions
-from tests._nats_server import NatsServer, nats_server_binary
+from tests._harness.nats_server import NatsServer, nats_server_binary
 
 KIB = 1024
 MIB = 1024 * KIB

@@ -102,7 +102,7 @@ async def _main(nats_url: str | None, json_path: Path | None) -> None:
     if nats_url:
         await run_traces_bench(report, nats_url)
     else:
-        from tests._nats_server import NatsServer
+        from tests._harness.nats_server import NatsServer
 
         with NatsServer() as srv:
             await run_traces_bench(report, srv.client_url)

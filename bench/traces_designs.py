@@ -43,7 +43,7 @@ from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType, StreamConfig
 
 from bench.common import Report, console
-from tests._nats_server import NatsServer
+from tests._harness.nats_server import NatsServer
 
 SCALE = 1_000_000
 NO_DECAY_H = 1e12

@@ -14,7 +14,7 @@ import pytest
 
 from agentbus.bus import Bus
 from agentbus.settings import BusSettings
-from tests._nats_server import NatsServer
+from tests._harness.nats_server import NatsServer
 
 _ENV_PREFIXES = ("AGENTBUS_", "SCHEDULER_", "REGISTRY_", "SUPERVISOR_", "CHECKPOINT_", "GATEWAY_")
 

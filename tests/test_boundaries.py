@@ -38,3 +38,32 @@ def test_library_imports_no_service() -> None:
     for path in (ROOT / "libs" / "agentbus" / "src").rglob("*.py"):
         foreign = {m for m in imported_modules(path) if m.startswith("agentbus_")}
         assert not foreign, f"{path.relative_to(ROOT)} imports {sorted(foreign)}"
+
+
+def _full_imports(path: Path) -> set[str]:
+    """Every absolute module ``path`` imports, in full (``tests.gateway.conftest``)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+    return found
+
+
+def _outside_the_harness(module: str) -> bool:
+    """Whether ``module`` is a conftest, a test module or a private module of ``tests``."""
+    parts = module.split(".")
+    if parts[0] != "tests" or parts[:2] == ["tests", "_harness"]:
+        return False
+    return any(p == "conftest" or p.startswith(("_", "test_")) for p in parts[1:])
+
+
+def test_tests_and_bench_import_harness_code_only_from_tests_harness() -> None:
+    """Shared test code lives in ``tests/_harness/``: nothing imports it from a conftest,
+    a test module or a private module elsewhere in ``tests``."""
+    bad = {}
+    for path in [*(ROOT / "tests").rglob("*.py"), *(ROOT / "bench").rglob("*.py")]:
+        if wrong := sorted(m for m in _full_imports(path) if _outside_the_harness(m)):
+            bad[str(path.relative_to(ROOT))] = wrong
+    assert bad == {}

@@ -6,8 +6,8 @@ import pytest
 
 from agentbus.bus import Bus
 from agentbus.settings import BusSettings
-from tests._helpers import eventually
-from tests._nats_server import NatsServer
+from tests._harness.nats_server import NatsServer
+from tests._harness.polling import eventually
 
 pytestmark = pytest.mark.nats
 

@@ -21,8 +21,9 @@ from agentbus.errors import ConflictError, NotFoundError
 from agentbus.messages import CancelNotice, CancelReply, Task, TaskRecord, encode, utcnow
 from agentbus.runtime import Agent, TaskContext
 from agentbus.settings import BusSettings
-from tests._helpers import eventually, running_scheduler
-from tests.agentbus._flow import agent_running, quick_settings, worker
+from tests._harness.agents import agent_running, quick_settings, worker
+from tests._harness.polling import eventually
+from tests._harness.services import running_scheduler
 
 pytestmark = pytest.mark.nats
 

@@ -21,8 +21,8 @@ from agentbus.bus import Bus
 from agentbus.errors import RetryableTaskError
 from agentbus.messages import Backoff, Task, TaskResult, TaskStarted, decode_report, encode, utcnow
 from agentbus.runtime import TaskContext
-from tests._helpers import eventually
-from tests.scheduler._reliability import (
+from tests._harness.polling import eventually
+from tests._harness.work_stream import (
     FAST,
     Calls,
     make_agent,
@@ -135,7 +135,7 @@ async def test_sweep_expires_a_queued_task_nobody_takes(bus: Bus) -> None:
         record = await s.client.wait("q1", timeout_s=20)
         assert await eventually(lambda: _count(bus, 1), what="expired message deleted")
         swept = "agentbus_scheduler_swept_messages_total"
-        await eventually(lambda: _true(s.metric(swept, {"reason": "expired"}) == 1), what="count")
+        await eventually(lambda: s.metric(swept, {"reason": "expired"}) == 1, what="count")
         history = await s.client.history("q1")
         assert (await s.client.get("q2")).status == "queued"
     assert record.status == "expired" and record.attempts == []
@@ -155,10 +155,6 @@ async def test_task_started_before_its_deadline_runs_to_the_end(bus: Bus) -> Non
         record = await s.client.wait("long", timeout_s=30)
     assert record.status == "succeeded"  # sweeps ran during it, but it had started
     assert calls.cancelled == []
-
-
-async def _true(value: bool) -> bool:
-    return value
 
 
 async def _count(bus: Bus, n: int) -> bool:

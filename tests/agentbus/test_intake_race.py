@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 
 import pytest
@@ -23,8 +24,8 @@ from agentbus.bus.notices import Announcer
 from agentbus.messages import Task, encode
 from agentbus.runtime.intake import Intake
 from agentbus.settings import BusSettings
-from tests._helpers import eventually
-from tests.agentbus.test_ready_notices import _bind as bind_all_bands
+from tests._harness.polling import eventually
+from tests._harness.work_stream import bind_all_bands
 
 pytestmark = pytest.mark.nats
 
@@ -56,7 +57,7 @@ async def test_no_notice_is_lost_while_agents_toggle_busy_and_idle(
         finally:
             intake.release()
 
-    def dispatcher(n: int) -> object:
+    def dispatcher(n: int) -> Callable[[str, Msg], None]:
         def dispatch(capability: str, msg: Msg) -> None:
             nonlocal most_busy
             intake = intakes[n]
@@ -80,7 +81,7 @@ async def test_no_notice_is_lost_while_agents_toggle_busy_and_idle(
                 rescan_s=NEVER_S,
                 pull_timeout_s=5.0,
                 dispatch=dispatcher(n),
-            )  # type: ignore[arg-type]
+            )
             intakes.append(intake)
             await intake.start()
             runner = asyncio.create_task(intake.run())
@@ -93,7 +94,7 @@ async def test_no_notice_is_lost_while_agents_toggle_busy_and_idle(
 
             stack.push_async_callback(shut)
 
-        async def first_scan_over() -> bool:
+        def first_scan_over() -> bool:
             return all(i.listening and not i.flagged(CAPABILITY) for i in intakes)
 
         await eventually(first_scan_over, what="intakes idle")
@@ -124,12 +125,12 @@ async def test_no_notice_is_lost_while_agents_toggle_busy_and_idle(
                         await announcer.announce(CAPABILITY, band, burst)
                     await asyncio.sleep(rng.uniform(0.0, 0.003))
 
-                async def round_pulled(upto: int = published) -> bool:
+                def round_pulled(upto: int = published) -> bool:
                     return len(pulled) >= upto
 
                 await eventually(round_pulled, timeout_s=10.0, what=f"round {round_} pulled")
 
-            async def all_pulled() -> bool:
+            def all_pulled() -> bool:
                 return len(pulled) == published
 
             try:

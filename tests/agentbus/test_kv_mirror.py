@@ -19,7 +19,7 @@ from agentbus.bus import Bus
 from agentbus.kv.mirror import KvChange, KvMirror
 from agentbus.service import ServiceMetrics
 from agentbus.settings import BusSettings
-from tests._helpers import eventually
+from tests._harness.polling import eventually
 
 pytestmark = [pytest.mark.nats, pytest.mark.timeout(60)]
 
@@ -34,10 +34,6 @@ def item(n: int) -> bytes:
 
 async def holds(mirror: KvMirror[Item], expected: dict[str, int]) -> bool:
     return {k: v.n for k, v in mirror.values.items()} == expected
-
-
-async def returns(value: bool) -> bool:
-    return value
 
 
 class Relay:
@@ -225,7 +221,7 @@ async def test_a_failed_start_is_retried(bus: Bus) -> None:
         bus, name, Item, on_restart=lambda: restarts.append(1), check_s=0.2
     )
     async with running(mirror):
-        await eventually(lambda: returns(mirror.restarts >= 1))  # no bucket yet
+        await eventually(lambda: mirror.restarts >= 1)  # no bucket yet
         assert not mirror.ready.is_set()
         kv = await bus.js.create_key_value(KeyValueConfig(name, history=1))
         try:
@@ -260,7 +256,7 @@ async def test_watches_again_after_a_reconnect_and_drops_what_it_missed(
             await eventually(lambda: holds(mirror, {"a": 1, "b": 2, "c": 3}))
             before = relayed.nc.stats["reconnects"]
             relay.cut()
-            await eventually(lambda: returns(relayed.nc.stats["reconnects"] > before))
+            await eventually(lambda: relayed.nc.stats["reconnects"] > before)
             await kv.put("d", item(4))
             # the new watch's replay replaced the mirror: "a" is gone
             await eventually(lambda: holds(mirror, {"b": 2, "c": 3, "d": 4}))

@@ -11,7 +11,7 @@ import pytest
 from agentbus.bus import Bus
 from agentbus.kv.lease import KvLease
 from agentbus.settings import BusSettings
-from tests._helpers import eventually
+from tests._harness.polling import eventually
 
 pytestmark = [pytest.mark.nats]
 

@@ -16,9 +16,9 @@ import pytest
 from agentbus.bus import Bus
 from agentbus.messages import Backoff, utcnow
 from agentbus.settings import BusSettings
-from tests._helpers import eventually
-from tests.e2e.test_node_agent import node, start_agent
-from tests.scheduler._reliability import scheduler, stream_messages
+from tests._harness.node_agent import node, start_agent
+from tests._harness.polling import eventually
+from tests._harness.work_stream import scheduler, stream_messages
 
 __all__ = ["node"]  # the fixture
 pytestmark = [pytest.mark.nats, pytest.mark.slow, pytest.mark.timeout(120)]

@@ -16,9 +16,9 @@ import pytest
 
 from agentbus.bus import Bus
 from agentbus.messages import Task, encode
-from agentbus.runtime import TaskContext
-from tests._helpers import eventually
-from tests.scheduler._reliability import (
+from agentbus.runtime import Agent, TaskContext
+from tests._harness.polling import eventually
+from tests._harness.work_stream import (
     ErrorEvents,
     make_agent,
     running,
@@ -30,7 +30,7 @@ pytestmark = pytest.mark.nats
 BAD = "agentbus_bad_messages_total"
 
 
-def echo_agent() -> Any:
+def echo_agent() -> Agent:
     agent = make_agent()
 
     @agent.handler("work")
@@ -64,7 +64,7 @@ async def test_agent_terminates_poison_tasks_and_keeps_serving(bus: Bus) -> None
         await eventually(lambda: _empty(bus), what="poison terminated, not redelivered")
         record = await s.client.submit("work", {"still": "serving"}, task_id="after")
         done = await s.client.wait(record.task_id, timeout_s=20)
-        await eventually(lambda: _true(len(errors.about(subject)) == 3), what="3 error events")
+        await eventually(lambda: len(errors.about(subject)) == 3, what="3 error events")
     assert done.status == "succeeded"
     reasons = [e.reason for e in errors.about(subject)]
     assert any("does not decode" in r for r in reasons)
@@ -82,7 +82,7 @@ async def test_scheduler_endpoints_answer_400_to_garbage(bus: Bus) -> None:
             assert reply.headers is not None
             assert reply.headers.get("Nats-Service-Error-Code") == "400", verb
             assert s.metric(BAD, {"service": "scheduler", "source": verb}) == 1
-        await eventually(lambda: _true(len(errors.events) >= 6), what="error events")
+        await eventually(lambda: len(errors.events) >= 6, what="error events")
         assert (await s.client.dead_tasks()).total == 0  # still serving
     subjects = {e.subject for e in errors.events}
     assert bus.names.endpoint("scheduler", "resubmit") in subjects
@@ -153,16 +153,12 @@ async def test_scheduler_skips_a_deployment_that_does_not_decode(bus: Bus) -> No
     assert any("broken" in e.subject or "broken" in e.reason for e in errors.events)
 
 
-async def _true(value: bool) -> bool:
-    return value
-
-
 @pytest.mark.timeout(60)
 async def test_agent_reports_bad_cancel_and_ready_notices_and_keeps_serving(bus: Bus) -> None:
     errors = await ErrorEvents().start(bus)
     agent = echo_agent()
     async with scheduler(bus) as s, running(agent, bus):
-        await eventually(lambda: _true(bool(agent.capabilities)), what="agent up")
+        await eventually(lambda: bool(agent.capabilities), what="agent up")
         await s.client.wait((await s.client.submit("work", 0)).task_id, timeout_s=20)
         await bus.nc.publish(bus.names.cancel_subject(), b"cancel everything!")
         await bus.nc.publish(bus.names.ready_subject("work"), b'{"type": "nope"}')
@@ -172,10 +168,10 @@ async def test_agent_reports_bad_cancel_and_ready_notices_and_keeps_serving(bus:
             return agent.registry.get_sample_value(BAD, labels) or 0.0
 
         await eventually(
-            lambda: _true(bad("control") == 1 and bad("ready") == 1), what="bad notices counted"
+            lambda: bad("control") == 1 and bad("ready") == 1, what="bad notices counted"
         )
         done = await s.client.wait((await s.client.submit("work", 7)).task_id, timeout_s=20)
-        await eventually(lambda: _true(len(errors.events) >= 2), what="error events")
+        await eventually(lambda: len(errors.events) >= 2, what="error events")
     assert done.status == "succeeded" and msgspec.json.decode(done.output) == 7
     subjects = {e.subject for e in errors.events}
     assert {bus.names.cancel_subject(), bus.names.ready_subject("work")} <= subjects

@@ -15,38 +15,23 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import msgspec
 import pytest
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig
 
 from agentbus.bus import Bus
 from agentbus.bus.notices import Announcer
 from agentbus.client import Client
 from agentbus.messages import Task, TasksReady, encode
-from agentbus.names import BANDS, Names
+from agentbus.names import BANDS
 from agentbus.runtime import Agent, TaskContext
 from agentbus.runtime.intake import Intake
 from agentbus.settings import BusSettings
-from tests._helpers import eventually, running_scheduler
-from tests.agentbus._flow import agent_running, quick_settings
+from tests._harness.agents import agent_running, quick_settings
+from tests._harness.polling import eventually
+from tests._harness.services import running_scheduler
+from tests._harness.work_stream import bind_all_bands
 
 pytestmark = pytest.mark.nats
 
 NEVER_S = 60.0  # rescan interval: longer than any of these tests
-
-
-async def _bind(bus: Bus, capability: str) -> None:
-    names = bus.names
-    for band in range(BANDS):
-        durable = Names.task_consumer(capability, band)
-        await bus.js.add_consumer(
-            names.tasks_stream,
-            ConsumerConfig(
-                name=durable,
-                durable_name=durable,
-                ack_policy=AckPolicy.EXPLICIT,
-                filter_subject=names.task_subject(capability, band),
-                max_ack_pending=-1,
-            ),
-        )
 
 
 @asynccontextmanager
@@ -79,10 +64,10 @@ async def _intakes(bus_settings: BusSettings, count: int) -> AsyncIterator[list[
 
 
 async def test_a_notice_wakes_one_idle_agent_not_all(bus: Bus, bus_settings: BusSettings) -> None:
-    await _bind(bus, "herd")
+    await bind_all_bands(bus, "herd")
     async with _intakes(bus_settings, 6) as intakes:
 
-        async def settled() -> bool:  # the first scan is over, every intake listens
+        def settled() -> bool:  # the first scan is over, every intake listens
             return all(i.listening and i.pulls >= BANDS and not i.flagged("herd") for i in intakes)
 
         await eventually(settled, what="intakes idle")
@@ -175,7 +160,7 @@ async def test_tasks_queued_while_all_agents_idle_all_start_without_a_rescan(
 async def test_an_idle_rescan_pulls_only_bands_that_hold_messages(
     bus: Bus, bus_settings: BusSettings
 ) -> None:
-    await _bind(bus, "quiet")
+    await bind_all_bands(bus, "quiet")
     silent = Task(task_id="silent-p7", capability="quiet", priority=7)
     intake = Intake(
         bus,

@@ -14,8 +14,9 @@ import pytest
 from agentbus.bus import Bus
 from agentbus.client import Client
 from agentbus.settings import BusSettings
-from tests._helpers import eventually, running_scheduler
-from tests.agentbus._flow import agent_running, worker
+from tests._harness.agents import agent_running, worker
+from tests._harness.polling import eventually
+from tests._harness.services import running_scheduler
 
 pytestmark = pytest.mark.nats
 

@@ -20,8 +20,8 @@ from agentbus.errors import ContractError, FatalTaskError, RetryableTaskError, T
 from agentbus.messages import Backoff, Task, utcnow
 from agentbus.retry import backoff_s, decide, is_retryable
 from agentbus.runtime import TaskContext
-from tests._helpers import eventually
-from tests.scheduler._reliability import (
+from tests._harness.polling import eventually
+from tests._harness.work_stream import (
     FAST,
     Calls,
     make_agent,

@@ -8,13 +8,14 @@ from typing import Any
 
 import msgspec
 import pytest
+from nats.js.api import ConsumerInfo
 from nats.js.errors import KeyNotFoundError, NotFoundError
 
 from agentbus.bus import Bus
 from agentbus.messages import ErrorEvent, Task, TaskResult, TaskStarted, decode_report, encode
 from agentbus.runtime import Agent, TaskContext
 from agentbus.settings import AgentSettings
-from tests._helpers import eventually
+from tests._harness.polling import eventually
 
 pytestmark = pytest.mark.nats
 
@@ -152,7 +153,7 @@ async def test_agent_registers_and_leaves(bus: Bus) -> None:
                 break
             except Exception:
                 await asyncio.sleep(0.1)
-    assert b'"capabilities":["double"]' in entry.value
+    assert entry.value is not None and b'"capabilities":["double"]' in entry.value
     stop.set()
     await asyncio.wait_for(task, 10)
     with pytest.raises(KeyNotFoundError):
@@ -168,7 +169,8 @@ async def test_stop_returns_a_task_that_outlives_the_grace_period(bus: Bus) -> N
 
     async def started() -> bool:
         try:
-            return (await bus.js.consumer_info(*consumer)).num_ack_pending == 1
+            info: ConsumerInfo = await bus.js.consumer_info(*consumer)
+            return info.num_ack_pending == 1
         except NotFoundError:  # the agent has not created its consumer yet
             return False
 

@@ -21,8 +21,9 @@ from agentbus.bus import Bus
 from agentbus.service import EXIT_CONNECTION_LOST
 from agentbus.service.health import ping, probe
 from agentbus.settings import BusSettings
-from tests._helpers import eventually, spawn_service
-from tests._nats_server import NatsServer
+from tests._harness.nats_server import NatsServer
+from tests._harness.polling import eventually
+from tests._harness.services import spawn_service
 
 pytestmark = [pytest.mark.nats, pytest.mark.slow]
 
@@ -65,7 +66,7 @@ async def test_service_exits_nonzero_when_its_connection_is_closed_for_good(
         server.reload("max_payload: 16\n")  # a ping reply (~300 bytes) is now too large
         await ping(bus, service, timeout_s=0.5)
 
-        async def exited() -> int | None:
+        def exited() -> int | None:
             return proc.poll()
 
         code = await eventually(exited, timeout_s=30, what=f"{service} exits")

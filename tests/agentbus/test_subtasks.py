@@ -20,8 +20,9 @@ from agentbus.runtime import Agent, TaskContext
 from agentbus.runtime.context import Handoff, derived_id
 from agentbus.settings import BusSettings
 from agentbus_scheduler.tasks.admission import new_record
-from tests._helpers import eventually, running_scheduler
-from tests.agentbus._flow import agent_running, quick_settings, sleeper, worker
+from tests._harness.agents import agent_running, quick_settings, sleeper, worker
+from tests._harness.polling import eventually
+from tests._harness.services import running_scheduler
 
 pytestmark = pytest.mark.nats
 

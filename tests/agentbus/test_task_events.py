@@ -16,7 +16,7 @@ from agentbus.errors import RetryableTaskError
 from agentbus.messages import TaskEvent
 from agentbus.runtime import TaskContext
 from agentbus.settings import BusSettings
-from tests.scheduler._reliability import FAST, make_agent, running, scheduler
+from tests._harness.work_stream import FAST, make_agent, running, scheduler
 
 pytestmark = pytest.mark.nats
 

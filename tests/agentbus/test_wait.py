@@ -16,8 +16,8 @@ from agentbus.client import Client
 from agentbus.errors import RequestTimeoutError
 from agentbus.messages import encode
 from agentbus.settings import BusSettings
-from tests._helpers import running_scheduler
-from tests.agentbus._flow import agent_running, sleeper
+from tests._harness.agents import agent_running, sleeper
+from tests._harness.services import running_scheduler
 
 pytestmark = pytest.mark.nats
 

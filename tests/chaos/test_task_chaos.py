@@ -31,7 +31,7 @@ import random
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
 import httpx
@@ -53,8 +53,8 @@ from agentbus.messages import (
 )
 from agentbus.settings import BusSettings
 from bench._procs import Child, free_port
-from tests._helpers import eventually
-from tests._nats_server import NatsServer
+from tests._harness.nats_server import NatsServer
+from tests._harness.polling import eventually
 
 pytestmark = [pytest.mark.slow, pytest.mark.nats, pytest.mark.timeout(300)]
 
@@ -160,14 +160,6 @@ class Chaos:
         self.nats_down = (stopping_at, time.monotonic())
 
 
-async def until(probe: Callable[[], bool], what: str, timeout_s: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not probe():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout_s} s")
-        await asyncio.sleep(0.05)
-
-
 async def eventually_value(
     probe: Callable[[], Awaitable[float | None]], ok: Callable[[float], bool], timeout_s: float
 ) -> float | None:
@@ -241,9 +233,17 @@ async def _run(bus: Bus, chaos: Chaos, rng: random.Random) -> None:
     stop = asyncio.Event()
     killer = asyncio.create_task(chaos.kill_agents(lambda: len(finished), stop))
     try:
-        await until(lambda: len(finished) >= SCHEDULER_KILL_AT, "progress before the kill")
+        await eventually(
+            lambda: len(finished) >= SCHEDULER_KILL_AT,
+            timeout_s=120,
+            what="progress before the kill",
+        )
         await chaos.kill_scheduler()
-        await until(lambda: len(finished) >= NATS_RESTART_AT, "progress after the kill")
+        await eventually(
+            lambda: len(finished) >= NATS_RESTART_AT,
+            timeout_s=120,
+            what="progress after the kill",
+        )
         await chaos.restart_nats()
         records = {}
         async for record in client.wait_many(inputs, timeout_s=RUN_BOUND_S):
@@ -365,7 +365,7 @@ def _report(
     chaos: Chaos,
     published: int,
     published_duplicates: int,
-    records: dict[str, object],
+    records: Mapping[str, object],
     revisions: dict[str, list[str]],
     before: float | None,
     after: float | None,

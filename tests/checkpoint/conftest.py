@@ -6,7 +6,7 @@ import pytest
 
 from agentbus.bus import Bus
 from agentbus.state.checkpoints import CheckpointClient
-from tests.checkpoint._helpers import Service, running_checkpoint
+from tests._harness.checkpoint import Service, running_checkpoint
 
 
 @pytest.fixture

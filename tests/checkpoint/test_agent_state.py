@@ -19,9 +19,9 @@ from agentbus.runtime import Agent, TaskContext
 from agentbus.settings import AgentSettings
 from agentbus.state import task_thread
 from agentbus.state.checkpoints import CheckpointClient
-from tests._helpers import eventually
-from tests.agentbus._flow import agent_on
-from tests.checkpoint._helpers import Service
+from tests._harness.agents import agent_on
+from tests._harness.checkpoint import Service
+from tests._harness.polling import eventually
 
 FAST: dict[str, Any] = {"lease_s": 2.0, "fetch_timeout_s": 0.5, "heartbeat_s": 0.5, "rescan_s": 0.3}
 

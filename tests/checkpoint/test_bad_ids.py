@@ -30,7 +30,8 @@ from agentbus.messages import (
     PutCheckpoint,
     ThreadsReply,
 )
-from tests._helpers import answers, eventually, spawn_service
+from tests._harness.polling import answers, eventually
+from tests._harness.services import spawn_service
 
 pytestmark = [pytest.mark.nats, pytest.mark.slow]
 

@@ -12,7 +12,13 @@ from prometheus_client import CollectorRegistry
 
 from agentbus.bus import Bus
 from agentbus.bus.blobs import put_blob
-from agentbus.errors import ConflictError, ContractError, NotFoundError
+from agentbus.errors import (
+    CheckpointConflictError,
+    CheckpointCorruptedError,
+    ConflictError,
+    ContractError,
+    NotFoundError,
+)
 from agentbus.messages import (
     BlobRef,
     Checkpoint,
@@ -21,16 +27,12 @@ from agentbus.messages import (
     PutCheckpoint,
     encode,
 )
-from agentbus.state.checkpoints import (
-    CheckpointClient,
-    CheckpointConflictError,
-    CheckpointCorruptedError,
-)
+from agentbus.state.checkpoints import CheckpointClient
 from agentbus_checkpoint.keys import ThreadKeys, escape_token, unescape_token
 from agentbus_checkpoint.metrics import CheckpointMetrics
 from agentbus_checkpoint.settings import CheckpointSettings
 from agentbus_checkpoint.store import CheckpointStore
-from tests.checkpoint._helpers import Service
+from tests._harness.checkpoint import Service
 
 
 def test_key_escaping_is_reversible_and_kv_safe() -> None:

@@ -11,8 +11,7 @@ from agentbus.bus import Bus
 from agentbus.errors import CheckpointConflictError, ContractError, NotFoundError
 from agentbus.messages import Checkpoint, CheckpointsDeleted, DeleteCheckpoints, PendingWrite
 from agentbus.state.checkpoints import CheckpointClient
-from tests.checkpoint._helpers import Service
-from tests.checkpoint.test_history import _blob_names
+from tests._harness.checkpoint import Service, blob_names
 
 
 async def _chain(client: CheckpointClient, thread: str, sizes: list[int]) -> list[Checkpoint]:
@@ -41,7 +40,7 @@ async def test_versions_deleted_by_id_leave_gaps_that_history_get_and_fork_skip(
 ) -> None:
     chain = await _chain(client, "t", [16, 300_000, 16, 300_000, 16])  # 2 and 4 in objects
     other = await client.put("t", b"ns", parent_id=None, namespace="sub")
-    blobs_before = await _blob_names(bus)
+    blobs_before = await blob_names(bus)
     gone = [chain[1].checkpoint_id, chain[3].checkpoint_id]
 
     assert await client.delete_checkpoints("t", [*gone, gone[0], "unknown-1"]) == 2
@@ -62,7 +61,7 @@ async def test_versions_deleted_by_id_leave_gaps_that_history_get_and_fork_skip(
     keys = await _kv_keys(bus, "agent-1.t.")
     assert not [k for k in keys if any(v in k for v in (".v.000000000002.", ".v.000000000004."))]
     assert not [k for k in keys if any(i in k for i in gone)]
-    assert len(blobs_before) - len(await _blob_names(bus)) == 4  # 2 data + 2 write values
+    assert len(blobs_before) - len(await blob_names(bus)) == 4  # 2 data + 2 write values
     # fork across the gap, and repeats are no-ops
     forked = await client.fork("t", "f", checkpoint_id=chain[2].checkpoint_id)
     assert (await client.get("f")).data == (await client.get("t", chain[2].checkpoint_id)).data

@@ -6,15 +6,14 @@ import asyncio
 import os
 
 import pytest
-from nats.js.errors import NotFoundError as ObjectsNotFoundError
 
 from agentbus.bus import Bus
 from agentbus.errors import ConflictError, ContractError, NotFoundError
 from agentbus.messages import Checkpoint, PendingWrite, Retention
 from agentbus.state.checkpoints import CheckpointClient
 from agentbus_checkpoint.settings import CheckpointSettings
-from tests._helpers import eventually
-from tests.checkpoint._helpers import Service, running_checkpoint
+from tests._harness.checkpoint import Service, blob_names, running_checkpoint
+from tests._harness.polling import eventually
 
 
 async def _chain(
@@ -35,14 +34,6 @@ async def _chain(
         )
         parent = out[-1].checkpoint_id
     return out
-
-
-async def _blob_names(bus: Bus) -> list[str]:
-    obs = await bus.object_store(bus.names.checkpoint_blobs_bucket)
-    try:
-        return sorted(o.name for o in await obs.list(ignore_deletes=True) if not o.deleted)
-    except ObjectsNotFoundError:  # nats-py raises when the store is empty
-        return []
 
 
 async def test_history_is_newest_first_with_limit_cursor_and_filters(
@@ -124,9 +115,9 @@ async def test_delete_thread_removes_everything_and_the_thread_starts_over(
         "t", chain[-1].checkpoint_id, [_write("task", "ch", 0, os.urandom(20_000))]
     )
     kept = await client.put("keep", b"x", parent_id=None)
-    assert len(await _blob_names(bus)) == 4  # 3 versions + 1 large write
+    assert len(await blob_names(bus)) == 4  # 3 versions + 1 large write
     assert await client.delete_thread("t") == 4
-    assert await _blob_names(bus) == []
+    assert await blob_names(bus) == set()
     kv = await bus.kv(bus.names.checkpoints_bucket)
     assert all(not k.startswith("agent-1.t.") for k in await kv.keys())
     assert await client.latest("t") is None
@@ -141,7 +132,7 @@ async def test_keep_last_applies_on_every_put(bus: Bus, client: CheckpointClient
     chain = await _chain(client, "t", 6, size=300 * 1024, retention=Retention(keep_last=2))
     page = await client.list("t")
     assert [c.version for c in page.checkpoints] == [6, 5]
-    assert len(await _blob_names(bus)) == 2  # pruned versions took their data along
+    assert len(await blob_names(bus)) == 2  # pruned versions took their data along
     with pytest.raises(NotFoundError):
         await client.get("t", chain[0].checkpoint_id)
     (info,) = await client.threads("t")

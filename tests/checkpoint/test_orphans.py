@@ -6,9 +6,7 @@ import asyncio
 import os
 import uuid
 
-import nats.js.errors
 import pytest
-from prometheus_client import CollectorRegistry
 
 from agentbus.bus import Bus
 from agentbus.bus.blobs import put_blob
@@ -21,14 +19,17 @@ from agentbus.messages import (
     PutCheckpoint,
     Retention,
 )
-from agentbus_checkpoint.housekeeping import Housekeeping
 from agentbus_checkpoint.keys import ThreadKeys
-from agentbus_checkpoint.metrics import CheckpointMetrics
-from agentbus_checkpoint.orphans import OrphanSweep
 from agentbus_checkpoint.settings import CheckpointSettings
-from agentbus_checkpoint.store import CheckpointStore
-from tests._helpers import eventually
-from tests.checkpoint._helpers import Service, running_checkpoint
+from tests._harness.checkpoint import (
+    AGED_S,
+    GRACE_S,
+    Service,
+    blob_names,
+    running_checkpoint,
+    sweeper,
+)
+from tests._harness.polling import eventually
 
 BIG = 300 * 1024
 """Over the inline limit (256 KiB), under the client's upload size: the service uploads."""
@@ -36,29 +37,8 @@ HUGE = 900 * 1024
 """Over one request: the client uploads first and puts a data_ref."""
 
 
-GRACE_S = 0.5
-"""The tests' tiny grace; objects are aged past it by waiting ``AGED_S`` (setup only)."""
-AGED_S = 0.7
-
-
-def _sweeper(bus: Bus, grace_s: float, sweep_max: int = 1000) -> tuple[OrphanSweep, Service]:
-    """An orphan sweep on its own store; the ``Service`` gives its metrics."""
-    registry = CollectorRegistry()
-    settings = CheckpointSettings(orphan_grace_s=grace_s, orphan_sweep_max=sweep_max)
-    store = CheckpointStore(bus, settings, CheckpointMetrics(registry))
-    return OrphanSweep(Housekeeping(store)), Service(bus, registry)
-
-
 def _swept(service: Service) -> float:
     return service.metric("agentbus_checkpoint_orphans_deleted_total", {"reason": "sweep"})
-
-
-async def _names(bus: Bus) -> set[str]:
-    obs = await bus.object_store(bus.names.checkpoint_blobs_bucket)
-    try:
-        return {o.name or "" for o in await obs.list(ignore_deletes=True) if not o.deleted}
-    except nats.js.errors.NotFoundError:  # nats-py raises on an empty store
-        return set()
 
 
 async def _upload(bus: Bus, name: str) -> BlobRef:
@@ -73,7 +53,7 @@ async def _put_ref(bus: Bus, ref: BlobRef, thread_id: str = "t") -> Checkpoint:
 
 async def test_sweep_of_an_empty_store_finds_nothing(bus: Bus) -> None:
     await bus.object_store(bus.names.checkpoint_blobs_bucket)  # provisioned, empty
-    sweep, _ = _sweeper(bus, grace_s=GRACE_S)
+    sweep, _ = sweeper(bus, grace_s=GRACE_S)
     assert await sweep.sweep() == 0
 
 
@@ -85,7 +65,7 @@ async def test_sweep_deletes_old_orphans_keeps_young_and_referenced(bus: Bus, sv
     await client.put_writes(
         "t", by_client.checkpoint_id, [PendingWrite(task_id="x", channel="c", data=b"w" * 9000)]
     )
-    referenced = await _names(bus)
+    referenced = await blob_names(bus)
     assert len(referenced) == 4  # three versions' data and one pending write's value
     orphans = {
         (await _upload(bus, f"agent-1.t/{uuid.uuid4().hex}")).name,  # the put never came
@@ -95,17 +75,17 @@ async def test_sweep_deletes_old_orphans_keeps_young_and_referenced(bus: Bus, sv
     }
     foreign = (await _upload(bus, "not/a/checkpoint/object")).name
 
-    young, young_metrics = _sweeper(bus, grace_s=3600)
+    young, young_metrics = sweeper(bus, grace_s=3600)
     assert await young.sweep() == 0  # all younger than the grace: kept
-    assert await _names(bus) == referenced | orphans | {foreign}
+    assert await blob_names(bus) == referenced | orphans | {foreign}
     assert _swept(young_metrics) == 0
 
     await asyncio.sleep(AGED_S)  # every object is now older than GRACE_S
-    old, old_metrics = _sweeper(bus, grace_s=GRACE_S, sweep_max=3)
+    old, old_metrics = sweeper(bus, grace_s=GRACE_S, sweep_max=3)
     assert await old.sweep() == 3
     assert await old.sweep() == 1  # at most orphan_sweep_max per pass; the rest next pass
     assert _swept(old_metrics) == 4
-    assert await _names(bus) == referenced | {foreign}
+    assert await blob_names(bus) == referenced | {foreign}
     assert await old.sweep() == 0
     for ckpt in (by_service, by_client):
         got = await client.get("t", ckpt.checkpoint_id)
@@ -125,9 +105,9 @@ async def test_an_old_referenced_object_without_its_index_key_is_kept(
     await kv.purge(tk.blob_index(stored.data_ref.name))
     await _upload(bus, f"agent-1.t/{uuid.uuid4().hex}")
     await asyncio.sleep(AGED_S)
-    sweep, _ = _sweeper(bus, grace_s=GRACE_S)
+    sweep, _ = sweeper(bus, grace_s=GRACE_S)
     assert await sweep.sweep() == 1
-    assert await _names(bus) == {stored.data_ref.name}
+    assert await blob_names(bus) == {stored.data_ref.name}
     assert (await svc.client().get("t")).data_ref == stored.data_ref
 
 
@@ -138,9 +118,9 @@ async def test_undecodable_records_keep_their_threads_objects(bus: Bus, svc: Ser
     maybe = (await _upload(bus, f"agent-1.t/{uuid.uuid4().hex}")).name
     await _upload(bus, f"agent-1.u/{uuid.uuid4().hex}")
     await asyncio.sleep(AGED_S)
-    sweep, _ = _sweeper(bus, grace_s=GRACE_S)
+    sweep, _ = sweeper(bus, grace_s=GRACE_S)
     assert await sweep.sweep() == 1  # the other thread's orphan
-    assert await _names(bus) == {maybe}  # cannot prove it unreferenced: kept
+    assert await blob_names(bus) == {maybe}  # cannot prove it unreferenced: kept
 
 
 async def test_refused_puts_delete_their_uploads_at_once(bus: Bus, svc: Service) -> None:
@@ -155,12 +135,12 @@ async def test_refused_puts_delete_their_uploads_at_once(bus: Bus, svc: Service)
     assert len(winners) == 1
     assert all(isinstance(r, CheckpointConflictError) for r in results if r not in winners)
     assert winners[0].data_ref is not None
-    assert await _names(bus) == {winners[0].data_ref.name}
+    assert await blob_names(bus) == {winners[0].data_ref.name}
     assert svc.metric("agentbus_checkpoint_orphans_deleted_total", {"reason": "refused"}) == 3
     # a stale parent with data the client uploaded: the client removes its upload
     with pytest.raises(CheckpointConflictError):
         await client.put("t", os.urandom(HUGE), parent_id=first.checkpoint_id)
-    assert await _names(bus) == {winners[0].data_ref.name}
+    assert await blob_names(bus) == {winners[0].data_ref.name}
 
 
 async def test_a_data_ref_must_be_fresh_and_unused(bus: Bus) -> None:
@@ -188,7 +168,7 @@ async def test_retention_removes_the_index_key_with_its_version(bus: Bus, svc: S
     bucket = bus.names.checkpoints_bucket
     info = await js.stream_info(f"KV_{bucket}", subjects_filter=f"$KV.{bucket}.agent-1.t.b.*")
     assert len(info.state.subjects or {}) == 1
-    assert len(await _names(bus)) == 1
+    assert len(await blob_names(bus)) == 1
 
 
 async def test_the_service_sweeps_orphans_under_its_lease(bus: Bus) -> None:
@@ -198,9 +178,9 @@ async def test_the_service_sweeps_orphans_under_its_lease(bus: Bus) -> None:
         orphan = (await _upload(bus, f"agent-1.t/{uuid.uuid4().hex}")).name
 
         async def swept() -> bool:
-            return orphan not in await _names(bus)
+            return orphan not in await blob_names(bus)
 
         await eventually(swept, timeout_s=30, what="orphan swept by the service")
         assert svc.metric("agentbus_checkpoint_orphans_deleted_total", {"reason": "sweep"}) == 1
         assert kept.data_ref is not None
-        assert await _names(bus) == {kept.data_ref.name}
+        assert await blob_names(bus) == {kept.data_ref.name}

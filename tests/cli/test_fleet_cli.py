@@ -24,8 +24,9 @@ from agentbus.client import Client
 from agentbus.errors import ContractError
 from agentbus.messages import Backoff, Deployment
 from agentbus_supervisor.settings import SupervisorSettings
-from tests._helpers import eventually, running_scheduler
-from tests.supervisor._helpers import running_supervisor
+from tests._harness.polling import eventually
+from tests._harness.services import running_scheduler
+from tests._harness.supervisor import running_supervisor
 
 pytestmark = [pytest.mark.nats, pytest.mark.timeout(180)]
 PY = sys.executable

@@ -425,16 +425,16 @@ def test_the_operations_doc_example_is_valid() -> None:
 
 def test_apply_warns_only_about_an_image_no_docker_node_has() -> None:
     from agentbus.cli.fleet import image_on_no_node, image_ref
-    from agentbus.messages import NodeInfo, utcnow
+    from agentbus.messages import NodeInfo, RuntimeKind, utcnow
 
     now = utcnow()
 
-    def node(runtime: str, images: list[str]) -> NodeInfo:
+    def node(runtime: RuntimeKind, images: list[str]) -> NodeInfo:
         return NodeInfo(
             node_id="n",
             runtime=runtime,
             started_at=now,
-            heartbeat_at=now,  # type: ignore[arg-type]
+            heartbeat_at=now,
             images=images,
         )
 

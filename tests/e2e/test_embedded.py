@@ -17,7 +17,7 @@ import pytest
 from agentbus.bus import Bus
 from agentbus.client import Client
 from agentbus.embedded import NODE_ID, SERVICES, EmbeddedStack, ping_services
-from tests._helpers import pid_alive
+from tests._harness.services import pid_alive
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 CLI = [sys.executable, "-m", "agentbus.cli"]

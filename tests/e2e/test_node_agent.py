@@ -11,52 +11,23 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import signal
-import subprocess
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from nats.js.api import ConsumerInfo
 
 from agentbus.bus import Bus
 from agentbus.client import Client
 from agentbus.embedded import EmbeddedStack
+from tests._harness.node_agent import node, start_agent
+from tests._harness.polling import eventually
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
-
-ROOT = Path(__file__).resolve().parents[2]
-AGENT_DIR = ROOT / "examples" / "node-agent"
-SETUP_HINT = "run `bash scripts/setup.sh` (it runs `npm ci --prefix examples/node-agent`)"
-
-
-@pytest.fixture
-def node() -> str:
-    """The node binary; a missing node or node_modules fails, never skips."""
-    node = shutil.which("node")
-    if node is None:
-        pytest.fail(f"`node` is not on PATH: {SETUP_HINT}")
-    if not (AGENT_DIR / "node_modules" / "nats").is_dir():
-        pytest.fail(f"{AGENT_DIR / 'node_modules'} is missing: {SETUP_HINT}")
-    return node
-
-
-async def eventually(probe: Callable[[], Awaitable[Any]], what: str, timeout_s: float = 30) -> Any:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not (result := await probe()):
-        assert asyncio.get_running_loop().time() < deadline, f"{what} within {timeout_s} s"
-        await asyncio.sleep(0.2)
-    return result
-
-
-def start_agent(node: str, env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    """``node agent.mjs`` with its output (stdout and stderr) in ``log_path``."""
-    with log_path.open("wb") as log:
-        return subprocess.Popen(
-            [node, str(AGENT_DIR / "agent.mjs")], env=env, stdout=log, stderr=subprocess.STDOUT
-        )
+__all__ = ["node"]  # the fixture
 
 
 @pytest.fixture
@@ -88,7 +59,7 @@ async def test_node_agent_serves_tasks(node: str, stack: EmbeddedStack, tmp_path
         return agent_id in {a.agent_id for a in await client.agents("upper")}
 
     try:
-        await eventually(listed, "the node agent in the registry")
+        await eventually(listed, timeout_s=30, what="the node agent in the registry")
         info = next(a for a in await client.agents("upper") if a.agent_id == agent_id)
         assert info.capabilities == ["upper"]
         assert info.pid == proc.pid
@@ -131,18 +102,20 @@ async def test_node_agent_serves_tasks(node: str, stack: EmbeddedStack, tmp_path
         async def on_error(msg: Any) -> None:
             await errors.put(json.loads(msg.data))
 
-        sub = await bus.nc.subscribe(f"{stack.prefix}.events.error.agent", cb=on_error)
+        error_sub = await bus.nc.subscribe(f"{stack.prefix}.events.error.agent", cb=on_error)
         await bus.js.publish(f"{stack.prefix}.tasks.upper", b"not json at all")
         event = await asyncio.wait_for(errors.get(), timeout=15)
-        await sub.unsubscribe()
+        await error_sub.unsubscribe()
         assert event["type"] == "ErrorEvent"
         assert event["subject"] == f"{stack.prefix}.tasks.upper"
 
         async def drained() -> bool:
-            ci = await bus.js.consumer_info(f"{stack.prefix.upper()}_TASKS", "cap-upper")
+            ci: ConsumerInfo = await bus.js.consumer_info(
+                f"{stack.prefix.upper()}_TASKS", "cap-upper"
+            )
             return ci.num_pending == 0 and ci.num_ack_pending == 0
 
-        await eventually(drained, "the poison message gone from cap-upper", timeout_s=10)
+        await eventually(drained, timeout_s=10, what="the poison message gone from cap-upper")
 
         # SIGTERM: exit 0 and leave the registry
         proc.send_signal(signal.SIGTERM)
@@ -152,7 +125,7 @@ async def test_node_agent_serves_tasks(node: str, stack: EmbeddedStack, tmp_path
         async def gone() -> bool:
             return agent_id not in {a.agent_id for a in await client.agents("upper")}
 
-        await eventually(gone, "the node agent gone from the registry", timeout_s=5)
+        await eventually(gone, timeout_s=5, what="the node agent gone from the registry")
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -1,59 +1,12 @@
 from __future__ import annotations
 
-import asyncio
-import socket
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
-import httpx
 import pytest
-from prometheus_client import CollectorRegistry
 
 from agentbus.bus import Bus
-from agentbus_gateway.service import serve
-from agentbus_gateway.settings import GatewaySettings
-from tests._helpers import running_scheduler
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class Gateway:
-    http: httpx.AsyncClient
-    registry: CollectorRegistry
-    stop: asyncio.Event
-    task: asyncio.Task[None]
-
-    def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
-        return self.registry.get_sample_value(name, labels or {}) or 0.0
-
-
-async def start_gateway(bus: Bus, **settings: object) -> Gateway:
-    stop = asyncio.Event()
-    registry = CollectorRegistry()
-    port = free_port()
-    gw_settings = GatewaySettings(port=port, shutdown_grace_s=2.0, **settings)  # type: ignore[arg-type]
-    task = asyncio.create_task(serve(bus, stop, gw_settings, registry))
-    http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30.0)
-    for _ in range(200):
-        if task.done():
-            task.result()
-        try:
-            await http.get("/healthz")
-            break
-        except httpx.TransportError:
-            await asyncio.sleep(0.05)
-    return Gateway(http=http, registry=registry, stop=stop, task=task)
-
-
-async def stop_gateway(gw: Gateway) -> None:
-    gw.stop.set()
-    await asyncio.wait_for(gw.task, 15)
-    await gw.http.aclose()
+from tests._harness.gateway import Gateway, start_gateway, stop_gateway
+from tests._harness.services import running_scheduler
 
 
 @pytest.fixture

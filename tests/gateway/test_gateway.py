@@ -21,7 +21,7 @@ from agentbus.runtime import Agent, TaskContext
 from agentbus.settings import AgentSettings
 from agentbus_registry.service import serve as serve_registry
 from agentbus_registry.settings import RegistrySettings
-from tests.gateway.conftest import Gateway, start_gateway, stop_gateway
+from tests._harness.gateway import Gateway, start_gateway, stop_gateway
 
 pytestmark = [pytest.mark.nats, pytest.mark.usefixtures("scheduler")]
 

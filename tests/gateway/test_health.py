@@ -9,8 +9,8 @@ import pytest
 
 from agentbus.bus import Bus
 from agentbus.settings import BusSettings
-from tests._nats_server import NatsServer
-from tests.gateway.conftest import start_gateway, stop_gateway
+from tests._harness.gateway import start_gateway, stop_gateway
+from tests._harness.nats_server import NatsServer
 
 pytestmark = pytest.mark.nats
 

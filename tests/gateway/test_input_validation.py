@@ -10,7 +10,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.gateway.conftest import Gateway
+from tests._harness.gateway import Gateway
 
 pytestmark = [pytest.mark.nats, pytest.mark.usefixtures("scheduler")]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from agentbus.bus import Bus
-from tests.gateway.conftest import Gateway, start_gateway, stop_gateway
+from tests._harness.gateway import Gateway, start_gateway, stop_gateway
 
 pytestmark = [pytest.mark.nats, pytest.mark.usefixtures("scheduler")]
 

@@ -19,8 +19,8 @@ from agentbus.bus.blobs import put_blob
 from agentbus.messages import BlobRef
 from agentbus.runtime import Agent, TaskContext
 from agentbus.settings import BusSettings
-from tests.agentbus._flow import agent_running, quick_settings
-from tests.gateway.conftest import Gateway
+from tests._harness.agents import agent_running, quick_settings
+from tests._harness.gateway import Gateway
 
 pytestmark = [pytest.mark.nats, pytest.mark.usefixtures("scheduler")]
 

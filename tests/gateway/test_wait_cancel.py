@@ -13,9 +13,9 @@ import pytest
 from agentbus.bus import Bus
 from agentbus.runtime import Agent, TaskContext
 from agentbus.settings import BusSettings
-from tests._helpers import eventually
-from tests.agentbus._flow import agent_running, sleeper
-from tests.gateway.conftest import Gateway
+from tests._harness.agents import agent_running, sleeper
+from tests._harness.gateway import Gateway
+from tests._harness.polling import eventually
 
 pytestmark = [pytest.mark.nats, pytest.mark.usefixtures("scheduler")]
 

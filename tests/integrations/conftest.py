@@ -5,7 +5,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from agentbus.bus import Bus
-from tests.checkpoint._helpers import Service, running_checkpoint
+from tests._harness.checkpoint import Service, running_checkpoint
 
 
 @pytest.fixture

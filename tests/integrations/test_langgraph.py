@@ -18,7 +18,7 @@ from langgraph.checkpoint.serde.types import ERROR
 
 from agentbus.bus import Bus
 from agentbus.integrations.langgraph import AgentbusSaver
-from tests.checkpoint._helpers import Service
+from tests._harness.checkpoint import Service
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(120)
@@ -126,7 +126,7 @@ async def _run_graph(bus: Bus, thread: str, mode: str) -> tuple[int, dict[str, A
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "tests.integrations._graph",
+        "tests._harness.langgraph_graph",
         url,
         bus.names.prefix,
         thread,

@@ -20,8 +20,7 @@ from langgraph.graph import END, START, StateGraph
 from agentbus.bus import Bus
 from agentbus.integrations.langgraph import AgentbusSaver
 from agentbus.messages import PendingWrite
-from tests.checkpoint._helpers import Service
-from tests.checkpoint.test_orphans import AGED_S, GRACE_S, _names, _sweeper
+from tests._harness.checkpoint import AGED_S, GRACE_S, Service, blob_names, sweeper
 
 pytestmark = pytest.mark.timeout(120)
 KIB = 1024
@@ -88,12 +87,12 @@ async def test_client_uploaded_write_values_survive_the_orphan_sweep(
     client = svc.client()
     value = os.urandom(900 * KIB)
     await client.put_writes("t", "c1", [PendingWrite(task_id="x", channel="c", data=value)])
-    referenced = await _names(bus)
+    referenced = await blob_names(bus)
     assert len(referenced) == 1 and "/w/" in next(iter(referenced))
     await asyncio.sleep(AGED_S)
-    sweep, _ = _sweeper(bus, grace_s=GRACE_S)
+    sweep, _ = sweeper(bus, grace_s=GRACE_S)
     assert await sweep.sweep() == 0
-    assert await _names(bus) == referenced
+    assert await blob_names(bus) == referenced
     # a repeated request (a retry after a timeout) keeps the first value and its object
     await client.put_writes("t", "c1", [PendingWrite(task_id="x", channel="c", data=value)])
     await client.put("t", b"state", parent_id=None, checkpoint_id="c1")

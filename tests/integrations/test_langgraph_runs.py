@@ -14,8 +14,8 @@ from langgraph.checkpoint.base import CheckpointTuple
 
 from agentbus.bus import Bus
 from agentbus.integrations.langgraph import AgentbusSaver
-from tests.checkpoint._helpers import Service
-from tests.integrations._graph import build
+from tests._harness.checkpoint import Service
+from tests._harness.langgraph_graph import build
 
 pytestmark = pytest.mark.timeout(120)
 

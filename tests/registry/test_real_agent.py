@@ -10,8 +10,8 @@ import pytest
 from agentbus.bus import Bus
 from agentbus.messages import AgentEvent
 from agentbus.settings import BusSettings
-from tests._helpers import eventually
-from tests.registry.conftest import Registry, next_event
+from tests._harness.polling import eventually
+from tests._harness.registry import Registry, next_event
 
 
 @pytest.mark.timeout(60)

@@ -10,8 +10,8 @@ from nats.js.api import DeliverPolicy
 from agentbus.bus import Bus
 from agentbus.messages import AgentEvent, DuplicateEvent, ErrorEvent, NodeEvent, encode, utcnow
 from agentbus_registry.settings import RegistrySettings
-from tests._helpers import eventually
-from tests.registry.conftest import (
+from tests._harness.polling import eventually
+from tests._harness.registry import (
     Registry,
     agent_info,
     heartbeat,
@@ -57,7 +57,7 @@ async def test_agents_found_by_capability(bus: Bus, registry_service: Registry) 
     assert joined.agent_id in {"a-agent", "b-agent"}
     assert registry_service.metric("agentbus_registry_joins_total", {"entity": "agent"}) == 2
 
-    async def gauges_set() -> bool:
+    def gauges_set() -> bool:
         m = registry_service.metric
         return (
             m("agentbus_registry_agents", {"status": "busy"}) == 1
@@ -198,7 +198,7 @@ async def test_nodes_endpoint_and_events(bus: Bus, registry_service: Registry) -
     assert [n.node_id for n in nodes] == ["node-a", "node-b"]
     assert nodes[0].runtime == "process"
 
-    async def gauge_set() -> bool:
+    def gauge_set() -> bool:
         return registry_service.metric("agentbus_registry_nodes") == 2
 
     await eventually(gauge_set, what="nodes gauge")
@@ -271,7 +271,7 @@ async def test_two_instances_of_one_agent_id_are_one_duplicate_event(
         await heartbeat(bus, second)
         await asyncio.sleep(0.02)
 
-    async def reported() -> bool:
+    def reported() -> bool:
         return (
             registry_service.metric("agentbus_registry_duplicates_total", {"entity": "agent"}) > 0
         )

@@ -21,7 +21,7 @@ from agentbus.messages import (
     utcnow,
 )
 from agentbus.messages import TaskRecord as Record
-from tests.scheduler.conftest import Scheduler
+from tests._harness.services import Scheduler
 
 
 def _ep(bus: Bus, verb: str) -> str:

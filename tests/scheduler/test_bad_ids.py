@@ -34,7 +34,8 @@ from agentbus.messages import (
     encode,
     utcnow,
 )
-from tests._helpers import answers, eventually, spawn_service
+from tests._harness.polling import answers, eventually
+from tests._harness.services import spawn_service
 
 pytestmark = [pytest.mark.nats, pytest.mark.slow]
 

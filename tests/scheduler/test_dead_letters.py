@@ -23,9 +23,9 @@ from agentbus.errors import ConflictError, NotFoundError
 from agentbus.messages import TasksReply
 from agentbus.runtime import TaskContext
 from agentbus.settings import BusSettings
-from tests._helpers import eventually
-from tests.gateway.conftest import start_gateway, stop_gateway
-from tests.scheduler._reliability import (
+from tests._harness.gateway import start_gateway, stop_gateway
+from tests._harness.polling import eventually
+from tests._harness.work_stream import (
     FAST,
     Calls,
     bind_like_an_agent,

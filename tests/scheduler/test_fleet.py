@@ -19,9 +19,9 @@ from agentbus.messages import (
     encode,
     utcnow,
 )
-from tests._helpers import eventually
-from tests.scheduler._fleet import Heartbeats, heartbeats, per_node, read_placements
-from tests.scheduler.conftest import Scheduler
+from tests._harness.fleet import Heartbeats, heartbeats, per_node, read_placements
+from tests._harness.polling import eventually
+from tests._harness.services import Scheduler
 
 __all__ = ["heartbeats"]  # the fixture
 
@@ -107,7 +107,7 @@ async def test_unplaced_replicas_wait_for_a_node(
     )
     assert reply.placements == []
 
-    async def unplaced_gauge() -> bool:
+    def unplaced_gauge() -> bool:
         return scheduler.metric("agentbus_scheduler_unplaced_replicas") == 2
 
     await eventually(unplaced_gauge, what="unplaced gauge")
@@ -191,7 +191,7 @@ async def test_unplaced_reported_then_placed_with_events(
     ]
     listed = await _placements(bus, "gpu")
     assert listed.unplaced == reply.unplaced
-    await eventually(lambda: returns(len(events.of("unplaced")) == 2), what="unplaced events")
+    await eventually(lambda: len(events.of("unplaced")) == 2, what="unplaced events")
     assert scheduler.metric("agentbus_scheduler_unplaced_replicas") == 2
 
     await heartbeats.add("gpu-node", labels={"gpu": "yes"})
@@ -200,7 +200,7 @@ async def test_unplaced_reported_then_placed_with_events(
         return per_node(await read_placements(bus)) == {"gpu-node": 2}
 
     await eventually(placed, what="replicas placed on the labelled node")
-    await eventually(lambda: returns(len(events.of("placed")) == 2), what="placed events")
+    await eventually(lambda: len(events.of("placed")) == 2, what="placed events")
     assert {e.node_id for e in events.of("placed")} == {"gpu-node"}
     lease = await (await bus.kv(bus.names.leases_bucket)).get("scheduler-placement")
     holder = msgspec.json.decode(lease.value or b"", type=LeaseRecord).holder
@@ -223,7 +223,7 @@ async def test_moved_events_name_the_lost_node(
 
     await eventually(spread, what="replicas spread over both nodes")
     await heartbeats.remove("n2")
-    await eventually(lambda: returns(len(events.of("moved")) == 2), what="moved events")
+    await eventually(lambda: len(events.of("moved")) == 2, what="moved events")
     for e in events.of("moved"):
         assert (e.previous_node_id, e.node_id, e.reason) == ("n2", "n1", "node n2 lost")
 
@@ -252,10 +252,6 @@ async def test_scale_and_list_placements(
     ]
     with pytest.raises(NotFoundError):
         await bus.request(scale, ScaleDeployment(name="nope", replicas=1), DeployReply)
-
-
-async def returns(value: bool) -> bool:
-    return value
 
 
 async def test_scaling_a_corrupt_stored_spec_is_a_typed_error(

@@ -15,8 +15,8 @@ from agentbus.bus import Bus
 from agentbus.messages import SubmitTask, TaskRecord, encode, utcnow
 from agentbus.runtime import TaskContext
 from agentbus_scheduler.tasks.admission import new_record, task_message
-from tests._helpers import eventually
-from tests.scheduler._reliability import make_agent, running, scheduler, stream_messages
+from tests._harness.polling import eventually
+from tests._harness.work_stream import make_agent, running, scheduler, stream_messages
 
 pytestmark = pytest.mark.nats
 HEALED = "agentbus_scheduler_tasks_healed_total"
@@ -64,7 +64,7 @@ async def test_a_queued_task_with_its_message_is_never_duplicated(bus: Bus, age_
     await _publish(bus, record)
     async with scheduler(bus, heal_grace_s=0.5) as sched:
 
-        async def passes() -> bool:
+        def passes() -> bool:
             return sched.metric("agentbus_scheduler_sweeps_total") >= 3
 
         await eventually(passes, what="three sweeps")

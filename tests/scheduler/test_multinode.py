@@ -33,9 +33,10 @@ from agentbus.messages import (
 from agentbus.messages.fleet import Resources
 from agentbus.settings import BusSettings
 from agentbus_supervisor.settings import SupervisorSettings
-from tests._helpers import eventually, running_scheduler
-from tests.scheduler._fleet import per_node, read_placements
-from tests.supervisor._helpers import remove_node_containers, running_supervisor
+from tests._harness.fleet import per_node, read_placements
+from tests._harness.polling import eventually
+from tests._harness.services import running_scheduler
+from tests._harness.supervisor import remove_node_containers, running_supervisor
 
 pytestmark = pytest.mark.timeout(180)
 

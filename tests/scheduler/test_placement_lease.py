@@ -26,8 +26,8 @@ from agentbus.messages import Deployment, PlacementEvent
 from agentbus.settings import BusSettings
 from agentbus_scheduler.service import serve
 from agentbus_scheduler.settings import SchedulerSettings
-from tests._helpers import eventually
-from tests.scheduler._fleet import Heartbeats, heartbeats, per_node, read_placements
+from tests._harness.fleet import Heartbeats, heartbeats, per_node, read_placements
+from tests._harness.polling import eventually
 
 __all__ = ["heartbeats"]  # the fixture
 
@@ -89,10 +89,6 @@ async def lease_holder(bus: Bus) -> str | None:
     return msgspec.json.decode(entry.value or b"", type=LeaseRecord).holder if entry.value else None
 
 
-async def returns(value: bool) -> bool:
-    return value
-
-
 @pytest.mark.timeout(90)
 async def test_two_schedulers_one_places_then_hand_over(
     bus: Bus, bus_settings: BusSettings, heartbeats: Heartbeats
@@ -107,7 +103,7 @@ async def test_two_schedulers_one_places_then_hand_over(
             scheduler_instance(bus, "sched-a") as a,
             scheduler_instance(bus_b, "sched-b") as b,
         ):
-            await eventually(lambda: returns(a.holds or b.holds), what="a lease holder")
+            await eventually(lambda: a.holds or b.holds, what="a lease holder")
             holder, other = (a, b) if a.holds else (b, a)
             assert await lease_holder(bus) == holder.instance_id
             client = Client(bus)
@@ -127,7 +123,7 @@ async def test_two_schedulers_one_places_then_hand_over(
             # A clean stop releases the lease: the other instance takes over at once.
             holder.stop.set()
             await asyncio.wait_for(holder.task, 20)
-            await eventually(lambda: returns(other.holds), what="takeover", timeout_s=10)
+            await eventually(lambda: other.holds, what="takeover", timeout_s=10)
             assert await lease_holder(bus) == other.instance_id
             await heartbeats.remove("n2")
 

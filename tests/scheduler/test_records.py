@@ -6,8 +6,11 @@ to the record; a cancel on an instance without it must still delete the message.
 
 from __future__ import annotations
 
+from typing import cast
+
 import msgspec
 import pytest
+from nats.aio.msg import Msg
 from prometheus_client import CollectorRegistry
 
 from agentbus.bus import Bus
@@ -16,7 +19,7 @@ from agentbus.messages import SubmitTask, TaskEvent, TaskRecord, encode, utcnow
 from agentbus_scheduler.metrics import SchedulerMetrics
 from agentbus_scheduler.tasks.admission import new_record
 from agentbus_scheduler.tasks.records import RecordCache, Records
-from tests._helpers import running_scheduler
+from tests._harness.services import running_scheduler
 
 pytestmark = pytest.mark.nats
 
@@ -112,7 +115,7 @@ def test_reports_fetched_together_fold_into_one_write() -> None:
         ran=True,
     )
     again = msgspec.structs.replace(result, agent_id="a-2")  # a duplicate from elsewhere
-    msgs: list = [None, None, None]
+    msgs = cast("list[Msg]", [None, None, None])  # the fold never reads the messages
     fold = _fold((record, 4), list(zip(msgs, [started, result, again], strict=True)), now=now)
     assert fold is not None and fold.changed and fold.revision == 4
     assert fold.record.status == "succeeded" and fold.record.agent_id == "a-1"

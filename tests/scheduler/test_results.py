@@ -25,8 +25,8 @@ from agentbus.messages import (
 from agentbus.names import Names
 from agentbus_scheduler.service import serve
 from agentbus_scheduler.settings import SchedulerSettings
-from tests._helpers import eventually
-from tests.scheduler.conftest import Scheduler
+from tests._harness.polling import eventually
+from tests._harness.services import Scheduler
 
 
 def _started(task_id: str, *, agent: str = "a1", attempt: int = 1) -> TaskStarted:

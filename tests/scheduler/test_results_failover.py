@@ -15,8 +15,8 @@ from agentbus.names import Names
 from agentbus_scheduler.settings import SchedulerSettings
 from agentbus_scheduler.tasks.lifecycle import apply_report
 from agentbus_scheduler.tasks.records import Records
-from tests._helpers import eventually
-from tests.scheduler._reliability import bind_like_an_agent, scheduler, status_is
+from tests._harness.polling import eventually
+from tests._harness.work_stream import bind_like_an_agent, scheduler, status_is
 
 pytestmark = pytest.mark.nats
 

@@ -24,8 +24,8 @@ from agentbus.kv.lease import LeaseRecord
 from agentbus.messages import utcnow
 from agentbus.settings import BusSettings
 from agentbus_scheduler.tasks.sweeps import SWEEPS_LEASE
-from tests._helpers import eventually
-from tests.scheduler._reliability import (
+from tests._harness.polling import eventually
+from tests._harness.work_stream import (
     Sched,
     bind_like_an_agent,
     scheduler,
@@ -51,10 +51,6 @@ async def holder_is(bus: Bus, expected: str) -> bool:
     return await holder(bus) == expected
 
 
-async def true(value: bool) -> bool:
-    return value
-
-
 async def expire_one(s: Sched, task_id: str) -> None:
     """Submit a task nobody serves with a deadline 1 s away; wait until it expired."""
     await s.client.submit("nobody", None, task_id=task_id, deadline=utcnow() + timedelta(seconds=1))
@@ -69,13 +65,13 @@ async def test_two_schedulers_one_sweeps_and_a_clean_stop_hands_over(
     bus_b = await Bus.connect(bus_settings, name="test-b")
     try:
         async with scheduler(bus, instance_id="sched-a") as a:
-            await eventually(lambda: true(a.metric(HELD) == 1), what="a holds the lease")
+            await eventually(lambda: a.metric(HELD) == 1, what="a holds the lease")
             async with scheduler(bus_b, instance_id="sched-b") as b:
                 await expire_one(b, "e1")  # submitted through b, swept by a
                 await asyncio.sleep(1.0)  # several sweep intervals with both up
                 assert await holder(bus) == "sched-a"
                 await eventually(
-                    lambda: true(a.metric(SWEPT, {"reason": "expired"}) == 1),
+                    lambda: a.metric(SWEPT, {"reason": "expired"}) == 1,
                     what="a deleted the expired message",
                 )
                 assert a.metric(SWEEPS) > 0
@@ -84,10 +80,10 @@ async def test_two_schedulers_one_sweeps_and_a_clean_stop_hands_over(
             assert await holder(bus) == "sched-a"  # b leaving changes nothing
         assert await holder(bus) is None  # a stopped cleanly: released at once
         async with scheduler(bus_b, instance_id="sched-b") as b:
-            await eventually(lambda: true(b.metric(HELD) == 1), timeout_s=10, what="b holds")
+            await eventually(lambda: b.metric(HELD) == 1, timeout_s=10, what="b holds")
             await expire_one(b, "e2")
             await eventually(
-                lambda: true(b.metric(SWEPT, {"reason": "expired"}) == 1),
+                lambda: b.metric(SWEPT, {"reason": "expired"}) == 1,
                 what="b deleted the expired message",
             )
     finally:
@@ -162,10 +158,10 @@ async def test_killed_sweeper_is_replaced_by_the_other_scheduler(
             )
 
         # the waiter may see the record before the burying coroutine resumes to count it
-        await eventually(lambda: true(moved() >= 1), what="the survivor counted the dead letter")
+        await eventually(lambda: moved() >= 1, what="the survivor counted the dead letter")
         assert moved() == 1
         await expire_one(local, "k2")
         await eventually(
-            lambda: true(local.metric(SWEPT, {"reason": "expired"}) == 1),
+            lambda: local.metric(SWEPT, {"reason": "expired"}) == 1,
             what="the survivor deleted the expired message",
         )

@@ -15,9 +15,9 @@ from agentbus.errors import ConflictError, ContractError, RequestTimeoutError
 from agentbus.messages import TaskEvent, TasksReply, encode
 from agentbus.settings import BusSettings
 from agentbus_registry.settings import RegistrySettings
-from tests._helpers import eventually
-from tests.registry.conftest import agent_info, start_registry
-from tests.scheduler._reliability import scheduler
+from tests._harness.polling import eventually
+from tests._harness.registry import agent_info, start_registry
+from tests._harness.work_stream import scheduler
 
 pytestmark = pytest.mark.nats
 UNSERVED = "agentbus_scheduler_tasks_unserved"
@@ -62,7 +62,7 @@ async def test_unserved_tasks_are_gauged_and_warned_once(bus: Bus) -> None:
         await sched.client.submit("nobody", 2, task_id="lonely-2", priority=5)
         await sched.client.submit("work", 3, task_id="served")
 
-        async def gauged() -> bool:
+        def gauged() -> bool:
             return sched.metric(UNSERVED, {"capability": "nobody"}) == 2
 
         await eventually(gauged, what="the unserved gauge")
@@ -80,7 +80,7 @@ async def test_unserved_tasks_are_gauged_and_warned_once(bus: Bus) -> None:
         assert event.status == "queued" and "capability 'nobody'" in event.reason
         sweeps = sched.metric("agentbus_scheduler_sweeps_total")
         await eventually(
-            lambda: _at_least(sched.metric("agentbus_scheduler_sweeps_total"), sweeps + 3),
+            lambda: sched.metric("agentbus_scheduler_sweeps_total") >= sweeps + 3,
             what="three more sweeps",
         )
         info = await bus.js.stream_info(
@@ -96,16 +96,8 @@ async def test_unserved_tasks_are_gauged_and_warned_once(bus: Bus) -> None:
         # an agent turns up: the gauge clears
         await _heartbeat(bus, "n-1", ["nobody"])
         await eventually(
-            lambda: _is(sched.metric(UNSERVED, {"capability": "nobody"}) == 0), what="cleared"
+            lambda: sched.metric(UNSERVED, {"capability": "nobody"}) == 0, what="cleared"
         )
-
-
-async def _at_least(value: float, floor: float) -> bool:
-    return value >= floor
-
-
-async def _is(value: bool) -> bool:
-    return value
 
 
 async def test_tasks_listed_by_status_capability_parent_with_paging(

@@ -15,7 +15,7 @@ import aiodocker
 import pytest
 
 from agentbus.bus import Bus
-from tests.supervisor._helpers import (
+from tests._harness.supervisor import (
     BASE_IMAGE,
     SLEEP_CMD,
     TEST_LABELS,

@@ -13,7 +13,7 @@ from agentbus.messages import Deployment, utcnow
 from agentbus.messages.fleet import Limits
 from agentbus_supervisor.docker_runtime import NOBODY, DockerRuntime
 from agentbus_supervisor.runtime import ReplicaSpec, build_spec
-from tests.supervisor.conftest import BASE_IMAGE, SLEEP_CMD, TEST_LABELS
+from tests._harness.supervisor import BASE_IMAGE, SLEEP_CMD, TEST_LABELS
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(120)]
 PREFIX = "tsup"

@@ -13,8 +13,9 @@ import pytest
 from agentbus.bus import Bus
 from agentbus.client import Client
 from agentbus.messages import Deployment, TaskRecord
-from tests._helpers import eventually, running_scheduler
-from tests.supervisor._helpers import (
+from tests._harness.polling import eventually
+from tests._harness.services import running_scheduler
+from tests._harness.supervisor import (
     BASE_IMAGE,
     SLEEP_CMD,
     EventLog,
@@ -22,7 +23,6 @@ from tests.supervisor._helpers import (
     place,
     put_deployment,
     replica_where,
-    returns,
     running_supervisor,
     status_of,
 )
@@ -68,7 +68,7 @@ async def test_scale_down_lets_the_running_task_finish(
         assert done.status == "succeeded"
         assert done.agent_id == "worker-0"
         assert [a.status for a in done.attempts] == ["succeeded"]
-        stopped = await eventually(lambda: returns(events.of("stopped", "worker-0")))
+        stopped = await eventually(lambda: events.of("stopped", "worker-0"))
         assert stopped[0].reason == "unplaced"
         assert events.of("exited", "worker-0") == []  # stopped, not crashed
         assert await containers_of(docker, node_id) == []
@@ -89,7 +89,7 @@ async def test_scale_down_returns_a_long_task_to_another_replica(
         for r in records:
             await eventually(partial(running_on, client, r.task_id), timeout_s=60)
         await client.scale("worker", 1)  # worker-1 leaves while busy
-        await eventually(lambda: returns(events.of("stopped", "worker-1")), timeout_s=60)
+        await eventually(lambda: events.of("stopped", "worker-1"), timeout_s=60)
         for r in records:
             done = await client.wait(r.task_id, timeout_s=120)
             assert done.status == "succeeded"  # finished, or returned and finished elsewhere

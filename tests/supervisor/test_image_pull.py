@@ -17,8 +17,9 @@ from agentbus.bus import Bus
 from agentbus.messages import Backoff, Deployment, NodeInfo
 from agentbus_supervisor.docker_runtime import DockerRuntime
 from agentbus_supervisor.runtime import ImagePullError, build_spec
-from tests._helpers import eventually
-from tests.supervisor._helpers import (
+from tests._harness.image_registry import PushedImage, pushed_image, registry_process
+from tests._harness.polling import eventually
+from tests._harness.supervisor import (
     BASE_IMAGE,
     SLEEP_CMD,
     TEST_LABELS,
@@ -28,10 +29,8 @@ from tests.supervisor._helpers import (
     put_deployment,
     registered,
     replica_where,
-    returns,
     running_supervisor,
 )
-from tests.supervisor._registry import PushedImage, pushed_image, registry_process
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(120)]
 
@@ -63,7 +62,7 @@ async def test_unpullable_image_is_a_replica_state_and_an_event(
         )
         assert image in failed.reason
         await eventually(
-            lambda: returns([e for e in events.of("failed") if e.reason == "image-pull-failed"]),
+            lambda: [e for e in events.of("failed") if e.reason == "image-pull-failed"],
             what="image-pull-failed event",
         )
         pulling = events.of("pulling", "nopull-0")
@@ -165,9 +164,9 @@ async def test_missing_image_is_pulled_with_progress_and_the_agent_runs(
 
         await eventually(node_lists_it, timeout_s=30, what="node lists the pulled image")
     lines = await eventually(
-        lambda: returns(
-            [e.detail for e in events.of("pulling", "pulled-0") if e.detail.startswith("pulled ")]
-        ),
+        lambda: [
+            e.detail for e in events.of("pulling", "pulled-0") if e.detail.startswith("pulled ")
+        ],
         what="the pull's last progress line",
     )
     n, size = remote_image.layers, remote_image.missing_layer_bytes

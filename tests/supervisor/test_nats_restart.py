@@ -16,15 +16,14 @@ from agentbus.bus import Bus
 from agentbus.kv.mirror import KvMirror
 from agentbus.messages import Backoff, Deployment, Placement, encode, utcnow
 from agentbus.settings import BusSettings
-from tests._helpers import eventually
-from tests._nats_server import NatsServer
-from tests.supervisor._helpers import (
+from tests._harness.nats_server import NatsServer
+from tests._harness.polling import eventually
+from tests._harness.supervisor import (
     echo_process,
     place,
     process_settings,
     put_deployment,
     replica_where,
-    returns,
     running_supervisor,
     status_of,
     unplace,
@@ -82,14 +81,14 @@ async def test_mirror_watches_again_after_a_server_restart(
         kv = await pbus.kv(pbus.names.placements_bucket)
         p = Placement(deployment="d", replica=0, node_id="n", placed_at=utcnow())
         await kv.put("d.0", encode(p))
-        await eventually(lambda: returns("d.0" in mirror.values))
+        await eventually(lambda: "d.0" in mirror.values)
         before = pbus.nc.stats["reconnects"]
         await asyncio.to_thread(private_nats.restart)
         await eventually(lambda: reconnected(pbus, before), timeout_s=30)
-        await eventually(lambda: returns(mirror.restarts >= 1 and mirror.live), timeout_s=30)
+        await eventually(lambda: mirror.restarts >= 1 and mirror.live, timeout_s=30)
         await kv.put("d.1", encode(p))
         await kv.delete("d.0")
-        await eventually(lambda: returns(set(mirror.values) == {"d.1"}), timeout_s=30)
+        await eventually(lambda: set(mirror.values) == {"d.1"}, timeout_s=30)
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)

@@ -14,8 +14,9 @@ import pytest
 
 from agentbus.bus import Bus
 from agentbus.messages import Deployment
-from tests._helpers import eventually, running_scheduler
-from tests.supervisor._helpers import (
+from tests._harness.polling import eventually
+from tests._harness.services import running_scheduler
+from tests._harness.supervisor import (
     BASE_IMAGE,
     SLEEP_CMD,
     EventLog,

@@ -16,8 +16,9 @@ from agentbus.bus import Bus
 from agentbus.messages import Backoff, Deployment, LogLine
 from agentbus.messages.fleet import Limits
 from agentbus_supervisor.docker_runtime import DockerRuntime
-from tests._helpers import eventually
-from tests.supervisor._helpers import (
+from tests._harness.podman import PodmanService, podman_available
+from tests._harness.polling import eventually
+from tests._harness.supervisor import (
     EventLog,
     docker_settings,
     place,
@@ -25,10 +26,8 @@ from tests.supervisor._helpers import (
     registered,
     remove_node_containers,
     replica_where,
-    returns,
     running_supervisor,
 )
-from tests.supervisor._podman import PodmanService, podman_available
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(300)]
 
@@ -105,9 +104,7 @@ async def test_replica_on_podman_registers_and_is_restarted_after_a_kill(
         assert "NoNewPrivs:\t1" in status
 
         await podman_client.containers.container(first.runtime_id).kill()  # SIGKILL
-        restarting = await eventually(
-            lambda: returns(events.of("restarting", "pod-0")), timeout_s=60
-        )
+        restarting = await eventually(lambda: events.of("restarting", "pod-0"), timeout_s=60)
         assert (restarting[0].reason, restarting[0].exit_code) == ("exit", 137)
         again = await eventually(
             replica_where(bus, node_id, lambda r: r.state == "running" and r.restarts == 1),
@@ -121,5 +118,5 @@ async def test_replica_on_podman_registers_and_is_restarted_after_a_kill(
 
         await eventually(_new_instance_registered, timeout_s=60)
         # Its output reached the logs stream, tagged with stream and instance.
-        await eventually(lambda: returns(any(x.runtime_id == again.runtime_id for x in logs)))
+        await eventually(lambda: any(x.runtime_id == again.runtime_id for x in logs))
         assert {x.stream for x in logs} <= {"stdout", "stderr"}

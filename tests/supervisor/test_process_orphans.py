@@ -17,8 +17,8 @@ import pytest
 from agentbus.bus import Bus
 from agentbus.messages import Deployment
 from agentbus.settings import BusSettings
-from tests._helpers import eventually
-from tests.supervisor._helpers import place, put_deployment, registered, returns
+from tests._harness.polling import eventually
+from tests._harness.supervisor import place, put_deployment, registered
 
 AGENT = [sys.executable, "-m", "agentbus.agents.echo"]
 
@@ -141,9 +141,7 @@ async def test_killed_supervisor_leaves_one_process_per_agent(
     first.send_signal(signal.SIGKILL)
     first.wait(10)
     # The directly started agent dies with its supervisor (parent-death signal).
-    await eventually(
-        lambda: returns("orph-0" not in agent_pids(prefix)), timeout_s=20, what="orph-0 ended"
-    )
+    await eventually(lambda: "orph-0" not in agent_pids(prefix), timeout_s=20, what="orph-0 ended")
 
     second = spawn(bus_settings, node_id, tmp_path)
     spawned.append(second)
@@ -160,4 +158,4 @@ async def test_killed_supervisor_leaves_one_process_per_agent(
     # Stopping the supervisor cleanly ends every agent it runs.
     second.terminate()
     second.wait(30)
-    await eventually(lambda: returns(agent_pids(prefix) == {}), timeout_s=20, what="no agents")
+    await eventually(lambda: agent_pids(prefix) == {}, timeout_s=20, what="no agents")

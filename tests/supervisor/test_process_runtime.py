@@ -13,7 +13,7 @@ from agentbus.errors import ContractError
 from agentbus.messages import Deployment
 from agentbus_supervisor.process_runtime import ProcessRuntime
 from agentbus_supervisor.runtime import ReplicaSpec, build_spec
-from tests._helpers import pid_alive
+from tests._harness.services import pid_alive
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -53,9 +53,9 @@ async def test_stop_ends_the_loop_although_nats_swallowed_the_cancel(bus: Bus) -
     runtime = ProcessRuntime()
     proxy = CancelSwallowingBus(bus)
     ctx = RunnerContext(
-        bus=proxy,
+        bus=cast(Bus, proxy),  # a proxy of a Bus: it forwards every other attribute
         runtime=runtime,
-        node_id="n1",  # type: ignore[arg-type]
+        node_id="n1",
         metrics=SupervisorMetrics(CollectorRegistry()),
     )
     deployment = Deployment(name="sleeper", replicas=1, command=SLEEPER, stop_grace_s=1.0)

@@ -13,8 +13,9 @@ from agentbus.bus import Bus
 from agentbus.client import Client
 from agentbus.messages import Backoff, Deployment
 from agentbus.messages.fleet import HealthCheck, Limits
-from tests._helpers import eventually, running_scheduler
-from tests.supervisor._helpers import (
+from tests._harness.polling import eventually
+from tests._harness.services import running_scheduler
+from tests._harness.supervisor import (
     BASE_IMAGE,
     EventLog,
     docker_settings,
@@ -22,7 +23,6 @@ from tests.supervisor._helpers import (
     put_deployment,
     registered,
     replica_where,
-    returns,
     running_supervisor,
 )
 
@@ -79,9 +79,7 @@ async def test_oom_killed_agent_restarts_and_its_neighbour_is_untouched(
         assert inspect["HostConfig"]["Memory"] == 160 * 1024 * 1024
 
         await Client(bus).submit("hog", 1024 * 1024 * 1024, max_attempts=1)
-        restarting = await eventually(
-            lambda: returns(events.of("restarting", "hog-0")), timeout_s=60
-        )
+        restarting = await eventually(lambda: events.of("restarting", "hog-0"), timeout_s=60)
         assert (restarting[0].reason, restarting[0].exit_code) == ("oom", 137)
         assert events.of("exited", "hog-0")[0].reason == "oom"
         again = await eventually(
@@ -128,7 +126,7 @@ async def test_failed_health_check_restarts_the_container(
         assert events.of("restarting") == []
         rm = await container.exec(["rm", "/tmp/ok"])
         await rm.start(detach=True)
-        restarting = await eventually(lambda: returns(events.of("restarting", "probed-0")))
+        restarting = await eventually(lambda: events.of("restarting", "probed-0"))
         assert (restarting[0].reason, restarting[0].exit_code) == ("unhealthy", 137)
         assert "health check failed 2 times, last: exit 1" in restarting[0].detail
         again = await eventually(
@@ -156,9 +154,7 @@ async def test_paused_agent_is_restarted_for_missed_heartbeats(
         first = await eventually(replica_where(bus, node_id, lambda r: r.state == "running"))
         await eventually(registered(bus, "frozen-0"), timeout_s=60)
         await docker.containers.container(first.runtime_id).pause()  # alive, but hung
-        restarting = await eventually(
-            lambda: returns(events.of("restarting", "frozen-0")), timeout_s=40
-        )
+        restarting = await eventually(lambda: events.of("restarting", "frozen-0"), timeout_s=40)
         assert restarting[0].reason == "heartbeat"
         again = await eventually(
             replica_where(bus, node_id, lambda r: r.state == "running" and r.restarts == 1)

@@ -14,8 +14,9 @@ import pytest
 from agentbus.bus import Bus
 from agentbus.messages import Backoff, Deployment
 from agentbus.messages.fleet import CrashLoop, HealthCheck
-from tests._helpers import eventually, pid_alive
-from tests.supervisor._helpers import (
+from tests._harness.polling import eventually
+from tests._harness.services import pid_alive
+from tests._harness.supervisor import (
     EventLog,
     echo_process,
     place,
@@ -23,7 +24,6 @@ from tests.supervisor._helpers import (
     put_deployment,
     registered,
     replica_where,
-    returns,
     running_supervisor,
     status_of,
 )
@@ -49,11 +49,11 @@ async def test_failed_health_check_restarts_the_replica(
     await place(bus, "probed", 0, node_id)
     async with running_supervisor(bus, process_settings(node_id)):
         first = await eventually(replica_where(bus, node_id, lambda r: r.state == "running"))
-        await eventually(lambda: returns(marker.exists()))
+        await eventually(lambda: marker.exists())
         await asyncio.sleep(1.0)  # five probe intervals: passing probes keep it running
         assert events.of("restarting") == []
         marker.unlink()  # the replica turns unhealthy; its process is still alive
-        restarting = await eventually(lambda: returns(events.of("restarting", "probed-0")))
+        restarting = await eventually(lambda: events.of("restarting", "probed-0"))
         assert restarting[0].reason == "unhealthy"
         assert restarting[0].exit_code == 137  # killed by the supervisor
         assert "health check failed 2 times" in restarting[0].detail
@@ -82,9 +82,7 @@ async def test_hung_agent_is_restarted_for_missed_heartbeats(
         assert await eventually(_registered_pid, timeout_s=30) == pid
         os.killpg(pid, signal.SIGSTOP)  # hung: alive, but silent
         try:
-            restarting = await eventually(
-                lambda: returns(events.of("restarting", "hangs-0")), timeout_s=40
-            )
+            restarting = await eventually(lambda: events.of("restarting", "hangs-0"), timeout_s=40)
         finally:
             if pid_alive(pid):
                 os.killpg(pid, signal.SIGCONT)
@@ -142,9 +140,7 @@ async def test_backoff_resets_after_healthy_uptime(
     await put_deployment(bus, dep)
     await place(bus, "steady", 0, node_id)
     async with running_supervisor(bus, process_settings(node_id)):
-        await eventually(
-            lambda: returns(len(events.of("restarting", "steady-0")) >= 3), timeout_s=40
-        )
+        await eventually(lambda: len(events.of("restarting", "steady-0")) >= 3, timeout_s=40)
         details = [e.detail for e in events.of("restarting", "steady-0")]
         assert all(d.endswith("restart in 0.10 s") for d in details), details
         status = await status_of(bus, node_id)()

@@ -15,15 +15,14 @@ import pytest
 from agentbus.bus import Bus
 from agentbus.messages import AgentInfo, Backoff, ReplicaEvent, utcnow
 from agentbus_supervisor.start_gate import StartGate
-from tests._helpers import eventually
-from tests.supervisor._helpers import (
+from tests._harness.polling import eventually
+from tests._harness.supervisor import (
     EventLog,
     echo_process,
     place,
     process_settings,
     put_deployment,
     registered,
-    returns,
     running_supervisor,
 )
 
@@ -116,16 +115,19 @@ async def test_restarts_of_a_node_go_one_at_a_time_at_limit_one(
             up = [await eventually(registered(bus, a), timeout_s=60) for a in ids]
             killed_at = utcnow()
             for info in up:
+                assert info.pid is not None, info
                 os.kill(info.pid, signal.SIGKILL)
 
             def restarted() -> list[ReplicaEvent]:
                 return [e for e in events.of("started") if e.at > killed_at]
 
-            await eventually(lambda: returns(len(restarted()) == 3 or None), timeout_s=60)
+            await eventually(lambda: len(restarted()) == 3 or None, timeout_s=60)
             for a in ids:
-                await eventually(
-                    lambda a=a: returns(any(k[0] == a and k[1] > killed_at for k in first_seen))
-                )
+
+                def seen_again(agent_id: str = a) -> bool:
+                    return any(k[0] == agent_id and k[1] > killed_at for k in first_seen)
+
+                await eventually(seen_again, what=f"{a} registered again")
             starts = sorted(restarted(), key=lambda e: e.at)
             for before, after in itertools.pairwise(starts):
                 new = [
@@ -137,4 +139,4 @@ async def test_restarts_of_a_node_go_one_at_a_time_at_limit_one(
                 assert min(i.heartbeat_at for i in new) <= after.at
     finally:
         following.cancel()
-        await watcher.stop()
+        await watcher.stop()  # type: ignore[no-untyped-call]

@@ -14,8 +14,8 @@ from agentbus.messages import Backoff, Deployment
 from agentbus_supervisor.docker_runtime import DockerRuntime
 from agentbus_supervisor.runtime import build_spec
 from agentbus_supervisor.settings import SupervisorSettings
-from tests._helpers import eventually
-from tests.supervisor._helpers import (
+from tests._harness.polling import eventually
+from tests._harness.supervisor import (
     BASE_IMAGE,
     SLEEP_CMD,
     TEST_LABELS,
@@ -24,7 +24,6 @@ from tests.supervisor._helpers import (
     place,
     put_deployment,
     replica_where,
-    returns,
     running_supervisor,
     status_of,
     unplace,
@@ -76,7 +75,7 @@ async def test_reconcile_restart_after_kill_and_unplace(
         assert [c["Id"] for c in await containers_of(docker, node_id)] == [second.runtime_id]
 
         await unplace(bus, "sleeper", 0)
-        await eventually(lambda: returns(events.of("stopped", "sleeper-0")))
+        await eventually(lambda: events.of("stopped", "sleeper-0"))
         assert await containers_of(docker, node_id) == []
         assert (await status_of(bus, node_id)()).replicas == []
 
@@ -191,7 +190,7 @@ async def test_missing_image_is_reported_failed(
         )
         assert "agentbus-test/missing:never" in failed.reason
         assert failed.runtime_id == ""
-        await eventually(lambda: returns(events.of("failed", "ghost-0")))
+        await eventually(lambda: events.of("failed", "ghost-0"))
 
 
 async def test_supervisor_stopping_mid_reconcile_still_removes_the_container(

@@ -20,14 +20,14 @@ from agentbus.messages import (
     NodeInfo,
     utcnow,
 )
-from tests._helpers import eventually, pid_alive
-from tests.supervisor._helpers import (
+from tests._harness.polling import eventually
+from tests._harness.services import pid_alive
+from tests._harness.supervisor import (
     EventLog,
     place,
     process_settings,
     put_deployment,
     replica_where,
-    returns,
     running_supervisor,
     status_of,
     unplace,
@@ -71,7 +71,7 @@ async def test_reconcile_start_restart_and_stop(bus: Bus, events: EventLog, node
             replica_where(bus, node_id, lambda r: r.state == "running" and r.restarts == 1)
         )
         assert again.runtime_id != running.runtime_id
-        restarting = await eventually(lambda: returns(events.of("restarting", "sleeper-0")))
+        restarting = await eventually(lambda: events.of("restarting", "sleeper-0"))
         assert restarting[0].restarts == 1
         assert restarting[0].exit_code == 137
         exited = events.of("exited", "sleeper-0")
@@ -80,7 +80,7 @@ async def test_reconcile_start_restart_and_stop(bus: Bus, events: EventLog, node
         assert "SIGKILL" in exited[0].detail
 
         await unplace(bus, "sleeper", 0)  # placement removed: graceful stop
-        await eventually(lambda: returns(events.of("stopped", "sleeper-0")))
+        await eventually(lambda: events.of("stopped", "sleeper-0"))
         assert (await status_of(bus, node_id)()).replicas == []
         assert not pid_alive(int(again.runtime_id))
     with pytest.raises(nats.js.errors.KeyNotFoundError):
@@ -182,7 +182,7 @@ async def test_bad_entries_are_reported_and_skipped(bus: Bus, node_id: str) -> N
         await put_deployment(bus, Deployment(name="fine", command=SLEEP))
         await place(bus, "fine", 0, node_id)
         await eventually(replica_where(bus, node_id, lambda r: r.state == "running"))
-        await eventually(lambda: returns(errors))
+        await eventually(lambda: errors)
         assert b"deployments" in errors[0] or b"broken" in errors[0]
 
 
@@ -202,7 +202,7 @@ async def test_a_slow_stop_does_not_hold_up_other_replicas(
             replica_where(bus, node_id, lambda r: r.agent_id == "fresh-0" and r.state == "running")
         )
         assert events.of("stopped", "stubborn-0") == []  # still stopping meanwhile
-        stopped = await eventually(lambda: returns(events.of("stopped", "stubborn-0")))
+        stopped = await eventually(lambda: events.of("stopped", "stubborn-0"))
         assert stopped[0].reason == "unplaced"
 
 

@@ -14,7 +14,7 @@ import pytest
 from agentbus.bus import Bus
 from agentbus.settings import BusSettings
 from agentbus.traces import Traces
-from tests._helpers import eventually
+from tests._harness.polling import eventually
 
 pytestmark = pytest.mark.timeout(120)
 CLI = [sys.executable, "-m", "agentbus.cli", "traces"]

@@ -15,7 +15,7 @@ from agentbus.errors import ConflictError, ContractError
 from agentbus.messages import TraceKind
 from agentbus.names import encode_location
 from agentbus.traces import TraceChange, Traces
-from tests._helpers import eventually
+from tests._harness.polling import eventually
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -173,7 +173,7 @@ async def test_watch_reports_live_deposits(watching: tuple[Traces, list[TraceCha
     await traces.deposit("src/a.py", "mark", 3)
     await traces.deposit("src/new kind.py", "brand-new", 7)  # a kind made while watching
 
-    async def seen() -> list[TraceChange] | None:
+    def seen() -> list[TraceChange] | None:
         got = [c for c in changes if c.location != "src/ready"]
         return got if len(got) >= 3 else None
 

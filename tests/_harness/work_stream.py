@@ -1,4 +1,5 @@
-"""Helpers of the retry, dead-letter, deadline, poison and sweep tests."""
+"""The work stream as the retry, dead-letter, deadline, poison and sweep tests drive it: a
+scheduler with quick sweeps, agents and their consumers, deliveries taken by hand."""
 
 from __future__ import annotations
 
@@ -11,18 +12,19 @@ from typing import Any
 import msgspec
 import nats.js.errors
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
 from prometheus_client import CollectorRegistry
 
 from agentbus.bus import Bus
 from agentbus.client import Client
 from agentbus.messages import Backoff, ErrorEvent, TaskStarted, encode, utcnow
-from agentbus.names import Names
+from agentbus.names import BANDS, Names
 from agentbus.runtime import Agent
 from agentbus.settings import AgentSettings
 from agentbus_scheduler.service import serve
 from agentbus_scheduler.settings import SchedulerSettings
-from tests._helpers import eventually
+from tests._harness.polling import eventually
 
 FAST = Backoff(initial_s=0.2, factor=2.0, max_s=2.0, jitter=0.0)
 """Deterministic, short delays between attempts: 0.2 s, 0.4 s, 0.8 s, ..."""
@@ -113,7 +115,7 @@ async def running(agent: Agent, bus: Bus) -> AsyncIterator[Agent]:
 
 async def bind_like_an_agent(
     bus: Bus, capability: str, *, ack_wait_s: float = 1.0, max_deliver: int = -1
-) -> Any:
+) -> JetStreamContext.PullSubscription:
     """Create the capability consumer as an agent would, and bind a pull subscription."""
     durable = Names.task_consumer(capability)
     await bus.js.add_consumer(
@@ -131,7 +133,25 @@ async def bind_like_an_agent(
     return await bus.js.pull_subscribe_bind(durable, stream=bus.names.tasks_stream)
 
 
-async def take_and_die(bus: Bus, sub: Any, capability: str, *, agent: str) -> Msg:
+async def bind_all_bands(bus: Bus, capability: str) -> None:
+    names = bus.names
+    for band in range(BANDS):
+        durable = Names.task_consumer(capability, band)
+        await bus.js.add_consumer(
+            names.tasks_stream,
+            ConsumerConfig(
+                name=durable,
+                durable_name=durable,
+                ack_policy=AckPolicy.EXPLICIT,
+                filter_subject=names.task_subject(capability, band),
+                max_ack_pending=-1,
+            ),
+        )
+
+
+async def take_and_die(
+    bus: Bus, sub: JetStreamContext.PullSubscription, capability: str, *, agent: str
+) -> Msg:
     """Play an agent that takes the next delivery, reports it started and dies."""
     (msg,) = await sub.fetch(1, timeout=10)
     task_id = msgspec.json.decode(msg.data)["task_id"]

@@ -1,4 +1,5 @@
-"""Helpers shared by the test packages: polling, running a service in-process, processes."""
+"""Services in-process and as processes for the tests: a service task until ready, the
+scheduler, ``python -m agentbus_<service>`` processes, process liveness."""
 
 from __future__ import annotations
 
@@ -8,37 +9,18 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
 from agentbus.bus import Bus
-from agentbus.errors import NotFoundError, UnavailableError
+from agentbus.client import Client
 from agentbus.messages import GetTask, TaskReply
 from agentbus_scheduler.service import serve as serve_scheduler
 from agentbus_scheduler.settings import SchedulerSettings
-
-T = TypeVar("T")
-
-
-async def eventually(
-    probe: Callable[[], Awaitable[T | None]],
-    *,
-    timeout_s: float = 20.0,
-    every_s: float = 0.05,
-    what: str = "condition",
-) -> T:
-    """Poll ``probe`` until it returns something truthy and return it; fail after ``timeout_s``."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    last: T | None = None
-    while loop.time() < deadline:
-        last = await probe()
-        if last:
-            return last
-        await asyncio.sleep(every_s)
-    raise AssertionError(f"{what} not met within {timeout_s} s (last: {last!r})")
+from tests._harness.polling import answers, eventually
 
 
 @asynccontextmanager
@@ -71,17 +53,6 @@ async def serving(
         await asyncio.wait_for(task, stop_timeout_s)
 
 
-async def answers(request: Callable[[], Awaitable[object]]) -> bool:
-    """Whether a service answers ``request()``: a reply or a not-found error does."""
-    try:
-        await request()
-    except NotFoundError:
-        return True
-    except UnavailableError:  # no responder yet
-        return False
-    return True
-
-
 @asynccontextmanager
 async def running_scheduler(
     bus: Bus, registry: CollectorRegistry | None = None
@@ -96,6 +67,15 @@ async def running_scheduler(
         what="scheduler",
     ):
         yield registry
+
+
+@dataclass
+class Scheduler:
+    registry: CollectorRegistry
+    client: Client
+
+    def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
+        return self.registry.get_sample_value(name, labels or {}) or 0.0
 
 
 def pid_alive(pid: int) -> bool:

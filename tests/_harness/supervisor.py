@@ -6,7 +6,7 @@ import json
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any
 
 import aiodocker
 import msgspec
@@ -28,9 +28,8 @@ from agentbus.messages import (
 )
 from agentbus_supervisor.service import serve
 from agentbus_supervisor.settings import SupervisorSettings
-from tests._helpers import serving
+from tests._harness.services import serving
 
-T = TypeVar("T")
 BASE_IMAGE = "agentbus/base:bookworm"
 TEST_LABELS = {"agentbus.test": "1"}
 SLEEP_CMD = ["python3", "-c", "import time; time.sleep(600)"]
@@ -108,10 +107,6 @@ async def place(bus: Bus, deployment: str, replica: int, node_id: str) -> None:
 async def unplace(bus: Bus, deployment: str, replica: int) -> None:
     kv = await bus.kv(bus.names.placements_bucket)
     await kv.delete(f"{deployment}.{replica}")
-
-
-async def returns(value: T) -> T:
-    return value
 
 
 @asynccontextmanager

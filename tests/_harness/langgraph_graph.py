@@ -1,6 +1,6 @@
 """A small LangGraph graph run in subprocesses by the LangGraph tests.
 
-``python -m tests.integrations._graph NATS_URL PREFIX THREAD MODE``, MODE one of:
+``python -m tests._harness.langgraph_graph NATS_URL PREFIX THREAD MODE``, MODE one of:
 
 * ``fail``: run from the start; node ``b`` raises (the process exits 3);
 * ``interrupt``: run from the start, stopping before node ``c`` (prints ``next``);

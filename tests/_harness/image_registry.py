@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import socket
 import subprocess
 import tarfile
 import time
@@ -24,17 +23,11 @@ import aiodocker
 import httpx
 import pytest
 
-from tests.supervisor._helpers import TEST_LABELS
+from agentbus.embedded import free_port
+from tests._harness.supervisor import TEST_LABELS
 
 MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
 BLOB_SIZE_BYTES = 2 * 1024 * 1024  # random bytes: the layer stays about this big compressed
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextmanager
