@@ -13,7 +13,7 @@ from agentbus import __version__
 from agentbus.bus import Bus
 from agentbus.cli import app
 from agentbus.client import Client
-from tests._helpers import running_scheduler
+from tests._harness.services import running_scheduler
 
 runner = CliRunner()
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from agentbus.bus import Bus
-from tests._helpers import running_scheduler
+from tests._harness.services import running_scheduler
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
