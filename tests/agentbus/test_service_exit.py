@@ -11,6 +11,7 @@ process (``python -m agentbus_<service>``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -63,11 +64,15 @@ async def test_service_exits_nonzero_when_its_connection_is_closed_for_good(
         host = os.uname().nodename
         assert await probe(settings, service, host=host, timeout_s=2.0)
 
-        server.reload("max_payload: 16\n")  # a ping reply (~300 bytes) is now too large
-        await ping(bus, service, timeout_s=0.5)
+        # A ping reply (~300 bytes) is now too large. SIGHUP applies the new limit some
+        # time later, so keep pinging until the service's reply breaks it.
+        server.reload("max_payload: 16\n")
 
-        def exited() -> int | None:
-            return proc.poll()
+        async def exited() -> int | None:
+            if (code := proc.poll()) is None:
+                with contextlib.suppress(Exception):
+                    await ping(bus, service, timeout_s=0.5)
+            return code
 
         code = await eventually(exited, timeout_s=30, what=f"{service} exits")
         text = log.read_text()
