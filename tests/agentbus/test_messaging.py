@@ -89,6 +89,10 @@ def asking_agent() -> Agent:
     async def add(ctx: MessageContext, pair: list[int]) -> dict[str, Any]:
         return {"sum": sum(pair), "by": ctx.agent_id, "from": ctx.source}
 
+    @agent.on_ask("relay")
+    async def relay(ctx: MessageContext, pair: list[int]) -> Any:
+        return await ctx.ask("add", pair, timeout_s=5)  # asks as this agent
+
     @agent.on_ask("slow")
     async def slow(ctx: MessageContext, payload: Any) -> None:
         await asyncio.sleep(5)
@@ -119,6 +123,7 @@ async def test_ask_round_trip_and_typed_errors(bus: Bus) -> None:
         await eventually(lambda: _answers(client), what="ask endpoints up")
         reply = await client.ask("add", [2, 3], timeout_s=5)
         assert reply == {"sum": 5, "by": "oracle-1", "from": "test"}
+        assert await client.ask("relay", [1, 1]) == {"sum": 2, "by": "oracle-1", "from": "oracle-1"}
         with pytest.raises(UnavailableError, match="no agent of capability 'nobody'"):
             await client.ask("nobody", {}, timeout_s=2)
         with pytest.raises(RequestTimeoutError):
