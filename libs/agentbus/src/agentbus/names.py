@@ -277,6 +277,39 @@ class Names:
         """KV of trace claims, key = ``encode_location(location)``, per-message TTL."""
         return f"{self.prefix}_trace_claims"
 
+    # -- direct messages, broadcast and ask (agentbus.messaging) --------------------
+    @property
+    def inbox_stream(self) -> str:
+        """WorkQueue stream of direct messages (per-message TTL) and their receipts."""
+        return f"{self.prefix.upper()}_INBOX"
+
+    def inbox_subject(self, agent_id: str) -> str:
+        """Subject of the direct messages to one agent: ``<p>.inbox.<agent_id>``."""
+        return f"{self.prefix}.inbox.{agent_id}"
+
+    def inbox_receipt_subject(self, message_id: str) -> str:
+        """Subject of a direct message's ``MessageReceipt``: ``<p>.inbox.receipts.<id>``."""
+        return f"{self.prefix}.inbox.receipts.{message_id}"
+
+    def inbox_all(self) -> str:
+        """Every subject of the inbox stream: ``<p>.inbox.>``."""
+        return f"{self.prefix}.inbox.>"
+
+    @staticmethod
+    def inbox_consumer(agent_id: str) -> str:
+        """Durable pull consumer of one agent's inbox: ``inbox-<agent_id>``."""
+        return f"inbox-{agent_id}"
+
+    def broadcast_subject(self, capability: str) -> str:
+        """Core-NATS subject of broadcasts to every live agent of ``capability``."""
+        return f"{self.prefix}.broadcast.{capability}"
+
+    def ask_subject(self, capability: str) -> str:
+        """Request subject of ``ask`` for ``capability``, queue group ``ASK_QUEUE``."""
+        return f"{self.prefix}.agents.ask.{capability}"
+
+    ASK_QUEUE = "ask"
+
     # -- service endpoints (nats.micro, request/reply) -----------------------------
     def endpoint(self, service: str, verb: str) -> str:
         """Request subject of a service endpoint: ``<p>.<service>.<verb>``."""

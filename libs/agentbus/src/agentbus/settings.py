@@ -52,6 +52,14 @@ class BusSettings(BaseSettings):
     results_max_bytes: NonNegativeInt = 256 * 1024**2
     """Unapplied agent reports kept at most, in bytes; when full, new reports are
     refused (the agent's publish fails and the task is redelivered), never dropped."""
+    inbox_max_age_s: PositiveFloat = 7 * 24 * 3600.0
+    """Longest TTL of a direct message (``<P>_INBOX``): a ``send`` asking for more is
+    refused; also the inbox consumer's inactive threshold."""
+    inbox_max_bytes: NonNegativeInt = 1024**3
+    """Unread direct messages and receipts kept at most, in bytes; when full, new
+    messages are refused (the ``send`` fails), never dropped."""
+    inbox_receipt_ttl_s: PositiveFloat = 24 * 3600.0
+    """How long a ``MessageReceipt`` stays readable (``message_outcome``), seconds."""
 
 
 class AgentSettings(BaseSettings):
@@ -92,3 +100,10 @@ class AgentSettings(BaseSettings):
     checkpoint_interval_s: PositiveFloat | None = None
     """Save ``agent.state`` (if changed) and each running task's pending state
     (``ctx.checkpoint.update``) this often; None: only on explicit saves, failure, stop."""
+    message_max_deliveries: PositiveInt = 5
+    """Deliveries of a direct message whose handler raises, before it is terminated
+    with a ``failed`` receipt and an ``ErrorEvent``."""
+    message_ack_wait_s: PositiveFloat = 30.0
+    """AckWait of the inbox consumer; renewed every third of it while a handler runs."""
+    message_concurrency: PositiveInt = 4
+    """Direct messages handled at once (the inbox consumer's ``max_ack_pending``)."""

@@ -32,12 +32,8 @@ from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
 from agentbus.bus.publisher import AckedPublisher
-from agentbus.errors import (
-    ContractError,
-    RequestTimeoutError,
-    UnavailableError,
-    error_from_code,
-)
+from agentbus.bus.requests import raw_request
+from agentbus.errors import ContractError, UnavailableError
 from agentbus.messages import Message, encode
 from agentbus.names import Names
 from agentbus.settings import BusSettings
@@ -54,9 +50,6 @@ _LIMIT_FIELDS = ("max_age", "max_bytes", "max_msgs_per_subject", "discard")
 """Stream config fields ``Bus.ensure`` brings existing streams to."""
 LOGS_MAX_MSGS_PER_AGENT = 10_000
 """Lines kept per ``<p>.logs.<agent_id>`` subject: one chatty agent cannot evict the others."""
-ERROR_CODE_HEADER = "Nats-Service-Error-Code"
-ERROR_HEADER = "Nats-Service-Error"
-_NO_RESPONDERS = "503"
 _DAY_S = 24 * 3600.0
 
 
@@ -225,6 +218,22 @@ class Bus:
                 discard=DiscardPolicy.OLD,
             )
         )
+        # Direct messages (agentbus.messaging): a WorkQueue stream, so a handled
+        # (acked) message leaves it; unread ones leave when their Nats-TTL ends.
+        await self._ensure_stream(
+            StreamConfig(
+                name=n.inbox_stream,
+                subjects=[n.inbox_all()],
+                retention=RetentionPolicy.WORK_QUEUE,
+                storage=StorageType.FILE,
+                duplicate_window=120.0,
+                max_age=s.inbox_max_age_s,
+                max_bytes=s.inbox_max_bytes or -1,
+                discard=DiscardPolicy.NEW,
+                allow_msg_ttl=True,
+                allow_direct=True,
+            )
+        )
         # Task records are republished once stored, for waiters (Client.wait): a core
         # subscriber of $KV.<bucket>.<key> would also hear writes the store refuses.
         records = RePublish(src=f"$KV.{n.tasks_bucket}.>", dest=n.task_records_all())
@@ -362,20 +371,7 @@ class Bus:
                 rejected the request as invalid.
             AgentBusError: the error the service reported (mapped by its code).
         """
-        timeout = timeout_s or self.settings.request_timeout_s
-        try:
-            if timeout == self.settings.request_timeout_s:  # the publisher's timeout
-                msg = await (await (await self.publisher()).request(subject, encode(payload)))
-            else:
-                msg = await self.nc.request(subject, encode(payload), timeout=timeout)
-        except nats.errors.NoRespondersError as exc:
-            raise UnavailableError(f"no service answers on {subject!r}") from exc
-        except TimeoutError as exc:  # nats.errors.TimeoutError is one too
-            raise RequestTimeoutError(subject, timeout) from exc
-        if msg.headers and msg.headers.get("Status") == _NO_RESPONDERS and not msg.data:
-            raise UnavailableError(f"no service answers on {subject!r}")
-        if msg.headers and (code := msg.headers.get(ERROR_CODE_HEADER)):
-            raise error_from_code(code, msg.headers.get(ERROR_HEADER, ""))
+        msg = await raw_request(self, subject, encode(payload), timeout_s=timeout_s)
         try:
             return msgspec.json.decode(msg.data, type=reply)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:

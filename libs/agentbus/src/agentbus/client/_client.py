@@ -40,6 +40,7 @@ from agentbus.messages import (
     TasksReply,
     TaskStatus,
 )
+from agentbus.messaging.sending import Messaging
 from agentbus.names import check_task_id, check_token
 from agentbus.settings import BusSettings
 
@@ -52,8 +53,12 @@ def new_task_id() -> str:
     return uuid.uuid4().hex
 
 
-class Client(FleetCalls):
-    """Submit tasks and wait for them over a ``Bus``."""
+class Client(FleetCalls, Messaging):
+    """Submit tasks and wait for them over a ``Bus``.
+
+    ``send``, ``broadcast``, ``ask`` and ``message_outcome`` (``agentbus.messaging``)
+    talk to agents directly, as the connection's name.
+    """
 
     def __init__(self, bus: Bus) -> None:
         self.bus = bus

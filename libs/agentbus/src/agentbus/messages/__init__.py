@@ -17,6 +17,7 @@ from agentbus.messages import common as _common
 from agentbus.messages import control as _control
 from agentbus.messages import events as _events
 from agentbus.messages import fleet as _fleet
+from agentbus.messages import messaging as _messaging
 from agentbus.messages import registry as _registry
 from agentbus.messages import services as _services
 from agentbus.messages import tasks as _tasks
@@ -96,6 +97,12 @@ from agentbus.messages.fleet import (
     ScaleDeployment,
     UnplacedReplica,
 )
+from agentbus.messages.messaging import (
+    MessageReceipt,
+    ReceiptOutcome,
+    SendOutcome,
+    SendReceipt,
+)
 from agentbus.messages.registry import (
     AgentInfo,
     AgentsReply,
@@ -144,6 +151,7 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     *_checkpoint.MESSAGES,
     *_services.MESSAGES,
     *_traces.MESSAGES,
+    *_messaging.MESSAGES,
 )
 
 __all__ = [
@@ -197,6 +205,7 @@ __all__ = [
     "ListThreads",
     "LogLine",
     "Message",
+    "MessageReceipt",
     "NodeEvent",
     "NodeInfo",
     "NodeStatusReply",
@@ -209,6 +218,7 @@ __all__ = [
     "PruneCheckpoints",
     "PutCheckpoint",
     "PutWrites",
+    "ReceiptOutcome",
     "ReplicaEvent",
     "ReplicaState",
     "ReplicaStatus",
@@ -218,6 +228,8 @@ __all__ = [
     "Retention",
     "RuntimeKind",
     "ScaleDeployment",
+    "SendOutcome",
+    "SendReceipt",
     "SubmitReply",
     "SubmitTask",
     "SubmitTasks",

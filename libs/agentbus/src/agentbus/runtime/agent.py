@@ -51,6 +51,8 @@ from agentbus.client import Client
 from agentbus.errors import ContractError
 from agentbus.log import configure_logging
 from agentbus.messages import AgentInfo, encode, utcnow
+from agentbus.messaging.context import AskHandler, MessageHandler
+from agentbus.messaging.declared import AgentMail
 from agentbus.names import BANDS, Names, check_token
 from agentbus.retry import SAFETY_MAX_DELIVER
 from agentbus.retry import error_info as error_info  # re-exported
@@ -106,6 +108,8 @@ class Agent:
         self.durable = AgentState(self.agent_id, state_type)
         """``agent.state`` and its checkpoints (``agentbus.state``)."""
         self._restore_hooks: list[RestoreHook] = []
+        self.mail = AgentMail()
+        """Message and ask handlers (``agentbus.messaging``)."""
 
     @property
     def registry(self) -> CollectorRegistry:
@@ -151,6 +155,28 @@ class Agent:
             return fn
 
         return register
+
+    def on_message(self, fn: MessageHandler) -> MessageHandler:
+        """Register ``async def fn(ctx: MessageContext, payload)`` for messages.
+
+        It gets direct messages (``send``) to this agent and broadcasts to its
+        capabilities (``ctx.kind``). The payload is decoded as the annotation of
+        ``fn``'s second parameter.
+
+        Raises:
+            ContractError: a message handler is already registered.
+        """
+        return self.mail.on_message(fn)
+
+    def on_ask(self, capability: str) -> Callable[[AskHandler], AskHandler]:
+        """Register ``async def fn(ctx: MessageContext, payload) -> reply`` for ``ask``.
+
+        One agent of those with a handler for ``capability`` answers each ask.
+
+        Raises:
+            ContractError: ``capability`` is not a valid token or already has a handler.
+        """
+        return self.mail.on_ask(capability)
 
     @property
     def capabilities(self) -> list[str]:
@@ -227,6 +253,14 @@ class Agent:
             ),
         )
         await intake.start()
+        await self.mail.start(
+            bus,
+            agent_id=self.agent_id,
+            capabilities=self.capabilities,
+            settings=self.settings,
+            on_bad=lambda source: self._poison(bus, source),
+            registry=self.metrics.registry,
+        )
         leaving = asyncio.Event()
         heartbeat = asyncio.create_task(self._heartbeat(bus, leaving))
         loops = [asyncio.create_task(intake.run())]
@@ -240,6 +274,7 @@ class Agent:
             self._stopping = True
             intake.stop()
             logger.info("agent stopping", in_flight=len(self._in_flight))
+            await self.mail.close(self.settings.stop_grace_s)
             await asyncio.gather(*loops, return_exceptions=True)
             if self._in_flight:
                 _, late = await asyncio.wait(self._in_flight, timeout=self.settings.stop_grace_s)

@@ -33,6 +33,7 @@ import msgspec
 from agentbus.bus import Bus
 from agentbus.client import Client
 from agentbus.messages import CancelReply, SubmitReply, Task, TaskRecord
+from agentbus.messaging.sending import Messaging
 from agentbus.state import StateThread, task_state
 
 if TYPE_CHECKING:  # imported on first use: not on an agent's start-up path
@@ -67,7 +68,7 @@ def _task_id(ref: TaskRef) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class TaskContext:
+class TaskContext(Messaging):
     """What a handler gets besides its input.
 
     Attributes:
@@ -76,6 +77,8 @@ class TaskContext:
         agent_id: id of the agent running the handler.
         bus: the agent's connection.
         client: a ``Client`` on that connection (submit subtasks, read records).
+
+    ``send``, ``broadcast`` and ``ask`` (``agentbus.messaging``) send as this agent.
     """
 
     task: Task
@@ -85,6 +88,11 @@ class TaskContext:
     client: Client
     _submitted: list[int] = field(default_factory=lambda: [0], repr=False)
     _checkpoint: list[StateThread] = field(default_factory=list, repr=False)
+
+    @property
+    def message_source(self) -> str:
+        """This agent's id: what the messages the handler sends say as their source."""
+        return self.agent_id
 
     @property
     def task_id(self) -> str:
