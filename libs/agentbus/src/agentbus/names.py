@@ -56,7 +56,7 @@ def check_task_id(value: str, kind: str = "task id") -> str:
 
 TOPIC_PARTITIONS = 8
 """Partitions of keyed events (a contract constant: other languages compute the same)."""
-_TOPIC_RE = re.compile(r"^[a-z0-9_-]+(\.[a-z0-9_-]+){0,7}$")
+TOPIC_RE = re.compile(r"^[a-z0-9_-]+(\.[a-z0-9_-]+){0,7}$")
 _PATTERN_RE = re.compile(r"^(\*|[a-z0-9_-]+)(\.(\*|[a-z0-9_-]+)){0,7}(\.>)?$|^>$")
 
 
@@ -70,7 +70,7 @@ def fnv1a_32(data: bytes) -> int:
 
 def check_topic(topic: str, *, pattern: bool = False) -> str:
     """1-8 dot-separated `[a-z0-9_-]+` (pattern: also `*`, a last `>`), else ContractError."""
-    ok = _PATTERN_RE.match(topic) and topic.count(".") < 8 if pattern else _TOPIC_RE.match(topic)
+    ok = _PATTERN_RE.match(topic) and topic.count(".") < 8 if pattern else TOPIC_RE.match(topic)
     if not ok:
         kind, extra = ("topic pattern", " or *, the last may be >") if pattern else ("topic", "")
         raise ContractError(
