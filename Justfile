@@ -145,7 +145,7 @@ down:
 logs *svc:
     {{ compose }} logs -f --tail=200 "$@"
 
-[doc('Run a benchmark: `just bench tasks|fleet|state [--json FILE]` (figures, not tests)')]
+[doc('Run a benchmark: `just bench tasks|fleet|state|events [--json FILE]` (figures, not tests)')]
 [group('run')]
 bench name *args: images
     #!/usr/bin/env bash

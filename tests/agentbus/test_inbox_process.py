@@ -16,7 +16,7 @@ import pytest
 
 from agentbus.bus import Bus
 from agentbus.client import Client
-from tests._helpers import eventually
+from tests._harness.polling import eventually
 
 pytestmark = pytest.mark.nats
 ROOT = Path(__file__).resolve().parents[2]

@@ -24,8 +24,8 @@ from agentbus.kv.replay import replay
 from agentbus.messages import AgentInfo, encode
 from agentbus.messaging import MessageContext
 from agentbus.runtime import Agent, TaskContext
-from tests._helpers import eventually
-from tests.scheduler._reliability import ErrorEvents, make_agent, running
+from tests._harness.polling import eventually
+from tests._harness.work_stream import ErrorEvents, make_agent, running
 
 pytestmark = pytest.mark.nats
 

@@ -1,4 +1,4 @@
-"""Events, logs and results streams get the size and age limits of the bus settings."""
+"""Events, logs, results and topics streams get the size and age limits of the bus settings."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ async def _limits(bus: Bus, stream: str) -> tuple[float, int]:
 
 async def test_defaults_bound_every_unbounded_stream(bus: Bus) -> None:
     n = bus.names
-    for stream in (n.events_stream, n.logs_stream, n.results_stream):
+    for stream in (n.events_stream, n.logs_stream, n.results_stream, n.topics_stream):
         max_age_s, max_bytes = await _limits(bus, stream)
         assert max_age_s > 0, stream
         assert max_bytes > 0, stream
@@ -35,7 +35,12 @@ async def test_limits_are_applied_on_create_and_updated_on_existing_streams(
         await first.ensure()  # created with the defaults
     finally:
         await first.close()
-    wanted = {"events": (3600.0, 8 * MIB), "logs": (600.0, 4 * MIB), "results": (7200.0, 16 * MIB)}
+    wanted = {
+        "events": (3600.0, 8 * MIB),
+        "logs": (600.0, 4 * MIB),
+        "results": (7200.0, 16 * MIB),
+        "topics": (1800.0, 2 * MIB),
+    }
     settings = bus_settings.model_copy(
         update={
             f"{name}_{field}": value
@@ -47,7 +52,12 @@ async def test_limits_are_applied_on_create_and_updated_on_existing_streams(
     try:
         await bus.ensure()
         n = bus.names
-        streams = {"events": n.events_stream, "logs": n.logs_stream, "results": n.results_stream}
+        streams = {
+            "events": n.events_stream,
+            "logs": n.logs_stream,
+            "results": n.results_stream,
+            "topics": n.topics_stream,
+        }
         for name, stream in streams.items():
             assert await _limits(bus, stream) == pytest.approx(wanted[name]), name
         # 0 means no limit

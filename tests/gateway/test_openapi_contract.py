@@ -125,6 +125,7 @@ OPERATIONS = [
     ("POST", "/v1/tasks/{task_id}/cancel"),
     ("POST", "/v1/tasks/{task_id}/resubmit"),
     ("POST", "/v1/tasks/wait"),
+    ("POST", "/v1/events/{topic}"),
     ("GET", "/v1/agents"),
     ("GET", "/v1/nodes"),
     ("GET", "/healthz"),

@@ -54,6 +54,36 @@ def check_task_id(value: str, kind: str = "task id") -> str:
     return value
 
 
+TOPIC_PARTITIONS = 8
+"""Partitions of keyed events (a contract constant: other languages compute the same)."""
+TOPIC_RE = re.compile(r"^[a-z0-9_-]+(\.[a-z0-9_-]+){0,7}$")
+_PATTERN_RE = re.compile(r"^(\*|[a-z0-9_-]+)(\.(\*|[a-z0-9_-]+)){0,7}(\.>)?$|^>$")
+
+
+def fnv1a_32(data: bytes) -> int:
+    """The 32-bit FNV-1a hash of ``data``."""
+    h = 0x811C9DC5
+    for byte in data:
+        h = ((h ^ byte) * 0x01000193) & 0xFFFFFFFF
+    return h
+
+
+def check_topic(topic: str, *, pattern: bool = False) -> str:
+    """1-8 dot-separated `[a-z0-9_-]+` (pattern: also `*`, a last `>`), else ContractError."""
+    ok = _PATTERN_RE.match(topic) and topic.count(".") < 8 if pattern else TOPIC_RE.match(topic)
+    if not ok:
+        kind, extra = ("topic pattern", " or *, the last may be >") if pattern else ("topic", "")
+        raise ContractError(
+            f"{kind} {topic[:80]!r} is not valid: use 1-8 dot-separated tokens of [a-z0-9_-]{extra}"
+        )
+    return topic
+
+
+def check_topic_pattern(pattern: str) -> str:
+    """``check_topic(pattern, pattern=True)``: a subscription pattern (``review.>``)."""
+    return check_topic(pattern, pattern=True)
+
+
 def replica_agent_id(deployment: str, replica: int) -> str:
     """The agent id replica ``replica`` of ``deployment`` runs as: ``<deployment>-<replica>``.
 
@@ -106,6 +136,11 @@ class Names:
     def logs_stream(self) -> str:
         """Limits stream of container output, subjects ``<p>.logs.<agent_id>``."""
         return f"{self.prefix.upper()}_LOGS"
+
+    @property
+    def topics_stream(self) -> str:
+        """Limits stream of agent events (``agentbus.events``), subjects ``<p>.topics.>``."""
+        return f"{self.prefix.upper()}_TOPICS"
 
     # -- subjects -----------------------------------------------------------------
     def task_subject(self, capability: str, band: int = 0) -> str:
@@ -174,6 +209,18 @@ class Names:
     def events_all(self, entity: str | None = None) -> str:
         """Wildcard over every event subject, or those of one ``entity``."""
         return f"{self.prefix}.events.{entity}.>" if entity else f"{self.prefix}.events.>"
+
+    def topic_subject(self, topic: str, key: str | None = None) -> str:
+        """``<p>.topics.<topic>.<part>``: part ``_`` without key, else ``k<fnv1a_32(key) % 8>``."""
+        part = "_" if key is None else f"k{fnv1a_32(key.encode()) % TOPIC_PARTITIONS}"
+        return f"{self.prefix}.topics.{topic}.{part}"
+
+    def topic_filter(self, pattern: str) -> str:
+        """Filter of a subscription pattern: ``<p>.topics.<pattern>[.*]`` (``.*`` unless ``>``).
+
+        ``topic_filter(">")`` is every subject of ``<P>_TOPICS``.
+        """
+        return f"{self.prefix}.topics.{pattern}" + ("" if pattern.endswith(">") else ".*")
 
     def logs_all(self) -> str:
         """Wildcard over every log subject."""

@@ -9,6 +9,7 @@ from litestar.openapi.plugins import JsonRenderPlugin
 
 from agentbus import __version__
 from agentbus_gateway.errors import exception_handlers
+from agentbus_gateway.events import publish_topic_event
 from agentbus_gateway.guards import request_guard
 from agentbus_gateway.metrics import HttpMetricsMiddleware
 from agentbus_gateway.openapi import refine_openapi
@@ -23,17 +24,17 @@ def create_app(ctx: GatewayContext) -> HttpMetricsMiddleware:
     Routes: ``POST /v1/tasks``, ``GET /v1/tasks/{task_id}?wait_s=``,
     ``GET /v1/tasks/{task_id}/output``, ``GET /v1/tasks?status=dead``,
     ``POST /v1/tasks/{task_id}/cancel|resubmit``, ``POST /v1/tasks/wait``,
-    ``GET /v1/agents?capability=``, ``GET /v1/nodes``, ``GET /healthz``,
-    ``GET /metrics``, ``GET /openapi.json`` (and ``/schema/openapi.json``). Every
-    request first passes ``guards.request_guard`` (Host, origin, JSON bodies); bodies
-    over ``settings.max_body_bytes`` get 413.
+    ``POST /v1/events/{topic}?key=``, ``GET /v1/agents?capability=``,
+    ``GET /v1/nodes``, ``GET /healthz``, ``GET /metrics``, ``GET /openapi.json`` (and
+    ``/schema/openapi.json``). Every request first passes ``guards.request_guard``
+    (Host, origin, JSON bodies); bodies over ``settings.max_body_bytes`` get 413.
     """
 
     def _ctx() -> GatewayContext:
         return ctx
 
     app = Litestar(
-        route_handlers=[*ROUTES, task_output],
+        route_handlers=[*ROUTES, task_output, publish_topic_event],
         request_class=GatewayRequest,
         request_max_body_size=ctx.settings.max_body_bytes,
         before_request=request_guard(ctx.settings),
@@ -42,7 +43,10 @@ def create_app(ctx: GatewayContext) -> HttpMetricsMiddleware:
         openapi_config=OpenAPIConfig(
             title="agentbus gateway",
             version=__version__,
-            description="HTTP access to agentbus: submit and follow tasks, list agents and nodes.",
+            description=(
+                "HTTP access to agentbus: submit and follow tasks, publish events, list "
+                "agents and nodes."
+            ),
             render_plugins=[JsonRenderPlugin()],
         ),
         logging_config=None,

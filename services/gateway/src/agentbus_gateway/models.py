@@ -26,6 +26,7 @@ from agentbus.messages import (
     encode,
 )
 from agentbus.messages.common import TASK_ID_PATTERN, TaskId
+from agentbus.names import TOPIC_RE
 
 Capability = Token
 TOKEN_PATTERN: str = get_args(Token)[1].pattern
@@ -64,6 +65,49 @@ IdempotencyKey = Annotated[
         ),
     ),
 ]
+
+TopicPath = Annotated[
+    str,
+    PathParameter(
+        pattern=TOPIC_RE.pattern,
+        description="Event topic: 1-8 dot-separated tokens of [a-z0-9_-] (review.file_reviewed)",
+    ),
+]
+EventKey = Annotated[
+    str | None,
+    QueryParameter(
+        min_length=1,
+        max_length=256,
+        pattern=r"^[^\x00-\x1f\x7f]+$",
+        description=(
+            "Event key: events with one key are handled one at a time, in order "
+            "(1-256 characters, no control characters)"
+        ),
+    ),
+]
+EventIdempotencyKey = Annotated[
+    str | None,
+    HeaderParameter(
+        name="Idempotency-Key",
+        pattern=TASK_ID_PATTERN,
+        description=(
+            "Event id (Nats-Msg-Id): a repeat within 2 minutes is stored once (200, "
+            "duplicate: true). Default a new id. 1-128 characters of [A-Za-z0-9_-]"
+        ),
+    ),
+]
+
+
+class EventPublished(msgspec.Struct, kw_only=True):
+    """Body of the ``POST /v1/events/{topic}`` answer.
+
+    ``seq``: the event's sequence in the ``<P>_TOPICS`` stream; ``duplicate``: an
+    event with this id was stored already (``seq`` is that one's).
+    """
+
+    seq: int
+    event_id: str
+    duplicate: bool
 
 
 class CreateTask(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -234,6 +234,18 @@ class Bus:
                 allow_direct=True,
             )
         )
+        await self._ensure_stream(
+            StreamConfig(
+                name=n.topics_stream,
+                subjects=[n.topic_filter(">")],
+                retention=RetentionPolicy.LIMITS,
+                storage=StorageType.FILE,
+                duplicate_window=120.0,
+                max_age=s.topics_max_age_s,
+                max_bytes=s.topics_max_bytes or -1,
+                discard=DiscardPolicy.OLD,
+            )
+        )
         # Task records are republished once stored, for waiters (Client.wait): a core
         # subscriber of $KV.<bucket>.<key> would also hear writes the store refuses.
         records = RePublish(src=f"$KV.{n.tasks_bucket}.>", dest=n.task_records_all())

@@ -1,0 +1,121 @@
+"""Read events as they are stored (``agentbus events tail``): an ordered consumer.
+
+An ordered consumer on ``<P>_TOPICS`` filtered by a subscription pattern reads the
+stream from a start (new events, a stream sequence or a time) without any durable
+state: it acknowledges nothing, so it never takes an event from a subscriber.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+
+import msgspec
+import nats.errors
+import nats.js.errors
+from nats.aio.msg import Msg
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from agentbus.bus import Bus
+from agentbus.errors import UnavailableError
+from agentbus.events.topics import (
+    EVENT_KEY_HEADER,
+    EVENT_TYPE_HEADER,
+    MSG_ID_HEADER,
+    SOURCE_HEADER,
+)
+from agentbus.names import Names, check_topic_pattern
+
+_POLL_S = 0.25
+"""How often a tail checks ``stop`` while no event arrives."""
+Start = int | datetime | None
+"""Where a tail starts: None new events only, an int a stream sequence, a datetime a time."""
+
+
+class StoredEvent(msgspec.Struct, kw_only=True):
+    """One event as the stream holds it.
+
+    ``payload`` is the decoded JSON body (the raw text if it is not JSON);
+    ``published_at`` the time the stream stored it (UTC).
+    """
+
+    seq: int
+    topic: str
+    key: str | None
+    event_id: str
+    type: str
+    source: str
+    published_at: datetime
+    payload: Any
+
+
+def topic_of(subject: str, names: Names) -> str:
+    """The topic of an event subject ``<p>.topics.<topic>.<part>``."""
+    return subject.removeprefix(f"{names.prefix}.topics.").rpartition(".")[0]
+
+
+def stored_event(msg: Msg, names: Names) -> StoredEvent:
+    """``msg`` of ``<P>_TOPICS`` as a ``StoredEvent``."""
+    headers = msg.headers or {}
+    try:
+        payload = msgspec.json.decode(msg.data)
+    except msgspec.DecodeError:
+        payload = msg.data.decode(errors="replace")
+    meta = msg.metadata
+    return StoredEvent(
+        seq=meta.sequence.stream,
+        topic=topic_of(msg.subject, names),
+        key=headers.get(EVENT_KEY_HEADER),
+        event_id=headers.get(MSG_ID_HEADER, ""),
+        type=headers.get(EVENT_TYPE_HEADER, ""),
+        source=headers.get(SOURCE_HEADER, ""),
+        published_at=meta.timestamp,
+        payload=payload,
+    )
+
+
+async def tail_events(
+    bus: Bus, pattern: str, *, start: Start = None, stop: asyncio.Event | None = None
+) -> AsyncIterator[StoredEvent]:
+    """Yield the events matching ``pattern`` from ``start`` on, until ``stop`` is set.
+
+    Args:
+        bus: a connected bus.
+        pattern: a subscription pattern (``review.>``, ``*.done``).
+        start: None new events only; a stream sequence; a time (the first event
+            stored at or after it).
+        stop: ends the tail (checked at least every 0.25 s); None: follow forever.
+
+    Raises:
+        ContractError: ``pattern`` is not a valid subscription pattern.
+        UnavailableError: no ``<P>_TOPICS`` stream.
+    """
+    names = bus.names
+    check_topic_pattern(pattern)
+    config = ConsumerConfig(deliver_policy=DeliverPolicy.NEW)
+    if isinstance(start, int):
+        config.deliver_policy, config.opt_start_seq = DeliverPolicy.BY_START_SEQUENCE, start
+    elif isinstance(start, datetime):
+        config.deliver_policy, config.opt_start_time = DeliverPolicy.BY_START_TIME, start
+    try:
+        sub = await bus.js.subscribe(
+            names.topic_filter(pattern),
+            stream=names.topics_stream,
+            ordered_consumer=True,
+            config=config,
+            inactive_threshold=30.0,
+        )
+    except nats.js.errors.NotFoundError as exc:
+        raise UnavailableError(f"stream {names.topics_stream} does not exist") from exc
+    stop = stop or asyncio.Event()
+    try:
+        while not stop.is_set():
+            try:
+                msg = await sub.next_msg(timeout=_POLL_S)
+            except (TimeoutError, nats.errors.TimeoutError):
+                continue
+            yield stored_event(msg, names)
+    finally:
+        await sub.unsubscribe()
