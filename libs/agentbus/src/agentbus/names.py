@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from agentbus import _topic_names
 from agentbus.errors import ContractError
 from agentbus.messages.common import TASK_ID_PATTERN
 
@@ -17,6 +18,14 @@ _PREFIX_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 _TOKEN_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 BANDS = 10
 """Priority bands per capability: a task's ``priority`` 0 (default, lowest) .. 9."""
+# Topics of agent events (``agentbus._topic_names``, re-exported here).
+TOPIC_PARTITIONS = _topic_names.TOPIC_PARTITIONS
+TOPIC_MAX_TOKENS = _topic_names.TOPIC_MAX_TOKENS
+TOPIC_PARTS = _topic_names.TOPIC_PARTS
+check_topic = _topic_names.check_topic
+check_topic_pattern = _topic_names.check_topic_pattern
+fnv1a_32 = _topic_names.fnv1a_32
+topic_part = _topic_names.topic_part
 
 
 def check_token(kind: str, value: str) -> str:
@@ -107,7 +116,27 @@ class Names:
         """Limits stream of container output, subjects ``<p>.logs.<agent_id>``."""
         return f"{self.prefix.upper()}_LOGS"
 
+    @property
+    def topics_stream(self) -> str:
+        """Limits stream of agent events on topics, subjects ``<p>.topics.>``."""
+        return f"{self.prefix.upper()}_TOPICS"
+
     # -- subjects -----------------------------------------------------------------
+    def topic_subject(self, topic: str, key: str | None = None) -> str:
+        """Subject an event on ``topic`` is published on: ``<p>.topics.<topic>.<part>``.
+
+        ``<part>`` is ``topic_part(key)``: ``_`` without key, ``k<N>`` with one.
+        """
+        return f"{self.prefix}.topics.{topic}.{topic_part(key)}"
+
+    def topic_filters(self, pattern: str, part: str | None = None) -> list[str]:
+        """Filter subjects of subscription ``pattern`` (``agentbus._topic_names.topic_filters``)."""
+        return _topic_names.topic_filters(self.prefix, pattern, part)
+
+    def topics_all(self) -> str:
+        """Wildcard over every topic subject."""
+        return f"{self.prefix}.topics.>"
+
     def task_subject(self, capability: str, band: int = 0) -> str:
         """Subject a task for ``capability`` with priority ``band`` is published on.
 

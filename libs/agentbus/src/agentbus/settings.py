@@ -46,6 +46,11 @@ class BusSettings(BaseSettings):
     """Container output (``<P>_LOGS``) kept this long."""
     logs_max_bytes: NonNegativeInt = 256 * 1024**2
     """Container output kept at most, in bytes: the oldest lines go first."""
+    topics_max_age_s: NonNegativeFloat = 7 * 24 * 3600.0
+    """Agent events on topics (``<P>_TOPICS``) kept this long: how far back a
+    subscription can replay."""
+    topics_max_bytes: NonNegativeInt = 1024**3
+    """Agent events kept at most, in bytes: the oldest go first."""
     results_max_age_s: NonNegativeFloat = 7 * 24 * 3600.0
     """Agent reports (``<P>_RESULTS``) the scheduler has not applied are dropped after
     this long (a task record lives as long, ``TASK_RECORD_TTL_S``)."""

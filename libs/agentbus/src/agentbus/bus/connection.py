@@ -215,6 +215,18 @@ class Bus:
         )
         await self._ensure_stream(
             StreamConfig(
+                name=n.topics_stream,
+                subjects=[n.topics_all()],
+                retention=RetentionPolicy.LIMITS,
+                storage=StorageType.FILE,
+                duplicate_window=120.0,
+                max_age=s.topics_max_age_s,
+                max_bytes=s.topics_max_bytes or -1,
+                discard=DiscardPolicy.OLD,
+            )
+        )
+        await self._ensure_stream(
+            StreamConfig(
                 name=n.logs_stream,
                 subjects=[n.logs_all()],
                 retention=RetentionPolicy.LIMITS,

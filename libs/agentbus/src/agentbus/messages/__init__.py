@@ -20,6 +20,7 @@ from agentbus.messages import fleet as _fleet
 from agentbus.messages import registry as _registry
 from agentbus.messages import services as _services
 from agentbus.messages import tasks as _tasks
+from agentbus.messages import topics as _topics
 from agentbus.messages import traces as _traces
 from agentbus.messages.checkpoint import (
     Checkpoint,
@@ -126,6 +127,7 @@ from agentbus.messages.tasks import (
     TasksReply,
     TaskStarted,
 )
+from agentbus.messages.topics import EventReceipt, Subscription, SubscriptionMode
 from agentbus.messages.traces import TraceClaim, TraceKind
 
 encoder = msgspec.json.Encoder()
@@ -144,6 +146,7 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     *_checkpoint.MESSAGES,
     *_services.MESSAGES,
     *_traces.MESSAGES,
+    *_topics.MESSAGES,
 )
 
 __all__ = [
@@ -181,6 +184,7 @@ __all__ = [
     "DuplicateEvent",
     "ErrorEvent",
     "ErrorInfo",
+    "EventReceipt",
     "ForkCheckpoint",
     "GetCheckpoint",
     "GetHealth",
@@ -222,6 +226,8 @@ __all__ = [
     "SubmitTask",
     "SubmitTasks",
     "SubmitTasksReply",
+    "Subscription",
+    "SubscriptionMode",
     "Task",
     "TaskEvent",
     "TaskRecord",

@@ -1,0 +1,146 @@
+"""Subscriptions with agents as processes: each-replica fan-out, replay from a
+sequence, per-key order, poison events (the 10,000-event shared test is in
+``test_shared_load``)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from agentbus.bus import Bus
+from agentbus.events import publish_event
+from agentbus.messages import ErrorEvent
+from tests._helpers import eventually
+from tests.events._listener import Note
+from tests.events._procs import listeners, registered
+
+pytestmark = pytest.mark.nats
+
+
+async def _publish(bus: Bus, topic: str, notes: list[Note], key: str | None = None) -> list[int]:
+    return [(await publish_event(bus, topic, n, key=key, source="test")).seq for n in notes]
+
+
+@pytest.mark.timeout(90)
+async def test_each_replica_subscription_reaches_every_live_replica(
+    bus: Bus, nats_url: str, prefix: str, tmp_path: Path
+) -> None:
+    with listeners(nats_url, prefix, tmp_path, EV_MODE="each") as group:
+        pids = {f"listeners-{i}": group.start(f"listeners-{i}") for i in range(3)}
+        await registered(bus, pids)
+        await _publish(bus, "work.each", [Note(n=i) for i in range(20)])
+
+        async def everyone_has_all() -> bool:
+            seen = defaultdict(set)
+            for r in group.handled():
+                seen[r["agent"]].add(r["n"])
+            return all(seen[a] == set(range(20)) for a in pids)
+
+        await eventually(everyone_has_all, timeout_s=30, what="each replica handled all 20")
+        # A replica killed and started again resumes its own consumers (each-<agent_id>-*).
+        group.kill(pids["listeners-2"])
+        await _publish(bus, "work.each", [Note(n=i) for i in range(20, 30)])
+        pids["listeners-2"] = group.start("listeners-2")
+        await registered(bus, pids)
+
+        async def all_thirty() -> bool:
+            seen = defaultdict(set)
+            for r in group.handled():
+                seen[r["agent"]].add(r["n"])
+            return all(seen[a] == set(range(30)) for a in pids)
+
+        await eventually(all_thirty, timeout_s=30, what="each replica handled all 30")
+    consumers = [c.name async for c in _consumers(bus)]
+    assert {"each-listeners-0-on_work", "each-listeners-0-on_work-k7"} <= set(consumers)
+    assert not any(c.startswith("topic-") for c in consumers)
+
+
+async def _consumers(bus: Bus):  # type: ignore[no-untyped-def]
+    for info in await bus.js.consumers_info(bus.names.topics_stream):
+        yield info
+
+
+@pytest.mark.timeout(90)
+async def test_subscription_replays_from_a_sequence(
+    bus: Bus, nats_url: str, prefix: str, tmp_path: Path
+) -> None:
+    seqs = await _publish(bus, "work.old", [Note(n=i) for i in range(10)])
+    with listeners(nats_url, prefix, tmp_path, EV_START=str(seqs[6])) as group:
+        pid = group.start("replay-0", deployment="replay")
+        await registered(bus, {"replay-0": pid})
+        await _publish(bus, "work.new", [Note(n=10)])
+
+        async def got_four() -> list[int]:
+            return sorted(r["n"] for r in group.handled()) if len(group.handled()) >= 4 else []
+
+        handled = await eventually(got_four, timeout_s=30, what="events 6..10 handled")
+        await asyncio.sleep(0.5)  # nothing older arrives late
+        handled = sorted(r["n"] for r in group.handled())
+    assert handled == [6, 7, 8, 9, 10]
+    info = await bus.js.consumer_info(bus.names.topics_stream, "topic-replay-on_work")
+    assert info.config.opt_start_seq == seqs[6]
+
+
+@pytest.mark.timeout(120)
+async def test_keyed_events_are_handled_in_order_per_key_across_replicas(
+    bus: Bus, nats_url: str, prefix: str, tmp_path: Path
+) -> None:
+    keys = [f"file-{k}.py" for k in range(12)]
+    with listeners(nats_url, prefix, tmp_path) as group:
+        pids = {f"listeners-{i}": group.start(f"listeners-{i}") for i in range(3)}
+        await registered(bus, pids)
+        sent: dict[str, list[int]] = {}
+
+        async def one_key(key: str) -> None:
+            notes = [Note(n=i, sleep_s=0.002 * (i % 3)) for i in range(15)]
+            sent[key] = await _publish(bus, "work.keyed", notes, key=key)
+
+        await asyncio.gather(*(one_key(k) for k in keys))
+
+        async def all_handled() -> bool:
+            return len(group.handled()) >= 15 * len(keys)
+
+        await eventually(all_handled, timeout_s=60, what="180 keyed events handled")
+        records = group.handled()
+    by_key: dict[str, list[int]] = defaultdict(list)
+    for r in records:  # file order = handling order (one write per handling)
+        by_key[r["key"]].append(r["seq"])
+    assert {k: v for k, v in by_key.items()} == sent
+    assert len({r["agent"] for r in records}) > 1, "the keyed load was spread over replicas"
+
+
+@pytest.mark.timeout(90)
+async def test_poison_event_does_not_stop_the_subscription(
+    bus: Bus, nats_url: str, prefix: str, tmp_path: Path
+) -> None:
+    errors: list[ErrorEvent] = []
+
+    async def on_error(msg) -> None:  # type: ignore[no-untyped-def]
+        errors.append(msgspec.json.decode(msg.data, type=ErrorEvent))
+
+    await bus.nc.subscribe(bus.names.event_subject("error", "agent"), cb=on_error)
+    with listeners(nats_url, prefix, tmp_path, EV_MAX_DELIVERIES="2") as group:
+        pid = group.start("poison-0", deployment="poison")
+        await registered(bus, {"poison-0": pid})
+        key = "same-key"
+        await bus.js.publish(bus.names.topic_subject("work.bad", key), b"\x00 not json")
+        await _publish(bus, "work.bad", [Note(n=1, fail="fatal")], key=key)
+        await _publish(bus, "work.bad", [Note(n=2, fail="retry")], key=key)
+        await _publish(bus, "work.bad", [Note(n=3)], key=key)
+        await _publish(bus, "work.bad", [Note(n=4, fail="fatal"), Note(n=5)])
+
+        async def good_ones() -> bool:
+            return sorted(r["n"] for r in group.handled()) == [3, 5] and len(errors) >= 4
+
+        await eventually(good_ones, timeout_s=40, what="good events handled, 4 error events")
+    reasons = sorted(e.reason for e in errors)
+    assert all(e.service == "agent:poison-0" for e in errors)
+    assert any("does not decode" in r for r in reasons)
+    assert sum("not retryable" in r for r in reasons) == 2
+    assert any("delivery 2 was the last" in r and "RuntimeError" in r for r in reasons)
+    info = await bus.js.consumer_info(bus.names.topics_stream, "topic-poison-on_work")
+    assert info.num_ack_pending == 0 and info.num_pending == 0
