@@ -83,3 +83,29 @@ async def test_ps_lists_declared_and_live_subscriptions(
 
 async def _bound(agents: list[Agent]) -> bool:
     return all(a.subscriptions is not None and a.subscriptions._loops for a in agents)
+
+
+@pytest.mark.timeout(60)
+async def test_a_later_replica_keeps_the_start_of_existing_consumers(bus: Bus) -> None:
+    def replica(agent_id: str, start: Any) -> Agent:
+        a = Agent("keeper", settings=AgentSettings(agent_id=agent_id, deployment="keep"))
+
+        @a.on_event("audit.>", start=start)
+        async def on_audit(ctx: EventContext, payload: Any) -> None:
+            return None
+
+        return a
+
+    stop = asyncio.Event()
+    first, later = replica("keep-0", "all"), replica("keep-1", "new")
+    runs = [asyncio.create_task(first.run(bus, stop))]
+    try:
+        await eventually(lambda: _bound([first]), timeout_s=20, what="first subscribed")
+        runs.append(asyncio.create_task(later.run(bus, stop)))
+        await eventually(lambda: _bound([later]), timeout_s=20, what="later subscribed")
+    finally:
+        stop.set()
+        await asyncio.gather(*runs)
+    info = await bus.js.consumer_info(bus.names.topics_stream, "topic-keep-on_audit-k5")
+    policy = info.config.deliver_policy  # nats-py leaves the server's string here
+    assert getattr(policy, "value", policy) == "all"

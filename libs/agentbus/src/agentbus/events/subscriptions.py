@@ -40,8 +40,6 @@ from agentbus.events.routes import EventContext, EventRoute, PlannedConsumer, co
 from agentbus.events.topics import KEY_HEADER, MSG_ID_HEADER, SOURCE_HEADER, Events
 from agentbus.retry import backoff_s, is_retryable
 
-_ALREADY_EXISTS = 10148
-"""JetStream: a consumer of that name exists with another config (e.g. its start)."""
 _RETRY_PAUSE_S = 1.0
 
 
@@ -81,8 +79,16 @@ class Subscriptions:
         """Create or bind every consumer and start pulling.
 
         Raises:
-            UnavailableError-like nats errors: the topics stream is missing.
+            nats.js.errors.Error: a consumer could not be made (the topics stream is
+                missing: nobody ran ``Bus.ensure``); nothing is left running.
         """
+        try:
+            await self._start()
+        except BaseException:
+            await self.close(0)
+            raise
+
+    async def _start(self) -> None:
         js = self.bus.js
         stream = self.bus.names.topics_stream
         for route in self.routes:
@@ -223,15 +229,21 @@ def _utc(value: Any) -> datetime:
 
 
 async def _ensure_consumer(js: JetStreamContext, stream: str, consumer: PlannedConsumer) -> None:
-    """Create the consumer, or update one that exists while keeping its start position."""
+    """Create the consumer, or update one that exists while keeping its start position.
+
+    The server refuses to change a consumer's start (``deliver policy can not be
+    updated``, 10012; 10148 for another config under the name): a replica started later
+    with another ``start`` binds the consumers as they are.
+    """
     config = consumer.config
     try:
         await js.add_consumer(stream, config)
         return
-    except nats.js.errors.BadRequestError as exc:
-        if exc.err_code != _ALREADY_EXISTS:
-            raise
-    current = (await js.consumer_info(stream, consumer.name)).config
+    except nats.js.errors.APIError as exc:
+        try:
+            current = (await js.consumer_info(stream, consumer.name)).config
+        except nats.js.errors.NotFoundError:
+            raise exc from None
     config.deliver_policy = current.deliver_policy
     config.opt_start_seq = current.opt_start_seq
     config.opt_start_time = current.opt_start_time

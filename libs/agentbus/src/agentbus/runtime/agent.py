@@ -245,6 +245,17 @@ class Agent:
         for cap in self.capabilities:  # band 0 first: the consumer a minimal agent uses
             await self._bind(bus, cap)
         await asyncio.gather(*(self._bind_bands(bus, cap, first=1) for cap in self.capabilities))
+        if self._event_routes:
+            self.subscriptions = Subscriptions(
+                bus,
+                self._event_routes,
+                agent_id=self.agent_id,
+                deployment=self.settings.deployment or self.name,
+                ack_wait_s=self.settings.lease_s,
+                fetch_timeout_s=self.settings.fetch_timeout_s,
+                on_bad=self._poison(bus, "topics"),
+            )
+            await self.subscriptions.start()
         cancels = self._cancels = Cancellations(bus, on_bad=self._poison(bus, "control"))
         await cancels.start()
         self._deliveries = Deliveries(
@@ -273,17 +284,6 @@ class Agent:
             ),
         )
         await intake.start()
-        if self._event_routes:
-            self.subscriptions = Subscriptions(
-                bus,
-                self._event_routes,
-                agent_id=self.agent_id,
-                deployment=self.settings.deployment or self.name,
-                ack_wait_s=self.settings.lease_s,
-                fetch_timeout_s=self.settings.fetch_timeout_s,
-                on_bad=self._poison(bus, "topics"),
-            )
-            await self.subscriptions.start()
         leaving = asyncio.Event()
         heartbeat = asyncio.create_task(self._heartbeat(bus, leaving))
         loops = [asyncio.create_task(intake.run())]
