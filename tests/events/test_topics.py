@@ -106,3 +106,15 @@ async def test_topics_stream_limits_come_from_settings(nats_url: str, prefix: st
         await b.close()
     assert (config.max_age, config.max_bytes, config.duplicate_window) == (3600, 1 << 20, 120)
     assert config.subjects == [f"{prefix}.topics.>"]
+
+
+@pytest.mark.nats
+async def test_a_task_handler_publishes_as_its_agent(bus: Bus) -> None:
+    from agentbus.messages import Task
+    from agentbus.runtime import TaskContext
+
+    task = Task(task_id="t-1", capability="review", input=msgspec.Raw(b"null"))
+    ctx = TaskContext(task=task, attempt=1, agent_id="reviewer-0", bus=bus, client=Client(bus))
+    seq = await ctx.events.publish("review.done", FileReviewed(path="a", issues=0), key="a")
+    msg = await bus.js.get_msg(bus.names.topics_stream, seq)
+    assert (msg.headers or {})["Agentbus-Source"] == "reviewer-0"
