@@ -79,10 +79,11 @@ async def test_shared_subscription_survives_sigkill_of_replicas(
         n for n, rs in twice.items() if not any(r["pid"] in group.killed for r in rs[:-1])
     ]
     agents = {str(r["agent"]) for r in records}
+    redelivered = sum(r["delivery"] > 1 for r in records)
     print(
         f"\n{EVENTS} events, {len(records)} handlings, {len(twice)} handled twice "
         f"(first handler killed before its ack), {len(group.killed)} SIGKILLs, "
-        f"{elapsed_s:.1f} s, replicas {sorted(agents)}"
+        f"{redelivered} handled on a redelivery, {elapsed_s:.1f} s, replicas {sorted(agents)}"
     )
     assert set(by_event) == set(range(EVENTS))
     assert unexplained == [], f"handled twice without a killed first handler: {unexplained[:10]}"
