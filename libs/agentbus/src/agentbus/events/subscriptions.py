@@ -16,6 +16,10 @@ then:
 - the agent is stopping and the handler did not finish within the grace: nak, so
   another replica takes it now.
 
+Outcomes are counted in ``agentbus_agent_event_deliveries_total{subscription,
+outcome}``. A consumer found gone when a pull fails (deleted, or the topics stream
+made anew) is made again (``agentbus_agent_event_rebinds_total{subscription}``).
+
 A handler that runs longer than a third of the ack wait (``AgentSettings.lease_s``)
 has its event's ack wait renewed (``in_progress``) every third of it.
 """
@@ -24,9 +28,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import nats.errors
@@ -39,6 +44,9 @@ from agentbus.bus import Bus
 from agentbus.events.routes import EventContext, EventRoute, PlannedConsumer, consumer_plan
 from agentbus.events.topics import KEY_HEADER, MSG_ID_HEADER, SOURCE_HEADER, Events
 from agentbus.retry import backoff_s, is_retryable
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry, Counter
 
 _RETRY_PAUSE_S = 1.0
 
@@ -56,6 +64,7 @@ class Subscriptions:
         ack_wait_s: float,
         fetch_timeout_s: float,
         on_bad: Callable[[str, str], Awaitable[None]],
+        registry: Callable[[], CollectorRegistry] | None = None,
     ) -> None:
         self.bus = bus
         self.routes = list(routes)
@@ -64,6 +73,7 @@ class Subscriptions:
         self.ack_wait_s = ack_wait_s
         self.fetch_timeout_s = fetch_timeout_s
         self.on_bad = on_bad
+        self.metrics = EventMetrics(registry)
         self.events = Events(bus, source=agent_id)
         self._loops: list[asyncio.Task[None]] = []
         self._handling: set[asyncio.Task[None]] = set()
@@ -127,8 +137,9 @@ class Subscriptions:
                 msgs = await psub.fetch(batch=capacity - len(mine), timeout=self.fetch_timeout_s)
             except nats.errors.TimeoutError:
                 continue
-            except (nats.errors.Error, nats.js.errors.Error) as exc:
+            except Exception as exc:  # consumer or stream gone, connection trouble
                 logger.warning("event pull failed", consumer=consumer.name, error=repr(exc))
+                await self._rebind(route, consumer)
                 await asyncio.sleep(_RETRY_PAUSE_S)
                 continue
             for msg in msgs:
@@ -140,6 +151,28 @@ class Subscriptions:
                 if keyed:  # one at a time: the next of the partition waits for this ack
                     await asyncio.wait({t})
 
+    async def _rebind(self, route: EventRoute, consumer: PlannedConsumer) -> None:
+        """Make ``consumer`` again if it is gone (deleted, or the stream made anew).
+
+        It is made as first planned (its ``start``): a ``new`` subscription misses
+        what was published while it was gone.
+        """
+        js, stream = self.bus.js, self.bus.names.topics_stream
+        try:
+            await js.consumer_info(stream, consumer.name)
+            return
+        except nats.js.errors.NotFoundError:
+            pass
+        except Exception:  # no answer: try again on the next failed pull
+            return
+        try:
+            await _ensure_consumer(js, stream, consumer)
+        except Exception as exc:  # the stream itself is missing: next time
+            logger.warning("event consumer not made", consumer=consumer.name, error=repr(exc))
+            return
+        self.metrics.rebinds.labels(route.name).inc()
+        logger.info("event consumer made again", consumer=consumer.name)
+
     async def _handle(self, route: EventRoute, msg: Msg) -> None:
         meta = msg.metadata
         delivery = meta.num_delivered or 1
@@ -148,15 +181,15 @@ class Subscriptions:
         with logger.contextualize(subject=msg.subject, seq=meta.sequence.stream, delivery=delivery):
             if delivery > route.max_deliveries:
                 reason = (
-                    f"event on {topic!r} delivered {delivery} times to subscription "
-                    f"{route.name!r}: the handler never finished (the agent died on it)"
+                    f"event on {topic!r} delivered {delivery} times: the handler never "
+                    "finished (the agent died on it)"
                 )
-                await self._poison(msg, reason)
+                await self._poison(route, msg, reason)
                 return
             try:
                 payload = msgspec.json.decode(msg.data, type=route.payload_type)
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                await self._poison(msg, f"event payload does not decode: {exc}")
+                await self._poison(route, msg, f"event payload does not decode: {exc}")
                 return
             ctx = EventContext(
                 topic=topic,
@@ -175,6 +208,7 @@ class Subscriptions:
             except asyncio.CancelledError:
                 with contextlib.suppress(Exception):
                     await msg.nak()  # stopping: another replica takes it now
+                self.metrics.deliveries.labels(route.name, "returned").inc()
                 raise
             except Exception as exc:
                 await self._failed(route, msg, delivery, exc)
@@ -182,6 +216,7 @@ class Subscriptions:
             try:
                 await msg.ack()
                 self.handled += 1
+                self.metrics.deliveries.labels(route.name, "acked").inc()
             except Exception as exc:  # the ack wait lapses: redelivered
                 logger.warning("event ack failed", error=repr(exc))
 
@@ -207,14 +242,61 @@ class Subscriptions:
             logger.info("event handler failed, retrying", error=kind, retry_in_s=delay_s)
             with contextlib.suppress(Exception):
                 await msg.nak(delay=delay_s)
+            self.metrics.deliveries.labels(route.name, "retried").inc()
             return
         why = "not retryable" if not is_retryable(exc) else f"delivery {delivery} was the last"
-        await self._poison(msg, f"event handler failed ({why}): {kind}")
+        await self._poison(route, msg, f"event handler failed ({why}): {kind}")
 
-    async def _poison(self, msg: Msg, reason: str) -> None:
+    async def _poison(self, route: EventRoute, msg: Msg, reason: str) -> None:
         with contextlib.suppress(Exception):
             await msg.term()
-        await self.on_bad(msg.subject, reason)
+        self.metrics.deliveries.labels(route.name, "terminated").inc()
+        await self.on_bad(msg.subject, f"subscription {route.name!r}: {reason}")
+
+
+class EventMetrics:
+    """Counters of event deliveries on an agent's registry (``Agent.registry``).
+
+    ``prometheus_client`` is imported on first use, as in ``AgentMetrics``: not on an
+    agent's start-up path.
+    """
+
+    def __init__(self, registry: Callable[[], CollectorRegistry] | None) -> None:
+        self._registry = registry
+        """Gives the registry to put the counters on; None: a registry of their own."""
+
+    @functools.cached_property
+    def registry(self) -> CollectorRegistry:
+        """The registry the counters are on (a new one if none was given)."""
+        from prometheus_client import CollectorRegistry
+
+        return self._registry() if self._registry else CollectorRegistry()
+
+    @functools.cached_property
+    def deliveries(self) -> Counter:
+        """``agentbus_agent_event_deliveries_total{subscription, outcome}``."""
+        from prometheus_client import Counter
+
+        return Counter(
+            "agentbus_agent_event_deliveries_total",
+            "Event deliveries handled, by subscription and outcome (acked, retried, "
+            "terminated, or returned on stop).",
+            ["subscription", "outcome"],
+            registry=self.registry,
+        )
+
+    @functools.cached_property
+    def rebinds(self) -> Counter:
+        """``agentbus_agent_event_rebinds_total{subscription}``."""
+        from prometheus_client import Counter
+
+        return Counter(
+            "agentbus_agent_event_rebinds_total",
+            "Event consumers found gone (deleted, or the topics stream made anew) and "
+            "made again without a restart.",
+            ["subscription"],
+            registry=self.registry,
+        )
 
 
 def topic_of(subject: str) -> str:

@@ -254,6 +254,7 @@ class Agent:
                 ack_wait_s=self.settings.lease_s,
                 fetch_timeout_s=self.settings.fetch_timeout_s,
                 on_bad=self._poison(bus, "topics"),
+                registry=lambda: self.registry,
             )
             await self.subscriptions.start()
         cancels = self._cancels = Cancellations(bus, on_bad=self._poison(bus, "control"))

@@ -1,0 +1,80 @@
+"""A subscription whose consumers are deleted under the running agent (by an operator,
+or with the whole topics stream) makes them again and goes on handling events."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from agentbus.bus import Bus
+from agentbus.events import EventContext, publish_event
+from agentbus.runtime import Agent
+from agentbus.settings import AgentSettings
+from tests._helpers import eventually
+
+pytestmark = pytest.mark.nats
+
+
+def listener(seen: list[Any]) -> Agent:
+    a = Agent(
+        "gone",
+        settings=AgentSettings(agent_id="gone-0", deployment="gone", fetch_timeout_s=0.5),
+    )
+
+    @a.on_event("news.>")
+    async def on_news(ctx: EventContext, payload: Any) -> None:
+        seen.append(payload)
+
+    return a
+
+
+@pytest.mark.timeout(60)
+async def test_deleted_consumers_and_stream_are_made_again(bus: Bus) -> None:
+    seen: list[Any] = []
+    agent = listener(seen)
+    stop = asyncio.Event()
+    run = asyncio.create_task(agent.run(bus, stop))
+    stream = bus.names.topics_stream
+    try:
+        await eventually(
+            lambda: _true(agent.subscriptions is not None and len(agent.subscriptions._loops) == 9),
+            what="subscribed",
+        )
+        await publish_event(bus, "news.a", 1)
+        await eventually(lambda: _true(seen == [1]), what="first event")
+        await bus.js.delete_consumer(stream, "topic-gone-on_news")
+        await bus.js.delete_consumer(stream, "topic-gone-on_news-k2")
+
+        async def published_and_seen(value: int, key: str | None = None) -> bool:
+            if value not in seen:
+                await publish_event(bus, "news.b", value, key=key)
+                await asyncio.sleep(0.2)
+            return value in seen
+
+        await eventually(lambda: published_and_seen(2), timeout_s=20, what="keyless again")
+        key = next(
+            k
+            for k in (f"k{i}" for i in range(100))
+            if bus.names.topic_subject("x", k).endswith(".k2")
+        )
+        await eventually(lambda: published_and_seen(3, key), timeout_s=20, what="keyed again")
+        await bus.js.delete_stream(stream)
+        await bus.ensure()
+        await eventually(lambda: published_and_seen(4), timeout_s=20, what="after a new stream")
+    finally:
+        stop.set()
+        await asyncio.wait_for(run, 20)
+    rebinds = agent.registry.get_sample_value(
+        "agentbus_agent_event_rebinds_total", {"subscription": "on_news"}
+    )
+    acked = agent.registry.get_sample_value(
+        "agentbus_agent_event_deliveries_total", {"subscription": "on_news", "outcome": "acked"}
+    )
+    assert rebinds is not None and rebinds >= 3  # two deleted, nine after the new stream
+    assert acked is not None and acked >= 4
+
+
+async def _true(value: bool) -> bool:
+    return value
