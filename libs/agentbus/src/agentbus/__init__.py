@@ -5,6 +5,7 @@ The public surface, importable from the package itself::
     from agentbus import Agent, TaskContext, Client, Bus
 
 - ``Agent``, ``TaskContext``: the agent runtime (handlers, leases, heartbeats);
+  ``EventContext``: what an event handler (``@agent.on_event``) gets;
 - ``Client``: submit tasks and wait for them, from any process;
 - ``Bus``: the NATS connection every part shares; ``Names`` derives every subject,
   stream and bucket name from a prefix;
@@ -26,6 +27,7 @@ __version__ = "0.1.0"
 _EXPORTS: dict[str, str] = {
     "Agent": "agentbus.runtime",
     "TaskContext": "agentbus.runtime.context",
+    "EventContext": "agentbus.events",
     "Client": "agentbus.client",
     "Bus": "agentbus.bus",
     "Names": "agentbus.names",
@@ -52,6 +54,7 @@ __all__ = [
     "Client",
     "ConflictError",
     "ContractError",
+    "EventContext",
     "FatalTaskError",
     "Names",
     "NotFoundError",
@@ -79,6 +82,7 @@ if TYPE_CHECKING:
         TaskTimeoutError,
         UnavailableError,
     )
+    from agentbus.events import EventContext
     from agentbus.names import Names
     from agentbus.runtime import Agent
     from agentbus.runtime.context import TaskContext
