@@ -38,10 +38,7 @@ async def test_deleted_consumers_and_stream_are_made_again(bus: Bus) -> None:
     run = asyncio.create_task(agent.run(bus, stop))
     stream = bus.names.topics_stream
     try:
-        await eventually(
-            lambda: _true(agent.subscriptions is not None and len(agent.subscriptions._loops) == 9),
-            what="subscribed",
-        )
+        await eventually(lambda: _true(_bound(agent)), what="subscribed")
         await publish_event(bus, "news.a", 1)
         await eventually(lambda: _true(seen == [1]), what="first event")
         await bus.js.delete_consumer(stream, "topic-gone-on_news")
@@ -78,3 +75,51 @@ async def test_deleted_consumers_and_stream_are_made_again(bus: Bus) -> None:
 
 async def _true(value: bool) -> bool:
     return value
+
+
+def _bound(agent: Agent) -> bool:
+    """Every consumer of the agent's one subscription is made and pulled from."""
+    return agent.subscriptions is not None and len(agent.subscriptions._loops) == 9
+
+
+@pytest.mark.timeout(60)
+async def test_an_event_still_running_at_stop_is_returned_within_the_grace(bus: Bus) -> None:
+    started = asyncio.Event()
+    deliveries: list[int] = []
+
+    def replica(agent_id: str, hang: bool) -> Agent:
+        settings = AgentSettings(
+            agent_id=agent_id, deployment="slow", stop_grace_s=0.5, fetch_timeout_s=0.5
+        )
+        a = Agent("slow", settings=settings)
+
+        @a.on_event("slow.work")
+        async def on_work(ctx: EventContext, payload: Any) -> None:
+            deliveries.append(ctx.delivery)
+            started.set()
+            if hang:
+                await asyncio.sleep(3600)
+
+        return a
+
+    first, stop_first = replica("slow-0", hang=True), asyncio.Event()
+    run = asyncio.create_task(first.run(bus, stop_first))
+    await eventually(lambda: _true(_bound(first)), what="subscribed")
+    await publish_event(bus, "slow.work", {"n": 1})
+    await asyncio.wait_for(started.wait(), 10)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    stop_first.set()
+    await asyncio.wait_for(run, 10)
+    assert loop.time() - t0 < 5  # the grace (0.5 s), not the handler
+    returned = first.registry.get_sample_value(
+        "agentbus_agent_event_deliveries_total", {"subscription": "on_work", "outcome": "returned"}
+    )
+    assert returned == 1
+    second, stop_second = replica("slow-1", hang=False), asyncio.Event()
+    run = asyncio.create_task(second.run(bus, stop_second))
+    try:
+        await eventually(lambda: _true(deliveries == [1, 2]), timeout_s=15, what="redelivered")
+    finally:
+        stop_second.set()
+        await asyncio.wait_for(run, 10)

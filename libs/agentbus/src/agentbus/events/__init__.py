@@ -5,6 +5,7 @@
 ``docs/protocol.md`` ("Events between agents"), the design in ``docs/architecture.md``.
 """
 
+from agentbus.events.handlers import EventHandlers
 from agentbus.events.routes import (
     EventContext,
     EventHandler,
@@ -20,6 +21,7 @@ from agentbus.events.topics import Events, check_key, publish_event
 __all__ = [
     "EventContext",
     "EventHandler",
+    "EventHandlers",
     "EventRoute",
     "Events",
     "Start",

@@ -49,10 +49,9 @@ from agentbus import __version__
 from agentbus.bus import Bus
 from agentbus.client import Client
 from agentbus.errors import ContractError
-from agentbus.events.routes import EventHandler, EventRoute, Start, event_route
-from agentbus.events.subscriptions import Subscriptions
+from agentbus.events.handlers import EventHandlers
 from agentbus.log import configure_logging
-from agentbus.messages import AgentInfo, SubscriptionMode, encode, utcnow
+from agentbus.messages import AgentInfo, encode, utcnow
 from agentbus.names import BANDS, Names, check_token
 from agentbus.retry import SAFETY_MAX_DELIVER
 from agentbus.retry import error_info as error_info  # re-exported
@@ -73,7 +72,7 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
 
-class Agent:
+class Agent(EventHandlers):
     """An agent process: a name, capabilities with handlers, and the run loop.
 
     Settings come from ``AgentSettings`` (env ``AGENTBUS_AGENT_*``), which a supervisor
@@ -90,6 +89,7 @@ class Agent:
         bus_settings: BusSettings | None = None,
         state_type: Any = None,
     ) -> None:
+        super().__init__()  # EventHandlers: @agent.on_event (agentbus.events)
         self.name = check_token("agent name", name)
         self.settings = settings or AgentSettings()
         self.bus_settings = bus_settings
@@ -108,9 +108,6 @@ class Agent:
         self.durable = AgentState(self.agent_id, state_type)
         """``agent.state`` and its checkpoints (``agentbus.state``)."""
         self._restore_hooks: list[RestoreHook] = []
-        self._event_routes: list[EventRoute] = []
-        self.subscriptions: Subscriptions | None = None
-        """The running event subscriptions (``agentbus.events``), once started."""
 
     @property
     def registry(self) -> CollectorRegistry:
@@ -153,47 +150,6 @@ class Agent:
 
         def register(fn: Handler) -> Handler:
             self._routes[capability] = route(capability, fn)
-            return fn
-
-        return register
-
-    def on_event(
-        self,
-        pattern: str,
-        *,
-        mode: SubscriptionMode = "shared",
-        start: Start = "new",
-        name: str | None = None,
-        max_deliveries: int = 5,
-        max_in_flight: int = 64,
-    ) -> Callable[[EventHandler], EventHandler]:
-        """Register ``async def fn(ctx: EventContext, payload)`` for events on ``pattern``.
-
-        ``pattern`` is a topic with NATS wildcards (``review.>``). ``mode``: ``shared``
-        (the deployment gets each event once, spread over its replicas) or ``each``
-        (every replica gets every event). ``start`` (``new``, ``all``, a stream
-        sequence or a time) applies when the subscription's consumers are first made.
-        ``name`` (default: the function's name) names the durable consumers. Keyless
-        events run up to ``max_in_flight`` at once; keyed ones one at a time per
-        partition. See ``agentbus.events.subscriptions`` for acks and retries.
-
-        Raises:
-            ContractError: a bad argument, or the name is already subscribed.
-        """
-
-        def register(fn: EventHandler) -> EventHandler:
-            r = event_route(
-                pattern,
-                fn,
-                mode=mode,
-                start=start,
-                name=name,
-                max_deliveries=max_deliveries,
-                max_in_flight=max_in_flight,
-            )
-            if any(other.name == r.name for other in self._event_routes):
-                raise ContractError(f"subscription name {r.name!r} is already used")
-            self._event_routes.append(r)
             return fn
 
         return register
@@ -245,18 +201,14 @@ class Agent:
         for cap in self.capabilities:  # band 0 first: the consumer a minimal agent uses
             await self._bind(bus, cap)
         await asyncio.gather(*(self._bind_bands(bus, cap, first=1) for cap in self.capabilities))
-        if self._event_routes:
-            self.subscriptions = Subscriptions(
-                bus,
-                self._event_routes,
-                agent_id=self.agent_id,
-                deployment=self.settings.deployment or self.name,
-                ack_wait_s=self.settings.lease_s,
-                fetch_timeout_s=self.settings.fetch_timeout_s,
-                on_bad=self._poison(bus, "topics"),
-                registry=lambda: self.registry,
-            )
-            await self.subscriptions.start()
+        await self.start_events(
+            bus,
+            self.settings,
+            agent_id=self.agent_id,
+            name=self.name,
+            on_bad=self._poison(bus, "topics"),
+            registry=lambda: self.registry,
+        )
         cancels = self._cancels = Cancellations(bus, on_bad=self._poison(bus, "control"))
         await cancels.start()
         self._deliveries = Deliveries(
@@ -299,13 +251,14 @@ class Agent:
             intake.stop()
             logger.info("agent stopping", in_flight=len(self._in_flight))
             await asyncio.gather(*loops, return_exceptions=True)
-            if self.subscriptions is not None:
-                await self.subscriptions.close(self.settings.stop_grace_s)
+            events_closed = self.close_events(self.settings.stop_grace_s)  # same grace, alongside
             if self._in_flight:
                 _, late = await asyncio.wait(self._in_flight, timeout=self.settings.stop_grace_s)
                 for t in late:
                     t.cancel()
                 await asyncio.gather(*late, return_exceptions=True)
+            if events_closed is not None:
+                await events_closed
             leaving.set()
             if self.durable.enabled:
                 await self.durable.save_quietly()
