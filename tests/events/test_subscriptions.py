@@ -89,7 +89,7 @@ async def test_subscription_replays_from_a_sequence(
 async def test_keyed_events_are_handled_in_order_per_key_across_replicas_and_a_kill(
     bus: Bus, nats_url: str, prefix: str, tmp_path: Path
 ) -> None:
-    keys = [f"file-{k}.py" for k in range(12)]
+    keys = [f"src/fïle {k}.py" for k in range(12)]  # any UTF-8 but CR/LF
     per_key = 30
     with listeners(nats_url, prefix, tmp_path) as group:
         pids = {f"listeners-{i}": group.start(f"listeners-{i}") for i in range(3)}
