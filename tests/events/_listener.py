@@ -2,10 +2,11 @@
 
 Run as ``python -m tests.events._listener``; the bus and agent identity come from the
 usual ``AGENTBUS_*`` variables, the subscription from ``EV_PATTERN``, ``EV_MODE``,
-``EV_START`` (``new``, ``all`` or a sequence) and ``EV_MAX_DELIVERIES``. Each handled
-event appends one JSON line to ``EV_OUT`` (one ``write`` on an ``O_APPEND`` file, so
-lines of several processes never mix and none is lost to a SIGKILL) *before* the
-handler returns (and so before the ack): a line is a handling, acked or not.
+``EV_START`` (``new``, ``all``, a sequence or an RFC 3339 time) and
+``EV_MAX_DELIVERIES``. Each handled event appends one JSON line to ``EV_OUT`` (one
+``write`` on an ``O_APPEND`` file, so lines of several processes never mix and none is
+lost to a SIGKILL) *before* the handler returns (and so before the ack): a line is a
+handling, acked or not.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import os
 import msgspec
 
 from agentbus.errors import FatalTaskError
-from agentbus.events import EventContext
+from agentbus.events import EventContext, parse_start
 from agentbus.runtime import Agent
 
 
@@ -36,7 +37,7 @@ def build() -> Agent:
     @agent.on_event(
         os.environ.get("EV_PATTERN", "work.>"),
         mode="each" if os.environ.get("EV_MODE") == "each" else "shared",
-        start=int(start) if start.isdigit() else start,  # type: ignore[arg-type]
+        start=parse_start(start),
         max_deliveries=int(os.environ.get("EV_MAX_DELIVERIES", "5")),
     )
     async def on_work(ctx: EventContext, note: Note) -> None:

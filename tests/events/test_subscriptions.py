@@ -65,22 +65,34 @@ async def _consumers(bus: Bus):  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.timeout(90)
-async def test_subscription_replays_from_a_sequence(
+async def test_subscriptions_replay_from_a_sequence_and_from_a_time(
     bus: Bus, nats_url: str, prefix: str, tmp_path: Path
 ) -> None:
     seqs = await _publish(bus, "work.old", [Note(n=i) for i in range(10)])
-    with listeners(nats_url, prefix, tmp_path, EV_START=str(seqs[6])) as group:
-        pid = group.start("replay-0", deployment="replay")
-        await registered(bus, {"replay-0": pid})
+    stored = await bus.js.get_msg(bus.names.topics_stream, seqs[3])
+    assert stored.time is not None
+    since = stored.time  # the stream's own clock: events 3.. are at or after it
+    by_seq, by_time = tmp_path / "seq", tmp_path / "time"
+    by_seq.mkdir()
+    by_time.mkdir()
+    with (
+        listeners(nats_url, prefix, by_seq, EV_START=str(seqs[6])) as from_seq,
+        listeners(nats_url, prefix, by_time, EV_START=since.isoformat()) as from_time,
+    ):
+        pids = {"replay-0": from_seq.start("replay-0", deployment="replay")}
+        pids["replayt-0"] = from_time.start("replayt-0", deployment="replayt")
+        await registered(bus, pids)
         await _publish(bus, "work.new", [Note(n=10)])
 
-        async def got_four() -> list[int]:
-            return sorted(r["n"] for r in group.handled()) if len(group.handled()) >= 4 else []
+        async def both_done() -> bool:
+            return len(from_seq.handled()) >= 5 and len(from_time.handled()) >= 8
 
-        handled = await eventually(got_four, timeout_s=30, what="events 6..10 handled")
+        await eventually(both_done, timeout_s=30, what="the replays handled")
         await asyncio.sleep(0.5)  # nothing older arrives late
-        handled = sorted(r["n"] for r in group.handled())
-    assert handled == [6, 7, 8, 9, 10]
+        handled_seq = sorted(r["n"] for r in from_seq.handled())
+        handled_time = sorted(r["n"] for r in from_time.handled())
+    assert handled_seq == [6, 7, 8, 9, 10]
+    assert handled_time == [3, 4, 5, 6, 7, 8, 9, 10]
     info = await bus.js.consumer_info(bus.names.topics_stream, "topic-replay-on_work")
     assert info.config.opt_start_seq == seqs[6]
 
