@@ -7,11 +7,12 @@ import asyncio
 from typing import Any
 
 import pytest
+from loguru import logger
 
 from agentbus.bus import Bus
 from agentbus.events import EventContext, publish_event
 from agentbus.runtime import Agent
-from agentbus.settings import AgentSettings
+from agentbus.settings import AgentSettings, BusSettings
 from tests._helpers import eventually
 
 pytestmark = pytest.mark.nats
@@ -123,3 +124,28 @@ async def test_an_event_still_running_at_stop_is_returned_within_the_grace(bus: 
     finally:
         stop_second.set()
         await asyncio.wait_for(run, 10)
+
+
+@pytest.mark.timeout(60)
+async def test_an_idle_subscription_is_quiet_and_stops_at_once(
+    bus_settings: BusSettings, caplog: pytest.LogCaptureFixture
+) -> None:
+    b = await Bus.connect(bus_settings)
+    await b.ensure()
+    agent = listener([])
+    stop = asyncio.Event()
+    run = asyncio.create_task(agent.run(b, stop))
+    warnings: list[str] = []
+    sink = logger.add(lambda m: warnings.append(m.record["message"]), level="WARNING")
+    try:
+        await eventually(lambda: _true(_bound(agent)), what="subscribed")
+        await asyncio.sleep(1.5)  # three fetch timeouts (0.5 s) with nothing to deliver
+    finally:
+        logger.remove(sink)
+        stop.set()
+        await asyncio.wait_for(run, 10)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    await b.close()  # no pull subscription left open to stall the drain
+    assert loop.time() - t0 < 2.5
+    assert "event pull failed" not in warnings

@@ -76,6 +76,7 @@ class Subscriptions:
         self.metrics = EventMetrics(registry)
         self.events = Events(bus, source=agent_id)
         self._loops: list[asyncio.Task[None]] = []
+        self._psubs: list[JetStreamContext.PullSubscription] = []
         self._handling: set[asyncio.Task[None]] = set()
         self._stopping = False
         self.handled = 0
@@ -108,6 +109,7 @@ class Subscriptions:
             await asyncio.gather(*(_ensure_consumer(js, stream, c) for c in plan))
             for c in plan:
                 psub = await js.pull_subscribe_bind(c.name, stream=stream)
+                self._psubs.append(psub)
                 self._loops.append(asyncio.create_task(self._pull(route, c, psub)))
             logger.info("subscribed", pattern=route.pattern, mode=route.mode, name=route.name)
 
@@ -117,6 +119,9 @@ class Subscriptions:
         for t in self._loops:
             t.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
+        for psub in self._psubs:  # one left open would stall the connection's drain
+            with contextlib.suppress(Exception):
+                await psub.unsubscribe()
         if self._handling:
             _, late = await asyncio.wait(self._handling, timeout=grace_s)
             for t in late:
@@ -135,7 +140,7 @@ class Subscriptions:
                 continue
             try:
                 msgs = await psub.fetch(batch=capacity - len(mine), timeout=self.fetch_timeout_s)
-            except nats.errors.TimeoutError:
+            except TimeoutError:  # nothing to deliver (nats' TimeoutError is one too)
                 continue
             except Exception as exc:  # consumer or stream gone, connection trouble
                 logger.warning("event pull failed", consumer=consumer.name, error=repr(exc))
