@@ -41,7 +41,6 @@ class Listeners:
             "AGENTBUS_PREFIX": self.prefix,
             "AGENTBUS_AGENT_ID": agent_id,
             "AGENTBUS_AGENT_LEASE_S": "2",
-            "AGENTBUS_AGENT_FETCH_TIMEOUT_S": "1",
             "AGENTBUS_AGENT_HEARTBEAT_S": "0.5",
             "AGENTBUS_AGENT_STOP_GRACE_S": "2",
             "EV_OUT": str(self.out),

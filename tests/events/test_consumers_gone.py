@@ -21,7 +21,7 @@ pytestmark = pytest.mark.nats
 def listener(seen: list[Any]) -> Agent:
     a = Agent(
         "gone",
-        settings=AgentSettings(agent_id="gone-0", deployment="gone", fetch_timeout_s=0.5),
+        settings=AgentSettings(agent_id="gone-0", deployment="gone", events_pull_s=0.5),
     )
 
     @a.on_event("news.>")
@@ -90,7 +90,7 @@ async def test_an_event_still_running_at_stop_is_returned_within_the_grace(bus: 
 
     def replica(agent_id: str, hang: bool) -> Agent:
         settings = AgentSettings(
-            agent_id=agent_id, deployment="slow", stop_grace_s=0.5, fetch_timeout_s=0.5
+            agent_id=agent_id, deployment="slow", stop_grace_s=0.5, events_pull_s=0.5
         )
         a = Agent("slow", settings=settings)
 

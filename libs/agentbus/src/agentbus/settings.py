@@ -89,6 +89,10 @@ class AgentSettings(BaseSettings):
     report and one record write less per task). 0: always report it."""
     fetch_timeout_s: PositiveFloat = 2.0
     """How long to wait for the answer to one (no-wait) pull request."""
+    events_pull_s: PositiveFloat = 10.0
+    """How long one pull request of an event subscription waits for events before it is
+    sent again (one per consumer: nine per subscription). An event arriving meanwhile
+    is delivered at once; longer means fewer idle requests on the server."""
     rescan_s: PositiveFloat = 1.0
     """An idle agent pulls every band at least this often, even without a ready notice
     (redeliveries after a nak delay or a lapsed lease come without one)."""

@@ -98,7 +98,7 @@ class EventHandlers:
             agent_id=agent_id,
             deployment=settings.deployment or name,
             ack_wait_s=settings.lease_s,
-            fetch_timeout_s=settings.fetch_timeout_s,
+            fetch_timeout_s=settings.events_pull_s,
             on_bad=on_bad,
             registry=registry,
         )
