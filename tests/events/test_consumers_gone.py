@@ -149,3 +149,34 @@ async def test_an_idle_subscription_is_quiet_and_stops_at_once(
     await b.close()  # no pull subscription left open to stall the drain
     assert loop.time() - t0 < 2.5
     assert "event pull failed" not in warnings
+
+
+@pytest.mark.timeout(60)
+async def test_an_event_reaches_an_idle_subscription_before_its_pull_expires(bus: Bus) -> None:
+    seen: list[Any] = []
+    a = Agent("idle", settings=AgentSettings(agent_id="idle-0", events_pull_s=20))
+
+    @a.on_event("idle.>")
+    async def on_idle(ctx: EventContext, payload: Any) -> None:
+        seen.append(payload)
+
+    stop = asyncio.Event()
+    run = asyncio.create_task(a.run(bus, stop))
+    loop = asyncio.get_running_loop()
+    try:
+        await eventually(lambda: _true(_bound(a)), what="subscribed")
+        await asyncio.sleep(1.0)  # every pull is now a waiting one
+        waits_s = []
+        for n, key in enumerate((None, "k", None)):  # keyless (batch pull), keyed, keyless
+            t0 = loop.time()
+            await publish_event(bus, "idle.x", n, key=key)
+
+            async def handled(n: int = n) -> bool:
+                return n in seen
+
+            await eventually(handled, timeout_s=30, every_s=0.01)
+            waits_s.append(loop.time() - t0)
+    finally:
+        stop.set()
+        await asyncio.wait_for(run, 10)
+    assert max(waits_s) < 10, waits_s  # not held until the 20 s pull expires
