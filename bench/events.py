@@ -45,6 +45,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, S
 
 from agentbus.bus import Bus
 from agentbus.events import publish_event
+from agentbus.messages import SubscriptionMode
 from agentbus.runtime import Agent
 from agentbus.settings import AgentSettings, BusSettings
 from bench.common import Report, console, percentile, versions
@@ -188,7 +189,7 @@ def agentbus_publisher(bus: Bus) -> Publish:
 
 @asynccontextmanager
 async def event_agents(
-    settings: BusSettings, waiters: Waiters, count: int, mode: str
+    settings: BusSettings, waiters: Waiters, count: int, mode: SubscriptionMode
 ) -> AsyncIterator[None]:
     """``count`` agents with ``@agent.on_event("bench.>", mode=mode)``, on one connection.
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import pkgutil
 import subprocess
 import sys
 
@@ -13,7 +14,7 @@ import pytest
 import agentbus
 import agentbus.messages
 
-_MESSAGE_MODULES = "checkpoint common control events fleet registry services tasks traces".split()
+_MESSAGE_MODULES = sorted(m.name for m in pkgutil.iter_modules(agentbus.messages.__path__))
 _HEAVY = ("litestar", "aiodocker", "langgraph", "prometheus_client", "nats")
 
 

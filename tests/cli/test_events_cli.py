@@ -50,7 +50,7 @@ def test_publish_stores_the_event_once_per_id(bus_settings: BusSettings) -> None
     code, out, err = invoke(bus_settings, *args, "--id", "ev-7", "--json")
     assert code == 0, err
     first = msgspec.json.decode(out)
-    assert first == {"seq": 1, "duplicate": False, "event_id": "ev-7"}
+    assert first == {"topic": first["topic"], "seq": 1, "duplicate": False, "event_id": "ev-7"}
     code, out, err = invoke(bus_settings, *args, "--id", "ev-7")
     assert code == 0, err
     assert "seq 1 (duplicate" in out

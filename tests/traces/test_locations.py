@@ -7,7 +7,7 @@ import re
 import pytest
 
 from agentbus.errors import ContractError
-from agentbus.names import LOCATION_MAX_BYTES, decode_location, encode_location
+from agentbus.traces.locations import LOCATION_MAX_BYTES, decode_location, encode_location
 
 LOCATIONS = [
     "src/app.py",

@@ -13,8 +13,8 @@ import pytest
 from agentbus.bus import Bus
 from agentbus.errors import ConflictError, ContractError
 from agentbus.messages import TraceKind
-from agentbus.names import encode_location
 from agentbus.traces import TraceChange, Traces
+from agentbus.traces.locations import encode_location
 from tests._harness.polling import eventually
 
 pytestmark = pytest.mark.timeout(90)

@@ -6,6 +6,7 @@ The public surface, importable from the package itself::
 
 - ``Agent``, ``TaskContext``: the agent runtime (handlers, leases, heartbeats);
 - ``MessageContext``: what a message or ask handler gets (``agentbus.messaging``);
+- ``EventContext``: what an event handler (``@agent.on_event``) gets;
 - ``Client``: submit tasks and wait for them, from any process;
 - ``Bus``: the NATS connection every part shares; ``Names`` derives every subject,
   stream and bucket name from a prefix;
@@ -28,6 +29,7 @@ _EXPORTS: dict[str, str] = {
     "Agent": "agentbus.runtime",
     "TaskContext": "agentbus.runtime.context",
     "MessageContext": "agentbus.messaging",
+    "EventContext": "agentbus.events",
     "Client": "agentbus.client",
     "Bus": "agentbus.bus",
     "Names": "agentbus.names",
@@ -54,6 +56,7 @@ __all__ = [
     "Client",
     "ConflictError",
     "ContractError",
+    "EventContext",
     "FatalTaskError",
     "MessageContext",
     "Names",
@@ -82,6 +85,7 @@ if TYPE_CHECKING:
         TaskTimeoutError,
         UnavailableError,
     )
+    from agentbus.events import EventContext
     from agentbus.messaging import MessageContext
     from agentbus.names import Names
     from agentbus.runtime import Agent

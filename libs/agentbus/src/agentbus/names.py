@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from agentbus import _topic_names
 from agentbus.errors import ContractError
 from agentbus.messages.common import TASK_ID_PATTERN
 
@@ -17,6 +18,15 @@ _PREFIX_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 _TOKEN_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 BANDS = 10
 """Priority bands per capability: a task's ``priority`` 0 (default, lowest) .. 9."""
+# Topics of agent events (``agentbus._topic_names``, re-exported here).
+TOPIC_PARTITIONS = _topic_names.TOPIC_PARTITIONS
+TOPIC_RE = _topic_names.TOPIC_RE
+TOPIC_MAX_TOKENS = _topic_names.TOPIC_MAX_TOKENS
+TOPIC_PARTS = _topic_names.TOPIC_PARTS
+check_topic = _topic_names.check_topic
+check_topic_pattern = _topic_names.check_topic_pattern
+fnv1a_32 = _topic_names.fnv1a_32
+topic_part = _topic_names.topic_part
 
 
 def check_token(kind: str, value: str) -> str:
@@ -52,36 +62,6 @@ def check_task_id(value: str, kind: str = "task id") -> str:
         shown = value if len(value) <= 80 else f"{value[:80]}... ({len(value)} characters)"
         raise ContractError(f"{kind} {shown!r} is not valid: use 1-128 characters of [A-Za-z0-9_-]")
     return value
-
-
-TOPIC_PARTITIONS = 8
-"""Partitions of keyed events (a contract constant: other languages compute the same)."""
-TOPIC_RE = re.compile(r"^[a-z0-9_-]+(\.[a-z0-9_-]+){0,7}$")
-_PATTERN_RE = re.compile(r"^(\*|[a-z0-9_-]+)(\.(\*|[a-z0-9_-]+)){0,7}(\.>)?$|^>$")
-
-
-def fnv1a_32(data: bytes) -> int:
-    """The 32-bit FNV-1a hash of ``data``."""
-    h = 0x811C9DC5
-    for byte in data:
-        h = ((h ^ byte) * 0x01000193) & 0xFFFFFFFF
-    return h
-
-
-def check_topic(topic: str, *, pattern: bool = False) -> str:
-    """1-8 dot-separated `[a-z0-9_-]+` (pattern: also `*`, a last `>`), else ContractError."""
-    ok = _PATTERN_RE.match(topic) and topic.count(".") < 8 if pattern else TOPIC_RE.match(topic)
-    if not ok:
-        kind, extra = ("topic pattern", " or *, the last may be >") if pattern else ("topic", "")
-        raise ContractError(
-            f"{kind} {topic[:80]!r} is not valid: use 1-8 dot-separated tokens of [a-z0-9_-]{extra}"
-        )
-    return topic
-
-
-def check_topic_pattern(pattern: str) -> str:
-    """``check_topic(pattern, pattern=True)``: a subscription pattern (``review.>``)."""
-    return check_topic(pattern, pattern=True)
 
 
 def replica_agent_id(deployment: str, replica: int) -> str:
@@ -139,10 +119,25 @@ class Names:
 
     @property
     def topics_stream(self) -> str:
-        """Limits stream of agent events (``agentbus.events``), subjects ``<p>.topics.>``."""
+        """Limits stream of agent events on topics, subjects ``<p>.topics.>``."""
         return f"{self.prefix.upper()}_TOPICS"
 
     # -- subjects -----------------------------------------------------------------
+    def topic_subject(self, topic: str, key: str | None = None) -> str:
+        """Subject an event on ``topic`` is published on: ``<p>.topics.<topic>.<part>``.
+
+        ``<part>`` is ``topic_part(key)``: ``_`` without key, ``k<N>`` with one.
+        """
+        return f"{self.prefix}.topics.{topic}.{topic_part(key)}"
+
+    def topic_filters(self, pattern: str, part: str | None = None) -> list[str]:
+        """Filter subjects of subscription ``pattern`` (``agentbus._topic_names.topic_filters``)."""
+        return _topic_names.topic_filters(self.prefix, pattern, part)
+
+    def topics_all(self) -> str:
+        """Wildcard over every topic subject."""
+        return f"{self.prefix}.topics.>"
+
     def task_subject(self, capability: str, band: int = 0) -> str:
         """Subject a task for ``capability`` with priority ``band`` is published on.
 
@@ -209,18 +204,6 @@ class Names:
     def events_all(self, entity: str | None = None) -> str:
         """Wildcard over every event subject, or those of one ``entity``."""
         return f"{self.prefix}.events.{entity}.>" if entity else f"{self.prefix}.events.>"
-
-    def topic_subject(self, topic: str, key: str | None = None) -> str:
-        """``<p>.topics.<topic>.<part>``: part ``_`` without key, else ``k<fnv1a_32(key) % 8>``."""
-        part = "_" if key is None else f"k{fnv1a_32(key.encode()) % TOPIC_PARTITIONS}"
-        return f"{self.prefix}.topics.{topic}.{part}"
-
-    def topic_filter(self, pattern: str) -> str:
-        """Filter of a subscription pattern: ``<p>.topics.<pattern>[.*]`` (``.*`` unless ``>``).
-
-        ``topic_filter(">")`` is every subject of ``<P>_TOPICS``.
-        """
-        return f"{self.prefix}.topics.{pattern}" + ("" if pattern.endswith(">") else ".*")
 
     def logs_all(self) -> str:
         """Wildcard over every log subject."""
@@ -363,9 +346,9 @@ class Names:
         return f"{self.prefix}.{service}.{verb}"
 
 
-# -- escaped key tokens and trace locations ------------------------------------------
-LOCATION_MAX_BYTES = 1024
-_TOKEN_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+# -- escaped key tokens ------------------------------------------
+TOKEN_SAFE_BYTES = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+"""Bytes ``escape_token`` keeps as they are."""
 
 
 def escape_token(value: str) -> str:
@@ -374,59 +357,4 @@ def escape_token(value: str) -> str:
     UTF-8 bytes in ``[A-Za-z0-9_-]`` stay, every other byte becomes ``=HH`` (upper-case
     hex): ``a.b c`` is ``a=2Eb=20c``. The empty string stays empty.
     """
-    return "".join(chr(b) if b in _TOKEN_SAFE else f"={b:02X}" for b in value.encode())
-
-
-def encode_location(location: str) -> str:
-    """Encode any location string as dot-separated subject/KV-key tokens, reversibly.
-
-    The location is split on ``/``; each segment becomes one token (``escape_token``:
-    UTF-8 bytes in ``[A-Za-z0-9_-]`` stay, every other byte becomes ``=XX``, upper-case
-    hex), and an empty segment becomes ``=``. So ``src/a b.py`` is ``src.a=20b=2Epy``
-    and a prefix of whole segments is a prefix of tokens
-    (``<p>.traces.<kind>.*.src.>`` selects ``src/...``). The tokens are valid NATS
-    subject tokens and KV key parts.
-
-    Raises:
-        ContractError: ``location`` is empty or longer than ``LOCATION_MAX_BYTES`` in UTF-8.
-    """
-    raw = location.encode("utf-8")
-    if not raw or len(raw) > LOCATION_MAX_BYTES:
-        raise ContractError(
-            f"a trace location must be 1-{LOCATION_MAX_BYTES} bytes of UTF-8, got {len(raw)}"
-        )
-    return ".".join(escape_token(segment) or "=" for segment in location.split("/"))
-
-
-def decode_location(key: str) -> str:
-    """The location ``encode_location`` turned into ``key``.
-
-    Raises:
-        ContractError: ``key`` is not an encoded location.
-    """
-    segments = []
-    for token in key.split("."):
-        if token == "=":
-            segments.append(b"")
-            continue
-        out, i = bytearray(), 0
-        while i < len(token):
-            c = token[i]
-            if c == "=":
-                hex_ = token[i + 1 : i + 3]
-                if len(hex_) != 2 or any(h not in "0123456789ABCDEF" for h in hex_):
-                    raise ContractError(f"bad escape in location key {key!r}")
-                out.append(int(hex_, 16))
-                i += 3
-            elif ord(c) in _TOKEN_SAFE:
-                out.append(ord(c))
-                i += 1
-            else:
-                raise ContractError(f"character {c!r} cannot appear in location key {key!r}")
-        if not out:
-            raise ContractError(f"empty token in location key {key!r}")
-        segments.append(bytes(out))
-    try:
-        return b"/".join(segments).decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ContractError(f"location key {key!r} is not UTF-8: {exc}") from None
+    return "".join(chr(b) if b in TOKEN_SAFE_BYTES else f"={b:02X}" for b in value.encode())

@@ -47,7 +47,8 @@ class BusSettings(BaseSettings):
     logs_max_bytes: NonNegativeInt = 256 * 1024**2
     """Container output kept at most, in bytes: the oldest lines go first."""
     topics_max_age_s: NonNegativeFloat = 7 * 24 * 3600.0
-    """Agent events (``<P>_TOPICS``, ``agentbus.events``) kept this long."""
+    """Agent events on topics (``<P>_TOPICS``) kept this long: how far back a
+    subscription can replay."""
     topics_max_bytes: NonNegativeInt = 1024**3
     """Agent events kept at most, in bytes: the oldest go first."""
     results_max_age_s: NonNegativeFloat = 7 * 24 * 3600.0
@@ -96,6 +97,10 @@ class AgentSettings(BaseSettings):
     report and one record write less per task). 0: always report it."""
     fetch_timeout_s: PositiveFloat = 2.0
     """How long to wait for the answer to one (no-wait) pull request."""
+    events_pull_s: PositiveFloat = 10.0
+    """How long one pull request of an event subscription waits for events before it is
+    sent again (one per consumer: nine per subscription). An event arriving meanwhile
+    is delivered at once; longer means fewer idle requests on the server."""
     rescan_s: PositiveFloat = 1.0
     """An idle agent pulls every band at least this often, even without a ready notice
     (redeliveries after a nak delay or a lapsed lease come without one)."""

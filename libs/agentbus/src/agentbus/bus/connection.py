@@ -208,6 +208,18 @@ class Bus:
         )
         await self._ensure_stream(
             StreamConfig(
+                name=n.topics_stream,
+                subjects=[n.topics_all()],
+                retention=RetentionPolicy.LIMITS,
+                storage=StorageType.FILE,
+                duplicate_window=120.0,
+                max_age=s.topics_max_age_s,
+                max_bytes=s.topics_max_bytes or -1,
+                discard=DiscardPolicy.OLD,
+            )
+        )
+        await self._ensure_stream(
+            StreamConfig(
                 name=n.logs_stream,
                 subjects=[n.logs_all()],
                 retention=RetentionPolicy.LIMITS,
@@ -232,18 +244,6 @@ class Bus:
                 discard=DiscardPolicy.NEW,
                 allow_msg_ttl=True,
                 allow_direct=True,
-            )
-        )
-        await self._ensure_stream(
-            StreamConfig(
-                name=n.topics_stream,
-                subjects=[n.topic_filter(">")],
-                retention=RetentionPolicy.LIMITS,
-                storage=StorageType.FILE,
-                duplicate_window=120.0,
-                max_age=s.topics_max_age_s,
-                max_bytes=s.topics_max_bytes or -1,
-                discard=DiscardPolicy.OLD,
             )
         )
         # Task records are republished once stored, for waiters (Client.wait): a core

@@ -28,8 +28,9 @@ from agentbus.client import Client
 from agentbus.errors import ContractError
 from agentbus.events.consumers import TopicConsumer, topic_consumers
 from agentbus.events.tail import Start, StoredEvent, tail_events
-from agentbus.events.topics import PublishedEvent, check_event_key, publish_event
+from agentbus.events.topics import check_key, publish_event
 from agentbus.fleet.logs import since_time
+from agentbus.messages import EventReceipt
 from agentbus.names import check_topic, check_topic_pattern
 
 SOURCE = "agentbus-cli"
@@ -66,7 +67,7 @@ def publish(
     """Publish JSON as an event on TOPIC; print its stream sequence."""
     _checked(check_topic, topic)
     if key is not None:
-        _checked(check_event_key, key)
+        _checked(check_key, key)
     if event_id is not None:
         task_id(event_id, "event id")
     try:
@@ -74,14 +75,14 @@ def publish(
     except msgspec.DecodeError as exc:
         raise fail(f"JSON is not valid JSON: {exc}", 2) from None
 
-    async def go(client: Client) -> PublishedEvent:
+    async def go(client: Client) -> EventReceipt:
         return await publish_event(
             client.bus, topic, payload, key=key, event_id=event_id, source=SOURCE
         )
 
     sent = run(with_client(nats_url, prefix, go))
     if json_:
-        print_json(msgspec.json.encode(sent._asdict()))
+        print_json(msgspec.json.encode(msgspec.structs.asdict(sent)))
         return
     note = " (duplicate: stored before)" if sent.duplicate else ""
     console.print(f"event {sent.event_id} on {topic}: seq {sent.seq}{note}", highlight=False)

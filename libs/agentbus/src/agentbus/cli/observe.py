@@ -35,9 +35,11 @@ from agentbus.cli.connect import resolve_settings
 from agentbus.client import Client
 from agentbus.embedded import ping_services
 from agentbus.errors import NotFoundError
+from agentbus.events.view import SubscriptionView, subscription_views
 from agentbus.fleet.logs import read_logs, since_time
-from agentbus.fleet.view import ReplicaView, fleet_view, node_views
+from agentbus.fleet.view import FleetView, ReplicaView, fleet_view, node_views
 from agentbus.messages import LogLine, utcnow
+from agentbus.names import replica_agent_id_pattern
 from agentbus.units import format_duration_s, format_size_bytes
 
 _STATE_STYLE = {
@@ -61,14 +63,34 @@ _IDS = frozenset({"node", "agent", "replica"})
 @app.command()
 def ps(
     name: Annotated[str | None, typer.Argument(help="Only this deployment.")] = None,
+    subscriptions: Annotated[
+        bool,
+        typer.Option("--subscriptions", "-s", help="List event subscriptions, not replicas."),
+    ] = False,
     json_out: JsonFlag = False,
     nats_url: NatsUrl = None,
     prefix: Prefix = None,
 ) -> None:
-    """List replicas: node, state (crash-loop too), restarts, uptime, last exit."""
+    """List replicas: node, state (crash-loop too), restarts, uptime, last exit.
+
+    Then the event subscriptions (who listens to what); ``--subscriptions`` lists only
+    those (with ``--json``: as JSON).
+    """
     if name is not None:
         token("deployment name", name)
-    view = run(with_client(nats_url, prefix, lambda c: fleet_view(c, name)))
+
+    async def gather(c: Client) -> tuple[FleetView | None, list[SubscriptionView]]:
+        view = None if subscriptions else await fleet_view(c, name)
+        subs = await subscription_views(c)
+        return view, [s for s in subs if name is None or _owned_by(s, name)]
+
+    view, subs = run(with_client(nats_url, prefix, gather))
+    if view is None:
+        if json_out:
+            print_json(msgspec.json.encode(subs))
+        else:
+            print_subscriptions(subs)
+        return
     if json_out:
         print_json(msgspec.json.encode(view.replicas))
         return
@@ -96,6 +118,33 @@ def ps(
     console.print(table)
     for node in view.unreachable:
         console.print(f"[yellow]node {node} does not answer its status request[/yellow]")
+    if subs:
+        print_subscriptions(subs)
+
+
+def _owned_by(s: SubscriptionView, deployment: str) -> bool:
+    return s.owner == deployment or bool(replica_agent_id_pattern(deployment).fullmatch(s.owner))
+
+
+def print_subscriptions(subs: list[SubscriptionView]) -> None:
+    """Print event subscriptions as a table (``agentbus ps``)."""
+    table = Table(title=f"{len(subs)} event subscriptions")
+    for col in ("owner", "pattern", "mode", "name", "start", "consumers", "pending", "in flight"):
+        numeric = col in ("consumers", "pending", "in flight")
+        table.add_column(col, justify="right" if numeric else "left", no_wrap=col == "owner")
+    for s in subs:
+        owner = s.owner + ("" if s.declared else " [dim](undeclared)[/dim]")
+        table.add_row(
+            owner,
+            escape(s.pattern),
+            s.mode,
+            s.name or "-",
+            s.start,
+            str(s.consumers),
+            str(s.pending),
+            str(s.in_flight),
+        )
+    console.print(table)
 
 
 def _uptime(r: ReplicaView) -> str:

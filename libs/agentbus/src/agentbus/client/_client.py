@@ -13,7 +13,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
@@ -43,6 +43,9 @@ from agentbus.messages import (
 from agentbus.messaging.sending import Messaging
 from agentbus.names import check_task_id, check_token
 from agentbus.settings import BusSettings
+
+if TYPE_CHECKING:
+    from agentbus.events import Events
 
 T = TypeVar("T")
 S = TypeVar("S", bound=msgspec.Struct)
@@ -74,6 +77,13 @@ class Client(FleetCalls, Messaging):
     async def close(self) -> None:
         """Close the underlying connection."""
         await self.bus.close()
+
+    @property
+    def events(self) -> Events:
+        """Publish events on topics (``agentbus.events``), as this connection's name."""
+        from agentbus.events import Events
+
+        return Events(self.bus, source=self.bus.nc.options.get("name") or "client")
 
     # -- submit -------------------------------------------------------------------
     async def build_task(

@@ -1,24 +1,35 @@
-"""Agent events: publish on topics of ``<P>_TOPICS``, subscribe with durable consumers.
+"""Agent events on topics: publish (``topics``) and subscribe (``subscriptions``).
 
-- ``topics``: the publish side (``publish_event``) and the event headers;
-- ``tail``: read events as they are stored (an ordered consumer, no durable state);
-- ``consumers``: the durable consumers of ``<P>_TOPICS`` (who subscribes, how far behind).
+``ctx.events.publish(topic, payload, key=)`` stores an event on ``<P>_TOPICS``;
+``@agent.on_event(pattern, mode=)`` handles them. The wire layout is in
+``docs/protocol.md`` ("Events between agents"), the design in ``docs/architecture.md``.
 """
 
-from agentbus.events.topics import (
-    EVENT_KEY_HEADER,
-    EVENT_TYPE_HEADER,
-    MSG_ID_HEADER,
-    SOURCE_HEADER,
-    PublishedEvent,
-    publish_event,
+from agentbus.events.handlers import EventHandlers
+from agentbus.events.routes import (
+    EventContext,
+    EventHandler,
+    EventRoute,
+    Start,
+    consumer_plan,
+    event_route,
+    parse_start,
 )
+from agentbus.events.subscriptions import Subscriptions, topic_of
+from agentbus.events.topics import Events, check_key, publish_event
 
 __all__ = [
-    "EVENT_KEY_HEADER",
-    "EVENT_TYPE_HEADER",
-    "MSG_ID_HEADER",
-    "SOURCE_HEADER",
-    "PublishedEvent",
+    "EventContext",
+    "EventHandler",
+    "EventHandlers",
+    "EventRoute",
+    "Events",
+    "Start",
+    "Subscriptions",
+    "check_key",
+    "consumer_plan",
+    "event_route",
+    "parse_start",
     "publish_event",
+    "topic_of",
 ]

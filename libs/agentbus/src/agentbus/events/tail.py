@@ -21,10 +21,10 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from agentbus.bus import Bus
 from agentbus.errors import UnavailableError
 from agentbus.events.topics import (
-    EVENT_KEY_HEADER,
-    EVENT_TYPE_HEADER,
+    KEY_HEADER,
     MSG_ID_HEADER,
     SOURCE_HEADER,
+    TYPE_HEADER,
 )
 from agentbus.names import Names, check_topic_pattern
 
@@ -67,9 +67,9 @@ def stored_event(msg: Msg, names: Names) -> StoredEvent:
     return StoredEvent(
         seq=meta.sequence.stream,
         topic=topic_of(msg.subject, names),
-        key=headers.get(EVENT_KEY_HEADER),
+        key=headers.get(KEY_HEADER),
         event_id=headers.get(MSG_ID_HEADER, ""),
-        type=headers.get(EVENT_TYPE_HEADER, ""),
+        type=headers.get(TYPE_HEADER, ""),
         source=headers.get(SOURCE_HEADER, ""),
         published_at=meta.timestamp,
         payload=payload,
@@ -100,8 +100,15 @@ async def tail_events(
     elif isinstance(start, datetime):
         config.deliver_policy, config.opt_start_time = DeliverPolicy.BY_START_TIME, start
     try:
+        # One server-side filter: ``<p>.topics.<pattern>`` for a pattern ending in ``>``
+        # (which also matches the partition token), else the pattern's one filter.
+        subject = (
+            f"{names.prefix}.topics.{pattern}"
+            if pattern.endswith(">")
+            else names.topic_filters(pattern)[0]
+        )
         sub = await bus.js.subscribe(
-            names.topic_filter(pattern),
+            subject,
             stream=names.topics_stream,
             ordered_consumer=True,
             config=config,

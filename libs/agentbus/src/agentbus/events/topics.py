@@ -1,21 +1,21 @@
-"""The publish side of agent events: one JetStream publish per event on ``<P>_TOPICS``.
+"""Publishing agent events on topics: ``publish_event`` and ``Events``.
 
-An event on ``topic`` goes to ``Names.topic_subject(topic, key)``
-(``<p>.topics.<topic>.<_|k<N>>``) with the headers
+An event is the publisher's payload (a msgspec Struct or any msgspec-encodable
+value) encoded as JSON, stored on the Limits stream ``<P>_TOPICS`` under
+``<p>.topics.<topic>.<part>`` (``Names.topic_subject``: ``_`` without key, ``k<N>``,
+``N = fnv1a_32(key) % 8``, with one), with its metadata in headers:
 
-- ``Nats-Msg-Id: <event_id>`` (default a uuid4 hex): a retried publish with the same
-  id within the stream's duplicate window (2 min) is stored once;
-- ``Agentbus-Event-Type: <payload type name>`` (``Document``, ``dict``, ...);
-- ``Agentbus-Event-Key: <key>`` (absent without key);
-- ``Agentbus-Source: <agent id or client name>``;
-
-and the payload as msgspec JSON for body, so ``nats stream view <P>_TOPICS`` shows it.
+- ``Nats-Msg-Id``: the event id (a uuid4 hex by default); a retried publish with the
+  same id within the stream's duplicate window (2 min) is stored once;
+- ``Agentbus-Event-Type``: the payload's type name (the Struct's class name);
+- ``Agentbus-Event-Key``: the key, absent without one;
+- ``Agentbus-Source``: the publishing agent's id or client's name.
 """
 
 from __future__ import annotations
 
 import uuid
-from typing import Any, NamedTuple
+from typing import Any
 
 import msgspec
 import nats.errors
@@ -23,50 +23,39 @@ import nats.js.errors
 
 from agentbus.bus import Bus
 from agentbus.errors import ContractError, RequestTimeoutError, UnavailableError
-from agentbus.messages import encode
+from agentbus.messages import EventReceipt
 from agentbus.names import check_task_id, check_topic
 
 MSG_ID_HEADER = "Nats-Msg-Id"
-EVENT_TYPE_HEADER = "Agentbus-Event-Type"
-EVENT_KEY_HEADER = "Agentbus-Event-Key"
+TYPE_HEADER = "Agentbus-Event-Type"
+KEY_HEADER = "Agentbus-Event-Key"
 SOURCE_HEADER = "Agentbus-Source"
-KEY_MAX_CHARS = 256
-"""Longest event key (any characters but control characters: it travels in a header)."""
+KEY_MAX_BYTES = 1024
+"""Longest event key, in bytes of UTF-8."""
+
+_encoder = msgspec.json.Encoder()
 
 
-class PublishedEvent(NamedTuple):
-    """What the stream answered to a publish.
-
-    Attributes:
-        seq: stream sequence of the event in ``<P>_TOPICS``.
-        duplicate: True when an event with this id was stored already (``seq`` is its).
-        event_id: the event's id (``Nats-Msg-Id``).
-    """
-
-    seq: int
-    duplicate: bool
-    event_id: str
-
-
-def check_event_key(key: str) -> str:
-    """Validate an event key: 1-256 characters without control characters.
+def check_key(key: str) -> str:
+    """Validate an event key: 1-1024 bytes of UTF-8, no line breaks (it is a header).
 
     Raises:
-        ContractError: the key is empty, too long or holds a control character.
+        ContractError: the key is empty, too long or holds a CR or LF.
     """
-    if not key or len(key) > KEY_MAX_CHARS or any(ord(c) < 32 or ord(c) == 127 for c in key):
+    size = len(key.encode())
+    if not 1 <= size <= KEY_MAX_BYTES or "\r" in key or "\n" in key:
         raise ContractError(
-            f"event key must be 1-{KEY_MAX_CHARS} characters without control characters, "
-            f"got {key[:80]!r}"
+            f"event key must be 1-{KEY_MAX_BYTES} bytes of UTF-8 without line breaks, "
+            f"got {size} bytes"
         )
     return key
 
 
 def event_headers(payload: Any, *, event_id: str, key: str | None, source: str) -> dict[str, str]:
-    """The headers of one event (see the module docstring)."""
-    headers = {MSG_ID_HEADER: event_id, EVENT_TYPE_HEADER: type(payload).__name__}
+    """The headers of an event (see the module docstring)."""
+    headers = {MSG_ID_HEADER: event_id, TYPE_HEADER: type(payload).__name__}
     if key is not None:
-        headers[EVENT_KEY_HEADER] = key
+        headers[KEY_HEADER] = key
     if source:
         headers[SOURCE_HEADER] = source
     return headers
@@ -80,44 +69,66 @@ async def publish_event(
     key: str | None = None,
     event_id: str | None = None,
     source: str = "",
-) -> PublishedEvent:
-    """Publish ``payload`` (a msgspec Struct or any msgspec-encodable value) on ``topic``.
+) -> EventReceipt:
+    """Store ``payload`` as an event on ``topic``; the receipt names its stream sequence.
 
-    Args:
-        bus: a connected bus whose ``ensure()`` made ``<P>_TOPICS``.
-        topic: 1-8 dot-separated tokens of ``[a-z0-9_-]`` (``names.check_topic``).
-        payload: the event body, sent as msgspec JSON.
-        key: orders events: those with one key are handled one at a time, in order.
-        event_id: idempotency id (1-128 of ``[A-Za-z0-9_-]``); default a uuid4 hex.
-        source: the publisher (agent id or client name), sent as ``Agentbus-Source``.
-
-    Returns:
-        ``PublishedEvent(seq, duplicate, event_id)``.
+    ``key`` selects the partition (events of one key are handled in publish order by
+    each subscription); ``event_id`` (1-128 characters of ``[A-Za-z0-9_-]``, default a
+    uuid4 hex) makes a retried publish idempotent: the second is not stored again and
+    the receipt says ``duplicate`` with the first one's sequence.
 
     Raises:
-        ContractError: a bad topic, key or event id, or a payload msgspec cannot encode.
-        UnavailableError: no ``<P>_TOPICS`` stream (nobody ran ``Bus.ensure()``), or the
-            stream refused the event.
-        RequestTimeoutError: no ack within the bus request timeout.
+        ContractError: bad topic, key or event id, or a payload msgspec cannot encode.
+        UnavailableError: the topics stream does not exist, or refused the event.
+        RequestTimeoutError: no stream acknowledgement in time.
     """
     check_topic(topic)
     if key is not None:
-        check_event_key(key)
-    event_id = check_task_id(event_id, "event id") if event_id is not None else uuid.uuid4().hex
+        check_key(key)
+    event_id = check_task_id(event_id, "event id") if event_id else uuid.uuid4().hex
     try:
-        body = encode(payload)
+        data = _encoder.encode(payload)
     except (TypeError, msgspec.EncodeError) as exc:
-        raise ContractError(f"event payload cannot be encoded as JSON: {exc}") from exc
+        raise ContractError(f"event payload cannot be encoded: {exc}") from exc
     subject = bus.names.topic_subject(topic, key)
     headers = event_headers(payload, event_id=event_id, key=key, source=source)
-    timeout_s = bus.settings.request_timeout_s
     try:
-        ack = await bus.js.publish(subject, body, timeout=timeout_s, headers=headers)
-    except (nats.js.errors.NoStreamResponseError, nats.errors.NoRespondersError) as exc:
-        stream = bus.names.topics_stream
-        raise UnavailableError(f"no stream takes {subject!r}: is {stream} made?") from exc
+        ack = await bus.js.publish(subject, data, headers=headers)
+    except nats.errors.NoRespondersError as exc:
+        raise UnavailableError(f"no stream stores {subject!r} (run Bus.ensure)") from exc
     except nats.js.errors.APIError as exc:
-        raise UnavailableError(f"{bus.names.topics_stream} refused the event: {exc}") from exc
+        raise UnavailableError(f"stream refused the event on {subject!r}: {exc}") from exc
     except TimeoutError as exc:
-        raise RequestTimeoutError(subject, timeout_s) from exc
-    return PublishedEvent(seq=ack.seq, duplicate=bool(ack.duplicate), event_id=event_id)
+        raise RequestTimeoutError(subject, bus.settings.request_timeout_s) from exc
+    return EventReceipt(topic=topic, seq=ack.seq, event_id=event_id, duplicate=bool(ack.duplicate))
+
+
+class Events:
+    """Publish events on ``bus`` as ``source`` (``ctx.events``, ``Client.events``)."""
+
+    def __init__(self, bus: Bus, *, source: str = "") -> None:
+        self.bus = bus
+        self.source = source
+
+    async def publish(
+        self, topic: str, payload: Any, *, key: str | None = None, event_id: str | None = None
+    ) -> int:
+        """Publish ``payload`` on ``topic``; its stream sequence (``publish_event``).
+
+        Raises:
+            ContractError, UnavailableError, RequestTimeoutError: as ``publish_event``.
+        """
+        receipt = await self.receipt(topic, payload, key=key, event_id=event_id)
+        return receipt.seq
+
+    async def receipt(
+        self, topic: str, payload: Any, *, key: str | None = None, event_id: str | None = None
+    ) -> EventReceipt:
+        """Publish like ``publish``; the full receipt (event id, duplicate flag).
+
+        Raises:
+            ContractError, UnavailableError, RequestTimeoutError: as ``publish_event``.
+        """
+        return await publish_event(
+            self.bus, topic, payload, key=key, event_id=event_id, source=self.source
+        )

@@ -2,8 +2,9 @@
 
 ``check_deployment`` lists every problem of a well-typed ``Deployment`` (token names,
 image or command, backoff cap, resources within limits, environment names, node
-selector); ``validate_deployment`` raises them as one ``SpecError``. Fleet files run
-them on load (``agentbus.fleet.spec``), the scheduler on every deploy.
+selector, subscription patterns); ``validate_deployment`` raises them as one
+``SpecError``. Fleet files run them on load (``agentbus.fleet.spec``), the scheduler on
+every deploy.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import re
 
 from agentbus.errors import ContractError, SpecError, SpecIssue
 from agentbus.messages import Deployment
-from agentbus.names import check_token
+from agentbus.names import check_token, check_topic_pattern
 
 _ENV_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 RESERVED_ENV = frozenset(
@@ -69,6 +70,15 @@ def check_deployment(d: Deployment) -> list[SpecIssue]:
             bad(f"env.{key}", "is not a valid environment variable name")
         elif key in RESERVED_ENV:
             bad(f"env.{key}", "is set by the supervisor for every replica")
+    seen: set[tuple[str, str | None]] = set()
+    for i, sub in enumerate(d.subscriptions):
+        try:
+            check_topic_pattern(sub.pattern)
+        except ContractError as exc:
+            bad(f"subscriptions[{i}].pattern", str(exc))
+        if (sub.pattern, sub.name) in seen:
+            bad(f"subscriptions[{i}]", f"{sub.pattern!r} is declared twice with one name")
+        seen.add((sub.pattern, sub.name))
     for key, value in d.node_selector.items():
         if not key or not value:
             bad(f"node_selector.{key}", "label keys and values must not be empty")

@@ -30,6 +30,7 @@ import re
 import shlex
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
@@ -157,6 +158,13 @@ def _struct_type(tp: Any) -> type[msgspec.Struct] | None:
     return found[0] if len(found) == 1 else None
 
 
+def _list_struct_type(tp: Any) -> type[msgspec.Struct] | None:
+    """The Struct class ``S`` of ``list[S]``, else None."""
+    if get_origin(tp) is list and (args := get_args(tp)):
+        return _struct_type(args[0])
+    return None
+
+
 _SPEC_PATH_RE = re.compile(r"\.(\w+)|\[(\d+)\]|\[\.\.\.\]")
 
 
@@ -243,12 +251,16 @@ class _Converter:
         return ("deployments",)
 
     def struct(
-        self, cls: type[msgspec.Struct], raw: Any, at: YamlPath, spath: tuple[str, ...]
+        self, cls: type[msgspec.Struct], raw: Any, at: YamlPath, spath: tuple[str | int, ...]
     ) -> dict[str, Any] | None:
         if not isinstance(raw, dict):
             self.issue(at, f"expected a mapping, got {_kind(raw)}")
             return None
-        fields = {f.name: f for f in msgspec.structs.fields(cls) if f.name != "name"}
+        fields = {
+            f.name: f
+            for f in msgspec.structs.fields(cls)
+            if not (cls is Deployment and f.name == "name")
+        }
         out: dict[str, Any] = {}
         for key, value in raw.items():
             key = str(key)
@@ -276,11 +288,19 @@ class _Converter:
             return f"unknown field (did you mean {close[0]!r}?)"
         return f"unknown field; known: {', '.join(sorted(fields))}"
 
-    def value(self, name: str, tp: Any, value: Any, at: YamlPath, spath: tuple[str, ...]) -> Any:
+    def value(
+        self, name: str, tp: Any, value: Any, at: YamlPath, spath: tuple[str | int, ...]
+    ) -> Any:
         if value is None:
             return None
+        if (item := _list_struct_type(tp)) is not None:
+            if not isinstance(value, list):
+                raise ValueError(f"expected a list, got {_kind(value)}")
+            return [self.struct(item, v, (*at, i), (*spath, i)) for i, v in enumerate(value)]
         if (sub := _struct_type(tp)) is not None:
             return self.struct(sub, value, at, spath)
+        if name == "start":  # a subscription's start: YAML reads times and numbers itself
+            return value.isoformat() if isinstance(value, datetime) else str(value)
         if name.endswith("_s"):
             return parse_duration_s(value)
         if name.endswith("_bytes"):

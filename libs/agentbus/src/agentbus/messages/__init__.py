@@ -21,6 +21,7 @@ from agentbus.messages import messaging as _messaging
 from agentbus.messages import registry as _registry
 from agentbus.messages import services as _services
 from agentbus.messages import tasks as _tasks
+from agentbus.messages import topics as _topics
 from agentbus.messages import traces as _traces
 from agentbus.messages.checkpoint import (
     Checkpoint,
@@ -133,6 +134,7 @@ from agentbus.messages.tasks import (
     TasksReply,
     TaskStarted,
 )
+from agentbus.messages.topics import EventReceipt, Subscription, SubscriptionMode
 from agentbus.messages.traces import TraceClaim, TraceKind
 
 encoder = msgspec.json.Encoder()
@@ -152,6 +154,7 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     *_services.MESSAGES,
     *_traces.MESSAGES,
     *_messaging.MESSAGES,
+    *_topics.MESSAGES,
 )
 
 __all__ = [
@@ -189,6 +192,7 @@ __all__ = [
     "DuplicateEvent",
     "ErrorEvent",
     "ErrorInfo",
+    "EventReceipt",
     "ForkCheckpoint",
     "GetCheckpoint",
     "GetHealth",
@@ -234,6 +238,8 @@ __all__ = [
     "SubmitTask",
     "SubmitTasks",
     "SubmitTasksReply",
+    "Subscription",
+    "SubscriptionMode",
     "Task",
     "TaskEvent",
     "TaskRecord",

@@ -14,6 +14,7 @@ from agentbus.messages.common import (
     Token,
 )
 from agentbus.messages.registry import NodeInfo
+from agentbus.messages.topics import Subscription
 
 
 class Limits(Message, frozen=True, kw_only=True):
@@ -90,6 +91,8 @@ class Deployment(Message, frozen=True, kw_only=True):
     """``node``: spread replicas evenly over eligible nodes; ``none``: pack."""
     stop_grace_s: Annotated[float, msgspec.Meta(ge=0)] = 10.0
     """SIGTERM, then this long to finish or return the task, then SIGKILL."""
+    subscriptions: list[Subscription] = []
+    """Topic patterns the deployment's agents listen to (shown by ``agentbus ps``)."""
 
 
 class Deploy(Message, frozen=True, kw_only=True):

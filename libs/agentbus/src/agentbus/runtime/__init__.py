@@ -1,6 +1,7 @@
 """The agent runtime: ``Agent`` runs task handlers, ``TaskContext`` is what one gets.
 
-- ``agent``: ``Agent``: registration, heartbeats, handlers, the process entry point;
+- ``agent``: ``Agent``: registration, heartbeats, handlers, the process entry point
+  (event handlers, ``@agent.on_event``, come from ``agentbus.events.handlers``);
 - ``context``: ``TaskContext``: lease, checkpoints, traces, subtasks, hand-offs;
 - ``intake``: which band to pull, for how many free slots, on which notice;
 - ``delivery``: one delivered task's path from decode to ack;

@@ -49,6 +49,7 @@ from agentbus import __version__
 from agentbus.bus import Bus
 from agentbus.client import Client
 from agentbus.errors import ContractError
+from agentbus.events.handlers import EventHandlers
 from agentbus.log import configure_logging
 from agentbus.messages import AgentInfo, encode, utcnow
 from agentbus.messaging.context import AskHandler, MessageHandler
@@ -73,7 +74,7 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
 
-class Agent:
+class Agent(EventHandlers):
     """An agent process: a name, capabilities with handlers, and the run loop.
 
     Settings come from ``AgentSettings`` (env ``AGENTBUS_AGENT_*``), which a supervisor
@@ -90,6 +91,7 @@ class Agent:
         bus_settings: BusSettings | None = None,
         state_type: Any = None,
     ) -> None:
+        super().__init__()  # EventHandlers: @agent.on_event (agentbus.events)
         self.name = check_token("agent name", name)
         self.settings = settings or AgentSettings()
         self.bus_settings = bus_settings
@@ -225,6 +227,14 @@ class Agent:
         for cap in self.capabilities:  # band 0 first: the consumer a minimal agent uses
             await self._bind(bus, cap)
         await asyncio.gather(*(self._bind_bands(bus, cap, first=1) for cap in self.capabilities))
+        await self.start_events(
+            bus,
+            self.settings,
+            agent_id=self.agent_id,
+            name=self.name,
+            on_bad=self._poison(bus, "topics"),
+            registry=lambda: self.registry,
+        )
         cancels = self._cancels = Cancellations(bus, on_bad=self._poison(bus, "control"))
         await cancels.start()
         self._deliveries = Deliveries(
@@ -276,11 +286,14 @@ class Agent:
             logger.info("agent stopping", in_flight=len(self._in_flight))
             await self.mail.close(self.settings.stop_grace_s)
             await asyncio.gather(*loops, return_exceptions=True)
+            events_closed = self.close_events(self.settings.stop_grace_s)  # same grace, alongside
             if self._in_flight:
                 _, late = await asyncio.wait(self._in_flight, timeout=self.settings.stop_grace_s)
                 for t in late:
                     t.cancel()
                 await asyncio.gather(*late, return_exceptions=True)
+            if events_closed is not None:
+                await events_closed
             leaving.set()
             if self.durable.enabled:
                 await self.durable.save_quietly()

@@ -37,6 +37,7 @@ from agentbus.messaging.sending import Messaging
 from agentbus.state import StateThread, task_state
 
 if TYPE_CHECKING:  # imported on first use: not on an agent's start-up path
+    from agentbus.events import Events
     from agentbus.traces import Traces
 
 _IDS = uuid.UUID("5b0f4a52-8c1e-4a57-9a43-6d0d6f3c2a11")
@@ -116,6 +117,13 @@ class TaskContext(Messaging):
         from agentbus.traces import Traces
 
         return Traces.of(self.bus)
+
+    @property
+    def events(self) -> Events:
+        """Publish events on topics as this agent (``agentbus.events.Events``)."""
+        from agentbus.events import Events
+
+        return Events(self.bus, source=self.agent_id)
 
     # -- subtasks ---------------------------------------------------------------------
     async def submit(

@@ -4,6 +4,7 @@
 - ``kinds``: one counter stream per kind, its half-life, floor and forgetting time;
 - ``claims``: short exclusive claims on a location (KV with per-message TTL);
 - ``watch``: deposits as they happen;
+- ``locations``: locations as subject tokens and KV keys, reversibly;
 - ``_math``: the decay arithmetic (a rolling epoch, so deposits are plain increments).
 """
 

@@ -15,7 +15,7 @@ import msgspec
 from agentbus.errors import ContractError
 from agentbus.messages import TraceKind
 from agentbus.messages.traces import EPOCH_HALF_LIVES
-from agentbus.names import decode_location, encode_location
+from agentbus.traces.locations import decode_location, encode_location
 
 KIND_METADATA_KEY = "agentbus.trace_kind"
 """Stream metadata key holding the kind's ``TraceKind`` as JSON."""

@@ -51,11 +51,12 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 from agentbus.bus import Bus
 from agentbus.errors import ConflictError, ContractError, RequestTimeoutError, UnavailableError
 from agentbus.messages import TraceClaim, TraceKind
-from agentbus.names import check_token, encode_location
+from agentbus.names import check_token
 from agentbus.traces import _math as tm
 from agentbus.traces import claims as trace_claims
 from agentbus.traces.claims import Claim
 from agentbus.traces.kinds import list_kinds, load_or_create_kind
+from agentbus.traces.locations import encode_location
 
 __all__ = ["Claim", "TraceChange", "TraceKind", "Traces"]
 

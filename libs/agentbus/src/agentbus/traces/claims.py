@@ -20,7 +20,7 @@ import nats.js.errors
 from agentbus.bus import Bus
 from agentbus.errors import ConflictError, ContractError, RequestTimeoutError, UnavailableError
 from agentbus.messages import TraceClaim, encode, utcnow
-from agentbus.names import encode_location
+from agentbus.traces.locations import encode_location
 
 _WRONG_LAST_SEQUENCE = (10071, 10164)
 _decode_claim = msgspec.json.Decoder(TraceClaim).decode
