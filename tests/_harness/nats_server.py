@@ -12,10 +12,12 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-BASE_CONFIG = "jetstream { max_file_store: 1TB }\n"
+BASE_CONFIG = "jetstream { max_file_store: 64PB }\n"
 """Every test server's configuration. JetStream reserves a stream's ``max_bytes`` from
 ``max_file_store`` (default 75 % of the free disk) when the stream is created, and one
-test server holds a fleet per test prefix: hundreds of events/logs/results streams."""
+test server holds a fleet per test prefix: hundreds of fleets of limited streams
+(events, logs, results, topics, inbox: 3.5 GiB reserved each by default). Nothing is
+written up front, so the reservation is accounting only."""
 
 _READY = re.compile(r"Listening for client connections on ([\d.]+):(\d+)")
 

@@ -52,3 +52,9 @@ def test_every_listing_offers_json(command: list[str]) -> None:
     result = runner.invoke(app, [*command, "--help"])
     assert result.exit_code == 0
     assert "--json" in result.stdout
+
+
+def test_error_messages_keep_their_brackets() -> None:
+    result = runner.invoke(app, ["task", "not a valid id!"])
+    assert result.exit_code == 2
+    assert "[A-Za-z0-9_-]" in result.stderr

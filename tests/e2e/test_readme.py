@@ -21,7 +21,10 @@ from pathlib import Path
 
 import pytest
 
+from agentbus.bus import Bus
+from agentbus.client import Client
 from agentbus.embedded import EmbeddedStack
+from tests._harness.polling import eventually
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -81,12 +84,12 @@ async def run(argv: list[str], env: dict[str, str], cwd: Path, timeout_s: float 
 
 
 def test_readme_has_the_blocks_this_test_runs() -> None:
-    assert len(blocks("python")) == 2
+    assert len(blocks("python")) == 3
     assert len(blocks("sh")) >= 2
 
 
 async def test_python_blocks_run_as_written(stack: EmbeddedStack, tmp_path: Path) -> None:
-    agent_code, caller_code = blocks("python")
+    agent_code, caller_code, _ = blocks("python")
     (tmp_path / "summarizer.py").write_text(agent_code)
     (tmp_path / "summarize.py").write_text(caller_code)
     env = stack_env(stack, tmp_path)
@@ -129,3 +132,32 @@ async def test_shell_blocks_run_against_the_stack(docker_stack: EmbeddedStack) -
                 pytest.fail(f"README command {command!r} is neither run here nor listed")
             ran += 1
     assert ran >= 6
+
+
+async def test_events_block_runs_as_written(stack: EmbeddedStack, tmp_path: Path) -> None:
+    watcher_code = blocks("python")[2]
+    (tmp_path / "watcher.py").write_text(watcher_code)
+    watcher = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "watcher.py",
+        cwd=tmp_path,
+        env=stack_env(stack, tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    assert watcher.stdout is not None
+    bus = await Bus.connect(stack.settings)
+    try:
+
+        async def subscribed() -> bool:
+            consumers = await bus.js.consumers_info(bus.names.topics_stream)
+            return any(c.name.startswith("topic-watcher-") for c in consumers)
+
+        await eventually(subscribed, timeout_s=60, what="the watcher's subscription")
+        await Client(bus).events.publish("review.file_reviewed", {"path": "a.py"}, key="a.py")
+        line = await asyncio.wait_for(watcher.stdout.readline(), 60)
+        assert line.decode().split() == ["review.file_reviewed", "a.py", "a.py"]
+    finally:
+        await bus.close()
+        watcher.terminate()
+        await asyncio.wait_for(watcher.wait(), 30)

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import msgspec
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from agentbus.cli.connect import connect_client, resolve_settings
 from agentbus.client import Client
@@ -65,8 +66,8 @@ def _root(
 
 
 def fail(message: str, code: int) -> typer.Exit:
-    """An exit with ``code`` after printing ``message`` on stderr."""
-    err_console.print(f"[bold red]error:[/bold red] {message}", highlight=False)
+    """An exit with ``code`` after printing ``message`` on stderr (as text, not markup)."""
+    err_console.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False)
     return typer.Exit(code)
 
 
