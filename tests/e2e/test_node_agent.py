@@ -116,6 +116,7 @@ async def test_node_agent_serves_tasks(node: str, stack: EmbeddedStack, tmp_path
         await error_sub.unsubscribe()
         assert event["type"] == "ErrorEvent"
         assert event["subject"] == f"{stack.prefix}.tasks.upper"
+        assert event["service"] == f"agent:{agent_id}"
 
         async def drained() -> bool:
             ci: ConsumerInfo = await bus.js.consumer_info(
@@ -273,6 +274,7 @@ async def test_node_agent_events_interoperate_with_python(
         event = await asyncio.wait_for(errors.get(), timeout=15)
         await error_sub.unsubscribe()
         assert (event["type"], event["subject"]) == ("ErrorEvent", bad_subject)
+        assert event["service"] == f"agent:{agent_id}"  # as the Python runtime names it
 
         async def drained() -> bool:
             infos = await bus.js.consumers_info(names.topics_stream)
