@@ -3,9 +3,12 @@
 // is a JSON string, the output that string upper-cased; the input {"fail": "why"}
 // fails fatally (ErrorInfo{error_type: "ValueError", message: "why"}); the input
 // {"flaky": n, "text": "..."} fails retryably on its first n attempts, then succeeds.
+// Events between agents: after each `upper` task it publishes `text.uppercased` (key:
+// the text), and its shared subscription `notes` (pattern `notes.>`) answers each
+// note `{"text": "..."}` with an event `text.noted` carrying the text upper-cased.
 //
 //   AGENTBUS_NATS_URL=nats://127.0.0.1:4222 AGENTBUS_PREFIX=agentbus node agent.mjs
-import { AckPolicy, connect, JSONCodec, nanos } from "nats";
+import { AckPolicy, connect, DeliverPolicy, headers, JSONCodec, nanos } from "nats";
 import { createHash, randomBytes } from "node:crypto";
 import { hostname } from "node:os";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -22,6 +25,9 @@ const LEASE_MS = 1000 * Number(env.AGENTBUS_AGENT_LEASE_S || 30); // "Environmen
 const INLINE_LIMIT = 64 * 1024; // "Conventions", Large values: over 64 KiB -> Object Store
 const STOP_GRACE_MS = 1000 * Number(env.AGENTBUS_AGENT_STOP_GRACE_S || 10); // "Stopping"
 const VERSION = "0.1.0";
+const NAME = "node-upper"; // "AgentInfo": the agent program's name, the same for every replica
+const OWNER = DEPLOYMENT || NAME; // "Events between agents": shared consumers' owner
+const EVENTS_PULL_MS = 1000 * Number(env.AGENTBUS_AGENT_EVENTS_PULL_S || 10);
 
 // "Retries": an error is retryable unless it says otherwise; bad input is fatal.
 class TaskError extends Error {
@@ -35,7 +41,7 @@ class TaskError extends Error {
 // The work, by capability. A thrown error becomes a failed (or dead) TaskResult.
 const HANDLERS = {
   upper(input, { attempt }) {
-    if (typeof input === "string") return input.toUpperCase();
+    if (typeof input === "string") return input.toUpperCase(); // then `text.uppercased`
     if (input && typeof input === "object" && "fail" in input) {
       throw new TaskError("ValueError", String(input.fail));
     }
@@ -87,7 +93,7 @@ function agentInfo() {
   return {
     type: "AgentInfo",
     agent_id: AGENT_ID,
-    name: "node-upper", // "AgentInfo": the agent program's name, the same for every replica
+    name: NAME,
     capabilities: CAPABILITIES,
     started_at: startedAt,
     heartbeat_at: now(),
@@ -187,6 +193,13 @@ function settle(msg, outcome) { // ack a success, nak a retry with its delay, te
   else msg.term();
 }
 
+// "Poison input": a message that cannot be handled is termed (by the caller) and reported.
+async function reportBad(subject, reason) {
+  const event = { type: "ErrorEvent", service: `agent:${AGENT_ID}`, subject, reason, at: now() };
+  await js.publish(`${PREFIX}.events.error.agent`, jc.encode(event));
+  log(reason);
+}
+
 // -- 4. Handle one message ------------------------------------------------------------
 async function handle(cap, msg) {
   let task;
@@ -195,10 +208,7 @@ async function handle(cap, msg) {
     if (task?.type !== "Task" || typeof task.task_id !== "string") throw new Error("not a Task");
   } catch (err) {
     msg.term();
-    const reason = `undecodable task from agent ${AGENT_ID}: ${oneLine(err.message)}`;
-    const event = { type: "ErrorEvent", service: "agent", subject: msg.subject, reason, at: now() };
-    await js.publish(`${PREFIX}.events.error.agent`, jc.encode(event));
-    return log(reason);
+    return reportBad(msg.subject, `undecodable task from agent ${AGENT_ID}: ${oneLine(err.message)}`);
   }
   const { task_id } = task;
   const attempt = msg.info.redeliveryCount; // 4.2 attempt = num_delivered
@@ -220,6 +230,7 @@ async function handle(cap, msg) {
     try { // 4.5 resolve the input and run the work (under timeout_s)
       const input = await resolveInput(task);
       const output = await withTimeout(Promise.resolve().then(() => HANDLERS[cap](input, { attempt })), task.timeout_s);
+      if (cap === "upper" && typeof input === "string") await publishUppercased(task_id, input, output);
       outcome = { status: "succeeded", ...(await packOutput(task_id, output)) };
     } catch (err) {
       outcome = decide(task, attempt, err);
@@ -233,6 +244,168 @@ async function handle(cap, msg) {
     log(`task ${task_id} attempt ${attempt}: ${outcome.status}`);
   } finally {
     inFlight.delete(task_id);
+  }
+}
+
+// -- "Events between agents": publish on <p>.topics.<topic>.<part>, subscribe ---------
+const TE = new TextEncoder();
+const TOPIC_PARTITIONS = 8; // a constant of the contract
+const TOPIC_MAX_TOKENS = 8;
+const TOPIC_PARTS = ["_", ...Array.from({ length: TOPIC_PARTITIONS }, (_, n) => `k${n}`)];
+const KEYLESS_MAX_ACK_PENDING = 10000;
+function fnv1a32(bytes) { // FNV-1a, 32 bits; `>>> 0` keeps it unsigned
+  let h = 2166136261;
+  for (const b of bytes) h = Math.imul(h ^ b, 16777619) >>> 0;
+  return h;
+}
+// the partition token: `_` without key, k<N> with N = fnv1a_32(UTF-8 of the key) % 8
+const topicPart = (key) => (key === null ? "_" : `k${fnv1a32(TE.encode(key)) % TOPIC_PARTITIONS}`);
+const topicOf = (subject) => subject.split(".").slice(2, -1).join("."); // <p>.topics.<topic>.<part>
+function isEventKey(text) { // 1-1024 bytes, no CR/LF, and no edge blanks (headers trim them)
+  const size = TE.encode(text).length;
+  return size >= 1 && size <= 1024 && !/[\r\n]/.test(text) && text.trim() === text;
+}
+
+// Publish `payload` (a JSON object: type name `dict`) on `topic`; its stream sequence.
+async function publishEvent(topic, payload, { key = null, eventId }) {
+  const h = headers();
+  h.set("Nats-Msg-Id", eventId); // a publish repeated within 2 min is stored once
+  h.set("Agentbus-Event-Type", "dict");
+  if (key !== null) h.set("Agentbus-Event-Key", key);
+  h.set("Agentbus-Source", AGENT_ID);
+  const subject = `${PREFIX}.topics.${topic}.${topicPart(key)}`;
+  return (await js.publish(subject, jc.encode(payload), { headers: h })).seq;
+}
+
+// After each `upper` task: key = the text (keyless when it cannot be a key), event id =
+// the task id, so a task redelivered after the publish does not publish it twice.
+async function publishUppercased(taskId, text, output) {
+  const payload = { task_id: taskId, input: text, output };
+  await publishEvent("text.uppercased", payload, { key: isEventKey(text) ? text : null, eventId: taskId });
+}
+
+// The subscription: a note {"text": "..."} is answered by `text.noted` under the same
+// key, with an event id derived from the note's (a note handled twice answers once).
+async function onNote(note, ev) {
+  if (typeof note?.text !== "string") {
+    throw new TaskError("TypeError", `a note needs a "text" string, got ${JSON.stringify(note)}`);
+  }
+  const payload = { event_id: ev.eventId, topic: ev.topic, text: note.text.toUpperCase() };
+  await publishEvent("text.noted", payload, { key: ev.key, eventId: `noted-${sha256(ev.eventId).slice(0, 32)}` });
+}
+const SUBSCRIPTIONS = [{ pattern: "notes.>", name: "notes", maxDeliveries: 5, handler: onNote }];
+
+// One filter per partition; a final `>` is expanded so that the part stays last.
+function topicFilters(pattern, part) {
+  const tokens = pattern.split(".");
+  if (tokens.at(-1) !== ">") return [`${PREFIX}.topics.${pattern}.${part}`];
+  const head = tokens.slice(0, -1);
+  return Array.from({ length: TOPIC_MAX_TOKENS - head.length }, (_, n) =>
+    [PREFIX, "topics", ...head, ...Array(n + 1).fill("*"), part].join("."),
+  );
+}
+function topicConsumerConfig(sub, part) { // shared mode: topic-<deployment>-<name>[-k<N>]
+  const base = `topic-${OWNER}-${sub.name}`;
+  const name = part === "_" ? base : `${base}-${part}`;
+  return {
+    name,
+    durable_name: name,
+    filter_subjects: topicFilters(sub.pattern, part),
+    ack_policy: AckPolicy.Explicit,
+    ack_wait: nanos(LEASE_MS),
+    max_deliver: sub.maxDeliveries + 1, // a backstop: we term first
+    max_ack_pending: part === "_" ? KEYLESS_MAX_ACK_PENDING : 1, // the partition rule
+    deliver_policy: DeliverPolicy.New, // start `new`
+    metadata: {
+      agentbus_pattern: sub.pattern,
+      agentbus_mode: "shared",
+      agentbus_owner: OWNER,
+      agentbus_subscription: sub.name,
+      agentbus_part: part,
+    },
+  };
+}
+async function bindTopicConsumer(config) {
+  const stream = `${P}_TOPICS`;
+  try {
+    await jsm.consumers.add(stream, config);
+  } catch (err) { // it exists with another start: keep its position, update the rest
+    const current = (await jsm.consumers.info(stream, config.name)).config;
+    const { deliver_policy, opt_start_seq, opt_start_time } = current;
+    await jsm.consumers.add(stream, { ...config, deliver_policy, opt_start_seq, opt_start_time });
+  }
+  return js.consumers.get(stream, config.name);
+}
+
+// Handle one event: decode, run, ack; retry (nak with the task backoff) or term and report.
+async function handleEvent(sub, msg) {
+  const delivery = msg.info.redeliveryCount; // num_delivered
+  const topic = topicOf(msg.subject);
+  const bad = (why) => {
+    msg.term();
+    return reportBad(msg.subject, `subscription '${sub.name}': ${why}`);
+  };
+  if (delivery > sub.maxDeliveries) {
+    return bad(`event on '${topic}' delivered ${delivery} times: the handler never finished`);
+  }
+  let payload;
+  try {
+    payload = jc.decode(msg.data);
+  } catch (err) {
+    return bad(`event payload does not decode: ${oneLine(err.message)}`);
+  }
+  const h = msg.headers;
+  const ev = {
+    topic,
+    key: h?.get("Agentbus-Event-Key") || null,
+    eventId: h?.get("Nats-Msg-Id") || "",
+    source: h?.get("Agentbus-Source") || "",
+    seq: msg.seq,
+    delivery,
+  };
+  const renew = setInterval(() => msg.working(), LEASE_MS / 3);
+  try {
+    await sub.handler(payload, ev);
+  } catch (err) {
+    const retryable = err.retryable ?? true;
+    const kind = `${err.errorType || err.name}: ${oneLine(err.message)}`;
+    if (retryable && delivery < sub.maxDeliveries) {
+      msg.nak(Math.round(1000 * backoffS(null, delivery)));
+      return log(`event on '${topic}' delivery ${delivery} failed, retrying: ${kind}`);
+    }
+    const why = retryable ? `delivery ${delivery} was the last` : "not retryable";
+    return bad(`event handler failed (${why}): ${kind}`);
+  } finally {
+    clearInterval(renew);
+  }
+  msg.ack();
+}
+
+// One pull loop per consumer, one event at a time (k<N> consumers allow one anyway).
+const eventsInFlight = new Map(); // JsMsg -> its handling
+async function eventLoop(sub, part, consumer) {
+  while (!stopping) {
+    const msg = await consumer.next({ expires: EVENTS_PULL_MS }).catch(async (err) => {
+      if (!stopping) log(`event pull ${sub.name}/${part}: ${err.message}`);
+      await sleep(1000);
+      return null;
+    });
+    if (!msg) continue;
+    if (stopping) { msg.nak(); break; } // arrived after SIGTERM: let a peer take it
+    const handling = handleEvent(sub, msg).catch((err) => {
+      log(`event handling failed, left for redelivery: ${err.message}`);
+      msg.nak();
+    });
+    eventsInFlight.set(msg, handling);
+    await handling;
+    eventsInFlight.delete(msg);
+  }
+}
+for (const sub of SUBSCRIPTIONS) {
+  for (const part of TOPIC_PARTS) {
+    const config = topicConsumerConfig(sub, part);
+    const consumer = await until(`stream ${P}_TOPICS`, () => bindTopicConsumer(config));
+    eventLoop(sub, part, consumer);
   }
 }
 
@@ -251,7 +424,7 @@ async function worker() {
   }
 }
 const workers = Array.from({ length: MAX_CONCURRENCY }, worker);
-log(`ready: capabilities ${CAPABILITIES.join(",")} prefix ${PREFIX}`);
+log(`ready: capabilities ${CAPABILITIES.join(",")}, subscriptions ${SUBSCRIPTIONS.map((s) => s.pattern)} prefix ${PREFIX}`);
 
 // -- 5. Stop: stop pulling, finish or nak in-flight tasks, delete the key, exit 0 ----
 async function stop(signal) {
@@ -259,8 +432,8 @@ async function stop(signal) {
   stopping = true;
   log(`${signal}: stopping`);
   await beat(); // status "stopping" until the key is deleted
-  await Promise.race([Promise.all(workers), sleep(STOP_GRACE_MS)]);
-  for (const msg of inFlight.values()) msg.nak(); // could not finish within the grace
+  await Promise.race([Promise.all([...workers, ...eventsInFlight.values()]), sleep(STOP_GRACE_MS)]);
+  for (const msg of [...inFlight.values(), ...eventsInFlight.keys()]) msg.nak(); // past the grace
   clearInterval(heartbeat);
   await agents.delete(AGENT_ID).catch((e) => log(`delete registry key: ${e}`));
   await nc.drain();

@@ -1,9 +1,11 @@
 """A Node.js agent written from docs/protocol.md alone serves tasks of the Python stack.
 
-The agent is examples/node-agent/agent.mjs (capability ``upper``); this test runs it
-against an embedded stack (nats-server and the five services as processes) and checks
+The agent is examples/node-agent/agent.mjs (capability ``upper``); these tests run it
+against an embedded stack (nats-server and the five services as processes) and check
 the whole agent contract: registry heartbeat, results, failures, large values through
-the Object Store, poison messages, and a clean SIGTERM.
+the Object Store, poison messages, and a clean SIGTERM; then events between agents
+("Events between agents"): the Node agent's events land on the subject and with the
+headers the Python library computes, and each side handles the other's events.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from nats.js.api import ConsumerInfo
 from agentbus.bus import Bus
 from agentbus.client import Client
 from agentbus.embedded import EmbeddedStack
+from agentbus.events import EventContext, publish_event
+from agentbus.runtime import Agent
+from agentbus.settings import AgentSettings
 from tests._harness.node_agent import node, start_agent
 from tests._harness.polling import eventually
 
@@ -36,9 +41,8 @@ async def stack() -> AsyncIterator[EmbeddedStack]:
         yield s
 
 
-async def test_node_agent_serves_tasks(node: str, stack: EmbeddedStack, tmp_path: Path) -> None:
-    agent_id = f"node-upper-{uuid.uuid4().hex[:6]}"
-    env = {
+def _agent_env(stack: EmbeddedStack, agent_id: str) -> dict[str, str]:
+    return {
         **os.environ,
         "AGENTBUS_NATS_URL": stack.nats_url,
         "AGENTBUS_PREFIX": stack.prefix,
@@ -46,8 +50,12 @@ async def test_node_agent_serves_tasks(node: str, stack: EmbeddedStack, tmp_path
         "AGENTBUS_AGENT_CAPABILITIES": "upper",
         "AGENTBUS_AGENT_MAX_CONCURRENCY": "2",
     }
+
+
+async def test_node_agent_serves_tasks(node: str, stack: EmbeddedStack, tmp_path: Path) -> None:
+    agent_id = f"node-upper-{uuid.uuid4().hex[:6]}"
     log_path = tmp_path / "agent.log"
-    proc = start_agent(node, env, log_path)
+    proc = start_agent(node, _agent_env(stack, agent_id), log_path)
     bus = await Bus.connect(stack.settings, name="test-node-agent")
     client = Client(bus)
 
@@ -108,6 +116,7 @@ async def test_node_agent_serves_tasks(node: str, stack: EmbeddedStack, tmp_path
         await error_sub.unsubscribe()
         assert event["type"] == "ErrorEvent"
         assert event["subject"] == f"{stack.prefix}.tasks.upper"
+        assert event["service"] == f"agent:{agent_id}"
 
         async def drained() -> bool:
             ci: ConsumerInfo = await bus.js.consumer_info(
@@ -131,3 +140,160 @@ async def test_node_agent_serves_tasks(node: str, stack: EmbeddedStack, tmp_path
             proc.kill()
             proc.wait()
         await bus.close()
+
+
+async def _subjects(bus: Bus) -> set[str]:
+    """The subjects ``<P>_TOPICS`` holds events on."""
+    info = await bus.js.stream_info(bus.names.topics_stream, subjects_filter=">")
+    return set(info.state.subjects or {})
+
+
+async def _stored_event(bus: Bus, subject: str) -> Any:
+    """The first event stored on ``subject`` in ``<P>_TOPICS``, read by a pull consumer
+    (a direct get would hand a non-ASCII header back as an ``email`` Header)."""
+    psub = await bus.js.pull_subscribe(subject, stream=bus.names.topics_stream)
+    try:
+        [msg] = await psub.fetch(1, timeout=10)
+        return msg
+    finally:
+        await psub.unsubscribe()
+
+
+async def test_node_agent_events_interoperate_with_python(
+    node: str, stack: EmbeddedStack, tmp_path: Path
+) -> None:
+    """The Node agent publishes ``text.uppercased`` after each ``upper`` task and
+    subscribes (shared, deployment = its name ``node-upper``) to ``notes.>``, answering
+    each note with a ``text.noted`` event; a Python agent subscribes to ``text.>``."""
+    agent_id = f"node-upper-{uuid.uuid4().hex[:6]}"
+    bus = await Bus.connect(stack.settings, name="test-node-events")
+    names, client = bus.names, Client(bus)
+    handled: asyncio.Queue[tuple[EventContext, dict[str, Any]]] = asyncio.Queue()
+    py = Agent("py-texts", settings=AgentSettings(agent_id=f"py-texts-{uuid.uuid4().hex[:6]}"))
+
+    @py.handler("py-noop")
+    async def noop(ctx: Any, value: Any) -> Any:
+        return value
+
+    @py.on_event("text.>", name="texts")
+    async def texts(ctx: EventContext, payload: dict[str, Any]) -> None:
+        await handled.put((ctx, payload))
+
+    stop = asyncio.Event()
+    py_run = asyncio.create_task(py.run(bus, stop))
+    log_path = tmp_path / "agent.log"
+    proc = start_agent(node, _agent_env(stack, agent_id), log_path)
+
+    def agent_log() -> str:
+        return log_path.read_text(errors="replace")
+
+    parts = ["", *(f"-k{n}" for n in range(8))]
+    wanted = {f"topic-{s}{p}" for s in ("py-texts-texts", "node-upper-notes") for p in parts}
+
+    async def subscribed() -> bool:
+        assert proc.poll() is None, f"agent exited {proc.returncode}:\n{agent_log()}"
+        assert not py_run.done(), py_run
+        return wanted <= {i.name for i in await bus.js.consumers_info(names.topics_stream)}
+
+    async def next_handled() -> tuple[EventContext, dict[str, Any]]:
+        try:
+            return await asyncio.wait_for(handled.get(), timeout=20)
+        except TimeoutError:
+            raise AssertionError(f"no event reached the Python agent:\n{agent_log()}") from None
+
+    try:
+        # the Node agent's subscription: nine consumers named and configured as documented
+        await eventually(subscribed, timeout_s=30, what="both subscriptions' consumers")
+        keyless = await bus.js.consumer_info(names.topics_stream, "topic-node-upper-notes")
+        keyed = await bus.js.consumer_info(names.topics_stream, "topic-node-upper-notes-k3")
+        assert keyed.config.filter_subjects == names.topic_filters("notes.>", "k3")
+        assert keyless.config.filter_subjects == names.topic_filters("notes.>", "_")
+        assert (keyed.config.max_ack_pending, keyless.config.max_ack_pending) == (1, 10_000)
+        assert keyed.config.ack_wait == 30 and keyed.config.max_deliver == 6
+        assert keyed.config.metadata is not None
+        assert {k: v for k, v in keyed.config.metadata.items() if k.startswith("agentbus_")} == {
+            "agentbus_pattern": "notes.>",
+            "agentbus_mode": "shared",
+            "agentbus_owner": "node-upper",
+            "agentbus_subscription": "notes",
+            "agentbus_part": "k3",
+        }
+
+        # 1. Node publishes: FNV-1a of the key's UTF-8 bytes, unsigned (k3, k4 here)
+        keys = ["ünïcode", "wire protocol"]
+        task_ids = {}
+        for key in keys:
+            record = await client.wait((await client.submit("upper", key)).task_id, timeout_s=30)
+            assert record.status == "succeeded", (record, agent_log())
+            task_ids[record.task_id] = key
+            subject = names.topic_subject("text.uppercased", key)
+            assert subject in await _subjects(bus), (key, agent_log())
+            msg = await _stored_event(bus, subject)
+            assert msg.headers is not None
+            assert {h: msg.headers.get(h) for h in _EVENT_HEADERS} == {
+                "Nats-Msg-Id": record.task_id,  # a redelivered task publishes it once
+                "Agentbus-Event-Type": "dict",
+                "Agentbus-Event-Key": key,
+                "Agentbus-Source": agent_id,
+            }
+            assert json.loads(msg.data) == {
+                "task_id": record.task_id,
+                "input": key,
+                "output": key.upper(),
+            }
+        assert await _subjects(bus) == {names.topic_subject("text.uppercased", k) for k in keys}
+        # ... and a Python @agent.on_event handler gets them
+        for _ in keys:
+            ctx, payload = await next_handled()
+            key = task_ids.pop(ctx.event_id)
+            assert (ctx.topic, ctx.key, ctx.source) == ("text.uppercased", key, agent_id)
+            assert payload["output"] == key.upper()
+
+        # 2. Node subscribes: Python's events on notes.> are handled and answered
+        errors: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+        async def on_error(msg: Any) -> None:
+            await errors.put(json.loads(msg.data))
+
+        error_sub = await bus.nc.subscribe(f"{stack.prefix}.events.error.agent", cb=on_error)
+        notes = {"notes.greeting": ("é", "bonjour é"), "notes.misc.keyless": (None, "no key")}
+        sent = {}
+        for topic, (note_key, text) in notes.items():
+            receipt = await publish_event(bus, topic, {"text": text}, key=note_key, source="test")
+            sent[receipt.event_id] = (topic, note_key, text)
+        for _ in notes:
+            ctx, payload = await next_handled()
+            answered = payload["event_id"]  # the id of the note this event answers
+            topic, note_key, text = sent.pop(answered)
+            assert payload == {"event_id": answered, "topic": topic, "text": text.upper()}
+            assert (ctx.topic, ctx.key, ctx.source) == ("text.noted", note_key, agent_id)
+
+        # a body that is not JSON is termed and reported, never retried
+        bad_subject = names.topic_subject("notes.bad")
+        await bus.js.publish(bad_subject, b"not json at all")
+        event = await asyncio.wait_for(errors.get(), timeout=15)
+        await error_sub.unsubscribe()
+        assert (event["type"], event["subject"]) == ("ErrorEvent", bad_subject)
+        assert event["service"] == f"agent:{agent_id}"  # as the Python runtime names it
+
+        async def drained() -> bool:
+            infos = await bus.js.consumers_info(names.topics_stream)
+            mine = [i for i in infos if i.name.startswith("topic-node-upper-notes")]
+            return len(mine) == 9 and all(
+                i.num_pending == 0 and i.num_ack_pending == 0 for i in mine
+            )
+
+        await eventually(drained, timeout_s=15, what="every note acked or termed")
+
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, 20) == 0, agent_log()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        stop.set()
+        await asyncio.wait_for(py_run, timeout=30)
+        await bus.close()
+
+
+_EVENT_HEADERS = ("Nats-Msg-Id", "Agentbus-Event-Type", "Agentbus-Event-Key", "Agentbus-Source")
