@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.console import Console
 
 from agentbus.agents.reviewer import FILE_REVIEWED, FileReport, FileReviewed
 from agentbus.agents.summarizer import (
@@ -29,9 +30,10 @@ from agentbus.agents.summarizer import (
 )
 from agentbus.bus import Bus
 from agentbus.client import Client
+from agentbus.demo.live import LiveTotals
 from agentbus.demo.review import _report, python_files
 from agentbus.embedded import EmbeddedStack, free_port
-from agentbus.errors import UnavailableError
+from agentbus.errors import AgentBusError, UnavailableError
 from agentbus.events import publish_event
 from agentbus.messages import ErrorInfo, TaskRecord
 from agentbus.settings import AgentSettings
@@ -269,7 +271,27 @@ async def test_summarizer_agent_counts_each_file_once(bus: Bus) -> None:
             return totals if totals and totals.files + totals.duplicates == 22 else None
 
         totals = await eventually(all_in, timeout_s=30, what="22 events handled")
+        # the demo's end check: equal totals pass, a file missing from the events fails
+        live = LiveTotals(client, image="unused", kinds={"process"})
+        live.run = "run-1"
+        reports = [_report_of(e) for e in events]
+        quiet = Console(file=io.StringIO())
+        assert (await live.check(reports, quiet, timeout_s=5)).figures() == totals.figures()
+        extra = FileReport(path="g.py", status="ok", lines=1, functions=0, classes=0, todos=0)
+        with pytest.raises(AgentBusError, match="files 20 != 21, ok 20 != 21, lines 190 != 191"):
+            await live.check([*reports, extra], quiet, timeout_s=0.5)
     assert totals.figures()["files"] == 20
     assert totals.lines == sum(range(20))
     assert totals.todos == 40
     assert totals.duplicates == 2
+
+
+def _report_of(e: FileReviewed) -> FileReport:
+    return FileReport(
+        path=e.path,
+        status=e.status,
+        lines=e.lines,
+        functions=e.functions,
+        classes=e.classes,
+        todos=e.todos,
+    )
