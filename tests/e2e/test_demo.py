@@ -18,10 +18,27 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.console import Console
 
+from agentbus.agents.reviewer import FILE_REVIEWED, FileReport, FileReviewed
+from agentbus.agents.summarizer import (
+    SUMMARY_ASK,
+    ReviewTotals,
+    Summaries,
+    SummaryQuery,
+    build,
+)
+from agentbus.bus import Bus
+from agentbus.client import Client
+from agentbus.demo.live import LiveTotals
 from agentbus.demo.review import _report, python_files
 from agentbus.embedded import EmbeddedStack, free_port
+from agentbus.errors import AgentBusError, UnavailableError
+from agentbus.events import publish_event
 from agentbus.messages import ErrorInfo, TaskRecord
+from agentbus.settings import AgentSettings
+from tests._harness.polling import eventually
+from tests._harness.work_stream import running
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 CLI = [sys.executable, "-m", "agentbus.cli"]
@@ -74,6 +91,14 @@ def expected_files(root: Path) -> list[dict[str, Any]]:
     return [expected_report(rel, (root / rel).read_bytes()) for rel in rels]
 
 
+def expected_totals(root: Path) -> dict[str, int]:
+    """The report's figures summed over the expected files (errors count no figure)."""
+    files = expected_files(root)
+    ok = [f for f in files if f["status"] == "ok"]
+    sums = {k: sum(f[k] for f in ok) for k in ("lines", "functions", "classes", "todos")}
+    return {"files": len(files), "ok": len(ok), "errors": len(files) - len(ok), **sums}
+
+
 def check_report(doc: dict[str, Any], root: Path) -> None:
     expected = expected_files(root)
     got = doc["files"]
@@ -89,6 +114,9 @@ def check_report(doc: dict[str, Any], root: Path) -> None:
     assert doc["summary"]["errors"] == 2
     assert doc["summary"]["ok"] == len(expected) - 2
     assert doc["summary"]["wall_s"] > 0
+    assert doc["summary"]["totals"] == expected_totals(root)
+    # the summarizer's totals, from the reviewers' events, equal the direct computation
+    assert doc["summary"]["summarizer_totals"] == expected_totals(root)
 
 
 def test_python_files_skips_site_packages_and_symlinks(tree: Path) -> None:
@@ -141,14 +169,14 @@ async def test_demo_on_an_embedded_stack(tree: Path, tmp_path: Path) -> None:
         assert "stack: existing" in text
         n = len(expected_files(tree))
         assert f"files: {n}  ok: {n - 2}  errors: 2" in text
+        assert "summarizer: files" in text  # the live totals beside the bar
+        assert "summarizer totals match the direct computation" in text
         check_report(json.loads(out.read_text()), tree)
-        # the deployment is gone and its agents stopped
-        from agentbus.bus import Bus
-        from agentbus.client import Client
-
+        # the deployments are gone and their agents stopped
         client = Client(await Bus.connect(stack.settings))
         try:
             assert [a for a in await client.agents("review") if a.deployment == "reviewer"] == []
+            assert await client.deployments() == {}
         finally:
             await client.close()
 
@@ -187,3 +215,83 @@ def test_demo_starts_its_own_stack(tree: Path, tmp_path: Path, agentbus_home: Pa
     assert "starting an embedded stack" in text
     assert "runtime: process (requested with --runtime process)" in text
     check_report(json.loads(out.read_text()), tree)
+
+
+def _event(run: str, path: str, lines: int, *, ok: bool = True) -> FileReviewed:
+    if not ok:
+        return FileReviewed.of(run, FileReport(path=path, status="error", error="bad"))
+    report = FileReport(path=path, status="ok", lines=lines, functions=1, classes=0, todos=2)
+    return FileReviewed.of(run, report)
+
+
+def test_summaries_count_a_path_once_per_run() -> None:
+    held = Summaries(max_runs=2)
+    assert held.add(_event("r1", "a.py", 10))
+    assert not held.add(_event("r1", "a.py", 10))  # redelivered: no figure changes
+    assert held.add(_event("r1", "b.py", 5, ok=False))
+    assert held.add(_event("r2", "a.py", 7))  # another run counts it again
+    r1 = held.totals("r1")
+    assert r1.figures() == {
+        "files": 2,
+        "ok": 1,
+        "errors": 1,
+        "lines": 10,
+        "functions": 1,
+        "classes": 0,
+        "todos": 2,
+    }
+    assert r1.duplicates == 1
+    assert held.totals("r2").lines == 7
+    held.add(_event("r3", "a.py", 1))  # the oldest run is dropped past max_runs
+    assert held.totals("r1") == ReviewTotals(run="r1")
+
+
+async def _totals(client: Client, run: str) -> ReviewTotals | None:
+    try:
+        reply = await client.ask(SUMMARY_ASK, SummaryQuery(run=run), reply_type=ReviewTotals)
+    except UnavailableError:
+        return None
+    assert isinstance(reply, ReviewTotals)
+    return reply
+
+
+@pytest.mark.nats
+@pytest.mark.timeout(60)
+async def test_summarizer_agent_counts_each_file_once(bus: Bus) -> None:
+    settings = AgentSettings(agent_id="summarizer-1", heartbeat_s=0.5, fetch_timeout_s=0.5)
+    client = Client(bus)
+    async with running(build(settings), bus):
+        await eventually(lambda: _totals(client, "run-1"), what="the summarizer answers")
+        events = [_event("run-1", f"f{i}.py", i) for i in range(20)]
+        for e in [*events, events[3], events[7]]:  # two republished: new event ids
+            await publish_event(bus, FILE_REVIEWED, e, key=e.path, source="test")
+
+        async def all_in() -> ReviewTotals | None:
+            totals = await _totals(client, "run-1")
+            return totals if totals and totals.files + totals.duplicates == 22 else None
+
+        totals = await eventually(all_in, timeout_s=30, what="22 events handled")
+        # the demo's end check: equal totals pass, a file missing from the events fails
+        live = LiveTotals(client, image="unused", kinds={"process"})
+        live.run = "run-1"
+        reports = [_report_of(e) for e in events]
+        quiet = Console(file=io.StringIO())
+        assert (await live.check(reports, quiet, timeout_s=5)).figures() == totals.figures()
+        extra = FileReport(path="g.py", status="ok", lines=1, functions=0, classes=0, todos=0)
+        with pytest.raises(AgentBusError, match="files 20 != 21, ok 20 != 21, lines 190 != 191"):
+            await live.check([*reports, extra], quiet, timeout_s=0.5)
+    assert totals.figures()["files"] == 20
+    assert totals.lines == sum(range(20))
+    assert totals.todos == 40
+    assert totals.duplicates == 2
+
+
+def _report_of(e: FileReviewed) -> FileReport:
+    return FileReport(
+        path=e.path,
+        status=e.status,
+        lines=e.lines,
+        functions=e.functions,
+        classes=e.classes,
+        todos=e.todos,
+    )

@@ -11,6 +11,9 @@ Object Store). Output ``FileReport``:
 - ``classes``: ``ast.ClassDef`` nodes;
 - ``todos``: comment tokens (``tokenize``) containing ``TODO``, ``FIXME`` or ``XXX``.
 
+Each review also publishes a ``FileReviewed`` event on ``review.file_reviewed`` (key:
+the path), which the ``summarizer`` agent (``agentbus.agents.summarizer``) adds up.
+
 Capability ``review-tree`` (the stigmergic mode, ``agentbus demo review --stigmergy``):
 input ``ReviewTree``; the agent walks the tree itself, in its own shuffled order, and
 coordinates with the other walkers only through traces (``agentbus.traces``) at
@@ -50,6 +53,8 @@ class ReviewFile(msgspec.Struct, frozen=True, kw_only=True):
 
     path: str
     content: bytes
+    run: str = ""
+    """The demo run this file belongs to: copied into the ``FileReviewed`` event."""
 
 
 class FileReport(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -62,6 +67,38 @@ class FileReport(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     functions: int | None = None
     classes: int | None = None
     todos: int | None = None
+
+
+FILE_REVIEWED = "review.file_reviewed"
+"""Topic of the ``FileReviewed`` events (key: the file's path)."""
+
+
+class FileReviewed(msgspec.Struct, frozen=True, kw_only=True):
+    """Event on ``review.file_reviewed``: one file reviewed, with the figures the report sums.
+
+    The counts are 0 for a file with ``status`` ``error``.
+    """
+
+    run: str
+    path: str
+    status: Literal["ok", "error"]
+    lines: int = 0
+    functions: int = 0
+    classes: int = 0
+    todos: int = 0
+
+    @classmethod
+    def of(cls, run: str, report: FileReport) -> FileReviewed:
+        """The event telling ``report`` in run ``run``."""
+        return cls(
+            run=run,
+            path=report.path,
+            status=report.status,
+            lines=report.lines or 0,
+            functions=report.functions or 0,
+            classes=report.classes or 0,
+            todos=report.todos or 0,
+        )
 
 
 def _error(path: str, reason: str) -> FileReport:
@@ -229,8 +266,16 @@ agent = Agent("reviewer", max_concurrency=2)
 
 @agent.handler("review")
 async def review(ctx: TaskContext, file: ReviewFile) -> FileReport:
-    """Review one file (CPU-bound, small: runs inline on the event loop)."""
-    return review_source(file.path, file.content)
+    """Review one file (CPU-bound, small: runs inline on the event loop).
+
+    Then publish its ``FileReviewed`` on ``review.file_reviewed`` (key: the path; event
+    id: the task id, so a retried attempt within the stream's duplicate window is not
+    stored twice; the summarizer counts a path once in any case).
+    """
+    report = review_source(file.path, file.content)
+    event = FileReviewed.of(file.run, report)
+    await ctx.events.publish(FILE_REVIEWED, event, key=file.path, event_id=ctx.task_id)
+    return report
 
 
 @agent.handler("review-tree")

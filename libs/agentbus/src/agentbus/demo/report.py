@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from agentbus.agents.reviewer import FileReport
+from agentbus.agents.summarizer import totals_of
 
 Mode = Literal["queue", "stigmergy", "no-traces"]
 MODES: tuple[Mode, ...] = ("queue", "stigmergy", "no-traces")
@@ -38,6 +39,8 @@ class ReviewResult:
     """Reviews made in all (a file reviewed twice counts twice)."""
     hot_spots: list[tuple[str, float]] = field(default_factory=list)
     """Files with the most TODOs: from ``found_todo`` traces (stigmergy), else reports."""
+    summarizer_totals: dict[str, int] | None = None
+    """The summarizer's totals, from events (queue mode): equal to ``totals()``."""
 
     @property
     def ok(self) -> int:
@@ -49,12 +52,17 @@ class ReviewResult:
         """Files that could not be reviewed (undecodable, unparsable, task failed)."""
         return len(self.reports) - self.ok
 
+    def totals(self) -> dict[str, int]:
+        """The report's figures summed directly: files, ok, errors, lines, functions..."""
+        return totals_of("", self.reports).figures()
+
     def summary(self) -> dict[str, Any]:
         """Counts and timing of the run, as a JSON-ready dict.
 
         ``files``, ``ok``, ``errors``, ``wall_s``, ``files_per_s``; and ``mode``,
         ``files_total``, ``files_reviewed``, ``coverage_ratio``, ``reviews``,
-        ``duplicate_reviews`` (reviews beyond one per reviewed file), ``hot_spots``.
+        ``duplicate_reviews`` (reviews beyond one per reviewed file), ``hot_spots``;
+        ``totals`` (``totals()``) and, when a summarizer ran, ``summarizer_totals``.
         """
         n = len(self.reports)
         hot = self.hot_spots or [(r.path, float(r.todos or 0)) for r in self.top_by_todos()]
@@ -76,7 +84,12 @@ class ReviewResult:
             "reviews": self.reviews,
             "duplicate_reviews": max(0, self.reviews - self.reviewed),
             "hot_spots": [{"path": p, "todos": round(s, 3)} for p, s in hot],
-        }
+            "totals": self.totals(),
+        } | (
+            {"summarizer_totals": self.summarizer_totals}
+            if self.summarizer_totals is not None
+            else {}
+        )
 
     def top_by_todos(self, n: int = 10) -> list[FileReport]:
         """The ``n`` files with the most TODOs (ties by path), none without."""

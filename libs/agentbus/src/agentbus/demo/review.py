@@ -5,6 +5,10 @@ embedded state file) or starts an ``EmbeddedStack`` for its own duration, deploy
 ``reviewer`` replicas, submits one ``review`` task per ``*.py`` file under PATH (the
 file's bytes travel over the bus; large ones through the Object Store), follows
 them with a progress bar and prints a summary. See ``agentbus.agents.reviewer``.
+Each reviewer also publishes a ``review.file_reviewed`` event per file; a
+``summarizer`` deployment (one replica) adds them up, its totals are shown live
+beside the bar and must equal, at the end, those computed from the task outputs
+(``agentbus.demo.live``; a difference fails the demo).
 
 ``--stigmergy`` gives the same agents no task list: each walks the tree itself and
 they coordinate through traces (``agentbus.demo.stigmergy``); ``--no-traces`` makes
@@ -28,6 +32,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from agentbus.agents.reviewer import FileReport, ReviewFile, python_files
 from agentbus.cli.connect import connect_client
 from agentbus.client import Client, new_task_id
+from agentbus.demo.live import LiveTotals, describe
 from agentbus.demo.report import (
     MODES,
     Mode,
@@ -45,6 +50,8 @@ from agentbus.settings import BusSettings
 DEFAULT_IMAGE = "agentbus/agent:dev"
 DEPLOYMENT = "reviewer"
 CAPABILITY = "review"
+FINAL_WAIT_S = 30.0
+"""How long the summarizer may take, after the last task, to count every file."""
 __all__ = ["MODES", "Mode", "ReviewResult", "python_files", "review"]
 
 
@@ -225,16 +232,27 @@ async def _deploy_and_run(
         image=image if "docker" in kinds and not walking else None,
         command=[sys.executable, "-m", "agentbus.agents.reviewer"] if "process" in kinds else None,
     )
+    live = None if walking else LiveTotals(client, image=image, kinds=kinds)
     await client.deploy(deployment)
     try:
+        if live is not None:
+            with console.status("waiting for the summarizer agent"):
+                await live.deploy(agents_timeout_s)
+            console.print("agents: summarizer answering (live totals from events)")
         with console.status(f"waiting for {result.replicas} reviewer agents"):
             await _wait_agents(client, result.replicas, agents_timeout_s, capability)
         console.print(f"agents: {result.replicas} reviewers registered")
         if walking:
             await _run_walkers(client, result, console, timeout_s)
         else:
-            result.reports = await _run_tasks(client, files, console, result, timeout_s)
+            assert live is not None
+            result.reports = await _run_tasks(client, files, console, result, timeout_s, live)
+            result.summarizer_totals = (
+                await live.check(result.reports, console, FINAL_WAIT_S)
+            ).figures()
     finally:
+        if live is not None:
+            await live.remove()
         with contextlib.suppress(AgentBusError):
             await client.delete_deployment(DEPLOYMENT)
             await _wait_gone(client, 20.0, capability)
@@ -269,27 +287,41 @@ async def _run_tasks(
     console: Console,
     result: ReviewResult,
     timeout_s: float,
+    live: LiveTotals,
 ) -> list[FileReport]:
     started = time.perf_counter()
     tasks, paths = [], {}
     for rel, full in files:
         content = await asyncio.to_thread(full.read_bytes)
         task_id = new_task_id()
-        tasks.append(
-            await client.build_task(
-                CAPABILITY, ReviewFile(path=rel, content=content), task_id=task_id
-            )
-        )
+        job = ReviewFile(path=rel, content=content, run=live.run)
+        tasks.append(await client.build_task(CAPABILITY, job, task_id=task_id))
         paths[task_id] = rel
     await client.submit_many(tasks)
     reports: list[FileReport] = []
-    columns = (TextColumn("reviewing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    columns = (
+        TextColumn("reviewing"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("summarizer: {task.fields[live]}"),
+    )
     with Progress(*columns, console=console, transient=False) as progress:
-        bar = progress.add_task("review", total=len(tasks))
-        async for record in client.wait_many(list(paths), timeout_s=timeout_s):
-            reports.append(await _report(client, record, paths[record.task_id]))
-            result.reviewed += record.status == "succeeded"
-            result.reviews += len(record.attempts)  # every delivery started a review
-            progress.advance(bar)
+        bar = progress.add_task("review", total=len(tasks), live=describe(live.latest))
+        following = asyncio.create_task(
+            live.follow(lambda totals: progress.update(bar, live=describe(totals)))
+        )
+        try:
+            async for record in client.wait_many(list(paths), timeout_s=timeout_s):
+                reports.append(await _report(client, record, paths[record.task_id]))
+                result.reviewed += record.status == "succeeded"
+                result.reviews += len(record.attempts)  # every delivery started a review
+                progress.advance(bar)
+        finally:
+            following.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await following
+        # the summarizer may still be adding up the last events: show where it ends
+        progress.update(bar, live=describe(await live.final(len(reports), FINAL_WAIT_S)))
     result.wall_s = time.perf_counter() - started
     return sorted(reports, key=lambda r: r.path)
