@@ -28,6 +28,7 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.rule import Rule
 
 from agentbus.agents.reviewer import FileReport, ReviewFile, python_files
 from agentbus.cli.connect import connect_client
@@ -190,7 +191,7 @@ async def review(
                 "--stigmergy walkers read PATH themselves: the stack needs a process node"
             )
         for m in modes:
-            console.rule(f"mode: {m}")
+            console.print(Rule(f"mode: {m}"), width=min(console.width, 100))
             result = ReviewResult(
                 root=str(root),
                 runtime="+".join(sorted(kinds)),
