@@ -9,7 +9,7 @@ it on start, so the services can start in any order.
 from __future__ import annotations
 
 import asyncio
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import msgspec
@@ -181,67 +181,49 @@ class Bus:
             )
         )
         s = self.settings
-        # Results: a full stream refuses new reports (DiscardPolicy.NEW) rather than
-        # dropping unapplied ones; the agent's publish fails and the task comes back.
+        # Full results stream: new reports are refused, none unapplied dropped (retried).
         await self._ensure_stream(
-            StreamConfig(
-                name=n.results_stream,
-                subjects=[n.results_all()],
+            _limited_stream(
+                n.results_stream,
+                n.results_all(),
+                s.results_max_age_s,
+                s.results_max_bytes,
                 retention=RetentionPolicy.WORK_QUEUE,
-                storage=StorageType.FILE,
-                duplicate_window=120.0,
-                max_age=s.results_max_age_s,
-                max_bytes=s.results_max_bytes or -1,
                 discard=DiscardPolicy.NEW,
-            )
-        )
-        await self._ensure_stream(
-            StreamConfig(
-                name=n.events_stream,
-                subjects=[n.events_all()],
-                retention=RetentionPolicy.LIMITS,
-                storage=StorageType.FILE,
-                max_age=s.events_max_age_s,
-                max_bytes=s.events_max_bytes or -1,
-                discard=DiscardPolicy.OLD,
-            )
-        )
-        await self._ensure_stream(
-            StreamConfig(
-                name=n.topics_stream,
-                subjects=[n.topics_all()],
-                retention=RetentionPolicy.LIMITS,
-                storage=StorageType.FILE,
                 duplicate_window=120.0,
-                max_age=s.topics_max_age_s,
-                max_bytes=s.topics_max_bytes or -1,
-                discard=DiscardPolicy.OLD,
             )
         )
         await self._ensure_stream(
-            StreamConfig(
-                name=n.logs_stream,
-                subjects=[n.logs_all()],
-                retention=RetentionPolicy.LIMITS,
-                storage=StorageType.FILE,
-                max_age=s.logs_max_age_s,
-                max_bytes=s.logs_max_bytes or -1,
+            _limited_stream(n.events_stream, n.events_all(), s.events_max_age_s, s.events_max_bytes)
+        )
+        await self._ensure_stream(
+            _limited_stream(
+                n.topics_stream,
+                n.topics_all(),
+                s.topics_max_age_s,
+                s.topics_max_bytes,
+                duplicate_window=120.0,
+            )
+        )
+        await self._ensure_stream(
+            _limited_stream(
+                n.logs_stream,
+                n.logs_all(),
+                s.logs_max_age_s,
+                s.logs_max_bytes,
                 max_msgs_per_subject=LOGS_MAX_MSGS_PER_AGENT,
-                discard=DiscardPolicy.OLD,
             )
         )
-        # Direct messages (agentbus.messaging): a WorkQueue stream, so a handled
-        # (acked) message leaves it; unread ones leave when their Nats-TTL ends.
+        # Inbox: WorkQueue, so a handled message leaves; an unread one when its TTL ends.
         await self._ensure_stream(
-            StreamConfig(
-                name=n.inbox_stream,
-                subjects=[n.inbox_all()],
+            _limited_stream(
+                n.inbox_stream,
+                n.inbox_all(),
+                s.inbox_max_age_s,
+                s.inbox_max_bytes,
                 retention=RetentionPolicy.WORK_QUEUE,
-                storage=StorageType.FILE,
-                duplicate_window=120.0,
-                max_age=s.inbox_max_age_s,
-                max_bytes=s.inbox_max_bytes or -1,
                 discard=DiscardPolicy.NEW,
+                duplicate_window=120.0,
                 allow_msg_ttl=True,
                 allow_direct=True,
             )
@@ -392,3 +374,26 @@ class Bus:
     async def publish_event(self, entity: str, kind: str, event: Message) -> None:
         """Append ``event`` to the events stream on ``<p>.events.<entity>.<kind>``."""
         await self.js.publish(self.names.event_subject(entity, kind), encode(event))
+
+
+def _limited_stream(
+    name: str,
+    subject: str,
+    max_age_s: float,
+    max_bytes: int,
+    *,
+    retention: RetentionPolicy = RetentionPolicy.LIMITS,
+    discard: DiscardPolicy = DiscardPolicy.OLD,
+    **extra: Any,
+) -> StreamConfig:
+    """A file stream kept ``max_age_s`` and ``max_bytes`` at most (0: no byte limit)."""
+    return StreamConfig(
+        name=name,
+        subjects=[subject],
+        retention=retention,
+        storage=StorageType.FILE,
+        max_age=max_age_s,
+        max_bytes=max_bytes or -1,
+        discard=discard,
+        **extra,
+    )
