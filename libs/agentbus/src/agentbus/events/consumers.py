@@ -69,6 +69,24 @@ def _filters(info: ConsumerInfo, prefix: str) -> list[str]:
     return [s.removeprefix(prefix) for s in subjects]
 
 
+_PAGE = 256
+"""Consumers per ``consumers_info`` page (the server's page size)."""
+
+
+async def stream_consumers(bus: Bus, stream: str) -> list[ConsumerInfo]:
+    """Every consumer of ``stream``, all pages.
+
+    Raises:
+        nats.js.errors.NotFoundError: no such stream.
+    """
+    found: list[ConsumerInfo] = []
+    while True:
+        page = await bus.js.consumers_info(stream, len(found))
+        found.extend(page)
+        if len(page) < _PAGE:
+            return found
+
+
 async def topic_consumers(bus: Bus) -> list[TopicConsumer]:
     """The ``topic-*`` durable consumers of ``<P>_TOPICS``, by deployment, name, part.
 
@@ -77,7 +95,7 @@ async def topic_consumers(bus: Bus) -> list[TopicConsumer]:
     """
     names = bus.names
     try:
-        infos = await bus.js.consumers_info(names.topics_stream)
+        infos = await stream_consumers(bus, names.topics_stream)
     except nats.js.errors.NotFoundError as exc:
         raise UnavailableError(f"stream {names.topics_stream} does not exist") from exc
     try:

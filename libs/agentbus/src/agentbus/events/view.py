@@ -17,11 +17,9 @@ import nats.js.errors
 from nats.js.api import ConsumerInfo
 
 from agentbus.client import Client
+from agentbus.events.consumers import stream_consumers
 from agentbus.messages import SubscriptionMode
 from agentbus.names import replica_agent_id_pattern
-
-_PAGE = 256
-"""Consumers per ``$JS.API.CONSUMER.LIST`` page (the server's limit)."""
 
 
 class SubscriptionView(msgspec.Struct, frozen=True, kw_only=True):
@@ -58,15 +56,10 @@ class _Live:
 
 async def topic_consumers(client: Client) -> list[ConsumerInfo]:
     """Every consumer of ``<P>_TOPICS`` (empty if the stream does not exist)."""
-    found: list[ConsumerInfo] = []
     try:
-        while True:
-            page = await client.bus.js.consumers_info(client.names.topics_stream, len(found))
-            found.extend(page)
-            if len(page) < _PAGE:
-                return found
+        return await stream_consumers(client.bus, client.names.topics_stream)
     except nats.js.errors.NotFoundError:
-        return found
+        return []
 
 
 def _live(consumers: list[ConsumerInfo]) -> list[_Live]:

@@ -74,6 +74,7 @@ class Mailbox:
         self._stopping = False
         self._loop: asyncio.Task[None] | None = None
         self._subs: list[Any] = []
+        self._psub: Any = None
 
     async def start(self) -> None:
         """Create (or update) the inbox consumer, subscribe to broadcasts, start pulling."""
@@ -93,12 +94,12 @@ class Mailbox:
                 inactive_threshold=bus.settings.inbox_max_age_s,
             ),
         )
-        sub = await bus.js.pull_subscribe_bind(durable, stream=names.inbox_stream)
+        self._psub = await bus.js.pull_subscribe_bind(durable, stream=names.inbox_stream)
         for capability in self.capabilities:
             self._subs.append(
                 await bus.nc.subscribe(names.broadcast_subject(capability), cb=self._heard)
             )
-        self._loop = asyncio.create_task(self._pull(sub))
+        self._loop = asyncio.create_task(self._pull(self._psub))
 
     async def close(self, grace_s: float) -> None:
         """Stop pulling and hearing; let handlers finish for ``grace_s``, nak the rest."""
@@ -109,6 +110,9 @@ class Mailbox:
                 await sub.unsubscribe()
         if self._loop is not None:
             await asyncio.gather(self._loop, return_exceptions=True)
+        if self._psub is not None:  # an open pull subscription stalls the drain on close
+            with contextlib.suppress(nats.errors.Error):
+                await self._psub.unsubscribe()
         if self._in_flight:
             _, late = await asyncio.wait(self._in_flight, timeout=grace_s)
             for t in late:
@@ -143,6 +147,8 @@ class Mailbox:
         def done(t: asyncio.Task[None]) -> None:
             self._in_flight.discard(t)
             self._slot_free.set()
+            if not t.cancelled() and (exc := t.exception()) is not None:
+                logger.opt(exception=exc).error("message handling failed", task=name)
 
         task.add_done_callback(done)
 

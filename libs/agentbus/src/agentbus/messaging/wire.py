@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typing
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -55,13 +55,17 @@ def type_name(payload: Any) -> str:
 
 
 def parse_time(value: str | None) -> datetime | None:
-    """An RFC 3339 header value as a datetime, None if absent or malformed."""
+    """An RFC 3339 header value as an aware datetime, None if absent or malformed.
+
+    A value without an offset is read as UTC (comparing it with ``utcnow()`` must work).
+    """
     if not value:
         return None
     try:
-        return datetime.fromisoformat(value)
+        when = datetime.fromisoformat(value)
     except ValueError:
         return None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
 def payload_type(fn: Callable[..., Any]) -> Any:
