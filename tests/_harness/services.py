@@ -104,3 +104,15 @@ def spawn_service(
             stdout=out,
             stderr=subprocess.STDOUT,
         )
+
+
+def end_processes(procs: list[subprocess.Popen[bytes]], *, grace_s: float = 20.0) -> None:
+    """SIGTERM each process still running, SIGKILL it after ``grace_s``; reap them all."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)

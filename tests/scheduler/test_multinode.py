@@ -35,7 +35,7 @@ from agentbus.settings import BusSettings
 from agentbus_supervisor.settings import SupervisorSettings
 from tests._harness.fleet import per_node, read_placements
 from tests._harness.polling import eventually
-from tests._harness.services import running_scheduler
+from tests._harness.services import end_processes, running_scheduler
 from tests._harness.supervisor import remove_node_containers, running_supervisor
 
 pytestmark = pytest.mark.timeout(180)
@@ -213,14 +213,7 @@ async def test_spread_selector_resources_and_clean_node_loss(bus: Bus) -> None:
 def supervisor_procs() -> Iterator[list[subprocess.Popen[bytes]]]:
     procs: list[subprocess.Popen[bytes]] = []
     yield procs
-    for proc in procs:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+    end_processes(procs)
 
 
 def spawn_supervisor(bus_settings: BusSettings, node_id: str, zone: str) -> subprocess.Popen[bytes]:

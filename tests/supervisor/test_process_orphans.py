@@ -18,6 +18,7 @@ from agentbus.bus import Bus
 from agentbus.messages import Deployment
 from agentbus.settings import BusSettings
 from tests._harness.polling import eventually
+from tests._harness.services import end_processes
 from tests._harness.supervisor import place, put_deployment, registered
 
 AGENT = [sys.executable, "-m", "agentbus.agents.echo"]
@@ -62,14 +63,7 @@ def spawned(prefix: str) -> Iterator[list[subprocess.Popen[bytes]]]:
     """Supervisor processes of the test; at the end they and any agent left are ended."""
     procs: list[subprocess.Popen[bytes]] = []
     yield procs
-    for proc in procs:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+    end_processes(procs)
     for pids in agent_pids(prefix).values():  # what a failed run left: the test's own
         for pid in pids:
             try:
