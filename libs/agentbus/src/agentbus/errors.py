@@ -60,6 +60,14 @@ class UnavailableError(AgentBusError):
     retryable = True
 
 
+class AuthenticationError(AgentBusError):
+    """Credentials missing, unknown, expired or revoked (a NATS connect refused for
+    authorization, an HTTP request without a valid token)."""
+
+    code = "401"
+    retryable = False
+
+
 class RequestTimeoutError(AgentBusError, TimeoutError):
     """No reply on ``subject`` within ``timeout_s`` seconds."""
 

@@ -6,6 +6,8 @@ default. Build settings in ``main()`` and pass them down; never at import time.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import (
     AliasChoices,
     Field,
@@ -24,6 +26,10 @@ class BusSettings(BaseSettings):
 
     nats_url: str = "nats://127.0.0.1:4222"
     """Comma-separated NATS server URLs."""
+    creds_file: Path | None = None
+    """NATS credentials (a ``.creds`` file: user JWT and nkey seed) this process
+    connects with; the reply prefix comes from its permissions. None: anonymous, which a
+    server with auth on refuses (``docs/operations.md``, "Authentication")."""
     prefix: str = "agentbus"
     """Prefix of every subject, stream and bucket (see ``agentbus.names``)."""
     request_timeout_s: PositiveFloat = 5.0

@@ -33,7 +33,8 @@ from nats.js.object_store import ObjectStore
 
 from agentbus.bus.publisher import AckedPublisher
 from agentbus.bus.requests import raw_request
-from agentbus.errors import ContractError, UnavailableError
+from agentbus.auth.creds import creds_inbox_prefix
+from agentbus.errors import AuthenticationError, ContractError, UnavailableError
 from agentbus.messages import Message, encode
 from agentbus.names import Names
 from agentbus.settings import BusSettings
@@ -111,12 +112,25 @@ class Bus:
         permission denial) closes the connection for good: ``closed`` is then set while
         ``closing`` is false (``agentbus.service.run_service`` exits on it).
 
+        With ``settings.creds_file`` it authenticates as that user and takes replies
+        under the reply prefix its permissions allow (``agentbus.auth.creds``).
+
         Raises:
             UnavailableError: no server accepted the first connect in time.
+            AuthenticationError: the server refused the credentials (or their absence).
+            ContractError: the creds file is unreadable.
         """
         settings = settings or BusSettings()
 
+        auth_error: str | None = None
+        refused = asyncio.Event()
+
         async def _on_error(exc: Exception) -> None:
+            nonlocal auth_error
+            text = str(exc).lower()
+            if "authorization" in text or "authentication" in text:
+                auth_error = str(exc)
+                refused.set()
             logger.warning("nats connection error", error=repr(exc))
 
         closed = asyncio.Event()
@@ -126,23 +140,44 @@ class Bus:
 
         if not await _any_server_listens(settings.nats_url, settings.connect_timeout_s):
             raise UnavailableError(f"no NATS server reachable at {settings.nats_url}")
+        auth: dict[str, Any] = {}
+        if settings.creds_file is not None:
+            auth["user_credentials"] = str(settings.creds_file)
+            if (prefix := creds_inbox_prefix(settings.creds_file)) is not None:
+                auth["inbox_prefix"] = prefix
+        connecting = asyncio.ensure_future(
+            nats.connect(
+                settings.nats_url.split(","),
+                name=name,
+                **auth,
+                connect_timeout=2,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                error_cb=_on_error,
+                closed_cb=_on_closed,
+                drain_timeout=5,
+            )
+        )
+        refusal = asyncio.ensure_future(refused.wait())
         try:
             async with asyncio.timeout(settings.connect_timeout_s):
-                nc = await nats.connect(
-                    settings.nats_url.split(","),
-                    name=name,
-                    connect_timeout=2,
-                    max_reconnect_attempts=-1,
-                    reconnect_time_wait=0.5,
-                    error_cb=_on_error,
-                    closed_cb=_on_closed,
-                    drain_timeout=5,
+                await asyncio.wait({connecting, refusal}, return_when=asyncio.FIRST_COMPLETED)
+            if not connecting.done():  # refused: credentials, not the network
+                connecting.cancel()
+                await asyncio.gather(connecting, return_exceptions=True)
+                raise AuthenticationError(
+                    f"{settings.nats_url} refused the connection: {auth_error}"
+                    + ("" if settings.creds_file else " (no credentials: set AGENTBUS_CREDS_FILE)")
                 )
+            nc = connecting.result()
         except (OSError, TimeoutError, nats.errors.NoServersError) as exc:
+            connecting.cancel()
             raise UnavailableError(
                 f"no NATS server reachable at {settings.nats_url} within "
                 f"{settings.connect_timeout_s:.1f} s"
             ) from exc
+        finally:
+            refusal.cancel()
         return cls(nc, settings, closed=closed)
 
     @property

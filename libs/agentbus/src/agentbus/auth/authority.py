@@ -1,0 +1,318 @@
+"""The fleet's credentials: keys, the server's auth configuration, minted users.
+
+Decentralized JWT auth (``docs/decisions/0003-nats-auth.md``): an operator signs two
+accounts, ``SYS`` (the server's system account) and ``AGENTBUS`` (the fleet, with
+JetStream); the fleet account has a signing key that mints user JWTs on demand. The
+server trusts the operator and resolves accounts from its own store (``resolver: full``,
+preloaded), so minting a user needs no server change and works the same on every
+server of a cluster. Users expire (``exp``) or are revoked by a new account JWT
+(``revoke``), pushed to the servers over the system account.
+
+Directory layout (``AuthDir``; every file under it is secret unless named ``*.jwt``)::
+
+    operator.nk  operator.jwt          the operator's identity key and JWT
+    sys.nk       sys.jwt               the system account
+    account.nk   account.jwt           the fleet account
+    signing.nk                         the fleet account's signing key (mints users)
+    server.conf                        include this in nats-server's configuration
+    creds/<identity>.creds             one per service, the operator and ``sys``
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import nkeys
+
+from agentbus.auth import nats_jwt
+from agentbus.auth.permissions import (
+    SERVICES,
+    Permissions,
+    operator_permissions,
+    service_permissions,
+)
+from agentbus.errors import ContractError
+from agentbus.names import Names
+
+ACCOUNT_NAME = "AGENTBUS"
+"""The fleet's account."""
+_UNLIMITED = {
+    "subs": -1,
+    "data": -1,
+    "payload": -1,
+    "imports": -1,
+    "exports": -1,
+    "wildcards": True,
+    "conn": -1,
+    "leaf": -1,
+    "mem_storage": -1,
+    "disk_storage": -1,
+    "streams": -1,
+    "consumer": -1,
+    "max_ack_pending": -1,
+    "mem_max_stream_bytes": -1,
+    "disk_max_stream_bytes": -1,
+    "max_bytes_required": False,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """A minted NATS user.
+
+    Attributes:
+        name: the user's name (shown in the server's connection list).
+        jwt: the user JWT.
+        seed: the user's nkey seed (secret).
+        public_key: the user's public key (``U...``): what ``revoke`` takes.
+        expires_at_s: Unix time the JWT expires; None: never.
+    """
+
+    name: str
+    jwt: str
+    seed: str
+    public_key: str
+    expires_at_s: float | None
+
+    def creds_text(self) -> str:
+        """The ``.creds`` file nats clients read (``connect(user_credentials=path)``)."""
+        return (
+            "-----BEGIN NATS USER JWT-----\n"
+            f"{self.jwt}\n"
+            "------END NATS USER JWT------\n\n"
+            "************************* IMPORTANT *************************\n"
+            "NKEY Seed printed below can be used to sign and prove identity.\n"
+            "NKEYs are sensitive and should be treated as secrets.\n\n"
+            "-----BEGIN USER NKEY SEED-----\n"
+            f"{self.seed}\n"
+            "------END USER NKEY SEED------\n\n"
+            "*************************************************************\n"
+        )
+
+
+def write_secret(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` with mode 0600, atomically (a reader never sees half)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+class AuthDir:
+    """The files of one fleet's credentials (see the module docstring).
+
+    Raises (from the accessors):
+        ContractError: a file is missing: run ``agentbus auth init`` first.
+    """
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+
+    @property
+    def server_conf(self) -> Path:
+        """The nats-server include file (operator, system account, resolver)."""
+        return self.path / "server.conf"
+
+    def creds(self, identity: str) -> Path:
+        """The creds file of ``identity`` (a service name, ``operator`` or ``sys``)."""
+        return self.path / "creds" / f"{identity}.creds"
+
+    def exists(self) -> bool:
+        """Whether ``init`` has run here."""
+        return (self.path / "signing.nk").exists() and self.server_conf.exists()
+
+    def read(self, name: str) -> str:
+        """The text of file ``name`` in the directory.
+
+        Raises:
+            ContractError: the file is missing.
+        """
+        try:
+            return (self.path / name).read_text().strip()
+        except FileNotFoundError as exc:
+            raise ContractError(
+                f"{self.path / name} is missing: run `agentbus auth init {self.path}` first"
+            ) from exc
+
+    def keypair(self, name: str) -> nkeys.KeyPair:
+        """The key pair stored in ``<name>.nk``."""
+        return nats_jwt.keypair_from_seed(self.read(f"{name}.nk"))
+
+
+def _account_jwt(
+    operator: nkeys.KeyPair,
+    account: nkeys.KeyPair,
+    name: str,
+    *,
+    signing: nkeys.KeyPair | None = None,
+    revocations: dict[str, int] | None = None,
+) -> str:
+    nats: dict[str, object] = {"limits": dict(_UNLIMITED)} if signing else {}
+    if signing is not None:
+        nats["signing_keys"] = [nats_jwt.public_key(signing)]
+    if revocations:
+        nats["revocations"] = dict(revocations)
+    nats["default_permissions"] = {"pub": {}, "sub": {}}
+    return nats_jwt.encode(
+        "account", subject=nats_jwt.public_key(account), name=name, issuer=operator, nats=nats
+    )
+
+
+def init_auth(path: Path | str, *, prefix: str = "agentbus", force: bool = False) -> AuthDir:
+    """Create the operator, both accounts, the signing key, the server include file
+    and a creds file per service and for the operator, in directory ``path``.
+
+    Idempotent: an existing directory is kept (new creds are minted for identities
+    missing one) unless ``force``. ``prefix`` is the fleet's name prefix, which the
+    services' permissions name.
+
+    Returns:
+        The directory.
+    """
+    auth = AuthDir(path)
+    if not auth.exists() or force:
+        auth.path.mkdir(parents=True, exist_ok=True)
+        os.chmod(auth.path, 0o700)
+        operator = nats_jwt.new_keypair("operator")
+        sys_account = nats_jwt.new_keypair("account")
+        account = nats_jwt.new_keypair("account")
+        signing = nats_jwt.new_keypair("account")
+        for name, kp in (
+            ("operator", operator),
+            ("sys", sys_account),
+            ("account", account),
+            ("signing", signing),
+        ):
+            write_secret(auth.path / f"{name}.nk", nats_jwt.seed(kp) + "\n")
+        sys_jwt = _account_jwt(operator, sys_account, "SYS")
+        operator_jwt = nats_jwt.encode(
+            "operator",
+            subject=nats_jwt.public_key(operator),
+            name="agentbus",
+            issuer=operator,
+            nats={"system_account": nats_jwt.public_key(sys_account)},
+        )
+        account_jwt = _account_jwt(operator, account, ACCOUNT_NAME, signing=signing)
+        (auth.path / "operator.jwt").write_text(operator_jwt + "\n")
+        (auth.path / "sys.jwt").write_text(sys_jwt + "\n")
+        (auth.path / "account.jwt").write_text(account_jwt + "\n")
+        write_server_conf(auth)
+        for stale in auth.path.glob("creds/*.creds"):
+            stale.unlink()
+    authority = Authority(auth)
+    names = Names(prefix)
+    for service in SERVICES:
+        if service != "supervisor" and not auth.creds(service).exists():
+            creds = authority.mint(service, service_permissions(names, service))
+            write_secret(auth.creds(service), creds.creds_text())
+    if not auth.creds("operator").exists():
+        write_secret(auth.creds("operator"), authority.mint("operator", operator_permissions("operator")).creds_text())
+    if not auth.creds("sys").exists():
+        write_secret(auth.creds("sys"), authority.mint_system_user().creds_text())
+    return auth
+
+
+def write_server_conf(auth: AuthDir, *, resolver_dir: str | None = None) -> None:
+    """(Re)write the nats-server include file: trust the operator, preload both accounts.
+
+    ``resolver_dir``: where the server keeps account JWTs (``resolver: full``); by
+    default ``<dir>/resolver`` (each server of a cluster needs its own).
+    """
+    sys_pub = nats_jwt.decode(auth.read("sys.jwt"))["sub"]
+    account_pub = nats_jwt.decode(auth.read("account.jwt"))["sub"]
+    store = resolver_dir or str(auth.path / "resolver")
+    conf = (
+        "# agentbus decentralized auth: written by `agentbus auth init`, no secrets inside.\n"
+        f"operator: {json.dumps(auth.read('operator.jwt'))}\n"
+        f"system_account: {sys_pub}\n"
+        "# A CONNECT line carries the user JWT: allow-lists of a service or of an agent\n"
+        "# with several capabilities exceed the 4 KiB default.\n"
+        "max_control_line: 64KB\n"
+        "resolver: {\n"
+        "  type: full\n"
+        f"  dir: {json.dumps(store)}\n"
+        "  allow_delete: false\n"
+        '  interval: "2m"\n'
+        "}\n"
+        "resolver_preload: {\n"
+        f"  {sys_pub}: {json.dumps(auth.read('sys.jwt'))}\n"
+        f"  {account_pub}: {json.dumps(auth.read('account.jwt'))}\n"
+        "}\n"
+    )
+    auth.server_conf.write_text(conf)
+
+
+class Authority:
+    """Mints users of the fleet account with its signing key.
+
+    Holders: ``agentbus auth`` (an operator's machine) and each supervisor (for the
+    replicas it starts).
+    """
+
+    def __init__(self, auth: AuthDir) -> None:
+        self.auth = auth
+        self._signing = auth.keypair("signing")
+        self._account_pub = nats_jwt.decode(auth.read("account.jwt"))["sub"]
+
+    @property
+    def account_public_key(self) -> str:
+        """The fleet account's public key (``A...``)."""
+        return str(self._account_pub)
+
+    def mint(
+        self,
+        name: str,
+        permissions: Permissions,
+        *,
+        expires_in_s: float | None = None,
+        tags: tuple[str, ...] = (),
+    ) -> Credentials:
+        """A new user named ``name`` with ``permissions``, signed by the signing key.
+
+        ``expires_in_s``: lifetime; None: no expiry (service identities).
+        """
+        user = nats_jwt.new_keypair("user")
+        expires_at = time.time() + expires_in_s if expires_in_s is not None else None
+        nats = {**permissions.claims(), "issuer_account": self._account_pub}
+        if tags:
+            nats["tags"] = list(tags)
+        token = nats_jwt.encode(
+            "user",
+            subject=nats_jwt.public_key(user),
+            name=name,
+            issuer=self._signing,
+            nats=nats,
+            expires_at_s=expires_at,
+        )
+        return Credentials(name, token, nats_jwt.seed(user), nats_jwt.public_key(user), expires_at)
+
+    def mint_system_user(self) -> Credentials:
+        """A user of the system account (pushes account updates: ``revoke``)."""
+        sys_account = self.auth.keypair("sys")
+        user = nats_jwt.new_keypair("user")
+        token = nats_jwt.encode(
+            "user",
+            subject=nats_jwt.public_key(user),
+            name="sys",
+            issuer=sys_account,
+            nats={"pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1},
+        )
+        return Credentials("sys", token, nats_jwt.seed(user), nats_jwt.public_key(user), None)
+
+    def revoked_account_jwt(self, revocations: dict[str, int]) -> str:
+        """The fleet account's JWT with ``revocations`` (user key -> Unix time: JWTs of
+        that user issued at or before it are refused). Needs the operator key.
+        """
+        return _account_jwt(
+            self.auth.keypair("operator"),
+            self.auth.keypair("account"),
+            ACCOUNT_NAME,
+            signing=self._signing,
+            revocations=revocations,
+        )
