@@ -61,8 +61,10 @@ class UnavailableError(AgentBusError):
 
 
 class AuthenticationError(AgentBusError):
-    """Credentials missing, unknown, expired or revoked (a NATS connect refused for
-    authorization, an HTTP request without a valid token)."""
+    """Credentials missing, unknown, expired or revoked.
+
+    A NATS connect refused for authorization, or an HTTP request without a valid token.
+    """
 
     code = "401"
     retryable = False

@@ -33,6 +33,7 @@ from loguru import logger
 from prometheus_client import CollectorRegistry
 
 from agentbus.bus import Bus
+from agentbus.bus.contract import owned_parts
 from agentbus.messages import (
     CancelTask,
     DeleteDeployment,
@@ -67,9 +68,10 @@ async def serve(
 ) -> None:
     """Run the scheduler on ``bus`` until ``stop`` is set, then clean up.
 
-    Creates the streams and buckets of the contract if missing (``bus.ensure()``).
+    Creates the streams and buckets of the contract if missing (``bus.ensure()``; with
+    credentials, only the parts the scheduler owns).
     """
-    await bus.ensure()
+    await bus.ensure(owned_parts(bus.settings, SERVICE))
     service_metrics = ServiceMetrics(SERVICE, registry)
     metrics = SchedulerMetrics(registry)
     records = Records(bus, metrics)  # one record cache for admission, results, cancels

@@ -165,8 +165,10 @@ def _account_jwt(
 
 
 def init_auth(path: Path | str, *, prefix: str = "agentbus", force: bool = False) -> AuthDir:
-    """Create the operator, both accounts, the signing key, the server include file
-    and a creds file per service and for the operator, in directory ``path``.
+    """Create the keys, the server include file and the creds files in ``path``.
+
+    Makes the operator, both accounts, the signing key, and a creds file per service
+    (but the supervisors, which are minted per node) and for the operator.
 
     Idempotent: an existing directory is kept (new creds are minted for identities
     missing one) unless ``force``. ``prefix`` is the fleet's name prefix, which the
@@ -212,7 +214,10 @@ def init_auth(path: Path | str, *, prefix: str = "agentbus", force: bool = False
             creds = authority.mint(service, service_permissions(names, service))
             write_secret(auth.creds(service), creds.creds_text())
     if not auth.creds("operator").exists():
-        write_secret(auth.creds("operator"), authority.mint("operator", operator_permissions("operator")).creds_text())
+        write_secret(
+            auth.creds("operator"),
+            authority.mint("operator", operator_permissions("operator")).creds_text(),
+        )
     if not auth.creds("sys").exists():
         write_secret(auth.creds("sys"), authority.mint_system_user().creds_text())
     return auth
@@ -306,8 +311,10 @@ class Authority:
         return Credentials("sys", token, nats_jwt.seed(user), nats_jwt.public_key(user), None)
 
     def revoked_account_jwt(self, revocations: dict[str, int]) -> str:
-        """The fleet account's JWT with ``revocations`` (user key -> Unix time: JWTs of
-        that user issued at or before it are refused). Needs the operator key.
+        """The fleet account's JWT with ``revocations``, signed by the operator key.
+
+        ``revocations`` maps a user public key to a Unix time: JWTs of that user
+        issued at or before it are refused.
         """
         return _account_jwt(
             self.auth.keypair("operator"),

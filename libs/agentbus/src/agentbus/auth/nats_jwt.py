@@ -33,7 +33,7 @@ _PREFIX_BYTES = {
 }
 
 
-class _NkeyAlgorithm(Algorithm):  # type: ignore[misc]
+class _NkeyAlgorithm(Algorithm):
     """PyJWT algorithm ``ed25519-nkey``: the key is an ``nkeys.KeyPair``."""
 
     def prepare_key(self, key: Any) -> Any:
@@ -106,6 +106,7 @@ def encode(
     """Sign a NATS JWT of ``claim_type`` (``operator``, ``account``, ``user``).
 
     Args:
+        claim_type: ``operator``, ``account`` or ``user``.
         subject: the public key the claims are about.
         name: a human-readable name.
         issuer: the signing key pair (its public key becomes ``iss``).
@@ -139,8 +140,8 @@ def decode(token: str) -> dict[str, Any]:
         ContractError: not a JWT.
     """
     try:
-        claims = _JWS.get_unverified_header(token) and _payload(token)
-        return dict(json.loads(claims))
+        _JWS.get_unverified_header(token)  # raises on a malformed JWS
+        return dict(json.loads(_payload(token)))
     except (jwt.PyJWTError, IndexError, ValueError) as exc:
         raise ContractError(f"not a valid NATS JWT: {exc}") from exc
 

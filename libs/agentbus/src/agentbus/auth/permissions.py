@@ -243,7 +243,11 @@ def topic_consumers(names: Names, grant: AgentGrant, subscription: str, mode: st
     from agentbus.names import TOPIC_PARTS
 
     owner = grant.deployment or grant.agent_id
-    base = f"topic-{owner}-{subscription}" if mode == "shared" else f"each-{grant.agent_id}-{subscription}"
+    base = (
+        f"topic-{owner}-{subscription}"
+        if mode == "shared"
+        else f"each-{grant.agent_id}-{subscription}"
+    )
     return [base if part == "_" else f"{base}-{part}" for part in TOPIC_PARTS]
 
 
@@ -299,7 +303,9 @@ def agent_permissions(names: Names, grant: AgentGrant) -> Permissions:
             n.ask_subject(cap),
         ]
     for topic in grant.publishes:
-        publish.append(f"{p}.topics.{topic}.*" if not topic.endswith(">") else f"{p}.topics.{topic}")
+        publish.append(
+            f"{p}.topics.{topic}.*" if not topic.endswith(">") else f"{p}.topics.{topic}"
+        )
     for subscription, mode in grant.subscriptions.items():
         for consumer in topic_consumers(n, grant, subscription, mode):
             publish += [

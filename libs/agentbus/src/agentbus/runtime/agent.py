@@ -198,7 +198,9 @@ class Agent(EventHandlers):
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, stop.set)
-            bus = await connect_with_retry(bus_settings, name=f"agentbus-agent-{self.agent_id}")
+            bus = await connect_with_retry(
+                bus_settings, name=f"agentbus-agent-{self.agent_id}", owner="agent"
+            )
             try:
                 await self.run(bus, stop)
             finally:

@@ -26,6 +26,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, w
 
 from agentbus import __version__
 from agentbus.bus import Bus
+from agentbus.bus.contract import owned_parts
 from agentbus.errors import AgentBusError, UnavailableError
 from agentbus.log import configure_logging
 from agentbus.messages import ErrorEvent, Message, encode, utcnow
@@ -200,10 +201,14 @@ class MicroService:
         await self._svc.add_endpoint(name=verb, subject=subject, handler=_handle)
 
 
-async def connect_with_retry(settings: BusSettings, *, name: str, timeout_s: float = 60.0) -> Bus:
+async def connect_with_retry(
+    settings: BusSettings, *, name: str, owner: str, timeout_s: float = 60.0
+) -> Bus:
     """Connect and provision the bus, retrying with exponential backoff for ``timeout_s``.
 
     Services started by compose may come up before nats-server accepts connections.
+    ``owner`` (a service name, or ``agent``) decides which parts of the contract it
+    creates (``agentbus.bus.contract.owned_parts``).
 
     Raises:
         UnavailableError: NATS did not answer within ``timeout_s`` seconds.
@@ -216,7 +221,9 @@ async def connect_with_retry(settings: BusSettings, *, name: str, timeout_s: flo
     ):
         with attempt:
             bus = await Bus.connect(settings, name=name)
-    await bus.ensure()
+    parts = owned_parts(settings, owner)
+    if parts != ():
+        await bus.ensure(parts)
     return bus
 
 
@@ -260,7 +267,7 @@ def run_service(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        bus = await connect_with_retry(bus_settings, name=f"agentbus-{name}")
+        bus = await connect_with_retry(bus_settings, name=f"agentbus-{name}", owner=name)
         logger.info("service started", nats_url=bus_settings.nats_url, prefix=bus_settings.prefix)
         try:
             return await _serve_until_lost(bus, stop, serve(bus, stop, settings, registry))

@@ -1,0 +1,11 @@
+"""Who may do what on the bus and at the gateway.
+
+- ``nats_jwt``: NATS operator, account and user JWTs, signed with nkeys;
+- ``authority``: the fleet's keys and server configuration (``agentbus auth init``),
+  and minting users;
+- ``permissions``: the allow-lists of every identity (services, operators, agents);
+- ``creds``: reading a ``.creds`` file.
+
+``docs/decisions/0003-nats-auth.md`` says why decentralized JWT auth; ``docs/protocol.md``,
+"Permissions", holds the tables.
+"""
