@@ -48,6 +48,8 @@ class NatsServer:
         self.port = port
         self.proc: subprocess.Popen[str] | None = None
         self.client_url = ""
+        self.violations: list[str] = []
+        """Permission and authorization violations the server logged, in order."""
 
     def start(self, timeout_s: float = 10.0) -> NatsServer:
         cmd = [
@@ -96,8 +98,14 @@ class NatsServer:
 
     def _drain(self) -> None:
         assert self.proc is not None and self.proc.stderr is not None
-        for _ in self.proc.stderr:
-            pass
+        for line in self.proc.stderr:
+            if "Violation" in line:
+                self.violations.append(line.strip())
+
+    def violations_since(self, start: int) -> list[str]:
+        """The server's permission and authorization violations logged after the first
+        ``start`` (``len(violations)`` at some earlier point)."""
+        return self.violations[start:]
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

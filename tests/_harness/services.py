@@ -55,15 +55,20 @@ async def serving(
 
 @asynccontextmanager
 async def running_scheduler(
-    bus: Bus, registry: CollectorRegistry | None = None
+    bus: Bus, registry: CollectorRegistry | None = None, *, probe: Bus | None = None
 ) -> AsyncIterator[CollectorRegistry]:
-    """Run the scheduler in-process on ``bus`` until the block ends; ready on entry."""
+    """Run the scheduler in-process on ``bus`` until the block ends; ready on entry.
+
+    ``probe``: the connection that asks whether it answers (default ``bus``; with auth
+    on, the scheduler's own identity may not call itself).
+    """
     registry = registry or CollectorRegistry()
     settings = SchedulerSettings(place_interval_s=0.5, results_fetch_timeout_s=0.2)
     get = bus.names.endpoint("scheduler", "get")
+    asker = probe or bus
     async with serving(
         lambda stop: serve_scheduler(bus, stop, settings, registry),
-        lambda: answers(lambda: bus.request(get, GetTask(task_id="x"), TaskReply)),
+        lambda: answers(lambda: asker.request(get, GetTask(task_id="x"), TaskReply)),
         what="scheduler",
     ):
         yield registry

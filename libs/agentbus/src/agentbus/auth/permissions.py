@@ -260,6 +260,8 @@ def agent_permissions(names: Names, grant: AgentGrant) -> Permissions:
     mine = inbox_prefix("agent", me)
     publish = [
         f"$KV.{n.agents_bucket}.{me}",  # heartbeat
+        f"$JS.API.STREAM.INFO.KV_{n.agents_bucket}",
+        f"$JS.API.STREAM.INFO.{n.tasks_stream}",  # queue depth, for idle probes
         f"{p}.events.error.agent.{me}",
         f"{p}.checkpoint.*.{me}",
         f"{p}.inbox.*.{me}",  # direct messages, sent as itself
@@ -294,7 +296,8 @@ def agent_permissions(names: Names, grant: AgentGrant) -> Permissions:
                 f"$JS.ACK.{n.tasks_stream}.{consumer}.>",
                 f"$JS.ACK.*.*.{n.tasks_stream}.{consumer}.>",
             ]
-        publish += [f"{p}.results.{cap}.{me}", n.ready_subject(cap), f"{p}.broadcast.{cap}.>"]
+        publish += [f"{p}.results.{cap}", f"{p}.results.{cap}.{me}", n.ready_subject(cap)]
+        publish.append(f"{p}.broadcast.{cap}.>")
         subscribe += [
             n.ready_subject(cap),
             n.backlog_subject(cap),

@@ -161,6 +161,15 @@ class Bus:
         return cls(nc, settings, closed=closed)
 
     @property
+    def provisioned(self) -> bool:
+        """Whether this connection holds an agent's minted credentials.
+
+        Such an agent may not create streams or consumers: its supervisor provisioned
+        them (``agentbus.bus.consumers``).
+        """
+        return bytes(self.nc._inbox_prefix).startswith(b"_INBOX_agent_")
+
+    @property
     def lost(self) -> bool:
         """Whether the connection was closed for good without ``close()`` being called."""
         return self.closed.is_set() and not self.closing

@@ -169,8 +169,32 @@ def consumer_plan(
 
     ``owner`` is the deployment (shared mode) or the agent id (each mode).
     """
-    base = f"topic-{owner}-{route.name}" if route.mode == "shared" else f"each-{owner}-{route.name}"
-    start = parse_start(route.start)
+    return subscription_plan(
+        names,
+        route.declaration(),
+        owner=owner,
+        ack_wait_s=ack_wait_s,
+        max_deliveries=route.max_deliveries,
+    )
+
+
+def subscription_plan(
+    names: Names,
+    subscription: Subscription,
+    *,
+    owner: str,
+    ack_wait_s: float,
+    max_deliveries: int = 5,
+) -> list[PlannedConsumer]:
+    """The consumers of a declared subscription (its ``name`` must be set).
+
+    What ``consumer_plan`` makes for a handler, from the fleet file's declaration: a
+    supervisor provisions these for replicas that may not create consumers.
+    """
+    assert subscription.name is not None
+    route_name, mode, pattern = subscription.name, subscription.mode, subscription.pattern
+    base = f"topic-{owner}-{route_name}" if mode == "shared" else f"each-{owner}-{route_name}"
+    start = parse_start(subscription.start)
     policy = {"new": DeliverPolicy.NEW, "all": DeliverPolicy.ALL}.get(str(start))
     plan = []
     for part in TOPIC_PARTS:
@@ -178,18 +202,18 @@ def consumer_plan(
         config = ConsumerConfig(
             name=durable,
             durable_name=durable,
-            filter_subjects=names.topic_filters(route.pattern, part),
+            filter_subjects=names.topic_filters(pattern, part),
             ack_policy=AckPolicy.EXPLICIT,
             ack_wait=ack_wait_s,
-            max_deliver=route.max_deliveries + 1,  # a backstop: the runtime terms first
+            max_deliver=max_deliveries + 1,  # a backstop: the runtime terms first
             max_ack_pending=KEYLESS_MAX_ACK_PENDING if part == "_" else 1,
-            inactive_threshold=EACH_INACTIVE_THRESHOLD_S if route.mode == "each" else None,
+            inactive_threshold=EACH_INACTIVE_THRESHOLD_S if mode == "each" else None,
             deliver_policy=policy or DeliverPolicy.ALL,
             metadata={
-                "agentbus_pattern": route.pattern,
-                "agentbus_mode": route.mode,
+                "agentbus_pattern": pattern,
+                "agentbus_mode": mode,
                 "agentbus_owner": owner,
-                "agentbus_subscription": route.name,
+                "agentbus_subscription": route_name,
                 "agentbus_part": part,
             },
         )

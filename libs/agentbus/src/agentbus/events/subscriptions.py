@@ -41,6 +41,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from agentbus.bus import Bus
+from agentbus.bus.consumers import check_consumer
 from agentbus.events.routes import EventContext, EventRoute, PlannedConsumer, consumer_plan
 from agentbus.events.topics import KEY_HEADER, MSG_ID_HEADER, SOURCE_HEADER, Events
 from agentbus.retry import backoff_s, is_retryable
@@ -106,7 +107,7 @@ class Subscriptions:
             plan = consumer_plan(
                 self.bus.names, route, owner=self.owner(route), ack_wait_s=self.ack_wait_s
             )
-            await asyncio.gather(*(_ensure_consumer(js, stream, c) for c in plan))
+            await asyncio.gather(*(_ensure_consumer(self.bus, stream, c) for c in plan))
             for c in plan:
                 psub = await js.pull_subscribe_bind(c.name, stream=stream)
                 self._psubs.append(psub)
@@ -171,7 +172,7 @@ class Subscriptions:
         except Exception:  # no answer: try again on the next failed pull
             return
         try:
-            await _ensure_consumer(js, stream, consumer)
+            await _ensure_consumer(self.bus, stream, consumer)
         except Exception as exc:  # the stream itself is missing: next time
             logger.warning("event consumer not made", consumer=consumer.name, error=repr(exc))
             return
@@ -315,13 +316,18 @@ def _utc(value: Any) -> datetime:
     return datetime.now(UTC)
 
 
-async def _ensure_consumer(js: JetStreamContext, stream: str, consumer: PlannedConsumer) -> None:
+async def _ensure_consumer(bus: Bus, stream: str, consumer: PlannedConsumer) -> None:
     """Create the consumer, or update one that exists while keeping its start position.
 
     The server refuses to change a consumer's start (``deliver policy can not be
     updated``, 10012; 10148 for another config under the name): a replica started later
-    with another ``start`` binds the consumers as they are.
+    with another ``start`` binds the consumers as they are. A provisioned agent only
+    checks that the consumer exists (``agentbus.bus.consumers``).
     """
+    if bus.provisioned:
+        await check_consumer(bus, stream, consumer.name)
+        return
+    js = bus.js
     config = consumer.config
     try:
         await js.add_consumer(stream, config)

@@ -15,6 +15,7 @@ from agentbus.messages.common import (
 )
 from agentbus.messages.registry import NodeInfo
 from agentbus.messages.topics import Subscription
+from agentbus.messages.traces import TraceKind
 
 
 class Limits(Message, frozen=True, kw_only=True):
@@ -93,6 +94,13 @@ class Deployment(Message, frozen=True, kw_only=True):
     """SIGTERM, then this long to finish or return the task, then SIGKILL."""
     subscriptions: list[Subscription] = []
     """Topic patterns the deployment's agents listen to (shown by ``agentbus ps``)."""
+    publishes: list[str] = []
+    """Topic patterns the deployment's agents publish events on. With credentials its
+    supervisor mints, the only topics they may publish on (``docs/protocol.md``,
+    "Permissions")."""
+    trace_kinds: list[TraceKind] = []
+    """Trace kinds the deployment's agents deposit on, sense and claim; with minted
+    credentials, the only ones (their supervisor creates the missing ones)."""
 
 
 class Deploy(Message, frozen=True, kw_only=True):

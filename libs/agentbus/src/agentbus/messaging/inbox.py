@@ -33,6 +33,7 @@ from loguru import logger
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from agentbus.bus.consumers import ensure_consumer
 from agentbus.messages import ErrorInfo, MessageReceipt, ReceiptOutcome, encode, utcnow
 from agentbus.messaging import wire
 from agentbus.messaging.context import MessageContext, MessageHandler
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
     from prometheus_client import Counter
 
     from agentbus.bus import Bus
+    from agentbus.names import Names
     from agentbus.settings import AgentSettings
 
 OnBad = Callable[[str, str], Awaitable[None]]
@@ -80,20 +82,8 @@ class Mailbox:
         """Create (or update) the inbox consumer, subscribe to broadcasts, start pulling."""
         bus, names, s = self.bus, self.bus.names, self.settings
         durable = names.inbox_consumer(self.agent_id)
-        await bus.js.add_consumer(
-            names.inbox_stream,
-            ConsumerConfig(
-                name=durable,
-                durable_name=durable,
-                filter_subject=names.inbox_subject(self.agent_id),
-                deliver_policy=DeliverPolicy.ALL,
-                ack_policy=AckPolicy.EXPLICIT,
-                ack_wait=s.message_ack_wait_s,
-                max_deliver=s.message_max_deliveries,
-                max_ack_pending=s.message_concurrency,
-                inactive_threshold=bus.settings.inbox_max_age_s,
-            ),
-        )
+        config = inbox_consumer_config(names, self.agent_id, s, bus.settings.inbox_max_age_s)
+        await ensure_consumer(bus, names.inbox_stream, config)
         self._psub = await bus.js.pull_subscribe_bind(durable, stream=names.inbox_stream)
         for capability in self.capabilities:
             self._subs.append(
@@ -291,3 +281,24 @@ async def _renewing(msg: Msg, every_s: float) -> Any:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+def inbox_consumer_config(
+    names: Names, agent_id: str, settings: AgentSettings, inbox_max_age_s: float
+) -> ConsumerConfig:
+    """The durable consumer of ``agent_id``'s inbox (``docs/protocol.md``, "Direct messages").
+
+    Also what a supervisor provisions for a replica that may not create it.
+    """
+    durable = names.inbox_consumer(agent_id)
+    return ConsumerConfig(
+        name=durable,
+        durable_name=durable,
+        filter_subject=names.inbox_subject(agent_id),
+        deliver_policy=DeliverPolicy.ALL,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=settings.message_ack_wait_s,
+        max_deliver=settings.message_max_deliveries,
+        max_ack_pending=settings.message_concurrency,
+        inactive_threshold=inbox_max_age_s,
+    )

@@ -43,10 +43,10 @@ from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig
 
 from agentbus import __version__
 from agentbus.bus import Bus
+from agentbus.bus.consumers import ensure_consumer
 from agentbus.client import Client
 from agentbus.errors import ContractError
 from agentbus.events.handlers import EventHandlers
@@ -54,13 +54,12 @@ from agentbus.log import configure_logging
 from agentbus.messages import AgentInfo, encode, utcnow
 from agentbus.messaging.context import AskHandler, MessageHandler
 from agentbus.messaging.declared import AgentMail
-from agentbus.names import BANDS, Names, check_token
-from agentbus.retry import SAFETY_MAX_DELIVER
+from agentbus.names import BANDS, check_token
 from agentbus.retry import error_info as error_info  # re-exported
 from agentbus.runtime.attempt import AgentMetrics, poison_reporter
 from agentbus.runtime.cancellation import Cancellations
 from agentbus.runtime.context import TaskContext as TaskContext  # re-exported
-from agentbus.runtime.delivery import Deliveries
+from agentbus.runtime.delivery import Deliveries, task_consumer_config
 from agentbus.runtime.intake import Intake
 from agentbus.runtime.rebind import Rebinder
 from agentbus.runtime.routes import Handler as Handler  # re-exported
@@ -314,20 +313,8 @@ class Agent(EventHandlers):
         await asyncio.gather(*(self._bind(bus, capability, b) for b in range(first, BANDS)))
 
     async def _bind(self, bus: Bus, capability: str, band: int = 0) -> None:
-        names = bus.names
-        durable = Names.task_consumer(capability, band)
-        await bus.js.add_consumer(
-            names.tasks_stream,
-            ConsumerConfig(
-                name=durable,
-                durable_name=durable,
-                filter_subject=names.task_subject(capability, band),
-                ack_policy=AckPolicy.EXPLICIT,
-                ack_wait=self.settings.lease_s,
-                max_ack_pending=-1,
-                max_deliver=SAFETY_MAX_DELIVER,
-            ),
-        )
+        config = task_consumer_config(bus.names, capability, band, lease_s=self.settings.lease_s)
+        await ensure_consumer(bus, bus.names.tasks_stream, config)
 
     def _info(self) -> AgentInfo:
         busy = len(self._in_flight) >= self.max_concurrency

@@ -23,12 +23,15 @@ from datetime import datetime
 import msgspec
 from loguru import logger
 from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig
 
 from agentbus.bus import Bus
 from agentbus.bus.blobs import pack, unpack
 from agentbus.client import Client
 from agentbus.errors import AgentBusError
 from agentbus.messages import Task, TaskResult, TaskStarted, decode_task, encode, utcnow
+from agentbus.names import Names
+from agentbus.retry import SAFETY_MAX_DELIVER
 from agentbus.runtime.attempt import (
     AgentMetrics,
     failure_result,
@@ -202,3 +205,24 @@ class Deliveries:
     async def _reject(self, msg: Msg, reason: str) -> None:
         await msg.term()
         await self.on_bad(msg.subject, reason)
+
+
+def task_consumer_config(
+    names: Names, capability: str, band: int, *, lease_s: float
+) -> ConsumerConfig:
+    """The durable consumer of one priority band of ``capability`` (``docs/protocol.md``).
+
+    AckWait is the lease (seconds); ``max_deliver`` only a backstop, as the runtime
+    ends a task after its ``max_attempts``. Shared by every agent with the capability,
+    and what a supervisor provisions for replicas that may not create it.
+    """
+    durable = Names.task_consumer(capability, band)
+    return ConsumerConfig(
+        name=durable,
+        durable_name=durable,
+        filter_subject=names.task_subject(capability, band),
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=lease_s,
+        max_ack_pending=-1,
+        max_deliver=SAFETY_MAX_DELIVER,
+    )
