@@ -38,6 +38,7 @@ from agentbus.messages import utcnow
 from agentbus_supervisor._docker_pull import Puller
 from agentbus_supervisor._docker_stream import LogFrameDecoder, parse_docker_time
 from agentbus_supervisor.runtime import (
+    CONTAINER_CREDS_PATH,
     LABEL_AGENT_ID,
     LABEL_DEPLOYMENT,
     LABEL_MANAGED,
@@ -199,6 +200,8 @@ class DockerRuntime(Runtime):
             host["NanoCpus"] = int(limits.cpus * 1e9)
         if limits.pids:
             host["PidsLimit"] = limits.pids
+        if spec.creds_file is not None:
+            host["Binds"] = [f"{spec.creds_file}:{CONTAINER_CREDS_PATH}:ro"]
         config: dict[str, Any] = {
             "Image": spec.image,
             "User": user,

@@ -33,6 +33,7 @@ from agentbus.messages import (
     utcnow,
 )
 from agentbus.retry import backoff_s
+from agentbus_supervisor.credentials import ReplicaCredentials
 from agentbus_supervisor.health import watchdog
 from agentbus_supervisor.logs import ship_logs
 from agentbus_supervisor.metrics import SupervisorMetrics
@@ -71,6 +72,8 @@ class RunnerContext:
     agents: KvMirror[AgentInfo] | None = None
     log_line_max_bytes: int = 8192
     gate: StartGate = field(default_factory=StartGate)
+    credentials: ReplicaCredentials | None = None
+    """Mints each start's credentials and revokes them at the end; None: no auth."""
 
 
 class ReplicaRunner:
@@ -148,6 +151,8 @@ class ReplicaRunner:
             except AgentBusError as exc:
                 logger.warning("replica stop failed", agent_id=self.spec.agent_id, error=str(exc))
         await self._stop_logs(0.5)
+        if self.ctx.credentials is not None:
+            await self.ctx.credentials.release(self.spec.agent_id)
         self.reason = reason
         await self._event("stopped", reason=reason)
 
@@ -273,6 +278,8 @@ class ReplicaRunner:
         self._slot = slot = await self.ctx.gate.acquire()
         issued_at = utcnow()
         try:
+            if self.ctx.credentials is not None:
+                await self.ctx.credentials.issue(self.deployment, self.spec.agent_id)
             # Shielded: a stop() during start still learns the handle and stops it.
             self._starting = starting = asyncio.ensure_future(self.ctx.runtime.start(self.spec))
             handle = await asyncio.shield(starting)

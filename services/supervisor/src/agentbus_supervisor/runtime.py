@@ -22,6 +22,9 @@ from agentbus.messages import Deployment
 from agentbus.messages.fleet import Limits
 from agentbus.names import replica_agent_id
 
+CONTAINER_CREDS_PATH = "/run/agentbus/agent.creds"
+"""Where an agent container finds its creds file (a read-only bind mount)."""
+
 LABEL_MANAGED = "agentbus.managed"
 LABEL_NODE = "agentbus.node"
 LABEL_PREFIX = "agentbus.prefix"
@@ -65,6 +68,9 @@ class ReplicaSpec:
     env: dict[str, str] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
     limits: Limits = NO_LIMITS
+    creds_file: str | None = None
+    """Host path of the replica's creds file: bind-mounted read-only at
+    ``CONTAINER_CREDS_PATH`` (docker), or named by ``AGENTBUS_CREDS_FILE`` (process)."""
 
     @property
     def digest(self) -> str:
@@ -233,6 +239,7 @@ def build_spec(
     runtime: str,
     default_image: str | None = None,
     default_limits: Limits = NO_LIMITS,
+    creds_file: str | None = None,
 ) -> ReplicaSpec:
     """The ``ReplicaSpec`` of replica ``replica`` of ``deployment`` on this node.
 
@@ -260,6 +267,9 @@ def build_spec(
         env["AGENTBUS_AGENT_STOP_GRACE_S"] = f"{agent_stop_grace_s(deployment.stop_grace_s):g}"
     if deployment.capabilities:
         env["AGENTBUS_AGENT_CAPABILITIES"] = ",".join(deployment.capabilities)
+    if creds_file is not None:  # the path only: the file reaches the agent as a file
+        in_container = runtime != "process"
+        env["AGENTBUS_CREDS_FILE"] = CONTAINER_CREDS_PATH if in_container else creds_file
     if runtime == "docker" and deployment.image:
         command = deployment.image_command
     else:
@@ -271,6 +281,7 @@ def build_spec(
         image=deployment.image or default_image,
         command=tuple(command) if command else None,
         env=env,
+        creds_file=creds_file,
         limits=Limits(
             memory_bytes=deployment.limits.memory_bytes or default_limits.memory_bytes,
             cpus=deployment.limits.cpus or default_limits.cpus,

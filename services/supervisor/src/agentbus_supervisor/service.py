@@ -51,13 +51,14 @@ from agentbus.messages import (
     utcnow,
 )
 from agentbus.messages.fleet import Limits
-from agentbus.names import check_token
+from agentbus.names import check_token, replica_agent_id
 from agentbus.service import MicroService, ServiceMetrics
+from agentbus_supervisor.credentials import ReplicaCredentials
 from agentbus_supervisor.metrics import SupervisorMetrics
 from agentbus_supervisor.replica import ReplicaRunner, RunnerContext
 from agentbus_supervisor.runtime import ReplicaHandle, ReplicaSpec, Runtime, build_spec
 from agentbus_supervisor.runtimes import make_runtime
-from agentbus_supervisor.settings import SupervisorSettings
+from agentbus_supervisor.settings import SupervisorSettings, state_dir_for
 from agentbus_supervisor.start_gate import StartGate
 
 T = TypeVar("T", bound=msgspec.Struct)
@@ -92,6 +93,7 @@ class Supervisor:
             on_restart=self.metrics.watch_restarts.labels(names.agents_bucket).inc,
             check_s=settings.watch_check_s,
         )
+        self.credentials = _replica_credentials(bus, settings)
         self.ctx = RunnerContext(
             bus=bus,
             runtime=runtime,
@@ -100,6 +102,7 @@ class Supervisor:
             agents=self.agents,
             log_line_max_bytes=settings.log_line_max_bytes,
             gate=StartGate(settings.start_limit),
+            credentials=self.credentials,
         )
         self.default_limits = Limits(
             memory_bytes=settings.docker_memory_bytes,
@@ -192,6 +195,11 @@ class Supervisor:
             runtime=self.runtime.kind,
             default_image=self.settings.docker_default_image,
             default_limits=self.default_limits,
+            creds_file=(
+                str(self.credentials.host_path(replica_agent_id(deployment.name, replica)))
+                if self.credentials is not None
+                else None
+            ),
         )
 
     async def reconcile(self) -> None:
@@ -326,6 +334,8 @@ class Supervisor:
             asyncio.create_task(self._heartbeat(nodes_kv, ending)),
             *(asyncio.create_task(m.run(ending)) for m in mirrors),
         ]
+        if self.credentials is not None:
+            tasks.append(asyncio.create_task(self.credentials.renew(ending)))
         logger.info("supervisor started", node_id=self.node_id, runtime=self.runtime.kind)
         try:
             await self.deployments.ready.wait()
@@ -357,6 +367,20 @@ class Supervisor:
         else:
             await asyncio.gather(*(r.detach() for r in runners))
         self.metrics.replicas.set(0)
+
+
+def _replica_credentials(bus: Bus, settings: SupervisorSettings) -> ReplicaCredentials | None:
+    """The minter of replica credentials, if ``settings.auth_dir`` is set."""
+    if settings.auth_dir is None:
+        return None
+    creds_dir = settings.creds_dir or state_dir_for(settings, bus.names.prefix) / "creds"
+    return ReplicaCredentials(
+        bus,
+        settings.auth_dir,
+        creds_dir,
+        host_dir=settings.creds_host_dir,
+        ttl_s=settings.replica_creds_ttl_s,
+    )
 
 
 async def serve(

@@ -94,6 +94,19 @@ class SupervisorSettings(BaseSettings):
     state_dir: Path | None = None
     """Where the process runtime keeps one pid file per replica, so that a restarted
     supervisor ends the replicas an earlier one left (``state_dir_for``)."""
+    auth_dir: Path | None = None
+    """The fleet's auth directory (``agentbus auth init``): with it, each replica gets
+    its own credentials, minted from its deployment (``credentials``). Without it,
+    replicas connect as the agent image's settings say (no credentials)."""
+    creds_dir: Path | None = None
+    """Where replicas' creds files are written (default: ``<state dir>/creds``)."""
+    creds_host_dir: Path | None = None
+    """``creds_dir`` as the container engine sees it, when the supervisor runs in a
+    container with that directory mounted from the host (default: the same path)."""
+    replica_creds_ttl_s: PositiveFloat = 3600.0
+    """Lifetime of a replica's minted JWT; renewed at half of it while the replica
+    runs. Bounds how long an ended replica's credentials work when this supervisor
+    cannot revoke them (no operator key)."""
     log_queue_lines: PositiveInt = 1000
     """Lines buffered per replica before new ones are dropped."""
     metrics_port: int | None = None

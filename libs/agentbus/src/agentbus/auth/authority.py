@@ -153,7 +153,10 @@ def _account_jwt(
     signing: nkeys.KeyPair | None = None,
     revocations: dict[str, int] | None = None,
 ) -> str:
-    nats: dict[str, object] = {"limits": dict(_UNLIMITED)} if signing else {}
+    limits = dict(_UNLIMITED)
+    if signing is None:  # the system account: no JetStream
+        limits.update(mem_storage=0, disk_storage=0, streams=0, consumer=0)
+    nats: dict[str, object] = {"limits": limits}
     if signing is not None:
         nats["signing_keys"] = [nats_jwt.public_key(signing)]
     if revocations:
@@ -296,6 +299,11 @@ class Authority:
             expires_at_s=expires_at,
         )
         return Credentials(name, token, nats_jwt.seed(user), nats_jwt.public_key(user), expires_at)
+
+    @staticmethod
+    def authority_public_key_of(seed: str) -> str:
+        """The public key (``U...``) of a user's nkey seed."""
+        return nats_jwt.public_key(nats_jwt.keypair_from_seed(seed))
 
     def mint_system_user(self) -> Credentials:
         """A user of the system account (pushes account updates: ``revoke``)."""

@@ -167,6 +167,8 @@ def service_permissions(names: Names, service: str, *, node_id: str | None = Non
         publish += [*kv_read(n.agents_bucket), *kv_read(n.nodes_bucket)]
         publish += objects_write(n.blobs_bucket)
         publish += [f"{p}.tasks.>", f"{p}.control.>", f"{p}.records.task.>"]
+        # Trace kinds of deployments (one stream per kind, named at deploy time).
+        publish += ["$JS.API.STREAM.INFO.*", "$JS.API.STREAM.CREATE.*", "$JS.API.STREAM.LIST"]
         subscribe += [f"{p}.control.>"]
     elif service == "supervisor":
         if node_id is None:
@@ -178,7 +180,6 @@ def service_permissions(names: Names, service: str, *, node_id: str | None = Non
         # Provisioning the consumers of the replicas it starts (agentbus.auth.provision).
         for stream in (n.tasks_stream, n.topics_stream, n.inbox_stream):
             publish += stream_read(stream)
-        publish += ["$JS.API.STREAM.INFO.*", "$JS.API.STREAM.CREATE.*"]
     elif service == "checkpoint":
         publish += [*kv_write(n.checkpoints_bucket), *objects_write(n.checkpoint_blobs_bucket)]
     elif service == "gateway":

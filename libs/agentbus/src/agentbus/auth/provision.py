@@ -4,8 +4,9 @@ An agent with minted credentials may not create streams or consumers
 (``agentbus.auth.permissions.agent_permissions``), so whoever mints them (the
 replica's supervisor, or ``agentbus auth agent`` for an agent started by hand) first
 creates what the deployment declares: the task consumers of its capabilities (every
-priority band), its inbox consumer, the consumers of its named subscriptions and its
-trace kinds. The configurations are the ones the runtime would make itself.
+priority band), its inbox consumer and the consumers of its named subscriptions (the
+scheduler creates its trace kinds when the deployment is stored). The configurations
+are the ones the runtime would make itself.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from agentbus.messaging.inbox import inbox_consumer_config
 from agentbus.names import BANDS, check_topic_pattern
 from agentbus.runtime.delivery import task_consumer_config
 from agentbus.settings import AgentSettings
-from agentbus.traces.kinds import load_or_create_kind
 
 REPLICA_CREDS_TTL_S = 3600.0
 """Default lifetime of a replica's credentials; its supervisor renews them at half."""
@@ -74,7 +74,9 @@ async def provision_agent(
     agent_id: str,
     settings: AgentSettings | None = None,
 ) -> None:
-    """Create the consumers and trace kinds replica ``agent_id`` reads, if missing.
+    """Create the consumers replica ``agent_id`` reads, if missing.
+
+    (Its trace kinds are the scheduler's to create, when the deployment is stored.)
 
     ``settings``: the agent's lease and inbox options (defaults: ``AgentSettings``
     read from the deployment's ``env``). Subscriptions without a ``name`` are skipped
@@ -107,8 +109,6 @@ async def provision_agent(
             except Exception as exc:  # exists with another start: bound as it is
                 if "can not be updated" not in str(exc) and "10148" not in str(exc):
                     raise
-    for kind in deployment.trace_kinds:
-        await load_or_create_kind(bus, kind)
 
 
 def _agent_settings(deployment: Deployment) -> AgentSettings:

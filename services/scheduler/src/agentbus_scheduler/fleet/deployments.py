@@ -31,6 +31,7 @@ from agentbus.messages import (
     encode,
 )
 from agentbus.names import check_token
+from agentbus.traces.kinds import load_or_create_kind
 from agentbus_scheduler.context import SchedulerContext
 from agentbus_scheduler.fleet.placer import Placer
 from agentbus_scheduler.fleet.state import FleetState
@@ -88,6 +89,8 @@ class Fleet:
     async def deploy(self, request: Deploy) -> DeployReply:
         """Store a deployment spec, have it placed and reply with its placements.
 
+        Creates the deployment's trace kinds that do not exist yet.
+
         Raises:
             ContractError: invalid spec.
             UnavailableError: fleet state not loaded, or a KV write failed.
@@ -101,6 +104,9 @@ class Fleet:
         )
         kv = await self.ctx.bus.kv(self.ctx.bus.names.deployments_bucket)
         try:
+            # Replicas with minted credentials may not create trace streams.
+            for kind in deployment.trace_kinds:
+                await load_or_create_kind(self.ctx.bus, kind)
             if change != "unchanged":
                 revision = await kv.put(deployment.name, encode(deployment))
                 self.state.deployments.apply(deployment.name, revision, deployment)

@@ -1,0 +1,137 @@
+"""Each replica's own NATS credentials: minted at start, renewed, revoked at the end.
+
+With ``SUPERVISOR_AUTH_DIR`` set (the directory ``agentbus auth init`` made), the
+supervisor provisions what a replica reads (``agentbus.auth.provision``) and mints it
+a user scoped from its deployment and agent id before every start. The creds file is
+written to ``creds_dir`` and reaches the agent as a file (``AGENTBUS_CREDS_FILE``;
+a read-only bind mount in a container), never as an environment value, which
+``docker inspect`` shows. The JWT expires after ``replica_creds_ttl_s`` and is renewed
+at half of it while the replica lives (the agent's client re-reads the file when the
+server ends its expired session). When the replica ends its file is deleted and its
+users are revoked at once if this supervisor holds the operator key
+(``agentbus.auth.revocation``); otherwise they lapse when they expire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from loguru import logger
+
+from agentbus.auth.authority import AuthDir, Authority, write_secret
+from agentbus.auth.provision import mint_agent, provision_agent
+from agentbus.auth.revocation import Revoker
+from agentbus.bus import Bus
+from agentbus.messages import Deployment
+
+
+@dataclass
+class _Issued:
+    deployment: Deployment
+    users: dict[str, float] = field(default_factory=dict)
+    """User public key -> Unix time its JWT expires."""
+    renew_at: float = 0.0
+
+
+class ReplicaCredentials:
+    """The credentials of this node's replicas (one instance per supervisor).
+
+    Args:
+        bus: the supervisor's connection (provisions consumers).
+        auth_dir: the fleet's auth directory (its signing key mints users).
+        creds_dir: where creds files are written, one per agent id (mode 0700 dir).
+        host_dir: ``creds_dir`` as the container engine sees it (bind mounts);
+            default: the same path.
+        ttl_s: lifetime of each minted JWT, seconds.
+    """
+
+    def __init__(
+        self,
+        bus: Bus,
+        auth_dir: Path,
+        creds_dir: Path,
+        *,
+        host_dir: Path | None = None,
+        ttl_s: float = 3600.0,
+    ) -> None:
+        self.bus = bus
+        self.auth = AuthDir(auth_dir)
+        self.authority = Authority(self.auth)
+        self.creds_dir = creds_dir
+        self.host_dir = host_dir or creds_dir
+        self.ttl_s = ttl_s
+        self.revoker = Revoker.for_dir(self.auth, bus.settings)
+        self._issued: dict[str, _Issued] = {}
+        creds_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(creds_dir, 0o700)
+
+    def path(self, agent_id: str) -> Path:
+        """The creds file of ``agent_id`` as this process sees it."""
+        return self.creds_dir / f"{agent_id}.creds"
+
+    def host_path(self, agent_id: str) -> Path:
+        """The creds file of ``agent_id`` as the container engine sees it."""
+        return self.host_dir / f"{agent_id}.creds"
+
+    async def issue(self, deployment: Deployment, agent_id: str) -> Path:
+        """Provision what the replica reads and write it fresh credentials.
+
+        Users issued to an earlier instance of the replica are revoked.
+
+        Raises:
+            ContractError: the deployment declares an invalid topic pattern.
+            nats.js.errors.Error: a consumer or trace kind could not be made.
+        """
+        await provision_agent(self.bus, deployment, agent_id)
+        previous = self._issued.pop(agent_id, None)
+        issued = _Issued(deployment)
+        self._issued[agent_id] = issued
+        self._write(agent_id, issued)
+        if previous is not None:
+            await self._revoke(agent_id, previous.users)
+        return self.path(agent_id)
+
+    async def release(self, agent_id: str) -> None:
+        """The replica ended for good: delete its creds file, revoke its users."""
+        issued = self._issued.pop(agent_id, None)
+        with contextlib.suppress(FileNotFoundError):
+            self.path(agent_id).unlink()
+        if issued is not None:
+            await self._revoke(agent_id, issued.users)
+
+    async def renew(self, stop: asyncio.Event) -> None:
+        """Renew each live replica's JWT at half its lifetime, until ``stop`` is set."""
+        while not stop.is_set():
+            now = time.time()
+            for agent_id, issued in list(self._issued.items()):
+                if now >= issued.renew_at:
+                    try:
+                        self._write(agent_id, issued)
+                    except OSError as exc:
+                        logger.error("credentials not renewed", agent_id=agent_id, error=str(exc))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), min(self.ttl_s / 4, 30.0))
+
+    def _write(self, agent_id: str, issued: _Issued) -> None:
+        creds = mint_agent(self.authority, self.bus, issued.deployment, agent_id, ttl_s=self.ttl_s)
+        assert creds.expires_at_s is not None
+        # 0644 inside a 0700 directory: no other host user reaches it, while the agent
+        # container's user (any uid) can read the one file mounted into it.
+        write_secret(self.path(agent_id), creds.creds_text())
+        os.chmod(self.path(agent_id), 0o644)
+        issued.users[creds.public_key] = creds.expires_at_s
+        issued.renew_at = time.time() + self.ttl_s / 2
+        logger.info("credentials issued", agent_id=agent_id, user=creds.public_key)
+
+    async def _revoke(self, agent_id: str, users: dict[str, float]) -> None:
+        if self.revoker is None or not users:
+            return
+        try:
+            await self.revoker.revoke(users)
+        except Exception as exc:  # they still expire
+            logger.warning("credentials not revoked", agent_id=agent_id, error=repr(exc))
