@@ -110,13 +110,20 @@ async def unplace(bus: Bus, deployment: str, replica: int) -> None:
 
 
 @asynccontextmanager
-async def running_supervisor(bus: Bus, settings: SupervisorSettings) -> AsyncIterator[None]:
-    """The supervisor in-process on ``bus``; its node status answers on entry."""
+async def running_supervisor(
+    bus: Bus, settings: SupervisorSettings, *, probe: Bus | None = None
+) -> AsyncIterator[None]:
+    """The supervisor in-process on ``bus``; its node status answers on entry.
+
+    ``probe``: the connection that asks (default ``bus``; with auth on, another
+    identity than the supervisor's).
+    """
     subject = f"{bus.names.prefix}.supervisor.{settings.node_id}.status"
+    asker = probe or bus
 
     async def answers() -> bool:
         try:
-            await bus.request(subject, GetNodeStatus(), NodeStatusReply, timeout_s=0.5)
+            await asker.request(subject, GetNodeStatus(), NodeStatusReply, timeout_s=0.5)
         except Exception:
             return False
         return True

@@ -211,19 +211,36 @@ def init_auth(path: Path | str, *, prefix: str = "agentbus", force: bool = False
         for stale in auth.path.glob("creds/*.creds"):
             stale.unlink()
     authority = Authority(auth)
-    names = Names(prefix)
     for service in SERVICES:
         if service != "supervisor" and not auth.creds(service).exists():
-            creds = authority.mint(service, service_permissions(names, service))
-            write_secret(auth.creds(service), creds.creds_text())
+            service_creds(auth, prefix, service)
     if not auth.creds("operator").exists():
-        write_secret(
-            auth.creds("operator"),
-            authority.mint("operator", operator_permissions("operator")).creds_text(),
-        )
+        creds = authority.mint("operator", operator_permissions("operator"))
+        write_secret(auth.creds("operator"), creds.creds_text())
     if not auth.creds("sys").exists():
         write_secret(auth.creds("sys"), authority.mint_system_user().creds_text())
     return auth
+
+
+def service_creds(auth: AuthDir, prefix: str, service: str, *, node_id: str | None = None) -> Path:
+    """Mint the creds of ``service`` (a supervisor: of node ``node_id``) into ``auth``.
+
+    Written to ``creds/<service>.creds`` (``creds/supervisor-<node_id>.creds``),
+    replacing an older file. Service identities do not expire: if a host is lost,
+    revoke its identity (``agentbus.auth.revocation``) and mint a new one.
+
+    Returns:
+        The creds file's path.
+
+    Raises:
+        ValueError: unknown service, or a supervisor without ``node_id``.
+    """
+    permissions = service_permissions(Names(prefix), service, node_id=node_id)
+    identity = f"supervisor-{node_id}" if service == "supervisor" else service
+    creds = Authority(auth).mint(identity, permissions)
+    path = auth.creds(identity)
+    write_secret(path, creds.creds_text())
+    return path
 
 
 def write_server_conf(auth: AuthDir, *, resolver_dir: str | None = None) -> None:
