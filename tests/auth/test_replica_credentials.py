@@ -3,6 +3,7 @@ revokes them when the replica ends."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import stat
 from pathlib import Path
@@ -54,7 +55,8 @@ async def test_replica_gets_own_credentials_as_a_file_and_loses_them_when_it_end
             assert creds_file.exists()
             assert stat.S_IMODE(creds_dir.stat().st_mode) == 0o700
             # The process got the path, not the secret.
-            environ = Path(f"/proc/{info.pid}/environ").read_bytes().split(b"\0")
+            environ_file = Path(f"/proc/{info.pid}/environ")
+            environ = (await asyncio.to_thread(environ_file.read_bytes)).split(b"\0")
             assert f"AGENTBUS_CREDS_FILE={creds_file}".encode() in environ
             assert not any(b"NATS USER JWT" in e or b"SUA" in e[:40] for e in environ)
             task = await client.submit("echo", "hi")
