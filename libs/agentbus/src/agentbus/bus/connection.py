@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 import msgspec
 import nats
@@ -31,6 +30,7 @@ from nats.js.api import (
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
+from agentbus.bus.dial import any_server_listens
 from agentbus.bus.publisher import AckedPublisher
 from agentbus.bus.requests import raw_request
 from agentbus.errors import ContractError, UnavailableError
@@ -51,27 +51,6 @@ _LIMIT_FIELDS = ("max_age", "max_bytes", "max_msgs_per_subject", "discard")
 LOGS_MAX_MSGS_PER_AGENT = 10_000
 """Lines kept per ``<p>.logs.<agent_id>`` subject: one chatty agent cannot evict the others."""
 _DAY_S = 24 * 3600.0
-
-
-async def _any_server_listens(nats_url: str, timeout_s: float) -> bool:
-    """Whether some server of ``nats_url`` accepts TCP connections.
-
-    A refused URL then fails at once instead of running nats-py's retry loop until the
-    connect timeout.
-    """
-    for server in nats_url.split(","):
-        server = server.strip()
-        parts = urlsplit(server if "://" in server else f"nats://{server}")
-        try:
-            _, writer = await asyncio.wait_for(
-                asyncio.open_connection(parts.hostname or "127.0.0.1", parts.port or 4222),
-                timeout_s,
-            )
-        except (OSError, TimeoutError, ValueError):
-            continue
-        writer.close()
-        return True
-    return False
 
 
 class Bus:
@@ -124,7 +103,7 @@ class Bus:
         async def _on_closed() -> None:
             closed.set()
 
-        if not await _any_server_listens(settings.nats_url, settings.connect_timeout_s):
+        if not await any_server_listens(settings.nats_url, settings.connect_timeout_s):
             raise UnavailableError(f"no NATS server reachable at {settings.nats_url}")
         try:
             async with asyncio.timeout(settings.connect_timeout_s):
