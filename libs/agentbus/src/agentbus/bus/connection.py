@@ -9,6 +9,7 @@ it on start, so the services can start in any order.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from typing import Any, TypeVar
 
 import msgspec
@@ -30,7 +31,7 @@ from nats.js.api import (
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
-from agentbus.bus.dial import any_server_listens
+from agentbus.bus.dial import any_server_listens, tls_context, tls_failure, wants_tls
 from agentbus.bus.publisher import AckedPublisher
 from agentbus.bus.requests import raw_request
 from agentbus.errors import ContractError, UnavailableError
@@ -90,26 +91,38 @@ class Bus:
         permission denial) closes the connection for good: ``closed`` is then set while
         ``closing`` is false (``agentbus.service.run_service`` exits on it).
 
+        TLS (``settings.tls_*``, ``tls://`` URLs): see ``agentbus.bus.dial``.
+
         Raises:
-            UnavailableError: no server accepted the first connect in time.
+            UnavailableError: no server accepted the first connect in time, the TLS
+                handshake failed, or TLS is wanted and the server does not require it.
+            ContractError: a ``tls_*`` file is missing or unusable.
         """
         settings = settings or BusSettings()
 
         async def _on_error(exc: Exception) -> None:
             logger.warning("nats connection error", error=repr(exc))
+            if isinstance(exc, ssl.SSLError):
+                tls_errors.append(exc)
 
         closed = asyncio.Event()
+        tls_errors: list[ssl.SSLError] = []
 
         async def _on_closed() -> None:
             closed.set()
 
-        if not await any_server_listens(settings.nats_url, settings.connect_timeout_s):
+        tls = tls_context(settings)
+        need_tls = wants_tls(settings)
+        if not await any_server_listens(
+            settings.nats_url, settings.connect_timeout_s, need_tls=need_tls
+        ):
             raise UnavailableError(f"no NATS server reachable at {settings.nats_url}")
         try:
             async with asyncio.timeout(settings.connect_timeout_s):
                 nc = await nats.connect(
                     settings.nats_url.split(","),
                     name=name,
+                    tls=tls,
                     connect_timeout=2,
                     max_reconnect_attempts=-1,
                     reconnect_time_wait=0.5,
@@ -118,6 +131,8 @@ class Bus:
                     drain_timeout=5,
                 )
         except (OSError, TimeoutError, nats.errors.NoServersError) as exc:
+            if failed := [exc] if isinstance(exc, ssl.SSLError) else tls_errors:
+                raise UnavailableError(tls_failure(settings.nats_url, failed[-1])) from exc
             raise UnavailableError(
                 f"no NATS server reachable at {settings.nats_url} within "
                 f"{settings.connect_timeout_s:.1f} s"
