@@ -38,6 +38,7 @@ from nats.js.kv import KeyValue
 from prometheus_client import CollectorRegistry
 
 from agentbus.bus import Bus
+from agentbus.bus.dial import tls_env
 from agentbus.errors import AgentBusError
 from agentbus.kv.mirror import KvMirror
 from agentbus.messages import (
@@ -192,6 +193,7 @@ class Supervisor:
             runtime=self.runtime.kind,
             default_image=self.settings.docker_default_image,
             default_limits=self.default_limits,
+            bus_env=tls_env(self.bus.settings),
         )
 
     async def reconcile(self) -> None:

@@ -115,3 +115,16 @@ def tls_failure(nats_url: str, exc: ssl.SSLError) -> str:
         hint = "check the AGENTBUS_TLS_* files and the server's tls block"
     detail = getattr(exc, "verify_message", None) or reason
     return f"TLS handshake with {nats_url} failed: {detail} ({hint})"
+
+
+def tls_env(settings: BusSettings) -> dict[str, str]:
+    """The ``AGENTBUS_TLS_*`` variables of the ``tls_*`` files set in ``settings``.
+
+    A supervisor gives them to the agents it starts, so they connect as it does.
+    """
+    files = {
+        "AGENTBUS_TLS_CA_FILE": settings.tls_ca_file,
+        "AGENTBUS_TLS_CERT_FILE": settings.tls_cert_file,
+        "AGENTBUS_TLS_KEY_FILE": settings.tls_key_file,
+    }
+    return {name: str(path) for name, path in files.items() if path is not None}
