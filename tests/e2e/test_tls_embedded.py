@@ -3,6 +3,7 @@ services, an agent the supervisor starts, the CLI and the gateway over HTTPS."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import ssl
@@ -57,7 +58,8 @@ async def test_embedded_stack_over_tls(tmp_path: Path, agentbus_home: Path) -> N
 
         # the CLI finds the URL and the TLS files in the state file
         env = {**os.environ, "AGENTBUS_HOME": str(agentbus_home)}
-        ping = subprocess.run(
+        ping = await asyncio.to_thread(
+            subprocess.run,
             [sys.executable, "-m", "agentbus.cli", "ping"],
             env=env,
             capture_output=True,
