@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 from prometheus_client import CollectorRegistry
@@ -25,13 +27,17 @@ class Gateway:
         return self.registry.get_sample_value(name, labels or {}) or 0.0
 
 
-async def start_gateway(bus: Bus, **settings: object) -> Gateway:
+async def start_gateway(bus: Bus, *, ca_file: Path | None = None, **settings: object) -> Gateway:
+    """The gateway on a free port; with ``tls_cert_file`` in ``settings`` it serves HTTPS
+    and ``http`` trusts ``ca_file``."""
     stop = asyncio.Event()
     registry = CollectorRegistry()
     port = free_port()
     gw_settings = GatewaySettings(port=port, shutdown_grace_s=2.0, **settings)  # type: ignore[arg-type]
     task = asyncio.create_task(serve(bus, stop, gw_settings, registry))
-    http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30.0)
+    scheme = "https" if settings.get("tls_cert_file") else "http"
+    verify = ssl.create_default_context(cafile=ca_file) if ca_file else True
+    http = httpx.AsyncClient(base_url=f"{scheme}://127.0.0.1:{port}", timeout=30.0, verify=verify)
     for _ in range(200):
         if task.done():
             task.result()

@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from agentbus.auth.tls import TlsFiles, nats_tls_block
+
 BASE_CONFIG = "jetstream { max_file_store: 64PB }\n"
 """Every test server's configuration. JetStream reserves a stream's ``max_bytes`` from
 ``max_file_store`` (default 75 % of the free disk) when the stream is created, and one
@@ -37,12 +39,25 @@ class NatsServer:
     """A JetStream-enabled nats-server on 127.0.0.1 and a free port."""
 
     def __init__(
-        self, store_dir: Path | None = None, *, port: int = -1, config: str | None = None
+        self,
+        store_dir: Path | None = None,
+        *,
+        port: int = -1,
+        config: str | None = None,
+        tls: TlsFiles | None = None,
+        verify_clients: bool = False,
     ) -> None:
         """``config``: nats-server configuration text (``-c``, after ``BASE_CONFIG``);
         flags still set the address, port and store dir. ``reload`` replaces it on the
-        running server."""
+        running server. ``tls``: require TLS with these files (``client_url`` is then
+        ``tls://``); ``verify_clients``: also a client certificate (mutual TLS)."""
         self._own_dir = store_dir is None
+        if tls is not None:
+            block = nats_tls_block(
+                tls.server_cert, tls.server_key, tls.ca_cert, verify=verify_clients
+            )
+            config = block + (config or "")
+        self.scheme = "tls" if tls is not None else "nats"
         self.config = config
         self.store_dir = Path(store_dir or tempfile.mkdtemp(prefix="agentbus-js-"))
         self.port = port
@@ -74,7 +89,7 @@ class NatsServer:
             lines.append(line)
             if m := _READY.search(line):
                 self.port = int(m.group(2))
-                self.client_url = f"nats://127.0.0.1:{self.port}"
+                self.client_url = f"{self.scheme}://127.0.0.1:{self.port}"
             if "Server is ready" in line and self.client_url:
                 # keep draining stderr so the server never blocks on a full pipe
                 import threading

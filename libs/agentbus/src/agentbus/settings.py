@@ -38,6 +38,14 @@ class BusSettings(BaseSettings):
     """How long the first connect may take; later reconnects retry forever."""
     inline_max_bytes: PositiveInt = 64 * 1024
     """Task inputs/outputs larger than this travel through the Object Store."""
+    tls_ca_file: Path | None = None
+    """PEM file of the CA that signed the server's certificate (default: the system's
+    CAs). Setting any ``tls_*`` file, or a ``tls://`` URL, makes TLS mandatory: a server
+    that does not require TLS is refused. ``agentbus auth tls DIR`` makes local ones."""
+    tls_cert_file: Path | None = None
+    """PEM client certificate, for a server that verifies clients (mutual TLS)."""
+    tls_key_file: Path | None = None
+    """PEM private key of ``tls_cert_file`` (omit when that file holds the key too)."""
     log_level: str = "INFO"
     log_json: bool = False
     """Write logs as one JSON object per line (for containers)."""

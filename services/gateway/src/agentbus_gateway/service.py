@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import math
 import socket
+import ssl
 from collections.abc import Iterator
 
 import uvicorn
@@ -19,7 +20,7 @@ from prometheus_client import CollectorRegistry
 
 from agentbus.bus import Bus
 from agentbus.client import Client
-from agentbus.errors import UnavailableError
+from agentbus.errors import ContractError, UnavailableError
 from agentbus.messages import GetHealth, HealthReply
 from agentbus.service import MicroService
 from agentbus_gateway.app import create_app
@@ -67,13 +68,18 @@ async def serve(
 ) -> None:
     """Serve HTTP on ``settings.host:settings.port`` until ``stop`` is set.
 
+    With ``settings.tls_cert_file`` (and ``tls_key_file``) it serves HTTPS instead.
+
     On stop, long-polling ``GET /v1/tasks/{id}?wait_s=`` requests return the current
     record, other requests get ``settings.shutdown_grace_s`` seconds to finish, then
     the micro service is removed. The caller closes ``bus``.
 
     Raises:
         UnavailableError: the HTTP address cannot be bound.
+        ContractError: the TLS files are missing or unusable.
     """
+    if bool(settings.tls_cert_file) != bool(settings.tls_key_file):
+        raise ContractError("GATEWAY_TLS_CERT_FILE and GATEWAY_TLS_KEY_FILE go together")
     metrics = GatewayMetrics(registry)
     ctx = GatewayContext(bus, Client(bus), settings, metrics, stop)
     sock = bind_socket(settings.host, settings.port)
@@ -88,18 +94,26 @@ async def serve(
 
     config = uvicorn.Config(
         create_app(ctx),
+        ssl_certfile=settings.tls_cert_file,
+        ssl_keyfile=settings.tls_key_file,
         log_config=None,
         access_log=False,
         lifespan="on",
         timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_s),
     )
+    try:
+        config.load()  # here, not in the server task: unusable TLS files fail the start
+    except (OSError, ssl.SSLError) as exc:
+        sock.close()
+        raise ContractError(f"gateway TLS files unusable: {exc}") from exc
     server = _Server(config)
     try:
         await micro.start()
         await micro.endpoint("health", GetHealth, _health)
         http = asyncio.create_task(server.serve(sockets=[sock]), name="gateway-http")
         stopping = asyncio.create_task(stop.wait(), name="gateway-stop")
-        logger.info("gateway listening", host=settings.host, port=port)
+        scheme = "https" if settings.tls_cert_file else "http"
+        logger.info("gateway listening", host=settings.host, port=port, scheme=scheme)
         done, _ = await asyncio.wait({http, stopping}, return_when=asyncio.FIRST_COMPLETED)
         stopping.cancel()
         if http in done:

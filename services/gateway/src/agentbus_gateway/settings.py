@@ -6,6 +6,8 @@ default. Build them in ``main()`` and pass them down; never at import time.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import PositiveFloat, PositiveInt
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -19,6 +21,11 @@ class GatewaySettings(BaseSettings):
     """Interface the HTTP server listens on (``0.0.0.0`` in a container)."""
     port: int = 8080
     """TCP port of the HTTP server; ``0`` picks a free port (logged at start)."""
+    tls_cert_file: Path | None = None
+    """PEM certificate (chain) of the HTTPS server; set with ``tls_key_file``, the
+    gateway serves HTTPS only (``agentbus auth tls`` makes a local one)."""
+    tls_key_file: Path | None = None
+    """PEM private key of ``tls_cert_file``."""
     metrics_port: int | None = None
     """Separate Prometheus port; unused by default, ``/metrics`` is served by the app."""
     max_wait_s: PositiveFloat = 60.0

@@ -12,7 +12,7 @@ import dataclasses
 import hashlib
 import json
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
@@ -240,10 +240,12 @@ def build_spec(
     default_image: str | None = None,
     default_limits: Limits = NO_LIMITS,
     creds_file: str | None = None,
+    bus_env: Mapping[str, str] | None = None,
 ) -> ReplicaSpec:
     """The ``ReplicaSpec`` of replica ``replica`` of ``deployment`` on this node.
 
-    The environment is the deployment's ``env`` overlaid with the agent settings
+    The environment is the deployment's ``env`` overlaid with ``bus_env`` (how to reach
+    the bus besides the URL: the ``AGENTBUS_TLS_*`` files) and the agent settings
     (``AGENTBUS_NATS_URL``, ``AGENTBUS_PREFIX`` and ``AGENTBUS_AGENT_*``, including
     ``AGENTBUS_AGENT_STOP_GRACE_S`` from ``agent_stop_grace_s``). On a ``docker`` node
     the container runs ``image_command`` (or the image's CMD); with no image it runs
@@ -252,6 +254,7 @@ def build_spec(
     """
     agent_id = replica_agent_id(deployment.name, replica)
     env = dict(deployment.env)
+    env.update(bus_env or {})
     env.update(
         {
             "AGENTBUS_NATS_URL": nats_url,

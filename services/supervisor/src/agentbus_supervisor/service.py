@@ -38,6 +38,7 @@ from nats.js.kv import KeyValue
 from prometheus_client import CollectorRegistry
 
 from agentbus.bus import Bus
+from agentbus.bus.dial import tls_env
 from agentbus.errors import AgentBusError
 from agentbus.kv.mirror import KvMirror
 from agentbus.messages import (
@@ -200,6 +201,7 @@ class Supervisor:
                 if self.credentials is not None
                 else None
             ),
+            bus_env=tls_env(self.bus.settings),
         )
 
     async def reconcile(self) -> None:

@@ -4,7 +4,9 @@
 - ``authority``: the fleet's keys and server configuration (``agentbus auth init``),
   and minting users;
 - ``permissions``: the allow-lists of every identity (services, operators, agents);
-- ``creds``: reading a ``.creds`` file.
+- ``creds``: reading a ``.creds`` file;
+- ``tls``: a local CA and the certificates of a TLS stack (``agentbus auth tls``), and
+  the ``tls {}`` block of a nats-server configuration.
 
 ``docs/decisions/0003-nats-auth.md`` says why decentralized JWT auth; ``docs/protocol.md``,
 "Permissions", holds the tables.

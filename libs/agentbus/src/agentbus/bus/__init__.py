@@ -6,7 +6,8 @@
 - ``publisher``: acked JetStream publishes, many in flight, at little cost each;
 - ``pulls``: no-wait pull requests and their answers;
 - ``blobs``: values over the inline limit in the Object Store, by reference;
-- ``notices``: ready notices that wake one agent with a free slot.
+- ``notices``: ready notices that wake one agent with a free slot;
+- ``dial``: how ``Bus.connect`` reaches nats-server.
 """
 
 from agentbus.bus.connection import Bus

@@ -9,9 +9,9 @@ it on start, so the services can start in any order.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Collection
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 import msgspec
 import nats
@@ -24,6 +24,7 @@ from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
 from agentbus.auth.creds import creds_inbox_prefix
+from agentbus.bus.dial import any_server_listens, tls_context, tls_failure, wants_tls
 from agentbus.bus.publisher import AckedPublisher
 from agentbus.bus.requests import raw_request
 from agentbus.errors import AuthenticationError, ContractError, UnavailableError
@@ -32,27 +33,6 @@ from agentbus.names import Names
 from agentbus.settings import BusSettings
 
 R = TypeVar("R", bound=Message)
-
-
-async def _any_server_listens(nats_url: str, timeout_s: float) -> bool:
-    """Whether some server of ``nats_url`` accepts TCP connections.
-
-    A refused URL then fails at once instead of running nats-py's retry loop until the
-    connect timeout.
-    """
-    for server in nats_url.split(","):
-        server = server.strip()
-        parts = urlsplit(server if "://" in server else f"nats://{server}")
-        try:
-            _, writer = await asyncio.wait_for(
-                asyncio.open_connection(parts.hostname or "127.0.0.1", parts.port or 4222),
-                timeout_s,
-            )
-        except (OSError, TimeoutError, ValueError):
-            continue
-        writer.close()
-        return True
-    return False
 
 
 class Bus:
@@ -95,10 +75,13 @@ class Bus:
         With ``settings.creds_file`` it authenticates as that user and takes replies
         under the reply prefix its permissions allow (``agentbus.auth.creds``).
 
+        TLS (``settings.tls_*``, ``tls://`` URLs): see ``agentbus.bus.dial``.
+
         Raises:
-            UnavailableError: no server accepted the first connect in time.
+            UnavailableError: no server accepted the first connect in time, the TLS
+                handshake failed, or TLS is wanted and the server does not require it.
             AuthenticationError: the server refused the credentials (or their absence).
-            ContractError: the creds file is unreadable.
+            ContractError: the creds file, or a ``tls_*`` file, is missing or unusable.
         """
         settings = settings or BusSettings()
 
@@ -112,13 +95,20 @@ class Bus:
                 auth_error = str(exc)
                 refused.set()
             logger.warning("nats connection error", error=repr(exc))
+            if isinstance(exc, ssl.SSLError):
+                tls_errors.append(exc)
 
         closed = asyncio.Event()
+        tls_errors: list[ssl.SSLError] = []
 
         async def _on_closed() -> None:
             closed.set()
 
-        if not await _any_server_listens(settings.nats_url, settings.connect_timeout_s):
+        tls = tls_context(settings)
+        need_tls = wants_tls(settings)
+        if not await any_server_listens(
+            settings.nats_url, settings.connect_timeout_s, need_tls=need_tls
+        ):
             raise UnavailableError(f"no NATS server reachable at {settings.nats_url}")
         auth: dict[str, Any] = {}
         if settings.creds_file is not None:
@@ -129,6 +119,7 @@ class Bus:
             nats.connect(
                 settings.nats_url.split(","),
                 name=name,
+                tls=tls,
                 **auth,
                 connect_timeout=2,
                 max_reconnect_attempts=-1,
@@ -152,6 +143,8 @@ class Bus:
             nc = connecting.result()
         except (OSError, TimeoutError, nats.errors.NoServersError) as exc:
             connecting.cancel()
+            if failed := [exc] if isinstance(exc, ssl.SSLError) else tls_errors:
+                raise UnavailableError(tls_failure(settings.nats_url, failed[-1])) from exc
             raise UnavailableError(
                 f"no NATS server reachable at {settings.nats_url} within "
                 f"{settings.connect_timeout_s:.1f} s"

@@ -3,17 +3,20 @@
 Precedence of the NATS URL and prefix: the command's options, then the environment
 (``AGENTBUS_NATS_URL``, ``AGENTBUS_PREFIX``; typer reads both into the options), then
 the state file of a running embedded stack (``agentbus.embedded.state``), then the
-defaults of ``BusSettings``. When the URL comes from ``AGENTBUS_NATS_URL`` while a
-running embedded stack at another URL owns the state file, a note on stderr says
-which one the command talks to; ``--nats-url`` given on the command line is taken
-without a note.
+defaults of ``BusSettings``. A state file of a stack with TLS also gives the CA and
+client certificate (unless ``AGENTBUS_TLS_CA_FILE`` is set). When the URL comes from
+``AGENTBUS_NATS_URL`` while a running embedded stack at another URL owns the state
+file, a note on stderr says which one the command talks to; ``--nats-url`` given on
+the command line is taken without a note.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
+from agentbus.auth.tls import TlsFiles
 from agentbus.bus import Bus
 from agentbus.client import Client
 from agentbus.embedded.state import read_state, state_file_path
@@ -27,8 +30,16 @@ def resolve_settings(nats_url: str | None = None, prefix: str | None = None) -> 
     command line or the environment is never paired with another stack's prefix.
     """
     state = read_state()
+    tls: dict[str, Path] = {}
     if nats_url is None and state is not None:
         nats_url, prefix = state.nats_url, prefix or state.prefix
+        if state.tls_dir and not os.environ.get("AGENTBUS_TLS_CA_FILE"):
+            files = TlsFiles.in_dir(Path(state.tls_dir))
+            tls = {
+                "tls_ca_file": files.ca_cert,
+                "tls_cert_file": files.client_cert,
+                "tls_key_file": files.client_key,
+            }
     elif state is not None and nats_url != state.nats_url:
         if nats_url == os.environ.get("AGENTBUS_NATS_URL"):  # from the environment
             print(
@@ -36,8 +47,10 @@ def resolve_settings(nats_url: str | None = None, prefix: str | None = None) -> 
                 f"at {state.nats_url} (state file {state_file_path()}); --nats-url chooses",
                 file=sys.stderr,
             )
-    values = {k: v for k, v in (("nats_url", nats_url), ("prefix", prefix)) if v}
-    return BusSettings(**values)  # type: ignore[arg-type]
+    values: dict[str, str | Path] = {
+        k: v for k, v in (("nats_url", nats_url), ("prefix", prefix)) if v
+    }
+    return BusSettings(**values, **tls)  # type: ignore[arg-type]
 
 
 async def connect_client(settings: BusSettings, *, timeout_s: float = 5.0) -> Client:

@@ -52,13 +52,25 @@ def embedded(
             "live stack per file.",
         ),
     ] = None,
+    tls: Annotated[
+        Path | None,
+        typer.Option(
+            help="TLS on NATS and the gateway with the files in this directory "
+            "(made by `agentbus auth tls` if missing).",
+        ),
+    ] = None,
+    tls_verify: Annotated[
+        bool, typer.Option(help="With --tls: require client certificates (mutual TLS).")
+    ] = False,
 ) -> None:
     """Run nats-server and the five services locally until Ctrl-C.
 
     Refuses (exit 1) while another live stack owns the state file.
     """
     path = state_file or state_file_path()
-    code = run(_embedded(store_dir, port, gateway_port, runtime, prefix, log_level, path))
+    code = run(
+        _embedded(store_dir, port, gateway_port, runtime, prefix, log_level, path, tls, tls_verify)
+    )
     raise typer.Exit(code)
 
 
@@ -70,6 +82,8 @@ async def _embedded(
     prefix: str,
     log_level: str,
     state_file: Path,
+    tls_dir: Path | None = None,
+    tls_verify: bool = False,
 ) -> int:
     claim_state(state_file)  # before anything starts: StackRunningError, exit 1
     try:
@@ -87,6 +101,8 @@ async def _embedded(
         log_level=log_level,
         write_state=True,
         state_file=state_file,
+        tls_dir=tls_dir,
+        verify_clients=tls_verify,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

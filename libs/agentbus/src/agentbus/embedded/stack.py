@@ -30,7 +30,9 @@ from typing import IO, Literal
 
 from nats.aio.client import Client as NatsClient
 
+from agentbus.auth.tls import TlsFiles, make_tls_files, nats_tls_block
 from agentbus.bus import Bus
+from agentbus.bus.dial import tls_env
 from agentbus.client import Client
 from agentbus.embedded.state import STATE_FILE_NAME as STATE_FILE_NAME  # re-exported
 from agentbus.embedded.state import EmbeddedState as EmbeddedState  # re-exported
@@ -124,6 +126,8 @@ class EmbeddedStack:
         ready_timeout_s: float = 60.0,
         stop_grace_s: float = 10.0,
         extra_env: dict[str, str] | None = None,
+        tls_dir: Path | None = None,
+        verify_clients: bool = False,
     ) -> None:
         self._tmp = tempfile.mkdtemp(prefix="agentbus-embedded-")
         self.store_dir = Path(store_dir) if store_dir else Path(self._tmp) / "jetstream"
@@ -138,15 +142,26 @@ class EmbeddedStack:
         self.ready_timeout_s = ready_timeout_s
         self.stop_grace_s = stop_grace_s
         self.extra_env = extra_env or {}
+        self.tls = TlsFiles.in_dir(tls_dir) if tls_dir else None
+        self.verify_clients = verify_clients
         self.nats_url = ""
-        self.gateway_url = f"http://127.0.0.1:{self.gateway_port}"
+        scheme = "https" if self.tls else "http"
+        self.gateway_url = f"{scheme}://127.0.0.1:{self.gateway_port}"
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self._logs: list[IO[bytes]] = []
 
     @property
     def settings(self) -> BusSettings:
-        """Bus settings that reach this stack."""
-        return BusSettings(nats_url=self.nats_url, prefix=self.prefix)
+        """Bus settings that reach this stack (with its CA and client certificate)."""
+        if self.tls is None:
+            return BusSettings(nats_url=self.nats_url, prefix=self.prefix)
+        return BusSettings(
+            nats_url=self.nats_url,
+            prefix=self.prefix,
+            tls_ca_file=self.tls.ca_cert,
+            tls_cert_file=self.tls.client_cert,
+            tls_key_file=self.tls.client_key,
+        )
 
     @property
     def pids(self) -> dict[str, int]:
@@ -245,6 +260,15 @@ class EmbeddedStack:
             "-sd",
             str(self.store_dir),
         ]
+        if self.tls is not None:
+            make_tls_files(self.tls.directory)  # keeps files that exist
+            config = Path(self._tmp) / "nats-server.conf"
+            t = self.tls
+            block = nats_tls_block(
+                t.server_cert, t.server_key, t.ca_cert, verify=self.verify_clients
+            )
+            config.write_text(block)
+            argv += ["-c", str(config)]
         self._spawn("nats-server", argv, None)
         log_path = self.log_dir / "nats-server.log"
         deadline = time.monotonic() + 15.0
@@ -253,7 +277,8 @@ class EmbeddedStack:
             m = _LISTENING.search(text)
             if m and "Server is ready" in text:
                 self.nats_port = int(m.group(2))
-                self.nats_url = f"nats://127.0.0.1:{self.nats_port}"
+                scheme = "tls" if self.tls else "nats"
+                self.nats_url = f"{scheme}://127.0.0.1:{self.nats_port}"
                 return
             if self._procs["nats-server"].poll() is not None:
                 break
@@ -272,6 +297,12 @@ class EmbeddedStack:
             GATEWAY_PORT=str(self.gateway_port),
             PYTHONUNBUFFERED="1",
         )
+        if self.tls is not None:
+            env.update(tls_env(self.settings))
+            env.update(
+                GATEWAY_TLS_CERT_FILE=str(self.tls.server_cert),
+                GATEWAY_TLS_KEY_FILE=str(self.tls.server_key),
+            )
         env.update(self.extra_env)
         return env
 
@@ -310,6 +341,7 @@ class EmbeddedStack:
             runtime=self.runtime,
             log_dir=str(self.log_dir),
             owner_pid=os.getpid(),
+            tls_dir=str(self.tls.directory) if self.tls else "",
         )
         store_state(self.state_file, state)
 

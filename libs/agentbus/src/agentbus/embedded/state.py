@@ -43,6 +43,9 @@ class EmbeddedState(msgspec.Struct, kw_only=True):
     log_dir: str = ""
     owner_pid: int = 0
     """Process id of the ``agentbus embedded`` command that owns the file (0: unknown)."""
+    tls_dir: str = ""
+    """Directory of the stack's CA and client certificate (``agentbus.auth.tls``
+    names), when its nats-server requires TLS; empty: plain TCP."""
 
     @property
     def alive(self) -> bool:
