@@ -1,15 +1,22 @@
-"""The gateway in-process for the tests: started on a free port, an HTTP client to it."""
+"""The gateway in-process for the tests: started on a free port, an HTTP client to it.
+
+The client carries a bearer token made with ``create_token`` (every scope unless the
+test asks for fewer); ``Gateway.client`` gives another client with another token.
+"""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import httpx
 from prometheus_client import CollectorRegistry
 
+from agentbus.auth.tokens import SCOPES, create_token
 from agentbus.bus import Bus
 from agentbus.embedded import free_port
+from agentbus.messages import ApiToken
 from agentbus_gateway.service import serve
 from agentbus_gateway.settings import GatewaySettings
 
@@ -17,21 +24,37 @@ from agentbus_gateway.settings import GatewaySettings
 @dataclass
 class Gateway:
     http: httpx.AsyncClient
+    """A client carrying ``token``."""
     registry: CollectorRegistry
     stop: asyncio.Event
     task: asyncio.Task[None]
+    token: ApiToken
+    secret: str
+    """The full text of ``token`` (``abt_<id>_<secret>``)."""
 
     def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
         return self.registry.get_sample_value(name, labels or {}) or 0.0
 
+    def client(self, secret: str | None = None) -> httpx.AsyncClient:
+        """A client to this gateway sending ``secret`` as its token (None: no header)."""
+        headers = {"Authorization": f"Bearer {secret}"} if secret is not None else {}
+        return httpx.AsyncClient(base_url=self.http.base_url, timeout=30.0, headers=headers)
 
-async def start_gateway(bus: Bus, **settings: object) -> Gateway:
+
+def bearer(secret: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {secret}"}
+
+
+async def start_gateway(bus: Bus, *, scopes: Iterable[str] = SCOPES, **settings: object) -> Gateway:
+    token, secret = await create_token(bus, "test", scopes)
     stop = asyncio.Event()
     registry = CollectorRegistry()
     port = free_port()
     gw_settings = GatewaySettings(port=port, shutdown_grace_s=2.0, **settings)  # type: ignore[arg-type]
     task = asyncio.create_task(serve(bus, stop, gw_settings, registry))
-    http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30.0)
+    http = httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{port}", timeout=30.0, headers=bearer(secret)
+    )
     for _ in range(200):
         if task.done():
             task.result()
@@ -40,7 +63,7 @@ async def start_gateway(bus: Bus, **settings: object) -> Gateway:
             break
         except httpx.TransportError:
             await asyncio.sleep(0.05)
-    return Gateway(http=http, registry=registry, stop=stop, task=task)
+    return Gateway(http=http, registry=registry, stop=stop, task=task, token=token, secret=secret)
 
 
 async def stop_gateway(gw: Gateway) -> None:

@@ -23,6 +23,7 @@ from agentbus.errors import UnavailableError
 from agentbus.messages import GetHealth, HealthReply
 from agentbus.service import MicroService
 from agentbus_gateway.app import create_app
+from agentbus_gateway.auth import Authenticator
 from agentbus_gateway.metrics import GatewayMetrics
 from agentbus_gateway.routes import GatewayContext
 from agentbus_gateway.settings import GatewaySettings
@@ -67,6 +68,7 @@ async def serve(
 ) -> None:
     """Serve HTTP on ``settings.host:settings.port`` until ``stop`` is set.
 
+    Tokens are checked against a watched copy of ``<p>_tokens`` (``auth.Authenticator``).
     On stop, long-polling ``GET /v1/tasks/{id}?wait_s=`` requests return the current
     record, other requests get ``settings.shutdown_grace_s`` seconds to finish, then
     the micro service is removed. The caller closes ``bus``.
@@ -75,7 +77,8 @@ async def serve(
         UnavailableError: the HTTP address cannot be bound.
     """
     metrics = GatewayMetrics(registry)
-    ctx = GatewayContext(bus, Client(bus), settings, metrics, stop)
+    auth = Authenticator(bus, settings, metrics)
+    ctx = GatewayContext(bus, Client(bus), settings, metrics, stop, auth)
     sock = bind_socket(settings.host, settings.port)
     port = int(sock.getsockname()[1])
     micro = MicroService(bus, "gateway", metrics.service, description="agentbus HTTP gateway")
@@ -94,6 +97,9 @@ async def serve(
         timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_s),
     )
     server = _Server(config)
+    tokens = asyncio.create_task(auth.run(stop), name="gateway-tokens")
+    if not settings.auth_required:
+        logger.warning("gateway authentication is off (GATEWAY_AUTH_REQUIRED=false)")
     try:
         await micro.start()
         await micro.endpoint("health", GetHealth, _health)
@@ -109,6 +115,8 @@ async def serve(
         await http
     finally:
         server.should_exit = True
+        tokens.cancel()
+        await asyncio.gather(tokens, return_exceptions=True)
         await micro.stop()
         sock.close()
         logger.info("gateway stopped")

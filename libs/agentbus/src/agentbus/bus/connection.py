@@ -240,7 +240,8 @@ class Bus:
                 KeyValueConfig(bucket, history=1, ttl=REGISTRY_TTL_S, limit_marker_ttl=5.0)
             )
         await self._ensure_kv(KeyValueConfig(n.deployments_bucket, history=5))
-        await self._ensure_kv(KeyValueConfig(n.placements_bucket, history=1))
+        for bucket in (n.placements_bucket, n.tokens_bucket):  # tokens: agentbus.auth.tokens
+            await self._ensure_kv(KeyValueConfig(bucket, history=1))
         # Checkpoints: every version is its own key (history 1 suffices); a put is one
         # atomic batch (record, index, head), which the stream must allow (server >= 2.12).
         await self._ensure_kv(KeyValueConfig(n.checkpoints_bucket, history=1))

@@ -13,10 +13,10 @@ import sys
 
 from loguru import logger
 
-from agentbus.cli import events, fleet, observe, stack, tasks, traces
+from agentbus.cli import events, fleet, observe, stack, tasks, tokens, traces
 from agentbus.cli.common import app
 
-__all__ = ["app", "events", "fleet", "main", "observe", "stack", "tasks", "traces"]
+__all__ = ["app", "events", "fleet", "main", "observe", "stack", "tasks", "tokens", "traces"]
 
 
 def main() -> None:
