@@ -1,17 +1,24 @@
-"""The gateway in-process for the tests: started on a free port, an HTTP client to it."""
+"""The gateway in-process for the tests: started on a free port, an HTTP client to it.
+
+The client carries a bearer token made with ``create_token`` (every scope unless the
+test asks for fewer); ``Gateway.client`` gives another client with another token.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 from prometheus_client import CollectorRegistry
 
+from agentbus.auth.tokens import SCOPES, create_token
 from agentbus.bus import Bus
 from agentbus.embedded import free_port
+from agentbus.messages import ApiToken
 from agentbus_gateway.service import serve
 from agentbus_gateway.settings import GatewaySettings
 
@@ -19,17 +26,33 @@ from agentbus_gateway.settings import GatewaySettings
 @dataclass
 class Gateway:
     http: httpx.AsyncClient
+    """A client carrying ``token``."""
     registry: CollectorRegistry
     stop: asyncio.Event
     task: asyncio.Task[None]
+    token: ApiToken
+    secret: str
+    """The full text of ``token`` (``abt_<id>_<secret>``)."""
 
     def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
         return self.registry.get_sample_value(name, labels or {}) or 0.0
 
+    def client(self, secret: str | None = None) -> httpx.AsyncClient:
+        """A client to this gateway sending ``secret`` as its token (None: no header)."""
+        headers = {"Authorization": f"Bearer {secret}"} if secret is not None else {}
+        return httpx.AsyncClient(base_url=self.http.base_url, timeout=30.0, headers=headers)
 
-async def start_gateway(bus: Bus, *, ca_file: Path | None = None, **settings: object) -> Gateway:
-    """The gateway on a free port; with ``tls_cert_file`` in ``settings`` it serves HTTPS
-    and ``http`` trusts ``ca_file``."""
+
+def bearer(secret: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {secret}"}
+
+
+async def start_gateway(
+    bus: Bus, *, scopes: Iterable[str] = SCOPES, ca_file: Path | None = None, **settings: object
+) -> Gateway:
+    """The gateway on a free port, its client holding a token with ``scopes``; with
+    ``tls_cert_file`` in ``settings`` it serves HTTPS and ``http`` trusts ``ca_file``."""
+    token, secret = await create_token(bus, "test", scopes)
     stop = asyncio.Event()
     registry = CollectorRegistry()
     port = free_port()
@@ -37,7 +60,9 @@ async def start_gateway(bus: Bus, *, ca_file: Path | None = None, **settings: ob
     task = asyncio.create_task(serve(bus, stop, gw_settings, registry))
     scheme = "https" if settings.get("tls_cert_file") else "http"
     verify = ssl.create_default_context(cafile=ca_file) if ca_file else True
-    http = httpx.AsyncClient(base_url=f"{scheme}://127.0.0.1:{port}", timeout=30.0, verify=verify)
+    http = httpx.AsyncClient(
+        base_url=f"{scheme}://127.0.0.1:{port}", timeout=30.0, verify=verify, headers=bearer(secret)
+    )
     for _ in range(200):
         if task.done():
             task.result()
@@ -46,7 +71,7 @@ async def start_gateway(bus: Bus, *, ca_file: Path | None = None, **settings: ob
             break
         except httpx.TransportError:
             await asyncio.sleep(0.05)
-    return Gateway(http=http, registry=registry, stop=stop, task=task)
+    return Gateway(http=http, registry=registry, stop=stop, task=task, token=token, secret=secret)
 
 
 async def stop_gateway(gw: Gateway) -> None:

@@ -6,9 +6,7 @@ import time
 
 import pytest
 
-from agentbus.auth import nats_jwt
 from agentbus.auth.authority import Authority
-from agentbus.auth.creds import creds_jwt
 from agentbus.auth.permissions import AgentGrant, agent_permissions
 from agentbus.auth.revocation import Revoker
 from agentbus.bus import Bus

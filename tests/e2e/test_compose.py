@@ -11,6 +11,7 @@ import aiodocker
 import httpx
 import pytest
 
+from agentbus.auth.tokens import create_token
 from agentbus.client import Client
 from agentbus.messages import Deployment
 from agentbus.settings import BusSettings
@@ -56,7 +57,13 @@ async def test_compose_stack_runs_a_task_in_an_agent_container(compose_stack: No
         async with asyncio.timeout(90):
             while not await client.agents("echo"):
                 await asyncio.sleep(0.5)
-        async with httpx.AsyncClient(base_url="http://127.0.0.1:8080", timeout=60) as http:
+        _, secret = await create_token(client.bus, "compose-e2e", ["tasks:submit", "tasks:read"])
+        headers = {"Authorization": f"Bearer {secret}"}
+        url = "http://127.0.0.1:8080"
+        async with httpx.AsyncClient(base_url=url, timeout=60, headers=headers) as http:
+            assert (await http.get("/v1/tasks")).status_code == 200
+            async with httpx.AsyncClient(base_url=url) as anonymous:
+                assert (await anonymous.get("/v1/tasks")).status_code == 401
             created = await http.post("/v1/tasks", json={"capability": "echo", "input": [1, 2]})
             assert created.status_code == 201, created.text
             task_id = created.json()["task_id"]

@@ -17,6 +17,7 @@ import httpx
 import msgspec
 import pytest
 
+from agentbus.auth.tokens import create_token
 from agentbus.bus import Bus
 from agentbus.client import Client
 from agentbus.embedded import EmbeddedStack
@@ -70,8 +71,10 @@ async def process_stack() -> AsyncIterator[tuple[EmbeddedStack, Client]]:
         yield pair
 
 
-async def roundtrip_over_http(stack: EmbeddedStack) -> dict[str, object]:
-    async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=60) as http:
+async def roundtrip_over_http(stack: EmbeddedStack, client: Client) -> dict[str, object]:
+    _, secret = await create_token(client.bus, "e2e", ["tasks:submit", "tasks:read"])
+    headers = {"Authorization": f"Bearer {secret}"}
+    async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=60, headers=headers) as http:
         created = await http.post("/v1/tasks", json={"capability": "echo", "input": {"hi": 1}})
         assert created.status_code == 201, created.text
         task_id = created.json()["task_id"]
@@ -89,7 +92,7 @@ async def test_http_task_runs_in_a_docker_agent(
     stack, client = docker_stack
     await client.deploy(echo_deployment("docker", agent_image, replicas=1))
     await wait_for_agents(client, "echo", 1)
-    record = await roundtrip_over_http(stack)
+    record = await roundtrip_over_http(stack, client)
     async with aiodocker.Docker() as docker:
         labels = [f"agentbus.prefix={stack.prefix}", f"agentbus.agent_id={record['agent_id']}"]
         ran_in = await docker.containers.list(filters={"label": labels})
@@ -103,7 +106,7 @@ async def test_http_task_runs_in_a_process_agent(
     stack, client = process_stack
     await client.deploy(echo_deployment("process", "", replicas=1))
     await wait_for_agents(client, "echo", 1)
-    record = await roundtrip_over_http(stack)
+    record = await roundtrip_over_http(stack, client)
     agents = await client.agents("echo")
     assert agents[0].agent_id == record["agent_id"]
     assert agents[0].pid is not None

@@ -2,9 +2,11 @@
 
 Python blocks are written to files and run as processes (the agent, then the caller
 next to it). Shell blocks run line by line: ``agentbus`` and ``curl`` commands against
-the stack; the few commands that other tests or CI run (``./run``, ``just``) or that
-this machine lacks (the ``nats`` CLI) must be listed in ``COVERED_ELSEWHERE``, so a
-new command in the README fails here until it is run or listed.
+the stack (``export NAME=$(agentbus ...)`` keeps the command's last line for the
+``$NAME`` of later commands); the few commands that other tests or CI run (``./run``,
+``just``) or that this machine lacks (the ``nats`` CLI) must be listed in
+``COVERED_ELSEWHERE``, so a new command in the README fails here until it is run or
+listed.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 BLOCK_RE = re.compile(r"^```(\w+)\n(.*?)^```", re.DOTALL | re.MULTILINE)
+EXPORT_RE = re.compile(r"^export (\w+)=\$\((.+)\)$")
 COVERED_ELSEWHERE = {
     "./run": "the quickstart: CI runs ./run test; tests/e2e/test_demo.py runs the demo",
     "just": "just up/down: tests/e2e/test_compose.py",
@@ -113,16 +116,21 @@ async def test_python_blocks_run_as_written(stack: EmbeddedStack, tmp_path: Path
 async def test_shell_blocks_run_against_the_stack(docker_stack: EmbeddedStack) -> None:
     stack, repo = docker_stack, README.parent
     env = stack_env(stack)
+    exported: dict[str, str] = {}
     ran = 0
     for block in blocks("sh"):
         for command in commands(block):
-            argv = shlex.split(command)
+            export = EXPORT_RE.match(command)
+            argv = shlex.split(export.group(2) if export else command)
+            argv = [re.sub(r"\$(\w+)", lambda m: exported[m.group(1)], arg) for arg in argv]
             if argv[0] in COVERED_ELSEWHERE:
                 continue
             if argv[:3] == ["uv", "run", "agentbus"]:
                 if argv[3] == "embedded":  # the stack this test already runs
                     continue
-                await run([sys.executable, "-m", "agentbus.cli", *argv[3:]], env, repo)
+                out = await run([sys.executable, "-m", "agentbus.cli", *argv[3:]], env, repo)
+                if export:
+                    exported[export.group(1)] = out.strip().splitlines()[-1]
             elif argv[0] == "curl":
                 gateway = stack.gateway_url.removeprefix("http://")
                 argv = [arg.replace("localhost:8080", gateway) for arg in argv]

@@ -3,9 +3,10 @@
 Schemathesis reads ``/openapi.json`` from a real gateway and sends generated requests,
 valid and invalid, to every operation; each response must not be a 5xx, must have a
 documented status, content type, headers and body schema, and invalid input must be
-refused. The gateway, the scheduler and the registry run in-process on a thread of
-their own (schemathesis calls over HTTP synchronously), against the session
-nats-server. Bounded: a few dozen examples per operation, well under a minute.
+refused. Requests carry a token with every scope. The gateway, the scheduler and the
+registry run in-process on a thread of their own (schemathesis calls over HTTP
+synchronously), against the session nats-server. Bounded: a few dozen examples per
+operation, well under a minute.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ class Stack(threading.Thread):
             nats_url=nats_url, prefix=f"t{uuid.uuid4().hex[:10]}", request_timeout_s=5.0
         )
         self.base_url = ""
+        self.headers: dict[str, str] = {}
         self.ready = threading.Event()
         self.error: BaseException | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -86,8 +88,10 @@ class Stack(threading.Thread):
             registry = asyncio.create_task(
                 serve_registry(bus, registry_stop, RegistrySettings(), CollectorRegistry())
             )
-            gw = await start_gateway(bus, max_wait_s=0.2)
+            # every scope, and a rate limit the generated requests stay under
+            gw = await start_gateway(bus, max_wait_s=0.2, rate_limit_requests=100_000)
             self.base_url = str(gw.http.base_url).rstrip("/")
+            self.headers = {"Authorization": gw.http.headers["authorization"]}
             self.ready.set()
             await self._halt.wait()
             await stop_gateway(gw)
@@ -114,7 +118,11 @@ def contract_stack(nats_url: str) -> Iterator[Stack]:
 
 @pytest.fixture(scope="module")
 def api_schema(contract_stack: Stack) -> schemathesis.BaseSchema:
-    return schemathesis.openapi.from_url(f"{contract_stack.base_url}/openapi.json")
+    schema = schemathesis.openapi.from_url(f"{contract_stack.base_url}/openapi.json")
+    # The token is the test's (every request carries it), not generated: a generated
+    # or removed Authorization would only ever meet the 401 of tests/gateway/test_auth.py.
+    schema.config.generation.update(with_security_parameters=False)
+    return schema
 
 
 OPERATIONS = [
@@ -151,7 +159,11 @@ def test_every_operation_is_covered(api_schema: schemathesis.BaseSchema) -> None
 
 @pytest.mark.parametrize(("method", "path", "mode"), CASES)
 def test_api_follows_its_openapi_document(
-    api_schema: schemathesis.BaseSchema, method: str, path: str, mode: schemathesis.GenerationMode
+    contract_stack: Stack,
+    api_schema: schemathesis.BaseSchema,
+    method: str,
+    path: str,
+    mode: schemathesis.GenerationMode,
 ) -> None:
     operation = api_schema[path][method]
 
@@ -163,6 +175,6 @@ def test_api_follows_its_openapi_document(
         suppress_health_check=list(HealthCheck),
     )
     def check(case: schemathesis.Case[Any]) -> None:
-        case.call_and_validate(checks=CHECKS, timeout=10)
+        case.call_and_validate(checks=CHECKS, timeout=10, headers=contract_stack.headers)
 
     check()

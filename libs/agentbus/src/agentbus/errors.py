@@ -8,11 +8,14 @@ class on the caller's side::
      ├─ ContractError                  a payload or spec failed validation (400)
      │   ├─ SpecError                  a fleet file or deployment spec, every issue
      │   └─ CheckpointCorruptedError   a stored checkpoint failed its SHA-256 check
+     ├─ AuthenticationError            no credential, or not a valid one (401)
+     ├─ PermissionDeniedError          a valid credential without the right (403)
      ├─ NotFoundError                  (404)
      ├─ ConflictError                  (409)
      │   ├─ CheckpointConflictError    a put's expected parent is not the latest
      │   └─ StackRunningError          another embedded stack owns the state file
      ├─ UnavailableError               retryable; a dependency is down (503)
+     ├─ RateLimitedError               retryable after ``retry_after_s`` (429)
      ├─ RequestTimeoutError            also a TimeoutError (504)
      │   └─ TaskWaitTimeoutError       a wait for a task ran out (says where it is)
      └─ TaskError                      raised by task handlers
@@ -41,6 +44,51 @@ class ContractError(AgentBusError):
     code = "400"
 
 
+class AuthenticationError(AgentBusError):
+    """No credential was presented, or it is unknown, malformed, revoked or expired.
+
+    Raised for an HTTP request without a valid token, and for a NATS connect the server
+    refuses (reason ``refused``).
+
+    The message never contains the presented secret.
+
+    Attributes:
+        reason: why, one of ``missing``, ``malformed``, ``unknown``, ``revoked``,
+            ``expired`` (a metric label).
+    """
+
+    code = "401"
+
+    def __init__(self, reason: str, message: str) -> None:
+        self.reason = reason
+        super().__init__(message)
+
+
+class PermissionDeniedError(AgentBusError):
+    """A valid credential that lacks the scope the action needs.
+
+    Attributes:
+        scope: the scope the action needs.
+    """
+
+    code = "403"
+
+    def __init__(self, scope: str, message: str) -> None:
+        self.scope = scope
+        super().__init__(message)
+
+
+class RateLimitedError(AgentBusError):
+    """Too many requests for one credential; try again after ``retry_after_s`` seconds."""
+
+    code = "429"
+    retryable = True
+
+    def __init__(self, retry_after_s: int, message: str) -> None:
+        self.retry_after_s = retry_after_s
+        super().__init__(message)
+
+
 class NotFoundError(AgentBusError):
     """The named entity (task, agent, checkpoint, ...) does not exist."""
 
@@ -58,16 +106,6 @@ class UnavailableError(AgentBusError):
 
     code = "503"
     retryable = True
-
-
-class AuthenticationError(AgentBusError):
-    """Credentials missing, unknown, expired or revoked.
-
-    A NATS connect refused for authorization, or an HTTP request without a valid token.
-    """
-
-    code = "401"
-    retryable = False
 
 
 class RequestTimeoutError(AgentBusError, TimeoutError):

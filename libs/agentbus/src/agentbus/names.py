@@ -282,6 +282,11 @@ class Names:
         return f"{self.prefix}_leases"
 
     @property
+    def tokens_bucket(self) -> str:
+        """KV of gateway API tokens (``ApiToken``, hashed), key = token id."""
+        return f"{self.prefix}_tokens"
+
+    @property
     def blobs_bucket(self) -> str:
         """Object Store for values larger than the inline limit."""
         return f"{self.prefix}_blobs"

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from litestar import Litestar
+from typing import Any
+
+from litestar import Litestar, Request
 from litestar.di import Provide
 from litestar.openapi.config import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
 
 from agentbus import __version__
+from agentbus_gateway.auth import BEARER
 from agentbus_gateway.errors import exception_handlers
 from agentbus_gateway.events import publish_topic_event
 from agentbus_gateway.guards import request_guard
@@ -27,8 +31,15 @@ def create_app(ctx: GatewayContext) -> HttpMetricsMiddleware:
     ``POST /v1/events/{topic}?key=``, ``GET /v1/agents?capability=``,
     ``GET /v1/nodes``, ``GET /healthz``, ``GET /metrics``, ``GET /openapi.json`` (and
     ``/schema/openapi.json``). Every request first passes ``guards.request_guard``
-    (Host, origin, JSON bodies); bodies over ``settings.max_body_bytes`` get 413.
+    (Host, origin, JSON bodies), then, on a route that names a scope, the token
+    check of ``ctx.auth`` (401, 403, 429); bodies over ``settings.max_body_bytes``
+    get 413.
     """
+    guard = request_guard(ctx.settings)
+
+    async def _before(request: Request[Any, Any, Any]) -> None:
+        await guard(request)
+        await ctx.auth.authorize(request)
 
     def _ctx() -> GatewayContext:
         return ctx
@@ -37,7 +48,7 @@ def create_app(ctx: GatewayContext) -> HttpMetricsMiddleware:
         route_handlers=[*ROUTES, task_output, publish_topic_event],
         request_class=GatewayRequest,
         request_max_body_size=ctx.settings.max_body_bytes,
-        before_request=request_guard(ctx.settings),
+        before_request=_before,
         dependencies={"ctx": Provide(_ctx, sync_to_thread=False)},
         exception_handlers=exception_handlers(ctx.bus, ctx.metrics),  # type: ignore[arg-type]
         openapi_config=OpenAPIConfig(
@@ -48,6 +59,16 @@ def create_app(ctx: GatewayContext) -> HttpMetricsMiddleware:
                 "agents and nodes."
             ),
             render_plugins=[JsonRenderPlugin()],
+            components=Components(
+                security_schemes={
+                    BEARER: SecurityScheme(
+                        type="http",
+                        scheme="bearer",
+                        description="An agentbus token, abt_<id>_<secret> (agentbus tokens "
+                        "create); each operation's scope is in docs/protocol.md.",
+                    )
+                }
+            ),
         ),
         logging_config=None,
     )

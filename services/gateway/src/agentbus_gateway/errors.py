@@ -9,6 +9,10 @@
   body over the limit 413, not JSON 415) → their status; logged with the reason.
   Every response is counted in ``agentbus_gateway_http_requests_total{status}``.
 - 405 keeps its ``Allow`` header.
+- Token refusals (``agentbus_gateway.auth``, logged and counted there): 401
+  ``unauthorized`` with ``WWW-Authenticate: Bearer``, 403 ``forbidden`` with
+  ``WWW-Authenticate: Bearer error="insufficient_scope"``, 429 ``rate_limited`` with
+  ``Retry-After``.
 - agentbus errors → their code's status (ContractError 400, NotFoundError 404,
   ConflictError 409, UnavailableError 503, RequestTimeoutError 504).
 - Anything else → 500 ``internal``, logged with its traceback.
@@ -26,19 +30,26 @@ from litestar.exceptions import HTTPException, ValidationException
 from loguru import logger
 
 from agentbus.bus import Bus
-from agentbus.errors import AgentBusError
+from agentbus.errors import (
+    AgentBusError,
+    AuthenticationError,
+    PermissionDeniedError,
+    RateLimitedError,
+)
 from agentbus.messages import ErrorEvent, utcnow
 from agentbus_gateway.metrics import UNMATCHED_ROUTE, GatewayMetrics
 from agentbus_gateway.models import ErrorBody, ErrorDetail
 
 _CODES = {
     400: "bad_request",
+    401: "unauthorized",
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
     409: "conflict",
     413: "too_large",
     415: "unsupported_media_type",
+    429: "rate_limited",
     503: "unavailable",
     504: "timeout",
     500: "internal",
@@ -48,6 +59,21 @@ _STATUSES = frozenset(_CODES)
 NESTED_TOO_DEEP = "JSON nested too deep (keep values under about 900 levels)"
 
 Handler = Callable[[Request[Any, Any, Any], Exception], Response[ErrorBody]]
+REALM = 'Bearer realm="agentbus"'
+"""The ``WWW-Authenticate`` challenge of a 401 (RFC 6750)."""
+
+
+def auth_refusal(exc: AgentBusError) -> Response[ErrorBody] | None:
+    """The response to a token refusal (401, 403 for a scope, 429), else None."""
+    if isinstance(exc, AuthenticationError):
+        challenge = REALM if exc.reason == "missing" else f'{REALM}, error="invalid_token"'
+        return error_response(401, str(exc), "Authorization", {"WWW-Authenticate": challenge})
+    if isinstance(exc, PermissionDeniedError):
+        challenge = f'{REALM}, error="insufficient_scope", scope="{exc.scope}"'
+        return error_response(403, str(exc), "Authorization", {"WWW-Authenticate": challenge})
+    if isinstance(exc, RateLimitedError):
+        return error_response(429, str(exc), None, {"Retry-After": str(exc.retry_after_s)})
+    return None
 
 
 class RequestRefusedError(HTTPException):
@@ -148,6 +174,8 @@ def exception_handlers(bus: Bus, metrics: GatewayMetrics) -> dict[type[Exception
 
     def _on_agentbus(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
         assert isinstance(exc, AgentBusError)
+        if (refused := auth_refusal(exc)) is not None:
+            return refused  # logged and counted by agentbus_gateway.auth
         status = int(exc.code) if exc.code.isdigit() and int(exc.code) in _STATUSES else 500
         if status == 400:
             _report_bad_input(request, str(exc))

@@ -16,6 +16,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Body
 
 from agentbus.events import publish_event
+from agentbus_gateway.auth import needs
 from agentbus_gateway.models import EventIdempotencyKey, EventKey, EventPublished, TopicPath
 from agentbus_gateway.routes import BODY_REFUSALS, Ctx, error_responses
 
@@ -39,6 +40,7 @@ SOURCE = "gateway"
         **error_responses(*BODY_REFUSALS, 503, 504),
     },
     tags=["events"],
+    **needs("events:publish"),
 )
 async def publish_topic_event(
     topic: TopicPath,

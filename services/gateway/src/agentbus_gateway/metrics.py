@@ -29,6 +29,9 @@ class GatewayMetrics:
             with ``source`` = the route template.
         http_requests: ``agentbus_gateway_http_requests_total{method,route,status}``.
         http_duration: ``agentbus_gateway_http_request_duration_seconds{method,route}``.
+        auth_refusals: ``agentbus_gateway_auth_refusals_total{status,reason}``: 401
+            (``missing``, ``malformed``, ``unknown``, ``revoked``, ``expired``), 403
+            (``scope``), 429 (``rate``).
     """
 
     def __init__(self, registry: CollectorRegistry) -> None:
@@ -44,6 +47,12 @@ class GatewayMetrics:
             "agentbus_gateway_http_request_duration_seconds",
             "Time from request start to the end of the response, by route template.",
             ["method", "route"],
+            registry=registry,
+        )
+        self.auth_refusals = Counter(
+            "agentbus_gateway_auth_refusals_total",
+            "Requests refused by token authentication, scope or rate limit.",
+            ["status", "reason"],
             registry=registry,
         )
 

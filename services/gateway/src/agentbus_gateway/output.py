@@ -22,6 +22,7 @@ from loguru import logger
 from agentbus.bus.blobs import open_blob
 from agentbus.errors import NotFoundError
 from agentbus.messages import BlobRef
+from agentbus_gateway.auth import needs
 from agentbus_gateway.models import TaskIdPath
 from agentbus_gateway.routes import Ctx, GatewayContext, error_responses
 
@@ -42,6 +43,7 @@ from agentbus_gateway.routes import Ctx, GatewayContext, error_responses
         **error_responses(404, 503),
     },
     tags=["tasks"],
+    **needs("tasks:read"),
 )
 async def task_output(task_id: TaskIdPath, ctx: Ctx) -> Response[bytes] | Stream:
     """The output of ``task_id``.

@@ -1,7 +1,9 @@
 """HTTP route handlers: tasks, agents, nodes, health, metrics, OpenAPI alias.
 
 Handlers get the shared ``GatewayContext`` by dependency injection (``ctx``), so
-they hold no module-level state.
+they hold no module-level state. Each route that needs a token names its scope with
+``**needs(scope)`` (``agentbus_gateway.auth``); ``/healthz`` and the OpenAPI
+document are open.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from agentbus.bus import Bus
 from agentbus.client import Client
 from agentbus.errors import RequestTimeoutError
 from agentbus.messages import SubmitReply, TaskRecord, TaskStatus
+from agentbus_gateway.auth import Authenticator, needs
 from agentbus_gateway.errors import RequestRefusedError
 from agentbus_gateway.metrics import GatewayMetrics
 from agentbus_gateway.models import (
@@ -48,13 +51,14 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, slots=True)
 class GatewayContext:
-    """What the handlers share: the bus, a client on it, settings, metrics, stop."""
+    """What the handlers share: the bus, a client on it, settings, metrics, stop, auth."""
 
     bus: Bus
     client: Client
     settings: GatewaySettings
     metrics: GatewayMetrics
     stop: asyncio.Event
+    auth: Authenticator
 
 
 Ctx = NamedDependency[GatewayContext]
@@ -63,15 +67,21 @@ Ctx = NamedDependency[GatewayContext]
 
 REFUSALS = (400, 403)
 """What any route may answer before its handler runs: unknown Host, cross-site."""
+AUTH_REFUSALS = (401, 403, 429)
+"""What a route needing a token may answer: no valid token, scope missing, rate limit."""
 BODY_REFUSALS = (413, 415)
 """What a route taking a JSON body may answer: over ``max_body_bytes``, not JSON."""
 
 
-def error_responses(*statuses: int) -> dict[int, ResponseSpec]:
-    """OpenAPI error responses: ``statuses`` plus the refusals every route may give."""
+def error_responses(*statuses: int, auth: bool = True) -> dict[int, ResponseSpec]:
+    """OpenAPI error responses: ``statuses`` plus the refusals every route may give.
+
+    With ``auth`` (a route that needs a token) also 401, 403 and 429.
+    """
+    every = {*REFUSALS, *statuses, *(AUTH_REFUSALS if auth else ())}
     return {
         s: ResponseSpec(data_container=ErrorBody, description="error", generate_examples=False)
-        for s in sorted({*REFUSALS, *statuses})
+        for s in sorted(every)
     }
 
 
@@ -94,6 +104,7 @@ def _created_or_existing(description: str) -> dict[int, ResponseSpec]:
         **error_responses(404, *BODY_REFUSALS, 503, 504),
     },
     tags=["tasks"],
+    **needs("tasks:submit"),
 )
 async def create_task(
     data: JSONBody[CreateTask], ctx: Ctx, idempotency_key: IdempotencyKey = None
@@ -139,6 +150,7 @@ async def create_task(
     ),
     responses=error_responses(404, 503),
     tags=["tasks"],
+    **needs("tasks:read"),
 )
 async def get_task(
     task_id: TaskIdPath,
@@ -172,6 +184,7 @@ async def get_task(
     ),
     responses=error_responses(503, 504),
     tags=["tasks"],
+    **needs("tasks:read"),
 )
 async def list_tasks(
     ctx: Ctx,
@@ -212,6 +225,7 @@ async def list_tasks(
         **error_responses(404, 409, *BODY_REFUSALS, 503, 504),
     },
     tags=["tasks"],
+    **needs("tasks:cancel"),
 )
 async def resubmit_task(
     task_id: TaskIdPath, data: JSONBody[ResubmitBody], ctx: Ctx
@@ -239,6 +253,7 @@ async def resubmit_task(
     ),
     responses=error_responses(404, *BODY_REFUSALS, 503, 504),
     tags=["tasks"],
+    **needs("tasks:cancel"),
 )
 async def cancel_task(
     task_id: TaskIdPath,
@@ -263,6 +278,7 @@ async def cancel_task(
     ),
     responses=error_responses(404, *BODY_REFUSALS, 503, 504),
     tags=["tasks"],
+    **needs("tasks:read"),
 )
 async def wait_tasks(data: JSONBody[WaitBody], ctx: Ctx) -> WaitReply:
     """The records of ``data.task_ids`` once they ended (or the wait ran out)."""
@@ -317,13 +333,20 @@ async def _until_stopped(ctx: GatewayContext, work: Coroutine[Any, Any, T]) -> T
     summary="List live agents",
     responses=error_responses(503, 504),
     tags=["registry"],
+    **needs("fleet:read"),
 )
 async def list_agents(ctx: Ctx, capability: CapabilityFilter = None) -> AgentList:
     """Live agents from the registry, optionally only those with ``capability``."""
     return AgentList(agents=await ctx.client.agents(capability))
 
 
-@get("/v1/nodes", summary="List live nodes", responses=error_responses(503, 504), tags=["registry"])
+@get(
+    "/v1/nodes",
+    summary="List live nodes",
+    responses=error_responses(503, 504),
+    tags=["registry"],
+    **needs("fleet:read"),
+)
 async def list_nodes(ctx: Ctx) -> NodeList:
     """Live nodes from the registry."""
     return NodeList(nodes=await ctx.client.nodes())
@@ -332,7 +355,7 @@ async def list_nodes(ctx: Ctx) -> NodeList:
 @get(
     "/healthz",
     summary="Health",
-    responses={503: ResponseSpec(Health), **error_responses()},
+    responses={503: ResponseSpec(Health), **error_responses(auth=False)},
     tags=["ops"],
 )
 async def healthz(ctx: Ctx) -> Response[Health]:
@@ -344,7 +367,7 @@ async def healthz(ctx: Ctx) -> Response[Health]:
     return Response(Health(status="unavailable", nats=state), status_code=503)
 
 
-@get("/metrics", include_in_schema=False, media_type=CONTENT_TYPE_LATEST)
+@get("/metrics", include_in_schema=False, media_type=CONTENT_TYPE_LATEST, **needs("metrics:read"))
 async def metrics(ctx: Ctx) -> Response[bytes]:
     """Prometheus text exposition of the gateway's registry."""
     return Response(generate_latest(ctx.metrics.registry), media_type=CONTENT_TYPE_LATEST)

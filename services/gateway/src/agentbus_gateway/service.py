@@ -24,6 +24,7 @@ from agentbus.errors import ContractError, UnavailableError
 from agentbus.messages import GetHealth, HealthReply
 from agentbus.service import MicroService
 from agentbus_gateway.app import create_app
+from agentbus_gateway.auth import Authenticator
 from agentbus_gateway.metrics import GatewayMetrics
 from agentbus_gateway.routes import GatewayContext
 from agentbus_gateway.settings import GatewaySettings
@@ -70,6 +71,7 @@ async def serve(
 
     With ``settings.tls_cert_file`` (and ``tls_key_file``) it serves HTTPS instead.
 
+    Tokens are checked against a watched copy of ``<p>_tokens`` (``auth.Authenticator``).
     On stop, long-polling ``GET /v1/tasks/{id}?wait_s=`` requests return the current
     record, other requests get ``settings.shutdown_grace_s`` seconds to finish, then
     the micro service is removed. The caller closes ``bus``.
@@ -81,7 +83,8 @@ async def serve(
     if bool(settings.tls_cert_file) != bool(settings.tls_key_file):
         raise ContractError("GATEWAY_TLS_CERT_FILE and GATEWAY_TLS_KEY_FILE go together")
     metrics = GatewayMetrics(registry)
-    ctx = GatewayContext(bus, Client(bus), settings, metrics, stop)
+    auth = Authenticator(bus, settings, metrics)
+    ctx = GatewayContext(bus, Client(bus), settings, metrics, stop, auth)
     sock = bind_socket(settings.host, settings.port)
     port = int(sock.getsockname()[1])
     micro = MicroService(bus, "gateway", metrics.service, description="agentbus HTTP gateway")
@@ -107,6 +110,9 @@ async def serve(
         sock.close()
         raise ContractError(f"gateway TLS files unusable: {exc}") from exc
     server = _Server(config)
+    tokens = asyncio.create_task(auth.run(stop), name="gateway-tokens")
+    if not settings.auth_required:
+        logger.warning("gateway authentication is off (GATEWAY_AUTH_REQUIRED=false)")
     try:
         await micro.start()
         await micro.endpoint("health", GetHealth, _health)
@@ -123,6 +129,8 @@ async def serve(
         await http
     finally:
         server.should_exit = True
+        tokens.cancel()
+        await asyncio.gather(tokens, return_exceptions=True)
         await micro.stop()
         sock.close()
         logger.info("gateway stopped")

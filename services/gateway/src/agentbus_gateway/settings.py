@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import PositiveFloat, PositiveInt
+from pydantic import NonNegativeInt, PositiveFloat, PositiveInt
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -27,7 +27,8 @@ class GatewaySettings(BaseSettings):
     tls_key_file: Path | None = None
     """PEM private key of ``tls_cert_file``."""
     metrics_port: int | None = None
-    """Separate Prometheus port; unused by default, ``/metrics`` is served by the app."""
+    """Separate Prometheus port, served without a token (bind it where only scrapers
+    reach it); unused by default. The app's own ``/metrics`` needs ``metrics:read``."""
     max_wait_s: PositiveFloat = 60.0
     """Upper bound of ``GET /v1/tasks/{id}?wait_s=``; larger values are clamped."""
     shutdown_grace_s: PositiveFloat = 5.0
@@ -47,3 +48,13 @@ class GatewaySettings(BaseSettings):
     A request whose ``Origin`` is another site, or whose ``Sec-Fetch-Site`` is
     ``cross-site``/``same-site`` without such an origin, gets 403.
     """
+    auth_required: bool = True
+    """Whether every ``/v1`` route and ``/metrics`` needs ``Authorization: Bearer <token>``
+    (``agentbus tokens create``). Off: no token is asked for or checked, and nothing is
+    rate limited; only for a gateway no one else can reach."""
+    rate_limit_requests: NonNegativeInt = 200
+    """Requests one token may make in any ``rate_limit_window_s`` (a moving window): the
+    burst; the sustained rate is this over the window. More get 429 with ``Retry-After``.
+    0: no limit."""
+    rate_limit_window_s: PositiveInt = 10
+    """The moving window of ``rate_limit_requests``, whole seconds."""

@@ -5,6 +5,7 @@
   and minting users;
 - ``permissions``: the allow-lists of every identity (services, operators, agents);
 - ``creds``: reading a ``.creds`` file;
+- ``tokens``: bearer tokens of the HTTP gateway (``ApiToken`` in KV ``<p>_tokens``);
 - ``tls``: a local CA and the certificates of a TLS stack (``agentbus auth tls``), and
   the ``tls {}`` block of a nats-server configuration.
 

@@ -162,6 +162,7 @@ def service_permissions(names: Names, service: str, *, node_id: str | None = Non
             n.deployments_bucket,
             n.placements_bucket,
             n.trace_claims_bucket,
+            n.tokens_bucket,
         ):
             publish += kv_write(bucket)
         publish += [*kv_read(n.agents_bucket), *kv_read(n.nodes_bucket)]
@@ -186,6 +187,7 @@ def service_permissions(names: Names, service: str, *, node_id: str | None = Non
         publish += [f"{p}.{svc}.>" for svc in ("scheduler", "registry", "checkpoint")]
         publish += [f"{p}.supervisor.*.status", f"{p}.topics.>", "$SRV.PING.>"]
         publish += [*stream_read(n.topics_stream), *kv_read(n.tasks_bucket)]
+        publish += kv_read(n.tokens_bucket)
         publish += [*objects_read(n.blobs_bucket), *stream_read(n.logs_stream)]
         subscribe += [f"{p}.records.task.>"]
     else:

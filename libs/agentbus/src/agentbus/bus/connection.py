@@ -137,8 +137,9 @@ class Bus:
                 connecting.cancel()
                 await asyncio.gather(connecting, return_exceptions=True)
                 raise AuthenticationError(
+                    "refused",
                     f"{settings.nats_url} refused the connection: {auth_error}"
-                    + ("" if settings.creds_file else " (no credentials: set AGENTBUS_CREDS_FILE)")
+                    + ("" if settings.creds_file else " (no credentials: set AGENTBUS_CREDS_FILE)"),
                 )
             nc = connecting.result()
         except (OSError, TimeoutError, nats.errors.NoServersError) as exc:

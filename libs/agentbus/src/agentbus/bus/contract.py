@@ -51,7 +51,7 @@ PARTS: tuple[str, ...] = (
 """Parts of the contract: ``tasks`` (tasks and results streams, task records, dead
 letters, leases, task blobs), ``events``, ``agents`` (what agents share: topics, inbox,
 trace claims), ``logs``, ``registry`` (agents and nodes), ``fleet`` (deployments,
-placements), ``checkpoints`` (checkpoint KV and objects)."""
+placements, gateway tokens), ``checkpoints`` (checkpoint KV and objects)."""
 
 SERVICE_PARTS: dict[str, tuple[str, ...]] = {
     "registry": ("registry", "events"),
@@ -195,7 +195,9 @@ async def _registry(bus: Bus) -> None:
 async def _fleet(bus: Bus) -> None:
     n = bus.names
     await _kv(bus, KeyValueConfig(n.deployments_bucket, history=5))
-    await _kv(bus, KeyValueConfig(n.placements_bucket, history=1))
+    # Gateway tokens (agentbus.auth.tokens), written by operators, read by the gateway.
+    for bucket in (n.placements_bucket, n.tokens_bucket):
+        await _kv(bus, KeyValueConfig(bucket, history=1))
 
 
 async def _checkpoints(bus: Bus) -> None:

@@ -13,10 +13,21 @@ import sys
 
 from loguru import logger
 
-from agentbus.cli import auth, events, fleet, observe, stack, tasks, traces
+from agentbus.cli import auth, events, fleet, observe, stack, tasks, tokens, traces
 from agentbus.cli.common import app
 
-__all__ = ["app", "auth", "events", "fleet", "main", "observe", "stack", "tasks", "traces"]
+__all__ = [
+    "app",
+    "auth",
+    "events",
+    "fleet",
+    "main",
+    "observe",
+    "stack",
+    "tasks",
+    "tokens",
+    "traces",
+]
 
 
 def main() -> None:

@@ -113,7 +113,9 @@ async def _embedded(
     code = 0
     try:
         console.print(f"NATS:    {stack.nats_url}  (prefix {prefix})")
-        console.print(f"gateway: {stack.gateway_url}")
+        console.print(
+            f"gateway: {stack.gateway_url}  (token: agentbus tokens create NAME -s SCOPE)"
+        )
         console.print(f"logs:    {stack.log_dir}")
         console.print(f"state:   {state_file}")
         console.print("ready; Ctrl-C stops the stack")

@@ -21,6 +21,7 @@ from agentbus.messages import messaging as _messaging
 from agentbus.messages import registry as _registry
 from agentbus.messages import services as _services
 from agentbus.messages import tasks as _tasks
+from agentbus.messages import tokens as _tokens
 from agentbus.messages import topics as _topics
 from agentbus.messages import traces as _traces
 from agentbus.messages.checkpoint import (
@@ -134,6 +135,7 @@ from agentbus.messages.tasks import (
     TasksReply,
     TaskStarted,
 )
+from agentbus.messages.tokens import ApiToken, Scope
 from agentbus.messages.topics import EventReceipt, Subscription, SubscriptionMode
 from agentbus.messages.traces import TraceClaim, TraceKind
 
@@ -155,6 +157,7 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     *_traces.MESSAGES,
     *_messaging.MESSAGES,
     *_topics.MESSAGES,
+    *_tokens.MESSAGES,
 )
 
 __all__ = [
@@ -165,6 +168,7 @@ __all__ = [
     "AgentInfo",
     "AgentReport",
     "AgentsReply",
+    "ApiToken",
     "Attempt",
     "Backoff",
     "BlobRef",
@@ -232,6 +236,7 @@ __all__ = [
     "Retention",
     "RuntimeKind",
     "ScaleDeployment",
+    "Scope",
     "SendOutcome",
     "SendReceipt",
     "SubmitReply",
