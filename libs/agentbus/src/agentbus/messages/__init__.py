@@ -19,6 +19,7 @@ from agentbus.messages import events as _events
 from agentbus.messages import fleet as _fleet
 from agentbus.messages import messaging as _messaging
 from agentbus.messages import registry as _registry
+from agentbus.messages import secrets as _secrets
 from agentbus.messages import services as _services
 from agentbus.messages import tasks as _tasks
 from agentbus.messages import topics as _topics
@@ -112,6 +113,7 @@ from agentbus.messages.registry import (
     NodeInfo,
     NodesReply,
 )
+from agentbus.messages.secrets import KeyId, SealedSecret, SecretsPublicKey
 from agentbus.messages.services import (
     GetHealth,
     HealthReply,
@@ -150,6 +152,7 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     *_events.MESSAGES,
     *_registry.MESSAGES,
     *_fleet.MESSAGES,
+    *_secrets.MESSAGES,
     *_checkpoint.MESSAGES,
     *_services.MESSAGES,
     *_traces.MESSAGES,
@@ -200,6 +203,7 @@ __all__ = [
     "GetTask",
     "HealthCheck",
     "HealthReply",
+    "KeyId",
     "Limits",
     "ListAgents",
     "ListCheckpoints",
@@ -232,6 +236,8 @@ __all__ = [
     "Retention",
     "RuntimeKind",
     "ScaleDeployment",
+    "SealedSecret",
+    "SecretsPublicKey",
     "SendOutcome",
     "SendReceipt",
     "SubmitReply",

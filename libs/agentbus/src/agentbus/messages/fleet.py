@@ -14,6 +14,7 @@ from agentbus.messages.common import (
     Token,
 )
 from agentbus.messages.registry import NodeInfo
+from agentbus.messages.secrets import SealedSecret
 from agentbus.messages.topics import Subscription
 
 
@@ -93,6 +94,9 @@ class Deployment(Message, frozen=True, kw_only=True):
     """SIGTERM, then this long to finish or return the task, then SIGKILL."""
     subscriptions: list[Subscription] = []
     """Topic patterns the deployment's agents listen to (shown by ``agentbus ps``)."""
+    secret_env: dict[str, SealedSecret] = {}
+    """Env values that only the supervisors can read (sealed to the fleet's secrets
+    key by ``agentbus apply``); a name must not also be in ``env``."""
 
 
 class Deploy(Message, frozen=True, kw_only=True):
