@@ -262,6 +262,11 @@ class Names:
         return f"{self.prefix}_placements"
 
     @property
+    def secrets_keys_bucket(self) -> str:
+        """KV of the fleet's secrets public key (``SecretsPublicKey``, key ``public``)."""
+        return f"{self.prefix}_secrets_keys"
+
+    @property
     def checkpoints_bucket(self) -> str:
         """KV of agent checkpoints (layout in ``agentbus_checkpoint.keys``)."""
         return f"{self.prefix}_checkpoints"

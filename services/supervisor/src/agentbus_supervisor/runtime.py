@@ -12,7 +12,7 @@ import dataclasses
 import hashlib
 import json
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
@@ -52,9 +52,12 @@ class ReplicaSpec:
         agent_id: ``<deployment>-<replica>`` (``agentbus.names.replica_agent_id``).
         image: the container image (docker runtime).
         command: argv (process runtime; the container command for docker).
-        env: the complete agent environment (deployment env + ``AGENTBUS_*``).
+        env: the complete agent environment (deployment env, opened secrets and
+            ``AGENTBUS_*``); left out of ``repr`` as it holds secrets.
         labels: ``agentbus.*`` labels identifying node, prefix and replica.
         limits: memory/CPU/PID limits in effect (the deployment's, else the node's).
+        secrets_failure: ``(cause, message)`` when a secret did not open: the replica
+            must not start (``env`` then lacks every secret).
     """
 
     deployment: str
@@ -62,9 +65,10 @@ class ReplicaSpec:
     agent_id: str
     image: str | None
     command: tuple[str, ...] | None
-    env: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict, repr=False)
     labels: dict[str, str] = field(default_factory=dict)
     limits: Limits = NO_LIMITS
+    secrets_failure: tuple[str, str] | None = None
 
     @property
     def digest(self) -> str:
@@ -233,10 +237,14 @@ def build_spec(
     runtime: str,
     default_image: str | None = None,
     default_limits: Limits = NO_LIMITS,
+    secret_env: Mapping[str, str] | None = None,
+    secrets_failure: tuple[str, str] | None = None,
 ) -> ReplicaSpec:
     """The ``ReplicaSpec`` of replica ``replica`` of ``deployment`` on this node.
 
-    The environment is the deployment's ``env`` overlaid with the agent settings
+    The environment is the deployment's ``env`` and ``secret_env`` (the opened
+    values, by name; ``secrets_failure`` says why they did not open) overlaid with
+    the agent settings
     (``AGENTBUS_NATS_URL``, ``AGENTBUS_PREFIX`` and ``AGENTBUS_AGENT_*``, including
     ``AGENTBUS_AGENT_STOP_GRACE_S`` from ``agent_stop_grace_s``). On a ``docker`` node
     the container runs ``image_command`` (or the image's CMD); with no image it runs
@@ -244,7 +252,7 @@ def build_spec(
     limit the deployment leaves unset comes from ``default_limits`` (the node's).
     """
     agent_id = replica_agent_id(deployment.name, replica)
-    env = dict(deployment.env)
+    env = {**deployment.env, **(secret_env or {})}
     env.update(
         {
             "AGENTBUS_NATS_URL": nats_url,
@@ -271,6 +279,7 @@ def build_spec(
         image=deployment.image or default_image,
         command=tuple(command) if command else None,
         env=env,
+        secrets_failure=secrets_failure,
         limits=Limits(
             memory_bytes=deployment.limits.memory_bytes or default_limits.memory_bytes,
             cpus=deployment.limits.cpus or default_limits.cpus,

@@ -94,6 +94,11 @@ class SupervisorSettings(BaseSettings):
     state_dir: Path | None = None
     """Where the process runtime keeps one pid file per replica, so that a restarted
     supervisor ends the replicas an earlier one left (``state_dir_for``)."""
+    secrets_key_file: Path | None = None
+    """The fleet's secrets private key (``agentbus.fleet.secrets``), the same file on
+    every node. Unset: a key made in the state directory, for this node only."""
+    secrets_retired_key_files: list[Path] = []
+    """Earlier secrets keys, still opened while a rotation re-seals (JSON list)."""
     log_queue_lines: PositiveInt = 1000
     """Lines buffered per replica before new ones are dropped."""
     metrics_port: int | None = None

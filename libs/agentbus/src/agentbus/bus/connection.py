@@ -241,6 +241,7 @@ class Bus:
             )
         await self._ensure_kv(KeyValueConfig(n.deployments_bucket, history=5))
         await self._ensure_kv(KeyValueConfig(n.placements_bucket, history=1))
+        await self._ensure_kv(KeyValueConfig(n.secrets_keys_bucket, history=5))
         # Checkpoints: every version is its own key (history 1 suffices); a put is one
         # atomic batch (record, index, head), which the stream must allow (server >= 2.12).
         await self._ensure_kv(KeyValueConfig(n.checkpoints_bucket, history=1))

@@ -1,0 +1,132 @@
+"""The supervisor's secrets key: load it, publish its public half, open replica secrets.
+
+The private key comes from ``secrets_key_file`` (shared by every node of a fleet);
+unset, the supervisor makes one in its state directory (``secrets.key``, mode 0600),
+which suits a single node only. ``secrets_retired_key_files`` keep secrets sealed to
+an earlier key readable during a rotation. At start the supervisor publishes its
+public key in KV ``<p>_secrets_keys`` (key ``public``) when none is published or the
+published one is a key it has retired; a published key it does not hold is left as
+is, logged and counted (``agentbus_supervisor_secrets_key_mismatch``): that node
+cannot open secrets sealed to it, and its replicas with such secrets fail to start.
+"""
+
+from __future__ import annotations
+
+import msgspec
+import nats.errors
+import nats.js.errors
+from loguru import logger
+
+from agentbus.bus import Bus
+from agentbus.errors import (
+    AgentBusError,
+    SecretCorruptedError,
+    SecretError,
+    SecretKeyMismatchError,
+)
+from agentbus.fleet.secrets import (
+    PUBLIC_KEY_ENTRY,
+    SecretsKeyring,
+    generate_secrets_key,
+    key_id,
+    load_secrets_key,
+    public_key_entry,
+)
+from agentbus.messages import Deployment, SecretsPublicKey, encode
+from agentbus_supervisor.metrics import SupervisorMetrics
+from agentbus_supervisor.settings import SupervisorSettings, state_dir_for
+
+GENERATED_KEY_NAME = "secrets.key"
+SecretsFailure = tuple[str, str]
+"""Why a replica's secrets did not open: (cause, message); cause is ``key-mismatch``
+or ``corrupted``. The message names the env variable and key ids, never a value."""
+
+
+def load_keyring(settings: SupervisorSettings, prefix: str) -> SecretsKeyring:
+    """The keys of ``settings``, generating the node-local key file if none is set.
+
+    Raises:
+        SecretError: a key file cannot be read or holds no key.
+    """
+    path = settings.secrets_key_file
+    if path is None:
+        path = state_dir_for(settings, prefix) / GENERATED_KEY_NAME
+        if not path.exists():
+            public_key = generate_secrets_key(path)
+            logger.warning(
+                "no SUPERVISOR_SECRETS_KEY_FILE: made a secrets key for this node only",
+                path=str(path),
+                key_id=key_id(public_key),
+            )
+    elif path.stat().st_mode & 0o077:
+        logger.warning("secrets key file is readable by others than its owner", path=str(path))
+    retired = [load_secrets_key(p) for p in settings.secrets_retired_key_files]
+    return SecretsKeyring(load_secrets_key(path), retired)
+
+
+def open_secrets(
+    keyring: SecretsKeyring, deployment: Deployment
+) -> tuple[dict[str, str], SecretsFailure | None]:
+    """The opened ``secret_env`` of ``deployment``, or ``({}, failure)``."""
+    try:
+        return keyring.open_env(deployment), None
+    except SecretKeyMismatchError as exc:
+        return {}, ("key-mismatch", str(exc))
+    except (SecretCorruptedError, SecretError) as exc:
+        return {}, ("corrupted", str(exc))
+
+
+async def publish_public_key(
+    bus: Bus, keyring: SecretsKeyring, *, node_id: str, metrics: SupervisorMetrics
+) -> None:
+    """Publish the current public key unless another key, not retired here, is published.
+
+    Best effort: a NATS failure is logged, and ``apply`` then reports no key.
+    """
+    bucket = bus.names.secrets_keys_bucket
+    mine = public_key_entry(keyring.current.public_key, node_id=node_id)
+    try:
+        kv = await bus.kv(bucket)
+        for _ in range(3):  # a concurrent publisher may win a compare-and-set
+            try:
+                entry = await kv.get(PUBLIC_KEY_ENTRY)
+            except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+                entry = None
+            if entry is None or not entry.value:
+                try:
+                    await kv.create(PUBLIC_KEY_ENTRY, encode(mine))
+                except nats.js.errors.KeyWrongLastSequenceError:
+                    continue
+                logger.info("secrets public key published", key_id=mine.key_id)
+                metrics.secrets_key_mismatch.set(0)
+                return
+            published = _decode(entry.value)
+            if published is not None and published.key_id == mine.key_id:
+                metrics.secrets_key_mismatch.set(0)
+                return
+            if published is None or published.key_id in keyring.keys:  # replace a retired key
+                try:
+                    await kv.update(PUBLIC_KEY_ENTRY, encode(mine), last=entry.revision)
+                except nats.js.errors.KeyWrongLastSequenceError:
+                    continue
+                logger.info("secrets public key replaced", key_id=mine.key_id)
+                metrics.secrets_key_mismatch.set(0)
+                return
+            metrics.secrets_key_mismatch.set(1)
+            logger.warning(
+                "published secrets key is not held by this supervisor: secrets sealed to it "
+                "do not open here (give every node the same SUPERVISOR_SECRETS_KEY_FILE)",
+                published_key_id=published.key_id,
+                published_by=published.node_id,
+                key_id=mine.key_id,
+            )
+            return
+    except (nats.errors.Error, TimeoutError, AgentBusError) as exc:
+        logger.warning("secrets public key not published", bucket=bucket, error=repr(exc))
+
+
+def _decode(value: bytes) -> SecretsPublicKey | None:
+    try:
+        return msgspec.json.decode(value, type=SecretsPublicKey)
+    except msgspec.DecodeError:
+        return None
