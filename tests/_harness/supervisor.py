@@ -110,8 +110,10 @@ async def unplace(bus: Bus, deployment: str, replica: int) -> None:
 
 
 @asynccontextmanager
-async def running_supervisor(bus: Bus, settings: SupervisorSettings) -> AsyncIterator[None]:
-    """The supervisor in-process on ``bus``; its node status answers on entry."""
+async def running_supervisor(
+    bus: Bus, settings: SupervisorSettings, registry: CollectorRegistry | None = None
+) -> AsyncIterator[None]:
+    """The supervisor in-process on ``bus`` (metrics on ``registry``); status answers on entry."""
     subject = f"{bus.names.prefix}.supervisor.{settings.node_id}.status"
 
     async def answers() -> bool:
@@ -122,7 +124,7 @@ async def running_supervisor(bus: Bus, settings: SupervisorSettings) -> AsyncIte
         return True
 
     async with serving(
-        lambda stop: serve(bus, stop, settings, CollectorRegistry()),
+        lambda stop: serve(bus, stop, settings, registry or CollectorRegistry()),
         answers,
         what="supervisor",
         ready_timeout_s=20,
@@ -177,3 +179,17 @@ async def remove_node_containers(docker: aiodocker.Docker, node_id: str) -> None
             await docker.containers.container(c.id).delete(force=True)
         except aiodocker.DockerError:
             pass
+
+
+async def stream_bytes(bus: Bus, stream: str) -> list[bytes]:
+    """Every stored message of ``stream`` as raw bytes: subject, headers and payload."""
+    info = await bus.js.stream_info(stream)
+    out = []
+    for seq in range(info.state.first_seq, info.state.last_seq + 1):
+        try:
+            msg = await bus.js.get_msg(stream, seq)
+        except nats.js.errors.NotFoundError:
+            continue  # deleted or expired meanwhile
+        headers = json.dumps(msg.headers or {}).encode()
+        out.append(b"\n".join([(msg.subject or "").encode(), headers, msg.data or b""]))
+    return out

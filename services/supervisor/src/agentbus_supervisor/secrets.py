@@ -1,8 +1,8 @@
 """The supervisor's secrets key: load it, publish its public half, open replica secrets.
 
 The private key comes from ``secrets_key_file`` (shared by every node of a fleet);
-unset, the supervisor makes one in its state directory (``secrets.key``, mode 0600),
-which suits a single node only. ``secrets_retired_key_files`` keep secrets sealed to
+unset, the supervisor makes one (``settings.secrets_key_file_for``, mode 0600), which
+suits a single host only. ``secrets_retired_key_files`` keep secrets sealed to
 an earlier key readable during a rotation. At start the supervisor publishes its
 public key in KV ``<p>_secrets_keys`` (key ``public``) when none is published or the
 published one is a key it has retired; a published key it does not hold is left as
@@ -11,6 +11,8 @@ cannot open secrets sealed to it, and its replicas with such secrets fail to sta
 """
 
 from __future__ import annotations
+
+import os
 
 import msgspec
 import nats.errors
@@ -34,30 +36,35 @@ from agentbus.fleet.secrets import (
 )
 from agentbus.messages import Deployment, SecretsPublicKey, encode
 from agentbus_supervisor.metrics import SupervisorMetrics
-from agentbus_supervisor.settings import SupervisorSettings, state_dir_for
+from agentbus_supervisor.settings import SupervisorSettings, secrets_key_file_for
 
-GENERATED_KEY_NAME = "secrets.key"
 SecretsFailure = tuple[str, str]
 """Why a replica's secrets did not open: (cause, message); cause is ``key-mismatch``
 or ``corrupted``. The message names the env variable and key ids, never a value."""
 
 
-def load_keyring(settings: SupervisorSettings, prefix: str) -> SecretsKeyring:
-    """The keys of ``settings``, generating the node-local key file if none is set.
+def load_keyring(settings: SupervisorSettings) -> SecretsKeyring:
+    """The keys of ``settings``, generating the key file if none is set and none exists.
 
     Raises:
-        SecretError: a key file cannot be read or holds no key.
+        SecretError: a key file cannot be read, holds no key, or (a generated one) is
+            not owned by this user or is open to others.
     """
-    path = settings.secrets_key_file
-    if path is None:
-        path = state_dir_for(settings, prefix) / GENERATED_KEY_NAME
-        if not path.exists():
+    path = secrets_key_file_for(settings)
+    if settings.secrets_key_file is None:
+        try:
             public_key = generate_secrets_key(path)
             logger.warning(
-                "no SUPERVISOR_SECRETS_KEY_FILE: made a secrets key for this node only",
+                "no SUPERVISOR_SECRETS_KEY_FILE: made a secrets key for this host only",
                 path=str(path),
                 key_id=key_id(public_key),
             )
+        except SecretError:
+            if not path.exists():
+                raise
+        info = path.stat()
+        if info.st_uid != os.getuid() or info.st_mode & 0o077:
+            raise SecretError(f"secrets key file {str(path)!r} is not private to this user")
     elif path.stat().st_mode & 0o077:
         logger.warning("secrets key file is readable by others than its owner", path=str(path))
     retired = [load_secrets_key(p) for p in settings.secrets_retired_key_files]

@@ -91,7 +91,7 @@ class Supervisor:
         self.runtime = runtime
         self.node_id = check_token("node id", settings.node_id)
         self.metrics = SupervisorMetrics(registry)
-        self.keyring = keyring or load_keyring(settings, bus.names.prefix)
+        self.keyring = keyring or load_keyring(settings)
         self.service_metrics = ServiceMetrics(SERVICE, registry)
         self._dirty = asyncio.Event()
         names = bus.names
