@@ -194,3 +194,39 @@ async def test_supervisor_with_another_key_refuses_the_replica(
             replica_where(bus, "n1", lambda r: r.agent_id == "locked-0" and r.state == "running")
         )
     assert all(secret not in e.detail for e in events.events)
+
+
+async def test_rotation_replaces_a_retired_published_key(bus: Bus, tmp_path: Path) -> None:
+    generate_secrets_key(tmp_path / "old.key")
+    generate_secrets_key(tmp_path / "new.key")
+    old_key = load_secrets_key(tmp_path / "old.key").public_key
+    new_key = load_secrets_key(tmp_path / "new.key").public_key
+    kv = await bus.kv(bus.names.secrets_keys_bucket)
+    await kv.put(PUBLIC_KEY_ENTRY, encode(public_key_entry(old_key, node_id="n0")))
+    sleep = [sys.executable, "-c", "import time; time.sleep(600)"]
+    old_sealed = Deployment(
+        name="old",
+        command=sleep,
+        heartbeat_timeout_s=None,
+        secret_env={"API_KEY": seal(old_key, "x")},
+    )
+    await put_deployment(bus, old_sealed)
+    await place(bus, "old", 0, "n1")
+    settings = process_settings(
+        "n1",
+        secrets_key_file=tmp_path / "new.key",
+        secrets_retired_key_files=[tmp_path / "old.key"],
+    )
+
+    async def published() -> SecretsPublicKey | None:
+        entry = await kv.get(PUBLIC_KEY_ENTRY)
+        assert entry.value is not None
+        found = msgspec.json.decode(entry.value, type=SecretsPublicKey)
+        return found if found.node_id == "n1" else None
+
+    async with running_supervisor(bus, settings):
+        entry = await eventually(published)
+        assert entry.key_id == seal(new_key, "").key_id
+        await eventually(
+            replica_where(bus, "n1", lambda r: r.agent_id == "old-0" and r.state == "running")
+        )

@@ -2,12 +2,13 @@
 
 The private key comes from ``secrets_key_file`` (shared by every node of a fleet);
 unset, the supervisor makes one (``settings.secrets_key_file_for``, mode 0600), which
-suits a single host only. ``secrets_retired_key_files`` keep secrets sealed to
-an earlier key readable during a rotation. At start the supervisor publishes its
-public key in KV ``<p>_secrets_keys`` (key ``public``) when none is published or the
-published one is a key it has retired; a published key it does not hold is left as
-is, logged and counted (``agentbus_supervisor_secrets_key_mismatch``): that node
-cannot open secrets sealed to it, and its replicas with such secrets fail to start.
+suits a single host only. ``secrets_retired_key_files`` keep secrets sealed to an
+earlier key readable during a rotation. At start the supervisor publishes its public
+key in KV ``<p>_secrets_keys`` (key ``public``) when none is published or the
+published one is a key it has retired (or, with a generated key, one this node
+published earlier). A published key it does not hold is left as is, logged and
+counted (``agentbus_supervisor_secrets_key_mismatch``): that node cannot open secrets
+sealed to it, and its replicas with such secrets fail to start.
 """
 
 from __future__ import annotations
@@ -84,10 +85,18 @@ def open_secrets(
 
 
 async def publish_public_key(
-    bus: Bus, keyring: SecretsKeyring, *, node_id: str, metrics: SupervisorMetrics
+    bus: Bus,
+    keyring: SecretsKeyring,
+    *,
+    node_id: str,
+    metrics: SupervisorMetrics,
+    generated: bool = False,
 ) -> None:
     """Publish the current public key unless another key, not retired here, is published.
 
+    With a ``generated`` key (no key file configured) the supervisor also replaces the
+    entry it published itself under an earlier key: its key file was lost (a fresh
+    tmp or container), and re-applying the fleet then seals to the new key.
     Best effort: a NATS failure is logged, and ``apply`` then reports no key.
     """
     bucket = bus.names.secrets_keys_bucket
@@ -111,7 +120,8 @@ async def publish_public_key(
             if published is not None and published.key_id == mine.key_id:
                 metrics.secrets_key_mismatch.set(0)
                 return
-            if published is None or published.key_id in keyring.keys:  # replace a retired key
+            own = generated and published is not None and published.node_id == node_id
+            if published is None or own or published.key_id in keyring.keys:
                 try:
                     await kv.update(PUBLIC_KEY_ENTRY, encode(mine), last=entry.revision)
                 except nats.js.errors.KeyWrongLastSequenceError:

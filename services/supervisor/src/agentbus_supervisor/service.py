@@ -328,7 +328,13 @@ class Supervisor:
         # (an outage of both) places its replicas here again sooner.
         with contextlib.suppress(Exception):
             await nodes_kv.put(self.node_id, encode(self.node_info()))
-        await publish_public_key(self.bus, self.keyring, node_id=self.node_id, metrics=self.metrics)
+        await publish_public_key(
+            self.bus,
+            self.keyring,
+            node_id=self.node_id,
+            metrics=self.metrics,
+            generated=self.settings.secrets_key_file is None,
+        )
         micro = MicroService(self.bus, SERVICE, self.service_metrics)
         await micro.start()
         await micro.endpoint(
