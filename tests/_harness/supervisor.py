@@ -185,7 +185,9 @@ async def stream_bytes(bus: Bus, stream: str) -> list[bytes]:
     """Every stored message of ``stream`` as raw bytes: subject, headers and payload."""
     info = await bus.js.stream_info(stream)
     out = []
-    for seq in range(info.state.first_seq, info.state.last_seq + 1):
+    if not info.state.messages:
+        return []  # a new stream says first_seq 0, which get_msg refuses
+    for seq in range(max(info.state.first_seq, 1), info.state.last_seq + 1):
         try:
             msg = await bus.js.get_msg(stream, seq)
         except nats.js.errors.NotFoundError:

@@ -10,7 +10,6 @@ import nats.js.errors
 
 from agentbus.bus import Bus
 from agentbus.errors import ContractError, SecretsKeyMissingError, UnavailableError
-from agentbus.fleet.secrets import PUBLIC_KEY_ENTRY
 from agentbus.kv.replay import replay
 from agentbus.messages import (
     AgentInfo,
@@ -127,7 +126,7 @@ class FleetCalls:
         bucket = self.names.secrets_keys_bucket
         kv = await self.bus.kv(bucket)
         try:
-            entry = await kv.get(PUBLIC_KEY_ENTRY)
+            entry = await kv.get(Names.SECRETS_PUBLIC_KEY_ENTRY)
         except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
             raise SecretsKeyMissingError(bucket) from None
         except (nats.errors.Error, TimeoutError) as exc:
@@ -138,7 +137,7 @@ class FleetCalls:
             return msgspec.json.decode(entry.value, type=SecretsPublicKey)
         except msgspec.DecodeError as exc:
             raise ContractError(
-                f"KV {bucket!r} entry {PUBLIC_KEY_ENTRY!r} is not a key: {exc}"
+                f"KV {bucket!r} entry {Names.SECRETS_PUBLIC_KEY_ENTRY!r} is not a key: {exc}"
             ) from exc
 
     async def node_status(self, node_id: str, *, timeout_s: float | None = None) -> NodeStatusReply:

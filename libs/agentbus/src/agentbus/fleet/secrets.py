@@ -25,6 +25,7 @@ from nacl.public import PrivateKey, PublicKey, SealedBox
 
 from agentbus.errors import SecretCorruptedError, SecretError, SecretKeyMismatchError
 from agentbus.messages import Deployment, SealedSecret, SecretsPublicKey, utcnow
+from agentbus.names import Names
 
 __all__ = [
     "PUBLIC_KEY_ENTRY",
@@ -38,7 +39,7 @@ __all__ = [
     "seal",
     "seal_env",
 ]
-PUBLIC_KEY_ENTRY = "public"
+PUBLIC_KEY_ENTRY = Names.SECRETS_PUBLIC_KEY_ENTRY
 """Key of the published ``SecretsPublicKey`` in KV ``<p>_secrets_keys``."""
 KEY_FILE_MODE = 0o600
 
