@@ -111,9 +111,13 @@ async def unplace(bus: Bus, deployment: str, replica: int) -> None:
 
 @asynccontextmanager
 async def running_supervisor(
-    bus: Bus, settings: SupervisorSettings, *, probe: Bus | None = None
+    bus: Bus,
+    settings: SupervisorSettings,
+    registry: CollectorRegistry | None = None,
+    *,
+    probe: Bus | None = None,
 ) -> AsyncIterator[None]:
-    """The supervisor in-process on ``bus``; its node status answers on entry.
+    """The supervisor in-process on ``bus`` (metrics on ``registry``); status answers on entry.
 
     ``probe``: the connection that asks (default ``bus``; with auth on, another
     identity than the supervisor's).
@@ -129,7 +133,7 @@ async def running_supervisor(
         return True
 
     async with serving(
-        lambda stop: serve(bus, stop, settings, CollectorRegistry()),
+        lambda stop: serve(bus, stop, settings, registry or CollectorRegistry()),
         answers,
         what="supervisor",
         ready_timeout_s=20,
@@ -184,3 +188,19 @@ async def remove_node_containers(docker: aiodocker.Docker, node_id: str) -> None
             await docker.containers.container(c.id).delete(force=True)
         except aiodocker.DockerError:
             pass
+
+
+async def stream_bytes(bus: Bus, stream: str) -> list[bytes]:
+    """Every stored message of ``stream`` as raw bytes: subject, headers and payload."""
+    info = await bus.js.stream_info(stream)
+    out = []
+    if not info.state.messages:
+        return []  # a new stream says first_seq 0, which get_msg refuses
+    for seq in range(max(info.state.first_seq, 1), info.state.last_seq + 1):
+        try:
+            msg = await bus.js.get_msg(stream, seq)
+        except nats.js.errors.NotFoundError:
+            continue  # deleted or expired meanwhile
+        headers = json.dumps(msg.headers or {}).encode()
+        out.append(b"\n".join([(msg.subject or "").encode(), headers, msg.data or b""]))
+    return out

@@ -419,8 +419,10 @@ def test_the_operations_doc_example_is_valid() -> None:
     doc = (Path(__file__).parents[2] / "docs" / "operations.md").read_text()
     section = doc[doc.index("## Fleet files") :]
     example = section[section.index("```yaml\n") + 8 : section.index("```\n", 8)]
-    (d,) = parse_fleet(example, source="operations.md").deployments
+    spec = parse_fleet(example, source="operations.md")
+    (d,) = spec.deployments
     assert (d.name, d.replicas, d.limits.memory_bytes, d.resources.cpus) == ("echo", 3, 2**28, 0.25)
+    assert spec.secrets == {"echo": {"API_KEY": "s3cr3t"}} and "API_KEY" not in d.env
 
 
 def test_apply_warns_only_about_an_image_no_docker_node_has() -> None:

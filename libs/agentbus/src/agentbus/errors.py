@@ -7,10 +7,14 @@ class on the caller's side::
     AgentBusError                      internal (500)
      ├─ ContractError                  a payload or spec failed validation (400)
      │   ├─ SpecError                  a fleet file or deployment spec, every issue
-     │   └─ CheckpointCorruptedError   a stored checkpoint failed its SHA-256 check
+     │   ├─ CheckpointCorruptedError   a stored checkpoint failed its SHA-256 check
+     │   └─ SecretError                a deployment secret or secrets key is unusable
+     │       ├─ SecretKeyMismatchError sealed to a key id the opener does not hold
+     │       └─ SecretCorruptedError   a sealed value does not open (tampered, bad base64)
      ├─ AuthenticationError            no credential, or not a valid one (401)
      ├─ PermissionDeniedError          a valid credential without the right (403)
      ├─ NotFoundError                  (404)
+     │   └─ SecretsKeyMissingError     no secrets public key is published to seal to
      ├─ ConflictError                  (409)
      │   ├─ CheckpointConflictError    a put's expected parent is not the latest
      │   └─ StackRunningError          another embedded stack owns the state file
@@ -189,6 +193,42 @@ class CheckpointCorruptedError(ContractError):
 
     def __init__(self, detail: str) -> None:
         super().__init__(f"{self.PREFIX}{detail}")
+
+
+class SecretError(ContractError):
+    """A deployment secret, or a secrets key file, cannot be used (never shows a value)."""
+
+
+class SecretKeyMismatchError(SecretError):
+    """Secret ``name`` is sealed to key ``key_id``; the opener holds only ``held``."""
+
+    def __init__(self, name: str, key_id: str, held: Iterable[str]) -> None:
+        self.name, self.key_id, self.held = name, key_id, sorted(held)
+        super().__init__(
+            f"secret {name!r} is sealed to secrets key {key_id}; this supervisor holds "
+            f"{', '.join(self.held) or 'no key'} (give every node the same key file, "
+            "or apply the fleet again to seal it to the published key)"
+        )
+
+
+class SecretCorruptedError(SecretError):
+    """Secret ``name`` (sealed to ``key_id``) does not open: tampered, cut or bad base64."""
+
+    def __init__(self, name: str, key_id: str, detail: str) -> None:
+        self.name, self.key_id = name, key_id
+        super().__init__(f"secret {name!r} (key {key_id}) does not open: {detail}")
+
+
+class SecretsKeyMissingError(NotFoundError):
+    """No secrets public key is published in KV ``bucket``, so nothing can be sealed."""
+
+    def __init__(self, bucket: str) -> None:
+        self.bucket = bucket
+        super().__init__(
+            f"no secrets public key is published in KV {bucket!r}: start a supervisor "
+            "(it publishes its key; set SUPERVISOR_SECRETS_KEY_FILE to share one key "
+            "across nodes) before applying a fleet with secret env values"
+        )
 
 
 class TaskWaitTimeoutError(RequestTimeoutError):

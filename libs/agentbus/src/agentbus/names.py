@@ -262,6 +262,14 @@ class Names:
         return f"{self.prefix}_placements"
 
     @property
+    def secrets_keys_bucket(self) -> str:
+        """KV of the fleet's secrets public key (``SecretsPublicKey``, key ``public``)."""
+        return f"{self.prefix}_secrets_keys"
+
+    SECRETS_PUBLIC_KEY_ENTRY = "public"
+    """Key of the published ``SecretsPublicKey`` in ``secrets_keys_bucket``."""
+
+    @property
     def checkpoints_bucket(self) -> str:
         """KV of agent checkpoints (layout in ``agentbus_checkpoint.keys``)."""
         return f"{self.prefix}_checkpoints"

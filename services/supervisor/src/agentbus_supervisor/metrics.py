@@ -46,6 +46,18 @@ class SupervisorMetrics:
             ["bucket"],
             registry=registry,
         )
+        self.secret_failures = Counter(
+            "agentbus_supervisor_secret_failures_total",
+            "Replicas not started because a secret env value did not open, by cause "
+            "(key-mismatch, corrupted).",
+            ["cause"],
+            registry=registry,
+        )
+        self.secrets_key_mismatch = Gauge(
+            "agentbus_supervisor_secrets_key_mismatch",
+            "1 while the published secrets key is one this supervisor does not hold.",
+            registry=registry,
+        )
         self.log_lines = Counter(
             "agentbus_supervisor_log_lines_total",
             "Output lines shipped to the logs stream.",

@@ -182,6 +182,9 @@ class ReplicaRunner:
     # -- the loop -------------------------------------------------------------------------
     async def _run(self) -> None:
         handle = self.handle
+        if handle is None and (failure := self.spec.secrets_failure) is not None:
+            await self._refuse(*failure)
+            return  # stays failed: a new spec (apply again, key fixed) gets a new runner
         if handle is not None:
             self._running(handle)
             self.ctx.metrics.starts.labels("adopted").inc()
@@ -268,6 +271,19 @@ class ReplicaRunner:
             self.ctx.metrics.starts.labels("started").inc()
             await self._event("started", reason="restarted" if self.restarts else "placed")
             return handle
+
+    async def _refuse(self, cause: str, message: str) -> None:
+        """Do not start: a secret of the deployment does not open on this node."""
+        self.state, self.reason = "failed", message
+        self.ctx.metrics.starts.labels("failed").inc()
+        self.ctx.metrics.secret_failures.labels(cause).inc()
+        logger.error(
+            "replica not started: secret does not open",
+            agent_id=self.spec.agent_id,
+            cause=cause,
+            error=message,
+        )
+        await self._event("failed", reason=f"secret-{cause}", detail=message)
 
     async def _pulling(self, line: str) -> None:
         self.state, self.reason = "pulling", line

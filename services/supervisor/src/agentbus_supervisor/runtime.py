@@ -55,9 +55,12 @@ class ReplicaSpec:
         agent_id: ``<deployment>-<replica>`` (``agentbus.names.replica_agent_id``).
         image: the container image (docker runtime).
         command: argv (process runtime; the container command for docker).
-        env: the complete agent environment (deployment env + ``AGENTBUS_*``).
+        env: the complete agent environment (deployment env, opened secrets and
+            ``AGENTBUS_*``); left out of ``repr`` as it holds secrets.
         labels: ``agentbus.*`` labels identifying node, prefix and replica.
         limits: memory/CPU/PID limits in effect (the deployment's, else the node's).
+        secrets_failure: ``(cause, message)`` when a secret did not open: the replica
+            must not start (``env`` then lacks every secret).
     """
 
     deployment: str
@@ -65,12 +68,13 @@ class ReplicaSpec:
     agent_id: str
     image: str | None
     command: tuple[str, ...] | None
-    env: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict, repr=False)
     labels: dict[str, str] = field(default_factory=dict)
     limits: Limits = NO_LIMITS
     creds_file: str | None = None
     """Host path of the replica's creds file: bind-mounted read-only at
     ``CONTAINER_CREDS_PATH`` (docker), or named by ``AGENTBUS_CREDS_FILE`` (process)."""
+    secrets_failure: tuple[str, str] | None = None
 
     @property
     def digest(self) -> str:
@@ -241,11 +245,15 @@ def build_spec(
     default_limits: Limits = NO_LIMITS,
     creds_file: str | None = None,
     bus_env: Mapping[str, str] | None = None,
+    secret_env: Mapping[str, str] | None = None,
+    secrets_failure: tuple[str, str] | None = None,
 ) -> ReplicaSpec:
     """The ``ReplicaSpec`` of replica ``replica`` of ``deployment`` on this node.
 
-    The environment is the deployment's ``env`` overlaid with ``bus_env`` (how to reach
-    the bus besides the URL: the ``AGENTBUS_TLS_*`` files) and the agent settings
+    The environment is the deployment's ``env`` and ``secret_env`` (the opened
+    values, by name; ``secrets_failure`` says why they did not open) overlaid with
+    ``bus_env`` (how to reach the bus besides the URL: the ``AGENTBUS_TLS_*`` files)
+    and the agent settings
     (``AGENTBUS_NATS_URL``, ``AGENTBUS_PREFIX`` and ``AGENTBUS_AGENT_*``, including
     ``AGENTBUS_AGENT_STOP_GRACE_S`` from ``agent_stop_grace_s``). On a ``docker`` node
     the container runs ``image_command`` (or the image's CMD); with no image it runs
@@ -253,7 +261,7 @@ def build_spec(
     limit the deployment leaves unset comes from ``default_limits`` (the node's).
     """
     agent_id = replica_agent_id(deployment.name, replica)
-    env = dict(deployment.env)
+    env = {**deployment.env, **(secret_env or {})}
     env.update(bus_env or {})
     env.update(
         {
@@ -285,6 +293,7 @@ def build_spec(
         command=tuple(command) if command else None,
         env=env,
         creds_file=creds_file,
+        secrets_failure=secrets_failure,
         limits=Limits(
             memory_bytes=deployment.limits.memory_bytes or default_limits.memory_bytes,
             cpus=deployment.limits.cpus or default_limits.cpus,

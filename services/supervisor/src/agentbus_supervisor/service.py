@@ -17,6 +17,9 @@ One supervisor runs per node. It
   duplicates; for ``adopt_grace_s`` it keeps such containers of replicas their
   deployment still asks for even while no placement names them (the scheduler
   places them again once the node is back after an outage);
+- holds the fleet's secrets key (``secrets``): publishes its public half and opens a
+  deployment's ``secret_env`` when it builds a replica's spec; a replica whose
+  secrets do not open is not started (``failed``, see ``replica``);
 - serves ``nats.micro`` service ``supervisor`` with ``<p>.supervisor.<node_id>.status``
   (``GetNodeStatus`` → ``NodeStatusReply``);
 - on stop, stops every replica (unless ``stop_replicas_on_exit`` is off, so that a
@@ -40,6 +43,7 @@ from prometheus_client import CollectorRegistry
 from agentbus.bus import Bus
 from agentbus.bus.dial import tls_env
 from agentbus.errors import AgentBusError
+from agentbus.fleet.secrets import SecretsKeyring
 from agentbus.kv.mirror import KvMirror
 from agentbus.messages import (
     AgentInfo,
@@ -59,6 +63,7 @@ from agentbus_supervisor.metrics import SupervisorMetrics
 from agentbus_supervisor.replica import ReplicaRunner, RunnerContext
 from agentbus_supervisor.runtime import ReplicaHandle, ReplicaSpec, Runtime, build_spec
 from agentbus_supervisor.runtimes import make_runtime
+from agentbus_supervisor.secrets import load_keyring, open_secrets, publish_public_key
 from agentbus_supervisor.settings import SupervisorSettings, state_dir_for
 from agentbus_supervisor.start_gate import StartGate
 
@@ -76,12 +81,19 @@ class Supervisor:
         settings: SupervisorSettings,
         runtime: Runtime,
         registry: CollectorRegistry,
+        keyring: SecretsKeyring | None = None,
     ) -> None:
+        """``keyring``: default from ``settings`` (``secrets.load_keyring``).
+
+        Raises:
+            SecretError: a configured secrets key file cannot be read.
+        """
         self.bus = bus
         self.settings = settings
         self.runtime = runtime
         self.node_id = check_token("node id", settings.node_id)
         self.metrics = SupervisorMetrics(registry)
+        self.keyring = keyring or load_keyring(settings)
         self.service_metrics = ServiceMetrics(SERVICE, registry)
         self._dirty = asyncio.Event()
         names = bus.names
@@ -187,6 +199,7 @@ class Supervisor:
         return wanted
 
     def _spec(self, deployment: Deployment, replica: int) -> ReplicaSpec:
+        secret_env, failure = open_secrets(self.keyring, deployment)
         return build_spec(
             deployment,
             replica,
@@ -202,6 +215,8 @@ class Supervisor:
                 else None
             ),
             bus_env=tls_env(self.bus.settings),
+            secret_env=secret_env,
+            secrets_failure=failure,
         )
 
     async def reconcile(self) -> None:
@@ -323,6 +338,13 @@ class Supervisor:
         # (an outage of both) places its replicas here again sooner.
         with contextlib.suppress(Exception):
             await nodes_kv.put(self.node_id, encode(self.node_info()))
+        await publish_public_key(
+            self.bus,
+            self.keyring,
+            node_id=self.node_id,
+            metrics=self.metrics,
+            generated=self.settings.secrets_key_file is None,
+        )
         micro = MicroService(self.bus, SERVICE, self.service_metrics)
         await micro.start()
         await micro.endpoint(
@@ -393,6 +415,7 @@ async def serve(
     Raises:
         UnavailableError: ``settings.runtime`` is ``docker`` and no engine answers.
         ContractError: ``settings.node_id`` is not a valid token.
+        SecretError: a configured secrets key file cannot be read.
     """
     check_token("node id", settings.node_id)
     runtime = await make_runtime(settings, bus.names.prefix)

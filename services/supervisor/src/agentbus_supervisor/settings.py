@@ -107,6 +107,11 @@ class SupervisorSettings(BaseSettings):
     """Lifetime of a replica's minted JWT; renewed at half of it while the replica
     runs. Bounds how long an ended replica's credentials work when this supervisor
     cannot revoke them (no operator key)."""
+    secrets_key_file: Path | None = None
+    """The fleet's secrets private key (``agentbus.fleet.secrets``), the same file on
+    every node. Unset: ``secrets_key_file_for`` (made on first use; one host only)."""
+    secrets_retired_key_files: list[Path] = []
+    """Earlier secrets keys, still opened while a rotation re-seals (JSON list)."""
     log_queue_lines: PositiveInt = 1000
     """Lines buffered per replica before new ones are dropped."""
     metrics_port: int | None = None
@@ -121,3 +126,17 @@ def state_dir_for(settings: SupervisorSettings, prefix: str) -> Path:
         return settings.state_dir
     base = Path(tempfile.gettempdir()) / f"agentbus-{os.getuid()}"
     return base / "supervisor" / prefix / settings.node_id
+
+
+def secrets_key_file_for(settings: SupervisorSettings) -> Path:
+    """The secrets key file: ``secrets_key_file``, else a generated one.
+
+    The generated one is ``<state_dir>/secrets.key``, or with no ``state_dir``
+    ``<tmp>/agentbus-<uid>/supervisor/secrets.key``: shared by this user's supervisors
+    on this host (every prefix and node id), so local nodes agree on one key.
+    """
+    if settings.secrets_key_file is not None:
+        return settings.secrets_key_file
+    if settings.state_dir is not None:
+        return settings.state_dir / "secrets.key"
+    return Path(tempfile.gettempdir()) / f"agentbus-{os.getuid()}" / "supervisor" / "secrets.key"

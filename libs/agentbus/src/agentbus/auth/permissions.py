@@ -162,9 +162,11 @@ def service_permissions(names: Names, service: str, *, node_id: str | None = Non
             n.deployments_bucket,
             n.placements_bucket,
             n.trace_claims_bucket,
-            n.tokens_bucket,
         ):
             publish += kv_write(bucket)
+        # Creates, never writes: tokens are operators', the secrets key supervisors'.
+        for bucket in (n.tokens_bucket, n.secrets_keys_bucket):
+            publish += stream_admin(f"KV_{bucket}")
         publish += [*kv_read(n.agents_bucket), *kv_read(n.nodes_bucket)]
         publish += objects_write(n.blobs_bucket)
         publish += [f"{p}.tasks.>", f"{p}.control.>", f"{p}.records.task.>"]
@@ -177,6 +179,7 @@ def service_permissions(names: Names, service: str, *, node_id: str | None = Non
         subscribe = [f"{p}.supervisor.{node_id}.>", "$SRV.>"]
         publish += [*kv_write(n.nodes_bucket), *kv_read(n.agents_bucket)]
         publish += [*kv_read(n.placements_bucket), *kv_read(n.deployments_bucket)]
+        publish += kv_write(n.secrets_keys_bucket)  # publishes the secrets public key
         publish += [*stream_admin(n.logs_stream), f"{p}.logs.>"]
         # Provisioning the consumers of the replicas it starts (agentbus.auth.provision).
         for stream in (n.tasks_stream, n.topics_stream, n.inbox_stream):

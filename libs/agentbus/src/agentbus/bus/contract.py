@@ -51,7 +51,7 @@ PARTS: tuple[str, ...] = (
 """Parts of the contract: ``tasks`` (tasks and results streams, task records, dead
 letters, leases, task blobs), ``events``, ``agents`` (what agents share: topics, inbox,
 trace claims), ``logs``, ``registry`` (agents and nodes), ``fleet`` (deployments,
-placements, gateway tokens), ``checkpoints`` (checkpoint KV and objects)."""
+placements, gateway tokens, the secrets key), ``checkpoints`` (checkpoint KV and objects)."""
 
 SERVICE_PARTS: dict[str, tuple[str, ...]] = {
     "registry": ("registry", "events"),
@@ -198,6 +198,8 @@ async def _fleet(bus: Bus) -> None:
     # Gateway tokens (agentbus.auth.tokens), written by operators, read by the gateway.
     for bucket in (n.placements_bucket, n.tokens_bucket):
         await _kv(bus, KeyValueConfig(bucket, history=1))
+    # The public key ``apply`` seals secret env values to (agentbus.fleet.secrets).
+    await _kv(bus, KeyValueConfig(n.secrets_keys_bucket, history=5))
 
 
 async def _checkpoints(bus: Bus) -> None:

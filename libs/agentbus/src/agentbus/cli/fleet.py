@@ -29,7 +29,8 @@ from agentbus.cli.common import (
     with_client,
 )
 from agentbus.client import Client
-from agentbus.errors import AgentBusError, NotFoundError, SpecError
+from agentbus.errors import AgentBusError, NotFoundError, SecretError, SpecError
+from agentbus.fleet.secrets import public_key_of
 from agentbus.fleet.spec import FleetSpec, load_fleet
 from agentbus.messages import (
     Deployment,
@@ -58,17 +59,27 @@ def apply(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Validate and show the changes; change nothing.")
     ] = False,
+    secrets_key_id: Annotated[
+        str | None,
+        typer.Option(help="Seal secrets only if the published secrets key has this id."),
+    ] = None,
     nats_url: NatsUrl = None,
     prefix: Prefix = None,
 ) -> None:
-    """Create, update (and with --prune delete) deployments to match a fleet file."""
+    """Create, update (and with --prune delete) deployments to match a fleet file.
+
+    Secret env values are sealed to the secrets public key the supervisors publish;
+    only ciphertext leaves this process.
+    """
     try:
         spec = load_fleet(file)
     except SpecError as exc:
         for line in str(exc).splitlines():
             err_console.print(f"[bold red]error:[/bold red] {escape(line)}", highlight=False)
         raise typer.Exit(2) from None
-    counts = run(with_client(nats_url, prefix, lambda c: _apply(c, spec, prune, dry_run)))
+    counts = run(
+        with_client(nats_url, prefix, lambda c: _apply(c, spec, prune, dry_run, secrets_key_id))
+    )
     summary = ", ".join(f"{n} {change}" for change, n in counts.items() if n)
     console.print(f"{'dry run: ' if dry_run else ''}{summary or 'nothing to do'}")
 
@@ -98,13 +109,27 @@ async def _live_nodes(client: Client) -> list[NodeInfo]:
         return []
 
 
+async def _sealed(client: Client, spec: FleetSpec, key_id: str | None) -> list[Deployment]:
+    """The fleet's deployments, their secret env values sealed to the published key."""
+    if not spec.secrets:
+        return spec.deployments
+    published = await client.secrets_public_key()
+    if key_id is not None and published.key_id != key_id:
+        raise SecretError(
+            f"the published secrets key is {published.key_id}, not {key_id}: nothing sealed"
+        )
+    err_console.print(f"  sealing secret env values to secrets key {published.key_id}")
+    return spec.sealed(public_key_of(published))
+
+
 async def _apply(
-    client: Client, spec: FleetSpec, prune: bool, dry_run: bool
+    client: Client, spec: FleetSpec, prune: bool, dry_run: bool, key_id: str | None = None
 ) -> dict[DeploymentChange, int]:
     counts: dict[DeploymentChange, int] = dict.fromkeys(_MARK, 0)  # type: ignore[arg-type]
+    deployments = await _sealed(client, spec, key_id)
     before = await client.deployments()
     nodes = await _live_nodes(client)
-    for d in spec.deployments:
+    for d in deployments:
         if d.image and image_on_no_node(d.image, nodes):
             err_console.print(
                 f"  [yellow]![/yellow] {d.name}: no node has image {escape(d.image)}; "
@@ -122,7 +147,7 @@ async def _apply(
             _print_change(d.name, change, old, reply.deployment, reply)
         counts[change] += 1
     if prune:
-        wanted = {d.name for d in spec.deployments}
+        wanted = {d.name for d in deployments}
         for name in sorted(set(before) - wanted):
             if not dry_run:
                 try:
@@ -158,15 +183,19 @@ def changed_fields(old: Deployment, new: Deployment, *, width: int = 40) -> list
     """What differs between two specs, one ``path: old → new`` per changed field.
 
     Nested Structs are compared field by field (``limits.memory_bytes``), lists as a
-    whole; ``env`` values are never shown (they may be secrets), only their keys.
+    whole; ``env`` values are never shown (they may be secrets), only their keys, nor
+    ``secret_env`` ciphertexts (sealing is randomized: a secret applied again is
+    ``sealed again`` whether or not its value changed).
     """
     a, b = _flat(msgspec.to_builtins(old)), _flat(msgspec.to_builtins(new))
     out = []
     for path in [*a, *(p for p in b if p not in a)]:
         if a.get(path) == b.get(path):
             continue
-        if path.startswith("env."):
+        if path.startswith(("env.", "secret_env.")):
             verb = "added" if path not in a else ("removed" if path not in b else "changed")
+            if verb == "changed" and path.startswith("secret_env."):
+                verb = "sealed again"
             out.append(f"{path} {verb}")
             continue
         was, now = repr(a.get(path)), repr(b.get(path))
@@ -178,6 +207,8 @@ def changed_fields(old: Deployment, new: Deployment, *, width: int = 40) -> list
 
 
 def _flat(value: Any, path: str = "") -> dict[str, Any]:
+    if path == "secret_env" and isinstance(value, dict):
+        return {f"{path}.{k}": v for k, v in value.items()}
     if isinstance(value, dict) and (
         not path or path in ("env", "node_selector") or "type" in value
     ):

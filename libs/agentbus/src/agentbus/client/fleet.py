@@ -5,8 +5,11 @@ from __future__ import annotations
 from typing import TypeVar
 
 import msgspec
+import nats.errors
+import nats.js.errors
 
 from agentbus.bus import Bus
+from agentbus.errors import ContractError, SecretsKeyMissingError, UnavailableError
 from agentbus.kv.replay import replay
 from agentbus.messages import (
     AgentInfo,
@@ -24,6 +27,7 @@ from agentbus.messages import (
     NodeStatusReply,
     PlacementsReply,
     ScaleDeployment,
+    SecretsPublicKey,
 )
 from agentbus.names import Names, check_token
 
@@ -107,6 +111,34 @@ class FleetCalls:
     async def deployments(self) -> dict[str, Deployment]:
         """Stored deployment specs by name (read from KV ``<p>_deployments``)."""
         return await self.bucket_values(self.names.deployments_bucket, Deployment)
+
+    async def secrets_public_key(self) -> SecretsPublicKey:
+        """The fleet's secrets public key, as a supervisor published it.
+
+        Read from KV ``<p>_secrets_keys``, key ``public``; ``agentbus.fleet.secrets``
+        seals secret env values to it.
+
+        Raises:
+            SecretsKeyMissingError: no supervisor has published one.
+            ContractError: the stored entry does not decode.
+            UnavailableError: the bucket does not exist or NATS failed.
+        """
+        bucket = self.names.secrets_keys_bucket
+        kv = await self.bus.kv(bucket)
+        try:
+            entry = await kv.get(Names.SECRETS_PUBLIC_KEY_ENTRY)
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+            raise SecretsKeyMissingError(bucket) from None
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise UnavailableError(f"cannot read KV {bucket!r}: {exc!r}") from exc
+        if not entry.value:
+            raise SecretsKeyMissingError(bucket)
+        try:
+            return msgspec.json.decode(entry.value, type=SecretsPublicKey)
+        except msgspec.DecodeError as exc:
+            raise ContractError(
+                f"KV {bucket!r} entry {Names.SECRETS_PUBLIC_KEY_ENTRY!r} is not a key: {exc}"
+            ) from exc
 
     async def node_status(self, node_id: str, *, timeout_s: float | None = None) -> NodeStatusReply:
         """What node ``node_id``'s supervisor runs (``<p>.supervisor.<node_id>.status``).

@@ -1,8 +1,8 @@
 """Checks of a deployment spec that its types cannot express, and the error they raise.
 
 ``check_deployment`` lists every problem of a well-typed ``Deployment`` (token names,
-image or command, backoff cap, resources within limits, environment names, node
-selector, subscription patterns); ``validate_deployment`` raises them as one
+image or command, backoff cap, resources within limits, environment names (plain
+and secret), node selector, subscription patterns); ``validate_deployment`` raises them as one
 ``SpecError``. Fleet files run them on load (``agentbus.fleet.spec``), the scheduler on
 every deploy.
 """
@@ -10,6 +10,7 @@ every deploy.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 from agentbus.errors import ContractError, SpecError, SpecIssue
 from agentbus.messages import Deployment
@@ -65,11 +66,10 @@ def check_deployment(d: Deployment) -> list[SpecIssue]:
         bad("resources.memory_bytes", f"{res.memory_bytes} is above limits.memory_bytes = {limit}")
     if d.health is not None and not d.health.command:
         bad("health.command", "must not be empty")
-    for key in d.env:
-        if not _ENV_KEY_RE.fullmatch(key):
-            bad(f"env.{key}", "is not a valid environment variable name")
-        elif key in RESERVED_ENV:
-            bad(f"env.{key}", "is set by the supervisor for every replica")
+    issues += check_env_names("env", d.env)
+    issues += check_env_names("secret_env", d.secret_env)
+    for key in sorted(set(d.env) & set(d.secret_env)):
+        bad(f"secret_env.{key}", "is also in env (a name is either plain or secret)")
     seen: set[tuple[str, str | None]] = set()
     for i, sub in enumerate(d.subscriptions):
         try:
@@ -82,6 +82,17 @@ def check_deployment(d: Deployment) -> list[SpecIssue]:
     for key, value in d.node_selector.items():
         if not key or not value:
             bad(f"node_selector.{key}", "label keys and values must not be empty")
+    return issues
+
+
+def check_env_names(field: str, names: Iterable[str]) -> list[SpecIssue]:
+    """Problems of environment variable ``names`` of ``field`` (``env``, ``secret_env``)."""
+    issues = []
+    for key in names:
+        if not _ENV_KEY_RE.fullmatch(key):
+            issues.append(SpecIssue(f"{field}.{key}", "is not a valid environment variable name"))
+        elif key in RESERVED_ENV:
+            issues.append(SpecIssue(f"{field}.{key}", "is set by the supervisor for every replica"))
     return issues
 
 

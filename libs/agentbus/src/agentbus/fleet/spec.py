@@ -17,7 +17,9 @@ one rule for quantities: a field whose Struct name ends in ``_s`` (seconds) or
 ``_bytes`` may drop the suffix, and its value may carry a unit (``agentbus.units``):
 durations ``500ms``, ``30s``, ``2m`` (a bare number is seconds), sizes ``512Mi``,
 ``1G`` (a bare number is bytes; ``512m``/``1g`` are refused as ambiguous), ``cpus``
-``0.5`` or ``500m``. Commands: an argv list or one shell-quoted string.
+``0.5`` or ``500m``. Commands: an argv list or one shell-quoted string. An ``env``
+value may be a secret (``agentbus.fleet._env``): kept apart in ``FleetSpec.secrets``
+and sealed by ``FleetSpec.sealed`` (``agentbus apply``), never in a ``Deployment``.
 Unknown fields, duplicate keys and impossible combinations (``agentbus.fleet.checks``)
 are errors; every error names the file, line and field path
 (``deployments.echo.limits.memory``).
@@ -29,19 +31,19 @@ import difflib
 import re
 import shlex
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import msgspec
 import yaml
+from nacl.public import PublicKey
 
 from agentbus.errors import ContractError, SpecError, SpecIssue
-from agentbus.fleet.checks import (
-    check_deployment,
-    validate_deployment,
-)
+from agentbus.fleet._env import env_map, kind, plain_scalar, string_map
+from agentbus.fleet.checks import check_deployment, check_env_names, validate_deployment
+from agentbus.fleet.secrets import seal_env
 from agentbus.messages import Deployment
 from agentbus.names import check_token
 from agentbus.units import parse_cpus, parse_duration_s, parse_size_bytes
@@ -61,10 +63,25 @@ YamlPath = tuple[str | int, ...]
 
 @dataclass(frozen=True)
 class FleetSpec:
-    """A validated fleet file: its deployments in file order."""
+    """A validated fleet file: its deployments in file order.
+
+    ``secrets`` holds the plaintext of the secret env values, by deployment and env
+    name; those deployments lack them until ``sealed`` puts them in ``secret_env``.
+    """
 
     source: str
     deployments: list[Deployment]
+    secrets: dict[str, dict[str, str]] = field(default_factory=dict, repr=False)
+
+    def sealed(self, public_key: PublicKey) -> list[Deployment]:
+        """The deployments with every secret sealed to ``public_key`` in ``secret_env``."""
+        out = []
+        for d in self.deployments:
+            if plaintexts := self.secrets.get(d.name):
+                sealed = {**d.secret_env, **seal_env(plaintexts, public_key)}
+                d = msgspec.structs.replace(d, secret_env=sealed)
+            out.append(d)
+        return out
 
 
 # -- loading ----------------------------------------------------------------------------
@@ -78,11 +95,16 @@ def load_fleet(path: str | Path) -> FleetSpec:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError(str(path), [SpecIssue("file", f"cannot read it: {exc}")]) from exc
-    return parse_fleet(text, source=str(path))
+    return parse_fleet(text, source=str(path), base_dir=Path(path).parent)
 
 
-def parse_fleet(text: str, *, source: str = "<fleet>") -> FleetSpec:
+def parse_fleet(
+    text: str, *, source: str = "<fleet>", base_dir: str | Path | None = None
+) -> FleetSpec:
     """Validate fleet YAML ``text``; ``source`` names it in errors.
+
+    ``base_dir`` (default: the working directory) resolves ``secret_from_file`` paths;
+    ``secret_from_env`` reads this process's environment.
 
     Raises:
         SpecError: bad YAML or invalid spec (every issue found).
@@ -91,11 +113,12 @@ def parse_fleet(text: str, *, source: str = "<fleet>") -> FleetSpec:
     issues: list[SpecIssue] = []
     data = _load_yaml(text, source, lines, issues)
     deployments: list[Deployment] = []
+    converter = _Converter(lines, issues, Path(base_dir or "."))
     if not any(i.field == "yaml" for i in issues):
-        deployments = _Converter(lines, issues).fleet(data)
+        deployments = converter.fleet(data)
     if issues:
         raise SpecError(source, issues)
-    return FleetSpec(source=source, deployments=deployments)
+    return FleetSpec(source=source, deployments=deployments, secrets=converter.secrets)
 
 
 def _load_yaml(text: str, source: str, lines: dict[YamlPath, int], issues: list[SpecIssue]) -> Any:
@@ -144,12 +167,6 @@ def _dotted(path: YamlPath) -> str:
     return out or "(top level)"
 
 
-def _kind(value: object) -> str:
-    return {dict: "a mapping", list: "a list", str: "a string", type(None): "null"}.get(
-        type(value), type(value).__name__
-    )
-
-
 def _struct_type(tp: Any) -> type[msgspec.Struct] | None:
     """The Struct class of ``tp`` (``S`` or ``S | None``), else None."""
     if isinstance(tp, type) and issubclass(tp, msgspec.Struct):
@@ -171,10 +188,13 @@ _SPEC_PATH_RE = re.compile(r"\.(\w+)|\[(\d+)\]|\[\.\.\.\]")
 class _Converter:
     """Turns the YAML tree into ``Deployment``s, collecting issues with YAML paths."""
 
-    def __init__(self, lines: dict[YamlPath, int], issues: list[SpecIssue]) -> None:
+    def __init__(self, lines: dict[YamlPath, int], issues: list[SpecIssue], base_dir: Path) -> None:
         self.lines = lines
         self.issues = issues
+        self.base_dir = base_dir
         self.paths: dict[YamlPath, YamlPath] = {}  # Struct path -> YAML path
+        self.secrets: dict[str, dict[str, str]] = {}  # deployment -> env name -> plaintext
+        self.current = ""  # the deployment being converted
 
     def issue(self, path: YamlPath, message: str) -> None:
         line = next(
@@ -184,7 +204,7 @@ class _Converter:
 
     def fleet(self, data: Any) -> list[Deployment]:
         if not isinstance(data, dict):
-            self.issue((), f"expected a mapping with 'deployments', got {_kind(data)}")
+            self.issue((), f"expected a mapping with 'deployments', got {kind(data)}")
             return []
         for key in data:
             if key not in ("version", "deployments") and not str(key).startswith("x-"):
@@ -198,7 +218,7 @@ class _Converter:
         if entries is None:
             entries = {}
         if not isinstance(entries, dict):
-            got = _kind(entries)
+            got = kind(entries)
             self.issue(("deployments",), f"expected a mapping of name -> spec, got {got}")
             return []
         out = []
@@ -210,6 +230,7 @@ class _Converter:
     def deployment(self, name: str, raw: Any) -> Deployment | None:
         at: YamlPath = ("deployments", name)
         self.paths = {(): at}
+        self.current = name
         if raw is None:
             raw = {}
         if isinstance(raw, dict) and "name" in raw and str(raw["name"]) != name:
@@ -238,7 +259,10 @@ class _Converter:
                 message += f", got {_lookup(fields, spath)!r}"
             self.issue(self.yaml_path(spath), message)
             return None
-        for problem in check_deployment(d):
+        secret_names = sorted(self.secrets.get(name, {}))
+        for key in set(secret_names) & set(d.secret_env):
+            self.issue((*at, "env", key), "is also in secret_env (give it once)")
+        for problem in [*check_deployment(d), *check_env_names("env", secret_names)]:
             spath = tuple(a or int(b) for a, b in _SPEC_PATH_RE.findall("." + problem.field))
             self.issue(self.yaml_path(spath), problem.message)
         return d if len(self.issues) == before else None
@@ -254,7 +278,7 @@ class _Converter:
         self, cls: type[msgspec.Struct], raw: Any, at: YamlPath, spath: tuple[str | int, ...]
     ) -> dict[str, Any] | None:
         if not isinstance(raw, dict):
-            self.issue(at, f"expected a mapping, got {_kind(raw)}")
+            self.issue(at, f"expected a mapping, got {kind(raw)}")
             return None
         fields = {
             f.name: f
@@ -295,8 +319,12 @@ class _Converter:
             return None
         if (item := _list_struct_type(tp)) is not None:
             if not isinstance(value, list):
-                raise ValueError(f"expected a list, got {_kind(value)}")
+                raise ValueError(f"expected a list, got {kind(value)}")
             return [self.struct(item, v, (*at, i), (*spath, i)) for i, v in enumerate(value)]
+        if get_origin(tp) is dict and (sub := _struct_type(get_args(tp)[1])) is not None:
+            if not isinstance(value, dict):
+                raise ValueError(f"expected a mapping, got {kind(value)}")
+            return {str(k): self.struct(sub, v, (*at, k), (*spath, k)) for k, v in value.items()}
         if (sub := _struct_type(tp)) is not None:
             return self.struct(sub, value, at, spath)
         if name == "start":  # a subscription's start: YAML reads times and numbers itself
@@ -309,8 +337,13 @@ class _Converter:
             return parse_cpus(value)
         if name in ("command", "image_command"):
             return _argv(value)
-        if name in ("env", "node_selector"):
-            return _string_map(value)
+        if name == "env":
+            plain, secrets = env_map(value, self.base_dir)
+            if secrets:
+                self.secrets[self.current] = secrets
+            return plain
+        if name == "node_selector":
+            return string_map(value)
         if get_origin(tp) is Literal and value not in (choices := get_args(tp)):
             raise ValueError(f"expected one of {', '.join(map(repr, choices))}, got {value!r}")
         return value
@@ -332,33 +365,10 @@ def _argv(value: Any) -> list[str]:
         except ValueError as exc:
             raise ValueError(f"cannot split the command line: {exc}") from None
     if isinstance(value, list):
-        if bad := [v for v in value if not _plain_scalar(v)]:
+        if bad := [v for v in value if not plain_scalar(v)]:
             raise ValueError(f"argv item {bad[0]!r} is not a string: quote it")
         return [str(v) for v in value]
-    raise ValueError(f"expected an argv list or a shell-quoted string, got {_kind(value)}")
-
-
-def _plain_scalar(value: object) -> bool:
-    return isinstance(value, str | int | float) and not isinstance(value, bool)
-
-
-def _string_map(value: Any) -> dict[str, str]:
-    """A mapping (or list of ``KEY=VALUE``) of strings; numbers become strings."""
-    if isinstance(value, list):
-        pairs = [str(v).partition("=") for v in value]
-        if bad := [k for k, sep, _ in pairs if not sep or not k]:
-            raise ValueError(f"expected KEY=VALUE items, got {bad[0]!r}")
-        return {k: v for k, _, v in pairs}
-    if not isinstance(value, dict):
-        raise ValueError(f"expected a mapping of strings, got {_kind(value)}")
-    out = {}
-    for k, v in value.items():
-        if isinstance(v, bool) or v is None:
-            raise ValueError(f"value of {k!r} is {v!r}: quote it (YAML reads yes/no/on as bool)")
-        if not _plain_scalar(v):
-            raise ValueError(f"value of {k!r} must be a string, got {_kind(v)}")
-        out[str(k)] = str(v)
-    return out
+    raise ValueError(f"expected an argv list or a shell-quoted string, got {kind(value)}")
 
 
 # -- writing ----------------------------------------------------------------------------

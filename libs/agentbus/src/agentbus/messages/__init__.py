@@ -19,6 +19,7 @@ from agentbus.messages import events as _events
 from agentbus.messages import fleet as _fleet
 from agentbus.messages import messaging as _messaging
 from agentbus.messages import registry as _registry
+from agentbus.messages import secrets as _secrets
 from agentbus.messages import services as _services
 from agentbus.messages import tasks as _tasks
 from agentbus.messages import tokens as _tokens
@@ -113,6 +114,7 @@ from agentbus.messages.registry import (
     NodeInfo,
     NodesReply,
 )
+from agentbus.messages.secrets import KeyId, SealedSecret, SecretsPublicKey
 from agentbus.messages.services import (
     GetHealth,
     HealthReply,
@@ -152,6 +154,7 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     *_events.MESSAGES,
     *_registry.MESSAGES,
     *_fleet.MESSAGES,
+    *_secrets.MESSAGES,
     *_checkpoint.MESSAGES,
     *_services.MESSAGES,
     *_traces.MESSAGES,
@@ -204,6 +207,7 @@ __all__ = [
     "GetTask",
     "HealthCheck",
     "HealthReply",
+    "KeyId",
     "Limits",
     "ListAgents",
     "ListCheckpoints",
@@ -237,6 +241,8 @@ __all__ = [
     "RuntimeKind",
     "ScaleDeployment",
     "Scope",
+    "SealedSecret",
+    "SecretsPublicKey",
     "SendOutcome",
     "SendReceipt",
     "SubmitReply",

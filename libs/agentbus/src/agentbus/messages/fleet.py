@@ -14,6 +14,7 @@ from agentbus.messages.common import (
     Token,
 )
 from agentbus.messages.registry import NodeInfo
+from agentbus.messages.secrets import SealedSecret
 from agentbus.messages.topics import Subscription
 from agentbus.messages.traces import TraceKind
 
@@ -101,6 +102,9 @@ class Deployment(Message, frozen=True, kw_only=True):
     trace_kinds: list[TraceKind] = []
     """Trace kinds the deployment's agents deposit on, sense and claim; with minted
     credentials, the only ones (their supervisor creates the missing ones)."""
+    secret_env: dict[str, SealedSecret] = {}
+    """Env values that only the supervisors can read (sealed to the fleet's secrets
+    key by ``agentbus apply``); a name must not also be in ``env``."""
 
 
 class Deploy(Message, frozen=True, kw_only=True):
