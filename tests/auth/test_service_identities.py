@@ -1,0 +1,158 @@
+"""Each service's own identity: what it needs works, the rest the server refuses.
+
+The tables are ``agentbus.auth.permissions.service_permissions`` (``docs/protocol.md``,
+"Permissions"); each test pairs an action the service needs with ones it must not do.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import AsyncIterator
+
+import pytest
+
+from agentbus.bus import Bus
+from tests._harness.auth import AuthServer, refused
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+async def operator(secured: AuthServer, prefix: str) -> AsyncIterator[Bus]:
+    bus = await Bus.connect(secured.operator(prefix))
+    await bus.ensure()
+    yield bus
+    await bus.close()
+
+
+async def _as(secured: AuthServer, prefix: str, service: str, node_id: str | None = None) -> Bus:
+    return await Bus.connect(secured.service(prefix, service, node_id=node_id))
+
+
+async def _kv_put(bus: Bus, bucket: str, key: str) -> None:
+    await bus.js.publish(f"$KV.{bucket}.{key}", b"{}", timeout=2)
+
+
+async def test_gateway_reads_records_but_not_placements_tasks_or_tokens(
+    secured: AuthServer, prefix: str, operator: Bus
+) -> None:
+    gateway = await _as(secured, prefix, "gateway")
+    n = gateway.names
+    try:
+        await (await operator.kv(n.tasks_bucket)).put("t1", b"{}")
+        assert (await (await gateway.kv(n.tasks_bucket)).get("t1")).value == b"{}"
+        await gateway.js.publish(n.topic_subject("review.done"), b"{}")
+        await refused(
+            secured,
+            f"$JS.API.STREAM.INFO.KV_{n.placements_bucket}",
+            lambda: gateway.js.key_value(n.placements_bucket),
+        )
+        placement = f"$KV.{n.placements_bucket}.echo.0"
+        await refused(secured, placement, lambda: _kv_put(gateway, n.placements_bucket, "echo.0"))
+        token = f"$KV.{n.tokens_bucket}.forged"
+        await refused(secured, token, lambda: _kv_put(gateway, n.tokens_bucket, "forged"))
+        await refused(
+            secured,
+            f"$JS.API.CONSUMER.MSG.NEXT.{n.tasks_stream}.cap-echo",
+            lambda: gateway.nc.request(
+                f"$JS.API.CONSUMER.MSG.NEXT.{n.tasks_stream}.cap-echo", b"1", timeout=2
+            ),
+        )
+    finally:
+        await gateway.close()
+
+
+async def test_checkpoint_service_writes_checkpoints_but_cannot_consume_tasks(
+    secured: AuthServer, prefix: str, operator: Bus
+) -> None:
+    checkpoint = await _as(secured, prefix, "checkpoint")
+    n = checkpoint.names
+    try:
+        await (await checkpoint.kv(n.checkpoints_bucket)).put("a.b", b"{}")
+        await refused(
+            secured,
+            f"$JS.API.CONSUMER.MSG.NEXT.{n.tasks_stream}.cap-echo",
+            lambda: checkpoint.nc.request(
+                f"$JS.API.CONSUMER.MSG.NEXT.{n.tasks_stream}.cap-echo", b"1", timeout=2
+            ),
+        )
+        await refused(
+            secured,
+            f"$JS.API.STREAM.INFO.KV_{n.tasks_bucket}",
+            lambda: checkpoint.js.key_value(n.tasks_bucket),
+        )
+        task = f"{prefix}.tasks.echo"
+        await refused(secured, task, lambda: checkpoint.js.publish(task, b"{}", timeout=2))
+    finally:
+        await checkpoint.close()
+
+
+async def test_registry_writes_registry_entries_only(
+    secured: AuthServer, prefix: str, operator: Bus
+) -> None:
+    registry = await _as(secured, prefix, "registry")
+    n = registry.names
+    try:
+        await (await registry.kv(n.agents_bucket)).put("a-0", b"{}")
+        await (await registry.kv(n.nodes_bucket)).put("n1", b"{}")
+        placement = f"$KV.{n.placements_bucket}.echo.0"
+        await refused(secured, placement, lambda: _kv_put(registry, n.placements_bucket, "echo.0"))
+        task = f"{prefix}.tasks.echo"
+        await refused(secured, task, lambda: registry.js.publish(task, b"{}", timeout=2))
+    finally:
+        await registry.close()
+
+
+async def test_supervisor_reads_placements_and_serves_only_its_node(
+    secured: AuthServer, prefix: str, operator: Bus
+) -> None:
+    supervisor = await _as(secured, prefix, "supervisor", node_id="n1")
+    n = supervisor.names
+    try:
+        await (await operator.kv(n.placements_bucket)).put("echo.0", b"{}")
+        got = await (await supervisor.kv(n.placements_bucket)).get("echo.0")
+        assert got.value == b"{}"
+        await (await supervisor.kv(n.nodes_bucket)).put("n1", b"{}")
+        mine = await supervisor.nc.subscribe(f"{prefix}.supervisor.n1.status")
+        await mine.unsubscribe()
+        placement = f"$KV.{n.placements_bucket}.echo.1"
+        await refused(
+            secured, placement, lambda: _kv_put(supervisor, n.placements_bucket, "echo.1")
+        )
+        deployment = f"$KV.{n.deployments_bucket}.echo"
+        await refused(
+            secured, deployment, lambda: _kv_put(supervisor, n.deployments_bucket, "echo")
+        )
+        other_node = f"{prefix}.supervisor.n2.status"
+
+        async def listen() -> None:
+            await supervisor.nc.subscribe(other_node)
+            await supervisor.nc.flush()
+
+        await refused(secured, other_node, listen)
+    finally:
+        await supervisor.close()
+
+
+async def test_scheduler_cannot_touch_checkpoints_keys_tokens_or_delete_streams(
+    secured: AuthServer, prefix: str, operator: Bus
+) -> None:
+    scheduler = await _as(secured, prefix, "scheduler")
+    n = scheduler.names
+    try:
+        await (await scheduler.kv(n.placements_bucket)).put("echo.0", b"{}")
+        for bucket, key in (
+            (n.checkpoints_bucket, "a.b"),
+            (n.secrets_keys_bucket, "public"),
+            (n.tokens_bucket, "forged"),
+        ):
+            await refused(
+                secured, f"$KV.{bucket}.{key}", functools.partial(_kv_put, scheduler, bucket, key)
+            )
+        await refused(
+            secured,
+            f"$JS.API.STREAM.DELETE.{n.tasks_stream}",
+            lambda: scheduler.js.delete_stream(n.tasks_stream),
+        )
+    finally:
+        await scheduler.close()
