@@ -100,8 +100,18 @@ if [ -s "$tmp/missing.txt" ]; then
   done
   platforms+=(--platform manylinux2014_x86_64 --platform manylinux2010_x86_64
     --platform manylinux1_x86_64)
-  pip_quiet download --no-deps --only-binary=:all: --python-version "$py_version" \
-    --implementation cp "${platforms[@]}" -r "$tmp/missing.txt" -d "$out"
+  while read -r pin; do
+    # A project that publishes only an sdist (nkeys) is built into a wheel here; only
+    # pure-Python ones are (a compiled one would target the host, not the image).
+    if ! pip_quiet download --no-deps --only-binary=:all: --python-version "$py_version" \
+      --implementation cp "${platforms[@]}" "$pin" -d "$out" 2>/dev/null; then
+      log "no wheel published for $pin: building one from its sdist"
+      pip_quiet wheel --no-deps "$pin" -w "$tmp/built"
+      for whl in "$tmp"/built/*-py3-none-any.whl "$tmp"/built/*-py2.py3-none-any.whl; do
+        if [ -e "$whl" ]; then mv -f "$whl" "$out/"; fi
+      done
+    fi
+  done <"$tmp/missing.txt"
   plan >"$tmp/missing.txt"
   if [ -s "$tmp/missing.txt" ]; then
     log "no usable wheel for: $(tr '\n' ' ' <"$tmp/missing.txt")"
