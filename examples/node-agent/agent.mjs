@@ -212,7 +212,7 @@ async function handle(cap, msg) {
   }
   const { task_id } = task;
   const attempt = msg.info.redeliveryCount; // 4.2 attempt = num_delivered
-  const results = `${PREFIX}.results.${cap}`;
+  const results = `${PREFIX}.results.${cap}.${AGENT_ID}`; // reports carry our own id
   const started_at = now();
   const early = preflight(task, attempt); // past the deadline, or out of attempts
   if (early) {

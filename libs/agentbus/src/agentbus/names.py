@@ -104,7 +104,7 @@ class Names:
 
     @property
     def results_stream(self) -> str:
-        """WorkQueue stream of agent reports, subjects ``<p>.results.<capability>``."""
+        """WorkQueue stream of agent reports, subjects ``<p>.results.<capability>.<agent_id>``."""
         return f"{self.prefix.upper()}_RESULTS"
 
     @property
@@ -145,9 +145,18 @@ class Names:
         """
         return f"{self.prefix}.tasks.{capability}" + (f".p{band}" if band else "")
 
-    def result_subject(self, capability: str) -> str:
-        """Subject agents report task progress and results for ``capability`` on."""
-        return f"{self.prefix}.results.{capability}"
+    def result_subject(self, capability: str, agent_id: str) -> str:
+        """Subject agent ``agent_id`` reports progress and results for ``capability`` on.
+
+        ``<p>.results.<capability>.<agent_id>``: the reporting agent's own id, so NATS
+        permissions can hold an agent to its own reports; the scheduler refuses a
+        report whose ``agent_id`` is not the subject's.
+        """
+        return f"{self.prefix}.results.{capability}.{agent_id}"
+
+    def capability_results(self, capability: str) -> str:
+        """Wildcard over the reports of every agent for ``capability``."""
+        return f"{self.prefix}.results.{capability}.*"
 
     def event_subject(self, entity: str, kind: str) -> str:
         """Subject of an event, e.g. ``agentbus.events.agent.joined``."""
