@@ -162,6 +162,14 @@ class Names:
         """Subject of an event, e.g. ``agentbus.events.agent.joined``."""
         return f"{self.prefix}.events.{entity}.{kind}"
 
+    def agent_error_subject(self, agent_id: str) -> str:
+        """Subject of the ``ErrorEvent``s agent ``agent_id`` publishes.
+
+        ``<p>.events.error.agent.<agent_id>``: the agent's own id, as on every subject
+        an agent publishes on (``events_all("error")`` still covers it).
+        """
+        return f"{self.prefix}.events.error.agent.{agent_id}"
+
     def task_event_subject(self, status: str, task_id: str) -> str:
         """Subject of a ``TaskEvent``: ``<p>.events.task.<status>.<task_id>``."""
         return f"{self.prefix}.events.task.{status}.{task_id}"

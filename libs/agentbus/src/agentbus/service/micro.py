@@ -83,18 +83,20 @@ async def publish_bad_message(
     source: str,
     subject: str,
     reason: str,
+    event_kind: str | None = None,
 ) -> None:
     """Log, count and publish an ``ErrorEvent`` for a message that could not be used.
 
     Counted as ``counter{service=entity, source}``; the event (``service`` field =
-    ``service``) goes to ``<p>.events.error.<entity>``, best effort: a bus outage must
-    not turn one bad message into a crash.
+    ``service``) goes to ``<p>.events.error.<event_kind>`` (``event_kind`` defaults
+    to ``entity``; an agent's is ``agent.<agent_id>``), best effort: a bus outage
+    must not turn one bad message into a crash.
     """
     counter.labels(entity, source).inc()
     logger.warning("bad message", source=source, subject=subject, reason=reason)
     event = ErrorEvent(service=service, subject=subject, reason=reason, at=utcnow())
     try:
-        await bus.publish_event("error", entity, event)
+        await bus.publish_event("error", event_kind or entity, event)
     except Exception as exc:
         logger.warning("could not publish error event", error=repr(exc))
 
