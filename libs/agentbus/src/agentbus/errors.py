@@ -8,7 +8,8 @@ class on the caller's side::
      ├─ ContractError                  a payload or spec failed validation (400)
      │   ├─ SpecError                  a fleet file or deployment spec, every issue
      │   └─ CheckpointCorruptedError   a stored checkpoint failed its SHA-256 check
-     ├─ NotFoundError                  (404)
+     ├─ ForbiddenError                 the request is not the caller's to make (403)
+ ├─ NotFoundError                  (404)
      ├─ ConflictError                  (409)
      │   ├─ CheckpointConflictError    a put's expected parent is not the latest
      │   └─ StackRunningError          another embedded stack owns the state file
@@ -39,6 +40,17 @@ class ContractError(AgentBusError):
     """A payload, spec or argument does not satisfy the contract."""
 
     code = "400"
+
+
+class ForbiddenError(AgentBusError):
+    """The request names an owner other than the one its subject is for.
+
+    E.g. a checkpoint request on ``<p>.checkpoint.<verb>.<owner>`` whose payload
+    ``agent_id`` is another owner's: NATS permissions allow a client the subjects of
+    its own owners, so the payload must not name another.
+    """
+
+    code = "403"
 
 
 class NotFoundError(AgentBusError):
@@ -204,6 +216,7 @@ _BY_CODE: dict[str, type[AgentBusError]] = {
     for cls in (
         AgentBusError,
         ContractError,
+        ForbiddenError,
         NotFoundError,
         ConflictError,
         UnavailableError,

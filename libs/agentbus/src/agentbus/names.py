@@ -362,6 +362,15 @@ class Names:
         """Request subject of a service endpoint: ``<p>.<service>.<verb>``."""
         return f"{self.prefix}.{service}.{verb}"
 
+    def owner_endpoint(self, service: str, verb: str, owner: str) -> str:
+        """Request subject of an endpoint for one owner: ``<p>.<service>.<verb>.<owner>``.
+
+        ``<owner>`` is ``escape_token(owner)`` (an agent id stays as it is): NATS
+        permissions can allow a client the requests for its own owners only, and the
+        service refuses (403) a request whose payload names another owner.
+        """
+        return f"{self.prefix}.{service}.{verb}.{escape_token(owner)}"
+
 
 # -- escaped key tokens ------------------------------------------
 TOKEN_SAFE_BYTES = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
