@@ -163,11 +163,7 @@ class Names:
         return f"{self.prefix}.events.{entity}.{kind}"
 
     def agent_error_subject(self, agent_id: str) -> str:
-        """Subject of the ``ErrorEvent``s agent ``agent_id`` publishes.
-
-        ``<p>.events.error.agent.<agent_id>``: the agent's own id, as on every subject
-        an agent publishes on (``events_all("error")`` still covers it).
-        """
+        """Subject of agent ``agent_id``'s ``ErrorEvent``s: ``<p>.events.error.agent.<id>``."""
         return f"{self.prefix}.events.error.agent.{agent_id}"
 
     def task_event_subject(self, status: str, task_id: str) -> str:
@@ -330,13 +326,25 @@ class Names:
         """WorkQueue stream of direct messages (per-message TTL) and their receipts."""
         return f"{self.prefix.upper()}_INBOX"
 
-    def inbox_subject(self, agent_id: str) -> str:
-        """Subject of the direct messages to one agent: ``<p>.inbox.<agent_id>``."""
-        return f"{self.prefix}.inbox.{agent_id}"
+    CLIENT_SENDER = "_client"
+    """Sender token of a message sent by a client that is not an agent (no agent id
+    starts with ``_``, so it names no agent)."""
 
-    def inbox_receipt_subject(self, message_id: str) -> str:
-        """Subject of a direct message's ``MessageReceipt``: ``<p>.inbox.receipts.<id>``."""
-        return f"{self.prefix}.inbox.receipts.{message_id}"
+    def inbox_subject(self, agent_id: str, sender: str = CLIENT_SENDER) -> str:
+        """Subject of a direct message to ``agent_id``: ``<p>.inbox.<agent_id>.<sender>``.
+
+        ``sender``: the sending agent's id (the receiver checks ``Agentbus-Source``
+        against it), or ``CLIENT_SENDER``.
+        """
+        return f"{self.prefix}.inbox.{agent_id}.{sender}"
+
+    def inbox_filter(self, agent_id: str) -> str:
+        """Every direct message to ``agent_id``: ``<p>.inbox.<agent_id>.*``."""
+        return f"{self.prefix}.inbox.{agent_id}.*"
+
+    def inbox_receipt_subject(self, agent_id: str, message_id: str) -> str:
+        """The receipt agent ``agent_id`` stores: ``<p>.inbox.receipts.<agent_id>.<id>``."""
+        return f"{self.prefix}.inbox.receipts.{agent_id}.{message_id}"
 
     def inbox_all(self) -> str:
         """Every subject of the inbox stream: ``<p>.inbox.>``."""
@@ -347,9 +355,13 @@ class Names:
         """Durable pull consumer of one agent's inbox: ``inbox-<agent_id>``."""
         return f"inbox-{agent_id}"
 
-    def broadcast_subject(self, capability: str) -> str:
-        """Core-NATS subject of broadcasts to every live agent of ``capability``."""
-        return f"{self.prefix}.broadcast.{capability}"
+    def broadcast_subject(self, capability: str, sender: str = CLIENT_SENDER) -> str:
+        """Core-NATS broadcast to ``capability``: ``<p>.broadcast.<capability>.<sender>``."""
+        return f"{self.prefix}.broadcast.{capability}.{sender}"
+
+    def broadcast_filter(self, capability: str) -> str:
+        """Every broadcast to ``capability``: ``<p>.broadcast.<capability>.*``."""
+        return f"{self.prefix}.broadcast.{capability}.*"
 
     def ask_subject(self, capability: str) -> str:
         """Request subject of ``ask`` for ``capability``, queue group ``ASK_QUEUE``."""
