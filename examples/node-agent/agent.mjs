@@ -196,7 +196,7 @@ function settle(msg, outcome) { // ack a success, nak a retry with its delay, te
 // "Poison input": a message that cannot be handled is termed (by the caller) and reported.
 async function reportBad(subject, reason) {
   const event = { type: "ErrorEvent", service: `agent:${AGENT_ID}`, subject, reason, at: now() };
-  await js.publish(`${PREFIX}.events.error.agent`, jc.encode(event));
+  await js.publish(`${PREFIX}.events.error.agent.${AGENT_ID}`, jc.encode(event));
   log(reason);
 }
 
@@ -212,7 +212,7 @@ async function handle(cap, msg) {
   }
   const { task_id } = task;
   const attempt = msg.info.redeliveryCount; // 4.2 attempt = num_delivered
-  const results = `${PREFIX}.results.${cap}`;
+  const results = `${PREFIX}.results.${cap}.${AGENT_ID}`; // reports carry our own id
   const started_at = now();
   const early = preflight(task, attempt); // past the deadline, or out of attempts
   if (early) {

@@ -161,7 +161,7 @@ async def take_and_die(
         attempt=msg.metadata.num_delivered,
         started_at=utcnow(),
     )
-    await bus.js.publish(bus.names.result_subject(capability), encode(started))
+    await bus.js.publish(bus.names.result_subject(capability, agent), encode(started))
     return msg
 
 

@@ -180,3 +180,53 @@ async def test_send_refuses_bad_arguments(bus: Bus) -> None:
     assert (again.seq, again.duplicate, receipt.outcome) == (receipt.seq, True, "pending")
     stored = await bus.js.get_msg(bus.names.inbox_stream, receipt.seq)
     assert stored.data == encode({"x": 1})
+
+
+def relaying_agent(agent_id: str, to: str) -> Agent:
+    """An agent that passes every message it gets on to agent ``to``, as itself."""
+    agent = make_agent(agent_id=agent_id)
+
+    @agent.handler("relay")
+    async def work(ctx: TaskContext, value: Any) -> Any:
+        return value
+
+    @agent.on_message
+    async def heard(ctx: MessageContext, payload: Ping) -> None:
+        await ctx.send(to, payload)
+
+    return agent
+
+
+@pytest.mark.timeout(60)
+async def test_messages_carry_their_sender_and_a_forged_source_is_rejected(bus: Bus) -> None:
+    got: list[tuple[str, Any]] = []
+    client = Client(bus)
+    seen: list[str] = []
+
+    async def on_inbox(msg: Any) -> None:
+        seen.append(msg.subject)
+
+    await bus.nc.subscribe(bus.names.inbox_filter("b-1"), cb=on_inbox)
+    errors = await ErrorEvents().start(bus)
+    async with (
+        running(listening_agent("b-1", "beta", got), bus),
+        running(relaying_agent("r-1", "b-1"), bus),
+    ):
+        await eventually(lambda: _registered(bus, "b-1", "r-1"), what="agents up")
+        await client.send("r-1", Ping(1))  # a client's: <p>.inbox.r-1._client
+        await eventually(lambda: _true(got), what="the relayed message arrived")
+        assert seen == [bus.names.inbox_subject("b-1", "r-1")]  # the relay's own id
+        # someone on mallory's subject claiming to be r-1: rejected, handler not run
+        forged = bus.names.inbox_subject("b-1", "mallory")
+        headers = {"Agentbus-Source": "r-1", "Nats-Msg-Id": "forged-1"}
+        await bus.js.publish(forged, encode(Ping(2)), headers=headers)
+        await bus.nc.publish(
+            bus.names.broadcast_subject("beta", "mallory"),
+            encode(Ping(3)),
+            headers={"Agentbus-Source": "r-1"},
+        )
+        await eventually(lambda: _true(len(errors.about("mallory")) == 2), what="2 refusals")
+        receipt = bus.names.inbox_receipt_subject("b-1", "forged-1")
+        stored = await bus.js.get_last_msg(bus.names.inbox_stream, receipt)
+        assert b'"rejected"' in (stored.data or b"")
+    assert got == [("direct", Ping(1))]

@@ -97,7 +97,7 @@ async def test_corrupt_task_record_terminates_its_reports(bus: Bus) -> None:
         await kv.put("corrupt", b"{garbage")
         report = b'{"type":"TaskStarted","task_id":"corrupt","agent_id":"a","attempt":1,'
         report += b'"started_at":"2026-01-01T00:00:00Z"}'
-        await bus.js.publish(bus.names.result_subject("nobody"), report)
+        await bus.js.publish(bus.names.result_subject("nobody", "a"), report)
 
         async def counted() -> bool:
             return s.metric(BAD, {"service": "scheduler", "source": "task_records"}) == 1

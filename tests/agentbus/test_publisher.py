@@ -15,7 +15,7 @@ pytestmark = pytest.mark.nats
 
 async def test_acks_resolve_to_stream_sequences_in_order(bus: Bus) -> None:
     publisher = await bus.publisher()
-    subject = bus.names.result_subject("pub")
+    subject = bus.names.result_subject("pub", "a1")
     futures = [await publisher.publish(subject, f"m{n}".encode()) for n in range(50)]
     seqs = await asyncio.gather(*futures)
     assert seqs == sorted(seqs) and len(set(seqs)) == 50

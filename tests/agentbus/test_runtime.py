@@ -125,6 +125,8 @@ async def test_poison_task_is_terminated_and_reported(bus: Bus, running_agent: A
     msg = await events.next_msg(timeout=10)
     event = msgspec.json.decode(msg.data, type=ErrorEvent)
     assert event.subject == bus.names.task_subject("double")
+    # published on a subject carrying the agent's own id
+    assert msg.subject == bus.names.agent_error_subject(running_agent.agent_id)
     # the consumer keeps working after the poison message
     await publish_task(bus, "t-after", {"n": 1})
     (result,) = await collect_reports(bus, 1)

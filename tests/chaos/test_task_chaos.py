@@ -262,7 +262,9 @@ async def _run(bus: Bus, chaos: Chaos, rng: random.Random) -> None:
     assert before is not None, "the restarted scheduler's metrics never answered"
     zombies = rng.sample(sorted(results), ZOMBIE_RESULTS)
     for task_id in zombies:
-        await bus.nc.publish(bus.names.result_subject("square"), results[task_id][0][1])
+        zombie = results[task_id][0][1]
+        subject = bus.names.result_subject("square", decode_report(zombie).agent_id)
+        await bus.nc.publish(subject, zombie)
     after = await eventually_value(
         chaos.duplicates, lambda v: v >= before + ZOMBIE_RESULTS, timeout_s=30
     )

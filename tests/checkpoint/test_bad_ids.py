@@ -12,6 +12,7 @@ import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from agentbus.bus import Bus
@@ -42,7 +43,7 @@ WIDE = "\U0001f600" * 256  # 256 characters, 3,072 once escaped
 async def checkpoint_process(bus: Bus, tmp_path: Path) -> AsyncIterator[subprocess.Popen[bytes]]:
     log = tmp_path / "checkpoint.log"
     proc = spawn_service("checkpoint", bus.settings.nats_url, bus.names.prefix, log)
-    get = bus.names.endpoint("checkpoint", "get")
+    get = bus.names.owner_endpoint("checkpoint", "get", "a")
     try:
         await eventually(
             lambda: answers(
@@ -76,18 +77,21 @@ BAD: list[tuple[str, Message, type[Message]]] = [
 async def test_wide_ids_get_400_and_the_service_keeps_serving(
     bus: Bus, checkpoint_process: subprocess.Popen[bytes]
 ) -> None:
-    put = bus.names.endpoint("checkpoint", "put")
+    put = bus.names.owner_endpoint("checkpoint", "put", "a")
     await bus.request(put, PutCheckpoint(agent_id="a", thread_id="t", data=b"x"), CheckpointReply)
     for verb, request, reply in BAD:
+        owner = msgspec.structs.asdict(request)["agent_id"]
         with pytest.raises(ContractError, match="as a key"):
-            await bus.request(bus.names.endpoint("checkpoint", verb), request, reply)
+            await bus.request(bus.names.owner_endpoint("checkpoint", verb, owner), request, reply)
     threads = await bus.request(  # an agent id alone fits: no error, nothing found
-        bus.names.endpoint("checkpoint", "threads"), ListThreads(agent_id=WIDE), ThreadsReply
+        bus.names.owner_endpoint("checkpoint", "threads", WIDE),
+        ListThreads(agent_id=WIDE),
+        ThreadsReply,
     )
     assert threads.threads == []
     with pytest.raises(NotFoundError):
         await bus.request(
-            bus.names.endpoint("checkpoint", "get"),
+            bus.names.owner_endpoint("checkpoint", "get", "a"),
             GetCheckpoint(agent_id="a", thread_id="t2"),
             CheckpointReply,
         )

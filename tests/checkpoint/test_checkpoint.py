@@ -200,7 +200,7 @@ async def test_data_ref_must_be_the_threads_and_match(bus: Bus, client: Checkpoi
 
 async def _put_ref(bus: Bus, ref: BlobRef) -> Checkpoint:
     req = PutCheckpoint(agent_id="agent-1", thread_id="t", data_ref=ref)
-    subject = bus.names.endpoint("checkpoint", "put")
+    subject = bus.names.owner_endpoint("checkpoint", "put", "agent-1")
     return (await bus.request(subject, req, CheckpointReply)).checkpoint
 
 
@@ -240,7 +240,7 @@ async def test_corrupted_checkpoints_are_errors_never_data(
 async def test_malformed_requests_get_400_and_service_keeps_serving(
     svc: Service, client: CheckpointClient
 ) -> None:
-    subject = svc.bus.names.endpoint("checkpoint", "put")
+    subject = svc.bus.names.owner_endpoint("checkpoint", "put", "a")
     reply = await svc.bus.nc.request(subject, b"not json", timeout=5)
     assert reply.headers is not None
     assert reply.headers["Nats-Service-Error-Code"] == "400"

@@ -135,7 +135,7 @@ async def test_a_put_racing_a_delete_of_the_latest_is_never_lost(client: Checkpo
 async def test_bad_delete_requests_are_400_and_the_service_keeps_serving(
     svc: Service, client: CheckpointClient
 ) -> None:
-    subject = svc.bus.names.endpoint("checkpoint", "delete_checkpoints")
+    subject = svc.bus.names.owner_endpoint("checkpoint", "delete_checkpoints", "agent-1")
     for ids in (["not an id"], ["ok-1", "../x"], [f"id-{i}" for i in range(1001)]):
         req = DeleteCheckpoints(agent_id="agent-1", thread_id="t", checkpoint_ids=ids)
         with pytest.raises(ContractError):

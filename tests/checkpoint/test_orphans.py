@@ -47,7 +47,7 @@ async def _upload(bus: Bus, name: str) -> BlobRef:
 
 async def _put_ref(bus: Bus, ref: BlobRef, thread_id: str = "t") -> Checkpoint:
     req = PutCheckpoint(agent_id="agent-1", thread_id=thread_id, data_ref=ref)
-    subject = bus.names.endpoint("checkpoint", "put")
+    subject = bus.names.owner_endpoint("checkpoint", "put", "agent-1")
     return (await bus.request(subject, req, CheckpointReply)).checkpoint
 
 

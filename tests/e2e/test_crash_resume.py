@@ -57,10 +57,10 @@ async def sigkill(container: str) -> None:
 
 
 async def read_steps(bus: Bus) -> list[StepDone]:
-    """Every step record stored on ``<p>.events.counter.step``."""
-    subject = bus.names.event_subject("counter", "step")
+    """Every step record stored on ``<p>.events.counter.step.<agent_id>``, of every agent."""
+    subject = bus.names.event_subject("counter", "step.*")
     info = await bus.js.stream_info(bus.names.events_stream, subjects_filter=subject)
-    count = (info.state.subjects or {}).get(subject, 0)
+    count = sum((info.state.subjects or {}).values())
     sub = await bus.js.subscribe(subject, ordered_consumer=True)
     out: list[StepDone] = []
     try:

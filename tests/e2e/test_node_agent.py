@@ -110,7 +110,7 @@ async def test_node_agent_serves_tasks(node: str, stack: EmbeddedStack, tmp_path
         async def on_error(msg: Any) -> None:
             await errors.put(json.loads(msg.data))
 
-        error_sub = await bus.nc.subscribe(f"{stack.prefix}.events.error.agent", cb=on_error)
+        error_sub = await bus.nc.subscribe(f"{stack.prefix}.events.error.agent.*", cb=on_error)
         await bus.js.publish(f"{stack.prefix}.tasks.upper", b"not json at all")
         event = await asyncio.wait_for(errors.get(), timeout=15)
         await error_sub.unsubscribe()
@@ -255,7 +255,7 @@ async def test_node_agent_events_interoperate_with_python(
         async def on_error(msg: Any) -> None:
             await errors.put(json.loads(msg.data))
 
-        error_sub = await bus.nc.subscribe(f"{stack.prefix}.events.error.agent", cb=on_error)
+        error_sub = await bus.nc.subscribe(f"{stack.prefix}.events.error.agent.*", cb=on_error)
         notes = {"notes.greeting": ("é", "bonjour é"), "notes.misc.keyless": (None, "no key")}
         sent = {}
         for topic, (note_key, text) in notes.items():

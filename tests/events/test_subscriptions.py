@@ -145,7 +145,7 @@ async def test_poison_event_does_not_stop_the_subscription(
     async def on_error(msg) -> None:  # type: ignore[no-untyped-def]
         errors.append(msgspec.json.decode(msg.data, type=ErrorEvent))
 
-    await bus.nc.subscribe(bus.names.event_subject("error", "agent"), cb=on_error)
+    await bus.nc.subscribe(bus.names.agent_error_subject("poison-0"), cb=on_error)
     with listeners(nats_url, prefix, tmp_path, EV_MAX_DELIVERIES="2") as group:
         pid = group.start("poison-0", deployment="poison")
         await registered(bus, {"poison-0": pid})

@@ -91,7 +91,7 @@ async def test_report_with_a_bad_task_id_is_dropped_and_the_scheduler_keeps_serv
 ) -> None:
     now = utcnow()
     report = TaskStarted(task_id=LONG, agent_id="a1", attempt=1, started_at=now)
-    await bus.js.publish(bus.names.result_subject("echo"), encode(report))
+    await bus.js.publish(bus.names.result_subject("echo", "a1"), encode(report))
 
     async def consumed() -> bool:
         return (await bus.js.stream_info(bus.names.results_stream)).state.messages == 0

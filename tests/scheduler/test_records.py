@@ -10,6 +10,7 @@ from typing import cast
 
 import msgspec
 import pytest
+from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from prometheus_client import CollectorRegistry
 
@@ -115,7 +116,9 @@ def test_reports_fetched_together_fold_into_one_write() -> None:
         ran=True,
     )
     again = msgspec.structs.replace(result, agent_id="a-2")  # a duplicate from elsewhere
-    msgs = cast("list[Msg]", [None, None, None])  # the fold never reads the messages
+    # the fold reads only the subjects of the messages (their capability)
+    subjects = ["t.results.idle.a-1", "t.results.idle.a-1", "t.results.idle.a-2"]
+    msgs = [Msg(cast("NatsClient", None), subject=subject) for subject in subjects]
     fold = _fold((record, 4), list(zip(msgs, [started, result, again], strict=True)), now=now)
     assert fold is not None and fold.changed and fold.revision == 4
     assert fold.record.status == "succeeded" and fold.record.agent_id == "a-1"

@@ -55,11 +55,11 @@ def _result(
 
 
 async def _report(bus: Bus, capability: str, report: TaskStarted | TaskResult) -> None:
-    await bus.js.publish(bus.names.result_subject(capability), encode(report))
+    await bus.js.publish(bus.names.result_subject(capability, report.agent_id), encode(report))
 
 
 async def _publish_raw(bus: Bus, capability: str, data: bytes) -> None:
-    await bus.js.publish(bus.names.result_subject(capability), data)
+    await bus.js.publish(bus.names.result_subject(capability, "a1"), data)
 
 
 async def _drained(bus: Bus) -> bool:
@@ -182,7 +182,7 @@ async def test_malformed_reports_are_terminated_and_counted(bus: Bus, scheduler:
 
     await eventually(counted, what="bad messages counted")
     error = msgspec.json.decode((await sub.next_msg(timeout=5)).data, type=ErrorEvent)
-    assert error.subject == bus.names.result_subject("echo")
+    assert error.subject == bus.names.result_subject("echo", "a1")
     await sub.unsubscribe()
 
     # The consumer keeps working after bad input.

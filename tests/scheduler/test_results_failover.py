@@ -38,7 +38,7 @@ def _result(
 
 
 async def _report(bus: Bus, capability: str, report: TaskStarted | TaskResult) -> None:
-    await bus.js.publish(bus.names.result_subject(capability), encode(report))
+    await bus.js.publish(bus.names.result_subject(capability, report.agent_id), encode(report))
 
 
 def test_results_ack_wait_is_short_by_default() -> None:

@@ -13,6 +13,7 @@ class on the caller's side::
      │       └─ SecretCorruptedError   a sealed value does not open (tampered, bad base64)
      ├─ AuthenticationError            no credential, or not a valid one (401)
      ├─ PermissionDeniedError          a valid credential without the right (403)
+     ├─ ForbiddenError                 the request is not the caller's to make (403)
      ├─ NotFoundError                  (404)
      │   └─ SecretsKeyMissingError     no secrets public key is published to seal to
      ├─ ConflictError                  (409)
@@ -80,6 +81,17 @@ class PermissionDeniedError(AgentBusError):
     def __init__(self, scope: str, message: str) -> None:
         self.scope = scope
         super().__init__(message)
+
+
+class ForbiddenError(AgentBusError):
+    """The request names an owner other than the one its subject is for.
+
+    E.g. a checkpoint request on ``<p>.checkpoint.<verb>.<owner>`` whose payload
+    ``agent_id`` is another owner's: NATS permissions allow a client the subjects of
+    its own owners, so the payload must not name another.
+    """
+
+    code = "403"
 
 
 class RateLimitedError(AgentBusError):
@@ -292,6 +304,7 @@ _BY_CODE: dict[str, type[AgentBusError]] = {
     for cls in (
         AgentBusError,
         ContractError,
+        ForbiddenError,
         NotFoundError,
         ConflictError,
         UnavailableError,

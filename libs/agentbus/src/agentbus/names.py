@@ -104,7 +104,7 @@ class Names:
 
     @property
     def results_stream(self) -> str:
-        """WorkQueue stream of agent reports, subjects ``<p>.results.<capability>``."""
+        """WorkQueue stream of agent reports, subjects ``<p>.results.<capability>.<agent_id>``."""
         return f"{self.prefix.upper()}_RESULTS"
 
     @property
@@ -145,13 +145,26 @@ class Names:
         """
         return f"{self.prefix}.tasks.{capability}" + (f".p{band}" if band else "")
 
-    def result_subject(self, capability: str) -> str:
-        """Subject agents report task progress and results for ``capability`` on."""
-        return f"{self.prefix}.results.{capability}"
+    def result_subject(self, capability: str, agent_id: str) -> str:
+        """Subject agent ``agent_id`` reports progress and results for ``capability`` on.
+
+        ``<p>.results.<capability>.<agent_id>``: the reporting agent's own id, so NATS
+        permissions can hold an agent to its own reports; the scheduler refuses a
+        report whose ``agent_id`` is not the subject's.
+        """
+        return f"{self.prefix}.results.{capability}.{agent_id}"
+
+    def capability_results(self, capability: str) -> str:
+        """Wildcard over the reports of every agent for ``capability``."""
+        return f"{self.prefix}.results.{capability}.*"
 
     def event_subject(self, entity: str, kind: str) -> str:
         """Subject of an event, e.g. ``agentbus.events.agent.joined``."""
         return f"{self.prefix}.events.{entity}.{kind}"
+
+    def agent_error_subject(self, agent_id: str) -> str:
+        """Subject of agent ``agent_id``'s ``ErrorEvent``s: ``<p>.events.error.agent.<id>``."""
+        return f"{self.prefix}.events.error.agent.{agent_id}"
 
     def task_event_subject(self, status: str, task_id: str) -> str:
         """Subject of a ``TaskEvent``: ``<p>.events.task.<status>.<task_id>``."""
@@ -326,13 +339,25 @@ class Names:
         """WorkQueue stream of direct messages (per-message TTL) and their receipts."""
         return f"{self.prefix.upper()}_INBOX"
 
-    def inbox_subject(self, agent_id: str) -> str:
-        """Subject of the direct messages to one agent: ``<p>.inbox.<agent_id>``."""
-        return f"{self.prefix}.inbox.{agent_id}"
+    CLIENT_SENDER = "_client"
+    """Sender token of a message sent by a client that is not an agent (no agent id
+    starts with ``_``, so it names no agent)."""
 
-    def inbox_receipt_subject(self, message_id: str) -> str:
-        """Subject of a direct message's ``MessageReceipt``: ``<p>.inbox.receipts.<id>``."""
-        return f"{self.prefix}.inbox.receipts.{message_id}"
+    def inbox_subject(self, agent_id: str, sender: str = CLIENT_SENDER) -> str:
+        """Subject of a direct message to ``agent_id``: ``<p>.inbox.<agent_id>.<sender>``.
+
+        ``sender``: the sending agent's id (the receiver checks ``Agentbus-Source``
+        against it), or ``CLIENT_SENDER``.
+        """
+        return f"{self.prefix}.inbox.{agent_id}.{sender}"
+
+    def inbox_filter(self, agent_id: str) -> str:
+        """Every direct message to ``agent_id``: ``<p>.inbox.<agent_id>.*``."""
+        return f"{self.prefix}.inbox.{agent_id}.*"
+
+    def inbox_receipt_subject(self, agent_id: str, message_id: str) -> str:
+        """The receipt agent ``agent_id`` stores: ``<p>.inbox.receipts.<agent_id>.<id>``."""
+        return f"{self.prefix}.inbox.receipts.{agent_id}.{message_id}"
 
     def inbox_all(self) -> str:
         """Every subject of the inbox stream: ``<p>.inbox.>``."""
@@ -343,9 +368,13 @@ class Names:
         """Durable pull consumer of one agent's inbox: ``inbox-<agent_id>``."""
         return f"inbox-{agent_id}"
 
-    def broadcast_subject(self, capability: str) -> str:
-        """Core-NATS subject of broadcasts to every live agent of ``capability``."""
-        return f"{self.prefix}.broadcast.{capability}"
+    def broadcast_subject(self, capability: str, sender: str = CLIENT_SENDER) -> str:
+        """Core-NATS broadcast to ``capability``: ``<p>.broadcast.<capability>.<sender>``."""
+        return f"{self.prefix}.broadcast.{capability}.{sender}"
+
+    def broadcast_filter(self, capability: str) -> str:
+        """Every broadcast to ``capability``: ``<p>.broadcast.<capability>.*``."""
+        return f"{self.prefix}.broadcast.{capability}.*"
 
     def ask_subject(self, capability: str) -> str:
         """Request subject of ``ask`` for ``capability``, queue group ``ASK_QUEUE``."""
@@ -357,6 +386,15 @@ class Names:
     def endpoint(self, service: str, verb: str) -> str:
         """Request subject of a service endpoint: ``<p>.<service>.<verb>``."""
         return f"{self.prefix}.{service}.{verb}"
+
+    def owner_endpoint(self, service: str, verb: str, owner: str) -> str:
+        """Request subject of an endpoint for one owner: ``<p>.<service>.<verb>.<owner>``.
+
+        ``<owner>`` is ``escape_token(owner)`` (an agent id stays as it is): NATS
+        permissions can allow a client the requests for its own owners only, and the
+        service refuses (403) a request whose payload names another owner.
+        """
+        return f"{self.prefix}.{service}.{verb}.{escape_token(owner)}"
 
 
 # -- escaped key tokens ------------------------------------------

@@ -1,6 +1,8 @@
 """The checkpoint service: versioned agent state per agent, thread and namespace.
 
-``nats.micro`` service ``checkpoint``, endpoints ``<p>.checkpoint.<verb>``:
+``nats.micro`` service ``checkpoint``, endpoints ``<p>.checkpoint.<verb>.<owner>``
+(``<owner>`` = the request's ``agent_id``, escaped into one token; a request for
+another owner than the subject's is refused with 403):
 
 ======================  =====================  ==============================================
 verb                    request                reply
@@ -63,7 +65,26 @@ from agentbus_checkpoint.settings import CheckpointSettings
 from agentbus_checkpoint.store import CheckpointStore
 from agentbus_checkpoint.writes import PendingWrites
 
+OwnedRequest = (
+    PutCheckpoint
+    | GetCheckpoint
+    | PutWrites
+    | ListCheckpoints
+    | ListThreads
+    | ForkCheckpoint
+    | DeleteThread
+    | DeleteCheckpoints
+    | PruneCheckpoints
+)
+
 SERVICE = "checkpoint"
+
+
+def _owner(req: OwnedRequest) -> str:
+    """The owner a request is for: its ``agent_id`` (the subject's last token)."""
+    return req.agent_id
+
+
 SWEEP_LEASE = "checkpoint-retention"
 
 
@@ -124,15 +145,17 @@ async def serve(
     background: list[asyncio.Task[None]] = []
     try:
         for micro in micros:
-            await micro.endpoint("put", PutCheckpoint, put)
-            await micro.endpoint("get", GetCheckpoint, get)
-            await micro.endpoint("put_writes", PutWrites, put_writes)
-            await micro.endpoint("list", ListCheckpoints, list_)
-            await micro.endpoint("threads", ListThreads, threads)
-            await micro.endpoint("fork", ForkCheckpoint, fork)
-            await micro.endpoint("delete", DeleteThread, delete)
-            await micro.endpoint("delete_checkpoints", DeleteCheckpoints, delete_checkpoints)
-            await micro.endpoint("prune", PruneCheckpoints, prune)
+            await micro.endpoint("put", PutCheckpoint, put, owner=_owner)
+            await micro.endpoint("get", GetCheckpoint, get, owner=_owner)
+            await micro.endpoint("put_writes", PutWrites, put_writes, owner=_owner)
+            await micro.endpoint("list", ListCheckpoints, list_, owner=_owner)
+            await micro.endpoint("threads", ListThreads, threads, owner=_owner)
+            await micro.endpoint("fork", ForkCheckpoint, fork, owner=_owner)
+            await micro.endpoint("delete", DeleteThread, delete, owner=_owner)
+            await micro.endpoint(
+                "delete_checkpoints", DeleteCheckpoints, delete_checkpoints, owner=_owner
+            )
+            await micro.endpoint("prune", PruneCheckpoints, prune, owner=_owner)
         if settings.sweep_interval_s > 0:
             lease = KvLease(bus, SWEEP_LEASE, holder=f"checkpoint-{uuid.uuid4().hex[:8]}")
             background.append(asyncio.create_task(lease.run(lease_stop)))

@@ -26,6 +26,14 @@ class SchedulerMetrics:
             "Task results dropped because the task was already terminal (first wins).",
             registry=registry,
         )
+        self.reports_refused = Counter(
+            "agentbus_scheduler_reports_refused_total",
+            "Agent reports refused as not attributable, by reason: subject (not "
+            "<p>.results.<capability>.<agent_id>), agent (payload agent_id is not the "
+            "subject's), capability (not the task's), attempt (another agent runs it).",
+            ["reason"],
+            registry=registry,
+        )
         self.orphan_reports = Counter(
             "agentbus_scheduler_orphan_reports_total",
             "Agent reports for a task id that has no record; acked and dropped.",

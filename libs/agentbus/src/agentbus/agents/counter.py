@@ -5,7 +5,7 @@ total), saving the progress (``CountState``) with ``ctx.checkpoint.save`` every
 ``every`` steps. An attempt first loads the task's latest checkpoint and resumes from
 it, so an agent killed mid-way loses at most the steps since the last save. With
 ``record_steps`` each step, once done, is also published (and stored: the publish is
-awaited) as a ``StepDone`` on ``<p>.events.counter.step``, which lets a test count
+awaited) as a ``StepDone`` on ``<p>.events.counter.step.<agent_id>``, which lets a test count
 exactly which steps ran more than once.
 
 Output ``CountResult``: the total (``steps * (steps - 1) / 2`` when right), where the
@@ -59,7 +59,7 @@ class CountResult(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class StepDone(msgspec.Struct, frozen=True, kw_only=True, tag=True):
-    """Published on ``<p>.events.counter.step`` after each step when ``record_steps``."""
+    """Published on ``<p>.events.counter.step.<agent_id>`` after each step when ``record_steps``."""
 
     task_id: str
     step: int
@@ -88,7 +88,7 @@ def build(settings: AgentSettings | None = None) -> Agent:
         """Count through ``task.steps``, resuming from and saving checkpoints."""
         state = await ctx.checkpoint.load(CountState) or CountState()
         total, executed, saves = state.total, state.executed, state.saves
-        subject = ctx.bus.names.event_subject("counter", "step")
+        subject = ctx.bus.names.event_subject("counter", f"step.{ctx.agent_id}")
         for step in range(state.next_step, task.steps):
             total += step
             executed += 1

@@ -269,18 +269,22 @@ def agent_permissions(names: Names, grant: AgentGrant) -> Permissions:
         f"$JS.API.STREAM.INFO.KV_{n.agents_bucket}",
         f"$JS.API.STREAM.INFO.{n.tasks_stream}",  # queue depth, for idle probes
         f"{p}.events.error.agent.{me}",
-        f"{p}.checkpoint.*.{me}",
+        f"{p}.checkpoint.*.{me}",  # its state; task progress is per capability (below)
         f"{p}.inbox.*.{me}",  # direct messages, sent as itself
         f"{p}.inbox.receipts.{me}.*",
+        f"{p}.broadcast.*.{me}",
         f"$JS.API.CONSUMER.MSG.NEXT.{n.inbox_stream}.{n.inbox_consumer(me)}",
         f"$JS.ACK.{n.inbox_stream}.{n.inbox_consumer(me)}.>",
         f"$JS.API.CONSUMER.INFO.{n.inbox_stream}.*",
         f"$JS.API.DIRECT.GET.{n.inbox_stream}.{p}.inbox.receipts.>",
+        f"$JS.API.STREAM.MSG.GET.{n.inbox_stream}",
         f"{p}.agents.ask.*",
         f"{p}.scheduler.submit",
         f"{p}.scheduler.submit_batch",
         *objects_read(n.blobs_bucket),
         f"$O.{n.blobs_bucket}.>",
+        *objects_read(n.checkpoint_blobs_bucket),  # checkpoint data over the inline limit
+        f"$O.{n.checkpoint_blobs_bucket}.>",
         *kv_read(n.trace_claims_bucket),
         f"$KV.{n.trace_claims_bucket}.>",
         "$JS.API.STREAM.LIST",
@@ -289,6 +293,7 @@ def agent_permissions(names: Names, grant: AgentGrant) -> Permissions:
     subscribe = [
         f"{mine}.>",
         f"{p}.control.cancel",
+        f"{p}.inbox.receipts.*.*",  # the receipt of a message it sent
         f"{p}.records.task.*",
         "$SRV.*",
         "$SRV.*.agentbus-agent",
@@ -302,13 +307,11 @@ def agent_permissions(names: Names, grant: AgentGrant) -> Permissions:
                 f"$JS.ACK.{n.tasks_stream}.{consumer}.>",
                 f"$JS.ACK.*.*.{n.tasks_stream}.{consumer}.>",
             ]
-        publish += [f"{p}.results.{cap}", f"{p}.results.{cap}.{me}", n.ready_subject(cap)]
-        publish.append(f"{p}.broadcast.{cap}.>")
+        publish += [f"{p}.results.{cap}.{me}", n.ready_subject(cap), f"{p}.checkpoint.*.{cap}"]
         subscribe += [
             n.ready_subject(cap),
             n.backlog_subject(cap),
-            f"{p}.broadcast.{cap}",
-            f"{p}.broadcast.{cap}.>",
+            n.broadcast_filter(cap),
             n.ask_subject(cap),
         ]
     for topic in grant.publishes:

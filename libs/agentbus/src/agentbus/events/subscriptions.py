@@ -12,7 +12,7 @@ then:
 - it raised otherwise, the payload does not decode, or the delivery count is past
   ``max_deliveries`` (the handler never finished: the agent died on it each time):
   term, and report it like a poison task (log, ``agentbus_bad_messages_total{source=
-  "topics"}``, an ``ErrorEvent`` on ``<p>.events.error.agent``);
+  "topics"}``, an ``ErrorEvent`` on ``<p>.events.error.agent.<agent_id>``);
 - the agent is stopping and the handler did not finish within the grace: nak, so
   another replica takes it now.
 

@@ -70,7 +70,7 @@ class PendingWrite(Message, frozen=True, kw_only=True):
 
 
 class PutCheckpoint(Message, frozen=True, kw_only=True):
-    """Command (``<p>.checkpoint.put``): append a version to a thread.
+    """Command (``<p>.checkpoint.put.<owner>``): append a version to a thread.
 
     Reply ``CheckpointReply`` (without the data), or 409 ``ConflictError`` when
     ``parent_id`` is not the thread's latest checkpoint (``None`` for an empty thread).
@@ -97,7 +97,7 @@ class PutCheckpoint(Message, frozen=True, kw_only=True):
 
 
 class GetCheckpoint(Message, frozen=True, kw_only=True):
-    """Request (``<p>.checkpoint.get``): the latest version, or one by id.
+    """Request (``<p>.checkpoint.get.<owner>``): the latest version, or one by id.
 
     Reply ``CheckpointReply`` with the data (or ``data_ref``) and pending writes; 404 if
     absent; 400 "checkpoint corrupted" if it fails its digest or does not decode.
@@ -141,7 +141,7 @@ class CheckpointReply(Message, frozen=True, kw_only=True):
 
 
 class PutWrites(Message, frozen=True, kw_only=True):
-    """Command (``<p>.checkpoint.put_writes``): attach writes to a checkpoint id.
+    """Command (``<p>.checkpoint.put_writes.<owner>``): attach writes to a checkpoint id.
 
     Reply ``WritesReply``. The checkpoint need not be stored yet: writes may overtake
     their checkpoint (LangGraph's default "async" durability sends both at once).
@@ -161,7 +161,7 @@ class WritesReply(Message, frozen=True, kw_only=True):
 
 
 class ListCheckpoints(Message, frozen=True, kw_only=True):
-    """Request (``<p>.checkpoint.list``): a thread's history, newest first.
+    """Request (``<p>.checkpoint.list.<owner>``): a thread's history, newest first.
 
     Reply ``CheckpointsReply``: versions without data or writes, at most ``limit``,
     older than ``before`` if given, whose metadata holds every ``metadata`` item.
@@ -183,7 +183,7 @@ class CheckpointsReply(Message, frozen=True, kw_only=True):
 
 
 class ListThreads(Message, frozen=True, kw_only=True):
-    """Request (``<p>.checkpoint.threads``): an agent's threads (with their namespaces).
+    """Request (``<p>.checkpoint.threads.<owner>``): an agent's threads (with their namespaces).
 
     Only the namespaces of ``thread_id`` when it is given. Reply ``ThreadsReply``.
     """
@@ -213,7 +213,7 @@ class ThreadsReply(Message, frozen=True, kw_only=True):
 
 
 class ForkCheckpoint(Message, frozen=True, kw_only=True):
-    """Command (``<p>.checkpoint.fork``): start a new thread from a checkpoint.
+    """Command (``<p>.checkpoint.fork.<owner>``): start a new thread from a checkpoint.
 
     The new thread's first version has the source's data and metadata (plus
     ``metadata``), no parent, and ``forked_from`` naming the source; pending writes are
@@ -233,7 +233,7 @@ class ForkCheckpoint(Message, frozen=True, kw_only=True):
 
 
 class DeleteThread(Message, frozen=True, kw_only=True):
-    """Command (``<p>.checkpoint.delete``): delete a thread, its namespaces and data.
+    """Command (``<p>.checkpoint.delete.<owner>``): delete a thread, its namespaces and data.
 
     Reply ``CheckpointsDeleted`` (0 for an unknown thread).
     """
@@ -243,7 +243,7 @@ class DeleteThread(Message, frozen=True, kw_only=True):
 
 
 class PruneCheckpoints(Message, frozen=True, kw_only=True):
-    """Command (``<p>.checkpoint.prune``): apply retention now.
+    """Command (``<p>.checkpoint.prune.<owner>``): apply retention now.
 
     ``retention`` None applies the thread's own policy (or the service default);
     ``namespace`` None prunes the thread and all its namespaces. Reply
@@ -257,7 +257,7 @@ class PruneCheckpoints(Message, frozen=True, kw_only=True):
 
 
 class DeleteCheckpoints(Message, frozen=True, kw_only=True):
-    """Command (``<p>.checkpoint.delete_checkpoints``): delete versions of a thread by id.
+    """Command (``<p>.checkpoint.delete_checkpoints.<owner>``): delete versions of a thread by id.
 
     Deletes each named version with its data and pending writes (ids not in the thread
     are skipped: a repeat is a no-op). When the latest version goes, the head moves

@@ -29,7 +29,7 @@ longer stored and the agent's inbox consumer does not hold it.
 
 
 class MessageReceipt(Message, frozen=True, kw_only=True):
-    """Stored on ``<p>.inbox.receipts.<message_id>`` by the agent that settled a message.
+    """Stored on ``<p>.inbox.receipts.<agent_id>.<message_id>`` by the agent that settled a message.
 
     Published (JetStream, ``Nats-TTL`` = ``BusSettings.inbox_receipt_ttl_s``) before
     the message is acked or terminated, so a sender that waits hears it live and one

@@ -214,7 +214,7 @@ class Task(Message, frozen=True, kw_only=True):
 
 
 class TaskStarted(Message, frozen=True, kw_only=True):
-    """Agent report on ``<p>.results.<capability>``: a handler started the task."""
+    """Agent report on ``<p>.results.<capability>.<agent_id>``: a handler started the task."""
 
     task_id: TaskId
     agent_id: str
@@ -223,7 +223,7 @@ class TaskStarted(Message, frozen=True, kw_only=True):
 
 
 class TaskResult(Message, frozen=True, kw_only=True):
-    """Agent report on ``<p>.results.<capability>``: the attempt finished.
+    """Agent report on ``<p>.results.<capability>.<agent_id>``: the attempt finished.
 
     ``status`` ``succeeded`` carries ``output`` (or ``output_ref``); ``failed`` carries
     ``error``. The scheduler applies the first result per task id and drops the rest.

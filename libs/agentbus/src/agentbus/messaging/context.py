@@ -47,6 +47,11 @@ class MessageContext(Messaging):
         """This agent's id: what the messages its handler sends say as their source."""
         return self.agent_id
 
+    @property
+    def message_sender(self) -> str:
+        """This agent's id: the sender token of the subjects its handler sends on."""
+        return self.agent_id
+
 
 MessageHandler = Callable[[MessageContext, Any], Awaitable[None]]
 """``async def fn(ctx: MessageContext, payload) -> None``: ``@agent.on_message``."""

@@ -1,22 +1,24 @@
 """The agent's side of direct messages and broadcasts: ``Mailbox``.
 
 Direct messages: one durable pull consumer per agent id (``inbox-<agent_id>``,
-filter ``<p>.inbox.<agent_id>``) on the WorkQueue stream ``<P>_INBOX``; messages sent
+filter ``<p>.inbox.<agent_id>.*``) on the WorkQueue stream ``<P>_INBOX``; messages sent
 while the agent was down wait there until it is back or their TTL ends. For each
 message, the handler runs (its ack wait renewed every third of
 ``message_ack_wait_s``), then the agent stores a ``MessageReceipt`` on
-``<p>.inbox.receipts.<message_id>`` and only then acks or terminates:
+``<p>.inbox.receipts.<agent_id>.<message_id>`` and only then acks or terminates:
 
 * handler returned: ``delivered``, ack (the message leaves the stream);
 * handler raised: nak with backoff (``agentbus.retry.backoff_s``) up to
   ``message_max_deliveries`` deliveries, then ``failed``, term and an ``ErrorEvent``;
 * payload does not decode: ``rejected``, term and an ``ErrorEvent`` at once;
-* delivered past its ``Agentbus-Expires-At``: ``expired``, term, handler not run.
+* delivered past its ``Agentbus-Expires-At``: ``expired``, term, handler not run;
+* a sender token (the subject's last) naming an agent other than ``Agentbus-Source``:
+  ``rejected``, term and an ``ErrorEvent`` (a broadcast: dropped, ``ErrorEvent``).
 
 A receipt that cannot be stored leaves the message unacked: it comes back after the
 ack wait (at-least-once; a handler may see a message twice, ``ctx.delivery`` > 1).
 
-Broadcasts: a core-NATS subscription per capability on ``<p>.broadcast.<capability>``
+Broadcasts: a core-NATS subscription per capability on ``<p>.broadcast.<capability>.*``
 (no queue group: every agent hears it); handled once, an error is logged and counted.
 """
 
@@ -37,6 +39,7 @@ from agentbus.bus.consumers import ensure_consumer
 from agentbus.messages import ErrorInfo, MessageReceipt, ReceiptOutcome, encode, utcnow
 from agentbus.messaging import wire
 from agentbus.messaging.context import MessageContext, MessageHandler
+from agentbus.names import Names
 from agentbus.retry import backoff_s, error_info
 
 if TYPE_CHECKING:
@@ -87,7 +90,7 @@ class Mailbox:
         self._psub = await bus.js.pull_subscribe_bind(durable, stream=names.inbox_stream)
         for capability in self.capabilities:
             self._subs.append(
-                await bus.nc.subscribe(names.broadcast_subject(capability), cb=self._heard)
+                await bus.nc.subscribe(names.broadcast_filter(capability), cb=self._heard)
             )
         self._loop = asyncio.create_task(self._pull(self._psub))
 
@@ -160,6 +163,11 @@ class Mailbox:
                 await self._settle(msg, message_id, "rejected", delivery, error)
                 await self._on_bad(msg.subject, reason)
                 return
+            if (forged := _forged(msg.subject, headers)) is not None:
+                error = ErrorInfo(error_type="ForbiddenError", message=forged)
+                await self._settle(msg, message_id, "rejected", delivery, error)
+                await self._on_bad(msg.subject, f"direct message {message_id}: {forged}")
+                return
             ctx = self._context(headers, "direct", message_id, delivery)
             try:
                 async with _renewing(msg, self.settings.message_ack_wait_s / 3):
@@ -208,7 +216,7 @@ class Mailbox:
         names = self.bus.names
         try:
             await self.bus.js.publish(
-                names.inbox_receipt_subject(message_id),
+                names.inbox_receipt_subject(self.agent_id, message_id),
                 encode(receipt),
                 msg_ttl=int(self.bus.settings.inbox_receipt_ttl_s),
             )
@@ -225,8 +233,12 @@ class Mailbox:
 
     async def _broadcast(self, msg: Msg) -> None:
         headers = msg.headers or {}
-        capability = msg.subject.rsplit(".", 1)[-1]
+        capability = msg.subject.split(".")[2]  # <p>.broadcast.<capability>.<sender>
         message_id = headers.get(wire.MESSAGE_ID, "")
+        if (forged := _forged(msg.subject, headers)) is not None:
+            self._counted.labels("broadcast", "rejected").inc()
+            await self._on_bad(msg.subject, f"broadcast {message_id}: {forged}")
+            return
         try:
             value = self._decode(msg.data)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -262,6 +274,18 @@ class Mailbox:
         )
 
 
+def _forged(subject: str, headers: dict[str, str]) -> str | None:
+    """Why a message's ``Agentbus-Source`` is not its subject's sender token, or None.
+
+    The last token is the sending agent's id, or ``Names.CLIENT_SENDER`` for a client
+    (whose source is then its own claim, any name).
+    """
+    sender, source = subject.rsplit(".", 1)[-1], headers.get(wire.SOURCE, "")
+    if sender == Names.CLIENT_SENDER or sender == source:
+        return None
+    return f"source {source!r} sent on the subject of agent {sender!r}"
+
+
 @contextlib.asynccontextmanager
 async def _renewing(msg: Msg, every_s: float) -> Any:
     """Renew ``msg``'s ack wait (``in_progress``) every ``every_s`` while the block runs."""
@@ -294,7 +318,7 @@ def inbox_consumer_config(
     return ConsumerConfig(
         name=durable,
         durable_name=durable,
-        filter_subject=names.inbox_subject(agent_id),
+        filter_subject=names.inbox_filter(agent_id),
         deliver_policy=DeliverPolicy.ALL,
         ack_policy=AckPolicy.EXPLICIT,
         ack_wait=settings.message_ack_wait_s,

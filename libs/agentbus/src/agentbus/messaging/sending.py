@@ -1,12 +1,12 @@
 """The sender's side: ``send`` to one agent, ``broadcast`` to a capability, ``ask``.
 
-* ``send_message`` stores the payload on ``<p>.inbox.<agent_id>`` in ``<P>_INBOX``
+* ``send_message`` stores the payload on ``<p>.inbox.<agent_id>.<sender>`` in ``<P>_INBOX``
   with ``Nats-TTL`` = ``ttl_s``: the agent's durable inbox consumer gets it now, or
   when the agent is back, until the TTL ends. The outcome comes as a
-  ``MessageReceipt`` the agent stores on ``<p>.inbox.receipts.<message_id>`` before it
+  ``MessageReceipt`` the agent stores on ``<p>.inbox.receipts.<agent_id>.<message_id>`` before it
   acks; ``message_outcome`` concludes ``expired`` when the TTL ended, the message is
   no longer stored and the agent's consumer does not hold it unacked.
-* ``broadcast`` publishes on core NATS ``<p>.broadcast.<capability>``: only the
+* ``broadcast`` publishes on core NATS ``<p>.broadcast.<capability>.<sender>``: only the
   agents live now hear it (nothing is stored, nothing is retried).
 * ``ask`` is a request on ``<p>.agents.ask.<capability>`` answered by one agent of
   the queue group ``ask``: fast, not durable; a task is the durable, retried way.
@@ -27,7 +27,7 @@ from agentbus.bus.requests import raw_request
 from agentbus.errors import ContractError
 from agentbus.messages import AgentInfo, MessageReceipt, SendReceipt, utcnow
 from agentbus.messaging import wire
-from agentbus.names import check_task_id, check_token
+from agentbus.names import Names, check_task_id, check_token
 
 if TYPE_CHECKING:
     from agentbus.bus import Bus
@@ -48,6 +48,7 @@ async def send_message(
     payload: Any,
     *,
     source: str,
+    sender: str = Names.CLIENT_SENDER,
     ttl_s: int = DEFAULT_TTL_S,
     wait_s: float = 0.0,
     message_id: str | None = None,
@@ -56,7 +57,8 @@ async def send_message(
 
     With ``wait_s`` > 0, wait up to that long for the outcome (``delivered``,
     ``failed``, ``rejected``, ``expired``); else, or if none came in time, the
-    receipt says ``pending``.
+    receipt says ``pending``. ``sender`` is the sending agent's id (then equal to
+    ``source``) or ``Names.CLIENT_SENDER``: the subject's last token.
 
     Raises:
         ContractError: ``agent_id`` or ``message_id`` is invalid, ``ttl_s`` is not a
@@ -82,10 +84,12 @@ async def send_message(
     names = bus.names
     receipts = None
     if wait_s > 0:  # subscribe before the message can be handled
-        receipts = await bus.nc.subscribe(names.inbox_receipt_subject(message_id), max_msgs=1)
+        receipts = await bus.nc.subscribe(
+            names.inbox_receipt_subject(agent_id, message_id), max_msgs=1
+        )
     try:
         ack = await bus.js.publish(
-            names.inbox_subject(agent_id), body, headers=headers, msg_ttl=ttl_s
+            names.inbox_subject(agent_id, sender), body, headers=headers, msg_ttl=ttl_s
         )
         sent = SendReceipt(
             message_id=message_id,
@@ -140,7 +144,9 @@ async def message_outcome(bus: Bus, sent: SendReceipt) -> SendReceipt:
     expired = sent.expires_at <= utcnow() and not await _held(bus, sent)
     try:  # after the check above: an agent stores its receipt before it acks
         stored = await bus.js.get_msg(
-            names.inbox_stream, subject=names.inbox_receipt_subject(sent.message_id), direct=True
+            names.inbox_stream,
+            subject=names.inbox_receipt_subject(sent.agent_id, sent.message_id),
+            direct=True,
         )
     except nats.js.errors.NotFoundError:
         stored = None
@@ -168,7 +174,9 @@ async def _held(bus: Bus, sent: SendReceipt) -> bool:
     return bool(info.num_ack_pending) and (delivered or 0) >= sent.seq
 
 
-async def broadcast(bus: Bus, capability: str, payload: Any, *, source: str) -> int:
+async def broadcast(
+    bus: Bus, capability: str, payload: Any, *, source: str, sender: str = Names.CLIENT_SENDER
+) -> int:
     """Publish ``payload`` to every live agent of ``capability``; how many there are.
 
     The count is of the agents the registry lists with ``capability`` (not
@@ -187,7 +195,7 @@ async def broadcast(bus: Bus, capability: str, payload: Any, *, source: str) -> 
         wire.PAYLOAD_TYPE: wire.type_name(payload),
         wire.SENT_AT: utcnow().isoformat(),
     }
-    await bus.nc.publish(bus.names.broadcast_subject(capability), body, headers=headers)
+    await bus.nc.publish(bus.names.broadcast_subject(capability, sender), body, headers=headers)
     agents = await replay(await bus.kv(bus.names.agents_bucket), AgentInfo)
     return sum(
         1 for a in agents.values() if capability in a.capabilities and a.status != "stopping"
@@ -252,6 +260,14 @@ class Messaging:
         """Who this sends as: ``Agentbus-Source``."""
         return str(self.bus.nc.options.get("name") or "client")
 
+    @property
+    def message_sender(self) -> str:
+        """The sender token of the subjects this sends on: ``Names.CLIENT_SENDER``.
+
+        An agent's contexts say its agent id (equal to ``message_source``).
+        """
+        return Names.CLIENT_SENDER
+
     async def send(
         self,
         agent_id: str,
@@ -271,6 +287,7 @@ class Messaging:
             agent_id,
             payload,
             source=self.message_source,
+            sender=self.message_sender,
             ttl_s=ttl_s,
             wait_s=wait_s,
             message_id=message_id,
@@ -282,7 +299,13 @@ class Messaging:
 
     async def broadcast(self, capability: str, payload: Any) -> int:
         """Send ``payload`` to every live agent of ``capability``; how many (``broadcast``)."""
-        return await broadcast(self.bus, capability, payload, source=self.message_source)
+        return await broadcast(
+            self.bus,
+            capability,
+            payload,
+            source=self.message_source,
+            sender=self.message_sender,
+        )
 
     async def ask(
         self,

@@ -19,7 +19,7 @@ delivered task holds a lease (the consumer's AckWait, ``AgentSettings.lease_s``)
 the runtime renews with ``in_progress()`` every lease/3 while the handler runs. The runtime reports
 ``TaskStarted`` (only for a handler still running after ``started_report_delay_s``:
 most tasks are shorter, and their result tells the scheduler they ran) and then
-``TaskResult`` on ``<p>.results.<capability>``, and acks the task only after the
+``TaskResult`` on ``<p>.results.<capability>.<agent_id>``, and acks the task only after the
 result is stored, so a crash at any point leads to a redelivery, never a lost task
 (the scheduler drops duplicate results). A handler exception becomes a failed result
 carrying the exception type and message.

@@ -192,8 +192,9 @@ def poison_reporter(
 
     It logs, counts ``agentbus_bad_messages_total{service="agent", source}`` and
     publishes an ``ErrorEvent`` (``service`` ``agent:<agent_id>``) on
-    ``<p>.events.error.agent``, best effort. ``source`` is ``tasks`` (the caller also
-    terminates the message), ``control`` (cancel notices) or ``ready`` (ready notices).
+    ``<p>.events.error.agent.<agent_id>`` (``Names.agent_error_subject``), best
+    effort. ``source`` is ``tasks`` (the caller also terminates the message),
+    ``control`` (cancel notices) or ``ready`` (ready notices).
     """
 
     async def report(subject: str, reason: str) -> None:
@@ -202,6 +203,7 @@ def poison_reporter(
             metrics.bad_messages,
             service=f"agent:{agent_id}",
             entity="agent",
+            event_kind=f"agent.{agent_id}",
             source=source,
             subject=subject,
             reason=reason,

@@ -133,7 +133,8 @@ async def report_cancelled(bus: Bus, msg: Msg, capability: str, result: TaskResu
     duplicate); the report keeps every attempt accounted for in the results stream.
     """
     try:
-        await bus.js.publish(bus.names.result_subject(capability), encode(result))
+        subject = bus.names.result_subject(capability, result.agent_id)
+        await bus.js.publish(subject, encode(result))
         await msg.term()
     except Exception as exc:  # the scheduler deleted the message: nothing comes back
         logger.warning("could not report cancellation", error=repr(exc))

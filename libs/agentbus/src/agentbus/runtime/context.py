@@ -96,6 +96,11 @@ class TaskContext(Messaging):
         return self.agent_id
 
     @property
+    def message_sender(self) -> str:
+        """This agent's id: the sender token of the subjects its handler sends on."""
+        return self.agent_id
+
+    @property
     def task_id(self) -> str:
         """The task's id."""
         return self.task.task_id

@@ -4,7 +4,7 @@
 names another capability, is terminated and reported as a bad message), claims it
 against cancel notices, runs the checks before the start (``attempt.preflight``),
 runs the handler under the task's timeout, publishes the ``TaskResult`` on
-``<p>.results.<capability>`` and only then settles the message (``attempt.settle``),
+``<p>.results.<capability>.<agent_id>`` and only then settles the message (``attempt.settle``),
 so a crash at any point leads to a redelivery, never a lost task.
 
 ``TaskStarted`` and lease renewals (``in_progress()`` every lease/3) are only for an
@@ -89,7 +89,7 @@ class Deliveries:
             return
         attempt = msg.metadata.num_delivered or 1
         started_at = utcnow()
-        subject = bus.names.result_subject(capability)
+        subject = bus.names.result_subject(capability, self.agent_id)
         if (early := preflight(task, attempt, agent_id=self.agent_id, now=started_at)) is not None:
             with logger.contextualize(task_id=task.task_id, attempt=attempt):
                 await self._report(msg, capability, early)
@@ -195,7 +195,8 @@ class Deliveries:
     async def _report(self, msg: Msg, capability: str, result: TaskResult) -> None:
         """Publish ``result`` for a task ended before it started, then settle its message."""
         try:
-            await self.bus.js.publish(self.bus.names.result_subject(capability), encode(result))
+            subject = self.bus.names.result_subject(capability, result.agent_id)
+            await self.bus.js.publish(subject, encode(result))
             await settle(msg, result)
         except Exception as exc:  # no settle: the task comes back and is checked again
             logger.warning("could not report result", error=repr(exc))

@@ -27,9 +27,10 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, w
 from agentbus import __version__
 from agentbus.bus import Bus
 from agentbus.bus.contract import owned_parts
-from agentbus.errors import AgentBusError, UnavailableError
+from agentbus.errors import AgentBusError, ForbiddenError, UnavailableError
 from agentbus.log import configure_logging
 from agentbus.messages import ErrorEvent, Message, encode, utcnow
+from agentbus.names import escape_token
 from agentbus.settings import BusSettings
 
 if TYPE_CHECKING:  # imported where used: an agent's start-up needs neither (recovery path)
@@ -84,18 +85,20 @@ async def publish_bad_message(
     source: str,
     subject: str,
     reason: str,
+    event_kind: str | None = None,
 ) -> None:
     """Log, count and publish an ``ErrorEvent`` for a message that could not be used.
 
     Counted as ``counter{service=entity, source}``; the event (``service`` field =
-    ``service``) goes to ``<p>.events.error.<entity>``, best effort: a bus outage must
-    not turn one bad message into a crash.
+    ``service``) goes to ``<p>.events.error.<event_kind>`` (``event_kind`` defaults
+    to ``entity``; an agent's is ``agent.<agent_id>``), best effort: a bus outage
+    must not turn one bad message into a crash.
     """
     counter.labels(entity, source).inc()
     logger.warning("bad message", source=source, subject=subject, reason=reason)
     event = ErrorEvent(service=service, subject=subject, reason=reason, at=utcnow())
     try:
-        await bus.publish_event("error", entity, event)
+        await bus.publish_event("error", event_kind or entity, event)
     except Exception as exc:
         logger.warning("could not publish error event", error=repr(exc))
 
@@ -158,8 +161,14 @@ class MicroService:
         handler: Callable[[Req], Awaitable[Message]],
         *,
         subject: str | None = None,
+        owner: Callable[[Req], str] | None = None,
     ) -> None:
         """Serve ``handler`` on ``<prefix>.<service>.<verb>`` (or ``subject``).
+
+        With ``owner`` (the owner a request is for, e.g. its ``agent_id``), serve
+        ``<prefix>.<service>.<verb>.*`` instead (``Names.owner_endpoint``): a request
+        whose last subject token is not ``escape_token(owner(request))`` gets error
+        code 403 (``ForbiddenError``), is counted and reported like a bad message.
 
         A request that does not decode as ``request_type`` gets error code 400 and is
         counted; an ``AgentBusError`` is returned with its code; any other exception
@@ -168,6 +177,8 @@ class MicroService:
         assert self._svc is not None, "call start() first"
         decoder = msgspec.json.Decoder(request_type)
         service, metrics = self.name, self.metrics
+        if owner is not None:
+            subject = f"{self.bus.names.endpoint(self.name, verb)}.*"
         subject = subject or self.bus.names.endpoint(self.name, verb)
 
         async def _handle(req: Request) -> None:
@@ -181,6 +192,18 @@ class MicroService:
                 )
                 metrics.requests.labels(service, verb, "400").inc()
                 await req.respond_error("400", reason)
+                return
+            if owner is not None and (
+                (token := req.subject.rsplit(".", 1)[-1]) != escape_token(owner(payload))
+            ):
+                refused = ForbiddenError(
+                    f"request for owner {owner(payload)!r} on the subject of owner {token!r}"
+                )
+                await report_bad_message(
+                    self.bus, metrics, source=verb, subject=req.subject, reason=str(refused)
+                )
+                metrics.requests.labels(service, verb, refused.code).inc()
+                await req.respond_error(refused.code, str(refused))
                 return
             try:
                 reply = await handler(payload)

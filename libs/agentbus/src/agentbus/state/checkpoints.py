@@ -1,7 +1,7 @@
 """The caller's side of the checkpoint service: versioned state per agent and thread.
 
 ``CheckpointClient(bus, agent_id)`` puts, gets, lists, forks, prunes and deletes the
-checkpoints of one agent over ``<p>.checkpoint.<verb>``. Values of any size: data too
+checkpoints of one agent over ``<p>.checkpoint.<verb>.<agent_id>``. Values of any size: data too
 large for one request (``max_payload``, 1 MiB by default, base64 on the wire) is
 uploaded first to the Object Store ``<p>_checkpoint_blobs`` and sent by reference, and
 data the service returns by reference is fetched. Pending writes likewise: while a
@@ -95,7 +95,7 @@ class CheckpointClient:
         self.timeout_s = timeout_s
 
     async def _call(self, verb: str, req: Message, reply: type[R]) -> R:
-        subject = self.bus.names.endpoint(SERVICE, verb)
+        subject = self.bus.names.owner_endpoint(SERVICE, verb, self.agent_id)
         try:
             return await self.bus.request(subject, req, reply, timeout_s=self.timeout_s)
         except (ConflictError, ContractError) as exc:

@@ -120,7 +120,7 @@ class Healer:
             return 0
         capability = missing[0].capability
         results = await bus.js.stream_info(
-            bus.names.results_stream, subjects_filter=bus.names.result_subject(capability)
+            bus.names.results_stream, subjects_filter=bus.names.capability_results(capability)
         )
         if results.state.subjects:  # reports not applied yet: one may end these tasks
             logger.debug("heal deferred: reports pending", capability=capability)

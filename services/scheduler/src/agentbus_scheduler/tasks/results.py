@@ -9,7 +9,9 @@ transitions pure functions (``lifecycle.apply_report``). A task that ends ``dead
 added to the dead-letter index (``deadletters.DeadLetters``).
 
 A report that does not decode is terminated and reported (``ErrorEvent``, metric); a
-report whose task record is corrupt is terminated the same way, never retried.
+report whose task record is corrupt is terminated the same way, never retried. A
+report that is not attributable to its agent (``attribution``: subject, agent id,
+capability, attempt) is refused: acked, reported and counted, never applied.
 
 **One pass per fetched batch.** The reports of a batch whose records are in the
 record cache (``records.RecordCache``: every task this instance admitted) are folded
@@ -43,8 +45,14 @@ from agentbus.bus.publisher import EXPECTED_LAST_SUBJECT_SEQ
 from agentbus.bus.pulls import NoWaitPuller, nak_quietly
 from agentbus.messages import TaskEvent, TaskRecord, TaskResult, decode_report, encode, utcnow
 from agentbus_scheduler.context import SchedulerContext
+from agentbus_scheduler.tasks.attribution import (
+    Refusal,
+    check_record,
+    check_reporter,
+    refuse,
+)
 from agentbus_scheduler.tasks.deadletters import DeadLetters
-from agentbus_scheduler.tasks.lifecycle import Report, apply_report
+from agentbus_scheduler.tasks.lifecycle import Changes, Report, apply_report
 from agentbus_scheduler.tasks.records import publish_task_event
 
 
@@ -59,6 +67,13 @@ class _Fold:
     events: list[TaskEvent]
     statuses: list[str | None]
     """Per report: the record status it led to, None if it changed nothing."""
+    refusals: list[Refusal | None]
+    """Per report: why it is refused (``attribution.check_record``), None if not."""
+
+
+def _capability(subject: str) -> str:
+    """The capability token of a report's subject (checked by ``check_reporter``)."""
+    return subject.split(".")[2]
 
 
 def _fold(
@@ -68,8 +83,13 @@ def _fold(
     if cached is None:
         return None
     record, revision = cached
-    fold = _Fold(group, record, revision, changed=False, events=[], statuses=[])
-    for _, report in group:
+    fold = _Fold(group, record, revision, changed=False, events=[], statuses=[], refusals=[])
+    for msg, report in group:
+        refusal = check_record(fold.record, report, _capability(msg.subject))
+        fold.refusals.append(refusal)
+        if refusal is not None:
+            fold.statuses.append(None)
+            continue
         updated, events = apply_report(fold.record, report, now=now)
         if updated is None:
             fold.statuses.append(None)
@@ -279,7 +299,11 @@ class ResultsConsumer:
 
     async def _settle(self, fold: _Fold, *, changed: bool) -> None:
         """Count the folded reports' outcomes and ack their messages."""
-        for (msg, report), status in zip(fold.group, fold.statuses, strict=True):
+        outcomes = zip(fold.group, fold.statuses, fold.refusals, strict=True)
+        for (msg, report), status, refusal in outcomes:
+            if refusal is not None:
+                await refuse(self.ctx, msg, report, refusal)
+                continue
             if status is not None and changed:
                 self._applied(status).inc()
             elif isinstance(report, TaskResult):
@@ -299,14 +323,23 @@ class ResultsConsumer:
         logger.info("duplicate result dropped", task_id=report.task_id, agent_id=report.agent_id)
 
     async def _decode_all(self, msgs: Sequence[Msg]) -> list[tuple[Msg, Report]]:
-        """The reports of ``msgs``; one that does not decode is terminated and reported."""
+        """The reports of ``msgs``; one that does not decode is terminated and reported.
+
+        One whose subject does not name its agent is refused (``attribution``).
+        """
         reports = []
         for msg in msgs:
             try:
-                reports.append((msg, decode_report(msg.data)))
+                report = decode_report(msg.data)
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 reason = f"not a TaskStarted or TaskResult: {exc}"
                 await self.ctx.reject(msg, source="results", reason=reason)
+                continue
+            refusal = check_reporter(self.ctx.bus.names, msg.subject, report)
+            if refusal is not None:
+                await refuse(self.ctx, msg, report, refusal)
+                continue
+            reports.append((msg, report))
         return reports
 
     async def _handle_after(
@@ -318,7 +351,7 @@ class ResultsConsumer:
 
     async def _handle_one(self, msg: Msg, report: Report) -> None:
         try:
-            await self._apply(report, msg.subject)
+            refusal = await self._apply(report, msg.subject)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             reason = f"record of task {report.task_id!r} does not decode: {exc}"
             await self.ctx.reject(msg, source="task_records", reason=reason)
@@ -331,27 +364,41 @@ class ResultsConsumer:
             logger.exception("report handling failed", task_id=report.task_id)
             await msg.nak(delay=1.0)
             return
+        if refusal is not None:
+            await refuse(self.ctx, msg, report, refusal)
+            return
         await msg.ack()
 
     async def _index_dead(self, record: TaskRecord) -> None:
         if record.status == "dead":
             await self.dead_letters.index(record)
 
-    async def _apply(self, report: Report, subject: str) -> None:
+    async def _apply(self, report: Report, subject: str) -> Refusal | None:
+        """Apply ``report`` to its record; why it is refused (nothing applied), or None."""
+        capability = _capability(subject)
+        refused: list[Refusal] = []
+
+        def transition(record: TaskRecord) -> Changes:
+            refused.clear()
+            if (refusal := check_record(record, report, capability)) is not None:
+                refused.append(refusal)
+                return None, None
+            return apply_report(record, report, now=utcnow())
+
         # a record that ends dead is indexed before it is written: a waiter that sees
         # it dead finds it listed (a stale entry of a write that lost is not listed)
         outcome = await self.ctx.records.update(
-            report.task_id,
-            lambda record: apply_report(record, report, now=utcnow()),
-            before_write=self._index_dead,
+            report.task_id, transition, before_write=self._index_dead
         )
+        if refused:
+            return refused[0]
         record = outcome.record
         if record is None:
             self.ctx.metrics.orphan_reports.inc()
             logger.warning(
                 "report for unknown task dropped", task_id=report.task_id, subject=subject
             )
-            return
+            return None
         if outcome.changed:
             self._applied(record.status).inc()
             if record.status == "dead":
@@ -363,3 +410,4 @@ class ResultsConsumer:
             # a duplicate: the index entry may be missing if it was written by another
             # instance's lost race; putting it again is idempotent
             await self.dead_letters.index(record)
+        return None
