@@ -100,9 +100,25 @@ if [ -s "$tmp/missing.txt" ]; then
   done
   platforms+=(--platform manylinux2014_x86_64 --platform manylinux2010_x86_64
     --platform manylinux1_x86_64)
-  pip_quiet download --no-deps --only-binary=:all: --python-version "$py_version" \
-    --implementation cp "${platforms[@]}" -r "$tmp/missing.txt" -d "$out"
+  download() {
+    pip_quiet download --no-deps --only-binary=:all: --python-version "$py_version" \
+      --implementation cp "${platforms[@]}" -d "$out" "$@"
+  }
+  # One pin without a wheel fails the whole download: then one pin at a time.
+  if ! download -r "$tmp/missing.txt" 2>/dev/null; then
+    while read -r pin; do download "$pin" 2>/dev/null || true; done <"$tmp/missing.txt"
+  fi
   plan >"$tmp/missing.txt"
+  # Pins published only as an sdist (nkeys): build a wheel here. Only pure-Python ones
+  # (py3-none-any) are kept: a compiled wheel would target the host, not the image.
+  if [ -s "$tmp/missing.txt" ]; then
+    log "building wheels from sdists: $(tr '\n' ' ' <"$tmp/missing.txt")"
+    pip_quiet wheel --no-deps -r "$tmp/missing.txt" -w "$tmp/built" || true
+    for whl in "$tmp"/built/*-py3-none-any.whl "$tmp"/built/*-py2.py3-none-any.whl; do
+      if [ -e "$whl" ]; then cp -f "$whl" "$out/"; fi
+    done
+    plan >"$tmp/missing.txt"
+  fi
   if [ -s "$tmp/missing.txt" ]; then
     log "no usable wheel for: $(tr '\n' ' ' <"$tmp/missing.txt")"
     exit 1
