@@ -10,6 +10,10 @@ export TESTCONTAINERS_RYUK_DISABLED := "true"
 compose_cli := if `docker compose version >/dev/null 2>&1 && echo plugin || true` == "plugin" { "docker compose" } else { "docker-compose" }
 compose := compose_cli + " -f compose/compose.yaml -p agentbus"
 
+# The compose stack's credentials (scripts/compose_auth.sh; gitignored). compose.yaml
+# refuses to start without this variable.
+export AGENTBUS_COMPOSE_AUTH_DIR := justfile_directory() / "compose" / ".auth"
+
 # Built by scripts/setup.sh with mmdebstrap; images build offline on it when it exists.
 local_base := env("AGENTBUS_BASE_IMAGE", "agentbus/base:bookworm")
 
@@ -94,6 +98,7 @@ images:
 up: images
     #!/usr/bin/env bash
     set -euo pipefail
+    bash scripts/compose_auth.sh "$AGENTBUS_COMPOSE_AUTH_DIR"
     {{ compose }} up -d --remove-orphans
     timeout_s=${AGENTBUS_UP_TIMEOUT_S:-90}
     want=$({{ compose }} config --services | sort | tr '\n' ' ')
@@ -109,6 +114,7 @@ up: images
       if [ "$running" = "$want" ] && [ "$states" = "$prev" ] \
           && python3 -c "import urllib.request as u; u.urlopen('http://127.0.0.1:8080/healthz', timeout=2)" 2>/dev/null; then
         echo "agentbus is up: gateway http://127.0.0.1:8080  nats nats://127.0.0.1:4222"
+        echo "the CLI's credentials: export AGENTBUS_CREDS_FILE=$AGENTBUS_COMPOSE_AUTH_DIR/creds/operator.creds"
         exit 0
       fi
       prev=$states
@@ -156,7 +162,17 @@ bench name *args: images
 [doc('Run the review demo against the compose stack, e.g. `just demo --help`')]
 [group('run')]
 demo *args: images
-    uv run agentbus demo review "$@"
+    #!/usr/bin/env bash
+    set -euo pipefail
+    # The compose stack's operator creds while it runs (else the demo uses an embedded
+    # stack, which has its own).
+    operator=$AGENTBUS_COMPOSE_AUTH_DIR/creds/operator.creds
+    running=$(docker ps -q --filter label=com.docker.compose.project=agentbus \
+      --filter label=com.docker.compose.service=nats 2>/dev/null || true)
+    if [ -z "${AGENTBUS_CREDS_FILE:-}" ] && [ -n "$running" ] && [ -f "$operator" ]; then
+      export AGENTBUS_CREDS_FILE=$operator
+    fi
+    exec uv run agentbus demo review "$@"
 
 [doc('Run nats-server (from the wheel) and the five services as local processes')]
 [group('run')]

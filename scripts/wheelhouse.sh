@@ -113,6 +113,16 @@ if [ -s "$tmp/missing.txt" ]; then
     fi
   done <"$tmp/missing.txt"
   plan >"$tmp/missing.txt"
+  # Pins published only as an sdist (nkeys): build a wheel here. Only pure-Python ones
+  # (py3-none-any) are kept: a compiled wheel would target the host, not the image.
+  if [ -s "$tmp/missing.txt" ]; then
+    log "building wheels from sdists: $(tr '\n' ' ' <"$tmp/missing.txt")"
+    pip_quiet wheel --no-deps -r "$tmp/missing.txt" -w "$tmp/built" || true
+    for whl in "$tmp"/built/*-py3-none-any.whl "$tmp"/built/*-py2.py3-none-any.whl; do
+      if [ -e "$whl" ]; then cp -f "$whl" "$out/"; fi
+    done
+    plan >"$tmp/missing.txt"
+  fi
   if [ -s "$tmp/missing.txt" ]; then
     log "no usable wheel for: $(tr '\n' ' ' <"$tmp/missing.txt")"
     exit 1

@@ -6,7 +6,9 @@ import time
 
 import pytest
 
+from agentbus.auth import nats_jwt
 from agentbus.auth.authority import Authority
+from agentbus.auth.creds import creds_jwt
 from agentbus.auth.permissions import AgentGrant, agent_permissions
 from agentbus.auth.revocation import Revoker
 from agentbus.bus import Bus
@@ -45,9 +47,15 @@ async def test_revoked_user_is_disconnected_and_refused(secured: AuthServer, pre
 async def test_expired_user_is_refused(secured: AuthServer, prefix: str) -> None:
     grant = AgentGrant(agent_id="brief-0", capabilities=())
     settings = secured.agent(prefix, grant, ttl_s=2.0)
+    assert settings.creds_file is not None
+    expires_at = nats_jwt.decode(creds_jwt(settings.creds_file))["exp"]
     bus = await Bus.connect(settings)
+    # nats-server compares whole seconds (now > exp): a connect within the second
+    # after ``exp`` is still accepted.
     await eventually(
-        lambda: not bus.nc.is_connected, timeout_s=10, what="expired user disconnected"
+        lambda: time.time() > expires_at + 1.5 and not bus.nc.is_connected,
+        timeout_s=10,
+        what="expired user disconnected",
     )
     with pytest.raises(AuthenticationError):
         await Bus.connect(settings)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 import subprocess
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,13 +15,20 @@ import httpx
 import pytest
 
 from agentbus.auth.tokens import create_token
+from agentbus.bus import Bus
 from agentbus.client import Client
+from agentbus.errors import AuthenticationError
 from agentbus.messages import Deployment
 from agentbus.settings import BusSettings
 
 pytestmark = [pytest.mark.compose, pytest.mark.slow, pytest.mark.timeout(600)]
 ROOT = Path(__file__).resolve().parents[2]
 NODE_LABEL = "agentbus.node=compose-node-1"
+AUTH_DIR = ROOT / "compose" / ".auth"
+"""Where `just up` keeps the stack's credentials (scripts/compose_auth.sh)."""
+OPERATOR = BusSettings(
+    nats_url="nats://127.0.0.1:4222", creds_file=AUTH_DIR / "creds" / "operator.creds"
+)
 
 
 def just(*args: str, timeout_s: float = 420) -> None:
@@ -51,7 +61,10 @@ async def containers(label: str) -> list[str]:
 
 
 async def test_compose_stack_runs_a_task_in_an_agent_container(compose_stack: None) -> None:
-    client = await Client.connect(BusSettings(nats_url="nats://127.0.0.1:4222"))
+    # authentication is on: no creds are refused, the operator's work
+    with pytest.raises(AuthenticationError, match="Authorization Violation"):
+        await Bus.connect(BusSettings(nats_url="nats://127.0.0.1:4222"))
+    client = await Client.connect(OPERATOR)
     try:
         await client.deploy(echo_deployment("compose-echo"))
         async with asyncio.timeout(90):
@@ -81,7 +94,7 @@ async def test_compose_stack_runs_a_task_in_an_agent_container(compose_stack: No
 
 async def test_down_leaves_nothing_behind(agent_image: str) -> None:
     just("up")
-    client = await Client.connect(BusSettings(nats_url="nats://127.0.0.1:4222"))
+    client = await Client.connect(OPERATOR)
     try:
         await client.deploy(echo_deployment("leftover"))
         async with asyncio.timeout(90):
@@ -92,3 +105,40 @@ async def test_down_leaves_nothing_behind(agent_image: str) -> None:
         just("down")
     assert await containers(NODE_LABEL) == []
     assert await containers("com.docker.compose.project=agentbus") == []
+
+
+def compose_cli() -> list[str]:
+    plugin = subprocess.run(["docker", "compose", "version"], capture_output=True, check=False)
+    if plugin.returncode == 0:
+        return ["docker", "compose"]
+    found = shutil.which("docker-compose")
+    assert found, "neither `docker compose` nor docker-compose is installed"
+    return [found]
+
+
+def test_compose_refuses_to_start_without_the_auth_files(tmp_path: Path) -> None:
+    project = f"agentbus-noauth-{uuid.uuid4().hex[:8]}"
+    compose = [*compose_cli(), "-f", str(ROOT / "compose" / "compose.yaml"), "-p", project]
+    env = {k: v for k, v in os.environ.items() if k != "AGENTBUS_COMPOSE_AUTH_DIR"}
+    # without the variable `just up` sets, compose refuses and says what to run
+    unset = subprocess.run([*compose, "config"], env=env, capture_output=True, text=True)
+    assert unset.returncode != 0
+    assert "run `just up`" in unset.stdout + unset.stderr
+    # with it, but no files: no container is created (an open nats-server least of all)
+    env["AGENTBUS_COMPOSE_AUTH_DIR"] = str(tmp_path / "auth")
+    try:
+        up = subprocess.run(
+            [*compose, "up", "-d", "--no-build", "nats"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert up.returncode != 0, up.stdout + up.stderr
+        assert "bind source path does not exist" in up.stderr
+        assert f"{tmp_path}/auth/server.conf" in up.stderr
+        assert not (tmp_path / "auth").exists()  # no directory made in place of the file
+    finally:
+        subprocess.run(
+            [*compose, "down", "-v"], env=env, capture_output=True, timeout=120, check=False
+        )

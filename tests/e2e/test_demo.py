@@ -146,6 +146,7 @@ async def test_demo_on_an_embedded_stack(tree: Path, tmp_path: Path) -> None:
     out = tmp_path / "report.json"
     async with EmbeddedStack(runtime="process", prefix="e2edemo") as stack:
         env = {**os.environ, "AGENTBUS_NATS_URL": stack.nats_url, "AGENTBUS_PREFIX": "e2edemo"}
+        env["AGENTBUS_CREDS_FILE"] = str(stack.settings.creds_file)  # the operator's
         proc = await asyncio.create_subprocess_exec(
             *CLI,
             "demo",

@@ -14,9 +14,12 @@ from typing import Any
 
 import pytest
 
+from agentbus.auth.authority import init_auth
 from agentbus.bus import Bus
 from agentbus.client import Client
 from agentbus.embedded import NODE_ID, SERVICES, EmbeddedStack, ping_services
+from agentbus.errors import AuthenticationError
+from agentbus.settings import BusSettings
 from tests._harness.services import pid_alive
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
@@ -37,9 +40,36 @@ async def test_all_five_services_answer_ping() -> None:
             assert nodes[0].runtime == "process"
         finally:
             await bus.close()
+        # authentication is on: the operator creds work, no creds are refused
+        assert stack.settings.creds_file is not None
+        with pytest.raises(AuthenticationError, match="Authorization Violation"):
+            await Bus.connect(BusSettings(nats_url=stack.nats_url, prefix="e2eping"))
     await asyncio.sleep(0)
     assert not any(pid_alive(pid) for pid in pids.values())
     assert not stack.log_dir.exists()
+
+
+async def test_a_stack_with_incomplete_auth_files_refuses_to_start(tmp_path: Path) -> None:
+    auth = init_auth(tmp_path / "auth")
+    (auth.path / "account.jwt").unlink()
+    stack = EmbeddedStack(runtime="process", prefix="e2enoauth", auth_dir=auth.path)
+    with pytest.raises(AuthenticationError) as raised:
+        await stack.start()
+    message = str(raised.value)
+    assert "incomplete" in message and "account.jwt" in message
+    assert f"agentbus auth init {auth.path}" in message and "--no-auth" in message
+    assert stack.pids == {}  # nothing was started, least of all an open nats-server
+
+
+def test_embedded_command_refuses_incomplete_auth_files(agentbus_home: Path) -> None:
+    env = {**os.environ, "AGENTBUS_HOME": str(agentbus_home)}
+    init_auth(agentbus_home / "auth")
+    (agentbus_home / "auth" / "server.conf").unlink()
+    done = _run_cli("embedded", "--runtime", "process", env=env)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "server.conf" in done.stderr and "refusing to start" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (agentbus_home / "embedded.json").exists()
 
 
 def _run_cli(
@@ -96,7 +126,9 @@ def test_embedded_command_writes_state_and_stops_on_sigint(agentbus_home: Path) 
         assert state["nats_url"].startswith("nats://127.0.0.1:")
         assert state["gateway_url"].startswith("http://127.0.0.1:")
         assert set(state["pids"]) == {"nats-server", *SERVICES}
-        # other commands find the stack through the state file alone
+        # auth on by default, keys made on first use in $AGENTBUS_HOME/auth
+        assert state["creds_file"] == str(agentbus_home / "auth" / "creds" / "operator.creds")
+        # other commands find the stack, and its operator creds, through the state file alone
         ping = _run_cli("ping", env=env)
         assert ping.returncode == 0, ping.stdout + ping.stderr
         for name in SERVICES:
@@ -178,12 +210,18 @@ def test_a_second_stack_refuses_or_keeps_its_own_state_file(agentbus_home: Path)
             **env,
             "AGENTBUS_NATS_URL": str(other_state["nats_url"]),
             "AGENTBUS_PREFIX": "e2eother",
+            "AGENTBUS_CREDS_FILE": str(other_state["creds_file"]),  # not the state's stack
         }
         ping = _run_cli("ping", env=both)
         assert ping.returncode == 0, ping.stdout + ping.stderr
         assert "AGENTBUS_NATS_URL" in ping.stderr and str(state["nats_url"]) in ping.stderr
         explicit = _run_cli(
-            "ping", "--nats-url", str(other_state["nats_url"]), "--prefix", "e2eother", env=env
+            "ping",
+            "--nats-url",
+            str(other_state["nats_url"]),
+            "--prefix",
+            "e2eother",
+            env={**env, "AGENTBUS_CREDS_FILE": str(other_state["creds_file"])},
         )
         assert explicit.returncode == 0 and explicit.stderr == "", explicit.stderr
 
@@ -200,6 +238,11 @@ def test_a_second_stack_refuses_or_keeps_its_own_state_file(agentbus_home: Path)
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+async def _connect_anonymously(nats_url: str) -> None:
+    bus = await Bus.connect(BusSettings(nats_url=nats_url))
+    await bus.close()
 
 
 def test_a_stale_state_file_is_taken_over(agentbus_home: Path) -> None:
@@ -224,10 +267,12 @@ def test_a_stale_state_file_is_taken_over(agentbus_home: Path) -> None:
             }
         )
     )
-    proc = _start_embedded(env, "e2estale")
+    proc = _start_embedded(env, "e2estale", "--no-auth")
     try:
         state = _wait_state(state_file, proc)
         assert state["nats_url"] != "nats://127.0.0.1:4999"  # taken over by the new stack
+        assert state["creds_file"] == ""  # --no-auth: anyone may connect
+        asyncio.run(_connect_anonymously(state["nats_url"]))
         _stop(proc)
     finally:
         if proc.poll() is None:

@@ -37,7 +37,9 @@ __all__ = ["node"]  # the fixture
 
 @pytest.fixture
 async def stack() -> AsyncIterator[EmbeddedStack]:
-    async with EmbeddedStack(runtime="process", prefix=f"node{uuid.uuid4().hex[:8]}") as s:
+    # The Node example cannot authenticate yet (no creds support in agent.mjs).
+    prefix = f"node{uuid.uuid4().hex[:8]}"
+    async with EmbeddedStack(runtime="process", prefix=prefix, auth=False) as s:
         yield s
 
 

@@ -37,6 +37,7 @@ COVERED_ELSEWHERE = {
     "./run": "the quickstart: CI runs ./run test; tests/e2e/test_demo.py runs the demo",
     "just": "just up/down: tests/e2e/test_compose.py",
     "nats": "the nats CLI is not installable here; its wire format: tests of nats.micro",
+    "export": "the compose stack's operator creds: tests/e2e/test_compose.py",
 }
 
 
@@ -66,6 +67,9 @@ async def docker_stack(agent_image: str) -> AsyncIterator[EmbeddedStack]:
 
 def stack_env(stack: EmbeddedStack, cwd: Path | None = None) -> dict[str, str]:
     env = {**os.environ, "AGENTBUS_NATS_URL": stack.nats_url, "AGENTBUS_PREFIX": stack.prefix}
+    # The stack's operator creds: the CLI's identity, and the hand-run agent's (no command
+    # mints an agent identity yet).
+    env["AGENTBUS_CREDS_FILE"] = str(stack.settings.creds_file)
     if cwd is not None:
         env["PYTHONPATH"] = str(cwd)
     return env

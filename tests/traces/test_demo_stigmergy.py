@@ -77,6 +77,7 @@ async def test_demo_compare_on_an_embedded_stack(tree: Path, tmp_path: Path) -> 
     n = len(python_files(tree))
     async with EmbeddedStack(runtime="process", prefix="stigdemo") as stack:
         env = {**os.environ, "AGENTBUS_NATS_URL": stack.nats_url, "AGENTBUS_PREFIX": "stigdemo"}
+        env["AGENTBUS_CREDS_FILE"] = str(stack.settings.creds_file)  # the operator's
         outs = {}
         for name, flags in [
             ("stig", ["--stigmergy"]),

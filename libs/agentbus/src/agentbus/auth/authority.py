@@ -222,37 +222,22 @@ def init_auth(path: Path | str, *, prefix: str = "agentbus", force: bool = False
     return auth
 
 
-def service_creds(auth: AuthDir, prefix: str, service: str, *, node_id: str | None = None) -> Path:
-    """Mint the creds of ``service`` (a supervisor: of node ``node_id``) into ``auth``.
+def server_conf_text(auth: AuthDir, *, resolver_dir: str | None = None) -> str:
+    """The nats-server configuration lines of ``auth``: trust the operator and accounts.
 
-    Written to ``creds/<service>.creds`` (``creds/supervisor-<node_id>.creds``),
-    replacing an older file. Service identities do not expire: if a host is lost,
-    revoke its identity (``agentbus.auth.revocation``) and mint a new one.
-
-    Returns:
-        The creds file's path.
-
-    Raises:
-        ValueError: unknown service, or a supervisor without ``node_id``.
-    """
-    permissions = service_permissions(Names(prefix), service, node_id=node_id)
-    identity = f"supervisor-{node_id}" if service == "supervisor" else service
-    creds = Authority(auth).mint(identity, permissions)
-    path = auth.creds(identity)
-    write_secret(path, creds.creds_text())
-    return path
-
-
-def write_server_conf(auth: AuthDir, *, resolver_dir: str | None = None) -> None:
-    """(Re)write the nats-server include file: trust the operator, preload both accounts.
+    No secret inside (public keys and JWTs only); both accounts are preloaded.
 
     ``resolver_dir``: where the server keeps account JWTs (``resolver: full``); by
-    default ``<dir>/resolver`` (each server of a cluster needs its own).
+    default ``<dir>/resolver`` (each server of a cluster needs its own). Put the text in
+    the server's configuration file itself: an ``include`` resolves relative to that file.
+
+    Raises:
+        ContractError: a JWT of ``auth`` is missing.
     """
     sys_pub = nats_jwt.decode(auth.read("sys.jwt"))["sub"]
     account_pub = nats_jwt.decode(auth.read("account.jwt"))["sub"]
     store = resolver_dir or str(auth.path / "resolver")
-    conf = (
+    return (
         "# agentbus decentralized auth: written by `agentbus auth init`, no secrets inside.\n"
         f"operator: {json.dumps(auth.read('operator.jwt'))}\n"
         f"system_account: {sys_pub}\n"
@@ -270,7 +255,62 @@ def write_server_conf(auth: AuthDir, *, resolver_dir: str | None = None) -> None
         f"  {account_pub}: {json.dumps(auth.read('account.jwt'))}\n"
         "}\n"
     )
-    auth.server_conf.write_text(conf)
+
+
+def write_server_conf(auth: AuthDir, *, resolver_dir: str | None = None) -> None:
+    """(Re)write ``auth.server_conf`` with ``server_conf_text(auth, resolver_dir=)``."""
+    auth.server_conf.write_text(server_conf_text(auth, resolver_dir=resolver_dir))
+
+
+def service_creds(
+    auth: AuthDir | Path | str,
+    prefix: str,
+    service: str,
+    *,
+    node_id: str | None = None,
+    path: Path | None = None,
+) -> Path:
+    """Mint a new identity of ``service`` on fleet ``prefix`` and write its creds file.
+
+    A supervisor's identity is per node (its subjects name ``node_id``): the file is
+    ``creds/supervisor-<node_id>.creds``; any other service's is ``creds/<service>.creds``.
+    ``path`` writes it elsewhere. An existing file is replaced (mode 0600).
+
+    Returns:
+        The creds file's path.
+
+    Raises:
+        ValueError: unknown service, or a supervisor without ``node_id``.
+        ContractError: the directory lacks the signing key (run ``agentbus auth init``).
+    """
+    auth = auth if isinstance(auth, AuthDir) else AuthDir(auth)
+    permissions = service_permissions(Names(prefix), service, node_id=node_id)
+    name = f"{service}-{node_id}" if service == "supervisor" else service
+    creds = Authority(auth).mint(name, permissions)
+    target = path or auth.creds(name)
+    write_secret(target, creds.creds_text())
+    return target
+
+
+AUTH_FILES = ("operator.jwt", "sys.jwt", "account.jwt", "signing.nk", "server.conf")
+"""What a server and a minting supervisor need of an auth directory."""
+
+
+def missing_auth_files(auth: AuthDir, identities: tuple[str, ...] = ()) -> list[str]:
+    """The files ``auth`` lacks: of ``AUTH_FILES`` and ``creds/<identity>.creds``.
+
+    A file that is empty or unreadable counts as missing; an empty list: complete.
+    """
+    names = [*AUTH_FILES, *(f"creds/{i}.creds" for i in identities)]
+    missing = []
+    for name in names:
+        try:
+            with (auth.path / name).open("rb") as f:
+                if not f.read(1):
+                    missing.append(name)
+        except OSError:
+            missing.append(name)
+    return missing
 
 
 class Authority:

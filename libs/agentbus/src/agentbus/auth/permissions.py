@@ -21,6 +21,9 @@ from agentbus.names import BANDS, Names
 
 SERVICES = ("registry", "scheduler", "supervisor", "checkpoint", "gateway")
 """Service identities, each with its own table (``service_permissions``)."""
+RESPONSES_MAX = 64
+"""Replies one identity with ``responses`` may send to one request: the most ``nats.micro``
+instances one connection serves (``CHECKPOINT_CONCURRENCY`` is at most 64)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,8 +35,10 @@ class Permissions:
         subscribe: subjects the identity may subscribe to.
         publish_deny: exceptions to ``publish``.
         subscribe_deny: exceptions to ``subscribe``.
-        responses: may reply once to any request it received (NATS ``resp``), as a
-            service does; without it, only to ``publish`` subjects.
+        responses: may reply to any request it received (NATS ``resp``), as a service
+            does; without it, only to ``publish`` subjects. Up to ``RESPONSES_MAX``
+            replies per request: a ``$SRV.PING`` reaches every ``nats.micro`` instance of
+            a connection (the checkpoint service runs several), and each answers.
         inbox_prefix: the identity's reply-subject prefix (``connect(inbox_prefix=)``):
             replies to its requests arrive under it and nobody else may subscribe there.
     """
@@ -55,7 +60,7 @@ class Permissions:
             "payload": -1,
         }
         if self.responses:
-            out["resp"] = {"max": 1, "ttl": 0}
+            out["resp"] = {"max": RESPONSES_MAX, "ttl": 0}
         return out
 
 
@@ -186,6 +191,7 @@ def service_permissions(names: Names, service: str, *, node_id: str | None = Non
             publish += stream_read(stream)
     elif service == "checkpoint":
         publish += [*kv_write(n.checkpoints_bucket), *objects_write(n.checkpoint_blobs_bucket)]
+        publish += kv_write(n.leases_bucket)  # one retention sweep at a time (KvLease)
     elif service == "gateway":
         publish += [f"{p}.{svc}.>" for svc in ("scheduler", "registry", "checkpoint")]
         publish += [f"{p}.supervisor.*.status", f"{p}.topics.>", "$SRV.PING.>"]

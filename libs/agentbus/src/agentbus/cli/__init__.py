@@ -3,6 +3,8 @@
 Every command that talks to a stack takes ``--nats-url`` and ``--prefix`` (env
 ``AGENTBUS_NATS_URL``/``AGENTBUS_PREFIX``); without them it uses the running embedded
 stack (``agentbus embedded``), else ``nats://127.0.0.1:4222`` and ``agentbus``.
+Credentials: ``AGENTBUS_CREDS_FILE``, else the embedded stack's operator creds (from
+its state file), else none (``agentbus.cli.connect``).
 Expected failures print one line on stderr and exit non-zero: 2 for invalid input
 (``ContractError``), 1 for the rest (not found, unavailable, timeout, ...).
 """

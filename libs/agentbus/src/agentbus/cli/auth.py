@@ -1,17 +1,170 @@
-"""``agentbus auth``: the trust material of a stack (``auth tls``: local certificates)."""
+"""``agentbus auth init|creds|show|tls``: the fleet's NATS credentials and TLS files.
+
+The key, JWT and certificate code loads only when one of these commands runs, so
+``agentbus --help`` stays fast.
+"""
 
 from __future__ import annotations
 
+import os
+import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.table import Table
 
-from agentbus.cli.common import app, console, fail
+from agentbus.cli.common import JsonFlag, app, console, fail
+from agentbus.embedded.state import agentbus_home
 from agentbus.errors import AgentBusError, ContractError
 
-auth_app = typer.Typer(help="Certificates and credentials of a stack.", no_args_is_help=True)
+auth_app = typer.Typer(
+    help="NATS credentials: create the fleet's keys, mint service identities, list them.",
+    no_args_is_help=True,
+)
 app.add_typer(auth_app, name="auth")
+
+AUTH_DIR_NAME = "auth"
+"""Default auth directory under ``$AGENTBUS_HOME``."""
+
+
+def default_auth_dir() -> Path:
+    """``$AGENTBUS_AUTH_DIR``, else ``$AGENTBUS_HOME/auth`` (``~/.agentbus/auth``)."""
+    if path := os.environ.get("AGENTBUS_AUTH_DIR"):
+        return Path(path)
+    return agentbus_home() / AUTH_DIR_NAME
+
+
+AuthDirArg = Annotated[
+    Path | None,
+    typer.Argument(
+        help="Auth directory (default: $AGENTBUS_AUTH_DIR, else $AGENTBUS_HOME/auth).",
+        show_default=False,
+    ),
+]
+
+
+@auth_app.command("init")
+def auth_init(
+    directory: AuthDirArg = None,
+    prefix: Annotated[
+        str, typer.Option(help="Fleet prefix the service identities are for.")
+    ] = "agentbus",
+    force: Annotated[
+        bool, typer.Option("--force", help="New keys: every earlier identity stops working.")
+    ] = False,
+    resolver_dir: Annotated[
+        str | None,
+        typer.Option(
+            help="Where nats-server keeps account JWTs, as the server sees it "
+            "(default: DIR/resolver); rewrites server.conf."
+        ),
+    ] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Create the operator, accounts, signing key, server.conf and service creds.
+
+    Idempotent: an existing directory keeps its keys (identities missing a creds file
+    get one) unless --force.
+    """
+    from agentbus.auth.authority import AuthDir, init_auth, write_server_conf
+    from agentbus.errors import ContractError
+
+    path = directory or default_auth_dir()
+    existed = AuthDir(path).exists()
+    try:
+        auth = init_auth(path, prefix=prefix, force=force)
+        if resolver_dir is not None:
+            write_server_conf(auth, resolver_dir=resolver_dir)
+    except ContractError as exc:
+        raise fail(str(exc), 2) from None
+    except OSError as exc:
+        raise fail(f"cannot write {path}: {exc}", 1) from None
+    created = force or not existed
+    if json_out:
+        import msgspec
+
+        out = {
+            "path": str(auth.path),
+            "created": created,
+            "server_conf": str(auth.server_conf),
+            "operator_creds": str(auth.creds("operator")),
+            "creds": sorted(str(p) for p in auth.path.glob("creds/*.creds")),
+        }
+        sys.stdout.write(msgspec.json.format(msgspec.json.encode(out), indent=2).decode() + "\n")
+        return
+    verb = "created" if created else "kept (existing keys; --force replaces them)"
+    console.print(f"auth directory {auth.path}: {verb}", highlight=False)
+    console.print(f"server config: {auth.server_conf}  (put its text in nats-server's config)")
+    console.print(f"operator creds: {auth.creds('operator')}  (AGENTBUS_CREDS_FILE)")
+
+
+@auth_app.command("creds")
+def auth_creds(
+    service: Annotated[
+        str, typer.Argument(help="registry, scheduler, supervisor, checkpoint or gateway.")
+    ],
+    node: Annotated[str | None, typer.Option("--node", help="The supervisor's node id.")] = None,
+    directory: Annotated[
+        Path | None,
+        typer.Option(
+            "--dir", help="Auth directory (default: $AGENTBUS_AUTH_DIR, else $AGENTBUS_HOME/auth)."
+        ),
+    ] = None,
+    prefix: Annotated[str, typer.Option(help="Fleet prefix.")] = "agentbus",
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Write here (default: DIR/creds/).")
+    ] = None,
+) -> None:
+    """Mint a new identity for SERVICE (e.g. on a new host) and print its creds file path."""
+    from agentbus.auth.authority import AuthDir, service_creds
+    from agentbus.errors import ContractError
+
+    auth = AuthDir(directory or default_auth_dir())
+    if not auth.exists():
+        raise fail(f"{auth.path} holds no keys: run `agentbus auth init {auth.path}` first", 1)
+    if service == "supervisor" and node is None:
+        raise fail("a supervisor's identity is per node: give --node", 2)
+    try:
+        path = service_creds(auth, prefix, service, node_id=node, path=out)
+    except (ValueError, ContractError) as exc:
+        raise fail(str(exc), 2) from None
+    sys.stdout.write(f"{path}\n")
+
+
+@auth_app.command("show")
+def auth_show(directory: AuthDirArg = None, json_out: JsonFlag = False) -> None:
+    """Public keys, identities and their expiry (never a seed)."""
+    from agentbus.auth.authority import AuthDir
+    from agentbus.auth.inventory import summarize
+    from agentbus.errors import ContractError
+
+    try:
+        summary = summarize(AuthDir(directory or default_auth_dir()))
+    except ContractError as exc:
+        raise fail(str(exc), 1) from None
+    if json_out:
+        import msgspec
+
+        sys.stdout.write(msgspec.json.format(summary.to_json(), indent=2).decode() + "\n")
+        return
+    console.print(f"directory:      {summary.path}", highlight=False)
+    console.print(f"operator:       {summary.operator}", highlight=False)
+    console.print(f"system account: {summary.system_account}", highlight=False)
+    console.print(f"fleet account:  {summary.account}", highlight=False)
+    console.print(f"signing key:    {summary.signing_key}", highlight=False)
+    table = Table("IDENTITY", "FILE", "PUBLIC KEY", "EXPIRES")
+    for ident in summary.identities:
+        expires = (
+            datetime.fromtimestamp(ident.expires_at_s, UTC).isoformat(timespec="seconds")
+            if ident.expires_at_s is not None
+            else "never"
+        )
+        table.add_row(ident.name, ident.file, ident.public_key, expires)
+    console.print(table)
+    for file, reason in summary.unreadable.items():
+        console.print(f"[red]unreadable[/red] {file}: {reason}", highlight=False)
 
 
 @auth_app.command("tls")

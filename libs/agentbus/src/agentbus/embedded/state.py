@@ -41,6 +41,9 @@ class EmbeddedState(msgspec.Struct, kw_only=True):
     """Process id by process name (``nats-server`` and the five services)."""
     runtime: str = "process"
     log_dir: str = ""
+    creds_file: str = ""
+    """Operator creds of the stack (full access), for other ``agentbus`` commands; empty:
+    the stack runs without authentication."""
     owner_pid: int = 0
     """Process id of the ``agentbus embedded`` command that owns the file (0: unknown)."""
     tls_dir: str = ""

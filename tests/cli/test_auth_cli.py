@@ -1,0 +1,131 @@
+"""``agentbus auth init|creds|show``: files, modes, no seed where none belongs."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+from pathlib import Path
+
+import msgspec
+import pytest
+from typer.testing import CliRunner
+
+from agentbus.auth import nats_jwt
+from agentbus.auth.creds import creds_jwt
+from agentbus.cli import app
+from agentbus.cli.connect import resolve_settings
+from agentbus.embedded import EmbeddedState
+
+runner = CliRunner()
+SEED = re.compile(r"S[OAU][A-Z2-7]{50,}")
+"""An nkey seed (operator, account or user) as text."""
+
+
+def invoke(*args: str) -> tuple[int, str, str]:
+    result = runner.invoke(app, list(args))
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert "Traceback" not in result.output, result.output
+    return result.exit_code, result.stdout, result.stderr
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_init_writes_secrets_0600_and_no_seed_in_server_conf(agentbus_home: Path) -> None:
+    code, out, err = invoke("auth", "init", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    auth = agentbus_home / "auth"  # the default: $AGENTBUS_HOME/auth
+    assert report["path"] == str(auth) and report["created"] is True
+    assert mode(auth) == 0o700
+    secrets = [*auth.glob("*.nk"), *auth.glob("creds/*.creds")]
+    assert {p.name for p in auth.glob("creds/*.creds")} == {
+        f"{name}.creds"
+        for name in ("registry", "scheduler", "checkpoint", "gateway", "operator", "sys")
+    }
+    assert len(secrets) == 4 + 6
+    assert {str(p): mode(p) for p in secrets} == {str(p): 0o600 for p in secrets}
+    conf = (auth / "server.conf").read_text()
+    assert "operator:" in conf and "resolver_preload" in conf
+    assert not SEED.search(conf)
+    for jwt_file in auth.glob("*.jwt"):
+        assert not SEED.search(jwt_file.read_text())
+    assert SEED.search((auth / "signing.nk").read_text())  # the pattern does find seeds
+
+
+def test_init_again_keeps_the_keys_unless_forced(tmp_path: Path) -> None:
+    auth = tmp_path / "keys"
+    assert invoke("auth", "init", str(auth))[0] == 0
+    operator = (auth / "operator.jwt").read_text()
+    (auth / "creds" / "gateway.creds").unlink()
+    code, out, _ = invoke("auth", "init", str(auth))
+    assert code == 0 and "kept" in out
+    assert (auth / "operator.jwt").read_text() == operator
+    assert (auth / "creds" / "gateway.creds").exists()  # a missing identity is minted again
+    assert invoke("auth", "init", str(auth), "--force")[0] == 0
+    assert (auth / "operator.jwt").read_text() != operator
+
+
+def test_init_resolver_dir_rewrites_server_conf(tmp_path: Path) -> None:
+    code, _, err = invoke("auth", "init", str(tmp_path / "a"), "--resolver-dir", "/data/resolver")
+    assert code == 0, err
+    assert 'dir: "/data/resolver"' in (tmp_path / "a" / "server.conf").read_text()
+
+
+def test_creds_mints_a_supervisor_of_a_node(tmp_path: Path) -> None:
+    auth = tmp_path / "keys"
+    invoke("auth", "init", str(auth), "--prefix", "fleet1")
+    code, out, err = invoke(
+        "auth", "creds", "supervisor", "--node", "n1", "--dir", str(auth), "--prefix", "fleet1"
+    )
+    assert code == 0, err
+    path = Path(out.strip())
+    assert path == auth / "creds" / "supervisor-n1.creds"
+    assert mode(path) == 0o600
+    claims = nats_jwt.decode(creds_jwt(path))
+    assert claims["name"] == "supervisor-n1"
+    assert "fleet1.supervisor.n1.>" in claims["nats"]["sub"]["allow"]
+
+    code, _, err = invoke("auth", "creds", "supervisor", "--dir", str(auth))
+    assert code == 2 and "--node" in err
+    code, _, err = invoke("auth", "creds", "janitor", "--dir", str(auth))
+    assert code == 2 and "unknown service" in err
+    code, _, err = invoke("auth", "creds", "registry", "--dir", str(tmp_path / "none"))
+    assert code == 1 and "agentbus auth init" in err
+
+
+def test_show_lists_identities_and_never_a_seed(tmp_path: Path) -> None:
+    auth = tmp_path / "keys"
+    invoke("auth", "init", str(auth))
+    code, out, err = invoke("auth", "show", str(auth))
+    assert code == 0, err
+    assert "operator" in out and "scheduler" in out and "never" in out
+    assert not SEED.search(out)
+    code, out, _ = invoke("auth", "show", str(auth), "--json")
+    summary = json.loads(out)
+    assert not SEED.search(out)
+    names = {i["name"] for i in summary["identities"]}
+    assert names == {"registry", "scheduler", "checkpoint", "gateway", "operator", "sys"}
+    assert summary["operator"].startswith("O") and summary["account"].startswith("A")
+    code, _, err = invoke("auth", "show", str(tmp_path / "none"))
+    assert code == 1 and "agentbus auth init" in err
+
+
+def test_cli_takes_the_embedded_stacks_operator_creds(
+    agentbus_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    agentbus_home.mkdir(parents=True)
+    state = EmbeddedState(
+        nats_url="nats://127.0.0.1:4999",
+        prefix="emb",
+        pids={"nats-server": os.getpid()},
+        creds_file="/keys/operator.creds",
+    )
+    (agentbus_home / "embedded.json").write_bytes(msgspec.json.encode(state))
+    assert resolve_settings().creds_file == Path("/keys/operator.creds")
+    assert resolve_settings("nats://other:4222").creds_file is None  # not that stack's
+    monkeypatch.setenv("AGENTBUS_CREDS_FILE", "/mine.creds")
+    assert resolve_settings().creds_file == Path("/mine.creds")  # the environment first
