@@ -10,14 +10,17 @@ import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
-from agentbus.cli.common import JsonFlag, app, console, fail
+from agentbus.cli.common import JsonFlag, NatsUrl, Prefix, app, console, fail
 from agentbus.embedded.state import agentbus_home
 from agentbus.errors import AgentBusError, ContractError
+
+if TYPE_CHECKING:
+    from agentbus.client import Client
 
 auth_app = typer.Typer(
     help="NATS credentials: create the fleet's keys, mint service identities, list them.",
@@ -130,6 +133,64 @@ def auth_creds(
         path = service_creds(auth, prefix, service, node_id=node, path=out)
     except (ValueError, ContractError) as exc:
         raise fail(str(exc), 2) from None
+    sys.stdout.write(f"{path}\n")
+
+
+@auth_app.command("agent")
+def auth_agent(
+    agent_id: Annotated[str, typer.Argument(help="The agent id it will run as (a token).")],
+    deployment: Annotated[
+        str, typer.Option("--deployment", "-d", help="The stored deployment it belongs to.")
+    ],
+    directory: Annotated[
+        Path | None,
+        typer.Option(
+            "--dir", help="Auth directory (default: $AGENTBUS_AUTH_DIR, else $AGENTBUS_HOME/auth)."
+        ),
+    ] = None,
+    ttl_s: Annotated[
+        float, typer.Option("--ttl-s", min=1.0, help="Lifetime of the credentials, seconds.")
+    ] = 3600.0,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Write here (default: DIR/creds/agent-<id>.creds).")
+    ] = None,
+    nats_url: NatsUrl = None,
+    prefix: Prefix = None,
+) -> None:
+    """Credentials for an agent started by hand, scoped like a supervisor's replica.
+
+    Provisions the consumers the agent reads from DEPLOYMENT (it may not create them),
+    mints a user with the same permissions a supervisor gives a replica of DEPLOYMENT
+    running as AGENT_ID, and prints the creds file's path: run the agent with
+    ``AGENTBUS_CREDS_FILE=<path> AGENTBUS_AGENT_ID=<id>``.
+    """
+    from agentbus.auth.authority import AuthDir, Authority, write_secret
+    from agentbus.auth.provision import mint_agent, provision_agent
+    from agentbus.cli.common import run, with_client
+    from agentbus.names import check_token
+
+    try:
+        check_token("agent id", agent_id)
+    except ContractError as exc:
+        raise fail(str(exc), 2) from None
+    auth = AuthDir(directory or default_auth_dir())
+    if not auth.exists():
+        raise fail(f"{auth.path} holds no keys: run `agentbus auth init {auth.path}` first", 1)
+
+    async def go(client: Client) -> Path:
+        stored = (await client.deployments()).get(deployment)
+        if stored is None:
+            raise fail(f"no deployment {deployment!r}: apply it first", 1)
+        await provision_agent(client.bus, stored, agent_id)
+        creds = mint_agent(Authority(auth), client.bus, stored, agent_id, ttl_s=ttl_s)
+        path = out or auth.creds(f"agent-{agent_id}")
+        write_secret(path, creds.creds_text())
+        return path
+
+    try:
+        path = run(with_client(nats_url, prefix, go))
+    except AgentBusError as exc:
+        raise fail(str(exc), 1) from None
     sys.stdout.write(f"{path}\n")
 
 
