@@ -10,12 +10,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from agentbus import _topic_names
+from agentbus import _id_rules, _topic_names
 from agentbus.errors import ContractError
-from agentbus.messages.common import TASK_ID_PATTERN
 
 _PREFIX_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
-_TOKEN_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 BANDS = 10
 """Priority bands per capability: a task's ``priority`` 0 (default, lowest) .. 9."""
 # Topics of agent events (``agentbus._topic_names``, re-exported here).
@@ -27,59 +25,13 @@ check_topic = _topic_names.check_topic
 check_topic_pattern = _topic_names.check_topic_pattern
 fnv1a_32 = _topic_names.fnv1a_32
 topic_part = _topic_names.topic_part
-
-
-def check_token(kind: str, value: str) -> str:
-    """Validate one subject token (capability, node id, agent id, deployment name).
-
-    Tokens are lowercase ``[a-z0-9][a-z0-9_-]*`` (at most 64 characters): no dots,
-    wildcards or spaces, so they are safe as a NATS subject token, a KV key part and
-    a consumer name part.
-
-    Raises:
-        ContractError: the value is not a valid token.
-    """
-    if not _TOKEN_RE.match(value):
-        raise ContractError(
-            f"{kind} {value!r} is not a valid token: use 1-64 characters of [a-z0-9_-], "
-            "starting with a letter or digit"
-        )
-    return value
-
-
-_TASK_ID_RE = re.compile(TASK_ID_PATTERN)
-
-
-def check_task_id(value: str, kind: str = "task id") -> str:
-    """Validate a task id before it becomes a subject token or a KV key.
-
-    Task ids are 1-128 characters of ``[A-Za-z0-9_-]`` (``TaskId`` on the wire).
-
-    Raises:
-        ContractError: the value is not a valid task id.
-    """
-    if not _TASK_ID_RE.match(value):
-        shown = value if len(value) <= 80 else f"{value[:80]}... ({len(value)} characters)"
-        raise ContractError(f"{kind} {shown!r} is not valid: use 1-128 characters of [A-Za-z0-9_-]")
-    return value
-
-
-def replica_agent_id(deployment: str, replica: int) -> str:
-    """The agent id replica ``replica`` of ``deployment`` runs as: ``<deployment>-<replica>``.
-
-    The supervisor gives it to the replica (``AGENTBUS_AGENT_ID``); the logs, the
-    registry and ``agentbus ps`` find a replica's agent by it.
-    """
-    return f"{deployment}-{replica}"
-
-
-def replica_agent_id_pattern(deployment: str, replica: int | None = None) -> re.Pattern[str]:
-    """A pattern whose ``fullmatch`` accepts the agent ids of ``deployment``'s replicas.
-
-    With ``replica``, only that replica's (see ``replica_agent_id``).
-    """
-    index = str(replica) if replica is not None else r"\d+"
-    return re.compile(rf"{re.escape(deployment)}-{index}")
+# Identifier rules (``agentbus._id_rules``, re-exported here).
+check_token = _id_rules.check_token
+check_task_id = _id_rules.check_task_id
+replica_agent_id = _id_rules.replica_agent_id
+replica_agent_id_pattern = _id_rules.replica_agent_id_pattern
+escape_token = _id_rules.escape_token
+TOKEN_SAFE_BYTES = _id_rules.TOKEN_SAFE_BYTES
 
 
 @dataclass(frozen=True, slots=True)
@@ -395,17 +347,3 @@ class Names:
         service refuses (403) a request whose payload names another owner.
         """
         return f"{self.prefix}.{service}.{verb}.{escape_token(owner)}"
-
-
-# -- escaped key tokens ------------------------------------------
-TOKEN_SAFE_BYTES = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
-"""Bytes ``escape_token`` keeps as they are."""
-
-
-def escape_token(value: str) -> str:
-    """Escape any string into one subject token / KV key part, reversibly.
-
-    UTF-8 bytes in ``[A-Za-z0-9_-]`` stay, every other byte becomes ``=HH`` (upper-case
-    hex): ``a.b c`` is ``a=2Eb=20c``. The empty string stays empty.
-    """
-    return "".join(chr(b) if b in TOKEN_SAFE_BYTES else f"={b:02X}" for b in value.encode())

@@ -6,7 +6,8 @@
   stack (one live stack per file).
 """
 
-from agentbus.embedded.stack import NODE_ID, SERVICES, EmbeddedStack, free_port, ping_services
+from agentbus.embedded.processes import free_port
+from agentbus.embedded.stack import NODE_ID, SERVICES, EmbeddedStack, ping_services
 from agentbus.embedded.state import EmbeddedState, read_state
 
 __all__ = [

