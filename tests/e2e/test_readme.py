@@ -38,6 +38,8 @@ COVERED_ELSEWHERE = {
     "just": "just up/down: tests/e2e/test_compose.py",
     "nats": "the nats CLI is not installable here; its wire format: tests of nats.micro",
     "export": "the compose stack's operator creds: tests/e2e/test_compose.py",
+    "AGENTBUS_AGENT_ID=summarizer-1": "the agent run by hand with `agentbus auth agent`: "
+    "test_python_blocks_run_as_written",
 }
 
 
@@ -67,9 +69,7 @@ async def docker_stack(agent_image: str) -> AsyncIterator[EmbeddedStack]:
 
 def stack_env(stack: EmbeddedStack, cwd: Path | None = None) -> dict[str, str]:
     env = {**os.environ, "AGENTBUS_NATS_URL": stack.nats_url, "AGENTBUS_PREFIX": stack.prefix}
-    # The stack's operator creds: the CLI's identity, and the hand-run agent's (no command
-    # mints an agent identity yet).
-    env["AGENTBUS_CREDS_FILE"] = str(stack.settings.creds_file)
+    env["AGENTBUS_CREDS_FILE"] = str(stack.settings.creds_file)  # the CLI's (operator)
     if cwd is not None:
         env["PYTHONPATH"] = str(cwd)
     return env
@@ -100,11 +100,26 @@ async def test_python_blocks_run_as_written(stack: EmbeddedStack, tmp_path: Path
     (tmp_path / "summarizer.py").write_text(agent_code)
     (tmp_path / "summarize.py").write_text(caller_code)
     env = stack_env(stack, tmp_path)
+    # Run by hand with its own identity, as the README says (`agentbus auth agent`).
+    assert stack.credentials is not None
+    minted = await run(
+        [
+            sys.executable, "-m", "agentbus.cli", "auth", "agent", "summarizer-1",
+            "-c", "summarize", "--dir", str(stack.credentials.auth_dir),
+        ],
+        env,
+        tmp_path,
+    )  # fmt: skip
+    agent_env = {
+        **env,
+        "AGENTBUS_AGENT_ID": "summarizer-1",
+        "AGENTBUS_CREDS_FILE": minted.strip().splitlines()[-1],
+    }
     agent = await asyncio.create_subprocess_exec(
         sys.executable,
         "summarizer.py",
         cwd=tmp_path,
-        env=env,
+        env=agent_env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -140,8 +140,15 @@ def auth_creds(
 def auth_agent(
     agent_id: Annotated[str, typer.Argument(help="The agent id it will run as (a token).")],
     deployment: Annotated[
-        str, typer.Option("--deployment", "-d", help="The stored deployment it belongs to.")
-    ],
+        str | None,
+        typer.Option("--deployment", "-d", help="The stored deployment it belongs to."),
+    ] = None,
+    capability: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--capability", "-c", help="Without --deployment: the capabilities it serves."
+        ),
+    ] = None,
     directory: Annotated[
         Path | None,
         typer.Option(
@@ -162,23 +169,32 @@ def auth_agent(
     Provisions the consumers the agent reads from DEPLOYMENT (it may not create them),
     mints a user with the same permissions a supervisor gives a replica of DEPLOYMENT
     running as AGENT_ID, and prints the creds file's path: run the agent with
-    ``AGENTBUS_CREDS_FILE=<path> AGENTBUS_AGENT_ID=<id>``.
+    ``AGENTBUS_CREDS_FILE=<path> AGENTBUS_AGENT_ID=<id>``. Without a deployment, the
+    ``--capability`` values alone make the grant (no topics, no trace kinds).
     """
     from agentbus.auth.authority import AuthDir, Authority, write_secret
     from agentbus.auth.provision import mint_agent, provision_agent
     from agentbus.cli.common import run, with_client
+    from agentbus.messages import Deployment
     from agentbus.names import check_token
 
     try:
         check_token("agent id", agent_id)
+        for cap in capability or []:
+            check_token("capability", cap)
     except ContractError as exc:
         raise fail(str(exc), 2) from None
+    if (deployment is None) == (not capability):
+        raise fail("give either --deployment or --capability", 2)
     auth = AuthDir(directory or default_auth_dir())
     if not auth.exists():
         raise fail(f"{auth.path} holds no keys: run `agentbus auth init {auth.path}` first", 1)
 
     async def go(client: Client) -> Path:
-        stored = (await client.deployments()).get(deployment)
+        if deployment is None:
+            stored: Deployment | None = Deployment(name=agent_id, capabilities=capability or [])
+        else:
+            stored = (await client.deployments()).get(deployment)
         if stored is None:
             raise fail(f"no deployment {deployment!r}: apply it first", 1)
         await provision_agent(client.bus, stored, agent_id)
