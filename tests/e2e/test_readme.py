@@ -141,7 +141,10 @@ async def test_shell_blocks_run_against_the_stack(docker_stack: EmbeddedStack) -
         for command in commands(block):
             export = EXPORT_RE.match(command)
             argv = shlex.split(export.group(2) if export else command)
-            argv = [re.sub(r"\$(\w+)", lambda m: exported[m.group(1)], arg) for arg in argv]
+            argv = [
+                re.sub(r"\$(\w+)", lambda m: exported.get(m.group(1), env.get(m.group(1), "")), arg)
+                for arg in argv
+            ]
             if argv[0] in COVERED_ELSEWHERE:
                 continue
             if argv[:3] == ["uv", "run", "agentbus"]:

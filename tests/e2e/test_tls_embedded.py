@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from agentbus.auth.tokens import create_token
 from agentbus.bus import Bus
 from agentbus.client import Client
 from agentbus.embedded import EmbeddedStack
@@ -53,6 +54,7 @@ async def test_embedded_stack_over_tls(tmp_path: Path, agentbus_home: Path) -> N
             done = await client.wait(record.task_id, timeout_s=30)
             assert done.status == "succeeded"
             assert await client.output(done) == {"over": "tls"}
+            _, secret = await create_token(bus, "tls-test", ["tasks:submit", "tasks:read"])
         finally:
             await bus.close()
 
@@ -71,7 +73,10 @@ async def test_embedded_stack_over_tls(tmp_path: Path, agentbus_home: Path) -> N
         assert "gateway" in ping.stdout
 
         trust = ssl.create_default_context(cafile=tls_dir / "ca.pem")
-        async with httpx.AsyncClient(base_url=stack.gateway_url, verify=trust) as http:
+        bearer = {"Authorization": f"Bearer {secret}"}
+        async with httpx.AsyncClient(
+            base_url=stack.gateway_url, verify=trust, headers=bearer
+        ) as http:
             health = await http.get("/healthz")
             assert health.status_code == 200, health.text
             submitted = await http.post("/v1/tasks", json={"capability": "echo", "input": [1, 2]})

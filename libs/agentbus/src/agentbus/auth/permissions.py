@@ -88,7 +88,9 @@ def stream_read(stream: str) -> list[str]:
         f"$JS.API.DIRECT.GET.{stream}.>",
         f"$JS.API.CONSUMER.*.{stream}",  # ephemeral create, names, list
         f"$JS.API.CONSUMER.*.{stream}.>",  # create/info/delete of a named consumer
-        f"$JS.API.CONSUMER.*.*.{stream}.>",  # MSG.NEXT, DURABLE.CREATE
+        # Not CONSUMER.*.*.<stream>.>: that also matches CREATE.<other stream>.<stream>.
+        f"$JS.API.CONSUMER.MSG.NEXT.{stream}.>",
+        f"$JS.API.CONSUMER.DURABLE.CREATE.{stream}.>",
         f"$JS.ACK.{stream}.>",
         f"$JS.ACK.*.*.{stream}.>",  # ack subjects, v2 format (server >= 2.14)
         f"$JS.FC.{stream}.>",
@@ -171,7 +173,7 @@ def service_permissions(names: Names, service: str, *, node_id: str | None = Non
             publish += kv_write(bucket)
         # Creates, never writes: tokens are operators', the secrets key supervisors'.
         for bucket in (n.tokens_bucket, n.secrets_keys_bucket):
-            publish += stream_admin(f"KV_{bucket}")
+            publish += [f"$JS.API.STREAM.CREATE.KV_{bucket}", f"$JS.API.STREAM.INFO.KV_{bucket}"]
         publish += [*kv_read(n.agents_bucket), *kv_read(n.nodes_bucket)]
         publish += objects_write(n.blobs_bucket)
         publish += [f"{p}.tasks.>", f"{p}.control.>", f"{p}.records.task.>"]
@@ -201,10 +203,11 @@ def service_permissions(names: Names, service: str, *, node_id: str | None = Non
         subscribe += [f"{p}.records.task.>"]
     else:
         raise ValueError(f"unknown service {service!r}; services are {', '.join(SERVICES)}")
+    identity = service if node_id is None else f"{service}-{node_id}"  # replies per node
     return Permissions(
         publish=tuple(publish),
-        subscribe=(*subscribe, f"{inbox_prefix('svc', service)}.>"),
-        inbox_prefix=inbox_prefix("svc", service),
+        subscribe=(*subscribe, f"{inbox_prefix('svc', identity)}.>"),
+        inbox_prefix=inbox_prefix("svc", identity),
         publish_deny=("$JS.API.STREAM.DELETE.>",),
         responses=True,
     )
@@ -235,6 +238,7 @@ class AgentGrant:
         subscriptions: subscription name -> ``"shared"`` or ``"each"`` (its topic
             consumers).
         trace_kinds: trace kinds it may deposit on, sense and claim.
+        asks: ask capabilities it answers besides ``capabilities``.
     """
 
     agent_id: str
@@ -243,6 +247,7 @@ class AgentGrant:
     publishes: tuple[str, ...] = ()
     subscriptions: dict[str, str] = field(default_factory=dict)
     trace_kinds: tuple[str, ...] = ()
+    asks: tuple[str, ...] = ()
 
 
 def task_consumers(capability: str) -> list[str]:
@@ -274,7 +279,7 @@ def agent_permissions(names: Names, grant: AgentGrant) -> Permissions:
         f"$KV.{n.agents_bucket}.{me}",  # heartbeat
         f"$JS.API.STREAM.INFO.KV_{n.agents_bucket}",
         f"$JS.API.STREAM.INFO.{n.tasks_stream}",  # queue depth, for idle probes
-        f"{p}.events.error.agent.{me}",
+        f"{p}.events.*.*.{me}",  # its own events: <entity>.<kind>.<agent id> (errors too)
         f"{p}.checkpoint.*.{me}",  # its state; task progress is per capability (below)
         f"{p}.inbox.*.{me}",  # direct messages, sent as itself
         f"{p}.inbox.receipts.{me}.*",
@@ -283,7 +288,7 @@ def agent_permissions(names: Names, grant: AgentGrant) -> Permissions:
         f"$JS.ACK.{n.inbox_stream}.{n.inbox_consumer(me)}.>",
         f"$JS.API.CONSUMER.INFO.{n.inbox_stream}.*",
         f"$JS.API.DIRECT.GET.{n.inbox_stream}.{p}.inbox.receipts.>",
-        f"$JS.API.STREAM.MSG.GET.{n.inbox_stream}",
+        f"$JS.API.DIRECT.GET.{n.inbox_stream}.{p}.inbox.*.{me}",  # the last it sent
         f"{p}.agents.ask.*",
         f"{p}.scheduler.submit",
         f"{p}.scheduler.submit_batch",
@@ -320,6 +325,8 @@ def agent_permissions(names: Names, grant: AgentGrant) -> Permissions:
             n.broadcast_filter(cap),
             n.ask_subject(cap),
         ]
+    for ask in grant.asks:
+        subscribe.append(n.ask_subject(ask))
     for topic in grant.publishes:
         publish.append(
             f"{p}.topics.{topic}.*" if not topic.endswith(">") else f"{p}.topics.{topic}"

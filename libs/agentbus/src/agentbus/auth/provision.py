@@ -43,6 +43,7 @@ def agent_grant(deployment: Deployment, agent_id: str) -> AgentGrant:
         publishes=tuple(deployment.publishes),
         subscriptions={s.name: s.mode for s in deployment.subscriptions if s.name},
         trace_kinds=tuple(k.kind for k in deployment.trace_kinds),
+        asks=tuple(deployment.asks),
     )
 
 

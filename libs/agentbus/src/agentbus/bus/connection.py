@@ -33,6 +33,8 @@ from agentbus.names import Names
 from agentbus.settings import BusSettings
 
 R = TypeVar("R", bound=Message)
+_AGENT_INBOX = b"_INBOX_agent_"
+"""Reply prefix of minted agent credentials (``agentbus.auth.permissions.inbox_prefix``)."""
 
 
 class Bus:
@@ -161,7 +163,13 @@ class Bus:
         Such an agent may not create streams or consumers: its supervisor provisioned
         them (``agentbus.bus.consumers``).
         """
-        return bytes(self.nc._inbox_prefix).startswith(b"_INBOX_agent_")
+        return bytes(self.nc._inbox_prefix).startswith(_AGENT_INBOX)
+
+    @property
+    def agent_id(self) -> str | None:
+        """The agent id a provisioned connection's credentials were minted for, else None."""
+        prefix = bytes(self.nc._inbox_prefix)
+        return prefix[len(_AGENT_INBOX) :].decode() if prefix.startswith(_AGENT_INBOX) else None
 
     @property
     def lost(self) -> bool:

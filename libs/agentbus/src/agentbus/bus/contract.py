@@ -170,6 +170,7 @@ async def _agents(bus: Bus) -> None:
     # Trace claims expire by per-message TTL (agentbus.traces); trace kinds make their
     # own counter streams on first use.
     await _kv(bus, KeyValueConfig(n.trace_claims_bucket, history=1, limit_marker_ttl=1.0))
+    await _deny_rollup(bus, f"KV_{n.trace_claims_bucket}")
 
 
 async def _logs(bus: Bus) -> None:
@@ -190,6 +191,7 @@ async def _registry(bus: Bus) -> None:
     n = bus.names
     for bucket in (n.agents_bucket, n.nodes_bucket):
         await _kv(bus, KeyValueConfig(bucket, history=1, ttl=REGISTRY_TTL_S, limit_marker_ttl=5.0))
+        await _deny_rollup(bus, f"KV_{bucket}")
 
 
 async def _fleet(bus: Bus) -> None:
@@ -251,6 +253,19 @@ async def _republish(bus: Bus, stream: str, republish: RePublish) -> None:
     current = config.republish
     if current is None or (current.src, current.dest) != (republish.src, republish.dest):
         config.republish = republish
+        await bus.js.update_stream(config)
+
+
+async def _deny_rollup(bus: Bus, stream: str) -> None:
+    """Refuse ``Nats-Rollup`` headers on ``stream`` (a KV bucket that agents write).
+
+    Subject permissions cannot look at headers: an agent allowed to write its own key
+    could otherwise purge the whole bucket with ``Nats-Rollup: all``. The buckets this
+    guards keep one revision per key, so a delete marker does what a purge would.
+    """
+    config = (await bus.js.stream_info(stream)).config
+    if config.allow_rollup_hdrs:
+        config.allow_rollup_hdrs = False
         await bus.js.update_stream(config)
 
 

@@ -48,6 +48,7 @@ def summarizer_deployment(kinds: set[str], image: str) -> Deployment:
         image_command=["python", "-m", module] if "docker" in kinds else None,
         command=[sys.executable, "-m", module] if "process" in kinds else None,
         subscriptions=[Subscription(pattern=FILE_REVIEWED, name="file_reviewed")],
+        asks=[SUMMARY_ASK],
     )
 
 

@@ -30,7 +30,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.rule import Rule
 
-from agentbus.agents.reviewer import FileReport, ReviewFile, python_files
+from agentbus.agents.reviewer import (
+    FILE_REVIEWED,
+    TRACE_KINDS,
+    FileReport,
+    ReviewFile,
+    python_files,
+)
 from agentbus.cli.connect import connect_client
 from agentbus.client import Client, new_task_id
 from agentbus.demo.live import LiveTotals, describe
@@ -232,6 +238,8 @@ async def _deploy_and_run(
         capabilities=[capability],
         image=image if "docker" in kinds and not walking else None,
         command=[sys.executable, "-m", "agentbus.agents.reviewer"] if "process" in kinds else None,
+        publishes=[FILE_REVIEWED],  # what its credentials allow it to publish
+        trace_kinds=list(TRACE_KINDS) if walking else [],
     )
     live = None if walking else LiveTotals(client, image=image, kinds=kinds)
     await client.deploy(deployment)

@@ -99,6 +99,9 @@ class Deployment(Message, frozen=True, kw_only=True):
     """Topic patterns the deployment's agents publish events on. With credentials its
     supervisor mints, the only topics they may publish on (``docs/protocol.md``,
     "Permissions")."""
+    asks: list[str] = []
+    """Ask capabilities its agents answer (``@agent.on_ask``) besides ``capabilities``;
+    with minted credentials, the only asks they may answer."""
     trace_kinds: list[TraceKind] = []
     """Trace kinds the deployment's agents deposit on, sense and claim; with minted
     credentials, the only ones (their supervisor creates the missing ones)."""

@@ -109,8 +109,8 @@ async def _write(
 ) -> int:
     subject = f"$KV.{bus.names.trace_claims_bucket}.{encode_location(location)}"
     headers = {"Nats-Expected-Last-Subject-Sequence": str(revision)}
-    if purge:
-        headers |= {"KV-Operation": "PURGE", "Nats-Rollup": "sub"}
+    if purge:  # a delete marker: history 1, and the bucket refuses rollups (agents write it)
+        headers |= {"KV-Operation": "DEL"}
     try:
         ack = await bus.js.publish(subject, value, headers=headers, msg_ttl=ttl_s)
     except nats.js.errors.APIError as exc:
