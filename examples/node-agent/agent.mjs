@@ -128,7 +128,7 @@ async function bindOnly(stream, name) {
   } catch (err) {
     fatal(`consumer ${name} on ${stream}: ${err.message}; with AGENTBUS_CREDS_FILE the agent `
       + `only binds its consumers, whoever mints its credentials creates them from its deployment `
-      + `(AGENTBUS_AGENT_DEPLOYMENT=${DEPLOYMENT}): \`agentbus auth agent ${AGENT_ID} --deployment `
+      + `(AGENTBUS_AGENT_DEPLOYMENT=${DEPLOYMENT ?? "unset"}): \`agentbus auth agent ${AGENT_ID} --deployment `
       + `${DEPLOYMENT || "<name>"}\` for an agent started by hand`);
   }
 }
