@@ -8,8 +8,13 @@
 // note `{"text": "..."}` with an event `text.noted` carrying the text upper-cased.
 //
 //   AGENTBUS_NATS_URL=nats://127.0.0.1:4222 AGENTBUS_PREFIX=agentbus node agent.mjs
-import { AckPolicy, connect, DeliverPolicy, headers, JSONCodec, nanos } from "nats";
+//
+// With authentication on, give it credentials minted for its agent id and deployment
+// (a supervisor does; by hand: `agentbus auth agent <id> --deployment <name>`) in
+// AGENTBUS_CREDS_FILE, with AGENTBUS_AGENT_ID and AGENTBUS_AGENT_DEPLOYMENT to match.
+import { AckPolicy, connect, credsAuthenticator, DeliverPolicy, headers, JSONCodec, nanos } from "nats";
 import { createHash, randomBytes } from "node:crypto";
+import { readFileSync } from "node:fs";
 import { hostname } from "node:os";
 import { setTimeout as sleep } from "node:timers/promises";
 
@@ -28,6 +33,7 @@ const VERSION = "0.1.0";
 const NAME = "node-upper"; // "AgentInfo": the agent program's name, the same for every replica
 const OWNER = DEPLOYMENT || NAME; // "Events between agents": shared consumers' owner
 const EVENTS_PULL_MS = 1000 * Number(env.AGENTBUS_AGENT_EVENTS_PULL_S || 10);
+const CREDS_FILE = env.AGENTBUS_CREDS_FILE || null; // "Permissions": minted for this agent
 
 // "Retries": an error is retryable unless it says otherwise; bad input is fatal.
 class TaskError extends Error {
@@ -65,12 +71,67 @@ function log(line) {
   process.stderr.write(`${now()} agent ${AGENT_ID}: ${line}\n`);
 }
 
-const nc = await connect({ servers: env.AGENTBUS_NATS_URL || "nats://127.0.0.1:4222", name: AGENT_ID });
+// -- "Permissions": credentials, the reply prefix, and consumers we may only bind -------
+function fatal(line) {
+  log(line);
+  process.exit(1);
+}
+// The reply prefix the creds' user may subscribe to (`_INBOX_<kind>_<name>`, the first
+// `_INBOX_*.>` its JWT allows), as the Python Bus reads it; null: nats.js's default.
+function credsInboxPrefix(text) {
+  const jwt = /-----BEGIN NATS USER JWT-----\s*(\S+)\s*------END NATS USER JWT------/.exec(text)?.[1];
+  let claims;
+  try {
+    claims = JSON.parse(Buffer.from(jwt.split(".")[1], "base64url").toString());
+  } catch {
+    fatal(`${CREDS_FILE} is not a NATS creds file (no user JWT)`);
+  }
+  const reply = (claims.nats?.sub?.allow ?? []).find((s) => s.startsWith("_INBOX_") && s.endsWith(".>"));
+  return reply ? reply.slice(0, -2) : null;
+}
+function connectOptions() {
+  const options = { servers: env.AGENTBUS_NATS_URL || "nats://127.0.0.1:4222", name: AGENT_ID };
+  if (!CREDS_FILE) return options;
+  let text;
+  try {
+    text = readFileSync(CREDS_FILE, "utf8");
+  } catch (err) {
+    fatal(`cannot read credentials AGENTBUS_CREDS_FILE=${CREDS_FILE}: ${err.message}`);
+  }
+  const inboxPrefix = credsInboxPrefix(text);
+  const mine = `_INBOX_agent_${AGENT_ID}`;
+  if (inboxPrefix?.startsWith("_INBOX_agent_") && inboxPrefix !== mine) {
+    fatal(`${CREDS_FILE} was minted for agent ${inboxPrefix.slice(13)}, not AGENTBUS_AGENT_ID=${AGENT_ID}`);
+  }
+  // A function: nats.js calls it at every (re)connect, so renewed creds are picked up.
+  const authenticator = credsAuthenticator(() => readFileSync(CREDS_FILE));
+  return { ...options, authenticator, ...(inboxPrefix ? { inboxPrefix } : {}) };
+}
+
+const nc = await connect(connectOptions()).catch((err) => fatal(`connect: ${err.message}`));
+(async () => { // connection changes, e.g. a reconnect after the credentials expired
+  for await (const s of nc.status()) {
+    if (["disconnect", "reconnect", "error"].includes(s.type)) log(`connection ${s.type}: ${s.data}`);
+  }
+})();
 const js = nc.jetstream();
-const jsm = await nc.jetstreamManager();
+const jsm = CREDS_FILE ? null : await nc.jetstreamManager(); // creates consumers: no creds only
 const inFlight = new Map(); // task_id -> JsMsg being handled
 let stopping = false;
 const startedAt = now();
+
+// With credentials an agent may not create or update consumers: whoever minted them
+// provisioned ours (docs/protocol.md "Permissions"), so bind it or stop with the reason.
+async function bindOnly(stream, name) {
+  try {
+    return await js.consumers.get(stream, name);
+  } catch (err) {
+    fatal(`consumer ${name} on ${stream}: ${err.message}; with AGENTBUS_CREDS_FILE the agent `
+      + `only binds its consumers, whoever mints its credentials creates them from its deployment `
+      + `(AGENTBUS_AGENT_DEPLOYMENT=${DEPLOYMENT ?? "unset"}): \`agentbus auth agent ${AGENT_ID} --deployment `
+      + `${DEPLOYMENT || "<name>"}\` for an agent started by hand`);
+  }
+}
 
 // Wait for a bus object the services create (the doc does not say who creates what).
 async function until(what, fn) {
@@ -113,8 +174,13 @@ await beat();
 const heartbeat = setInterval(beat, 2000);
 
 // -- 3. Bind: create-or-update the durable pull consumer cap-<capability> -------------
+// (with credentials: bind the one provisioned for us)
 const consumers = {};
 for (const cap of CAPABILITIES) {
+  if (CREDS_FILE) {
+    consumers[cap] = await bindOnly(`${P}_TASKS`, `cap-${cap}`);
+    continue;
+  }
   const config = {
     durable_name: `cap-${cap}`,
     filter_subject: `${PREFIX}.tasks.${cap}`,
@@ -327,6 +393,7 @@ function topicConsumerConfig(sub, part) { // shared mode: topic-<deployment>-<na
 }
 async function bindTopicConsumer(config) {
   const stream = `${P}_TOPICS`;
+  if (CREDS_FILE) return bindOnly(stream, config.name);
   try {
     await jsm.consumers.add(stream, config);
   } catch (err) { // it exists with another start: keep its position, update the rest

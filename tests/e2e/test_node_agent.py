@@ -1,11 +1,13 @@
 """A Node.js agent written from docs/protocol.md alone serves tasks of the Python stack.
 
 The agent is examples/node-agent/agent.mjs (capability ``upper``); these tests run it
-against an embedded stack (nats-server and the five services as processes) and check
+against an embedded stack (nats-server and the five services as processes, auth on)
+with credentials from ``agentbus auth agent`` for deployment ``node-upper``, and check
 the whole agent contract: registry heartbeat, results, failures, large values through
-the Object Store, poison messages, and a clean SIGTERM; then events between agents
-("Events between agents"): the Node agent's events land on the subject and with the
-headers the Python library computes, and each side handles the other's events.
+the Object Store, poison messages, and a clean SIGTERM, all within its permissions;
+then events between agents ("Events between agents"): the Node agent's events land on
+the subject and with the headers the Python library computes, and each side handles
+the other's events; and that it reconnects with renewed credentials.
 """
 
 from __future__ import annotations
@@ -19,15 +21,21 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import nats.errors
 import pytest
-from nats.js.api import ConsumerInfo
+from nats.js.api import ConsumerConfig, ConsumerInfo
+from typer.testing import CliRunner
 
+from agentbus.auth.creds import creds_jwt
+from agentbus.auth.nats_jwt import decode
 from agentbus.bus import Bus
+from agentbus.cli import app
 from agentbus.client import Client
 from agentbus.embedded import EmbeddedStack
 from agentbus.events import EventContext, publish_event
+from agentbus.messages import Deployment, Subscription
 from agentbus.runtime import Agent
-from agentbus.settings import AgentSettings
+from agentbus.settings import AgentSettings, BusSettings
 from tests._harness.node_agent import node, start_agent
 from tests._harness.polling import eventually
 
@@ -37,29 +45,69 @@ __all__ = ["node"]  # the fixture
 
 @pytest.fixture
 async def stack() -> AsyncIterator[EmbeddedStack]:
-    # The Node example cannot authenticate yet (no creds support in agent.mjs).
     prefix = f"node{uuid.uuid4().hex[:8]}"
-    async with EmbeddedStack(runtime="process", prefix=prefix, auth=False) as s:
+    async with EmbeddedStack(runtime="process", prefix=prefix) as s:  # auth on
         yield s
 
 
-def _agent_env(stack: EmbeddedStack, agent_id: str) -> dict[str, str]:
+NODE_DEPLOYMENT = Deployment(
+    name="node-upper",  # the agent's name: its shared subscription's owner either way
+    command=["node", "agent.mjs"],
+    replicas=0,  # started by hand here
+    capabilities=["upper"],
+    publishes=["text.uppercased", "text.noted"],
+    subscriptions=[Subscription(pattern="notes.>", name="notes")],
+)
+
+
+async def _mint(stack: EmbeddedStack, agent_id: str, out: Path, *, ttl_s: float = 600.0) -> Path:
+    """Store ``NODE_DEPLOYMENT`` and run ``agentbus auth agent`` for ``agent_id`` (as an
+    operator): it provisions the agent's consumers and writes its creds to ``out``."""
+    bus = await Bus.connect(stack.settings, name="test-node-deploy")
+    try:
+        await Client(bus).deploy(NODE_DEPLOYMENT)
+    finally:
+        await bus.close()
+    assert stack.credentials is not None
+    argv = [
+        "auth", "agent", agent_id, "--deployment", NODE_DEPLOYMENT.name,
+        "--dir", str(stack.credentials.auth_dir), "--ttl-s", str(ttl_s), "--out", str(out),
+        "--nats-url", stack.nats_url, "--prefix", stack.prefix,
+    ]  # fmt: skip
+    env = {"AGENTBUS_CREDS_FILE": str(stack.credentials.operator_creds)}
+    result = await asyncio.to_thread(CliRunner().invoke, app, argv, env=env)
+    assert result.exit_code == 0, result.output
+    assert Path(result.stdout.strip()) == out
+    return out
+
+
+def _agent_env(stack: EmbeddedStack, agent_id: str, creds: Path) -> dict[str, str]:
     return {
         **os.environ,
         "AGENTBUS_NATS_URL": stack.nats_url,
         "AGENTBUS_PREFIX": stack.prefix,
+        "AGENTBUS_CREDS_FILE": str(creds),
         "AGENTBUS_AGENT_ID": agent_id,
+        "AGENTBUS_AGENT_DEPLOYMENT": NODE_DEPLOYMENT.name,
         "AGENTBUS_AGENT_CAPABILITIES": "upper",
         "AGENTBUS_AGENT_MAX_CONCURRENCY": "2",
     }
 
 
+def _violations(stack: EmbeddedStack, creds: Path) -> list[str]:
+    """What nats-server refused the user of ``creds`` (its permission violations)."""
+    user = decode(creds_jwt(creds))["sub"]
+    text = (stack.log_dir / "nats-server.log").read_text(errors="replace")
+    return [line for line in text.splitlines() if "Violation" in line and user in line]
+
+
 async def test_node_agent_serves_tasks(node: str, stack: EmbeddedStack, tmp_path: Path) -> None:
     agent_id = f"node-upper-{uuid.uuid4().hex[:6]}"
+    creds = await _mint(stack, agent_id, tmp_path / "agent.creds")
     log_path = tmp_path / "agent.log"
-    proc = start_agent(node, _agent_env(stack, agent_id), log_path)
+    proc = start_agent(node, _agent_env(stack, agent_id, creds), log_path)
     bus = await Bus.connect(stack.settings, name="test-node-agent")
-    client = Client(bus)
+    names, client = bus.names, Client(bus)
 
     def agent_log() -> str:
         return log_path.read_text(errors="replace")
@@ -137,6 +185,99 @@ async def test_node_agent_serves_tasks(node: str, stack: EmbeddedStack, tmp_path
             return agent_id not in {a.agent_id for a in await client.agents("upper")}
 
         await eventually(gone, timeout_s=5, what="the node agent gone from the registry")
+        # all of it within its permissions (nats-server logs each refusal) ...
+        assert _violations(stack, creds) == [], agent_log()
+
+        # ... which refuse what it must not do: create a consumer, report for another
+        mine = await Bus.connect(
+            BusSettings(nats_url=stack.nats_url, prefix=stack.prefix, creds_file=creds)
+        )
+        try:
+            with pytest.raises((TimeoutError, nats.errors.Error)):
+                await mine.js.add_consumer(
+                    names.tasks_stream, ConsumerConfig(name="cap-upper", ack_wait=1.0), timeout=2
+                )
+            await mine.nc.publish(f"{stack.prefix}.results.upper.someone-else", b"{}")
+            await mine.nc.flush()
+        finally:
+            await mine.close()
+
+        def refused() -> bool:
+            text = "\n".join(_violations(stack, creds))
+            return f"$JS.API.CONSUMER.CREATE.{names.tasks_stream}.cap-upper" in text and (
+                f"{stack.prefix}.results.upper.someone-else" in text
+            )
+
+        await eventually(refused, timeout_s=5, what="nats-server refusing both")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        await bus.close()
+
+
+async def test_node_agent_without_its_consumer_stops(
+    node: str, stack: EmbeddedStack, tmp_path: Path
+) -> None:
+    """A consumer the agent reads is missing: with credentials it may not create it, so
+    it stops (exit 1) naming the consumer and who provisions it."""
+    agent_id = f"node-upper-{uuid.uuid4().hex[:6]}"
+    creds = await _mint(stack, agent_id, tmp_path / "agent.creds")
+    bus = await Bus.connect(stack.settings, name="test-node-missing")
+    try:
+        await bus.js.delete_consumer(bus.names.topics_stream, "topic-node-upper-notes-k7")
+    finally:
+        await bus.close()
+    log_path = tmp_path / "agent.log"
+    proc = start_agent(node, _agent_env(stack, agent_id, creds), log_path)
+    try:
+        rc = await asyncio.to_thread(proc.wait, 30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    log = log_path.read_text(errors="replace")
+    assert rc == 1, log
+    missing = f"consumer topic-node-upper-notes-k7 on {bus.names.topics_stream}: consumer not found"
+    assert missing in log, log
+    assert f"`agentbus auth agent {agent_id} --deployment node-upper`" in log, log
+    assert _violations(stack, creds) == []  # it did not try to create it
+
+
+async def test_node_agent_reconnects_with_renewed_credentials(
+    node: str, stack: EmbeddedStack, tmp_path: Path
+) -> None:
+    """Its credentials expire while it runs, after its supervisor (here: a second
+    ``agentbus auth agent``) renewed the file: the server drops it, it reconnects with
+    the file's new credentials and keeps serving."""
+    agent_id = f"node-upper-{uuid.uuid4().hex[:6]}"
+    path = tmp_path / "agent.creds"
+    await _mint(stack, agent_id, path, ttl_s=8.0)
+    log_path = tmp_path / "agent.log"
+    proc = start_agent(node, _agent_env(stack, agent_id, path), log_path)
+    bus = await Bus.connect(stack.settings, name="test-node-renew")
+    client = Client(bus)
+
+    def agent_log() -> str:
+        return log_path.read_text(errors="replace")
+
+    async def listed() -> bool:
+        assert proc.poll() is None, f"agent exited {proc.returncode}:\n{agent_log()}"
+        return agent_id in {a.agent_id for a in await client.agents("upper")}
+
+    def reconnected() -> bool:
+        assert proc.poll() is None, f"agent exited {proc.returncode}:\n{agent_log()}"
+        return "connection reconnect" in agent_log()
+
+    try:
+        await eventually(listed, timeout_s=30, what="the node agent in the registry")
+        await _mint(stack, agent_id, path)  # renewed: 10 min
+        await eventually(reconnected, timeout_s=30, what="a reconnect once the first expired")
+        record = await client.wait((await client.submit("upper", "renewed")).task_id, timeout_s=30)
+        assert record.status == "succeeded", (record, agent_log())
+        assert await listed()
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, 20) == 0, agent_log()
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -184,7 +325,8 @@ async def test_node_agent_events_interoperate_with_python(
     stop = asyncio.Event()
     py_run = asyncio.create_task(py.run(bus, stop))
     log_path = tmp_path / "agent.log"
-    proc = start_agent(node, _agent_env(stack, agent_id), log_path)
+    creds = await _mint(stack, agent_id, tmp_path / "agent.creds")
+    proc = start_agent(node, _agent_env(stack, agent_id, creds), log_path)
 
     def agent_log() -> str:
         return log_path.read_text(errors="replace")
@@ -289,6 +431,7 @@ async def test_node_agent_events_interoperate_with_python(
 
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(proc.wait, 20) == 0, agent_log()
+        assert _violations(stack, creds) == [], agent_log()
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -299,6 +299,7 @@ def agent_permissions(names: Names, grant: AgentGrant) -> Permissions:
         *kv_read(n.trace_claims_bucket),
         f"$KV.{n.trace_claims_bucket}.>",
         "$JS.API.STREAM.LIST",
+        "$JS.API.STREAM.NAMES",  # nats.js finds a stream by subject (Object Store reads)
         "$JS.API.INFO",
     ]
     subscribe = [
