@@ -6,11 +6,14 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
+import time
 from pathlib import Path
 
 import pytest
 
+from agentbus.auth import nats_jwt
 from agentbus.auth.authority import service_creds
+from agentbus.auth.creds import creds_jwt
 from agentbus.bus import Bus
 from agentbus.client import Client
 from agentbus.errors import AuthenticationError
@@ -51,7 +54,7 @@ async def test_replica_gets_own_credentials_as_a_file_and_loses_them_when_it_end
             client = Client(operator)
             await client.deploy(echo_process("echo"))
             info = await eventually(registered(operator, "echo-0"), timeout_s=30)
-            creds_file = creds_dir / "echo-0.creds"
+            creds_file = creds_dir / "echo-0" / "agent.creds"
             assert creds_file.exists()
             assert stat.S_IMODE(creds_dir.stat().st_mode) == 0o700
             # The process got the path, not the secret.
@@ -84,3 +87,43 @@ async def test_replica_gets_own_credentials_as_a_file_and_loses_them_when_it_end
             await bus.close()
     violations = secured.server.violations_since(seen)
     assert not [v for v in violations if "stolen" not in v and "Authorization" not in v], violations
+
+
+async def test_renewed_credentials_keep_a_replica_connected_past_their_first_expiry(
+    secured: AuthServer, prefix: str, tmp_path: Path
+) -> None:
+    operator = await Bus.connect(secured.operator(prefix))
+    await operator.ensure()
+    scheduler = await Bus.connect(secured.service(prefix, "scheduler"))
+    supervisor_creds = service_creds(secured.auth, prefix, "supervisor", node_id="n2")
+    supervisor = await Bus.connect(
+        BusSettings(nats_url=secured.url, prefix=prefix, creds_file=supervisor_creds)
+    )
+    creds_dir = tmp_path / "creds"
+    settings = process_settings(
+        "n2",
+        auth_dir=secured.auth.path,
+        creds_dir=creds_dir,
+        state_dir=tmp_path / "state",
+        replica_creds_ttl_s=4.0,  # renewed every 2 s
+    )
+    try:
+        async with (
+            running_scheduler(scheduler, probe=operator),
+            running_supervisor(supervisor, settings, probe=operator),
+        ):
+            client = Client(operator)
+            await client.deploy(echo_process("echo"))
+            first = await eventually(registered(operator, "echo-0"), timeout_s=30)
+            creds_file = creds_dir / "echo-0" / "agent.creds"
+            expires_at = nats_jwt.decode(creds_jwt(creds_file))["exp"]
+            await eventually(lambda: time.time() > expires_at + 3, timeout_s=15)
+            task = await client.submit("echo", "still here")
+            record = await client.wait(task.task_id, timeout_s=30)
+            assert record.status == "succeeded"
+            now = await eventually(registered(operator, "echo-0"), timeout_s=10)
+            assert now.pid == first.pid  # the same process: reconnected, not restarted
+            assert nats_jwt.decode(creds_jwt(creds_file))["exp"] > expires_at
+    finally:
+        for bus in (operator, scheduler, supervisor):
+            await bus.close()

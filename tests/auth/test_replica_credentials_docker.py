@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -9,12 +10,14 @@ from pathlib import Path
 import aiodocker
 import pytest
 
+from agentbus.auth import nats_jwt
 from agentbus.auth.authority import service_creds
+from agentbus.auth.creds import creds_jwt
 from agentbus.bus import Bus
 from agentbus.client import Client
 from agentbus.messages import Deployment
 from agentbus.settings import BusSettings
-from agentbus_supervisor.runtime import CONTAINER_CREDS_PATH
+from agentbus_supervisor.runtime import CONTAINER_CREDS_DIR, CONTAINER_CREDS_PATH
 from tests._harness.auth import AuthServer
 from tests._harness.polling import eventually
 from tests._harness.services import running_scheduler
@@ -54,7 +57,11 @@ async def test_agent_container_serves_with_its_own_mounted_credentials(
     )
     creds_dir = tmp_path / "creds"
     settings = docker_settings(
-        node, auth_dir=secured.auth.path, creds_dir=creds_dir, state_dir=tmp_path / "state"
+        node,
+        auth_dir=secured.auth.path,
+        creds_dir=creds_dir,
+        state_dir=tmp_path / "state",
+        replica_creds_ttl_s=6.0,  # renewed every 3 s: the container must see the new file
     )
     deployment = Deployment(
         name="worker",
@@ -79,13 +86,16 @@ async def test_agent_container_serves_with_its_own_mounted_credentials(
             assert not any(
                 "NATS USER JWT" in e or e.split("=", 1)[-1].startswith("SU") for e in env
             )
-            [mount] = [m for m in info["Mounts"] if m["Destination"] == CONTAINER_CREDS_PATH]
-            assert mount["RW"] is False
-            assert mount["Source"] == str(creds_dir / "worker-0.creds")
+            [mount] = [m for m in info["Mounts"] if m["Destination"] == CONTAINER_CREDS_DIR]
+            assert mount["RW"] is False  # its directory: a renewed file shows through
+            assert mount["Source"] == str(creds_dir / "worker-0")
+            expires_at = nats_jwt.decode(creds_jwt(creds_dir / "worker-0" / "agent.creds"))["exp"]
+            await eventually(lambda: time.time() > expires_at + 3, timeout_s=20)
             task = await client.submit("echo", {"n": 1})
             record = await client.wait(task.task_id, timeout_s=60)
             assert record.status == "succeeded"
             assert record.agent_id == "worker-0"
+            assert (await container.show())["State"]["Running"]  # reconnected, not restarted
     finally:
         await docker.close()
         for bus in (operator, scheduler, supervisor):

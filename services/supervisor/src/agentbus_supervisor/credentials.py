@@ -28,6 +28,7 @@ from agentbus.auth.provision import mint_agent, provision_agent
 from agentbus.auth.revocation import Revoker
 from agentbus.bus import Bus
 from agentbus.messages import Deployment
+from agentbus_supervisor.runtime import CREDS_FILE_NAME
 
 
 @dataclass
@@ -71,12 +72,12 @@ class ReplicaCredentials:
         os.chmod(creds_dir, 0o700)
 
     def path(self, agent_id: str) -> Path:
-        """The creds file of ``agent_id`` as this process sees it."""
-        return self.creds_dir / f"{agent_id}.creds"
+        """The creds file of ``agent_id`` as this process sees it (a directory per agent)."""
+        return self.creds_dir / agent_id / CREDS_FILE_NAME
 
     def host_path(self, agent_id: str) -> Path:
         """The creds file of ``agent_id`` as the container engine sees it."""
-        return self.host_dir / f"{agent_id}.creds"
+        return self.host_dir / agent_id / CREDS_FILE_NAME
 
     async def issue(self, deployment: Deployment, agent_id: str) -> Path:
         """Provision what the replica reads and write it fresh credentials.
@@ -101,6 +102,8 @@ class ReplicaCredentials:
         issued = self._issued.pop(agent_id, None)
         with contextlib.suppress(FileNotFoundError):
             self.path(agent_id).unlink()
+        with contextlib.suppress(OSError):
+            self.path(agent_id).parent.rmdir()
         if issued is not None:
             await self._revoke(agent_id, issued.users)
 
@@ -120,10 +123,14 @@ class ReplicaCredentials:
     def _write(self, agent_id: str, issued: _Issued) -> None:
         creds = mint_agent(self.authority, self.bus, issued.deployment, agent_id, ttl_s=self.ttl_s)
         assert creds.expires_at_s is not None
-        # 0644 inside a 0700 directory: no other host user reaches it, while the agent
-        # container's user (any uid) can read the one file mounted into it.
-        write_secret(self.path(agent_id), creds.creds_text())
-        os.chmod(self.path(agent_id), 0o644)
+        # 0644 in a 0755 directory of its own inside a 0700 one: no other host user
+        # reaches it, while the container's user (any uid) reads the one directory
+        # mounted into it. A renewal replaces the file by rename: the container sees the
+        # new one because its directory, not the file, is mounted.
+        path = self.path(agent_id)
+        path.parent.mkdir(mode=0o755, exist_ok=True)
+        write_secret(path, creds.creds_text())
+        os.chmod(path, 0o644)
         issued.users[creds.public_key] = creds.expires_at_s
         issued.renew_at = time.time() + self.ttl_s / 2
         logger.info("credentials issued", agent_id=agent_id, user=creds.public_key)

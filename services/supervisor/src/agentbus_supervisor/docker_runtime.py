@@ -27,6 +27,7 @@ import json
 import math
 import time
 from collections.abc import AsyncIterator
+from pathlib import PurePosixPath
 from typing import Any, Literal
 
 import aiodocker
@@ -38,7 +39,7 @@ from agentbus.messages import utcnow
 from agentbus_supervisor._docker_pull import Puller
 from agentbus_supervisor._docker_stream import LogFrameDecoder, parse_docker_time
 from agentbus_supervisor.runtime import (
-    CONTAINER_CREDS_PATH,
+    CONTAINER_CREDS_DIR,
     LABEL_AGENT_ID,
     LABEL_DEPLOYMENT,
     LABEL_MANAGED,
@@ -201,7 +202,8 @@ class DockerRuntime(Runtime):
         if limits.pids:
             host["PidsLimit"] = limits.pids
         if spec.creds_file is not None:
-            host["Binds"] = [f"{spec.creds_file}:{CONTAINER_CREDS_PATH}:ro"]
+            folder = str(PurePosixPath(spec.creds_file).parent)
+            host["Binds"] = [f"{folder}:{CONTAINER_CREDS_DIR}:ro"]
         config: dict[str, Any] = {
             "Image": spec.image,
             "User": user,

@@ -22,8 +22,13 @@ from agentbus.messages import Deployment
 from agentbus.messages.fleet import Limits
 from agentbus.names import replica_agent_id
 
-CONTAINER_CREDS_PATH = "/run/agentbus/agent.creds"
-"""Where an agent container finds its creds file (a read-only bind mount)."""
+CREDS_FILE_NAME = "agent.creds"
+"""Name of a replica's creds file, in a directory of its own."""
+CONTAINER_CREDS_DIR = "/run/agentbus/creds"
+"""Where an agent container finds its creds directory, bind-mounted read-only: the
+directory, not the file, so that a renewed file (replaced by rename) shows through."""
+CONTAINER_CREDS_PATH = f"{CONTAINER_CREDS_DIR}/{CREDS_FILE_NAME}"
+"""Where an agent container finds its creds file."""
 
 LABEL_MANAGED = "agentbus.managed"
 LABEL_NODE = "agentbus.node"
@@ -72,8 +77,9 @@ class ReplicaSpec:
     labels: dict[str, str] = field(default_factory=dict)
     limits: Limits = NO_LIMITS
     creds_file: str | None = None
-    """Host path of the replica's creds file: bind-mounted read-only at
-    ``CONTAINER_CREDS_PATH`` (docker), or named by ``AGENTBUS_CREDS_FILE`` (process)."""
+    """Host path of the replica's creds file: its directory is bind-mounted read-only at
+    ``CONTAINER_CREDS_DIR`` (docker), or the file is named by ``AGENTBUS_CREDS_FILE``
+    (process)."""
     secrets_failure: tuple[str, str] | None = None
 
     @property

@@ -33,8 +33,28 @@ from agentbus.names import Names
 from agentbus.settings import BusSettings
 
 R = TypeVar("R", bound=Message)
+_EXPIRED = "authentication expired"
+"""The server's ``-ERR`` when a session's user JWT expires (lower case)."""
 _AGENT_INBOX = b"_INBOX_agent_"
 """Reply prefix of minted agent credentials (``agentbus.auth.permissions.inbox_prefix``)."""
+
+
+class _RenewingClient(Client):
+    """A nats-py client that reconnects when the server ends a session whose JWT expired.
+
+    nats-py closes the connection for good on any ``-ERR`` but a stale connection or a
+    permission denial. A replica's credentials are short-lived and renewed in their file
+    (``agentbus_supervisor.credentials``): at the old JWT's expiry the server ends the
+    session with ``-ERR 'User Authentication Expired'``, and reconnecting, which reads
+    the creds file again, is what resumes it.
+    """
+
+    async def _process_err(self, err_msg: str) -> None:
+        if _EXPIRED in err_msg.lower():
+            logger.info("credentials expired: reconnecting with the creds file's")
+            await self._process_op_err(nats.errors.StaleConnectionError())
+            return
+        await super()._process_err(err_msg)
 
 
 class Bus:
@@ -112,20 +132,20 @@ class Bus:
             settings.nats_url, settings.connect_timeout_s, need_tls=need_tls
         ):
             raise UnavailableError(f"no NATS server reachable at {settings.nats_url}")
-        auth: dict[str, Any] = {}
+        auth: dict[str, Any] = {"reconnect_time_wait": 0.5}  # nats-py types it int
         if settings.creds_file is not None:
             auth["user_credentials"] = str(settings.creds_file)
             if (prefix := creds_inbox_prefix(settings.creds_file)) is not None:
                 auth["inbox_prefix"] = prefix
+        nc = _RenewingClient()
         connecting = asyncio.ensure_future(
-            nats.connect(
+            nc.connect(
                 settings.nats_url.split(","),
                 name=name,
                 tls=tls,
                 **auth,
                 connect_timeout=2,
                 max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5,
                 error_cb=_on_error,
                 closed_cb=_on_closed,
                 drain_timeout=5,
@@ -143,7 +163,7 @@ class Bus:
                     f"{settings.nats_url} refused the connection: {auth_error}"
                     + ("" if settings.creds_file else " (no credentials: set AGENTBUS_CREDS_FILE)"),
                 )
-            nc = connecting.result()
+            connecting.result()
         except (OSError, TimeoutError, nats.errors.NoServersError) as exc:
             connecting.cancel()
             if failed := [exc] if isinstance(exc, ssl.SSLError) else tls_errors:
