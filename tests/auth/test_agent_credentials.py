@@ -18,6 +18,7 @@ from agentbus.auth.permissions import AgentGrant
 from agentbus.auth.provision import provision_agent
 from agentbus.bus import Bus
 from agentbus.client import Client
+from agentbus.errors import PermissionDeniedError
 from agentbus.messages import Deployment, Subscription
 from agentbus.runtime import Agent, TaskContext
 from tests._harness.agents import agent_running, quick_settings
@@ -221,3 +222,11 @@ async def test_reads_only_its_own_topic_consumers_and_no_other_bucket(
     await refused(secured, direct, lambda: agent.nc.request(direct, b"", timeout=2))
     placements = f"$JS.API.STREAM.INFO.KV_{n.placements_bucket}"
     await refused(secured, placements, lambda: agent.js.key_value(n.placements_bucket))
+
+
+async def test_a_refused_request_says_permission_denied_not_timeout(
+    secured: AuthServer, prefix: str, fleet: tuple[Bus, Bus]
+) -> None:
+    _, agent = fleet
+    with pytest.raises(PermissionDeniedError, match=r"scheduler\.deploy"):
+        await Client(agent).deploy(Deployment(name="x", command=["true"]))

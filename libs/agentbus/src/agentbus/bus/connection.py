@@ -9,7 +9,9 @@ it on start, so the services can start in any order.
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
+import time
 from collections.abc import Collection
 from typing import Any, TypeVar
 
@@ -33,6 +35,8 @@ from agentbus.names import Names
 from agentbus.settings import BusSettings
 
 R = TypeVar("R", bound=Message)
+_DENIED = re.compile(r'permissions violation for (?:publish|subscription) to "([^"]+)"', re.I)
+"""A permission denial the server reports (``-ERR``), and the subject it names."""
 _EXPIRED = "authentication expired"
 """The server's ``-ERR`` when a session's user JWT expires (lower case)."""
 _AGENT_INBOX = b"_INBOX_agent_"
@@ -83,6 +87,8 @@ class Bus:
         self._kv: dict[str, KeyValue] = {}
         self._obs: dict[str, ObjectStore] = {}
         self._publisher: AckedPublisher | None = None
+        self.denials: dict[str, float] = {}
+        """Subjects the server refused this connection (monotonic time of the last)."""
 
     @classmethod
     async def connect(cls, settings: BusSettings | None = None, *, name: str = "agentbus") -> Bus:
@@ -110,13 +116,17 @@ class Bus:
         auth_error: str | None = None
         refused = asyncio.Event()
 
+        denials: dict[str, float] = {}
+
         async def _on_error(exc: Exception) -> None:
             nonlocal auth_error
+            if m := _DENIED.search(str(exc)):
+                denials[m.group(1)] = time.monotonic()
             text = str(exc).lower()
             if "authorization" in text or "authentication" in text:
                 auth_error = str(exc)
                 refused.set()
-            logger.warning("nats connection error", error=repr(exc))
+            logger.warning("nats connection error: {error}", error=repr(exc))
             if isinstance(exc, ssl.SSLError):
                 tls_errors.append(exc)
 
@@ -174,7 +184,22 @@ class Bus:
             ) from exc
         finally:
             refusal.cancel()
-        return cls(nc, settings, closed=closed)
+        bus = cls(nc, settings, closed=closed)
+        bus.denials = denials
+        return bus
+
+    def denied(self, subject: str | None = None, *, within_s: float = 30.0) -> str | None:
+        """A subject the server refused this connection within ``within_s`` seconds.
+
+        ``subject``: that one only; None: the most recent of any. A refused request is
+        a timeout on the client (the refusal comes as an asynchronous ``-ERR``): callers
+        use this to say "permission denied" instead.
+        """
+        since = time.monotonic() - within_s
+        recent = {s: t for s, t in self.denials.items() if t >= since}
+        if subject is not None:
+            return subject if subject in recent else None
+        return max(recent, key=recent.__getitem__) if recent else None
 
     @property
     def provisioned(self) -> bool:

@@ -11,7 +11,12 @@ from typing import TYPE_CHECKING
 import nats.errors
 from nats.aio.msg import Msg
 
-from agentbus.errors import RequestTimeoutError, UnavailableError, error_from_code
+from agentbus.errors import (
+    PermissionDeniedError,
+    RequestTimeoutError,
+    UnavailableError,
+    error_from_code,
+)
 
 if TYPE_CHECKING:
     from agentbus.bus.connection import Bus
@@ -35,6 +40,7 @@ async def raw_request(
     Raises:
         UnavailableError: nobody is subscribed to ``subject`` (``nobody`` says who).
         RequestTimeoutError: no reply within ``timeout_s`` (default from the settings).
+        PermissionDeniedError: the server refused this connection ``subject``.
         AgentBusError: the error the responder reported (mapped by its code).
     """
     timeout = timeout_s or bus.settings.request_timeout_s
@@ -47,6 +53,10 @@ async def raw_request(
     except nats.errors.NoRespondersError as exc:
         raise UnavailableError(f"{nobody} on {subject!r}") from exc
     except TimeoutError as exc:  # nats.errors.TimeoutError is one too
+        if bus.denied(subject):
+            raise PermissionDeniedError(
+                subject, f"these credentials may not publish to {subject!r}"
+            ) from exc
         raise RequestTimeoutError(subject, timeout) from exc
     if msg.headers and msg.headers.get("Status") == _NO_RESPONDERS and not msg.data:
         raise UnavailableError(f"{nobody} on {subject!r}")

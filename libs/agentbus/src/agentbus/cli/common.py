@@ -15,7 +15,7 @@ from rich.markup import escape
 
 from agentbus.cli.connect import connect_client, resolve_settings
 from agentbus.client import Client
-from agentbus.errors import AgentBusError, ContractError
+from agentbus.errors import AgentBusError, ContractError, PermissionDeniedError
 from agentbus.names import check_task_id, check_token
 
 T = TypeVar("T")
@@ -108,6 +108,14 @@ async def with_client(
     client = await connect_client(resolve_settings(nats_url, prefix))
     try:
         return await fn(client)
+    except TimeoutError as exc:  # a refused JetStream request times out
+        if subject := client.bus.denied():
+            raise PermissionDeniedError(
+                subject,
+                f"permission denied: these credentials may not publish to {subject!r} "
+                "(AGENTBUS_CREDS_FILE names whose they are)",
+            ) from exc
+        raise
     finally:
         await client.close()
 
