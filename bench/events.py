@@ -48,8 +48,8 @@ from agentbus.events import publish_event
 from agentbus.messages import SubscriptionMode
 from agentbus.runtime import Agent
 from agentbus.settings import AgentSettings, BusSettings
+from bench._loops import Run, closed_loop
 from bench.common import Report, console, percentile, versions
-from bench.tasks import Run, closed_loop
 
 LEVELS = (1, 64)
 FANOUT_INFLIGHT = 8

@@ -10,24 +10,33 @@ result, submits the next), at 1 and 64 tasks in flight:
     ``Client.submit`` → the scheduler (``python -m agentbus_scheduler``) records and
     enqueues the task → a no-op agent process (``agentbus.agents.echo``) runs it and
     reports → the scheduler applies the result → ``Client.wait`` returns the record.
+``agentbus-auth``
+    the same with NATS auth on (``bench/_auth_fleet.py``): its own nats-server trusting
+    a fresh operator, the scheduler with its service creds, the agent with creds minted
+    from its deployment (consumers provisioned by an operator connection), the caller
+    with the gateway's service creds.
 ``celery``
     Celery 5, Redis broker and result backend (``/usr/bin/redis-server`` on a free
     loopback port, no persistence), one worker process with the solo pool; the caller
     keeps N results pending with ``AsyncResult.then`` and drains the result consumer.
 
-raw and agentbus share one nats-server (file storage). Every service and agent logs at
+raw and agentbus share one nats-server (file storage); agentbus-auth has its own, started
+the same way with the auth configuration added. Every service and agent logs at
 WARNING, as does the Celery worker. Latency is submit → result in the caller.
 
 **Rounds.** All systems are started and warmed up first; then each round runs, per
 level, every system's loop back to back (idle systems cost nothing), ``--rounds``
-times. A system's figures are those of its median round (by tasks/s), and a ratio is
-the median of the per-round ratios, so a change in the load of a shared machine
-between two systems' loops moves both sides of a ratio alike.
+times; every other round runs the systems in reverse order, so that agentbus and
+agentbus-auth alternate which goes first. A system's figures are those of its median
+round (by tasks/s), and a ratio is the median of the per-round ratios, so a change in
+the load of a shared machine between two systems' loops moves both sides of a ratio
+alike.
 
 Usage: ``just bench tasks [--json FILE] [--tasks N] [--rounds N] [--only
-raw,agentbus,celery] [--profile DIR]`` (``--profile``: py-spy folded stacks of the
+raw,agentbus,celery] [--auth both|on|off] [--profile DIR]``. ``--auth``: the agentbus
+row with auth off, on, or both (default). ``--profile``: py-spy folded stacks of the
 scheduler and the agent, for speedscope or flamegraph.pl, and a pyinstrument report of
-the caller, for the agentbus runs of the first round).
+the caller, for the agentbus runs of the first round.
 """
 
 from __future__ import annotations
@@ -38,207 +47,42 @@ import contextlib
 import functools
 import importlib
 import os
-import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import nats
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
 
+from agentbus.auth.authority import AuthDir
 from agentbus.bus import Bus
 from agentbus.client import Client
 from agentbus.errors import NotFoundError, UnavailableError
 from agentbus.messages import GetTask, TaskReply
 from agentbus.settings import BusSettings
-from bench._procs import Child, children, cpu_s, free_port, tool_version, wait_port
-from bench.common import Report, console, percentile, versions
+from bench._auth_fleet import (
+    AGENT_ID,
+    DEPLOYMENT,
+    Identities,
+    auth_nats_server,
+    compare,
+    provision,
+    record_identities,
+)
+from bench._loops import LEVELS, Options, Run, System, closed_loop, measure_all, median_run
+from bench._procs import Child, children, free_port, tool_version, wait_port
+from bench.common import Report, console, versions
 from tests._harness.nats_server import NatsServer, nats_server_binary
 
-LEVELS = (1, 64)
 SYSTEMS = ("raw", "agentbus", "celery")
+AUTH_MODES = ("both", "on", "off")
+AUTH = "agentbus-auth"
 PREFIX = "bench"
 QUIET = {"AGENTBUS_LOG_LEVEL": "WARNING"}
-
-
-@dataclass
-class Run:
-    """One measured closed loop, and the CPU each process spent per task in it."""
-
-    count: int
-    elapsed_s: float
-    latencies_s: list[float]
-    cpu_ms_per_task: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def tasks_per_s(self) -> float:
-        return self.count / self.elapsed_s if self.elapsed_s > 0 else 0.0
-
-    def p_ms(self, q: float) -> float:
-        return percentile(self.latencies_s, q) * 1000 if self.latencies_s else float("nan")
-
-
-async def closed_loop(
-    one: Callable[[], Awaitable[None]], total: int, inflight: int, max_s: float
-) -> Run:
-    """Keep ``inflight`` calls of ``one`` outstanding until ``total`` are done or ``max_s``."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + max_s
-    latencies: list[float] = []
-    started = 0
-
-    async def caller() -> None:
-        nonlocal started
-        while started < total and loop.time() < deadline:
-            started += 1
-            t0 = time.perf_counter()
-            await one()
-            latencies.append(time.perf_counter() - t0)
-
-    t0 = time.perf_counter()
-    await asyncio.gather(*(caller() for _ in range(inflight)))
-    return Run(len(latencies), time.perf_counter() - t0, latencies)
-
-
-@dataclass
-class Options:
-    tasks: int
-    warmup: int
-    max_s: float
-    profile: Path | None
-    log_dir: Path
-    rounds: int = 1
-
-
-@dataclass
-class System:
-    """One system under test, started: its closed loop, the processes whose CPU counts."""
-
-    name: str
-    loop: Callable[[int, int, float], Awaitable[Run]]
-    """``loop(total, inflight, max_s)``: one measured closed loop."""
-    pids: dict[str, int]
-    profiled: list[Child] = field(default_factory=list)
-
-
-class CpuMeter:
-    """CPU seconds of named processes (this one is ``caller``) across a block."""
-
-    def __init__(self, pids: dict[str, int]) -> None:
-        self.pids = {"caller": os.getpid(), **pids}
-        self.start: dict[str, float] = {}
-
-    def __enter__(self) -> CpuMeter:
-        self.start = {name: cpu_s(pid) for name, pid in self.pids.items()}
-        return self
-
-    def per_task_ms(self, count: int) -> dict[str, float]:
-        """CPU ms per task of each process since ``__enter__``."""
-        return {
-            name: (cpu_s(pid) - self.start[name]) * 1000 / max(count, 1)
-            for name, pid in self.pids.items()
-        }
-
-    def __exit__(self, *exc: object) -> None:
-        pass
-
-
-def _print_run(name: str, level: int, r: Run) -> None:
-    console.print(
-        f"  {name} in flight {level}: {r.count} tasks, {r.tasks_per_s:,.0f}/s, "
-        f"p50 {r.p_ms(50):.2f} ms, p99 {r.p_ms(99):.2f} ms"
-    )
-
-
-async def measure(system: System, level: int, opts: Options, *, profile: bool) -> Run:
-    """One closed loop of ``system`` at ``level`` tasks in flight, its CPU measured."""
-    out = opts.profile if profile else None
-    with _Profiling(system.name, level, out, system.profiled), CpuMeter(system.pids) as meter:
-        run = await system.loop(opts.tasks, level, opts.max_s)
-        run.cpu_ms_per_task = meter.per_task_ms(run.count)
-    return run
-
-
-async def measure_all(systems: list[System], opts: Options) -> dict[str, dict[int, list[Run]]]:
-    """Warm every system up, then ``opts.rounds`` rounds of every level and system."""
-    for system in systems:
-        await system.loop(opts.warmup, 16, opts.max_s)
-    runs: dict[str, dict[int, list[Run]]] = {s.name: {lv: [] for lv in LEVELS} for s in systems}
-    for round_ in range(opts.rounds):
-        console.print(f"round {round_ + 1} of {opts.rounds}")
-        for level in LEVELS:
-            for system in systems:
-                run = await measure(system, level, opts, profile=round_ == 0)
-                runs[system.name][level].append(run)
-                _print_run(system.name, level, run)
-    return runs
-
-
-def median_run(runs: list[Run]) -> Run:
-    """The run of median throughput (the lower middle one for an even count)."""
-    return sorted(runs, key=lambda r: r.tasks_per_s)[(len(runs) - 1) // 2]
-
-
-class _Profiling:
-    """py-spy on ``procs`` and pyinstrument on this process while a block runs."""
-
-    def __init__(self, name: str, level: int, out: Path | None, procs: list[Child]) -> None:
-        self.name, self.level, self.out, self.procs = name, level, out, procs
-        self.spies: list[subprocess.Popen[bytes]] = []
-        self.profiler: Any = None
-
-    def __enter__(self) -> None:
-        if self.out is None or not self.procs:
-            return
-        self.out.mkdir(parents=True, exist_ok=True)
-        for child in self.procs:
-            out = self.out / f"{self.name}-inflight{self.level}-{child.name}.folded"
-            cmd = [
-                _py_spy(),
-                "record",
-                "-p",
-                str(child.pid),
-                "-o",
-                str(out),
-                "-r",
-                "250",
-                "-f",
-                "raw",
-            ]
-            self.spies.append(
-                subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            )
-        from pyinstrument import Profiler
-
-        self.profiler = Profiler(async_mode="enabled")
-        self.profiler.start()
-        time.sleep(0.5)  # let py-spy attach
-
-    def __exit__(self, *exc: object) -> None:
-        if self.profiler is not None:
-            self.profiler.stop()
-            assert self.out is not None
-            text = self.profiler.output_text(unicode=True, show_all=False)
-            (self.out / f"{self.name}-inflight{self.level}-caller.txt").write_text(text)
-        for spy in self.spies:
-            spy.send_signal(signal.SIGINT)
-            try:
-                spy.wait(30)
-            except subprocess.TimeoutExpired:
-                spy.kill()
-                spy.wait()
-
-
-def _py_spy() -> str:
-    here = Path(sys.executable).with_name("py-spy")
-    return str(here) if here.exists() else (shutil.which("py-spy") or "py-spy")
 
 
 # -- raw ceiling ------------------------------------------------------------------------
@@ -296,21 +140,43 @@ async def raw_system(url: str, nats_pid: int, opts: Options) -> AsyncIterator[Sy
 
 # -- agentbus -----------------------------------------------------------------------------
 @contextlib.asynccontextmanager
-async def agentbus_system(url: str, nats_pid: int, opts: Options) -> AsyncIterator[System]:
+async def agentbus_system(
+    url: str, nats_pid: int, opts: Options, identities: Identities | None = None
+) -> AsyncIterator[System]:
+    """The agentbus row; with ``identities``, the agentbus-auth row (each process as itself)."""
+    name = "agentbus" if identities is None else AUTH
     env = {"AGENTBUS_NATS_URL": url, "AGENTBUS_PREFIX": PREFIX, **QUIET}
+    agent_env = {"AGENTBUS_AGENT_MAX_CONCURRENCY": "256"}
+    if identities is not None:
+        agent_env |= {
+            "AGENTBUS_CREDS_FILE": str(identities.agent),
+            "AGENTBUS_AGENT_ID": AGENT_ID,
+            "AGENTBUS_AGENT_DEPLOYMENT": DEPLOYMENT.name,
+        }
+    scheduler_env = {} if identities is None else {"AGENTBUS_CREDS_FILE": str(identities.scheduler)}
     with children() as kids:
         kids.append(
-            Child("scheduler", [sys.executable, "-m", "agentbus_scheduler"], opts.log_dir, env)
+            Child(
+                f"{name}-scheduler",
+                [sys.executable, "-m", "agentbus_scheduler"],
+                opts.log_dir,
+                env | scheduler_env,
+            )
         )
         kids.append(
             Child(
-                "agent",
+                f"{name}-agent",
                 [sys.executable, "-m", "agentbus.agents.echo"],
                 opts.log_dir,
-                {**env, "AGENTBUS_AGENT_MAX_CONCURRENCY": "256"},
+                env | agent_env,
             )
         )
-        bus = await Bus.connect(BusSettings(nats_url=url, prefix=PREFIX), name="bench-caller")
+        caller = BusSettings(
+            nats_url=url,
+            prefix=PREFIX,
+            creds_file=None if identities is None else identities.caller,
+        )
+        bus = await Bus.connect(caller, name=f"bench-{name}-caller")
         try:
             await _scheduler_ready(bus, kids)
             client = Client(bus)
@@ -322,10 +188,13 @@ async def agentbus_system(url: str, nats_pid: int, opts: Options) -> AsyncIterat
                 done = await client.wait(record.task_id, timeout_s=60)
                 failed += done.status != "succeeded"
 
-            pids = {"nats-server": nats_pid, **{k.name: k.pid for k in kids}}
-            yield System("agentbus", functools.partial(closed_loop, one), pids, list(kids))
+            pids = {
+                "nats-server": nats_pid,
+                **{k.name.removeprefix(f"{name}-"): k.pid for k in kids},
+            }
+            yield System(name, functools.partial(closed_loop, one), pids, list(kids))
             if failed:
-                console.print(f"[red]agentbus: {failed} tasks did not succeed")
+                console.print(f"[red]{name}: {failed} tasks did not succeed")
         finally:
             await bus.close()
 
@@ -457,7 +326,7 @@ def report(rounds: dict[str, dict[int, list[Run]]], rep: Report) -> None:
     cpu_rows: list[list[object]] = []
     for system, runs in results.items():
         for level, r in runs.items():
-            key = f"{system}_inflight{level}"
+            key = f"{system.replace('-', '_')}_inflight{level}"
             rep.add(f"{key}_rounds_count", len(rounds[system][level]))
             for n, each in enumerate(rounds[system][level], start=1):
                 rep.add(f"{key}_round{n}_tasks_per_s", round(each.tasks_per_s, 1))
@@ -505,6 +374,8 @@ def report(rounds: dict[str, dict[int, list[Run]]], rep: Report) -> None:
             ["ratio", "in flight", "value", "per round"],
             ratio_rows,
         )
+    if AUTH in rounds and "agentbus" in rounds:
+        compare(rounds[AUTH], rounds["agentbus"], rep)
     if agentbus:
         targets: list[tuple[str, float | int | str | None, Callable[[float], bool]]] = [
             (
@@ -531,18 +402,41 @@ def report(rounds: dict[str, dict[int, list[Run]]], rep: Report) -> None:
 
 
 async def run_systems(
-    url: str, nats_pid: int, only: list[str], opts: Options
+    server: NatsServer,
+    secured: tuple[NatsServer, AuthDir] | None,
+    only: list[str],
+    opts: Options,
+    rep: Report,
 ) -> dict[str, dict[int, list[Run]]]:
-    """Start the systems of ``only`` (in ``SYSTEMS`` order), measure them in rounds."""
+    """Start the systems of ``only`` (in ``SYSTEMS`` order), measure them in rounds.
+
+    ``secured``: the server with auth on, for the agentbus-auth row (None: no such row);
+    with ``opts.auth == "on"`` the agentbus row runs only there.
+    """
+    url, nats_pid = server.client_url, _pid(server)
     async with contextlib.AsyncExitStack() as stack:
         systems = []
         if "raw" in only:
             systems.append(await stack.enter_async_context(raw_system(url, nats_pid, opts)))
-        if "agentbus" in only:
+        if "agentbus" in only and opts.auth != "on":
             systems.append(await stack.enter_async_context(agentbus_system(url, nats_pid, opts)))
+        if "agentbus" in only and secured is not None:
+            auth_server, auth = secured
+            identities = await provision(auth_server.client_url, auth, PREFIX)
+            record_identities(identities, rep)
+            systems.append(
+                await stack.enter_async_context(
+                    agentbus_system(auth_server.client_url, _pid(auth_server), opts, identities)
+                )
+            )
         if "celery" in only:
             systems.append(stack.enter_context(celery_system(opts)))
         return await measure_all(systems, opts)
+
+
+def _pid(server: NatsServer) -> int:
+    assert server.proc is not None
+    return server.proc.pid
 
 
 def main() -> None:
@@ -552,6 +446,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=500, help="tasks before measuring")
     parser.add_argument("--max-s", type=float, default=60.0, help="time bound of one loop, s")
     parser.add_argument("--only", default=",".join(SYSTEMS), help="systems, comma-separated")
+    parser.add_argument(
+        "--auth", choices=AUTH_MODES, default="both", help="agentbus with NATS auth off, on or both"
+    )
     parser.add_argument("--profile", type=Path, help="write agentbus profiles to this dir")
     parser.add_argument(
         "--rounds", type=int, default=3, help="rounds of all levels and systems (the median counts)"
@@ -572,12 +469,26 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory(prefix="bench-tasks-") as tmp:
         opts = Options(
-            args.tasks, args.warmup, args.max_s, args.profile, Path(tmp), rounds=max(args.rounds, 1)
+            args.tasks,
+            args.warmup,
+            args.max_s,
+            args.profile,
+            Path(tmp),
+            rounds=max(args.rounds, 1),
+            auth=args.auth,
         )
         console.print(f"logs of child processes: {tmp} (kept only while running)")
-        with NatsServer(Path(tmp) / "js") as server:
-            assert server.proc is not None
-            results = asyncio.run(run_systems(server.client_url, server.proc.pid, only, opts))
+        with contextlib.ExitStack() as stack:
+            server = stack.enter_context(NatsServer(Path(tmp) / "js"))
+            secured = None
+            if "agentbus" in only and args.auth != "off":
+                secured = stack.enter_context(auth_nats_server(Path(tmp) / "auth", PREFIX))
+            results = asyncio.run(run_systems(server, secured, only, opts, rep))
+            if secured is not None:
+                violations = secured[0].violations
+                rep.add("agentbus_auth_violations_count", len(violations))
+                for line in violations[:10]:
+                    console.print(f"[red]permission violation: {line}")
     report(results, rep)
     rep.write_json(args.json)
 
