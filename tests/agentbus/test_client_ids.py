@@ -48,3 +48,13 @@ async def test_bad_id_raises_contract_error_and_the_connection_stays(bus: Bus, c
         await CALLS[call](client)
     await bus.nc.flush(timeout=2)
     assert bus.nc.is_connected
+
+
+def test_a_capability_cannot_take_the_name_of_a_priority_band() -> None:
+    from agentbus.errors import ContractError
+    from agentbus.names import check_token
+
+    with pytest.raises(ContractError, match="priority"):
+        check_token("capability", "x-p1")
+    assert check_token("capability", "x-p10") == "x-p10"  # bands are 1-9
+    assert check_token("deployment name", "x-p1") == "x-p1"

@@ -11,6 +11,7 @@ from agentbus.errors import ContractError
 from agentbus.messages.common import TASK_ID_PATTERN
 
 _TOKEN_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+_BAND_SUFFIX_RE = re.compile(r"-p[1-9]$")
 
 
 def check_token(kind: str, value: str) -> str:
@@ -18,11 +19,19 @@ def check_token(kind: str, value: str) -> str:
 
     Tokens are lowercase ``[a-z0-9][a-z0-9_-]*`` (at most 64 characters): no dots,
     wildcards or spaces, so they are safe as a NATS subject token, a KV key part and
-    a consumer name part.
+    a consumer name part. A capability may not end in ``-p1`` .. ``-p9`` (the suffix
+    of priority-band consumers).
 
     Raises:
         ContractError: the value is not a valid token.
     """
+    if kind == "capability" and _BAND_SUFFIX_RE.search(value):
+        # Consumer cap-<c>-p<N> is band N of <c>: capability "x-p1" would share the
+        # consumer of band 1 of "x" (and a grant for one would cover the other's tasks).
+        raise ContractError(
+            f"capability {value!r} may not end in -p1 .. -p9: those name the priority "
+            "bands of another capability's consumers"
+        )
     if not _TOKEN_RE.match(value):
         raise ContractError(
             f"{kind} {value!r} is not a valid token: use 1-64 characters of [a-z0-9_-], "

@@ -152,6 +152,7 @@ def _account_jwt(
     *,
     signing: nkeys.KeyPair | None = None,
     revocations: dict[str, int] | None = None,
+    issued_at_s: float | None = None,
 ) -> str:
     limits = dict(_UNLIMITED)
     if signing is None:  # the system account: no JetStream
@@ -163,7 +164,12 @@ def _account_jwt(
         nats["revocations"] = dict(revocations)
     nats["default_permissions"] = {"pub": {}, "sub": {}}
     return nats_jwt.encode(
-        "account", subject=nats_jwt.public_key(account), name=name, issuer=operator, nats=nats
+        "account",
+        subject=nats_jwt.public_key(account),
+        name=name,
+        issuer=operator,
+        nats=nats,
+        issued_at_s=issued_at_s,
     )
 
 
@@ -379,12 +385,16 @@ class Authority:
         """The fleet account's JWT with ``revocations``, signed by the operator key.
 
         ``revocations`` maps a user public key to a Unix time: JWTs of that user
-        issued at or before it are refused.
+        issued at or before it are refused. Its ``iat`` is later than the current
+        account JWT's: servers keep the newer of two account JWTs, so a later
+        revocation always replaces an earlier one.
         """
+        current = int(nats_jwt.decode(self.auth.read("account.jwt")).get("iat", 0))
         return _account_jwt(
             self.auth.keypair("operator"),
             self.auth.keypair("account"),
             ACCOUNT_NAME,
             signing=self._signing,
             revocations=revocations,
+            issued_at_s=max(time.time(), current + 1),
         )

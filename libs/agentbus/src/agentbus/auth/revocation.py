@@ -11,6 +11,7 @@ have expired anyway, so the list stays as short as the live credentials.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -18,7 +19,7 @@ import nats
 from loguru import logger
 
 from agentbus.auth.authority import AuthDir, Authority, write_secret
-from agentbus.errors import UnavailableError
+from agentbus.errors import ContractError, UnavailableError
 from agentbus.settings import BusSettings
 
 CLAIMS_UPDATE = "$SYS.REQ.CLAIMS.UPDATE"
@@ -35,6 +36,7 @@ class Revoker:
         self.auth = auth
         self.nats_url = nats_url
         self._file = auth.path / "revocations.json"
+        self._lock = asyncio.Lock()  # one read-modify-push at a time
 
     @classmethod
     def for_dir(cls, auth: AuthDir, settings: BusSettings) -> Revoker | None:
@@ -47,23 +49,29 @@ class Revoker:
         """The revocations in force: user key -> when its last JWT expires."""
         try:
             entries = json.loads(self._file.read_text())
-        except (FileNotFoundError, ValueError):
+        except FileNotFoundError:
             return {}
+        except ValueError as exc:  # never read as "nothing revoked"
+            raise ContractError(f"{self._file} is corrupt: {exc}") from exc
         now = time.time()
         return {k: float(v) for k, v in entries.items() if float(v) > now}
 
     async def revoke(self, users: dict[str, float]) -> None:
         """Revoke ``users`` (public key -> expiry of its JWT, Unix s) on every server.
 
+        One revocation at a time per ``Revoker`` (the list is read, extended, pushed).
+
         Raises:
             UnavailableError: no server took the new account JWT.
+            ContractError: the revocation list is corrupt.
         """
-        entries = {**self.listed(), **users}
-        write_secret(self._file, json.dumps(entries))
-        now = int(time.time())
-        account_jwt = Authority(self.auth).revoked_account_jwt(dict.fromkeys(entries, now))
-        await self.push(account_jwt)
-        (self.auth.path / "account.jwt").write_text(account_jwt + "\n")
+        async with self._lock:
+            entries = {**self.listed(), **users}
+            write_secret(self._file, json.dumps(entries))
+            now = int(time.time())
+            account_jwt = Authority(self.auth).revoked_account_jwt(dict.fromkeys(entries, now))
+            await self.push(account_jwt)
+            (self.auth.path / "account.jwt").write_text(account_jwt + "\n")
         logger.info("users revoked", users=sorted(users), listed=len(entries))
 
     async def push(self, account_jwt: str) -> None:
