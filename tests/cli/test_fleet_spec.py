@@ -318,7 +318,7 @@ IMPOSSIBLE = [
         "restart_policy: expected one of 'always', 'on-failure', 'never', got 'sometimes'",
     ),
     ("image: a\nlimits: {memroy: 1Gi}", "limits.memroy: unknown field (did you mean 'memory'?)"),
-    ("image: a\ntype: Deployment", "type: unknown field; known: backoff,"),
+    ("image: a\ntype: Deployment", "type: unknown field; known: asks, backoff,"),
 ]
 
 
