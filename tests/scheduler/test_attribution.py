@@ -111,24 +111,6 @@ async def test_a_report_for_another_capability_is_refused(bus: Bus, scheduler: S
     await _real_result_wins(bus, scheduler, "other-cap")
 
 
-async def test_a_result_of_an_attempt_another_agent_started_is_refused(
-    bus: Bus, scheduler: Scheduler
-) -> None:
-    await scheduler.client.submit("echo", None, task_id="taken")
-    await _publish(bus, bus.names.result_subject("echo", "a1"), _started("taken", "a1"))
-
-    async def running() -> bool:
-        return (await scheduler.client.get("taken")).status == "running"
-
-    await eventually(running, what="attempt 1 running under a1")
-    forged = _result("taken", "forged", agent="mallory")
-    await _publish(bus, bus.names.result_subject("echo", "mallory"), forged)
-    await _refused(scheduler, "attempt")
-    record = await scheduler.client.get("taken")
-    assert (record.status, record.agent_id) == ("running", "a1")
-    await _real_result_wins(bus, scheduler, "taken")
-
-
 async def test_records_the_scheduler_never_cached_are_checked_too(
     bus: Bus, scheduler: Scheduler
 ) -> None:

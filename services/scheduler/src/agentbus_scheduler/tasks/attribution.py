@@ -7,9 +7,12 @@ it can see (``docs/decisions/0004-result-attribution.md``) and refuses a report:
 
 - ``subject``: the subject is not ``<p>.results.<capability>.<agent_id>``;
 - ``agent``: the payload's ``agent_id`` is not the subject's;
-- ``capability``: the subject's capability is not the task record's;
-- ``attempt``: a ``TaskResult`` of attempt n while the record shows attempt n
-  running under another agent (its ``TaskStarted``).
+- ``capability``: the subject's capability is not the task record's.
+
+Attempt numbers are not checked against the agents that started them: they are
+JetStream delivery counts, which a server crash can repeat (its consumer state is
+flushed, not written per delivery), and refusing the result of such a repeat stranded
+the task; an agent could pick another number anyway.
 
 A refused report is acked (it leaves the stream, never retried), logged with its
 subject, task id and claimed agent, counted in
@@ -25,12 +28,12 @@ from typing import Literal
 from loguru import logger
 from nats.aio.msg import Msg
 
-from agentbus.messages import ErrorEvent, TaskRecord, TaskResult, utcnow
+from agentbus.messages import ErrorEvent, TaskRecord, utcnow
 from agentbus.names import Names
 from agentbus_scheduler.context import SchedulerContext
 from agentbus_scheduler.tasks.lifecycle import Report
 
-RefusalReason = Literal["subject", "agent", "capability", "attempt"]
+RefusalReason = Literal["subject", "agent", "capability"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +41,7 @@ class Refusal:
     """Why a report is refused.
 
     Attributes:
-        reason: the metric label (``subject``, ``agent``, ``capability``, ``attempt``).
+        reason: the metric label (``subject``, ``agent``, ``capability``).
         detail: one line for the log and the ``ErrorEvent``.
     """
 
@@ -70,17 +73,6 @@ def check_record(record: TaskRecord, report: Report, capability: str) -> Refusal
         return Refusal(
             "capability", f"report for {capability!r}, the task is for {record.capability!r}"
         )
-    if isinstance(report, TaskResult):
-        for attempt in record.attempts:
-            if (
-                attempt.number == report.attempt
-                and attempt.status == "running"
-                and attempt.agent_id != report.agent_id
-            ):
-                return Refusal(
-                    "attempt",
-                    f"attempt {report.attempt} was started by {attempt.agent_id!r}",
-                )
     return None
 
 
