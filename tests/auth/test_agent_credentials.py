@@ -7,22 +7,25 @@ allow-lists ``agentbus.auth.permissions.agent_permissions`` built.
 from __future__ import annotations
 
 import functools
+import hashlib
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 from nats.js.api import ConsumerConfig
-from nats.js.errors import KeyNotFoundError
+from nats.js.errors import APIError, KeyNotFoundError
 
 from agentbus.auth.permissions import AgentGrant
 from agentbus.auth.provision import provision_agent
 from agentbus.bus import Bus
+from agentbus.bus.blobs import get_blob, put_blob
 from agentbus.client import Client
 from agentbus.errors import PermissionDeniedError
 from agentbus.messages import Deployment, Subscription
 from agentbus.runtime import Agent, TaskContext
 from tests._harness.agents import agent_running, quick_settings
-from tests._harness.auth import AuthServer, refused
+from tests._harness.auth import AuthServer, no_violations_since, refused
 from tests._harness.services import running_scheduler
 
 pytestmark = pytest.mark.timeout(120)
@@ -230,3 +233,21 @@ async def test_a_refused_request_says_permission_denied_not_timeout(
     _, agent = fleet
     with pytest.raises(PermissionDeniedError, match=r"scheduler\.deploy"):
         await Client(agent).deploy(Deployment(name="x", command=["true"]))
+
+
+async def test_cannot_roll_up_an_object_store_but_writes_objects(
+    secured: AuthServer, prefix: str, fleet: tuple[Bus, Bus]
+) -> None:
+    """Subject rights allow ``$O.<bucket>.>``; the streams refuse ``Nats-Rollup`` itself."""
+    operator, agent = fleet
+    n = agent.names
+    seen = len(secured.server.violations)
+    for bucket in (n.blobs_bucket, n.checkpoint_blobs_bucket):
+        kept = await put_blob(operator, "kept", b"before", bucket=bucket)
+        with pytest.raises(APIError, match="rollup not permitted"):
+            await agent.js.publish(f"$O.{bucket}.M.x", b"{}", headers={"Nats-Rollup": "all"})
+        assert await get_blob(agent, kept) == b"before"
+        mine = await put_blob(agent, "mine", os.urandom(300 * 1024), bucket=bucket)
+        assert hashlib.sha256(await get_blob(agent, mine)).hexdigest() == mine.sha256
+        assert (await (await operator.object_store(bucket)).get("kept")).data == b"before"
+    assert no_violations_since(secured, seen) == []

@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from agentbus.bus import Bus
 from agentbus.bus.blobs import put_blob
+from agentbus.bus.objects import delete_object, put_object
 from agentbus.errors import (
     CheckpointConflictError,
     CheckpointCorruptedError,
@@ -225,11 +226,11 @@ async def test_corrupted_checkpoints_are_errors_never_data(
     big = os.urandom(2 * 1024 * 1024)
     stored = await client.put("blob", big, parent_id=None)
     assert stored.data_ref is not None
-    obs = await bus.object_store(bus.names.checkpoint_blobs_bucket)
-    await obs.put(stored.data_ref.name, os.urandom(len(big)))
+    bucket = bus.names.checkpoint_blobs_bucket
+    await put_object(bus, bucket, stored.data_ref.name, os.urandom(len(big)))
     with pytest.raises(CheckpointCorruptedError):
         await client.get("blob")
-    await obs.delete(stored.data_ref.name)
+    await delete_object(bus, bucket, stored.data_ref.name)
     with pytest.raises(CheckpointCorruptedError, match="gone"):
         await client.get("blob")
     # other threads still work

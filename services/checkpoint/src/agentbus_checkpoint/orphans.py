@@ -35,6 +35,7 @@ import msgspec
 import nats.js.errors
 from loguru import logger
 
+from agentbus.bus.objects import delete_object
 from agentbus.messages import BlobRef, utcnow
 from agentbus_checkpoint.housekeeping import Housekeeping
 from agentbus_checkpoint.keys import BlobName, ThreadKeys
@@ -170,7 +171,8 @@ class OrphanSweep:
         return await self.store.entry(tk.blob_index(full_name)) is not None
 
     async def _delete(self, obj: StoredObject, age_s: float) -> None:
-        await (await self.store.obs()).delete(obj.name)
+        bus = self.store.bus
+        await delete_object(bus, bus.names.checkpoint_blobs_bucket, obj.name)
         self.store.metrics.orphans_deleted.labels("sweep").inc()
         logger.info(
             "orphan checkpoint object deleted",

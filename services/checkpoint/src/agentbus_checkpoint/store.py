@@ -41,10 +41,10 @@ import msgspec
 import nats.js.errors
 from loguru import logger
 from nats.js.kv import KeyValue
-from nats.js.object_store import ObjectStore
 
 from agentbus.bus import Bus
 from agentbus.bus.blobs import put_blob
+from agentbus.bus.objects import delete_object
 from agentbus.errors import (
     CheckpointConflictError,
     CheckpointCorruptedError,
@@ -121,10 +121,6 @@ class CheckpointStore:
     async def kv(self) -> KeyValue:
         """The checkpoints bucket."""
         return await self.bus.kv(self.bus.names.checkpoints_bucket)
-
-    async def obs(self) -> ObjectStore:
-        """The checkpoint blobs Object Store."""
-        return await self.bus.object_store(self.bus.names.checkpoint_blobs_bucket)
 
     def subject(self, key: str) -> str:
         """Stream subject of a key of the checkpoints bucket."""
@@ -427,10 +423,9 @@ class CheckpointStore:
         """Delete Object Store objects (missing ones are fine; failures are logged)."""
         if not refs:
             return
-        obs = await self.obs()
         for ref in refs:
             try:
-                await obs.delete(ref.name)
+                await delete_object(self.bus, self.bus.names.checkpoint_blobs_bucket, ref.name)
             except nats.js.errors.ObjectNotFoundError:
                 pass
             except Exception as exc:

@@ -18,6 +18,7 @@ import nats.js.errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from agentbus.bus.connection import Bus
+from agentbus.bus.objects import put_object
 from agentbus.errors import ContractError, NotFoundError
 from agentbus.messages import NULL, BlobRef, encode
 
@@ -27,8 +28,7 @@ T = TypeVar("T")
 async def put_blob(bus: Bus, name: str, data: bytes, *, bucket: str | None = None) -> BlobRef:
     """Store ``data`` as ``name`` in ``bucket`` (default: blobs), replacing that name."""
     bucket = bucket or bus.names.blobs_bucket
-    obs = await bus.object_store(bucket)
-    await obs.put(name, data)
+    await put_object(bus, bucket, name, data)
     return BlobRef(
         bucket=bucket,
         name=name,

@@ -238,6 +238,7 @@ def limited_stream(
 
 
 async def _obs(bus: Bus, bucket: str, config: ObjectStoreConfig) -> None:
+    """Create Object Store ``bucket`` if missing; it refuses rollups (``bus.objects``)."""
     try:
         bus._obs[bucket] = await bus.js.object_store(bucket)
     except nats.js.errors.NotFoundError:
@@ -245,6 +246,7 @@ async def _obs(bus: Bus, bucket: str, config: ObjectStoreConfig) -> None:
             bus._obs[bucket] = await bus.js.create_object_store(bucket, config=config)
         except nats.js.errors.BadRequestError:  # created concurrently
             bus._obs[bucket] = await bus.js.object_store(bucket)
+    await _deny_rollup(bus, f"OBJ_{bucket}")
 
 
 async def _republish(bus: Bus, stream: str, republish: RePublish) -> None:
@@ -257,11 +259,12 @@ async def _republish(bus: Bus, stream: str, republish: RePublish) -> None:
 
 
 async def _deny_rollup(bus: Bus, stream: str) -> None:
-    """Refuse ``Nats-Rollup`` headers on ``stream`` (a KV bucket that agents write).
+    """Refuse ``Nats-Rollup`` headers on ``stream`` (a KV bucket or object store agents write).
 
     Subject permissions cannot look at headers: an agent allowed to write its own key
-    could otherwise purge the whole bucket with ``Nats-Rollup: all``. The buckets this
-    guards keep one revision per key, so a delete marker does what a purge would.
+    or an object could otherwise purge the whole bucket with ``Nats-Rollup: all``. The
+    KV buckets this guards keep one revision per key, so a delete marker does what a
+    purge would; objects are written without rollups (``agentbus.bus.objects``).
     """
     config = (await bus.js.stream_info(stream)).config
     if config.allow_rollup_hdrs:

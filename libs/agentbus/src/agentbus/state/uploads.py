@@ -18,6 +18,7 @@ from loguru import logger
 
 from agentbus.bus import Bus
 from agentbus.bus.blobs import get_blob, put_blob
+from agentbus.bus.objects import delete_object
 from agentbus.errors import CheckpointCorruptedError, ContractError, NotFoundError
 from agentbus.messages import BlobRef, Checkpoint, PendingWrite
 from agentbus.names import escape_token
@@ -73,10 +74,16 @@ async def fit_writes(
 
 
 async def delete_upload_quietly(bus: Bus, ref: BlobRef) -> None:
-    """Delete an upload a refused request left behind; a failure is only logged."""
+    """Delete an upload a refused request left behind; a failure is only logged.
+
+    An agent's connection (``Bus.provisioned``) may not purge the object's chunks: it
+    leaves the upload, unreferenced, to the checkpoint service's orphan sweep.
+    """
+    if bus.provisioned:
+        logger.info("upload left to the orphan sweep", name=ref.name)
+        return
     try:
-        obs = await bus.object_store(ref.bucket)
-        await obs.delete(ref.name)
+        await delete_object(bus, ref.bucket, ref.name)
     except Exception as exc:
         logger.warning("could not delete checkpoint upload", name=ref.name, error=repr(exc))
 
