@@ -100,18 +100,24 @@ if [ -s "$tmp/missing.txt" ]; then
   done
   platforms+=(--platform manylinux2014_x86_64 --platform manylinux2010_x86_64
     --platform manylinux1_x86_64)
-  while read -r pin; do
-    # A project that publishes only an sdist (nkeys) is built into a wheel here; only
-    # pure-Python ones are (a compiled one would target the host, not the image).
-    if ! pip_quiet download --no-deps --only-binary=:all: --python-version "$py_version" \
-      --implementation cp "${platforms[@]}" "$pin" -d "$out" 2>/dev/null; then
-      log "no wheel published for $pin: building one from its sdist"
-      pip_quiet wheel --no-deps "$pin" -w "$tmp/built"
-      for whl in "$tmp"/built/*-py3-none-any.whl "$tmp"/built/*-py2.py3-none-any.whl; do
-        if [ -e "$whl" ]; then mv -f "$whl" "$out/"; fi
-      done
-    fi
-  done <"$tmp/missing.txt"
+  download() {
+    pip_quiet download --no-deps --only-binary=:all: --python-version "$py_version" \
+      --implementation cp "${platforms[@]}" -d "$out" "$@"
+  }
+  # One pin without a wheel fails the whole download: then one pin at a time. A project
+  # that publishes only an sdist (nkeys) is built into a wheel here; only pure-Python
+  # ones are (a compiled one would target the host, not the image).
+  if ! download -r "$tmp/missing.txt" 2>/dev/null; then
+    while read -r pin; do
+      if ! download "$pin" 2>/dev/null; then
+        log "no wheel published for $pin: building one from its sdist"
+        pip_quiet wheel --no-deps "$pin" -w "$tmp/built"
+        for whl in "$tmp"/built/*-py3-none-any.whl "$tmp"/built/*-py2.py3-none-any.whl; do
+          if [ -e "$whl" ]; then mv -f "$whl" "$out/"; fi
+        done
+      fi
+    done <"$tmp/missing.txt"
+  fi
   plan >"$tmp/missing.txt"
   # Pins published only as an sdist (nkeys): build a wheel here. Only pure-Python ones
   # (py3-none-any) are kept: a compiled wheel would target the host, not the image.
