@@ -19,7 +19,7 @@ from agentbus.cli.connect import resolve_settings
 from agentbus.embedded import EmbeddedState
 
 runner = CliRunner()
-SEED = re.compile(r"S[OAU][A-Z2-7]{50,}")
+SEED = re.compile(r"\bS[OAU][A-Z2-7]{50,}\b")
 """An nkey seed (operator, account or user) as text."""
 
 
@@ -129,3 +129,13 @@ def test_cli_takes_the_embedded_stacks_operator_creds(
     assert resolve_settings("nats://other:4222").creds_file is None  # not that stack's
     monkeypatch.setenv("AGENTBUS_CREDS_FILE", "/mine.creds")
     assert resolve_settings().creds_file == Path("/mine.creds")  # the environment first
+
+
+def test_a_corrupt_jwt_file_is_named_with_the_repair(agentbus_home: Path) -> None:
+    code, _, err = invoke("auth", "init")
+    assert code == 0, err
+    account = agentbus_home / "auth" / "account.jwt"
+    account.write_text("garbage\n")
+    code, _, err = invoke("auth", "show")
+    assert code != 0
+    assert "account.jwt" in err and "--force" in err, err

@@ -23,12 +23,14 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import nkeys
 
 from agentbus.auth import nats_jwt
+from agentbus.auth.creds import Credentials as Credentials  # re-exported
+from agentbus.auth.creds import write_secret as write_secret  # re-exported
 from agentbus.auth.permissions import (
     SERVICES,
     Permissions,
@@ -58,50 +60,6 @@ _UNLIMITED = {
     "disk_max_stream_bytes": -1,
     "max_bytes_required": False,
 }
-
-
-@dataclass(frozen=True, slots=True)
-class Credentials:
-    """A minted NATS user.
-
-    Attributes:
-        name: the user's name (shown in the server's connection list).
-        jwt: the user JWT.
-        seed: the user's nkey seed (secret).
-        public_key: the user's public key (``U...``): what ``revoke`` takes.
-        expires_at_s: Unix time the JWT expires; None: never.
-    """
-
-    name: str
-    jwt: str
-    seed: str
-    public_key: str
-    expires_at_s: float | None
-
-    def creds_text(self) -> str:
-        """The ``.creds`` file nats clients read (``connect(user_credentials=path)``)."""
-        return (
-            "-----BEGIN NATS USER JWT-----\n"
-            f"{self.jwt}\n"
-            "------END NATS USER JWT------\n\n"
-            "************************* IMPORTANT *************************\n"
-            "NKEY Seed printed below can be used to sign and prove identity.\n"
-            "NKEYs are sensitive and should be treated as secrets.\n\n"
-            "-----BEGIN USER NKEY SEED-----\n"
-            f"{self.seed}\n"
-            "------END USER NKEY SEED------\n\n"
-            "*************************************************************\n"
-        )
-
-
-def write_secret(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` with mode 0600, atomically (a reader never sees half)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 class AuthDir:
@@ -138,6 +96,22 @@ class AuthDir:
         except FileNotFoundError as exc:
             raise ContractError(
                 f"{self.path / name} is missing: run `agentbus auth init {self.path}` first"
+            ) from exc
+
+    def claims(self, name: str) -> dict[str, Any]:
+        """The claims of the JWT in file ``name`` (``account.jwt``, ...).
+
+        Raises:
+            ContractError: the file is missing or holds no valid JWT (the message names
+                the file and how to repair it).
+        """
+        text = self.read(name)
+        try:
+            return nats_jwt.decode(text)
+        except ContractError as exc:
+            raise ContractError(
+                f"{self.path / name}: {exc}; restore it from a backup, or make new keys "
+                f"with `agentbus auth init {self.path} --force` (every identity changes)"
             ) from exc
 
     def keypair(self, name: str) -> nkeys.KeyPair:
@@ -240,8 +214,8 @@ def server_conf_text(auth: AuthDir, *, resolver_dir: str | None = None) -> str:
     Raises:
         ContractError: a JWT of ``auth`` is missing.
     """
-    sys_pub = nats_jwt.decode(auth.read("sys.jwt"))["sub"]
-    account_pub = nats_jwt.decode(auth.read("account.jwt"))["sub"]
+    sys_pub = auth.claims("sys.jwt")["sub"]
+    account_pub = auth.claims("account.jwt")["sub"]
     store = resolver_dir or str(auth.path / "resolver")
     return (
         "# agentbus decentralized auth: written by `agentbus auth init`, no secrets inside.\n"
@@ -329,7 +303,7 @@ class Authority:
     def __init__(self, auth: AuthDir) -> None:
         self.auth = auth
         self._signing = auth.keypair("signing")
-        self._account_pub = nats_jwt.decode(auth.read("account.jwt"))["sub"]
+        self._account_pub = auth.claims("account.jwt")["sub"]
 
     @property
     def account_public_key(self) -> str:
@@ -389,7 +363,7 @@ class Authority:
         account JWT's: servers keep the newer of two account JWTs, so a later
         revocation always replaces an earlier one.
         """
-        current = int(nats_jwt.decode(self.auth.read("account.jwt")).get("iat", 0))
+        current = int(self.auth.claims("account.jwt").get("iat", 0))
         return _account_jwt(
             self.auth.keypair("operator"),
             self.auth.keypair("account"),

@@ -1,8 +1,10 @@
-"""Reading a ``.creds`` file: its JWT, and the reply prefix its permissions name."""
+"""``.creds`` files: minted credentials, writing them, reading their JWT and reply prefix."""
 
 from __future__ import annotations
 
+import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from agentbus.auth import nats_jwt
@@ -42,3 +44,47 @@ def creds_inbox_prefix(path: Path) -> str | None:
         if subject.startswith("_INBOX_") and subject.endswith(".>"):
             return str(subject[:-2])
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """A minted NATS user.
+
+    Attributes:
+        name: the user's name (shown in the server's connection list).
+        jwt: the user JWT.
+        seed: the user's nkey seed (secret).
+        public_key: the user's public key (``U...``): what ``revoke`` takes.
+        expires_at_s: Unix time the JWT expires; None: never.
+    """
+
+    name: str
+    jwt: str
+    seed: str
+    public_key: str
+    expires_at_s: float | None
+
+    def creds_text(self) -> str:
+        """The ``.creds`` file nats clients read (``connect(user_credentials=path)``)."""
+        return (
+            "-----BEGIN NATS USER JWT-----\n"
+            f"{self.jwt}\n"
+            "------END NATS USER JWT------\n\n"
+            "************************* IMPORTANT *************************\n"
+            "NKEY Seed printed below can be used to sign and prove identity.\n"
+            "NKEYs are sensitive and should be treated as secrets.\n\n"
+            "-----BEGIN USER NKEY SEED-----\n"
+            f"{self.seed}\n"
+            "------END USER NKEY SEED------\n\n"
+            "*************************************************************\n"
+        )
+
+
+def write_secret(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` with mode 0600, atomically (a reader never sees half)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)

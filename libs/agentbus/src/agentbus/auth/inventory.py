@@ -64,7 +64,7 @@ def summarize(auth: AuthDir) -> AuthSummary:
     Raises:
         ContractError: a JWT of the directory is missing (not initialised).
     """
-    account_claims = nats_jwt.decode(auth.read("account.jwt"))
+    account_claims = auth.claims("account.jwt")
     signing = account_claims.get("nats", {}).get("signing_keys") or [""]
     identities: list[Identity] = []
     unreadable: dict[str, str] = {}
@@ -88,8 +88,8 @@ def summarize(auth: AuthDir) -> AuthSummary:
         )
     return AuthSummary(
         path=str(auth.path),
-        operator=str(nats_jwt.decode(auth.read("operator.jwt"))["sub"]),
-        system_account=str(nats_jwt.decode(auth.read("sys.jwt"))["sub"]),
+        operator=str(auth.claims("operator.jwt")["sub"]),
+        system_account=str(auth.claims("sys.jwt")["sub"]),
         account=str(account_claims["sub"]),
         signing_key=str(signing[0]),
         identities=tuple(identities),
