@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import tempfile
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import nats.errors
 
-from agentbus.auth.authority import AuthDir, Authority, init_auth, write_secret
+from agentbus.auth.authority import AuthDir, Authority, init_auth, service_creds, write_secret
 from agentbus.auth.permissions import (
     AgentGrant,
     Permissions,
@@ -20,11 +20,16 @@ from agentbus.auth.permissions import (
     operator_permissions,
     service_permissions,
 )
+from agentbus.bus import Bus
+from agentbus.client import Client
 from agentbus.errors import AgentBusError
 from agentbus.names import Names
 from agentbus.settings import BusSettings
+from agentbus_supervisor.settings import SupervisorSettings
 from tests._harness.nats_server import NatsServer
 from tests._harness.polling import eventually
+from tests._harness.services import running_scheduler
+from tests._harness.supervisor import running_supervisor
 
 
 @dataclass
@@ -103,3 +108,27 @@ async def refused(
 def no_violations_since(server: AuthServer, seen: int) -> list[str]:
     """The violations the server logged after the first ``seen`` (expected: none)."""
     return server.server.violations_since(seen)
+
+
+@asynccontextmanager
+async def supervised_fleet(
+    server: AuthServer, prefix: str, settings: SupervisorSettings
+) -> AsyncIterator[Client]:
+    """A scheduler and a supervisor (``settings``) on their own identities; an operator's
+    ``Client`` (the contract made) for the block."""
+    operator = await Bus.connect(server.operator(prefix))
+    await operator.ensure()
+    scheduler = await Bus.connect(server.service(prefix, "scheduler"))
+    creds = service_creds(server.auth, prefix, "supervisor", node_id=settings.node_id)
+    supervisor = await Bus.connect(
+        BusSettings(nats_url=server.url, prefix=prefix, creds_file=creds)
+    )
+    try:
+        async with (
+            running_scheduler(scheduler, probe=operator),
+            running_supervisor(supervisor, settings, probe=operator),
+        ):
+            yield Client(operator)
+    finally:
+        for bus in (operator, scheduler, supervisor):
+            await bus.close()

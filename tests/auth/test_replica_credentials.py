@@ -12,20 +12,16 @@ from pathlib import Path
 import pytest
 
 from agentbus.auth import nats_jwt
-from agentbus.auth.authority import service_creds
 from agentbus.auth.creds import creds_jwt
 from agentbus.bus import Bus
-from agentbus.client import Client
 from agentbus.errors import AuthenticationError
 from agentbus.settings import BusSettings
-from tests._harness.auth import AuthServer
+from tests._harness.auth import AuthServer, supervised_fleet
 from tests._harness.polling import eventually
-from tests._harness.services import running_scheduler
 from tests._harness.supervisor import (
     echo_process,
     process_settings,
     registered,
-    running_supervisor,
 )
 
 pytestmark = pytest.mark.timeout(120)
@@ -34,57 +30,46 @@ pytestmark = pytest.mark.timeout(120)
 async def test_replica_gets_own_credentials_as_a_file_and_loses_them_when_it_ends(
     secured: AuthServer, prefix: str, tmp_path: Path
 ) -> None:
-    operator = await Bus.connect(secured.operator(prefix))
-    await operator.ensure()
-    scheduler = await Bus.connect(secured.service(prefix, "scheduler"))
-    supervisor_creds = service_creds(secured.auth, prefix, "supervisor", node_id="n1")
-    supervisor = await Bus.connect(
-        BusSettings(nats_url=secured.url, prefix=prefix, creds_file=supervisor_creds)
-    )
     creds_dir = tmp_path / "creds"
     settings = process_settings(
         "n1", auth_dir=secured.auth.path, creds_dir=creds_dir, state_dir=tmp_path / "state"
     )
     seen = len(secured.server.violations)
-    try:
-        async with (
-            running_scheduler(scheduler, probe=operator),
-            running_supervisor(supervisor, settings, probe=operator),
-        ):
-            client = Client(operator)
-            await client.deploy(echo_process("echo"))
-            info = await eventually(registered(operator, "echo-0"), timeout_s=30)
-            creds_file = creds_dir / "echo-0" / "agent.creds"
-            assert creds_file.exists()
-            assert stat.S_IMODE(creds_dir.stat().st_mode) == 0o700
-            # The process got the path, not the secret.
-            environ_file = Path(f"/proc/{info.pid}/environ")
-            environ = (await asyncio.to_thread(environ_file.read_bytes)).split(b"\0")
-            assert f"AGENTBUS_CREDS_FILE={creds_file}".encode() in environ
-            assert not any(b"NATS USER JWT" in e or b"SUA" in e[:40] for e in environ)
-            task = await client.submit("echo", "hi")
-            record = await client.wait(task.task_id, timeout_s=30)
-            assert record.status == "succeeded"
-            copy = tmp_path / "stolen.creds"
-            copy.write_text(creds_file.read_text())
-            os.chmod(copy, 0o600)
-            stolen = BusSettings(nats_url=secured.url, prefix=prefix, creds_file=copy)
-            await (await Bus.connect(stolen)).close()  # works while the replica lives
+    async with supervised_fleet(secured, prefix, settings) as client:
+        operator = client.bus
+        await client.deploy(echo_process("echo"))
+        info = await eventually(registered(operator, "echo-0"), timeout_s=30)
+        creds_file = creds_dir / "echo-0" / "agent.creds"
+        assert creds_file.exists()
+        assert stat.S_IMODE(creds_dir.stat().st_mode) == 0o700
+        # The process got the path, not the secret.
+        environ_file = Path(f"/proc/{info.pid}/environ")
+        environ = (await asyncio.to_thread(environ_file.read_bytes)).split(b"\0")
+        assert f"AGENTBUS_CREDS_FILE={creds_file}".encode() in environ
+        text = creds_file.read_text()
+        secrets = [line.encode() for line in text.splitlines() if line.startswith(("ey", "SU"))]
+        assert len(secrets) == 2  # the JWT and the seed, in no environment value
+        assert not any(secret in e for secret in secrets for e in environ)
+        task = await client.submit("echo", "hi")
+        record = await client.wait(task.task_id, timeout_s=30)
+        assert record.status == "succeeded"
+        copy = tmp_path / "stolen.creds"
+        copy.write_text(creds_file.read_text())
+        os.chmod(copy, 0o600)
+        stolen = BusSettings(nats_url=secured.url, prefix=prefix, creds_file=copy)
+        await (await Bus.connect(stolen)).close()  # works while the replica lives
 
-            await client.scale("echo", 0)
-            await eventually(lambda: not creds_file.exists(), timeout_s=30, what="file deleted")
+        await client.scale("echo", 0)
+        await eventually(lambda: not creds_file.exists(), timeout_s=30, what="file deleted")
 
-            async def refused() -> bool:
-                try:
-                    await (await Bus.connect(stolen)).close()
-                except AuthenticationError:
-                    return True
-                return False
+        async def refused() -> bool:
+            try:
+                await (await Bus.connect(stolen)).close()
+            except AuthenticationError:
+                return True
+            return False
 
-            await eventually(refused, timeout_s=10, what="revoked credentials refused")
-    finally:
-        for bus in (operator, scheduler, supervisor):
-            await bus.close()
+        await eventually(refused, timeout_s=10, what="revoked credentials refused")
     violations = secured.server.violations_since(seen)
     assert not [v for v in violations if "stolen" not in v and "Authorization" not in v], violations
 
@@ -92,13 +77,6 @@ async def test_replica_gets_own_credentials_as_a_file_and_loses_them_when_it_end
 async def test_renewed_credentials_keep_a_replica_connected_past_their_first_expiry(
     secured: AuthServer, prefix: str, tmp_path: Path
 ) -> None:
-    operator = await Bus.connect(secured.operator(prefix))
-    await operator.ensure()
-    scheduler = await Bus.connect(secured.service(prefix, "scheduler"))
-    supervisor_creds = service_creds(secured.auth, prefix, "supervisor", node_id="n2")
-    supervisor = await Bus.connect(
-        BusSettings(nats_url=secured.url, prefix=prefix, creds_file=supervisor_creds)
-    )
     creds_dir = tmp_path / "creds"
     settings = process_settings(
         "n2",
@@ -107,23 +85,16 @@ async def test_renewed_credentials_keep_a_replica_connected_past_their_first_exp
         state_dir=tmp_path / "state",
         replica_creds_ttl_s=4.0,  # renewed every 2 s
     )
-    try:
-        async with (
-            running_scheduler(scheduler, probe=operator),
-            running_supervisor(supervisor, settings, probe=operator),
-        ):
-            client = Client(operator)
-            await client.deploy(echo_process("echo"))
-            first = await eventually(registered(operator, "echo-0"), timeout_s=30)
-            creds_file = creds_dir / "echo-0" / "agent.creds"
-            expires_at = nats_jwt.decode(creds_jwt(creds_file))["exp"]
-            await eventually(lambda: time.time() > expires_at + 3, timeout_s=15)
-            task = await client.submit("echo", "still here")
-            record = await client.wait(task.task_id, timeout_s=30)
-            assert record.status == "succeeded"
-            now = await eventually(registered(operator, "echo-0"), timeout_s=10)
-            assert now.pid == first.pid  # the same process: reconnected, not restarted
-            assert nats_jwt.decode(creds_jwt(creds_file))["exp"] > expires_at
-    finally:
-        for bus in (operator, scheduler, supervisor):
-            await bus.close()
+    async with supervised_fleet(secured, prefix, settings) as client:
+        operator = client.bus
+        await client.deploy(echo_process("echo"))
+        first = await eventually(registered(operator, "echo-0"), timeout_s=30)
+        creds_file = creds_dir / "echo-0" / "agent.creds"
+        expires_at = nats_jwt.decode(creds_jwt(creds_file))["exp"]
+        await eventually(lambda: time.time() > expires_at + 3, timeout_s=15)
+        task = await client.submit("echo", "still here")
+        record = await client.wait(task.task_id, timeout_s=30)
+        assert record.status == "succeeded"
+        now = await eventually(registered(operator, "echo-0"), timeout_s=10)
+        assert now.pid == first.pid  # the same process: reconnected, not restarted
+        assert nats_jwt.decode(creds_jwt(creds_file))["exp"] > expires_at

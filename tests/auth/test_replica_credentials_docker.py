@@ -11,21 +11,15 @@ import aiodocker
 import pytest
 
 from agentbus.auth import nats_jwt
-from agentbus.auth.authority import service_creds
 from agentbus.auth.creds import creds_jwt
-from agentbus.bus import Bus
-from agentbus.client import Client
 from agentbus.messages import Deployment
-from agentbus.settings import BusSettings
 from agentbus_supervisor.runtime import CONTAINER_CREDS_DIR, CONTAINER_CREDS_PATH
-from tests._harness.auth import AuthServer
+from tests._harness.auth import AuthServer, supervised_fleet
 from tests._harness.polling import eventually
-from tests._harness.services import running_scheduler
 from tests._harness.supervisor import (
     docker_settings,
     registered,
     remove_node_containers,
-    running_supervisor,
 )
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(180)]
@@ -45,16 +39,6 @@ async def node() -> AsyncIterator[str]:
 async def test_agent_container_serves_with_its_own_mounted_credentials(
     secured: AuthServer, prefix: str, tmp_path: Path, node: str, agent_image: str
 ) -> None:
-    operator = await Bus.connect(secured.operator(prefix))
-    await operator.ensure()
-    scheduler = await Bus.connect(secured.service(prefix, "scheduler"))
-    supervisor = await Bus.connect(
-        BusSettings(
-            nats_url=secured.url,
-            prefix=prefix,
-            creds_file=service_creds(secured.auth, prefix, "supervisor", node_id=node),
-        )
-    )
     creds_dir = tmp_path / "creds"
     settings = docker_settings(
         node,
@@ -72,11 +56,8 @@ async def test_agent_container_serves_with_its_own_mounted_credentials(
     )
     docker = aiodocker.Docker()
     try:
-        async with (
-            running_scheduler(scheduler, probe=operator),
-            running_supervisor(supervisor, settings, probe=operator),
-        ):
-            client = Client(operator)
+        async with supervised_fleet(secured, prefix, settings) as client:
+            operator = client.bus
             await client.deploy(deployment)
             await eventually(registered(operator, "worker-0"), timeout_s=90)
             [container] = await docker.containers.list(filters={"label": [f"agentbus.node={node}"]})
@@ -98,5 +79,3 @@ async def test_agent_container_serves_with_its_own_mounted_credentials(
             assert (await container.show())["State"]["Running"]  # reconnected, not restarted
     finally:
         await docker.close()
-        for bus in (operator, scheduler, supervisor):
-            await bus.close()

@@ -5,43 +5,18 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
 
 import msgspec
 import pytest
 from nats.js.api import ConsumerConfig
-from typer.testing import CliRunner
 
 from agentbus.bus import Bus
-from agentbus.cli import app
 from agentbus.events import publish_event
 from agentbus.names import Names
 from agentbus.settings import BusSettings
+from tests._harness.cli import invoke, on_bus
 
 pytestmark = pytest.mark.nats
-
-runner = CliRunner()
-T = TypeVar("T")
-
-
-def on_bus(settings: BusSettings, fn: Callable[[Bus], Awaitable[T]]) -> T:
-    async def go() -> T:
-        bus = await Bus.connect(settings, name="test")
-        try:
-            await bus.ensure()
-            return await fn(bus)
-        finally:
-            await bus.close()
-
-    return asyncio.run(go())
-
-
-def invoke(settings: BusSettings, *args: str) -> tuple[int, str, str]:
-    argv = [*args, "--nats-url", settings.nats_url, "--prefix", settings.prefix]
-    result = runner.invoke(app, argv)
-    assert "Traceback" not in result.output, result.output
-    return result.exit_code, result.stdout, result.stderr
 
 
 def test_publish_stores_the_event_once_per_id(bus_settings: BusSettings) -> None:

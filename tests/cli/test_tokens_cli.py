@@ -3,43 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import msgspec
 import pytest
-from typer.testing import CliRunner
 
 from agentbus.auth.tokens import verify_token
 from agentbus.bus import Bus
-from agentbus.cli import app
 from agentbus.errors import AuthenticationError
 from agentbus.messages import ApiToken
 from agentbus.settings import BusSettings
+from tests._harness.cli import invoke, on_bus
 
 pytestmark = pytest.mark.nats
-
-runner = CliRunner()
-T = TypeVar("T")
-
-
-def on_bus(settings: BusSettings, fn: Callable[[Bus], Awaitable[T]]) -> T:
-    async def go() -> T:
-        bus = await Bus.connect(settings, name="test")
-        try:
-            await bus.ensure()
-            return await fn(bus)
-        finally:
-            await bus.close()
-
-    return asyncio.run(go())
-
-
-def invoke(settings: BusSettings, *args: str) -> tuple[int, str, str]:
-    argv = [*args, "--nats-url", settings.nats_url, "--prefix", settings.prefix]
-    result = runner.invoke(app, argv)
-    assert "Traceback" not in result.output, result.output
-    return result.exit_code, result.stdout, result.stderr
 
 
 def verified(settings: BusSettings, secret: str) -> ApiToken | str:
