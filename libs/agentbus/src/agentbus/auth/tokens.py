@@ -34,6 +34,7 @@ from agentbus.errors import (
     NotFoundError,
     PermissionDeniedError,
 )
+from agentbus.kv.replay import replay
 from agentbus.messages import ApiToken, Scope, encode, utcnow
 
 TOKEN_PREFIX = "abt_"
@@ -169,12 +170,11 @@ async def list_tokens(bus: Bus) -> list[ApiToken]:
     Raises:
         ContractError: an entry does not decode as an ``ApiToken``.
     """
-    kv = await _kv(bus)
-    try:
-        keys = await kv.keys()
-    except nats.js.errors.NoKeysError:
-        return []
-    found = [t for k in keys if (t := await get_token(kv, k)) is not None]
+
+    def bad(token_id: str) -> None:
+        raise ContractError(f"token entry {token_id!r} is not an ApiToken")
+
+    found = (await replay(await _kv(bus), ApiToken, on_bad=bad)).values()
     return sorted(found, key=lambda t: (t.created_at, t.token_id))
 
 

@@ -1,8 +1,8 @@
 """One-shot reads of a whole KV bucket (or the keys under a filter), decoded.
 
-A watch replay, not ``keys()`` plus a get per key: ``keys()`` can end early under
-concurrent writes (nats.py #995) and costs a request per key; the replay is one
-ordered consumer that delivers the latest value of every key, then ``None``.
+One ephemeral consumer delivering the latest value of every key, not ``keys()`` plus a
+get per key: ``keys()`` can end early under concurrent writes (nats.py #995) and
+costs a request per key.
 ``scan`` reads a bounded page from a revision on (listings, sweeps of big buckets).
 """
 
@@ -31,27 +31,59 @@ async def replay(
     *,
     keys: str = ">",
     on_bad: Callable[[str], None] | None = None,
+    timeout_s: float = 5.0,
 ) -> dict[str, S]:
     """Every current entry of ``kv`` under ``keys`` decoded as ``type_``, by key (sorted).
 
     Deleted and purged keys are absent. An entry that does not decode is skipped and
-    its key passed to ``on_bad`` (if given).
+    its key passed to ``on_bad`` (if given). Read through an ephemeral pull consumer
+    delivering the last message per key: its pending count, fixed when it is made,
+    says how many to read. (nats-py's ``watch`` can signal the end of its replay
+    before the entries it already received: a whole bucket then read as empty.)
+
+    Raises:
+        nats.errors.Error, TimeoutError: the bus failed.
     """
+    js: JetStreamContext = kv._js
+    stream, prefix = kv._stream, kv._pre
+    name = f"replay-{uuid.uuid4().hex}"
+    info = await js.add_consumer(
+        stream,
+        ConsumerConfig(
+            name=name,
+            filter_subject=f"{prefix}{keys}",
+            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+            ack_policy=AckPolicy.NONE,
+            inactive_threshold=max(timeout_s * 2, 10.0),
+            mem_storage=True,
+            num_replicas=1,
+        ),
+    )
     decoder = msgspec.json.Decoder(type_)
     found: dict[str, S] = {}
-    watcher = await kv.watch(keys, ignore_deletes=True)
+    pending = info.num_pending or 0
     try:
-        async for entry in watcher:
-            if entry is None:  # the replay is complete
+        sub = await js.pull_subscribe_bind(name, stream=stream)
+        while pending:
+            try:
+                msgs = await sub.fetch(min(pending, 256), timeout=timeout_s)
+            except TimeoutError:  # what was pending is gone (deleted, expired)
                 break
-            if entry.operation is None and entry.value:
+            for msg in msgs:
+                pending = msg.metadata.num_pending
+                headers = msg.headers or {}
+                if not msg.data or headers.get("KV-Operation") or headers.get(_MARKER):
+                    continue
+                key = msg.subject[len(prefix) :]
                 try:
-                    found[entry.key] = decoder.decode(entry.value)
+                    found[key] = decoder.decode(msg.data)
                 except (msgspec.DecodeError, msgspec.ValidationError):
                     if on_bad is not None:
-                        on_bad(entry.key)
+                        on_bad(key)
+        await sub.unsubscribe()
     finally:
-        await watcher.stop()  # type: ignore[no-untyped-call]
+        with contextlib.suppress(nats.errors.Error, TimeoutError):
+            await js.delete_consumer(stream, name)
     return dict(sorted(found.items()))
 
 
