@@ -7,6 +7,7 @@ default. Build settings in ``main()`` and pass them down; never at import time.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated, Literal
 
 from pydantic import (
     AliasChoices,
@@ -32,6 +33,12 @@ class BusSettings(BaseSettings):
     server with auth on refuses (``docs/operations.md``, "Authentication")."""
     prefix: str = "agentbus"
     """Prefix of every subject, stream and bucket (see ``agentbus.names``)."""
+    stream_replicas: Literal["auto"] | Annotated[int, Field(ge=1, le=5)] = "auto"
+    """Replicas of every stream, KV bucket and object store the contract creates (R1..R5).
+    ``auto``: 3 when the server this process is connected to is in a cluster of three
+    or more servers, else 1. Existing ones with fewer replicas are raised to it
+    (``agentbus.bus.contract``); a failed raise is logged and shown by
+    ``agentbus cluster``."""
     request_timeout_s: PositiveFloat = 5.0
     """Default timeout of a service request."""
     connect_timeout_s: PositiveFloat = 5.0

@@ -16,6 +16,7 @@ from agentbus.bus.contract import (
     LOGS_MAX_MSGS_PER_AGENT,
     REGISTRY_TTL_S,
     TASK_RECORD_TTL_S,
+    stream_replicas,
 )
 
 __all__ = [
@@ -24,4 +25,5 @@ __all__ = [
     "REGISTRY_TTL_S",
     "TASK_RECORD_TTL_S",
     "Bus",
+    "stream_replicas",
 ]

@@ -1,5 +1,9 @@
 """The streams, KV buckets and object stores of the contract, created by part.
 
+Every one is created with ``stream_replicas(bus)`` replicas (R3 on a cluster of three
+or more servers, ``BusSettings.stream_replicas``); existing ones with fewer are raised
+to it, and a raise the cluster refuses is logged (``agentbus cluster`` shows it).
+
 ``Bus.ensure(parts)`` calls ``ensure_contract``. Without credentials every process may
 create everything, and every service creates every part on start, so the services can
 start in any order. With credentials each service creates only the parts it owns
@@ -72,6 +76,34 @@ def owned_parts(settings: BusSettings, owner: str) -> tuple[str, ...] | None:
     if settings.creds_file is None:
         return None
     return SERVICE_PARTS.get(owner, ())
+
+
+CLUSTER_REPLICAS = 3
+"""Replicas on a cluster of three or more servers: quorum 2, one server may be lost
+(https://docs.nats.io/running-a-nats-service/configuration/clustering/jetstream_clustering)."""
+
+
+def cluster_size(bus: Bus) -> int:
+    """Servers of the cluster ``bus`` is connected to; 1 without a cluster.
+
+    From the server's INFO: ``connect_urls`` lists every server's client URL, its own
+    included.
+    """
+    info = bus.nc._server_info or {}
+    if not info.get("cluster"):
+        return 1
+    return max(1, len(set(info.get("connect_urls") or ())))
+
+
+def stream_replicas(bus: Bus) -> int:
+    """Replicas of what the contract creates: ``settings.stream_replicas``.
+
+    For ``auto``: ``CLUSTER_REPLICAS`` on a cluster of that many servers or more, else 1.
+    """
+    wanted = bus.settings.stream_replicas
+    if wanted != "auto":
+        return wanted
+    return CLUSTER_REPLICAS if cluster_size(bus) >= CLUSTER_REPLICAS else 1
 
 
 async def ensure_contract(bus: Bus, parts: Collection[str] | None = None) -> None:
@@ -243,9 +275,11 @@ async def _obs(bus: Bus, bucket: str, config: ObjectStoreConfig) -> None:
         bus._obs[bucket] = await bus.js.object_store(bucket)
     except nats.js.errors.NotFoundError:
         try:
+            config.replicas = stream_replicas(bus)
             bus._obs[bucket] = await bus.js.create_object_store(bucket, config=config)
         except nats.js.errors.BadRequestError:  # created concurrently
             bus._obs[bucket] = await bus.js.object_store(bucket)
+    await raise_replicas(bus, f"OBJ_{bucket}")
     await _deny_rollup(bus, f"OBJ_{bucket}")
 
 
@@ -286,6 +320,7 @@ async def _stream(bus: Bus, config: StreamConfig) -> None:
     Only the ``_LIMIT_FIELDS`` that ``config`` sets are compared and updated.
     """
     assert config.name is not None
+    config.num_replicas = stream_replicas(bus)
     try:
         current = (await bus.js.stream_info(config.name)).config
     except nats.js.errors.NotFoundError:
@@ -308,6 +343,7 @@ async def _stream(bus: Bus, config: StreamConfig) -> None:
             stream=config.name,
             **{f: str(v) for f, v in changed.items()},
         )
+    await raise_replicas(bus, config.name, current=current)
 
 
 async def _kv(bus: Bus, config: KeyValueConfig) -> None:
@@ -316,6 +352,40 @@ async def _kv(bus: Bus, config: KeyValueConfig) -> None:
     except nats.js.errors.BucketNotFoundError:
         try:
             config.direct = True
+            config.replicas = stream_replicas(bus)
             bus._kv[config.bucket] = await bus.js.create_key_value(config)
+            return
         except nats.js.errors.BadRequestError:
             bus._kv[config.bucket] = await bus.js.key_value(config.bucket)
+    await raise_replicas(bus, f"KV_{config.bucket}")
+
+
+async def raise_replicas(bus: Bus, stream: str, *, current: StreamConfig | None = None) -> bool:
+    """Raise ``stream`` to ``stream_replicas(bus)`` replicas if it has fewer.
+
+    A stream is never lowered here (an operator does that on purpose). A raise the
+    cluster refuses (too few servers with JetStream, no quorum) is logged as a
+    warning, not raised: the stream keeps working with the replicas it has.
+
+    Returns:
+        Whether ``stream`` now has at least the wanted replicas.
+    """
+    wanted = stream_replicas(bus)
+    config = current or (await bus.js.stream_info(stream)).config
+    have = config.num_replicas or 1
+    if have >= wanted:
+        return True
+    config.num_replicas = wanted
+    try:
+        await bus.js.update_stream(config)
+    except nats.js.errors.APIError as exc:
+        logger.warning(
+            "stream has fewer replicas than wanted and the cluster refused to raise them",
+            stream=stream,
+            replicas=have,
+            wanted=wanted,
+            error=str(exc),
+        )
+        return False
+    logger.info("stream replicas raised", stream=stream, replicas=wanted, was=have)
+    return True

@@ -14,7 +14,7 @@ import nats.errors
 import nats.js.errors
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
-from agentbus.bus import Bus
+from agentbus.bus import Bus, stream_replicas
 from agentbus.errors import ContractError, RequestTimeoutError, UnavailableError
 from agentbus.messages import TraceKind, encode
 from agentbus.traces import _math as tm
@@ -102,6 +102,7 @@ async def load_or_create_kind(bus: Bus, wanted: TraceKind) -> TraceKind:
             duplicate_window=min(_DUPLICATE_WINDOW_S, forget_s),
             allow_direct=True,
             allow_msg_counter=True,
+            num_replicas=stream_replicas(bus),
             metadata={tm.KIND_METADATA_KEY: encode(wanted).decode()},
         )
         try:

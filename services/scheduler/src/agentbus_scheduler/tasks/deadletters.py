@@ -40,7 +40,7 @@ from nats.js.api import (
     StreamConfig,
 )
 
-from agentbus.bus import EVENTS_MAX_AGE_S, TASK_RECORD_TTL_S
+from agentbus.bus import EVENTS_MAX_AGE_S, TASK_RECORD_TTL_S, stream_replicas
 from agentbus.errors import ConflictError, NotFoundError
 from agentbus.kv.lease import KvLease
 from agentbus.kv.replay import replay
@@ -109,7 +109,11 @@ class DeadLetters:
             try:
                 await js.create_key_value(
                     KeyValueConfig(
-                        names.dead_tasks_bucket, history=1, ttl=TASK_RECORD_TTL_S, direct=True
+                        names.dead_tasks_bucket,
+                        history=1,
+                        ttl=TASK_RECORD_TTL_S,
+                        direct=True,
+                        replicas=stream_replicas(self.ctx.bus),
                     )
                 )
             except nats.js.errors.BadRequestError:
@@ -126,6 +130,7 @@ class DeadLetters:
                         retention=RetentionPolicy.LIMITS,
                         storage=StorageType.FILE,
                         max_age=EVENTS_MAX_AGE_S,
+                        num_replicas=stream_replicas(self.ctx.bus),
                     )
                 )
             except nats.js.errors.BadRequestError:
