@@ -77,6 +77,15 @@ def embedded(
             help="The fleet's keys (default: $AGENTBUS_HOME/auth, made on first use).",
         ),
     ] = None,
+    cluster: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=5,
+            help="nats-servers: 1, or a cluster of 3 (or 5) on loopback ports whose "
+            "streams and buckets are R3.",
+        ),
+    ] = 1,
 ) -> None:
     """Run nats-server and the five services locally until Ctrl-C.
 
@@ -107,6 +116,7 @@ def embedded(
         auth_dir=keys,
         tls_dir=tls,
         verify_clients=tls_verify,
+        cluster=cluster,
     )
     code = run(_embedded(stack, runtime))
     raise typer.Exit(code)
@@ -125,7 +135,8 @@ async def _embedded(stack: EmbeddedStack, runtime: Runtime) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    with console.status("starting nats-server and the five services"):
+    servers = "nats-server" if stack.cluster == 1 else f"{stack.cluster} clustered nats-servers"
+    with console.status(f"starting {servers} and the five services"):
         await stack.start()
     code = 0
     try:

@@ -39,6 +39,7 @@ from agentbus.bus import Bus
 from agentbus.bus.dial import tls_env
 from agentbus.client import Client
 from agentbus.embedded.auth import StackAuth, prepare_stack_auth
+from agentbus.embedded.cluster import start_cluster
 from agentbus.embedded.processes import die_with_parent, free_port, nats_server_binary, terminate
 from agentbus.embedded.state import STATE_FILE_NAME as STATE_FILE_NAME  # re-exported
 from agentbus.embedded.state import EmbeddedState as EmbeddedState  # re-exported
@@ -96,6 +97,8 @@ class EmbeddedStack:
         auth_dir: the fleet's auth directory (``agentbus auth init``); None: a new one
             per stack, removed with it. An incomplete one is refused.
         credentials: the stack's credentials once started with ``auth`` (else None).
+        cluster: nats-servers started (``1``: one; ``3``: a cluster on loopback ports,
+            ``agentbus.embedded.cluster``, whose streams are R3).
     """
 
     def __init__(
@@ -116,6 +119,7 @@ class EmbeddedStack:
         verify_clients: bool = False,
         auth: bool = True,
         auth_dir: Path | None = None,
+        cluster: int = 1,
     ) -> None:
         self._tmp = tempfile.mkdtemp(prefix="agentbus-embedded-")
         self.store_dir = Path(store_dir) if store_dir else Path(self._tmp) / "jetstream"
@@ -135,6 +139,9 @@ class EmbeddedStack:
         self.auth = auth
         self.auth_dir = Path(auth_dir) if auth_dir else None
         self.credentials: StackAuth | None = None
+        if cluster < 1:
+            raise ValueError(f"cluster must be 1 or more servers, not {cluster}")
+        self.cluster = cluster
         self.nats_url = ""
         scheme = "https" if self.tls else "http"
         self.gateway_url = f"{scheme}://127.0.0.1:{self.gateway_port}"
@@ -200,10 +207,10 @@ class EmbeddedStack:
 
     async def stop(self) -> None:
         """Stop the services (SIGTERM, then SIGKILL after the grace), then nats-server."""
-        services = [p for name, p in self._procs.items() if name != "nats-server"]
+        services = [p for name, p in self._procs.items() if not name.startswith("nats-")]
         await asyncio.to_thread(terminate, services, self.stop_grace_s)
-        if nats_proc := self._procs.get("nats-server"):
-            await asyncio.to_thread(terminate, [nats_proc], self.stop_grace_s)
+        servers = [p for name, p in self._procs.items() if name.startswith("nats-")]
+        await asyncio.to_thread(terminate, servers, self.stop_grace_s)
         self._procs.clear()
         for f in self._logs:
             f.close()
@@ -234,6 +241,23 @@ class EmbeddedStack:
         return "\n".join(text.splitlines()[-lines:])
 
     # -- internals ------------------------------------------------------------------
+    @property
+    def work_dir(self) -> Path:
+        """The stack's private directory (configuration, credentials, logs)."""
+        return Path(self._tmp)
+
+    def tls_conf(self) -> str:
+        """The nats-server TLS block for clients ("" without TLS); makes missing files."""
+        if self.tls is None:
+            return ""
+        make_tls_files(self.tls.directory)  # keeps files that exist
+        t = self.tls
+        return nats_tls_block(t.server_cert, t.server_key, t.ca_cert, verify=self.verify_clients)
+
+    def spawn(self, name: str, argv: list[str], env: dict[str, str] | None) -> None:
+        """Start child process ``name``, its output in ``log_dir/<name>.log``."""
+        self._spawn(name, argv, env)
+
     def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None) -> None:
         log = (self.log_dir / f"{name}.log").open("wb")
         self._logs.append(log)
@@ -250,16 +274,15 @@ class EmbeddedStack:
         )
 
     async def _start_nats(self) -> None:
+        if self.cluster > 1:
+            self.nats_url = await start_cluster(self, self.cluster)
+            self.nats_port = int(self.nats_url.split(",")[0].rsplit(":", 1)[1])
+            return
         port = str(self.nats_port) if self.nats_port else "-1"
         conf = ""  # one configuration file: nats-server takes a single -c
         if self.credentials is not None:
             conf += self.credentials.server_conf
-        if self.tls is not None:
-            make_tls_files(self.tls.directory)  # keeps files that exist
-            t = self.tls
-            conf += nats_tls_block(
-                t.server_cert, t.server_key, t.ca_cert, verify=self.verify_clients
-            )
+        conf += self.tls_conf()
         argv = [
             nats_server_binary(),
             "-js",
@@ -271,7 +294,7 @@ class EmbeddedStack:
             str(self.store_dir),
         ]
         if conf:
-            path = Path(self._tmp) / "nats-server.conf"
+            path = self.work_dir / "nats-server.conf"
             path.write_text(conf)
             argv += ["-c", str(path)]
         self._spawn("nats-server", argv, None)
