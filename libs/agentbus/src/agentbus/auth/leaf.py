@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agentbus.auth.authority import Authority, AuthDir, write_secret
+from agentbus.auth.authority import AuthDir, Authority, write_secret
 from agentbus.auth.permissions import (
     Permissions,
     inbox_prefix,
