@@ -46,7 +46,7 @@ from nats.js.kv import KeyValue
 from prometheus_client import CollectorRegistry
 
 from agentbus.bus import Bus
-from agentbus.bus.dial import tls_env
+from agentbus.bus.dial import bus_env
 from agentbus.errors import AgentBusError
 from agentbus.fleet.secrets import SecretsKeyring
 from agentbus.kv.mirror import KvMirror
@@ -278,7 +278,7 @@ class Supervisor:
                 if self.credentials is not None
                 else None
             ),
-            bus_env=tls_env(self.bus.settings),
+            bus_env=bus_env(self.bus.settings),
             secret_env=secret_env,
             secrets_failure=failure,
         )
