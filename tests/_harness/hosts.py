@@ -49,9 +49,9 @@ CLIENT_PORT = 4222
 CLUSTER_PORT = 6222
 METRICS_PORT = 9464
 """Every host has its own network stack, so every host uses the same ports."""
-ROUTE_PINGS = 'ping_interval: "2s"\nping_max: 2\n'
-"""A cut link stalls TCP without a reset: with nats-server's default pings (every 2 min,
-2 outstanding) a server would route to a partitioned peer for minutes."""
+PING_INTERVAL_S = 2.0
+"""Faster than the product's default (``agentbus.cluster.conf.PING_INTERVAL_S``): the
+tests' partitions are short."""
 SERVICES = ("registry", "scheduler", "supervisor")
 _INHERITED = ("AGENTBUS_", "SUPERVISOR_", "SCHEDULER_", "REGISTRY_")
 """Settings of the test process's environment that the hosts' processes do not inherit."""
@@ -153,9 +153,10 @@ class HostFleet:
         for fh in self.hosts.values():
             fh.dir.mkdir(parents=True, exist_ok=True)
             store = fh.dir / "jetstream"
-            conf = cluster_server_conf(self.spec, fh.name, store_dir=str(store))
+            conf = cluster_server_conf(
+                self.spec, fh.name, store_dir=str(store), ping_interval_s=PING_INTERVAL_S
+            )
             conf += server_conf_text(self.auth, resolver_dir=str(store / "resolver"))
-            conf += ROUTE_PINGS
             fh.conf.write_text(conf)
             self.start_server(fh.name)
         deadline = time.monotonic() + ready_timeout_s

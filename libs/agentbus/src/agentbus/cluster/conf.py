@@ -16,6 +16,13 @@ from dataclasses import dataclass, field
 
 CLUSTER_NAME = "agentbus"
 """Default cluster name: every server of one cluster must agree on it."""
+PING_INTERVAL_S = 5.0
+"""Seconds between a server's pings on each connection (nats-server's default: 2 min).
+A cut link stalls TCP without a reset: with the default a server would go on routing
+to a partitioned peer (and holding its clients) for minutes; with this and
+``PING_MAX`` it drops the connection after 10-15 s."""
+PING_MAX = 2
+"""Unanswered pings before a server closes the connection."""
 
 
 @dataclass(frozen=True)
@@ -80,7 +87,14 @@ class ClusterSpec:
         raise KeyError(f"no server {name!r} in cluster {self.name!r}")
 
 
-def cluster_server_conf(spec: ClusterSpec, name: str, *, store_dir: str) -> str:
+def cluster_server_conf(
+    spec: ClusterSpec,
+    name: str,
+    *,
+    store_dir: str,
+    ping_interval_s: float = PING_INTERVAL_S,
+    ping_max: int = PING_MAX,
+) -> str:
     """The configuration of server ``name`` of ``spec``.
 
     Listeners, routes to every other server, JetStream in ``store_dir``. A server with
@@ -96,6 +110,8 @@ def cluster_server_conf(spec: ClusterSpec, name: str, *, store_dir: str) -> str:
     lines = [
         f"server_name: {json.dumps(name)}",
         f"listen: {json.dumps(f'{bind}:{me.client_port}')}",
+        f'ping_interval: "{ping_interval_s:g}s"',
+        f"ping_max: {ping_max}",
         "jetstream {",
         f"  store_dir: {json.dumps(store_dir)}",
         # JetStream reserves a stream's max_bytes up front (accounting only).
@@ -177,7 +193,10 @@ def leaf_server_conf(
         remote.append(f"account: {json.dumps(account)}")
     return (
         f"server_name: {json.dumps(name)}\n"
-        f"listen: {json.dumps(listen)}\n" + leafnode_jetstream_conf(account) + "leafnodes {\n"
+        f"listen: {json.dumps(listen)}\n"
+        # The link's pings: a cut link is noticed and redialled within 10-15 s.
+        f'ping_interval: "{PING_INTERVAL_S:g}s"\n'
+        f"ping_max: {PING_MAX}\n" + leafnode_jetstream_conf(account) + "leafnodes {\n"
         '  reconnect: "1s"\n'
         f"  remotes: [ {{ {', '.join(remote)} }} ]\n"
         "}\n"
