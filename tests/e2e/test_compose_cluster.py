@@ -61,8 +61,8 @@ def _env() -> dict[str, str]:
 
 @pytest.fixture
 def cluster_stack(agent_image: str) -> Iterator[None]:
-    just("up", "cluster")
     try:
+        just("up", "cluster")  # a failed start is cleaned up too
         yield
     finally:
         just("down")
