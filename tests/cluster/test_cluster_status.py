@@ -137,16 +137,36 @@ def test_servers_merge_peers_and_pings() -> None:
     assert by_name["n3"].state == "ok"  # answered, holds no replica
     assert by_name["n1"].meta_leader
     assert by_name["n3"].url == "nats://n3:4222"
+    # no stream listed (no meta leader): the meta group still names the silent server
+    lone = ServerPing(name="n0", url="", version="", jetstream=True, meta_leader=None)
+    seen = server_health([], connected="n0", connected_url="", pings=[lone])
+    assert [(s.name, s.state) for s in seen] == [("n0", "ok")]
+    lone = ServerPing(
+        name="n0", url="", version="", jetstream=True, meta_leader=None, meta_peers=["n1"]
+    )
+    seen = server_health([], connected="n0", connected_url="", pings=[lone])
+    assert [(s.name, s.state) for s in seen] == [("n0", "ok"), ("n1", "offline")]
 
 
 def test_server_ping_from_varz() -> None:
     reply = {
         "server": {"name": "nats-1", "host": "10.0.0.2", "ver": "2.15.1", "jetstream": True},
-        "data": {"host": "0.0.0.0", "port": 4222, "jetstream": {"meta": {"leader": "nats-0"}}},
+        "data": {
+            "host": "0.0.0.0",
+            "port": 4222,
+            "jetstream": {
+                "meta": {"leader": "nats-0", "replicas": [{"name": "nats-2"}, {"name": "nats-0"}]}
+            },
+        },
     }
     got = server_ping(reply)
     assert got == ServerPing(
-        name="nats-1", url="", version="2.15.1", jetstream=True, meta_leader="nats-0"
+        name="nats-1",
+        url="",
+        version="2.15.1",
+        jetstream=True,
+        meta_leader="nats-0",
+        meta_peers=["nats-0", "nats-2"],
     )
     assert server_ping({"data": {}}) is None
 

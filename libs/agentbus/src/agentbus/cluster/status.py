@@ -111,6 +111,8 @@ class ServerPing(msgspec.Struct, frozen=True, kw_only=True):
     version: str
     jetstream: bool
     meta_leader: str | None
+    meta_peers: list[str] = []
+    """The other servers of the JetStream meta group, as this one knows them."""
 
 
 class ClusterStatus(msgspec.Struct, frozen=True, kw_only=True):
@@ -231,8 +233,9 @@ def server_health(
 
     ``pings`` None: no system account (names come from the stream peers and the
     connected server only; a server is ``unknown`` when no stream places a replica on
-    it). With ``pings``, a peer that did not answer is ``offline``. Otherwise a server
-    is ``offline`` or ``lagging`` when any of its replicas is.
+    it). With ``pings``, a stream or meta-group peer that did not answer is
+    ``offline``. Otherwise a server is ``offline`` or ``lagging`` when any of its
+    replicas is.
     """
     worst: dict[str, ServerState] = {connected: "unknown"}
     leads: dict[str, int] = {}
@@ -248,8 +251,9 @@ def server_health(
                 leads[p.server] = leads.get(p.server, 0) + 1
     answered = {p.name: p for p in pings or ()}
     meta = next((p.meta_leader for p in answered.values() if p.meta_leader), None)
+    known = {peer for p in answered.values() for peer in p.meta_peers}
     out = []
-    for name in sorted(set(worst) | set(answered)):
+    for name in sorted(set(worst) | set(answered) | known):
         ping = answered.get(name)
         state = worst.get(name, "unknown")
         if pings is not None:

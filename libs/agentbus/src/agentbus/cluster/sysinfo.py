@@ -51,6 +51,7 @@ def server_ping(reply: dict[str, Any]) -> ServerPing | None:
         version=str(data.get("version") or server.get("ver") or ""),
         jetstream=bool(server.get("jetstream", bool(js.get("config")))),
         meta_leader=meta.get("leader") or None,
+        meta_peers=sorted(str(r["name"]) for r in meta.get("replicas") or () if r.get("name")),
     )
 
 
