@@ -204,3 +204,9 @@ def test_cluster_command_on_one_server_shows_no_cluster(bus_settings: BusSetting
     code, out, _ = invoke(bus_settings, "cluster")
     assert code == 0
     assert "no cluster: one server" in out
+
+
+def test_node_health_shows_a_fenced_node() -> None:
+    now = utcnow()
+    node = NodeInfo(node_id="c", runtime="process", started_at=now, heartbeat_at=now, fenced=True)
+    assert [n.status for n in node_health([node], now=now)] == ["fenced"]

@@ -39,6 +39,7 @@ _STATE_STYLE = {
     "live": "green",
     "lagging": "yellow",
     "late": "yellow",
+    "fenced": "bold red",
     "offline": "bold red",
     "unknown": "dim",
 }

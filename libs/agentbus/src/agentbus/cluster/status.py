@@ -95,7 +95,9 @@ class NodeHealth(msgspec.Struct, frozen=True, kw_only=True):
     """One supervisor node, from its heartbeat in ``<p>_nodes``."""
 
     node_id: str
-    status: Literal["live", "late"]
+    status: Literal["live", "late", "fenced"]
+    """``fenced``: its supervisor cut itself off (``NodeInfo.fenced``); ``late``: its
+    heartbeat is older than ``NODE_LATE_S``."""
     heartbeat_age_s: float
     hostname: str = ""
     runtime: str = ""
@@ -282,7 +284,7 @@ def node_health(nodes: Iterable[NodeInfo], *, now: datetime) -> list[NodeHealth]
         out.append(
             NodeHealth(
                 node_id=n.node_id,
-                status="late" if age_s > NODE_LATE_S else "live",
+                status="fenced" if n.fenced else "late" if age_s > NODE_LATE_S else "live",
                 heartbeat_age_s=round(age_s, 1),
                 hostname=n.hostname,
                 runtime=n.runtime,
