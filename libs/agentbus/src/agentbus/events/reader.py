@@ -131,10 +131,13 @@ class OrderedReader:
             raise ContractError(f"stream {self.stream} refused the filters: {exc}") from exc
         except (nats.errors.Error, TimeoutError) as exc:
             raise UnavailableError(f"cannot read stream {self.stream}: {exc!r}") from exc
-        first = info.delivered.stream_seq + 1  # the server's start, clamped to the stream
+        first = (
+            info.delivered.stream_seq if info.delivered else 0
+        ) + 1  # the server's start, clamped to the stream
         if wanted is not None and first > wanted:
             self.skipped = (wanted, first - 1)
         self.next_seq = first
+        self.pending = info.num_pending or 0
         self._next_consumer_seq = 1
 
     async def _drop(self) -> None:
