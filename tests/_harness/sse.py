@@ -62,8 +62,12 @@ async def publish_task_event(
 ) -> int:
     """A ``TaskEvent`` on the events stream; its stream sequence."""
     event = TaskEvent(
-        task_id=task_id, capability=capability, status=status, at=utcnow(), agent_id=agent_id
-    )  # type: ignore[arg-type]
+        task_id=task_id,
+        capability=capability,
+        status=status,  # type: ignore[arg-type]
+        at=utcnow(),
+        agent_id=agent_id,
+    )
     subject = bus.names.task_event_subject(status, task_id)
     ack = await bus.js.publish(subject, msgspec.json.encode(event))
     return ack.seq

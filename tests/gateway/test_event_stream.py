@@ -13,7 +13,7 @@ import socket
 import httpx
 import msgspec
 import pytest
-from httpx_sse import aconnect_sse
+from httpx_sse import ServerSentEvent, aconnect_sse
 
 from agentbus.auth.tokens import SCOPES, create_token
 from agentbus.bus import Bus
@@ -290,3 +290,36 @@ async def test_a_stopping_gateway_ends_streams_with_an_error_event(bus: Bus) -> 
     await stop_gateway(gw)
     await asyncio.wait_for(reader, 10)
     assert [e.data for e in events] == ["gateway stopping: resume with Last-Event-ID"]
+
+
+async def test_task_events_show_history_then_live_until_terminal(
+    bus: Bus, gateway: Gateway, scheduler: None
+) -> None:
+    r = await gateway.http.post("/v1/tasks", json={"capability": "nobody", "input": 1})
+    assert r.status_code == 201, r.text
+    task_id = r.json()["task_id"]
+    await publish_task_event(bus, "other", "queued")  # another task's: not shown
+    events: list[ServerSentEvent] = []
+
+    async def follow() -> None:
+        async with aconnect_sse(gateway.http, "GET", f"/v1/tasks/{task_id}/events") as source:
+            async for sse in source.aiter_sse():  # ends by itself after the terminal event
+                if sse.id:
+                    events.append(sse)
+
+    reader = asyncio.create_task(follow())
+    await eventually(lambda: [e.event for e in events] == ["task.queued"], what="the history")
+    cancelled = await gateway.http.post(f"/v1/tasks/{task_id}/cancel")
+    assert cancelled.status_code == 200, cancelled.text
+    await asyncio.wait_for(reader, 15)
+    assert [e.event for e in events] == ["task.queued", "task.cancelled"]
+    assert {msgspec.json.decode(e.data)["task_id"] for e in events} == {task_id}
+    # Reconnecting after the terminal event: nothing more, and 204 stops a browser.
+    done = await gateway.http.get(
+        f"/v1/tasks/{task_id}/events", headers={"Last-Event-ID": events[-1].id}
+    )
+    assert done.status_code == 204
+    # From the start again: the whole history, then the end.
+    again = await read_sse(gateway.http, f"/v1/tasks/{task_id}/events", until=lambda _: False)
+    assert [e.id for e in again] == [e.id for e in events]
+    assert (await gateway.http.get("/v1/tasks/nosuch/events")).status_code == 404
