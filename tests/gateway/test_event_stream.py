@@ -323,3 +323,14 @@ async def test_task_events_show_history_then_live_until_terminal(
     again = await read_sse(gateway.http, f"/v1/tasks/{task_id}/events", until=lambda _: False)
     assert [e.id for e in again] == [e.id for e in events]
     assert (await gateway.http.get("/v1/tasks/nosuch/events")).status_code == 404
+
+
+async def test_a_stream_ends_after_its_time_limit(bus: Bus) -> None:
+    gw = await start_gateway(bus, sse_max_duration_s=0.5)
+    try:
+        events = await read_sse(gw.http, "/v1/events", until=lambda _: False)
+        assert [e.event for e in events] == ["error"]
+        assert events[0].data == "stream time limit: resume with Last-Event-ID"
+        assert gw.metric("agentbus_gateway_sse_cutoffs_total", {"reason": "duration"}) == 1
+    finally:
+        await stop_gateway(gw)

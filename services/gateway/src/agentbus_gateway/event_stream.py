@@ -30,7 +30,7 @@ from agentbus.events.reader import OrderedReader, Start
 from agentbus.messages import TERMINAL_STATUSES
 from agentbus_gateway.auth import needs
 from agentbus_gateway.event_filters import EventFilter, event_filter, kind_of
-from agentbus_gateway.models import TaskIdPath
+from agentbus_gateway.models import SseEvent, TaskIdPath
 from agentbus_gateway.routes import Ctx, GatewayContext, error_responses
 from agentbus_gateway.sse import PacedEvents
 
@@ -58,7 +58,7 @@ LastEventId = Annotated[
 ]
 _STREAM_RESPONSE = {
     200: ResponseSpec(
-        data_container=str,
+        data_container=SseEvent,
         media_type=EVENT_STREAM,
         description="Server-Sent Events: `id:` stream sequence, `event:` kind, `data:` "
         "the event's JSON; `event: error` ends a stream the gateway cut off "
@@ -129,11 +129,14 @@ def _stream(
 
     async def events() -> AsyncGenerator[ServerSentEventMessage, None]:
         yield ServerSentEventMessage(data=None, retry=s.sse_retry_ms, comment="stream open")
-        sent_at = lagging_since = time.monotonic()
+        opened_at = sent_at = lagging_since = time.monotonic()
         lagging = False
         while True:
             if ctx.stop.is_set():
                 yield cut_off("stopping", "gateway stopping: resume with Last-Event-ID")
+                return
+            if s.sse_max_duration_s and time.monotonic() - opened_at > s.sse_max_duration_s:
+                yield cut_off("duration", "stream time limit: resume with Last-Event-ID")
                 return
             try:
                 msgs = await reader.fetch(min(_MAX_WAIT_S, s.sse_keepalive_s))

@@ -37,7 +37,8 @@ class GatewayMetrics:
         sse_cutoffs: ``agentbus_gateway_sse_cutoffs_total{reason}``: streams the gateway
             ended: ``send_timeout`` (the client took no data for
             ``sse_send_timeout_s``), ``lagging`` (over ``sse_max_lag_events`` behind for
-            ``sse_max_lag_s``), ``stopping`` (the gateway stops), ``unavailable`` (the
+            ``sse_max_lag_s``), ``stopping`` (the gateway stops), ``duration``
+            (open ``sse_max_duration_s``), ``unavailable`` (the
             events stream could not be read).
         sse_refusals: ``agentbus_gateway_sse_refusals_total{limit}``: streams refused
             over a cap, ``token`` (429) or ``gateway`` (503).

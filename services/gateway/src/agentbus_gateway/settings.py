@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import NonNegativeInt, PositiveFloat, PositiveInt
+from pydantic import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -72,6 +72,9 @@ class GatewaySettings(BaseSettings):
     """A client more events behind the stream than this ..."""
     sse_max_lag_s: PositiveFloat = 120.0
     """... for this long is cut off (``event: error``, ``lagging``)."""
+    sse_max_duration_s: NonNegativeFloat = 0.0
+    """An event stream open this long ends (``event: error``; the client resumes, maybe
+    on another gateway instance). 0: no limit."""
     sse_max_streams: NonNegativeInt = 1000
     """Most event streams open at once; more get 503. 0: no cap."""
     sse_max_streams_per_token: NonNegativeInt = 20
