@@ -15,11 +15,12 @@ import sys
 
 from loguru import logger
 
-from agentbus.cli import auth, events, fleet, observe, stack, tasks, tokens, traces
+from agentbus.cli import audit, auth, events, fleet, observe, stack, tasks, tokens, traces
 from agentbus.cli.common import app
 
 __all__ = [
     "app",
+    "audit",
     "auth",
     "events",
     "fleet",
