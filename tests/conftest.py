@@ -17,7 +17,15 @@ from agentbus.settings import BusSettings
 from tests._harness.nats_server import NatsServer
 from tests._harness.postgres import PostgresServer
 
-_ENV_PREFIXES = ("AGENTBUS_", "SCHEDULER_", "REGISTRY_", "SUPERVISOR_", "CHECKPOINT_", "GATEWAY_")
+_ENV_PREFIXES = (
+    "AGENTBUS_",
+    "SCHEDULER_",
+    "REGISTRY_",
+    "SUPERVISOR_",
+    "CHECKPOINT_",
+    "GATEWAY_",
+    "ARCHIVER_",
+)
 
 
 @pytest.fixture(autouse=True)
