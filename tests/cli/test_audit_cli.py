@@ -11,7 +11,7 @@ import pytest
 
 from agentbus.bus import Bus
 from agentbus.cli import app
-from agentbus.messages import AgentEvent, TaskEvent, encode, utcnow
+from agentbus.messages import AgentEvent, TaskEvent, TaskStatus, encode, utcnow
 from agentbus.settings import BusSettings
 from tests._harness.archiver import (
     archived_seqs,
@@ -29,12 +29,13 @@ pytestmark = [pytest.mark.nats, pytest.mark.timeout(120)]
 async def _fill(bus: Bus, url: str) -> None:
     n = bus.names
     now = utcnow()
-    for status, task, agent in (
+    history: tuple[tuple[TaskStatus, str, str | None], ...] = (
         ("queued", "task-a", None),
         ("running", "task-a", "echo-0"),
         ("queued", "task-b", None),
         ("succeeded", "task-a", "echo-0"),
-    ):
+    )
+    for status, task, agent in history:
         event = TaskEvent(task_id=task, capability="echo", status=status, at=now, agent_id=agent)
         await bus.js.publish(n.task_event_subject(status, task), encode(event))
     await bus.publish_event("agent", "joined", AgentEvent(agent_id="echo-0", kind="joined", at=now))
