@@ -47,6 +47,7 @@ from agentbus_archiver.metrics import ArchiverMetrics
 from agentbus_archiver.settings import ArchiverSettings
 
 T = TypeVar("T")
+_BIND_ERRORS = (nats.errors.Error, TimeoutError, psycopg.Error)
 SOURCE = "events"
 """``source`` label of the archiver's bad messages."""
 
@@ -89,7 +90,7 @@ class EventArchiver:
                 msgs = await sub.fetch(
                     self.settings.batch_size, timeout=self.settings.fetch_timeout_s
                 )
-            except nats.errors.TimeoutError:
+            except TimeoutError:  # nothing new (nats-py raises its own or the builtin one)
                 continue
             except nats.errors.Error as exc:  # consumer deleted, connection trouble
                 logger.warning("fetch failed; binding again", error=repr(exc))
@@ -121,8 +122,8 @@ class EventArchiver:
             return await js.pull_subscribe_bind(self.consumer, stream=self.stream)
 
         try:
-            return await self._retrying("bind", bind, (nats.errors.Error, psycopg.Error))
-        except (nats.errors.Error, psycopg.Error):
+            return await self._retrying("bind", bind, _BIND_ERRORS)
+        except _BIND_ERRORS:
             return None  # stopped while retrying
 
     async def _consumer_config(self) -> ConsumerConfig:
