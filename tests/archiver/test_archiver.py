@@ -12,6 +12,7 @@ import pytest
 
 from agentbus.bus import Bus
 from agentbus.messages import AgentEvent, ReplicaEvent, TaskEvent, encode, utcnow
+from agentbus.names import Names
 from tests._harness.archiver import (
     archived_seqs,
     archiver_settings,
@@ -184,3 +185,19 @@ async def test_retention_deletes_old_rows_and_counts_them(
 
         await eventually(pruned, what="rows older than 2 days deleted")
         assert registry.get_sample_value("agentbus_archiver_retention_deleted_total") == 4
+
+
+async def test_a_deleted_consumer_is_recreated_after_the_tables_last_event(
+    bus: Bus, audit_database_url: str
+) -> None:
+    await publish_task_events(bus, 10)
+    async with running_archiver(bus, archiver_settings(audit_database_url)):
+        await eventually(lambda: _all_archived(bus, audit_database_url), what="10 archived")
+    await bus.js.delete_consumer(bus.names.events_stream, Names.ARCHIVER_CONSUMER)
+    await publish_task_events(bus, 5)
+    async with running_archiver(bus, archiver_settings(audit_database_url)) as registry:
+        await eventually(lambda: _all_archived(bus, audit_database_url), what="15 archived")
+        info = await bus.js.consumer_info(bus.names.events_stream, Names.ARCHIVER_CONSUMER)
+        assert info.config.opt_start_seq == 11
+        assert registry.get_sample_value("agentbus_archiver_events_archived_total") == 5
+        assert registry.get_sample_value("agentbus_archiver_events_duplicate_total") == 0
