@@ -201,3 +201,9 @@ async def test_a_deleted_consumer_is_recreated_after_the_tables_last_event(
         assert info.config.opt_start_seq == 11
         assert registry.get_sample_value("agentbus_archiver_events_archived_total") == 5
         assert registry.get_sample_value("agentbus_archiver_events_duplicate_total") == 0
+
+
+def test_the_archiver_refuses_to_start_without_a_database(tmp_path: Path) -> None:
+    proc = spawn_service("archiver", "nats://127.0.0.1:1", "nodb", tmp_path / "a.log")
+    assert proc.wait(30) == 2
+    assert "AGENTBUS_AUDIT_DATABASE_URL" in (tmp_path / "a.log").read_text()
