@@ -1,4 +1,4 @@
-# All five agentbus services in one image; the command picks the service:
+# All five agentbus services, and the optional archiver, in one image; the command picks one:
 #   docker run agentbus/services:dev python -m agentbus_scheduler     (or agentbus-scheduler)
 #
 # The build context is the wheelhouse, not the repo (scripts/wheelhouse.sh fills .wheels/):
@@ -28,12 +28,13 @@ RUN /opt/venv/bin/pip install --find-links /wheels \
       /wheels/workspace/agentbus_supervisor-*.whl \
       /wheels/workspace/agentbus_checkpoint-*.whl \
       /wheels/workspace/agentbus_gateway-*.whl \
+      /wheels/workspace/agentbus_archiver-*.whl \
  && /opt/venv/bin/pip uninstall --yes --quiet pip setuptools
 
 FROM ${BASE}
 LABEL agentbus.image="services" \
       org.opencontainers.image.title="agentbus-services" \
-      org.opencontainers.image.description="agentbus registry, scheduler, supervisor, checkpoint and gateway"
+      org.opencontainers.image.description="agentbus registry, scheduler, supervisor, checkpoint, gateway and archiver"
 COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 # The services write no files: they run as this user, also on a read-only root

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent machine setup shared by the README quickstart and CI (.ci/run).
-# Installs: uv + just (PyPI), docker.io + docker-compose + mmdebstrap (+ nodejs/npm if
-# missing) (Debian), the Node.js example agent's npm packages,
+# Installs: uv + just (PyPI), docker.io + docker-compose + mmdebstrap + postgresql (+ nodejs/npm
+# if missing) (Debian), the Node.js example agent's npm packages,
 # starts dockerd when no engine answers, builds the local base image, syncs the workspace.
 # Safe to run twice: every step checks before it acts.
 set -euo pipefail
@@ -26,6 +26,7 @@ fi
 #    (the Celery peer of `just bench tasks`); podman with runc (the Podman runtime path);
 #    docker-registry (the distribution v2 registry the image-pull test starts on a free port);
 #    iproute2 and iptables (hosts as network namespaces: tests/_harness/netns.py).
+#    postgresql (the audit trail's database: tests run initdb/pg_ctl as the postgres user).
 need_pkgs=()
 command -v dockerd >/dev/null 2>&1 || need_pkgs+=(docker.io)
 command -v docker-compose >/dev/null 2>&1 || need_pkgs+=(docker-compose)
@@ -36,6 +37,7 @@ command -v podman >/dev/null 2>&1 || need_pkgs+=(podman runc)
 command -v docker-registry >/dev/null 2>&1 || need_pkgs+=(docker-registry)
 command -v ip >/dev/null 2>&1 || need_pkgs+=(iproute2)
 command -v iptables >/dev/null 2>&1 || need_pkgs+=(iptables)
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need_pkgs+=(postgresql)
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
   log "installing ${need_pkgs[*]}"
   as_root apt-get update -qq
@@ -43,6 +45,11 @@ if [ "${#need_pkgs[@]}" -gt 0 ]; then
   # The package's own service (port 5000) is not used: the tests start their own registry.
   if [[ " ${need_pkgs[*]} " == *" docker-registry "* ]] && [ -d /run/systemd/system ]; then
     as_root systemctl disable --now docker-registry >/dev/null 2>&1 || true
+  fi
+  # Nor is the cluster the postgresql package starts on 5432: tests and `agentbus
+  # embedded` users run their own (docs/operations.md, "Audit trail").
+  if [[ " ${need_pkgs[*]} " == *" postgresql "* ]] && [ -d /run/systemd/system ]; then
+    as_root systemctl disable --now postgresql >/dev/null 2>&1 || true
   fi
 fi
 

@@ -15,8 +15,17 @@ import pytest
 from agentbus.bus import Bus
 from agentbus.settings import BusSettings
 from tests._harness.nats_server import NatsServer
+from tests._harness.postgres import PostgresServer
 
-_ENV_PREFIXES = ("AGENTBUS_", "SCHEDULER_", "REGISTRY_", "SUPERVISOR_", "CHECKPOINT_", "GATEWAY_")
+_ENV_PREFIXES = (
+    "AGENTBUS_",
+    "SCHEDULER_",
+    "REGISTRY_",
+    "SUPERVISOR_",
+    "CHECKPOINT_",
+    "GATEWAY_",
+    "ARCHIVER_",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -70,3 +79,16 @@ def agent_image() -> str:
     if image.returncode != 0:
         pytest.fail(f"image {AGENT_IMAGE} is missing: run `just images`")
     return AGENT_IMAGE
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL of Debian's package, on a free port, for the whole session."""
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture
+def audit_database_url(postgres: PostgresServer) -> str:
+    """A fresh, empty database of ``postgres`` for one test."""
+    return postgres.create_database()

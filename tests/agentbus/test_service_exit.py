@@ -34,6 +34,8 @@ SERVICES = {
     "checkpoint": {},
     "gateway": {"GATEWAY_PORT": "0", "GATEWAY_HOST": "127.0.0.1"},
     "supervisor": {"SUPERVISOR_RUNTIME": "process", "SUPERVISOR_NODE_ID": "exit-n1"},
+    # No database needed: losing NATS must end it all the same.
+    "archiver": {"AGENTBUS_AUDIT_DATABASE_URL": "postgresql://postgres@127.0.0.1:1/none"},
 }
 
 

@@ -13,8 +13,11 @@ import pytest
 from nats.js.api import ConsumerConfig
 
 from agentbus.bus import Bus
+from agentbus.messages import AgentEvent, utcnow
+from tests._harness.archiver import archived_seqs, archiver_settings, running_archiver
 from tests._harness.auth import AuthServer, no_violations_since, refused
 from tests._harness.gateway import start_gateway, stop_gateway
+from tests._harness.polling import eventually
 from tests._harness.sse import count, publish_task_event, read_sse
 
 pytestmark = pytest.mark.timeout(120)
@@ -184,3 +187,41 @@ async def test_scheduler_cannot_touch_checkpoints_keys_tokens_or_delete_streams(
         )
     finally:
         await scheduler.close()
+
+
+async def test_archiver_reads_events_through_its_consumer_and_nothing_else(
+    secured: AuthServer, prefix: str, operator: Bus, audit_database_url: str
+) -> None:
+    archiver = await _as(secured, prefix, "archiver")
+    n = archiver.names
+    try:
+        await operator.publish_event("agent", "joined", AgentEvent(agent_id="a-0", kind="joined",
+                                                                   at=utcnow()))  # fmt: skip
+        settings = archiver_settings(audit_database_url)
+        async with running_archiver(archiver, settings, probe=operator):
+            await eventually(lambda: archived_seqs(audit_database_url), what="the event archived")
+        other = f"$JS.API.CONSUMER.CREATE.{n.events_stream}.spy.{n.events_all()}"
+        await refused(
+            secured,
+            other,
+            lambda: archiver.js.add_consumer(
+                n.events_stream,
+                ConsumerConfig(name="spy", durable_name="spy", filter_subject=n.events_all()),
+            ),
+        )
+        next_task = f"$JS.API.CONSUMER.MSG.NEXT.{n.tasks_stream}.cap-echo"
+        await refused(secured, next_task, lambda: archiver.nc.request(next_task, b"1", timeout=2))
+        await refused(
+            secured,
+            f"$JS.API.STREAM.INFO.KV_{n.tasks_bucket}",
+            lambda: archiver.js.key_value(n.tasks_bucket),
+        )
+        forged = n.event_subject("agent", "joined")
+        await refused(secured, forged, lambda: archiver.js.publish(forged, b"{}", timeout=2))
+        await refused(
+            secured,
+            f"$JS.API.STREAM.DELETE.{n.events_stream}",
+            lambda: archiver.js.delete_stream(n.events_stream),
+        )
+    finally:
+        await archiver.close()

@@ -44,9 +44,17 @@ def test_init_writes_secrets_0600_and_no_seed_in_server_conf(agentbus_home: Path
     secrets = [*auth.glob("*.nk"), *auth.glob("creds/*.creds")]
     assert {p.name for p in auth.glob("creds/*.creds")} == {
         f"{name}.creds"
-        for name in ("registry", "scheduler", "checkpoint", "gateway", "operator", "sys")
+        for name in (
+            "registry",
+            "scheduler",
+            "checkpoint",
+            "gateway",
+            "archiver",
+            "operator",
+            "sys",
+        )
     }
-    assert len(secrets) == 4 + 6
+    assert len(secrets) == 4 + 7
     assert {str(p): mode(p) for p in secrets} == {str(p): 0o600 for p in secrets}
     conf = (auth / "server.conf").read_text()
     assert "operator:" in conf and "resolver_preload" in conf
@@ -108,7 +116,15 @@ def test_show_lists_identities_and_never_a_seed(tmp_path: Path) -> None:
     summary = json.loads(out)
     assert not SEED.search(out)
     names = {i["name"] for i in summary["identities"]}
-    assert names == {"registry", "scheduler", "checkpoint", "gateway", "operator", "sys"}
+    assert names == {
+        "registry",
+        "scheduler",
+        "checkpoint",
+        "gateway",
+        "archiver",
+        "operator",
+        "sys",
+    }
     assert summary["operator"].startswith("O") and summary["account"].startswith("A")
     code, _, err = invoke("auth", "show", str(tmp_path / "none"))
     assert code == 1 and "agentbus auth init" in err

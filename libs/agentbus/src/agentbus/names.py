@@ -184,6 +184,8 @@ class Names:
         return f"cap-{capability}" + (f"-p{band}" if band else "")
 
     RESULTS_CONSUMER = "scheduler-results"
+    ARCHIVER_CONSUMER = "archiver"
+    """Durable pull consumer of ``<P>_EVENTS`` (every event) the archiver copies from."""
     DEAD_LETTERS_CONSUMER = "scheduler-dead-letters"
     """Durable consumer of ``<P>_TASK_ADVISORIES``, pulled by the sweeps lease holder."""
 

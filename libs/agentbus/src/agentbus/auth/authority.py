@@ -32,6 +32,7 @@ from agentbus.auth import nats_jwt
 from agentbus.auth.creds import Credentials as Credentials  # re-exported
 from agentbus.auth.creds import write_secret as write_secret  # re-exported
 from agentbus.auth.permissions import (
+    OPTIONAL_SERVICES,
     SERVICES,
     Permissions,
     operator_permissions,
@@ -191,7 +192,7 @@ def init_auth(path: Path | str, *, prefix: str = "agentbus", force: bool = False
         for stale in auth.path.glob("creds/*.creds"):
             stale.unlink()
     authority = Authority(auth)
-    for service in SERVICES:
+    for service in (*SERVICES, *OPTIONAL_SERVICES):
         if service != "supervisor" and not auth.creds(service).exists():
             service_creds(auth, prefix, service)
     if not auth.creds("operator").exists():

@@ -21,6 +21,8 @@ from agentbus.names import BANDS, Names
 
 SERVICES = ("registry", "scheduler", "supervisor", "checkpoint", "gateway")
 """Service identities, each with its own table (``service_permissions``)."""
+OPTIONAL_SERVICES = ("archiver",)
+"""Identities of services a fleet runs only when configured (the audit archiver)."""
 RESPONSES_MAX = 64
 """Replies one identity with ``responses`` may send to one request: the most ``nats.micro``
 instances one connection serves (``CHECKPOINT_CONCURRENCY`` is at most 64)."""
@@ -154,6 +156,8 @@ def service_permissions(names: Names, service: str, *, node_id: str | None = Non
         ValueError: unknown service, or a supervisor without ``node_id``.
     """
     n, p = names, names.prefix
+    if service == "archiver":
+        return archiver_permissions(names)
     publish, subscribe = _service_base(names, service)
     if service == "registry":
         publish += [*kv_write(n.agents_bucket), *kv_write(n.nodes_bucket)]
@@ -202,12 +206,41 @@ def service_permissions(names: Names, service: str, *, node_id: str | None = Non
         publish += [*objects_read(n.blobs_bucket), *stream_read(n.logs_stream)]
         subscribe += [f"{p}.records.task.>"]
     else:
-        raise ValueError(f"unknown service {service!r}; services are {', '.join(SERVICES)}")
+        known = ", ".join((*SERVICES, *OPTIONAL_SERVICES))
+        raise ValueError(f"unknown service {service!r}; services are {known}")
     identity = service if node_id is None else f"{service}-{node_id}"  # replies per node
     return Permissions(
         publish=tuple(publish),
         subscribe=(*subscribe, f"{inbox_prefix('svc', identity)}.>"),
         inbox_prefix=inbox_prefix("svc", identity),
+        publish_deny=("$JS.API.STREAM.DELETE.>",),
+        responses=True,
+    )
+
+
+def archiver_permissions(names: Names) -> Permissions:
+    """The archiver: its own durable consumer of the events stream, nothing else.
+
+    It creates that consumer (``Names.ARCHIVER_CONSUMER``, filter ``<p>.events.>``),
+    pulls and acks through it, reads the stream's info, answers ``$SRV`` pings and
+    reports its bad messages; it may neither publish events nor read other streams.
+    """
+    stream, consumer = names.events_stream, Names.ARCHIVER_CONSUMER
+    mine = inbox_prefix("svc", "archiver")
+    return Permissions(
+        publish=(
+            "$JS.API.INFO",
+            f"$JS.API.STREAM.INFO.{stream}",
+            f"$JS.API.CONSUMER.CREATE.{stream}.{consumer}.{names.events_all()}",
+            f"$JS.API.CONSUMER.INFO.{stream}.{consumer}",
+            f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}",
+            f"$JS.ACK.{stream}.{consumer}.>",
+            f"$JS.ACK.*.*.{stream}.{consumer}.>",
+            f"{names.prefix}.events.error.archiver",
+            "$SRV.>",
+        ),
+        subscribe=("$SRV.>", f"{mine}.>"),
+        inbox_prefix=mine,
         publish_deny=("$JS.API.STREAM.DELETE.>",),
         responses=True,
     )

@@ -106,7 +106,8 @@ def auth_init(
 @auth_app.command("creds")
 def auth_creds(
     service: Annotated[
-        str, typer.Argument(help="registry, scheduler, supervisor, checkpoint or gateway.")
+        str,
+        typer.Argument(help="registry, scheduler, supervisor, checkpoint, gateway or archiver."),
     ],
     node: Annotated[str | None, typer.Option("--node", help="The supervisor's node id.")] = None,
     directory: Annotated[

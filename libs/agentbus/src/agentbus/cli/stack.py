@@ -86,8 +86,16 @@ def embedded(
             "streams and buckets are R3.",
         ),
     ] = 1,
+    audit_database_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="AGENTBUS_AUDIT_DATABASE_URL",
+            help="Also run the archiver: the events stream into this PostgreSQL "
+            "(the audit trail, `agentbus audit`).",
+        ),
+    ] = None,
 ) -> None:
-    """Run nats-server and the five services locally until Ctrl-C.
+    """Run nats-server and the five services (and the archiver, if given a database) until Ctrl-C.
 
     Authentication is on unless --no-auth: the keys come from the auth directory,
     created by `agentbus auth init` on first use; an incomplete one is refused (exit 1).
@@ -117,6 +125,7 @@ def embedded(
         tls_dir=tls,
         verify_clients=tls_verify,
         cluster=cluster,
+        audit_database_url=audit_database_url,
     )
     code = run(_embedded(stack, runtime))
     raise typer.Exit(code)

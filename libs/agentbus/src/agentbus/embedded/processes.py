@@ -1,4 +1,4 @@
-"""Local processes of the embedded stack: finding nats-server, free ports, ending children."""
+"""Local processes of the embedded stack: nats-server, free ports, children, pings."""
 
 from __future__ import annotations
 
@@ -11,7 +11,10 @@ import sys
 import time
 from pathlib import Path
 
+from nats.aio.client import Client as NatsClient
+
 from agentbus.errors import UnavailableError
+from agentbus.service.health import ping_replies
 
 
 def nats_server_binary() -> str:
@@ -62,3 +65,19 @@ def terminate(procs: list[subprocess.Popen[bytes]], grace_s: float) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+async def ping_services(
+    nc: NatsClient, *, prefix: str | None = None, wait_s: float = 0.5
+) -> set[str]:
+    """Names of the ``nats.micro`` services answering ``$SRV.PING`` within ``wait_s``.
+
+    With ``prefix``, only services whose metadata names that prefix (or none) count,
+    so several fleets can share one server.
+    """
+    names: set[str] = set()
+    for info in await ping_replies(nc, wait_s=wait_s):
+        meta = info.get("metadata") or {}
+        if prefix is None or meta.get("prefix", prefix) == prefix:
+            names.add(str(info.get("name", "")))
+    return names

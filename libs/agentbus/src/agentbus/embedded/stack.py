@@ -32,8 +32,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Literal
 
-from nats.aio.client import Client as NatsClient
-
 from agentbus.auth.tls import TlsFiles, make_tls_files, nats_tls_block
 from agentbus.bus import Bus
 from agentbus.bus.dial import tls_env
@@ -41,6 +39,7 @@ from agentbus.client import Client
 from agentbus.embedded.auth import StackAuth, prepare_stack_auth
 from agentbus.embedded.cluster import start_cluster
 from agentbus.embedded.processes import die_with_parent, free_port, nats_server_binary, terminate
+from agentbus.embedded.processes import ping_services as ping_services  # re-exported
 from agentbus.embedded.state import STATE_FILE_NAME as STATE_FILE_NAME  # re-exported
 from agentbus.embedded.state import EmbeddedState as EmbeddedState  # re-exported
 from agentbus.embedded.state import agentbus_home as agentbus_home  # re-exported
@@ -52,32 +51,17 @@ from agentbus.embedded.state import (
 )
 from agentbus.embedded.state import read_state as read_state  # re-exported
 from agentbus.errors import UnavailableError
-from agentbus.service.health import ping_replies
 from agentbus.settings import BusSettings
 
 SERVICES: tuple[str, ...] = ("registry", "scheduler", "supervisor", "checkpoint", "gateway")
 """The five services, in start order."""
+ARCHIVER = "archiver"
+"""The optional sixth service, started last when an audit database URL is given."""
 FIRST_SERVICES: tuple[str, ...] = ("registry", "scheduler")
 """Started first, and answering, before the others: they create what the others read."""
 NODE_ID = "embedded"
 """Node id of the embedded supervisor."""
 _LISTENING = re.compile(r"Listening for client connections on ([\d.]+):(\d+)")
-
-
-async def ping_services(
-    nc: NatsClient, *, prefix: str | None = None, wait_s: float = 0.5
-) -> set[str]:
-    """Names of the ``nats.micro`` services answering ``$SRV.PING`` within ``wait_s``.
-
-    With ``prefix``, only services whose metadata names that prefix (or none) count,
-    so several fleets can share one server.
-    """
-    names: set[str] = set()
-    for info in await ping_replies(nc, wait_s=wait_s):
-        meta = info.get("metadata") or {}
-        if prefix is None or meta.get("prefix", prefix) == prefix:
-            names.add(str(info.get("name", "")))
-    return names
 
 
 class EmbeddedStack:
@@ -99,6 +83,9 @@ class EmbeddedStack:
         credentials: the stack's credentials once started with ``auth`` (else None).
         cluster: nats-servers started (``1``: one; ``3``: a cluster on loopback ports,
             ``agentbus.embedded.cluster``, whose streams are R3).
+        audit_database_url: libpq URL of the audit database; given, the archiver runs
+            too (``AGENTBUS_AUDIT_DATABASE_URL``) and ``services`` names it.
+        services: the services this stack runs, in start order.
     """
 
     def __init__(
@@ -120,6 +107,7 @@ class EmbeddedStack:
         auth: bool = True,
         auth_dir: Path | None = None,
         cluster: int = 1,
+        audit_database_url: str | None = None,
     ) -> None:
         self._tmp = tempfile.mkdtemp(prefix="agentbus-embedded-")
         self.store_dir = Path(store_dir) if store_dir else Path(self._tmp) / "jetstream"
@@ -142,6 +130,8 @@ class EmbeddedStack:
         if cluster < 1:
             raise ValueError(f"cluster must be 1 or more servers, not {cluster}")
         self.cluster = cluster
+        self.audit_database_url = audit_database_url
+        self.services = SERVICES + ((ARCHIVER,) if audit_database_url else ())
         self.nats_url = ""
         scheme = "https" if self.tls else "http"
         self.gateway_url = f"{scheme}://127.0.0.1:{self.gateway_port}"
@@ -192,7 +182,7 @@ class EmbeddedStack:
                     Path(self._tmp),
                     auth_dir=self.auth_dir,
                     prefix=self.prefix,
-                    services=SERVICES,
+                    services=self.services,
                     node_id=NODE_ID,
                     resolver_dir=self.store_dir / "resolver",
                 )
@@ -325,6 +315,8 @@ class EmbeddedStack:
             GATEWAY_PORT=str(self.gateway_port),
             PYTHONUNBUFFERED="1",
         )
+        if self.audit_database_url:
+            env["AGENTBUS_AUDIT_DATABASE_URL"] = self.audit_database_url
         if self.tls is not None:
             env.update(tls_env(self.settings))
             env.update(
@@ -347,7 +339,10 @@ class EmbeddedStack:
             if self.credentials is None:
                 await bus.ensure()  # without credentials every process may create all
             seen: set[str] = set()
-            for batch in (FIRST_SERVICES, tuple(s for s in SERVICES if s not in FIRST_SERVICES)):
+            for batch in (
+                FIRST_SERVICES,
+                tuple(s for s in self.services if s not in FIRST_SERVICES),
+            ):
                 for name in batch:
                     argv = [sys.executable, "-m", f"agentbus_{name}"]
                     self._spawn(name, argv, self._service_env(name))

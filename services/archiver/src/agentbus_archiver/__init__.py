@@ -1,0 +1,1 @@
+"""agentbus archiver: the events stream into PostgreSQL."""
