@@ -57,7 +57,7 @@ class Flow:
     done: list[tuple[float, float]] = field(default_factory=list)
     """(submitted, completed), monotonic s, of every task that succeeded."""
     errors: dict[str, int] = field(default_factory=dict)
-    """Failed tasks by exception type."""
+    """Failed calls of ``one`` by exception type (each caller retries after 50 ms)."""
     callers: list[asyncio.Task[None]] = field(default_factory=list)
 
     def start(self, inflight: int) -> None:
@@ -153,7 +153,7 @@ async def leader_kills(
     """``kills`` times: SIGKILL the ``<P>_TASKS`` leader under load, time, restart it.
 
     ``bus``: a connection of the tasks' prefix (stream info). Returns the recoveries
-    and the count of tasks that failed during the drill, by exception type.
+    and the calls of ``one`` that failed during the drill (then retried), by exception type.
     """
     flow = Flow(one)
     flow.start(inflight)
