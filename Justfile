@@ -9,6 +9,8 @@ export TESTCONTAINERS_RYUK_DISABLED := "true"
 # The `docker compose` plugin when present, else Debian's docker-compose v1 (1.29).
 compose_cli := if `docker compose version >/dev/null 2>&1 && echo plugin || true` == "plugin" { "docker compose" } else { "docker-compose" }
 compose := compose_cli + " -f compose/compose.yaml -p agentbus"
+# Both files: the cluster variant's services too (`just down` stops either stack).
+compose_all := compose_cli + " -f compose/compose.yaml -f compose/compose.cluster.yaml -p agentbus"
 
 # The compose stack's credentials (scripts/compose_auth.sh; gitignored). compose.yaml
 # refuses to start without this variable.
@@ -93,15 +95,24 @@ images:
     # label and stay: they are the layer cache.
     docker image prune --force --filter label=agentbus.image >/dev/null
 
-[doc('Start nats + the five services; wait for the gateway (AGENTBUS_UP_TIMEOUT_S, default 90)')]
+[doc('Start nats + the five services (`just up cluster`: three clustered nats-servers); wait for the gateway (AGENTBUS_UP_TIMEOUT_S, default 90)')]
 [group('stack')]
-up: images
+up variant="": images
     #!/usr/bin/env bash
     set -euo pipefail
+    case "{{ variant }}" in
+      "") files="-f compose/compose.yaml"; urls=nats://127.0.0.1:4222 ;;
+      cluster)
+        # compose.cluster.yaml: nats-1..3 (host ports 4222-4224), every stream R3
+        files="-f compose/compose.yaml -f compose/compose.cluster.yaml"
+        urls=nats://127.0.0.1:4222,nats://127.0.0.1:4223,nats://127.0.0.1:4224 ;;
+      *) echo "error: unknown variant {{ variant }} (none, or cluster)" >&2; exit 2 ;;
+    esac
+    compose="{{ compose_cli }} $files -p agentbus"
     bash scripts/compose_auth.sh "$AGENTBUS_COMPOSE_AUTH_DIR"
-    {{ compose }} up -d --remove-orphans
+    $compose up -d --remove-orphans
     timeout_s=${AGENTBUS_UP_TIMEOUT_S:-90}
-    want=$({{ compose }} config --services | sort | tr '\n' ' ')
+    want=$($compose config --services | sort | tr '\n' ' ')
     deadline=$((SECONDS + timeout_s))
     prev=
     while :; do
@@ -113,13 +124,13 @@ up: images
       # and the gateway answering on the published port.
       if [ "$running" = "$want" ] && [ "$states" = "$prev" ] \
           && python3 -c "import urllib.request as u; u.urlopen('http://127.0.0.1:8080/healthz', timeout=2)" 2>/dev/null; then
-        echo "agentbus is up: gateway http://127.0.0.1:8080  nats nats://127.0.0.1:4222"
+        echo "agentbus is up: gateway http://127.0.0.1:8080  nats $urls"
         echo "the CLI's credentials: export AGENTBUS_CREDS_FILE=$AGENTBUS_COMPOSE_AUTH_DIR/creds/operator.creds"
         exit 0
       fi
       prev=$states
       if [ "$SECONDS" -ge "$deadline" ]; then
-        {{ compose }} logs --no-color --tail=10 >&2 || true
+        $compose logs --no-color --tail=10 >&2 || true
         echo "error: the stack was not ready within ${timeout_s} s (AGENTBUS_UP_TIMEOUT_S)" >&2
         echo "  want running and healthy: $want" >&2
         echo "  ready: ${running:-none}" >&2
@@ -132,24 +143,24 @@ up: images
       sleep 1
     done
 
-[doc('Stop the stack, drop its volumes, remove agents its supervisor started')]
+[doc('Stop the stack (either variant), drop its volumes, remove agents its supervisor started')]
 [group('stack')]
 down:
     #!/usr/bin/env bash
     set -euo pipefail
     # Supervisor first, so it starts no agent while its agents are removed.
-    {{ compose }} stop supervisor >/dev/null 2>&1 || true
+    {{ compose_all }} stop supervisor >/dev/null 2>&1 || true
     agents=$(docker ps -aq --filter label=agentbus.node=compose-node-1)
     if [ -n "$agents" ]; then
       echo "removing $(wc -w <<<"$agents") agent container(s)"
       docker rm -f -v $agents >/dev/null
     fi
-    {{ compose }} down -v --remove-orphans
+    {{ compose_all }} down -v --remove-orphans
 
 [doc('Follow logs, e.g. `just logs gateway supervisor`')]
 [group('stack')]
 logs *svc:
-    {{ compose }} logs -f --tail=200 "$@"
+    {{ compose_all }} logs -f --tail=200 "$@"
 
 [doc('Run a benchmark: `just bench tasks|fleet|state|events|cluster [--json FILE]` (figures, not tests)')]
 [group('run')]

@@ -24,7 +24,8 @@ fi
 
 # 2. Debian packages: Docker engine, compose v1, mmdebstrap for the base image; redis-server
 #    (the Celery peer of `just bench tasks`); podman with runc (the Podman runtime path);
-#    docker-registry (the distribution v2 registry the image-pull test starts on a free port).
+#    docker-registry (the distribution v2 registry the image-pull test starts on a free port);
+#    iproute2 and iptables (hosts as network namespaces: tests/_harness/netns.py).
 need_pkgs=()
 command -v dockerd >/dev/null 2>&1 || need_pkgs+=(docker.io)
 command -v docker-compose >/dev/null 2>&1 || need_pkgs+=(docker-compose)
@@ -33,6 +34,8 @@ command -v npm >/dev/null 2>&1 || need_pkgs+=(nodejs npm)
 command -v redis-server >/dev/null 2>&1 || need_pkgs+=(redis-server)
 command -v podman >/dev/null 2>&1 || need_pkgs+=(podman runc)
 command -v docker-registry >/dev/null 2>&1 || need_pkgs+=(docker-registry)
+command -v ip >/dev/null 2>&1 || need_pkgs+=(iproute2)
+command -v iptables >/dev/null 2>&1 || need_pkgs+=(iptables)
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
   log "installing ${need_pkgs[*]}"
   as_root apt-get update -qq

@@ -48,11 +48,17 @@ def bearer(secret: str) -> dict[str, str]:
 
 
 async def start_gateway(
-    bus: Bus, *, scopes: Iterable[str] = SCOPES, ca_file: Path | None = None, **settings: object
+    bus: Bus,
+    *,
+    scopes: Iterable[str] = SCOPES,
+    ca_file: Path | None = None,
+    token_bus: Bus | None = None,
+    **settings: object,
 ) -> Gateway:
     """The gateway on a free port, its client holding a token with ``scopes``; with
-    ``tls_cert_file`` in ``settings`` it serves HTTPS and ``http`` trusts ``ca_file``."""
-    token, secret = await create_token(bus, "test", scopes)
+    ``tls_cert_file`` in ``settings`` it serves HTTPS and ``http`` trusts ``ca_file``.
+    ``token_bus`` writes the token (default ``bus``: a gateway identity may not)."""
+    token, secret = await create_token(token_bus or bus, "test", scopes)
     stop = asyncio.Event()
     registry = CollectorRegistry()
     port = free_port()

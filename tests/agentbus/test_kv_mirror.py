@@ -20,6 +20,7 @@ from agentbus.kv.mirror import KvChange, KvMirror
 from agentbus.service import ServiceMetrics
 from agentbus.settings import BusSettings
 from tests._harness.polling import eventually
+from tests._harness.tcp_proxy import TcpProxy
 
 pytestmark = [pytest.mark.nats, pytest.mark.timeout(60)]
 
@@ -268,3 +269,33 @@ async def test_watches_again_after_a_reconnect_and_drops_what_it_missed(
     finally:
         await relayed.close()
         await relay.close()
+
+
+async def test_resync_replays_afresh_and_waits_for_a_stalled_connection(
+    bus: Bus, bucket: str, nats_url: str
+) -> None:
+    proxy = await TcpProxy(urlsplit(nats_url).port or 4222).start()
+    stalled = await Bus.connect(BusSettings(nats_url=proxy.url, prefix=bus.names.prefix), name="s")
+    try:
+        kv = await bus.kv(bucket)
+        await kv.put("a", item(1))
+        await kv.put("b", item(2))
+        mirror: KvMirror[Item] = KvMirror(stalled, bucket, Item, check_s=0.2)
+        async with running(mirror):
+            await eventually(lambda: holds(mirror, {"a": 1, "b": 2}))
+            # gone without a marker: a live watch never hears of it; a fresh replay does
+            await bus.js.purge_stream(f"KV_{bucket}", subject=f"$KV.{bucket}.a")
+            await asyncio.wait_for(mirror.resync(), 10)
+            assert await holds(mirror, {"b": 2})
+            restarts = mirror.restarts
+            await proxy.cut("stall")  # connected, but nothing gets through
+            resync = asyncio.create_task(mirror.resync())
+            await kv.put("c", item(3))
+            await eventually(lambda: mirror.restarts > restarts, what="the watch started over")
+            assert not resync.done()  # no replay can complete while stalled
+            proxy.restore()
+            await asyncio.wait_for(resync, 20)
+            assert await holds(mirror, {"b": 2, "c": 3})
+    finally:
+        await stalled.close()
+        await proxy.close()

@@ -10,9 +10,12 @@ import functools
 from collections.abc import AsyncIterator
 
 import pytest
+from nats.js.api import ConsumerConfig
 
 from agentbus.bus import Bus
-from tests._harness.auth import AuthServer, refused
+from tests._harness.auth import AuthServer, no_violations_since, refused
+from tests._harness.gateway import start_gateway, stop_gateway
+from tests._harness.sse import count, publish_task_event, read_sse
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -59,6 +62,31 @@ async def test_gateway_reads_records_but_not_placements_tasks_or_tokens(
             ),
         )
     finally:
+        await gateway.close()
+
+
+async def test_gateway_streams_events_over_sse_on_its_own_identity(
+    secured: AuthServer, prefix: str, operator: Bus
+) -> None:
+    """Its ordered readers (ephemeral consumers on the events stream) are allowed; a
+    consumer on the tasks stream is not."""
+    gateway = await _as(secured, prefix, "gateway")
+    n = gateway.names
+    gw = await start_gateway(gateway, token_bus=operator)
+    try:
+        seen = len(secured.server.violations)
+        await publish_task_event(operator, "t1", "queued")
+        events = await read_sse(gw.http, "/v1/events", params={"since": "0"}, until=count(1))
+        assert [e.event for e in events] == ["task.queued"]
+        assert no_violations_since(secured, seen) == []
+        consumer = ConsumerConfig(name="spy", filter_subject=n.tasks_all())
+        await refused(
+            secured,
+            f"$JS.API.CONSUMER.CREATE.{n.tasks_stream}.spy.{n.tasks_all()}",
+            lambda: gateway.js.add_consumer(n.tasks_stream, consumer, timeout=2),
+        )
+    finally:
+        await stop_gateway(gw)
         await gateway.close()
 
 

@@ -89,7 +89,10 @@ class Stack(threading.Thread):
                 serve_registry(bus, registry_stop, RegistrySettings(), CollectorRegistry())
             )
             # every scope, and a rate limit the generated requests stay under
-            gw = await start_gateway(bus, max_wait_s=0.2, rate_limit_requests=100_000)
+            # event streams end after a second (a valid one would follow forever)
+            gw = await start_gateway(
+                bus, max_wait_s=0.2, rate_limit_requests=100_000, sse_max_duration_s=1.0
+            )
             self.base_url = str(gw.http.base_url).rstrip("/")
             self.headers = {"Authorization": gw.http.headers["authorization"]}
             self.ready.set()
@@ -134,6 +137,8 @@ OPERATIONS = [
     ("POST", "/v1/tasks/{task_id}/resubmit"),
     ("POST", "/v1/tasks/wait"),
     ("POST", "/v1/events/{topic}"),
+    ("GET", "/v1/tasks/{task_id}/events"),
+    ("GET", "/v1/events"),
     ("GET", "/v1/agents"),
     ("GET", "/v1/nodes"),
     ("GET", "/healthz"),

@@ -27,6 +27,10 @@ class BusSettings(BaseSettings):
 
     nats_url: str = "nats://127.0.0.1:4222"
     """Comma-separated NATS server URLs."""
+    nats_servers_in_order: bool = False
+    """Try the servers of ``nats_url`` in the listed order (first connect and every
+    reconnect), e.g. the server on this host first; servers the cluster announces come
+    after them. Off: nats-py's random order, which spreads clients over the servers."""
     creds_file: Path | None = None
     """NATS credentials (a ``.creds`` file: user JWT and nkey seed) this process
     connects with; the reply prefix comes from its permissions. None: anonymous, which a

@@ -13,6 +13,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 from agentbus import __version__
 from agentbus_gateway.auth import BEARER
 from agentbus_gateway.errors import exception_handlers
+from agentbus_gateway.event_stream import EVENT_ROUTES
 from agentbus_gateway.events import publish_topic_event
 from agentbus_gateway.guards import request_guard
 from agentbus_gateway.metrics import HttpMetricsMiddleware
@@ -28,7 +29,8 @@ def create_app(ctx: GatewayContext) -> HttpMetricsMiddleware:
     Routes: ``POST /v1/tasks``, ``GET /v1/tasks/{task_id}?wait_s=``,
     ``GET /v1/tasks/{task_id}/output``, ``GET /v1/tasks?status=dead``,
     ``POST /v1/tasks/{task_id}/cancel|resubmit``, ``POST /v1/tasks/wait``,
-    ``POST /v1/events/{topic}?key=``, ``GET /v1/agents?capability=``,
+    ``POST /v1/events/{topic}?key=``, ``GET /v1/events`` and
+    ``GET /v1/tasks/{task_id}/events`` (Server-Sent Events), ``GET /v1/agents?capability=``,
     ``GET /v1/nodes``, ``GET /healthz``, ``GET /metrics``, ``GET /openapi.json`` (and
     ``/schema/openapi.json``). Every request first passes ``guards.request_guard``
     (Host, origin, JSON bodies), then, on a route that names a scope, the token
@@ -45,7 +47,7 @@ def create_app(ctx: GatewayContext) -> HttpMetricsMiddleware:
         return ctx
 
     app = Litestar(
-        route_handlers=[*ROUTES, task_output, publish_topic_event],
+        route_handlers=[*ROUTES, task_output, publish_topic_event, *EVENT_ROUTES],
         request_class=GatewayRequest,
         request_max_body_size=ctx.settings.max_body_bytes,
         before_request=_before,
@@ -55,8 +57,8 @@ def create_app(ctx: GatewayContext) -> HttpMetricsMiddleware:
             title="agentbus gateway",
             version=__version__,
             description=(
-                "HTTP access to agentbus: submit and follow tasks, publish events, list "
-                "agents and nodes."
+                "HTTP access to agentbus: submit and follow tasks, publish and follow "
+                "events, list agents and nodes."
             ),
             render_plugins=[JsonRenderPlugin()],
             components=Components(

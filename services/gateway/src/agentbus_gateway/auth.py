@@ -110,6 +110,7 @@ class Authenticator:
             token = await self._authenticate(request.headers.get("authorization", ""))
             require_scope(token, scope)
             await self._rate_limit(token)
+            request.state.token_id = token.token_id  # per-token caps (event streams)
         except (AuthenticationError, PermissionDeniedError, RateLimitedError) as exc:
             self._refused(request, exc)
             raise

@@ -6,7 +6,7 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from agentbus.service import ServiceMetrics
 
@@ -32,6 +32,16 @@ class GatewayMetrics:
         auth_refusals: ``agentbus_gateway_auth_refusals_total{status,reason}``: 401
             (``missing``, ``malformed``, ``unknown``, ``revoked``, ``expired``), 403
             (``scope``), 429 (``rate``).
+        sse_streams: ``agentbus_gateway_sse_streams``: event streams open now.
+        sse_events: ``agentbus_gateway_sse_events_sent_total``: events handed to clients.
+        sse_cutoffs: ``agentbus_gateway_sse_cutoffs_total{reason}``: streams the gateway
+            ended: ``send_timeout`` (the client took no data for
+            ``sse_send_timeout_s``), ``lagging`` (over ``sse_max_lag_events`` behind for
+            ``sse_max_lag_s``), ``stopping`` (the gateway stops), ``duration``
+            (open ``sse_max_duration_s``), ``unavailable`` (the
+            events stream could not be read).
+        sse_refusals: ``agentbus_gateway_sse_refusals_total{limit}``: streams refused
+            over a cap, ``token`` (429) or ``gateway`` (503).
     """
 
     def __init__(self, registry: CollectorRegistry) -> None:
@@ -53,6 +63,26 @@ class GatewayMetrics:
             "agentbus_gateway_auth_refusals_total",
             "Requests refused by token authentication, scope or rate limit.",
             ["status", "reason"],
+            registry=registry,
+        )
+        self.sse_streams = Gauge(
+            "agentbus_gateway_sse_streams", "Event streams open now.", registry=registry
+        )
+        self.sse_events = Counter(
+            "agentbus_gateway_sse_events_sent_total",
+            "Events handed to event stream clients.",
+            registry=registry,
+        )
+        self.sse_cutoffs = Counter(
+            "agentbus_gateway_sse_cutoffs_total",
+            "Event streams the gateway ended, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.sse_refusals = Counter(
+            "agentbus_gateway_sse_refusals_total",
+            "Event streams refused over a cap, by the cap (token, gateway).",
+            ["limit"],
             registry=registry,
         )
 

@@ -287,3 +287,18 @@ class CancelView(msgspec.Struct, kw_only=True):
 
     task: TaskView
     cancelled: list[str]
+
+
+class SseEvent(msgspec.Struct, kw_only=True):
+    """One message of an event stream (``text/event-stream``), as a client parses it.
+
+    ``id``: the stream sequence; ``event``: the kind (``task.succeeded``; ``error`` for
+    the last message of a stream the gateway cut off, ``gap`` for lost sequences);
+    ``data``: the event's JSON (for ``error``, the reason as text); ``retry``: the
+    reconnect delay in ms (the opening message only).
+    """
+
+    data: str = ""
+    event: str = "message"
+    id: str | None = None
+    retry: int | None = None

@@ -45,13 +45,14 @@ from agentbus_gateway.models import (
     task_view,
 )
 from agentbus_gateway.settings import GatewaySettings
+from agentbus_gateway.sse import StreamSlots
 
 T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
 class GatewayContext:
-    """What the handlers share: the bus, a client on it, settings, metrics, stop, auth."""
+    """What the handlers share: bus, client, settings, metrics, stop, auth, stream slots."""
 
     bus: Bus
     client: Client
@@ -59,6 +60,7 @@ class GatewayContext:
     metrics: GatewayMetrics
     stop: asyncio.Event
     auth: Authenticator
+    streams: StreamSlots
 
 
 Ctx = NamedDependency[GatewayContext]

@@ -28,6 +28,7 @@ from agentbus_gateway.auth import Authenticator
 from agentbus_gateway.metrics import GatewayMetrics
 from agentbus_gateway.routes import GatewayContext
 from agentbus_gateway.settings import GatewaySettings
+from agentbus_gateway.sse import StreamSlots
 
 
 class _Server(uvicorn.Server):
@@ -84,7 +85,12 @@ async def serve(
         raise ContractError("GATEWAY_TLS_CERT_FILE and GATEWAY_TLS_KEY_FILE go together")
     metrics = GatewayMetrics(registry)
     auth = Authenticator(bus, settings, metrics)
-    ctx = GatewayContext(bus, Client(bus), settings, metrics, stop, auth)
+    streams = StreamSlots(
+        per_token=settings.sse_max_streams_per_token,
+        total=settings.sse_max_streams,
+        metrics=metrics,
+    )
+    ctx = GatewayContext(bus, Client(bus), settings, metrics, stop, auth, streams)
     sock = bind_socket(settings.host, settings.port)
     port = int(sock.getsockname()[1])
     micro = MicroService(bus, "gateway", metrics.service, description="agentbus HTTP gateway")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import NonNegativeInt, PositiveFloat, PositiveInt
+from pydantic import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -58,3 +58,24 @@ class GatewaySettings(BaseSettings):
     0: no limit."""
     rate_limit_window_s: PositiveInt = 10
     """The moving window of ``rate_limit_requests``, whole seconds."""
+    sse_keepalive_s: PositiveFloat = 15.0
+    """An event stream that sent nothing for this long sends a ``: keep-alive`` comment."""
+    sse_retry_ms: PositiveInt = 2000
+    """``retry:`` sent at the start of each event stream: a browser's reconnect delay."""
+    sse_batch: PositiveInt = 32
+    """Events one stream fetches at a time: the most it holds in memory for a client."""
+    sse_send_timeout_s: PositiveFloat = 30.0
+    """A client that takes no data for this long (its buffers are full) is cut off."""
+    sse_final_grace_s: PositiveFloat = 5.0
+    """How long the final ``event: error`` of a cut-off client may take to go out."""
+    sse_max_lag_events: PositiveInt = 100_000
+    """A client more events behind the stream than this ..."""
+    sse_max_lag_s: PositiveFloat = 120.0
+    """... for this long is cut off (``event: error``, ``lagging``)."""
+    sse_max_duration_s: NonNegativeFloat = 0.0
+    """An event stream open this long ends (``event: error``; the client resumes, maybe
+    on another gateway instance). 0: no limit."""
+    sse_max_streams: NonNegativeInt = 1000
+    """Most event streams open at once; more get 503. 0: no cap."""
+    sse_max_streams_per_token: NonNegativeInt = 20
+    """Most event streams one token may have open; more get 429. 0: no cap."""

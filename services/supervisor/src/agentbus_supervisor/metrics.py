@@ -58,6 +58,21 @@ class SupervisorMetrics:
             "1 while the published secrets key is one this supervisor does not hold.",
             registry=registry,
         )
+        self.fenced = Gauge(
+            "agentbus_supervisor_fenced",
+            "1 while the node is fenced (heartbeat failing too long; replicas stopped).",
+            registry=registry,
+        )
+        self.fences = Counter(
+            "agentbus_supervisor_fences_total",
+            "Times the node fenced itself.",
+            registry=registry,
+        )
+        self.heartbeat_failures = Counter(
+            "agentbus_supervisor_heartbeat_failures_total",
+            "Node heartbeat puts that failed or timed out.",
+            registry=registry,
+        )
         self.log_lines = Counter(
             "agentbus_supervisor_log_lines_total",
             "Output lines shipped to the logs stream.",

@@ -22,6 +22,10 @@ One supervisor runs per node. It
   secrets do not open is not started (``failed``, see ``replica``);
 - serves ``nats.micro`` service ``supervisor`` with ``<p>.supervisor.<node_id>.status``
   (``GetNodeStatus`` → ``NodeStatusReply``);
+- fences itself when no heartbeat put has succeeded for ``fence_after_s`` (cut off
+  from the bus: disconnected, or on a nats-server without quorum): stops every
+  replica at once and starts none until a put succeeds and its watches have replayed
+  the placements afresh (``fence``); ``NodeInfo.fenced`` says so meanwhile;
 - on stop, stops every replica (unless ``stop_replicas_on_exit`` is off, so that a
   restarted supervisor adopts them) and deletes its node key.
 """
@@ -37,11 +41,12 @@ from typing import Any, TypeVar
 
 import msgspec
 from loguru import logger
+from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 from prometheus_client import CollectorRegistry
 
 from agentbus.bus import Bus
-from agentbus.bus.dial import tls_env
+from agentbus.bus.dial import bus_env
 from agentbus.errors import AgentBusError
 from agentbus.fleet.secrets import SecretsKeyring
 from agentbus.kv.mirror import KvMirror
@@ -59,6 +64,7 @@ from agentbus.messages.fleet import Limits
 from agentbus.names import check_token, replica_agent_id
 from agentbus.service import MicroService, ServiceMetrics
 from agentbus_supervisor.credentials import ReplicaCredentials
+from agentbus_supervisor.fence import FENCE_STOP_GRACE_S, Fence
 from agentbus_supervisor.metrics import SupervisorMetrics
 from agentbus_supervisor.replica import ReplicaRunner, RunnerContext
 from agentbus_supervisor.runtime import ReplicaHandle, ReplicaSpec, Runtime, build_spec
@@ -134,6 +140,18 @@ class Supervisor:
         """Graceful stops under way, by replica: they run in the background (a long
         ``stop_grace_s`` must not hold up other replicas), and a replica is started
         again only once the stop of its previous instance has finished (same name)."""
+        self._stopping_handles: dict[ReplicaKey, ReplicaHandle] = {}  # a fence kills them
+        self._kills: set[asyncio.Future[None]] = set()
+        self._node_revision = 0  # of our last node entry write; 0: none known
+        self.fence = Fence(
+            bus,
+            self.node_id,
+            settings.fence_timing,
+            self.metrics,
+            mirrors=(self.deployments, self.placements),
+            on_fence=self._fence_replicas,
+            on_unfence=self._dirty.set,
+        )
 
     # -- node info and status ---------------------------------------------------------
     def node_info(self) -> NodeInfo:
@@ -150,6 +168,7 @@ class Supervisor:
             replicas=len(self.runners),
             hostname=socket.gethostname(),
             images=self._images,
+            fenced=self.fence.fenced,
         )
 
     async def status(self, _: GetNodeStatus) -> NodeStatusReply:
@@ -166,14 +185,59 @@ class Supervisor:
                     self._images = await self.runtime.images()
                 except AgentBusError as exc:
                     logger.warning("cannot list images", error=str(exc))
+            timeout_s = self.fence.timing.heartbeat_timeout_s
             try:
-                await kv.put(self.node_id, encode(self.node_info()))
+                entry_lost = await asyncio.wait_for(self._put_node(kv), timeout_s)
             except Exception as exc:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise asyncio.CancelledError from exc
+                self.metrics.heartbeat_failures.inc()
                 logger.warning("node heartbeat failed", error=repr(exc))
+            else:
+                self.fence.beat(entry_lost=entry_lost)
             # Sleep until the next beat, or until a reconcile changed the replica count.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._beat.wait(), self.settings.heartbeat_s)
             self._beat.clear()
+
+    async def _put_node(self, kv: KeyValue) -> bool:
+        """Write this node's entry; whether it had stopped being our last write.
+
+        A compare-and-set on our last write's revision tells an entry that expired
+        (or was deleted, or written by another) meanwhile: then a plain put.
+        """
+        value = encode(self.node_info())
+        if self._node_revision:
+            try:
+                self._node_revision = await kv.update(self.node_id, value, self._node_revision)
+                return False
+            except KeyWrongLastSequenceError:
+                pass
+        self._node_revision = await kv.put(self.node_id, value)
+        return True
+
+    def _fence_replicas(self) -> None:
+        """Stop every replica now (``FENCE_STOP_GRACE_S``); ``reconcile`` starts none."""
+        for key, runner in self.runners.items():
+            self._stop_later(key, runner.stop(FENCE_STOP_GRACE_S, reason="fenced"), runner.handle)
+        for key, handle in self.adoptable.items():
+            self._stop_later(key, self._stop_handle(handle, FENCE_STOP_GRACE_S), handle)
+        for key, handle in self._stopping_handles.items():  # graceful stops under way
+            if key not in self.runners and key not in self.adoptable:
+                kill = asyncio.ensure_future(self._kill(handle))
+                self._kills.add(kill)
+                kill.add_done_callback(self._kills.discard)
+        self.runners, self.adoptable = {}, {}
+        self._adopted.clear()
+        self.metrics.replicas.set(0)
+        self._beat.set()
+
+    async def _kill(self, handle: ReplicaHandle) -> None:
+        try:
+            await self.runtime.kill(handle)
+        except AgentBusError as exc:
+            logger.warning("replica kill failed", name=handle.name, error=str(exc))
 
     # -- watching the fleet buckets -----------------------------------------------------
     def _mirror(self, bucket: str, source: str, type_: type[T]) -> KvMirror[T]:
@@ -214,7 +278,7 @@ class Supervisor:
                 if self.credentials is not None
                 else None
             ),
-            bus_env=tls_env(self.bus.settings),
+            bus_env=bus_env(self.bus.settings),
             secret_env=secret_env,
             secrets_failure=failure,
         )
@@ -223,25 +287,28 @@ class Supervisor:
         """Start, stop and replace replicas until they match ``desired()``.
 
         Stops run in the background (``_stopping``); a replica whose previous instance
-        is still stopping starts on the pass that follows the end of that stop.
+        is still stopping starts on the pass that follows the end of that stop. Does
+        nothing while the node is fenced.
         """
+        if self.fence.fenced:
+            return
         wanted = self.desired()
         grace = asyncio.get_running_loop().time() < self._adopt_until
         for key, runner in list(self.runners.items()):
             dep = wanted.get(key)
             if dep is None and grace and key in self._adopted and self._wanted_at_all(key):
-                self._stop_later(key, self._unadopt(key, self.runners.pop(key)))
+                self._stop_later(key, self._unadopt(key, self.runners.pop(key)), runner.handle)
             elif dep is None:
-                self._stop_later(key, self.runners.pop(key).stop(reason="unplaced"))
+                self._stop_later(key, self.runners.pop(key).stop(reason="unplaced"), runner.handle)
             elif self._spec(dep, key[1]) != runner.spec:
                 logger.info("replica spec changed; replacing", agent_id=runner.spec.agent_id)
-                self._stop_later(key, self.runners.pop(key).stop(reason="replaced"))
+                self._stop_later(key, self.runners.pop(key).stop(reason="replaced"), runner.handle)
             else:
                 runner.deployment = dep
         for key, handle in list(self.adoptable.items()):
             if key not in wanted and not (grace and self._wanted_at_all(key)):
                 del self.adoptable[key]
-                self._stop_later(key, self._stop_handle(handle, self.settings.stop_grace_s))
+                self._stop_later(key, self._stop_handle(handle, self.settings.stop_grace_s), handle)
         for key, dep in sorted(wanted.items()):
             if key in self.runners or key in self._stopping:
                 continue
@@ -251,7 +318,7 @@ class Supervisor:
             spec = self._spec(dep, key[1])
             adopted = self.adoptable.pop(key, None)
             if adopted is not None and not (adopted.running and adopted.digest == spec.digest):
-                self._stop_later(key, self._stop_handle(adopted, dep.stop_grace_s))
+                self._stop_later(key, self._stop_handle(adopted, dep.stop_grace_s), adopted)
                 continue
             if self.runtime.kind == "process" and dep.limits != Limits():
                 logger.warning("the process runtime does not enforce limits", replica=key)
@@ -265,14 +332,22 @@ class Supervisor:
         self.metrics.replicas.set(len(self.runners))
         self._beat.set()
 
-    def _stop_later(self, key: ReplicaKey, stop: Coroutine[Any, Any, None]) -> None:
-        """Run ``stop`` in the background; reconcile again when it is done."""
+    def _stop_later(
+        self,
+        key: ReplicaKey,
+        stop: Coroutine[Any, Any, None],
+        handle: ReplicaHandle | None = None,
+    ) -> None:
+        """Run ``stop`` (of ``handle``) in the background; reconcile again when it is done."""
         future = asyncio.ensure_future(stop)
         self._stopping[key] = future
+        if handle is not None:
+            self._stopping_handles[key] = handle
 
         def _done(f: asyncio.Future[None]) -> None:
             if self._stopping.get(key) is f:
                 del self._stopping[key]
+                self._stopping_handles.pop(key, None)
             if not f.cancelled() and (exc := f.exception()) is not None:
                 logger.error("replica stop failed", replica=key, error=repr(exc))
             self._dirty.set()
@@ -292,7 +367,9 @@ class Supervisor:
         It keeps running and stays adoptable: the scheduler may place it here again.
         """
         await runner.detach()
-        if runner.handle is not None and runner.state == "running":
+        if self.fence.fenced:
+            await runner.stop(FENCE_STOP_GRACE_S, reason="fenced")
+        elif runner.handle is not None and runner.state == "running":
             runner.handle.running = True
             self.adoptable[key] = runner.handle
             logger.info(
@@ -337,7 +414,7 @@ class Supervisor:
         # Announce the node before anything is reconciled: a scheduler that lost it
         # (an outage of both) places its replicas here again sooner.
         with contextlib.suppress(Exception):
-            await nodes_kv.put(self.node_id, encode(self.node_info()))
+            await asyncio.wait_for(self._put_node(nodes_kv), self.fence.timing.heartbeat_timeout_s)
         await publish_public_key(
             self.bus,
             self.keyring,
@@ -356,6 +433,7 @@ class Supervisor:
         mirrors = (self.deployments, self.placements, self.agents)
         tasks = [
             asyncio.create_task(self._heartbeat(nodes_kv, ending)),
+            asyncio.create_task(self.fence.run(ending)),
             *(asyncio.create_task(m.run(ending)) for m in mirrors),
         ]
         if self.credentials is not None:

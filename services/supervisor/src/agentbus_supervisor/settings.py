@@ -12,8 +12,17 @@ import tempfile
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
+from pydantic import (
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from agentbus_supervisor.fence import FenceTiming, check_timing
 
 
 def default_node_id() -> str:
@@ -46,6 +55,15 @@ class SupervisorSettings(BaseSettings):
     registered (``start_gate``); more wait in line. Default: 2 x the CPU count."""
     heartbeat_s: PositiveFloat = 2.0
     """Interval between ``NodeInfo`` puts into KV ``<p>_nodes``."""
+    heartbeat_timeout_s: PositiveFloat | None = None
+    """Bound of one heartbeat put (default: 0.75 x ``heartbeat_s``)."""
+    fence_after_s: PositiveFloat | None = None
+    """With no successful heartbeat put for longer than this, the supervisor fences
+    itself: stops every replica, starts none until a put succeeds (``fence``). Must
+    leave the replicas stopped strictly before the node entry can expire (the TTL,
+    10 s; checked at load): after that, the scheduler starts them elsewhere. Default:
+    the TTL less ``heartbeat_timeout_s``, the 1 s stop grace and max(``heartbeat_s``,
+    1 s), i.e. 5.5 s with the default heartbeat."""
     images_refresh_s: PositiveFloat = 60.0
     """Interval between refreshes of the image list in ``NodeInfo.images``."""
     agent_nats_url: str | None = None
@@ -115,6 +133,16 @@ class SupervisorSettings(BaseSettings):
     log_queue_lines: PositiveInt = 1000
     """Lines buffered per replica before new ones are dropped."""
     metrics_port: int | None = None
+
+    @model_validator(mode="after")
+    def _fence_before_expiry(self) -> SupervisorSettings:
+        check_timing(self.heartbeat_s, self.fence_after_s, self.heartbeat_timeout_s)
+        return self
+
+    @property
+    def fence_timing(self) -> FenceTiming:
+        """The effective fence timing (``fence.check_timing``)."""
+        return check_timing(self.heartbeat_s, self.fence_after_s, self.heartbeat_timeout_s)
 
 
 def state_dir_for(settings: SupervisorSettings, prefix: str) -> Path:

@@ -155,6 +155,7 @@ class Bus:
                 tls=tls,
                 **auth,
                 connect_timeout=2,
+                dont_randomize=settings.nats_servers_in_order,
                 max_reconnect_attempts=-1,
                 error_cb=_on_error,
                 closed_cb=_on_closed,

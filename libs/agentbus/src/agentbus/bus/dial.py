@@ -128,3 +128,15 @@ def tls_env(settings: BusSettings) -> dict[str, str]:
         "AGENTBUS_TLS_KEY_FILE": settings.tls_key_file,
     }
     return {name: str(path) for name, path in files.items() if path is not None}
+
+
+def bus_env(settings: BusSettings) -> dict[str, str]:
+    """``tls_env`` plus ``AGENTBUS_NATS_SERVERS_IN_ORDER`` when ``settings`` set it.
+
+    What a supervisor gives the agents it starts besides the URL, so they reach the bus
+    as it does (the same TLS files, the same server order).
+    """
+    env = tls_env(settings)
+    if settings.nats_servers_in_order:
+        env["AGENTBUS_NATS_SERVERS_IN_ORDER"] = "true"
+    return env

@@ -15,12 +15,13 @@ import sys
 
 from loguru import logger
 
-from agentbus.cli import auth, events, fleet, observe, stack, tasks, tokens, traces
+from agentbus.cli import auth, cluster, events, fleet, observe, stack, tasks, tokens, traces
 from agentbus.cli.common import app
 
 __all__ = [
     "app",
     "auth",
+    "cluster",
     "events",
     "fleet",
     "main",

@@ -1,4 +1,4 @@
-"""``agentbus auth init|creds|show|tls``: the fleet's NATS credentials and TLS files.
+"""``agentbus auth init|creds|leaf|agent|show|tls``: the fleet's NATS credentials and TLS files.
 
 The key, JWT and certificate code loads only when one of these commands runs, so
 ``agentbus --help`` stays fast.
@@ -132,6 +132,38 @@ def auth_creds(
     try:
         path = service_creds(auth, prefix, service, node_id=node, path=out)
     except (ValueError, ContractError) as exc:
+        raise fail(str(exc), 2) from None
+    sys.stdout.write(f"{path}\n")
+
+
+@auth_app.command("leaf")
+def auth_leaf(
+    site: Annotated[str, typer.Argument(help="The edge site's name (a token, e.g. its node id).")],
+    directory: Annotated[
+        Path | None,
+        typer.Option(
+            "--dir", help="Auth directory (default: $AGENTBUS_AUTH_DIR, else $AGENTBUS_HOME/auth)."
+        ),
+    ] = None,
+    prefix: Annotated[str, typer.Option(help="Fleet prefix.")] = "agentbus",
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Write here (default: DIR/creds/leaf-SITE.creds).")
+    ] = None,
+) -> None:
+    """Mint the leaf-link identity of edge site SITE and print its creds file path.
+
+    The site's leaf server authenticates its link to the hub with it
+    (docs/operations.md, "Edge sites (leaf nodes)").
+    """
+    from agentbus.auth.authority import AuthDir
+    from agentbus.auth.leaf import leaf_creds
+
+    auth = AuthDir(directory or default_auth_dir())
+    if not auth.exists():
+        raise fail(f"{auth.path} holds no keys: run `agentbus auth init {auth.path}` first", 1)
+    try:
+        path = leaf_creds(auth, prefix, site, path=out)
+    except ContractError as exc:
         raise fail(str(exc), 2) from None
     sys.stdout.write(f"{path}\n")
 

@@ -27,7 +27,8 @@ from agentbus.cli.common import (
 from agentbus.client import Client
 from agentbus.errors import ContractError
 from agentbus.events.consumers import TopicConsumer, topic_consumers
-from agentbus.events.tail import Start, StoredEvent, tail_events
+from agentbus.events.reader import Start
+from agentbus.events.tail import StoredEvent, tail_events
 from agentbus.events.topics import check_key, publish_event
 from agentbus.fleet.logs import since_time
 from agentbus.messages import EventReceipt

@@ -74,7 +74,8 @@ def create(
             "--scope",
             "-s",
             help="A scope it grants (repeat): tasks:submit, tasks:read, tasks:cancel, "
-            "events:publish, fleet:read, fleet:admin, approvals:decide, metrics:read, admin.",
+            "events:publish, events:read, fleet:read, fleet:admin, approvals:decide, "
+            "metrics:read, admin.",
         ),
     ],
     expires_s: Annotated[

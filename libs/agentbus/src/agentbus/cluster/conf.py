@@ -16,6 +16,13 @@ from dataclasses import dataclass, field
 
 CLUSTER_NAME = "agentbus"
 """Default cluster name: every server of one cluster must agree on it."""
+PING_INTERVAL_S = 5.0
+"""Seconds between a server's pings on each connection (nats-server's default: 2 min).
+A cut link stalls TCP without a reset: with the default a server would go on routing
+to a partitioned peer (and holding its clients) for minutes; with this and
+``PING_MAX`` it drops the connection after 10-15 s."""
+PING_MAX = 2
+"""Unanswered pings before a server closes the connection."""
 
 
 @dataclass(frozen=True)
@@ -80,10 +87,19 @@ class ClusterSpec:
         raise KeyError(f"no server {name!r} in cluster {self.name!r}")
 
 
-def cluster_server_conf(spec: ClusterSpec, name: str, *, store_dir: str) -> str:
+def cluster_server_conf(
+    spec: ClusterSpec,
+    name: str,
+    *,
+    store_dir: str,
+    ping_interval_s: float = PING_INTERVAL_S,
+    ping_max: int = PING_MAX,
+) -> str:
     """The configuration of server ``name`` of ``spec``.
 
-    Listeners, routes to every other server, JetStream in ``store_dir``.
+    Listeners, routes to every other server, JetStream in ``store_dir``. A server with
+    a leaf-node listener also needs ``leafnode_jetstream_conf`` for leaves to reach
+    its JetStream (the caller adds it, with the auth lines).
 
     Raises:
         KeyError: ``name`` is not a server of ``spec``.
@@ -94,6 +110,8 @@ def cluster_server_conf(spec: ClusterSpec, name: str, *, store_dir: str) -> str:
     lines = [
         f"server_name: {json.dumps(name)}",
         f"listen: {json.dumps(f'{bind}:{me.client_port}')}",
+        f'ping_interval: "{ping_interval_s:g}s"',
+        f"ping_max: {ping_max}",
         "jetstream {",
         f"  store_dir: {json.dumps(store_dir)}",
         # JetStream reserves a stream's max_bytes up front (accounting only).
@@ -118,6 +136,29 @@ def cluster_server_conf(spec: ClusterSpec, name: str, *, store_dir: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+GLOBAL_ACCOUNT = "$G"
+"""nats-server's account of clients when auth is off."""
+
+
+def leafnode_jetstream_conf(account: str | None) -> str:
+    """The line that lets ``account``'s JetStream traffic cross leaf-node links.
+
+    nats-server denies ``$JS.API.>``, ``$KV.>`` and ``$OBJ.>`` on a leaf-node link of an
+    account unless the system account is shared across it (JetStream "extension") or
+    the account's default JetStream domain is set to the empty domain: then the link
+    carries them like any subject, within the link user's permissions, and a leaf
+    without JetStream of its own reaches the hub's. Both ends need the line: every
+    hub server with a leaf-node listener and every leaf. (nats-server logs that the
+    option is a compatibility measure; ``docs/operations.md``, "Edge sites", says
+    what to do if a release drops it.)
+
+    ``account``: the fleet account's public key (``A...``); None: auth is off (the
+    global account ``$G``).
+    """
+    key = account or GLOBAL_ACCOUNT
+    return f'default_js_domain: {{ {json.dumps(key)}: "" }}\n'
+
+
 def leaf_server_conf(
     name: str,
     *,
@@ -128,17 +169,21 @@ def leaf_server_conf(
 ) -> str:
     """The configuration of a leaf node, joined to the hub through one link.
 
-    A leaf node is a local server for the agents and supervisor of an edge site.
+    A leaf node is a local server for the agents and supervisor of an edge site; it
+    authenticates them itself (with auth on, add ``server_conf_text`` of the fleet's
+    auth directory, with the leaf's own resolver directory).
 
-    The leaf runs no JetStream of its own: JetStream API requests and task pulls cross
-    the link to the hub's streams, so while the link is down work waits (nothing is
-    stored on the edge that the hub would not know of) and resumes when it is back.
+    The leaf runs no JetStream of its own: JetStream API requests, KV and Object Store
+    writes, task pulls and acks cross the link to the hub's streams
+    (``leafnode_jetstream_conf``, included here; the hub's servers need it too). While
+    the link is down, work waits (nothing is stored on the edge that the hub would not
+    know of) and resumes when it is back.
 
     ``listen``: ``host:port`` for local clients. ``hub_urls``: leaf-node URLs of the
     hub's servers (``nats://host:leafnode_port``). ``credentials``: a ``.creds`` file
-    the link authenticates with (a user of the fleet account; with auth on, the leaf's
-    configuration also needs the auth lines, and ``account`` the fleet account's public
-    key the link binds to locally).
+    the link authenticates with (the site's ``leaf-<site>`` identity,
+    ``agentbus.auth.leaf``). ``account``: the fleet account's public key, which the
+    link binds to locally (None with auth off).
     """
     urls = ", ".join(json.dumps(u) for u in hub_urls)
     remote = [f"urls: [{urls}]"]
@@ -149,7 +194,9 @@ def leaf_server_conf(
     return (
         f"server_name: {json.dumps(name)}\n"
         f"listen: {json.dumps(listen)}\n"
-        "leafnodes {\n"
+        # The link's pings: a cut link is noticed and redialled within 10-15 s.
+        f'ping_interval: "{PING_INTERVAL_S:g}s"\n'
+        f"ping_max: {PING_MAX}\n" + leafnode_jetstream_conf(account) + "leafnodes {\n"
         '  reconnect: "1s"\n'
         f"  remotes: [ {{ {', '.join(remote)} }} ]\n"
         "}\n"

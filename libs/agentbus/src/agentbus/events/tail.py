@@ -1,8 +1,9 @@
-"""Read events as they are stored (``agentbus events tail``): an ordered consumer.
+"""Read events as they are stored (``agentbus events tail``): an ordered reader.
 
-An ordered consumer on ``<P>_TOPICS`` filtered by a subscription pattern reads the
-stream from a start (new events, a stream sequence or a time) without any durable
-state: it acknowledges nothing, so it never takes an event from a subscriber.
+An ``OrderedReader`` (``agentbus.events.reader``) on ``<P>_TOPICS`` filtered by a
+subscription pattern reads the stream from a start (new events, a stream sequence or
+a time) without any durable state: it acknowledges nothing, so it never takes an
+event from a subscriber.
 """
 
 from __future__ import annotations
@@ -13,13 +14,10 @@ from datetime import datetime
 from typing import Any
 
 import msgspec
-import nats.errors
-import nats.js.errors
 from nats.aio.msg import Msg
-from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from agentbus.bus import Bus
-from agentbus.errors import UnavailableError
+from agentbus.events.reader import OrderedReader, Start
 from agentbus.events.topics import (
     KEY_HEADER,
     MSG_ID_HEADER,
@@ -30,8 +28,6 @@ from agentbus.names import Names, check_topic_pattern
 
 _POLL_S = 0.25
 """How often a tail checks ``stop`` while no event arrives."""
-Start = int | datetime | None
-"""Where a tail starts: None new events only, an int a stream sequence, a datetime a time."""
 
 
 class StoredEvent(msgspec.Struct, kw_only=True):
@@ -94,35 +90,15 @@ async def tail_events(
     """
     names = bus.names
     check_topic_pattern(pattern)
-    config = ConsumerConfig(deliver_policy=DeliverPolicy.NEW)
-    if isinstance(start, int):
-        config.deliver_policy, config.opt_start_seq = DeliverPolicy.BY_START_SEQUENCE, start
-    elif isinstance(start, datetime):
-        config.deliver_policy, config.opt_start_time = DeliverPolicy.BY_START_TIME, start
-    try:
-        # One server-side filter: ``<p>.topics.<pattern>`` for a pattern ending in ``>``
-        # (which also matches the partition token), else the pattern's one filter.
-        subject = (
-            f"{names.prefix}.topics.{pattern}"
-            if pattern.endswith(">")
-            else names.topic_filters(pattern)[0]
-        )
-        sub = await bus.js.subscribe(
-            subject,
-            stream=names.topics_stream,
-            ordered_consumer=True,
-            config=config,
-            inactive_threshold=30.0,
-        )
-    except nats.js.errors.NotFoundError as exc:
-        raise UnavailableError(f"stream {names.topics_stream} does not exist") from exc
+    # One server-side filter: ``<p>.topics.<pattern>`` for a pattern ending in ``>``
+    # (which also matches the partition token), else the pattern's one filter.
+    subject = (
+        f"{names.prefix}.topics.{pattern}"
+        if pattern.endswith(">")
+        else names.topic_filters(pattern)[0]
+    )
     stop = stop or asyncio.Event()
-    try:
+    async with OrderedReader(bus, names.topics_stream, [subject], start=start) as reader:
         while not stop.is_set():
-            try:
-                msg = await sub.next_msg(timeout=_POLL_S)
-            except (TimeoutError, nats.errors.TimeoutError):
-                continue
-            yield stored_event(msg, names)
-    finally:
-        await sub.unsubscribe()
+            for msg in await reader.fetch(_POLL_S):
+                yield stored_event(msg, names)

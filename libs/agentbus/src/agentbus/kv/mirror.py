@@ -29,6 +29,8 @@ watch silently. A service that stops seeing changes stops converging, so
   (``KvChange``: old and new value, the operation that did it, a put, a delete, a
   purge or a key a replay no longer found, and whether a replay found it), which is
   what the registry needs to tell a graceful leave (delete) from a TTL expiry (purge);
+- ``resync`` starts the watch over and returns once a replay begun after the call is
+  complete (a fenced supervisor rejoining after a partition must not act on old state);
 - it ends on ``stop`` (an event), never by cancellation alone: nats-py can turn a
   cancellation inside a request into a ``TimeoutError`` (see docs/architecture.md).
 """
@@ -180,6 +182,8 @@ class KvMirror(Generic[T]):
         self._on_entry = on_entry
         self._revisions: dict[str, int] = {}
         self._replay: _Staged[T] | None = None
+        self._resync_asked = False
+        self._resync_waiters: list[asyncio.Future[None]] = []  # answered by a replay
 
     # -- the owner's own writes ---------------------------------------------------------
     def apply(self, key: str, revision: int, value: T | None) -> bool:
@@ -208,6 +212,22 @@ class KvMirror(Generic[T]):
         self.written_at.pop(key, None)
         if self._replay is not None:
             self._replay.pop(key, None)
+
+    async def resync(self) -> None:
+        """Start the watch over; return once a replay begun after this call is complete.
+
+        The running watch ends at its next check (within ``check_s``); ``run`` watches
+        again and replays the bucket. Waits as long as that takes (a broken connection:
+        until it is back); cancel the call to give up.
+        """
+        waiter = asyncio.get_running_loop().create_future()
+        self._resync_waiters.append(waiter)
+        self._resync_asked = True
+        try:
+            await waiter
+        finally:
+            if waiter in self._resync_waiters:
+                self._resync_waiters.remove(waiter)
 
     # -- the watch ------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -250,13 +270,23 @@ class KvMirror(Generic[T]):
         """One watch: replay into a staging copy, then apply updates until it breaks."""
         nc = self.bus.nc
         reconnects = nc.stats["reconnects"]
-        kv = await self.bus.kv(self.bucket)
-        watcher = await kv.watchall()
+        # Resync requests made before this watch began are answered by its replay.
+        self._resync_asked = False
+        answers, self._resync_waiters = self._resync_waiters, []
+        try:
+            kv = await self.bus.kv(self.bucket)
+            watcher = await kv.watchall()
+        except BaseException:
+            self._resync_waiters.extend(answers)
+            raise
         self._replay = {}
         try:
             while not stop.is_set():
                 if nc.stats["reconnects"] != reconnects:
                     logger.info("NATS reconnected; watching again", bucket=self.bucket)
+                    return
+                if self._resync_asked:
+                    logger.info("resync asked; watching again", bucket=self.bucket)
                     return
                 try:
                     entry = await watcher.updates(timeout=self.check_s)  # type: ignore[no-untyped-call]
@@ -265,7 +295,12 @@ class KvMirror(Generic[T]):
                 if entry is None:  # the end of the replay
                     if self._replay is not None:
                         replay, self._replay = self._replay, None
-                        for replayed in self._replace(replay):
+                        changes = self._replace(replay)
+                        for waiter in answers:
+                            if not waiter.done():
+                                waiter.set_result(None)
+                        answers = []
+                        for replayed in changes:
                             await self._notify(replayed)
                     continue
                 if entry is KeyValue.KeyWatcher.STOP_ITER:
@@ -279,6 +314,7 @@ class KvMirror(Generic[T]):
                     await self._notify(change)
         finally:
             self._replay = None
+            self._resync_waiters.extend(w for w in answers if not w.done())
             with contextlib.suppress(Exception):
                 await watcher.stop()  # type: ignore[no-untyped-call]
 

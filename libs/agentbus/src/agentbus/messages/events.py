@@ -78,14 +78,19 @@ class ErrorEvent(Message, frozen=True, kw_only=True):
 
 
 class NodeEvent(Message, frozen=True, kw_only=True):
-    """Event on ``<p>.events.node.<kind>``: a node joined, left or was lost.
+    """Event on ``<p>.events.node.<kind>``: a node joined, left, was lost or fenced.
 
-    ``left``: its supervisor deleted its entry; ``lost``: the entry expired (TTL).
+    The registry publishes ``joined``, ``left`` (its supervisor deleted its entry) and
+    ``lost`` (the entry expired, TTL). The node's supervisor publishes ``fenced`` (cut
+    off from the bus too long, it stopped every replica; published once it is back,
+    ``at`` = when it fenced) and ``unfenced`` (back, reconciling again).
     """
 
     node_id: str
-    kind: Literal["joined", "left", "lost"]
+    kind: Literal["joined", "left", "lost", "fenced", "unfenced"]
     at: datetime
+    reason: str = ""
+    """Why, in words (``fenced``: how long the heartbeat had failed)."""
 
 
 class DuplicateEvent(Message, frozen=True, kw_only=True):

@@ -50,6 +50,9 @@ class NodeInfo(Message, frozen=True, kw_only=True):
     """Image references (``repo:tag``) the node's engine has, refreshed about every
     minute; empty on a process node. ``agentbus apply`` warns about an image no node
     has (supervisors pull it at start)."""
+    fenced: bool = False
+    """The supervisor is fenced: cut off from the bus too long, it stopped its replicas
+    and starts none until it has heartbeated and re-read its placements."""
 
 
 class ListAgents(Message, frozen=True, kw_only=True):

@@ -14,6 +14,7 @@ Scope = Literal[
     "tasks:read",
     "tasks:cancel",
     "events:publish",
+    "events:read",
     "fleet:read",
     "fleet:admin",
     "approvals:decide",
