@@ -17,8 +17,7 @@ itself, as in production:
 from __future__ import annotations
 
 import contextlib
-import statistics
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from agentbus.auth.provision import mint_agent, provision_agent
 from agentbus.bus import Bus
 from agentbus.messages import Deployment
 from agentbus.settings import BusSettings
-from bench._loops import Run
+from bench._loops import Run, compare_rows
 from bench.common import Report
 from tests._harness.nats_server import NatsServer
 
@@ -110,51 +109,24 @@ def record_identities(identities: Identities, rep: Report) -> None:
     )
 
 
-_MEASURES: tuple[tuple[str, str, Callable[[Run], float]], ...] = (
-    ("tasks/s", "", lambda r: r.tasks_per_s),
-    ("p50 ms", "_p50_latency", lambda r: r.p_ms(50)),
-    ("p99 ms", "_p99_latency", lambda r: r.p_ms(99)),
-    ("CPU ms/task", "_cpu_ms_per_task_total", lambda r: sum(r.cpu_ms_per_task.values())),
-    (
-        "server CPU ms/task",
-        "_cpu_ms_per_task_nats_server",
-        lambda r: r.cpu_ms_per_task.get("nats-server", float("nan")),
-    ),
-)
-
-
 def compare(on: dict[int, list[Run]], off: dict[int, list[Run]], rep: Report) -> None:
-    """Auth on / auth off, per level and measure: the median of the per-round ratios.
+    """Auth on / auth off, per level and measure (``bench._loops.compare_rows``).
 
     Figures: ``agentbus_auth_vs_agentbus_inflight<N><measure>_ratio`` (and ``_min``,
     ``_max`` over the rounds), where the throughput's measure is empty, e.g.
     ``agentbus_auth_vs_agentbus_inflight64_ratio``, ``..._inflight64_p99_latency_ratio``.
     """
-    rows: list[list[object]] = []
-    targets: list[list[object]] = []
-    for level in sorted(set(on) & set(off)):
-        for label, suffix, value in _MEASURES:
-            per_round = [
-                value(a) / value(b) if value(b) else float("nan")
-                for a, b in zip(on[level], off[level], strict=True)
-            ]
-            ratio = statistics.median(per_round)
-            key = f"agentbus_auth_vs_agentbus_inflight{level}{suffix}_ratio"
-            rep.add(key, round(ratio, 3))
-            rep.add(f"{key}_min", round(min(per_round), 3))
-            rep.add(f"{key}_max", round(max(per_round), 3))
-            on_median = statistics.median(value(r) for r in on[level])
-            off_median = statistics.median(value(r) for r in off[level])
-            rows.append(
-                [level, label, off_median, on_median, ratio, min(per_round), max(per_round)]
-            )
-            if not suffix:
-                cost = 1 - ratio
-                met = "yes" if cost < 0.05 else "NO"
-                targets.append([f"auth cost in tasks/s at {level} < 5 %", f"{cost:.1%}", met])
-    rep.table(
-        "auth on vs off (median over rounds; ratio: median of the per-round on/off ratios)",
-        ["in flight", "measure", "off", "on", "on/off", "min", "max"],
-        rows,
+    ratios = compare_rows(
+        on,
+        off,
+        rep,
+        key="agentbus_auth_vs_agentbus",
+        labels=("on", "off"),
+        title="auth on vs off (median over rounds; ratio: median of the per-round on/off ratios)",
     )
+    targets: list[list[object]] = []
+    for level, ratio in ratios.items():
+        cost = 1 - ratio
+        met = "yes" if cost < 0.05 else "NO"
+        targets.append([f"auth cost in tasks/s at {level} < 5 %", f"{cost:.1%}", met])
     rep.table("targets (issue 12)", ["target", "measured", "met"], targets)

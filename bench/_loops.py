@@ -12,6 +12,7 @@ import asyncio
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bench._procs import Child, cpu_s
-from bench.common import console, percentile
+from bench.common import Report, console, percentile
 
 LEVELS = (1, 64)
 """Tasks in flight of every measured loop."""
@@ -87,6 +88,8 @@ class System:
     """``loop(total, inflight, max_s)``: one measured closed loop."""
     pids: dict[str, int]
     profiled: list[Child] = field(default_factory=list)
+    one: Callable[[], Awaitable[None]] | None = None
+    """One task, submit to result (None: the system's loop is all there is)."""
 
 
 class CpuMeter:
@@ -146,6 +149,67 @@ async def measure_all(systems: list[System], opts: Options) -> dict[str, dict[in
 def median_run(runs: list[Run]) -> Run:
     """The run of median throughput (the lower middle one for an even count)."""
     return sorted(runs, key=lambda r: r.tasks_per_s)[(len(runs) - 1) // 2]
+
+
+def _server_cpu_ms_per_task(r: Run) -> float:
+    """CPU ms per task of the nats-server(s): every ``nats-*`` process summed."""
+    servers = [v for k, v in r.cpu_ms_per_task.items() if k.startswith("nats-")]
+    return sum(servers) if servers else float("nan")
+
+
+_MEASURES: tuple[tuple[str, str, Callable[[Run], float]], ...] = (
+    ("tasks/s", "", lambda r: r.tasks_per_s),
+    ("p50 ms", "_p50_latency", lambda r: r.p_ms(50)),
+    ("p99 ms", "_p99_latency", lambda r: r.p_ms(99)),
+    ("CPU ms/task", "_cpu_ms_per_task_total", lambda r: sum(r.cpu_ms_per_task.values())),
+    ("server CPU ms/task", "_cpu_ms_per_task_nats_server", _server_cpu_ms_per_task),
+)
+
+
+def compare_rows(
+    a: dict[int, list[Run]],
+    b: dict[int, list[Run]],
+    rep: Report,
+    *,
+    key: str,
+    labels: tuple[str, str],
+    title: str,
+) -> dict[int, float]:
+    """Row ``a`` / row ``b`` of the same rounds, per level and measure, as a table.
+
+    A ratio is the median of the per-round ratios (the rounds ran back to back, so a
+    change in the machine's load moves both sides alike). Figures:
+    ``<key>_inflight<N><measure>_ratio`` and its ``_min`` and ``_max`` over the rounds,
+    where the throughput's measure is empty (``<key>_inflight64_ratio``) and the others
+    are ``_p50_latency``, ``_p99_latency``, ``_cpu_ms_per_task_total`` and
+    ``_cpu_ms_per_task_nats_server`` (every ``nats-*`` process summed). ``labels``:
+    the names of ``a`` and ``b`` in the table.
+
+    Returns:
+        The tasks/s ratio by level.
+    """
+    rows: list[list[object]] = []
+    throughput: dict[int, float] = {}
+    for level in sorted(set(a) & set(b)):
+        for label, suffix, value in _MEASURES:
+            per_round = [
+                value(x) / value(y) if value(y) else float("nan")
+                for x, y in zip(a[level], b[level], strict=True)
+            ]
+            ratio = statistics.median(per_round)
+            name = f"{key}_inflight{level}{suffix}_ratio"
+            rep.add(name, round(ratio, 3))
+            rep.add(f"{name}_min", round(min(per_round), 3))
+            rep.add(f"{name}_max", round(max(per_round), 3))
+            a_median = statistics.median(value(r) for r in a[level])
+            b_median = statistics.median(value(r) for r in b[level])
+            rows.append([level, label, b_median, a_median, ratio, min(per_round), max(per_round)])
+            if not suffix:
+                throughput[level] = ratio
+    a_label, b_label = labels
+    columns = ["in flight", "measure", b_label, a_label, f"{a_label}/{b_label}", "min", "max"]
+    rep.table(title, columns, rows)
+    return throughput
 
 
 class _Profiling:

@@ -141,10 +141,20 @@ async def raw_system(url: str, nats_pid: int, opts: Options) -> AsyncIterator[Sy
 # -- agentbus -----------------------------------------------------------------------------
 @contextlib.asynccontextmanager
 async def agentbus_system(
-    url: str, nats_pid: int, opts: Options, identities: Identities | None = None
+    url: str,
+    server_pids: dict[str, int],
+    opts: Options,
+    identities: Identities | None = None,
+    *,
+    name: str | None = None,
 ) -> AsyncIterator[System]:
-    """The agentbus row; with ``identities``, the agentbus-auth row (each process as itself)."""
-    name = "agentbus" if identities is None else AUTH
+    """The agentbus row; with ``identities``, the agentbus-auth row (each process as itself).
+
+    A scheduler and an echo agent (prefix ``PREFIX``) on the server(s) at ``url``, whose
+    processes ``server_pids`` (name -> pid) count for CPU; ``name`` names the row
+    (default ``agentbus`` or ``agentbus-auth``). ``System.one`` runs one task.
+    """
+    name = name or ("agentbus" if identities is None else AUTH)
     env = {"AGENTBUS_NATS_URL": url, "AGENTBUS_PREFIX": PREFIX, **QUIET}
     agent_env = {"AGENTBUS_AGENT_MAX_CONCURRENCY": "256"}
     if identities is not None:
@@ -188,11 +198,8 @@ async def agentbus_system(
                 done = await client.wait(record.task_id, timeout_s=60)
                 failed += done.status != "succeeded"
 
-            pids = {
-                "nats-server": nats_pid,
-                **{k.name.removeprefix(f"{name}-"): k.pid for k in kids},
-            }
-            yield System(name, functools.partial(closed_loop, one), pids, list(kids))
+            pids = server_pids | {k.name.removeprefix(f"{name}-"): k.pid for k in kids}
+            yield System(name, functools.partial(closed_loop, one), pids, list(kids), one)
             if failed:
                 console.print(f"[red]{name}: {failed} tasks did not succeed")
         finally:
@@ -419,14 +426,20 @@ async def run_systems(
         if "raw" in only:
             systems.append(await stack.enter_async_context(raw_system(url, nats_pid, opts)))
         if "agentbus" in only and opts.auth != "on":
-            systems.append(await stack.enter_async_context(agentbus_system(url, nats_pid, opts)))
+            systems.append(
+                await stack.enter_async_context(
+                    agentbus_system(url, {"nats-server": nats_pid}, opts)
+                )
+            )
         if "agentbus" in only and secured is not None:
             auth_server, auth = secured
             identities = await provision(auth_server.client_url, auth, PREFIX)
             record_identities(identities, rep)
             systems.append(
                 await stack.enter_async_context(
-                    agentbus_system(auth_server.client_url, _pid(auth_server), opts, identities)
+                    agentbus_system(
+                        auth_server.client_url, {"nats-server": _pid(auth_server)}, opts, identities
+                    )
                 )
             )
         if "celery" in only:

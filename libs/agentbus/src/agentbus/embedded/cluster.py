@@ -19,6 +19,7 @@ from agentbus.bus import Bus
 from agentbus.cluster.conf import ClusterSpec, ServerAddress, cluster_server_conf
 from agentbus.embedded.processes import free_port, nats_server_binary
 from agentbus.errors import AgentBusError, UnavailableError
+from agentbus.settings import BusSettings
 
 if TYPE_CHECKING:
     from agentbus.embedded.stack import EmbeddedStack
@@ -57,13 +58,41 @@ async def start_cluster(stack: EmbeddedStack, size: int) -> str:
         path = stack.work_dir / f"{server.name}.conf"
         path.write_text(conf)
         stack.spawn(server.name, [nats_server_binary(), "-c", str(path)], None)
-    scheme = "tls" if stack.tls else "nats"
-    stack.nats_url = spec.client_urls.replace("nats://", f"{scheme}://")
-    await _wait_jetstream(stack, [s.name for s in spec.servers])
+    stack.cluster_spec = spec
+    stack.nats_url = _scheme(stack, spec.client_urls)
+    await _wait_jetstream(stack, [s.name for s in spec.servers], stack.settings)
     return stack.nats_url
 
 
-async def _wait_jetstream(stack: EmbeddedStack, names: list[str]) -> None:
+async def restart_server(stack: EmbeddedStack, name: str) -> None:
+    """Start server ``name`` of ``stack``'s cluster again, after it exited (e.g. killed).
+
+    Same configuration file, store and ports as before; its log is appended to.
+    Returns once JetStream answers on that server's own client URL (it rejoined the
+    cluster; its stream replicas may still be catching up).
+
+    Raises:
+        KeyError: ``name`` is not a server of the stack's cluster (or it has none).
+        ValueError: the server is still running.
+        UnavailableError: it exited again, or JetStream did not answer through it
+            within ``START_TIMEOUT_S`` (the message carries its log tail).
+    """
+    if stack.cluster_spec is None:
+        raise KeyError(f"no server {name!r}: the stack runs one server, not a cluster")
+    server = stack.cluster_spec.server(name)
+    if name not in stack.failed():
+        raise ValueError(f"{name} is still running (pid {stack.pids[name]})")
+    path = stack.work_dir / f"{name}.conf"
+    stack.spawn(name, [nats_server_binary(), "-c", str(path)], None)
+    alone = stack.settings.model_copy(update={"nats_url": _scheme(stack, server.client_url)})
+    await _wait_jetstream(stack, [name], alone)
+
+
+def _scheme(stack: EmbeddedStack, urls: str) -> str:
+    return urls.replace("nats://", "tls://") if stack.tls else urls
+
+
+async def _wait_jetstream(stack: EmbeddedStack, names: list[str], settings: BusSettings) -> None:
     deadline = time.monotonic() + START_TIMEOUT_S
     last = ""
     while time.monotonic() < deadline:
@@ -71,7 +100,7 @@ async def _wait_jetstream(stack: EmbeddedStack, names: list[str]) -> None:
             name = next(iter(failed))
             raise UnavailableError(f"{name} exited during start:\n{stack.log_tail(name)}")
         try:
-            bus = await Bus.connect(stack.settings, name="agentbus-embedded")
+            bus = await Bus.connect(settings, name="agentbus-embedded")
             try:
                 await bus.js.account_info()
                 return

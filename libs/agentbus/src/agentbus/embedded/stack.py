@@ -36,8 +36,9 @@ from agentbus.auth.tls import TlsFiles, make_tls_files, nats_tls_block
 from agentbus.bus import Bus
 from agentbus.bus.dial import tls_env
 from agentbus.client import Client
+from agentbus.cluster.conf import ClusterSpec
 from agentbus.embedded.auth import StackAuth, prepare_stack_auth
-from agentbus.embedded.cluster import start_cluster
+from agentbus.embedded.cluster import restart_server, start_cluster
 from agentbus.embedded.processes import die_with_parent, free_port, nats_server_binary, terminate
 from agentbus.embedded.processes import ping_services as ping_services  # re-exported
 from agentbus.embedded.state import STATE_FILE_NAME as STATE_FILE_NAME  # re-exported
@@ -86,6 +87,7 @@ class EmbeddedStack:
         audit_database_url: libpq URL of the audit database; given, the archiver runs
             too (``AGENTBUS_AUDIT_DATABASE_URL``) and ``services`` names it.
         services: the services this stack runs, in start order.
+        cluster_spec: the cluster's servers once started (None: one server).
     """
 
     def __init__(
@@ -132,6 +134,7 @@ class EmbeddedStack:
         self.cluster = cluster
         self.audit_database_url = audit_database_url
         self.services = SERVICES + ((ARCHIVER,) if audit_database_url else ())
+        self.cluster_spec: ClusterSpec | None = None
         self.nats_url = ""
         scheme = "https" if self.tls else "http"
         self.gateway_url = f"{scheme}://127.0.0.1:{self.gateway_port}"
@@ -210,6 +213,10 @@ class EmbeddedStack:
                 release_state(self.state_file)
         shutil.rmtree(self._tmp, ignore_errors=True)
 
+    async def restart_server(self, name: str) -> None:
+        """Start exited server ``name`` of the cluster again (``cluster.restart_server``)."""
+        await restart_server(self, name)
+
     async def __aenter__(self) -> EmbeddedStack:
         return await self.start()
 
@@ -245,11 +252,8 @@ class EmbeddedStack:
         return nats_tls_block(t.server_cert, t.server_key, t.ca_cert, verify=self.verify_clients)
 
     def spawn(self, name: str, argv: list[str], env: dict[str, str] | None) -> None:
-        """Start child process ``name``, its output in ``log_dir/<name>.log``."""
-        self._spawn(name, argv, env)
-
-    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None) -> None:
-        log = (self.log_dir / f"{name}.log").open("wb")
+        """Start child process ``name``, its output appended to ``log_dir/<name>.log``."""
+        log = (self.log_dir / f"{name}.log").open("ab")
         self._logs.append(log)
         # A new session: Ctrl-C in the terminal reaches only us; we stop children in order.
         # On Linux each child also gets SIGTERM if we die without stopping it (SIGKILL).
@@ -273,21 +277,13 @@ class EmbeddedStack:
         if self.credentials is not None:
             conf += self.credentials.server_conf
         conf += self.tls_conf()
-        argv = [
-            nats_server_binary(),
-            "-js",
-            "-a",
-            "127.0.0.1",
-            "-p",
-            port,
-            "-sd",
-            str(self.store_dir),
-        ]
+        store = str(self.store_dir)
+        argv = [nats_server_binary(), "-js", "-a", "127.0.0.1", "-p", port, "-sd", store]
         if conf:
             path = self.work_dir / "nats-server.conf"
             path.write_text(conf)
             argv += ["-c", str(path)]
-        self._spawn("nats-server", argv, None)
+        self.spawn("nats-server", argv, None)
         log_path = self.log_dir / "nats-server.log"
         deadline = time.monotonic() + 15.0
         while time.monotonic() < deadline:
@@ -345,7 +341,7 @@ class EmbeddedStack:
             ):
                 for name in batch:
                     argv = [sys.executable, "-m", f"agentbus_{name}"]
-                    self._spawn(name, argv, self._service_env(name))
+                    self.spawn(name, argv, self._service_env(name))
                 await self._wait_ready(bus, set(batch), seen, deadline)
         finally:
             await bus.close()
