@@ -18,6 +18,7 @@ import msgspec
 import nats.js.errors
 
 from agentbus.bus import Bus
+from agentbus.bus.contract import cluster_size
 from agentbus.errors import (
     AgentBusError,
     NotFoundError,
@@ -230,7 +231,10 @@ class TaskWaits:
 
         A direct get through ``Bus.publisher()`` (one future, no timer, no KV entry
         object); any reply other than a record or "not found" falls back to ``get``.
+        On a cluster, a read from the stream's leader instead (``leader_read``).
         """
+        if cluster_size(self.bus) > 1:
+            return await self.leader_read(task_id)
         bucket = self.names.tasks_bucket
         publisher = await self.bus.publisher()
         try:
@@ -252,6 +256,34 @@ class TaskWaits:
             return await get_record(self.bus, task_id)
         except NotFoundError:
             return None
+
+    async def leader_read(self, task_id: str) -> TaskRecord | None:
+        """The record of ``task_id`` as the tasks bucket's leader has it (None: none).
+
+        On a cluster a direct get may be answered by a follower that has not applied
+        the last write yet, and a subscription made on one server reaches the others'
+        interest a moment later. A read the leader answers closes both gaps for
+        ``wait_one``: it sees every write stored before it, and it travels to the
+        leader over the same route as the subscription's interest, after it, so a
+        write stored after the read is republished to a subscription the leader knows.
+
+        Raises:
+            RequestTimeoutError: no answer within the request timeout (no leader).
+        """
+        bucket = self.names.tasks_bucket
+        try:
+            msg = await self.bus.js.get_msg(
+                f"KV_{bucket}", subject=f"$KV.{bucket}.{task_id}", direct=False
+            )
+        except nats.js.errors.NotFoundError:
+            return None
+        except TimeoutError as exc:
+            raise RequestTimeoutError(
+                f"task {task_id}", self.bus.settings.request_timeout_s
+            ) from exc
+        if (msg.headers or {}).get(_KV_OPERATION) or not msg.data:
+            return None
+        return decode_record(msg.data)
 
     async def terminal_records(
         self, task_ids: Iterable[str], *, timeout_s: float = 600.0, recheck_s: float = 30.0
