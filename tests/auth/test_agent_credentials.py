@@ -20,12 +20,14 @@ from agentbus.auth.permissions import AgentGrant
 from agentbus.auth.provision import provision_agent
 from agentbus.bus import Bus
 from agentbus.bus.blobs import get_blob, put_blob
+from agentbus.bus.notices import Announcer
 from agentbus.client import Client
 from agentbus.errors import PermissionDeniedError
 from agentbus.messages import Deployment, Subscription
 from agentbus.runtime import Agent, TaskContext
 from tests._harness.agents import agent_running, quick_settings
 from tests._harness.auth import AuthServer, no_violations_since, refused
+from tests._harness.polling import eventually
 from tests._harness.services import running_scheduler
 
 pytestmark = pytest.mark.timeout(120)
@@ -250,4 +252,28 @@ async def test_cannot_roll_up_an_object_store_but_writes_objects(
         mine = await put_blob(agent, "mine", os.urandom(300 * 1024), bucket=bucket)
         assert hashlib.sha256(await get_blob(agent, mine)).hexdigest() == mine.sha256
         assert (await (await operator.object_store(bucket)).get("kept")).data == b"before"
+    assert no_violations_since(secured, seen) == []
+
+
+async def test_passes_on_a_ready_notice_nobody_hears_as_a_backlog_notice(
+    secured: AuthServer, fleet: tuple[Bus, Bus]
+) -> None:
+    """An agent that cannot take a notice announces it again; unheard, it goes out on
+    the backlog subject, which the agent's permissions must allow."""
+    operator, agent = fleet
+    heard: list[bytes] = []
+
+    async def hear(msg: Any) -> None:
+        heard.append(msg.data)
+
+    sub = await operator.nc.subscribe(agent.names.backlog_subject("echo"), cb=hear)
+    seen = len(secured.server.violations)
+    announcer = Announcer(agent)
+    try:
+        await announcer.announce("echo", band=0, count=2)
+        await eventually(lambda: announcer.backlogged >= 1, timeout_s=5, what="backlog notice")
+        await eventually(lambda: len(heard) >= 1, timeout_s=5, what="backlog notice heard")
+    finally:
+        await announcer.close()
+        await sub.unsubscribe()
     assert no_violations_since(secured, seen) == []

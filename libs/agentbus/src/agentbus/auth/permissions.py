@@ -352,7 +352,13 @@ def agent_permissions(names: Names, grant: AgentGrant) -> Permissions:
                 f"$JS.ACK.{n.tasks_stream}.{consumer}.>",
                 f"$JS.ACK.*.*.{n.tasks_stream}.{consumer}.>",
             ]
-        publish += [f"{p}.results.{cap}.{me}", n.ready_subject(cap), f"{p}.checkpoint.*.{cap}"]
+        publish += [
+            f"{p}.results.{cap}.{me}",
+            # A notice it cannot take is announced again; unheard, as a backlog notice.
+            n.ready_subject(cap),
+            n.backlog_subject(cap),
+            f"{p}.checkpoint.*.{cap}",
+        ]
         subscribe += [
             n.ready_subject(cap),
             n.backlog_subject(cap),
