@@ -227,10 +227,8 @@ def _gateway_dashboard_reads(names: Names) -> list[str]:
     out = [f"$JS.API.CONSUMER.LIST.{n.tasks_stream}", f"$JS.API.CONSUMER.INFO.{n.tasks_stream}.*"]
     for bucket in (n.deployments_bucket, n.placements_bucket, n.nodes_bucket, n.agents_bucket):
         out += kv_read(bucket)
-    return [*out, "$JS.API.STREAM.LIST", f"$JS.API.CONSUMER.CREATE.*.*.{p}.traces.>"] + [
-        "$JS.API.CONSUMER.MSG.NEXT.*.*",
-        "$JS.API.CONSUMER.DELETE.*.*",
-    ]
+    out += ["$JS.API.STREAM.LIST", f"$JS.API.CONSUMER.CREATE.*.*.{p}.traces.>"]
+    return [*out, "$JS.API.CONSUMER.MSG.NEXT.*.*", "$JS.API.CONSUMER.DELETE.*.*"]
 
 
 def _others_consumers(n: Names) -> list[str]:

@@ -1,8 +1,8 @@
 """The ``list`` endpoint: one page of task records by status, capability, parent, tenant.
 
-``dead`` tasks (without a parent or tenant filter) come from the dead-letter index (``DeadLetters.list_dead``, newest
-first; the cursor is an offset). Every other status is a bounded read of KV
-``<p>_tasks`` in write order (``agentbus.kv.replay.scan``): at most
+``dead`` tasks (without a parent or tenant filter) come from the dead-letter index
+(``DeadLetters.list_dead``, newest first; the cursor is an offset). Every other
+status is a bounded read of KV ``<p>_tasks`` in write order (``agentbus.kv.replay.scan``): at most
 ``list_max_records`` records per request, resumed from the revision in the cursor.
 """
 
