@@ -38,6 +38,10 @@ async def _as(secured: AuthServer, prefix: str, service: str, node_id: str | Non
     return await Bus.connect(secured.service(prefix, service, node_id=node_id))
 
 
+async def _pull(bus: Bus, subject: str) -> None:
+    await bus.nc.request(subject, b"1", timeout=2)
+
+
 async def _kv_put(bus: Bus, bucket: str, key: str) -> None:
     await bus.js.publish(f"$KV.{bucket}.{key}", b"{}", timeout=2)
 
@@ -98,9 +102,7 @@ async def test_gateway_serves_the_dashboard_reads_but_takes_no_ones_work(
                 await stop_gateway(gw)
         for stream, consumer in ((n.tasks_stream, "cap-echo"), (n.topics_stream, "topic-x")):
             subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
-            await refused(
-                secured, subject, lambda s=subject: gateway.nc.request(s, b"1", timeout=2)
-            )
+            await refused(secured, subject, functools.partial(_pull, gateway, subject))
         delete = f"$JS.API.CONSUMER.DELETE.{n.tasks_stream}.cap-echo"
         await refused(
             secured, delete, lambda: gateway.js.delete_consumer(n.tasks_stream, "cap-echo")
