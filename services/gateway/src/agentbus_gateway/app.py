@@ -26,6 +26,18 @@ from agentbus_gateway.routes import ROUTES, GatewayContext
 from agentbus_gateway.state_routes import STATE_ROUTES
 from agentbus_gateway.task_tree import TASK_TREE_ROUTES
 
+ROUTE_HANDLERS = [
+    *ROUTES,
+    task_output,
+    publish_topic_event,
+    *EVENT_ROUTES,
+    *TASK_TREE_ROUTES,
+    *FLEET_ROUTES,
+    *STATE_ROUTES,
+    *LOG_ROUTES,
+]
+"""Every route the gateway serves."""
+
 
 def create_app(ctx: GatewayContext) -> HttpMetricsMiddleware:
     """The gateway's ASGI application for ``ctx`` (serve it with uvicorn).
@@ -54,16 +66,7 @@ def create_app(ctx: GatewayContext) -> HttpMetricsMiddleware:
         return ctx
 
     app = Litestar(
-        route_handlers=[
-            *ROUTES,
-            task_output,
-            publish_topic_event,
-            *EVENT_ROUTES,
-            *TASK_TREE_ROUTES,
-            *FLEET_ROUTES,
-            *STATE_ROUTES,
-            *LOG_ROUTES,
-        ],
+        route_handlers=ROUTE_HANDLERS,
         request_class=GatewayRequest,
         request_max_body_size=ctx.settings.max_body_bytes,
         before_request=_before,

@@ -343,11 +343,9 @@ class Client(FleetCalls, Messaging):
         cursor: str | None = None,
         tenant: str | None = None,
     ) -> TasksReply:
-        """One page of tasks with ``status`` (None: any), see ``ListTasks``.
+        """One page of tasks with ``status`` (None: any) and filters, see ``ListTasks``.
 
-        Pass the reply's ``next_cursor`` as ``cursor`` for the next page (None: the
-        last page). Dead tasks come newest first; others in the order their records
-        were last written, at most ``SCHEDULER_LIST_MAX_RECORDS`` read per page.
+        Pass the reply's ``next_cursor`` as ``cursor`` for the next page (None: the last).
 
         Raises:
             ContractError: an argument is invalid (status, capability, cursor, limit).
