@@ -12,14 +12,9 @@ from pathlib import Path
 
 import nats.errors
 
+from agentbus.auth.agent_grants import AgentGrant, agent_permissions
 from agentbus.auth.authority import AuthDir, Authority, init_auth, service_creds, write_secret
-from agentbus.auth.permissions import (
-    AgentGrant,
-    Permissions,
-    agent_permissions,
-    operator_permissions,
-    service_permissions,
-)
+from agentbus.auth.permissions import Permissions, operator_permissions, service_permissions
 from agentbus.bus import Bus
 from agentbus.client import Client
 from agentbus.errors import AgentBusError

@@ -1,7 +1,7 @@
 """An agent with credentials minted from its deployment: what it may and may not do.
 
 Every refusal is the server's: the agent's connection holds a user JWT whose
-allow-lists ``agentbus.auth.permissions.agent_permissions`` built.
+allow-lists ``agentbus.auth.agent_grants.agent_permissions`` built.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pytest
 from nats.js.api import ConsumerConfig
 from nats.js.errors import APIError, KeyNotFoundError
 
-from agentbus.auth.permissions import AgentGrant
+from agentbus.auth.agent_grants import AgentGrant
 from agentbus.auth.provision import provision_agent
 from agentbus.bus import Bus
 from agentbus.bus.blobs import get_blob, put_blob

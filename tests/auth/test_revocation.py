@@ -7,9 +7,9 @@ import time
 import pytest
 
 from agentbus.auth import nats_jwt
+from agentbus.auth.agent_grants import AgentGrant, agent_permissions
 from agentbus.auth.authority import Authority
 from agentbus.auth.creds import creds_jwt
-from agentbus.auth.permissions import AgentGrant, agent_permissions
 from agentbus.auth.revocation import Revoker
 from agentbus.bus import Bus
 from agentbus.errors import AuthenticationError

@@ -9,15 +9,20 @@ from __future__ import annotations
 import functools
 from collections.abc import AsyncIterator
 
+import msgspec
 import pytest
 from nats.js.api import ConsumerConfig
 
 from agentbus.bus import Bus
-from agentbus.messages import AgentEvent, utcnow
+from agentbus.client import Client
+from agentbus.messages import AgentEvent, Deployment, utcnow
+from agentbus.runtime.delivery import task_consumer_config
+from agentbus.traces import Traces
 from tests._harness.archiver import archived_seqs, archiver_settings, running_archiver
 from tests._harness.auth import AuthServer, no_violations_since, refused
 from tests._harness.gateway import start_gateway, stop_gateway
 from tests._harness.polling import eventually
+from tests._harness.services import running_scheduler
 from tests._harness.sse import count, publish_task_event, read_sse
 
 pytestmark = pytest.mark.timeout(120)
@@ -35,11 +40,15 @@ async def _as(secured: AuthServer, prefix: str, service: str, node_id: str | Non
     return await Bus.connect(secured.service(prefix, service, node_id=node_id))
 
 
+async def _pull(bus: Bus, subject: str) -> None:
+    await bus.nc.request(subject, b"1", timeout=2)
+
+
 async def _kv_put(bus: Bus, bucket: str, key: str) -> None:
     await bus.js.publish(f"$KV.{bucket}.{key}", b"{}", timeout=2)
 
 
-async def test_gateway_reads_records_but_not_placements_tasks_or_tokens(
+async def test_gateway_reads_records_and_placements_but_writes_neither(
     secured: AuthServer, prefix: str, operator: Bus
 ) -> None:
     gateway = await _as(secured, prefix, "gateway")
@@ -48,13 +57,12 @@ async def test_gateway_reads_records_but_not_placements_tasks_or_tokens(
         await (await operator.kv(n.tasks_bucket)).put("t1", b"{}")
         assert (await (await gateway.kv(n.tasks_bucket)).get("t1")).value == b"{}"
         await gateway.js.publish(n.topic_subject("review.done"), b"{}")
-        await refused(
-            secured,
-            f"$JS.API.STREAM.INFO.KV_{n.placements_bucket}",
-            lambda: gateway.js.key_value(n.placements_bucket),
-        )
+        await (await operator.kv(n.placements_bucket)).put("echo.0", b"{}")
+        assert (await (await gateway.kv(n.placements_bucket)).get("echo.0")).value == b"{}"
         placement = f"$KV.{n.placements_bucket}.echo.0"
         await refused(secured, placement, lambda: _kv_put(gateway, n.placements_bucket, "echo.0"))
+        deployment = f"$KV.{n.deployments_bucket}.echo"
+        await refused(secured, deployment, lambda: _kv_put(gateway, n.deployments_bucket, "echo"))
         token = f"$KV.{n.tokens_bucket}.forged"
         await refused(secured, token, lambda: _kv_put(gateway, n.tokens_bucket, "forged"))
         await refused(
@@ -65,6 +73,44 @@ async def test_gateway_reads_records_but_not_placements_tasks_or_tokens(
             ),
         )
     finally:
+        await gateway.close()
+
+
+async def test_gateway_serves_the_dashboard_reads_but_takes_no_ones_work(
+    secured: AuthServer, prefix: str, operator: Bus
+) -> None:
+    """Overview, deployments, traces and logs on the gateway's identity, with no
+    violation; pulling from or deleting the consumers of agents stays refused."""
+    gateway = await _as(secured, prefix, "gateway")
+    n = gateway.names
+    scheduler = await _as(secured, prefix, "scheduler")
+    await operator.js.add_consumer(n.tasks_stream, task_consumer_config(n, "echo", 0, lease_s=30))
+    await Traces(operator).deposit("src/a.py", "found_todo", 3)
+    await operator.js.publish(n.log_subject("echo-0"), b"hello")
+    try:
+        async with running_scheduler(scheduler, probe=operator):
+            await Client(operator).deploy(Deployment(name="echo", command=["true"]))
+            gw = await start_gateway(gateway, token_bus=operator)
+            try:
+                seen = len(secured.server.violations)
+                for path in ("/v1/overview", "/v1/deployments", "/v1/traces/kinds"):
+                    assert (await gw.http.get(path)).status_code == 200, path
+                ranked = await gw.http.get("/v1/traces/found_todo/strongest")
+                assert ranked.json()["locations"][0]["location"] == "src/a.py"
+                lines = await read_sse(gw.http, "/v1/logs/echo-0", until=count(1))
+                assert msgspec.json.decode(lines[0].data)["line"] == "hello"
+                assert no_violations_since(secured, seen) == []
+            finally:
+                await stop_gateway(gw)
+        for stream, consumer in ((n.tasks_stream, "cap-echo"), (n.topics_stream, "topic-x")):
+            subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
+            await refused(secured, subject, functools.partial(_pull, gateway, subject))
+        delete = f"$JS.API.CONSUMER.DELETE.{n.tasks_stream}.cap-echo"
+        await refused(
+            secured, delete, lambda: gateway.js.delete_consumer(n.tasks_stream, "cap-echo")
+        )
+    finally:
+        await scheduler.close()
         await gateway.close()
 
 

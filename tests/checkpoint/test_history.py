@@ -10,7 +10,7 @@ import pytest
 from agentbus.bus import Bus
 from agentbus.errors import ConflictError, ContractError, NotFoundError
 from agentbus.messages import Checkpoint, PendingWrite, Retention
-from agentbus.state.checkpoints import CheckpointClient
+from agentbus.state.checkpoints import CheckpointClient, checkpoint_owners
 from agentbus_checkpoint.settings import CheckpointSettings
 from tests._harness.checkpoint import Service, blob_names, running_checkpoint
 from tests._harness.polling import eventually
@@ -58,6 +58,8 @@ async def test_history_is_newest_first_with_limit_cursor_and_filters(
     assert (await client.list("empty")).checkpoints == []
     with pytest.raises(NotFoundError):
         await client.list("t", before="no-such-id")
+    with pytest.raises(NotFoundError):  # an empty id is no KV key: not a 500
+        await client.list("t", before="")
 
 
 async def test_threads_lists_threads_and_namespaces(client: CheckpointClient) -> None:
@@ -72,6 +74,9 @@ async def test_threads_lists_threads_and_namespaces(client: CheckpointClient) ->
         ("b", "", 2),
     ]
     assert [t.namespace for t in await client.threads("a")] == ["", "child:1"]
+    owners = await checkpoint_owners(client.bus)
+    assert owners.owners == sorted({client.agent_id, "someone-else"})
+    assert (await checkpoint_owners(client.bus, limit=1)).truncated is True
 
 
 async def test_fork_from_any_checkpoint_copies_the_state(

@@ -18,11 +18,8 @@ from prometheus_client import CollectorRegistry
 from agentbus.auth.tokens import SCOPES, create_token, revoke_token
 from agentbus.bus import Bus
 from agentbus.messages import ListNodes, NodesReply
+from agentbus_gateway.app import ROUTE_HANDLERS
 from agentbus_gateway.auth import SCOPE_OPT
-from agentbus_gateway.event_stream import EVENT_ROUTES
-from agentbus_gateway.events import publish_topic_event
-from agentbus_gateway.output import task_output
-from agentbus_gateway.routes import ROUTES
 from agentbus_registry.service import serve as serve_registry
 from agentbus_registry.settings import RegistrySettings
 from tests._harness.gateway import Gateway, bearer, start_gateway, stop_gateway
@@ -124,7 +121,7 @@ async def test_open_routes_need_no_token(gateway: Gateway) -> None:
 def scoped_routes() -> dict[tuple[str, str], str | None]:
     """(method, path) -> scope of every route the gateway serves (None: open)."""
     found: dict[tuple[str, str], str | None] = {}
-    for handler in [*ROUTES, task_output, publish_topic_event, *EVENT_ROUTES]:
+    for handler in ROUTE_HANDLERS:
         for path in handler.paths:
             for method in handler.http_methods:
                 key = (str(method), re.sub(r":\w+}", "}", path))

@@ -15,12 +15,28 @@ from agentbus_gateway.auth import BEARER
 from agentbus_gateway.errors import exception_handlers
 from agentbus_gateway.event_stream import EVENT_ROUTES
 from agentbus_gateway.events import publish_topic_event
+from agentbus_gateway.fleet_routes import FLEET_ROUTES
 from agentbus_gateway.guards import request_guard
+from agentbus_gateway.logs_stream import LOG_ROUTES
 from agentbus_gateway.metrics import HttpMetricsMiddleware
 from agentbus_gateway.openapi import refine_openapi
 from agentbus_gateway.output import task_output
 from agentbus_gateway.request import GatewayRequest
 from agentbus_gateway.routes import ROUTES, GatewayContext
+from agentbus_gateway.state_routes import STATE_ROUTES
+from agentbus_gateway.task_tree import TASK_TREE_ROUTES
+
+ROUTE_HANDLERS = [
+    *ROUTES,
+    task_output,
+    publish_topic_event,
+    *EVENT_ROUTES,
+    *TASK_TREE_ROUTES,
+    *FLEET_ROUTES,
+    *STATE_ROUTES,
+    *LOG_ROUTES,
+]
+"""Every route the gateway serves."""
 
 
 def create_app(ctx: GatewayContext) -> HttpMetricsMiddleware:
@@ -30,8 +46,11 @@ def create_app(ctx: GatewayContext) -> HttpMetricsMiddleware:
     ``GET /v1/tasks/{task_id}/output``, ``GET /v1/tasks?status=dead``,
     ``POST /v1/tasks/{task_id}/cancel|resubmit``, ``POST /v1/tasks/wait``,
     ``POST /v1/events/{topic}?key=``, ``GET /v1/events`` and
-    ``GET /v1/tasks/{task_id}/events`` (Server-Sent Events), ``GET /v1/agents?capability=``,
-    ``GET /v1/nodes``, ``GET /healthz``, ``GET /metrics``, ``GET /openapi.json`` (and
+    ``GET /v1/tasks/{task_id}/events`` (Server-Sent Events), ``GET /v1/tasks/{task_id}/subtasks``,
+    ``GET /v1/agents?capability=``, ``GET /v1/nodes``, the fleet views
+    (``fleet_routes``: overview, deployments, scale), checkpoints and traces
+    (``state_routes``), ``GET /v1/logs/{agent_id}`` (``logs_stream``), ``GET /healthz``,
+    ``GET /metrics``, ``GET /openapi.json`` (and
     ``/schema/openapi.json``). Every request first passes ``guards.request_guard``
     (Host, origin, JSON bodies), then, on a route that names a scope, the token
     check of ``ctx.auth`` (401, 403, 429); bodies over ``settings.max_body_bytes``
@@ -47,7 +66,7 @@ def create_app(ctx: GatewayContext) -> HttpMetricsMiddleware:
         return ctx
 
     app = Litestar(
-        route_handlers=[*ROUTES, task_output, publish_topic_event, *EVENT_ROUTES],
+        route_handlers=ROUTE_HANDLERS,
         request_class=GatewayRequest,
         request_max_body_size=ctx.settings.max_body_bytes,
         before_request=_before,
@@ -58,7 +77,8 @@ def create_app(ctx: GatewayContext) -> HttpMetricsMiddleware:
             version=__version__,
             description=(
                 "HTTP access to agentbus: submit and follow tasks, publish and follow "
-                "events, list agents and nodes."
+                "events, list agents and nodes, watch and scale the fleet, browse "
+                "checkpoints and traces, follow replica logs."
             ),
             render_plugins=[JsonRenderPlugin()],
             components=Components(

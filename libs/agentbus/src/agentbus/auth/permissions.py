@@ -8,16 +8,17 @@ JetStream calls are subjects too (``$JS.API.<verb>.<stream>...``), so access to 
 stream is granted by stream name: ``stream_read`` (info, direct gets, consumers and
 their pulls and acks) and ``stream_admin`` (create, update, purge); nobody but an
 operator may delete a stream. An agent gets no stream-wide grant at all: only pulls
-and acks on its own consumers, which its supervisor creates (``agentbus.auth.provision``).
+and acks on its own consumers, which its supervisor creates (``agentbus.auth.provision``);
+its table is ``agentbus.auth.agent_grants``, a leaf link's ``agentbus.auth.leaf``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from agentbus.names import BANDS, Names
+from agentbus.names import Names
 
 SERVICES = ("registry", "scheduler", "supervisor", "checkpoint", "gateway")
 """Service identities, each with its own table (``service_permissions``)."""
@@ -159,6 +160,7 @@ def service_permissions(names: Names, service: str, *, node_id: str | None = Non
     if service == "archiver":
         return archiver_permissions(names)
     publish, subscribe = _service_base(names, service)
+    deny = ["$JS.API.STREAM.DELETE.>"]
     if service == "registry":
         publish += [*kv_write(n.agents_bucket), *kv_write(n.nodes_bucket)]
         publish += stream_admin(n.events_stream)
@@ -205,6 +207,8 @@ def service_permissions(names: Names, service: str, *, node_id: str | None = Non
         publish += kv_read(n.tokens_bucket)
         publish += [*objects_read(n.blobs_bucket), *stream_read(n.logs_stream)]
         subscribe += [f"{p}.records.task.>"]
+        publish += _gateway_dashboard_reads(n)
+        deny += _others_consumers(n)
     else:
         known = ", ".join((*SERVICES, *OPTIONAL_SERVICES))
         raise ValueError(f"unknown service {service!r}; services are {known}")
@@ -213,7 +217,7 @@ def service_permissions(names: Names, service: str, *, node_id: str | None = Non
         publish=tuple(publish),
         subscribe=(*subscribe, f"{inbox_prefix('svc', identity)}.>"),
         inbox_prefix=inbox_prefix("svc", identity),
-        publish_deny=("$JS.API.STREAM.DELETE.>",),
+        publish_deny=tuple(deny),
         responses=True,
     )
 
@@ -246,154 +250,46 @@ def archiver_permissions(names: Names) -> Permissions:
     )
 
 
+def _gateway_dashboard_reads(names: Names) -> list[str]:
+    """The gateway's fleet KV, task consumer info (queue depth) and trace reads.
+
+    Trace streams are named at run time: consumers may be made on any stream but only
+    with a filter under ``<p>.traces.>``; pulls and deletes of any consumer name are
+    allowed, and ``_others_consumers`` denies them on the agents' and services' streams.
+    """
+    n, p = names, names.prefix
+    out = [f"$JS.API.CONSUMER.LIST.{n.tasks_stream}", f"$JS.API.CONSUMER.INFO.{n.tasks_stream}.*"]
+    for bucket in (n.deployments_bucket, n.placements_bucket, n.nodes_bucket, n.agents_bucket):
+        out += kv_read(bucket)
+    out += ["$JS.API.STREAM.LIST", f"$JS.API.CONSUMER.CREATE.*.*.{p}.traces.>"]
+    return [*out, "$JS.API.CONSUMER.MSG.NEXT.*.*", "$JS.API.CONSUMER.DELETE.*.*"]
+
+
+def _others_consumers(n: Names) -> list[str]:
+    """Pulls from and deletes of the consumers of agents and services.
+
+    The work streams' consumers and the archiver's on the events stream.
+    """
+    streams = (n.tasks_stream, n.results_stream, n.topics_stream, n.inbox_stream)
+    archiver = [
+        f"$JS.API.CONSUMER.{verb}.{n.events_stream}.{Names.ARCHIVER_CONSUMER}"
+        for verb in ("MSG.NEXT", "DELETE")
+    ]
+    return [
+        *(
+            f"$JS.API.CONSUMER.{verb}.{stream}.>"
+            for stream in (*streams, n.task_advisories_stream)
+            for verb in ("MSG.NEXT", "DELETE")
+        ),
+        *archiver,  # a pull there would take events from the audit trail
+    ]
+
+
 def operator_permissions(name: str) -> Permissions:
     """An operator (the ``agentbus`` CLI, tests): everything in the fleet's account."""
     return Permissions(
         publish=(">",),
         subscribe=(">",),
         inbox_prefix=inbox_prefix("user", name),
-        responses=True,
-    )
-
-
-# -- agents ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class AgentGrant:
-    """What one agent replica may do, derived from its deployment.
-
-    Attributes:
-        agent_id: the replica's agent id.
-        capabilities: the capabilities it serves (task consumers, results, asks).
-        deployment: its deployment (shared topic consumers are named after it).
-        publishes: event topics it may publish on (patterns allowed).
-        subscriptions: subscription name -> ``"shared"`` or ``"each"`` (its topic
-            consumers).
-        trace_kinds: trace kinds it may deposit on, sense and claim.
-        asks: ask capabilities it answers besides ``capabilities``.
-    """
-
-    agent_id: str
-    capabilities: tuple[str, ...]
-    deployment: str | None = None
-    publishes: tuple[str, ...] = ()
-    subscriptions: dict[str, str] = field(default_factory=dict)
-    trace_kinds: tuple[str, ...] = ()
-    asks: tuple[str, ...] = ()
-
-
-def task_consumers(capability: str) -> list[str]:
-    """The consumer names of every priority band of ``capability``."""
-    return [Names.task_consumer(capability, band) for band in range(BANDS)]
-
-
-def topic_consumers(names: Names, grant: AgentGrant, subscription: str, mode: str) -> list[str]:
-    """The nine consumer names of one of ``grant``'s subscriptions (keyless + 8 keyed)."""
-    from agentbus.names import TOPIC_PARTS
-
-    owner = grant.deployment or grant.agent_id
-    base = (
-        f"topic-{owner}-{subscription}"
-        if mode == "shared"
-        else f"each-{grant.agent_id}-{subscription}"
-    )
-    return [base if part == "_" else f"{base}-{part}" for part in TOPIC_PARTS]
-
-
-def agent_permissions(names: Names, grant: AgentGrant) -> Permissions:
-    """The permissions of one agent replica: its own subjects and consumers only.
-
-    See ``docs/protocol.md``, "Permissions", for the table and what it refuses.
-    """
-    n, p, me = names, names.prefix, grant.agent_id
-    mine = inbox_prefix("agent", me)
-    publish = [
-        f"$KV.{n.agents_bucket}.{me}",  # heartbeat
-        f"$JS.API.STREAM.INFO.KV_{n.agents_bucket}",
-        f"$JS.API.STREAM.INFO.{n.tasks_stream}",  # queue depth, for idle probes
-        f"{p}.events.*.*.{me}",  # its own events: <entity>.<kind>.<agent id> (errors too)
-        f"{p}.checkpoint.*.{me}",  # its state; task progress is per capability (below)
-        f"{p}.inbox.*.{me}",  # direct messages, sent as itself
-        f"{p}.inbox.receipts.{me}.*",
-        f"{p}.broadcast.*.{me}",
-        f"$JS.API.CONSUMER.MSG.NEXT.{n.inbox_stream}.{n.inbox_consumer(me)}",
-        f"$JS.ACK.{n.inbox_stream}.{n.inbox_consumer(me)}.>",
-        f"$JS.API.CONSUMER.INFO.{n.inbox_stream}.*",
-        f"$JS.API.DIRECT.GET.{n.inbox_stream}.{p}.inbox.receipts.>",
-        f"$JS.API.DIRECT.GET.{n.inbox_stream}.{p}.inbox.*.{me}",  # the last it sent
-        f"{p}.agents.ask.*",
-        f"{p}.scheduler.submit",
-        f"{p}.scheduler.submit_batch",
-        *objects_read(n.blobs_bucket),
-        f"$O.{n.blobs_bucket}.>",
-        *objects_read(n.checkpoint_blobs_bucket),  # checkpoint data over the inline limit
-        f"$O.{n.checkpoint_blobs_bucket}.>",
-        *kv_read(n.trace_claims_bucket),
-        f"$KV.{n.trace_claims_bucket}.>",
-        "$JS.API.STREAM.LIST",
-        "$JS.API.STREAM.NAMES",  # nats.js finds a stream by subject (Object Store reads)
-        "$JS.API.INFO",
-    ]
-    subscribe = [
-        f"{mine}.>",
-        f"{p}.control.cancel",
-        f"{p}.inbox.receipts.*.*",  # the receipt of a message it sent
-        f"{p}.records.task.*",
-        "$SRV.*",
-        "$SRV.*.agentbus-agent",
-        "$SRV.*.agentbus-agent.>",
-    ]
-    for cap in grant.capabilities:
-        for consumer in task_consumers(cap):
-            publish += [
-                f"$JS.API.CONSUMER.MSG.NEXT.{n.tasks_stream}.{consumer}",
-                f"$JS.API.CONSUMER.INFO.{n.tasks_stream}.{consumer}",
-                f"$JS.ACK.{n.tasks_stream}.{consumer}.>",
-                f"$JS.ACK.*.*.{n.tasks_stream}.{consumer}.>",
-            ]
-        publish += [
-            f"{p}.results.{cap}.{me}",
-            # A notice it cannot take is announced again; unheard, as a backlog notice.
-            n.ready_subject(cap),
-            n.backlog_subject(cap),
-            f"{p}.checkpoint.*.{cap}",
-        ]
-        subscribe += [
-            n.ready_subject(cap),
-            n.backlog_subject(cap),
-            n.broadcast_filter(cap),
-            n.ask_subject(cap),
-        ]
-    for ask in grant.asks:
-        subscribe.append(n.ask_subject(ask))
-    for topic in grant.publishes:
-        publish.append(
-            f"{p}.topics.{topic}.*" if not topic.endswith(">") else f"{p}.topics.{topic}"
-        )
-    for subscription, mode in grant.subscriptions.items():
-        for consumer in topic_consumers(n, grant, subscription, mode):
-            publish += [
-                f"$JS.API.CONSUMER.MSG.NEXT.{n.topics_stream}.{consumer}",
-                f"$JS.API.CONSUMER.INFO.{n.topics_stream}.{consumer}",
-                f"$JS.ACK.{n.topics_stream}.{consumer}.>",
-                f"$JS.ACK.*.*.{n.topics_stream}.{consumer}.>",
-            ]
-    for kind in grant.trace_kinds:
-        stream = n.trace_stream(kind)
-        publish += [
-            f"{p}.traces.{kind}.>",
-            f"$JS.API.STREAM.INFO.{stream}",
-            f"$JS.API.DIRECT.GET.{stream}",
-            f"$JS.API.DIRECT.GET.{stream}.>",
-            f"$JS.API.CONSUMER.CREATE.{stream}.*.{p}.traces.{kind}.>",
-            f"$JS.API.CONSUMER.MSG.NEXT.{stream}.*",
-            f"$JS.API.CONSUMER.DELETE.{stream}.*",
-            f"$JS.FC.{stream}.>",
-        ]
-    return Permissions(
-        publish=tuple(publish),
-        subscribe=tuple(subscribe),
-        inbox_prefix=mine,
         responses=True,
     )

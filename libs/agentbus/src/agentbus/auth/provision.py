@@ -1,7 +1,7 @@
 """Credentials and consumers for one agent replica, derived from its deployment.
 
 An agent with minted credentials may not create streams or consumers
-(``agentbus.auth.permissions.agent_permissions``), so whoever mints them (the
+(``agentbus.auth.agent_grants.agent_permissions``), so whoever mints them (the
 replica's supervisor, or ``agentbus auth agent`` for an agent started by hand) first
 creates what the deployment declares: the task consumers of its capabilities (every
 priority band), its inbox consumer and the consumers of its named subscriptions (the
@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from loguru import logger
 
+from agentbus.auth.agent_grants import AgentGrant, agent_permissions
 from agentbus.auth.authority import Authority, Credentials
-from agentbus.auth.permissions import AgentGrant, agent_permissions
 from agentbus.bus import Bus
 from agentbus.errors import ContractError
 from agentbus.events.routes import subscription_plan

@@ -341,12 +341,11 @@ class Client(FleetCalls, Messaging):
         parent_id: str | None = None,
         limit: int = 100,
         cursor: str | None = None,
+        tenant: str | None = None,
     ) -> TasksReply:
-        """One page of tasks with ``status`` (None: any), see ``ListTasks``.
+        """One page of tasks with ``status`` (None: any) and filters, see ``ListTasks``.
 
-        Pass the reply's ``next_cursor`` as ``cursor`` for the next page (None: the
-        last page). Dead tasks come newest first; others in the order their records
-        were last written, at most ``SCHEDULER_LIST_MAX_RECORDS`` read per page.
+        Pass the reply's ``next_cursor`` as ``cursor`` for the next page (None: the last).
 
         Raises:
             ContractError: an argument is invalid (status, capability, cursor, limit).
@@ -357,7 +356,12 @@ class Client(FleetCalls, Messaging):
         if parent_id is not None:
             check_task_id(parent_id, "parent id")
         request = ListTasks(
-            status=status, capability=capability, parent_id=parent_id, limit=limit, cursor=cursor
+            status=status,
+            capability=capability,
+            parent_id=parent_id,
+            limit=limit,
+            cursor=cursor,
+            tenant=tenant,
         )
         return await self.bus.request(self.names.endpoint("scheduler", "list"), request, TasksReply)
 
