@@ -36,9 +36,11 @@ class GateAgent:
 
 
 def gate_agent(agent_id: str, *, max_concurrency: int = 1, **settings: object) -> GateAgent:
-    g = GateAgent(Agent("gater", max_concurrency=max_concurrency, settings=quick_settings(
-        agent_id, **settings
-    )))
+    g = GateAgent(
+        Agent(
+            "gater", max_concurrency=max_concurrency, settings=quick_settings(agent_id, **settings)
+        )
+    )
 
     @g.agent.handler("gate")
     async def gate(ctx: TaskContext, ask: GateInput) -> dict[str, Any]:

@@ -86,7 +86,7 @@ async def test_timeout_takes_the_default(bus: Bus, client: Client) -> None:
             "decided_by": "timeout",
             "timed_out": True,
         }
-        approval = (await client_approvals(bus, submitted.task_id))
+        approval = await client_approvals(bus, submitted.task_id)
         assert approval.decision is not None and approval.decision.decided_by == "timeout"
         events = await approval_events(bus, approval.approval_id, 2)
         assert [e.kind for e in events] == ["requested", "decided"]

@@ -46,7 +46,9 @@ async def get_approval(bus: Bus, approval_id: str) -> ApprovalRecord:
         ContractError: ``approval_id`` is not an approval id (32 hex characters).
     """
     subject = bus.names.endpoint("scheduler", "approval_get")
-    return (await bus.request(subject, GetApproval(approval_id=approval_id), ApprovalReply)).approval
+    return (
+        await bus.request(subject, GetApproval(approval_id=approval_id), ApprovalReply)
+    ).approval
 
 
 async def decide_approval(
