@@ -141,6 +141,9 @@ OPERATIONS = [
     ("GET", "/v1/events"),
     ("GET", "/v1/agents"),
     ("GET", "/v1/nodes"),
+    ("GET", "/v1/approvals"),
+    ("GET", "/v1/approvals/{approval_id}"),
+    ("POST", "/v1/approvals/{approval_id}/decision"),
     ("GET", "/healthz"),
 ]
 NO_INPUT = {("GET", "/v1/nodes"), ("GET", "/healthz")}

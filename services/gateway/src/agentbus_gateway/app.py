@@ -11,6 +11,7 @@ from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
 from agentbus import __version__
+from agentbus_gateway.approvals import APPROVAL_ROUTES
 from agentbus_gateway.auth import BEARER
 from agentbus_gateway.errors import exception_handlers
 from agentbus_gateway.event_stream import EVENT_ROUTES
@@ -31,11 +32,12 @@ def create_app(ctx: GatewayContext) -> HttpMetricsMiddleware:
     ``POST /v1/tasks/{task_id}/cancel|resubmit``, ``POST /v1/tasks/wait``,
     ``POST /v1/events/{topic}?key=``, ``GET /v1/events`` and
     ``GET /v1/tasks/{task_id}/events`` (Server-Sent Events), ``GET /v1/agents?capability=``,
-    ``GET /v1/nodes``, ``GET /healthz``, ``GET /metrics``, ``GET /openapi.json`` (and
-    ``/schema/openapi.json``). Every request first passes ``guards.request_guard``
-    (Host, origin, JSON bodies), then, on a route that names a scope, the token
-    check of ``ctx.auth`` (401, 403, 429); bodies over ``settings.max_body_bytes``
-    get 413.
+    ``GET /v1/nodes``, ``GET /v1/approvals``, ``GET /v1/approvals/{approval_id}``,
+    ``POST /v1/approvals/{approval_id}/decision``, ``GET /healthz``, ``GET /metrics``,
+    ``GET /openapi.json`` (and ``/schema/openapi.json``). Every request first passes
+    ``guards.request_guard`` (Host, origin, JSON bodies), then, on a route that names
+    a scope, the token check of ``ctx.auth`` (401, 403, 429); bodies over
+    ``settings.max_body_bytes`` get 413.
     """
     guard = request_guard(ctx.settings)
 
@@ -47,7 +49,13 @@ def create_app(ctx: GatewayContext) -> HttpMetricsMiddleware:
         return ctx
 
     app = Litestar(
-        route_handlers=[*ROUTES, task_output, publish_topic_event, *EVENT_ROUTES],
+        route_handlers=[
+            *ROUTES,
+            task_output,
+            publish_topic_event,
+            *EVENT_ROUTES,
+            *APPROVAL_ROUTES,
+        ],
         request_class=GatewayRequest,
         request_max_body_size=ctx.settings.max_body_bytes,
         before_request=_before,
