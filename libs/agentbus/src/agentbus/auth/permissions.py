@@ -330,7 +330,6 @@ def agent_permissions(names: Names, grant: AgentGrant) -> Permissions:
         publish += [
             f"$JS.API.CONSUMER.CREATE.{approvals}.*.$KV.{n.approvals_bucket}.{cap}.>",
             f"$JS.API.CONSUMER.DELETE.{approvals}.*",
-            f"$JS.FC.{approvals}.>",
         ]
         subscribe += [
             n.ready_subject(cap),

@@ -7,9 +7,9 @@ approvals``; ``docs/decisions/0009-approvals.md``). A handler's wait:
    (``approval_id``), so a handler run again (the agent crashed or was restarted and
    the task came back, here or on another agent) asks for the same approval and gets
    the existing request, decided or not, instead of a new one.
-2. It watches the request's key (an ordered consumer on ``$KV.<p>_approvals.<cap>.
-   <id>``, last value first, then every change) before it asks, so no decision can
-   fall between the answer and the watch: the watch wakes it, nothing polls.
+2. It watches the request's key (a consumer on ``$KV.<p>_approvals.<cap>.<id>``,
+   last value first, then every change) before it asks, so no decision can fall
+   between the answer and the watch: the watch wakes it, nothing polls.
 3. It asks the scheduler (``approval_request.<agent_id>``), which creates the request
    only for the attempt that holds the task.
 4. While it waits the task is **parked**: its concurrency slot is lent to the intake
@@ -18,15 +18,17 @@ approvals``; ``docs/decisions/0009-approvals.md``). A handler's wait:
    the handler's run time); the lease is still renewed (``in_progress()``, as for any
    long attempt), so the task stays with this agent. If the agent dies, the lease
    lapses and the task is delivered again: step 1 finds the request.
-5. A safety re-check (the same idempotent request) runs when the request's time is
-   up, and at the latest every ``RESYNC_S``: the scheduler decides an expired request
-   by ``timeout`` when it is read, should its timer have been missed.
+5. A safety re-check (the same idempotent request, and a new watch) runs when the
+   request's time is up, and at the latest every ``RESYNC_S``: the scheduler decides
+   an expired request by ``timeout`` when it is read, should its timer have been
+   missed, and a watch whose consumer a server restart lost is made again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -35,7 +37,7 @@ from typing import TYPE_CHECKING, Protocol
 import msgspec
 from loguru import logger
 from nats.aio.msg import Msg
-from nats.js.api import DeliverPolicy
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from agentbus.errors import ContractError
 from agentbus.messages import (
@@ -53,6 +55,8 @@ if TYPE_CHECKING:
 
 RESYNC_S = 300.0
 """Longest wait without a re-check of the request (a watch broken without notice)."""
+WATCH_INACTIVE_S = 60.0
+"""The server deletes a watch's consumer this long after its agent is gone."""
 EXPIRY_GRACE_S = 1.0
 """After a request's ``expires_at``, how long to wait for the scheduler's timeout."""
 _decode = msgspec.json.Decoder(ApprovalRecord).decode
@@ -102,31 +106,46 @@ class Parking:
 
 @contextlib.asynccontextmanager
 async def _watch(ctx: TaskContext, key: str) -> AsyncIterator[asyncio.Queue[ApprovalRecord]]:
-    """Every value of ``key`` in the approvals bucket (the current one first)."""
+    """Every value of ``key`` in the approvals bucket (the current one first).
+
+    A named ephemeral push consumer filtered on the key, created on
+    ``$JS.API.CONSUMER.CREATE.<stream>.<name>.<filter>``, the form NATS permissions
+    can restrict to an agent's capabilities (nats-py's ordered consumers use the
+    unfiltered form), delivering to the agent's own inbox.
+    """
     bus = ctx.bus
     bucket = bus.names.approvals_bucket
+    stream = f"KV_{bucket}"
     updates: asyncio.Queue[ApprovalRecord] = asyncio.Queue()
 
     async def on_msg(msg: Msg) -> None:
         if not msg.data:
-            return  # a delete or purge marker
+            return  # a delete or purge marker (or a heartbeat)
         try:
             updates.put_nowait(_decode(msg.data))
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             logger.warning("approval record does not decode", key=key, error=repr(exc))
 
-    sub = await bus.js.subscribe(
-        f"$KV.{bucket}.{key}",
-        stream=f"KV_{bucket}",
-        ordered_consumer=True,
-        cb=on_msg,
+    inbox = bus.nc.new_inbox()
+    sub = await bus.nc.subscribe(inbox, cb=on_msg)
+    name = f"approval-{uuid.uuid4().hex[:16]}"
+    config = ConsumerConfig(
+        name=name,
+        deliver_subject=inbox,
+        filter_subject=f"$KV.{bucket}.{key}",
         deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+        ack_policy=AckPolicy.NONE,
+        inactive_threshold=WATCH_INACTIVE_S,
+        mem_storage=True,
     )
     try:
+        await bus.js.add_consumer(stream, config)
         yield updates
     finally:
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
+        with contextlib.suppress(Exception):
+            await bus.js.delete_consumer(stream, name)
 
 
 def _wait_s(record: ApprovalRecord) -> float:
@@ -174,22 +193,26 @@ async def request_approval(
     )
     subject = bus.names.owner_endpoint("scheduler", "approval_request", ctx.agent_id)
     key = bus.names.approval_key(task.capability, aid)
-    async with _watch(ctx, key) as updates:
-        reply = await bus.request(subject, request, ApprovalReply)
-        record = reply.approval
-        if record.decision is not None:
-            return record.decision
-        logger.info("waiting for approval", approval_id=aid, created=reply.created)
-        async with parking.parked():
-            while record.decision is None:
-                try:
-                    record = await asyncio.wait_for(updates.get(), _wait_s(record))
-                except TimeoutError:  # the scheduler expires it when read
-                    record = (await bus.request(subject, request, ApprovalReply)).approval
-        logger.info(
-            "approval decided",
-            approval_id=aid,
-            option=record.decision.option,
-            decided_by=record.decision.decided_by,
-        )
-        return record.decision
+    first = True
+    while True:
+        async with _watch(ctx, key) as updates:
+            reply = await bus.request(subject, request, ApprovalReply)
+            record = reply.approval
+            if record.decision is not None:
+                return record.decision
+            if first:
+                logger.info("waiting for approval", approval_id=aid, created=reply.created)
+                first = False
+            async with parking.parked():
+                with contextlib.suppress(TimeoutError):  # re-check: a new watch, a read
+                    async with asyncio.timeout(_wait_s(record)):
+                        while record.decision is None:
+                            record = await updates.get()
+            if record.decision is not None:
+                logger.info(
+                    "approval decided",
+                    approval_id=aid,
+                    option=record.decision.option,
+                    decided_by=record.decision.decided_by,
+                )
+                return record.decision
