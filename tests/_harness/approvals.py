@@ -74,7 +74,7 @@ async def approval_events(bus: Bus, approval_id: str, count: int) -> list[Approv
     subject = f"{bus.names.prefix}.events.approval.*.{approval_id}"
     sub = await bus.js.subscribe(subject, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
     try:
-        events = []
+        events: list[ApprovalEvent] = []
         async with asyncio.timeout(10):
             while len(events) < count:
                 msg = await sub.next_msg(timeout=10)

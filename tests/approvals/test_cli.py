@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import pytest
 
@@ -56,7 +57,7 @@ async def test_approve_and_deny_from_the_cli_resume_the_handlers(bus: Bus) -> No
             "decided_by": "cli:alice",
             "timed_out": False,
         }
-        done_no = await client.output(await client.wait(no.task_id, timeout_s=20))
+        done_no: dict[str, Any] = await client.output(await client.wait(no.task_id, timeout_s=20))
         assert (done_no["option"], done_no["comment"]) == ("deny", "no way")
 
         # deciding again: exit 1, says who decided

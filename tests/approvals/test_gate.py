@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
 from agentbus.bus import Bus
 from agentbus.client import Client
-from agentbus.client.approvals import decide_approval, get_approval
+from agentbus.client.approvals import decide_approval, get_approval, list_approvals
 from agentbus.errors import ConflictError, ContractError
+from agentbus.messages import ApprovalRecord
 from tests._harness.agents import agent_on
 from tests._harness.approvals import GateInput, approval_events, gate_agent, pending_of
 from tests._harness.polling import eventually
@@ -67,7 +69,7 @@ async def test_deny_resumes_the_handler_with_deny(bus: Bus, client: Client) -> N
             await decide_approval(bus, pending.approval_id, "maybe", decided_by="cli:alice")
         await decide_approval(bus, pending.approval_id, "deny", decided_by="cli:alice")
         record = await client.wait(submitted.task_id, timeout_s=20)
-        output = await client.output(record)
+        output: dict[str, Any] = await client.output(record)
         assert output["option"] == "deny"
 
 
@@ -93,9 +95,7 @@ async def test_timeout_takes_the_default(bus: Bus, client: Client) -> None:
         assert events[1].decided_by == "timeout"
 
 
-async def client_approvals(bus: Bus, task_id: str):  # type: ignore[no-untyped-def]
-    from agentbus.client.approvals import list_approvals
-
+async def client_approvals(bus: Bus, task_id: str) -> ApprovalRecord:
     found = await list_approvals(bus, status="all", task_id=task_id)
     assert len(found) == 1
     return await get_approval(bus, found[0].approval_id)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from agentbus.auth.tokens import create_token
@@ -52,7 +54,7 @@ async def test_only_a_token_with_approvals_decide_decides(bus: Bus) -> None:
 
             record = await client.wait(submitted.task_id, timeout_s=20)
             assert record.status == "succeeded"
-            output = await client.output(record)
+            output: dict[str, Any] = await client.output(record)
             assert output["option"] == "approve"
             assert output["comment"] == "window is open"
             assert output["decided_by"] == decision["decided_by"]

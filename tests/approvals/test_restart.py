@@ -9,6 +9,7 @@ import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -79,7 +80,7 @@ async def test_decision_after_the_waiting_agent_was_killed(
     with gate_process(bus, "gater-b", tmp_path):
         record = await client.wait(submitted.task_id, timeout_s=40)
     assert record.status == "succeeded", record.error
-    output = await client.output(record)
+    output: dict[str, Any] = await client.output(record)
     assert output["option"] == "deny"
     assert output["comment"] == "not on a Friday"
     assert output["decided_by"] == "cli:carol"
@@ -107,6 +108,6 @@ async def test_a_restarted_agent_waits_on_the_same_request(
         await decide_approval(bus, pending.approval_id, "approve", decided_by="cli:carol")
         record = await client.wait(submitted.task_id, timeout_s=30)
     assert record.status == "succeeded", record.error
-    output = await client.output(record)
+    output: dict[str, Any] = await client.output(record)
     assert (output["option"], output["agent_id"]) == ("approve", "gater-b")
     assert len(await list_approvals(bus, status="all", task_id=submitted.task_id)) == 1

@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 from agentbus.auth.tokens import SCOPES, create_token, revoke_token
 from agentbus.bus import Bus
 from agentbus.messages import ListNodes, NodesReply
+from agentbus_gateway.approvals import APPROVAL_ROUTES
 from agentbus_gateway.auth import SCOPE_OPT
 from agentbus_gateway.event_stream import EVENT_ROUTES
 from agentbus_gateway.events import publish_topic_event
@@ -124,7 +125,7 @@ async def test_open_routes_need_no_token(gateway: Gateway) -> None:
 def scoped_routes() -> dict[tuple[str, str], str | None]:
     """(method, path) -> scope of every route the gateway serves (None: open)."""
     found: dict[tuple[str, str], str | None] = {}
-    for handler in [*ROUTES, task_output, publish_topic_event, *EVENT_ROUTES]:
+    for handler in [*ROUTES, task_output, publish_topic_event, *EVENT_ROUTES, *APPROVAL_ROUTES]:
         for path in handler.paths:
             for method in handler.http_methods:
                 key = (str(method), re.sub(r":\w+}", "}", path))
