@@ -11,6 +11,7 @@ from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
 from agentbus import __version__
+from agentbus_gateway.approvals import APPROVAL_ROUTES
 from agentbus_gateway.auth import BEARER
 from agentbus_gateway.errors import exception_handlers
 from agentbus_gateway.event_stream import EVENT_ROUTES
@@ -35,6 +36,7 @@ ROUTE_HANDLERS = [
     *FLEET_ROUTES,
     *STATE_ROUTES,
     *LOG_ROUTES,
+    *APPROVAL_ROUTES,
 ]
 """Every route the gateway serves."""
 
@@ -47,7 +49,9 @@ def create_app(ctx: GatewayContext) -> HttpMetricsMiddleware:
     ``POST /v1/tasks/{task_id}/cancel|resubmit``, ``POST /v1/tasks/wait``,
     ``POST /v1/events/{topic}?key=``, ``GET /v1/events`` and
     ``GET /v1/tasks/{task_id}/events`` (Server-Sent Events), ``GET /v1/tasks/{task_id}/subtasks``,
-    ``GET /v1/agents?capability=``, ``GET /v1/nodes``, the fleet views
+    ``GET /v1/agents?capability=``, ``GET /v1/nodes``, ``GET /v1/approvals``,
+    ``GET /v1/approvals/{approval_id}``, ``POST /v1/approvals/{approval_id}/decision``,
+    the fleet views
     (``fleet_routes``: overview, deployments, scale), checkpoints and traces
     (``state_routes``), ``GET /v1/logs/{agent_id}`` (``logs_stream``), ``GET /healthz``,
     ``GET /metrics``, ``GET /openapi.json`` (and

@@ -85,6 +85,7 @@ def agent_permissions(names: Names, grant: AgentGrant) -> Permissions:
         f"{p}.agents.ask.*",
         f"{p}.scheduler.submit",
         f"{p}.scheduler.submit_batch",
+        f"{p}.scheduler.approval_request.{me}",  # asks as itself; deciding is not its
         *objects_read(n.blobs_bucket),
         f"$O.{n.blobs_bucket}.>",
         *objects_read(n.checkpoint_blobs_bucket),  # checkpoint data over the inline limit
@@ -118,6 +119,12 @@ def agent_permissions(names: Names, grant: AgentGrant) -> Permissions:
             n.ready_subject(cap),
             n.backlog_subject(cap),
             f"{p}.checkpoint.*.{cap}",
+        ]
+        # Watch (read only) the approval requests of its capability's tasks.
+        approvals = f"KV_{n.approvals_bucket}"
+        publish += [
+            f"$JS.API.CONSUMER.CREATE.{approvals}.*.$KV.{n.approvals_bucket}.{cap}.>",
+            f"$JS.API.CONSUMER.DELETE.{approvals}.*",
         ]
         subscribe += [
             n.ready_subject(cap),

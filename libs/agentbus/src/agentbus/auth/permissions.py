@@ -175,6 +175,7 @@ def service_permissions(names: Names, service: str, *, node_id: str | None = Non
             n.deployments_bucket,
             n.placements_bucket,
             n.trace_claims_bucket,
+            n.approvals_bucket,
         ):
             publish += kv_write(bucket)
         # Creates, never writes: tokens are operators', the secrets key supervisors'.
@@ -209,6 +210,7 @@ def service_permissions(names: Names, service: str, *, node_id: str | None = Non
         subscribe += [f"{p}.records.task.>"]
         publish += _gateway_dashboard_reads(n)
         deny += _others_consumers(n)
+        deny.append(f"{p}.scheduler.approval_request.>")  # asking is agents'; it decides
     else:
         known = ", ".join((*SERVICES, *OPTIONAL_SERVICES))
         raise ValueError(f"unknown service {service!r}; services are {known}")

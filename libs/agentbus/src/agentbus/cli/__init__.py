@@ -16,6 +16,7 @@ import sys
 from loguru import logger
 
 from agentbus.cli import (
+    approvals,
     audit,
     auth,
     cluster,
@@ -31,6 +32,7 @@ from agentbus.cli.common import app
 
 __all__ = [
     "app",
+    "approvals",
     "audit",
     "auth",
     "cluster",
