@@ -12,6 +12,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 
 from agentbus import __version__
 from agentbus_gateway.auth import BEARER
+from agentbus_gateway.dashboard import dashboard_routers, template_config
 from agentbus_gateway.errors import exception_handlers
 from agentbus_gateway.event_stream import EVENT_ROUTES
 from agentbus_gateway.events import publish_topic_event
@@ -32,7 +33,9 @@ def create_app(ctx: GatewayContext) -> HttpMetricsMiddleware:
     ``POST /v1/events/{topic}?key=``, ``GET /v1/events`` and
     ``GET /v1/tasks/{task_id}/events`` (Server-Sent Events), ``GET /v1/agents?capability=``,
     ``GET /v1/nodes``, ``GET /healthz``, ``GET /metrics``, ``GET /openapi.json`` (and
-    ``/schema/openapi.json``). Every request first passes ``guards.request_guard``
+    ``/schema/openapi.json``), and the web dashboard at ``/``
+    (``agentbus_gateway.dashboard``: pages, ``/ui/...`` fragments and actions, ``/login``,
+    ``/static``). Every request first passes ``guards.request_guard``
     (Host, origin, JSON bodies), then, on a route that names a scope, the token
     check of ``ctx.auth`` (401, 403, 429); bodies over ``settings.max_body_bytes``
     get 413.
@@ -47,7 +50,14 @@ def create_app(ctx: GatewayContext) -> HttpMetricsMiddleware:
         return ctx
 
     app = Litestar(
-        route_handlers=[*ROUTES, task_output, publish_topic_event, *EVENT_ROUTES],
+        route_handlers=[
+            *ROUTES,
+            task_output,
+            publish_topic_event,
+            *EVENT_ROUTES,
+            *dashboard_routers(ctx),
+        ],
+        template_config=template_config(),
         request_class=GatewayRequest,
         request_max_body_size=ctx.settings.max_body_bytes,
         before_request=_before,
