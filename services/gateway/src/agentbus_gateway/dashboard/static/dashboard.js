@@ -46,7 +46,7 @@ function followTaskEvents(list) {
       if (data.agent_id) parts.push(`on ${data.agent_id}`);
       if (data.reason) parts.push(data.reason);
       if (data.error) parts.push(`${data.error.code || "error"}: ${data.error.message || ""}`);
-      item.append(el("span", "small", parts.join(" · ") || event.data));
+      item.append(el("span", "small", parts.join(" · ") || data.capability || ""));
       list.append(item);
       if (refresh && window.htmx) window.htmx.trigger(refresh, "refresh");
       if (TERMINAL.has(status)) {
