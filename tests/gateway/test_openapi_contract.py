@@ -5,8 +5,8 @@ valid and invalid, to every operation; each response must not be a 5xx, must hav
 documented status, content type, headers and body schema, and invalid input must be
 refused. Requests carry a token with every scope. The gateway, the scheduler and the
 registry run in-process on a thread of their own (schemathesis calls over HTTP
-synchronously), against the session nats-server. Bounded: a few dozen examples per
-operation, well under a minute.
+synchronously), against the session nats-server; so does the checkpoint service.
+Bounded: a few dozen examples per operation.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from agentbus.bus import Bus
 from agentbus.settings import BusSettings
 from agentbus_registry.service import serve as serve_registry
 from agentbus_registry.settings import RegistrySettings
+from tests._harness.checkpoint import running_checkpoint
 from tests._harness.gateway import start_gateway, stop_gateway
 from tests._harness.services import running_scheduler
 
@@ -84,6 +85,7 @@ class Stack(threading.Thread):
             stack.push_async_callback(bus.close)
             await bus.ensure()
             await stack.enter_async_context(running_scheduler(bus))
+            await stack.enter_async_context(running_checkpoint(bus))
             registry_stop = asyncio.Event()
             registry = asyncio.create_task(
                 serve_registry(bus, registry_stop, RegistrySettings(), CollectorRegistry())
@@ -142,8 +144,26 @@ OPERATIONS = [
     ("GET", "/v1/agents"),
     ("GET", "/v1/nodes"),
     ("GET", "/healthz"),
+    ("GET", "/v1/tasks/{task_id}/subtasks"),
+    ("GET", "/v1/overview"),
+    ("GET", "/v1/deployments"),
+    ("GET", "/v1/deployments/{name}"),
+    ("POST", "/v1/deployments/{name}/scale"),
+    ("GET", "/v1/checkpoints/owners"),
+    ("GET", "/v1/checkpoints/{owner}/threads"),
+    ("GET", "/v1/checkpoints/{owner}/threads/{thread}/versions"),
+    ("POST", "/v1/checkpoints/{owner}/threads/{thread}/fork"),
+    ("GET", "/v1/traces/kinds"),
+    ("GET", "/v1/traces/{kind}/strongest"),
+    ("GET", "/v1/logs/{agent_id}"),
 ]
-NO_INPUT = {("GET", "/v1/nodes"), ("GET", "/healthz")}
+NO_INPUT = {
+    ("GET", "/v1/nodes"),
+    ("GET", "/healthz"),
+    ("GET", "/v1/overview"),
+    ("GET", "/v1/deployments"),
+    ("GET", "/v1/traces/kinds"),
+}
 """Operations without parameters or body: there is no invalid input to generate."""
 CASES = [
     pytest.param(method, path, mode, id=f"{method} {path} {mode.value}")

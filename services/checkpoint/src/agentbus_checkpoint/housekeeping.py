@@ -35,7 +35,9 @@ from agentbus.messages import (
     ForkCheckpoint,
     GetCheckpoint,
     ListCheckpoints,
+    ListOwners,
     ListThreads,
+    OwnersReply,
     PruneCheckpoints,
     PutCheckpoint,
     Retention,
@@ -138,6 +140,11 @@ class Housekeeping:
                 )
             )
         return ThreadsReply(threads=out, truncated=len(keys) > req.limit)
+
+    async def owners(self, req: ListOwners) -> OwnersReply:
+        """The owners with at least one thread (head key), sorted, at most ``req.limit``."""
+        owners = sorted({parse_head_key(k)[0] for k in await self.head_keys(None)})
+        return OwnersReply(owners=owners[: req.limit], truncated=len(owners) > req.limit)
 
     # -- fork ----------------------------------------------------------------------
     async def fork(self, req: ForkCheckpoint) -> Checkpoint:

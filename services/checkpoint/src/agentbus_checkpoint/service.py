@@ -16,6 +16,7 @@ verb                    request                reply
 ``delete``              ``DeleteThread``       ``CheckpointsDeleted``
 ``delete_checkpoints``  ``DeleteCheckpoints``  ``CheckpointsDeleted`` (versions by id)
 ``prune``               ``PruneCheckpoints``   ``CheckpointsDeleted``
+``owners`` (no owner)   ``ListOwners``         ``OwnersReply`` (agent ids holding threads)
 ======================  =====================  ==============================================
 
 Storage rules are in ``agentbus_checkpoint.store``, pending writes in
@@ -49,7 +50,9 @@ from agentbus.messages import (
     ForkCheckpoint,
     GetCheckpoint,
     ListCheckpoints,
+    ListOwners,
     ListThreads,
+    OwnersReply,
     PruneCheckpoints,
     PutCheckpoint,
     PutWrites,
@@ -126,6 +129,9 @@ async def serve(
     async def threads(req: ListThreads) -> ThreadsReply:
         return await house.threads(req)
 
+    async def owners(req: ListOwners) -> OwnersReply:
+        return await house.owners(req)
+
     async def fork(req: ForkCheckpoint) -> CheckpointReply:
         record = await house.fork(req)
         return CheckpointReply(checkpoint=msgspec.structs.replace(record, data=b""))
@@ -150,6 +156,7 @@ async def serve(
             await micro.endpoint("put_writes", PutWrites, put_writes, owner=_owner)
             await micro.endpoint("list", ListCheckpoints, list_, owner=_owner)
             await micro.endpoint("threads", ListThreads, threads, owner=_owner)
+            await micro.endpoint("owners", ListOwners, owners)
             await micro.endpoint("fork", ForkCheckpoint, fork, owner=_owner)
             await micro.endpoint("delete", DeleteThread, delete, owner=_owner)
             await micro.endpoint(

@@ -163,6 +163,8 @@ class CheckpointStore:
             NotFoundError: no such checkpoint in the thread.
             CheckpointCorruptedError: the index entry does not decode.
         """
+        if not checkpoint_id:  # an empty key token is not a KV key
+            raise NotFoundError(f"no checkpoint '' in {where(tk)}")
         entry = await self.entry(tk.index(checkpoint_id))
         if entry is None:
             raise NotFoundError(f"no checkpoint {checkpoint_id!r} in {where(tk)}")

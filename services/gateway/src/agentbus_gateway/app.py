@@ -16,12 +16,16 @@ from agentbus_gateway.dashboard import dashboard_routers, template_config
 from agentbus_gateway.errors import exception_handlers
 from agentbus_gateway.event_stream import EVENT_ROUTES
 from agentbus_gateway.events import publish_topic_event
+from agentbus_gateway.fleet_routes import FLEET_ROUTES
 from agentbus_gateway.guards import request_guard
+from agentbus_gateway.logs_stream import LOG_ROUTES
 from agentbus_gateway.metrics import HttpMetricsMiddleware
 from agentbus_gateway.openapi import refine_openapi
 from agentbus_gateway.output import task_output
 from agentbus_gateway.request import GatewayRequest
 from agentbus_gateway.routes import ROUTES, GatewayContext
+from agentbus_gateway.state_routes import STATE_ROUTES
+from agentbus_gateway.task_tree import TASK_TREE_ROUTES
 
 
 def create_app(ctx: GatewayContext) -> HttpMetricsMiddleware:
@@ -31,11 +35,13 @@ def create_app(ctx: GatewayContext) -> HttpMetricsMiddleware:
     ``GET /v1/tasks/{task_id}/output``, ``GET /v1/tasks?status=dead``,
     ``POST /v1/tasks/{task_id}/cancel|resubmit``, ``POST /v1/tasks/wait``,
     ``POST /v1/events/{topic}?key=``, ``GET /v1/events`` and
-    ``GET /v1/tasks/{task_id}/events`` (Server-Sent Events), ``GET /v1/agents?capability=``,
-    ``GET /v1/nodes``, ``GET /healthz``, ``GET /metrics``, ``GET /openapi.json`` (and
-    ``/schema/openapi.json``), and the web dashboard at ``/``
-    (``agentbus_gateway.dashboard``: pages, ``/ui/...`` fragments and actions, ``/login``,
-    ``/static``). Every request first passes ``guards.request_guard``
+    ``GET /v1/tasks/{task_id}/events`` (Server-Sent Events), ``GET /v1/tasks/{task_id}/subtasks``,
+    ``GET /v1/agents?capability=``, ``GET /v1/nodes``, the fleet views
+    (``fleet_routes``: overview, deployments, scale), checkpoints and traces
+    (``state_routes``), ``GET /v1/logs/{agent_id}`` (``logs_stream``), ``GET /healthz``,
+    ``GET /metrics``, ``GET /openapi.json`` (and ``/schema/openapi.json``), and the web
+    dashboard at ``/`` (``agentbus_gateway.dashboard``: pages, ``/ui/...`` fragments and
+    actions, ``/login``, ``/static``). Every request first passes ``guards.request_guard``
     (Host, origin, JSON bodies), then, on a route that names a scope, the token
     check of ``ctx.auth`` (401, 403, 429); bodies over ``settings.max_body_bytes``
     get 413.
@@ -55,6 +61,10 @@ def create_app(ctx: GatewayContext) -> HttpMetricsMiddleware:
             task_output,
             publish_topic_event,
             *EVENT_ROUTES,
+            *TASK_TREE_ROUTES,
+            *FLEET_ROUTES,
+            *STATE_ROUTES,
+            *LOG_ROUTES,
             *dashboard_routers(ctx),
         ],
         template_config=template_config(),
@@ -68,7 +78,8 @@ def create_app(ctx: GatewayContext) -> HttpMetricsMiddleware:
             version=__version__,
             description=(
                 "HTTP access to agentbus: submit and follow tasks, publish and follow "
-                "events, list agents and nodes."
+                "events, list agents and nodes, watch and scale the fleet, browse "
+                "checkpoints and traces, follow replica logs."
             ),
             render_plugins=[JsonRenderPlugin()],
             components=Components(

@@ -24,6 +24,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import HeaderParameter, QueryParameter
 from litestar.response import ServerSentEventMessage
 from loguru import logger
+from nats.aio.msg import Msg
 
 from agentbus.errors import AgentBusError, ContractError
 from agentbus.events.reader import OrderedReader, Start
@@ -102,20 +103,55 @@ def _token_id(request: Request[Any, Any, Any]) -> str:
     return str(request.state.get("token_id", "anonymous"))
 
 
-def _stream(
+Render = Callable[[Msg], tuple[ServerSentEventMessage | None, bool]]
+"""What one stream message becomes: the SSE message to send (None: skip it) and
+whether the stream ends after it."""
+
+
+def event_render(
+    ctx: GatewayContext, selected: EventFilter, *, until_terminal: bool = False
+) -> Render:
+    """Events as SSE messages (``id`` sequence, ``event`` kind), ``selected`` ones only.
+
+    With ``until_terminal`` the stream ends after a task's terminal event.
+    """
+    names, metrics = ctx.bus.names, ctx.metrics
+
+    def render(msg: Msg) -> tuple[ServerSentEventMessage | None, bool]:
+        payload = _decode(msg.data)
+        if not selected.matches(msg.subject, payload):
+            return None, False
+        kind = kind_of(msg.subject, names)
+        metrics.sse_events.inc()
+        seq = msg.metadata.sequence.stream
+        end = (
+            until_terminal
+            and isinstance(payload, dict)
+            and payload.get("status") in TERMINAL_STATUSES
+            and kind.startswith("task.")
+        )
+        return ServerSentEventMessage(id=seq, event=kind, data=msg.data.decode()), end
+
+    return render
+
+
+def paced_stream(
     ctx: GatewayContext,
     request: Request[Any, Any, Any],
-    selected: EventFilter,
+    reader: OrderedReader,
     start: Start,
-    *,
-    until_terminal: bool = False,
-    reader: OrderedReader | None = None,
+    render: Render,
 ) -> PacedEvents:
-    """The paced SSE response of ``selected`` events from ``start`` (slot already open)."""
-    s, metrics, names = ctx.settings, ctx.metrics, ctx.bus.names
-    reader = reader or OrderedReader(
-        ctx.bus, names.events_stream, selected.subjects, start=start, batch=s.sse_batch
-    )
+    """The paced SSE response of ``reader``'s messages as ``render`` makes them.
+
+    Takes one of the token's stream slots (released, and ``reader`` closed, when the
+    response ends). Used by the event streams here and ``agentbus_gateway.logs_stream``.
+
+    Raises:
+        RateLimitedError: the token has its most streams open (429).
+        UnavailableError: the gateway has its most streams open (503).
+    """
+    s, metrics = ctx.settings, ctx.metrics
     release: Callable[[], None] = ctx.streams.acquire(_token_id(request))
     route = str(request.scope.get("path_template", ""))
     position = {"last": start - 1 if isinstance(start, int) else None}
@@ -151,18 +187,13 @@ def _stream(
                     data=msgspec.json.encode({"from_seq": first, "to_seq": last}).decode(),
                 )
             for msg in msgs:
-                seq = msg.metadata.sequence.stream
-                position["last"] = seq
-                payload = _decode(msg.data)
-                if not selected.matches(msg.subject, payload):
-                    continue
-                kind = kind_of(msg.subject, names)
-                metrics.sse_events.inc()
-                sent_at = time.monotonic()
-                yield ServerSentEventMessage(id=seq, event=kind, data=msg.data.decode())
-                if until_terminal and isinstance(payload, dict):
-                    if payload.get("status") in TERMINAL_STATUSES and kind.startswith("task."):
-                        return
+                position["last"] = msg.metadata.sequence.stream
+                sse, end = render(msg)
+                if sse is not None:
+                    sent_at = time.monotonic()
+                    yield sse
+                if end:
+                    return
             now = time.monotonic()
             if reader.pending <= s.sse_max_lag_events:
                 lagging = False
@@ -233,7 +264,14 @@ async def follow_events(
         deployment=deployment,
     )
     start = parse_start(last_event_id, since, None)
-    return _stream(ctx, request, selected, start)
+    reader = OrderedReader(
+        ctx.bus,
+        ctx.bus.names.events_stream,
+        selected.subjects,
+        start=start,
+        batch=ctx.settings.sse_batch,
+    )
+    return paced_stream(ctx, request, reader, start, event_render(ctx, selected))
 
 
 @get(
@@ -278,7 +316,8 @@ async def follow_task_events(
         await reader.close()
         return Response(None, status_code=204)
     try:
-        return _stream(ctx, request, selected, start, until_terminal=True, reader=reader)
+        render = event_render(ctx, selected, until_terminal=True)
+        return paced_stream(ctx, request, reader, start, render)
     except BaseException:
         await reader.close()
         raise

@@ -20,9 +20,17 @@ from litestar import Litestar
 from litestar.openapi.spec import Components, OpenAPIHeader, OpenAPIResponse, Schema
 from litestar.openapi.spec.enums import OpenAPIType
 
+from agentbus_gateway.fleet_models import ScaleBody
 from agentbus_gateway.models import CreateTask, ResubmitBody, WaitBody
+from agentbus_gateway.state_models import ForkBody
 
-REQUEST_BODIES: tuple[type[msgspec.Struct], ...] = (CreateTask, ResubmitBody, WaitBody)
+REQUEST_BODIES: tuple[type[msgspec.Struct], ...] = (
+    CreateTask,
+    ResubmitBody,
+    WaitBody,
+    ScaleBody,
+    ForkBody,
+)
 _REF_TEMPLATE = "#/components/schemas/{name}"
 _METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 RESPONSE_HEADERS: dict[str, tuple[str, OpenAPIHeader]] = {

@@ -178,8 +178,9 @@ async def get_task(
     "/v1/tasks",
     summary="List tasks by status",
     description=(
-        "One page of tasks, at most `limit`. `status=dead` (the default) reads the "
-        "dead-letter index, newest first, and `total` counts every match; any other "
+        "One page of tasks, at most `limit`. `status=dead` (the default, without "
+        "`parent_id` or `tenant`) reads the dead-letter index, newest first, and `total` "
+        "counts every match; any other "
         "status (or `any`) reads the task records in the order they were last written, "
         "a bounded number per request, so a page may be short while `next_cursor` is "
         "set. Pass `next_cursor` back as `cursor` for the next page."
@@ -195,6 +196,9 @@ async def list_tasks(
     ] = "dead",
     capability: CapabilityFilter = None,
     parent_id: ParentFilter = None,
+    tenant: Annotated[
+        str | None, QueryParameter(max_length=256, description="Only this tenant")
+    ] = None,
     limit: Annotated[int, QueryParameter(ge=1, le=1000, description="Most tasks")] = 100,
     cursor: Annotated[
         str | None, QueryParameter(max_length=256, description="next_cursor of a page")
@@ -207,6 +211,7 @@ async def list_tasks(
         parent_id=parent_id,
         limit=limit,
         cursor=cursor,
+        tenant=tenant,
     )
     return TaskList(
         tasks=[task_view(t) for t in reply.tasks], total=reply.total, next_cursor=reply.next_cursor

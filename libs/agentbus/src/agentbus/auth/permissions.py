@@ -155,6 +155,7 @@ def service_permissions(names: Names, service: str, *, node_id: str | None = Non
     """
     n, p = names, names.prefix
     publish, subscribe = _service_base(names, service)
+    deny = ["$JS.API.STREAM.DELETE.>"]
     if service == "registry":
         publish += [*kv_write(n.agents_bucket), *kv_write(n.nodes_bucket)]
         publish += stream_admin(n.events_stream)
@@ -201,6 +202,8 @@ def service_permissions(names: Names, service: str, *, node_id: str | None = Non
         publish += kv_read(n.tokens_bucket)
         publish += [*objects_read(n.blobs_bucket), *stream_read(n.logs_stream)]
         subscribe += [f"{p}.records.task.>"]
+        publish += _gateway_dashboard_reads(n)
+        deny += _others_consumers(n)
     else:
         raise ValueError(f"unknown service {service!r}; services are {', '.join(SERVICES)}")
     identity = service if node_id is None else f"{service}-{node_id}"  # replies per node
@@ -208,9 +211,34 @@ def service_permissions(names: Names, service: str, *, node_id: str | None = Non
         publish=tuple(publish),
         subscribe=(*subscribe, f"{inbox_prefix('svc', identity)}.>"),
         inbox_prefix=inbox_prefix("svc", identity),
-        publish_deny=("$JS.API.STREAM.DELETE.>",),
+        publish_deny=tuple(deny),
         responses=True,
     )
+
+
+def _gateway_dashboard_reads(names: Names) -> list[str]:
+    """The gateway's fleet KV, task consumer info (queue depth) and trace reads.
+
+    Trace streams are named at run time: consumers may be made on any stream but only
+    with a filter under ``<p>.traces.>``; pulls and deletes of any consumer name are
+    allowed, and ``_others_consumers`` denies them on the agents' and services' streams.
+    """
+    n, p = names, names.prefix
+    out = [f"$JS.API.CONSUMER.LIST.{n.tasks_stream}", f"$JS.API.CONSUMER.INFO.{n.tasks_stream}.*"]
+    for bucket in (n.deployments_bucket, n.placements_bucket, n.nodes_bucket, n.agents_bucket):
+        out += kv_read(bucket)
+    out += ["$JS.API.STREAM.LIST", f"$JS.API.CONSUMER.CREATE.*.*.{p}.traces.>"]
+    return [*out, "$JS.API.CONSUMER.MSG.NEXT.*.*", "$JS.API.CONSUMER.DELETE.*.*"]
+
+
+def _others_consumers(n: Names) -> list[str]:
+    """Pulls from and deletes of the consumers of agents and services (work streams)."""
+    streams = (n.tasks_stream, n.results_stream, n.topics_stream, n.inbox_stream)
+    return [
+        f"$JS.API.CONSUMER.{verb}.{stream}.>"
+        for stream in (*streams, n.task_advisories_stream)
+        for verb in ("MSG.NEXT", "DELETE")
+    ]
 
 
 def operator_permissions(name: str) -> Permissions:

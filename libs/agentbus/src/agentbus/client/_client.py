@@ -341,6 +341,7 @@ class Client(FleetCalls, Messaging):
         parent_id: str | None = None,
         limit: int = 100,
         cursor: str | None = None,
+        tenant: str | None = None,
     ) -> TasksReply:
         """One page of tasks with ``status`` (None: any), see ``ListTasks``.
 
@@ -357,7 +358,12 @@ class Client(FleetCalls, Messaging):
         if parent_id is not None:
             check_task_id(parent_id, "parent id")
         request = ListTasks(
-            status=status, capability=capability, parent_id=parent_id, limit=limit, cursor=cursor
+            status=status,
+            capability=capability,
+            parent_id=parent_id,
+            limit=limit,
+            cursor=cursor,
+            tenant=tenant,
         )
         return await self.bus.request(self.names.endpoint("scheduler", "list"), request, TasksReply)
 

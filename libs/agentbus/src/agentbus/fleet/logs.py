@@ -18,10 +18,13 @@ from datetime import datetime, timedelta
 
 import msgspec
 import nats.errors
+import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from agentbus.bus import Bus
+from agentbus.bus.consumers import count_matching
+from agentbus.errors import ContractError, UnavailableError
 from agentbus.messages import LogLine, utcnow
 from agentbus.names import replica_agent_id, replica_agent_id_pattern
 from agentbus.units import parse_duration_s
@@ -104,6 +107,43 @@ async def read_logs(
                 return
     finally:
         await sub.unsubscribe()
+
+
+async def last_lines_start(bus: Bus, agent_id: str, lines: int) -> int:
+    """The stream sequence where the last ``lines`` retained lines of ``agent_id`` begin.
+
+    A read of ``<p>.logs.<agent_id>`` from there gives at most ``lines`` lines, then
+    the live ones (the stream's first sequence when it holds fewer). Found by a binary
+    search over start sequences, each probe a ``count_matching`` (two requests): about
+    2 * log2(stream length) requests in all, and no line read.
+
+    Raises:
+        ContractError: ``lines`` < 1.
+        UnavailableError: the logs stream does not exist or NATS failed.
+    """
+    if lines < 1:
+        raise ContractError(f"lines must be at least 1, got {lines}")
+    stream, subject = bus.names.logs_stream, bus.names.log_subject(agent_id)
+
+    async def pending_from(seq: int) -> int:
+        return await count_matching(bus, stream, [subject], start_seq=seq)
+
+    try:
+        state = (await bus.js.stream_info(stream)).state
+        low, high = max(state.first_seq, 1), state.last_seq + 1  # pending(high) == 0
+        if await pending_from(low) <= lines:
+            return low
+        while high - low > 1:  # pending(low) >= lines > pending(high)
+            middle = (low + high) // 2
+            if await pending_from(middle) >= lines:
+                low = middle
+            else:
+                high = middle
+        return low
+    except nats.js.errors.NotFoundError as exc:
+        raise UnavailableError(f"stream {stream} does not exist") from exc
+    except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
+        raise UnavailableError(f"cannot read stream {stream}: {exc!r}") from exc
 
 
 def since_time(value: str) -> datetime:

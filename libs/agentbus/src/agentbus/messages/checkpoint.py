@@ -212,6 +212,23 @@ class ThreadsReply(Message, frozen=True, kw_only=True):
     truncated: bool = False
 
 
+class ListOwners(Message, frozen=True, kw_only=True):
+    """Request (``<p>.checkpoint.owners``): the owners (agent ids) that hold checkpoints.
+
+    Reply ``OwnersReply``. Not per owner: only identities allowed the subject (the
+    gateway, operators) may ask.
+    """
+
+    limit: Annotated[int, msgspec.Meta(ge=1, le=10000)] = 1000
+
+
+class OwnersReply(Message, frozen=True, kw_only=True):
+    """Reply to ``ListOwners``: owners sorted, at most ``limit`` (then ``truncated``)."""
+
+    owners: list[str]
+    truncated: bool = False
+
+
 class ForkCheckpoint(Message, frozen=True, kw_only=True):
     """Command (``<p>.checkpoint.fork.<owner>``): start a new thread from a checkpoint.
 
@@ -322,6 +339,8 @@ MESSAGES: tuple[type[Message], ...] = (
     ListThreads,
     ThreadInfo,
     ThreadsReply,
+    ListOwners,
+    OwnersReply,
     ForkCheckpoint,
     DeleteThread,
     DeleteCheckpoints,

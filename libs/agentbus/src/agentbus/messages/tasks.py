@@ -153,6 +153,8 @@ class ListTasks(Message, frozen=True, kw_only=True):
     """Only subtasks of this task."""
     cursor: str | None = None
     """``next_cursor`` of the previous page (opaque); None: the first page."""
+    tenant: str | None = None
+    """Only tasks of this tenant (``dead`` ones then come from the task records)."""
 
 
 class TasksReply(Message, frozen=True, kw_only=True):

@@ -1,7 +1,8 @@
 """The caller's side of the checkpoint service: versioned state per agent and thread.
 
 ``CheckpointClient(bus, agent_id)`` puts, gets, lists, forks, prunes and deletes the
-checkpoints of one agent over ``<p>.checkpoint.<verb>.<agent_id>``. Values of any size: data too
+checkpoints of one agent over ``<p>.checkpoint.<verb>.<agent_id>``;
+``checkpoint_owners(bus)`` lists the agents that hold any. Values of any size: data too
 large for one request (``max_payload``, 1 MiB by default, base64 on the wire) is
 uploaded first to the Object Store ``<p>_checkpoint_blobs`` and sent by reference, and
 data the service returns by reference is fetched. Pending writes likewise: while a
@@ -43,8 +44,10 @@ from agentbus.messages import (
     ForkCheckpoint,
     GetCheckpoint,
     ListCheckpoints,
+    ListOwners,
     ListThreads,
     Message,
+    OwnersReply,
     PendingWrite,
     PruneCheckpoints,
     PutCheckpoint,
@@ -76,6 +79,18 @@ def _typed_error(exc: Exception) -> Exception:
     if isinstance(exc, ContractError) and str(exc).startswith(CheckpointCorruptedError.PREFIX):
         return CheckpointCorruptedError(str(exc)[len(CheckpointCorruptedError.PREFIX) :])
     return exc
+
+
+async def checkpoint_owners(
+    bus: Bus, *, limit: int = 1000, timeout_s: float | None = None
+) -> OwnersReply:
+    """The owners (agent ids) holding checkpoints, sorted (``<p>.checkpoint.owners``).
+
+    Raises:
+        UnavailableError: no checkpoint service answers.
+    """
+    subject = bus.names.endpoint(SERVICE, "owners")
+    return await bus.request(subject, ListOwners(limit=limit), OwnersReply, timeout_s=timeout_s)
 
 
 class CheckpointClient:

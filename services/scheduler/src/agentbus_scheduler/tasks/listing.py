@@ -1,8 +1,8 @@
-"""The ``list`` endpoint: one page of task records by status, capability and parent.
+"""The ``list`` endpoint: one page of task records by status, capability, parent, tenant.
 
-``dead`` tasks come from the dead-letter index (``DeadLetters.list_dead``, newest
-first; the cursor is an offset). Every other status is a bounded read of KV
-``<p>_tasks`` in write order (``agentbus.kv.replay.scan``): at most
+``dead`` tasks (without a parent or tenant filter) come from the dead-letter index
+(``DeadLetters.list_dead``, newest first; the cursor is an offset). Every other
+status is a bounded read of KV ``<p>_tasks`` in write order (``agentbus.kv.replay.scan``): at most
 ``list_max_records`` records per request, resumed from the revision in the cursor.
 """
 
@@ -44,15 +44,17 @@ class TaskListing:
             ContractError: the cursor is not one a listing returned.
         """
         offset = cursor_number(request.cursor)
-        if request.status == "dead" and request.parent_id is None:
+        if request.status == "dead" and request.parent_id is None and request.tenant is None:
             return await self.dead_letters.list_dead(request, offset=offset)
         status, capability, parent = request.status, request.capability, request.parent_id
+        tenant = request.tenant
 
         def wanted(record: TaskRecord) -> bool:
             return (
                 (status is None or record.status == status)
                 and (capability is None or record.capability == capability)
                 and (parent is None or record.parent_id == parent)
+                and (tenant is None or record.tenant == tenant)
             )
 
         def bad(key: str) -> None:
