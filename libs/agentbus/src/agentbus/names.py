@@ -260,6 +260,23 @@ class Names:
         return f"{self.prefix}_tokens"
 
     @property
+    def approvals_bucket(self) -> str:
+        """KV of approval requests (``ApprovalRecord``), key ``<capability>.<approval_id>``.
+
+        Single writer: the scheduler (``docs/decisions/0009-approvals.md``).
+        """
+        return f"{self.prefix}_approvals"
+
+    @staticmethod
+    def approval_key(capability: str, approval_id: str) -> str:
+        """Key of one approval in ``approvals_bucket``: ``<capability>.<approval_id>``."""
+        return f"{capability}.{approval_id}"
+
+    def approval_event_subject(self, kind: str, approval_id: str) -> str:
+        """Subject of an ``ApprovalEvent``: ``<p>.events.approval.<kind>.<approval_id>``."""
+        return f"{self.prefix}.events.approval.{kind}.{approval_id}"
+
+    @property
     def blobs_bucket(self) -> str:
         """Object Store for values larger than the inline limit."""
         return f"{self.prefix}_blobs"

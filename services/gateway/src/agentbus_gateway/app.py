@@ -11,6 +11,7 @@ from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
 from agentbus import __version__
+from agentbus_gateway.approvals import APPROVAL_ROUTES
 from agentbus_gateway.auth import BEARER
 from agentbus_gateway.dashboard import dashboard_routers, template_config
 from agentbus_gateway.errors import exception_handlers
@@ -38,7 +39,9 @@ def create_app(ctx: GatewayContext) -> HttpMetricsMiddleware:
     ``GET /v1/tasks/{task_id}/events`` (Server-Sent Events), ``GET /v1/tasks/{task_id}/subtasks``,
     ``GET /v1/agents?capability=``, ``GET /v1/nodes``, the fleet views
     (``fleet_routes``: overview, deployments, scale), checkpoints and traces
-    (``state_routes``), ``GET /v1/logs/{agent_id}`` (``logs_stream``), ``GET /healthz``,
+    (``state_routes``), ``GET /v1/logs/{agent_id}`` (``logs_stream``),
+    ``GET /v1/approvals``, ``GET /v1/approvals/{approval_id}``,
+    ``POST /v1/approvals/{approval_id}/decision``, ``GET /healthz``,
     ``GET /metrics``, ``GET /openapi.json`` (and ``/schema/openapi.json``), and the web
     dashboard at ``/`` (``agentbus_gateway.dashboard``: pages, ``/ui/...`` fragments and
     actions, ``/login``, ``/static``). Every request first passes ``guards.request_guard``
@@ -65,6 +68,7 @@ def create_app(ctx: GatewayContext) -> HttpMetricsMiddleware:
             *FLEET_ROUTES,
             *STATE_ROUTES,
             *LOG_ROUTES,
+            *APPROVAL_ROUTES,
             *dashboard_routers(ctx),
         ],
         template_config=template_config(),

@@ -164,6 +164,7 @@ class Authenticator:
             require_scope(token, scope)
             await self._rate_limit(token)
             request.state.token_id = token.token_id  # per-token caps (event streams)
+            request.state.token_name = token.name  # who decided (approvals)
         except (AuthenticationError, PermissionDeniedError, RateLimitedError) as exc:
             self._refused(request, exc)
             raise

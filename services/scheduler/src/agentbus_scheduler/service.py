@@ -17,6 +17,12 @@ list           ListTasks         TasksReply          400
 resubmit       ResubmitTask      SubmitReply         400, 404, 409, 503
 =============  ================  ==================  ===============================
 
+Approvals (``agentbus_scheduler.tasks.approvals``): ``approval_request.<agent_id>``
+(``RequestApproval``; 400, 403, 404, 409), ``approval_decide`` (``DecideApproval``;
+400, 404, 409), ``approval_get`` (``GetApproval``; 404) and ``approval_list``
+(``ListApprovals``; 503 before the approvals are loaded), all replying
+``ApprovalReply`` / ``ApprovalsReply``.
+
 Background work: the results consumer (``scheduler-results`` on ``<P>_RESULTS``) and
 the placement loop (KV ``<p>_deployments`` + ``<p>_nodes`` → ``<p>_placements``), run
 only by the instance holding the KV lease ``scheduler-placement``; the dead-letter
@@ -36,11 +42,15 @@ from agentbus.bus import Bus
 from agentbus.bus.contract import owned_parts
 from agentbus.messages import (
     CancelTask,
+    DecideApproval,
     DeleteDeployment,
     Deploy,
+    GetApproval,
     GetTask,
+    ListApprovals,
     ListPlacements,
     ListTasks,
+    RequestApproval,
     ResubmitTask,
     ScaleDeployment,
     SubmitTask,
@@ -52,6 +62,7 @@ from agentbus_scheduler.fleet.deployments import Fleet
 from agentbus_scheduler.metrics import SchedulerMetrics
 from agentbus_scheduler.settings import SchedulerSettings
 from agentbus_scheduler.tasks.admission import Admission
+from agentbus_scheduler.tasks.approvals import Approvals
 from agentbus_scheduler.tasks.cancel import Canceller
 from agentbus_scheduler.tasks.deadletters import DeadLetters
 from agentbus_scheduler.tasks.listing import TaskListing
@@ -101,11 +112,19 @@ async def serve(
     await micro.endpoint("placements", ListPlacements, fleet.list_placements)
     await micro.endpoint("list", ListTasks, TaskListing(ctx, dead_letters).list)
     await micro.endpoint("resubmit", ResubmitTask, dead_letters.resubmit)
+    approvals = Approvals(ctx)
+    await micro.endpoint(
+        "approval_request", RequestApproval, approvals.request, owner=lambda r: r.agent_id
+    )
+    await micro.endpoint("approval_decide", DecideApproval, approvals.decide)
+    await micro.endpoint("approval_get", GetApproval, approvals.get)
+    await micro.endpoint("approval_list", ListApprovals, approvals.list)
 
     loops = [
         asyncio.create_task(results.run(stop), name="scheduler results"),
         asyncio.create_task(fleet.run(stop), name="scheduler placement"),
         asyncio.create_task(sweeper.run(stop), name="scheduler sweeps"),
+        asyncio.create_task(approvals.run(stop), name="scheduler approvals"),
     ]
     logger.info("scheduler ready", prefix=bus.names.prefix)
     try:
@@ -121,6 +140,7 @@ async def serve(
             if not task.cancelled() and (exc := task.exception()) is not None:
                 logger.opt(exception=exc).error("scheduler loop failed", loop=task.get_name())
         await results.close()
+        await approvals.close()
         await dead_letters.close()
         await fleet.close()
         await agents.close()

@@ -170,6 +170,7 @@ def service_permissions(names: Names, service: str, *, node_id: str | None = Non
             n.deployments_bucket,
             n.placements_bucket,
             n.trace_claims_bucket,
+            n.approvals_bucket,
         ):
             publish += kv_write(bucket)
         # Creates, never writes: tokens are operators', the secrets key supervisors'.
@@ -206,6 +207,9 @@ def service_permissions(names: Names, service: str, *, node_id: str | None = Non
         deny += _others_consumers(n)
     else:
         raise ValueError(f"unknown service {service!r}; services are {', '.join(SERVICES)}")
+    deny = ["$JS.API.STREAM.DELETE.>"]
+    if service == "gateway":  # approval requests are agents' (it decides them)
+        deny.append(f"{p}.scheduler.approval_request.>")
     identity = service if node_id is None else f"{service}-{node_id}"  # replies per node
     return Permissions(
         publish=tuple(publish),
@@ -320,6 +324,7 @@ def agent_permissions(names: Names, grant: AgentGrant) -> Permissions:
         f"{p}.agents.ask.*",
         f"{p}.scheduler.submit",
         f"{p}.scheduler.submit_batch",
+        f"{p}.scheduler.approval_request.{me}",  # asks as itself; deciding is not its
         *objects_read(n.blobs_bucket),
         f"$O.{n.blobs_bucket}.>",
         *objects_read(n.checkpoint_blobs_bucket),  # checkpoint data over the inline limit
@@ -348,6 +353,13 @@ def agent_permissions(names: Names, grant: AgentGrant) -> Permissions:
                 f"$JS.ACK.*.*.{n.tasks_stream}.{consumer}.>",
             ]
         publish += [f"{p}.results.{cap}.{me}", n.ready_subject(cap), f"{p}.checkpoint.*.{cap}"]
+        # Watch (read only) the approval requests of its capability's tasks.
+        approvals = f"KV_{n.approvals_bucket}"
+        publish += [
+            f"$JS.API.CONSUMER.CREATE.{approvals}.*.$KV.{n.approvals_bucket}.{cap}.>",
+            f"$JS.API.CONSUMER.DELETE.{approvals}.*",
+            f"$JS.FC.{approvals}.>",
+        ]
         subscribe += [
             n.ready_subject(cap),
             n.backlog_subject(cap),

@@ -53,7 +53,7 @@ PARTS: tuple[str, ...] = (
     "checkpoints",
 )
 """Parts of the contract: ``tasks`` (tasks and results streams, task records, dead
-letters, leases, task blobs), ``events``, ``agents`` (what agents share: topics, inbox,
+letters, leases, approvals, task blobs), ``events``, ``agents`` (what agents share: topics, inbox,
 trace claims), ``logs``, ``registry`` (agents and nodes), ``fleet`` (deployments,
 placements, gateway tokens, the secrets key), ``checkpoints`` (checkpoint KV and objects)."""
 
@@ -162,6 +162,8 @@ async def _tasks(bus: Bus) -> None:
     )
     await _republish(bus, f"KV_{n.tasks_bucket}", records)
     await _kv(bus, KeyValueConfig(n.leases_bucket, history=1, limit_marker_ttl=1.0))
+    # Approval requests live as long as task records; the scheduler is their writer.
+    await _kv(bus, KeyValueConfig(n.approvals_bucket, history=1, ttl=TASK_RECORD_TTL_S))
     await _obs(bus, n.blobs_bucket, ObjectStoreConfig(ttl=TASK_RECORD_TTL_S))
 
 

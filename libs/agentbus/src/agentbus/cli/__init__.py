@@ -15,11 +15,23 @@ import sys
 
 from loguru import logger
 
-from agentbus.cli import auth, cluster, events, fleet, observe, stack, tasks, tokens, traces
+from agentbus.cli import (
+    approvals,
+    auth,
+    cluster,
+    events,
+    fleet,
+    observe,
+    stack,
+    tasks,
+    tokens,
+    traces,
+)
 from agentbus.cli.common import app
 
 __all__ = [
     "app",
+    "approvals",
     "auth",
     "cluster",
     "events",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import msgspec
 
+from agentbus.messages import approvals as _approvals
 from agentbus.messages import checkpoint as _checkpoint
 from agentbus.messages import common as _common
 from agentbus.messages import control as _control
@@ -25,6 +26,18 @@ from agentbus.messages import tasks as _tasks
 from agentbus.messages import tokens as _tokens
 from agentbus.messages import topics as _topics
 from agentbus.messages import traces as _traces
+from agentbus.messages.approvals import (
+    ApprovalDecision,
+    ApprovalId,
+    ApprovalRecord,
+    ApprovalReply,
+    ApprovalsReply,
+    ApprovalStatus,
+    DecideApproval,
+    GetApproval,
+    ListApprovals,
+    RequestApproval,
+)
 from agentbus.messages.checkpoint import (
     Checkpoint,
     CheckpointHead,
@@ -73,6 +86,7 @@ from agentbus.messages.control import (
 )
 from agentbus.messages.events import (
     AgentEvent,
+    ApprovalEvent,
     DuplicateEvent,
     ErrorEvent,
     NodeEvent,
@@ -163,6 +177,7 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     *_messaging.MESSAGES,
     *_topics.MESSAGES,
     *_tokens.MESSAGES,
+    *_approvals.MESSAGES,
 )
 
 __all__ = [
@@ -174,6 +189,13 @@ __all__ = [
     "AgentReport",
     "AgentsReply",
     "ApiToken",
+    "ApprovalDecision",
+    "ApprovalEvent",
+    "ApprovalId",
+    "ApprovalRecord",
+    "ApprovalReply",
+    "ApprovalStatus",
+    "ApprovalsReply",
     "Attempt",
     "Backoff",
     "BlobRef",
@@ -191,6 +213,7 @@ __all__ = [
     "CheckpointsReply",
     "CrashLoop",
     "DeadTask",
+    "DecideApproval",
     "DeleteCheckpoints",
     "DeleteDeployment",
     "DeleteThread",
@@ -203,6 +226,7 @@ __all__ = [
     "ErrorInfo",
     "EventReceipt",
     "ForkCheckpoint",
+    "GetApproval",
     "GetCheckpoint",
     "GetHealth",
     "GetNodeStatus",
@@ -212,6 +236,7 @@ __all__ = [
     "KeyId",
     "Limits",
     "ListAgents",
+    "ListApprovals",
     "ListCheckpoints",
     "ListNodes",
     "ListOwners",
@@ -238,6 +263,7 @@ __all__ = [
     "ReplicaEvent",
     "ReplicaState",
     "ReplicaStatus",
+    "RequestApproval",
     "Resources",
     "RestartPolicy",
     "ResubmitTask",

@@ -1,4 +1,4 @@
-"""Events on the events stream: task, agent, replica, node and error events."""
+"""Events on the events stream: task, agent, replica, node, approval and error events."""
 
 from __future__ import annotations
 
@@ -108,8 +108,34 @@ class DuplicateEvent(Message, frozen=True, kw_only=True):
     instances: list[str]
 
 
+class ApprovalEvent(Message, frozen=True, kw_only=True):
+    """Event on ``<p>.events.approval.<kind>.<approval_id>``: a human approval gate.
+
+    The scheduler publishes ``requested`` when a handler's request is created and
+    ``decided`` when it is decided (by a person, or by ``timeout``: the default).
+    One approval's history replays with the filter ``<p>.events.approval.*.<id>``.
+    """
+
+    approval_id: str
+    kind: Literal["requested", "decided"]
+    task_id: str
+    capability: str
+    at: datetime
+    summary: str = ""
+    options: list[str] = []
+    requested_by: str = ""
+    """Agent id that asked."""
+    option: str | None = None
+    """``decided``: the option chosen."""
+    decided_by: str | None = None
+    """``decided``: ``token:<name>/<id>``, ``cli:<user>`` or ``timeout``."""
+    comment: str = ""
+    expires_at: datetime | None = None
+
+
 MESSAGES: tuple[type[Message], ...] = (
     TaskEvent,
+    ApprovalEvent,
     AgentEvent,
     ReplicaEvent,
     ErrorEvent,

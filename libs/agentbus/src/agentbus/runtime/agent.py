@@ -248,6 +248,7 @@ class Agent(EventHandlers):
             cancels=cancels,
             retry_due=self._retry_due,
             on_bad=self._poison(bus, "tasks"),
+            slots=_IntakeSlots(self),
         )
         intake = self._intake = Intake(
             bus,
@@ -317,7 +318,8 @@ class Agent(EventHandlers):
         await ensure_consumer(bus, bus.names.tasks_stream, config)
 
     def _info(self) -> AgentInfo:
-        busy = len(self._in_flight) >= self.max_concurrency
+        used = self._intake.busy if self._intake is not None else len(self._in_flight)
+        busy = used >= self.max_concurrency  # tasks parked on an approval hold no slot
         return AgentInfo(
             agent_id=self.agent_id,
             name=self.name,
@@ -366,3 +368,18 @@ class Agent(EventHandlers):
 
     def _poison(self, bus: Bus, source: str) -> Callable[[str, str], Awaitable[None]]:
         return poison_reporter(bus, self.metrics, agent_id=self.agent_id, source=source)
+
+
+class _IntakeSlots:
+    """The slots of ``agent``'s intake, for tasks that park (``agentbus.runtime.approvals``)."""
+
+    def __init__(self, agent: Agent) -> None:
+        self._agent = agent
+
+    def lend(self) -> None:
+        if (intake := self._agent._intake) is not None:
+            intake.lend()
+
+    async def take_back(self) -> None:
+        if (intake := self._agent._intake) is not None:
+            await intake.take_back()

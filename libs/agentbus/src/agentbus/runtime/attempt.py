@@ -151,8 +151,16 @@ def failure_result(
     )
 
 
-async def run_with_timeout(work: Awaitable[T], timeout_s: float | None) -> T:
+async def run_with_timeout(
+    work: Awaitable[T],
+    timeout_s: float | None,
+    *,
+    on_scope: Callable[[asyncio.Timeout], None] | None = None,
+) -> T:
     """Await ``work``, cancelling it after ``timeout_s`` seconds (None: no limit).
+
+    ``on_scope`` gets the timeout's scope before ``work`` starts (an approval wait
+    stops the clock: ``agentbus.runtime.approvals.Parking``).
 
     Raises:
         TaskTimeoutError: ``work`` was cancelled at the timeout (a ``TimeoutError``
@@ -161,6 +169,8 @@ async def run_with_timeout(work: Awaitable[T], timeout_s: float | None) -> T:
     if timeout_s is None:
         return await work
     scope = asyncio.timeout(timeout_s)
+    if on_scope is not None:
+        on_scope(scope)
     try:
         async with scope:
             return await work

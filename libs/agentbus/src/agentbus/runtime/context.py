@@ -14,6 +14,9 @@ with other tasks:
 * **Waiting.** ``wait_all`` (every child, in the order given), ``wait_first`` (the
   first to finish) and ``as_completed`` (each as it finishes) follow the records
   without polling (``Client.wait_many``).
+* **Approval gates.** ``decision = await ctx.request_approval(summary, options=...)``
+  waits for a person's decision without holding the agent's slot or the task's
+  timeout clock (``agentbus.runtime.approvals``), and survives a restart of the agent.
 * **Hand-off.** ``return await ctx.handoff(capability)`` passes the work to another
   capability: a new task with this task's input (unless another is given), metadata,
   tenant, priority, deadline and parent is queued, this task's record points at it
@@ -24,16 +27,18 @@ with other tasks:
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from agentbus.bus import Bus
 from agentbus.client import Client
-from agentbus.messages import CancelReply, SubmitReply, Task, TaskRecord
+from agentbus.messages import ApprovalDecision, CancelReply, SubmitReply, Task, TaskRecord, utcnow
 from agentbus.messaging.sending import Messaging
+from agentbus.runtime.approvals import Parking, request_approval
 from agentbus.state import StateThread, task_state
 
 if TYPE_CHECKING:  # imported on first use: not on an agent's start-up path
@@ -89,6 +94,10 @@ class TaskContext(Messaging):
     client: Client
     _submitted: list[int] = field(default_factory=lambda: [0], repr=False)
     _checkpoint: list[StateThread] = field(default_factory=list, repr=False)
+    started_at: datetime = field(default_factory=utcnow)
+    """When this attempt started."""
+    _parking: Parking = field(default_factory=Parking, repr=False)
+    _approvals: list[int] = field(default_factory=lambda: [0], repr=False)
 
     @property
     def message_source(self) -> str:
@@ -196,6 +205,50 @@ class TaskContext(Messaging):
             NotFoundError: no such task.
         """
         return await self.client.cancel(_task_id(task), recursive=recursive)
+
+    # -- approval gates ---------------------------------------------------------------
+    async def request_approval(
+        self,
+        summary: str,
+        *,
+        options: Sequence[str] = ("approve", "deny"),
+        timeout_s: float | None = None,
+        default: str | None = None,
+    ) -> ApprovalDecision:
+        """Ask a person to choose one of ``options``; wait for and return the decision.
+
+        The request shows in ``agentbus approvals list`` and ``GET /v1/approvals``; a
+        token with scope ``approvals:decide`` (or an operator) decides it. After
+        ``timeout_s`` seconds undecided it takes ``default`` (``decided_by`` is
+        ``timeout``). While waiting the task holds no concurrency slot and its
+        ``timeout_s`` clock stops; its lease is renewed. The n-th call of a handler
+        names the same request in every attempt: a handler run again after a crash
+        or restart finds the request (and its decision) made by the earlier attempt,
+        so make what comes before the gate repeatable (or checkpoint it).
+
+        Returns:
+            ``ApprovalDecision``: ``option``, ``comment``, ``decided_by``
+            (``token:<name>/<id>``, ``cli:<user>`` or ``timeout``), ``decided_at``.
+
+        Raises:
+            ContractError: no options, repeated options, a ``timeout_s`` without a
+                ``default``, or a ``default`` not among ``options``.
+            ForbiddenError: this attempt no longer holds the task (it was delivered
+                again to another agent).
+            ConflictError: the task has ended (e.g. cancelled).
+        """
+        index = self._approvals[0]
+        self._approvals[0] = index + 1
+        return await request_approval(
+            self,
+            summary,
+            options=options,
+            timeout_s=timeout_s,
+            default=default,
+            index=index,
+            started_at=self.started_at,
+            parking=self._parking,
+        )
 
     # -- hand-off ---------------------------------------------------------------------
     async def handoff(

@@ -32,6 +32,7 @@ from agentbus.errors import AgentBusError
 from agentbus.messages import Task, TaskResult, TaskStarted, decode_task, encode, utcnow
 from agentbus.names import Names
 from agentbus.retry import SAFETY_MAX_DELIVER
+from agentbus.runtime.approvals import Parking, Slots
 from agentbus.runtime.attempt import (
     AgentMetrics,
     failure_result,
@@ -64,6 +65,8 @@ class Deliveries:
     announces its redelivery)."""
     on_bad: Callable[[str, str], Awaitable[None]]
     """``(subject, reason)``: a task message is not a valid task for its queue."""
+    slots: Slots | None = None
+    """The agent's slots, lent while a handler waits for an approval."""
 
     async def handle(self, capability: str, msg: Msg) -> None:
         """Run the task in ``msg`` (pulled from ``capability``'s queue) to its settlement.
@@ -168,13 +171,26 @@ class Deliveries:
     async def _run_handler(self, task: Task, attempt: int, started_at: datetime) -> TaskResult:
         bus, agent_id = self.bus, self.agent_id
         route = self.routes[task.capability]
+        parking = Parking(slots=self.slots)
         ctx = TaskContext(
-            task=task, attempt=attempt, agent_id=agent_id, bus=bus, client=self.client
+            task=task,
+            attempt=attempt,
+            agent_id=agent_id,
+            bus=bus,
+            client=self.client,
+            started_at=started_at,
+            _parking=parking,
         )
+
+        def keep_scope(scope: asyncio.Timeout) -> None:
+            parking.scope = scope
+
         try:
             value = await unpack(bus, task.input, task.input_ref, route.input_type)
             async with checkpointing(ctx.checkpoint, self.settings.checkpoint_interval_s):
-                output = await run_with_timeout(route.fn(ctx, value), task.timeout_s)
+                output = await run_with_timeout(
+                    route.fn(ctx, value), task.timeout_s, on_scope=keep_scope
+                )
             raw, ref = await pack(bus, output, name=f"tasks/{task.task_id}/output")
         except Exception as exc:
             if not isinstance(exc, AgentBusError):

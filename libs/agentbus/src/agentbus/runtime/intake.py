@@ -49,6 +49,8 @@ Pull requests and their answers: ``agentbus.bus.pulls``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
@@ -115,6 +117,7 @@ class Intake:
         self._stopping = False
         self._timers: set[asyncio.TimerHandle] = set()
         self._passing: set[asyncio.Task[None]] = set()
+        self._parked: deque[asyncio.Future[None]] = deque()  # parked tasks taking back a slot
         self.busy = 0
         """Slots in use: messages dispatched and not yet released."""
         self.pulls = 0
@@ -160,9 +163,39 @@ class Intake:
         return self._ears.listening
 
     def release(self) -> None:
-        """A dispatched message's slot is free again."""
+        """A dispatched message's slot is free again (first for a parked task's return)."""
+        while self._parked:
+            waiter = self._parked.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the slot passes to it: ``busy`` stays
+                return
         self.busy -= 1
         self._changed.set()
+
+    def lend(self) -> None:
+        """A running task parks (waits for an approval): its slot is free meanwhile."""
+        self.release()
+
+    async def take_back(self) -> None:
+        """A parked task resumes: wait for a free slot and take it.
+
+        Parked tasks come back before new pulls. Cancelled while waiting, it takes a
+        slot anyway (``busy`` may pass ``max_concurrency`` until it is released): the
+        caller owns one either way.
+        """
+        if self.busy < self.max_concurrency and not self._parked:
+            self.busy += 1
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._parked.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if not (waiter.done() and not waiter.cancelled()):
+                with contextlib.suppress(ValueError):
+                    self._parked.remove(waiter)
+                self.busy += 1
+            raise
 
     def wake(self, capability: str, band: int, count: int = 0) -> None:
         """Flag ``band`` of ``capability`` as possibly holding tasks, now.
