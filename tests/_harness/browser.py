@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from playwright.async_api import BrowserContext, Page, async_playwright
+from playwright.async_api import BrowserContext, Page, ViewportSize, async_playwright
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM_ARGS = [
@@ -26,8 +26,8 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-LAPTOP = {"width": 1280, "height": 860}
-PHONE = {"width": 390, "height": 844}
+LAPTOP: ViewportSize = {"width": 1280, "height": 860}
+PHONE: ViewportSize = {"width": 390, "height": 844}
 
 
 def chromium_path() -> str:
@@ -54,7 +54,7 @@ async def browser(profile_dir: Path) -> AsyncIterator[BrowserContext]:
             executable_path=chromium_path(),
             headless=True,
             args=CHROMIUM_ARGS,
-            viewport=LAPTOP,  # type: ignore[arg-type]
+            viewport=LAPTOP,
         )
         context.set_default_timeout(30_000)
         try:

@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import sys
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from agentbus.auth.tokens import SCOPES, create_token
-from agentbus.bus import Bus
 from agentbus.client import Client
 from agentbus.embedded import EmbeddedStack
 from agentbus.messages import Deployment
@@ -34,26 +31,6 @@ def echo_deployment(name: str, replicas: int) -> Deployment:
         replicas=replicas,
         env={"AGENTBUS_AGENT_HEARTBEAT_S": "0.5"},
     )
-
-
-@pytest.fixture
-async def client(stack: EmbeddedStack) -> AsyncIterator[Client]:
-    bus = await Bus.connect(stack.settings)
-    yield Client(bus)
-    await bus.close()
-
-
-@pytest.fixture
-async def secret(client: Client) -> str:
-    _, text = await create_token(client.bus, "dashboard-test", SCOPES)
-    return text
-
-
-@pytest.fixture
-async def http(stack: EmbeddedStack, secret: str) -> AsyncIterator[httpx.AsyncClient]:
-    headers = {"Authorization": f"Bearer {secret}"}
-    async with httpx.AsyncClient(base_url=stack.gateway_url, headers=headers) as c:
-        yield c
 
 
 async def echo_agents(client: Client, name: str, replicas: int) -> None:
