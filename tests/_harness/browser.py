@@ -3,7 +3,7 @@
 The browser is Debian's ``chromium`` (``scripts/setup.sh`` installs it); Playwright's
 own browser downloads are never used. Each browser gets a fresh profile directory.
 Screenshots go to ``$AGENTBUS_TEST_ARTIFACTS`` (default ``tests/artifacts/``,
-gitignored); with ``AGENTBUS_DASHBOARD_SCREENSHOT=<path>`` the overview screenshot is
+gitignored); with ``AGENTBUS_TEST_DASHBOARD_SCREENSHOT=<path>`` the overview screenshot is
 also written there (``just dashboard-screenshot`` refreshes ``docs/img/dashboard.png``).
 """
 
@@ -74,11 +74,11 @@ async def login(page: Page, base_url: str, token: str) -> None:
 async def screenshot(page: Page, name: str, *, readme: bool = False) -> Path:
     """Save a full-page screenshot as ``<artifacts>/<name>.png``.
 
-    ``readme``: also to ``$AGENTBUS_DASHBOARD_SCREENSHOT`` when that is set.
+    ``readme``: also to ``$AGENTBUS_TEST_DASHBOARD_SCREENSHOT`` when that is set.
     """
     path = artifacts_dir() / f"{name}.png"
     await page.screenshot(path=str(path), full_page=True)
-    if readme and (target := os.environ.get("AGENTBUS_DASHBOARD_SCREENSHOT")):
+    if readme and (target := os.environ.get("AGENTBUS_TEST_DASHBOARD_SCREENSHOT")):
         Path(target).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, target)
     return path

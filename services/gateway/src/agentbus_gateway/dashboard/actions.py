@@ -17,7 +17,7 @@ from litestar.response import Template
 
 from agentbus_gateway.dashboard import views
 from agentbus_gateway.dashboard.api import Fetched
-from agentbus_gateway.dashboard.pages import api, render
+from agentbus_gateway.dashboard.pages import Name, api, render
 from agentbus_gateway.models import TaskIdPath
 from agentbus_gateway.routes import Ctx, GatewayContext
 
@@ -84,7 +84,7 @@ async def resubmit(
 
 
 @post("/ui/deployments/{name:str}/scale", status_code=200)
-async def scale(request: Request[Any, Any, Any], ctx: Ctx, name: str) -> Template:
+async def scale(request: Request[Any, Any, Any], ctx: Ctx, name: Name) -> Template:
     """Set the deployment's replica count; re-render the deployments."""
     form = await _form(request, ScaleForm)
     replicas = int(form.replicas) if form and form.replicas.strip().isdigit() else None
@@ -100,7 +100,7 @@ async def scale(request: Request[Any, Any, Any], ctx: Ctx, name: str) -> Templat
 
 @post("/ui/checkpoints/{owner:str}/{thread:str}/fork", status_code=200)
 async def fork(
-    request: Request[Any, Any, Any], ctx: Ctx, owner: str, thread: str
+    request: Request[Any, Any, Any], ctx: Ctx, owner: Name, thread: Name
 ) -> Response[Any] | Template:
     """Fork the thread at a version into a new thread; go to the new thread."""
     form = await _form(request, ForkForm)
@@ -118,7 +118,7 @@ async def fork(
 
 
 @post("/ui/approvals/{approval_id:str}/decision", status_code=200)
-async def decide(request: Request[Any, Any, Any], ctx: Ctx, approval_id: str) -> Template:
+async def decide(request: Request[Any, Any, Any], ctx: Ctx, approval_id: Name) -> Template:
     """Decide a pending approval; re-render the approvals."""
     form = await _form(request, DecisionForm)
     if form is None:

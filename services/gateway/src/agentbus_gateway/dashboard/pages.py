@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from litestar import Request, get
-from litestar.params import QueryParameter
+from litestar.params import PathParameter, QueryParameter
 from litestar.response import Template
 
 from agentbus_gateway.dashboard import views
@@ -20,6 +20,8 @@ from agentbus_gateway.models import TaskIdPath
 from agentbus_gateway.routes import Ctx, GatewayContext
 
 TextFilter = Annotated[str, QueryParameter(max_length=128)]
+Name = Annotated[str, PathParameter(min_length=1, max_length=256)]
+"""An owner, thread, agent or deployment name in a dashboard path (the API checks it)."""
 STATUSES = ("any", "queued", "running", "succeeded", "failed", "cancelled", "expired", "dead")
 
 
@@ -123,14 +125,34 @@ async def agents_fragment(request: Request[Any, Any, Any], ctx: Ctx) -> Template
         return render(ctx, "_agents.html", "agents", **await views.agents(a))
 
 
-@get(["/checkpoints", "/checkpoints/{owner:str}", "/checkpoints/{owner:str}/{thread:str}"])
-async def checkpoints_page(
-    request: Request[Any, Any, Any], ctx: Ctx, owner: str | None = None, thread: str | None = None
+async def _checkpoints(
+    request: Request[Any, Any, Any], ctx: GatewayContext, owner: str | None, thread: str | None
 ) -> Template:
-    """Checkpoint owners → an owner's threads → a thread's versions (with fork)."""
     async with api(request, ctx) as a:
         data = await views.checkpoints(a, owner, thread)
     return render(ctx, "checkpoints.html", "checkpoints", owner=owner, thread=thread, **data)
+
+
+@get("/checkpoints")
+async def checkpoint_owners_page(request: Request[Any, Any, Any], ctx: Ctx) -> Template:
+    """Agents (owners) holding checkpoints."""
+    return await _checkpoints(request, ctx, None, None)
+
+
+@get("/checkpoints/{owner:str}")
+async def checkpoint_threads_page(
+    request: Request[Any, Any, Any], ctx: Ctx, owner: Name
+) -> Template:
+    """An owner's threads."""
+    return await _checkpoints(request, ctx, owner, None)
+
+
+@get("/checkpoints/{owner:str}/{thread:str}")
+async def checkpoint_versions_page(
+    request: Request[Any, Any, Any], ctx: Ctx, owner: Name, thread: Name
+) -> Template:
+    """A thread's versions with their metadata, each with a fork form."""
+    return await _checkpoints(request, ctx, owner, thread)
 
 
 @get("/traces")
@@ -147,15 +169,25 @@ async def traces_fragment(request: Request[Any, Any, Any], ctx: Ctx) -> Template
         return render(ctx, "_traces.html", "traces", **await views.traces(a))
 
 
-@get(["/logs", "/logs/{agent_id:str}"])
-async def logs_page(
-    request: Request[Any, Any, Any], ctx: Ctx, agent_id: str | None = None
+async def _logs(
+    request: Request[Any, Any, Any], ctx: GatewayContext, agent_id: str | None
 ) -> Template:
-    """Pick a replica; follow its log (``GET /v1/logs/{agent_id}``)."""
     async with api(request, ctx) as a:
         data = await views.agents(a)
         served = a.has("/v1/logs/{agent_id}")
     return render(ctx, "logs.html", "logs", agent_id=agent_id, logs_served=served, **data)
+
+
+@get("/logs")
+async def logs_page(request: Request[Any, Any, Any], ctx: Ctx) -> Template:
+    """Pick a replica to follow."""
+    return await _logs(request, ctx, None)
+
+
+@get("/logs/{agent_id:str}")
+async def replica_log_page(request: Request[Any, Any, Any], ctx: Ctx, agent_id: Name) -> Template:
+    """Follow a replica's output (``GET /v1/logs/{agent_id}``: history, then live)."""
+    return await _logs(request, ctx, agent_id)
 
 
 @get("/approvals")
@@ -183,10 +215,13 @@ PAGE_ROUTES = [
     deployments_fragment,
     agents_page,
     agents_fragment,
-    checkpoints_page,
+    checkpoint_owners_page,
+    checkpoint_threads_page,
+    checkpoint_versions_page,
     traces_page,
     traces_fragment,
     logs_page,
+    replica_log_page,
     approvals_page,
     approvals_fragment,
 ]
