@@ -58,6 +58,11 @@ schema:
     uv run python -m agentbus.schema > libs/agentbus/schema/messages.json.tmp
     mv libs/agentbus/schema/messages.json.tmp libs/agentbus/schema/messages.json
 
+[doc('Refresh docs/img/dashboard.png from the dashboard browser test')]
+[group('dev')]
+dashboard-screenshot:
+    AGENTBUS_TEST_DASHBOARD_SCREENSHOT=docs/img/dashboard.png uv run pytest tests/dashboard/test_dashboard_browser.py -k overview -q
+
 [doc('Build .wheels/ for offline image builds (workspace + locked third-party wheels)')]
 [group('images')]
 wheelhouse:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent machine setup shared by the README quickstart and CI (.ci/run).
-# Installs: uv + just (PyPI), docker.io + docker-compose + mmdebstrap + postgresql (+ nodejs/npm
-# if missing) (Debian), the Node.js example agent's npm packages,
+# Installs: uv + just (PyPI), docker.io + docker-compose + mmdebstrap + postgresql + chromium
+# (+ nodejs/npm if missing) (Debian), the Node.js example agent's and the dashboard's npm packages,
 # starts dockerd when no engine answers, builds the local base image, syncs the workspace.
 # Safe to run twice: every step checks before it acts.
 set -euo pipefail
@@ -27,6 +27,7 @@ fi
 #    docker-registry (the distribution v2 registry the image-pull test starts on a free port);
 #    iproute2 and iptables (hosts as network namespaces: tests/_harness/netns.py).
 #    postgresql (the audit trail's database: tests run initdb/pg_ctl as the postgres user).
+#    chromium (the dashboard's browser tests drive it with Playwright: tests/dashboard/).
 need_pkgs=()
 command -v dockerd >/dev/null 2>&1 || need_pkgs+=(docker.io)
 command -v docker-compose >/dev/null 2>&1 || need_pkgs+=(docker-compose)
@@ -38,6 +39,7 @@ command -v docker-registry >/dev/null 2>&1 || need_pkgs+=(docker-registry)
 command -v ip >/dev/null 2>&1 || need_pkgs+=(iproute2)
 command -v iptables >/dev/null 2>&1 || need_pkgs+=(iptables)
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need_pkgs+=(postgresql)
+command -v chromium >/dev/null 2>&1 || need_pkgs+=(chromium)
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
   log "installing ${need_pkgs[*]}"
   as_root apt-get update -qq
@@ -86,4 +88,7 @@ if [ -f "$node_agent/package-lock.json" ] &&
   npm ci --prefix "$node_agent" --silent --no-audit --no-fund
   touch "$node_agent/node_modules"
 fi
+
+# 7. The dashboard's browser libraries (htmx from npm) into the gateway package.
+bash scripts/web.sh
 log "done"

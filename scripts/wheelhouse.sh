@@ -35,7 +35,9 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 mkdir -p "$out/workspace" "$out/nats"
 
-# 1. Workspace packages; drop wheels of names or versions no longer built.
+# 1. Workspace packages; drop wheels of names or versions no longer built. The gateway wheel
+#    ships the dashboard's browser libraries: scripts/web.sh puts them in its package first.
+bash scripts/web.sh
 log "building workspace wheels"
 uv build --all-packages --wheel --quiet -o "$tmp/ws"
 for whl in "$out"/workspace/*.whl; do

@@ -13,6 +13,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 from agentbus import __version__
 from agentbus_gateway.approvals import APPROVAL_ROUTES
 from agentbus_gateway.auth import BEARER
+from agentbus_gateway.dashboard import dashboard_routers, template_config
 from agentbus_gateway.errors import exception_handlers
 from agentbus_gateway.event_stream import EVENT_ROUTES
 from agentbus_gateway.events import publish_topic_event
@@ -53,9 +54,12 @@ def create_app(ctx: GatewayContext) -> HttpMetricsMiddleware:
     ``GET /v1/approvals/{approval_id}``, ``POST /v1/approvals/{approval_id}/decision``,
     the fleet views
     (``fleet_routes``: overview, deployments, scale), checkpoints and traces
-    (``state_routes``), ``GET /v1/logs/{agent_id}`` (``logs_stream``), ``GET /healthz``,
-    ``GET /metrics``, ``GET /openapi.json`` (and
-    ``/schema/openapi.json``). Every request first passes ``guards.request_guard``
+    (``state_routes``), ``GET /v1/logs/{agent_id}`` (``logs_stream``),
+    ``GET /v1/approvals``, ``GET /v1/approvals/{approval_id}``,
+    ``POST /v1/approvals/{approval_id}/decision``, ``GET /healthz``,
+    ``GET /metrics``, ``GET /openapi.json`` (and ``/schema/openapi.json``), and the web
+    dashboard at ``/`` (``agentbus_gateway.dashboard``: pages, ``/ui/...`` fragments and
+    actions, ``/login``, ``/static``). Every request first passes ``guards.request_guard``
     (Host, origin, JSON bodies), then, on a route that names a scope, the token
     check of ``ctx.auth`` (401, 403, 429); bodies over ``settings.max_body_bytes``
     get 413.
@@ -70,7 +74,8 @@ def create_app(ctx: GatewayContext) -> HttpMetricsMiddleware:
         return ctx
 
     app = Litestar(
-        route_handlers=ROUTE_HANDLERS,
+        route_handlers=[*ROUTE_HANDLERS, *dashboard_routers(ctx)],
+        template_config=template_config(),
         request_class=GatewayRequest,
         request_max_body_size=ctx.settings.max_body_bytes,
         before_request=_before,

@@ -12,6 +12,13 @@ the ``before_request`` hook (after the Host and origin checks) asks for
   than ``rate_limit_requests`` requests in the last ``rate_limit_window_s`` (a moving
   window from the ``limits`` library, in memory: per gateway instance).
 
+Browsers cannot set headers on an ``EventSource``: the dashboard's login stores the
+token in the HttpOnly cookie ``SESSION_COOKIE``, accepted (when the request has no
+``Authorization`` header) on dashboard routes (``opt`` ``COOKIE_OPT``) and on
+``GET`` event streams (``text/event-stream``). A cookie-authenticated request other
+than ``GET``/``HEAD`` must also show it comes from the gateway's own pages: an
+``Origin`` equal to its ``Host``, or ``Sec-Fetch-Site: same-origin`` (else 403).
+
 Tokens are read from a ``KvMirror`` of ``<p>_tokens``: a KV watch that applies a
 revoke as soon as it is stored, so a request costs no KV read. A token the mirror
 does not hold (made since its replay) or any token while the watch is down is read
@@ -43,6 +50,7 @@ from agentbus.errors import (
 )
 from agentbus.kv.mirror import KvMirror
 from agentbus.messages import ApiToken, Scope, utcnow
+from agentbus_gateway.errors import RequestRefusedError
 from agentbus_gateway.metrics import UNMATCHED_ROUTE, GatewayMetrics
 from agentbus_gateway.settings import GatewaySettings
 
@@ -50,6 +58,46 @@ SCOPE_OPT = "scope"
 """The handler ``opt`` key naming the scope a route needs."""
 BEARER = "bearer"
 """Name of the OpenAPI security scheme (HTTP bearer)."""
+COOKIE_OPT = "session_cookie"
+"""The handler ``opt`` key of routes that accept the session cookie (the dashboard)."""
+SESSION_COOKIE = "agentbus_session"
+"""Name of the HttpOnly cookie holding a dashboard user's token."""
+EVENT_STREAM = "text/event-stream"
+_SAFE_METHODS = frozenset({"GET", "HEAD"})
+
+
+def cookie_accepted(request: Request[Any, Any, Any]) -> bool:
+    """Whether ``request``'s route takes the session cookie in place of a header.
+
+    Dashboard routes (``opt[COOKIE_OPT]``) do; so do ``GET`` event streams, since a
+    browser's ``EventSource`` cannot send an ``Authorization`` header.
+    """
+    handler = request.route_handler
+    if handler.opt.get(COOKIE_OPT):
+        return True
+    media = str(getattr(handler, "media_type", "") or "")
+    return request.method in _SAFE_METHODS and media.startswith(EVENT_STREAM)
+
+
+def require_same_origin(request: Request[Any, Any, Any]) -> None:
+    """Refuse a cookie-authenticated state change that does not come from our pages.
+
+    Raises:
+        RequestRefusedError: neither ``Origin`` equal to the gateway's own origin nor
+            ``Sec-Fetch-Site: same-origin`` (403).
+    """
+    if request.method in _SAFE_METHODS:
+        return
+    headers = request.headers
+    origin = headers.get("origin", "").strip().rstrip("/").lower()
+    host = headers.get("host", "").strip().lower()
+    if origin and origin.split("://", 1)[-1] == host:
+        return
+    if headers.get("sec-fetch-site", "").lower() == "same-origin":
+        return
+    raise RequestRefusedError(
+        403, "a request authenticated by the session cookie must come from the dashboard", "Origin"
+    )
 
 
 def needs(scope: Scope) -> dict[str, Any]:
@@ -107,7 +155,12 @@ class Authenticator:
         if scope is None or not self.settings.auth_required:
             return
         try:
-            token = await self._authenticate(request.headers.get("authorization", ""))
+            header = request.headers.get("authorization", "")
+            cookie = request.cookies.get(SESSION_COOKIE, "")
+            if not header.strip() and cookie and cookie_accepted(request):
+                require_same_origin(request)
+                header = f"Bearer {cookie}"
+            token = await self._authenticate(header)
             require_scope(token, scope)
             await self._rate_limit(token)
             request.state.token_id = token.token_id  # per-token caps (event streams)
@@ -115,6 +168,16 @@ class Authenticator:
         except (AuthenticationError, PermissionDeniedError, RateLimitedError) as exc:
             self._refused(request, exc)
             raise
+
+    async def check(self, secret: str) -> ApiToken:
+        """The valid token whose full text is ``secret`` (``abt_<id>_<secret>``).
+
+        Raises:
+            AuthenticationError: malformed, unknown, revoked or expired.
+            UnavailableError: the tokens bucket cannot be read.
+        """
+        token_id, key = parse_token(secret.strip())
+        return check_token(await self._token(token_id), token_id, key, now=utcnow())
 
     async def _authenticate(self, header: str) -> ApiToken:
         kind, _, credentials = header.strip().partition(" ")

@@ -1,0 +1,227 @@
+"""Dashboard pages (``GET``): each full page, and the fragment htmx refreshes it with.
+
+A page renders its fragment inline (it shows without waiting for a script); the
+fragment's container then re-fetches ``/ui/<page>`` when an event of the page's
+kinds arrives on ``GET /v1/events`` (htmx's SSE extension) or on a timer for what
+no event reports (replica CPU and memory, trace strengths).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from litestar import Request, get
+from litestar.params import PathParameter, QueryParameter
+from litestar.response import Template
+
+from agentbus_gateway.dashboard import views
+from agentbus_gateway.dashboard.api import Api
+from agentbus_gateway.models import TaskIdPath
+from agentbus_gateway.routes import Ctx, GatewayContext
+
+TextFilter = Annotated[str, QueryParameter(max_length=128)]
+Name = Annotated[str, PathParameter(min_length=1, max_length=256)]
+"""An owner, thread, agent or deployment name in a dashboard path (the API checks it)."""
+STATUSES = ("any", "queued", "running", "succeeded", "failed", "cancelled", "expired", "dead")
+
+
+def api(request: Request[Any, Any, Any], ctx: GatewayContext) -> Api:
+    """The in-process API client acting as this request's dashboard user."""
+    return Api(request, auth=ctx.settings.auth_required)
+
+
+def render(ctx: GatewayContext, template: str, page: str, **context: Any) -> Template:
+    """``template`` with the layout's context (active ``page``, whether login is on)."""
+    return Template(
+        template_name=template,
+        context={"page": page, "auth": ctx.settings.auth_required, **context},
+    )
+
+
+@get("/")
+async def overview_page(request: Request[Any, Any, Any], ctx: Ctx) -> Template:
+    """Nodes and their replicas, task rate, queue depth, dead letters."""
+    async with api(request, ctx) as a:
+        return render(ctx, "overview.html", "overview", **await views.overview(a))
+
+
+@get("/ui/overview")
+async def overview_fragment(request: Request[Any, Any, Any], ctx: Ctx) -> Template:
+    """The overview's live part."""
+    async with api(request, ctx) as a:
+        return render(ctx, "_overview.html", "overview", **await views.overview(a))
+
+
+@get("/tasks")
+async def tasks_page(
+    request: Request[Any, Any, Any],
+    ctx: Ctx,
+    status: TextFilter = "any",
+    capability: TextFilter = "",
+    tenant: TextFilter = "",
+) -> Template:
+    """Tasks filtered by status, capability and tenant."""
+    filters = {"status": status, "capability": capability, "tenant": tenant}
+    async with api(request, ctx) as a:
+        rows = await views.task_rows(a, **filters)
+    return render(ctx, "tasks.html", "tasks", statuses=STATUSES, filters=filters, **rows)
+
+
+@get("/ui/tasks")
+async def task_rows_fragment(
+    request: Request[Any, Any, Any],
+    ctx: Ctx,
+    status: TextFilter = "any",
+    capability: TextFilter = "",
+    tenant: TextFilter = "",
+) -> Template:
+    """The task table of the tasks page."""
+    async with api(request, ctx) as a:
+        rows = await views.task_rows(a, status=status, capability=capability, tenant=tenant)
+    return render(ctx, "_task_rows.html", "tasks", **rows)
+
+
+@get("/tasks/{task_id:str}")
+async def task_page(request: Request[Any, Any, Any], ctx: Ctx, task_id: TaskIdPath) -> Template:
+    """One task: attempts, subtasks, input and output, its events live."""
+    async with api(request, ctx) as a:
+        detail = await views.task_detail(a, task_id)
+    return render(ctx, "task.html", "tasks", task_id=task_id, **detail)
+
+
+@get("/ui/tasks/{task_id:str}")
+async def task_fragment(request: Request[Any, Any, Any], ctx: Ctx, task_id: TaskIdPath) -> Template:
+    """The task page's record part (refreshed on each of the task's events)."""
+    async with api(request, ctx) as a:
+        detail = await views.task_detail(a, task_id)
+    return render(ctx, "_task.html", "tasks", task_id=task_id, **detail)
+
+
+@get("/deployments")
+async def deployments_page(request: Request[Any, Any, Any], ctx: Ctx) -> Template:
+    """Deployments: replicas wanted and running, placements, unplaced reasons, scale."""
+    async with api(request, ctx) as a:
+        return render(ctx, "deployments.html", "deployments", **await views.deployments(a))
+
+
+@get("/ui/deployments")
+async def deployments_fragment(request: Request[Any, Any, Any], ctx: Ctx) -> Template:
+    """The deployments list."""
+    async with api(request, ctx) as a:
+        return render(ctx, "_deployments.html", "deployments", **await views.deployments(a))
+
+
+@get("/agents")
+async def agents_page(request: Request[Any, Any, Any], ctx: Ctx) -> Template:
+    """Live agents by capability."""
+    async with api(request, ctx) as a:
+        return render(ctx, "agents.html", "agents", **await views.agents(a))
+
+
+@get("/ui/agents")
+async def agents_fragment(request: Request[Any, Any, Any], ctx: Ctx) -> Template:
+    """The agents list."""
+    async with api(request, ctx) as a:
+        return render(ctx, "_agents.html", "agents", **await views.agents(a))
+
+
+async def _checkpoints(
+    request: Request[Any, Any, Any], ctx: GatewayContext, owner: str | None, thread: str | None
+) -> Template:
+    async with api(request, ctx) as a:
+        data = await views.checkpoints(a, owner, thread)
+    return render(ctx, "checkpoints.html", "checkpoints", owner=owner, thread=thread, **data)
+
+
+@get("/checkpoints")
+async def checkpoint_owners_page(request: Request[Any, Any, Any], ctx: Ctx) -> Template:
+    """Agents (owners) holding checkpoints."""
+    return await _checkpoints(request, ctx, None, None)
+
+
+@get("/checkpoints/{owner:str}")
+async def checkpoint_threads_page(
+    request: Request[Any, Any, Any], ctx: Ctx, owner: Name
+) -> Template:
+    """An owner's threads."""
+    return await _checkpoints(request, ctx, owner, None)
+
+
+@get("/checkpoints/{owner:str}/{thread:str}")
+async def checkpoint_versions_page(
+    request: Request[Any, Any, Any], ctx: Ctx, owner: Name, thread: Name
+) -> Template:
+    """A thread's versions with their metadata, each with a fork form."""
+    return await _checkpoints(request, ctx, owner, thread)
+
+
+@get("/traces")
+async def traces_page(request: Request[Any, Any, Any], ctx: Ctx) -> Template:
+    """The strongest locations of every trace kind."""
+    async with api(request, ctx) as a:
+        return render(ctx, "traces.html", "traces", **await views.traces(a))
+
+
+@get("/ui/traces")
+async def traces_fragment(request: Request[Any, Any, Any], ctx: Ctx) -> Template:
+    """The trace tables."""
+    async with api(request, ctx) as a:
+        return render(ctx, "_traces.html", "traces", **await views.traces(a))
+
+
+async def _logs(
+    request: Request[Any, Any, Any], ctx: GatewayContext, agent_id: str | None
+) -> Template:
+    async with api(request, ctx) as a:
+        data = await views.agents(a)
+        served = a.has("/v1/logs/{agent_id}")
+    return render(ctx, "logs.html", "logs", agent_id=agent_id, logs_served=served, **data)
+
+
+@get("/logs")
+async def logs_page(request: Request[Any, Any, Any], ctx: Ctx) -> Template:
+    """Pick a replica to follow."""
+    return await _logs(request, ctx, None)
+
+
+@get("/logs/{agent_id:str}")
+async def replica_log_page(request: Request[Any, Any, Any], ctx: Ctx, agent_id: Name) -> Template:
+    """Follow a replica's output (``GET /v1/logs/{agent_id}``: history, then live)."""
+    return await _logs(request, ctx, agent_id)
+
+
+@get("/approvals")
+async def approvals_page(request: Request[Any, Any, Any], ctx: Ctx) -> Template:
+    """Pending approvals (approve or deny, with a comment) and recent decisions."""
+    async with api(request, ctx) as a:
+        return render(ctx, "approvals.html", "approvals", **await views.approvals(a))
+
+
+@get("/ui/approvals")
+async def approvals_fragment(request: Request[Any, Any, Any], ctx: Ctx) -> Template:
+    """The approvals lists."""
+    async with api(request, ctx) as a:
+        return render(ctx, "_approvals.html", "approvals", **await views.approvals(a))
+
+
+PAGE_ROUTES = [
+    overview_page,
+    overview_fragment,
+    tasks_page,
+    task_rows_fragment,
+    task_page,
+    task_fragment,
+    deployments_page,
+    deployments_fragment,
+    agents_page,
+    agents_fragment,
+    checkpoint_owners_page,
+    checkpoint_threads_page,
+    checkpoint_versions_page,
+    traces_page,
+    traces_fragment,
+    logs_page,
+    replica_log_page,
+    approvals_page,
+    approvals_fragment,
+]

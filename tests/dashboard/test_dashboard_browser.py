@@ -1,0 +1,132 @@
+"""The dashboard in a real headless Chromium against a running embedded stack.
+
+Each test logs in with a token, acts over HTTP or by clicking, and waits for the page
+to change by itself (no reload: a marker set on the page survives). Screenshots are
+saved as test artifacts (``tests/_harness/browser.py``).
+"""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+from agentbus.client import Client
+from agentbus.embedded import EmbeddedStack
+from agentbus.messages import Deployment
+from tests._harness.browser import PHONE, browser, login, mark_page, not_reloaded, screenshot
+from tests._harness.polling import eventually
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+
+
+def echo_deployment(name: str, replicas: int) -> Deployment:
+    return Deployment(
+        name=name,
+        command=[sys.executable, "-m", "agentbus.agents.echo"],
+        capabilities=["echo"],
+        replicas=replicas,
+        env={"AGENTBUS_AGENT_HEARTBEAT_S": "0.5"},
+    )
+
+
+async def echo_agents(client: Client, name: str, replicas: int) -> None:
+    """Deploy ``name`` (idempotent) and wait until its replicas are registered."""
+    await client.deploy(echo_deployment(name, replicas))
+
+    async def registered() -> bool:
+        return sum(a.deployment == name for a in await client.agents("echo")) >= replicas
+
+    await eventually(registered, timeout_s=60, every_s=0.2, what=f"{name} replicas registered")
+
+
+async def test_a_deployed_replica_appears_on_the_overview(
+    stack: EmbeddedStack, client: Client, http: httpx.AsyncClient, secret: str, tmp_path: Path
+) -> None:
+    async with browser(tmp_path / "profile") as context:
+        page = await context.new_page()
+        await login(page, stack.gateway_url, secret)
+        await mark_page(page)
+        await echo_agents(client, "overview-echo", 2)
+        for replica in (0, 1):
+            row = page.locator(f'[data-node="embedded"] tr[data-agent="overview-echo-{replica}"]')
+            await row.wait_for()
+        await page.locator('.page-head .live[data-state="live"]').wait_for()
+        assert await not_reloaded(page)
+        # some tasks, so the overview has numbers to show
+        for n in range(3):
+            created = await http.post("/v1/tasks", json={"capability": "echo", "input": {"n": n}})
+            assert created.status_code == 201, created.text
+        await screenshot(page, "overview", readme=True)
+        await page.set_viewport_size(PHONE)
+        await screenshot(page, "overview-phone")
+
+
+async def test_a_task_submitted_over_http_succeeds_on_the_tasks_page(
+    stack: EmbeddedStack, client: Client, http: httpx.AsyncClient, secret: str, tmp_path: Path
+) -> None:
+    await echo_agents(client, "tasks-echo", 1)
+    async with browser(tmp_path / "profile") as context:
+        page = await context.new_page()
+        await login(page, stack.gateway_url, secret)
+        await page.goto(f"{stack.gateway_url}/tasks")
+        await page.locator('.page-head .live[data-state="live"]').wait_for()
+        await mark_page(page)
+        task_id = f"dash-{uuid.uuid4().hex[:8]}"
+        created = await http.post(
+            "/v1/tasks",
+            json={"capability": "echo", "input": {"sleep_s": 1.0}, "task_id": task_id},
+        )
+        assert created.status_code == 201, created.text
+        row = page.locator(f'tr[data-task="{task_id}"]')
+        await row.wait_for()
+        await page.locator(f'tr[data-task="{task_id}"][data-status="succeeded"]').wait_for()
+        assert await not_reloaded(page)
+        await screenshot(page, "tasks")
+        # its page: the attempt, the events as they were stored, the output
+        await row.locator("a").click()
+        await page.wait_for_url(f"{stack.gateway_url}/tasks/{task_id}")
+        events = page.locator("#task-events li")
+        await page.locator('#task-events li[data-kind="task.succeeded"]').wait_for()
+        kinds = await events.evaluate_all("items => items.map(i => i.dataset.kind)")
+        assert kinds[0] == "task.queued" and kinds[-1] == "task.succeeded"
+        assert await page.locator(".timeline li.t-succeeded").count() == 1
+        assert '"sleep_s": 1.0' in await page.locator("pre.preview").first.inner_text()
+        await screenshot(page, "task")
+
+
+async def test_a_dead_letter_is_resubmitted_from_its_page(
+    stack: EmbeddedStack, client: Client, http: httpx.AsyncClient, secret: str, tmp_path: Path
+) -> None:
+    await echo_agents(client, "dead-echo", 1)
+    task_id = f"dead-{uuid.uuid4().hex[:8]}"
+    created = await http.post(
+        "/v1/tasks",
+        json={
+            "capability": "echo",
+            "input": {"fail": "boom"},
+            "task_id": task_id,
+            "max_attempts": 1,
+        },
+    )
+    assert created.status_code == 201, created.text
+
+    async def dead() -> bool:
+        return (await client.get(task_id)).status == "dead"
+
+    await eventually(dead, timeout_s=30, every_s=0.2, what="the task dead-lettered")
+    async with browser(tmp_path / "profile") as context:
+        page = await context.new_page()
+        await login(page, stack.gateway_url, secret)
+        await page.goto(f"{stack.gateway_url}/tasks?status=dead")
+        await page.locator(f'tr[data-task="{task_id}"][data-status="dead"]').wait_for()
+        await page.goto(f"{stack.gateway_url}/tasks/{task_id}")
+        assert "boom" in await page.locator("#task-detail").inner_text()
+        await screenshot(page, "dead-letter")
+        await page.get_by_role("button", name="Resubmit").click()
+        await page.wait_for_url(f"{stack.gateway_url}/tasks/{task_id}-r1")
+    again = await client.get(f"{task_id}-r1")
+    assert again.resubmit_of == task_id
