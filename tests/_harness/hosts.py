@@ -267,11 +267,12 @@ class HostFleet:
         """Reconnect host ``name``."""
         self.network.heal(name)
 
-    def logs(self, chars: int = 2000) -> str:
-        """Tails of every log of every host (for a failing test's output)."""
+    def logs(self, chars: int = 2000, *, servers: bool = True) -> str:
+        """Tails of every log of every host (for a failing test's output); the
+        nats-servers' too with ``servers``."""
         parts = []
         for fh in self.hosts.values():
-            for process in ("nats-server", *SERVICES):
+            for process in ("nats-server", *SERVICES) if servers else SERVICES:
                 parts.append(f"--- {fh.name} {process}\n{fh.log_tail(process, chars)}")
         return "\n".join(parts)
 

@@ -145,7 +145,7 @@ async def test_tasks_survive_leader_kill_partition_and_host_loss(tmp_path: Path)
             try:
                 await _chaos(run)
             except BaseException:
-                print(f"logs in {tmp_path}")
+                print(f"logs in {tmp_path}\n{fleet.logs(chars=4000, servers=False)}")
                 raise
             finally:
                 await run.bus.close()

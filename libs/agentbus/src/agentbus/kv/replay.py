@@ -42,7 +42,8 @@ async def replay(
     before the entries it already received: a whole bucket then read as empty.)
 
     Raises:
-        nats.errors.Error, TimeoutError: the bus failed.
+        nats.errors.Error, TimeoutError: the bus failed, or entries still pending
+            were not delivered within ``timeout_s`` (a partial read is never returned).
     """
     js: JetStreamContext = kv._js
     stream, prefix = kv._stream, kv._pre
@@ -62,13 +63,24 @@ async def replay(
     decoder = msgspec.json.Decoder(type_)
     found: dict[str, S] = {}
     pending = info.num_pending or 0
+    received = 0
     try:
         sub = await js.pull_subscribe_bind(name, stream=stream)
         while pending:
             try:
                 msgs = await sub.fetch(min(pending, 256), timeout=timeout_s)
-            except TimeoutError:  # what was pending is gone (deleted, expired)
+            except TimeoutError:
+                # What was pending may be gone (deleted, expired): then the read is
+                # complete. If the consumer still holds some, or delivered some that
+                # never reached us (a fetch that timed out), it is not: say so.
+                state = await js.consumer_info(stream, name)
+                left = state.num_pending or 0
+                if left or (state.delivered.consumer_seq or 0) > received:
+                    raise TimeoutError(
+                        f"replay of {stream}: entries not read within {timeout_s} s"
+                    ) from None
                 break
+            received += len(msgs)
             for msg in msgs:
                 pending = msg.metadata.num_pending
                 headers = msg.headers or {}
