@@ -299,3 +299,26 @@ async def test_resync_replays_afresh_and_waits_for_a_stalled_connection(
     finally:
         await stalled.close()
         await proxy.close()
+
+
+async def test_a_watch_that_stopped_delivering_is_started_again(bus: Bus, bucket: str) -> None:
+    """The watch's consumer is gone and nats-py's own activity check has ended (what a
+    cluster's election storm left behind): the connection is up, nothing says the watch
+    is dead, and only comparing its progress with the stream finds it."""
+    kv = await bus.kv(bucket)
+    await kv.put("a", item(1))
+    mirror = reporting(bus, bucket, CollectorRegistry())
+    async with running(mirror):
+        await asyncio.wait_for(mirror.ready.wait(), 10)
+        checks = [jsi._hbtask for s in bus.nc._subs.values() if (jsi := getattr(s, "_jsi", None))]
+        assert checks, "the mirror's watch subscription"
+        for check in checks:
+            if check is not None:
+                check.cancel()  # nats-py will not re-create its consumer
+        stream = f"KV_{bucket}"
+        for info in await bus.js.consumers_info(stream):
+            await bus.js.delete_consumer(stream, info.name)
+        restarts = mirror.restarts
+        await kv.put("b", item(2))
+        await eventually(lambda: holds(mirror, {"a": 1, "b": 2}), timeout_s=20)
+        assert mirror.restarts > restarts

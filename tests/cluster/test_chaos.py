@@ -3,7 +3,8 @@ lost host.
 
 Three hosts (network namespaces, ``tests._harness.hosts``), each with a nats-server of
 one R3 cluster, a registry, a scheduler and a supervisor running two ``echo`` replicas.
-While 5,000 tasks are submitted at a steady pace, in order:
+While 5,000 tasks are submitted at a steady pace (each fault meets tasks still coming),
+in order:
 
 a. the nats-server leading the task stream is SIGKILLed and restarted on its store;
 b. the host whose scheduler holds the placement lease is partitioned from the other
@@ -64,7 +65,9 @@ pytestmark = [
 TASKS = 5000
 BATCH = 40
 SUBMIT_EVERY_S = 0.5
-"""80 tasks/s: the submission spans the three faults."""
+"""80 tasks/s, up to the current phase's quota."""
+QUOTAS = {"start": 2000, "cut": 3200, "heal": 4200, "host kill": TASKS}
+"""How many tasks may be submitted from the start of each phase on."""
 PARTITION_S = 30.0
 LEASE_TTL_S = 6
 PLACEMENT, SWEEPS = "scheduler-placement", "scheduler-sweeps"
@@ -101,6 +104,9 @@ class Run:
     finished: dict[str, float] = field(default_factory=dict)
     """Task id -> when its first terminal event arrived (monotonic)."""
     submitted: int = 0
+    quota: int = 0
+    """Tasks the submitter may have submitted so far: each phase raises it
+    (``QUOTAS``), so every fault meets tasks still coming whatever its own length."""
     figures: dict[str, float | str] = field(default_factory=dict)
 
     async def observe(self, bus: Bus) -> None:
@@ -117,6 +123,8 @@ class Run:
         """Submit every task, ``BATCH`` at a time every ``SUBMIT_EVERY_S`` (retrying)."""
         ids = list(self.inputs)
         for start in range(0, len(ids), BATCH):
+            while start >= self.quota:
+                await asyncio.sleep(0.1)
             began = time.monotonic()
             client = Client(self.bus)
             batch = [
@@ -171,6 +179,7 @@ async def _chaos(run: Run) -> None:
     await eventually(two_per_host, timeout_s=90, every_s=0.5, what="two replicas per host")
     await run.observe(run.bus)
     started = time.monotonic()
+    run.quota = QUOTAS["start"]
     submitter = asyncio.create_task(run.submit())
     stop = asyncio.Event()
     census = Census(run.bus, fleet)
@@ -268,12 +277,14 @@ async def _partition(run: Run) -> str:
     await asyncio.sleep(1.0)  # a few samples before the cut
     cut_at = time.monotonic()
     fleet.partition(host)
+    run.quota = QUOTAS["cut"]
     seen: list[tuple[float, dict[str, str]]] = []
     while time.monotonic() < cut_at + PARTITION_S:
         if (now_holders := await lease_holders(run.bus)) is not None:
             seen.append((time.monotonic(), now_holders))
         await asyncio.sleep(0.2)
     fleet.heal(host)
+    run.quota = QUOTAS["heal"]
     healed_at = time.monotonic()
     await asyncio.sleep(1.0)
     fleet.hosts[host].host.kill("probe")
@@ -328,6 +339,7 @@ async def _kill_host(run: Run, census: Census, partitioned: str) -> None:
     census.hosts.discard(host)
     killed_at = time.monotonic()
     fleet.kill_host(host)
+    run.quota = QUOTAS["host kill"]
 
     async def node_gone() -> bool:
         found = await nodes(run.bus)

@@ -11,8 +11,8 @@ watch silently. A service that stops seeing changes stops converging, so
 ``KvMirror`` owns the watch's life:
 
 - it (re)starts the watch after any error, after the connection reconnected
-  (``nc.stats["reconnects"]`` changed: a new server or a restarted one), and when
-  the watcher ends, with capped exponential backoff between failed attempts;
+  (``nc.stats["reconnects"]`` changed), when the watcher ends, and when it stopped
+  delivering (``agentbus.kv.liveness``), with capped exponential backoff;
 - every (re)start replays the bucket into a staging copy that *replaces* the mirror
   once the replay is complete: keys deleted, purged or expired while the watch was
   down disappear too, and readers never see a half-replayed mirror;
@@ -43,13 +43,16 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Generic, Literal, TypeVar
+from typing import Generic, TypeVar
 
 import msgspec
 from loguru import logger
 from nats.js.kv import KeyValue
 
 from agentbus.bus import Bus
+from agentbus.kv.changes import KvChange as KvChange  # re-exported
+from agentbus.kv.changes import Operation
+from agentbus.kv.liveness import WatchLiveness
 from agentbus.messages import Backoff
 from agentbus.retry import backoff_s
 from agentbus.service import ServiceMetrics, report_bad_message
@@ -57,31 +60,6 @@ from agentbus.service import ServiceMetrics, report_bad_message
 T = TypeVar("T", bound=msgspec.Struct)
 _RETRY = Backoff(initial_s=0.2, factor=2.0, max_s=5.0, jitter=0.5)
 """Pause between failed watch attempts (``agentbus.retry.backoff_s``)."""
-Operation = Literal["PUT", "DEL", "PURGE", "ABSENT"]
-"""What changed a key: a put, a delete, a purge (a TTL expiry too), or ABSENT: a
-replay found no entry at all for a key the mirror held (its history was removed)."""
-
-
-@dataclass(frozen=True, slots=True)
-class KvChange(Generic[T]):
-    """One key's change, as ``on_entry`` receives it.
-
-    Attributes:
-        key: the KV key.
-        old: its value before (None: absent).
-        new: its value now (None: deleted, purged, expired, undecodable or refused
-            by ``check``, or absent from a replay).
-        operation: what made the change; a bad put has ``"PUT"`` and ``new`` None.
-        revision: the entry's revision (0 for ``"ABSENT"``).
-        replayed: found by a (re)start's replay, not as a live update.
-    """
-
-    key: str
-    old: T | None
-    new: T | None
-    operation: Operation
-    revision: int
-    replayed: bool
 
 
 @dataclass(slots=True)
@@ -280,6 +258,7 @@ class KvMirror(Generic[T]):
             self._resync_waiters.extend(answers)
             raise
         self._replay = {}
+        liveness = WatchLiveness(self.bus, self.bucket)
         try:
             while not stop.is_set():
                 if nc.stats["reconnects"] != reconnects:
@@ -291,6 +270,11 @@ class KvMirror(Generic[T]):
                 try:
                     entry = await watcher.updates(timeout=self.check_s)  # type: ignore[no-untyped-call]
                 except TimeoutError:  # nats-py raises its own subclass
+                    if await liveness.stale():
+                        logger.warning(
+                            "KV watch stopped delivering; watching again", bucket=self.bucket
+                        )
+                        return
                     continue
                 if entry is None:  # the end of the replay
                     if self._replay is not None:
@@ -305,6 +289,7 @@ class KvMirror(Generic[T]):
                     continue
                 if entry is KeyValue.KeyWatcher.STOP_ITER:
                     return  # the watcher was stopped under us
+                liveness.saw(entry.revision)
                 seen = await self._seen(entry)
                 if self._replay is not None:
                     _stage(self._replay, entry.key, seen)

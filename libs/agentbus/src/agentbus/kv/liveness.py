@@ -1,0 +1,64 @@
+"""Telling a KV watch that stopped delivering from one with nothing to deliver.
+
+nats-py's KV watch is an ordered push consumer that nats-py re-creates in the
+background when its idle heartbeats stop; if that re-creation keeps failing (a cluster
+electing leaders after a partition heals, or the server holding the consumer killed)
+its activity check can end, and the watch then stays silent on a connection that is
+up: nothing says it is dead. ``WatchLiveness`` compares what the watch delivered with
+the bucket stream's last sequence: behind on two checks in a row with no progress in
+between, the watch is dead and its owner starts a new one (``agentbus.kv.mirror``).
+"""
+
+from __future__ import annotations
+
+import time
+
+import nats.errors
+
+from agentbus.bus import Bus
+
+STALE_CHECK_S = 5.0
+"""How often (s) an idle watch compares its progress with the stream."""
+
+
+class WatchLiveness:
+    """Progress of one watch of ``bucket`` against its stream (one per watch).
+
+    ``saw`` each delivered entry's revision (its stream sequence); ``stale`` while the
+    watch is idle. A check that cannot read the stream says nothing (not stale): a
+    watch is restarted on evidence only.
+    """
+
+    def __init__(self, bus: Bus, bucket: str, *, every_s: float = STALE_CHECK_S) -> None:
+        self.bus = bus
+        self.stream = f"KV_{bucket}"
+        self.every_s = every_s
+        self.delivered_seq = 0
+        self._next_check = time.monotonic() + every_s
+        self._behind_at: int | None = None  # delivered_seq at a check that found it behind
+
+    def saw(self, revision: int | None) -> None:
+        """Note an entry the watch delivered (``revision``: its stream sequence)."""
+        if revision and revision > self.delivered_seq:
+            self.delivered_seq = revision
+
+    async def stale(self) -> bool:
+        """Whether the watch is dead (checked at most every ``every_s``).
+
+        Dead: behind the stream at two checks in a row, nothing delivered in between.
+        """
+        now = time.monotonic()
+        if now < self._next_check:
+            return False
+        self._next_check = now + self.every_s
+        try:
+            last = (await self.bus.js.stream_info(self.stream)).state.last_seq
+        except (nats.errors.Error, TimeoutError, OSError):
+            return False
+        if last <= self.delivered_seq:
+            self._behind_at = None
+            return False
+        if self._behind_at == self.delivered_seq:
+            return True
+        self._behind_at = self.delivered_seq
+        return False
