@@ -72,6 +72,8 @@ PARTITION_S = 30.0
 LEASE_TTL_S = 6
 PLACEMENT, SWEEPS = "scheduler-placement", "scheduler-sweeps"
 MOVE_BOUND_S = 10.0
+TTL_EXPIRY_SLACK_S = 1.0
+"""How long after its TTL the server may still show a KV entry (its expiry timer)."""
 FAST_AGENT = {
     "AGENTBUS_AGENT_LEASE_S": "3",
     "AGENTBUS_AGENT_FETCH_TIMEOUT_S": "1",
@@ -290,7 +292,10 @@ async def _partition(run: Run) -> str:
     fleet.hosts[host].host.kill("probe")
 
     mine = f"{host}-scheduler"
-    expired = cut_at + LEASE_TTL_S
+    # The server removes an expired entry on its own timer, a moment after its TTL:
+    # the entry may show the cut-off holder that long (its duties stopped before,
+    # ttl - safety after its last write: the probe inside its host checks that).
+    expired = cut_at + LEASE_TTL_S + TTL_EXPIRY_SLACK_S
     held_by_cut_off = [
         (round(t - cut_at, 1), h) for t, h in seen if t > expired and mine in h.values()
     ]
@@ -387,7 +392,14 @@ async def _check(run: Run, records: list[TaskRecord], census: Census) -> None:
     run.figures["dead host's server restarted -> every stream R3 and current (s)"] = round(
         time.monotonic() - restarted_at, 1
     )
-    events = await terminal_events(run.bus)
+
+    async def read_events() -> Counter[str] | None:
+        # An ephemeral reader may land on a server still electing: read again.
+        with contextlib.suppress(*_FAILURES):
+            return await terminal_events(run.bus)
+        return None
+
+    events = await eventually(read_events, timeout_s=60, every_s=1.0, what="terminal events")
     by_status = Counter(r.status for r in records)
     run.figures["tasks submitted"] = run.submitted
     run.figures["records terminal (by status)"] = str(dict(by_status))
