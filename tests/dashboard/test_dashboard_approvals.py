@@ -1,9 +1,4 @@
-"""Approvals on the dashboard in headless Chromium: approve with a click, the task ends.
-
-The stack here runs nats-server without authentication (the gateway still asks for a
-token): under NATS auth, ``ctx.request_approval`` of a supervised process agent times
-out in the embedded stack, which the approvals work tracks separately.
-"""
+"""Approvals on the dashboard in headless Chromium: approve with a click, the task ends."""
 
 from __future__ import annotations
 
@@ -26,7 +21,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[EmbeddedStack]:
-    running = EmbeddedStack(runtime="process", prefix=f"dash{uuid.uuid4().hex[:6]}", auth=False)
+    running = EmbeddedStack(runtime="process", prefix=f"dash{uuid.uuid4().hex[:6]}")
     asyncio.run(running.start())
     try:
         yield running
