@@ -68,7 +68,7 @@ dashboard-screenshot:
 wheelhouse:
     bash scripts/wheelhouse.sh
 
-[doc('Build agentbus/{nats,services,agent}:dev; BASE=image overrides the base image')]
+[doc('Build agentbus/{nats,services,agent,postgres}:dev; BASE=image overrides the base image')]
 [group('images')]
 images:
     #!/usr/bin/env bash
@@ -86,10 +86,14 @@ images:
     if [ "$base" = {{ local_base }} ]; then no_index=1; fi
     log=$(mktemp)
     trap 'rm -f "$log"' EXIT
-    for img in nats services agent; do
+    for img in nats services agent postgres; do
       start=$SECONDS
+      # postgres installs Debian's package (apt reaches the mirror from the local base
+      # too) and takes its entrypoint from images/; the others build from the wheelhouse.
+      context=.wheels
+      if [ "$img" = postgres ]; then context=images; fi
       if ! docker build -f images/$img.Dockerfile -t agentbus/$img:dev \
-          --build-arg BASE="$base" --build-arg PIP_NO_INDEX=$no_index .wheels >"$log" 2>&1; then
+          --build-arg BASE="$base" --build-arg PIP_NO_INDEX=$no_index "$context" >"$log" 2>&1; then
         cat "$log" >&2
         echo "error: building agentbus/$img:dev failed (BASE=$base PIP_NO_INDEX=$no_index)" >&2
         exit 1
@@ -100,7 +104,7 @@ images:
     # label and stay: they are the layer cache.
     docker image prune --force --filter label=agentbus.image >/dev/null
 
-[doc('Start nats + the five services (`just up cluster`: three clustered nats-servers); wait for the gateway (AGENTBUS_UP_TIMEOUT_S, default 90)')]
+[doc('Start nats, postgres + the six services (`just up cluster`: three clustered nats-servers); wait for the gateway (AGENTBUS_UP_TIMEOUT_S, default 90)')]
 [group('stack')]
 up variant="": images
     #!/usr/bin/env bash

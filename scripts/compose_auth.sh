@@ -19,7 +19,7 @@ mkdir -p "$dir/agents"
 chmod 0700 "$dir/agents"
 
 files=()
-for svc in registry scheduler checkpoint gateway; do
+for svc in registry scheduler checkpoint gateway archiver; do
   f="$dir/creds/$svc.creds"
   [ "$(stat -c %u "$f")" = "$service_uid" ] || files+=("$svc.creds")
 done

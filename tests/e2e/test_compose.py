@@ -1,4 +1,5 @@
-"""`just up` / `just down`: the compose stack runs a task in an agent container it starts."""
+"""`just up` / `just down`: the compose stack runs a task in an agent container it starts,
+and its archiver copies the task's events into the stack's PostgreSQL."""
 
 from __future__ import annotations
 
@@ -14,12 +15,15 @@ import aiodocker
 import httpx
 import pytest
 
+from agentbus.audit import AuditSettings
+from agentbus.audit.queries import connect, task_events
 from agentbus.auth.tokens import create_token
 from agentbus.bus import Bus
 from agentbus.client import Client
 from agentbus.errors import AuthenticationError
 from agentbus.messages import Deployment
 from agentbus.settings import BusSettings
+from tests._harness.polling import eventually
 
 pytestmark = [pytest.mark.compose, pytest.mark.slow, pytest.mark.timeout(600)]
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,6 +33,8 @@ AUTH_DIR = ROOT / "compose" / ".auth"
 OPERATOR = BusSettings(
     nats_url="nats://127.0.0.1:4222", creds_file=AUTH_DIR / "creds" / "operator.creds"
 )
+AUDIT = AuditSettings(database_url="postgresql://agentbus:agentbus@127.0.0.1:5432/agentbus")
+"""The stack's audit database, published on 127.0.0.1 (default password, compose.yaml)."""
 
 
 def just(*args: str, timeout_s: float = 420) -> None:
@@ -90,6 +96,15 @@ async def test_compose_stack_runs_a_task_in_an_agent_container(compose_stack: No
         assert info["Config"]["Labels"]["agentbus.agent_id"] == done["agent_id"]
     finally:
         await client.close()
+    # the archiver copied the task's events into postgres, each once, in order
+    async with await connect(AUDIT) as conn:
+
+        async def archived() -> list[str]:
+            kinds = [row.kind for row in await task_events(conn, task_id)]
+            return kinds if "succeeded" in kinds else []
+
+        kinds = await eventually(archived, timeout_s=30, every_s=0.5, what="task in the audit")
+    assert kinds == ["queued", "running", "succeeded"], kinds
 
 
 async def test_down_leaves_nothing_behind(agent_image: str) -> None:
