@@ -15,7 +15,8 @@ The same code drives Podman through its Docker-compatible API socket
 (``podman system service``); see docs/operations.md, "Podman".
 
 A missing image is pulled first (``prepare``; a failed pull is an
-``ImagePullError``). ``aiodocker.DockerError`` never leaves this module: a missing
+``ImagePullError``). ``usage`` reads the engine's one-shot container stats
+(``usage``). ``aiodocker.DockerError`` never leaves this module: a missing
 image at create time becomes a ``ContractError``, anything else an
 ``UnavailableError``.
 """
@@ -54,7 +55,9 @@ from agentbus_supervisor.runtime import (
     ReplicaHandle,
     ReplicaSpec,
     Runtime,
+    Usage,
 )
+from agentbus_supervisor.usage import docker_cpu_cores, docker_memory_bytes
 
 
 class _NameInUseError(Exception):
@@ -67,6 +70,8 @@ _EXEC_OUTPUT_CHARS = 400
 MAX_IMAGES = 500
 """Image tags a node reports in its ``NodeInfo`` at most."""
 _ROOT_USERS = ("", "root", "0")
+_STATS_TIMEOUT_S = 10.0
+"""Bound of one ``stats`` call (the engine takes about a second to sample twice)."""
 
 
 class DockerRuntime(Runtime):
@@ -441,6 +446,23 @@ class DockerRuntime(Runtime):
             if self._is_mine(raw.get("Labels")):
                 handles.append(self._handle(raw, adopted=True))
         return handles
+
+    async def usage(self, handle: ReplicaHandle) -> Usage:
+        """One ``stats`` answer of the container: its cores and memory (``usage``).
+
+        CPU is averaged over the engine's own interval of about a second.
+
+        Raises:
+            UnavailableError: the engine failed or did not answer in time.
+        """
+        container = self._docker.containers.container(handle.runtime_id)
+        try:
+            answers = await container.stats(stream=False, timeout=_STATS_TIMEOUT_S)
+        except (aiodocker.DockerError, aiohttp.ClientError, TimeoutError) as exc:
+            message = exc.message if isinstance(exc, aiodocker.DockerError) else repr(exc)
+            raise UnavailableError(f"cannot read stats of {handle.name}: {message}") from exc
+        stats = answers[-1] if answers else {}
+        return Usage(cpu_cores=docker_cpu_cores(stats), memory_bytes=docker_memory_bytes(stats))
 
     async def inspect(self, handle: ReplicaHandle) -> dict[str, Any]:
         """The engine's ``inspect`` document of the replica's container (for tests, ops).

@@ -83,3 +83,8 @@ class SupervisorMetrics:
             "Output lines that could not be published.",
             registry=registry,
         )
+        self.usage_failures = Counter(
+            "agentbus_supervisor_usage_sample_failures_total",
+            "Measurements of a running replica's CPU and memory that failed.",
+            registry=registry,
+        )

@@ -6,6 +6,9 @@ stderr are read line by line into a bounded buffer (oldest lines kept, new ones
 dropped when it is full) that ``logs`` drains. A health check command runs as a
 separate subprocess with the replica's environment (killed at its timeout).
 
+``usage`` measures a replica's process and its descendants with ``psutil`` (CPU
+between two calls, resident memory: ``usage``).
+
 Limits (``Limits``) are not enforced: that needs cgroups, i.e. root or a container
 engine. The supervisor logs a warning when a deployment declares limits here.
 
@@ -23,11 +26,13 @@ import asyncio
 import contextlib
 import os
 import signal
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, cast
 
+import psutil
 from loguru import logger
 
 from agentbus.errors import ContractError, UnavailableError
@@ -40,7 +45,9 @@ from agentbus_supervisor.runtime import (
     ReplicaHandle,
     ReplicaSpec,
     Runtime,
+    Usage,
 )
+from agentbus_supervisor.usage import CpuMark, cores_between, process_tree
 
 _STRIPPED_ENV = ("SUPERVISOR_", "AGENTBUS_")
 """The supervisor's own settings are not inherited; the spec sets the agent's."""
@@ -56,6 +63,7 @@ class _Child:
     agent_id: str = ""
     readers: list[asyncio.Task[None]] = field(default_factory=list)
     dropped: int = 0
+    cpu_mark: CpuMark | None = None
 
 
 def exit_info(returncode: int) -> ExitInfo:
@@ -250,6 +258,28 @@ class ProcessRuntime(Runtime):
             return ExecResult(exit_code=None, output=f"timed out after {timeout_s:g} s")
         text = out.decode(errors="replace").strip()[-_EXEC_OUTPUT_CHARS:]
         return ExecResult(exit_code=probe.returncode, output=text)
+
+    async def usage(self, handle: ReplicaHandle) -> Usage:
+        """The replica's process tree: cores used since the previous call, resident bytes.
+
+        ``cpu_cores`` is None on the first call for a replica.
+
+        Raises:
+            UnavailableError: the replica is not a running child, or cannot be read.
+        """
+        child = self._child(handle)
+        if child is None or child.process.returncode is not None:
+            raise UnavailableError(f"replica {handle.agent_id} is not running")
+        pid = child.process.pid
+        try:
+            at_s, (cpu_s, rss_bytes) = await asyncio.to_thread(
+                lambda: (time.monotonic(), process_tree(pid))
+            )
+        except psutil.Error as exc:
+            raise UnavailableError(f"cannot read process {pid}: {exc}") from exc
+        mark = CpuMark(monotonic_s=at_s, cpu_s=cpu_s)
+        cores, child.cpu_mark = cores_between(child.cpu_mark, mark), mark
+        return Usage(cpu_cores=cores, memory_bytes=rss_bytes)
 
     async def list_own(self) -> list[ReplicaHandle]:
         """End what an earlier supervisor of this node left running; always empty.

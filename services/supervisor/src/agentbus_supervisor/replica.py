@@ -44,6 +44,7 @@ from agentbus_supervisor.runtime import (
     ReplicaHandle,
     ReplicaSpec,
     Runtime,
+    Usage,
 )
 from agentbus_supervisor.start_gate import Slot, StartGate
 
@@ -111,8 +112,10 @@ class ReplicaRunner:
         self._slot: Slot | None = None
         self._slot_task: asyncio.Task[bool] | None = None
 
-    def status(self) -> ReplicaStatus:
-        """The replica as the ``status`` endpoint reports it."""
+    def status(self, usage: Usage | None = None) -> ReplicaStatus:
+        """The replica as the ``status`` endpoint reports it, with ``usage`` if running."""
+        if self.state != "running":
+            usage = None
         return ReplicaStatus(
             deployment=self.spec.deployment,
             replica=self.spec.replica,
@@ -124,6 +127,8 @@ class ReplicaRunner:
             backoff_s=self.backoff_s,
             started_at=self.started_at,
             reason=self.reason,
+            cpu_cores=usage.cpu_cores if usage else None,
+            memory_bytes=usage.memory_bytes if usage else None,
         )
 
     def start(self) -> None:

@@ -160,6 +160,20 @@ class ExitInfo:
     reason: str = ""
 
 
+@dataclass(frozen=True)
+class Usage:
+    """One measurement of a replica.
+
+    Attributes:
+        cpu_cores: CPU in use, in cores (0.5: half of one core), averaged over the
+            interval the runtime measured; None when unknown (a process's first sample).
+        memory_bytes: resident memory, page cache excluded; None when unknown.
+    """
+
+    cpu_cores: float | None
+    memory_bytes: int | None
+
+
 Progress = Callable[[str], Awaitable[None]]
 """Receives one line of progress (an image pull's) at a time."""
 
@@ -229,6 +243,14 @@ class Runtime(ABC):
         Raises:
             UnavailableError: the runtime could not run it (engine error, replica gone).
         """
+
+    async def usage(self, handle: ReplicaHandle) -> Usage | None:
+        """CPU and memory the running replica uses now (None: not measured here).
+
+        Raises:
+            UnavailableError: the runtime could not measure it (replica gone, engine error).
+        """
+        return None
 
     @abstractmethod
     async def list_own(self) -> list[ReplicaHandle]:

@@ -21,7 +21,8 @@ One supervisor runs per node. It
   deployment's ``secret_env`` when it builds a replica's spec; a replica whose
   secrets do not open is not started (``failed``, see ``replica``);
 - serves ``nats.micro`` service ``supervisor`` with ``<p>.supervisor.<node_id>.status``
-  (``GetNodeStatus`` → ``NodeStatusReply``);
+  (``GetNodeStatus`` → ``NodeStatusReply``), including each running replica's CPU
+  and memory as measured in the background every ``usage_sample_s`` (``usage``);
 - fences itself when no heartbeat put has succeeded for ``fence_after_s`` (cut off
   from the bus: disconnected, or on a nats-server without quorum): stops every
   replica at once and starts none until a put succeeds and its watches have replayed
@@ -72,6 +73,7 @@ from agentbus_supervisor.runtimes import make_runtime
 from agentbus_supervisor.secrets import load_keyring, open_secrets, publish_public_key
 from agentbus_supervisor.settings import SupervisorSettings, state_dir_for
 from agentbus_supervisor.start_gate import StartGate
+from agentbus_supervisor.usage import UsageSampler
 
 T = TypeVar("T", bound=msgspec.Struct)
 SERVICE = "supervisor"
@@ -130,6 +132,12 @@ class Supervisor:
         )
         self.started_at = utcnow()
         self.runners: dict[ReplicaKey, ReplicaRunner] = {}
+        self.usage = UsageSampler(
+            settings.usage_sample_s,
+            runtime,
+            lambda: [r.handle for r in self.runners.values() if r.handle and r.state == "running"],
+            on_failure=self.metrics.usage_failures.inc,
+        )
         self.adoptable: dict[ReplicaKey, ReplicaHandle] = {}
         self._adopted: set[ReplicaKey] = set()  # runners made from an adopted handle
         self._adopt_until = 0.0  # loop time at which the adoption grace ends
@@ -173,7 +181,9 @@ class Supervisor:
 
     async def status(self, _: GetNodeStatus) -> NodeStatusReply:
         """Handler of ``<p>.supervisor.<node_id>.status``."""
-        replicas = [self.runners[k].status() for k in sorted(self.runners)]
+        replicas = [
+            (r := self.runners[k]).status(self.usage.of(r.handle)) for k in sorted(self.runners)
+        ]
         return NodeStatusReply(node=self.node_info(), replicas=replicas)
 
     async def _heartbeat(self, kv: KeyValue, stop: asyncio.Event) -> None:
@@ -434,6 +444,7 @@ class Supervisor:
         tasks = [
             asyncio.create_task(self._heartbeat(nodes_kv, ending)),
             asyncio.create_task(self.fence.run(ending)),
+            asyncio.create_task(self.usage.run(ending)),
             *(asyncio.create_task(m.run(ending)) for m in mirrors),
         ]
         if self.credentials is not None:

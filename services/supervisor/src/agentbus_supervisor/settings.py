@@ -66,6 +66,9 @@ class SupervisorSettings(BaseSettings):
     1 s), i.e. 5.5 s with the default heartbeat."""
     images_refresh_s: PositiveFloat = 60.0
     """Interval between refreshes of the image list in ``NodeInfo.images``."""
+    usage_sample_s: NonNegativeFloat = 5.0
+    """Interval between measurements of each running replica's CPU and memory
+    (``ReplicaStatus.cpu_cores``, ``memory_bytes``; ``usage``); 0 = not measured."""
     agent_nats_url: str | None = None
     """NATS URL given to agents (default: the supervisor's own URL)."""
     stop_grace_s: PositiveFloat = 10.0

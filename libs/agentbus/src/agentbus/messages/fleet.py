@@ -228,6 +228,11 @@ class ReplicaStatus(Message, frozen=True, kw_only=True):
     started (e.g. a bad command); ``pulling``: its image is being pulled;
     ``image-pull-failed``: the pull failed (``reason``), retried with backoff.
     ``runtime_id`` is the container id or the pid.
+
+    ``cpu_cores`` (CPU in use, in cores: 0.12 is 12 % of one core) and
+    ``memory_bytes`` (resident memory, page cache excluded) are what the supervisor
+    last measured of a running replica (every ``usage_sample_s``); None while not
+    measured (not running yet, sampling off, or the runtime could not tell).
     """
 
     deployment: str
@@ -240,6 +245,8 @@ class ReplicaStatus(Message, frozen=True, kw_only=True):
     backoff_s: float | None = None
     started_at: datetime | None = None
     reason: str = ""
+    cpu_cores: float | None = None
+    memory_bytes: int | None = None
 
 
 class NodeStatusReply(Message, frozen=True, kw_only=True):
