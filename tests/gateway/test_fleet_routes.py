@@ -26,12 +26,13 @@ from tests._harness.supervisor import echo_process, process_settings, running_su
 pytestmark = [pytest.mark.nats, pytest.mark.timeout(120)]
 
 NODE = "node-a"
+COOKIE = "agentbus_session"
 
 
 @pytest.fixture
 async def fleet(bus: Bus, scheduler: None, gateway: Gateway) -> AsyncIterator[Gateway]:
     """One process node with the echo deployment (1 replica) running on it."""
-    async with running_supervisor(bus, process_settings(NODE)):
+    async with running_supervisor(bus, process_settings(NODE, usage_sample_s=0.2)):
         await Client(bus).deploy(echo_process("echo", replicas=1))
 
         async def running() -> dict[str, Any] | None:
@@ -70,19 +71,31 @@ async def test_overview_shows_nodes_replicas_queues_and_throughput(
     async def overview() -> dict[str, Any] | None:
         body = (await http.get("/v1/overview")).json()
         queues = {(q["capability"], q["band"]): q["pending"] for q in body["queues"]}
-        return body if queues.get(("idle", 0)) == 2 and queues.get(("idle", 3)) == 1 else None
+        measured = [r["cpu_cores"] is not None for n in body["nodes"] for r in n["replicas"]]
+        queued = queues.get(("idle", 0)) == 2 and queues.get(("idle", 3)) == 1
+        return body if queued and measured == [True] else None
 
-    body = await eventually(overview, what="idle tasks queued in bands 0 and 3")
+    body = await eventually(overview, what="idle tasks queued, echo-0's usage measured")
     [node] = body["nodes"]
     assert node["node"]["node_id"] == NODE and node["reachable"] is True
     [replica] = node["replicas"]
     assert replica["agent_id"] == "echo-0" and replica["state"] == "running"
     assert replica["restarts"] == 0
+    assert replica["cpu_cores"] >= 0.0 and replica["memory_bytes"] > 0  # measured, not declared
     assert body["unassigned"] == []
     assert ("echo", 0) not in {(q["capability"], q["band"]) for q in body["queues"]}  # empty
     assert body["tasks"]["ended"] >= 3 and body["tasks"]["succeeded"] >= 3
     assert body["tasks"]["window_s"] == 60.0
     assert body["dead_letters"] == (await Client(bus).list_tasks("dead", limit=1)).total
+
+    base = str(http.base_url).rstrip("/")
+    async with httpx.AsyncClient(base_url=base, cookies={COOKIE: fleet.secret}) as browser:
+        page = (await browser.get("/ui/overview")).text
+    assert '<th title="CPU in use, % of one core">cpu</th>' in page
+    row = page.split('data-agent="echo-0"', 1)[1].split("</tr>", 1)[0]
+    cpu = row.split('data-usage="cpu">', 1)[1].split("<", 1)[0]
+    mem = row.split('data-usage="mem">', 1)[1].split("<", 1)[0]
+    assert cpu.endswith(" %") and mem.endswith("iB"), row  # measured values, not "—"
 
 
 async def test_deployments_list_placements_and_unplaced_reasons(bus: Bus, fleet: Gateway) -> None:

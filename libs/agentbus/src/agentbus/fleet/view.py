@@ -42,6 +42,8 @@ class ReplicaView(msgspec.Struct, frozen=True, kw_only=True):
     supervisor does not answer). ``agent`` is the registry status of its agent
     (``ready``, ``busy``, ``stopping``), None while it is not registered. ``desired``
     is false for a replica a supervisor still runs but no longer should.
+    ``cpu_cores`` and ``memory_bytes`` are what its supervisor last measured
+    (``ReplicaStatus``); None when unknown.
     """
 
     deployment: str
@@ -56,6 +58,8 @@ class ReplicaView(msgspec.Struct, frozen=True, kw_only=True):
     backoff_s: float | None = None
     reason: str = ""
     desired: bool = True
+    cpu_cores: float | None = None
+    memory_bytes: int | None = None
 
 
 class NodeView(msgspec.Struct, frozen=True, kw_only=True):
@@ -186,6 +190,8 @@ def _row(
         backoff_s=status.backoff_s,
         reason=status.reason,
         desired=desired,
+        cpu_cores=status.cpu_cores,
+        memory_bytes=status.memory_bytes,
     )
 
 

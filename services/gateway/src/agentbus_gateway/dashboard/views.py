@@ -46,6 +46,8 @@ async def overview(api: Api) -> dict[str, Any]:
             "node_id": agent.get("node_id"),
             "started_at": agent.get("started_at"),
             "restarts": None,
+            "cpu_cores": None,
+            "memory_bytes": None,
         }
         (by_node[row["node_id"]] if row["node_id"] else loose).append(row)
     cards = [
