@@ -42,7 +42,7 @@ from nats.aio.msg import Msg
 from agentbus.bus import Bus
 from agentbus.client import Client
 from agentbus.errors import AgentBusError, RequestTimeoutError
-from agentbus.messages import Deployment, TaskRecord
+from agentbus.messages import AgentInfo, Deployment, TaskRecord
 from tests._harness import metrics_probe
 from tests._harness.cluster_watch import (
     Census,
@@ -337,7 +337,18 @@ async def _kill_host(run: Run, census: Census, partitioned: str) -> None:
     await eventually(
         lambda: run.done_since(time.monotonic() - 5) >= 50, timeout_s=60, what="work after heal"
     )
-    live = await eventually(lambda: agents(run.bus), timeout_s=20, what="agents")
+
+    async def fleet_whole() -> dict[str, AgentInfo] | None:
+        # A long election after the heal fences every supervisor (it cannot write its
+        # heartbeat): wait until they are back and all six replicas run again.
+        found, seen_nodes = await agents(run.bus), await nodes(run.bus)
+        if not found or not seen_nodes or len(found) < 6:
+            return None
+        if set(seen_nodes) != set(fleet.hosts) or any(n.fenced for n in seen_nodes.values()):
+            return None
+        return found
+
+    live = await eventually(fleet_whole, timeout_s=60, every_s=0.5, what="every replica back")
     per_node = Counter(a.node_id for a in live.values())
     host = max((h for h in fleet.hosts if h != partitioned), key=lambda h: per_node[h])
     moving = {k for k, a in live.items() if a.node_id == host}

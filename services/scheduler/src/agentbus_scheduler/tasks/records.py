@@ -33,6 +33,7 @@ from loguru import logger
 from nats.js.api import PubAck
 
 from agentbus.bus import Bus
+from agentbus.bus.contract import cluster_size
 from agentbus.bus.publisher import EXPECTED_LAST_SUBJECT_SEQ
 from agentbus.messages import TaskEvent, TaskRecord, decode_record, encode
 from agentbus_scheduler.metrics import SchedulerMetrics
@@ -176,15 +177,30 @@ class Records:
         kv = await self.bus.kv(self.bus.names.tasks_bucket)
         try:
             entry = await kv.get(task_id)
-        except (
-            nats.js.errors.KeyNotFoundError,
-            nats.js.errors.KeyDeletedError,
-            nats.js.errors.InvalidKeyError,  # a report naming no possible task
-        ):
+        except nats.js.errors.InvalidKeyError:  # a report naming no possible task
+            return None
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+            # On a cluster a direct get may be answered by a follower that has not
+            # applied a record written a moment ago: "not found" is the leader's word.
+            if cluster_size(self.bus) > 1:
+                return await self._leader_read(task_id)
             return None
         if entry.value is None or entry.revision is None:
             return None
         return decode_record(entry.value), entry.revision
+
+    async def _leader_read(self, task_id: str) -> tuple[TaskRecord, int] | None:
+        """``read`` answered by the tasks bucket's stream leader (not a follower)."""
+        bucket = self.bus.names.tasks_bucket
+        try:
+            msg = await self.bus.js.get_msg(
+                f"KV_{bucket}", subject=f"$KV.{bucket}.{task_id}", direct=False
+            )
+        except nats.js.errors.NotFoundError:
+            return None
+        if (msg.headers or {}).get("KV-Operation") or not msg.data or not msg.seq:
+            return None
+        return decode_record(msg.data), msg.seq
 
     async def update(
         self,
