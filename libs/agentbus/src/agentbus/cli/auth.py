@@ -39,6 +39,13 @@ def default_auth_dir() -> Path:
     return agentbus_home() / AUTH_DIR_NAME
 
 
+AuthDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--dir", help="Auth directory (default: $AGENTBUS_AUTH_DIR, else $AGENTBUS_HOME/auth)."
+    ),
+]
+"""``--dir`` of the commands that read an existing auth directory."""
 AuthDirArg = Annotated[
     Path | None,
     typer.Argument(
@@ -110,12 +117,7 @@ def auth_creds(
         typer.Argument(help="registry, scheduler, supervisor, checkpoint, gateway or archiver."),
     ],
     node: Annotated[str | None, typer.Option("--node", help="The supervisor's node id.")] = None,
-    directory: Annotated[
-        Path | None,
-        typer.Option(
-            "--dir", help="Auth directory (default: $AGENTBUS_AUTH_DIR, else $AGENTBUS_HOME/auth)."
-        ),
-    ] = None,
+    directory: AuthDirOption = None,
     prefix: Annotated[str, typer.Option(help="Fleet prefix.")] = "agentbus",
     out: Annotated[
         Path | None, typer.Option("--out", help="Write here (default: DIR/creds/).")
@@ -140,12 +142,7 @@ def auth_creds(
 @auth_app.command("leaf")
 def auth_leaf(
     site: Annotated[str, typer.Argument(help="The edge site's name (a token, e.g. its node id).")],
-    directory: Annotated[
-        Path | None,
-        typer.Option(
-            "--dir", help="Auth directory (default: $AGENTBUS_AUTH_DIR, else $AGENTBUS_HOME/auth)."
-        ),
-    ] = None,
+    directory: AuthDirOption = None,
     prefix: Annotated[str, typer.Option(help="Fleet prefix.")] = "agentbus",
     out: Annotated[
         Path | None, typer.Option("--out", help="Write here (default: DIR/creds/leaf-SITE.creds).")
@@ -182,12 +179,7 @@ def auth_agent(
             "--capability", "-c", help="Without --deployment: the capabilities it serves."
         ),
     ] = None,
-    directory: Annotated[
-        Path | None,
-        typer.Option(
-            "--dir", help="Auth directory (default: $AGENTBUS_AUTH_DIR, else $AGENTBUS_HOME/auth)."
-        ),
-    ] = None,
+    directory: AuthDirOption = None,
     ttl_s: Annotated[
         float, typer.Option("--ttl-s", min=1.0, help="Lifetime of the credentials, seconds.")
     ] = 3600.0,
