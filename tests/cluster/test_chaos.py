@@ -338,17 +338,30 @@ async def _kill_host(run: Run, census: Census, partitioned: str) -> None:
         lambda: run.done_since(time.monotonic() - 5) >= 50, timeout_s=60, what="work after heal"
     )
 
+    fleet_state = "not read yet"
+
     async def fleet_whole() -> dict[str, AgentInfo] | None:
         # A long election after the heal fences every supervisor (it cannot write its
         # heartbeat): wait until they are back and all six replicas run again.
+        nonlocal fleet_state
         found, seen_nodes = await agents(run.bus), await nodes(run.bus)
+        placed = sorted((k, a.node_id) for k, a in (found or {}).items())
+        states = sorted(
+            (k, "fenced" if n.fenced else "live") for k, n in (seen_nodes or {}).items()
+        )
+        fleet_state = f"agents {placed}, nodes {states}"
         if not found or not seen_nodes or len(found) < 6:
             return None
         if set(seen_nodes) != set(fleet.hosts) or any(n.fenced for n in seen_nodes.values()):
             return None
         return found
 
-    live = await eventually(fleet_whole, timeout_s=60, every_s=0.5, what="every replica back")
+    try:
+        # Elections after the heal may go on for a while on a loaded machine: a
+        # precondition of (c), not one of its figures.
+        live = await eventually(fleet_whole, timeout_s=120, every_s=0.5, what="every replica back")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: {fleet_state}") from None
     per_node = Counter(a.node_id for a in live.values())
     host = max((h for h in fleet.hosts if h != partitioned), key=lambda h: per_node[h])
     moving = {k for k, a in live.items() if a.node_id == host}
