@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,41 +13,24 @@ import pytest
 
 from agentbus.bus import Bus
 from agentbus.client import Client
+from tests._harness.agent_process import agent_process
 from tests._harness.polling import eventually
 
 pytestmark = pytest.mark.nats
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @contextmanager
 def mail_agent(bus: Bus, agent_id: str, log: Path) -> Iterator[subprocess.Popen[bytes]]:
     """Run ``tests.agentbus._mail_agent`` as ``agent_id``; SIGTERM and reap it at the end."""
-    env = {
-        **os.environ,
-        "AGENTBUS_AGENT_ID": agent_id,
-        "AGENTBUS_NATS_URL": bus.settings.nats_url,
-        "AGENTBUS_PREFIX": bus.names.prefix,
-        "AGENTBUS_TEST_MAIL_LOG": str(log),
-        "AGENTBUS_AGENT_FETCH_TIMEOUT_S": "0.5",
-    }
-    with (log.parent / f"{agent_id}.out").open("ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.agentbus._mail_agent"],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
+    with agent_process(
+        bus,
+        "tests.agentbus._mail_agent",
+        agent_id,
+        log.parent,
+        AGENTBUS_TEST_MAIL_LOG=str(log),
+        AGENTBUS_AGENT_FETCH_TIMEOUT_S="0.5",
+    ) as proc:
         yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
 
 
 async def _consumer_bound(bus: Bus, agent_id: str) -> bool:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,44 +14,27 @@ import pytest
 from agentbus.bus import Bus
 from agentbus.client import Client
 from agentbus.client.approvals import decide_approval, list_approvals
+from tests._harness.agent_process import agent_process
 from tests._harness.approvals import pending_of
 from tests._harness.polling import eventually
 from tests._harness.services import running_scheduler
 
 pytestmark = [pytest.mark.nats, pytest.mark.timeout(90)]
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @contextmanager
 def gate_process(bus: Bus, agent_id: str, logs: Path) -> Iterator[subprocess.Popen[bytes]]:
     """Run ``tests.approvals._gate_agent`` as ``agent_id``; stop and reap it at the end."""
-    env = {
-        **os.environ,
-        "AGENTBUS_AGENT_ID": agent_id,
-        "AGENTBUS_NATS_URL": bus.settings.nats_url,
-        "AGENTBUS_PREFIX": bus.names.prefix,
-        "AGENTBUS_AGENT_LEASE_S": "2",
-        "AGENTBUS_AGENT_FETCH_TIMEOUT_S": "0.5",
-        "AGENTBUS_AGENT_RESCAN_S": "0.5",
-    }
-    with (logs / f"{agent_id}.out").open("ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.approvals._gate_agent"],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
+    with agent_process(
+        bus,
+        "tests.approvals._gate_agent",
+        agent_id,
+        logs,
+        AGENTBUS_AGENT_LEASE_S="2",
+        AGENTBUS_AGENT_FETCH_TIMEOUT_S="0.5",
+        AGENTBUS_AGENT_RESCAN_S="0.5",
+    ) as proc:
         yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
 
 
 @pytest.fixture
