@@ -27,14 +27,14 @@ def echo_deployment(name: str, replicas: int) -> Deployment:
     )
 
 
-def say_deployment(name: str, replicas: int = 1) -> Deployment:
-    """``replicas`` of ``tests._harness.say_agent`` (capability ``say``) as processes."""
+def say_deployment(name: str, capability: str, replicas: int = 1) -> Deployment:
+    """``replicas`` of ``tests._harness.say_agent`` serving ``capability``, as processes."""
     return Deployment(
         name=name,
         command=[sys.executable, "-m", "tests._harness.say_agent"],
-        capabilities=["say"],
+        capabilities=[capability],
         replicas=replicas,
-        env={**QUICK_ENV, "PYTHONPATH": str(ROOT)},
+        env={**QUICK_ENV, "PYTHONPATH": str(ROOT), "SAY_AGENT_CAPABILITY": capability},
     )
 
 

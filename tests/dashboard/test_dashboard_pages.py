@@ -139,10 +139,10 @@ async def test_a_line_the_agent_prints_appears_on_its_open_log_page(
     stack: EmbeddedStack, client: Client, http: httpx.AsyncClient, secret: str, tmp_path: Path
 ) -> None:
     name = f"say-{short_id()}"
-    await deployed(client, say_deployment(name))
+    await deployed(client, say_deployment(name, capability=name))
     agent_id = f"{name}-0"
     before, after = f"before-{short_id()}", f"after-{short_id()}"
-    said = await http.post("/v1/tasks", json={"capability": "say", "input": before})
+    said = await http.post("/v1/tasks", json={"capability": name, "input": before})
     assert said.status_code == 201, said.text
     await client.wait(said.json()["task_id"], timeout_s=30)
     async with browser(tmp_path / "profile") as context:
@@ -154,7 +154,7 @@ async def test_a_line_the_agent_prints_appears_on_its_open_log_page(
         await page.locator('[data-events-state="live"]').wait_for()
         await mark_page(page)
         assert after not in await log.inner_text()
-        said = await http.post("/v1/tasks", json={"capability": "say", "input": after})
+        said = await http.post("/v1/tasks", json={"capability": name, "input": after})
         assert said.status_code == 201, said.text
         await log.get_by_text(after).wait_for()
         assert await not_reloaded(page)
@@ -168,14 +168,15 @@ async def test_the_agents_page_groups_live_agents_by_capability(
 ) -> None:
     echo_name, say_name = f"cap-{short_id()}", f"cap-{short_id()}"
     await echo_agents(client, echo_name, 2)
-    await deployed(client, say_deployment(say_name))
+    say_capability = f"say-{short_id()}"
+    await deployed(client, say_deployment(say_name, capability=say_capability))
     async with browser(tmp_path / "profile") as context:
         page = await context.new_page()
         await login(page, stack.gateway_url, secret)
         await page.goto(f"{stack.gateway_url}/agents")
         await page.locator('.page-head .live[data-state="live"]').wait_for()
         echo = page.locator('section[data-capability="echo"]')
-        say = page.locator('section[data-capability="say"]')
+        say = page.locator(f'section[data-capability="{say_capability}"]')
         for replica in (0, 1):
             await echo.locator(f'tr[data-agent="{echo_name}-{replica}"]').wait_for()
         await say.locator(f'tr[data-agent="{say_name}-0"]').wait_for()
@@ -186,7 +187,7 @@ async def test_the_agents_page_groups_live_agents_by_capability(
         await say.locator(f'tr[data-agent="{say_name}-1"]').wait_for(timeout=60_000)
         assert await not_reloaded(page)
         await screenshot(page, "agents")
-    says = {a.agent_id for a in await client.agents("say") if a.deployment == say_name}
+    says = {a.agent_id for a in await client.agents(say_capability) if a.deployment == say_name}
     assert says == {f"{say_name}-0", f"{say_name}-1"}
 
 
