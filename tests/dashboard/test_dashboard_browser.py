@@ -39,6 +39,16 @@ async def test_a_deployed_replica_appears_on_the_overview(
         for n in range(3):
             created = await http.post("/v1/tasks", json={"capability": "echo", "input": {"n": n}})
             assert created.status_code == 201, created.text
+            await client.wait(created.json()["task_id"], timeout_s=30)
+        rows = page.locator('[data-node="embedded"] tr[data-agent^="overview-echo-"]')
+
+        async def usage_shown() -> bool:  # CPU needs two samples: a later refresh shows it
+            cpu = await rows.locator('td[data-usage="cpu"]').all_inner_texts()
+            memory = await rows.locator('td[data-usage="mem"]').all_inner_texts()
+            return len(cpu) == 2 and all(t.endswith("%") for t in cpu) and "—" not in memory
+
+        await eventually(usage_shown, timeout_s=30, every_s=0.5, what="replica CPU and memory")
+        assert await page.locator('[data-stat="tasks-per-s"]').inner_text() != "0.00"
         await screenshot(page, "overview", readme=True)
 
 
