@@ -162,8 +162,9 @@ async def _with_origin_version(api: Api, version: dict[str, Any]) -> dict[str, A
         limit=ORIGIN_LOOKUP_MAX,
     )
     wanted = origin["checkpoint_id"]
-    found = (v for v in got.body.get("versions", []) if v.get("checkpoint_id") == wanted)
-    return {**version, "origin_version": next(found, {}).get("version") if got.ok else None}
+    source: list[dict[str, Any]] = got.body.get("versions", []) if got.ok else []
+    number = next((v.get("version") for v in source if v.get("checkpoint_id") == wanted), None)
+    return {**version, "origin_version": number}
 
 
 async def traces(api: Api) -> dict[str, Any]:
