@@ -13,9 +13,10 @@ from agentbus.client import Client
 from agentbus.embedded import EmbeddedStack
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def stack() -> Iterator[EmbeddedStack]:
-    """nats-server and the five services as processes (auth on), one per module."""
+    """nats-server and the five services as processes (auth on), shared by the
+    dashboard test modules (each test uses names of its own)."""
     running = EmbeddedStack(runtime="process", prefix=f"dash{uuid.uuid4().hex[:6]}")
     asyncio.run(running.start())
     try:

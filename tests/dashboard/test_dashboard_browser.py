@@ -7,7 +7,6 @@ saved as test artifacts (``tests/_harness/browser.py``).
 
 from __future__ import annotations
 
-import sys
 import uuid
 from pathlib import Path
 
@@ -16,31 +15,11 @@ import pytest
 
 from agentbus.client import Client
 from agentbus.embedded import EmbeddedStack
-from agentbus.messages import Deployment
-from tests._harness.browser import PHONE, browser, login, mark_page, not_reloaded, screenshot
+from tests._harness.browser import browser, login, mark_page, not_reloaded, screenshot
+from tests._harness.dashboard import echo_agents
 from tests._harness.polling import eventually
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
-
-
-def echo_deployment(name: str, replicas: int) -> Deployment:
-    return Deployment(
-        name=name,
-        command=[sys.executable, "-m", "agentbus.agents.echo"],
-        capabilities=["echo"],
-        replicas=replicas,
-        env={"AGENTBUS_AGENT_HEARTBEAT_S": "0.5"},
-    )
-
-
-async def echo_agents(client: Client, name: str, replicas: int) -> None:
-    """Deploy ``name`` (idempotent) and wait until its replicas are registered."""
-    await client.deploy(echo_deployment(name, replicas))
-
-    async def registered() -> bool:
-        return sum(a.deployment == name for a in await client.agents("echo")) >= replicas
-
-    await eventually(registered, timeout_s=60, every_s=0.2, what=f"{name} replicas registered")
 
 
 async def test_a_deployed_replica_appears_on_the_overview(
@@ -60,9 +39,17 @@ async def test_a_deployed_replica_appears_on_the_overview(
         for n in range(3):
             created = await http.post("/v1/tasks", json={"capability": "echo", "input": {"n": n}})
             assert created.status_code == 201, created.text
+            await client.wait(created.json()["task_id"], timeout_s=30)
+        rows = page.locator('[data-node="embedded"] tr[data-agent^="overview-echo-"]')
+
+        async def usage_shown() -> bool:  # CPU needs two samples: a later refresh shows it
+            cpu = await rows.locator('td[data-usage="cpu"]').all_inner_texts()
+            memory = await rows.locator('td[data-usage="mem"]').all_inner_texts()
+            return len(cpu) == 2 and all(t.endswith("%") for t in cpu) and "—" not in memory
+
+        await eventually(usage_shown, timeout_s=30, every_s=0.5, what="replica CPU and memory")
+        assert await page.locator('[data-stat="tasks-per-s"]').inner_text() != "0.00"
         await screenshot(page, "overview", readme=True)
-        await page.set_viewport_size(PHONE)
-        await screenshot(page, "overview-phone")
 
 
 async def test_a_task_submitted_over_http_succeeds_on_the_tasks_page(

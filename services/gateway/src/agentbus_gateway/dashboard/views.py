@@ -18,6 +18,9 @@ SUBTASK_WALK_MAX = 50
 """Most subtasks the task page fetches one by one when ``/subtasks`` is not served."""
 TRACE_KINDS_SHOWN = 12
 STRONGEST_SHOWN = 10
+VERSIONS = "/v1/checkpoints/{owner}/threads/{thread}/versions"
+ORIGIN_LOOKUP_MAX = 1000
+"""Most versions of a fork's source thread searched for the version it started from."""
 
 
 async def overview(api: Api) -> dict[str, Any]:
@@ -136,8 +139,32 @@ async def checkpoints(api: Api, owner: str | None, thread: str | None) -> dict[s
     if thread is None:
         got = await api.get("/v1/checkpoints/{owner}/threads", owner)
         return {"fetched": got, "threads": got.body.get("threads", []) if got.ok else []}
-    got = await api.get("/v1/checkpoints/{owner}/threads/{thread}/versions", owner, thread)
-    return {"fetched": got, "versions": got.body.get("versions", []) if got.ok else []}
+    got = await api.get(VERSIONS, owner, thread)
+    versions = got.body.get("versions", []) if got.ok else []
+    return {"fetched": got, "versions": [await _with_origin_version(api, v) for v in versions]}
+
+
+async def _with_origin_version(api: Api, version: dict[str, Any]) -> dict[str, Any]:
+    """``version`` plus ``origin_version``: the number of the version it was forked from.
+
+    ``forked_from`` names the source by checkpoint id only; the number is looked up in
+    the newest ``ORIGIN_LOOKUP_MAX`` versions of the source thread (None past them, or
+    when the source is gone).
+    """
+    origin = version.get("forked_from")
+    if not origin:
+        return version
+    got = await api.get(
+        VERSIONS,
+        origin["agent_id"],
+        origin["thread_id"],
+        namespace=origin.get("namespace", ""),
+        limit=ORIGIN_LOOKUP_MAX,
+    )
+    wanted = origin["checkpoint_id"]
+    source: list[dict[str, Any]] = got.body.get("versions", []) if got.ok else []
+    number = next((v.get("version") for v in source if v.get("checkpoint_id") == wanted), None)
+    return {**version, "origin_version": number}
 
 
 async def traces(api: Api) -> dict[str, Any]:
