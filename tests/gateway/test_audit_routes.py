@@ -58,9 +58,7 @@ async def _fill(bus: Bus, url: str) -> None:
 
 
 def _audit(url: str | None, timeout_s: float = 2.0) -> AuditSettings:
-    return AuditSettings(
-        database_url=SecretStr(url) if url else None, connect_timeout_s=timeout_s
-    )
+    return AuditSettings(database_url=SecretStr(url) if url else None, connect_timeout_s=timeout_s)
 
 
 @pytest.fixture
@@ -102,8 +100,8 @@ async def test_each_question_gets_its_events_oldest_first(filled: Gateway) -> No
         "/v1/audit/events", params={"agent_id": "echo-0", "since": "2000-01-01T00:00:00Z"}
     )
     assert [e["seq"] for e in recent.json()["events"]] == [5, 2, 4]  # the join is oldest
-    hour_ago = (await http.get("/v1/audit/events", params={"agent_id": "echo-0", "limit": 1}))
-    assert hour_ago.json()["truncated"] is True and len(hour_ago.json()["events"]) == 1
+    first = await http.get("/v1/audit/events", params={"agent_id": "echo-0", "limit": 1})
+    assert first.json()["truncated"] is True and len(first.json()["events"]) == 1
 
     none = await http.get("/v1/audit/events")
     both = await http.get("/v1/audit/events", params={"task_id": "t", "agent_id": "a"})
@@ -133,7 +131,8 @@ async def test_the_page_shows_a_task_and_who_decided_its_approval(filled: Gatewa
     assert task.text.count("<tr data-seq=") == 5 and 'data-kind="task.running"' in task.text
     assert '<option value="task" selected>' in task.text
     assert approvals.text.count("<tr data-seq=") == 2
-    assert '<td class="decided-by">alice</td>' in approvals.text and "push to main" in approvals.text
+    assert '<td class="decided-by">alice</td>' in approvals.text
+    assert "push to main" in approvals.text
     assert agent.text.count("<tr data-seq=") == 3 and 'data-kind="agent.joined"' in agent.text
 
 
