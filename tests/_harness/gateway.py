@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 from prometheus_client import CollectorRegistry
 
+from agentbus.audit import AuditSettings
 from agentbus.auth.tokens import SCOPES, create_token
 from agentbus.bus import Bus
 from agentbus.embedded import free_port
@@ -53,17 +54,20 @@ async def start_gateway(
     scopes: Iterable[str] = SCOPES,
     ca_file: Path | None = None,
     token_bus: Bus | None = None,
+    audit: AuditSettings | None = None,
     **settings: object,
 ) -> Gateway:
     """The gateway on a free port, its client holding a token with ``scopes``; with
     ``tls_cert_file`` in ``settings`` it serves HTTPS and ``http`` trusts ``ca_file``.
-    ``token_bus`` writes the token (default ``bus``: a gateway identity may not)."""
+    ``token_bus`` writes the token (default ``bus``: a gateway identity may not).
+    ``audit``: its audit database (default: none, whatever the environment says)."""
     token, secret = await create_token(token_bus or bus, "test", scopes)
     stop = asyncio.Event()
     registry = CollectorRegistry()
     port = free_port()
     gw_settings = GatewaySettings(port=port, shutdown_grace_s=2.0, **settings)  # type: ignore[arg-type]
-    task = asyncio.create_task(serve(bus, stop, gw_settings, registry))
+    audit = audit if audit is not None else AuditSettings(database_url=None)
+    task = asyncio.create_task(serve(bus, stop, gw_settings, registry, audit=audit))
     scheme = "https" if settings.get("tls_cert_file") else "http"
     verify = ssl.create_default_context(cafile=ca_file) if ca_file else True
     http = httpx.AsyncClient(

@@ -85,6 +85,13 @@ async def test_unknown_status_filter_is_400(gateway: Gateway) -> None:
     assert r.json()["error"]["field"] == "status"
 
 
+@pytest.mark.parametrize("cursor", ["³", "١٢", "x", "1" * 20])
+async def test_a_cursor_no_listing_gave_out_is_400(gateway: Gateway, cursor: str) -> None:
+    r = await gateway.http.get("/v1/tasks", params={"cursor": cursor})
+    assert r.status_code == 400, r.text
+    assert "cursor" in r.json()["error"]["message"]
+
+
 async def test_tasks_listed_by_any_status_with_paging(gateway: Gateway) -> None:
     ids = []
     for _ in range(3):

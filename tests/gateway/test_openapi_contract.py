@@ -5,7 +5,8 @@ valid and invalid, to every operation; each response must not be a 5xx, must hav
 documented status, content type, headers and body schema, and invalid input must be
 refused. Requests carry a token with every scope. The gateway, the scheduler and the
 registry run in-process on a thread of their own (schemathesis calls over HTTP
-synchronously), against the session nats-server; so does the checkpoint service.
+synchronously), against the session nats-server; so does the checkpoint service. The
+gateway reads an audit trail on the session PostgreSQL (its schema applied, no rows).
 Bounded: a few dozen examples per operation.
 """
 
@@ -22,6 +23,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from prometheus_client import CollectorRegistry
+from pydantic import SecretStr
 from schemathesis.checks import CheckFunction, not_a_server_error
 from schemathesis.core.result import Err
 from schemathesis.specs.openapi.checks import (
@@ -32,12 +34,16 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from agentbus.audit import AuditSettings
+from agentbus.audit.queries import connect
+from agentbus.audit.schema import apply_migrations
 from agentbus.bus import Bus
 from agentbus.settings import BusSettings
 from agentbus_registry.service import serve as serve_registry
 from agentbus_registry.settings import RegistrySettings
 from tests._harness.checkpoint import running_checkpoint
 from tests._harness.gateway import start_gateway, stop_gateway
+from tests._harness.postgres import PostgresServer
 from tests._harness.services import running_scheduler
 
 pytestmark = [pytest.mark.nats, pytest.mark.timeout(180)]
@@ -58,11 +64,12 @@ MAX_EXAMPLES = 20
 class Stack(threading.Thread):
     """Scheduler, registry and gateway on one bus, in an event loop on this thread."""
 
-    def __init__(self, nats_url: str) -> None:
+    def __init__(self, nats_url: str, audit_database_url: str) -> None:
         super().__init__(name="contract-stack", daemon=True)
         self.bus_settings = BusSettings(
             nats_url=nats_url, prefix=f"t{uuid.uuid4().hex[:10]}", request_timeout_s=5.0
         )
+        self.audit_database_url = audit_database_url
         self.base_url = ""
         self.headers: dict[str, str] = {}
         self.ready = threading.Event()
@@ -92,8 +99,15 @@ class Stack(threading.Thread):
             )
             # every scope, and a rate limit the generated requests stay under
             # event streams end after a second (a valid one would follow forever)
+            audit = AuditSettings(database_url=SecretStr(self.audit_database_url))
+            async with await connect(audit) as conn:
+                await apply_migrations(conn)
             gw = await start_gateway(
-                bus, max_wait_s=0.2, rate_limit_requests=100_000, sse_max_duration_s=1.0
+                bus,
+                audit=audit,
+                max_wait_s=0.2,
+                rate_limit_requests=100_000,
+                sse_max_duration_s=1.0,
             )
             self.base_url = str(gw.http.base_url).rstrip("/")
             self.headers = {"Authorization": gw.http.headers["authorization"]}
@@ -110,8 +124,8 @@ class Stack(threading.Thread):
 
 
 @pytest.fixture(scope="module")
-def contract_stack(nats_url: str) -> Iterator[Stack]:
-    stack = Stack(nats_url)
+def contract_stack(nats_url: str, postgres: PostgresServer) -> Iterator[Stack]:
+    stack = Stack(nats_url, postgres.create_database())
     stack.start()
     assert stack.ready.wait(STARTUP_TIMEOUT_S), "the gateway stack did not start"
     if stack.error is not None:
@@ -159,6 +173,7 @@ OPERATIONS = [
     ("GET", "/v1/traces/kinds"),
     ("GET", "/v1/traces/{kind}/strongest"),
     ("GET", "/v1/logs/{agent_id}"),
+    ("GET", "/v1/audit/events"),
 ]
 NO_INPUT = {
     ("GET", "/v1/nodes"),

@@ -12,6 +12,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 
 from agentbus import __version__
 from agentbus_gateway.approvals import APPROVAL_ROUTES
+from agentbus_gateway.audit_routes import AUDIT_ROUTES
 from agentbus_gateway.auth import BEARER
 from agentbus_gateway.dashboard import dashboard_routers, template_config
 from agentbus_gateway.errors import exception_handlers
@@ -38,6 +39,7 @@ ROUTE_HANDLERS = [
     *STATE_ROUTES,
     *LOG_ROUTES,
     *APPROVAL_ROUTES,
+    *AUDIT_ROUTES,
 ]
 """Every route the gateway serves."""
 
@@ -56,7 +58,8 @@ def create_app(ctx: GatewayContext) -> HttpMetricsMiddleware:
     (``fleet_routes``: overview, deployments, scale), checkpoints and traces
     (``state_routes``), ``GET /v1/logs/{agent_id}`` (``logs_stream``),
     ``GET /v1/approvals``, ``GET /v1/approvals/{approval_id}``,
-    ``POST /v1/approvals/{approval_id}/decision``, ``GET /healthz``,
+    ``POST /v1/approvals/{approval_id}/decision``, ``GET /v1/audit/events``
+    (``audit_routes``: the audit trail in PostgreSQL), ``GET /healthz``,
     ``GET /metrics``, ``GET /openapi.json`` (and ``/schema/openapi.json``), and the web
     dashboard at ``/`` (``agentbus_gateway.dashboard``: pages, ``/ui/...`` fragments and
     actions, ``/login``, ``/static``). Every request first passes ``guards.request_guard``
@@ -87,7 +90,7 @@ def create_app(ctx: GatewayContext) -> HttpMetricsMiddleware:
             description=(
                 "HTTP access to agentbus: submit and follow tasks, publish and follow "
                 "events, list agents and nodes, watch and scale the fleet, browse "
-                "checkpoints and traces, follow replica logs."
+                "checkpoints and traces, follow replica logs, query the audit trail."
             ),
             render_plugins=[JsonRenderPlugin()],
             components=Components(

@@ -42,6 +42,9 @@ class GatewayMetrics:
             events stream could not be read).
         sse_refusals: ``agentbus_gateway_sse_refusals_total{limit}``: streams refused
             over a cap, ``token`` (429) or ``gateway`` (503).
+        audit_failures: ``agentbus_gateway_audit_failures_total{reason}``: audit trail
+            queries answered 503: ``not_configured`` (no audit database),
+            ``unreachable`` (no connection), ``query`` (the database failed it).
     """
 
     def __init__(self, registry: CollectorRegistry) -> None:
@@ -83,6 +86,12 @@ class GatewayMetrics:
             "agentbus_gateway_sse_refusals_total",
             "Event streams refused over a cap, by the cap (token, gateway).",
             ["limit"],
+            registry=registry,
+        )
+        self.audit_failures = Counter(
+            "agentbus_gateway_audit_failures_total",
+            "Audit trail queries that could not be answered, by reason.",
+            ["reason"],
             registry=registry,
         )
 

@@ -19,6 +19,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import JSONBody, QueryParameter
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from agentbus.audit import AuditSettings
 from agentbus.bus import Bus
 from agentbus.client import Client
 from agentbus.errors import RequestTimeoutError
@@ -52,7 +53,7 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, slots=True)
 class GatewayContext:
-    """What the handlers share: bus, client, settings, metrics, stop, auth, stream slots."""
+    """What the handlers share: bus, client, settings, metrics, stop, auth, streams, audit."""
 
     bus: Bus
     client: Client
@@ -61,6 +62,7 @@ class GatewayContext:
     stop: asyncio.Event
     auth: Authenticator
     streams: StreamSlots
+    audit: AuditSettings
 
 
 Ctx = NamedDependency[GatewayContext]

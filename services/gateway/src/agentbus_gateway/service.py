@@ -18,6 +18,7 @@ import uvicorn
 from loguru import logger
 from prometheus_client import CollectorRegistry
 
+from agentbus.audit import AuditSettings
 from agentbus.bus import Bus
 from agentbus.client import Client
 from agentbus.errors import ContractError, UnavailableError
@@ -66,7 +67,12 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 
 async def serve(
-    bus: Bus, stop: asyncio.Event, settings: GatewaySettings, registry: CollectorRegistry
+    bus: Bus,
+    stop: asyncio.Event,
+    settings: GatewaySettings,
+    registry: CollectorRegistry,
+    *,
+    audit: AuditSettings | None = None,
 ) -> None:
     """Serve HTTP on ``settings.host:settings.port`` until ``stop`` is set.
 
@@ -75,7 +81,9 @@ async def serve(
     Tokens are checked against a watched copy of ``<p>_tokens`` (``auth.Authenticator``).
     On stop, long-polling ``GET /v1/tasks/{id}?wait_s=`` requests return the current
     record, other requests get ``settings.shutdown_grace_s`` seconds to finish, then
-    the micro service is removed. The caller closes ``bus``.
+    the micro service is removed. The caller closes ``bus``. ``audit`` is the audit
+    database ``GET /v1/audit/events`` reads (default: ``AuditSettings()`` from the
+    environment, ``AGENTBUS_AUDIT_DATABASE_URL``).
 
     Raises:
         UnavailableError: the HTTP address cannot be bound.
@@ -90,7 +98,8 @@ async def serve(
         total=settings.sse_max_streams,
         metrics=metrics,
     )
-    ctx = GatewayContext(bus, Client(bus), settings, metrics, stop, auth, streams)
+    audit = audit if audit is not None else AuditSettings()
+    ctx = GatewayContext(bus, Client(bus), settings, metrics, stop, auth, streams, audit)
     sock = bind_socket(settings.host, settings.port)
     port = int(sock.getsockname()[1])
     micro = MicroService(bus, "gateway", metrics.service, description="agentbus HTTP gateway")

@@ -56,9 +56,13 @@ def _row(values: tuple[object, ...]) -> EventRow:
     return EventRow(*values)  # type: ignore[arg-type]
 
 
-async def task_events(conn: AsyncConnection[TupleRow], task_id: str) -> list[EventRow]:
-    """Every event of task ``task_id``, in stream order."""
-    cur = await conn.execute(_SELECT + " FROM events WHERE task_id = %s ORDER BY seq", (task_id,))
+async def task_events(
+    conn: AsyncConnection[TupleRow], task_id: str, *, limit: int | None = None
+) -> list[EventRow]:
+    """Every event of task ``task_id``, in stream order (the first ``limit``; None: all)."""
+    cur = await conn.execute(
+        _SELECT + " FROM events WHERE task_id = %s ORDER BY seq LIMIT %s", (task_id, limit)
+    )
     return [_row(r) for r in await cur.fetchall()]
 
 

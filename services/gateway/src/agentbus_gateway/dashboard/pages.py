@@ -204,6 +204,35 @@ async def approvals_fragment(request: Request[Any, Any, Any], ctx: Ctx) -> Templ
         return render(ctx, "_approvals.html", "approvals", **await views.approvals(a))
 
 
+@get("/audit")
+async def audit_page(
+    request: Request[Any, Any, Any],
+    ctx: Ctx,
+    view: TextFilter = "",
+    task: TextFilter = "",
+    agent: TextFilter = "",
+    since: TextFilter = "",
+    until: TextFilter = "",
+) -> Template:
+    """The audit trail (``GET /v1/audit/events``): approvals, one task, one agent.
+
+    ``?task=ID`` alone shows that task's events; without a view, the approvals.
+    """
+    chosen = view if view in views.AUDIT_VIEWS else ("task" if task else "approvals")
+    form = {"view": chosen, "task": task, "agent": agent, "since": since, "until": until}
+    async with api(request, ctx) as a:
+        data = await views.audit(a, **form)
+    return render(
+        ctx,
+        "audit.html",
+        "audit",
+        form=form,
+        views=views.AUDIT_VIEWS,
+        audit_configured=ctx.audit.database_url is not None,
+        **data,
+    )
+
+
 PAGE_ROUTES = [
     overview_page,
     overview_fragment,
@@ -224,4 +253,5 @@ PAGE_ROUTES = [
     replica_log_page,
     approvals_page,
     approvals_fragment,
+    audit_page,
 ]

@@ -34,6 +34,7 @@ NAV = (
     ("traces", "/traces", "Traces"),
     ("logs", "/logs", "Logs"),
     ("approvals", "/approvals", "Approvals"),
+    ("audit", "/audit", "Audit"),
 )
 
 

@@ -8,7 +8,9 @@ them. Nothing here invents data: a section whose route is missing says so.
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
+from datetime import UTC, datetime
 from typing import Any
 
 from agentbus_gateway.dashboard.api import Api, Fetched
@@ -192,3 +194,58 @@ async def approvals(api: Api) -> dict[str, Any]:
         "pending": pending.body.get("approvals", []) if pending.ok else [],
         "decided": decided.body.get("approvals", []) if decided.ok else [],
     }
+
+
+AUDIT = "/v1/audit/events"
+AUDIT_VIEWS = ("approvals", "task", "agent")
+PAYLOAD_LINE_CHARS = 80
+"""Characters of an event's payload shown on its row before it is opened."""
+
+
+def _rfc3339(value: str) -> str | None:
+    """A ``datetime-local`` value (``2025-01-31T09:30``, taken as UTC) in RFC 3339.
+
+    Raises:
+        ValueError: not a date and time.
+    """
+    if not value:
+        return None
+    when = datetime.fromisoformat(value)
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).isoformat()
+
+
+def _audit_row(event: dict[str, Any]) -> dict[str, Any]:
+    """An event of ``GET /v1/audit/events`` with its payload's one-line summary."""
+    payload = event.get("payload")
+    line = json.dumps(payload, ensure_ascii=False)
+    if len(line) > PAYLOAD_LINE_CHARS:
+        line = line[: PAYLOAD_LINE_CHARS - 1] + "…"
+    fields = payload if isinstance(payload, dict) else {}
+    return {**event, "payload_line": line, "fields": fields}
+
+
+async def audit(
+    api: Api, *, view: str, task: str, agent: str, since: str, until: str
+) -> dict[str, Any]:
+    """One question to the audit trail: ``approvals``, one ``task``'s or one ``agent``'s.
+
+    ``since``/``until`` are ``datetime-local`` values (UTC). No call is made while
+    the task or agent id is still empty (``asked`` false).
+    """
+    base: dict[str, Any] = {"fetched": None, "events": [], "truncated": False, "bad_time": ""}
+    try:
+        start, end = _rfc3339(since), _rfc3339(until)
+    except ValueError as exc:
+        return {**base, "asked": False, "bad_time": str(exc)}
+    if view == "task":
+        params: dict[str, Any] = {"task_id": task}
+    elif view == "agent":
+        params = {"agent_id": agent, "since": start, "until": end}
+    else:
+        params = {"approvals": "true", "since": start, "until": end}
+    if (view == "task" and not task) or (view == "agent" and not agent):
+        return {**base, "asked": False}
+    got = await api.get(AUDIT, **params)
+    events = [_audit_row(e) for e in got.body.get("events", [])] if got.ok else []
+    truncated = bool(got.body.get("truncated")) if got.ok else False
+    return {**base, "asked": True, "fetched": got, "events": events, "truncated": truncated}

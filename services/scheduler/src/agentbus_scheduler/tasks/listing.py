@@ -25,7 +25,7 @@ def cursor_number(cursor: str | None) -> int:
     """
     if cursor is None:
         return 0
-    if not cursor.isdigit() or len(cursor) > 19:
+    if not (cursor.isascii() and cursor.isdigit()) or len(cursor) > 19:
         raise ContractError(f"cursor {cursor!r} is not one a task listing returned")
     return int(cursor)
 
