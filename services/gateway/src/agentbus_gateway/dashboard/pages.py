@@ -1,9 +1,11 @@
 """Dashboard pages (``GET``): each full page, and the fragment htmx refreshes it with.
 
-A page renders its fragment inline (it shows without waiting for a script); the
-fragment's container then re-fetches ``/ui/<page>`` when an event of the page's
-kinds arrives on ``GET /v1/events`` (htmx's SSE extension) or on a timer for what
-no event reports (replica CPU and memory, trace strengths).
+One handler serves both: ``/<page>`` renders ``<page>.html``, ``/ui/<page>`` its
+fragment ``_<page>.html`` from the same data. A page renders its fragment inline (it
+shows without waiting for a script); the fragment's container then re-fetches
+``/ui/<page>`` when an event of the page's kinds arrives on ``GET /v1/events`` (htmx's
+SSE extension) or on a timer for what no event reports (replica CPU and memory, trace
+strengths).
 """
 
 from __future__ import annotations
@@ -38,21 +40,22 @@ def render(ctx: GatewayContext, template: str, page: str, **context: Any) -> Tem
     )
 
 
-@get("/")
+def template(request: Request[Any, Any, Any], name: str, fragment: str | None = None) -> str:
+    """``<name>.html`` for the page, ``_<fragment or name>.html`` under ``/ui/``."""
+    if request.url.path.startswith("/ui/"):
+        return f"_{fragment or name}.html"
+    return f"{name}.html"
+
+
+@get(["/", "/ui/overview"])
 async def overview_page(request: Request[Any, Any, Any], ctx: Ctx) -> Template:
     """Nodes and their replicas, task rate, queue depth, dead letters."""
     async with api(request, ctx) as a:
-        return render(ctx, "overview.html", "overview", **await views.overview(a))
+        data = await views.overview(a)
+    return render(ctx, template(request, "overview"), "overview", **data)
 
 
-@get("/ui/overview")
-async def overview_fragment(request: Request[Any, Any, Any], ctx: Ctx) -> Template:
-    """The overview's live part."""
-    async with api(request, ctx) as a:
-        return render(ctx, "_overview.html", "overview", **await views.overview(a))
-
-
-@get("/tasks")
+@get(["/tasks", "/ui/tasks"])
 async def tasks_page(
     request: Request[Any, Any, Any],
     ctx: Ctx,
@@ -60,69 +63,39 @@ async def tasks_page(
     capability: TextFilter = "",
     tenant: TextFilter = "",
 ) -> Template:
-    """Tasks filtered by status, capability and tenant."""
+    """Tasks filtered by status, capability and tenant (``/ui/tasks``: the table)."""
     filters = {"status": status, "capability": capability, "tenant": tenant}
     async with api(request, ctx) as a:
         rows = await views.task_rows(a, **filters)
-    return render(ctx, "tasks.html", "tasks", statuses=STATUSES, filters=filters, **rows)
+    name = template(request, "tasks", "task_rows")
+    return render(ctx, name, "tasks", statuses=STATUSES, filters=filters, **rows)
 
 
-@get("/ui/tasks")
-async def task_rows_fragment(
-    request: Request[Any, Any, Any],
-    ctx: Ctx,
-    status: TextFilter = "any",
-    capability: TextFilter = "",
-    tenant: TextFilter = "",
-) -> Template:
-    """The task table of the tasks page."""
-    async with api(request, ctx) as a:
-        rows = await views.task_rows(a, status=status, capability=capability, tenant=tenant)
-    return render(ctx, "_task_rows.html", "tasks", **rows)
-
-
-@get("/tasks/{task_id:str}")
+@get(["/tasks/{task_id:str}", "/ui/tasks/{task_id:str}"])
 async def task_page(request: Request[Any, Any, Any], ctx: Ctx, task_id: TaskIdPath) -> Template:
-    """One task: attempts, subtasks, input and output, its events live."""
+    """One task: attempts, subtasks, input and output, its events live.
+
+    ``/ui/tasks/{task_id}``: the record part, refreshed on each of the task's events.
+    """
     async with api(request, ctx) as a:
         detail = await views.task_detail(a, task_id)
-    return render(ctx, "task.html", "tasks", task_id=task_id, **detail)
+    return render(ctx, template(request, "task"), "tasks", task_id=task_id, **detail)
 
 
-@get("/ui/tasks/{task_id:str}")
-async def task_fragment(request: Request[Any, Any, Any], ctx: Ctx, task_id: TaskIdPath) -> Template:
-    """The task page's record part (refreshed on each of the task's events)."""
-    async with api(request, ctx) as a:
-        detail = await views.task_detail(a, task_id)
-    return render(ctx, "_task.html", "tasks", task_id=task_id, **detail)
-
-
-@get("/deployments")
+@get(["/deployments", "/ui/deployments"])
 async def deployments_page(request: Request[Any, Any, Any], ctx: Ctx) -> Template:
     """Deployments: replicas wanted and running, placements, unplaced reasons, scale."""
     async with api(request, ctx) as a:
-        return render(ctx, "deployments.html", "deployments", **await views.deployments(a))
+        data = await views.deployments(a)
+    return render(ctx, template(request, "deployments"), "deployments", **data)
 
 
-@get("/ui/deployments")
-async def deployments_fragment(request: Request[Any, Any, Any], ctx: Ctx) -> Template:
-    """The deployments list."""
-    async with api(request, ctx) as a:
-        return render(ctx, "_deployments.html", "deployments", **await views.deployments(a))
-
-
-@get("/agents")
+@get(["/agents", "/ui/agents"])
 async def agents_page(request: Request[Any, Any, Any], ctx: Ctx) -> Template:
     """Live agents by capability."""
     async with api(request, ctx) as a:
-        return render(ctx, "agents.html", "agents", **await views.agents(a))
-
-
-@get("/ui/agents")
-async def agents_fragment(request: Request[Any, Any, Any], ctx: Ctx) -> Template:
-    """The agents list."""
-    async with api(request, ctx) as a:
-        return render(ctx, "_agents.html", "agents", **await views.agents(a))
+        data = await views.agents(a)
+    return render(ctx, template(request, "agents"), "agents", **data)
 
 
 async def _checkpoints(
@@ -155,18 +128,12 @@ async def checkpoint_versions_page(
     return await _checkpoints(request, ctx, owner, thread)
 
 
-@get("/traces")
+@get(["/traces", "/ui/traces"])
 async def traces_page(request: Request[Any, Any, Any], ctx: Ctx) -> Template:
     """The strongest locations of every trace kind."""
     async with api(request, ctx) as a:
-        return render(ctx, "traces.html", "traces", **await views.traces(a))
-
-
-@get("/ui/traces")
-async def traces_fragment(request: Request[Any, Any, Any], ctx: Ctx) -> Template:
-    """The trace tables."""
-    async with api(request, ctx) as a:
-        return render(ctx, "_traces.html", "traces", **await views.traces(a))
+        data = await views.traces(a)
+    return render(ctx, template(request, "traces"), "traces", **data)
 
 
 async def _logs(
@@ -190,18 +157,12 @@ async def replica_log_page(request: Request[Any, Any, Any], ctx: Ctx, agent_id: 
     return await _logs(request, ctx, agent_id)
 
 
-@get("/approvals")
+@get(["/approvals", "/ui/approvals"])
 async def approvals_page(request: Request[Any, Any, Any], ctx: Ctx) -> Template:
     """Pending approvals (approve or deny, with a comment) and recent decisions."""
     async with api(request, ctx) as a:
-        return render(ctx, "approvals.html", "approvals", **await views.approvals(a))
-
-
-@get("/ui/approvals")
-async def approvals_fragment(request: Request[Any, Any, Any], ctx: Ctx) -> Template:
-    """The approvals lists."""
-    async with api(request, ctx) as a:
-        return render(ctx, "_approvals.html", "approvals", **await views.approvals(a))
+        data = await views.approvals(a)
+    return render(ctx, template(request, "approvals"), "approvals", **data)
 
 
 @get("/audit")
@@ -235,23 +196,16 @@ async def audit_page(
 
 PAGE_ROUTES = [
     overview_page,
-    overview_fragment,
     tasks_page,
-    task_rows_fragment,
     task_page,
-    task_fragment,
     deployments_page,
-    deployments_fragment,
     agents_page,
-    agents_fragment,
     checkpoint_owners_page,
     checkpoint_threads_page,
     checkpoint_versions_page,
     traces_page,
-    traces_fragment,
     logs_page,
     replica_log_page,
     approvals_page,
-    approvals_fragment,
     audit_page,
 ]
