@@ -29,6 +29,8 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+_CONSOLE_SCRIPT = "agentbus.console_script"
+"""Key of ``ctx.obj`` set by :func:`main`: a command that runs logs errors only, on stderr."""
 
 
 def _print_version(value: bool) -> None:
@@ -55,10 +57,6 @@ def _root(
 
         logger.remove()
         logger.add(sys.stderr, level="ERROR", format="{level}: {message}")
-
-
-_CONSOLE_SCRIPT = "agentbus.console_script"
-"""Key of ``ctx.obj`` set by :func:`main`: a command that runs logs errors only, on stderr."""
 
 
 def main() -> None:
