@@ -19,7 +19,6 @@ from agentbus.cli.common import (
     NatsUrl,
     Prefix,
     age,
-    app,
     console,
     fail,
     print_json,
@@ -34,7 +33,9 @@ from agentbus.messages.approvals import APPROVAL_ID_PATTERN
 approvals_app = typer.Typer(
     help="Human approval gates: list, show, approve, deny.", no_args_is_help=True
 )
-app.add_typer(approvals_app, name="approvals")
+commands = typer.Typer()
+"""The root commands this module defines (``agentbus.cli._lazy`` loads them)."""
+commands.add_typer(approvals_app, name="approvals")
 
 Status = Literal["pending", "decided", "all"]
 ApprovalIdArg = Annotated[str, typer.Argument(metavar="ID", help="Approval id (32 hex).")]

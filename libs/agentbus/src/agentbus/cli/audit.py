@@ -19,7 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from agentbus.audit import AuditSettings, EventRow
-from agentbus.cli.common import JsonFlag, app, console, fail, run, task_id
+from agentbus.cli.common import JsonFlag, console, fail, run, task_id
 from agentbus.fleet.logs import since_time
 
 if TYPE_CHECKING:
@@ -30,7 +30,9 @@ audit_app = typer.Typer(
     help="The audit trail (PostgreSQL): a task's events, an agent's actions, approvals.",
     no_args_is_help=True,
 )
-app.add_typer(audit_app, name="audit")
+commands = typer.Typer()
+"""The root commands this module defines (``agentbus.cli._lazy`` loads them)."""
+commands.add_typer(audit_app, name="audit")
 
 DatabaseUrl = Annotated[
     str | None,

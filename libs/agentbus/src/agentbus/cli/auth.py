@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from agentbus.cli.common import JsonFlag, NatsUrl, Prefix, app, console, fail
+from agentbus.cli.common import JsonFlag, NatsUrl, Prefix, console, fail
 from agentbus.embedded.state import agentbus_home
 from agentbus.errors import AgentBusError, ContractError
 
@@ -26,7 +26,9 @@ auth_app = typer.Typer(
     help="NATS credentials: create the fleet's keys, mint service identities, list them.",
     no_args_is_help=True,
 )
-app.add_typer(auth_app, name="auth")
+commands = typer.Typer()
+"""The root commands this module defines (``agentbus.cli._lazy`` loads them)."""
+commands.add_typer(auth_app, name="auth")
 
 AUTH_DIR_NAME = "auth"
 """Default auth directory under ``$AGENTBUS_HOME``."""

@@ -21,7 +21,6 @@ from agentbus.cli.common import (
     JsonFlag,
     NatsUrl,
     Prefix,
-    app,
     console,
     print_json,
     run,
@@ -50,7 +49,11 @@ def _styled(state: str) -> str:
     return f"[{style}]{state}[/{style}]" if style else state
 
 
-@app.command()
+commands = typer.Typer()
+"""The root commands this module defines (``agentbus.cli._lazy`` loads them)."""
+
+
+@commands.command()
 def cluster(
     sys_creds: Annotated[
         Path | None,

@@ -1,4 +1,4 @@
-"""Shared pieces of the ``agentbus`` command: the app, options, error handling."""
+"""Shared pieces of the ``agentbus`` commands: options, output, error handling."""
 
 from __future__ import annotations
 
@@ -21,14 +21,6 @@ from agentbus.names import check_task_id, check_token
 T = TypeVar("T")
 Runtime = Literal["auto", "docker", "process"]
 
-app = typer.Typer(
-    name="agentbus",
-    help="Run fleets of AI agents over NATS JetStream.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-)
-demo_app = typer.Typer(help="Demonstrations on a real stack.", no_args_is_help=True)
-app.add_typer(demo_app, name="demo")
 _WIDE_COLUMNS = 100_000
 """Width when output is not a terminal: tables are never cut (full ids, no ellipsis)."""
 console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else _WIDE_COLUMNS)
@@ -43,26 +35,6 @@ Prefix = Annotated[
     typer.Option("--prefix", envvar="AGENTBUS_PREFIX", help="Prefix of every bus name."),
 ]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-
-
-def _print_version(value: bool) -> None:
-    if value:
-        from agentbus import __version__
-
-        console.print(f"agentbus {__version__}", highlight=False)
-        raise typer.Exit()
-
-
-@app.callback()
-def _root(
-    version: Annotated[
-        bool,
-        typer.Option(
-            "--version", callback=_print_version, is_eager=True, help="Print the version."
-        ),
-    ] = False,
-) -> None:
-    """Run fleets of AI agents over NATS JetStream."""
 
 
 def fail(message: str, code: int) -> typer.Exit:

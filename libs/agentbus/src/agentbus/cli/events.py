@@ -16,7 +16,6 @@ from agentbus.cli.common import (
     JsonFlag,
     NatsUrl,
     Prefix,
-    app,
     console,
     fail,
     print_json,
@@ -41,7 +40,9 @@ events_app = typer.Typer(
     help="Agent events: publish on a topic, tail a pattern, list subscriptions.",
     no_args_is_help=True,
 )
-app.add_typer(events_app, name="events")
+commands = typer.Typer()
+"""The root commands this module defines (``agentbus.cli._lazy`` loads them)."""
+commands.add_typer(events_app, name="events")
 
 
 def _checked(check: Any, value: str) -> str:

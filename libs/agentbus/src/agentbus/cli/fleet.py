@@ -20,7 +20,6 @@ from rich.table import Table
 from agentbus.cli.common import (
     NatsUrl,
     Prefix,
-    app,
     console,
     err_console,
     fail,
@@ -48,7 +47,11 @@ _MARK = {
 }
 
 
-@app.command()
+commands = typer.Typer()
+"""The root commands this module defines (``agentbus.cli._lazy`` loads them)."""
+
+
+@commands.command()
 def apply(
     file: Annotated[
         Path, typer.Option("--file", "-f", help="Fleet file (YAML), see docs/operations.md.")
@@ -220,7 +223,7 @@ def _flat(value: Any, path: str = "") -> dict[str, Any]:
     return {path: value}
 
 
-@app.command()
+@commands.command()
 def deploy(
     name: Annotated[str, typer.Argument(help="Deployment name (a token).")],
     image: Annotated[str | None, typer.Option(help="Image (docker runtime).")] = None,
@@ -277,7 +280,7 @@ def _policy(value: str) -> RestartPolicy:
     return value  # type: ignore[return-value]
 
 
-@app.command()
+@commands.command()
 def scale(
     targets: Annotated[
         list[str], typer.Argument(metavar="NAME=N...", help="Deployments and replica counts.")
@@ -309,7 +312,7 @@ def scale(
     run(with_client(nats_url, prefix, go))
 
 
-@app.command()
+@commands.command()
 def delete(
     names: Annotated[list[str], typer.Argument(metavar="NAME...", help="Deployment names.")],
     nats_url: NatsUrl = None,
@@ -336,7 +339,7 @@ def delete(
         raise fail(f"deployment {', '.join(map(repr, missing))} not found", 1)
 
 
-@app.command(hidden=True)
+@commands.command(hidden=True)
 def undeploy(
     name: Annotated[str, typer.Argument(help="Deployment name.")],
     nats_url: NatsUrl = None,

@@ -23,7 +23,6 @@ from agentbus.cli.common import (
     NatsUrl,
     Prefix,
     age,
-    app,
     console,
     fail,
     print_json,
@@ -60,7 +59,11 @@ _STATE_STYLE = {
 _IDS = frozenset({"node", "agent", "replica"})
 
 
-@app.command()
+commands = typer.Typer()
+"""The root commands this module defines (``agentbus.cli._lazy`` loads them)."""
+
+
+@commands.command()
 def ps(
     name: Annotated[str | None, typer.Argument(help="Only this deployment.")] = None,
     subscriptions: Annotated[
@@ -159,7 +162,7 @@ def _reason(r: ReplicaView) -> str:
     return r.reason
 
 
-@app.command()
+@commands.command()
 def logs(
     target: Annotated[str, typer.Argument(metavar="NAME[/REPLICA]", help="What to show.")],
     follow: Annotated[
@@ -220,7 +223,7 @@ def _rfc3339(when: datetime) -> str:
     return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-@app.command()
+@commands.command()
 def nodes(json_out: JsonFlag = False, nats_url: NatsUrl = None, prefix: Prefix = None) -> None:
     """List live nodes: labels, replicas running/capacity and placed, declared CPU/memory."""
     found = run(with_client(nats_url, prefix, node_views))
@@ -264,7 +267,7 @@ def nodes(json_out: JsonFlag = False, nats_url: NatsUrl = None, prefix: Prefix =
     console.print(table)
 
 
-@app.command()
+@commands.command()
 def agents(
     capability: Annotated[str | None, typer.Option(help="Only agents with it.")] = None,
     json_out: JsonFlag = False,
@@ -289,7 +292,7 @@ def agents(
     console.print(table)
 
 
-@app.command()
+@commands.command()
 def ping(nats_url: NatsUrl = None, prefix: Prefix = None) -> None:
     """List the services that answer $SRV.PING (exit 1 if one of the five is missing)."""
     settings = resolve_settings(nats_url, prefix)

@@ -15,9 +15,7 @@ from agentbus.cli.common import (
     NatsUrl,
     Prefix,
     Runtime,
-    app,
     console,
-    demo_app,
     err_console,
     fail,
     run,
@@ -27,8 +25,13 @@ from agentbus.demo.runtime import choose_runtime
 from agentbus.embedded import EmbeddedStack
 from agentbus.embedded.state import claim_state, state_file_path
 
+commands = typer.Typer()
+"""The root commands this module defines (``agentbus.cli._lazy`` loads them)."""
+demo_app = typer.Typer(help="Demonstrations on a real stack.", no_args_is_help=True)
+commands.add_typer(demo_app, name="demo")
 
-@app.command()
+
+@commands.command()
 def schema() -> None:
     """Print the JSON Schema of every wire message."""
     from agentbus.schema import render
@@ -36,7 +39,7 @@ def schema() -> None:
     sys.stdout.write(render())
 
 
-@app.command()
+@commands.command()
 def embedded(
     store_dir: Annotated[Path | None, typer.Option(help="JetStream store (default: temp).")] = None,
     port: Annotated[int | None, typer.Option(help="NATS port (default: a free one).")] = None,

@@ -14,7 +14,6 @@ from agentbus.cli.common import (
     NatsUrl,
     Prefix,
     age,
-    app,
     console,
     fail,
     print_json,
@@ -36,8 +35,11 @@ from agentbus.messages import (
     encode,
 )
 
+commands = typer.Typer()
+"""The root commands this module defines (``agentbus.cli._lazy`` loads them)."""
 
-@app.command()
+
+@commands.command()
 def submit(
     capability: Annotated[str, typer.Argument(help="Capability that handles the task.")],
     json_input: Annotated[
@@ -78,7 +80,7 @@ def submit(
         raise typer.Exit(1)
 
 
-@app.command()
+@commands.command()
 def task(
     task_id: Annotated[str, typer.Argument(metavar="ID", help="Task id.")],
     wait_s: Annotated[
@@ -110,7 +112,7 @@ def task(
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled", "expired", "dead", "all")
 
 
-@app.command()
+@commands.command()
 def tasks(
     status: Annotated[
         str, typer.Option("--status", help=f"Task status to list: {', '.join(STATUSES)}.")
@@ -172,7 +174,7 @@ def tasks(
         console.print(f"more: --cursor {reply.next_cursor}", highlight=False)
 
 
-@app.command()
+@commands.command()
 def resubmit(
     task_id: Annotated[str, typer.Argument(metavar="ID", help="Id of a dead/failed/expired task.")],
     new_id: Annotated[
@@ -195,7 +197,7 @@ def resubmit(
     print_json(encode(run(with_client(nats_url, prefix, go)).task))
 
 
-@app.command()
+@commands.command()
 def cancel(
     task_id: Annotated[str, typer.Argument(metavar="ID", help="Id of the task to cancel.")],
     recursive: Annotated[

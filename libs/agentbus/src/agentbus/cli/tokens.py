@@ -17,7 +17,6 @@ from agentbus.cli.common import (
     JsonFlag,
     NatsUrl,
     Prefix,
-    app,
     console,
     fail,
     print_json,
@@ -30,7 +29,9 @@ from agentbus.messages import ApiToken, utcnow
 tokens_app = typer.Typer(
     help="Bearer tokens of the HTTP gateway: create, list, revoke.", no_args_is_help=True
 )
-app.add_typer(tokens_app, name="tokens")
+commands = typer.Typer()
+"""The root commands this module defines (``agentbus.cli._lazy`` loads them)."""
+commands.add_typer(tokens_app, name="tokens")
 
 
 class TokenView(msgspec.Struct, frozen=True, kw_only=True):

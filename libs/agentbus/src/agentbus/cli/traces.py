@@ -13,7 +13,6 @@ from agentbus.cli.common import (
     JsonFlag,
     NatsUrl,
     Prefix,
-    app,
     console,
     print_json,
     run,
@@ -27,7 +26,9 @@ from agentbus.traces import TraceChange, Traces
 traces_app = typer.Typer(
     help="Stigmergy traces: marks on locations that add up and decay.", no_args_is_help=True
 )
-app.add_typer(traces_app, name="traces")
+commands = typer.Typer()
+"""The root commands this module defines (``agentbus.cli._lazy`` loads them)."""
+commands.add_typer(traces_app, name="traces")
 
 BusPrefix = Annotated[
     str | None,
