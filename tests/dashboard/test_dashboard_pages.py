@@ -105,6 +105,34 @@ async def test_forking_a_checkpoint_thread_on_its_page_stores_the_new_thread(
     assert {t.thread_id for t in await checkpoints.threads()} == {thread, fork}
 
 
+async def test_a_thread_in_a_namespace_is_browsed_and_forked_within_it(
+    stack: EmbeddedStack, client: Client, secret: str, tmp_path: Path
+) -> None:
+    owner, thread, fork, ns = f"owner-{short_id()}", "plan", f"plan-{short_id()}", "subgraph:a"
+    checkpoints = CheckpointClient(client.bus, owner)
+    await checkpoints.put(thread, b"in the namespace", parent_id=None, namespace=ns)
+    await checkpoints.put(thread, b"elsewhere", parent_id=None)  # same id, default namespace
+    async with browser(tmp_path / "profile") as context:
+        page = await context.new_page()
+        await login(page, stack.gateway_url, secret)
+        await page.goto(f"{stack.gateway_url}/checkpoints/{owner}")
+        namespaced = page.locator("tbody tr", has_text=ns)
+        await namespaced.get_by_role("link", name=thread, exact=True).click()
+        await page.locator('tbody tr[data-version="1"]').wait_for()
+        assert ns in await page.locator("h1").inner_text()
+        await page.locator("input[name=new_thread]").fill(fork)
+        await page.get_by_role("button", name="Fork").click()
+        await page.locator('[data-forked-from="plan"]').wait_for()
+        assert ns in await page.locator("h1").inner_text()
+    forked = await checkpoints.get(fork, namespace=ns)
+    assert forked.data == b"in the namespace"
+    assert {(t.thread_id, t.namespace) for t in await checkpoints.threads()} == {
+        (thread, ns),
+        (thread, ""),
+        (fork, ns),
+    }
+
+
 async def test_the_traces_page_ranks_the_strongest_locations_and_follows_deposits(
     stack: EmbeddedStack, client: Client, secret: str, tmp_path: Path
 ) -> None:

@@ -29,10 +29,11 @@ class ScaleForm(msgspec.Struct, kw_only=True):
 
 
 class ForkForm(msgspec.Struct, kw_only=True):
-    """The fork form: a version number and the new thread's id."""
+    """The fork form: a version number, the new thread's id, the thread's namespace."""
 
     version: str
     new_thread: str
+    namespace: str = ""
 
 
 class DecisionForm(msgspec.Struct, kw_only=True):
@@ -102,18 +103,21 @@ async def scale(request: Request[Any, Any, Any], ctx: Ctx, name: Name) -> Templa
 async def fork(
     request: Request[Any, Any, Any], ctx: Ctx, owner: Name, thread: Name
 ) -> Response[Any] | Template:
-    """Fork the thread at a version into a new thread; go to the new thread."""
+    """Fork the thread at a version into a new thread (same namespace); go to it."""
     form = await _form(request, ForkForm)
     if form is None or not form.new_thread.strip() or not form.version.strip().isdigit():
         return flash(ctx, Fetched(400, message="give a version and a new thread id"), "fork")
-    body = {"version": int(form.version), "new_thread": form.new_thread.strip()}
+    new_thread = form.new_thread.strip()
+    body = {"version": int(form.version), "new_thread": new_thread, "namespace": form.namespace}
     async with api(request, ctx) as a:
         got = await a.post(
             "/v1/checkpoints/{owner}/threads/{thread}/fork", owner, thread, body=body
         )
     if not got.ok:
         return flash(ctx, got, f"fork {thread}")
-    target = f"/checkpoints/{quote(owner, safe='')}/{quote(body['new_thread'], safe='')}"
+    target = f"/checkpoints/{quote(owner, safe='')}/{quote(new_thread, safe='')}"
+    if form.namespace:
+        target += f"?namespace={quote(form.namespace, safe='')}"
     return Response(None, status_code=200, headers={"HX-Redirect": target})
 
 

@@ -99,11 +99,23 @@ async def agents_page(request: Request[Any, Any, Any], ctx: Ctx) -> Template:
 
 
 async def _checkpoints(
-    request: Request[Any, Any, Any], ctx: GatewayContext, owner: str | None, thread: str | None
+    request: Request[Any, Any, Any],
+    ctx: GatewayContext,
+    owner: str | None,
+    thread: str | None,
+    namespace: str = "",
 ) -> Template:
     async with api(request, ctx) as a:
-        data = await views.checkpoints(a, owner, thread)
-    return render(ctx, "checkpoints.html", "checkpoints", owner=owner, thread=thread, **data)
+        data = await views.checkpoints(a, owner, thread, namespace)
+    return render(
+        ctx,
+        "checkpoints.html",
+        "checkpoints",
+        owner=owner,
+        thread=thread,
+        namespace=namespace,
+        **data,
+    )
 
 
 @get("/checkpoints")
@@ -116,16 +128,23 @@ async def checkpoint_owners_page(request: Request[Any, Any, Any], ctx: Ctx) -> T
 async def checkpoint_threads_page(
     request: Request[Any, Any, Any], ctx: Ctx, owner: Name
 ) -> Template:
-    """An owner's threads."""
+    """An owner's threads (in every namespace)."""
     return await _checkpoints(request, ctx, owner, None)
 
 
 @get("/checkpoints/{owner:str}/{thread:str}")
 async def checkpoint_versions_page(
-    request: Request[Any, Any, Any], ctx: Ctx, owner: Name, thread: Name
+    request: Request[Any, Any, Any],
+    ctx: Ctx,
+    owner: Name,
+    thread: Name,
+    namespace: Annotated[str, QueryParameter(max_length=256)] = "",
 ) -> Template:
-    """A thread's versions with their metadata, each with a fork form."""
-    return await _checkpoints(request, ctx, owner, thread)
+    """A thread's versions with their metadata, each with a fork form.
+
+    ``?namespace=``: the thread's namespace (default the empty one).
+    """
+    return await _checkpoints(request, ctx, owner, thread, namespace)
 
 
 @get(["/traces", "/ui/traces"])

@@ -133,15 +133,17 @@ async def agents(api: Api) -> dict[str, Any]:
     return {"fetched": got, "groups": sorted(groups.items())}
 
 
-async def checkpoints(api: Api, owner: str | None, thread: str | None) -> dict[str, Any]:
-    """Owners; an owner's threads; or a thread's versions."""
+async def checkpoints(
+    api: Api, owner: str | None, thread: str | None, namespace: str = ""
+) -> dict[str, Any]:
+    """Owners; an owner's threads; or the versions of a thread in ``namespace``."""
     if owner is None:
         got = await api.get("/v1/checkpoints/owners")
         return {"fetched": got, "owners": got.body.get("owners", []) if got.ok else []}
     if thread is None:
         got = await api.get("/v1/checkpoints/{owner}/threads", owner)
         return {"fetched": got, "threads": got.body.get("threads", []) if got.ok else []}
-    got = await api.get(VERSIONS, owner, thread)
+    got = await api.get(VERSIONS, owner, thread, namespace=namespace or None)
     versions = got.body.get("versions", []) if got.ok else []
     return {"fetched": got, "versions": [await _with_origin_version(api, v) for v in versions]}
 
