@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import json
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
 import nats.js.errors
@@ -11,10 +12,11 @@ import psycopg
 from prometheus_client import CollectorRegistry
 
 from agentbus.bus import Bus
-from agentbus.messages import TaskEvent, encode, utcnow
+from agentbus.messages import AgentEvent, TaskEvent, TaskStatus, encode, utcnow
 from agentbus.names import Names
 from agentbus_archiver.service import serve
 from agentbus_archiver.settings import ArchiverSettings
+from tests._harness.polling import eventually
 from tests._harness.services import serving
 
 
@@ -95,3 +97,35 @@ async def publish_until(bus: Bus, stop: asyncio.Event, *, pace_s: float = 0.002)
         sent += 1
         await asyncio.sleep(pace_s)
     return sent
+
+
+async def fill_sample_trail(
+    bus: Bus, database_url: str, request: Mapping[str, str], decision: Mapping[str, str]
+) -> None:
+    """Archive a small trail into ``database_url`` and wait until it is all there.
+
+    Events by stream sequence: 1-4 task ``task-a`` queued, running on ``echo-0``, and
+    ``task-b`` queued, then ``task-a`` succeeded; 5 ``echo-0`` joined (its time set
+    three hours back); 6 an approval ``request``; 7 its ``decision`` (JSON payloads).
+    """
+    n = bus.names
+    now = utcnow()
+    history: tuple[tuple[TaskStatus, str, str | None], ...] = (
+        ("queued", "task-a", None),
+        ("running", "task-a", "echo-0"),
+        ("queued", "task-b", None),
+        ("succeeded", "task-a", "echo-0"),
+    )
+    for status, task, agent in history:
+        event = TaskEvent(task_id=task, capability="echo", status=status, at=now, agent_id=agent)
+        await bus.js.publish(n.task_event_subject(status, task), encode(event))
+    await bus.publish_event("agent", "joined", AgentEvent(agent_id="echo-0", kind="joined", at=now))
+    await bus.js.publish(n.event_subject("approval", "requested"), json.dumps(request).encode())
+    await bus.js.publish(n.event_subject("approval", "decided"), json.dumps(decision).encode())
+    async with running_archiver(bus, archiver_settings(database_url)):
+
+        async def done() -> bool:
+            return await archived_seqs(database_url) == await stream_seqs(bus)
+
+        await eventually(done, what="events archived")
+    await query(database_url, "UPDATE events SET time = now() - interval '3 hours' WHERE seq = 5")

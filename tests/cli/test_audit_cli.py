@@ -11,46 +11,18 @@ import pytest
 
 from agentbus.bus import Bus
 from agentbus.cli import app
-from agentbus.messages import AgentEvent, TaskEvent, TaskStatus, encode, utcnow
 from agentbus.settings import BusSettings
-from tests._harness.archiver import (
-    archived_seqs,
-    archiver_settings,
-    query,
-    running_archiver,
-    stream_seqs,
-)
+from tests._harness.archiver import fill_sample_trail
 from tests._harness.cli import on_bus, runner
-from tests._harness.polling import eventually
 
 pytestmark = [pytest.mark.nats, pytest.mark.timeout(120)]
 
 
 async def _fill(bus: Bus, url: str) -> None:
-    n = bus.names
-    now = utcnow()
-    history: tuple[tuple[TaskStatus, str, str | None], ...] = (
-        ("queued", "task-a", None),
-        ("running", "task-a", "echo-0"),
-        ("queued", "task-b", None),
-        ("succeeded", "task-a", "echo-0"),
-    )
-    for status, task, agent in history:
-        event = TaskEvent(task_id=task, capability="echo", status=status, at=now, agent_id=agent)
-        await bus.js.publish(n.task_event_subject(status, task), encode(event))
-    await bus.publish_event("agent", "joined", AgentEvent(agent_id="echo-0", kind="joined", at=now))
+    """The sample trail; ``task-a``'s approval was approved by alice."""
     request = {"task_id": "task-a", "agent_id": "echo-0", "summary": "push to main"}
     decision = {"task_id": "task-a", "decided_by": "alice", "option": "approve"}
-    await bus.js.publish(n.event_subject("approval", "requested"), json.dumps(request).encode())
-    await bus.js.publish(n.event_subject("approval", "decided"), json.dumps(decision).encode())
-    async with running_archiver(bus, archiver_settings(url)):
-
-        async def done() -> bool:
-            return await archived_seqs(url) == await stream_seqs(bus)
-
-        await eventually(done, what="events archived")
-    # the agent's join happened three hours ago
-    await query(url, "UPDATE events SET time = now() - interval '3 hours' WHERE seq = 5")
+    await fill_sample_trail(bus, url, request, decision)
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ PostgreSQL the archiver filled from a real events stream; no database; a databas
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 
 import httpx
@@ -14,47 +13,18 @@ from agentbus.audit import AuditSettings
 from agentbus.auth.tokens import create_token
 from agentbus.bus import Bus
 from agentbus.embedded import free_port
-from agentbus.messages import AgentEvent, TaskEvent, TaskStatus, encode, utcnow
-from tests._harness.archiver import (
-    archived_seqs,
-    archiver_settings,
-    query,
-    running_archiver,
-    stream_seqs,
-)
+from tests._harness.archiver import fill_sample_trail
 from tests._harness.gateway import Gateway, start_gateway, stop_gateway
-from tests._harness.polling import eventually
 
 pytestmark = [pytest.mark.nats, pytest.mark.timeout(120)]
 COOKIE = "agentbus_session"
 
 
 async def _fill(bus: Bus, url: str) -> None:
-    """Task ``task-a`` on ``echo-0`` with an approval alice decided; ``task-b``; a join."""
-    n = bus.names
-    now = utcnow()
-    history: tuple[tuple[TaskStatus, str, str | None], ...] = (
-        ("queued", "task-a", None),
-        ("running", "task-a", "echo-0"),
-        ("queued", "task-b", None),
-        ("succeeded", "task-a", "echo-0"),
-    )
-    for status, task, agent in history:
-        event = TaskEvent(task_id=task, capability="echo", status=status, at=now, agent_id=agent)
-        await bus.js.publish(n.task_event_subject(status, task), encode(event))
-    await bus.publish_event("agent", "joined", AgentEvent(agent_id="echo-0", kind="joined", at=now))
+    """The sample trail; ``task-a``'s approval was denied by alice."""
     request = {"task_id": "task-a", "summary": "push to main", "requested_by": "echo-0"}
     decision = {"task_id": "task-a", "decided_by": "alice", "option": "deny", "comment": "no"}
-    await bus.js.publish(n.event_subject("approval", "requested"), json.dumps(request).encode())
-    await bus.js.publish(n.event_subject("approval", "decided"), json.dumps(decision).encode())
-    async with running_archiver(bus, archiver_settings(url)):
-
-        async def done() -> bool:
-            return await archived_seqs(url) == await stream_seqs(bus)
-
-        await eventually(done, what="events archived")
-    # the agent's join happened three hours ago
-    await query(url, "UPDATE events SET time = now() - interval '3 hours' WHERE seq = 5")
+    await fill_sample_trail(bus, url, request, decision)
 
 
 def _audit(url: str | None, timeout_s: float = 2.0) -> AuditSettings:
