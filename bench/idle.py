@@ -18,6 +18,9 @@ and ``--settle-s`` has passed with no task at all:
     handler start (the attempt's ``started_at``, taken by the agent as it begins the
     delivery); p50 and p99. Both clocks are this host's.
 
+``--heartbeat-s`` sets the agents' heartbeat interval (``AGENTBUS_AGENT_HEARTBEAT_S``)
+to show what heartbeats cost; keep it well below the registry's TTL.
+
 Usage: ``just bench idle [--json FILE] [--replicas 100] [--window-s 60] [--tasks 50]``
 """
 
@@ -168,18 +171,23 @@ async def run(args: argparse.Namespace, rep: Report) -> None:
         client = Client(bus)
         try:
             began = time.monotonic()
+            heartbeat = (
+                {"AGENTBUS_AGENT_HEARTBEAT_S": str(args.heartbeat_s)} if args.heartbeat_s else {}
+            )
             deployment = Deployment(
                 name=DEPLOYMENT,
                 replicas=args.replicas,
                 command=[sys.executable, "-m", "agentbus.agents.echo"],
                 capabilities=["echo"],
-                env={"AGENTBUS_LOG_LEVEL": "WARNING"},
+                env={"AGENTBUS_LOG_LEVEL": "WARNING", **heartbeat},
                 stop_grace_s=2.0,
             )
             await client.deploy(deployment)
             found = await wait_registered(client, args.replicas, args.ramp_timeout_s)
             console.print(f"{len(found)} agents registered in {time.monotonic() - began:.1f} s")
             rep.add("replicas_count", len(found))
+            if args.heartbeat_s:
+                rep.add("agent_heartbeat_s", args.heartbeat_s)
             await asyncio.sleep(args.settle_s)
             found = await wait_registered(client, args.replicas, 60.0)  # none restarted
             agents = {f"agent:{a.agent_id}": psutil.Process(a.pid) for a in found if a.pid}
@@ -230,6 +238,9 @@ def main() -> None:
     parser.add_argument("--window-s", type=float, default=60.0, help="CPU sampling window")
     parser.add_argument("--tasks", type=int, default=50, help="wake-up tasks (0: skip)")
     parser.add_argument("--gap-s", type=float, default=2.0, help="idle time before each task")
+    parser.add_argument(
+        "--heartbeat-s", type=float, help="agents' heartbeat interval (default: theirs)"
+    )
     parser.add_argument("--ramp-timeout-s", type=float, default=300.0)
     args = parser.parse_args()
     rep = Report("idle")
