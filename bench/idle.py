@@ -120,6 +120,7 @@ def memory_figures(agents: dict[str, psutil.Process], rep: Report) -> list[list[
     """RSS / USS / PSS per agent, p50 and max (MiB); table rows."""
     kinds: dict[str, list[float]] = {"rss": [], "uss": [], "pss": []}
     for proc in agents.values():
+        mem: object
         try:
             mem = proc.memory_full_info()
         except psutil.AccessDenied:

@@ -30,7 +30,7 @@ class _Deferred(types.ModuleType):
         spec = self.__spec__
         assert spec is not None  # set by ``defer``
         assert spec.loader is not None
-        self.__class__ = types.ModuleType  # loaded from here on, also while it runs
+        self.__class__ = types.ModuleType  # type: ignore[assignment]  # loaded from now on
         if spec.submodule_search_locations is not None:
             self.__path__ = list(spec.submodule_search_locations)
         try:
