@@ -171,7 +171,7 @@ down:
 logs *svc:
     {{ compose_all }} logs -f --tail=200 "$@"
 
-[doc('Run a benchmark: `just bench tasks|fleet|state|events|cluster|cli [--json FILE]` (figures, not tests)')]
+[doc('Run a benchmark: `just bench tasks|fleet|state|events|cluster|idle|cli [--json FILE]` (figures, not tests)')]
 [group('run')]
 bench name *args: images
     #!/usr/bin/env bash

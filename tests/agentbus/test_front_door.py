@@ -39,6 +39,26 @@ def test_import_agentbus_pulls_in_no_heavy_dependency() -> None:
     assert out == ""
 
 
+def _loaded_after(statement: str, modules: tuple[str, ...]) -> str:
+    code = f"import sys; {statement}; print(','.join(m for m in {modules!r} if m in sys.modules))"
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def test_an_agent_loads_no_websocket_client_and_no_jwt_library() -> None:
+    # aiohttp is nats-py's WebSocket transport; PyJWT/cryptography sign and verify JWTs.
+    heavy = ("aiohttp.client", "jwt", "cryptography", "agentbus.auth.nats_jwt")
+    assert _loaded_after("import agentbus.agents.echo", heavy) == ""
+
+
+def test_a_deferred_module_loads_on_first_use() -> None:
+    statement = "import agentbus.agents.echo; from aiohttp import web; assert web.Application"
+    assert _loaded_after(statement, ("aiohttp.client",)) == "aiohttp.client"
+    submodule_first = "import agentbus, aiohttp.web; assert aiohttp.ClientSession"
+    assert _loaded_after(submodule_first, ("aiohttp.client",)) == "aiohttp.client"
+
+
 def test_messages_all_lists_every_struct_of_the_contract() -> None:
     missing = []
     for info in _MESSAGE_MODULES:

@@ -7,7 +7,7 @@ import struct
 from datetime import UTC, datetime
 
 from agentbus_supervisor._docker_stream import LogFrameDecoder, parse_docker_time
-from agentbus_supervisor.health import HeartbeatClock, ProbeState
+from agentbus_supervisor.health import WATCHDOG_TICK_S, HeartbeatClock, ProbeState
 from agentbus_supervisor.logs import to_log_line
 from agentbus_supervisor.runtime import OutputLine, ReplicaHandle, agent_stop_grace_s
 
@@ -73,6 +73,19 @@ def test_heartbeat_clock_arms_on_first_heartbeat_and_ignores_outages() -> None:
     assert not c.overdue(now=121.0, timeout_s=15, view_since=110.0)  # re-synced at 110
     c.observe(None)  # entry expired: keeps the last heartbeat
     assert c.last_seen == 105.0
+
+
+def test_heartbeat_clock_looks_again_when_it_could_first_be_overdue() -> None:
+    c = HeartbeatClock(started_at=100.0)
+    assert c.next_look_s(now=101.0, timeout_s=15, view_since=0.0) == 15  # nothing seen yet
+    c.observe(105.0)
+    wait_s = c.next_look_s(now=106.0, timeout_s=15, view_since=0.0)
+    assert not c.overdue(now=106.0 + wait_s - 0.1, timeout_s=15, view_since=0.0)
+    assert c.overdue(now=106.0 + wait_s, timeout_s=15, view_since=0.0)
+    c.observe(118.0)  # a newer heartbeat pushes the next look out
+    assert c.next_look_s(now=121.0, timeout_s=15, view_since=0.0) > 10
+    assert c.next_look_s(now=140.0, timeout_s=15, view_since=0.0) == WATCHDOG_TICK_S  # floor
+    assert c.next_look_s(now=121.0, timeout_s=15, view_since=None) == 15  # view not live
 
 
 def test_log_line_truncates_on_utf8_boundaries() -> None:

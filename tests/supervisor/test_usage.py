@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
 import sys
 from typing import Any
 
@@ -13,6 +16,7 @@ from agentbus_supervisor.process_runtime import ProcessRuntime
 from agentbus_supervisor.runtime import ReplicaSpec
 from agentbus_supervisor.usage import (
     CpuMark,
+    ProcessTable,
     UsageSampler,
     cores_between,
     docker_cpu_cores,
@@ -37,6 +41,11 @@ BURN_IN_CHILD = [
 ]
 """A replica whose CPU goes to a child process: the measure covers descendants."""
 SLEEP = [sys.executable, "-c", "import time; time.sleep(600)"]
+SLEEP_IN_CHILD = [
+    sys.executable,
+    "-c",
+    "import subprocess, sys; subprocess.run([sys.executable, '-c', 'import time; time.sleep(60)'])",
+]
 
 
 def test_cores_between_two_marks() -> None:
@@ -86,6 +95,23 @@ def test_docker_memory_less_page_cache() -> None:
     assert docker_memory_bytes(mem(total_inactive_file=200_000)) == 100_000  # never below 0
     assert docker_memory_bytes(mem()) == 100_000
     assert docker_memory_bytes({"memory_stats": {}}) is None  # a stopped container
+
+
+async def test_process_table_finds_the_descendants_of_a_process() -> None:
+    parent = await asyncio.create_subprocess_exec(*SLEEP_IN_CHILD, start_new_session=True)
+    try:
+        table = ProcessTable(max_age_s=0.0)  # a fresh read of /proc on every lookup
+        found = await eventually(
+            lambda: table.descendants(parent.pid) or None, what="the child started"
+        )
+        assert len(found) == 1
+        assert table.descendants(found[0]) == []
+        shared = ProcessTable()  # read once, for every lookup of the next second
+        assert shared.descendants(parent.pid) == found
+        assert shared.descendants(found[0]) == []
+    finally:
+        os.killpg(parent.pid, signal.SIGKILL)  # the child is in its session
+        await parent.wait()
 
 
 async def test_process_runtime_measures_the_process_tree() -> None:

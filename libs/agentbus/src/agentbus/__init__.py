@@ -23,7 +23,11 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from agentbus._deferred import defer_all
+
 __version__ = "0.1.0"
+
+defer_all()  # aiohttp: only nats-py's WebSocket transport needs it (agentbus._deferred)
 
 _EXPORTS: dict[str, str] = {
     "Agent": "agentbus.runtime",

@@ -127,8 +127,13 @@ class AgentSettings(BaseSettings):
     sent again (one per consumer: nine per subscription). An event arriving meanwhile
     is delivered at once; longer means fewer idle requests on the server."""
     rescan_s: PositiveFloat = 1.0
-    """An idle agent pulls every band at least this often, even without a ready notice
-    (redeliveries after a nak delay or a lapsed lease come without one)."""
+    """How often an agent checks its task subjects for messages no notice announced
+    (redeliveries after a nak delay or a lapsed lease) while work is about: a notice
+    heard, a task pulled, or a message found in the last rescan."""
+    rescan_max_s: PositiveFloat = 30.0
+    """The longest interval between two such checks: while they find every task subject
+    empty, the interval doubles from ``rescan_s`` up to this, capped at ``lease_s`` (a
+    message held that long is seen before it could come back unannounced)."""
     stop_grace_s: PositiveFloat = 10.0
     """On SIGTERM, how long in-flight tasks may run before they are returned."""
     checkpoint_interval_s: PositiveFloat | None = None

@@ -38,7 +38,9 @@ from agentbus_supervisor.restart_policy import Cause
 from agentbus_supervisor.runtime import ReplicaHandle, Runtime
 
 WATCHDOG_TICK_S = 0.5
-"""How often the heartbeat check looks at the agents mirror."""
+"""Least time between two looks of the heartbeat check at the agents mirror."""
+UNWATCHED_LOOK_S = 5.0
+"""How often the heartbeat check looks while it gives no verdict (no timeout set)."""
 
 
 @dataclass
@@ -67,6 +69,17 @@ class HeartbeatClock:
         if self.last_seen is None or view_since is None:
             return False
         return now - max(self.last_seen, view_since) > timeout_s
+
+    def next_look_s(self, *, now: float, timeout_s: float, view_since: float | None) -> float:
+        """Seconds until ``overdue`` could first turn true, at least ``WATCHDOG_TICK_S``.
+
+        Before the first heartbeat, or while the view is not live, that is a whole
+        ``timeout_s`` away at the earliest; a newer heartbeat only pushes it further.
+        """
+        if self.last_seen is None or view_since is None:
+            return max(timeout_s, WATCHDOG_TICK_S)
+        due = max(self.last_seen, view_since) + timeout_s
+        return max(due - now + WATCHDOG_TICK_S / 10, WATCHDOG_TICK_S)
 
 
 @dataclass
@@ -140,13 +153,17 @@ async def heartbeat_watchdog(
 
     The supervisor's view counts as live only while it is connected, its watch of
     ``<p>_agents`` is replayed, and no reconnect happened since the last look; any
-    break restarts the wait, so agents are not blamed for a NATS outage.
+    break restarts the wait, so agents are not blamed for a NATS outage. It looks only
+    when the heartbeats could be overdue (``HeartbeatClock.next_look_s``), not on a
+    fixed tick: an idle fleet's watchdogs sleep through their agents' heartbeats.
     """
     clock = HeartbeatClock(started_at=time.monotonic())
     reconnects = agents.bus.nc.stats["reconnects"]
     quiet_since = clock.started_at
+    wait_s = WATCHDOG_TICK_S
     while True:
-        await asyncio.sleep(WATCHDOG_TICK_S)
+        await asyncio.sleep(wait_s)
+        wait_s = UNWATCHED_LOOK_S
         now = time.monotonic()
         info = agents.values.get(handle.agent_id)
         if info is not None and info.node_id in (None, node_id):
@@ -155,11 +172,15 @@ async def heartbeat_watchdog(
             reconnects = agents.bus.nc.stats["reconnects"]
             quiet_since = now
         timeout_s = deployment().heartbeat_timeout_s
-        if timeout_s is None or not agents.live:
+        if timeout_s is None:
+            continue
+        if not agents.live:
+            wait_s = WATCHDOG_TICK_S
             continue
         view_since = max(quiet_since, agents.synced_at)
         if clock.overdue(now=now, timeout_s=timeout_s, view_since=view_since):
             return f"no agent heartbeat for {timeout_s:g} s"
+        wait_s = clock.next_look_s(now=now, timeout_s=timeout_s, view_since=view_since)
 
 
 async def watchdog(

@@ -47,7 +47,7 @@ from agentbus_supervisor.runtime import (
     Runtime,
     Usage,
 )
-from agentbus_supervisor.usage import CpuMark, cores_between, process_tree
+from agentbus_supervisor.usage import CpuMark, ProcessTable, cores_between, process_tree
 
 _STRIPPED_ENV = ("SUPERVISOR_", "AGENTBUS_")
 """The supervisor's own settings are not inherited; the spec sets the agent's."""
@@ -92,6 +92,7 @@ class ProcessRuntime(Runtime):
     ) -> None:
         """``state_dir``: where pid files go (None: none, no leftovers are ended)."""
         self._children: dict[str, _Child] = {}
+        self._processes = ProcessTable()  # one /proc read per sampling round
         self.pid_files = PidFiles(state_dir) if state_dir is not None else None
         self.queue_lines = queue_lines
         self.line_max_bytes = line_max_bytes
@@ -273,7 +274,7 @@ class ProcessRuntime(Runtime):
         pid = child.process.pid
         try:
             at_s, (cpu_s, rss_bytes) = await asyncio.to_thread(
-                lambda: (time.monotonic(), process_tree(pid))
+                lambda: (time.monotonic(), process_tree(pid, self._processes))
             )
         except psutil.Error as exc:
             raise UnavailableError(f"cannot read process {pid}: {exc}") from exc

@@ -11,7 +11,9 @@ The computations are pure functions here:
   difference of their CPU seconds (user + system, plus those of children already
   reaped) over the wall-clock time between two samples (``cores_between``);
   memory is the sum of their resident set sizes (pages they share count once per
-  process).
+  process). Finding descendants means reading every process's parent from ``/proc``;
+  a ``ProcessTable`` does that once per sampling round for all replicas, not once
+  per replica (which, with 100 idle replicas, was most of an idle supervisor's CPU).
 - containers (the Engine API's one-shot ``stats``): CPU by Docker's formula,
   ``(cpu_stats.cpu_usage.total_usage - precpu_stats...) / (cpu_stats.system_cpu_usage
   - precpu_stats...) * online_cpus`` (``docker_cpu_cores``); memory is
@@ -22,6 +24,8 @@ The computations are pure functions here:
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -52,11 +56,42 @@ def cores_between(before: CpuMark | None, after: CpuMark) -> float | None:
     return used_s / (after.monotonic_s - before.monotonic_s)
 
 
-def process_tree(pid: int) -> tuple[float, int]:
+class ProcessTable:
+    """Children of every process, read from ``/proc`` at most once per ``max_age_s``.
+
+    Thread-safe: the replicas of one sampling round (``asyncio.to_thread``) share one
+    read. A process started since the last read is missed until the next one.
+    """
+
+    def __init__(self, max_age_s: float = 1.0) -> None:
+        self.max_age_s = max_age_s
+        self._lock = threading.Lock()
+        self._read_at = float("-inf")
+        self._children: dict[int, list[int]] = {}
+
+    def descendants(self, pid: int) -> list[int]:
+        """Pids of the descendants of ``pid`` (children first), as last read."""
+        with self._lock:
+            if time.monotonic() - self._read_at > self.max_age_s:
+                self._children = {}
+                for proc in psutil.process_iter(["ppid"]):
+                    self._children.setdefault(proc.info["ppid"], []).append(proc.pid)
+                self._read_at = time.monotonic()
+            children = self._children
+        found, todo = [], list(children.get(pid, []))
+        while todo:
+            child = todo.pop(0)
+            found.append(child)
+            todo.extend(children.get(child, []))
+        return found
+
+
+def process_tree(pid: int, table: ProcessTable | None = None) -> tuple[float, int]:
     """``(cpu_s, rss_bytes)`` of process ``pid`` and all its descendants.
 
     ``cpu_s`` is user + system time of each, plus that of the children the process
-    already reaped. Descendants that end while being read are skipped.
+    already reaped. Descendants that end while being read are skipped. ``table``:
+    where descendants are looked up (default: a fresh read of ``/proc``).
 
     Raises:
         psutil.NoSuchProcess: ``pid`` itself is gone.
@@ -67,7 +102,12 @@ def process_tree(pid: int) -> tuple[float, int]:
         times = leader.cpu_times()
         cpu_s = times.user + times.system + times.children_user + times.children_system
         rss = leader.memory_info().rss
-        children = leader.children(recursive=True)
+    children = []
+    for child_pid in (table or ProcessTable()).descendants(pid):
+        try:
+            children.append(psutil.Process(child_pid))
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
     for child in children:
         try:
             with child.oneshot():

@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from agentbus.auth import nats_jwt
+from agentbus.auth import jwt_claims
 from agentbus.errors import ContractError
 
 _JWT_RE = re.compile(r"-----BEGIN NATS USER JWT-----\s*(\S+)\s*------END NATS USER JWT------")
@@ -38,7 +38,7 @@ def creds_inbox_prefix(path: Path) -> str | None:
     Raises:
         ContractError: unreadable creds.
     """
-    claims = nats_jwt.decode(creds_jwt(path))
+    claims = jwt_claims.decode(creds_jwt(path))
     allowed = claims.get("nats", {}).get("sub", {}).get("allow") or []
     for subject in allowed:
         if subject.startswith("_INBOX_") and subject.endswith(".>"):

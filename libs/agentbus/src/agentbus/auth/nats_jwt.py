@@ -21,6 +21,7 @@ import jwt
 import nkeys
 from jwt.algorithms import Algorithm
 
+from agentbus.auth.jwt_claims import decode as decode  # re-exported
 from agentbus.errors import ContractError
 
 ALGORITHM = "ed25519-nkey"
@@ -128,24 +129,3 @@ def encode(
     claims["jti"] = base64.b32encode(digest).decode().rstrip("=")
     payload = json.dumps(claims, separators=(",", ":")).encode()
     return _JWS.encode(payload, issuer, algorithm=ALGORITHM, headers={"typ": "JWT"})
-
-
-def decode(token: str) -> dict[str, Any]:
-    """The claims of a NATS JWT, unverified (nats-server verifies the chain on connect).
-
-    For reading this project's own JWTs back (``agentbus auth``), never to trust a
-    JWT from elsewhere.
-
-    Raises:
-        ContractError: not a JWT.
-    """
-    try:
-        _JWS.get_unverified_header(token)  # raises on a malformed JWS
-        return dict(json.loads(_payload(token)))
-    except (jwt.PyJWTError, IndexError, ValueError) as exc:
-        raise ContractError(f"not a valid NATS JWT: {exc}") from exc
-
-
-def _payload(token: str) -> bytes:
-    part = token.split(".")[1]
-    return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))

@@ -23,7 +23,8 @@ the fleet (``bench/notice_herd.py`` measures it). Instead:
   agent keeps a band marked while its last pull left tasks in it, so a saturated fleet
   needs no notice per task).
 * **Backstops.** An agent that was out of the group also pulls band 0 when a slot
-  frees, and every agent still rescans every band every ``rescan_s``: a subscriber of
+  frees, and every agent still rescans its task subjects (every ``rescan_s`` while
+  work is about, rarely when idle: ``agentbus.runtime.rescan``): a subscriber of
   the ready subject outside the queue group (a debugging ``nats sub '>'``) hides the
   503, a reconnect can lose a notice, and redeliveries after a lapsed lease come
   unannounced.

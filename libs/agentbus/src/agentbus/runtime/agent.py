@@ -255,6 +255,7 @@ class Agent(EventHandlers):
             self.capabilities,
             max_concurrency=self.max_concurrency,
             rescan_s=self.settings.rescan_s,
+            rescan_max_s=min(self.settings.rescan_max_s, self.settings.lease_s),
             pull_timeout_s=self.settings.fetch_timeout_s,
             dispatch=self._dispatch,
             on_bad=self._poison(bus, "ready"),

@@ -13,11 +13,12 @@ priorities, so the order between bands is decided here, by what is pulled first:
   time.
 * Bands are pulled high to low; among capabilities with the same band, round-robin.
 * A band is pulled only while it may hold tasks ("flagged"). Every band starts
-  flagged; every ``rescan_s`` (redeliveries after a lapsed lease come unannounced)
-  band 0 is flagged and so is every higher band whose subject holds any message (one
-  stream-info request per capability, ``NoWaitPuller.subject_counts``: an idle agent
-  spent most of its CPU pulling ten empty bands every second); otherwise a band is
-  flagged by a ``TasksReady`` notice (``agentbus.bus.notices``: the one
+  flagged; a rescan (redeliveries after a lapsed lease come unannounced) flags every
+  band whose subject holds any message (two stream-info requests per capability,
+  band 0's subject and the others', ``NoWaitPuller.subject_counts``: no pull of an
+  empty band). Rescans run every ``rescan_s`` while work is about and back off to
+  ``rescan_max_s`` while the subjects stay empty (``agentbus.runtime.rescan``);
+  otherwise a band is flagged by a ``TasksReady`` notice (``agentbus.bus.notices``: the one
   agent of the queue group that heard it), a backlog notice (no agent had a free slot
   when the tasks came), a retry of this agent falling due, or — for band 0 — a slot
   freeing after the agent was full. A pull clears the flag unless tasks are owed to
@@ -50,6 +51,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -63,6 +65,7 @@ from agentbus.bus.pulls import NoWaitPuller, Pulled, nak_quietly
 from agentbus.messages import TasksReady
 from agentbus.names import BANDS, Names
 from agentbus.runtime.rebind import Rebinder
+from agentbus.runtime.rescan import RescanClock
 
 NOTICE_WAIT_S = 0.02
 """How long a pull for a notice may wait for the task to be stored."""
@@ -92,6 +95,7 @@ class Intake:
         *,
         max_concurrency: int,
         rescan_s: float,
+        rescan_max_s: float | None = None,
         pull_timeout_s: float,
         dispatch: Callable[[str, Msg], None],
         on_bad: Callable[[str, str], Awaitable[None]] | None = None,
@@ -101,7 +105,8 @@ class Intake:
         self._rebinder = rebinder
         self.capabilities = list(capabilities)
         self.max_concurrency = max_concurrency
-        self.rescan_s = rescan_s
+        self.rescan = RescanClock(rescan_s, rescan_max_s or rescan_s, time.monotonic())
+        """When the next rescan is due (``agentbus.runtime.rescan``)."""
         self._dispatch = dispatch
         self._puller = NoWaitPuller(
             bus, bus.names.tasks_stream, timeout_s=pull_timeout_s, late=self._late
@@ -206,6 +211,7 @@ class Intake:
         """
         lane = Lane(band, capability)
         if lane in self._owed:
+            self.rescan.stir(time.monotonic())
             self._owed[lane] += count
             self._flagged.add(lane)
             self._changed.set()
@@ -261,6 +267,7 @@ class Intake:
         capability = rest.split(".", 1)[0]
         if capability in self.capabilities and self.busy < self.max_concurrency:
             self.busy += 1
+            self.rescan.stir(time.monotonic())
             self._dispatch(capability, msg)
             self._changed.set()
             return
@@ -291,26 +298,29 @@ class Intake:
             # notice covers that, rate limited; band 0, the common one, is cheap to check)
             self._flagged.update(Lane(0, c) for c in self.capabilities)
 
-    async def _rescan(self) -> None:
-        """Flag band 0 and every higher band whose subject holds messages.
+    async def _rescan(self) -> bool:
+        """Flag every band whose subject holds messages; return whether none does.
 
-        One stream-info request per capability instead of a pull per band (an idle
-        agent rescans every ``rescan_s``); if it fails, every band is flagged.
+        Stream-info requests (band 0's subject, then the others') instead of a pull
+        per band; if one fails, every band of that capability is flagged (not empty).
         """
+        empty = True
         for capability in self.capabilities:
-            self._flagged.add(Lane(0, capability))
+            subject = self._names.task_subject(capability)
             try:
-                held = await self._puller.subject_counts(
-                    f"{self._names.task_subject(capability)}.>"
-                )
+                held = await self._puller.subject_counts(subject)
+                held |= await self._puller.subject_counts(f"{subject}.>")
             except Exception as exc:  # connection trouble: pull them all
                 logger.debug("band probe failed", capability=capability, error=repr(exc))
-                self._flagged.update(Lane(b, capability) for b in range(1, BANDS))
+                self._flagged.update(Lane(b, capability) for b in range(BANDS))
+                empty = False
                 continue
             self.probes += 1
-            for band in range(1, BANDS):
+            for band in range(BANDS):
                 if held.get(self._names.task_subject(capability, band), 0) > 0:
                     self._flagged.add(Lane(band, capability))
+                    empty = False
+        return empty
 
     def _settle(self, lane: Lane, owed: int, ask: int, pulled: Pulled, free: int) -> None:
         """Book a pull of ``lane`` that asked for ``ask`` with ``owed`` tasks owed.
@@ -337,24 +347,24 @@ class Intake:
         logger.warning("task consumer gone", consumer=consumer, status=pulled.status)
 
     def _rebound(self, capability: str) -> None:
+        self.rescan.stir(time.monotonic())
         self._flagged.update(Lane(b, capability) for b in range(BANDS))
         self._changed.set()
 
     async def run(self) -> None:
         """Pull into free slots until ``stop()``; returns after the pull in progress."""
-        loop = asyncio.get_running_loop()
-        next_rescan = loop.time() + self.rescan_s
+        clock = self.rescan
         while not self._stopping:
             self._changed.clear()
             free = self.max_concurrency - self.busy
             await self._listen(free)
-            now = loop.time()
-            if now >= next_rescan and free > 0:
-                await self._rescan()
-                next_rescan = now + self.rescan_s
+            now = time.monotonic()
+            if now >= clock.due and free > 0:
+                empty = await self._rescan()
+                clock.scanned(time.monotonic(), empty=empty)
             lane = self._next_lane() if free > 0 else None
             if lane is None:  # every slot busy, or nothing to pull: wait for a change
-                timeout = max(next_rescan - now, 0.0) if free > 0 else None
+                timeout = max(clock.due - time.monotonic(), 0.0) if free > 0 else None
                 try:
                     await asyncio.wait_for(self._changed.wait(), timeout)
                 except TimeoutError:
@@ -379,6 +389,8 @@ class Intake:
                 self._unbound(lane, consumer, pulled)
                 continue
             self._settle(lane, owed, ask, pulled, free)
+            if pulled.msgs:
+                clock.stir(time.monotonic())
             for msg in pulled.msgs:
                 self.busy += 1
                 self._dispatch(lane.capability, msg)
