@@ -20,6 +20,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from agentbus.bus import Bus
 from agentbus.errors import AgentBusError
+from agentbus.kv.leader import leader_get
 from agentbus.kv.lease import LeaseRecord
 from agentbus.kv.replay import replay
 from agentbus.messages import TERMINAL_STATUSES, AgentInfo, NodeInfo
@@ -66,6 +67,9 @@ class Census:
     (``LIVE_STATES``) in the status replies of two hosts' supervisors at once.
     ``flips``: ``(monotonic_s, agent_id, node_ids)`` whenever KV ``<p>_agents`` showed
     an agent id back on a node it had left (two live replicas heartbeating in turn).
+    Entries are read from the bucket's stream leader (``leader_agents``): a replica
+    catching up after its server restarted answers direct gets with entries of
+    replicas long gone, which would read as flips.
     """
 
     bus: Bus
@@ -103,7 +107,7 @@ class Census:
         for agent_id, on in where.items():
             if len(on) > 1:
                 self.duplicates.append((now, agent_id, on))
-        live = await agents(self.bus)
+        live = await self.leader_agents()
         for agent_id, info in (live or {}).items():
             history = self._seen.setdefault(agent_id, [])
             node = info.node_id or ""
@@ -114,6 +118,28 @@ class Census:
             elif not history:
                 history.append(node)
         self.rounds += 1
+
+    async def leader_agents(self) -> dict[str, AgentInfo] | None:
+        """Live agents by id as the agents bucket's leader has them (None: no answer).
+
+        The ids are those of any replica's answer (``agents``) plus those seen before;
+        each entry is then read from the leader.
+        """
+        listed = await agents(self.bus)
+        if listed is None:
+            return None
+        bucket = self.bus.names.agents_bucket
+        found: dict[str, AgentInfo] = {}
+        for agent_id in sorted(set(listed) | set(self._seen)):
+            try:
+                entry = await leader_get(self.bus.js, bucket, agent_id)
+            except _FAILURES:
+                return None
+            if entry is not None:
+                info = msgspec.json.decode(entry[0], type=AgentInfo)
+                if info.status != "stopping":
+                    found[agent_id] = info
+        return found
 
 
 async def terminal_events(bus: Bus, *, timeout_s: float = 5.0) -> Counter[str]:

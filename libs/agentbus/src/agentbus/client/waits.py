@@ -25,6 +25,7 @@ from agentbus.errors import (
     RequestTimeoutError,
     TaskWaitTimeoutError,
 )
+from agentbus.kv.leader import KV_OPERATION, leader_get
 from agentbus.messages import (
     TERMINAL_STATUSES,
     AgentsReply,
@@ -37,7 +38,6 @@ from agentbus.names import check_task_id
 
 decode_event = msgspec.json.Decoder(TaskEvent).decode
 """Decode one ``TaskEvent`` (raises ``msgspec.DecodeError``/``ValidationError``)."""
-_KV_OPERATION = "KV-Operation"
 _WAIT_SUBJECTS_MAX = 64
 """Above this many awaited tasks, one subscription on every task event replaces per-task ones."""
 
@@ -97,7 +97,7 @@ def handed_off(record: TaskRecord) -> str | None:
 
 def _terminal_write(msg: Any) -> TaskRecord | None:
     """The record a republished write carries if it is terminal (not a delete marker)."""
-    if msg.headers and msg.headers.get(_KV_OPERATION):
+    if msg.headers and msg.headers.get(KV_OPERATION):
         return None
     try:
         record = decode_record(msg.data)
@@ -245,7 +245,7 @@ class TaskWaits:
             raise RequestTimeoutError(f"task {task_id}", publisher.timeout_s) from exc
         headers = reply.headers or {}
         status = headers.get("Status")
-        if status == "404" or headers.get(_KV_OPERATION):
+        if status == "404" or headers.get(KV_OPERATION):
             return None
         if status is None and reply.data:
             try:
@@ -270,20 +270,15 @@ class TaskWaits:
         Raises:
             RequestTimeoutError: no answer within the request timeout (no leader).
         """
-        bucket = self.names.tasks_bucket
         try:
-            msg = await self.bus.js.get_msg(
-                f"KV_{bucket}", subject=f"$KV.{bucket}.{task_id}", direct=False
-            )
-        except nats.js.errors.NotFoundError:
-            return None
+            entry = await leader_get(self.bus.js, self.names.tasks_bucket, task_id)
         except TimeoutError as exc:
             raise RequestTimeoutError(
                 f"task {task_id}", self.bus.settings.request_timeout_s
             ) from exc
-        if (msg.headers or {}).get(_KV_OPERATION) or not msg.data:
+        if entry is None:
             return None
-        return decode_record(msg.data)
+        return decode_record(entry[0])
 
     async def terminal_records(
         self, task_ids: Iterable[str], *, timeout_s: float = 600.0, recheck_s: float = 30.0

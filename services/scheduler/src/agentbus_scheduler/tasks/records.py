@@ -35,6 +35,7 @@ from nats.js.api import PubAck
 from agentbus.bus import Bus
 from agentbus.bus.contract import cluster_size
 from agentbus.bus.publisher import EXPECTED_LAST_SUBJECT_SEQ
+from agentbus.kv.leader import leader_get
 from agentbus.messages import TaskEvent, TaskRecord, decode_record, encode
 from agentbus_scheduler.metrics import SchedulerMetrics
 
@@ -191,16 +192,11 @@ class Records:
 
     async def _leader_read(self, task_id: str) -> tuple[TaskRecord, int] | None:
         """``read`` answered by the tasks bucket's stream leader (not a follower)."""
-        bucket = self.bus.names.tasks_bucket
-        try:
-            msg = await self.bus.js.get_msg(
-                f"KV_{bucket}", subject=f"$KV.{bucket}.{task_id}", direct=False
-            )
-        except nats.js.errors.NotFoundError:
+        entry = await leader_get(self.bus.js, self.bus.names.tasks_bucket, task_id)
+        if entry is None:
             return None
-        if (msg.headers or {}).get("KV-Operation") or not msg.data or not msg.seq:
-            return None
-        return decode_record(msg.data), msg.seq
+        value, revision = entry
+        return decode_record(value), revision
 
     async def update(
         self,
