@@ -128,7 +128,15 @@ async def test_no_notice_is_lost_while_agents_toggle_busy_and_idle(
                 def round_pulled(upto: int = published) -> bool:
                     return len(pulled) >= upto
 
-                await eventually(round_pulled, timeout_s=10.0, what=f"round {round_} pulled")
+                try:
+                    await eventually(round_pulled, timeout_s=10.0, what=f"round {round_}")
+                except AssertionError:
+                    raise AssertionError(
+                        f"round {round_} (band {band}): {published - len(pulled)} of "
+                        f"{published} tasks never pulled; agents (busy, listening, "
+                        f"flagged, passed on): {[_state(i) for i in intakes]}, backlogged "
+                        f"{announcer.backlogged}"
+                    ) from None
 
             def all_pulled() -> bool:
                 return len(pulled) == published
@@ -147,3 +155,7 @@ async def test_no_notice_is_lost_while_agents_toggle_busy_and_idle(
     assert all(n == 1 for n in pulled.values()), "a task was delivered twice"
     assert most_busy <= SLOTS
     assert sum(i.passed_on for i in intakes) + announcer.backlogged > 0, "agents never got full"
+
+
+def _state(intake: Intake) -> tuple[int, bool, list[int], int]:
+    return intake.busy, intake.listening, intake.flagged(CAPABILITY), intake.passed_on
