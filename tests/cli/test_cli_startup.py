@@ -96,3 +96,10 @@ def test_a_hidden_command_still_runs() -> None:
     undeploy = group.get_command(typer.Context(group, info_name="agentbus"), "undeploy")
     assert undeploy is not None and undeploy.callback is not None
     assert undeploy.callback.__module__ == "agentbus.cli.fleet"
+
+
+def test_a_listing_command_loads_no_stack_or_jwt_code() -> None:
+    # It finds a running embedded stack through its state file alone.
+    modules = set(imported_by("nodes", "--help"))
+    assert "agentbus.embedded.state" in modules
+    assert {"agentbus.embedded.stack", "agentbus.embedded.auth", "jwt"} & modules == set()

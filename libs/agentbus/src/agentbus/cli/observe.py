@@ -32,7 +32,7 @@ from agentbus.cli.common import (
 )
 from agentbus.cli.connect import resolve_settings
 from agentbus.client import Client
-from agentbus.embedded import ping_services
+from agentbus.embedded.processes import ping_services
 from agentbus.errors import NotFoundError
 from agentbus.events.view import SubscriptionView, subscription_views
 from agentbus.fleet.logs import read_logs, since_time

@@ -4,11 +4,25 @@
 - ``auth``: their credentials (authentication is on by default);
 - ``state``: the state file through which other ``agentbus`` commands find a running
   stack (one live stack per file).
+
+Names are resolved lazily (PEP 562 ``__getattr__``): a CLI command that only reads the
+state file does not import the stack, its credentials code and their JWT libraries.
 """
 
-from agentbus.embedded.processes import free_port
-from agentbus.embedded.stack import NODE_ID, SERVICES, EmbeddedStack, ping_services
-from agentbus.embedded.state import EmbeddedState, read_state
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS: dict[str, str] = {
+    "NODE_ID": "agentbus.embedded.stack",
+    "SERVICES": "agentbus.embedded.stack",
+    "EmbeddedStack": "agentbus.embedded.stack",
+    "ping_services": "agentbus.embedded.processes",
+    "free_port": "agentbus.embedded.processes",
+    "EmbeddedState": "agentbus.embedded.state",
+    "read_state": "agentbus.embedded.state",
+}
 
 __all__ = [
     "NODE_ID",
@@ -19,3 +33,26 @@ __all__ = [
     "ping_services",
     "read_state",
 ]
+
+if TYPE_CHECKING:
+    from agentbus.embedded.processes import free_port, ping_services
+    from agentbus.embedded.stack import NODE_ID, SERVICES, EmbeddedStack
+    from agentbus.embedded.state import EmbeddedState, read_state
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's module on first use (PEP 562).
+
+    Raises:
+        AttributeError: ``name`` is not part of the public surface.
+    """
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'agentbus.embedded' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
