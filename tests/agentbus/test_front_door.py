@@ -59,6 +59,38 @@ def test_a_deferred_module_loads_on_first_use() -> None:
     assert _loaded_after(submodule_first, ("aiohttp.client",)) == "aiohttp.client"
 
 
+THREADS_FIRST_USE = """
+import threading
+import agentbus, aiohttp
+errors = []
+go = threading.Barrier(8)
+def use(n):
+    go.wait()
+    try:
+        if n % 2:
+            assert aiohttp.ClientSession
+        else:
+            from aiohttp import web
+            assert web.Application
+    except Exception as exc:
+        errors.append(repr(exc))
+threads = [threading.Thread(target=use, args=(n,)) for n in range(8)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print(errors)
+"""
+
+
+@pytest.mark.parametrize("run", range(3))
+def test_threads_using_a_deferred_module_at_once_all_see_it_whole(run: int) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", THREADS_FIRST_USE], capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == "[]", done.stdout
+
+
 def test_messages_all_lists_every_struct_of_the_contract() -> None:
     missing = []
     for info in _MESSAGE_MODULES:
