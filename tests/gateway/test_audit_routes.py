@@ -79,8 +79,9 @@ async def test_each_question_gets_its_events_oldest_first(filled: Gateway) -> No
     assert "approvals=true" in none.json()["error"]["message"]
 
 
-async def test_the_audit_trail_needs_fleet_read(bus: Bus, filled: Gateway) -> None:
-    _, reader = await create_token(bus, "tasks-only", ["tasks:read"])
+async def test_the_audit_trail_needs_tasks_read(bus: Bus, filled: Gateway) -> None:
+    # it holds task inputs, outputs and approval comments: a monitoring token is refused
+    _, reader = await create_token(bus, "fleet-only", ["fleet:read"])
     async with filled.client(reader) as http:
         refused = await http.get("/v1/audit/events", params={"approvals": "true"})
     assert refused.status_code == 403, refused.text
@@ -94,6 +95,7 @@ async def test_the_page_shows_a_task_and_who_decided_its_approval(filled: Gatewa
     async with page_client(filled, filled.secret) as browser:
         task = await browser.get("/audit", params={"task": "task-a"})
         approvals = await browser.get("/audit", params={"view": "approvals"})
+        other = await browser.get("/audit", params={"view": "approvals", "task": "task-b"})
         agent = await browser.get(
             "/audit", params={"view": "agent", "agent": "echo-0", "since": "2000-01-01T00:00"}
         )
@@ -103,6 +105,7 @@ async def test_the_page_shows_a_task_and_who_decided_its_approval(filled: Gatewa
     assert approvals.text.count("<tr data-seq=") == 2
     assert '<td class="decided-by">alice</td>' in approvals.text
     assert "push to main" in approvals.text
+    assert other.status_code == 200 and "<tr data-seq=" not in other.text  # task-b: none
     assert agent.text.count("<tr data-seq=") == 3 and 'data-kind="agent.joined"' in agent.text
 
 

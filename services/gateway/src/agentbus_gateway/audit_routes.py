@@ -3,7 +3,7 @@
 Three questions, one per request, answered by ``agentbus.audit.queries``:
 ``approvals=true`` (who approved or denied what; ``task_id``, ``since``, ``until``
 narrow it), ``task_id`` (every event of one task), ``agent_id`` (what one agent did
-in ``[since, until)``). Needs ``fleet:read``.
+in ``[since, until)``). Needs ``tasks:read`` (task inputs, outputs, approval comments).
 
 The database is ``AuditSettings.database_url`` (env ``AGENTBUS_AUDIT_DATABASE_URL``);
 each request opens one connection and closes it. Without a database, without
@@ -125,7 +125,7 @@ def _view(approvals: bool, task_id: str | None, agent_id: str | None) -> AuditVi
     ),
     responses=error_responses(400, 503),
     tags=["audit"],
-    **needs("fleet:read"),
+    **needs("tasks:read"),
 )
 async def audit_events(
     ctx: Ctx,

@@ -244,7 +244,7 @@ async def audit(
     elif view == "agent":
         params = {"agent_id": agent, "since": start, "until": end}
     else:
-        params = {"approvals": "true", "since": start, "until": end}
+        params = {"approvals": "true", "task_id": task or None, "since": start, "until": end}
     if (view == "task" and not task) or (view == "agent" and not agent):
         return {**base, "asked": False}
     got = await api.get(AUDIT, **params)
