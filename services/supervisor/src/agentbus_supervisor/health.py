@@ -180,7 +180,11 @@ async def heartbeat_watchdog(
         view_since = max(quiet_since, agents.synced_at)
         if clock.overdue(now=now, timeout_s=timeout_s, view_since=view_since):
             return f"no agent heartbeat for {timeout_s:g} s"
-        wait_s = clock.next_look_s(now=now, timeout_s=timeout_s, view_since=view_since)
+        # at most UNWATCHED_LOOK_S: a deployment's timeout may be lowered meanwhile
+        wait_s = min(
+            clock.next_look_s(now=now, timeout_s=timeout_s, view_since=view_since),
+            UNWATCHED_LOOK_S,
+        )
 
 
 async def watchdog(
