@@ -9,6 +9,8 @@ rescans frequent.
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 
 from agentbus.bus import Bus
@@ -83,3 +85,28 @@ async def test_a_task_under_lease_keeps_idle_agents_rescanning(
             await eventually(
                 lambda: intake.rescan.interval_s >= 0.8, what="rescans back off once empty"
             )
+
+
+async def test_a_task_a_stopping_agent_returns_is_announced(
+    bus: Bus, bus_settings: BusSettings
+) -> None:
+    # The idle agent's first rescan is 30 s away: only a notice can bring it the task
+    # the stopping agent nak'd, and nothing else announces that.
+    busy = worker("ret-busy", lease_s=120.0, stop_grace_s=0.2)
+    idle = worker("ret-idle", rescan_s=30.0, rescan_max_s=60.0, lease_s=120.0)
+    client = Client(bus)
+    async with running_scheduler(bus), contextlib.AsyncExitStack() as both:
+        busy_running = contextlib.AsyncExitStack()
+        both.push_async_callback(busy_running.aclose)
+        await busy_running.enter_async_context(agent_running(busy.agent, bus_settings))
+        blocker = await client.submit("work", "blocker")
+        await eventually(lambda: blocker.task_id in busy.started, what="busy started it")
+        await both.enter_async_context(agent_running(idle.agent, bus_settings))
+        await eventually(lambda: idle.agent._intake is not None, what="idle's intake started")
+        intake = _intake(idle)
+        await eventually(lambda: intake.listening and not intake.flagged("work"), what="idle")
+        await busy_running.aclose()  # SIGTERM-like: the blocker is nak'd for another agent
+        await eventually(lambda: blocker.task_id in idle.started, timeout_s=10.0, what="handed on")
+        assert intake.probes == 0  # by the notice, not a rescan
+        idle.gate.set()
+        assert (await client.wait(blocker.task_id, timeout_s=10.0)).status == "succeeded"

@@ -247,6 +247,7 @@ class Agent(EventHandlers):
             metrics=self.metrics,
             cancels=cancels,
             retry_due=self._retry_due,
+            returned=self._returned,
             on_bad=self._poison(bus, "tasks"),
             slots=_IntakeSlots(self),
         )
@@ -366,6 +367,10 @@ class Agent(EventHandlers):
     def _retry_due(self, capability: str, band: int, delay_s: float) -> None:
         if self._intake is not None:
             self._intake.wake_later(capability, band, delay_s)
+
+    def _returned(self, capability: str, band: int) -> None:
+        if self._intake is not None:
+            self._intake.returned(capability, band)
 
     def _poison(self, bus: Bus, source: str) -> Callable[[str, str], Awaitable[None]]:
         return poison_reporter(bus, self.metrics, agent_id=self.agent_id, source=source)

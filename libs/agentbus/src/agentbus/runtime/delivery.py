@@ -63,6 +63,9 @@ class Deliveries:
     retry_due: Callable[[str, int, float], None]
     """``(capability, band, delay_s)``: an attempt was nak'd with that delay (nobody
     announces its redelivery)."""
+    returned: Callable[[str, int], None]
+    """``(capability, band)``: an attempt was nak'd for another agent to take at once
+    (nobody else announces it)."""
     on_bad: Callable[[str, str], Awaitable[None]]
     """``(subject, reason)``: a task message is not a valid task for its queue."""
     slots: Slots | None = None
@@ -136,6 +139,7 @@ class Deliveries:
                     return
                 self.metrics.attempts.labels(capability, "returned").inc()
                 await msg.nak()  # stopping: let another agent take it now
+                self.returned(capability, task.priority)
                 raise
             except Exception as exc:  # bus trouble: no ack, the lease lapses, redelivery
                 logger.warning("could not report result", error=repr(exc))

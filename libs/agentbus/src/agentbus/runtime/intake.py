@@ -5,39 +5,33 @@ Each capability has one work-queue subject and durable consumer per priority ban
 JetStream delivers a consumer's messages in stream order and knows nothing of
 priorities, so the order between bands is decided here, by what is pulled first:
 
-* Only free slots are ever pulled for (``max_concurrency`` minus tasks in hand), with
-  **no-wait** pull requests (``{"batch": n, "no_wait": true}``, n ≤ free): the server
-  answers at once with what it has, so no request stays open and no band can deliver
-  into a slot that another band already filled. Holding long-poll requests open on
-  several bands would over-deliver past ``max_concurrency`` when they fill at the same
-  time.
+* Only free slots are ever pulled for, with **no-wait** pull requests (``{"batch": n,
+  "no_wait": true}``, n ≤ free): the server answers at once, no request stays open, so
+  no band delivers into a slot another band filled (open long polls on several bands
+  would over-deliver past ``max_concurrency``).
 * Bands are pulled high to low; among capabilities with the same band, round-robin.
 * A band is pulled only while it may hold tasks ("flagged"). Every band starts
-  flagged; a rescan (redeliveries after a lapsed lease come unannounced) flags every
-  band whose subject holds any message (two stream-info requests per capability,
-  band 0's subject and the others', ``NoWaitPuller.subject_counts``: no pull of an
-  empty band). Rescans run every ``rescan_s`` while work is about and back off to
-  ``rescan_max_s`` while the subjects stay empty (``agentbus.runtime.rescan``);
-  otherwise a band is flagged by a ``TasksReady`` notice (``agentbus.bus.notices``: the one
-  agent of the queue group that heard it), a backlog notice (no agent had a free slot
-  when the tasks came), a retry of this agent falling due, or — for band 0 — a slot
-  freeing after the agent was full. A pull clears the flag unless tasks are owed to
-  it (notices heard and not yet served) or it filled every free slot and left tasks
-  in the band (``num_pending`` of the last message: the next free slot pulls there).
+  flagged; then a band is flagged by a ``TasksReady`` notice (``agentbus.bus.notices``:
+  the one agent of the queue group that heard it), a backlog notice (no agent had a
+  free slot), a retry of this agent falling due, a task another agent returned at once
+  (``returned``), for band 0 a slot freeing after the agent was full, or a rescan:
+  how many messages each band's subject holds (``NoWaitPuller.subject_counts``;
+  redeliveries after a lapsed lease come unannounced), every ``rescan_s`` while work
+  is about, backing off to ``rescan_max_s`` while the subjects stay empty (a reconnect
+  snaps it back; ``agentbus.runtime.rescan``). A pull clears the flag unless tasks are
+  owed to it (notices heard and not yet served) or it filled every free slot and left
+  tasks in the band (``num_pending`` of the last message).
 * A notice for ``count`` tasks makes the agent pull up to ``min(count, free)`` (the
   other tasks of a burst are other agents' to take: their notices woke them); what it
   cannot take — it was full when the notice came, or became full — it announces again
   for another agent. While full it is out of the queue group.
 
-Idle → running therefore costs one notice and one pull round trip. The scheduler
-sends a lone task's notice right behind the task's publish, before the stream
-acknowledged it (``agentbus_scheduler.tasks.ready``), so the pull for a notice may reach the
-server before the task is stored: it carries ``expires`` = ``NOTICE_WAIT_S`` as well as
-``no_wait``, and the server then waits up to that long for the first message but ends
-the request as soon as it delivered what it has. A pull for a notice that finds
-nothing within that time writes the notice off. The first pull after a backlog notice
-waits the same way (that notice may also have overtaken its task). Other pulls wait for
-nothing.
+Idle → running costs one notice and one pull round trip. The scheduler sends a lone
+task's notice before the stream acknowledged the task (``agentbus_scheduler.tasks.ready``),
+so the pull for a notice carries ``expires`` = ``NOTICE_WAIT_S`` as well as ``no_wait``:
+the server waits that long for the first message at most. A pull for a notice that
+finds nothing writes the notice off. The first pull after a backlog notice waits the
+same way; other pulls wait for nothing.
 
 A pull answered "no such consumer" (the consumer or the whole stream was deleted under
 the running agent) starts a ``Rebinder`` episode for its capability (``agentbus.runtime.rebind``):
@@ -65,7 +59,7 @@ from agentbus.bus.pulls import NoWaitPuller, Pulled, nak_quietly
 from agentbus.messages import TasksReady
 from agentbus.names import BANDS, Names
 from agentbus.runtime.rebind import Rebinder
-from agentbus.runtime.rescan import RescanClock
+from agentbus.runtime.rescan import RescanClock, probe_bands
 
 NOTICE_WAIT_S = 0.02
 """How long a pull for a notice may wait for the task to be stored."""
@@ -102,6 +96,8 @@ class Intake:
         rebinder: Rebinder | None = None,
     ) -> None:
         self._names: Names = bus.names
+        self._nc = bus.nc
+        self._reconnects = bus.nc.stats["reconnects"]
         self._rebinder = rebinder
         self.capabilities = list(capabilities)
         self.max_concurrency = max_concurrency
@@ -120,7 +116,7 @@ class Intake:
         self._turn = 0
         self._changed = asyncio.Event()
         self._stopping = False
-        self._timers: set[asyncio.TimerHandle] = set()
+        self._timers: dict[asyncio.TimerHandle, Lane] = {}  # wake_later's, by lane
         self._passing: set[asyncio.Task[None]] = set()
         self._parked: deque[asyncio.Future[None]] = deque()  # parked tasks taking back a slot
         self.busy = 0
@@ -151,8 +147,9 @@ class Intake:
         Notices heard and not yet pulled for, and those still on their way through the
         queue groups, are announced again for another agent.
         """
-        for timer in self._timers:
+        for timer, lane in self._timers.items():  # their tasks come back unannounced
             timer.cancel()
+            self._pass_on(lane.capability, lane.band, 0)
         self._timers.clear()
         self._pass_on_owed()
         if self._rebinder is not None:
@@ -226,12 +223,21 @@ class Intake:
         timer: asyncio.TimerHandle
 
         def fire() -> None:
-            self._timers.discard(timer)
+            self._timers.pop(timer, None)
             notice = TasksReady(capability=capability, band=band)
             self._heard(notice, False)
 
         timer = loop.call_later(max(delay_s, 0.0), fire)
-        self._timers.add(timer)
+        self._timers[timer] = Lane(band, capability)
+
+    def returned(self, capability: str, band: int) -> None:
+        """A task this agent pulled went back to the stream at once (nak'd, no delay).
+
+        Nobody announces it: this agent takes it again if it has a free slot and is not
+        stopping, else it announces it for another agent (agents that found nothing for
+        a while rescan rarely, ``agentbus.runtime.rescan``).
+        """
+        self._heard(TasksReady(capability=capability, band=band, count=1), False)
 
     def flagged(self, capability: str) -> list[int]:
         """Bands of ``capability`` that may hold tasks, high to low (for tests, metrics)."""
@@ -273,6 +279,9 @@ class Intake:
             return
         logger.warning("late task delivery returned: no free slot", subject=msg.subject)
         await nak_quietly(msg)
+        if capability in self.capabilities:  # <capability> (band 0) or <capability>.p<N>
+            tail = rest[len(capability) + 1 :].removeprefix("p")
+            self.returned(capability, int(tail) if tail.isdigit() else 0)
 
     # -- the loop ----------------------------------------------------------------------
     def _next_lane(self) -> Lane | None:
@@ -299,27 +308,16 @@ class Intake:
             self._flagged.update(Lane(0, c) for c in self.capabilities)
 
     async def _rescan(self) -> bool:
-        """Flag every band whose subject holds messages; return whether none does.
-
-        Stream-info requests (band 0's subject, then the others') instead of a pull
-        per band; if one fails, every band of that capability is flagged (not empty).
-        """
+        """Flag every band whose subject holds messages (``probe_bands``); whether none does."""
         empty = True
         for capability in self.capabilities:
-            subject = self._names.task_subject(capability)
-            try:
-                held = await self._puller.subject_counts(subject)
-                held |= await self._puller.subject_counts(f"{subject}.>")
-            except Exception as exc:  # connection trouble: pull them all
-                logger.debug("band probe failed", capability=capability, error=repr(exc))
-                self._flagged.update(Lane(b, capability) for b in range(BANDS))
-                empty = False
-                continue
-            self.probes += 1
-            for band in range(BANDS):
-                if held.get(self._names.task_subject(capability, band), 0) > 0:
-                    self._flagged.add(Lane(band, capability))
-                    empty = False
+            bands = await probe_bands(self._puller, self._names, capability)
+            if bands is None:  # connection trouble: pull them all
+                bands = set(range(BANDS))
+            else:
+                self.probes += 1
+            self._flagged.update(Lane(b, capability) for b in bands)
+            empty = empty and not bands
         return empty
 
     def _settle(self, lane: Lane, owed: int, ask: int, pulled: Pulled, free: int) -> None:
@@ -359,6 +357,9 @@ class Intake:
             free = self.max_concurrency - self.busy
             await self._listen(free)
             now = time.monotonic()
+            if self._nc.stats["reconnects"] != self._reconnects:  # notices may be lost
+                self._reconnects = self._nc.stats["reconnects"]
+                clock.stir(now)
             if now >= clock.due and free > 0:
                 empty = await self._rescan()
                 clock.scanned(time.monotonic(), empty=empty)

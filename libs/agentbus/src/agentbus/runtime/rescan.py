@@ -14,10 +14,33 @@ of the agent's capabilities empty and nothing arrived in between:
   (``max_s`` <= the consumers' AckWait) means every idle agent has seen it held,
   and rescans every ``min_s`` again, before its lease lapses.
 
-The clock is pure: callers pass monotonic times.
+The clock is pure: callers pass monotonic times. ``probe_bands`` is the rescan's
+question to the server.
 """
 
 from __future__ import annotations
+
+from loguru import logger
+
+from agentbus.bus.pulls import NoWaitPuller
+from agentbus.names import BANDS, Names
+
+
+async def probe_bands(puller: NoWaitPuller, names: Names, capability: str) -> set[int] | None:
+    """The priority bands of ``capability`` whose subject holds any message.
+
+    Two stream-info requests (band 0's subject, then the others'), no pull; a message
+    delivered and not yet acked counts (a work-queue stream keeps it until the ack).
+    None when a request failed (the caller then pulls every band).
+    """
+    subject = names.task_subject(capability)
+    try:
+        held = await puller.subject_counts(subject)
+        held |= await puller.subject_counts(f"{subject}.>")
+    except Exception as exc:  # connection trouble
+        logger.debug("band probe failed", capability=capability, error=repr(exc))
+        return None
+    return {band for band in range(BANDS) if held.get(names.task_subject(capability, band), 0)}
 
 
 class RescanClock:
