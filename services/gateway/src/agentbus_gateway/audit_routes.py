@@ -14,6 +14,8 @@ reason, logged and counted in ``agentbus_gateway_audit_failures_total{reason}``
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -34,9 +36,12 @@ from agentbus.errors import ContractError, UnavailableError
 from agentbus.messages.common import TASK_ID_PATTERN
 from agentbus_gateway.auth import needs
 from agentbus_gateway.models import TOKEN_PATTERN
-from agentbus_gateway.routes import Ctx, error_responses
+from agentbus_gateway.routes import Ctx, GatewayContext, error_responses
 
 AuditView = Literal["approvals", "task", "agent"]
+MAX_CONNECTIONS = 4
+"""Audit queries running at once (each on a connection of its own); others wait."""
+_CONNECTIONS = asyncio.Semaphore(MAX_CONNECTIONS)
 NOT_CONFIGURED = (
     "no audit database configured: set AGENTBUS_AUDIT_DATABASE_URL on the gateway "
     "(e.g. postgresql://agentbus@postgres:5432/agentbus, the archiver's database)"
@@ -158,17 +163,36 @@ async def audit_events(
     """
     view = _view(approvals, task_id, agent_id)
     start, end = _utc(since), _utc(until)
-    failures = ctx.metrics.audit_failures
     if ctx.audit.database_url is None:
-        failures.labels("not_configured").inc()
+        ctx.metrics.audit_failures.labels("not_configured").inc()
         logger.warning("audit query without a database", view=view)
         raise UnavailableError(NOT_CONFIGURED)
+    async with _CONNECTIONS:
+        return await _answer(ctx, view, task_id, agent_id, start, end, limit)
+
+
+async def _answer(
+    ctx: GatewayContext,
+    view: AuditView,
+    task_id: str | None,
+    agent_id: str | None,
+    start: datetime | None,
+    end: datetime | None,
+    limit: int,
+) -> AuditEventList:
+    """One query on a connection of its own.
+
+    Raises:
+        UnavailableError: with a generic reason; the log has the database's own message
+            (it may name hosts, roles and SQL).
+    """
+    failures = ctx.metrics.audit_failures
     try:
         conn = await connect(ctx.audit)
     except (ContractError, UnavailableError) as exc:  # psycopg missing, database down
         failures.labels("unreachable").inc()
         logger.warning("audit database unavailable", view=view, error=str(exc))
-        raise UnavailableError(str(exc)) from exc
+        raise UnavailableError("audit database unreachable (see the gateway's log)") from exc
     import psycopg  # present: connect succeeded
 
     try:
@@ -185,9 +209,10 @@ async def audit_events(
     except psycopg.Error as exc:
         failures.labels("query").inc()
         logger.warning("audit query failed", view=view, error=str(exc).strip())
-        raise UnavailableError(f"audit query failed: {str(exc).strip()}") from exc
+        raise UnavailableError("audit query failed (see the gateway's log)") from exc
     finally:
-        await conn.close()
+        with contextlib.suppress(Exception):
+            await conn.close()
     return AuditEventList(
         view=view, events=[audit_event(r) for r in rows[:limit]], truncated=len(rows) > limit
     )
