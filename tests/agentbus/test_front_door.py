@@ -12,6 +12,7 @@ import msgspec
 import pytest
 
 import agentbus
+import agentbus.embedded
 import agentbus.messages
 
 _MESSAGE_MODULES = sorted(m.name for m in pkgutil.iter_modules(agentbus.messages.__path__))
@@ -109,3 +110,6 @@ def test_messages_all_lists_every_struct_of_the_contract() -> None:
 
 def test_all_matches_the_lazy_exports() -> None:
     assert set(agentbus.__all__) == {"__version__", *agentbus._EXPORTS}
+    assert set(agentbus.embedded.__all__) == set(agentbus.embedded._EXPORTS)
+    for name in agentbus.embedded.__all__:
+        assert getattr(agentbus.embedded, name) is not None

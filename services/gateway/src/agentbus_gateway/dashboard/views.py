@@ -156,7 +156,7 @@ async def _with_origin_version(api: Api, version: dict[str, Any]) -> dict[str, A
     when the source is gone).
     """
     origin = version.get("forked_from")
-    if not origin:
+    if not origin or not origin.get("agent_id") or not origin.get("thread_id"):
         return version
     got = await api.get(
         VERSIONS,
@@ -165,7 +165,7 @@ async def _with_origin_version(api: Api, version: dict[str, Any]) -> dict[str, A
         namespace=origin.get("namespace", ""),
         limit=ORIGIN_LOOKUP_MAX,
     )
-    wanted = origin["checkpoint_id"]
+    wanted = origin.get("checkpoint_id")
     source: list[dict[str, Any]] = got.body.get("versions", []) if got.ok else []
     number = next((v.get("version") for v in source if v.get("checkpoint_id") == wanted), None)
     return {**version, "origin_version": number}
