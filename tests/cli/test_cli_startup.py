@@ -50,6 +50,7 @@ def test_root_help_imports_no_command_code(argv: list[str]) -> None:
     assert [m for m in modules if m.startswith("agentbus")] == [
         "agentbus",
         "agentbus._deferred",
+        "agentbus._exports",
         "agentbus.cli",
         "agentbus.cli._lazy",
     ]

@@ -20,10 +20,10 @@ nothing else, so an agent's start-up and each service pay only for what they use
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from agentbus._deferred import defer_all
+from agentbus._exports import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -97,19 +97,4 @@ if TYPE_CHECKING:
     from agentbus.settings import AgentSettings, BusSettings
 
 
-def __getattr__(name: str) -> Any:
-    """Import a public name's module on first use (PEP 562).
-
-    Raises:
-        AttributeError: ``name`` is not part of the public surface.
-    """
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'agentbus' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals(), __all__)

@@ -11,8 +11,9 @@ state file does not import the stack, its credentials code and their JWT librari
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from agentbus._exports import lazy_exports
 
 _EXPORTS: dict[str, str] = {
     "NODE_ID": "agentbus.embedded.stack",
@@ -40,19 +41,4 @@ if TYPE_CHECKING:
     from agentbus.embedded.state import EmbeddedState, read_state
 
 
-def __getattr__(name: str) -> Any:
-    """Import a public name's module on first use (PEP 562).
-
-    Raises:
-        AttributeError: ``name`` is not part of the public surface.
-    """
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'agentbus.embedded' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals(), __all__)
