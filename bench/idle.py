@@ -75,7 +75,7 @@ def group(name: str) -> str:
     return "agents" if name.startswith("agent:") else name.replace("-", "_")
 
 
-async def idle_agents(client: Client, replicas: int) -> list[AgentInfo]:
+async def idle_agents(client: Client) -> list[AgentInfo]:
     """The deployment's registered agents (``ready``, with a pid)."""
     agents = await client.agents()
     return [a for a in agents if a.deployment == DEPLOYMENT and a.pid and a.status == "ready"]
@@ -89,7 +89,7 @@ async def wait_registered(client: Client, replicas: int, timeout_s: float) -> li
     """
     deadline = time.monotonic() + timeout_s
     while True:
-        found = await idle_agents(client, replicas)
+        found = await idle_agents(client)
         if len(found) >= replicas:
             return found
         if time.monotonic() > deadline:

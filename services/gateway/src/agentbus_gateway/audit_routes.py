@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -80,18 +81,7 @@ class AuditEventList(msgspec.Struct, kw_only=True):
 
 def audit_event(row: EventRow) -> AuditEvent:
     """The HTTP shape of ``row`` (its payload decoded)."""
-    return AuditEvent(
-        seq=row.seq,
-        time=row.time,
-        subject=row.subject,
-        entity=row.entity,
-        kind=row.kind,
-        task_id=row.task_id,
-        agent_id=row.agent_id,
-        deployment=row.deployment,
-        capability=row.capability,
-        payload=msgspec.json.decode(row.payload),
-    )
+    return AuditEvent(**{**dataclasses.asdict(row), "payload": msgspec.json.decode(row.payload)})
 
 
 def _utc(when: datetime | None) -> datetime | None:
