@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from agentbus.auth.tokens import create_token
 from agentbus.client import Client
 from agentbus.embedded import EmbeddedStack
 from agentbus.state.checkpoints import CheckpointClient
@@ -61,21 +62,25 @@ async def test_scaling_a_deployment_on_its_page_changes_its_replicas(
 
 
 async def test_a_refused_scale_shows_why_in_the_flash_area(
-    stack: EmbeddedStack, client: Client, secret: str, tmp_path: Path
+    stack: EmbeddedStack, client: Client, tmp_path: Path
 ) -> None:
+    # A viewer's token may read the fleet but not change it (fleet:admin): the gateway
+    # refuses the scale with 403 and the card stays as it was. (Deleting the
+    # deployment behind the page's back would race the live refresh removing its card.)
     name = f"refused-{short_id()}"
     await echo_agents(client, name, 1)
+    _, viewer = await create_token(client.bus, f"viewer-{name}", ("fleet:read", "events:read"))
     async with browser(tmp_path / "profile") as context:
         page = await context.new_page()
-        await login(page, stack.gateway_url, secret)
+        await login(page, stack.gateway_url, viewer)
         await page.goto(f"{stack.gateway_url}/deployments")
         card = page.locator(f'article[data-deployment="{name}"]')
-        await card.wait_for()
-        await client.delete_deployment(name)  # gone behind the page's back
         await card.locator("input[name=replicas]").fill("2")
         await card.get_by_role("button", name="Scale").click()
         await page.locator("#flash").get_by_text(f"scale {name}").wait_for()
-    assert name not in await client.deployments()
+        refusal = await page.locator("#flash").inner_text()
+        assert "HTTP 403" in refusal and "fleet:admin" in refusal, refusal
+    assert (await client.deployments())[name].replicas == 1
 
 
 async def test_forking_a_checkpoint_thread_on_its_page_stores_the_new_thread(

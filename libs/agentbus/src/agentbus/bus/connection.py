@@ -226,7 +226,8 @@ class Bus:
         """Flush and close the connection (pending subscriptions are drained).
 
         With the server out of reach (nats-py reconnecting) there is nothing to drain
-        to: the connection is closed at once, so a process can still stop cleanly.
+        to: the connection is closed at once, and messages buffered while reconnecting
+        are dropped, so a process can still stop cleanly.
         """
         self.closing = True
         if self._publisher is not None:
@@ -237,7 +238,14 @@ class Bus:
             except (nats.errors.ConnectionClosedError, asyncio.CancelledError):
                 pass
             except nats.errors.ConnectionReconnectingError:
-                await self.nc.close()
+                try:
+                    await self.nc.close()
+                except OSError as exc:
+                    # nats-py flushes what it buffered while reconnecting to the old,
+                    # dead socket; the client is closed all the same, but its closed
+                    # callback never runs.
+                    logger.debug("bus closed with its buffered messages lost: {!r}", exc)
+                    self.closed.set()
 
     # -- provisioning ---------------------------------------------------------------
     async def ensure(self, parts: Collection[str] | None = None) -> None:
