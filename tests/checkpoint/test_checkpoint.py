@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import os
 
@@ -84,12 +85,35 @@ async def test_keys_are_readable_in_kv(bus: Bus, client: CheckpointClient) -> No
     assert {
         "agent-1.job-7.latest",
         "agent-1.job-7.v.000000000001.rec",
-        "agent-1.job-7.v.000000000001.data",
         f"agent-1.job-7.id.{escape_token(ckpt.checkpoint_id)}",
-    } <= keys
-    assert (await kv.get("agent-1.job-7.v.000000000001.data")).value == b'{"n": 1}'
+    } == keys
+    # one message is the version: the record with its data inline
+    record = msgspec.json.decode((await kv.get("agent-1.job-7.v.000000000001.rec")).value or b"")
+    assert base64.b64decode(record["data"]) == b'{"n": 1}'
+    assert record["checkpoint_id"] == ckpt.checkpoint_id
     head = msgspec.json.decode((await kv.get("agent-1.job-7.latest")).value or b"")
     assert head["checkpoint_id"] == ckpt.checkpoint_id
+
+
+async def test_versions_stored_with_data_under_its_own_key_are_read(
+    bus: Bus, svc: Service, client: CheckpointClient
+) -> None:
+    # The layout before the data moved into the record: record without data, data at
+    # <prefix>.v.<n>.data. Such versions stay readable (and checked).
+    kv = await bus.kv(bus.names.checkpoints_bucket)
+    tk = ThreadKeys.of("agent-1", "old")
+    stored = await client.put("old", b"state", parent_id=None)
+    raw = msgspec.json.decode((await kv.get(tk.record(1))).value or b"")
+    raw["data"] = ""
+    await kv.put(tk.record(1), msgspec.json.encode(raw))
+    with pytest.raises(CheckpointCorruptedError, match="missing"):
+        await client.get("old")
+    await kv.put(tk.data(1), b"state")
+    got = await client.get("old")
+    assert (got.checkpoint_id, got.data) == (stored.checkpoint_id, b"state")
+    await kv.put(tk.data(1), b"evil state")
+    with pytest.raises(CheckpointCorruptedError, match="SHA-256"):
+        await client.get("old")
 
 
 async def test_stale_parent_is_a_typed_conflict_naming_both_versions(
@@ -211,7 +235,9 @@ async def test_corrupted_checkpoints_are_errors_never_data(
     kv = await bus.kv(bus.names.checkpoints_bucket)
     good = await client.put("t", b"good data", parent_id=None)
     tk = ThreadKeys.of("agent-1", "t")
-    await kv.put(tk.data(1), b"evil data")
+    raw = msgspec.json.decode((await kv.get(tk.record(1))).value or b"")
+    raw["data"] = base64.b64encode(b"evil data").decode()
+    await kv.put(tk.record(1), msgspec.json.encode(raw))
     with pytest.raises(CheckpointCorruptedError, match="SHA-256"):
         await client.get("t")
     await kv.put(tk.record(1), b"\xff garbage")

@@ -11,8 +11,9 @@ thread's history, the latest included. Steps, each safe against a concurrent put
    given out in ``last_version``, and a put appends above it, so no put ever writes
    under a version number being deleted. A put that lands first makes the
    compare-and-set fail: the head is read again (it now names the put's version,
-   which stays). A put racing the head move loses its own head compare-and-set and
-   retries on the moved head (``branch``) or gets ``CheckpointConflictError``.
+   which stays). A put whose record is stored while the head moves loses its own
+   head compare-and-set, reads the moved head and makes its version the latest all
+   the same: its number is above every number given out before.
 3. Delete each version with ``Housekeeping.delete_version`` (index entry, writes,
    object index, keys, objects). Readers never see a head naming a deleted version;
    ``get`` by a deleted id is 404; history skips the gaps.
@@ -29,10 +30,9 @@ from loguru import logger
 
 from agentbus.errors import CheckpointCorruptedError, NotFoundError
 from agentbus.messages import Checkpoint, CheckpointHead, DeleteCheckpoints, encode, utcnow
-from agentbus_checkpoint.batch import NotStoredError
+from agentbus_checkpoint.commit import NotStoredError
 from agentbus_checkpoint.housekeeping import Housekeeping
-from agentbus_checkpoint.keys import ThreadKeys
-from agentbus_checkpoint.store import where
+from agentbus_checkpoint.keys import ThreadKeys, where
 
 
 class VersionDeletes:

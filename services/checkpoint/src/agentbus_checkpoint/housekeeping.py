@@ -47,8 +47,14 @@ from agentbus.messages import (
     utcnow,
 )
 from agentbus_checkpoint.head import Head
-from agentbus_checkpoint.keys import ThreadKeys, head_filters, parse_head_key, thread_wildcard
-from agentbus_checkpoint.store import CheckpointStore, where
+from agentbus_checkpoint.keys import (
+    ThreadKeys,
+    head_filters,
+    parse_head_key,
+    thread_wildcard,
+    where,
+)
+from agentbus_checkpoint.store import CheckpointStore
 
 _decode_writes = msgspec.json.Decoder(CheckpointWrites).decode
 

@@ -4,8 +4,10 @@ One thread of agent ``<A>``, thread ``<T>`` and namespace ``""`` has the key pre
 ``<A>.<T>``; namespace ``<N>`` of that thread has ``<A>.<T>.ns.<N>``. Under a prefix::
 
     <prefix>.latest                    CheckpointHead: latest version, oldest kept, retention
-    <prefix>.v.<n:012d>.rec            Checkpoint record of version n (no data, no writes)
-    <prefix>.v.<n:012d>.data           its data, raw bytes (absent when in the Object Store)
+    <prefix>.v.<n:012d>.rec            Checkpoint record of version n with its data inline
+                                       (base64 in JSON; none when in the Object Store), no writes
+    <prefix>.v.<n:012d>.data           raw data of a version stored before the data moved
+                                       into the record (read, never written)
     <prefix>.id.<escaped id>           CheckpointIndex: checkpoint id -> version
     <prefix>.w.<escaped id>            CheckpointWrites: pending writes of a checkpoint id
     <prefix>.b.<32 hex>                CheckpointIndex: the version whose data is object
@@ -30,7 +32,7 @@ numbers are not given out again, see ``agentbus_checkpoint.head``).
 Data over the inline limit lives in the Object Store ``<p>_checkpoint_blobs`` as
 ``<prefix>/<32 hex>`` (pending-write values as ``<prefix>/w/<32 hex>``): the name
 says whose it is, and deleting a version deletes its objects. A put that references
-an object also writes ``<prefix>.b.<32 hex>`` in its atomic batch, so one KV lookup
+an object also writes ``<prefix>.b.<32 hex>`` right after its record, so one KV lookup
 (or one subject listing per thread) tells whether an object is referenced
 (``agentbus_checkpoint.orphans``).
 """
@@ -211,3 +213,9 @@ def parse_head_key(key: str) -> tuple[str, str, str]:
     if len(parts) == 5 and parts[2] == "ns" and parts[4] == "latest":
         return unescape_token(parts[0]), unescape_token(parts[1]), unescape_token(parts[3])
     raise ContractError(f"{key!r} is not a checkpoint head key")
+
+
+def where(tk: ThreadKeys) -> str:
+    """Human-readable name of a thread for messages."""
+    ns = f" namespace {tk.namespace!r}" if tk.namespace else ""
+    return f"agent {tk.agent_id!r} thread {tk.thread_id!r}{ns}"

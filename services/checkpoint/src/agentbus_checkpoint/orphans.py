@@ -14,10 +14,11 @@ older than half the grace, so an object the sweep finds unreferenced can no long
 become referenced.
 
 "Referenced" is decided without reading every record: a put writes
-``<prefix>.b.<32 hex>`` in the same atomic batch as the version that references
+``<prefix>.b.<32 hex>`` right after the record of the version that references
 ``<prefix>/<32 hex>`` (and retention purges it with the version), so one subject
 listing per thread gives the thread's referenced data objects. Only an object not
-listed there (a true orphan, or data stored before the index existed) costs a read
+listed there (a true orphan, data stored before the index existed, or a version
+whose writer died between its record and its index) costs a read
 of the thread's records, and deleting it costs one more KV get of its index key.
 Pending-write objects (``<prefix>/w/<32 hex>``) are checked against the thread's
 writes values. Anything that does not decode keeps the thread's objects: a sweep

@@ -24,9 +24,9 @@ Storage rules are in ``agentbus_checkpoint.store``, pending writes in
 ``agentbus_checkpoint.housekeeping``, deleting versions by id in
 ``agentbus_checkpoint.deletes``, the key layout in ``agentbus_checkpoint.keys``.
 The service keeps no state in memory, so any number of instances can serve (a put is
-an atomic batch guarded by the head revision); the retention sweep and the orphan
-sweep (``agentbus_checkpoint.orphans``) run on the one instance holding the KV lease
-``checkpoint-retention``.
+committed by one create-only record, ``agentbus_checkpoint.commit``); the retention
+sweep and the orphan sweep (``agentbus_checkpoint.orphans``) run on the one instance
+holding the KV lease ``checkpoint-retention``.
 """
 
 from __future__ import annotations

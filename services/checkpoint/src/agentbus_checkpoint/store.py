@@ -5,12 +5,11 @@ Rules:
 * ``put`` appends version ``n + 1`` to a thread whose head is at ``n`` (or whose
   latest versions up to ``n`` were deleted: numbers are not reused). ``parent_id``
   must name the head's checkpoint (None for an empty thread; a writer must say which
-  state it built on) unless ``branch`` is set. The record, the data, the id index and
-  the new head are written as **one atomic batch** (``agentbus_checkpoint.batch``)
-  whose head message carries ``Nats-Expected-Last-Subject-Sequence`` = the head
-  revision read: either everything is stored or nothing, and of two concurrent
-  puts on one head exactly one wins; the other gets ``CheckpointConflictError`` naming
-  its parent and the winner.
+  state it built on) unless ``branch`` is set. The version is committed by one
+  create-only message, its record with the data inline, then its index and the head
+  follow (``agentbus_checkpoint.commit``): of two concurrent puts on one head exactly
+  one wins; the other gets ``CheckpointConflictError`` naming its parent and the
+  winner (a branch put takes the next number instead).
 * SHA-256 of the data is computed here and checked on every ``get``; a record that
   does not decode, names another checkpoint, or whose data fails its digest raises
   ``CheckpointCorruptedError``, never returns data.
@@ -19,9 +18,10 @@ Rules:
   ``<thread prefix>/<32 hex>`` and sends ``data_ref``; the service checks that the
   object is the thread's, that its size and recorded SHA-256 match, that no version
   references it yet, and that it is younger than half ``orphan_grace_s`` (older
-  uploads may be swept as orphans, see ``agentbus_checkpoint.orphans``). The batch
-  also writes ``<prefix>.b.<32 hex>`` (the object's index key). ``get`` then returns
-  ``data_ref`` (empty ``data``) and the reader fetches and checks the bytes.
+  uploads may be swept as orphans, see ``agentbus_checkpoint.orphans``). The put
+  also writes ``<prefix>.b.<32 hex>`` (the object's index key) after the record.
+  ``get`` then returns ``data_ref`` (empty ``data``) and the reader fetches and
+  checks the bytes.
 * When a put is refused for sure (``refused``), data the service uploaded for it is
   deleted at once; after a timeout or a lost connection the put may have been stored,
   so the object is left to the orphan sweep, which deletes it only if unreferenced.
@@ -32,6 +32,7 @@ their checkpoint.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import uuid
@@ -65,9 +66,9 @@ from agentbus.messages import (
     encode,
     utcnow,
 )
-from agentbus_checkpoint.batch import HeadMovedError, NotStoredError, publish_atomic
+from agentbus_checkpoint.commit import NotStoredError, advance_head, create_version, roll_forward
 from agentbus_checkpoint.head import Head
-from agentbus_checkpoint.keys import BlobName, ThreadKeys
+from agentbus_checkpoint.keys import BlobName, ThreadKeys, where
 from agentbus_checkpoint.metrics import CheckpointMetrics
 from agentbus_checkpoint.objects import object_meta
 from agentbus_checkpoint.settings import CheckpointSettings
@@ -98,6 +99,10 @@ def refused(exc: BaseException) -> bool:
     return isinstance(
         exc, (ConflictError, ContractError, NotFoundError, CheckpointCorruptedError, NotStoredError)
     )
+
+
+async def _none() -> None:
+    return None
 
 
 def write_order(w: PendingWrite) -> tuple[str, str, int]:
@@ -180,7 +185,9 @@ class CheckpointStore:
             CheckpointCorruptedError: it does not decode or names another thread/version.
         """
         entry = await self.entry(tk.record(version))
-        return None if entry is None else self.decode_record(tk, version, entry.value)
+        if entry is None:
+            return None
+        return msgspec.structs.replace(self.decode_record(tk, version, entry.value), data=b"")
 
     def decode_record(self, tk: ThreadKeys, version: int, value: bytes | None) -> Checkpoint:
         """Decode and check version ``version``'s record.
@@ -220,7 +227,7 @@ class CheckpointStore:
     async def put(
         self, req: PutCheckpoint, *, forked_from: CheckpointOrigin | None = None
     ) -> tuple[Checkpoint, Head]:
-        """Append a version to the thread; return its record and the new head.
+        """Append a version to the thread; return its record (without data) and the head.
 
         Raises:
             CheckpointConflictError: ``parent_id`` is not the latest (or a put won).
@@ -240,7 +247,7 @@ class CheckpointStore:
         self.metrics.puts.labels("blob" if ref else "inline").inc()
         self.metrics.put_bytes.inc(record.size_bytes)
         logger.debug("checkpoint stored", key=tk.record(record.version), blob=ref is not None)
-        return record, head
+        return msgspec.structs.replace(record, data=b""), head
 
     async def _commit(
         self,
@@ -251,61 +258,45 @@ class CheckpointStore:
         digest: str,
         forked_from: CheckpointOrigin | None,
     ) -> tuple[Checkpoint, Head]:
-        if req.branch and req.parent_id is not None:
-            await self.version_of(tk, req.parent_id)  # the parent must be in the thread
-        if req.checkpoint_id is not None and await self.entry(tk.index(req.checkpoint_id)):
+        id_taken = self.entry(tk.index(req.checkpoint_id)) if req.checkpoint_id else _none()
+        parent = (
+            self.version_of(tk, req.parent_id) if req.branch and req.parent_id else _none()
+        )  # a branch's parent must be in the thread
+        head, used, _ = await asyncio.gather(self.read_head(tk), id_taken, parent)
+        if used is not None:
             raise ConflictError(f"checkpoint {req.checkpoint_id!r} already exists in {where(tk)}")
+        kv = await self.kv()
         for _ in range(self.settings.put_attempts):
-            head = await self.read_head(tk)
             if not req.branch and req.parent_id != head.checkpoint_id:
                 self.metrics.conflicts.inc()
                 raise CheckpointConflictError(req.parent_id, head.checkpoint_id, where(tk))
             version = head.next_version
-            now = utcnow()
             record = Checkpoint(
                 checkpoint_id=req.checkpoint_id or new_checkpoint_id(version),
                 agent_id=tk.agent_id,
                 thread_id=tk.thread_id,
                 namespace=tk.namespace,
                 version=version,
-                created_at=now,
+                created_at=utcnow(),
                 sha256=digest,
+                data=data,
                 size_bytes=ref.size_bytes if ref else len(data),
                 data_ref=ref,
                 parent_id=req.parent_id,
                 metadata=req.metadata,
                 forked_from=forked_from,
             )
-            new_head = CheckpointHead(
-                checkpoint_id=record.checkpoint_id,
-                version=version,
-                updated_at=now,
-                oldest_version=head.stored.oldest_version if head.stored else 1,
-                retention=req.retention or (head.stored.retention if head.stored else None),
-            )
-            messages = [(tk.record(version), encode(record))]
-            if ref is None:
-                messages.append((tk.data(version), data))
-            messages.append(
-                (tk.index(record.checkpoint_id), encode(CheckpointIndex(version=version)))
-            )
-            if ref is not None:
-                messages.append((tk.blob_index(ref.name), encode(CheckpointIndex(version=version))))
-            messages.append((tk.head, encode(new_head)))
-            batch = [(self.subject(key), value) for key, value in messages]
-            try:
-                revision = await publish_atomic(self.bus, batch, head.revision)
-            except HeadMovedError:
-                now_head = await self.read_head(tk)
-                if req.branch or now_head.checkpoint_id == head.checkpoint_id:
-                    continue  # retention bookkeeping moved it (or branch: no expectation)
+            if await create_version(kv, tk.record(version), encode(record)):
+                return record, await advance_head(self, tk, record, head, req.retention)
+            winner, head = await roll_forward(self, tk, head)
+            if not req.branch:
                 self.metrics.conflicts.inc()
+                latest = winner.checkpoint_id if winner else head.checkpoint_id
                 raise CheckpointConflictError(
-                    req.parent_id, now_head.checkpoint_id, f"{where(tk)} (a concurrent put won)"
-                ) from None
-            return record, Head(new_head, revision)
+                    req.parent_id, latest, f"{where(tk)} (a concurrent put won)"
+                )
         raise NotStoredError(
-            f"the head of {where(tk)} kept moving: gave up after "
+            f"versions of {where(tk)} kept being taken: gave up after "
             f"{self.settings.put_attempts} attempts"
         )
 
@@ -383,24 +374,16 @@ class CheckpointStore:
             if head.value is None:
                 raise NotFoundError(f"no checkpoint in {where(tk)}")
             version, want = head.value.version, head.value.checkpoint_id
-        kv = await self.kv()
-        record = await self.read_record(tk, version)
+        entry, (writes, _) = await asyncio.gather(
+            self.entry(tk.record(version)), self.read_writes(tk, want)
+        )
+        record = None if entry is None else self.decode_record(tk, version, entry.value)
         if record is None or record.checkpoint_id != want:
             if req.checkpoint_id is not None:  # a stale index entry: the version is gone
                 raise NotFoundError(f"no checkpoint {want!r} in {where(tk)}")
             raise self.corrupted(f"head of {where(tk)} names missing version {version}")
-        data = b""
-        if record.data_ref is None:
-            try:
-                data = (await kv.get(tk.data(version))).value or b""
-            except nats.js.errors.KeyNotFoundError:
-                raise self.corrupted(f"data of {tk.record(version)!r} is missing") from None
-            if hashlib.sha256(data).hexdigest() != record.sha256:
-                raise self.corrupted(f"data of {tk.record(version)!r} fails its SHA-256 check")
-        elif record.data_ref.sha256 != record.sha256:
-            raise self.corrupted(f"data_ref of {tk.record(version)!r} disagrees with its record")
+        data = await self._data(tk, record)
         key = tk.writes(record.checkpoint_id)
-        writes, _ = await self.read_writes(tk, record.checkpoint_id)
         if writes.writes and writes.checkpoint_id != record.checkpoint_id:
             raise self.corrupted(f"writes {key!r} belong to another checkpoint")
         for w in writes.writes:
@@ -409,6 +392,30 @@ class CheckpointStore:
         return msgspec.structs.replace(
             record, data=data, writes=sorted(writes.writes, key=write_order)
         )
+
+    async def _data(self, tk: ThreadKeys, record: Checkpoint) -> bytes:
+        """The record's inline data, checked (empty when it is in the Object Store).
+
+        Versions stored before the data moved into the record keep it under
+        ``<prefix>.v.<n>.data``; their record has no data but the data's SHA-256.
+
+        Raises:
+            CheckpointCorruptedError: the data is missing or fails its SHA-256.
+        """
+        key = tk.record(record.version)
+        if record.data_ref is not None:
+            if record.data_ref.sha256 != record.sha256:
+                raise self.corrupted(f"data_ref of {key!r} disagrees with its record")
+            return b""
+        data = record.data
+        if not data and hashlib.sha256(data).hexdigest() != record.sha256:
+            stored = await self.entry(tk.data(record.version))
+            if stored is None:
+                raise self.corrupted(f"data of {key!r} is missing")
+            data = stored.value or b""
+        if hashlib.sha256(data).hexdigest() != record.sha256:
+            raise self.corrupted(f"data of {key!r} fails its SHA-256 check")
+        return data
 
     async def drop_upload(self, ref: BlobRef, exc: BaseException) -> None:
         """Delete ``ref``, uploaded for a write that failed with ``exc``, if ``refused``.
@@ -432,9 +439,3 @@ class CheckpointStore:
                 pass
             except Exception as exc:
                 logger.warning("could not delete checkpoint blob", name=ref.name, error=repr(exc))
-
-
-def where(tk: ThreadKeys) -> str:
-    """Human-readable name of a thread for messages."""
-    ns = f" namespace {tk.namespace!r}" if tk.namespace else ""
-    return f"agent {tk.agent_id!r} thread {tk.thread_id!r}{ns}"

@@ -27,7 +27,7 @@ import nats.js.errors
 from agentbus.bus.blobs import put_blob
 from agentbus.errors import ContractError
 from agentbus.messages import CheckpointWrites, PendingWrite, PutWrites, encode
-from agentbus_checkpoint.batch import NotStoredError
+from agentbus_checkpoint.commit import NotStoredError
 from agentbus_checkpoint.keys import ThreadKeys
 from agentbus_checkpoint.store import CheckpointStore, write_order
 

@@ -240,10 +240,9 @@ async def _fleet(bus: Bus) -> None:
 
 async def _checkpoints(bus: Bus) -> None:
     n = bus.names
-    # Every version is its own key (history 1 suffices); a put is one atomic batch
-    # (record, index, head), which the stream must allow (server >= 2.12).
+    # Every version is its own key (history 1 suffices), committed by one create-only
+    # record (agentbus_checkpoint.commit).
     await _kv(bus, KeyValueConfig(n.checkpoints_bucket, history=1))
-    await _allow_atomic(bus, f"KV_{n.checkpoints_bucket}")
     # No TTL: checkpoint data lives as long as its version (retention deletes it).
     await _obs(bus, n.checkpoint_blobs_bucket, ObjectStoreConfig())
 
@@ -305,14 +304,6 @@ async def _deny_rollup(bus: Bus, stream: str) -> None:
     config = (await bus.js.stream_info(stream)).config
     if config.allow_rollup_hdrs:
         config.allow_rollup_hdrs = False
-        await bus.js.update_stream(config)
-
-
-async def _allow_atomic(bus: Bus, stream: str) -> None:
-    """Turn on atomic batch publish (ADR-50) on ``stream`` if it is off."""
-    config = (await bus.js.stream_info(stream)).config
-    if not config.allow_atomic:
-        config.allow_atomic = True
         await bus.js.update_stream(config)
 
 

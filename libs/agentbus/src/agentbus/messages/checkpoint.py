@@ -112,8 +112,9 @@ class GetCheckpoint(Message, frozen=True, kw_only=True):
 class Checkpoint(Message, frozen=True, kw_only=True):
     """One version of an agent's state on a thread.
 
-    Stored in KV without ``data`` and ``writes`` (they have keys of their own); replies
-    carry them. ``data_ref`` is set instead of ``data`` when the value is in the Object
+    Stored in KV with ``data`` (one message is the version) and without ``writes``
+    (they have keys of their own); a get reply carries both, a put reply and history
+    neither. ``data_ref`` is set instead of ``data`` when the value is in the Object
     Store; the reader fetches it and checks ``sha256``.
     """
 
