@@ -29,7 +29,9 @@ C callers; figures are wall time (s) and per-run p50/p99 (ms).
 Figures (``Report``): ``langgraph_<op>_<size>_c<C>_{p50,p99}_ms_{agentbus,postgres}``
 and ``..._ratio`` (agentbus / postgres: below 1, agentbus is faster);
 ``langgraph_graph_c<C>_wall_s_{agentbus,postgres}`` and its ratio, per-run p50/p99.
-``--scale`` multiplies the operation and run counts.
+Issue 15's target (every ``aput`` and ``aget_tuple`` ratio at most 1) is printed as met
+or missed: ``langgraph_target``, ``langgraph_target_missed_count``. ``--scale``
+multiplies the operation and run counts.
 """
 
 from __future__ import annotations
@@ -196,6 +198,28 @@ async def bench_saver_calls(savers: Savers, report: Report, scale: float) -> Non
         "ratio = agentbus/postgres (below 1: agentbus faster)",
         ["op", "state", "callers", "figure", "agentbus", "postgres", "ratio"],
         rows,
+    )
+    report_target(report)
+
+
+def report_target(report: Report) -> None:
+    """Issue 15's target: aput and aget_tuple ratios <= 1 at every size, C, p50 and p99."""
+    keys = [
+        f"langgraph_{op}_{label}_c{callers}_p{q}_ratio"
+        for op in ("aput", "aget_tuple")
+        for _, label, _ in SIZES
+        for callers in CALLERS
+        for q in (50, 99)
+    ]
+    missed = [k for k in keys if float(report.figures[k]) > 1]
+    verdict = "missed" if missed else "met"
+    report.add("langgraph_target", verdict)
+    report.add("langgraph_target_missed_count", len(missed))
+    colour = "red" if missed else "green"
+    console.print(
+        f"[{colour}]target: AgentbusSaver aput and aget_tuple at least as fast as "
+        f"AsyncPostgresSaver (p50, p99; 1 and 16 callers; 1 and 64 KiB): {verdict}"
+        + (f" ({len(missed)} of {len(keys)} ratios above 1)" if missed else "")
     )
 
 
