@@ -50,9 +50,15 @@ def _free_port() -> int:
 
 
 class PostgresServer:
-    """A throwaway PostgreSQL cluster on 127.0.0.1 (context manager)."""
+    """A throwaway PostgreSQL cluster on 127.0.0.1 (context manager).
 
-    def __init__(self) -> None:
+    Args:
+        fsync: keep PostgreSQL's default ``fsync=on`` (benchmarks); the tests turn it
+            off, as they measure nothing and share the disk.
+    """
+
+    def __init__(self, *, fsync: bool = False) -> None:
+        self.fsync = fsync
         self.bindir = postgres_bindir()
         self.as_root = os.geteuid() == 0
         self.root = Path(tempfile.mkdtemp(prefix="agentbus-pg-"))
@@ -98,7 +104,9 @@ class PostgresServer:
 
     def start(self) -> None:
         """Start (or restart after ``stop_immediately``) and wait until it accepts."""
-        options = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} -c fsync=off"
+        options = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root}"
+        if not self.fsync:
+            options += " -c fsync=off"
         self._run("pg_ctl", "start", "-w", "-t", "30", "-D", str(self.data_dir),
                   "-l", str(self.log_file), "-o", options)  # fmt: skip
 
