@@ -37,16 +37,14 @@ multiplies the operation and run counts.
 from __future__ import annotations
 
 import asyncio
-import operator
 import os
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, TypedDict
+from typing import Any
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import BaseCheckpointSaver, Checkpoint, empty_checkpoint
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
-from langgraph.graph import END, START, StateGraph
 from psycopg import AsyncConnection
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
@@ -55,6 +53,7 @@ from agentbus.bus import Bus
 from agentbus.integrations.langgraph import AgentbusSaver
 from bench._procs import tool_version
 from bench.common import Report, console, percentile
+from tests._harness.langgraph_graph import build
 from tests._harness.postgres import PostgresServer
 
 KIB = 1024
@@ -132,35 +131,6 @@ def _saver_ops(
     return put, get, writes, threads
 
 
-class GraphState(TypedDict):
-    log: Annotated[list[str], operator.add]
-    n: int
-    blob: bytes
-
-
-def _graph(saver: BaseCheckpointSaver[Any]) -> Any:
-    """a -> b -> c, compiled with ``saver``."""
-
-    def a(state: GraphState) -> dict[str, Any]:
-        return {"log": ["a"], "n": state["n"] + 1}
-
-    def b(state: GraphState) -> dict[str, Any]:
-        return {"log": ["b"], "n": state["n"] * 10}
-
-    def c(state: GraphState) -> dict[str, Any]:
-        return {"log": ["c"], "n": state["n"] + 5}
-
-    builder = StateGraph(GraphState)
-    builder.add_node("a", a)
-    builder.add_node("b", b)
-    builder.add_node("c", c)
-    builder.add_edge(START, "a")
-    builder.add_edge("a", "b")
-    builder.add_edge("b", "c")
-    builder.add_edge("c", END)
-    return builder.compile(checkpointer=saver)
-
-
 def _record(report: Report, key: str, figures: dict[str, list[float]]) -> list[list[object]]:
     """p50/p99 of both peers and their ratios under ``langgraph_<key>``; table rows."""
     rows: list[list[object]] = []
@@ -227,7 +197,7 @@ async def _graph_runs(
     saver: BaseCheckpointSaver[Any], run: str, callers: int, total: int, blob: bytes
 ) -> tuple[list[float], float]:
     """``total`` graph runs by ``callers`` loops, each on a new thread; latencies, wall."""
-    graph = _graph(saver)
+    graph = build(fail_b=False).compile(checkpointer=saver)
     threads: list[str] = []
 
     async def invoke(caller: int, i: int) -> None:

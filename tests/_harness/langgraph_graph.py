@@ -1,4 +1,4 @@
-"""A small LangGraph graph run in subprocesses by the LangGraph tests.
+"""A small LangGraph graph run in subprocesses by the LangGraph tests (and the bench).
 
 ``python -m tests._harness.langgraph_graph NATS_URL PREFIX THREAD MODE``, MODE one of:
 
@@ -16,7 +16,7 @@ import asyncio
 import json
 import operator
 import sys
-from typing import Annotated, Any, TypedDict
+from typing import Annotated, Any, NotRequired, TypedDict
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, StateGraph
@@ -29,6 +29,8 @@ from agentbus.settings import BusSettings
 class State(TypedDict):
     log: Annotated[list[str], operator.add]
     n: int
+    blob: NotRequired[bytes]
+    """Carried along untouched (``bench/state_langgraph.py`` puts state of a size here)."""
 
 
 def build(*, fail_b: bool) -> StateGraph[State]:
