@@ -111,17 +111,16 @@ async def advance_head(
     left, which may already be past ``record`` when another writer advanced it.
 
     Raises:
-        CheckpointConflictError: the thread was deleted meanwhile (``record`` is
-            purged too).
+        CheckpointConflictError: the thread, or the versions up to ``record``'s
+            number, were deleted meanwhile (``record`` and its indexes are purged).
         UnavailableError: an index or the head could not be written (``record``
             is stored; the next put on the thread rolls the head forward).
         CheckpointCorruptedError: the head read again does not decode.
     """
     kv = await store.kv()
     index = encode(CheckpointIndex(version=record.version))
-    indexes = [(tk.index(record.checkpoint_id), index)]
-    if record.data_ref is not None:
-        indexes.append((tk.blob_index(record.data_ref.name), index))
+    indexes = [(key, index) for key in indexes_of(tk, record)[1:]]
+    built_on = head.checkpoint_id  # only bookkeeping (retention) may move it meanwhile
     for _ in range(store.settings.put_attempts):
         value = CheckpointHead(
             checkpoint_id=record.checkpoint_id,
@@ -132,17 +131,31 @@ async def advance_head(
         )
         revision = await publish_after(kv, indexes, (tk.head, encode(value), head.revision))
         if revision is not None:
+            if head.stored is None and await store.entry(tk.record(record.version)) is None:
+                # A thread delete purged the record before this first head landed.
+                await kv.delete(tk.head, last=revision)
+                raise CheckpointConflictError(
+                    record.parent_id, None, f"{where(tk)} (the thread was deleted meanwhile)"
+                )
             return Head(value, revision)
         indexes = []  # stored with the first attempt
         head = await store.read_head(tk)
-        if head.stored is None:  # the thread was deleted after the record was stored
-            await kv.purge(tk.record(record.version))
-            await kv.purge(tk.index(record.checkpoint_id))
-            raise CheckpointConflictError(
-                record.parent_id, None, f"{where(tk)} (the thread was deleted meanwhile)"
-            )
-        if head.next_version > record.version:
+        if head.version_at_least(record.version):
             return head  # advanced to (or past) the record by another writer
+        if (
+            head.stored is None
+            or head.checkpoint_id != built_on
+            or head.next_version != record.version
+        ):
+            # The head is gone (a thread delete), names another version (a version
+            # delete moved it; the thread was deleted and started again) or went past
+            # the record without naming it: the record is no version of the thread.
+            await _discard(kv, tk, indexes_of(tk, record))
+            raise CheckpointConflictError(
+                record.parent_id,
+                head.checkpoint_id,
+                f"{where(tk)} (the thread or its latest versions were deleted meanwhile)",
+            )
     raise UnavailableError(
         f"version {record.version} of {where(tk)} is stored but the head kept moving; "
         "the next put rolls it forward"
@@ -166,3 +179,17 @@ async def roll_forward(
         return None, await store.read_head(tk)
     record = store.decode_record(tk, version, entry.value)
     return record, await advance_head(store, tk, record, head)
+
+
+def indexes_of(tk: ThreadKeys, record: Checkpoint) -> list[str]:
+    """``record``'s own keys: the record, its id index, its object index (if any)."""
+    keys = [tk.record(record.version), tk.index(record.checkpoint_id)]
+    if record.data_ref is not None:
+        keys.append(tk.blob_index(record.data_ref.name))
+    return keys
+
+
+async def _discard(kv: KeyValue, tk: ThreadKeys, keys: Sequence[str]) -> None:
+    """Purge a record that is no longer a version of the thread, with its indexes."""
+    for key in keys:
+        await kv.purge(key)

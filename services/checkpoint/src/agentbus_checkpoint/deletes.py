@@ -11,9 +11,11 @@ thread's history, the latest included. Steps, each safe against a concurrent put
    given out in ``last_version``, and a put appends above it, so no put ever writes
    under a version number being deleted. A put that lands first makes the
    compare-and-set fail: the head is read again (it now names the put's version,
-   which stays). A put whose record is stored while the head moves loses its own
-   head compare-and-set, reads the moved head and makes its version the latest all
-   the same: its number is above every number given out before.
+   which stays). A put whose record is stored but whose head is not yet written
+   loses its head compare-and-set to the move, drops its record and gets
+   ``CheckpointConflictError``; if the request names that put's version (a caller
+   that chose the id), ``last_version`` is raised past it, which fences the put the
+   same way before its record is deleted.
 3. Delete each version with ``Housekeeping.delete_version`` (index entry, writes,
    object index, keys, objects). Readers never see a head naming a deleted version;
    ``get`` by a deleted id is 404; history skips the gaps.
@@ -68,20 +70,35 @@ class VersionDeletes:
         return deleted
 
     async def _move_head(self, tk: ThreadKeys, versions: set[int]) -> None:
-        """Move the head off ``versions`` (compare-and-set, retried on a moved head)."""
+        """Move the head off ``versions`` (compare-and-set, retried on a moved head).
+
+        A version at or above the head's next number is a put's whose head is not
+        written yet: ``last_version`` is raised past it, so that put's head
+        compare-and-set fails and it drops its record (``commit.advance_head``).
+        """
         kv = await self.store.kv()
+        top = max(versions)
         for _ in range(self.store.settings.put_attempts):
             head = await self.store.read_head(tk)
-            if head.value is None or head.value.version not in versions:
+            moving = head.value is not None and head.value.version in versions
+            if not moving and top < head.next_version:
                 return
-            keep = await self._newest_kept(tk, head.value, versions)
+            latest: tuple[str, int] = ("", 0)  # an emptied head unless a version stays
+            if moving and head.value is not None:
+                if keep := await self._newest_kept(tk, head.value, versions):
+                    latest = (keep.checkpoint_id, keep.version)
+            elif head.value is not None:  # only fencing a put above the head: it stays
+                latest = (head.value.checkpoint_id, head.value.version)
+            last_version = max(head.next_version - 1, top)
             value = CheckpointHead(
-                checkpoint_id=keep.checkpoint_id if keep else "",
-                version=keep.version if keep else 0,
+                checkpoint_id=latest[0],
+                version=latest[1],
                 updated_at=utcnow(),
-                oldest_version=head.value.oldest_version if keep else head.next_version,
-                retention=head.value.retention,
-                last_version=head.next_version - 1,
+                oldest_version=head.value.oldest_version
+                if latest[1] and head.value
+                else last_version + 1,
+                retention=head.stored.retention if head.stored else None,
+                last_version=last_version,
             )
             try:
                 await kv.update(tk.head, encode(value), last=head.revision)

@@ -35,6 +35,10 @@ class Head:
         """The latest checkpoint id, None for an empty thread."""
         return self.value.checkpoint_id if self.value else None
 
+    def version_at_least(self, version: int) -> bool:
+        """Whether the head names ``version`` or a later one."""
+        return self.value is not None and self.value.version >= version
+
     @property
     def next_version(self) -> int:
         """The version number a put appends (numbers are never given out twice)."""

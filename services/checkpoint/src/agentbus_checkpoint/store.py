@@ -52,6 +52,7 @@ from agentbus.errors import (
     ConflictError,
     ContractError,
     NotFoundError,
+    UnavailableError,
 )
 from agentbus.messages import (
     BlobRef,
@@ -235,6 +236,9 @@ class CheckpointStore:
             NotFoundError: a branch ``parent_id`` is not in the thread.
             ContractError: bad ids, both ``data`` and ``data_ref``, a bad ``data_ref``.
             CheckpointCorruptedError: the thread's head does not decode.
+            NotStoredError: refused by the server, or versions kept being taken.
+            UnavailableError: the record is stored but its head could not be written
+                (the next put on the thread rolls it forward).
         """
         tk = self.keys(req.agent_id, req.thread_id, req.namespace)
         data, ref, digest, owned = await self._prepare_data(tk, req)
@@ -287,7 +291,14 @@ class CheckpointStore:
                 forked_from=forked_from,
             )
             if await create_version(kv, tk.record(version), encode(record)):
-                return record, await advance_head(self, tk, record, head, req.retention)
+                try:
+                    return record, await advance_head(self, tk, record, head, req.retention)
+                except CheckpointConflictError:
+                    raise  # the record was dropped again
+                except Exception as exc:  # stored: never ``refused`` (its upload stays)
+                    raise UnavailableError(
+                        f"version {version} of {where(tk)} is stored, its head not: {exc!r}"
+                    ) from exc
             winner, head = await roll_forward(self, tk, head)
             if not req.branch:
                 self.metrics.conflicts.inc()
