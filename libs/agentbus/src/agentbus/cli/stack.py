@@ -110,11 +110,6 @@ def embedded(
         from agentbus.cli.auth import default_auth_dir
 
         keys = auth_dir or default_auth_dir()
-        if not keys.exists():
-            from agentbus.auth.authority import init_auth
-
-            init_auth(keys, prefix=prefix)
-            console.print(f"auth:    created the fleet's keys in {keys}", highlight=False)
     stack = EmbeddedStack(
         store_dir=store_dir,
         nats_port=port,
@@ -134,9 +129,24 @@ def embedded(
     raise typer.Exit(code)
 
 
+def _make_keys(stack: EmbeddedStack) -> None:
+    """Create the fleet's keys on first use.
+
+    Called once the state file is ours: two stacks started together would otherwise
+    write the same key files at once.
+    """
+    keys = stack.auth_dir
+    if stack.auth and keys is not None and not keys.exists():
+        from agentbus.auth.authority import init_auth
+
+        init_auth(keys, prefix=stack.prefix)
+        console.print(f"auth:    created the fleet's keys in {keys}", highlight=False)
+
+
 async def _embedded(stack: EmbeddedStack, runtime: Runtime) -> int:
     try:
         claim_state(stack.state_file)  # before anything starts: StackRunningError, exit 1
+        _make_keys(stack)
         chosen, why = await choose_runtime(runtime, "agentbus/agent:dev")
     except BaseException:
         await stack.stop()  # releases the claim if it is ours; removes the temp dir

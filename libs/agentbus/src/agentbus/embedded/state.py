@@ -114,6 +114,8 @@ def claim_state(path: Path) -> None:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             state = _load(path)
+            if state is None and _age_s(path) < _CLAIM_SETTLE_S:
+                state = _written(path)  # a claim being written: give its writer a moment
             if state is not None and state.owner_pid == os.getpid():
                 return  # ours already
             if state is not None and state.alive:
@@ -150,6 +152,20 @@ def release_state(path: Path) -> None:
     if state is not None and state.owner_pid == os.getpid():
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
+
+
+def _written(path: Path, wait_s: float = 1.0) -> EmbeddedState | None:
+    """``path``'s state once its writer has written it (None after ``wait_s``).
+
+    A claim is created empty (``O_EXCL``) and written right after: two stacks started
+    together see each other's file in between.
+    """
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        time.sleep(0.02)
+        if (state := _load(path)) is not None:
+            return state
+    return None
 
 
 def _age_s(path: Path) -> float:
