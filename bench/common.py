@@ -8,11 +8,13 @@ machine facts under ``machine_*``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import platform
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -105,3 +107,25 @@ class Report:
         data = {f"machine_{k}": v for k, v in machine().items()} | self.figures
         path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
         console.print(f"figures written to {path}")
+
+
+async def closed_loops(
+    callers: int, total: int, op: Callable[[int, int], Awaitable[None]]
+) -> tuple[list[float], float]:
+    """Run ``op(caller, i)`` ``total`` times over ``callers`` closed loops at once.
+
+    Each loop runs ``total // callers`` operations (at least one). Returns every
+    operation's latency (ms) and the wall time of the whole (s).
+    """
+    per_caller = max(1, total // callers)
+    latencies: list[float] = []
+
+    async def loop(caller: int) -> None:
+        for i in range(per_caller):
+            t = time.perf_counter()
+            await op(caller, i)
+            latencies.append((time.perf_counter() - t) * 1000)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(loop(c) for c in range(callers)))
+    return latencies, time.perf_counter() - start

@@ -48,7 +48,7 @@ from agentbus.runtime import Agent, TaskContext
 from agentbus.settings import AgentSettings, BusSettings
 from agentbus.state.checkpoints import CheckpointClient
 from bench._procs import Child, children, tool_version
-from bench.common import Report, console, percentile, versions
+from bench.common import Report, closed_loops, console, percentile, versions
 from bench.state_langgraph import run_langgraph_bench
 from tests._harness.nats_server import NatsServer, nats_server_binary
 
@@ -74,24 +74,6 @@ async def _ready(bus: Bus, child: Child, timeout_s: float = 60.0) -> None:
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.1)
-
-
-async def _closed_loops(
-    callers: int, total: int, op: Callable[[int, int], Awaitable[None]]
-) -> tuple[list[float], float]:
-    """Run ``op(caller, i)`` ``total`` times over ``callers`` loops; latencies (ms), wall s."""
-    per_caller = max(1, total // callers)
-    latencies: list[float] = []
-
-    async def loop(caller: int) -> None:
-        for i in range(per_caller):
-            t = time.perf_counter()
-            await op(caller, i)
-            latencies.append((time.perf_counter() - t) * 1000)
-
-    start = time.perf_counter()
-    await asyncio.gather(*(loop(c) for c in range(callers)))
-    return latencies, time.perf_counter() - start
 
 
 def _put_get(
@@ -133,7 +115,7 @@ async def bench_checkpoints(bus: Bus, report: Report, scale: float) -> None:
             put, get = _put_get(client, run, payloads, size)
 
             for name, op in (("put", put), ("get", get)):
-                latencies, wall_s = await _closed_loops(callers, total, op)
+                latencies, wall_s = await closed_loops(callers, total, op)
                 key = f"checkpoint_{name}_{label}_c{callers}"
                 _figures(report, key, size, latencies, wall_s)
                 rows.append(

@@ -52,7 +52,7 @@ from psycopg_pool import AsyncConnectionPool
 from agentbus.bus import Bus
 from agentbus.integrations.langgraph import AgentbusSaver
 from bench._procs import tool_version
-from bench.common import Report, console, percentile
+from bench.common import Report, closed_loops, console, percentile
 from tests._harness.langgraph_graph import build
 from tests._harness.postgres import PostgresServer
 
@@ -67,23 +67,6 @@ PEERS = ("agentbus", "postgres")
 
 Op = Callable[[int, int], Awaitable[None]]
 Savers = dict[str, BaseCheckpointSaver[Any]]
-
-
-async def _closed_loops(callers: int, total: int, op: Op) -> tuple[list[float], float]:
-    """``op(caller, i)`` ``total`` times over ``callers`` loops; latencies (ms), wall (s)."""
-    loop = asyncio.get_running_loop()
-    per_caller = max(1, total // callers)
-    latencies: list[float] = []
-
-    async def one(caller: int) -> None:
-        for i in range(per_caller):
-            t = loop.time()
-            await op(caller, i)
-            latencies.append((loop.time() - t) * 1000)
-
-    start = loop.time()
-    await asyncio.gather(*(one(c) for c in range(callers)))
-    return latencies, loop.time() - start
 
 
 def _checkpoint(value: bytes, version: str) -> Checkpoint:
@@ -157,7 +140,7 @@ async def bench_saver_calls(savers: Savers, report: Report, scale: float) -> Non
             for peer, saver in savers.items():  # peers interleaved: same background load
                 put, get, writes, threads = _saver_ops(saver, f"lg-{label}-c{callers}", payloads)
                 for name, op in (("aput", put), ("aget_tuple", get), ("aput_writes", writes)):
-                    results[name][peer], _ = await _closed_loops(callers, total, op)
+                    results[name][peer], _ = await closed_loops(callers, total, op)
                 for thread in threads:
                     await saver.adelete_thread(thread)
             for name, figures in results.items():
@@ -206,7 +189,7 @@ async def _graph_runs(
         final = await graph.ainvoke({"log": [], "n": 1, "blob": blob}, config)
         assert (final["n"], final["log"]) == (25, ["a", "b", "c"]), final
 
-    result = await _closed_loops(callers, total, invoke)
+    result = await closed_loops(callers, total, invoke)
     for thread in threads:
         await saver.adelete_thread(thread)
     return result
