@@ -12,11 +12,14 @@ import msgspec
 import pytest
 from typer.testing import CliRunner
 
-from agentbus.auth import nats_jwt
+from agentbus.auth import jwt_claims, nats_jwt
+from agentbus.auth.authority import AuthDir, Authority, write_secret
 from agentbus.auth.creds import creds_jwt
+from agentbus.auth.permissions import Permissions, service_permissions
 from agentbus.cli import app
 from agentbus.cli.connect import resolve_settings
 from agentbus.embedded import EmbeddedState
+from agentbus.names import Names
 
 runner = CliRunner()
 SEED = re.compile(r"\bS[OAU][A-Z2-7]{50,}\b")
@@ -75,6 +78,30 @@ def test_init_again_keeps_the_keys_unless_forced(tmp_path: Path) -> None:
     assert (auth / "creds" / "gateway.creds").exists()  # a missing identity is minted again
     assert invoke("auth", "init", str(auth), "--force")[0] == 0
     assert (auth / "operator.jwt").read_text() != operator
+
+
+def test_init_again_reissues_creds_an_older_version_minted(tmp_path: Path) -> None:
+    """Creds granting less than this version's permissions (an upgrade) are minted anew."""
+    auth_path = tmp_path / "keys"
+    assert invoke("auth", "init", str(auth_path))[0] == 0
+    assert invoke("auth", "creds", "supervisor", "--node", "n1", "--dir", str(auth_path))[0] == 0
+    auth = AuthDir(auth_path)
+    older = Permissions(publish=("agentbus.old",), subscribe=(), inbox_prefix="_INBOX_old")
+    for name in ("scheduler", "supervisor-n1"):
+        write_secret(auth.creds(name), Authority(auth).mint(name, older).creds_text())
+    registry = auth.creds("registry").read_text()
+
+    assert invoke("auth", "init", str(auth_path))[0] == 0
+
+    names = Names("agentbus")
+    for name, permissions in (
+        ("scheduler", service_permissions(names, "scheduler")),
+        ("supervisor-n1", service_permissions(names, "supervisor", node_id="n1")),
+    ):
+        claims = jwt_claims.decode(creds_jwt(auth.creds(name)))
+        assert claims["name"] == name
+        assert claims["nats"]["pub"] == permissions.claims()["pub"], name
+    assert auth.creds("registry").read_text() == registry  # current creds are kept
 
 
 def test_init_resolver_dir_rewrites_server_conf(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ import pytest
 from agentbus.client import Client
 from agentbus.messages import Deployment
 from agentbus.settings import BusSettings
+from tests._harness.browser import artifacts_dir
 from tests._harness.polling import eventually
 
 pytestmark = [pytest.mark.compose, pytest.mark.slow, pytest.mark.timeout(900)]
@@ -59,12 +61,60 @@ def _env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("AGENTBUS_")}
 
 
+def save_logs() -> Path:
+    """The stack's and its agents' logs, for reading after a failure."""
+    path = artifacts_dir() / "compose-cluster.log"
+    compose = ["docker-compose"] if shutil.which("docker-compose") else ["docker", "compose"]
+    compose += ["-p", "agentbus"]
+    for f in ("compose.yaml", "compose.cluster.yaml"):
+        compose += ["-f", str(ROOT / "compose" / f)]
+    with path.open("w") as out:
+        subprocess.run(
+            [*compose, "logs", "--no-color", "--timestamps"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "AGENTBUS_COMPOSE_AUTH_DIR": str(AUTH_DIR)},
+            timeout=60,
+            check=False,
+        )
+        agents = subprocess.run(
+            ["docker", "ps", "-aq", "--filter", "label=agentbus.node=compose-node-1"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.split()
+        for agent in agents:
+            out.write(f"--- agent container {agent}\n")
+            out.flush()
+            subprocess.run(
+                ["docker", "logs", "--timestamps", agent],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                timeout=60,
+                check=False,
+            )
+    return path
+
+
+def digest(path: Path, *, limit: int = 200) -> str:
+    """What to read first in the saved logs: warnings, errors, fencing, agents' lines."""
+    keep = ("WARNING", "ERROR", "[WRN]", "[ERR]", "fence", "agent container", "placed")
+    agent = False
+    lines = []
+    for line in path.read_text(errors="replace").splitlines():
+        agent = agent or line.startswith("--- agent container")
+        if agent or any(k in line for k in keep):
+            lines.append(line[:400])
+    return f"{path} (digest, last {limit} lines):\n" + "\n".join(lines[-limit:])
+
+
 @pytest.fixture
 def cluster_stack(agent_image: str) -> Iterator[None]:
     try:
         just("up", "cluster")  # a failed start is cleaned up too
         yield
     finally:
+        print(digest(save_logs()))  # pytest shows it when the test fails
         just("down")
 
 
