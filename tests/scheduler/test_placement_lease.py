@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import signal
@@ -231,3 +232,41 @@ async def test_killed_holder_lease_expires_and_other_takes_over(
 
     await eventually(moved, timeout_s=20, what="replicas moved by the survivor")
     assert {e.scheduler_id for e in events.placement if e.kind == "moved"} == {survivor}
+
+
+@pytest.mark.timeout(90)
+async def test_a_failed_pass_is_retried_within_a_backoff(bus: Bus, heartbeats: Heartbeats) -> None:
+    """A pass whose placement write the server refuses is retried long before the next
+    periodic pass (a node's replicas wait for it while a bucket elects its leader)."""
+    await heartbeats.add("n1")
+    await heartbeats.add("n2")
+    settings = SchedulerSettings(
+        instance_id="sched-retry", placement_lease_ttl_s=2, place_interval_s=600
+    )
+    registry, stop = CollectorRegistry(), asyncio.Event()
+    task = asyncio.create_task(serve(bus, stop, settings, registry))
+    instance = Instance("sched-retry", registry, stop, task)
+    stream = f"KV_{bus.names.placements_bucket}"
+    try:
+        await eventually(lambda: instance.holds, what="the lease")
+        reply = await Client(bus).deploy(Deployment(name="web", replicas=2, image="i"))
+        assert per_node(reply.placements) == {"n1": 1, "n2": 1}
+
+        # Every placement write is refused while the stream takes no message over 1 byte.
+        config = (await bus.js.stream_info(stream)).config
+        await bus.js.update_stream(dataclasses.replace(config, max_msg_size=1))
+        failures = "agentbus_scheduler_placement_pass_failures_total"
+        await heartbeats.remove("n2")
+        await eventually(lambda: instance.metric(failures) >= 2, what="failed passes")
+        assert per_node(await read_placements(bus)) == {"n1": 1, "n2": 1}
+
+        await bus.js.update_stream(dataclasses.replace(config, max_msg_size=-1))
+
+        async def moved() -> bool:
+            return per_node(await read_placements(bus)) == {"n1": 2}
+
+        # place_interval_s is 600 s: only the retry of the failed pass can move it.
+        await eventually(moved, timeout_s=30, what="the replica moved after the refusals")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 20)

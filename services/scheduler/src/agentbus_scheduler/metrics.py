@@ -102,6 +102,11 @@ class SchedulerMetrics:
             "Placement computations run.",
             registry=registry,
         )
+        self.placement_pass_failures = Counter(
+            "agentbus_scheduler_placement_pass_failures_total",
+            "Placement passes that failed on a KV write (retried within a short backoff).",
+            registry=registry,
+        )
         self.placement_writes = Counter(
             "agentbus_scheduler_placement_writes_total",
             "Placement KV writes, by operation (put or delete).",

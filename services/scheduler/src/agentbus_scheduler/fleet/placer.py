@@ -3,12 +3,13 @@
 Exactly one scheduler instance places at a time: the holder of the KV lease
 ``scheduler-placement`` (``agentbus.kv.lease.KvLease``). The holder re-places on every
 change the fleet state marks ``dirty`` (deployment change, node join/loss/label or
-capacity change, foreign placement change), on gaining the lease, and at least every
-``place_interval_s``, and writes the difference to ``<p>_placements`` with
-compare-and-set on each key's last revision, so a holder with a stale view (or a
-deposed one still finishing a pass) cannot overwrite a newer placement. Each pass
-publishes a ``PlacementEvent`` per replica placed, moved, removed or newly unplaced.
-Supervisors watch that bucket and start or stop the replicas placed on their node.
+capacity change, foreign placement change), on gaining the lease, at least every
+``place_interval_s``, and after a failed pass within a short backoff (0.25 s doubling),
+and writes the difference to ``<p>_placements`` with compare-and-set on each key's last
+revision, so a holder with a stale view (or a deposed one still finishing a pass)
+cannot overwrite a newer placement. Each pass publishes a ``PlacementEvent`` per
+replica placed, moved, removed or newly unplaced. Supervisors watch that bucket and
+start or stop the replicas placed on their node.
 """
 
 from __future__ import annotations
@@ -24,13 +25,17 @@ from nats.js.kv import KeyValue
 
 from agentbus.errors import UnavailableError
 from agentbus.kv.lease import KvLease
-from agentbus.messages import Placement, PlacementEvent, PlacementKind, encode, utcnow
+from agentbus.messages import Backoff, Placement, PlacementEvent, PlacementKind, encode, utcnow
+from agentbus.retry import backoff_s
 from agentbus_scheduler.context import SchedulerContext
 from agentbus_scheduler.fleet.placement import PlacementPlan
 from agentbus_scheduler.fleet.state import FleetState, replica_of
 
 PLACEMENT_LEASE = "scheduler-placement"
 """Name of the lease (key in KV ``<p>_leases``) that gates placement."""
+_RETRY = Backoff(initial_s=0.25, factor=2.0, max_s=5.0, jitter=0.5)
+"""Pause after a failed placement pass (``agentbus.retry.backoff_s``), at most
+``place_interval_s``."""
 
 
 class Placer:
@@ -60,27 +65,36 @@ class Placer:
         metrics, settings = self.ctx.metrics, self.ctx.settings
         lease_task = asyncio.create_task(self.lease.run(stop), name="placement lease")
         stopper = asyncio.create_task(stop.wait())
+        failures = 0  # passes failed in a row
         try:
             while not stop.is_set():
                 held = self.lease.held
                 metrics.placement_lease_held.set(1 if held else 0)
                 if held:
+                    failures += 1
                     try:
                         await self.place_once()
+                        failures = 0
                     except (nats.errors.Error, TimeoutError, UnavailableError) as exc:
-                        logger.warning("placement pass failed", error=repr(exc))
+                        metrics.placement_pass_failures.inc()
+                        logger.warning("placement pass failed", error=repr(exc), failures=failures)
                     except Exception:
+                        metrics.placement_pass_failures.inc()
                         logger.exception("placement pass failed")
                 else:
+                    failures = 0
                     self._unplaced = {}
                     metrics.unplaced.set(0)
+                # A failed pass (a bucket electing its leader after a server died) is
+                # retried soon: the replicas of a lost node wait for it.
+                wait_s = backoff_s(_RETRY, failures) if failures else settings.place_interval_s
                 waiters = {
                     asyncio.create_task(self.state.dirty.wait()),
                     asyncio.create_task(self.lease.changed.wait()),
                 }
                 await asyncio.wait(
                     waiters | {stopper},
-                    timeout=settings.place_interval_s,
+                    timeout=min(wait_s, settings.place_interval_s),
                     return_when=asyncio.FIRST_COMPLETED,
                 )
                 for waiter in waiters:
