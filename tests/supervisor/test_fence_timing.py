@@ -1,14 +1,26 @@
-"""The fence's pure parts: its timing checks and its clock."""
+"""The fence's pure parts: its timing checks, its clock, its unfencing (fake mirrors)."""
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from typing import Any, cast
 
 import pytest
+from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
+from agentbus.bus import Bus
 from agentbus.bus.contract import REGISTRY_TTL_S
-from agentbus_supervisor.fence import FENCE_STOP_GRACE_S, FenceClock, check_timing
+from agentbus.kv.mirror import KvMirror
+from agentbus_supervisor import fence as fence_module
+from agentbus_supervisor.fence import (
+    FENCE_STOP_GRACE_S,
+    Fence,
+    FenceClock,
+    FenceTiming,
+    check_timing,
+)
+from agentbus_supervisor.metrics import SupervisorMetrics
 from agentbus_supervisor.settings import SupervisorSettings
 
 
@@ -65,3 +77,41 @@ def test_clock_cuts_off_after_fence_after_s_of_silence() -> None:
     assert not clock.cut_off(112.0)
     clock.beat(90.0)  # a late report of an earlier beat does not move the clock back
     assert clock.silent_s(112.0) == 5.0
+
+
+class _Mirror:
+    """A mirror whose first replay never ends (a watch that stopped making progress)."""
+
+    def __init__(self) -> None:
+        self.asked = 0
+
+    async def resync(self) -> None:
+        self.asked += 1
+        if self.asked == 1:
+            await asyncio.Event().wait()
+
+
+async def test_an_unfencing_whose_replay_hangs_is_tried_again_on_the_next_beat(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(fence_module, "RESYNC_TIMEOUT_S", 0.2)
+    mirror, unfenced = _Mirror(), asyncio.Event()
+    fence = Fence(
+        bus=cast(Bus, None),  # no event is published on this path
+        node_id="n1",
+        timing=FenceTiming(fence_after_s=5.0, heartbeat_timeout_s=1.0, rejoin_settle_s=0.0),
+        metrics=SupervisorMetrics(CollectorRegistry()),
+        mirrors=[cast(KvMirror[Any], mirror)],
+        on_fence=lambda: None,
+        on_unfence=unfenced.set,
+    )
+    fence.fenced = True
+    fence.beat(entry_lost=False)
+    assert fence._unfencing is not None
+    await asyncio.wait_for(fence._unfencing, 5)  # gave up on the hanging replay
+    assert fence.fenced and not unfenced.is_set() and mirror.asked == 1
+
+    fence.beat(entry_lost=False)
+    assert fence._unfencing is not None
+    await asyncio.wait_for(fence._unfencing, 5)
+    assert not fence.fenced and unfenced.is_set() and mirror.asked == 2

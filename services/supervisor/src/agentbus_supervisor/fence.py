@@ -13,8 +13,9 @@ After a partition heals there are thus never two live replicas of one identity.
 It keeps trying to heartbeat. Once a put succeeds it *unfences*: if its entry was no
 longer its own last write (it expired, or was deleted, meanwhile), it first gives the
 scheduler ``rejoin_settle_s`` to move its replicas; then it starts its placement and
-deployment watches over and waits for their replays (``KvMirror.resync``), so that it
-never starts a replica from a view of the placements older than the partition's end.
+deployment watches over and waits for their replays (``KvMirror.resync``, at most
+``RESYNC_TIMEOUT_S``, then again on the next beat), so that it never starts a replica
+from a view of the placements older than the partition's end.
 
 Timing (``FenceTiming``): measured from the end of the last successful put (``t``),
 the entry expires no earlier than ``t + REGISTRY_TTL_S`` (the server stored it before
@@ -44,6 +45,10 @@ from agentbus_supervisor.metrics import SupervisorMetrics
 
 FENCE_STOP_GRACE_S = 1.0
 """SIGTERM-to-SIGKILL grace of the replicas a fence stops."""
+RESYNC_TIMEOUT_S = 15.0
+"""Bound of the replays an unfencing waits for; past it, the next successful heartbeat
+asks for new ones (each ask restarts the watches), so a watch that stopped making
+progress cannot keep the node fenced."""
 
 
 @dataclass(frozen=True)
@@ -190,7 +195,17 @@ class Fence:
         logger.info("heartbeat put succeeded while fenced", entry_lost=entry_lost)
         if entry_lost:  # leave the scheduler time to move this node's replicas
             await asyncio.sleep(self.timing.rejoin_settle_s)
-        await asyncio.gather(*(m.resync() for m in self.mirrors))
+        try:
+            await asyncio.wait_for(
+                asyncio.gather(*(m.resync() for m in self.mirrors)), RESYNC_TIMEOUT_S
+            )
+        except TimeoutError:  # the next successful beat asks again (the watches restart)
+            logger.warning(
+                "placements not replayed in time: still fenced",
+                node_id=self.node_id,
+                timeout_s=RESYNC_TIMEOUT_S,
+            )
+            return
         if self.clock.cut_off(_now()):
             return  # cut off again meanwhile; the next successful beat tries again
         self.fenced = False
