@@ -110,18 +110,10 @@ if [ -s "$tmp/missing.txt" ]; then
     pip_quiet download --no-deps --only-binary=:all: --python-version "$py_version" \
       --implementation cp "${platforms[@]}" -d "$out" "$@"
   }
-  # One pin without a wheel fails the whole download: then one pin at a time. A project
-  # that publishes only an sdist (nkeys) is built into a wheel here; only pure-Python
-  # ones are (a compiled one would target the host, not the image).
+  # One pin without a wheel fails the whole download: then one pin at a time.
   if ! download -r "$tmp/missing.txt" 2>/dev/null; then
     while read -r pin; do
-      if ! download "$pin" 2>/dev/null; then
-        log "no wheel published for $pin: building one from its sdist"
-        pip_quiet wheel --no-deps "$pin" -w "$tmp/built"
-        for whl in "$tmp"/built/*-py3-none-any.whl "$tmp"/built/*-py2.py3-none-any.whl; do
-          if [ -e "$whl" ]; then mv -f "$whl" "$out/"; fi
-        done
-      fi
+      download "$pin" 2>/dev/null || log "no wheel published for $pin"
     done <"$tmp/missing.txt"
   fi
   plan >"$tmp/missing.txt"
