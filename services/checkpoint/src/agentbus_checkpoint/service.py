@@ -23,8 +23,9 @@ Storage rules are in ``agentbus_checkpoint.store``, pending writes in
 ``agentbus_checkpoint.writes``, history and retention in
 ``agentbus_checkpoint.housekeeping``, deleting versions by id in
 ``agentbus_checkpoint.deletes``, the key layout in ``agentbus_checkpoint.keys``.
-The service keeps no state in memory, so any number of instances can serve (a put is
-committed by one create-only record, ``agentbus_checkpoint.commit``); the retention
+The service keeps no state in memory but a cache of heads that every write checks by
+compare-and-set (``agentbus_checkpoint.head``), so any number of instances can serve (a
+put is committed by one create-only record, ``agentbus_checkpoint.commit``); the retention
 sweep and the orphan sweep (``agentbus_checkpoint.orphans``) run on the one instance
 holding the KV lease ``checkpoint-retention``.
 """

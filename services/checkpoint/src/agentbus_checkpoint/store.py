@@ -68,7 +68,7 @@ from agentbus.messages import (
     utcnow,
 )
 from agentbus_checkpoint.commit import NotStoredError, advance_head, create_version, roll_forward
-from agentbus_checkpoint.head import Head
+from agentbus_checkpoint.head import Head, HeadCache
 from agentbus_checkpoint.keys import BlobName, ThreadKeys, where
 from agentbus_checkpoint.metrics import CheckpointMetrics
 from agentbus_checkpoint.objects import object_meta
@@ -106,6 +106,10 @@ async def _none() -> None:
     return None
 
 
+async def _known(head: Head) -> Head:
+    return head
+
+
 def write_order(w: PendingWrite) -> tuple[str, str, int]:
     """LangGraph's ``writes_sort_key``: ``(task_path, task_id, idx)``."""
     return (w.task_path, w.task_id, w.idx)
@@ -118,6 +122,7 @@ class CheckpointStore:
         self.bus = bus
         self.settings = settings
         self.metrics = metrics
+        self.heads = HeadCache()
 
     # -- helpers -------------------------------------------------------------------
     def keys(self, agent_id: str, thread_id: str, namespace: str = "") -> ThreadKeys:
@@ -156,11 +161,14 @@ class CheckpointStore:
             entry = await kv.get(tk.head)
         except nats.js.errors.KeyNotFoundError as exc:
             marker = getattr(exc, "entry", None)  # a delete marker still has a revision
-            return Head(None, marker.revision if marker is not None else 0)
-        try:
-            return Head(_decode_head(entry.value or b""), entry.revision or 0)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise self.corrupted(f"head {tk.head!r} does not decode: {exc}") from None
+            head = Head(None, marker.revision if marker is not None else 0)
+        else:
+            try:
+                head = Head(_decode_head(entry.value or b""), entry.revision or 0)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                raise self.corrupted(f"head {tk.head!r} does not decode: {exc}") from None
+        self.heads.put(tk.head, head)
+        return head
 
     async def version_of(self, tk: ThreadKeys, checkpoint_id: str) -> int:
         """The version number of ``checkpoint_id`` in the thread.
@@ -245,9 +253,11 @@ class CheckpointStore:
         try:
             record, head = await self._commit(tk, req, data, ref, digest, forked_from)
         except BaseException as exc:
+            self.heads.forget(tk.head)
             if owned and ref is not None:
                 await self.drop_upload(ref, exc)
             raise
+        self.heads.put(tk.head, head)
         self.metrics.puts.labels("blob" if ref else "inline").inc()
         self.metrics.put_bytes.inc(record.size_bytes)
         logger.debug("checkpoint stored", key=tk.record(record.version), blob=ref is not None)
@@ -266,9 +276,13 @@ class CheckpointStore:
         parent = (
             self.version_of(tk, req.parent_id) if req.branch and req.parent_id else _none()
         )  # a branch's parent must be in the thread
-        head, used, _ = await asyncio.gather(self.read_head(tk), id_taken, parent)
+        cached = self.heads.get(tk.head)  # a guess: see ``agentbus_checkpoint.head``
+        head_read = _known(cached) if cached is not None else self.read_head(tk)
+        head, used, _ = await asyncio.gather(head_read, id_taken, parent)
         if used is not None:
             raise ConflictError(f"checkpoint {req.checkpoint_id!r} already exists in {where(tk)}")
+        if cached is not None and not req.branch and req.parent_id != head.checkpoint_id:
+            head = await self.read_head(tk)  # another writer may have moved it
         kv = await self.kv()
         for _ in range(self.settings.put_attempts):
             if not req.branch and req.parent_id != head.checkpoint_id:
