@@ -16,6 +16,7 @@ from nats.js.api import KeyValueConfig
 from prometheus_client import CollectorRegistry
 
 from agentbus.bus import Bus
+from agentbus.kv import liveness
 from agentbus.kv.mirror import KvChange, KvMirror
 from agentbus.service import ServiceMetrics
 from agentbus.settings import BusSettings
@@ -322,3 +323,25 @@ async def test_a_watch_that_stopped_delivering_is_started_again(bus: Bus, bucket
         await kv.put("b", item(2))
         await eventually(lambda: holds(mirror, {"a": 1, "b": 2}), timeout_s=20)
         assert mirror.restarts > restarts
+
+
+async def test_a_watch_started_after_the_last_message_expired_stays(
+    bus: Bus, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stream's last sequence names a message (and its limit marker) gone by TTL,
+    which a new watch never receives: that is nothing to deliver, not a dead watch."""
+    monkeypatch.setattr(liveness, "STALE_CHECK_S", 0.3)
+    monkeypatch.setattr(liveness, "BEHIND_RECHECK_S", 0.1)
+    kv = await bus.kv(bucket)
+    await kv.create("a", item(1), msg_ttl=1)
+
+    async def all_expired() -> bool:
+        state = (await bus.js.stream_info(f"KV_{bucket}")).state
+        return state.messages == 0 and state.last_seq >= 2  # the entry, then its marker
+
+    await eventually(all_expired, timeout_s=20, what="the entry and its marker expired")
+    mirror = reporting(bus, bucket, CollectorRegistry())
+    async with running(mirror):
+        await asyncio.wait_for(mirror.ready.wait(), 10)
+        await asyncio.sleep(2.0)  # several checks
+        assert mirror.restarts == 0 and mirror.live

@@ -258,7 +258,9 @@ class KvMirror(Generic[T]):
             self._resync_waiters.extend(answers)
             raise
         self._replay = {}
-        liveness = WatchLiveness(self.bus, self.bucket)
+        sub = watcher._sub  # nats-py's own watch code asks its consumer the same way
+        assert sub is not None  # set by ``watchall``
+        liveness = WatchLiveness(sub.consumer_info)
         try:
             while not stop.is_set():
                 if nc.stats["reconnects"] != reconnects:
