@@ -22,11 +22,17 @@ glibc_minor=36 # Debian bookworm
 log() { printf '[wheelhouse] %s\n' "$*" >&2; }
 # Replace $2 with $1 only when the bytes differ.
 install_if_changed() { cmp -s "$1" "$2" || cp -f "$1" "$2"; }
-# Host pip, minus the warnings this machine's pip config prints for its file:// indexes. The
-# system interpreter's: under `uv run` (a test running `just up`) python3 is the venv's,
-# which has no pip.
-host_python=/usr/bin/python3
-[ -x "$host_python" ] || host_python=python3
+# Host pip, minus the warnings this machine's pip config prints for its file:// indexes.
+# The first interpreter that has pip: under `uv run` (a test running `just up`) python3
+# is the venv's, which has none.
+host_python=
+for candidate in python3 /usr/bin/python3 /usr/local/bin/python3; do
+  if "$candidate" -m pip --version >/dev/null 2>&1; then host_python=$candidate; break; fi
+done
+if [ -z "$host_python" ]; then
+  log "no python3 with pip found (scripts/setup.sh installs it)"
+  exit 1
+fi
 pip_quiet() {
   "$host_python" -m pip "$1" --quiet --disable-pip-version-check "${@:2}" \
     2> >(grep -v "^WARNING: Location 'file://" >&2)

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from agentbus.auth import jwt_claims, nats_jwt
 from agentbus.auth.authority import AuthDir, Authority, write_secret
-from agentbus.auth.creds import creds_jwt
+from agentbus.auth.creds import creds_jwt, creds_outdated
 from agentbus.auth.permissions import Permissions, service_permissions
 from agentbus.cli import app
 from agentbus.cli.connect import resolve_settings
@@ -91,7 +91,8 @@ def test_init_again_reissues_creds_an_older_version_minted(tmp_path: Path) -> No
         write_secret(auth.creds(name), Authority(auth).mint(name, older).creds_text())
     registry = auth.creds("registry").read_text()
 
-    assert invoke("auth", "init", str(auth_path))[0] == 0
+    code, out, _ = invoke("auth", "init", str(auth_path))
+    assert code == 0 and "minted with this version's permissions: scheduler, supervisor-n1" in out
 
     names = Names("agentbus")
     for name, permissions in (
@@ -102,6 +103,34 @@ def test_init_again_reissues_creds_an_older_version_minted(tmp_path: Path) -> No
         assert claims["name"] == name
         assert claims["nats"]["pub"] == permissions.claims()["pub"], name
     assert auth.creds("registry").read_text() == registry  # current creds are kept
+
+
+def test_init_again_leaves_creds_of_another_prefix_and_unreadable_ones(tmp_path: Path) -> None:
+    auth_path = tmp_path / "keys"
+    assert invoke("auth", "init", str(auth_path), "--prefix", "prod")[0] == 0
+    before = {p.name: p.read_text() for p in auth_path.glob("creds/*.creds")}
+    # run again without --prefix (the default fleet): prod's creds are not agentbus's
+    assert invoke("auth", "init", str(auth_path))[0] == 0
+    assert {p.name: p.read_text() for p in auth_path.glob("creds/*.creds")} == before
+
+    scheduler = AuthDir(auth_path).creds("scheduler")
+    scheduler.write_text("not a creds file")
+    assert invoke("auth", "init", str(auth_path), "--prefix", "prod")[0] == 0
+    assert "USER JWT" in scheduler.read_text()  # unparsable: minted again
+
+
+def test_a_creds_file_this_process_may_not_read_is_not_outdated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Compose hands the services' creds to their container user (0600): a developer
+    who is not root cannot read them, and must not re-mint them on every `just up`."""
+    path = tmp_path / "scheduler.creds"
+    path.write_text("")
+    wanted = service_permissions(Names("agentbus"), "scheduler")
+    assert creds_outdated(path, wanted, "agentbus")  # readable and no JWT: mint
+    monkeypatch.setattr(os, "access", lambda p, mode: False)  # as non-root
+    assert not creds_outdated(path, wanted, "agentbus")
+    assert creds_outdated(tmp_path / "missing.creds", wanted, "agentbus")
 
 
 def test_init_resolver_dir_rewrites_server_conf(tmp_path: Path) -> None:

@@ -91,13 +91,23 @@ class _Mirror:
             await asyncio.Event().wait()
 
 
+class _Events:
+    """What ``Bus.publish_event`` was given."""
+
+    def __init__(self) -> None:
+        self.published: list[tuple[str, str, Any]] = []
+
+    async def publish_event(self, entity: str, kind: str, event: Any) -> None:
+        self.published.append((entity, kind, event))
+
+
 async def test_an_unfencing_whose_replay_hangs_is_tried_again_on_the_next_beat(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(fence_module, "RESYNC_TIMEOUT_S", 0.2)
-    mirror, unfenced = _Mirror(), asyncio.Event()
+    mirror, unfenced, events = _Mirror(), asyncio.Event(), _Events()
     fence = Fence(
-        bus=cast(Bus, None),  # no event is published on this path
+        bus=cast(Bus, events),
         node_id="n1",
         timing=FenceTiming(fence_after_s=5.0, heartbeat_timeout_s=1.0, rejoin_settle_s=0.0),
         metrics=SupervisorMetrics(CollectorRegistry()),
@@ -106,12 +116,13 @@ async def test_an_unfencing_whose_replay_hangs_is_tried_again_on_the_next_beat(
         on_unfence=unfenced.set,
     )
     fence.fenced = True
-    fence.beat(entry_lost=False)
+    fence.beat(entry_lost=True)  # the entry had expired while cut off
     assert fence._unfencing is not None
     await asyncio.wait_for(fence._unfencing, 5)  # gave up on the hanging replay
     assert fence.fenced and not unfenced.is_set() and mirror.asked == 1
 
-    fence.beat(entry_lost=False)
+    fence.beat(entry_lost=False)  # replaces the first beat's write: still a lost entry
     assert fence._unfencing is not None
     await asyncio.wait_for(fence._unfencing, 5)
     assert not fence.fenced and unfenced.is_set() and mirror.asked == 2
+    assert [(kind, e.reason) for _, kind, e in events.published][1] == ("unfenced", "lost entry")

@@ -104,7 +104,7 @@ class SchedulerMetrics:
         )
         self.placement_pass_failures = Counter(
             "agentbus_scheduler_placement_pass_failures_total",
-            "Placement passes that failed on a KV write (retried within a short backoff).",
+            "Placement passes that failed (retried within a short backoff).",
             registry=registry,
         )
         self.placement_writes = Counter(

@@ -150,6 +150,7 @@ class Fence:
     silent_s: float = 0.0
     """How long the heartbeat had failed when the fence went up."""
     _unfencing: asyncio.Task[None] | None = None
+    _entry_lost: bool = False  # a beat while fenced found the entry gone
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
@@ -158,8 +159,9 @@ class Fence:
     def beat(self, *, entry_lost: bool) -> None:
         """A heartbeat put succeeded; ``entry_lost``: it did not replace our last write."""
         self.clock.beat(_now())
+        self._entry_lost = self.fenced and (self._entry_lost or entry_lost)  # until unfenced
         if self.fenced and (self._unfencing is None or self._unfencing.done()):
-            self._unfencing = asyncio.create_task(self._unfence(entry_lost))
+            self._unfencing = asyncio.create_task(self._unfence(self._entry_lost))
 
     async def run(self, stop: asyncio.Event) -> None:
         """Fence when the heartbeat has failed too long, until ``stop`` is set."""
@@ -208,7 +210,7 @@ class Fence:
             return
         if self.clock.cut_off(_now()):
             return  # cut off again meanwhile; the next successful beat tries again
-        self.fenced = False
+        self.fenced, self._entry_lost = False, False
         self.metrics.fenced.set(0)
         logger.warning("unfenced: reconciling from fresh placements", node_id=self.node_id)
         self._changed.set()

@@ -28,9 +28,9 @@ from typing import Any
 
 import nkeys
 
-from agentbus.auth import jwt_claims, nats_jwt
+from agentbus.auth import nats_jwt
 from agentbus.auth.creds import Credentials as Credentials  # re-exported
-from agentbus.auth.creds import creds_jwt
+from agentbus.auth.creds import creds_outdated
 from agentbus.auth.creds import write_secret as write_secret  # re-exported
 from agentbus.auth.permissions import (
     OPTIONAL_SERVICES,
@@ -149,18 +149,25 @@ def _account_jwt(
     )
 
 
-def init_auth(path: Path | str, *, prefix: str = "agentbus", force: bool = False) -> AuthDir:
+def init_auth(
+    path: Path | str,
+    *,
+    prefix: str = "agentbus",
+    force: bool = False,
+    reissued: list[str] | None = None,
+) -> AuthDir:
     """Create the keys, the server include file and the creds files in ``path``.
 
     Makes the operator, both accounts, the signing key, and a creds file per service
     (but the supervisors, which are minted per node) and for the operator.
 
     Idempotent: an existing directory is kept unless ``force``. New creds are minted
-    for identities missing one and for those (the supervisors' included) whose JWT
-    grants other permissions than this version gives them: a directory made by an
-    older agentbus would otherwise keep services from what they now need (a new
-    bucket, say) and fail on permission violations. ``prefix`` is the fleet's name
-    prefix, which the services' permissions name.
+    for identities missing one and for those (the supervisors' included) whose JWT,
+    issued for fleet ``prefix``, grants other permissions than this version gives
+    them: a directory made by an older agentbus would otherwise keep services from
+    what they now need (a new bucket, say) and fail on permission violations. Creds
+    issued for another prefix, and files this process may not read, are left alone.
+    ``reissued`` (if given) receives the identity of each creds file minted.
 
     Returns:
         The directory.
@@ -197,16 +204,21 @@ def init_auth(path: Path | str, *, prefix: str = "agentbus", force: bool = False
             stale.unlink()
     authority = Authority(auth)
     names = Names(prefix)
+    minted = reissued if reissued is not None else []
     for service in (*SERVICES, *OPTIONAL_SERVICES):
-        if service != "supervisor" and _outdated(auth.creds(service), names, service):
-            service_creds(auth, prefix, service)
+        if service != "supervisor" and creds_outdated(
+            auth.creds(service), service_permissions(names, service), prefix
+        ):
+            minted.append(service_creds(auth, prefix, service).stem)
     for path in auth.path.glob("creds/supervisor-*.creds"):
         node_id = path.stem.removeprefix("supervisor-")
-        if _outdated(path, names, "supervisor", node_id=node_id):
-            service_creds(auth, prefix, "supervisor", node_id=node_id)
-    if not _grants(auth.creds("operator"), operator_permissions("operator")):
+        permissions = service_permissions(names, "supervisor", node_id=node_id)
+        if creds_outdated(path, permissions, prefix):
+            minted.append(service_creds(auth, prefix, "supervisor", node_id=node_id).stem)
+    if creds_outdated(auth.creds("operator"), operator_permissions("operator"), None):
         creds = authority.mint("operator", operator_permissions("operator"))
         write_secret(auth.creds("operator"), creds.creds_text())
+        minted.append("operator")
     if not auth.creds("sys").exists():
         write_secret(auth.creds("sys"), authority.mint_system_user().creds_text())
     return auth
@@ -280,20 +292,6 @@ def service_creds(
     target = path or auth.creds(name)
     write_secret(target, creds.creds_text())
     return target
-
-
-def _outdated(path: Path, names: Names, service: str, *, node_id: str | None = None) -> bool:
-    """Whether creds file ``path`` of ``service`` is missing or grants other permissions."""
-    return not _grants(path, service_permissions(names, service, node_id=node_id))
-
-
-def _grants(path: Path, permissions: Permissions) -> bool:
-    """Whether creds file ``path`` exists and its JWT grants exactly ``permissions``."""
-    try:
-        claims = jwt_claims.decode(creds_jwt(path)).get("nats", {})
-    except ContractError:  # missing or unreadable: mint one
-        return False
-    return all(claims.get(key) == value for key, value in permissions.claims().items())
 
 
 AUTH_FILES = ("operator.jwt", "sys.jwt", "account.jwt", "signing.nk", "server.conf")

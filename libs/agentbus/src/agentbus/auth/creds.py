@@ -1,4 +1,9 @@
-"""``.creds`` files: minted credentials, writing them, reading their JWT and reply prefix."""
+"""``.creds`` files: minted credentials, writing, reading and checking them.
+
+Writing (``write_secret``), their JWT and reply prefix (``creds_jwt``,
+``creds_inbox_prefix``), and whether one grants what this version would
+(``creds_outdated``).
+"""
 
 from __future__ import annotations
 
@@ -6,8 +11,10 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from agentbus.auth import jwt_claims
+from agentbus.auth.permissions import Permissions
 from agentbus.errors import ContractError
 
 _JWT_RE = re.compile(r"-----BEGIN NATS USER JWT-----\s*(\S+)\s*------END NATS USER JWT------")
@@ -88,3 +95,25 @@ def write_secret(path: Path, text: str) -> None:
     with os.fdopen(fd, "w") as f:
         f.write(text)
     os.replace(tmp, path)
+
+
+def creds_outdated(path: Path, permissions: Permissions, prefix: str | None) -> bool:
+    """Whether creds file ``path`` must be minted anew to grant ``permissions``.
+
+    Yes when it is missing or holds no user JWT; no when this process may not read it
+    (it belongs to another user), or when ``prefix`` is given and its grants name no
+    subject of that fleet (issued for another prefix); else whether its
+    ``pub``/``sub``/``resp`` claims differ from ``permissions``.
+    """
+    if not path.exists():
+        return True
+    try:
+        claims: dict[str, Any] = jwt_claims.decode(creds_jwt(path)).get("nats", {})
+    except ContractError:
+        return os.access(path, os.R_OK)  # unreadable: not ours to replace
+    if prefix is not None:
+        granted = [*claims.get("pub", {}).get("allow", []), *claims.get("sub", {}).get("allow", [])]
+        if not any(subject.startswith(f"{prefix}.") for subject in granted):
+            return False
+    wanted = permissions.claims()
+    return any(claims.get(key) != wanted.get(key) for key in ("pub", "sub", "resp"))

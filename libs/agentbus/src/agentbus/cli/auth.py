@@ -77,16 +77,18 @@ def auth_init(
 ) -> None:
     """Create the operator, accounts, signing key, server.conf and service creds.
 
-    Idempotent: an existing directory keeps its keys (identities missing a creds file
-    get one) unless --force.
+    Idempotent: an existing directory keeps its keys unless --force; identities missing
+    a creds file, or whose creds this version would grant otherwise (after an
+    upgrade), get new ones.
     """
     from agentbus.auth.authority import AuthDir, init_auth, write_server_conf
     from agentbus.errors import ContractError
 
     path = directory or default_auth_dir()
     existed = AuthDir(path).exists()
+    reissued: list[str] = []
     try:
-        auth = init_auth(path, prefix=prefix, force=force)
+        auth = init_auth(path, prefix=prefix, force=force, reissued=reissued)
         if resolver_dir is not None:
             write_server_conf(auth, resolver_dir=resolver_dir)
     except ContractError as exc:
@@ -103,11 +105,15 @@ def auth_init(
             "server_conf": str(auth.server_conf),
             "operator_creds": str(auth.creds("operator")),
             "creds": sorted(str(p) for p in auth.path.glob("creds/*.creds")),
+            "reissued": [] if created else reissued,
         }
         sys.stdout.write(msgspec.json.format(msgspec.json.encode(out), indent=2).decode() + "\n")
         return
     verb = "created" if created else "kept (existing keys; --force replaces them)"
     console.print(f"auth directory {auth.path}: {verb}", highlight=False)
+    if reissued and not created:
+        names = ", ".join(reissued)
+        console.print(f"creds minted with this version's permissions: {names}", highlight=False)
     console.print(f"server config: {auth.server_conf}  (put its text in nats-server's config)")
     console.print(f"operator creds: {auth.creds('operator')}  (AGENTBUS_CREDS_FILE)")
 
