@@ -47,7 +47,8 @@ class PendingWrites:
         """Attach ``req.writes`` to a checkpoint; return how many writes it now has.
 
         Merge: a write for an existing ``(task_id, idx)`` is dropped when ``idx >= 0``
-        and replaces it when ``idx < 0``. Compare-and-set on the writes key, retried.
+        and replaces it when ``idx < 0``. Compare-and-set on the writes key, retried;
+        the first attempt creates the key without reading it (it usually is new).
         The checkpoint need not be stored yet (writes may overtake their checkpoint).
 
         Raises:
@@ -67,9 +68,13 @@ class PendingWrites:
                 await store.check_upload(tk, w.data_ref, write=True)
         incoming = [await self._store_write(tk, w) for w in req.writes]
         kv = await store.kv()
+        # First as if the checkpoint had no writes yet (a create, no read: the common
+        # case, one task's writes per step); a create that finds writes reads them.
+        current, rev = CheckpointWrites(checkpoint_id=""), 0
         try:
-            for _ in range(_WRITES_ATTEMPTS):
-                current, rev = await store.read_writes(tk, req.checkpoint_id)
+            for attempt in range(_WRITES_ATTEMPTS):
+                if attempt:
+                    current, rev = await store.read_writes(tk, req.checkpoint_id)
                 merged, dropped = merge_writes(current.writes, incoming)
                 value = encode(CheckpointWrites(checkpoint_id=req.checkpoint_id, writes=merged))
                 if len(value) > self.settings.writes_max_bytes:
