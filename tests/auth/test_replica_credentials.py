@@ -8,7 +8,9 @@ import os
 import stat
 import time
 from pathlib import Path
+from typing import Any
 
+import nats.js.errors
 import pytest
 
 from agentbus.auth import nats_jwt
@@ -16,6 +18,8 @@ from agentbus.auth.creds import creds_jwt
 from agentbus.bus import Bus
 from agentbus.errors import AuthenticationError
 from agentbus.settings import BusSettings
+from agentbus_supervisor import credentials as credentials_module
+from agentbus_supervisor.credentials import ReplicaCredentials
 from tests._harness.auth import AuthServer, supervised_fleet
 from tests._harness.polling import eventually
 from tests._harness.supervisor import (
@@ -98,3 +102,47 @@ async def test_renewed_credentials_keep_a_replica_connected_past_their_first_exp
         now = await eventually(registered(operator, "echo-0"), timeout_s=10)
         assert now.pid == first.pid  # the same process: reconnected, not restarted
         assert nats_jwt.decode(creds_jwt(creds_file))["exp"] > expires_at
+
+
+async def test_a_restart_does_not_wait_for_its_consumers_and_still_heals_them(
+    secured: AuthServer, prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replica's first start waits for its consumers; a restart of it (same deployment)
+    is handed its credentials at once and the consumers are made again behind it, so
+    one deleted meanwhile comes back."""
+    bus = await Bus.connect(secured.operator(prefix))
+    stop = asyncio.Event()
+    credentials = ReplicaCredentials(bus, secured.auth.path, tmp_path / "creds")
+    renewing = asyncio.create_task(credentials.renew(stop))
+    deployment = echo_process("echo")
+    names, stream = bus.names, bus.names.tasks_stream
+    try:
+        await bus.ensure()
+        await credentials.issue(deployment, "echo-0")
+        await bus.js.consumer_info(stream, names.task_consumer("echo"))  # made
+        await bus.js.delete_consumer(stream, names.task_consumer("echo"))
+
+        gate = asyncio.Event()
+        real = credentials_module.provision_agent
+
+        async def gated(*args: Any, **kwargs: Any) -> None:
+            await gate.wait()  # a slow server: new consumer leaders being elected
+            await real(*args, **kwargs)
+
+        monkeypatch.setattr(credentials_module, "provision_agent", gated)
+        path = await asyncio.wait_for(credentials.issue(deployment, "echo-0"), 5)
+        assert path.exists()
+        gate.set()
+
+        async def healed() -> bool:
+            try:
+                await bus.js.consumer_info(stream, names.task_consumer("echo"))
+            except nats.js.errors.NotFoundError:
+                return False
+            return True
+
+        await eventually(healed, timeout_s=10, what="the deleted consumer made again")
+    finally:
+        stop.set()
+        await renewing
+        await bus.close()

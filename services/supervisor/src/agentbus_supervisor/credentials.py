@@ -2,7 +2,10 @@
 
 With ``SUPERVISOR_AUTH_DIR`` set (the directory ``agentbus auth init`` made), the
 supervisor provisions what a replica reads (``agentbus.auth.provision``) and mints it
-a user scoped from its deployment and agent id before every start. The creds file is
+a user scoped from its deployment and agent id before every start. A restart of a
+replica already provisioned for the same deployment does not wait for that (after a
+server's loss each request may wait for a new consumer leader): it is done again in
+the background, which still brings back a consumer deleted meanwhile. The creds file is
 written to ``creds_dir`` and reaches the agent as a file (``AGENTBUS_CREDS_FILE``;
 a read-only bind mount in a container), never as an environment value, which
 ``docker inspect`` shows. The JWT expires after ``replica_creds_ttl_s`` and is renewed
@@ -27,7 +30,7 @@ from agentbus.auth.authority import AuthDir, Authority, write_secret
 from agentbus.auth.provision import mint_agent, provision_agent
 from agentbus.auth.revocation import Revoker
 from agentbus.bus import Bus
-from agentbus.messages import Deployment
+from agentbus.messages import Deployment, encode
 from agentbus_supervisor.runtime import CREDS_FILE_NAME
 
 
@@ -68,6 +71,10 @@ class ReplicaCredentials:
         self.ttl_s = ttl_s
         self.revoker = Revoker.for_dir(self.auth, bus.settings)
         self._issued: dict[str, _Issued] = {}
+        # agent id -> the deployment its consumers were made for: a restart of the same
+        # replica does not wait for them to be made again
+        self._provisioned: dict[str, bytes] = {}
+        self._provisioning: set[asyncio.Task[None]] = set()
         creds_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(creds_dir, 0o700)
 
@@ -88,7 +95,14 @@ class ReplicaCredentials:
             ContractError: the deployment declares an invalid topic pattern.
             nats.js.errors.Error: a consumer or trace kind could not be made.
         """
-        await provision_agent(self.bus, deployment, agent_id)
+        spec = encode(deployment)
+        if self._provisioned.get(agent_id) != spec:
+            await provision_agent(self.bus, deployment, agent_id)
+            self._provisioned[agent_id] = spec
+        else:  # made before: again in the background (heals a deleted consumer)
+            task = asyncio.create_task(self._provision_again(deployment, agent_id))
+            self._provisioning.add(task)
+            task.add_done_callback(self._provisioning.discard)
         previous = self._issued.pop(agent_id, None)
         issued = _Issued(deployment)
         self._issued[agent_id] = issued
@@ -96,6 +110,12 @@ class ReplicaCredentials:
         if previous is not None:
             await self._revoke(agent_id, previous.users)
         return self.path(agent_id)
+
+    async def _provision_again(self, deployment: Deployment, agent_id: str) -> None:
+        try:
+            await provision_agent(self.bus, deployment, agent_id)
+        except Exception as exc:  # the agent waits for its consumers (``Rebinder``)
+            logger.warning("consumers not provisioned", agent_id=agent_id, error=repr(exc))
 
     async def release(self, agent_id: str) -> None:
         """The replica ended for good: delete its creds file, revoke its users."""
@@ -108,17 +128,27 @@ class ReplicaCredentials:
             await self._revoke(agent_id, issued.users)
 
     async def renew(self, stop: asyncio.Event) -> None:
-        """Renew each live replica's JWT at half its lifetime, until ``stop`` is set."""
-        while not stop.is_set():
-            now = time.time()
-            for agent_id, issued in list(self._issued.items()):
-                if now >= issued.renew_at:
-                    try:
-                        self._write(agent_id, issued)
-                    except OSError as exc:
-                        logger.error("credentials not renewed", agent_id=agent_id, error=str(exc))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), min(self.ttl_s / 4, 30.0))
+        """Renew each live replica's JWT at half its lifetime, until ``stop`` is set.
+
+        Background provisioning still running then is cancelled.
+        """
+        try:
+            while not stop.is_set():
+                now = time.time()
+                for agent_id, issued in list(self._issued.items()):
+                    if now >= issued.renew_at:
+                        try:
+                            self._write(agent_id, issued)
+                        except OSError as exc:
+                            logger.error(
+                                "credentials not renewed", agent_id=agent_id, error=str(exc)
+                            )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), min(self.ttl_s / 4, 30.0))
+        finally:
+            for task in self._provisioning:
+                task.cancel()
+            await asyncio.gather(*self._provisioning, return_exceptions=True)
 
     def _write(self, agent_id: str, issued: _Issued) -> None:
         creds = mint_agent(self.authority, self.bus, issued.deployment, agent_id, ttl_s=self.ttl_s)

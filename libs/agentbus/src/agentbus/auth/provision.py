@@ -11,6 +11,8 @@ are the ones the runtime would make itself.
 
 from __future__ import annotations
 
+import asyncio
+
 from loguru import logger
 
 from agentbus.auth.agent_grants import AgentGrant, agent_permissions
@@ -89,12 +91,18 @@ async def provision_agent(
     """
     names = bus.names
     s = settings or _agent_settings(deployment)
-    for capability in deployment.capabilities:
-        for band in range(BANDS):
-            config = task_consumer_config(names, capability, band, lease_s=s.lease_s)
-            await bus.js.add_consumer(names.tasks_stream, config)
+    # At once, not one after another: after a server's loss each request may wait for
+    # its consumer's new leader, and a replica's start waits for all of them.
+    creates = [
+        bus.js.add_consumer(
+            names.tasks_stream, task_consumer_config(names, capability, band, lease_s=s.lease_s)
+        )
+        for capability in deployment.capabilities
+        for band in range(BANDS)
+    ]
     inbox = inbox_consumer_config(names, agent_id, s, bus.settings.inbox_max_age_s)
-    await bus.js.add_consumer(names.inbox_stream, inbox)
+    creates.append(bus.js.add_consumer(names.inbox_stream, inbox))
+    await asyncio.gather(*creates)
     for subscription in deployment.subscriptions:
         if subscription.name is None:
             logger.warning(
