@@ -15,10 +15,10 @@ import pytest
 
 from agentbus.auth import nats_jwt
 from agentbus.auth.creds import creds_jwt
+from agentbus.auth.provision import provision_agent
 from agentbus.bus import Bus
 from agentbus.errors import AuthenticationError
 from agentbus.settings import BusSettings
-from agentbus_supervisor import credentials as credentials_module
 from agentbus_supervisor.credentials import ReplicaCredentials
 from tests._harness.auth import AuthServer, supervised_fleet
 from tests._harness.polling import eventually
@@ -123,13 +123,13 @@ async def test_a_restart_does_not_wait_for_its_consumers_and_still_heals_them(
         await bus.js.delete_consumer(stream, names.task_consumer("echo"))
 
         gate = asyncio.Event()
-        real = credentials_module.provision_agent
+        real = provision_agent
 
         async def gated(*args: Any, **kwargs: Any) -> None:
             await gate.wait()  # a slow server: new consumer leaders being elected
             await real(*args, **kwargs)
 
-        monkeypatch.setattr(credentials_module, "provision_agent", gated)
+        monkeypatch.setattr("agentbus_supervisor.credentials.provision_agent", gated)
         path = await asyncio.wait_for(credentials.issue(deployment, "echo-0"), 5)
         assert path.exists()
         gate.set()
