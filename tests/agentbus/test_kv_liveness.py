@@ -1,80 +1,94 @@
-"""``WatchLiveness``: when a silent KV watch counts as dead (a fake consumer, pure logic)."""
+"""``WatchLiveness``: when a silent KV watch counts as dead (a fake stream, pure logic)."""
 
 from __future__ import annotations
 
 import asyncio
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
+import nats.errors
 import nats.js.errors
 import pytest
 
+from agentbus.bus import Bus
 from agentbus.kv import liveness
 from agentbus.kv.liveness import WatchLiveness
 
 
-class _Consumer:
-    """``consumer_info`` of one watch's consumer: pending messages, or gone."""
+class _Stream:
+    """``js.get_msg(next=True)`` of one stream: the sequences of the messages it holds."""
 
     def __init__(self) -> None:
-        self.num_pending = 0
-        self.gone = False
+        self.held: set[int] = set()
+        self.down = False
         self.reads = 0
 
-    async def info(self) -> Any:
+    async def get_msg(self, stream: str, *, seq: int, subject: str, next: bool) -> Any:
         self.reads += 1
-        if self.gone:
+        assert next and subject == "$KV.b.>"
+        if self.down:
+            raise nats.errors.NoRespondersError
+        if not any(s >= seq for s in self.held):
             raise nats.js.errors.NotFoundError
-        return SimpleNamespace(num_pending=self.num_pending)
+        return SimpleNamespace(seq=min(s for s in self.held if s >= seq))
 
 
-async def test_pending_twice_without_progress_is_dead_and_rechecked_soon(
+def _watch(stream: _Stream, every_s: float) -> WatchLiveness:
+    return WatchLiveness(cast(Bus, SimpleNamespace(js=stream)), "b", every_s=every_s)
+
+
+async def test_behind_twice_without_progress_is_dead_and_rechecked_soon(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(liveness, "BEHIND_RECHECK_S", 0.05)
-    consumer = _Consumer()
-    watch = WatchLiveness(consumer.info, every_s=0.2)
-    consumer.num_pending = 3
+    stream = _Stream()
+    watch = _watch(stream, every_s=0.2)
+    stream.held = {5, 6, 7, 9}
     watch.saw(7)
     assert not await watch.stale()  # not due yet: no read
-    assert consumer.reads == 0
+    assert stream.reads == 0
     await asyncio.sleep(0.2)
-    assert not await watch.stale()  # behind once
+    assert not await watch.stale()  # behind once (9 is there)
     assert not await watch.stale()  # the recheck is not due yet
     await asyncio.sleep(0.06)  # well before every_s: the recheck after being behind
     assert await watch.stale()
-    assert consumer.reads == 2
+    assert stream.reads == 2
 
 
-async def test_a_consumer_gone_twice_is_dead(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(liveness, "BEHIND_RECHECK_S", 0.01)
-    consumer = _Consumer()
-    watch = WatchLiveness(consumer.info, every_s=0.01)
-    consumer.gone = True
-    await asyncio.sleep(0.02)
-    assert not await watch.stale()
-    await asyncio.sleep(0.02)
-    assert await watch.stale()
-
-
-async def test_nothing_pending_or_progress_between_checks_is_alive(
+async def test_nothing_after_the_last_delivered_is_alive_however_far_the_stream_went(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Nothing pending is alive however far the stream's last sequence is ahead (its last
-    message expired: a watch started afterwards never receives it)."""
+    """Messages after the last delivered one expired (the stream's last sequence is
+    ahead, nothing is there to deliver): alive."""
     monkeypatch.setattr(liveness, "BEHIND_RECHECK_S", 0.01)
-    consumer = _Consumer()
-    watch = WatchLiveness(consumer.info, every_s=0.01)
+    stream = _Stream()
+    watch = _watch(stream, every_s=0.01)
+    stream.held = {3}
+    watch.saw(3)  # 4..9 were written and have expired
     for _ in range(3):
         await asyncio.sleep(0.02)
         assert not await watch.stale()
-    consumer.num_pending = 4
+
+
+async def test_progress_between_checks_or_an_unanswered_check_is_not_dead(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(liveness, "BEHIND_RECHECK_S", 0.01)
+    stream = _Stream()
+    watch = _watch(stream, every_s=0.01)
+    stream.held = {5, 6, 8}
     watch.saw(5)
     await asyncio.sleep(0.02)
     assert not await watch.stale()  # behind once
     watch.saw(6)  # delivered something meanwhile: slow, not dead
     await asyncio.sleep(0.02)
     assert not await watch.stale()
-    consumer.num_pending = 0  # caught up
+    stream.down = True  # the stream electing its leader: no evidence either way
+    await asyncio.sleep(0.02)
+    assert not await watch.stale()
+    await asyncio.sleep(0.02)
+    assert not await watch.stale()
+    stream.down = False
+    watch.saw(8)  # caught up
     await asyncio.sleep(0.02)
     assert not await watch.stale()

@@ -258,9 +258,7 @@ class KvMirror(Generic[T]):
             self._resync_waiters.extend(answers)
             raise
         self._replay = {}
-        sub = watcher._sub  # nats-py's own watch code asks its consumer the same way
-        assert sub is not None  # set by ``watchall``
-        liveness = WatchLiveness(sub.consumer_info)
+        liveness = WatchLiveness(self.bus, self.bucket)
         try:
             while not stop.is_set():
                 if nc.stats["reconnects"] != reconnects:
