@@ -119,6 +119,7 @@ class ReplicaCredentials:
 
     async def release(self, agent_id: str) -> None:
         """The replica ended for good: delete its creds file, revoke its users."""
+        self._provisioned.pop(agent_id, None)  # a later start provisions it first
         issued = self._issued.pop(agent_id, None)
         with contextlib.suppress(FileNotFoundError):
             self.path(agent_id).unlink()
