@@ -14,6 +14,7 @@ import pytest
 from nats.js.api import ConsumerConfig
 
 from agentbus.bus import Bus
+from agentbus.bus.contract import raise_replicas
 from agentbus.client import Client
 from agentbus.messages import AgentEvent, Deployment, utcnow
 from agentbus.runtime.delivery import task_consumer_config
@@ -271,3 +272,27 @@ async def test_archiver_reads_events_through_its_consumer_and_nothing_else(
         )
     finally:
         await archiver.close()
+
+
+async def test_a_service_that_may_not_raise_a_buckets_replicas_starts_anyway(
+    secured: AuthServer, prefix: str
+) -> None:
+    """A bucket another identity created with one replica (services starting while a
+    cluster forms), and a service that may create it but not update it: the raise is
+    refused by permissions, which nats-py reports as a timeout; the service logs it and
+    starts, rather than dying on it."""
+    operator = await Bus.connect(secured.operator(prefix))
+    try:
+        await operator.ensure()  # every bucket R1 (one server)
+    finally:
+        await operator.close()
+    settings = secured.service(prefix, "scheduler").model_copy(
+        update={"stream_replicas": 3, "request_timeout_s": 1.0}
+    )
+    scheduler = await Bus.connect(settings)
+    try:
+        tokens = f"KV_{scheduler.names.tokens_bucket}"
+        assert not await raise_replicas(scheduler, tokens)  # may create, not update
+        await scheduler.ensure(["fleet"])  # the scheduler's start: no exception
+    finally:
+        await scheduler.close()

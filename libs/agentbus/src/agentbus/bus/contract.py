@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Collection
 from typing import TYPE_CHECKING, Any
 
+import nats.errors
 import nats.js.errors
 from loguru import logger
 from nats.js.api import (
@@ -357,8 +358,10 @@ async def raise_replicas(bus: Bus, stream: str, *, current: StreamConfig | None 
     """Raise ``stream`` to ``stream_replicas(bus)`` replicas if it has fewer.
 
     A stream is never lowered here (an operator does that on purpose). A raise the
-    cluster refuses (too few servers with JetStream, no quorum) is logged as a
-    warning, not raised: the stream keeps working with the replicas it has.
+    cluster refuses (too few servers with JetStream, no quorum) or this identity may
+    not make (the bucket is another service's) is logged as a warning, not raised: the
+    stream keeps working with the replicas it has (``agentbus cluster`` shows it
+    under-replicated).
 
     Returns:
         Whether ``stream`` now has at least the wanted replicas.
@@ -371,7 +374,10 @@ async def raise_replicas(bus: Bus, stream: str, *, current: StreamConfig | None 
     config.num_replicas = wanted
     try:
         await bus.js.update_stream(config)
-    except nats.js.errors.APIError as exc:
+    except (nats.errors.Error, TimeoutError) as exc:
+        # Refused (too few servers, no quorum), or unanswered: an identity that may
+        # create this stream but not update it (a service and another's bucket) gets
+        # a permissions violation, which nats-py reports apart, and a timeout here.
         logger.warning(
             "stream has fewer replicas than wanted and the cluster refused to raise them",
             stream=stream,
