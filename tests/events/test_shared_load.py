@@ -19,7 +19,7 @@ import pytest
 from agentbus.bus import Bus
 from agentbus.events import publish_event
 from tests._harness.event_listener import Note
-from tests._harness.event_processes import listeners, registered
+from tests._harness.event_processes import Listeners, listeners, registered
 from tests._harness.polling import eventually
 
 pytestmark = [pytest.mark.nats, pytest.mark.slow]
@@ -32,13 +32,19 @@ async def _publish_all(bus: Bus, count: int, chunk: int = 250) -> None:
         await asyncio.gather(*(publish_event(bus, "work.load", n, source="test") for n in notes))
 
 
+def start(group: Listeners, agent_id: str) -> int:
+    # A lease long enough that a live replica starved of CPU on a loaded machine still
+    # acks in time: a redelivery then means its first handler was killed, as asserted.
+    return group.start(agent_id, deployment="load", AGENTBUS_AGENT_LEASE_S="10")
+
+
 @pytest.mark.timeout(150)
 async def test_shared_subscription_survives_sigkill_of_replicas(
     bus: Bus, nats_url: str, prefix: str, tmp_path: Path
 ) -> None:
     began = time.monotonic()
     with listeners(nats_url, prefix, tmp_path) as group:
-        pids = {f"load-{i}": group.start(f"load-{i}", deployment="load") for i in range(3)}
+        pids = {f"load-{i}": start(group, f"load-{i}") for i in range(3)}
         await registered(bus, pids)
         publishing = asyncio.create_task(_publish_all(bus, EVENTS))
 
@@ -50,7 +56,7 @@ async def test_shared_subscription_survives_sigkill_of_replicas(
 
             await eventually(handled_enough, timeout_s=60, every_s=0.1)
             group.kill(pids[victim])
-            pids[victim] = group.start(victim, deployment="load")
+            pids[victim] = start(group, victim)
         await publishing
 
         async def all_unique() -> bool:
