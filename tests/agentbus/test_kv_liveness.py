@@ -33,18 +33,27 @@ class _Stream:
         return SimpleNamespace(seq=min(s for s in self.held if s >= seq))
 
 
-def _watch(stream: _Stream, every_s: float) -> WatchLiveness:
-    return WatchLiveness(cast(Bus, SimpleNamespace(js=stream)), "b", every_s=every_s)
+def _watch(
+    monkeypatch: pytest.MonkeyPatch,
+    held: set[int],
+    delivered: int,
+    *,
+    every_s: float = 0.01,
+    recheck_s: float = 0.01,
+) -> tuple[_Stream, WatchLiveness]:
+    """A stream holding ``held`` and a watch that delivered up to ``delivered``."""
+    monkeypatch.setattr(liveness, "BEHIND_RECHECK_S", recheck_s)
+    stream = _Stream()
+    stream.held = held
+    watch = WatchLiveness(cast(Bus, SimpleNamespace(js=stream)), "b", every_s=every_s)
+    watch.saw(delivered)
+    return stream, watch
 
 
 async def test_behind_twice_without_progress_is_dead_and_rechecked_soon(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(liveness, "BEHIND_RECHECK_S", 0.05)
-    stream = _Stream()
-    watch = _watch(stream, every_s=0.2)
-    stream.held = {5, 6, 7, 9}
-    watch.saw(7)
+    stream, watch = _watch(monkeypatch, {5, 6, 7, 9}, 7, every_s=0.2, recheck_s=0.05)
     assert not await watch.stale()  # not due yet: no read
     assert stream.reads == 0
     await asyncio.sleep(0.2)
@@ -60,11 +69,7 @@ async def test_nothing_after_the_last_delivered_is_alive_however_far_the_stream_
 ) -> None:
     """Messages after the last delivered one expired (the stream's last sequence is
     ahead, nothing is there to deliver): alive."""
-    monkeypatch.setattr(liveness, "BEHIND_RECHECK_S", 0.01)
-    stream = _Stream()
-    watch = _watch(stream, every_s=0.01)
-    stream.held = {3}
-    watch.saw(3)  # 4..9 were written and have expired
+    _, watch = _watch(monkeypatch, {3}, 3)  # 4..9 were written and have expired
     for _ in range(3):
         await asyncio.sleep(0.02)
         assert not await watch.stale()
@@ -73,11 +78,7 @@ async def test_nothing_after_the_last_delivered_is_alive_however_far_the_stream_
 async def test_progress_between_checks_or_an_unanswered_check_is_not_dead(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(liveness, "BEHIND_RECHECK_S", 0.01)
-    stream = _Stream()
-    watch = _watch(stream, every_s=0.01)
-    stream.held = {5, 6, 8}
-    watch.saw(5)
+    stream, watch = _watch(monkeypatch, {5, 6, 8}, 5)
     await asyncio.sleep(0.02)
     assert not await watch.stale()  # behind once
     watch.saw(6)  # delivered something meanwhile: slow, not dead
