@@ -1,5 +1,6 @@
-"""The checkpoint service in-process for the tests, its metrics, its blob store, and an
-orphan sweep on a store of its own."""
+"""The checkpoint service in-process for the tests, its metrics, its blob store, an
+orphan sweep on a store of its own, and a bare store with the requests the store tests
+send it (agent ``a``)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import nats.js.errors
 from prometheus_client import CollectorRegistry
 
 from agentbus.bus import Bus
+from agentbus.messages import DeleteThread, PutCheckpoint
 from agentbus.state.checkpoints import CheckpointClient
 from agentbus_checkpoint.housekeeping import Housekeeping
 from agentbus_checkpoint.metrics import CheckpointMetrics
@@ -69,3 +71,18 @@ def sweeper(bus: Bus, grace_s: float, sweep_max: int = 1000) -> tuple[OrphanSwee
     settings = CheckpointSettings(orphan_grace_s=grace_s, orphan_sweep_max=sweep_max)
     store = CheckpointStore(bus, settings, CheckpointMetrics(registry))
     return OrphanSweep(Housekeeping(store)), Service(bus, registry)
+
+
+def bare_store(bus: Bus) -> CheckpointStore:
+    """A checkpoint store on ``bus`` with default settings (one service instance)."""
+    return CheckpointStore(bus, CheckpointSettings(), CheckpointMetrics(CollectorRegistry()))
+
+
+def put_request(thread: str, data: bytes, parent_id: str | None = None) -> PutCheckpoint:
+    """A put of agent ``a``'s ``thread`` on ``parent_id``."""
+    return PutCheckpoint(agent_id="a", thread_id=thread, data=data, parent_id=parent_id)
+
+
+async def delete_thread(store: CheckpointStore, thread: str) -> None:
+    """Delete agent ``a``'s ``thread`` as ``DeleteThread`` does."""
+    await Housekeeping(store).delete_thread(DeleteThread(agent_id="a", thread_id=thread))

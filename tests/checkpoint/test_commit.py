@@ -8,7 +8,6 @@ the next writer and the readers see.
 from __future__ import annotations
 
 import pytest
-from prometheus_client import CollectorRegistry
 
 from agentbus.bus import Bus
 from agentbus.errors import CheckpointConflictError, NotFoundError
@@ -16,7 +15,6 @@ from agentbus.messages import (
     Checkpoint,
     CheckpointIndex,
     DeleteCheckpoints,
-    DeleteThread,
     GetCheckpoint,
     PutCheckpoint,
     Retention,
@@ -26,15 +24,10 @@ from agentbus.messages import (
 from agentbus_checkpoint.commit import advance_head, create_version
 from agentbus_checkpoint.deletes import VersionDeletes
 from agentbus_checkpoint.housekeeping import Housekeeping
-from agentbus_checkpoint.metrics import CheckpointMetrics
-from agentbus_checkpoint.settings import CheckpointSettings
 from agentbus_checkpoint.store import CheckpointStore
+from tests._harness.checkpoint import bare_store, delete_thread, put_request
 
 pytestmark = pytest.mark.nats
-
-
-def _store(bus: Bus) -> CheckpointStore:
-    return CheckpointStore(bus, CheckpointSettings(), CheckpointMetrics(CollectorRegistry()))
 
 
 def _record(thread: str, version: int, parent_id: str | None, cid: str) -> Checkpoint:
@@ -67,17 +60,15 @@ async def _stored_only(
 
 
 async def test_a_version_whose_writer_died_after_its_record_is_rolled_forward(bus: Bus) -> None:
-    store = _store(bus)
-    first, _ = await store.put(PutCheckpoint(agent_id="a", thread_id="t", data=b"one"))
+    store = bare_store(bus)
+    first, _ = await store.put(put_request("t", b"one"))
     orphan = await _stored_only(store, "t", first)
     # readers follow the head, which still names version 1
     latest = await store.get(GetCheckpoint(agent_id="a", thread_id="t"))
     assert latest.checkpoint_id == first.checkpoint_id
     # the next writer on version 1 finds version 2 taken, finishes it, and loses to it
     with pytest.raises(CheckpointConflictError) as info:
-        await store.put(
-            PutCheckpoint(agent_id="a", thread_id="t", data=b"two", parent_id=first.checkpoint_id)
-        )
+        await store.put(put_request("t", b"two", first.checkpoint_id))
     assert info.value.latest_id == orphan.checkpoint_id
     latest = await store.get(GetCheckpoint(agent_id="a", thread_id="t"))
     assert (latest.checkpoint_id, latest.version, latest.data) == (orphan.checkpoint_id, 2, b"test")
@@ -86,15 +77,13 @@ async def test_a_version_whose_writer_died_after_its_record_is_rolled_forward(bu
     )
     assert by_id.data == b"test"
     # and the thread goes on from it
-    third, head = await store.put(
-        PutCheckpoint(agent_id="a", thread_id="t", data=b"three", parent_id=orphan.checkpoint_id)
-    )
+    third, head = await store.put(put_request("t", b"three", orphan.checkpoint_id))
     assert (third.version, third.data, head.checkpoint_id) == (3, b"", third.checkpoint_id)
 
 
 async def test_a_branch_put_steps_over_a_version_taken_meanwhile(bus: Bus) -> None:
-    store = _store(bus)
-    first, _ = await store.put(PutCheckpoint(agent_id="a", thread_id="b", data=b"one"))
+    store = bare_store(bus)
+    first, _ = await store.put(put_request("b", b"one"))
     orphan = await _stored_only(store, "b", first)
     branch, head = await store.put(
         PutCheckpoint(
@@ -113,12 +102,12 @@ async def test_a_branch_put_steps_over_a_version_taken_meanwhile(bus: Bus) -> No
 async def test_a_thread_deleted_between_record_and_head_takes_the_record_along(
     bus: Bus,
 ) -> None:
-    store = _store(bus)
+    store = bare_store(bus)
     tk = store.keys("a", "gone")
-    first, _ = await store.put(PutCheckpoint(agent_id="a", thread_id="gone", data=b"one"))
+    first, _ = await store.put(put_request("gone", b"one"))
     head = await store.read_head(tk)
     late = await _stored_only(store, "gone", first)
-    await Housekeeping(store).delete_thread(DeleteThread(agent_id="a", thread_id="gone"))
+    await delete_thread(store, "gone")
     await create_version(await store.kv(), tk.record(late.version), encode(late))  # after the purge
     with pytest.raises(CheckpointConflictError, match="deleted meanwhile"):
         await advance_head(store, tk, late, head)
@@ -126,18 +115,18 @@ async def test_a_thread_deleted_between_record_and_head_takes_the_record_along(
     with pytest.raises(NotFoundError):
         await store.get(GetCheckpoint(agent_id="a", thread_id="gone"))
     # the thread starts over at 1
-    again, _ = await store.put(PutCheckpoint(agent_id="a", thread_id="gone", data=b"new"))
+    again, _ = await store.put(put_request("gone", b"new"))
     assert again.version == 1
 
 
 async def test_a_first_put_whose_thread_is_deleted_before_its_head_leaves_no_head(
     bus: Bus,
 ) -> None:
-    store = _store(bus)
+    store = bare_store(bus)
     tk = store.keys("a", "first")
     head = await store.read_head(tk)  # no head yet (revision 0)
     record = await _stored_only(store, "first", None, "first-put")
-    await Housekeeping(store).delete_thread(DeleteThread(agent_id="a", thread_id="first"))
+    await delete_thread(store, "first")
     with pytest.raises(CheckpointConflictError, match="deleted meanwhile"):
         await advance_head(store, tk, record, head)  # its compare-and-set on 0 still lands
     with pytest.raises(NotFoundError):  # an empty thread, not a head naming nothing
@@ -147,14 +136,14 @@ async def test_a_first_put_whose_thread_is_deleted_before_its_head_leaves_no_hea
 async def test_a_put_whose_thread_was_deleted_and_started_again_drops_its_record(
     bus: Bus,
 ) -> None:
-    store = _store(bus)
+    store = bare_store(bus)
     tk = store.keys("a", "again")
-    first, _ = await store.put(PutCheckpoint(agent_id="a", thread_id="again", data=b"1"))
+    first, _ = await store.put(put_request("again", b"1"))
     head = await store.read_head(tk)
     late = await _stored_only(store, "again", first, "late")
-    await Housekeeping(store).delete_thread(DeleteThread(agent_id="a", thread_id="again"))
+    await delete_thread(store, "again")
     await create_version(await store.kv(), tk.record(late.version), encode(late))  # after it
-    fresh, _ = await store.put(PutCheckpoint(agent_id="a", thread_id="again", data=b"new"))
+    fresh, _ = await store.put(put_request("again", b"new"))
     with pytest.raises(CheckpointConflictError) as info:
         await advance_head(store, tk, late, head)
     assert info.value.latest_id == fresh.checkpoint_id
@@ -163,13 +152,11 @@ async def test_a_put_whose_thread_was_deleted_and_started_again_drops_its_record
 
 
 async def test_a_stale_put_never_takes_the_number_of_a_deleted_version(bus: Bus) -> None:
-    store = _store(bus)
+    store = bare_store(bus)
     tk = store.keys("a", "reuse")
-    a, _ = await store.put(PutCheckpoint(agent_id="a", thread_id="reuse", data=b"a"))
+    a, _ = await store.put(put_request("reuse", b"a"))
     stale = await store.read_head(tk)  # a put that read the head at version 1
-    b, _ = await store.put(
-        PutCheckpoint(agent_id="a", thread_id="reuse", data=b"b", parent_id=a.checkpoint_id)
-    )
+    b, _ = await store.put(put_request("reuse", b"b", a.checkpoint_id))
     await VersionDeletes(Housekeeping(store)).delete(
         DeleteCheckpoints(agent_id="a", thread_id="reuse", checkpoint_ids=[b.checkpoint_id])
     )
@@ -178,9 +165,7 @@ async def test_a_stale_put_never_takes_the_number_of_a_deleted_version(bus: Bus)
         await advance_head(store, tk, late, stale)
     assert await store.read_record(tk, 2) is None
     assert (await store.get(GetCheckpoint(agent_id="a", thread_id="reuse"))).data == b"a"
-    c, _ = await store.put(
-        PutCheckpoint(agent_id="a", thread_id="reuse", data=b"c", parent_id=a.checkpoint_id)
-    )
+    c, _ = await store.put(put_request("reuse", b"c", a.checkpoint_id))
     assert c.version == 3
 
 
@@ -189,9 +174,9 @@ async def test_deleting_a_version_whose_head_is_not_written_yet_fences_its_put(
 ) -> None:
     # LangGraph chooses its ids, so a delete may name a version whose put is between
     # its record (and id index) and its head.
-    store = _store(bus)
+    store = bare_store(bus)
     tk = store.keys("a", "fence")
-    a, _ = await store.put(PutCheckpoint(agent_id="a", thread_id="fence", data=b"a"))
+    a, _ = await store.put(put_request("fence", b"a"))
     head = await store.read_head(tk)
     late = await _stored_only(store, "fence", a, "in-flight")
     await (await store.kv()).put(tk.index(late.checkpoint_id), encode(CheckpointIndex(version=2)))
@@ -206,13 +191,11 @@ async def test_deleting_a_version_whose_head_is_not_written_yet_fences_its_put(
 
 
 async def test_a_head_moved_by_retention_is_written_again(bus: Bus) -> None:
-    store = _store(bus)
+    store = bare_store(bus)
     house = Housekeeping(store)
     tk = store.keys("a", "kept")
-    one, _ = await store.put(PutCheckpoint(agent_id="a", thread_id="kept", data=b"1"))
-    two, _ = await store.put(
-        PutCheckpoint(agent_id="a", thread_id="kept", data=b"2", parent_id=one.checkpoint_id)
-    )
+    one, _ = await store.put(put_request("kept", b"1"))
+    two, _ = await store.put(put_request("kept", b"2", one.checkpoint_id))
     head = await store.read_head(tk)
     late = await _stored_only(store, "kept", two, "three")
     await house.apply_retention(tk, Retention(keep_last=1))  # moves the head's oldest

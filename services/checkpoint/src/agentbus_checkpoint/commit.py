@@ -119,7 +119,7 @@ async def advance_head(
     """
     kv = await store.kv()
     index = encode(CheckpointIndex(version=record.version))
-    indexes = [(key, index) for key in indexes_of(tk, record)[1:]]
+    indexes = [(key, index) for key in version_keys(tk, record)[1:]]  # all but the record
     built_on = head.checkpoint_id  # only bookkeeping (retention) may move it meanwhile
     for _ in range(store.settings.put_attempts):
         value = CheckpointHead(
@@ -150,7 +150,7 @@ async def advance_head(
             # The head is gone (a thread delete), names another version (a version
             # delete moved it; the thread was deleted and started again) or went past
             # the record without naming it: the record is no version of the thread.
-            await _discard(kv, tk, indexes_of(tk, record))
+            await _discard(kv, version_keys(tk, record))
             raise CheckpointConflictError(
                 record.parent_id,
                 head.checkpoint_id,
@@ -181,7 +181,7 @@ async def roll_forward(
     return record, await advance_head(store, tk, record, head)
 
 
-def indexes_of(tk: ThreadKeys, record: Checkpoint) -> list[str]:
+def version_keys(tk: ThreadKeys, record: Checkpoint) -> list[str]:
     """``record``'s own keys: the record, its id index, its object index (if any)."""
     keys = [tk.record(record.version), tk.index(record.checkpoint_id)]
     if record.data_ref is not None:
@@ -189,7 +189,7 @@ def indexes_of(tk: ThreadKeys, record: Checkpoint) -> list[str]:
     return keys
 
 
-async def _discard(kv: KeyValue, tk: ThreadKeys, keys: Sequence[str]) -> None:
+async def _discard(kv: KeyValue, keys: Sequence[str]) -> None:
     """Purge a record that is no longer a version of the thread, with its indexes."""
     for key in keys:
         await kv.purge(key)
