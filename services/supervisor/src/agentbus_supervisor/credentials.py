@@ -37,6 +37,8 @@ from agentbus_supervisor.runtime import CREDS_FILE_NAME
 @dataclass
 class _Issued:
     deployment: Deployment
+    folder: str
+    """The directory (under ``creds_dir``) its file is in: the agent id, or a spare's."""
     users: dict[str, float] = field(default_factory=dict)
     """User public key -> Unix time its JWT expires."""
     renew_at: float = 0.0
@@ -86,10 +88,12 @@ class ReplicaCredentials:
         """The creds file of ``agent_id`` as the container engine sees it."""
         return self.host_dir / agent_id / CREDS_FILE_NAME
 
-    async def issue(self, deployment: Deployment, agent_id: str) -> Path:
+    async def issue(self, deployment: Deployment, agent_id: str, *, folder: str = "") -> Path:
         """Provision what the replica reads and write it fresh credentials.
 
-        Users issued to an earlier instance of the replica are revoked.
+        The file goes to ``creds_dir/<folder>`` (default: the agent id; a warm spare
+        taking the identity has its own). Users issued to an earlier instance of the
+        replica are revoked, and its file deleted if it was elsewhere.
 
         Raises:
             ContractError: the deployment declares an invalid topic pattern.
@@ -104,12 +108,14 @@ class ReplicaCredentials:
             self._provisioning.add(task)
             task.add_done_callback(self._provisioning.discard)
         previous = self._issued.pop(agent_id, None)
-        issued = _Issued(deployment)
+        issued = _Issued(deployment, folder or agent_id)
         self._issued[agent_id] = issued
         self._write(agent_id, issued)
         if previous is not None:
+            if previous.folder != issued.folder:
+                self._delete(previous.folder)
             await self._revoke(agent_id, previous.users)
-        return self.path(agent_id)
+        return self.creds_dir / issued.folder / CREDS_FILE_NAME
 
     async def _provision_again(self, deployment: Deployment, agent_id: str) -> None:
         try:
@@ -121,10 +127,7 @@ class ReplicaCredentials:
         """The replica ended for good: delete its creds file, revoke its users."""
         self._provisioned.pop(agent_id, None)  # a later start provisions it first
         issued = self._issued.pop(agent_id, None)
-        with contextlib.suppress(FileNotFoundError):
-            self.path(agent_id).unlink()
-        with contextlib.suppress(OSError):
-            self.path(agent_id).parent.rmdir()
+        self._delete(issued.folder if issued is not None else agent_id)
         if issued is not None:
             await self._revoke(agent_id, issued.users)
 
@@ -151,6 +154,14 @@ class ReplicaCredentials:
                 task.cancel()
             await asyncio.gather(*self._provisioning, return_exceptions=True)
 
+    def _delete(self, folder: str) -> None:
+        """Delete the creds file in ``folder`` and the folder if nothing else is in it."""
+        path = self.creds_dir / folder / CREDS_FILE_NAME
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        with contextlib.suppress(OSError):
+            path.parent.rmdir()
+
     def _write(self, agent_id: str, issued: _Issued) -> None:
         creds = mint_agent(self.authority, self.bus, issued.deployment, agent_id, ttl_s=self.ttl_s)
         assert creds.expires_at_s is not None
@@ -158,7 +169,7 @@ class ReplicaCredentials:
         # reaches it, while the container's user (any uid) reads the one directory
         # mounted into it. A renewal replaces the file by rename: the container sees the
         # new one because its directory, not the file, is mounted.
-        path = self.path(agent_id)
+        path = self.creds_dir / issued.folder / CREDS_FILE_NAME
         path.parent.mkdir(mode=0o755, exist_ok=True)
         write_secret(path, creds.creds_text())
         os.chmod(path, 0o644)

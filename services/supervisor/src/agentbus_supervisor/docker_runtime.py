@@ -275,6 +275,8 @@ class DockerRuntime(Runtime):
         if not spec.image:
             raise ContractError(f"deployment {spec.deployment!r} has no image for docker")
         name = self.container_name(spec.deployment, spec.replica)
+        if spec.replica < 0:  # a warm spare: named by its own id
+            name = f"{self.prefix}-{self.node_id}-{spec.agent_id}"
         config = self._config(spec, await self._user_for(spec.image))
         try:
             container = await self._create(config, name)

@@ -14,8 +14,24 @@ class SupervisorMetrics:
         )
         self.starts = Counter(
             "agentbus_supervisor_replica_starts_total",
-            "Replica starts, by outcome (started, adopted, failed).",
+            "Replica starts, by outcome (started, spare, adopted, failed).",
             ["outcome"],
+            registry=registry,
+        )
+        self.warm_spares = Gauge(
+            "agentbus_supervisor_warm_spares",
+            "Warm spares started and waiting for an identity (Deployment.warm_spares).",
+            registry=registry,
+        )
+        self.spare_claims = Counter(
+            "agentbus_supervisor_spare_claims_total",
+            "Replica starts that tried a warm spare, by outcome (claimed, none, failed).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.spare_exits = Counter(
+            "agentbus_supervisor_spare_exits_total",
+            "Warm spares that ended before they were claimed.",
             registry=registry,
         )
         self.exits = Counter(

@@ -47,6 +47,7 @@ from agentbus_supervisor.runtime import (
     Usage,
 )
 from agentbus_supervisor.start_gate import Slot, StartGate
+from agentbus_supervisor.warm_pool import WarmPool
 
 _LOG_DRAIN_S = 2.0
 """After an exit, how long the log shipper may take to send the last lines."""
@@ -75,6 +76,8 @@ class RunnerContext:
     gate: StartGate = field(default_factory=StartGate)
     credentials: ReplicaCredentials | None = None
     """Mints each start's credentials and revokes them at the end; None: no auth."""
+    pool: WarmPool | None = None
+    """Warm spares a start claims before it starts an instance cold."""
 
 
 class ReplicaRunner:
@@ -158,6 +161,8 @@ class ReplicaRunner:
         await self._stop_logs(0.5)
         if self.ctx.credentials is not None:
             await self.ctx.credentials.release(self.spec.agent_id)
+        if self.handle is not None and self.ctx.pool is not None:
+            self.ctx.pool.forget(self.handle.spare_id)
         self.reason = reason
         await self._event("stopped", reason=reason)
 
@@ -235,6 +240,9 @@ class ReplicaRunner:
                 logger.warning(
                     "ended replica not removed", agent_id=handle.agent_id, error=str(exc)
                 )
+            else:
+                if self.ctx.pool is not None:
+                    self.ctx.pool.forget(handle.spare_id)
             handle = self.handle = None
 
     async def _start_until_up(self) -> ReplicaHandle:
@@ -273,8 +281,10 @@ class ReplicaRunner:
                 await asyncio.sleep(delay_s)
                 continue
             self._running(handle)
-            self.ctx.metrics.starts.labels("started").inc()
-            await self._event("started", reason="restarted" if self.restarts else "placed")
+            self.ctx.metrics.starts.labels("spare" if handle.spare_id else "started").inc()
+            detail = f"warm spare {handle.spare_id}" if handle.spare_id else ""
+            reason = "restarted" if self.restarts else "placed"
+            await self._event("started", reason=reason, detail=detail)
             return handle
 
     async def _refuse(self, cause: str, message: str) -> None:
@@ -296,6 +306,11 @@ class ReplicaRunner:
 
     async def _start_once(self) -> ReplicaHandle:
         self._drop_slot()
+        pool = self.ctx.pool
+        if pool is not None:  # a warm spare needs no slot: it started long ago
+            claimed = await pool.claim(self.deployment, self.spec, self.ctx.credentials)
+            if claimed is not None:
+                return claimed
         self._slot = slot = await self.ctx.gate.acquire()
         issued_at = utcnow()
         try:

@@ -115,6 +115,8 @@ class ReplicaHandle:
     running: bool = True
     started_at: datetime | None = None
     adopted: bool = False
+    spare_id: str = ""
+    """The warm spare this instance was started as (``warm_pool``); empty: started cold."""
 
 
 @dataclass(frozen=True)

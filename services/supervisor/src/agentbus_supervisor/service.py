@@ -71,9 +71,10 @@ from agentbus_supervisor.replica import ReplicaRunner, RunnerContext
 from agentbus_supervisor.runtime import ReplicaHandle, ReplicaSpec, Runtime, build_spec
 from agentbus_supervisor.runtimes import make_runtime
 from agentbus_supervisor.secrets import load_keyring, open_secrets, publish_public_key
-from agentbus_supervisor.settings import SupervisorSettings, state_dir_for
+from agentbus_supervisor.settings import SupervisorSettings, creds_dir_for
 from agentbus_supervisor.start_gate import StartGate
 from agentbus_supervisor.usage import UsageSampler
+from agentbus_supervisor.warm_pool import WarmPool
 
 T = TypeVar("T", bound=msgspec.Struct)
 SERVICE = "supervisor"
@@ -115,6 +116,14 @@ class Supervisor:
             check_s=settings.watch_check_s,
         )
         self.credentials = _replica_credentials(bus, settings)
+        gate = StartGate(settings.start_limit)
+        self.pool = WarmPool(
+            runtime,
+            gate,
+            self.metrics,
+            creds_dir_for(settings, names.prefix),
+            settings.creds_host_dir,
+        )
         self.ctx = RunnerContext(
             bus=bus,
             runtime=runtime,
@@ -122,8 +131,9 @@ class Supervisor:
             metrics=self.metrics,
             agents=self.agents,
             log_line_max_bytes=settings.log_line_max_bytes,
-            gate=StartGate(settings.start_limit),
+            gate=gate,
             credentials=self.credentials,
+            pool=self.pool,
         )
         self.default_limits = Limits(
             memory_bytes=settings.docker_memory_bytes,
@@ -340,7 +350,18 @@ class Supervisor:
                 self._adopted.discard(key)
             runner.start()
         self.metrics.replicas.set(len(self.runners))
+        self._want_spares(wanted)
         self._beat.set()
+
+    def _want_spares(self, wanted: dict[ReplicaKey, Deployment]) -> None:
+        """Ask the warm pool for the spares of the deployments with replicas here."""
+        templates: dict[str, tuple[Deployment, ReplicaSpec]] = {}
+        for (name, replica), dep in sorted(wanted.items()):
+            if dep.warm_spares and name not in templates:
+                spec = self._spec(dep, replica)
+                if spec.secrets_failure is None:
+                    templates[name] = (dep, spec)
+        self.pool.want(templates)
 
     def _stop_later(
         self,
@@ -412,7 +433,7 @@ class Supervisor:
         """Supervise until ``stop`` is set, then stop the replicas and leave the registry."""
         names = self.bus.names
         try:
-            own = await self.runtime.list_own()
+            own = self.pool.adopt(await self.runtime.list_own())
         except AgentBusError as exc:
             logger.warning("cannot list existing replicas", error=str(exc))
             own = []
@@ -445,6 +466,7 @@ class Supervisor:
             asyncio.create_task(self._heartbeat(nodes_kv, ending)),
             asyncio.create_task(self.fence.run(ending)),
             asyncio.create_task(self.usage.run(ending)),
+            asyncio.create_task(self.pool.run(ending)),
             *(asyncio.create_task(m.run(ending)) for m in mirrors),
         ]
         if self.credentials is not None:
@@ -474,6 +496,7 @@ class Supervisor:
     async def shutdown(self) -> None:
         """Stop every replica gracefully (or leave containers for adoption)."""
         runners, self.runners = list(self.runners.values()), {}
+        await self.pool.close()
         await asyncio.gather(*self._stopping.values(), return_exceptions=True)
         if self.settings.stop_replicas_on_exit or self.runtime.kind == "process":
             await asyncio.gather(*(r.stop(reason="supervisor-stopped") for r in runners))
@@ -486,11 +509,10 @@ def _replica_credentials(bus: Bus, settings: SupervisorSettings) -> ReplicaCrede
     """The minter of replica credentials, if ``settings.auth_dir`` is set."""
     if settings.auth_dir is None:
         return None
-    creds_dir = settings.creds_dir or state_dir_for(settings, bus.names.prefix) / "creds"
     return ReplicaCredentials(
         bus,
         settings.auth_dir,
-        creds_dir,
+        creds_dir_for(settings, bus.names.prefix),
         host_dir=settings.creds_host_dir,
         ttl_s=settings.replica_creds_ttl_s,
     )

@@ -159,6 +159,14 @@ def state_dir_for(settings: SupervisorSettings, prefix: str) -> Path:
     return base / "supervisor" / prefix / settings.node_id
 
 
+def creds_dir_for(settings: SupervisorSettings, prefix: str) -> Path:
+    """Where replicas' creds files and warm spares' directories go, as this process sees it.
+
+    ``settings.creds_dir``, else ``<state_dir_for>/creds``.
+    """
+    return settings.creds_dir or state_dir_for(settings, prefix) / "creds"
+
+
 def secrets_key_file_for(settings: SupervisorSettings) -> Path:
     """The secrets key file: ``secrets_key_file``, else a generated one.
 

@@ -93,6 +93,11 @@ class Deployment(Message, frozen=True, kw_only=True):
     """``node``: spread replicas evenly over eligible nodes; ``none``: pack."""
     stop_grace_s: Annotated[float, msgspec.Meta(ge=0)] = 10.0
     """SIGTERM, then this long to finish or return the task, then SIGKILL."""
+    warm_spares: Annotated[int, msgspec.Meta(ge=0, le=64)] = 0
+    """Started, imported agents without an identity that each node running replicas of
+    the deployment keeps waiting: a replica that dies (or a new one) takes one over
+    instead of starting cold (``docs/decisions/0013-warm-spares.md``). Only for agents
+    of the agentbus runtime (``Agent.main``); each costs an idle agent's memory."""
     subscriptions: list[Subscription] = []
     """Topic patterns the deployment's agents listen to (shown by ``agentbus ps``)."""
     publishes: list[str] = []

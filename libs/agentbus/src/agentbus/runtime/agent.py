@@ -65,6 +65,7 @@ from agentbus.runtime.rebind import Rebinder
 from agentbus.runtime.routes import Handler as Handler  # re-exported
 from agentbus.runtime.routes import RestoreHook as RestoreHook  # re-exported
 from agentbus.runtime.routes import Route, route
+from agentbus.runtime.spare import take_identity
 from agentbus.service import connect_with_retry
 from agentbus.settings import AgentSettings, BusSettings
 from agentbus.state import AgentState
@@ -188,7 +189,13 @@ class Agent(EventHandlers):
 
     # -- running --------------------------------------------------------------------
     def main(self) -> None:
-        """Process entry point: configure logging, run until SIGTERM/SIGINT."""
+        """Process entry point: configure logging, run until SIGTERM/SIGINT.
+
+        In a warm spare (``agentbus.runtime.spare``) it first waits for the identity of
+        the replica it becomes, then reads its settings again.
+        """
+        if take_identity():
+            self._rename(AgentSettings())
         bus_settings = self.bus_settings or BusSettings()
         configure_logging(self.agent_id, level=bus_settings.log_level, json=bus_settings.log_json)
 
@@ -206,6 +213,12 @@ class Agent(EventHandlers):
                 await bus.close()
 
         asyncio.run(_main())
+
+    def _rename(self, settings: AgentSettings) -> None:
+        """Become the agent ``settings`` names (a warm spare taking its identity)."""
+        self.settings = settings
+        self.agent_id = check_token("agent id", settings.agent_id or self.agent_id)
+        self.durable = AgentState(self.agent_id, self.durable.state_type)
 
     async def run(self, bus: Bus, stop: asyncio.Event) -> None:
         """Serve tasks on ``bus`` until ``stop`` is set, then stop gracefully.
