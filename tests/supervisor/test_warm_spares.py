@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from agentbus.bus import Bus
 from agentbus.messages import Backoff, Deployment
-from agentbus.runtime.spare import SPARE_FIFO_ENV
+from agentbus.runtime.spare import SPARE_DIR_ENV
 from tests._harness.polling import eventually
 from tests._harness.services import pid_alive
 from tests._harness.supervisor import (
@@ -36,7 +36,7 @@ FAST = Backoff(initial_s=0.1, factor=2.0, max_s=1.0, jitter=0.0)
 def spare_pids(state_dir: Path) -> set[int]:
     """Live processes started as spares of this node (their initial env names a FIFO)."""
     found = set()
-    marker = f"{SPARE_FIFO_ENV}={state_dir}".encode()
+    marker = f"{SPARE_DIR_ENV}={state_dir}".encode()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -71,9 +71,11 @@ async def test_a_dead_replica_is_replaced_by_a_warm_spare(
     async with running_supervisor(bus, settings, registry):
         first = await eventually(registered(bus, "warm-0"), timeout_s=30)
         assert first.pid is not None
-        await eventually(lambda: len(spare_pids(tmp_path)) == 2 or None, timeout_s=30)
-        assert gauge(registry, "agentbus_supervisor_warm_spares") == 2
+        await eventually(
+            lambda: gauge(registry, "agentbus_supervisor_warm_spares") == 2 or None, timeout_s=30
+        )  # both told the pool they wait for an identity
         waiting = spare_pids(tmp_path)
+        assert len(waiting) == 2
         assert first.pid not in waiting  # the replicas themselves started cold
 
         os.killpg(first.pid, signal.SIGKILL)
@@ -113,7 +115,7 @@ async def test_a_dead_replica_is_replaced_by_a_warm_spare(
         await unplace(bus, "warm", 1)
         await eventually(lambda: not spare_pids(tmp_path) or None, timeout_s=30)
         assert gauge(registry, "agentbus_supervisor_warm_spares") == 0
-        assert spare_dirs(tmp_path) == []
+        await eventually(lambda: not spare_dirs(tmp_path) or None, timeout_s=10)
 
 
 async def test_a_spare_that_dies_unclaimed_is_replaced(
@@ -133,3 +135,23 @@ async def test_a_spare_that_dies_unclaimed_is_replaced(
         assert successor != spare
         assert gauge(registry, "agentbus_supervisor_spare_exits_total") == 1
     assert not pid_alive(successor)  # a stopping supervisor stops its spares
+
+
+async def test_spares_that_never_get_ready_are_replaced_by_backoff(
+    bus: Bus, node_id: str, tmp_path: Path
+) -> None:
+    crash = [sys.executable, "-c", "import sys, time; time.sleep(0.2); sys.exit(3)"]
+    dep = Deployment(name="broken", command=crash, warm_spares=1, backoff=FAST)
+    await put_deployment(bus, dep)
+    await place(bus, "broken", 0, node_id)
+    registry = CollectorRegistry()
+    async with running_supervisor(bus, process_settings(node_id, state_dir=tmp_path), registry):
+        # each exit frees the start slot at once (not after READY_MAX_S) and the next
+        # spare follows after the deployment's backoff (0.1 s doubling to 1 s)
+        await eventually(
+            lambda: gauge(registry, "agentbus_supervisor_spare_exits_total") >= 4 or None,
+            timeout_s=20,
+        )
+        assert gauge(registry, "agentbus_supervisor_warm_spares") == 0
+        claims = gauge(registry, "agentbus_supervisor_spare_claims_total", outcome="claimed")
+        assert claims == 0  # the crashing replica restarts cold: no spare was ever ready

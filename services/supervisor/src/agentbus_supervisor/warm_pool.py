@@ -4,16 +4,17 @@ A replica's cold start is CPU-bound (the engine's work, the interpreter, the age
 library's imports: about 0.3 CPU-s); when many die at once on a small node they queue
 at the start gate. A deployment with ``warm_spares`` > 0 has that many spares kept on
 every node that runs replicas of it: instances of the same image, command, env and
-limits, started without ``AGENTBUS_AGENT_ID`` / ``AGENTBUS_AGENT_REPLICA`` and blocked on
-a FIFO (``agentbus.runtime.spare``). A replica start first claims a waiting spare: its
-credentials are written into the spare's own directory (bind-mounted like a
-replica's), a claim file records who it became (a restarted supervisor adopts it as
-that replica), and the identity is written into the FIFO. Then the pool starts a new
-spare in the background, through the start gate like any start.
+limits, started without ``AGENTBUS_AGENT_ID`` / ``AGENTBUS_AGENT_REPLICA``
+(``agentbus.runtime.spare``, ``spares``). A spare says it is ready through its ready
+FIFO once imported, then blocks on its identity FIFO. A replica start first claims a
+ready spare: its credentials are written into the spare's own directory (bind-mounted
+like a replica's), a claim file records who it became (a restarted supervisor adopts
+it as that replica), and the identity is written into the FIFO; the start needs no
+start slot. Then the pool starts a successor.
 
-A spare is ready when it holds the FIFO open for reading: opening it for writing
-without blocking fails (``ENXIO``) until then, so a spare still importing is never
-claimed. A spare that exits before its claim is replaced after the deployment's
+Spares start one at a time per node, each holding a start slot until it is ready (at
+most ``READY_MAX_S``), so refilling the pool never crowds out replica starts. A spare
+that exits unclaimed, or is not ready in time, is replaced after the deployment's
 restart backoff (a broken image cannot spin). The design and its figures:
 ``docs/decisions/0013-warm-spares.md``.
 """
@@ -29,7 +30,6 @@ import secrets
 import shutil
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -38,52 +38,24 @@ from loguru import logger
 from agentbus.errors import AgentBusError
 from agentbus.messages import Deployment, utcnow
 from agentbus.retry import backoff_s
-from agentbus.runtime.spare import IDENTITY_ENV, SPARE_FIFO_ENV
+from agentbus.runtime.spare import IDENTITY_ENV, IDENTITY_FIFO, READY_FIFO
 from agentbus_supervisor.metrics import SupervisorMetrics
-from agentbus_supervisor.runtime import (
-    CONTAINER_CREDS_DIR,
-    CREDS_FILE_NAME,
-    LABEL_AGENT_ID,
-    LABEL_REPLICA,
-    LABEL_SPEC,
-    ReplicaHandle,
-    ReplicaSpec,
-    Runtime,
+from agentbus_supervisor.runtime import ReplicaHandle, ReplicaSpec, Runtime
+from agentbus_supervisor.spares import (
+    CLAIM_FILE,
+    Spare,
+    is_spare,
+    spare_spec,
+    template_digest,
 )
 from agentbus_supervisor.start_gate import StartGate
 
 if TYPE_CHECKING:
     from agentbus_supervisor.credentials import ReplicaCredentials
 
-FIFO_NAME = "identity.fifo"
-CLAIM_FILE = "claim.json"
-SPARE_REPLICA = -1
-"""The replica index of every spare (labels, handles): never a placed replica's."""
+READY_MAX_S = 60.0
+"""Longest a spare's start holds its start slot waiting for the spare to be ready."""
 _STOP_GRACE_S = 1.0
-_PER_INSTANCE_ENV = (*IDENTITY_ENV, SPARE_FIFO_ENV, "AGENTBUS_CREDS_FILE")
-
-
-def template_digest(spec: ReplicaSpec) -> str:
-    """``ReplicaSpec.digest`` without what differs between instances (identity, paths).
-
-    A spare serves a replica only when their template digests are equal.
-    """
-    env = {k: v for k, v in spec.env.items() if k not in _PER_INSTANCE_ENV}
-    return dataclasses.replace(spec, env=env).digest
-
-
-def is_spare(handle: ReplicaHandle) -> bool:
-    """Whether ``handle`` is a warm spare (claimed or not) rather than a started replica."""
-    return handle.replica == SPARE_REPLICA
-
-
-@dataclass
-class _Spare:
-    spare_id: str
-    deployment: str
-    template: str
-    handle: ReplicaHandle | None = None  # None while its start is under way
-    waiter: asyncio.Task[None] | None = None
 
 
 class WarmPool:
@@ -109,7 +81,7 @@ class WarmPool:
         self.metrics = metrics
         self.own_dir = own_dir
         self.host_dir = host_dir or own_dir
-        self._spares: dict[str, _Spare] = {}
+        self._spares: dict[str, Spare] = {}
         self._wanted: dict[str, tuple[Deployment, ReplicaSpec]] = {}
         self._failures: dict[str, int] = {}
         self._not_before: dict[str, float] = {}
@@ -148,12 +120,8 @@ class WarmPool:
         for spare in list(self._spares.values()):
             wanted = self._wanted.get(spare.deployment)
             if spare.handle and (wanted is None or template_digest(wanted[1]) != spare.template):
-                del self._spares[spare.spare_id]
-                if spare.waiter is not None:
-                    spare.waiter.cancel()
                 logger.info("warm spare no longer wanted", spare=spare.spare_id)
-                self._background_stop(spare.handle, spare.spare_id)
-                self.metrics.warm_spares.set(self._count())
+                self._discard(spare)
         for name, (deployment, spec) in list(self._wanted.items()):
             delay_s = self._not_before.get(name, 0.0) - time.monotonic()
             if delay_s > 0:
@@ -167,53 +135,58 @@ class WarmPool:
     async def _start(self, deployment: Deployment, spec: ReplicaSpec) -> bool:
         spare_id = f"{deployment.name}-spare-{secrets.token_hex(4)}"
         folder = self.own_dir / spare_id
-        spare = _Spare(spare_id, deployment.name, template_digest(spec))
+        spare = Spare(spare_id, deployment.name, template_digest(spec))
         self._spares[spare_id] = spare
         try:
             folder.mkdir(mode=0o755, parents=True)
-            os.mkfifo(folder / FIFO_NAME, 0o644)  # any container user may read it
+            # any container user may read the one and write the other
+            for name, mode in ((IDENTITY_FIFO, 0o644), (READY_FIFO, 0o622)):
+                os.mkfifo(folder / name)
+                os.chmod(folder / name, mode)  # not narrowed by the umask
+            spare.listen(folder)
             slot = await self.gate.acquire()
+        except OSError as exc:
+            return self._not_started(spare, deployment, exc)
+        try:  # the slot is held until the spare is ready: one import at a time
             try:
-                handle = await self.runtime.start(self._spec(spec, spare_id))
+                spare.handle = await self.runtime.start(
+                    spare_spec(spec, spare_id, self.runtime.kind, self.own_dir, self.host_dir)
+                )
+            except AgentBusError as exc:
+                return self._not_started(spare, deployment, exc)
+            spare.waiter = waiter = asyncio.create_task(self._watch(spare, deployment))
+            ready = asyncio.create_task(spare.ready.wait())
+            try:  # until ready, exited, or too slow
+                await asyncio.wait(
+                    {ready, waiter}, timeout=READY_MAX_S, return_when="FIRST_COMPLETED"
+                )
             finally:
-                slot.release()
-        except (AgentBusError, OSError) as exc:
-            del self._spares[spare_id]
-            shutil.rmtree(folder, ignore_errors=True)
-            logger.warning("warm spare not started", spare=spare_id, error=str(exc))
-            self._failed(deployment)
+                ready.cancel()
+        finally:
+            slot.release()
+        if not spare.ready.is_set():
+            if spare_id in self._spares:  # alive but silent: not an agent that can wait
+                logger.warning(
+                    "warm spare not ready in time; is the image an agentbus agent?",
+                    spare=spare_id,
+                    ready_max_s=READY_MAX_S,
+                )
+                self._discard(spare)
+                self._failed(deployment)
             return False
-        spare.handle = handle
-        spare.waiter = asyncio.create_task(self._watch(spare, deployment))
         self.metrics.warm_spares.set(self._count())
-        logger.info("warm spare started", spare=spare_id, deployment=deployment.name)
+        logger.info("warm spare ready", spare=spare_id, deployment=deployment.name)
         return True
 
-    def _spec(self, spec: ReplicaSpec, spare_id: str) -> ReplicaSpec:
-        """The spare's spec: ``spec`` without identity, its own directory and FIFO."""
-        env = {k: v for k, v in spec.env.items() if k not in IDENTITY_ENV}
-        in_container = self.runtime.kind != "process"
-        folder = CONTAINER_CREDS_DIR if in_container else str(self.own_dir / spare_id)
-        env[SPARE_FIFO_ENV] = f"{folder}/{FIFO_NAME}"
-        if "AGENTBUS_CREDS_FILE" in env:
-            env["AGENTBUS_CREDS_FILE"] = f"{folder}/{CREDS_FILE_NAME}"
-        spare = dataclasses.replace(
-            spec,
-            replica=SPARE_REPLICA,
-            agent_id=spare_id,
-            env=env,
-            creds_file=str(self.host_dir / spare_id / CREDS_FILE_NAME),
-            secrets_failure=None,
-        )
-        labels = {
-            **spec.labels,
-            LABEL_REPLICA: str(SPARE_REPLICA),
-            LABEL_AGENT_ID: spare_id,
-            LABEL_SPEC: spare.digest,
-        }
-        return dataclasses.replace(spare, labels=labels)
+    def _not_started(self, spare: Spare, deployment: Deployment, exc: Exception) -> bool:
+        spare.close()
+        self._spares.pop(spare.spare_id, None)
+        shutil.rmtree(self.own_dir / spare.spare_id, ignore_errors=True)
+        logger.warning("warm spare not started", spare=spare.spare_id, error=str(exc))
+        self._failed(deployment)
+        return False
 
-    async def _watch(self, spare: _Spare, deployment: Deployment) -> None:
+    async def _watch(self, spare: Spare, deployment: Deployment) -> None:
         """Until the spare is claimed: if it exits, replace it (after a backoff)."""
         assert spare.handle is not None
         while True:
@@ -223,6 +196,7 @@ class WarmPool:
             except AgentBusError as exc:
                 logger.warning("warm spare wait failed", spare=spare.spare_id, error=str(exc))
                 await asyncio.sleep(1.0)
+        spare.close()
         if self._spares.pop(spare.spare_id, None) is None:
             return
         self.metrics.spare_exits.inc()
@@ -261,8 +235,9 @@ class WarmPool:
         for spare in list(self._spares.values()):
             if spare.deployment != deployment.name or spare.template != template:
                 continue
-            if spare.handle is None or (fd := self._open(spare)) is None:
-                continue  # starting, or still importing
+            started = spare.handle
+            if started is None or not spare.ready.is_set() or (fd := self._open(spare)) is None:
+                continue  # still starting or importing, or gone since it was ready
             del self._spares[spare.spare_id]
             if spare.waiter is not None:
                 spare.waiter.cancel()
@@ -273,7 +248,7 @@ class WarmPool:
             except Exception as exc:
                 self.metrics.spare_claims.labels("failed").inc()
                 logger.warning("warm spare claim failed", spare=spare.spare_id, error=repr(exc))
-                self._background_stop(spare.handle, spare.spare_id)
+                self._background_stop(started, spare.spare_id)
                 return None
             finally:
                 os.close(fd)
@@ -284,10 +259,11 @@ class WarmPool:
         self.metrics.spare_claims.labels("none").inc()
         return None
 
-    def _open(self, spare: _Spare) -> int | None:
+    def _open(self, spare: Spare) -> int | None:
         """The FIFO opened for writing if the spare waits on it, else None."""
         try:
-            return os.open(self.own_dir / spare.spare_id / FIFO_NAME, os.O_WRONLY | os.O_NONBLOCK)
+            fifo = self.own_dir / spare.spare_id / IDENTITY_FIFO
+            return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
         except OSError as exc:
             if exc.errno != errno.ENXIO:  # ENXIO: nobody reads yet
                 logger.warning("warm spare FIFO not opened", spare=spare.spare_id, error=str(exc))
@@ -295,7 +271,7 @@ class WarmPool:
 
     async def _hand_over(
         self,
-        spare: _Spare,
+        spare: Spare,
         deployment: Deployment,
         spec: ReplicaSpec,
         credentials: ReplicaCredentials | None,
@@ -354,17 +330,24 @@ class WarmPool:
 
     async def close(self) -> None:
         """Stop every unclaimed spare and wait for the stops under way."""
-        spares, self._spares = list(self._spares.values()), {}
-        for spare in spares:
-            if spare.waiter is not None:
-                spare.waiter.cancel()
-            if spare.handle is not None:
-                self._background_stop(spare.handle, spare.spare_id)
-        self.metrics.warm_spares.set(0)
+        for spare in list(self._spares.values()):
+            self._discard(spare)
         await asyncio.gather(*self._background, return_exceptions=True)
 
+    def _discard(self, spare: Spare) -> None:
+        """Take ``spare`` out of the pool and stop it."""
+        self._spares.pop(spare.spare_id, None)
+        spare.close()
+        if spare.waiter is not None:
+            spare.waiter.cancel()
+        if spare.handle is not None:
+            self._background_stop(spare.handle, spare.spare_id)
+        else:
+            self.forget(spare.spare_id)
+        self.metrics.warm_spares.set(self._count())
+
     def _count(self) -> int:
-        return sum(1 for s in self._spares.values() if s.handle is not None)
+        return sum(1 for s in self._spares.values() if s.ready.is_set())
 
     def _background_stop(self, handle: ReplicaHandle, spare_id: str) -> None:
         async def stop() -> None:

@@ -191,11 +191,13 @@ class Agent(EventHandlers):
     def main(self) -> None:
         """Process entry point: configure logging, run until SIGTERM/SIGINT.
 
-        In a warm spare (``agentbus.runtime.spare``) it first waits for the identity of
-        the replica it becomes, then reads its settings again.
+        A warm spare (``agentbus.runtime.spare``) first waits to be named.
         """
-        if take_identity():
-            self._rename(AgentSettings())
+        if take_identity():  # named now: as that replica, from now
+            self.settings = settings = AgentSettings()
+            self.agent_id = check_token("agent id", settings.agent_id or self.agent_id)
+            self.durable = AgentState(self.agent_id, self.durable.state_type)
+            self.started_at = utcnow()
         bus_settings = self.bus_settings or BusSettings()
         configure_logging(self.agent_id, level=bus_settings.log_level, json=bus_settings.log_json)
 
@@ -213,12 +215,6 @@ class Agent(EventHandlers):
                 await bus.close()
 
         asyncio.run(_main())
-
-    def _rename(self, settings: AgentSettings) -> None:
-        """Become the agent ``settings`` names (a warm spare taking its identity)."""
-        self.settings = settings
-        self.agent_id = check_token("agent id", settings.agent_id or self.agent_id)
-        self.durable = AgentState(self.agent_id, self.durable.state_type)
 
     async def run(self, bus: Bus, stop: asyncio.Event) -> None:
         """Serve tasks on ``bus`` until ``stop`` is set, then stop gracefully.

@@ -1,13 +1,15 @@
 """A warm spare: an agent process started and imported before it has an identity.
 
 A supervisor keeps ``Deployment.warm_spares`` of them per deployment and node
-(``agentbus_supervisor.warm_pool``). A spare is started with ``AGENTBUS_AGENT_SPARE_FIFO``
-naming a FIFO and without ``AGENTBUS_AGENT_ID`` / ``AGENTBUS_AGENT_REPLICA``; its
-``Agent.main`` blocks on opening the FIFO for reading (no CPU, no connection) until
-the supervisor hands it a dead replica's identity: one JSON object of ``AGENTBUS_*``
-environment values, written once and closed. The spare sets them and goes on as that
-replica (credentials, if any, are already in its creds file). A close without a
-payload means the claim was abandoned: the spare exits with ``EXIT_NO_IDENTITY``.
+(``agentbus_supervisor.warm_pool``). A spare is started with ``AGENTBUS_AGENT_SPARE_DIR``
+naming a directory with two FIFOs and without ``AGENTBUS_AGENT_ID`` /
+``AGENTBUS_AGENT_REPLICA``. Once imported, its ``Agent.main`` writes one byte into
+``ready.fifo`` (the supervisor claims only spares that did) and blocks on opening
+``identity.fifo`` for reading (no CPU, no connection) until the supervisor hands it a
+dead replica's identity: one JSON object of ``AGENTBUS_*`` environment values, written
+once and closed. The spare sets them and goes on as that replica (credentials, if any,
+are already in its creds file). A close without a payload means the claim was
+abandoned: the spare exits with ``EXIT_NO_IDENTITY``.
 """
 
 from __future__ import annotations
@@ -16,8 +18,12 @@ import json
 import os
 import sys
 
-SPARE_FIFO_ENV = "AGENTBUS_AGENT_SPARE_FIFO"
-"""Names the FIFO a spare reads its identity from; unset: not a spare."""
+SPARE_DIR_ENV = "AGENTBUS_AGENT_SPARE_DIR"
+"""Names the directory of a spare's FIFOs; unset: not a spare."""
+IDENTITY_FIFO = "identity.fifo"
+"""The FIFO a spare reads its identity from."""
+READY_FIFO = "ready.fifo"
+"""The FIFO a spare writes one byte into once it is ready to be claimed."""
 IDENTITY_ENV = ("AGENTBUS_AGENT_ID", "AGENTBUS_AGENT_REPLICA")
 """The environment values that differ between replicas of one deployment."""
 EXIT_NO_IDENTITY = 75
@@ -69,14 +75,33 @@ def take_identity() -> bool:
     Returns True when the process was a spare (its settings must be read again). A
     spare whose claim was abandoned or malformed exits with ``EXIT_NO_IDENTITY``.
     """
-    fifo = os.environ.get(SPARE_FIFO_ENV)
-    if not fifo:
+    folder = os.environ.get(SPARE_DIR_ENV)
+    if not folder:
         return False
+    signal_ready(os.path.join(folder, READY_FIFO))
     try:
-        values = await_identity(fifo)
+        values = await_identity(os.path.join(folder, IDENTITY_FIFO))
     except (IdentityError, OSError) as exc:
         print(f"agentbus spare: no identity: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(EXIT_NO_IDENTITY) from exc
     os.environ.update(values)
-    del os.environ[SPARE_FIFO_ENV]
+    del os.environ[SPARE_DIR_ENV]
     return True
+
+
+def signal_ready(fifo: str) -> None:
+    """Tell the supervisor reading ``fifo`` that this spare waits for its identity.
+
+    Without a reader (a supervisor that has gone) nothing is told: that supervisor's
+    successor stops spares it never saw ready.
+    """
+    try:
+        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError:
+        return
+    try:
+        os.write(fd, b"r")
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
