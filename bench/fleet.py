@@ -160,6 +160,13 @@ class Observer:
                 return at
         return None
 
+    def started_from_spare(self, agent_id: str, since_wall: float) -> bool:
+        """Whether ``agent_id``'s first start after ``since_wall`` claimed a warm spare."""
+        for e in self.replica_events.get(agent_id, []):
+            if e.kind == "started" and _wall(e.at) >= since_wall:
+                return "warm spare" in e.detail
+        return False
+
     def event_after(self, agent_id: str, kind: str, since_wall: float) -> float | None:
         for e in self.replica_events.get(agent_id, []):
             if e.kind == kind and _wall(e.at) >= since_wall:
@@ -195,7 +202,7 @@ class Run:
     pids: dict[int, str]
     """Child processes by pid (scheduler, supervisors, nats-server): CPU is reported."""
 
-    def deployment(self, name: str, replicas: int) -> Deployment:
+    def deployment(self, name: str, replicas: int, warm_spares: int = 0) -> Deployment:
         return Deployment(
             name=name,
             replicas=replicas,
@@ -206,14 +213,20 @@ class Run:
             backoff=DRILL_BACKOFF,
             max_concurrency=4,
             stop_grace_s=2.0,
+            warm_spares=warm_spares,
         )
 
-    async def containers(self, deployment: str) -> dict[str, str]:
-        """agent id -> container id of the run's running containers of ``deployment``."""
+    async def containers(self, deployment: str, *, spares: bool = False) -> dict[str, str]:
+        """agent id -> container id of the run's running containers of ``deployment``
+        (``spares``: its warm spares, by spare id, instead of its replicas)."""
         labels = [f"agentbus.prefix={self.prefix}", f"agentbus.deployment={deployment}"]
         filters = {"label": labels, "status": ["running"]}
         found = await self.docker.containers.list(filters=json.dumps(filters))
-        return {c["Labels"]["agentbus.agent_id"]: c.id for c in found}
+        return {
+            c["Labels"]["agentbus.agent_id"]: c.id
+            for c in found
+            if (c["Labels"].get("agentbus.replica") == "-1") == spares
+        }
 
     async def started_at(self, agent_id: str) -> float:
         """``State.StartedAt`` of the running container of ``agent_id`` (wall s)."""
@@ -324,7 +337,7 @@ async def ramp_and_drill(run: Run) -> None:
     n = args.replicas
     began = time.time()
     host_before = host_busy_s()
-    reply = await deploy(client, run.deployment("fleet", n))
+    reply = await deploy(client, run.deployment("fleet", n, args.warm_spares))
     if reply.unplaced:
         raise RuntimeError(f"{len(reply.unplaced)} replicas unplaced: {reply.unplaced[0].reason}")
     ids = [f"fleet-{i}" for i in range(n)]
@@ -349,6 +362,16 @@ async def ramp_and_drill(run: Run) -> None:
     rep.add("ramp_start_to_registered_p50_s", round(percentile(ready, 50), 3))
     rep.add("ramp_start_to_registered_max_s", round(max(ready), 3))
 
+    if args.warm_spares:  # one at a time per node, each once the one before is ready
+        want = args.warm_spares * sum(1 for count in per_node.values() if count)
+        deadline = time.monotonic() + args.ramp_timeout_s
+        while len(await run.containers("fleet", spares=True)) < want:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"fewer than {want} warm spares started")
+            await asyncio.sleep(0.5)
+        await asyncio.sleep(2.0)  # the last ones import
+        rep.add("warm_spares_count", want)
+        console.print(f"warm spares: {want} started")
     stream = TaskStream(client, args.rate, int(args.rate * args.max_drill_s))
     stream.start()
     # The steady window starts once every agent had time for its first task, which
@@ -368,7 +391,11 @@ async def ramp_and_drill(run: Run) -> None:
         rep.add(f"steady_{name}_cpu_cores", round(used, 2))
     running = await run.containers("fleet")
     victims = random.sample(sorted(running), args.kill)
+    survivors = [cid for a, cid in running.items() if a not in victims]
+    spares = list((await run.containers("fleet", spares=True)).values())
     killed_at, host_before = time.time(), host_busy_s()
+    procs_before = process_cpu_s(run.pids)
+    survivors_before, spares_before = cgroup_cpu_s(survivors), cgroup_cpu_s(spares)
     await asyncio.gather(*(run.docker.containers.container(running[a]).kill() for a in victims))
     console.print(f"drill: killed {len(victims)} containers (SIGKILL)")
     await obs.wait_for(
@@ -378,6 +405,15 @@ async def ramp_and_drill(run: Run) -> None:
     )
     busy = (host_busy_s() - host_before) / (time.time() - killed_at)
     rep.add("recovery_host_busy_cpu_cores", round(busy, 2))
+    procs_after, dt = process_cpu_s(run.pids), time.time() - killed_at
+    survivors_cores = (cgroup_cpu_s(survivors) - survivors_before) / dt
+    rep.add("recovery_surviving_agents_cpu_cores", round(survivors_cores, 2))
+    rep.add(
+        "recovery_spare_containers_cpu_cores", round((cgroup_cpu_s(spares) - spares_before) / dt, 2)
+    )
+    for name in sorted(procs_after):
+        used = (procs_after[name] - procs_before.get(name, 0.0)) / dt
+        rep.add(f"recovery_{name}_cpu_cores", round(used, 2))
     recovered_at = max(obs.registered_since(a, killed_at).registered_at for a in victims)  # type: ignore[union-attr]
     await asyncio.sleep(args.tail_s)
     stream.stop.set()
@@ -395,7 +431,8 @@ async def ramp_and_drill(run: Run) -> None:
     for a in victims:
         die = obs.engine_after(a, "die", killed_at - 1)
         exited = obs.event_after(a, "exited", killed_at - 1)
-        start = obs.engine_after(a, "start", killed_at)
+        # a claimed warm spare started long ago: its start is the supervisor's event
+        start = obs.engine_after(a, "start", killed_at) or obs.event_after(a, "started", killed_at)
         inst = obs.registered_since(a, killed_at)
         if die is None or exited is None or start is None or inst is None:
             continue
@@ -406,6 +443,8 @@ async def ramp_and_drill(run: Run) -> None:
         ):
             stages[key].append(value)
     rep.add("recovery_stage_samples_count", len(stages[STAGES[0]]))
+    claimed = [a for a in victims if obs.started_from_spare(a, killed_at)]
+    rep.add("recovery_from_warm_spare_count", len(claimed))
     # CPU of a replacement container from its start to its first heartbeat (cgroup).
     cpus = [i.cpu_at_registered_s for a in victims if (i := obs.registered_since(a, killed_at))]
     if known := [c for c in cpus if c is not None]:
@@ -563,6 +602,9 @@ def main() -> None:
     parser.add_argument("--kill", type=int, default=20)
     parser.add_argument("--probe", type=int, default=20, help="probe restarts (0: skip)")
     parser.add_argument("--rate", type=float, default=50.0, help="tasks per second")
+    parser.add_argument(
+        "--warm-spares", type=int, default=0, help="warm spares per node (Deployment.warm_spares)"
+    )
     parser.add_argument("--image", default="agentbus/agent:dev")
     parser.add_argument(
         "--preroll-s", type=float, default=3.0, help="tasks before the steady window"
@@ -624,7 +666,8 @@ def main() -> None:
                     assert server.proc is not None
                     pids = {kid.pid: kid.name for kid in kids} | {server.proc.pid: "nats-server"}
                     asyncio.run(bench(args, server.client_url, prefix, rep, pids))
-                except BaseException:
+                except BaseException as exc:
+                    console.print(f"[red]bench failed: {exc!r}")
                     for kid in kids:
                         if kid.proc.poll() is not None:
                             console.print(f"[red]{kid.name} exited:\n{kid.tail()}")

@@ -10,7 +10,7 @@ FIFO once imported, then blocks on its identity FIFO. A replica start first clai
 ready spare: its credentials are written into the spare's own directory (bind-mounted
 like a replica's), a claim file records who it became (a restarted supervisor adopts
 it as that replica), and the identity is written into the FIFO; the start needs no
-start slot. Then the pool starts a successor.
+start slot. Once no claim came for ``REFILL_QUIET_S`` the pool starts successors.
 
 Spares start one at a time per node, each holding a start slot until it is ready (at
 most ``READY_MAX_S``), so refilling the pool never crowds out replica starts. A spare
@@ -53,6 +53,10 @@ from agentbus_supervisor.start_gate import StartGate
 if TYPE_CHECKING:
     from agentbus_supervisor.credentials import ReplicaCredentials
 
+REFILL_QUIET_S = 2.0
+"""After a claim, how long the pool waits for claims to stop before it starts successors:
+replicas dying together are claimed together, and their spares' successors would only
+take CPU from the replicas coming up."""
 READY_MAX_S = 60.0
 """Longest a spare's start holds its start slot waiting for the spare to be ready."""
 _STOP_GRACE_S = 1.0
@@ -85,6 +89,7 @@ class WarmPool:
         self._wanted: dict[str, tuple[Deployment, ReplicaSpec]] = {}
         self._failures: dict[str, int] = {}
         self._not_before: dict[str, float] = {}
+        self._quiet_at = 0.0  # monotonic time from which refills may start
         self._changed = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
 
@@ -123,7 +128,8 @@ class WarmPool:
                 logger.info("warm spare no longer wanted", spare=spare.spare_id)
                 self._discard(spare)
         for name, (deployment, spec) in list(self._wanted.items()):
-            delay_s = self._not_before.get(name, 0.0) - time.monotonic()
+            not_before = max(self._not_before.get(name, 0.0), self._quiet_at)
+            delay_s = not_before - time.monotonic()
             if delay_s > 0:
                 asyncio.get_running_loop().call_later(delay_s, self._changed.set)
                 continue
@@ -242,7 +248,8 @@ class WarmPool:
             if spare.waiter is not None:
                 spare.waiter.cancel()
             self.metrics.warm_spares.set(self._count())
-            self._changed.set()  # start its successor
+            self._quiet_at = time.monotonic() + REFILL_QUIET_S
+            self._changed.set()  # start its successor once claims stop
             try:
                 handle = await self._hand_over(spare, deployment, spec, credentials, fd)
             except Exception as exc:

@@ -69,11 +69,15 @@ SERVICE_PARTS: dict[str, tuple[str, ...]] = {
 
 
 def owned_parts(settings: BusSettings, owner: str) -> tuple[str, ...] | None:
-    """The parts ``owner`` (a service name, or ``agent``) creates with ``settings``.
+    """The parts ``owner`` (a service name, ``agent`` or ``replica``) creates with ``settings``.
 
     None (every part) without credentials; with credentials, ``SERVICE_PARTS[owner]``
-    (none for an agent or an unknown owner: it may create nothing).
+    (none for an agent or an unknown owner: it may create nothing). A ``replica`` (an
+    agent a supervisor started) creates nothing: its supervisor made the contract
+    before it started anything, and a replica's start stays off the JetStream API.
     """
+    if owner == "replica":
+        return ()
     if settings.creds_file is None:
         return None
     return SERVICE_PARTS.get(owner, ())

@@ -10,19 +10,18 @@ An agent declares a name and one async handler per capability::
     agent.main()   # process entry point: logging, SIGTERM, asyncio.run
 
 For each capability the agent binds one durable pull consumer per priority band
-(``cap-<capability>`` for band 0, ``cap-<capability>-p<N>`` for band N), shared by
-every agent with that capability (JetStream spreads tasks among them), and pulls into
-its free slots highest band first (``agentbus.runtime.intake``). Consumers deleted under the
-running agent (or with the whole task stream) are bound again (``agentbus.runtime.rebind``).
-A cancel notice stops the handler of a cancelled task (``agentbus.runtime.cancellation``). A
-delivered task holds a lease (the consumer's AckWait, ``AgentSettings.lease_s``) that
-the runtime renews with ``in_progress()`` every lease/3 while the handler runs. The runtime reports
-``TaskStarted`` (only for a handler still running after ``started_report_delay_s``:
-most tasks are shorter, and their result tells the scheduler they ran) and then
-``TaskResult`` on ``<p>.results.<capability>.<agent_id>``, and acks the task only after the
-result is stored, so a crash at any point leads to a redelivery, never a lost task
-(the scheduler drops duplicate results). A handler exception becomes a failed result
-carrying the exception type and message.
+(``cap-<capability>`` for band 0, ``cap-<capability>-p<N>`` for band N), shared by every agent
+with that capability (JetStream spreads tasks among them), and pulls into its free slots highest
+band first (``agentbus.runtime.intake``). Consumers deleted under the running agent (or with the
+whole task stream) are bound again (``agentbus.runtime.rebind``). A cancel notice stops the
+handler of a cancelled task (``agentbus.runtime.cancellation``). A delivered task holds a lease
+(the consumer's AckWait, ``AgentSettings.lease_s``) that the runtime renews with
+``in_progress()`` every lease/3 while the handler runs. The runtime reports ``TaskStarted``
+(only for a handler still running after ``started_report_delay_s``: most tasks are shorter, and
+their result tells the scheduler they ran) and then ``TaskResult`` on
+``<p>.results.<capability>.<agent_id>``, and acks the task only after the result is stored, so a
+crash at any point leads to a redelivery, never a lost task (the scheduler drops duplicate
+results). A handler exception becomes a failed result carrying the exception type and message.
 
 This module holds the agent's declaration and lifecycle (start, heartbeat, stop);
 one delivered task's path to its ack is ``agentbus.runtime.delivery``, handler shapes are
@@ -193,12 +192,12 @@ class Agent(EventHandlers):
 
         A warm spare (``agentbus.runtime.spare``) first waits to be named.
         """
+        bus_settings = self.bus_settings or BusSettings()
         if take_identity():  # named now: as that replica, from now
             self.settings = settings = AgentSettings()
             self.agent_id = check_token("agent id", settings.agent_id or self.agent_id)
             self.durable = AgentState(self.agent_id, self.durable.state_type)
             self.started_at = utcnow()
-        bus_settings = self.bus_settings or BusSettings()
         configure_logging(self.agent_id, level=bus_settings.log_level, json=bus_settings.log_json)
 
         async def _main() -> None:
@@ -206,9 +205,9 @@ class Agent(EventHandlers):
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, stop.set)
-            bus = await connect_with_retry(
-                bus_settings, name=f"agentbus-agent-{self.agent_id}", owner="agent"
-            )
+            name = f"agentbus-agent-{self.agent_id}"
+            owner = "replica" if self.settings.deployment else "agent"  # contract.owned_parts
+            bus = await connect_with_retry(bus_settings, name=name, owner=owner)
             try:
                 await self.run(bus, stop)
             finally:
