@@ -4,6 +4,7 @@ gets no identity it was not given."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import sys
@@ -15,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from agentbus.bus import Bus
 from agentbus.messages import Backoff, Deployment
 from agentbus.runtime.spare import SPARE_DIR_ENV
+from agentbus_supervisor import warm_pool
 from tests._harness.polling import eventually
 from tests._harness.services import pid_alive
 from tests._harness.supervisor import (
@@ -155,3 +157,20 @@ async def test_spares_that_never_get_ready_are_replaced_by_backoff(
         assert gauge(registry, "agentbus_supervisor_warm_spares") == 0
         claims = gauge(registry, "agentbus_supervisor_spare_claims_total", outcome="claimed")
         assert claims == 0  # the crashing replica restarts cold: no spare was ever ready
+
+
+async def test_a_spare_that_never_says_it_is_ready_ends_the_specs_spares(
+    bus: Bus, node_id: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(warm_pool, "READY_MAX_S", 1.0)
+    sleeper = [sys.executable, "-c", "import time; time.sleep(600)"]  # not an agent
+    dep = Deployment(name="mute", command=sleeper, warm_spares=1, backoff=FAST)
+    await put_deployment(bus, dep)
+    await place(bus, "mute", 0, node_id)
+    registry = CollectorRegistry()
+    async with running_supervisor(bus, process_settings(node_id, state_dir=tmp_path), registry):
+        await eventually(lambda: spare_pids(tmp_path) or None, timeout_s=20)
+        await eventually(lambda: not spare_pids(tmp_path) or None, timeout_s=20)
+        await asyncio.sleep(2.0)  # backoff (0.1-1 s) passed: none started again
+        assert not spare_pids(tmp_path)
+        assert gauge(registry, "agentbus_supervisor_warm_spares") == 0

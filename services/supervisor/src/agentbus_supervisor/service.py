@@ -416,6 +416,8 @@ class Supervisor:
             await self.runtime.stop(handle, grace_s)
         except AgentBusError as exc:
             logger.warning("replica stop failed", name=handle.name, error=str(exc))
+        else:
+            self.pool.forget(handle.spare_id)
 
     async def _reconcile_loop(self) -> None:
         while True:
@@ -437,7 +439,9 @@ class Supervisor:
         except AgentBusError as exc:
             logger.warning("cannot list existing replicas", error=str(exc))
             own = []
-        self.adoptable = {(h.deployment, h.replica): h for h in own}
+        # a running instance wins over an ended one of the same replica (an ended cold
+        # instance not yet removed beside the claimed spare that replaced it)
+        self.adoptable = {(h.deployment, h.replica): h for h in sorted(own, key=_running)}
         loop = asyncio.get_running_loop()
         self._adopt_until = loop.time() + self.settings.adopt_grace_s
         loop.call_later(self.settings.adopt_grace_s, self._dirty.set)  # settle leftovers
@@ -503,6 +507,10 @@ class Supervisor:
         else:
             await asyncio.gather(*(r.detach() for r in runners))
         self.metrics.replicas.set(0)
+
+
+def _running(handle: ReplicaHandle) -> bool:
+    return handle.running
 
 
 def _replica_credentials(bus: Bus, settings: SupervisorSettings) -> ReplicaCredentials | None:

@@ -12,6 +12,8 @@ import asyncio
 import contextlib
 import dataclasses
 import os
+import re
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +29,16 @@ from agentbus_supervisor.runtime import (
 )
 
 CLAIM_FILE = "claim.json"
+SPARE_ID = re.compile(r".+-spare-[0-9a-f]{8}")
+"""A spare's id, ``<deployment>-spare-<8 hex>``: never a replica's ``<deployment>-<n>``
+(n ≤ 1000, so at most four digits)."""
+
+
+def new_spare_id(deployment: str) -> str:
+    """A fresh spare id of ``deployment`` (matches ``SPARE_ID``)."""
+    return f"{deployment}-spare-{secrets.token_hex(4)}"
+
+
 SPARE_REPLICA = -1
 """The replica index of every spare (labels, handles): never a placed replica's."""
 _PER_INSTANCE_ENV = (*IDENTITY_ENV, SPARE_DIR_ENV, "AGENTBUS_CREDS_FILE")

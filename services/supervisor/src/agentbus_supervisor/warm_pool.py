@@ -13,20 +13,19 @@ it as that replica), and the identity is written into the FIFO; the start needs 
 start slot. Once no claim came for ``REFILL_QUIET_S`` the pool starts successors.
 
 Spares start one at a time per node, each holding a start slot until it is ready (at
-most ``READY_MAX_S``), so refilling the pool never crowds out replica starts. A spare
-that exits unclaimed, or is not ready in time, is replaced after the deployment's
-restart backoff (a broken image cannot spin). The design and its figures:
-``docs/decisions/0013-warm-spares.md``.
+most ``READY_MAX_S``) and none while replicas are being claimed, so refilling the pool
+never crowds out replica starts. A spare that exits unclaimed is replaced after the
+deployment's restart backoff (a broken image cannot spin); one that is alive but not
+ready in time (an agent that cannot wait) is stopped and its spec gets no more spares.
+The design and its figures: ``docs/decisions/0013-warm-spares.md``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import errno
 import json
 import os
-import secrets
 import shutil
 import time
 from collections.abc import Mapping
@@ -43,8 +42,10 @@ from agentbus_supervisor.metrics import SupervisorMetrics
 from agentbus_supervisor.runtime import ReplicaHandle, ReplicaSpec, Runtime
 from agentbus_supervisor.spares import (
     CLAIM_FILE,
+    SPARE_ID,
     Spare,
     is_spare,
+    new_spare_id,
     spare_spec,
     template_digest,
 )
@@ -90,6 +91,7 @@ class WarmPool:
         self._failures: dict[str, int] = {}
         self._not_before: dict[str, float] = {}
         self._quiet_at = 0.0  # monotonic time from which refills may start
+        self._silent: set[str] = set()  # templates whose spares never said they were ready
         self._changed = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
 
@@ -118,8 +120,14 @@ class WarmPool:
                 changed.cancel()
                 stopped.cancel()
             self._changed.clear()
-            if not stop.is_set():
+            if stop.is_set():
+                return
+            try:
                 await self._settle(stop)
+            except Exception:  # the pool must outlive one bad pass
+                logger.exception("warm pool pass failed")
+                await asyncio.sleep(1.0)
+                self._changed.set()
 
     async def _settle(self, stop: asyncio.Event) -> None:
         for spare in list(self._spares.values()):
@@ -128,23 +136,28 @@ class WarmPool:
                 logger.info("warm spare no longer wanted", spare=spare.spare_id)
                 self._discard(spare)
         for name, (deployment, spec) in list(self._wanted.items()):
-            not_before = max(self._not_before.get(name, 0.0), self._quiet_at)
-            delay_s = not_before - time.monotonic()
-            if delay_s > 0:
-                asyncio.get_running_loop().call_later(delay_s, self._changed.set)
-                continue
+            if template_digest(spec) in self._silent:
+                continue  # its agent never said it was ready: no spares of this spec
             while not stop.is_set() and self._wanted.get(name) == (deployment, spec):
                 have = sum(1 for s in self._spares.values() if s.deployment == name)
-                if have >= deployment.warm_spares or not await self._start(deployment, spec):
+                if have >= deployment.warm_spares:
+                    break
+                # checked before each start: a claim in between defers the rest
+                not_before = max(self._not_before.get(name, 0.0), self._quiet_at)
+                if (delay_s := not_before - time.monotonic()) > 0:
+                    asyncio.get_running_loop().call_later(delay_s, self._changed.set)
+                    break
+                if not await self._start(deployment, spec):
                     break
 
     async def _start(self, deployment: Deployment, spec: ReplicaSpec) -> bool:
-        spare_id = f"{deployment.name}-spare-{secrets.token_hex(4)}"
+        spare_id = new_spare_id(deployment.name)
         folder = self.own_dir / spare_id
         spare = Spare(spare_id, deployment.name, template_digest(spec))
         self._spares[spare_id] = spare
         try:
-            folder.mkdir(mode=0o755, parents=True)
+            self.own_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # as creds_dir
+            folder.mkdir(mode=0o755)
             # any container user may read the one and write the other
             for name, mode in ((IDENTITY_FIFO, 0o644), (READY_FIFO, 0o622)):
                 os.mkfifo(folder / name)
@@ -172,13 +185,15 @@ class WarmPool:
             slot.release()
         if not spare.ready.is_set():
             if spare_id in self._spares:  # alive but silent: not an agent that can wait
-                logger.warning(
-                    "warm spare not ready in time; is the image an agentbus agent?",
+                logger.error(
+                    "warm spare not ready in time; no more spares of this spec "
+                    "(is the image an agentbus agent of this version?)",
                     spare=spare_id,
+                    deployment=deployment.name,
                     ready_max_s=READY_MAX_S,
                 )
+                self._silent.add(spare.template)
                 self._discard(spare)
-                self._failed(deployment)
             return False
         self.metrics.warm_spares.set(self._count())
         logger.info("warm spare ready", spare=spare_id, deployment=deployment.name)
@@ -233,7 +248,11 @@ class WarmPool:
         """Hand a ready spare the identity of ``spec``; its handle, or None (start cold).
 
         With ``credentials`` the replica's creds are written into the spare's
-        directory first. A spare that fails its claim is stopped.
+        directory first; if that fails (or is cancelled) the spare goes back to the
+        pool. A spare that died since it said it was ready is stopped and the next tried.
+
+        Raises:
+            whatever ``ReplicaCredentials.issue`` raises (a cold start would as well).
         """
         if deployment.warm_spares == 0:
             return None
@@ -241,56 +260,59 @@ class WarmPool:
         for spare in list(self._spares.values()):
             if spare.deployment != deployment.name or spare.template != template:
                 continue
-            started = spare.handle
-            if started is None or not spare.ready.is_set() or (fd := self._open(spare)) is None:
-                continue  # still starting or importing, or gone since it was ready
-            del self._spares[spare.spare_id]
+            if spare.handle is None or not spare.ready.is_set():
+                continue  # still starting or importing
+            del self._spares[spare.spare_id]  # nobody else takes it from here
+            self.metrics.warm_spares.set(self._count())
+            try:
+                if credentials is not None:
+                    await credentials.issue(deployment, spec.agent_id, folder=spare.spare_id)
+            except BaseException:  # refused or cancelled: the spare is left as it was
+                self._put_back(spare)
+                raise  # a cold start would meet the same refusal
+            try:
+                handle = self._hand_over(spare, spec)
+            except OSError as exc:  # it died since it was ready
+                self.metrics.spare_claims.labels("failed").inc()
+                logger.warning("warm spare claim failed", spare=spare.spare_id, error=str(exc))
+                self._discard(spare)
+                continue
             if spare.waiter is not None:
                 spare.waiter.cancel()
-            self.metrics.warm_spares.set(self._count())
+            self._failures.pop(deployment.name, None)
             self._quiet_at = time.monotonic() + REFILL_QUIET_S
             self._changed.set()  # start its successor once claims stop
-            try:
-                handle = await self._hand_over(spare, deployment, spec, credentials, fd)
-            except Exception as exc:
-                self.metrics.spare_claims.labels("failed").inc()
-                logger.warning("warm spare claim failed", spare=spare.spare_id, error=repr(exc))
-                self._background_stop(started, spare.spare_id)
-                return None
-            finally:
-                os.close(fd)
-            self._failures.pop(deployment.name, None)
             self.metrics.spare_claims.labels("claimed").inc()
             logger.info("warm spare claimed", spare=spare.spare_id, agent_id=spec.agent_id)
             return handle
         self.metrics.spare_claims.labels("none").inc()
         return None
 
-    def _open(self, spare: Spare) -> int | None:
-        """The FIFO opened for writing if the spare waits on it, else None."""
-        try:
-            fifo = self.own_dir / spare.spare_id / IDENTITY_FIFO
-            return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-        except OSError as exc:
-            if exc.errno != errno.ENXIO:  # ENXIO: nobody reads yet
-                logger.warning("warm spare FIFO not opened", spare=spare.spare_id, error=str(exc))
-            return None
+    def _put_back(self, spare: Spare) -> None:
+        """Return an untouched spare to the pool (or clean up if it died meanwhile)."""
+        if spare.waiter is not None and not spare.waiter.done():
+            self._spares[spare.spare_id] = spare
+            self.metrics.warm_spares.set(self._count())
+        else:
+            self._discard(spare)
 
-    async def _hand_over(
-        self,
-        spare: Spare,
-        deployment: Deployment,
-        spec: ReplicaSpec,
-        credentials: ReplicaCredentials | None,
-        fd: int,
-    ) -> ReplicaHandle:
-        if credentials is not None:
-            await credentials.issue(deployment, spec.agent_id, folder=spare.spare_id)
+    def _hand_over(self, spare: Spare, spec: ReplicaSpec) -> ReplicaHandle:
+        """Record the claim and write the identity (no await: no cancellation between).
+
+        Raises:
+            OSError: the spare no longer reads its FIFO (ENXIO), or a file write failed.
+        """
+        folder = self.own_dir / spare.spare_id
         claim = {"deployment": spec.deployment, "replica": spec.replica}
         claim |= {"agent_id": spec.agent_id, "digest": spec.digest}
-        (self.own_dir / spare.spare_id / CLAIM_FILE).write_text(json.dumps(claim))
-        identity = {k: spec.env[k] for k in IDENTITY_ENV if k in spec.env}
-        os.write(fd, json.dumps(identity).encode())  # one write below PIPE_BUF: atomic
+        (folder / f"{CLAIM_FILE}.tmp").write_text(json.dumps(claim))
+        os.replace(folder / f"{CLAIM_FILE}.tmp", folder / CLAIM_FILE)
+        fd = os.open(folder / IDENTITY_FIFO, os.O_WRONLY | os.O_NONBLOCK)
+        try:
+            identity = {k: spec.env[k] for k in IDENTITY_ENV if k in spec.env}
+            os.write(fd, json.dumps(identity).encode())  # one write below PIPE_BUF: atomic
+        finally:
+            os.close(fd)
         assert spare.handle is not None
         return dataclasses.replace(
             spare.handle,
@@ -307,9 +329,10 @@ class WarmPool:
         """Of the instances a restarted supervisor found, the replicas to adopt.
 
         A claimed spare comes back as the replica its claim file names; a spare never
-        claimed (or whose claim file is unreadable) is stopped.
+        claimed (or whose claim file is unreadable) is stopped, and spare directories
+        no instance names (an earlier supervisor's, the process runtime's) are deleted.
         """
-        replicas = []
+        replicas, kept = [], set()
         for handle in own:
             if not is_spare(handle):
                 replicas.append(handle)
@@ -328,6 +351,10 @@ class WarmPool:
                 self._background_stop(handle, handle.agent_id)
                 continue
             replicas.append(adopted)
+            kept.add(handle.agent_id)
+        for folder in self.own_dir.glob("*-spare-*"):
+            if SPARE_ID.fullmatch(folder.name) and folder.name not in kept:
+                shutil.rmtree(folder, ignore_errors=True)
         return replicas
 
     def forget(self, spare_id: str) -> None:
