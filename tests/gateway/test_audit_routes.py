@@ -76,6 +76,9 @@ async def test_each_question_gets_its_events_oldest_first(filled: Gateway) -> No
     none = await http.get("/v1/audit/events")
     both = await http.get("/v1/audit/events", params={"task_id": "t", "agent_id": "a"})
     assert none.status_code == both.status_code == 400
+    # a bare number is not an RFC 3339 time (the OpenAPI document says date-time)
+    stamp = await http.get("/v1/audit/events", params={"task_id": "t", "until": "363095276"})
+    assert stamp.status_code == 400 and "until" in stamp.text
     assert "approvals=true" in none.json()["error"]["message"]
 
 

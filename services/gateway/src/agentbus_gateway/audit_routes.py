@@ -22,6 +22,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar import get
+from litestar.openapi.spec import OpenAPIFormat
 from litestar.params import QueryParameter
 from loguru import logger
 
@@ -40,6 +41,7 @@ from agentbus_gateway.models import TOKEN_PATTERN
 from agentbus_gateway.routes import Ctx, GatewayContext, error_responses
 
 AuditView = Literal["approvals", "task", "agent"]
+DATE_TIME = OpenAPIFormat.DATE_TIME
 MAX_CONNECTIONS = 4
 """Audit queries running at once (each on a connection of its own); others wait."""
 _CONNECTIONS = asyncio.Semaphore(MAX_CONNECTIONS)
@@ -82,6 +84,20 @@ class AuditEventList(msgspec.Struct, kw_only=True):
 def audit_event(row: EventRow) -> AuditEvent:
     """The HTTP shape of ``row`` (its payload decoded)."""
     return AuditEvent(**{**dataclasses.asdict(row), "payload": msgspec.json.decode(row.payload)})
+
+
+def _time(name: str, value: str | None) -> datetime | None:
+    """``value`` as an RFC 3339 time (a bare number is not one: no Unix timestamps).
+
+    Raises:
+        ContractError: not an RFC 3339 date-time (400 naming ``name``).
+    """
+    if value is None:
+        return None
+    try:
+        return msgspec.convert(value, datetime)
+    except msgspec.ValidationError as exc:
+        raise ContractError(f"{name}: not an RFC 3339 date-time: {exc}") from exc
 
 
 def _utc(when: datetime | None) -> datetime | None:
@@ -135,10 +151,12 @@ async def audit_events(
         QueryParameter(pattern=TOKEN_PATTERN, description="One agent's events (d-r)"),
     ] = None,
     since: Annotated[
-        datetime | None, QueryParameter(description="From this time on (RFC 3339; UTC if naive)")
+        str | None,
+        QueryParameter(format=DATE_TIME, description="From this time on (RFC 3339; UTC if naive)"),
     ] = None,
     until: Annotated[
-        datetime | None, QueryParameter(description="Before this time (RFC 3339; UTC if naive)")
+        str | None,
+        QueryParameter(format=DATE_TIME, description="Before this time (RFC 3339; UTC if naive)"),
     ] = None,
     limit: Annotated[
         int, QueryParameter(ge=1, le=DEFAULT_LIMIT, description="Most events")
@@ -152,7 +170,7 @@ async def audit_events(
             refused or failed (503).
     """
     view = _view(approvals, task_id, agent_id)
-    start, end = _utc(since), _utc(until)
+    start, end = _utc(_time("since", since)), _utc(_time("until", until))
     if ctx.audit.database_url is None:
         ctx.metrics.audit_failures.labels("not_configured").inc()
         logger.warning("audit query without a database", view=view)

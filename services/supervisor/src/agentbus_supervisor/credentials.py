@@ -33,6 +33,9 @@ from agentbus.bus import Bus
 from agentbus.messages import Deployment, encode
 from agentbus_supervisor.runtime import CREDS_FILE_NAME
 
+REVOKE_WAIT_S = 10.0
+"""Longest a replica's stop waits for its users' revocation (then it goes on)."""
+
 
 @dataclass
 class _Issued:
@@ -178,9 +181,17 @@ class ReplicaCredentials:
         logger.info("credentials issued", agent_id=agent_id, user=creds.public_key)
 
     async def _revoke(self, agent_id: str, users: dict[str, float]) -> None:
+        """Revoke ``users``, waiting at most ``REVOKE_WAIT_S`` (then they still expire).
+
+        A replica's stop (a fence's too) must not hang on a cluster that does not answer.
+        """
         if self.revoker is None or not users:
             return
-        try:
-            await self.revoker.revoke(users)
-        except Exception as exc:  # they still expire
+        task = asyncio.create_task(self.revoker.revoke(users))
+        done, _ = await asyncio.wait({task}, timeout=REVOKE_WAIT_S)
+        if not done:  # left to finish or fail by itself (not awaited: it may not end)
+            self._provisioning.add(task)
+            task.add_done_callback(self._provisioning.discard)
+            logger.warning("credentials not revoked in time", agent_id=agent_id)
+        elif (exc := task.exception()) is not None:  # they still expire
             logger.warning("credentials not revoked", agent_id=agent_id, error=repr(exc))
