@@ -105,10 +105,6 @@ class WarmPool:
         self._wanted = {k: v for k, v in templates.items() if v[0].warm_spares > 0}
         self._changed.set()
 
-    def ready(self, deployment: str) -> int:
-        """How many spares of ``deployment`` are started (ready or still importing)."""
-        return sum(1 for s in self._spares.values() if s.deployment == deployment and s.handle)
-
     async def run(self, stop: asyncio.Event) -> None:
         """Start and stop spares to match ``want`` until ``stop`` is set."""
         while not stop.is_set():
